@@ -1,0 +1,1 @@
+//! Tracker clients and server.
