@@ -3,6 +3,7 @@
 //! ([`crate::session`]) and a simulator drive exactly the same code.
 
 pub mod choker;
+pub mod ext;
 pub mod picker;
 pub mod wire;
 

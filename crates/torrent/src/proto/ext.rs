@@ -1,0 +1,230 @@
+//! Payloads of the extension protocol (BEP 10) and of metadata exchange (BEP 9, `ut_metadata`),
+//! which lets a magnet link fetch the info dictionary from peers. A pure codec.
+
+use bendy::decoding::{Decoder, Object};
+use bendy::encoding::Encoder;
+use bytes::Bytes;
+
+/// Metadata travels in 16 KiB pieces (BEP 9).
+pub const METADATA_PIECE: u32 = 16 * 1024;
+/// The largest info dictionary we accept from a peer (about 160,000 pieces' hashes).
+pub const MAX_METADATA: u32 = 4 << 20;
+/// The extended message id under which we ask peers to send us `ut_metadata` messages.
+pub const OUR_UT_METADATA: u8 = 3;
+
+/// A malformed extension payload; the peer is disconnected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExtError {
+    #[error("extension payload is not valid bencode: {0}")]
+    Bencode(String),
+    #[error("extension payload is missing or has a bad '{0}'")]
+    Field(&'static str),
+}
+
+fn benc(e: bendy::decoding::Error) -> ExtError {
+    ExtError::Bencode(e.to_string())
+}
+
+fn int(o: Object<'_, '_>, field: &'static str) -> Result<i64, ExtError> {
+    match o {
+        Object::Integer(s) => s.parse().map_err(|_| ExtError::Field(field)),
+        _ => Err(ExtError::Field(field)),
+    }
+}
+
+/// The extension handshake (extended message id 0).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExtHandshake {
+    /// The id the sender wants `ut_metadata` messages sent to it under; `None` = unsupported.
+    pub ut_metadata: Option<u8>,
+    pub metadata_size: Option<u32>,
+    /// Client name and version (`v`).
+    pub client: Option<String>,
+    /// How many outstanding requests the sender queues (`reqq`).
+    pub reqq: Option<u32>,
+    /// The sender's listening port (`p`).
+    pub port: Option<u16>,
+}
+
+impl ExtHandshake {
+    /// Bencodes the handshake.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        let r = e.emit_dict(|mut d| {
+            d.emit_pair_with(b"m", |v| {
+                v.emit_dict(|mut m| {
+                    if let Some(id) = self.ut_metadata {
+                        m.emit_pair(b"ut_metadata", id as i64)?;
+                    }
+                    Ok(())
+                })
+            })?;
+            if let Some(size) = self.metadata_size {
+                d.emit_pair(b"metadata_size", size as i64)?;
+            }
+            if let Some(p) = self.port {
+                d.emit_pair(b"p", p as i64)?;
+            }
+            if let Some(q) = self.reqq {
+                d.emit_pair(b"reqq", q as i64)?;
+            }
+            if let Some(v) = &self.client {
+                d.emit_pair(b"v", v.as_str())?;
+            }
+            Ok(())
+        });
+        // Encoding into memory with keys given in sorted order cannot fail.
+        r.and_then(|_| e.get_output()).expect("in-memory bencode of a sorted dict")
+    }
+
+    /// Parses a peer's extension handshake; unknown keys are ignored.
+    pub fn decode(payload: &[u8]) -> Result<Self, ExtError> {
+        let mut dec = Decoder::new(payload).with_max_depth(4);
+        let mut out = ExtHandshake::default();
+        let Some(Object::Dict(mut d)) = dec.next_object().map_err(benc)? else {
+            return Err(ExtError::Field("dictionary"));
+        };
+        while let Some((k, v)) = d.next_pair().map_err(benc)? {
+            match k {
+                b"m" => {
+                    let Object::Dict(mut m) = v else { return Err(ExtError::Field("m")) };
+                    while let Some((name, id)) = m.next_pair().map_err(benc)? {
+                        if name == b"ut_metadata" {
+                            let id = int(id, "m.ut_metadata")?;
+                            // id 0 means "disabled" (BEP 10).
+                            out.ut_metadata = u8::try_from(id).ok().filter(|&i| i != 0);
+                        }
+                    }
+                }
+                b"metadata_size" => {
+                    let n = int(v, "metadata_size")?;
+                    out.metadata_size = u32::try_from(n).ok();
+                }
+                b"reqq" => out.reqq = u32::try_from(int(v, "reqq")?).ok(),
+                b"p" => out.port = u16::try_from(int(v, "p")?).ok(),
+                b"v" => {
+                    if let Object::Bytes(b) = v {
+                        out.client = Some(String::from_utf8_lossy(b).chars().take(64).collect());
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A `ut_metadata` message (BEP 9).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetadataMsg {
+    Request { piece: u32 },
+    Data { piece: u32, total_size: u32, data: Bytes },
+    Reject { piece: u32 },
+}
+
+impl MetadataMsg {
+    /// Bencoded header, followed by the raw data for `Data`.
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, piece) = match self {
+            MetadataMsg::Request { piece } => (0, *piece),
+            MetadataMsg::Data { piece, .. } => (1, *piece),
+            MetadataMsg::Reject { piece } => (2, *piece),
+        };
+        let mut e = Encoder::new();
+        let r = e.emit_dict(|mut d| {
+            d.emit_pair(b"msg_type", kind as i64)?;
+            d.emit_pair(b"piece", piece as i64)?;
+            if let MetadataMsg::Data { total_size, .. } = self {
+                d.emit_pair(b"total_size", *total_size as i64)?;
+            }
+            Ok(())
+        });
+        let mut out = r.and_then(|_| e.get_output()).expect("in-memory bencode of a sorted dict");
+        if let MetadataMsg::Data { data, .. } = self {
+            out.extend_from_slice(data);
+        }
+        out
+    }
+
+    /// Parses a `ut_metadata` payload. `Data` payloads carry at most one 16 KiB piece.
+    pub fn decode(payload: &Bytes) -> Result<Self, ExtError> {
+        let mut dec = Decoder::new(payload).with_max_depth(2);
+        let (mut kind, mut piece, mut total) = (None, None, None);
+        let header_len = {
+            let Some(Object::Dict(mut d)) = dec.next_object().map_err(benc)? else {
+                return Err(ExtError::Field("dictionary"));
+            };
+            while let Some((k, v)) = d.next_pair().map_err(benc)? {
+                match k {
+                    b"msg_type" => kind = Some(int(v, "msg_type")?),
+                    b"piece" => piece = Some(int(v, "piece")?),
+                    b"total_size" => total = Some(int(v, "total_size")?),
+                    _ => {}
+                }
+            }
+            d.into_raw().map_err(benc)?.len()
+        };
+        let piece = piece
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|&p| p < MAX_METADATA / METADATA_PIECE)
+            .ok_or(ExtError::Field("piece"))?;
+        match kind {
+            Some(0) => Ok(MetadataMsg::Request { piece }),
+            Some(2) => Ok(MetadataMsg::Reject { piece }),
+            Some(1) => {
+                let total_size = total
+                    .and_then(|t| u32::try_from(t).ok())
+                    .filter(|&t| t > 0 && t <= MAX_METADATA)
+                    .ok_or(ExtError::Field("total_size"))?;
+                let data = payload.slice(header_len..);
+                if data.len() > METADATA_PIECE as usize {
+                    return Err(ExtError::Field("data"));
+                }
+                Ok(MetadataMsg::Data { piece, total_size, data })
+            }
+            _ => Err(ExtError::Field("msg_type")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_round_trip() {
+        let h = ExtHandshake {
+            ut_metadata: Some(3),
+            metadata_size: Some(31_337),
+            client: Some("Swarmcast 0.1".into()),
+            reqq: Some(250),
+            port: Some(6881),
+        };
+        assert_eq!(ExtHandshake::decode(&h.encode()).unwrap(), h);
+    }
+
+    #[test]
+    fn handshake_from_a_libtorrent_like_peer() {
+        let raw = b"d1:md11:lt_donthavei7e11:ut_metadatai2e6:ut_pexi1ee13:metadata_sizei1234e4:reqqi500e1:v16:libtorrent 2.0.8e";
+        let h = ExtHandshake::decode(raw).unwrap();
+        assert_eq!(h.ut_metadata, Some(2));
+        assert_eq!(h.metadata_size, Some(1234));
+        assert_eq!(h.reqq, Some(500));
+        assert!(ExtHandshake::decode(b"i5e").is_err());
+        assert!(ExtHandshake::decode(b"d1:m").is_err());
+    }
+
+    #[test]
+    fn metadata_messages_round_trip() {
+        for m in [
+            MetadataMsg::Request { piece: 2 },
+            MetadataMsg::Reject { piece: 0 },
+            MetadataMsg::Data { piece: 1, total_size: 20000, data: Bytes::from_static(b"xyz") },
+        ] {
+            assert_eq!(MetadataMsg::decode(&Bytes::from(m.encode())).unwrap(), m);
+        }
+        let huge = b"d8:msg_typei1e5:piecei0e10:total_sizei999999999ee";
+        assert!(MetadataMsg::decode(&Bytes::from_static(huge)).is_err());
+        assert!(MetadataMsg::decode(&Bytes::from_static(b"d8:msg_typei7e5:piecei0ee")).is_err());
+    }
+}
