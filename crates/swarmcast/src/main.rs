@@ -1,1 +1,347 @@
-fn main() {}
+//! `swarmcast`: the command-line shell. It parses arguments, builds the services of the
+//! `torrent` crate, and reports progress; no protocol logic lives here.
+//!
+//! - `main.rs`: the CLI definition and the subcommands.
+//! - `progress.rs`: progress bars on a terminal, plain log lines otherwise.
+//! - `demo.rs`: the no-setup local demo (tracker, seed and leechers in one process).
+
+mod demo;
+mod progress;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use torrent::magnet::Magnet;
+use torrent::metainfo::{CreateOptions, Metainfo};
+use torrent::session::{Role, Session, SessionConfig};
+use torrent::tracker::server::{TrackerConfig, TrackerServer};
+
+#[derive(Parser)]
+#[command(
+    name = "swarmcast",
+    version,
+    about = "Swarmcast: peer-to-peer distribution that speaks BitTorrent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local swarm on this machine: a tracker, a seed and leechers on loopback.
+    Demo {
+        /// Number of leechers.
+        #[arg(long, default_value_t = 4)]
+        leechers: usize,
+        /// Size of the generated file (k/M/G suffixes).
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        size: u64,
+        /// Upload limit of every node (bytes per second, k/M/G suffixes).
+        #[arg(long, value_parser = parse_size)]
+        upload_limit: Option<u64>,
+    },
+    /// Make a .torrent for a file or a directory.
+    Create {
+        path: PathBuf,
+        /// Output file (default: NAME.torrent in the current directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Tracker announce URL (repeat for several; each becomes its own tier).
+        #[arg(long = "tracker")]
+        trackers: Vec<String>,
+        /// Piece size in bytes (power of two, k/M suffixes); default: automatic.
+        #[arg(long, value_parser = parse_size)]
+        piece_size: Option<u64>,
+        #[arg(long)]
+        comment: Option<String>,
+        /// Mark the torrent private (BEP 27).
+        #[arg(long)]
+        private: bool,
+    },
+    /// Seed existing data.
+    Seed {
+        torrent: PathBuf,
+        /// The file or directory the torrent was made from.
+        #[arg(long)]
+        data: PathBuf,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Download a torrent (a .torrent file or a magnet link).
+    Get {
+        /// A .torrent file or a magnet: URI.
+        source: String,
+        /// Directory to download into.
+        #[arg(short, long, default_value = ".")]
+        output: PathBuf,
+        /// Keep seeding after the download completes (until Ctrl-C).
+        #[arg(long)]
+        seed: bool,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Run a BitTorrent tracker (HTTP /announce and UDP on the same port).
+    Tracker {
+        #[arg(long, default_value = "127.0.0.1:6969")]
+        listen: SocketAddr,
+        /// Re-announce interval given to clients, in seconds.
+        #[arg(long, default_value_t = 60)]
+        interval: u64,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct NetArgs {
+    /// TCP port to listen on for peers (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: std::net::IpAddr,
+    /// A peer to connect to (repeatable); needed for peers that do not dial out.
+    #[arg(long = "peer")]
+    peers: Vec<SocketAddr>,
+    /// Extra tracker announce URL (repeatable).
+    #[arg(long = "tracker")]
+    trackers: Vec<String>,
+    /// Upload cap for all connections together, bytes per second (k/M/G suffixes).
+    #[arg(long, value_parser = parse_size)]
+    upload_limit: Option<u64>,
+    /// Download cap for all connections together, bytes per second (k/M/G suffixes).
+    #[arg(long, value_parser = parse_size)]
+    download_limit: Option<u64>,
+    /// Most peers to be connected to at once.
+    #[arg(long, default_value_t = 50)]
+    max_peers: usize,
+}
+
+impl NetArgs {
+    fn config(&self) -> SessionConfig {
+        SessionConfig {
+            listen: SocketAddr::new(self.bind, self.port),
+            peers: self.peers.clone(),
+            upload_limit: self.upload_limit,
+            download_limit: self.download_limit,
+            max_peers: self.max_peers,
+            extra_trackers: self.trackers.clone(),
+            ..SessionConfig::default()
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    torrent::units::parse_bytes(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWARMCAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo {
+            leechers,
+            size,
+            upload_limit,
+        } => demo::run(leechers, size, upload_limit).await,
+        Command::Create {
+            path,
+            output,
+            trackers,
+            piece_size,
+            comment,
+            private,
+        } => create(&path, output, trackers, piece_size, comment, private),
+        Command::Seed { torrent, data, net } => seed(&torrent, &data, &net).await,
+        Command::Get {
+            source,
+            output,
+            seed,
+            net,
+        } => get(&source, &output, seed, &net).await,
+        Command::Tracker { listen, interval } => {
+            let config = TrackerConfig {
+                interval: Duration::from_secs(interval),
+                ..Default::default()
+            };
+            let server = TrackerServer::bind(listen, config)
+                .await
+                .with_context(|| format!("cannot listen on {listen} (is the port taken?)"))?;
+            eprintln!(
+                "tracker on http://{0}/announce and udp://{0} (Ctrl-C to stop)",
+                server.local_addr()
+            );
+            tokio::select! {
+                r = server.run() => r.context("tracker stopped")?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            Ok(())
+        }
+    }
+}
+
+fn create(
+    path: &Path,
+    output: Option<PathBuf>,
+    trackers: Vec<String>,
+    piece_size: Option<u64>,
+    comment: Option<String>,
+    private: bool,
+) -> Result<()> {
+    let piece_size = piece_size
+        .map(|p| u32::try_from(p).context("piece size is too large"))
+        .transpose()?;
+    let opts = CreateOptions {
+        trackers,
+        piece_size,
+        comment,
+        private,
+    };
+    let bar = progress::bytes_bar("hashing");
+    let bytes = torrent::metainfo::create(path, &opts, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .with_context(|| format!("cannot make a torrent of {}", path.display()))?;
+    bar.finish_and_clear();
+    let meta = Metainfo::from_bytes(&bytes).context("the torrent just made does not parse")?;
+    let out = output.unwrap_or_else(|| PathBuf::from(format!("{}.torrent", meta.info.name)));
+    std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "{}: {} pieces of {} bytes, info-hash {}",
+        out.display(),
+        meta.info.num_pieces(),
+        meta.info.piece_length,
+        meta.info_hash
+    );
+    println!("magnet:?xt=urn:btih:{}", meta.info_hash);
+    Ok(())
+}
+
+/// Reads and parses a .torrent file, with errors that say what to do.
+fn load_torrent(path: &Path) -> Result<Metainfo> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > torrent::metainfo::MAX_TORRENT_SIZE as u64 {
+        bail!(
+            "{} is {} bytes: too large to be a .torrent file",
+            path.display(),
+            meta.len()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Metainfo::from_bytes(&bytes)
+        .with_context(|| format!("{} is not a valid .torrent file", path.display()))
+}
+
+/// The directory that holds the torrent's content, given what the user pointed `--data` at.
+fn data_dir(meta: &Metainfo, data: &Path) -> PathBuf {
+    let names_content = data
+        .file_name()
+        .is_some_and(|n| n == meta.info.name.as_str());
+    if names_content && !data.join(&meta.info.name).exists() {
+        data.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    } else {
+        data.to_path_buf()
+    }
+}
+
+async fn seed(torrent_path: &Path, data: &Path, net: &NetArgs) -> Result<()> {
+    let meta = load_torrent(torrent_path)?;
+    let dir = data_dir(&meta, data);
+    let name = meta.info.name.clone();
+    eprintln!("checking {} against the torrent...", data.display());
+    let mut config = net.config();
+    config.seed_when_done = true;
+    let session = Session::start(meta, dir, Role::Seed, config).await?;
+    eprintln!(
+        "seeding {name} on port {} (Ctrl-C to stop)",
+        session.local_addr().port()
+    );
+    let reporter = progress::spawn_reporter(session.stats().clone(), name);
+    tokio::signal::ctrl_c().await.ok();
+    reporter.abort();
+    session.shutdown().await;
+    Ok(())
+}
+
+async fn get(source: &str, out: &Path, keep_seeding: bool, net: &NetArgs) -> Result<()> {
+    let meta = if source.starts_with("magnet:") {
+        let magnet = Magnet::parse(source).context("invalid magnet link")?;
+        eprintln!("fetching the torrent's metadata from peers...");
+        torrent::session::magnet::fetch_metadata(
+            &magnet,
+            &net.peers,
+            net.port,
+            Duration::from_secs(30),
+        )
+        .await?
+    } else {
+        load_torrent(Path::new(source))?
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let name = meta.info.name.clone();
+    let mut config = net.config();
+    config.seed_when_done = keep_seeding;
+    let started = std::time::Instant::now();
+    let session = Session::start(meta, out.to_path_buf(), Role::Download, config).await?;
+    let reporter = progress::spawn_reporter(session.stats().clone(), name.clone());
+    let result = tokio::select! {
+        r = session.wait_complete() => r.map_err(anyhow::Error::from),
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!(
+            "interrupted: verified pieces are kept; run the same command again to resume")),
+    };
+    reporter.abort();
+    if let Err(e) = result {
+        session.shutdown().await;
+        return Err(e);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let bytes = session
+        .stats()
+        .bytes_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{name}: complete, every piece verified ({:.1} MiB in {secs:.1} s, {:.1} MiB/s)",
+        bytes as f64 / 1048576.0,
+        bytes as f64 / 1048576.0 / secs.max(1e-9)
+    );
+    if keep_seeding {
+        eprintln!(
+            "seeding on port {} (Ctrl-C to stop)",
+            session.local_addr().port()
+        );
+        let reporter = progress::spawn_reporter(session.stats().clone(), name);
+        tokio::signal::ctrl_c().await.ok();
+        reporter.abort();
+    }
+    session.shutdown().await;
+    Ok(())
+}

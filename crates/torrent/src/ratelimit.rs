@@ -26,14 +26,22 @@ impl RateLimiter {
     /// (at least 32 KiB), so a capped node cannot get ahead of its rate by more than that.
     pub fn new(bytes_per_sec: Option<u64>) -> Arc<Self> {
         let Some(rate) = bytes_per_sec.filter(|&r| r > 0) else {
-            return Arc::new(RateLimiter { bucket: None, burst: u32::MAX, rate: None });
+            return Arc::new(RateLimiter {
+                bucket: None,
+                burst: u32::MAX,
+                rate: None,
+            });
         };
         let rate32 = rate.min(u32::MAX as u64) as u32;
         let burst = (rate32 / 20).max(32 * 1024);
         // Both are non-zero: rate was filtered > 0 and burst is at least 32 KiB.
         let quota = Quota::per_second(NonZeroU32::new(rate32.max(1)).expect("rate > 0"))
             .allow_burst(NonZeroU32::new(burst).expect("burst > 0"));
-        Arc::new(RateLimiter { bucket: Some(Gcra::direct(quota)), burst, rate: Some(rate) })
+        Arc::new(RateLimiter {
+            bucket: Some(Gcra::direct(quota)),
+            burst,
+            rate: Some(rate),
+        })
     }
 
     /// The configured rate in bytes per second, if any.

@@ -93,7 +93,10 @@ impl Storage {
         let paths = file_paths(info, dir)?;
         let mut files = Vec::with_capacity(paths.len());
         for (entry, path) in info.files.iter().zip(paths) {
-            let io_err = |source| StorageError::Io { path: path.clone(), source };
+            let io_err = |source| StorageError::Io {
+                path: path.clone(),
+                source,
+            };
             let handle = match mode {
                 Mode::ReadOnly => File::open(&path).map_err(io_err)?,
                 Mode::ReadWrite => {
@@ -118,7 +121,12 @@ impl Storage {
                     handle.set_len(entry.length).map_err(io_err)?;
                 }
             }
-            files.push(StoredFile { path, offset: entry.offset, length: entry.length, handle });
+            files.push(StoredFile {
+                path,
+                offset: entry.offset,
+                length: entry.length,
+                handle,
+            });
         }
         Ok(Storage {
             files,
@@ -136,7 +144,9 @@ impl Storage {
     /// Size of piece `piece` (the last may be short); 0 if out of range.
     pub fn piece_size(&self, piece: u32) -> u32 {
         let start = piece as u64 * self.piece_length as u64;
-        self.total_length.saturating_sub(start).min(self.piece_length as u64) as u32
+        self.total_length
+            .saturating_sub(start)
+            .min(self.piece_length as u64) as u32
     }
 
     /// Calls `f(file, file_offset, range_in_buf)` for each file segment covering `len` bytes at
@@ -147,8 +157,14 @@ impl Storage {
         len: usize,
         mut f: impl FnMut(&StoredFile, u64, std::ops::Range<usize>) -> io::Result<()>,
     ) -> io::Result<()> {
-        if pos.checked_add(len as u64).is_none_or(|end| end > self.total_length) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "block outside the torrent"));
+        if pos
+            .checked_add(len as u64)
+            .is_none_or(|end| end > self.total_length)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "block outside the torrent",
+            ));
         }
         // Files are sorted by offset; find the first file that ends after `pos`.
         let first = self.files.partition_point(|f| f.offset + f.length <= pos);
@@ -173,7 +189,9 @@ impl Storage {
     pub fn write(&self, piece: u32, offset: u32, data: &[u8]) -> io::Result<()> {
         let pos = piece as u64 * self.piece_length as u64 + offset as u64;
         self.segments(pos, data.len(), |file, at, range| {
-            file.handle.write_all_at(&data[range], at).map_err(|e| annotate(&file.path, e))
+            file.handle
+                .write_all_at(&data[range], at)
+                .map_err(|e| annotate(&file.path, e))
         })
     }
 
@@ -181,7 +199,9 @@ impl Storage {
     pub fn read(&self, piece: u32, offset: u32, buf: &mut [u8]) -> io::Result<()> {
         let pos = piece as u64 * self.piece_length as u64 + offset as u64;
         self.segments(pos, buf.len(), |file, at, range| {
-            file.handle.read_exact_at(&mut buf[range], at).map_err(|e| annotate(&file.path, e))
+            file.handle
+                .read_exact_at(&mut buf[range], at)
+                .map_err(|e| annotate(&file.path, e))
         })
     }
 
@@ -245,7 +265,10 @@ mod tests {
             });
             all.extend_from_slice(data);
         }
-        let pieces = all.chunks(piece_length as usize).map(|c| Sha1::digest(c).into()).collect();
+        let pieces = all
+            .chunks(piece_length as usize)
+            .map(|c| Sha1::digest(c).into())
+            .collect();
         let info = Info {
             name: "multi".into(),
             piece_length,
@@ -278,7 +301,10 @@ mod tests {
             assert!(s.verify(i, &mut buf).unwrap(), "piece {i}");
         }
         assert_eq!(std::fs::read(dir.path().join("multi/a.bin")).unwrap(), a);
-        assert_eq!(std::fs::read(dir.path().join("multi/sub/c.bin")).unwrap(), c);
+        assert_eq!(
+            std::fs::read(dir.path().join("multi/sub/c.bin")).unwrap(),
+            c
+        );
         assert!(dir.path().join("multi/sub/b.bin").exists());
         // Reopen: everything verified is found again (resume).
         drop(s);

@@ -2,7 +2,9 @@
 
 /// A quantity that is not a number with an optional k/M/G suffix.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("'{0}' is not a byte count: use a number with an optional k, M or G suffix, e.g. 512k or 2M")]
+#[error(
+    "'{0}' is not a byte count: use a number with an optional k, M or G suffix, e.g. 512k or 2M"
+)]
 pub struct ByteCountError(String);
 
 /// Parses `1500`, `64k`, `2M`, `1G` (also `KiB`/`MiB`/`GiB`, `kB`/`MB`/`GB`, all as powers of 1024).

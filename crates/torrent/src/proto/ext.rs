@@ -74,7 +74,8 @@ impl ExtHandshake {
             Ok(())
         });
         // Encoding into memory with keys given in sorted order cannot fail.
-        r.and_then(|_| e.get_output()).expect("in-memory bencode of a sorted dict")
+        r.and_then(|_| e.get_output())
+            .expect("in-memory bencode of a sorted dict")
     }
 
     /// Parses a peer's extension handshake; unknown keys are ignored.
@@ -87,7 +88,9 @@ impl ExtHandshake {
         while let Some((k, v)) = d.next_pair().map_err(benc)? {
             match k {
                 b"m" => {
-                    let Object::Dict(mut m) = v else { return Err(ExtError::Field("m")) };
+                    let Object::Dict(mut m) = v else {
+                        return Err(ExtError::Field("m"));
+                    };
                     while let Some((name, id)) = m.next_pair().map_err(benc)? {
                         if name == b"ut_metadata" {
                             let id = int(id, "m.ut_metadata")?;
@@ -117,9 +120,17 @@ impl ExtHandshake {
 /// A `ut_metadata` message (BEP 9).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetadataMsg {
-    Request { piece: u32 },
-    Data { piece: u32, total_size: u32, data: Bytes },
-    Reject { piece: u32 },
+    Request {
+        piece: u32,
+    },
+    Data {
+        piece: u32,
+        total_size: u32,
+        data: Bytes,
+    },
+    Reject {
+        piece: u32,
+    },
 }
 
 impl MetadataMsg {
@@ -139,7 +150,9 @@ impl MetadataMsg {
             }
             Ok(())
         });
-        let mut out = r.and_then(|_| e.get_output()).expect("in-memory bencode of a sorted dict");
+        let mut out = r
+            .and_then(|_| e.get_output())
+            .expect("in-memory bencode of a sorted dict");
         if let MetadataMsg::Data { data, .. } = self {
             out.extend_from_slice(data);
         }
@@ -180,7 +193,11 @@ impl MetadataMsg {
                 if data.len() > METADATA_PIECE as usize {
                     return Err(ExtError::Field("data"));
                 }
-                Ok(MetadataMsg::Data { piece, total_size, data })
+                Ok(MetadataMsg::Data {
+                    piece,
+                    total_size,
+                    data,
+                })
             }
             _ => Err(ExtError::Field("msg_type")),
         }
@@ -219,7 +236,11 @@ mod tests {
         for m in [
             MetadataMsg::Request { piece: 2 },
             MetadataMsg::Reject { piece: 0 },
-            MetadataMsg::Data { piece: 1, total_size: 20000, data: Bytes::from_static(b"xyz") },
+            MetadataMsg::Data {
+                piece: 1,
+                total_size: 20000,
+                data: Bytes::from_static(b"xyz"),
+            },
         ] {
             assert_eq!(MetadataMsg::decode(&Bytes::from(m.encode())).unwrap(), m);
         }

@@ -1,0 +1,307 @@
+//! The HTTP tracker client (BEP 3; compact peers BEP 23; `peers6` BEP 7).
+//!
+//! [`announce_url`] and [`parse_announce_response`] are pure; [`announce`] runs one GET over a
+//! fresh TCP connection with hyper's HTTP/1 client. Redirects are not followed and the body is
+//! capped at [`MAX_RESPONSE_BYTES`].
+//!
+//! Bencode is read with `bendy`, which insists on sorted dictionary keys and canonical integers
+//! (no `i03e`): a tracker that sends unsorted keys gets a [`TrackerError::Malformed`]. The common
+//! trackers (opentracker, chihaya, ours) sort their keys.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bendy::decoding::{Decoder, Object};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::{header, Request, Uri};
+use hyper_util::rt::TokioIo;
+use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use super::DEFAULT_INTERVAL;
+use super::{parse_compact_peers, AnnounceRequest, AnnounceResponse, TrackerError};
+
+/// The largest response body we read.
+pub const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
+
+/// Longest `failure reason` we keep; the rest is cut.
+const MAX_REASON_CHARS: usize = 1024;
+
+/// Characters that stay as they are in a query value: RFC 3986 unreserved.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Builds the announce URL: `base` plus the BEP 3 parameters, binary fields percent-encoded byte
+/// by byte; joined with `&` if `base` already has a query.
+pub fn announce_url(base: &str, req: &AnnounceRequest) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let mut url = format!(
+        "{base}{sep}info_hash={}&peer_id={}&port={}&uploaded={}&downloaded={}&left={}&compact=1&numwant={}",
+        percent_encode(&req.info_hash.0, QUERY_VALUE),
+        percent_encode(&req.peer_id.0, QUERY_VALUE),
+        req.port,
+        req.uploaded,
+        req.downloaded,
+        req.left,
+        req.num_want,
+    );
+    if let Some(event) = req.event.as_query_value() {
+        url.push_str("&event=");
+        url.push_str(event);
+    }
+    url
+}
+
+/// Parses a bencoded announce response.
+///
+/// `failure reason` becomes [`TrackerError::Failure`]. `interval` defaults to 30 minutes and is at
+/// least one second; `min interval` is ignored. `peers` may be compact (6 bytes per IPv4 peer)
+/// or a list of `ip`/`port` dictionaries (entries we cannot read are skipped); `peers6` is
+/// compact IPv6 (18 bytes per peer). `complete`/`incomplete` become seeders/leechers.
+pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerError> {
+    let malformed = |e: bendy::decoding::Error| TrackerError::Malformed(e.to_string());
+    let mut decoder = Decoder::new(body).with_max_depth(8);
+    let mut dict = match decoder.next_object().map_err(malformed)? {
+        Some(Object::Dict(d)) => d,
+        Some(_) => return Err(TrackerError::Malformed("not a dictionary".into())),
+        None => return Err(TrackerError::Malformed("empty response".into())),
+    };
+
+    let mut failure = None;
+    let mut interval = None;
+    let mut seeders = None;
+    let mut leechers = None;
+    let mut peers = Vec::new();
+    while let Some((key, value)) = dict.next_pair().map_err(malformed)? {
+        match (key, value) {
+            (b"failure reason", Object::Bytes(b)) => {
+                failure = Some(
+                    String::from_utf8_lossy(b)
+                        .chars()
+                        .take(MAX_REASON_CHARS)
+                        .collect(),
+                );
+            }
+            (b"warning message", Object::Bytes(b)) => {
+                tracing::info!(warning = %String::from_utf8_lossy(b), "tracker warning");
+            }
+            (b"interval", Object::Integer(i)) => interval = i.parse::<i64>().ok(),
+            (b"complete", Object::Integer(i)) => seeders = i.parse::<u32>().ok(),
+            (b"incomplete", Object::Integer(i)) => leechers = i.parse::<u32>().ok(),
+            (b"peers", Object::Bytes(b)) => {
+                let v4 = parse_compact_peers(b, false).ok_or_else(|| {
+                    TrackerError::Malformed(format!(
+                        "compact peers length {} not a multiple of 6",
+                        b.len()
+                    ))
+                })?;
+                peers.extend(v4);
+            }
+            (b"peers", Object::List(mut list)) => {
+                while let Some(item) = list.next_object().map_err(malformed)? {
+                    if let Object::Dict(mut d) = item {
+                        let mut ip = None;
+                        let mut port = None;
+                        while let Some((k, v)) = d.next_pair().map_err(malformed)? {
+                            match (k, v) {
+                                (b"ip", Object::Bytes(b)) => {
+                                    ip = std::str::from_utf8(b)
+                                        .ok()
+                                        .and_then(|s| s.parse::<IpAddr>().ok());
+                                }
+                                (b"port", Object::Integer(p)) => port = p.parse::<u16>().ok(),
+                                _ => {}
+                            }
+                        }
+                        if let (Some(ip), Some(port)) = (ip, port) {
+                            if port != 0 {
+                                peers.push(SocketAddr::new(ip, port));
+                            }
+                        }
+                    }
+                }
+            }
+            (b"peers6", Object::Bytes(b)) => {
+                let v6 = parse_compact_peers(b, true).ok_or_else(|| {
+                    TrackerError::Malformed(format!(
+                        "compact peers6 length {} not a multiple of 18",
+                        b.len()
+                    ))
+                })?;
+                peers.extend(v6);
+            }
+            _ => {}
+        }
+    }
+    if let Some(reason) = failure {
+        return Err(TrackerError::Failure(reason));
+    }
+    let interval = match interval {
+        Some(secs) => Duration::from_secs(secs.max(1).unsigned_abs()),
+        None => DEFAULT_INTERVAL,
+    };
+    Ok(AnnounceResponse {
+        interval,
+        peers,
+        seeders,
+        leechers,
+    })
+}
+
+/// Announces over HTTP (no overall timeout here: [`super::announce`] adds the caller's).
+pub(crate) async fn announce(
+    base: &str,
+    req: &AnnounceRequest,
+) -> Result<AnnounceResponse, TrackerError> {
+    let invalid = |reason| TrackerError::InvalidUrl {
+        url: base.to_owned(),
+        reason,
+    };
+    let full = announce_url(base, req);
+    let uri: Uri = full.parse().map_err(|_| invalid("not a valid URI"))?;
+    let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
+    // The Host header and the address to dial, without any `user@` part.
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, h)| h)
+        .to_owned();
+    let host = authority.host();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| TrackerError::Http(e.to_string()))?;
+    // The connection task ends when `sender` is dropped (or on abort below).
+    let conn_task = tokio::spawn(conn);
+    let result = async {
+        let request = Request::get(path)
+            .header(header::HOST, host_port)
+            .header(header::USER_AGENT, "Swarmcast/0.1")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| TrackerError::Http(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| TrackerError::Http(e.to_string()))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    TrackerError::ResponseTooLarge {
+                        limit: MAX_RESPONSE_BYTES,
+                    }
+                } else {
+                    TrackerError::Http(e.to_string())
+                }
+            })?
+            .to_bytes();
+        match parse_announce_response(&body) {
+            Ok(resp) if status.is_success() => Ok(resp),
+            // Some trackers send their failure reason with a 4xx status.
+            Err(TrackerError::Failure(reason)) => Err(TrackerError::Failure(reason)),
+            _ if !status.is_success() => Err(TrackerError::HttpStatus(status.as_u16())),
+            other => other,
+        }
+    }
+    .await;
+    conn_task.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::tests::request;
+    use crate::tracker::Event;
+
+    #[test]
+    fn url_encodes_binary_fields_and_appends_to_existing_query() {
+        let mut req = request(b'A', 6881, 100, Event::Started);
+        req.info_hash.0 = *b"\x00\xff-._~ab/?&=+%\x7f\x80WXYZ";
+        let url = announce_url("http://t.example/announce?key=1", &req);
+        assert_eq!(
+            url,
+            "http://t.example/announce?key=1&info_hash=%00%FF-._~ab%2F%3F%26%3D%2B%25%7F%80WXYZ\
+             &peer_id=AAAAAAAAAAAAAAAAAAAA&port=6881&uploaded=0&downloaded=0&left=100&compact=1\
+             &numwant=50&event=started"
+        );
+        let url = announce_url("http://t/a", &request(b'A', 1, 0, Event::None));
+        assert!(url.starts_with("http://t/a?info_hash="));
+        assert!(!url.contains("event="));
+    }
+
+    #[test]
+    fn parses_compact_and_dict_peers() {
+        let body = b"d8:completei3e10:incompletei2e8:intervali900e5:peers12:\x01\x02\x03\x04\x1a\xe1\x05\x06\x07\x08\x00\x506:peers618:\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x01\x00\x01e";
+        let resp = parse_announce_response(body).unwrap();
+        assert_eq!(resp.interval, Duration::from_secs(900));
+        assert_eq!(resp.seeders, Some(3));
+        assert_eq!(resp.leechers, Some(2));
+        assert_eq!(
+            resp.peers,
+            vec![
+                "1.2.3.4:6881".parse().unwrap(),
+                "5.6.7.8:80".parse().unwrap(),
+                "[::1]:1".parse().unwrap()
+            ]
+        );
+
+        let body = b"d5:peersld2:ip8:10.0.0.17:peer id20:AAAAAAAAAAAAAAAAAAAA4:porti7000eed2:ip8:not-an-i4:porti1eed2:ip3:::14:porti9eeee";
+        let resp = parse_announce_response(body).unwrap();
+        assert_eq!(resp.interval, DEFAULT_INTERVAL);
+        assert_eq!(resp.seeders, None);
+        assert_eq!(
+            resp.peers,
+            vec!["10.0.0.1:7000".parse().unwrap(), "[::1]:9".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn failure_reason_and_interval_floor() {
+        match parse_announce_response(b"d14:failure reason12:unregisterede") {
+            Err(TrackerError::Failure(r)) => assert_eq!(r, "unregistered"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let resp = parse_announce_response(b"d8:intervali-5e5:peers0:e").unwrap();
+        assert_eq!(resp.interval, Duration::from_secs(1));
+        assert!(resp.peers.is_empty());
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b"<html>nope</html>",
+            b"i5e",
+            b"le",
+            b"d8:intervali900e",
+            b"d8:intervali900e5:peers7:\x01\x02\x03\x04\x05\x06\x07e",
+            b"d5:peers99999999999999999999999:xe",
+            b"d5:peers4:abcde",
+            b"d5:peersl",
+            b"d5:peersld2:ip",
+            b"d1:bi1e1:ai1ee",
+            &[b'l'; 5000],
+        ];
+        for case in cases {
+            assert!(
+                matches!(
+                    parse_announce_response(case),
+                    Err(TrackerError::Malformed(_))
+                ),
+                "accepted {:?}",
+                String::from_utf8_lossy(case)
+            );
+        }
+    }
+}
