@@ -935,17 +935,3 @@ mod tests {
         assert_eq!(s.torrent_count(), 1);
     }
 }
-#[cfg(test)]
-mod tmp_manual {
-    #[tokio::test]
-    #[ignore]
-    async fn tmp_serve_for_aria2c() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("debug")
-            .try_init();
-        let s = super::TrackerServer::bind("127.0.0.1:36969".parse().unwrap(), Default::default())
-            .await
-            .unwrap();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(60), s.run()).await;
-    }
-}

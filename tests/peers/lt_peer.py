@@ -1,0 +1,78 @@
+#!/usr/bin/python3
+"""A libtorrent peer for Swarmcast's interop tests (run with /usr/bin/python3: Debian's
+python3-libtorrent). Modes:
+
+  lt_peer.py seed TORRENT DATA_DIR PORT        check DATA_DIR, print "ready", seed until killed
+  lt_peer.py get TORRENT OUT_DIR PORT PEER_PORT [TIMEOUT]
+                                               download from 127.0.0.1:PEER_PORT, print "done"
+
+Settings follow shared/REAL-PEERS.md: loopback only, no DHT/LSD/UPnP/NAT-PMP/uTP, several
+connections per IP allowed (every peer is 127.0.0.1).
+"""
+import sys
+import time
+
+import libtorrent as lt
+
+
+def session(port):
+    return lt.session({
+        "listen_interfaces": f"127.0.0.1:{port}",
+        "outgoing_interfaces": "127.0.0.1",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "allow_multiple_connections_per_ip": True,
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        "alert_mask": 0,
+    })
+
+
+def add(ses, torrent, save_path):
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(torrent)
+    params.save_path = save_path
+    return ses.add_torrent(params)
+
+
+def main():
+    mode = sys.argv[1]
+    if mode == "seed":
+        torrent, data, port = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        ses = session(port)
+        h = add(ses, torrent, data)
+        deadline = time.time() + 120
+        while not h.status().is_seeding:
+            if time.time() > deadline:
+                print(f"error: data did not verify: {h.status().progress:.2f}", flush=True)
+                sys.exit(1)
+            time.sleep(0.1)
+        print("ready", flush=True)
+        while True:
+            time.sleep(1)
+    elif mode == "get":
+        torrent, out, port, peer = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+        timeout = float(sys.argv[6]) if len(sys.argv) > 6 else 120
+        ses = session(port)
+        h = add(ses, torrent, out)
+        h.connect_peer(("127.0.0.1", peer))
+        deadline = time.time() + timeout
+        last = 0
+        while not h.status().is_seeding:
+            if time.time() > deadline:
+                print(f"error: timed out at {h.status().progress:.2f}", flush=True)
+                sys.exit(1)
+            if time.time() - last > 5:
+                # Re-dial in case the first attempt raced the peer's start.
+                h.connect_peer(("127.0.0.1", peer))
+                last = time.time()
+            time.sleep(0.1)
+        print("done", flush=True)
+    else:
+        sys.exit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()
