@@ -312,6 +312,17 @@ async fn get(source: &str, out: &Path, keep_seeding: bool, net: &NetArgs) -> Res
     config.seed_when_done = keep_seeding;
     let started = std::time::Instant::now();
     let session = Session::start(meta, out.to_path_buf(), Role::Download, config).await?;
+    let have = session
+        .stats()
+        .pieces_have
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let total = session
+        .stats()
+        .pieces_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if have > 0 {
+        eprintln!("resuming: {have} of {total} pieces already verified on disk");
+    }
     let reporter = progress::spawn_reporter(session.stats().clone(), name.clone());
     let result = tokio::select! {
         r = session.wait_complete() => r.map_err(anyhow::Error::from),

@@ -31,6 +31,8 @@ struct StoredFile {
     offset: u64,
     length: u64,
     handle: File,
+    /// Created empty by this open: it holds no data, so re-checking it is pointless.
+    fresh: bool,
 }
 
 /// The files of one torrent on disk.
@@ -97,6 +99,7 @@ impl Storage {
                 path: path.clone(),
                 source,
             };
+            let mut fresh = false;
             let handle = match mode {
                 Mode::ReadOnly => File::open(&path).map_err(io_err)?,
                 Mode::ReadWrite => {
@@ -117,6 +120,7 @@ impl Storage {
                 // return zeros instead of short reads, and a file longer than the torrent says is
                 // trimmed back.
                 let len = handle.metadata().map_err(io_err)?.len();
+                fresh = len == 0;
                 if len != entry.length {
                     handle.set_len(entry.length).map_err(io_err)?;
                 }
@@ -126,6 +130,7 @@ impl Storage {
                 offset: entry.offset,
                 length: entry.length,
                 handle,
+                fresh,
             });
         }
         Ok(Storage {
@@ -222,6 +227,16 @@ impl Storage {
         let mut have = Bitfield::new(n);
         let mut buf = Vec::new();
         for piece in 0..n {
+            let pos = piece as u64 * self.piece_length as u64;
+            let mut all_fresh = true;
+            let _ = self.segments(pos, self.piece_size(piece) as usize, |f, _, _| {
+                all_fresh &= f.fresh;
+                Ok(())
+            });
+            if all_fresh {
+                progress(piece + 1, n);
+                continue;
+            }
             match self.verify(piece, &mut buf) {
                 Ok(true) => {
                     have.set(piece);

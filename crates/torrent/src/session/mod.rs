@@ -9,7 +9,7 @@
 //! - at most one connection per remote peer id (simultaneous dials: the connection opened by the
 //!   peer with the lower id survives on both sides);
 //! - a peer whose block was proven wrong (its block differs from the piece's verified bytes) is
-//!   banned by address; a peer contributing to [`BAN_AFTER_FAILED_PIECES`] failed pieces too.
+//!   banned by address; so is a peer that alone sent [`BAN_AFTER_FAILED_PIECES`] failed pieces.
 
 pub mod magnet;
 pub mod peer;
@@ -310,8 +310,10 @@ struct PeerState {
     fast: bool,
     ext: Option<ExtHandshake>,
     has: Bitfield,
-    /// True once the peer sent any message (BITFIELD/HAVE_ALL/HAVE_NONE only allowed first).
-    said_anything: bool,
+    /// True once the peer told us what it has (BITFIELD, HAVE, HAVE_ALL, HAVE_NONE): a
+    /// HAVE_ALL/HAVE_NONE after that is a protocol violation. (aria2 sends ALLOWED_FAST before
+    /// its BITFIELD, so "first message" is too strict a rule.)
+    said_what_it_has: bool,
     am_choking: bool,
     am_interested: bool,
     peer_choking: bool,
@@ -658,7 +660,7 @@ impl Torrent {
             fast: theirs.supports_fast(),
             ext: None,
             has: Bitfield::new(n),
-            said_anything: false,
+            said_what_it_has: false,
             am_choking: true,
             am_interested: false,
             peer_choking: true,
@@ -739,9 +741,12 @@ impl Torrent {
             return Ok(());
         };
         p.last_msg = now;
-        let first = !p.said_anything;
-        if !matches!(msg, Message::KeepAlive | Message::Extended { .. }) {
-            p.said_anything = true;
+        let first = !p.said_what_it_has;
+        if matches!(
+            msg,
+            Message::Have(_) | Message::Bitfield(_) | Message::HaveAll | Message::HaveNone
+        ) {
+            p.said_what_it_has = true;
         }
         match msg {
             Message::KeepAlive => {}
@@ -773,13 +778,20 @@ impl Torrent {
                 }
             }
             Message::Bitfield(raw) => {
-                if !first {
-                    return Err("BITFIELD after other messages".into());
-                }
                 let bf = Bitfield::from_wire(&raw, n).map_err(|e| e.to_string())?;
-                p.has = bf;
-                let has = p.has.clone();
-                self.picker.peer_bitfield(key, &has);
+                if first {
+                    p.has = bf;
+                    let has = p.has.clone();
+                    self.picker.peer_bitfield(key, &has);
+                } else {
+                    // aria2 re-sends its whole BITFIELD instead of HAVE after HAVE_NONE: treat a
+                    // later BITFIELD as HAVEs for the pieces it adds (peers never lose pieces).
+                    for piece in bf.iter_set() {
+                        if p.has.set(piece) {
+                            self.picker.peer_have(key, piece);
+                        }
+                    }
+                }
                 self.update_interest(key);
             }
             Message::HaveAll | Message::HaveNone => {
@@ -944,13 +956,15 @@ impl Torrent {
                 ?contributors,
                 "piece failed its hash check; fetching it again"
             );
-            for c in contributors {
-                let ban = self.peers.get_mut(&c).is_some_and(|p| {
+            // Without proof, only a peer that sent the whole piece is counted against: honest
+            // peers that shared a piece with a liar are cleared when it verifies (smart ban).
+            if let [only] = contributors[..] {
+                let ban = self.peers.get_mut(&only).is_some_and(|p| {
                     p.failed_pieces += 1;
                     p.failed_pieces >= BAN_AFTER_FAILED_PIECES
                 });
                 if ban {
-                    self.ban(c);
+                    self.ban(only);
                 }
             }
             let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
@@ -980,8 +994,9 @@ impl Torrent {
                     .iter()
                     .find(|(_, p)| p.addr == addr)
                     .map(|(k, _)| *k);
-                self.banned.insert(addr);
-                self.stats.banned.fetch_add(1, Ordering::Relaxed);
+                if self.banned.insert(addr) {
+                    self.stats.banned.fetch_add(1, Ordering::Relaxed);
+                }
                 if let Some(k) = key {
                     self.drop_peer(k, "banned: sent corrupt data");
                 }
@@ -1008,8 +1023,9 @@ impl Torrent {
     fn ban(&mut self, key: PeerKey) {
         if let Some(p) = self.peers.get(&key) {
             warn!(peer = %p.addr, "peer took part in too many failed pieces: banned");
-            self.banned.insert(p.addr);
-            self.stats.banned.fetch_add(1, Ordering::Relaxed);
+            if self.banned.insert(p.addr) {
+                self.stats.banned.fetch_add(1, Ordering::Relaxed);
+            }
             self.drop_peer(key, "banned");
         }
     }

@@ -1,0 +1,259 @@
+//! Test harness for end-to-end tests: real processes on loopback, each killed when its guard
+//! drops, every wait bounded. Outside tools must be installed (`scripts/test.sh` does that): a
+//! missing tool fails the test with a message saying so.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed (SIGKILL) and reaped when dropped. Its stdout and stderr go to files.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` with its output captured in `dir`.
+    pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Proc {
+        let stdout = dir.join(format!("{name}.out"));
+        let stderr = dir.join(format!("{name}.err"));
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("create stdout log"))
+            .stderr(File::create(&stderr).expect("create stderr log"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        format!(
+            "--- {} stdout ---\n{out}--- {} stderr ---\n{err}",
+            self.name, self.name
+        )
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!(
+                    "{} did not exit within {timeout:?}\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits until stdout or stderr contains `needle`.
+    pub fn wait_output(&mut self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.output().contains(needle) {
+            if !self.running() {
+                panic!(
+                    "{} exited before printing {needle:?}\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "{} did not print {needle:?} within {timeout:?}\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the process now (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The swarmcast binary under test.
+pub fn swarmcast() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_swarmcast"))
+}
+
+/// A loopback port that was free a moment ago (for TCP and UDP).
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = tcp.local_addr().expect("local addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port");
+}
+
+/// Waits until something listens on 127.0.0.1:`port`.
+pub fn wait_listening(port: u16, timeout: Duration) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for(&format!("a listener on port {port}"), timeout, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    });
+}
+
+/// Polls `f` until it is true; panics after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Writes `size` pseudo-random bytes (deterministic in `seed`).
+pub fn random_file(path: &Path, size: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut data = Vec::with_capacity(size);
+    while data.len() < size {
+        // xorshift64*: fast, good enough to make every piece distinct.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        data.extend_from_slice(&x.wrapping_mul(0x2545F4914F6CDD1D).to_le_bytes());
+    }
+    data.truncate(size);
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).expect("mkdir");
+    }
+    File::create(path)
+        .and_then(|mut f| f.write_all(&data))
+        .expect("write random file");
+    data
+}
+
+/// Panics with an install hint when an outside tool is missing.
+pub fn require(tool: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{tool} is not installed: run scripts/test.sh, which installs the test peers"
+    );
+}
+
+/// Debian's python with python3-libtorrent.
+pub fn libtorrent_python() -> Command {
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-c", "import libtorrent"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3-libtorrent is not installed: run scripts/test.sh"
+    );
+    let mut c = Command::new("/usr/bin/python3");
+    c.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/peers/lt_peer.py"
+    ));
+    c
+}
+
+/// Runs a command to completion and returns its output, panicking with it on failure.
+pub fn run_ok(mut cmd: Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// `swarmcast create` with the given extra arguments; returns the torrent's path.
+pub fn create_torrent(content: &Path, out: &Path, extra: &[&str]) -> PathBuf {
+    let mut c = swarmcast();
+    c.arg("create").arg(content).arg("-o").arg(out).args(extra);
+    run_ok(c);
+    out.to_path_buf()
+}
+
+/// Starts `swarmcast tracker` on a free port; returns the guard and the port.
+pub fn start_tracker(dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let mut c = swarmcast();
+    c.args(["tracker", "--listen", &format!("127.0.0.1:{port}")]);
+    let p = Proc::spawn("tracker", c, dir);
+    wait_listening(port, Duration::from_secs(20));
+    (p, port)
+}
+
+/// Starts `swarmcast seed` on a free port and waits until it listens.
+pub fn start_seed(torrent: &Path, data: &Path, dir: &Path, extra: &[&str]) -> (Proc, u16) {
+    let port = free_port();
+    let mut c = swarmcast();
+    c.arg("seed")
+        .arg(torrent)
+        .arg("--data")
+        .arg(data)
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(extra);
+    let p = Proc::spawn("swarmcast-seed", c, dir);
+    wait_listening(port, Duration::from_secs(60));
+    (p, port)
+}
+
+/// Asserts that two files have equal bytes.
+pub fn assert_same_file(a: &Path, b: &Path) {
+    let x = std::fs::read(a).unwrap_or_else(|e| panic!("cannot read {}: {e}", a.display()));
+    let y = std::fs::read(b).unwrap_or_else(|e| panic!("cannot read {}: {e}", b.display()));
+    assert!(
+        x.len() == y.len() && x == y,
+        "{} and {} differ",
+        a.display(),
+        b.display()
+    );
+}

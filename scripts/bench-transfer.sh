@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# One seed -> one leecher over loopback, timed, for the BitTorrent benchmark:
+#
+#   libtorrent -> aria2c      (the reference; aria2c finds the seed through `swarmcast tracker`)
+#   libtorrent -> swarmcast   (`swarmcast get --peer`)
+#   swarmcast  -> swarmcast   (`swarmcast seed` + `swarmcast get --peer`)
+#
+# Usage: scripts/bench-transfer.sh [SIZE_MIB=1024] [RUNS=1]
+#
+# A random file of SIZE_MIB MiB and a torrent with 1 MiB pieces are made in a temporary
+# directory under /tmp (removed on exit). For every case and run: start the seed, wait until it
+# has checked its data (and, for aria2c, until the tracker lists it), drop the page cache when
+# running as root, then time the leecher from start to exit (exit = complete and every piece
+# verified), record its peak RSS (GNU time's %M, which is the kernel's ru_maxrss), and `cmp` the
+# result against the original. Reports the median seconds over RUNS, MiB/s, the ratio to
+# libtorrent -> aria2c, and the highest peak RSS seen.
+#
+# Environment:
+#   CARGO_TARGET_DIR   where to build (default $HOME/.cache/swarmcast-target)
+#   BENCH_OUT          also write the result table as markdown to this file
+#   BENCH_TIMEOUT      seconds a leecher may take before it counts as failed (default 600)
+#
+# Every process this script starts runs under `timeout` (its own process group), is tracked by
+# PID, and is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SIZE_MIB=${1:-1024}
+RUNS=${2:-1}
+LEECH_TIMEOUT=${BENCH_TIMEOUT:-600}
+[[ $SIZE_MIB =~ ^[1-9][0-9]*$ ]] || { echo "SIZE_MIB must be a positive integer" >&2; exit 2; }
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "RUNS must be a positive integer" >&2; exit 2; }
+
+PY=/usr/bin/python3
+HELPER=$ROOT/scripts/bench_helper.py
+LT_PEER=$ROOT/tests/peers/lt_peer.py
+# Longest a seed or tracker may live: a backstop should this script be killed outright.
+SERVICE_LIFETIME=$((LEECH_TIMEOUT + 600))
+
+# --- tools -------------------------------------------------------------------------------------
+bash "$ROOT/scripts/install-deps.sh" time diffutils
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/swarmcast-target}"
+echo "building swarmcast (release) in $CARGO_TARGET_DIR ..."
+cargo build --release --locked -p swarmcast
+SC=$CARGO_TARGET_DIR/release/swarmcast
+
+# --- processes and cleanup ----------------------------------------------------------------------
+WORK=$(mktemp -d /tmp/swarmcast-bench.XXXXXX)
+PIDS=()
+
+# stop PID: TERM to a `timeout` we started (it passes the signal on to its process group), then
+# KILL if it is still there after 5 s.
+stop() {
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  forget "$pid"
+}
+
+# forget PID: drop a reaped PID from PIDS so that cleanup never signals a reused PID.
+forget() {
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do stop "$pid"; done
+  PIDS=()
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# spawn LOG CMD...: start CMD in the background under `timeout`, output to LOG; sets SPAWNED.
+spawn() {
+  local log=$1
+  shift
+  timeout -k 5 "$SERVICE_LIFETIME" "$@" >"$log" 2>&1 &
+  SPAWNED=$!
+  PIDS+=("$SPAWNED")
+}
+
+# wait_for PID LOG PATTERN SECS: wait until LOG matches PATTERN while PID lives.
+wait_for() {
+  local pid=$1 log=$2 pattern=$3 secs=$4 i
+  for ((i = 0; i < secs * 10; i++)); do
+    grep -qE "$pattern" "$log" 2>/dev/null && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "error: process exited before it was ready; its log:" >&2
+      cat "$log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "error: not ready after $secs s; its log:" >&2
+  cat "$log" >&2
+  return 1
+}
+
+CACHE_DROPPED=no
+if [ "$(id -u)" -eq 0 ] && [ -w /proc/sys/vm/drop_caches ]; then CACHE_DROPPED=yes; fi
+drop_cache() {
+  if [ "$CACHE_DROPPED" = yes ]; then
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+  fi
+}
+
+# --- data ----------------------------------------------------------------------------------------
+read -r TRACKER_PORT SEED_PORT LEECH_PORT < <($PY "$HELPER" free-ports 3)
+NAME=bench-${SIZE_MIB}MiB.bin
+mkdir -p "$WORK/data"
+DATA=$WORK/data/$NAME
+echo "making $SIZE_MIB MiB of random data in $WORK ..."
+head -c $((SIZE_MIB * 1048576)) /dev/urandom >"$DATA"
+# aria2c cannot be handed a peer, so its torrent names our tracker; the others dial the seed
+# directly and use the same torrent without trackers (same info-hash: announce is outside info).
+mktorrent -l 20 -a "http://127.0.0.1:$TRACKER_PORT/announce" -o "$WORK/tracked.torrent" "$DATA" >/dev/null
+$PY "$HELPER" strip-announce "$WORK/tracked.torrent" "$WORK/plain.torrent"
+
+# --- one leecher run ------------------------------------------------------------------------------
+# leech CASE RUN CMD...: time CMD (which downloads into $WORK/out), check the bytes, and append
+# "case seconds rss_kib ok|FAIL" to $WORK/results.
+leech() {
+  local case=$1 run=$2 pid rc=0 secs rss status=ok
+  shift 2
+  rm -f "$WORK/time"
+  drop_cache
+  timeout -k 5 "$LEECH_TIMEOUT" /usr/bin/time -f '%e %M' -o "$WORK/time" "$@" \
+    >"$WORK/leech-$case-$run.log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  wait "$pid" || rc=$?
+  forget "$pid"
+  # GNU time writes "Command exited with non-zero status N" first when the command fails.
+  read -r secs rss < <(tail -n 1 "$WORK/time" 2>/dev/null || true) || true
+  secs=${secs:-0}
+  rss=${rss:-0}
+  if [ "$rc" -ne 0 ]; then
+    echo "  $case run $run: leecher exited with status $rc (124: timed out); log tail:" >&2
+    tail -n 5 "$WORK/leech-$case-$run.log" >&2
+    status=FAIL
+  elif ! cmp -s "$DATA" "$WORK/out/$NAME"; then
+    echo "  $case run $run: downloaded file differs from the original" >&2
+    status=FAIL
+  fi
+  printf '  %-24s run %d: %6.2f s, peak RSS %6.1f MiB, %s\n' \
+    "$case" "$run" "$secs" "$(awk -v k="$rss" 'BEGIN{print k/1024}')" "$status"
+  echo "$case $secs $rss $status" >>"$WORK/results"
+  rm -rf "$WORK/out"
+}
+
+run_lt_aria2() {
+  local run=$1 tracker seed
+  spawn "$WORK/tracker.log" "$SC" tracker --listen "127.0.0.1:$TRACKER_PORT"
+  tracker=$SPAWNED
+  wait_for "$tracker" "$WORK/tracker.log" '^tracker on' 30
+  spawn "$WORK/seed.log" "$PY" "$LT_PEER" seed "$WORK/tracked.torrent" "$WORK/data" "$SEED_PORT"
+  seed=$SPAWNED
+  wait_for "$seed" "$WORK/seed.log" '^ready' 180
+  timeout 60 "$PY" "$HELPER" wait-peer "$TRACKER_PORT" "$WORK/tracked.torrent" 50
+  leech lt-aria2 "$run" aria2c --enable-dht=false --enable-dht6=false --bt-enable-lpd=false \
+    --enable-peer-exchange=false --seed-time=0 --file-allocation=none --disable-ipv6=true \
+    --listen-port="$LEECH_PORT" --dir="$WORK/out" --summary-interval=0 \
+    --console-log-level=warn "$WORK/tracked.torrent"
+  stop "$seed"
+  stop "$tracker"
+}
+
+run_lt_swarmcast() {
+  local run=$1 seed
+  spawn "$WORK/seed.log" "$PY" "$LT_PEER" seed "$WORK/plain.torrent" "$WORK/data" "$SEED_PORT"
+  seed=$SPAWNED
+  wait_for "$seed" "$WORK/seed.log" '^ready' 180
+  leech lt-swarmcast "$run" "$SC" get "$WORK/plain.torrent" -o "$WORK/out" \
+    --peer "127.0.0.1:$SEED_PORT" --bind 127.0.0.1 --port "$LEECH_PORT"
+  stop "$seed"
+}
+
+run_swarmcast_swarmcast() {
+  local run=$1 seed
+  spawn "$WORK/seed.log" "$SC" seed "$WORK/plain.torrent" --data "$DATA" \
+    --port "$SEED_PORT" --bind 127.0.0.1
+  seed=$SPAWNED
+  wait_for "$seed" "$WORK/seed.log" '^seeding .* on port' 180
+  leech swarmcast-swarmcast "$run" "$SC" get "$WORK/plain.torrent" -o "$WORK/out" \
+    --peer "127.0.0.1:$SEED_PORT" --bind 127.0.0.1 --port "$LEECH_PORT"
+  stop "$seed"
+}
+
+: >"$WORK/results"
+echo "page cache dropped before each leecher: $CACHE_DROPPED"
+for ((run = 1; run <= RUNS; run++)); do
+  echo "run $run of $RUNS"
+  run_lt_aria2 "$run"
+  run_lt_swarmcast "$run"
+  run_swarmcast_swarmcast "$run"
+done
+
+# --- report ---------------------------------------------------------------------------------------
+CASES=("lt-aria2:libtorrent → aria2c (reference)" "lt-swarmcast:libtorrent → swarmcast"
+  "swarmcast-swarmcast:swarmcast → swarmcast")
+# Per case: median seconds over the successful runs, highest peak RSS, failures.
+summary() {
+  awk -v c="$1" -v size="$SIZE_MIB" '
+    $1 == c && $4 == "ok" { t[n++] = $2 }
+    $1 == c { if ($3 > rss) rss = $3; if ($4 != "ok") fail++; all = all (all ? " " : "") $2 }
+    END {
+      for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (t[j] < t[i]) { x = t[i]; t[i] = t[j]; t[j] = x }
+      med = n == 0 ? 0 : (n % 2 ? t[(n - 1) / 2] : (t[n / 2 - 1] + t[n / 2]) / 2)
+      printf "%s %d %d %s\n", med, rss, fail + 0, all
+    }' "$WORK/results"
+}
+read -r REF_SECS _ _ _ < <(summary lt-aria2)
+failed=0
+{
+  echo "| case | seconds | MiB/s | ratio to aria2c | leecher peak RSS (MiB) | runs (s) |"
+  echo "|---|---:|---:|---:|---:|---|"
+  for entry in "${CASES[@]}"; do
+    key=${entry%%:*}
+    label=${entry#*:}
+    read -r secs rss fails all < <(summary "$key")
+    if [ "$fails" -gt 0 ]; then failed=1; fi
+    awk -v l="$label" -v s="$secs" -v r="$rss" -v ref="$REF_SECS" -v size="$SIZE_MIB" \
+      -v f="$fails" -v all="$all" 'BEGIN {
+        rate = s > 0 ? size / s : 0
+        ratio = (s > 0 && ref > 0) ? ref / s : 0
+        note = f > 0 ? " (" f " failed)" : ""
+        printf "| %s | %.2f | %.1f | %.2f | %.1f | %s%s |\n", l, s, rate, ratio, r / 1024, all, note
+      }'
+  done
+} >"$WORK/table.md"
+HEADER="One seed → one leecher on 127.0.0.1, $SIZE_MIB MiB random file, 1 MiB pieces, $RUNS run(s),\
+ median wall seconds from leecher start to exit; page cache dropped before each leecher: $CACHE_DROPPED;\
+ $(nproc) CPUs; swarmcast $(git rev-parse --short HEAD 2>/dev/null || echo '?'), aria2 $(aria2c --version | awk 'NR==1{print $3}'),\
+ libtorrent $($PY -c 'import libtorrent; print(libtorrent.__version__)')."
+echo
+echo "$HEADER"
+echo
+cat "$WORK/table.md"
+if [ -n "${BENCH_OUT:-}" ]; then
+  { echo "$HEADER"; echo; cat "$WORK/table.md"; } >"$BENCH_OUT"
+  echo "written to $BENCH_OUT"
+fi
+exit "$failed"

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs, with apt, the outside tools Swarmcast's tests and benchmarks run against, when they
+# are missing. Usage: scripts/install-deps.sh [EXTRA_DEBIAN_PACKAGE...]
+# Always checked: aria2, python3-libtorrent, transmission-cli, mktorrent, opentracker.
+set -euo pipefail
+need=()
+command -v aria2c >/dev/null || need+=(aria2)
+/usr/bin/python3 -c 'import libtorrent' 2>/dev/null || need+=(python3-libtorrent)
+command -v transmission-cli >/dev/null || need+=(transmission-cli)
+command -v mktorrent >/dev/null || need+=(mktorrent)
+command -v opentracker >/dev/null || need+=(opentracker)
+for pkg in "$@"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
