@@ -4,8 +4,10 @@
 //! - `main.rs`: the CLI definition and the subcommands.
 //! - `progress.rs`: progress bars on a terminal, plain log lines otherwise.
 //! - `demo.rs`: the no-setup local demo (tracker, seed and leechers in one process).
+//! - `lab_cmd.rs`: `bound` and `lab`, the distribution-time bounds and measurements.
 
 mod demo;
+mod lab_cmd;
 mod progress;
 
 use std::net::SocketAddr;
@@ -84,6 +86,13 @@ enum Command {
         seed: bool,
         #[command(flatten)]
         net: NetArgs,
+    },
+    /// Print the lecture's lower bounds on distribution time (and plot them).
+    Bound(lab_cmd::BoundArgs),
+    /// Measure distribution time of real nodes on loopback against the bound.
+    Lab {
+        #[command(subcommand)]
+        cmd: lab_cmd::LabCommand,
     },
     /// Run a BitTorrent tracker (HTTP /announce and UDP on the same port).
     Tracker {
@@ -177,6 +186,8 @@ async fn run(cli: Cli) -> Result<()> {
             comment,
             private,
         } => create(&path, output, trackers, piece_size, comment, private),
+        Command::Bound(a) => lab_cmd::bound(&a),
+        Command::Lab { cmd } => lab_cmd::lab(cmd).await,
         Command::Seed { torrent, data, net } => seed(&torrent, &data, &net).await,
         Command::Get {
             source,
