@@ -82,7 +82,12 @@ pub enum LabError {
         "the lab did not finish within its {limit_s:.0} s limit: {complete} of {n} leechers \
          complete, {progress:.1}% of all bytes delivered (stopped and cleaned up)"
     )]
-    TimedOut { limit_s: f64, complete: usize, n: usize, progress: f64 },
+    TimedOut {
+        limit_s: f64,
+        complete: usize,
+        n: usize,
+        progress: f64,
+    },
     #[error("lab setup failed: {0}")]
     Setup(String),
 }
@@ -162,7 +167,10 @@ pub async fn run(
     problem.validate()?;
     let min_rate = 16 * 1024;
     if config.server_upload < min_rate
-        || config.peer_uploads.iter().any(|&u| u < min_rate && config.architecture == Architecture::P2p)
+        || config
+            .peer_uploads
+            .iter()
+            .any(|&u| u < min_rate && config.architecture == Architecture::P2p)
         || config.download_limit.is_some_and(|d| d < min_rate)
     {
         return Err(LabError::RateTooLow);
@@ -190,7 +198,9 @@ pub async fn run(
         max_peers_returned: config.neighbors,
         ..TrackerConfig::default()
     };
-    let tracker = TrackerServer::bind(loopback, tracker_config).await.map_err(setup)?;
+    let tracker = TrackerServer::bind(loopback, tracker_config)
+        .await
+        .map_err(setup)?;
     let announce = format!("http://{}/announce", tracker.local_addr());
     let tracker_task = tokio::spawn(tracker.run());
 
@@ -203,14 +213,21 @@ pub async fn run(
     let meta = Metainfo::from_bytes(&bytes).map_err(setup)?;
 
     let p2p = config.architecture == Architecture::P2p;
-    let choker = |slots| ChokerConfig { upload_slots: slots, ..ChokerConfig::default() };
+    let choker = |slots| ChokerConfig {
+        upload_slots: slots,
+        ..ChokerConfig::default()
+    };
     let max_peers = (config.neighbors as usize * 2).max(n + 1);
     let seeder_config = SessionConfig {
         listen: loopback,
         upload_limit: Some(config.server_upload),
         seed_when_done: true,
         max_peers,
-        choker: if p2p { choker(config.upload_slots) } else { choker(n) },
+        choker: if p2p {
+            choker(config.upload_slots)
+        } else {
+            choker(n)
+        },
         rng_seed: Some(config.seed ^ 0x5eed),
         num_want: config.neighbors,
         use_trackers: p2p,
@@ -238,7 +255,11 @@ pub async fn run(
             ..SessionConfig::default()
         };
         let dir: PathBuf = work.path().join(format!("leecher{i}"));
-        leechers.push(Session::start(meta.clone(), dir, Role::Download, c).await.map_err(setup)?);
+        leechers.push(
+            Session::start(meta.clone(), dir, Role::Download, c)
+                .await
+                .map_err(setup)?,
+        );
     }
 
     // Watch: completion times and a 100 ms timeline of cumulative uploads.
@@ -255,11 +276,13 @@ pub async fn run(
                 done[i] = Some(t);
             }
         }
-        if last_sample.elapsed() >= Duration::from_millis(100) || done.iter().all(Option::is_some)
-        {
+        if last_sample.elapsed() >= Duration::from_millis(100) || done.iter().all(Option::is_some) {
             last_sample = Instant::now();
             let s = seeder.stats().uploaded.load(Ordering::Relaxed);
-            let p: u64 = leechers.iter().map(|l| l.stats().uploaded.load(Ordering::Relaxed)).sum();
+            let p: u64 = leechers
+                .iter()
+                .map(|l| l.stats().uploaded.load(Ordering::Relaxed))
+                .sum();
             timeline.push((t, s, p));
         }
         let complete = done.iter().filter(|d| d.is_some()).count();
@@ -270,7 +293,12 @@ pub async fn run(
             / total_bytes;
         if last_progress.elapsed() >= Duration::from_millis(500) {
             last_progress = Instant::now();
-            on_progress(&LabProgress { elapsed: started.elapsed(), complete, n, delivered });
+            on_progress(&LabProgress {
+                elapsed: started.elapsed(),
+                complete,
+                n,
+                delivered,
+            });
         }
         if complete == n {
             break Ok(());
@@ -285,8 +313,10 @@ pub async fn run(
         }
     };
     let seeder_up = seeder.stats().uploaded.load(Ordering::Relaxed);
-    let uploads: Vec<u64> =
-        leechers.iter().map(|l| l.stats().uploaded.load(Ordering::Relaxed)).collect();
+    let uploads: Vec<u64> = leechers
+        .iter()
+        .map(|l| l.stats().uploaded.load(Ordering::Relaxed))
+        .collect();
     for l in leechers {
         l.shutdown().await;
     }
@@ -299,7 +329,14 @@ pub async fn run(
     let sum_u: f64 = config.peer_uploads.iter().map(|&u| u as f64).sum();
     let capacity = config.server_upload as f64 + if p2p { sum_u } else { 0.0 };
     let first_complete = done.iter().flatten().fold(f64::INFINITY, |a, &b| a.min(b));
-    let gap = breakdown(&timeline, capacity, config.file_size, first_complete, measured, n);
+    let gap = breakdown(
+        &timeline,
+        capacity,
+        config.file_size,
+        first_complete,
+        measured,
+        n,
+    );
     let peers = done
         .iter()
         .zip(&uploads)
@@ -329,7 +366,11 @@ pub async fn run(
         seeder_uploaded_bytes: seeder_up,
         peers_uploaded_bytes: peers_up,
         seeder_utilization: seeder_up as f64 / (config.server_upload as f64 * measured),
-        peer_utilization: if p2p && sum_u > 0.0 { peers_up as f64 / (sum_u * measured) } else { 0.0 },
+        peer_utilization: if p2p && sum_u > 0.0 {
+            peers_up as f64 / (sum_u * measured)
+        } else {
+            0.0
+        },
         peer_upload_share: peers_up as f64 / (seeder_up + peers_up).max(1) as f64,
         gap,
     })
@@ -356,7 +397,9 @@ fn breakdown(
             return 0.0;
         }
         let a = timeline[i - 1];
-        let Some(b) = timeline.get(i) else { return (a.1 + a.2) as f64 };
+        let Some(b) = timeline.get(i) else {
+            return (a.1 + a.2) as f64;
+        };
         let (ua, ub) = ((a.1 + a.2) as f64, (b.1 + b.2) as f64);
         ua + (ub - ua) * (t - a.0) / (b.0 - a.0).max(1e-9)
     };
@@ -384,8 +427,15 @@ mod tests {
     #[test]
     fn breakdown_of_a_perfect_swarm_is_zero() {
         // Capacity 10 B/s, F = 10, N = 3: 30 bytes at full rate take 3 s.
-        let tl: Vec<(f64, u64, u64)> =
-            (0..=30).map(|i| (i as f64 * 0.1, (i as u64).min(10), (i as u64).saturating_sub(10))).collect();
+        let tl: Vec<(f64, u64, u64)> = (0..=30)
+            .map(|i| {
+                (
+                    i as f64 * 0.1,
+                    (i as u64).min(10),
+                    (i as u64).saturating_sub(10),
+                )
+            })
+            .collect();
         let g = breakdown(&tl, 10.0, 10, 2.0, 3.0, 3);
         assert!(g.startup_s.abs() < 1e-9 && g.middle_s.abs() < 1e-9 && g.tail_s.abs() < 1e-9);
         assert!((g.startup_ends_s - 1.0).abs() < 1e-9);
@@ -395,7 +445,13 @@ mod tests {
     fn idle_time_is_charged_to_its_phase() {
         // Nothing moves for the first second, then full rate.
         let mut tl = vec![(0.0, 0, 0), (1.0, 0, 0)];
-        tl.extend((1..=30).map(|i| (1.0 + i as f64 * 0.1, (i as u64).min(10), (i as u64).saturating_sub(10))));
+        tl.extend((1..=30).map(|i| {
+            (
+                1.0 + i as f64 * 0.1,
+                (i as u64).min(10),
+                (i as u64).saturating_sub(10),
+            )
+        }));
         let g = breakdown(&tl, 10.0, 10, 3.0, 4.0, 3);
         assert!((g.startup_s - 1.0).abs() < 1e-9, "{g:?}");
         assert!(g.middle_s.abs() < 1e-9 && g.tail_s.abs() < 1e-9);

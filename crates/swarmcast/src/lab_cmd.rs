@@ -104,7 +104,10 @@ fn read_measured(path: &Path) -> Result<Vec<MeasuredPoint>> {
                     n: n as usize,
                     seconds,
                 }),
-                _ => bail!("{}: a run lacks architecture, n or measured_s", path.display()),
+                _ => bail!(
+                    "{}: a run lacks architecture, n or measured_s",
+                    path.display()
+                ),
             }
         })
         .collect()
