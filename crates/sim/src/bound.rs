@@ -70,16 +70,10 @@ pub struct Bound {
 }
 
 fn max_term(terms: &[(f64, Term)]) -> Bound {
-    let mut best = Bound {
-        seconds: f64::NEG_INFINITY,
-        binding: terms[0].1,
-    };
+    let mut best = Bound { seconds: f64::NEG_INFINITY, binding: terms[0].1 };
     for &(s, t) in terms {
         if s > best.seconds {
-            best = Bound {
-                seconds: s,
-                binding: t,
-            };
+            best = Bound { seconds: s, binding: t };
         }
     }
     best
@@ -94,12 +88,7 @@ impl Problem {
         peers: usize,
         min_download: Option<f64>,
     ) -> Self {
-        Problem {
-            file_size,
-            server_upload,
-            peer_uploads: vec![peer_upload; peers],
-            min_download,
-        }
+        Problem { file_size, server_upload, peer_uploads: vec![peer_upload; peers], min_download }
     }
 
     /// Checks the parameters make sense.
@@ -233,13 +222,7 @@ mod tests {
             min_download: None,
         };
         // 4·100/(10+10) = 20 s.
-        assert_eq!(
-            p.p2p(),
-            Bound {
-                seconds: 20.0,
-                binding: Term::TotalUpload
-            }
-        );
+        assert_eq!(p.p2p(), Bound { seconds: 20.0, binding: Term::TotalUpload });
         assert_eq!(p.with_peers(2).peer_uploads, vec![4.0, 1.0]);
     }
 }

@@ -82,12 +82,7 @@ pub enum LabError {
         "the lab did not finish within its {limit_s:.0} s limit: {complete} of {n} leechers \
          complete, {progress:.1}% of all bytes delivered (stopped and cleaned up)"
     )]
-    TimedOut {
-        limit_s: f64,
-        complete: usize,
-        n: usize,
-        progress: f64,
-    },
+    TimedOut { limit_s: f64, complete: usize, n: usize, progress: f64 },
     #[error("lab setup failed: {0}")]
     Setup(String),
 }
@@ -147,6 +142,8 @@ pub struct LabReport {
     /// Share of all uploaded bytes that leechers served.
     pub peer_upload_share: f64,
     pub gap: GapBreakdown,
+    /// Every leecher's file was compared with the original, byte for byte.
+    pub bytes_verified: bool,
 }
 
 /// Progress while a lab runs.
@@ -198,9 +195,7 @@ pub async fn run(
         max_peers_returned: config.neighbors,
         ..TrackerConfig::default()
     };
-    let tracker = TrackerServer::bind(loopback, tracker_config)
-        .await
-        .map_err(setup)?;
+    let tracker = TrackerServer::bind(loopback, tracker_config).await.map_err(setup)?;
     let announce = format!("http://{}/announce", tracker.local_addr());
     let tracker_task = tokio::spawn(tracker.run());
 
@@ -213,29 +208,21 @@ pub async fn run(
     let meta = Metainfo::from_bytes(&bytes).map_err(setup)?;
 
     let p2p = config.architecture == Architecture::P2p;
-    let choker = |slots| ChokerConfig {
-        upload_slots: slots,
-        ..ChokerConfig::default()
-    };
+    let choker = |slots| ChokerConfig { upload_slots: slots, ..ChokerConfig::default() };
     let max_peers = (config.neighbors as usize * 2).max(n + 1);
     let seeder_config = SessionConfig {
         listen: loopback,
         upload_limit: Some(config.server_upload),
         seed_when_done: true,
         max_peers,
-        choker: if p2p {
-            choker(config.upload_slots)
-        } else {
-            choker(n)
-        },
+        choker: if p2p { choker(config.upload_slots) } else { choker(n) },
         rng_seed: Some(config.seed ^ 0x5eed),
         num_want: config.neighbors,
         use_trackers: p2p,
         ..SessionConfig::default()
     };
-    let seeder = Session::start(meta.clone(), seed_dir, Role::Seed, seeder_config)
-        .await
-        .map_err(setup)?;
+    let seeder =
+        Session::start(meta.clone(), seed_dir, Role::Seed, seeder_config).await.map_err(setup)?;
     let seeder_addr: SocketAddr = ([127, 0, 0, 1], seeder.local_addr().port()).into();
 
     let started = Instant::now();
@@ -255,11 +242,7 @@ pub async fn run(
             ..SessionConfig::default()
         };
         let dir: PathBuf = work.path().join(format!("leecher{i}"));
-        leechers.push(
-            Session::start(meta.clone(), dir, Role::Download, c)
-                .await
-                .map_err(setup)?,
-        );
+        leechers.push(Session::start(meta.clone(), dir, Role::Download, c).await.map_err(setup)?);
     }
 
     // Watch: completion times and a 100 ms timeline of cumulative uploads.
@@ -279,10 +262,7 @@ pub async fn run(
         if last_sample.elapsed() >= Duration::from_millis(100) || done.iter().all(Option::is_some) {
             last_sample = Instant::now();
             let s = seeder.stats().uploaded.load(Ordering::Relaxed);
-            let p: u64 = leechers
-                .iter()
-                .map(|l| l.stats().uploaded.load(Ordering::Relaxed))
-                .sum();
+            let p: u64 = leechers.iter().map(|l| l.stats().uploaded.load(Ordering::Relaxed)).sum();
             timeline.push((t, s, p));
         }
         let complete = done.iter().filter(|d| d.is_some()).count();
@@ -293,12 +273,7 @@ pub async fn run(
             / total_bytes;
         if last_progress.elapsed() >= Duration::from_millis(500) {
             last_progress = Instant::now();
-            on_progress(&LabProgress {
-                elapsed: started.elapsed(),
-                complete,
-                n,
-                delivered,
-            });
+            on_progress(&LabProgress { elapsed: started.elapsed(), complete, n, delivered });
         }
         if complete == n {
             break Ok(());
@@ -313,30 +288,30 @@ pub async fn run(
         }
     };
     let seeder_up = seeder.stats().uploaded.load(Ordering::Relaxed);
-    let uploads: Vec<u64> = leechers
-        .iter()
-        .map(|l| l.stats().uploaded.load(Ordering::Relaxed))
-        .collect();
+    let uploads: Vec<u64> =
+        leechers.iter().map(|l| l.stats().uploaded.load(Ordering::Relaxed)).collect();
     for l in leechers {
         l.shutdown().await;
     }
     seeder.shutdown().await;
     tracker_task.abort();
     outcome?;
+    // Beyond the engine's own SHA-1 checks: every leecher's file equals the original.
+    let original = std::fs::read(&file).map_err(setup)?;
+    for i in 0..n {
+        let copy = work.path().join(format!("leecher{i}")).join("lab.bin");
+        let got = std::fs::read(&copy).map_err(setup)?;
+        if got != original {
+            return Err(LabError::Setup(format!("leecher {i}'s copy differs from the original")));
+        }
+    }
 
     let measured = done.iter().flatten().fold(0.0f64, |a, &b| a.max(b));
     let peers_up: u64 = uploads.iter().sum();
     let sum_u: f64 = config.peer_uploads.iter().map(|&u| u as f64).sum();
     let capacity = config.server_upload as f64 + if p2p { sum_u } else { 0.0 };
     let first_complete = done.iter().flatten().fold(f64::INFINITY, |a, &b| a.min(b));
-    let gap = breakdown(
-        &timeline,
-        capacity,
-        config.file_size,
-        first_complete,
-        measured,
-        n,
-    );
+    let gap = breakdown(&timeline, capacity, config.file_size, first_complete, measured, n);
     let peers = done
         .iter()
         .zip(&uploads)
@@ -373,6 +348,7 @@ pub async fn run(
         },
         peer_upload_share: peers_up as f64 / (seeder_up + peers_up).max(1) as f64,
         gap,
+        bytes_verified: true,
     })
 }
 
@@ -385,11 +361,8 @@ fn breakdown(
     end: f64,
     n: usize,
 ) -> GapBreakdown {
-    let startup_ends = timeline
-        .iter()
-        .find(|s| s.1 >= file_size)
-        .map_or(end, |s| s.0)
-        .min(first_complete);
+    let startup_ends =
+        timeline.iter().find(|s| s.1 >= file_size).map_or(end, |s| s.0).min(first_complete);
     let uploaded_by = |t: f64| -> f64 {
         // Linear interpolation of cumulative total upload at time t.
         let i = timeline.partition_point(|s| s.0 <= t);
@@ -428,13 +401,7 @@ mod tests {
     fn breakdown_of_a_perfect_swarm_is_zero() {
         // Capacity 10 B/s, F = 10, N = 3: 30 bytes at full rate take 3 s.
         let tl: Vec<(f64, u64, u64)> = (0..=30)
-            .map(|i| {
-                (
-                    i as f64 * 0.1,
-                    (i as u64).min(10),
-                    (i as u64).saturating_sub(10),
-                )
-            })
+            .map(|i| (i as f64 * 0.1, (i as u64).min(10), (i as u64).saturating_sub(10)))
             .collect();
         let g = breakdown(&tl, 10.0, 10, 2.0, 3.0, 3);
         assert!(g.startup_s.abs() < 1e-9 && g.middle_s.abs() < 1e-9 && g.tail_s.abs() < 1e-9);
@@ -445,13 +412,10 @@ mod tests {
     fn idle_time_is_charged_to_its_phase() {
         // Nothing moves for the first second, then full rate.
         let mut tl = vec![(0.0, 0, 0), (1.0, 0, 0)];
-        tl.extend((1..=30).map(|i| {
-            (
-                1.0 + i as f64 * 0.1,
-                (i as u64).min(10),
-                (i as u64).saturating_sub(10),
-            )
-        }));
+        tl.extend(
+            (1..=30)
+                .map(|i| (1.0 + i as f64 * 0.1, (i as u64).min(10), (i as u64).saturating_sub(10))),
+        );
         let g = breakdown(&tl, 10.0, 10, 3.0, 4.0, 3);
         assert!((g.startup_s - 1.0).abs() < 1e-9, "{g:?}");
         assert!(g.middle_s.abs() < 1e-9 && g.tail_s.abs() < 1e-9);

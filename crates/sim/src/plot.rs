@@ -64,21 +64,13 @@ pub fn bounds_svg(
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Minimum distribution time: client-server vs P2P",
-            ("sans-serif", 22),
-        )
+        .caption("Minimum distribution time: client-server vs P2P", ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..x_max + 1.0, 0.0..y_max.max(1e-9))
         .map_err(draw_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("N (peers)")
-        .y_desc("seconds")
-        .draw()
-        .map_err(draw_err)?;
+    chart.configure_mesh().x_desc("N (peers)").y_desc("seconds").draw().map_err(draw_err)?;
     chart
         .draw_series(LineSeries::new(cs, RED.stroke_width(2)))
         .map_err(draw_err)?
@@ -89,10 +81,9 @@ pub fn bounds_svg(
         .map_err(draw_err)?
         .label("P2P bound")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
-    for (arch, color, label) in [
-        ("client-server", RED, "client-server measured"),
-        ("p2p", BLUE, "P2P measured"),
-    ] {
+    for (arch, color, label) in
+        [("client-server", RED, "client-server measured"), ("p2p", BLUE, "P2P measured")]
+    {
         let pts: Vec<(f64, f64)> = measured
             .iter()
             .filter(|m| m.architecture == arch)
@@ -102,10 +93,7 @@ pub fn bounds_svg(
             continue;
         }
         chart
-            .draw_series(
-                pts.into_iter()
-                    .map(|p| Cross::new(p, 6, color.stroke_width(2))),
-            )
+            .draw_series(pts.into_iter().map(|p| Cross::new(p, 6, color.stroke_width(2))))
             .map_err(draw_err)?
             .label(label)
             .legend(move |(x, y)| Cross::new((x + 10, y), 5, color.stroke_width(2)));
@@ -131,16 +119,8 @@ mod tests {
         let path = dir.path().join("bounds.svg");
         let p = Problem::uniform(3600.0, 10.0, 1.0, 30, Some(10.0));
         let measured = vec![
-            MeasuredPoint {
-                architecture: "p2p".into(),
-                n: 10,
-                seconds: 1500.0,
-            },
-            MeasuredPoint {
-                architecture: "client-server".into(),
-                n: 10,
-                seconds: 3700.0,
-            },
+            MeasuredPoint { architecture: "p2p".into(), n: 10, seconds: 1500.0 },
+            MeasuredPoint { architecture: "client-server".into(), n: 10, seconds: 3700.0 },
         ];
         bounds_svg(&path, &p, 30, &measured).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();

@@ -24,10 +24,7 @@ pub async fn run(leechers: usize, size: u64, upload_limit: Option<u64>) -> Resul
     let seed_dir = work.path().join("seed");
     std::fs::create_dir_all(&seed_dir)?;
     let file = seed_dir.join("demo.bin");
-    eprintln!(
-        "writing a {:.1} MiB random file...",
-        size as f64 / 1048576.0
-    );
+    eprintln!("writing a {:.1} MiB random file...", size as f64 / 1048576.0);
     {
         let mut data = vec![0u8; size as usize];
         rand::rng().fill_bytes(&mut data);
@@ -39,10 +36,7 @@ pub async fn run(leechers: usize, size: u64, upload_limit: Option<u64>) -> Resul
     let announce = format!("http://{}/announce", tracker.local_addr());
     let tracker_task = tokio::spawn(tracker.run());
 
-    let opts = CreateOptions {
-        trackers: vec![announce.clone()],
-        ..Default::default()
-    };
+    let opts = CreateOptions { trackers: vec![announce.clone()], ..Default::default() };
     let bytes = torrent::metainfo::create(&file, &opts, &mut |_, _| {})?;
     let meta = Metainfo::from_bytes(&bytes)?;
     eprintln!(
@@ -70,10 +64,7 @@ pub async fn run(leechers: usize, size: u64, upload_limit: Option<u64>) -> Resul
     let bars: Vec<_> = (0..leechers)
         .map(|i| multi.add(progress::torrent_bar(&format!("leecher {i}"), size)))
         .collect();
-    let mut meters: Vec<_> = peers
-        .iter()
-        .map(|p| progress::RateMeter::new(p.stats()))
-        .collect();
+    let mut meters: Vec<_> = peers.iter().map(|p| progress::RateMeter::new(p.stats())).collect();
     let mut done_at: Vec<Option<f64>> = vec![None; leechers];
     let deadline = Duration::from_secs(600);
     let mut last_log = Instant::now();
@@ -93,10 +84,8 @@ pub async fn run(leechers: usize, size: u64, upload_limit: Option<u64>) -> Resul
         }
         if !progress::interactive() && last_log.elapsed() > Duration::from_secs(2) {
             last_log = Instant::now();
-            let pct: Vec<String> = peers
-                .iter()
-                .map(|p| format!("{:.0}%", p.stats().progress() * 100.0))
-                .collect();
+            let pct: Vec<String> =
+                peers.iter().map(|p| format!("{:.0}%", p.stats().progress() * 100.0)).collect();
             eprintln!("{:.1}s: {}", started.elapsed().as_secs_f64(), pct.join(" "));
         }
     }

@@ -99,15 +99,10 @@ fn read_measured(path: &Path) -> Result<Vec<MeasuredPoint>> {
             let n = r.get("n").and_then(|x| x.as_u64());
             let s = r.get("measured_s").and_then(|x| x.as_f64());
             match (arch, n, s) {
-                (Some(arch), Some(n), Some(seconds)) => Ok(MeasuredPoint {
-                    architecture: arch.to_string(),
-                    n: n as usize,
-                    seconds,
-                }),
-                _ => bail!(
-                    "{}: a run lacks architecture, n or measured_s",
-                    path.display()
-                ),
+                (Some(arch), Some(n), Some(seconds)) => {
+                    Ok(MeasuredPoint { architecture: arch.to_string(), n: n as usize, seconds })
+                }
+                _ => bail!("{}: a run lacks architecture, n or measured_s", path.display()),
             }
         })
         .collect()

@@ -127,6 +127,9 @@ struct NetArgs {
     /// Most peers to be connected to at once.
     #[arg(long, default_value_t = 50)]
     max_peers: usize,
+    /// Regular unchoke slots (the notes' tit-for-tat: 4), plus one optimistic slot.
+    #[arg(long, default_value_t = 4)]
+    upload_slots: usize,
 }
 
 impl NetArgs {
@@ -138,6 +141,10 @@ impl NetArgs {
             download_limit: self.download_limit,
             max_peers: self.max_peers,
             extra_trackers: self.trackers.clone(),
+            choker: torrent::proto::choker::ChokerConfig {
+                upload_slots: self.upload_slots,
+                ..Default::default()
+            },
             ..SessionConfig::default()
         }
     }
@@ -151,10 +158,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWARMCAST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -173,33 +177,19 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo {
-            leechers,
-            size,
-            upload_limit,
-        } => demo::run(leechers, size, upload_limit).await,
-        Command::Create {
-            path,
-            output,
-            trackers,
-            piece_size,
-            comment,
-            private,
-        } => create(&path, output, trackers, piece_size, comment, private),
+        Command::Demo { leechers, size, upload_limit } => {
+            demo::run(leechers, size, upload_limit).await
+        }
+        Command::Create { path, output, trackers, piece_size, comment, private } => {
+            create(&path, output, trackers, piece_size, comment, private)
+        }
         Command::Bound(a) => lab_cmd::bound(&a),
         Command::Lab { cmd } => lab_cmd::lab(cmd).await,
         Command::Seed { torrent, data, net } => seed(&torrent, &data, &net).await,
-        Command::Get {
-            source,
-            output,
-            seed,
-            net,
-        } => get(&source, &output, seed, &net).await,
+        Command::Get { source, output, seed, net } => get(&source, &output, seed, &net).await,
         Command::Tracker { listen, interval } => {
-            let config = TrackerConfig {
-                interval: Duration::from_secs(interval),
-                ..Default::default()
-            };
+            let config =
+                TrackerConfig { interval: Duration::from_secs(interval), ..Default::default() };
             let server = TrackerServer::bind(listen, config)
                 .await
                 .with_context(|| format!("cannot listen on {listen} (is the port taken?)"))?;
@@ -224,15 +214,9 @@ fn create(
     comment: Option<String>,
     private: bool,
 ) -> Result<()> {
-    let piece_size = piece_size
-        .map(|p| u32::try_from(p).context("piece size is too large"))
-        .transpose()?;
-    let opts = CreateOptions {
-        trackers,
-        piece_size,
-        comment,
-        private,
-    };
+    let piece_size =
+        piece_size.map(|p| u32::try_from(p).context("piece size is too large")).transpose()?;
+    let opts = CreateOptions { trackers, piece_size, comment, private };
     let bar = progress::bytes_bar("hashing");
     let bytes = torrent::metainfo::create(path, &opts, &mut |done, total| {
         bar.set_length(total);
@@ -259,11 +243,7 @@ fn load_torrent(path: &Path) -> Result<Metainfo> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.len() > torrent::metainfo::MAX_TORRENT_SIZE as u64 {
-        bail!(
-            "{} is {} bytes: too large to be a .torrent file",
-            path.display(),
-            meta.len()
-        );
+        bail!("{} is {} bytes: too large to be a .torrent file", path.display(), meta.len());
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Metainfo::from_bytes(&bytes)
@@ -272,13 +252,9 @@ fn load_torrent(path: &Path) -> Result<Metainfo> {
 
 /// The directory that holds the torrent's content, given what the user pointed `--data` at.
 fn data_dir(meta: &Metainfo, data: &Path) -> PathBuf {
-    let names_content = data
-        .file_name()
-        .is_some_and(|n| n == meta.info.name.as_str());
+    let names_content = data.file_name().is_some_and(|n| n == meta.info.name.as_str());
     if names_content && !data.join(&meta.info.name).exists() {
-        data.parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
+        data.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
     } else {
         data.to_path_buf()
     }
@@ -292,10 +268,7 @@ async fn seed(torrent_path: &Path, data: &Path, net: &NetArgs) -> Result<()> {
     let mut config = net.config();
     config.seed_when_done = true;
     let session = Session::start(meta, dir, Role::Seed, config).await?;
-    eprintln!(
-        "seeding {name} on port {} (Ctrl-C to stop)",
-        session.local_addr().port()
-    );
+    eprintln!("seeding {name} on port {} (Ctrl-C to stop)", session.local_addr().port());
     let reporter = progress::spawn_reporter(session.stats().clone(), name);
     tokio::signal::ctrl_c().await.ok();
     reporter.abort();
@@ -323,14 +296,8 @@ async fn get(source: &str, out: &Path, keep_seeding: bool, net: &NetArgs) -> Res
     config.seed_when_done = keep_seeding;
     let started = std::time::Instant::now();
     let session = Session::start(meta, out.to_path_buf(), Role::Download, config).await?;
-    let have = session
-        .stats()
-        .pieces_have
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let total = session
-        .stats()
-        .pieces_total
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let have = session.stats().pieces_have.load(std::sync::atomic::Ordering::Relaxed);
+    let total = session.stats().pieces_total.load(std::sync::atomic::Ordering::Relaxed);
     if have > 0 {
         eprintln!("resuming: {have} of {total} pieces already verified on disk");
     }
@@ -346,20 +313,14 @@ async fn get(source: &str, out: &Path, keep_seeding: bool, net: &NetArgs) -> Res
         return Err(e);
     }
     let secs = started.elapsed().as_secs_f64();
-    let bytes = session
-        .stats()
-        .bytes_total
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let bytes = session.stats().bytes_total.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
         "{name}: complete, every piece verified ({:.1} MiB in {secs:.1} s, {:.1} MiB/s)",
         bytes as f64 / 1048576.0,
         bytes as f64 / 1048576.0 / secs.max(1e-9)
     );
     if keep_seeding {
-        eprintln!(
-            "seeding on port {} (Ctrl-C to stop)",
-            session.local_addr().port()
-        );
+        eprintln!("seeding on port {} (Ctrl-C to stop)", session.local_addr().port());
         let reporter = progress::spawn_reporter(session.stats().clone(), name);
         tokio::signal::ctrl_c().await.ok();
         reporter.abort();

@@ -66,10 +66,7 @@ impl RateMeter {
         let secs = now.duration_since(self.last).as_secs_f64().max(1e-3);
         let down = stats.downloaded.load(Ordering::Relaxed);
         let up = stats.uploaded.load(Ordering::Relaxed);
-        let r = (
-            (down - self.down) as f64 / secs,
-            (up - self.up) as f64 / secs,
-        );
+        let r = ((down - self.down) as f64 / secs, (up - self.up) as f64 / secs);
         (self.last, self.down, self.up) = (now, down, up);
         r
     }
@@ -107,11 +104,8 @@ pub fn spawn_reporter(stats: Arc<Stats>, name: String) -> tokio::task::JoinHandl
         let total = stats.bytes_total.load(Ordering::Relaxed);
         let bar = torrent_bar(&name, total);
         let mut meter = RateMeter::new(&stats);
-        let period = if interactive() {
-            Duration::from_millis(500)
-        } else {
-            Duration::from_secs(5)
-        };
+        let period =
+            if interactive() { Duration::from_millis(500) } else { Duration::from_secs(5) };
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;

@@ -51,10 +51,7 @@ fn aria2c_downloads_from_our_seed_through_our_tracker() {
 fn libtorrent_seed(torrent: &Path, data_dir: &Path, dir: &Path) -> (Proc, u16) {
     let port = free_port();
     let mut c = libtorrent_python();
-    c.arg("seed")
-        .arg(torrent)
-        .arg(data_dir)
-        .arg(port.to_string());
+    c.arg("seed").arg(torrent).arg(data_dir).arg(port.to_string());
     let mut p = Proc::spawn("libtorrent-seed", c, dir);
     p.wait_output("ready", LONG);
     (p, port)
@@ -108,10 +105,7 @@ fn libtorrent_seeds_swarmcast_downloads_by_magnet() {
     run_ok(c);
     let (_lt, port) = libtorrent_seed(&t, &d.join("seed"), d);
     let mut c = swarmcast();
-    c.arg("create")
-        .arg(&file)
-        .arg("-o")
-        .arg(d.join("ours.torrent"));
+    c.arg("create").arg(&file).arg("-o").arg(d.join("ours.torrent"));
     // The info-hash of the mktorrent file, via our parser (mktorrent's own hash printing
     // differs between versions).
     let hash = info_hash_of(&t);
@@ -148,12 +142,7 @@ def skip(b, i):
     return n + 1 + int(b[i:n])
 print(hashlib.sha1(d[i:skip(d, i)]).hexdigest())
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(torrent)
-        .output()
-        .unwrap();
+    let out = Command::new("python3").arg("-c").arg(script).arg(torrent).output().unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
@@ -172,11 +161,7 @@ fn our_client_works_with_opentracker() {
     // `nobody` when started as root: the root dir and whitelist must be readable by it.
     let root = d.join("ot");
     std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(
-        root.join("whitelist.txt"),
-        format!("{}\n", info_hash_of(&t)),
-    )
-    .unwrap();
+    std::fs::write(root.join("whitelist.txt"), format!("{}\n", info_hash_of(&t))).unwrap();
     let conf = d.join("opentracker.conf");
     std::fs::write(
         &conf,
@@ -202,13 +187,7 @@ fn our_client_works_with_opentracker() {
     let (_seed, _) = start_seed(&t, &file, d, &[]);
     let out = d.join("got");
     // No --peer: the seed's address comes from opentracker.
-    get_ok(
-        t.to_str().unwrap(),
-        &out,
-        d,
-        &[],
-        "swarmcast get via opentracker failed",
-    );
+    get_ok(t.to_str().unwrap(), &out, d, &[], "swarmcast get via opentracker failed");
     assert_same_file(&file, &out.join("payload.bin"));
 }
 
@@ -223,13 +202,7 @@ fn our_udp_tracker_and_udp_client_find_peers() {
     let t = create_torrent(&file, &d.join("p.torrent"), &["--tracker", &announce]);
     let (_seed, _) = start_seed(&t, &file, d, &[]);
     let out = d.join("got");
-    get_ok(
-        t.to_str().unwrap(),
-        &out,
-        d,
-        &[],
-        "swarmcast get via UDP tracker failed",
-    );
+    get_ok(t.to_str().unwrap(), &out, d, &[], "swarmcast get via UDP tracker failed");
     assert_same_file(&file, &out.join("payload.bin"));
 }
 
@@ -257,12 +230,7 @@ fn transmission_downloads_from_our_seed_that_dials_it() {
     let out = d.join("tr");
     std::fs::create_dir_all(&out).unwrap();
     let mut c = Command::new("transmission-cli");
-    c.arg("-g")
-        .arg(&conf)
-        .arg("-w")
-        .arg(&out)
-        .args(["-p", &tr_port.to_string()])
-        .arg(&t);
+    c.arg("-g").arg(&conf).arg("-w").arg(&out).args(["-p", &tr_port.to_string()]).arg(&t);
     let _tr = Proc::spawn("transmission-cli", c, d);
     wait_listening(tr_port, Duration::from_secs(30));
     // Transmission 3.00 will not dial 127/8, so our seed dials it.
@@ -313,18 +281,10 @@ fn libtorrent_accepts_and_downloads_a_swarmcast_multi_file_torrent() {
     let (_seed, port) = start_seed(&t, &content, d, &[]);
     let out = d.join("lt");
     let mut c = libtorrent_python();
-    c.arg("get")
-        .arg(&t)
-        .arg(&out)
-        .arg(free_port().to_string())
-        .arg(port.to_string());
+    c.arg("get").arg(&t).arg(&out).arg(free_port().to_string()).arg(port.to_string());
     let mut lt = Proc::spawn("libtorrent-get", c, d);
     let st = lt.wait(LONG);
-    assert!(
-        st.success(),
-        "libtorrent could not download\n{}",
-        lt.output()
-    );
+    assert!(st.success(), "libtorrent could not download\n{}", lt.output());
     for f in ["one.bin", "sub/two.bin"] {
         assert_same_file(&content.join(f), &out.join("set").join(f));
     }
@@ -337,27 +297,14 @@ fn garbage_torrent_and_magnet_fail_with_a_clear_error() {
     let bad = d.join("bad.torrent");
     std::fs::write(&bad, b"d8:announce3:abc4:info").unwrap();
     for (src, needle) in [
-        (
-            bad.to_str().unwrap().to_string(),
-            "not a valid .torrent file",
-        ),
+        (bad.to_str().unwrap().to_string(), "not a valid .torrent file"),
         ("magnet:?dn=nothing".to_string(), "invalid magnet link"),
         ("magnet:?xt=urn:btih:zz".to_string(), "invalid magnet link"),
-        (
-            d.join("missing.torrent").to_str().unwrap().to_string(),
-            "cannot read",
-        ),
+        (d.join("missing.torrent").to_str().unwrap().to_string(), "cannot read"),
     ] {
-        let out = swarmcast()
-            .args(["get", &src, "-o"])
-            .arg(d.join("o"))
-            .output()
-            .unwrap();
+        let out = swarmcast().args(["get", &src, "-o"]).arg(d.join("o")).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{src}: should fail");
-        assert!(
-            err.contains(needle),
-            "{src}: error should say {needle:?}, got: {err}"
-        );
+        assert!(err.contains(needle), "{src}: error should say {needle:?}, got: {err}");
     }
 }

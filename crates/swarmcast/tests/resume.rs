@@ -63,11 +63,7 @@ impl Guard {
                 return st;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "{} did not exit within {limit:?}; log:\n{}",
-                    self.what,
-                    self.log()
-                );
+                panic!("{} did not exit within {limit:?}; log:\n{}", self.what, self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -149,11 +145,8 @@ fn killed_download_resumes_with_verified_pieces_kept() {
     let src = src_dir.join(NAME);
     std::fs::write(&src, &data).unwrap();
     let torrent = tmp.path().join("blob.torrent");
-    let (src_s, torrent_s, dl_s) = (
-        src.to_str().unwrap(),
-        torrent.to_str().unwrap(),
-        dl_dir.to_str().unwrap(),
-    );
+    let (src_s, torrent_s, dl_s) =
+        (src.to_str().unwrap(), torrent.to_str().unwrap(), dl_dir.to_str().unwrap());
 
     let mut create = Guard::spawn(
         "create",
@@ -163,9 +156,7 @@ fn killed_download_resumes_with_verified_pieces_kept() {
     let st = create.wait_exit(Duration::from_secs(60));
     assert!(st.success(), "create failed: {}", create.log());
     assert!(
-        create
-            .log()
-            .contains(&format!("{PIECES} pieces of {PIECE} bytes")),
+        create.log().contains(&format!("{PIECES} pieces of {PIECE} bytes")),
         "unexpected create output: {}",
         create.log()
     );
@@ -208,14 +199,10 @@ fn killed_download_resumes_with_verified_pieces_kept() {
 
     // First attempt: SIGKILL once some pieces are on disk.
     let mut get1 = Guard::spawn("get #1", &get_args, tmp.path().join("get1.log"));
-    poll(
-        Duration::from_secs(60),
-        "the first download to make progress",
-        || {
-            get1.assert_running();
-            (pieces_on_disk(&out_file, &data) >= KILL_AFTER_PIECES).then_some(())
-        },
-    );
+    poll(Duration::from_secs(60), "the first download to make progress", || {
+        get1.assert_running();
+        (pieces_on_disk(&out_file, &data) >= KILL_AFTER_PIECES).then_some(())
+    });
     get1.kill9();
     let before = pieces_on_disk(&out_file, &data);
     eprintln!("killed get #1 with {before} of {PIECES} pieces on disk");
@@ -224,10 +211,7 @@ fn killed_download_resumes_with_verified_pieces_kept() {
         "expected a partial download, found {before} of {PIECES} pieces; log:\n{}",
         get1.log()
     );
-    assert_eq!(
-        std::fs::metadata(&out_file).unwrap().len(),
-        FILE_SIZE as u64
-    );
+    assert_eq!(std::fs::metadata(&out_file).unwrap().len(), FILE_SIZE as u64);
 
     // Second attempt: the same command finishes and the bytes are right.
     let mut get2 = Guard::spawn("get #2", &get_args, tmp.path().join("get2.log"));
@@ -236,10 +220,7 @@ fn killed_download_resumes_with_verified_pieces_kept() {
     assert!(st.success(), "get #2 failed ({st}); log:\n{log2}");
     let got = std::fs::read(&out_file).unwrap();
     assert!(got == data, "downloaded bytes differ; log:\n{log2}");
-    assert!(
-        log2.contains("complete, every piece verified"),
-        "no completion line; log:\n{log2}"
-    );
+    assert!(log2.contains("complete, every piece verified"), "no completion line; log:\n{log2}");
 
     // The pieces on disk survived the kill: the first progress line, printed as soon as the
     // session started, already counts them (it would start near 0% if they were re-fetched).

@@ -20,11 +20,7 @@ pub struct BitfieldError {
 impl Bitfield {
     /// An empty bitfield for `len` pieces.
     pub fn new(len: u32) -> Self {
-        Bitfield {
-            bytes: vec![0; (len as usize).div_ceil(8)],
-            len,
-            count: 0,
-        }
+        Bitfield { bytes: vec![0; (len as usize).div_ceil(8)], len, count: 0 }
     }
 
     /// A bitfield with every one of `len` pieces set.
@@ -38,10 +34,7 @@ impl Bitfield {
 
     /// Parses a BITFIELD payload: the length must match exactly and spare bits must be zero.
     pub fn from_wire(payload: &[u8], len: u32) -> Result<Self, BitfieldError> {
-        let err = BitfieldError {
-            got: payload.len(),
-            pieces: len,
-        };
+        let err = BitfieldError { got: payload.len(), pieces: len };
         if payload.len() != (len as usize).div_ceil(8) {
             return Err(err);
         }
@@ -53,11 +46,7 @@ impl Bitfield {
             }
         }
         let count = payload.iter().map(|b| b.count_ones()).sum();
-        Ok(Bitfield {
-            bytes: payload.to_vec(),
-            len,
-            count,
-        })
+        Ok(Bitfield { bytes: payload.to_vec(), len, count })
     }
 
     /// The wire layout.
@@ -114,11 +103,7 @@ impl Bitfield {
     /// Bitfields of different lengths never interest.
     pub fn wants_any_of(&self, theirs: &Bitfield) -> bool {
         self.len == theirs.len
-            && self
-                .bytes
-                .iter()
-                .zip(&theirs.bytes)
-                .any(|(ours, t)| t & !ours != 0)
+            && self.bytes.iter().zip(&theirs.bytes).any(|(ours, t)| t & !ours != 0)
     }
 
     /// The set pieces, in increasing order.
@@ -137,10 +122,7 @@ mod tests {
         assert!(b.set(0) && b.set(9) && !b.set(9) && !b.set(10));
         assert_eq!(b.as_bytes(), &[0x80, 0x40]);
         assert_eq!(Bitfield::from_wire(&[0x80, 0x40], 10).unwrap(), b);
-        assert!(
-            Bitfield::from_wire(&[0x80, 0x41], 10).is_err(),
-            "spare bit set"
-        );
+        assert!(Bitfield::from_wire(&[0x80, 0x41], 10).is_err(), "spare bit set");
         assert!(Bitfield::from_wire(&[0x80], 10).is_err(), "too short");
         assert_eq!(b.iter_set().collect::<Vec<_>>(), vec![0, 9]);
         assert!(b.clear(0) && !b.clear(0));

@@ -12,11 +12,7 @@ use crate::metainfo::InfoHash;
 pub const MAX_MAGNET_LEN: usize = 8 * 1024;
 
 /// Characters escaped by [`Magnet::to_uri`]: all but RFC 3986 unreserved ones.
-const ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const ESCAPE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// A parsed magnet link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,8 +135,7 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 
 /// `tr.1`, `tr.2`, ...: `prefix` followed by one or more digits.
 fn is_numbered(key: &str, prefix: &str) -> bool {
-    key.strip_prefix(prefix)
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    key.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn decode_utf8(value: &str, key: &str) -> Result<String, MagnetError> {
@@ -172,9 +167,7 @@ fn is_host_port(s: &str) -> bool {
     };
     let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
     let host_ok = if let Some(inner) = host.strip_prefix('[') {
-        inner
-            .strip_suffix(']')
-            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        inner.strip_suffix(']').is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
     } else {
         !host.is_empty() && !host.contains(':') && !host.contains('/')
     };
@@ -229,10 +222,7 @@ mod tests {
                 "udp://other.example:80".to_string()
             ]
         );
-        assert_eq!(
-            m.peers,
-            vec!["10.0.0.1:6881".to_string(), "[::1]:51413".to_string()]
-        );
+        assert_eq!(m.peers, vec!["10.0.0.1:6881".to_string(), "[::1]:51413".to_string()]);
     }
 
     #[test]
@@ -240,16 +230,11 @@ mod tests {
         let m = Magnet {
             info_hash: hash(),
             display_name: Some("a b+c/d é".into()),
-            trackers: vec![
-                "http://t.example/announce?x=1&y=2".into(),
-                "udp://u.example:1".into(),
-            ],
+            trackers: vec!["http://t.example/announce?x=1&y=2".into(), "udp://u.example:1".into()],
             peers: vec!["1.2.3.4:5".into(), "[::1]:6881".into()],
         };
         let uri = m.to_uri();
-        assert!(uri.starts_with(&format!(
-            "magnet:?xt=urn:btih:{HEX}&dn=a%20b%2Bc%2Fd%20%C3%A9"
-        )));
+        assert!(uri.starts_with(&format!("magnet:?xt=urn:btih:{HEX}&dn=a%20b%2Bc%2Fd%20%C3%A9")));
         assert_eq!(Magnet::parse(&uri).unwrap(), m);
     }
 
@@ -266,19 +251,10 @@ mod tests {
     #[test]
     fn garbage_is_rejected() {
         assert_eq!(Magnet::parse(""), Err(MagnetError::NotMagnet));
-        assert_eq!(
-            Magnet::parse("http://example.com/?xt=1"),
-            Err(MagnetError::NotMagnet)
-        );
+        assert_eq!(Magnet::parse("http://example.com/?xt=1"), Err(MagnetError::NotMagnet));
         assert_eq!(Magnet::parse("magnet:"), Err(MagnetError::NotMagnet));
-        assert_eq!(
-            Magnet::parse("magnet:?dn=x&tr=y"),
-            Err(MagnetError::MissingInfoHash)
-        );
-        assert_eq!(
-            Magnet::parse("magnet:?xt=urn:sha1:abc"),
-            Err(MagnetError::MissingInfoHash)
-        );
+        assert_eq!(Magnet::parse("magnet:?dn=x&tr=y"), Err(MagnetError::MissingInfoHash));
+        assert_eq!(Magnet::parse("magnet:?xt=urn:sha1:abc"), Err(MagnetError::MissingInfoHash));
         assert_eq!(
             Magnet::parse("magnet:?xt=urn:btih:1234"),
             Err(MagnetError::InvalidInfoHash("1234".into()))
@@ -297,14 +273,8 @@ mod tests {
             Magnet::parse(&format!("magnet:?xt=urn:btih:{HEX}&tr=%FF%FE")),
             Err(MagnetError::NotUtf8("tr".into()))
         );
-        let long = format!(
-            "magnet:?xt=urn:btih:{HEX}&dn={}",
-            "a".repeat(MAX_MAGNET_LEN)
-        );
-        assert_eq!(
-            Magnet::parse(&long),
-            Err(MagnetError::TooLong { len: long.len() })
-        );
+        let long = format!("magnet:?xt=urn:btih:{HEX}&dn={}", "a".repeat(MAX_MAGNET_LEN));
+        assert_eq!(Magnet::parse(&long), Err(MagnetError::TooLong { len: long.len() }));
     }
 
     #[test]

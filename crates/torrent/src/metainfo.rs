@@ -116,11 +116,7 @@ pub enum MetainfoError {
     MissingKey(&'static str),
     /// A key holds a value of the wrong bencode type.
     #[error("`{key}` should be {expected} but is {found}")]
-    WrongType {
-        key: String,
-        expected: &'static str,
-        found: &'static str,
-    },
+    WrongType { key: String, expected: &'static str, found: &'static str },
     /// A string that must be text is not UTF-8.
     #[error("`{key}` is not valid UTF-8")]
     NotUtf8 { key: String },
@@ -194,9 +190,7 @@ impl Metainfo {
         }
         let top_len = dict.into_raw().map_err(bencode_err)?.len();
         if top_len != data.len() {
-            return Err(MetainfoError::TrailingData {
-                extra: data.len() - top_len,
-            });
+            return Err(MetainfoError::TrailingData { extra: data.len() - top_len });
         }
 
         let info_bytes = info_raw.ok_or(MetainfoError::MissingKey("info"))?;
@@ -260,9 +254,7 @@ impl Info {
         }
         let dict_len = dict.into_raw().map_err(bencode_err)?.len();
         if dict_len != raw.len() {
-            return Err(MetainfoError::TrailingData {
-                extra: raw.len() - dict_len,
-            });
+            return Err(MetainfoError::TrailingData { extra: raw.len() - dict_len });
         }
 
         let name = pick_utf8(name_utf8, name, "info.name")?
@@ -294,15 +286,9 @@ impl Info {
             (None, None) => return Err(MetainfoError::MissingKey("info.length or info.files")),
             (Some(len), None) => {
                 if len < 0 {
-                    return Err(MetainfoError::Invalid(format!(
-                        "info.length is negative ({len})"
-                    )));
+                    return Err(MetainfoError::Invalid(format!("info.length is negative ({len})")));
                 }
-                let entry = FileEntry {
-                    path: vec![name.clone()],
-                    length: len as u64,
-                    offset: 0,
-                };
+                let entry = FileEntry { path: vec![name.clone()], length: len as u64, offset: 0 };
                 (vec![entry], false)
             }
             (None, Some(raw_files)) => (build_files(&name, raw_files)?, true),
@@ -365,10 +351,7 @@ struct RawFile<'s> {
 
 fn check_size(data: &[u8]) -> Result<(), MetainfoError> {
     if data.len() > MAX_TORRENT_SIZE {
-        return Err(MetainfoError::TooLarge {
-            size: data.len(),
-            limit: MAX_TORRENT_SIZE,
-        });
+        return Err(MetainfoError::TooLarge { size: data.len(), limit: MAX_TORRENT_SIZE });
     }
     Ok(())
 }
@@ -405,11 +388,7 @@ fn kind_name(obj: &Object<'_, '_>) -> &'static str {
 }
 
 fn wrong_type(key: &str, expected: &'static str, found: &Object<'_, '_>) -> MetainfoError {
-    MetainfoError::WrongType {
-        key: key.to_string(),
-        expected,
-        found: kind_name(found),
-    }
+    MetainfoError::WrongType { key: key.to_string(), expected, found: kind_name(found) }
 }
 
 fn bytes<'s>(obj: Object<'_, 's>, key: &str) -> Result<&'s [u8], MetainfoError> {
@@ -421,17 +400,15 @@ fn bytes<'s>(obj: Object<'_, 's>, key: &str) -> Result<&'s [u8], MetainfoError> 
 
 fn int(obj: Object<'_, '_>, key: &str) -> Result<i64, MetainfoError> {
     match obj {
-        Object::Integer(s) => s
-            .parse()
-            .map_err(|_| MetainfoError::Invalid(format!("`{key}` = {s} is out of range"))),
+        Object::Integer(s) => {
+            s.parse().map_err(|_| MetainfoError::Invalid(format!("`{key}` = {s} is out of range")))
+        }
         other => Err(wrong_type(key, "an integer", &other)),
     }
 }
 
 fn utf8(b: &[u8], key: &str) -> Result<String, MetainfoError> {
-    String::from_utf8(b.to_vec()).map_err(|_| MetainfoError::NotUtf8 {
-        key: key.to_string(),
-    })
+    String::from_utf8(b.to_vec()).map_err(|_| MetainfoError::NotUtf8 { key: key.to_string() })
 }
 
 fn text(obj: Object<'_, '_>, key: &str) -> Result<String, MetainfoError> {
@@ -513,12 +490,7 @@ fn parse_files<'s>(obj: Object<'_, 's>) -> Result<Vec<RawFile<'s>>, MetainfoErro
             }
         }
         let length = length.ok_or(MetainfoError::MissingKey("info.files[].length"))?;
-        out.push(RawFile {
-            index,
-            length,
-            path,
-            path_utf8,
-        });
+        out.push(RawFile { index, length, path, path_utf8 });
     }
     Ok(out)
 }
@@ -536,9 +508,7 @@ fn parse_path<'s>(obj: Object<'_, 's>, key: &str) -> Result<Vec<&'s [u8]>, Metai
 }
 
 fn decode_components(raw: &[&[u8]]) -> Option<Vec<String>> {
-    raw.iter()
-        .map(|c| std::str::from_utf8(c).ok().map(str::to_string))
-        .collect()
+    raw.iter().map(|c| std::str::from_utf8(c).ok().map(str::to_string)).collect()
 }
 
 fn build_files(name: &str, raw: Vec<RawFile<'_>>) -> Result<Vec<FileEntry>, MetainfoError> {
@@ -546,30 +516,20 @@ fn build_files(name: &str, raw: Vec<RawFile<'_>>) -> Result<Vec<FileEntry>, Meta
     for f in raw {
         let key = format!("info.files[{}]", f.index);
         if f.length < 0 {
-            return Err(MetainfoError::Invalid(format!(
-                "{key}.length is negative ({})",
-                f.length
-            )));
+            return Err(MetainfoError::Invalid(format!("{key}.length is negative ({})", f.length)));
         }
         let path = match f.path_utf8.as_deref().and_then(decode_components) {
             Some(p) => p,
             None => {
-                let raw_path = f
-                    .path
-                    .ok_or(MetainfoError::MissingKey("info.files[].path"))?;
-                decode_components(&raw_path).ok_or(MetainfoError::NotUtf8 {
-                    key: format!("{key}.path"),
-                })?
+                let raw_path = f.path.ok_or(MetainfoError::MissingKey("info.files[].path"))?;
+                decode_components(&raw_path)
+                    .ok_or(MetainfoError::NotUtf8 { key: format!("{key}.path") })?
             }
         };
         let shown = std::iter::once(name).chain(path.iter().map(String::as_str));
         let shown: Vec<&str> = shown.collect();
         check_path(&shown.join("/"), &path)?;
-        files.push(FileEntry {
-            path,
-            length: f.length as u64,
-            offset: 0,
-        });
+        files.push(FileEntry { path, length: f.length as u64, offset: 0 });
     }
     Ok(files)
 }
@@ -725,9 +685,7 @@ pub fn create(
         files.sort_by(|a, b| a.components.cmp(&b.components));
         (files, true)
     } else {
-        return Err(CreateError::NotRegularFile {
-            path: path.to_path_buf(),
-        });
+        return Err(CreateError::NotRegularFile { path: path.to_path_buf() });
     };
 
     let mut total: u64 = 0;
@@ -735,9 +693,7 @@ pub fn create(
         total = total.saturating_add(f.length);
     }
     if total == 0 {
-        return Err(CreateError::Empty {
-            path: path.to_path_buf(),
-        });
+        return Err(CreateError::Empty { path: path.to_path_buf() });
     }
 
     let piece_length = match opts.piece_size {
@@ -754,18 +710,13 @@ pub fn create(
     let out = encode_torrent(&name, &files, multi_file, piece_length, &pieces, opts)
         .map_err(|e| CreateError::Encode(e.to_string()))?;
     if out.len() > MAX_TORRENT_SIZE {
-        return Err(CreateError::TooLarge {
-            size: out.len() as u64,
-        });
+        return Err(CreateError::TooLarge { size: out.len() as u64 });
     }
     Ok(out)
 }
 
 fn io_err(path: &Path, source: io::Error) -> CreateError {
-    CreateError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    CreateError::Io { path: path.to_path_buf(), source }
 }
 
 /// The torrent's `name`: the last component of `path` (resolved if `path` ends in `.`/`..`).
@@ -775,26 +726,19 @@ fn torrent_name(path: &Path) -> Result<String, CreateError> {
         Some(n) => n,
         None => {
             resolved = fs::canonicalize(path).map_err(|source| io_err(path, source))?;
-            resolved
-                .file_name()
-                .ok_or_else(|| CreateError::UnsafeName {
-                    path: path.to_path_buf(),
-                    reason: "has no file name",
-                })?
+            resolved.file_name().ok_or_else(|| CreateError::UnsafeName {
+                path: path.to_path_buf(),
+                reason: "has no file name",
+            })?
         }
     };
     checked_name(file_name, path)
 }
 
 fn checked_name(name: &std::ffi::OsStr, path: &Path) -> Result<String, CreateError> {
-    let name = name
-        .to_str()
-        .ok_or_else(|| CreateError::NonUtf8Name { path: path.into() })?;
+    let name = name.to_str().ok_or_else(|| CreateError::NonUtf8Name { path: path.into() })?;
     if let Some(reason) = unsafe_reason(name) {
-        return Err(CreateError::UnsafeName {
-            path: path.to_path_buf(),
-            reason,
-        });
+        return Err(CreateError::UnsafeName { path: path.to_path_buf(), reason });
     }
     Ok(name.to_string())
 }
@@ -820,9 +764,7 @@ fn walk(
             walk(root, prefix, &path, out)?;
         } else if kind.is_file() {
             if out.len() >= MAX_FILES {
-                return Err(CreateError::TooManyFiles {
-                    path: root.to_path_buf(),
-                });
+                return Err(CreateError::TooManyFiles { path: root.to_path_buf() });
             }
             out.push(SourceFile {
                 components: prefix.clone(),
@@ -877,9 +819,7 @@ fn hash_files(
             }
         }
         if read_total != f.length {
-            return Err(CreateError::Changed {
-                path: f.disk_path.clone(),
-            });
+            return Err(CreateError::Changed { path: f.disk_path.clone() });
         }
     }
     if in_piece > 0 {
@@ -1020,11 +960,7 @@ mod tests {
     }
 
     fn torrent(info: B) -> Vec<u8> {
-        B::D(vec![
-            ("announce", s("http://t.example/announce")),
-            ("info", info),
-        ])
-        .encode()
+        B::D(vec![("announce", s("http://t.example/announce")), ("info", info)]).encode()
     }
 
     fn parse_err(data: &[u8]) -> MetainfoError {
@@ -1041,9 +977,7 @@ mod tests {
 
     /// Deterministic, non-repeating-looking content.
     fn content(len: usize, seed: u8) -> Vec<u8> {
-        (0..len)
-            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
-            .collect()
+        (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed).collect()
     }
 
     // --- parsing: well-formed input -------------------------------------------------------
@@ -1060,21 +994,11 @@ mod tests {
         assert!(!m.info.multi_file && !m.info.private);
         assert_eq!(
             m.info.files,
-            vec![FileEntry {
-                path: vec!["movie.mkv".into()],
-                length: 40_000,
-                offset: 0
-            }]
+            vec![FileEntry { path: vec!["movie.mkv".into()], length: 40_000, offset: 0 }]
         );
-        assert_eq!(
-            m.trackers,
-            vec![vec!["http://t.example/announce".to_string()]]
-        );
+        assert_eq!(m.trackers, vec![vec!["http://t.example/announce".to_string()]]);
         assert_eq!(m.info_hash, InfoHash(sha1(&m.info_bytes)));
-        assert_eq!(
-            (m.comment, m.created_by, m.creation_date),
-            (None, None, None)
-        );
+        assert_eq!((m.comment, m.created_by, m.creation_date), (None, None, None));
     }
 
     #[test]
@@ -1121,21 +1045,9 @@ mod tests {
         assert!(info.multi_file);
         assert_eq!(info.total_length, 25);
         let want = vec![
-            FileEntry {
-                path: vec!["a".into(), "b.txt".into()],
-                length: 5,
-                offset: 0,
-            },
-            FileEntry {
-                path: vec!["empty".into()],
-                length: 0,
-                offset: 5,
-            },
-            FileEntry {
-                path: vec!["ü.txt".into()],
-                length: 20,
-                offset: 5,
-            },
+            FileEntry { path: vec!["a".into(), "b.txt".into()], length: 5, offset: 0 },
+            FileEntry { path: vec!["empty".into()], length: 0, offset: 5 },
+            FileEntry { path: vec!["ü.txt".into()], length: 20, offset: 5 },
         ];
         assert_eq!(info.files, want);
     }
@@ -1164,10 +1076,7 @@ mod tests {
         assert_eq!(
             m.trackers,
             vec![
-                vec![
-                    "http://a.example/".to_string(),
-                    "http://b.example/".to_string()
-                ],
+                vec!["http://a.example/".to_string(), "http://b.example/".to_string()],
                 vec!["udp://c.example:80".to_string()],
             ]
         );
@@ -1196,16 +1105,9 @@ mod tests {
     fn truncated_input_is_refused() {
         let data = torrent(single_info("x", 10, 16_384, 1));
         for cut in [0, 1, 10, data.len() / 2, data.len() - 1] {
-            assert_eq!(
-                parse_err(&data[..cut]),
-                MetainfoError::Truncated,
-                "cut at {cut}"
-            );
+            assert_eq!(parse_err(&data[..cut]), MetainfoError::Truncated, "cut at {cut}");
         }
-        assert_eq!(
-            MetainfoError::Truncated.to_string(),
-            "torrent file is truncated"
-        );
+        assert_eq!(MetainfoError::Truncated.to_string(), "torrent file is truncated");
     }
 
     #[test]
@@ -1216,10 +1118,7 @@ mod tests {
 
         let mut info = single_info("x", 10, 16_384, 1).encode();
         info.push(b'e');
-        assert_eq!(
-            Info::from_bytes(&info),
-            Err(MetainfoError::TrailingData { extra: 1 })
-        );
+        assert_eq!(Info::from_bytes(&info), Err(MetainfoError::TrailingData { extra: 1 }));
     }
 
     #[test]
@@ -1227,10 +1126,7 @@ mod tests {
         let good = torrent(single_info("x", 10, 16_384, 1));
         let text = String::from_utf8_lossy(&good).into_owned();
         let non_canonical_int = text.replace("i10e", "i010e").into_bytes();
-        assert!(matches!(
-            parse_err(&non_canonical_int),
-            MetainfoError::Bencode(_)
-        ));
+        assert!(matches!(parse_err(&non_canonical_int), MetainfoError::Bencode(_)));
         let info_i03 = text.replace("6:lengthi10e", "6:lengthi03e").into_bytes();
         assert!(matches!(parse_err(&info_i03), MetainfoError::Bencode(_)));
         assert!(matches!(parse_err(b"d1:ai03ee"), MetainfoError::Bencode(_)));
@@ -1250,10 +1146,7 @@ mod tests {
             ("piece length", B::I(16_384)),
             ("pieces", B::S(vec![0; 20])),
         ]));
-        assert!(matches!(
-            parse_err(&unsorted_info),
-            MetainfoError::Bencode(_)
-        ));
+        assert!(matches!(parse_err(&unsorted_info), MetainfoError::Bencode(_)));
     }
 
     #[test]
@@ -1264,10 +1157,7 @@ mod tests {
             ("piece length", B::I(16_384)),
             ("pieces", B::S(vec![0; 41])),
         ])));
-        assert_eq!(
-            err.to_string(),
-            "info.pieces length 41 is not a multiple of 20"
-        );
+        assert_eq!(err.to_string(), "info.pieces length 41 is not a multiple of 20");
 
         let err = parse_err(&torrent(single_info("x", 40_000, 16_384, 2)));
         assert_eq!(
@@ -1276,58 +1166,31 @@ mod tests {
         );
 
         let err = parse_err(&torrent(single_info("x", -5, 16_384, 0)));
-        assert_eq!(
-            err,
-            MetainfoError::Invalid("info.length is negative (-5)".into())
-        );
+        assert_eq!(err, MetainfoError::Invalid("info.length is negative (-5)".into()));
 
-        let err = parse_err(&torrent(multi_info(
-            "d",
-            vec![(path(&["f"]), -1)],
-            16_384,
-            0,
-        )));
-        assert_eq!(
-            err,
-            MetainfoError::Invalid("info.files[0].length is negative (-1)".into())
-        );
+        let err = parse_err(&torrent(multi_info("d", vec![(path(&["f"]), -1)], 16_384, 0)));
+        assert_eq!(err, MetainfoError::Invalid("info.files[0].length is negative (-1)".into()));
 
         let err = parse_err(&torrent(single_info("x", 0, 16_384, 0)));
-        assert_eq!(
-            err.to_string(),
-            "torrent has no content (total length is 0)"
-        );
+        assert_eq!(err.to_string(), "torrent has no content (total length is 0)");
 
         let err = parse_err(&torrent(single_info("x", 10, 0, 1)));
-        assert_eq!(
-            err.to_string(),
-            "info.piece length 0 is out of range (1 ..= 67108864)"
-        );
+        assert_eq!(err.to_string(), "info.piece length 0 is out of range (1 ..= 67108864)");
         let err = parse_err(&torrent(single_info("x", 10, 128 * 1024 * 1024, 1)));
         assert!(matches!(err, MetainfoError::Invalid(_)));
 
         let huge = i64::MAX;
         let err = parse_err(&torrent(multi_info(
             "d",
-            vec![
-                (path(&["a"]), huge),
-                (path(&["b"]), huge),
-                (path(&["c"]), huge),
-            ],
+            vec![(path(&["a"]), huge), (path(&["b"]), huge), (path(&["c"]), huge)],
             16_384,
             1,
         )));
-        assert_eq!(
-            err.to_string(),
-            "the file lengths add up to more than 2^64 bytes"
-        );
+        assert_eq!(err.to_string(), "the file lengths add up to more than 2^64 bytes");
 
         let err = parse_err(&B::D(vec![("announce", s("x"))]).encode());
         assert_eq!(err, MetainfoError::MissingKey("info"));
-        assert_eq!(
-            err.to_string(),
-            "torrent file is missing required key `info`"
-        );
+        assert_eq!(err.to_string(), "torrent file is missing required key `info`");
 
         let err = parse_err(&torrent(B::D(vec![("name", s("x"))])));
         assert_eq!(err, MetainfoError::MissingKey("info.piece length"));
@@ -1340,22 +1203,13 @@ mod tests {
         assert_eq!(err, MetainfoError::MissingKey("info.length or info.files"));
 
         let err = parse_err(&torrent(B::D(vec![("length", s("10")), ("name", s("x"))])));
-        assert_eq!(
-            err.to_string(),
-            "`info.length` should be an integer but is a byte string"
-        );
+        assert_eq!(err.to_string(), "`info.length` should be an integer but is a byte string");
 
         let err = parse_err(&B::D(vec![("info", B::L(vec![]))]).encode());
-        assert_eq!(
-            err.to_string(),
-            "`info` should be a dictionary but is a list"
-        );
+        assert_eq!(err.to_string(), "`info` should be a dictionary but is a list");
 
         let err = parse_err(b"le");
-        assert_eq!(
-            err.to_string(),
-            "`torrent` should be a dictionary but is a list"
-        );
+        assert_eq!(err.to_string(), "`torrent` should be a dictionary but is a list");
 
         let err = parse_err(&torrent(B::D(vec![
             ("length", B::I(10)),
@@ -1363,12 +1217,7 @@ mod tests {
             ("piece length", B::I(16_384)),
             ("pieces", B::S(vec![0; 20])),
         ])));
-        assert_eq!(
-            err,
-            MetainfoError::NotUtf8 {
-                key: "info.name".into()
-            }
-        );
+        assert_eq!(err, MetainfoError::NotUtf8 { key: "info.name".into() });
 
         let err = parse_err(&torrent(single_info("x", 10, 99_999_999_999_999_999, 1)));
         assert!(matches!(err, MetainfoError::Invalid(_)));
@@ -1387,10 +1236,7 @@ mod tests {
         let data = vec![b'd'; MAX_TORRENT_SIZE + 1];
         assert_eq!(
             parse_err(&data),
-            MetainfoError::TooLarge {
-                size: MAX_TORRENT_SIZE + 1,
-                limit: MAX_TORRENT_SIZE
-            }
+            MetainfoError::TooLarge { size: MAX_TORRENT_SIZE + 1, limit: MAX_TORRENT_SIZE }
         );
     }
 
@@ -1428,23 +1274,10 @@ mod tests {
                 matches!(err, MetainfoError::UnsafePath { ref path, .. } if path == name),
                 "{name:?}: {err:?}"
             );
-            let err = parse_err(&torrent(multi_info(
-                name,
-                vec![(path(&["f"]), 10)],
-                16_384,
-                1,
-            )));
-            assert!(
-                matches!(err, MetainfoError::UnsafePath { .. }),
-                "{name:?}: {err:?}"
-            );
+            let err = parse_err(&torrent(multi_info(name, vec![(path(&["f"]), 10)], 16_384, 1)));
+            assert!(matches!(err, MetainfoError::UnsafePath { .. }), "{name:?}: {err:?}");
         }
-        let err = parse_err(&torrent(multi_info(
-            "d",
-            vec![(path(&[".."]), 10)],
-            16_384,
-            1,
-        )));
+        let err = parse_err(&torrent(multi_info("d", vec![(path(&[".."]), 10)], 16_384, 1)));
         assert_eq!(
             err.to_string(),
             "unsafe path \"d/..\" in torrent: component \"..\" refers to a directory, not a name"
@@ -1493,15 +1326,7 @@ mod tests {
         let mut calls = Vec::new();
         let bytes = create(&file, &opts, &mut |done, total| calls.push((done, total))).unwrap();
         let total = data.len() as u64;
-        assert_eq!(
-            calls,
-            vec![
-                (16_384, total),
-                (32_768, total),
-                (49_152, total),
-                (total, total)
-            ]
-        );
+        assert_eq!(calls, vec![(16_384, total), (32_768, total), (49_152, total), (total, total)]);
 
         let m = Metainfo::from_bytes(&bytes).unwrap();
         assert_eq!(m.info.name, "video.bin");
@@ -1511,18 +1336,11 @@ mod tests {
         assert_eq!(m.info.piece_size(3), 1000);
         assert_eq!(
             m.info.files,
-            vec![FileEntry {
-                path: vec!["video.bin".into()],
-                length: total,
-                offset: 0
-            }]
+            vec![FileEntry { path: vec!["video.bin".into()], length: total, offset: 0 }]
         );
         let want: Vec<[u8; 20]> = data.chunks(16_384).map(sha1).collect();
         assert_eq!(m.info.pieces, want);
-        assert_eq!(
-            m.trackers,
-            vec![vec!["http://t.example/announce".to_string()]]
-        );
+        assert_eq!(m.trackers, vec![vec!["http://t.example/announce".to_string()]]);
         assert_eq!(m.comment.as_deref(), Some("a comment"));
         assert_eq!(m.created_by.as_deref(), Some("swarmcast 0.1"));
         assert!(m.creation_date.unwrap() > 1_600_000_000);
@@ -1564,11 +1382,7 @@ mod tests {
         let mut want_entries = Vec::new();
         for (p, d) in &files {
             let path = p.iter().map(|c| c.to_string()).collect();
-            want_entries.push(FileEntry {
-                path,
-                length: d.len() as u64,
-                offset,
-            });
+            want_entries.push(FileEntry { path, length: d.len() as u64, offset });
             offset += d.len() as u64;
             concat.extend_from_slice(d);
         }
@@ -1579,10 +1393,7 @@ mod tests {
         assert_eq!(m.info.pieces, want);
         assert_eq!(
             m.trackers,
-            vec![
-                vec!["http://a.example/".to_string()],
-                vec!["udp://b.example:80".to_string()]
-            ]
+            vec![vec!["http://a.example/".to_string()], vec!["udp://b.example:80".to_string()]]
         );
         assert_eq!(m.info_hash, InfoHash(sha1(&m.info_bytes)));
     }
@@ -1621,15 +1432,9 @@ mod tests {
         let file = dir.path().join("f");
         fs::write(&file, b"data").unwrap();
         for bad in [0, 1000, 16_384 + 1, 128 * 1024 * 1024] {
-            let opts = CreateOptions {
-                piece_size: Some(bad),
-                ..CreateOptions::default()
-            };
+            let opts = CreateOptions { piece_size: Some(bad), ..CreateOptions::default() };
             let err = create(&file, &opts, &mut no_progress()).unwrap_err();
-            assert!(
-                matches!(err, CreateError::InvalidPieceSize(b) if b == bad),
-                "{err:?}"
-            );
+            assert!(matches!(err, CreateError::InvalidPieceSize(b) if b == bad), "{err:?}");
         }
 
         let bad_name = dir.path().join("back\\slash");

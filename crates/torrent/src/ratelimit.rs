@@ -22,26 +22,23 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter for `bytes_per_sec` (`None` = unlimited). The bucket holds 50 ms of traffic
-    /// (at least 32 KiB), so a capped node cannot get ahead of its rate by more than that.
+    /// A limiter for `bytes_per_sec` (`None` = unlimited). The bucket holds 2 ms of traffic (at
+    /// least one 16 KiB block: enough to absorb timer granularity) and starts *empty*, so a
+    /// node can never have sent more than `rate × elapsed + one bucket` since it was made: the
+    /// distribution lab depends on that to compare measured times with the lecture's bound.
     pub fn new(bytes_per_sec: Option<u64>) -> Arc<Self> {
         let Some(rate) = bytes_per_sec.filter(|&r| r > 0) else {
-            return Arc::new(RateLimiter {
-                bucket: None,
-                burst: u32::MAX,
-                rate: None,
-            });
+            return Arc::new(RateLimiter { bucket: None, burst: u32::MAX, rate: None });
         };
         let rate32 = rate.min(u32::MAX as u64) as u32;
-        let burst = (rate32 / 20).max(32 * 1024);
-        // Both are non-zero: rate was filtered > 0 and burst is at least 32 KiB.
+        let burst = (rate32 / 500).max(16 * 1024);
+        // Both are non-zero: rate was filtered > 0 and burst is at least 16 KiB.
         let quota = Quota::per_second(NonZeroU32::new(rate32.max(1)).expect("rate > 0"))
             .allow_burst(NonZeroU32::new(burst).expect("burst > 0"));
-        Arc::new(RateLimiter {
-            bucket: Some(Gcra::direct(quota)),
-            burst,
-            rate: Some(rate),
-        })
+        let bucket = Gcra::direct(quota);
+        // Drain the initial allowance; `burst` is exactly the quota's burst, so this succeeds.
+        let _ = bucket.check_n(NonZeroU32::new(burst).expect("burst > 0"));
+        Arc::new(RateLimiter { bucket: Some(bucket), burst, rate: Some(rate) })
     }
 
     /// The configured rate in bytes per second, if any.

@@ -95,10 +95,7 @@ impl Storage {
         let paths = file_paths(info, dir)?;
         let mut files = Vec::with_capacity(paths.len());
         for (entry, path) in info.files.iter().zip(paths) {
-            let io_err = |source| StorageError::Io {
-                path: path.clone(),
-                source,
-            };
+            let io_err = |source| StorageError::Io { path: path.clone(), source };
             let mut fresh = false;
             let handle = match mode {
                 Mode::ReadOnly => File::open(&path).map_err(io_err)?,
@@ -149,9 +146,7 @@ impl Storage {
     /// Size of piece `piece` (the last may be short); 0 if out of range.
     pub fn piece_size(&self, piece: u32) -> u32 {
         let start = piece as u64 * self.piece_length as u64;
-        self.total_length
-            .saturating_sub(start)
-            .min(self.piece_length as u64) as u32
+        self.total_length.saturating_sub(start).min(self.piece_length as u64) as u32
     }
 
     /// Calls `f(file, file_offset, range_in_buf)` for each file segment covering `len` bytes at
@@ -162,14 +157,8 @@ impl Storage {
         len: usize,
         mut f: impl FnMut(&StoredFile, u64, std::ops::Range<usize>) -> io::Result<()>,
     ) -> io::Result<()> {
-        if pos
-            .checked_add(len as u64)
-            .is_none_or(|end| end > self.total_length)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "block outside the torrent",
-            ));
+        if pos.checked_add(len as u64).is_none_or(|end| end > self.total_length) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "block outside the torrent"));
         }
         // Files are sorted by offset; find the first file that ends after `pos`.
         let first = self.files.partition_point(|f| f.offset + f.length <= pos);
@@ -194,9 +183,7 @@ impl Storage {
     pub fn write(&self, piece: u32, offset: u32, data: &[u8]) -> io::Result<()> {
         let pos = piece as u64 * self.piece_length as u64 + offset as u64;
         self.segments(pos, data.len(), |file, at, range| {
-            file.handle
-                .write_all_at(&data[range], at)
-                .map_err(|e| annotate(&file.path, e))
+            file.handle.write_all_at(&data[range], at).map_err(|e| annotate(&file.path, e))
         })
     }
 
@@ -204,9 +191,7 @@ impl Storage {
     pub fn read(&self, piece: u32, offset: u32, buf: &mut [u8]) -> io::Result<()> {
         let pos = piece as u64 * self.piece_length as u64 + offset as u64;
         self.segments(pos, buf.len(), |file, at, range| {
-            file.handle
-                .read_exact_at(&mut buf[range], at)
-                .map_err(|e| annotate(&file.path, e))
+            file.handle.read_exact_at(&mut buf[range], at).map_err(|e| annotate(&file.path, e))
         })
     }
 
@@ -280,10 +265,7 @@ mod tests {
             });
             all.extend_from_slice(data);
         }
-        let pieces = all
-            .chunks(piece_length as usize)
-            .map(|c| Sha1::digest(c).into())
-            .collect();
+        let pieces = all.chunks(piece_length as usize).map(|c| Sha1::digest(c).into()).collect();
         let info = Info {
             name: "multi".into(),
             piece_length,
@@ -316,10 +298,7 @@ mod tests {
             assert!(s.verify(i, &mut buf).unwrap(), "piece {i}");
         }
         assert_eq!(std::fs::read(dir.path().join("multi/a.bin")).unwrap(), a);
-        assert_eq!(
-            std::fs::read(dir.path().join("multi/sub/c.bin")).unwrap(),
-            c
-        );
+        assert_eq!(std::fs::read(dir.path().join("multi/sub/c.bin")).unwrap(), c);
         assert!(dir.path().join("multi/sub/b.bin").exists());
         // Reopen: everything verified is found again (resume).
         drop(s);

@@ -48,17 +48,11 @@ fn make_torrent(dir: &Path) -> (Vec<u8>, Metainfo) {
     ChaCha8Rng::seed_from_u64(0x5eed).fill_bytes(&mut data);
     let path = dir.join(NAME);
     std::fs::write(&path, &data).unwrap();
-    let opts = CreateOptions {
-        piece_size: Some(PIECE_SIZE),
-        ..CreateOptions::default()
-    };
+    let opts = CreateOptions { piece_size: Some(PIECE_SIZE), ..CreateOptions::default() };
     let raw = create(&path, &opts, &mut |_, _| {}).unwrap();
     let meta = Metainfo::from_bytes(&raw).unwrap();
     assert_eq!(meta.info.piece_length, PIECE_SIZE);
-    assert_eq!(
-        meta.info.num_pieces(),
-        (FILE_SIZE as u32).div_ceil(PIECE_SIZE)
-    );
+    assert_eq!(meta.info.num_pieces(), (FILE_SIZE as u32).div_ceil(PIECE_SIZE));
     (data, meta)
 }
 
@@ -76,9 +70,7 @@ async fn start_seed(meta: &Metainfo, dir: &Path, upload_limit: Option<u64>) -> S
         seed_when_done: true,
         ..SessionConfig::default()
     };
-    Session::start(meta.clone(), dir.to_path_buf(), Role::Seed, config)
-        .await
-        .unwrap()
+    Session::start(meta.clone(), dir.to_path_buf(), Role::Seed, config).await.unwrap()
 }
 
 /// A downloader that dials `peers` and keeps running once complete, so that connections still
@@ -92,9 +84,7 @@ async fn start_downloader(meta: &Metainfo, dir: &Path, peers: Vec<SocketAddr>) -
         seed_when_done: true,
         ..SessionConfig::default()
     };
-    Session::start(meta.clone(), dir.to_path_buf(), Role::Download, config)
-        .await
-        .unwrap()
+    Session::start(meta.clone(), dir.to_path_buf(), Role::Download, config).await.unwrap()
 }
 
 /// What a fake peer does after the handshake.
@@ -102,11 +92,7 @@ async fn start_downloader(meta: &Metainfo, dir: &Path, peers: Vec<SocketAddr>) -
 enum Behaviour {
     /// Sends `bitfield` and UNCHOKE, then answers every REQUEST with the real bytes of the block
     /// except one flipped byte.
-    Liar {
-        data: Arc<Vec<u8>>,
-        piece_len: u32,
-        bitfield: Bytes,
-    },
+    Liar { data: Arc<Vec<u8>>, piece_len: u32, bitfield: Bytes },
     /// Sends these bytes, then only reads (discarding) until the connection ends.
     Garbage(Vec<u8>),
 }
@@ -156,11 +142,7 @@ impl FakePeer {
                 });
             }
         });
-        FakePeer {
-            addr,
-            counters,
-            task,
-        }
+        FakePeer { addr, counters, task }
     }
 
     fn accepted(&self) -> usize {
@@ -195,11 +177,7 @@ async fn handshake(
     if theirs.info_hash != info_hash {
         return None;
     }
-    let ours = Handshake {
-        reserved: [0; 8],
-        info_hash,
-        peer_id,
-    };
+    let ours = Handshake { reserved: [0; 8], info_hash, peer_id };
     stream.write_all(&ours.encode()).await.ok()?;
     Some(stream)
 }
@@ -220,11 +198,7 @@ async fn serve(mut stream: TcpStream, behaviour: &Behaviour, counters: &Counters
                 }
             }
         }
-        Behaviour::Liar {
-            data,
-            piece_len,
-            bitfield,
-        } => {
+        Behaviour::Liar { data, piece_len, bitfield } => {
             Message::Bitfield(bitfield.clone()).encode(&mut out);
             Message::Unchoke.encode(&mut out);
             if stream.write_all(&out).await.is_err() {
@@ -236,11 +210,7 @@ async fn serve(mut stream: TcpStream, behaviour: &Behaviour, counters: &Counters
                 out.clear();
                 loop {
                     match decode(&mut buf, DEFAULT_MAX_MESSAGE) {
-                        Ok(Some(Message::Request {
-                            piece,
-                            offset,
-                            length,
-                        })) => {
+                        Ok(Some(Message::Request { piece, offset, length })) => {
                             let start = piece as usize * *piece_len as usize + offset as usize;
                             let end = start + length as usize;
                             if length == 0 || end > data.len() {
@@ -248,12 +218,8 @@ async fn serve(mut stream: TcpStream, behaviour: &Behaviour, counters: &Counters
                             }
                             let mut block = data[start..end].to_vec();
                             block[length as usize / 2] ^= 0x5a;
-                            Message::Piece {
-                                piece,
-                                offset,
-                                data: Bytes::from(block),
-                            }
-                            .encode(&mut out);
+                            Message::Piece { piece, offset, data: Bytes::from(block) }
+                                .encode(&mut out);
                             counters.blocks_sent.fetch_add(1, Ordering::SeqCst);
                         }
                         Ok(Some(_)) => {}
@@ -334,8 +300,7 @@ async fn liar_is_banned_and_download_completes_from_the_honest_seed() {
     // connection was closed by the ban, not by completion. Once banned it is never redialed.
     assert!(liar.accepted() >= 1);
     assert!(
-        liar.wait_closed(liar.accepted(), Duration::from_secs(10))
-            .await,
+        liar.wait_closed(liar.accepted(), Duration::from_secs(10)).await,
         "the liar's connection is still open ({} accepted, {} closed)",
         liar.accepted(),
         liar.closed()
@@ -359,19 +324,14 @@ async fn garbage_after_handshake_disconnects_and_download_completes() {
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
         // Over any cap: must be refused from the 4 length bytes, without allocating.
-        (
-            "length 0xFFFFFFFF",
-            vec![0xff, 0xff, 0xff, 0xff, 7, 0, 0, 0],
-        ),
+        ("length 0xFFFFFFFF", vec![0xff, 0xff, 0xff, 0xff, 7, 0, 0, 0]),
         ("unknown message id", vec![0, 0, 0, 1, 200]),
         ("HAVE with a 2-byte payload", vec![0, 0, 0, 3, 4, 0, 0]),
         ("HAVE for piece 256 of 65", vec![0, 0, 0, 5, 4, 0, 0, 1, 0]),
         ("1-byte BITFIELD for 65 pieces", vec![0, 0, 0, 2, 5, 0xff]),
         (
             "BITFIELD with a spare bit set",
-            vec![
-                0, 0, 0, 10, 5, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xc0,
-            ],
+            vec![0, 0, 0, 10, 5, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xc0],
         ),
         (
             "BITFIELD after HAVE",

@@ -26,15 +26,8 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("create stdout log"))
             .stderr(File::create(&stderr).expect("create stderr log"));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            stdout,
-            stderr,
-        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        Proc { name: name.to_string(), child, stdout, stderr }
     }
 
     pub fn pid(&self) -> u32 {
@@ -45,10 +38,7 @@ impl Proc {
     pub fn output(&self) -> String {
         let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
         let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        format!(
-            "--- {} stdout ---\n{out}--- {} stderr ---\n{err}",
-            self.name, self.name
-        )
+        format!("--- {} stdout ---\n{out}--- {} stderr ---\n{err}", self.name, self.name)
     }
 
     /// Waits for the process to exit, at most `timeout`.
@@ -60,11 +50,7 @@ impl Proc {
             }
             if start.elapsed() > timeout {
                 let _ = self.child.kill();
-                panic!(
-                    "{} did not exit within {timeout:?}\n{}",
-                    self.name,
-                    self.output()
-                );
+                panic!("{} did not exit within {timeout:?}\n{}", self.name, self.output());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -80,11 +66,7 @@ impl Proc {
         let start = Instant::now();
         while !self.output().contains(needle) {
             if !self.running() {
-                panic!(
-                    "{} exited before printing {needle:?}\n{}",
-                    self.name,
-                    self.output()
-                );
+                panic!("{} exited before printing {needle:?}\n{}", self.name, self.output());
             }
             if start.elapsed() > timeout {
                 panic!(
@@ -161,9 +143,7 @@ pub fn random_file(path: &Path, size: usize, seed: u64) -> Vec<u8> {
     if let Some(p) = path.parent() {
         std::fs::create_dir_all(p).expect("mkdir");
     }
-    File::create(path)
-        .and_then(|mut f| f.write_all(&data))
-        .expect("write random file");
+    File::create(path).and_then(|mut f| f.write_all(&data)).expect("write random file");
     data
 }
 
@@ -175,10 +155,7 @@ pub fn require(tool: &str) {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "{tool} is not installed: run scripts/test.sh, which installs the test peers"
-    );
+    assert!(found, "{tool} is not installed: run scripts/test.sh, which installs the test peers");
 }
 
 /// Debian's python with python3-libtorrent.
@@ -187,28 +164,17 @@ pub fn libtorrent_python() -> Command {
         .args(["-c", "import libtorrent"])
         .status()
         .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "python3-libtorrent is not installed: run scripts/test.sh"
-    );
+    assert!(ok, "python3-libtorrent is not installed: run scripts/test.sh");
     let mut c = Command::new("/usr/bin/python3");
-    c.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/peers/lt_peer.py"
-    ));
+    c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peers/lt_peer.py"));
     c
 }
 
 /// Runs a command to completion and returns its output, panicking with it on failure.
 pub fn run_ok(mut cmd: Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     text
 }
@@ -250,10 +216,5 @@ pub fn start_seed(torrent: &Path, data: &Path, dir: &Path, extra: &[&str]) -> (P
 pub fn assert_same_file(a: &Path, b: &Path) {
     let x = std::fs::read(a).unwrap_or_else(|e| panic!("cannot read {}: {e}", a.display()));
     let y = std::fs::read(b).unwrap_or_else(|e| panic!("cannot read {}: {e}", b.display()));
-    assert!(
-        x.len() == y.len() && x == y,
-        "{} and {} differ",
-        a.display(),
-        b.display()
-    );
+    assert!(x.len() == y.len() && x == y, "{} and {} differ", a.display(), b.display());
 }

@@ -338,12 +338,8 @@ impl<R: rand::Rng> Choker<R> {
     /// Recompute the regular slots from the window's rates and start a new window. The window's
     /// length is the same for every peer, so its byte counts rank peers exactly as rates would.
     fn regular_rechoke(&mut self) {
-        let candidates: Vec<PeerKey> = self
-            .peers
-            .iter()
-            .filter(|(_, s)| s.interested)
-            .map(|(&k, _)| k)
-            .collect();
+        let candidates: Vec<PeerKey> =
+            self.peers.iter().filter(|(_, s)| s.interested).map(|(&k, _)| k).collect();
         let ranked = self.rank(candidates);
         self.regular = ranked.into_iter().take(self.config.upload_slots).collect();
         for state in self.peers.values_mut() {
@@ -488,11 +484,7 @@ mod tests {
 
         fn regular(&self) -> Vec<PeerKey> {
             let opt = self.choker.optimistic();
-            self.choker
-                .unchoked()
-                .into_iter()
-                .filter(|&k| Some(k) != opt)
-                .collect()
+            self.choker.unchoked().into_iter().filter(|&k| Some(k) != opt).collect()
         }
     }
 
@@ -502,10 +494,7 @@ mod tests {
         for n in 1..=6 {
             h.join(0, n);
         }
-        assert_eq!(
-            h.drain(),
-            [Unchoke(p(1)), Unchoke(p(2)), Unchoke(p(3)), Unchoke(p(4))]
-        );
+        assert_eq!(h.drain(), [Unchoke(p(1)), Unchoke(p(2)), Unchoke(p(3)), Unchoke(p(4))]);
         for n in 1..=6 {
             h.choker.record_downloaded(p(n), n * 1000);
         }
@@ -545,11 +534,7 @@ mod tests {
         let mut expected_regular = vec![other, p(4), p(5), p(6)];
         expected_regular.sort();
         assert_eq!(h.regular(), expected_regular);
-        assert_eq!(
-            h.choker.optimistic(),
-            Some(opt),
-            "optimistic rotates only at 30 s"
-        );
+        assert_eq!(h.choker.optimistic(), Some(opt), "optimistic rotates only at 30 s");
         assert_eq!(h.drain(), [Choke(p(3)), Unchoke(other)]);
     }
 
@@ -649,10 +634,7 @@ mod tests {
         assert_eq!(old5 + old6 + new7, 3000.0);
         for old in [old5, old6] {
             let ratio = new7 / old;
-            assert!(
-                (2.0..=4.5).contains(&ratio),
-                "new/old ratio {ratio}: {counts:?}"
-            );
+            assert!((2.0..=4.5).contains(&ratio), "new/old ratio {ratio}: {counts:?}");
         }
     }
 
@@ -728,11 +710,7 @@ mod tests {
             assert_eq!(h.drain(), [Unchoke(p(n))]);
         }
         h.join(3, 5);
-        assert_eq!(
-            h.drain(),
-            [],
-            "all regular slots in use: wait for the rechoke"
-        );
+        assert_eq!(h.drain(), [], "all regular slots in use: wait for the rechoke");
         assert!(!h.choker.is_unchoked(p(5)));
         // Repeating `interested` changes nothing.
         h.choker.set_interested(h.at(4), p(1), true);

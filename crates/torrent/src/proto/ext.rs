@@ -74,8 +74,7 @@ impl ExtHandshake {
             Ok(())
         });
         // Encoding into memory with keys given in sorted order cannot fail.
-        r.and_then(|_| e.get_output())
-            .expect("in-memory bencode of a sorted dict")
+        r.and_then(|_| e.get_output()).expect("in-memory bencode of a sorted dict")
     }
 
     /// Parses a peer's extension handshake; unknown keys are ignored.
@@ -120,17 +119,9 @@ impl ExtHandshake {
 /// A `ut_metadata` message (BEP 9).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetadataMsg {
-    Request {
-        piece: u32,
-    },
-    Data {
-        piece: u32,
-        total_size: u32,
-        data: Bytes,
-    },
-    Reject {
-        piece: u32,
-    },
+    Request { piece: u32 },
+    Data { piece: u32, total_size: u32, data: Bytes },
+    Reject { piece: u32 },
 }
 
 impl MetadataMsg {
@@ -150,9 +141,7 @@ impl MetadataMsg {
             }
             Ok(())
         });
-        let mut out = r
-            .and_then(|_| e.get_output())
-            .expect("in-memory bencode of a sorted dict");
+        let mut out = r.and_then(|_| e.get_output()).expect("in-memory bencode of a sorted dict");
         if let MetadataMsg::Data { data, .. } = self {
             out.extend_from_slice(data);
         }
@@ -193,11 +182,7 @@ impl MetadataMsg {
                 if data.len() > METADATA_PIECE as usize {
                     return Err(ExtError::Field("data"));
                 }
-                Ok(MetadataMsg::Data {
-                    piece,
-                    total_size,
-                    data,
-                })
+                Ok(MetadataMsg::Data { piece, total_size, data })
             }
             _ => Err(ExtError::Field("msg_type")),
         }
@@ -236,11 +221,7 @@ mod tests {
         for m in [
             MetadataMsg::Request { piece: 2 },
             MetadataMsg::Reject { piece: 0 },
-            MetadataMsg::Data {
-                piece: 1,
-                total_size: 20000,
-                data: Bytes::from_static(b"xyz"),
-            },
+            MetadataMsg::Data { piece: 1, total_size: 20000, data: Bytes::from_static(b"xyz") },
         ] {
             assert_eq!(MetadataMsg::decode(&Bytes::from(m.encode())).unwrap(), m);
         }

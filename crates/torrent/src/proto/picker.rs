@@ -68,10 +68,7 @@ pub struct PickerConfig {
 impl Default for PickerConfig {
     /// Four random pieces, and endgame blocks requested from at most two peers.
     fn default() -> Self {
-        PickerConfig {
-            random_first: 4,
-            endgame_max_dup: 2,
-        }
+        PickerConfig { random_first: 4, endgame_max_dup: 2 }
     }
 }
 
@@ -81,10 +78,7 @@ pub enum BlockOutcome {
     /// New data: write it. `piece_complete` = every block of the piece has now been received
     /// (verify it next). `cancels` = other peers that also have this block outstanding
     /// (endgame): send them CANCEL. They are no longer counted as outstanding.
-    Accepted {
-        piece_complete: bool,
-        cancels: Vec<(PeerKey, BlockRef)>,
-    },
+    Accepted { piece_complete: bool, cancels: Vec<(PeerKey, BlockRef)> },
     /// Not requested from anyone, wrong length/offset, or already received: ignore the data.
     Unexpected,
 }
@@ -148,11 +142,7 @@ impl Layout {
             // Metainfo parsing caps the piece count far below u32::MAX; saturate regardless.
             u32::try_from(total_length.div_ceil(u64::from(piece_length))).unwrap_or(u32::MAX)
         };
-        Layout {
-            piece_length,
-            total_length,
-            num_pieces,
-        }
+        Layout { piece_length, total_length, num_pieces }
     }
 
     /// Bytes in piece `p` (`p` < `num_pieces`).
@@ -172,11 +162,7 @@ impl Layout {
 
     fn block_ref(&self, p: u32, i: u32) -> BlockRef {
         let offset = i * BLOCK_SIZE;
-        BlockRef {
-            piece: p,
-            offset,
-            length: BLOCK_SIZE.min(self.piece_size(p) - offset),
-        }
+        BlockRef { piece: p, offset, length: BLOCK_SIZE.min(self.piece_size(p) - offset) }
     }
 
     /// The block index of `b` if it is exactly one of this torrent's blocks.
@@ -220,19 +206,9 @@ impl<R: rand::Rng> PiecePicker<R> {
     ) -> Self {
         let layout = Layout::new(piece_length, total_length);
         let n = layout.num_pieces;
-        let have = if have.len() == n {
-            have
-        } else {
-            Bitfield::new(n)
-        };
+        let have = if have.len() == n { have } else { Bitfield::new(n) };
         let state: Vec<PieceState> = (0..n)
-            .map(|p| {
-                if have.has(p) {
-                    PieceState::Have
-                } else {
-                    PieceState::Untouched
-                }
-            })
+            .map(|p| if have.has(p) { PieceState::Have } else { PieceState::Untouched })
             .collect();
         PiecePicker {
             config,
@@ -469,10 +445,7 @@ impl<R: rand::Rng> PiecePicker<R> {
             }
             self.state[p as usize] = PieceState::Complete;
         }
-        BlockOutcome::Accepted {
-            piece_complete,
-            cancels,
-        }
+        BlockOutcome::Accepted { piece_complete, cancels }
     }
 
     /// The piece's hash is good: it counts as have. Also accepted for a piece not yet complete
@@ -517,10 +490,9 @@ impl<R: rand::Rng> PiecePicker<R> {
     /// The record of `peer`, created empty on first mention.
     fn record(&mut self, peer: PeerKey) -> &mut PeerRecord {
         let n = self.layout.num_pieces;
-        self.peers.entry(peer).or_insert_with(|| PeerRecord {
-            has: Bitfield::new(n),
-            outstanding: BTreeSet::new(),
-        })
+        self.peers
+            .entry(peer)
+            .or_insert_with(|| PeerRecord { has: Bitfield::new(n), outstanding: BTreeSet::new() })
     }
 
     /// An untouched piece `peer_has` has: random while few are verified, else rarest first;
@@ -538,11 +510,7 @@ impl<R: rand::Rng> PiecePicker<R> {
             if *state != PieceState::Untouched || !peer_has.has(p) {
                 continue;
             }
-            let avail = if random {
-                0
-            } else {
-                self.availability[p as usize]
-            };
+            let avail = if random { 0 } else { self.availability[p as usize] };
             if avail < best_avail {
                 best = Some(p);
                 best_avail = avail;
@@ -647,11 +615,7 @@ mod tests {
     }
 
     fn block(piece: u32, offset: u32, length: u32) -> BlockRef {
-        BlockRef {
-            piece,
-            offset,
-            length,
-        }
+        BlockRef { piece, offset, length }
     }
 
     /// Checks every invariant in the module docs.
@@ -692,10 +656,7 @@ mod tests {
                 assert!(b.holders.len() <= pk.config.endgame_max_dup.max(1));
             }
             assert_eq!(piece.free, free);
-            assert_eq!(
-                piece.received as usize,
-                piece.blocks.iter().filter(|b| b.received).count()
-            );
+            assert_eq!(piece.received as usize, piece.blocks.iter().filter(|b| b.received).count());
             free_total += u64::from(free);
         }
         assert_eq!(pk.free_blocks, free_total);
@@ -735,11 +696,7 @@ mod tests {
             for (k, has) in has.into_iter().enumerate() {
                 let key = PeerKey(k as u64);
                 swarm.picker.peer_bitfield(key, &has);
-                swarm.peers.push(SimPeer {
-                    key,
-                    has,
-                    queue: VecDeque::new(),
-                });
+                swarm.peers.push(SimPeer { key, has, queue: VecDeque::new() });
             }
             swarm
         }
@@ -748,9 +705,7 @@ mod tests {
             for k in 0..self.peers.len() {
                 let room = self.pipeline - self.picker.outstanding(self.peers[k].key);
                 let was_endgame = self.picker.in_endgame();
-                let picked = self
-                    .picker
-                    .pick(self.peers[k].key, &self.peers[k].has, room);
+                let picked = self.picker.pick(self.peers[k].key, &self.peers[k].has, room);
                 for b in picked {
                     let n = self.requests.entry(b).or_default();
                     *n += 1;
@@ -769,10 +724,7 @@ mod tests {
                     continue;
                 };
                 match self.picker.block_received(self.peers[k].key, b) {
-                    BlockOutcome::Accepted {
-                        piece_complete,
-                        cancels,
-                    } => {
+                    BlockOutcome::Accepted { piece_complete, cancels } => {
                         self.received_bytes += u64::from(b.length);
                         for (other, cb) in cancels {
                             assert_eq!(cb, b);
@@ -803,10 +755,8 @@ mod tests {
                 let Some(b) = self.peers[k].queue.pop_front() else {
                     continue;
                 };
-                if let BlockOutcome::Accepted {
-                    piece_complete,
-                    cancels,
-                } = self.picker.block_received(self.peers[k].key, b)
+                if let BlockOutcome::Accepted { piece_complete, cancels } =
+                    self.picker.block_received(self.peers[k].key, b)
                 {
                     for (other, cb) in cancels {
                         self.peers[other.0 as usize].queue.retain(|x| *x != cb);
@@ -846,20 +796,11 @@ mod tests {
             assert_eq!(swarm.received_bytes, total);
             assert_eq!(swarm.requests.len(), 7 * 4 + 2, "every block requested");
             let dups: u32 = swarm.requests.values().map(|n| n - 1).sum();
-            assert!(
-                dups <= swarm.requests.len() as u32,
-                "at most one duplicate per block"
-            );
-            assert!(
-                swarm.requests.values().all(|&n| n <= 2),
-                "endgame_max_dup = 2"
-            );
+            assert!(dups <= swarm.requests.len() as u32, "at most one duplicate per block");
+            assert!(swarm.requests.values().all(|&n| n <= 2), "endgame_max_dup = 2");
             assert!(swarm.peers.iter().all(|p| p.queue.is_empty()));
             assert!(!swarm.picker.in_endgame());
-            assert!(swarm
-                .picker
-                .pick(PeerKey(0), &Bitfield::full(n), 4)
-                .is_empty());
+            assert!(swarm.picker.pick(PeerKey(0), &Bitfield::full(n), 4).is_empty());
         }
     }
 
@@ -882,37 +823,19 @@ mod tests {
             ]
         );
         // The wrong length for the short block, or a full block where the short one is.
-        assert_eq!(
-            pk.block_received(PeerKey(1), block(1, 16384, 16384)),
-            BlockOutcome::Unexpected
-        );
-        assert_eq!(
-            pk.block_received(PeerKey(1), block(1, 16384, 99)),
-            BlockOutcome::Unexpected
-        );
-        assert_eq!(
-            pk.block_received(PeerKey(1), block(1, 100, 100)),
-            BlockOutcome::Unexpected
-        );
+        assert_eq!(pk.block_received(PeerKey(1), block(1, 16384, 16384)), BlockOutcome::Unexpected);
+        assert_eq!(pk.block_received(PeerKey(1), block(1, 16384, 99)), BlockOutcome::Unexpected);
+        assert_eq!(pk.block_received(PeerKey(1), block(1, 100, 100)), BlockOutcome::Unexpected);
         assert_eq!(
             pk.block_received(PeerKey(1), block(1, 16384, 100)),
-            BlockOutcome::Accepted {
-                piece_complete: false,
-                cancels: vec![]
-            }
+            BlockOutcome::Accepted { piece_complete: false, cancels: vec![] }
         );
         assert_eq!(
             pk.block_received(PeerKey(1), block(1, 0, 16384)),
-            BlockOutcome::Accepted {
-                piece_complete: true,
-                cancels: vec![]
-            }
+            BlockOutcome::Accepted { piece_complete: true, cancels: vec![] }
         );
         // Once complete, the piece is neither requested nor have until verified.
-        assert_eq!(
-            pk.block_received(PeerKey(1), block(1, 0, 16384)),
-            BlockOutcome::Unexpected
-        );
+        assert_eq!(pk.block_received(PeerKey(1), block(1, 0, 16384)), BlockOutcome::Unexpected);
         assert!(!pk.have().has(1));
         pk.release_peer(PeerKey(1));
         assert_eq!(
@@ -949,14 +872,8 @@ mod tests {
             assert_eq!(pk.availability(9), 1);
             assert_eq!(pk.availability(6), 2);
             assert_eq!(pk.availability(7), 3);
-            assert_eq!(
-                pk.pick(PeerKey(1), &Bitfield::full(n), 1),
-                vec![block(9, 0, 16384)]
-            );
-            assert_eq!(
-                pk.pick(PeerKey(1), &Bitfield::full(n), 1),
-                vec![block(6, 0, 16384)]
-            );
+            assert_eq!(pk.pick(PeerKey(1), &Bitfield::full(n), 1), vec![block(9, 0, 16384)]);
+            assert_eq!(pk.pick(PeerKey(1), &Bitfield::full(n), 1), vec![block(6, 0, 16384)]);
             // Among equally rare pieces, only ones the peer has.
             let next = pk.pick(PeerKey(3), &bits(n, [4, 5, 8]), 1);
             assert!(
@@ -973,10 +890,7 @@ mod tests {
         let mut firsts = BTreeSet::new();
         for seed in 0..20 {
             let mut pk = PiecePicker::new(
-                PickerConfig {
-                    random_first: 0,
-                    endgame_max_dup: 2,
-                },
+                PickerConfig { random_first: 0, endgame_max_dup: 2 },
                 16 * KIB,
                 u64::from(n) * 16384,
                 Bitfield::new(n),
@@ -993,12 +907,7 @@ mod tests {
         let n = 16;
         let mut firsts = BTreeSet::new();
         for seed in 0..20 {
-            let mut pk = picker(
-                PickerConfig::default(),
-                16 * KIB,
-                u64::from(n) * 16384,
-                seed,
-            );
+            let mut pk = picker(PickerConfig::default(), 16 * KIB, u64::from(n) * 16384, seed);
             // Piece 5 is the unique rarest, yet the first picks ignore availability.
             pk.peer_bitfield(PeerKey(1), &Bitfield::full(n));
             pk.peer_bitfield(PeerKey(2), &bits(n, (0..n).filter(|&p| p != 5)));
@@ -1023,18 +932,12 @@ mod tests {
             assert_ne!(b.piece, 3);
             assert_eq!(
                 pk.block_received(PeerKey(2), b),
-                BlockOutcome::Accepted {
-                    piece_complete: true,
-                    cancels: vec![]
-                }
+                BlockOutcome::Accepted { piece_complete: true, cancels: vec![] }
             );
             pk.piece_verified(b.piece);
             done += 1;
         }
-        assert_eq!(
-            pk.pick(PeerKey(1), &Bitfield::full(n), 1),
-            vec![block(3, 0, 16384)]
-        );
+        assert_eq!(pk.pick(PeerKey(1), &Bitfield::full(n), 1), vec![block(3, 0, 16384)]);
     }
 
     #[test]
@@ -1051,11 +954,7 @@ mod tests {
         let b = pk.pick(PeerKey(2), &all, 4);
         assert_eq!(
             b[..3],
-            [
-                block(p, 16384, 16384),
-                block(p, 32768, 16384),
-                block(p, 49152, 16384)
-            ]
+            [block(p, 16384, 16384), block(p, 32768, 16384), block(p, 49152, 16384)]
         );
         assert_ne!(b[3].piece, p);
         let q = b[3].piece;
@@ -1073,11 +972,7 @@ mod tests {
         expect.sort();
         assert_eq!(c, expect);
         // A peer without the partial pieces gets a new piece.
-        let d = pk.pick(
-            PeerKey(4),
-            &bits(n, (0..n).filter(|&x| x != p && x != q)),
-            1,
-        );
+        let d = pk.pick(PeerKey(4), &bits(n, (0..n).filter(|&x| x != p && x != q)), 1);
         assert!(d[0].piece != p && d[0].piece != q);
     }
 
@@ -1095,10 +990,7 @@ mod tests {
         assert_eq!(b.len(), 4);
         assert!(pk.in_endgame());
         assert!(a.iter().all(|x| b.contains(x)));
-        assert!(
-            pk.pick(PeerKey(2), &all, 10).is_empty(),
-            "never twice to one peer"
-        );
+        assert!(pk.pick(PeerKey(2), &all, 10).is_empty(), "never twice to one peer");
         // C may only duplicate the block B alone holds: the others have two holders.
         let only_b: Vec<BlockRef> = b.iter().copied().filter(|x| !a.contains(x)).collect();
         assert_eq!(only_b.len(), 1);
@@ -1107,24 +999,14 @@ mod tests {
         let x = a[2];
         assert_eq!(
             pk.block_received(PeerKey(2), x),
-            BlockOutcome::Accepted {
-                piece_complete: false,
-                cancels: vec![(PeerKey(1), x)]
-            }
+            BlockOutcome::Accepted { piece_complete: false, cancels: vec![(PeerKey(1), x)] }
         );
         assert_eq!(pk.outstanding(PeerKey(1)), 2);
         assert_eq!(pk.outstanding(PeerKey(2)), 3);
         assert_eq!(pk.block_received(PeerKey(1), x), BlockOutcome::Unexpected);
         // A peer with three allowed holders may duplicate the rest.
-        let mut pk3 = picker(
-            PickerConfig {
-                random_first: 4,
-                endgame_max_dup: 3,
-            },
-            32 * KIB,
-            65536,
-            5,
-        );
+        let mut pk3 =
+            picker(PickerConfig { random_first: 4, endgame_max_dup: 3 }, 32 * KIB, 65536, 5);
         pk3.pick(PeerKey(1), &all, 4);
         pk3.pick(PeerKey(2), &all, 4);
         assert_eq!(pk3.pick(PeerKey(3), &all, 10).len(), 4);
@@ -1147,45 +1029,25 @@ mod tests {
         assert_eq!(b, vec![block(0, 32768, 16384)]);
         assert!(matches!(
             pk.block_received(PeerKey(7), a[0]),
-            BlockOutcome::Accepted {
-                piece_complete: false,
-                ..
-            }
+            BlockOutcome::Accepted { piece_complete: false, .. }
         ));
         assert!(matches!(
             pk.block_received(PeerKey(3), b[0]),
-            BlockOutcome::Accepted {
-                piece_complete: false,
-                ..
-            }
+            BlockOutcome::Accepted { piece_complete: false, .. }
         ));
         assert_eq!(
             pk.block_received(PeerKey(7), a[1]),
-            BlockOutcome::Accepted {
-                piece_complete: true,
-                cancels: vec![]
-            }
+            BlockOutcome::Accepted { piece_complete: true, cancels: vec![] }
         );
         assert!(pk.pick(PeerKey(9), &all, 3).is_empty());
         assert_eq!(pk.piece_failed(0), vec![PeerKey(3), PeerKey(7)]);
         assert!(!pk.have().has(0) && !pk.is_complete());
         assert_eq!(
             pk.pick(PeerKey(9), &all, 3),
-            vec![
-                block(0, 0, 16384),
-                block(0, 16384, 16384),
-                block(0, 32768, 16384)
-            ]
+            vec![block(0, 0, 16384), block(0, 16384, 16384), block(0, 32768, 16384)]
         );
-        for x in [
-            block(0, 0, 16384),
-            block(0, 16384, 16384),
-            block(0, 32768, 16384),
-        ] {
-            assert!(matches!(
-                pk.block_received(PeerKey(9), x),
-                BlockOutcome::Accepted { .. }
-            ));
+        for x in [block(0, 0, 16384), block(0, 16384, 16384), block(0, 32768, 16384)] {
+            assert!(matches!(pk.block_received(PeerKey(9), x), BlockOutcome::Accepted { .. }));
         }
         pk.piece_verified(0);
         assert!(pk.is_complete());
@@ -1204,20 +1066,14 @@ mod tests {
         pk.peer_bitfield(PeerKey(1), &all);
         pk.peer_bitfield(PeerKey(2), &bits(n, [0, 1]));
         pk.peer_have(PeerKey(2), 3);
-        assert_eq!(
-            (0..n).map(|p| pk.availability(p)).collect::<Vec<_>>(),
-            vec![2, 2, 1, 2]
-        );
+        assert_eq!((0..n).map(|p| pk.availability(p)).collect::<Vec<_>>(), vec![2, 2, 1, 2]);
         let a = pk.pick(PeerKey(1), &all, 8);
         assert_eq!(a.len(), 8);
         assert_eq!(pk.outstanding(PeerKey(1)), 8);
         // The driver's bitfield is stale; the picker removes what it recorded.
         pk.peer_left(PeerKey(1), &Bitfield::new(n));
         assert_eq!(pk.outstanding(PeerKey(1)), 0);
-        assert_eq!(
-            (0..n).map(|p| pk.availability(p)).collect::<Vec<_>>(),
-            vec![1, 1, 0, 1]
-        );
+        assert_eq!((0..n).map(|p| pk.availability(p)).collect::<Vec<_>>(), vec![1, 1, 0, 1]);
         assert!(!pk.in_endgame());
         let mut b = pk.pick(PeerKey(2), &bits(n, [0, 1, 3]), 8);
         b.sort();
@@ -1225,10 +1081,7 @@ mod tests {
         expect.sort();
         assert_eq!(b, expect);
         // A late answer from the departed peer is still a missing block of a piece under way.
-        assert!(matches!(
-            pk.block_received(PeerKey(1), a[0]),
-            BlockOutcome::Accepted { .. }
-        ));
+        assert!(matches!(pk.block_received(PeerKey(1), a[0]), BlockOutcome::Accepted { .. }));
         check_invariants(&pk);
     }
 
@@ -1253,10 +1106,7 @@ mod tests {
             pk.release(PeerKey(1), b);
         }
         // Unsolicited data for a piece nobody asked for is refused.
-        assert_eq!(
-            pk.block_received(PeerKey(1), block(0, 0, 16384)),
-            BlockOutcome::Unexpected
-        );
+        assert_eq!(pk.block_received(PeerKey(1), block(0, 0, 16384)), BlockOutcome::Unexpected);
         pk.piece_verified(7);
         assert!(pk.piece_failed(7).is_empty());
         pk.peer_left(PeerKey(42), &Bitfield::new(1));
@@ -1301,11 +1151,8 @@ mod tests {
             have,
             ChaCha8Rng::seed_from_u64(9),
         );
-        let mut got: Vec<u32> = pk
-            .pick(PeerKey(1), &Bitfield::full(n), 10)
-            .iter()
-            .map(|b| b.piece)
-            .collect();
+        let mut got: Vec<u32> =
+            pk.pick(PeerKey(1), &Bitfield::full(n), 10).iter().map(|b| b.piece).collect();
         got.sort();
         assert_eq!(got, vec![1, 3]);
         pk.piece_verified(1);
@@ -1321,10 +1168,7 @@ mod tests {
             let mut ops = ChaCha8Rng::seed_from_u64(1000 + seed);
             let piece_length = [16 * KIB, 48 * KIB, 40 * KIB][seed as usize % 3];
             let total = u64::from(piece_length) * 9 + 5000;
-            let config = PickerConfig {
-                random_first: 2,
-                endgame_max_dup: 2 + (seed as usize % 2),
-            };
+            let config = PickerConfig { random_first: 2, endgame_max_dup: 2 + (seed as usize % 2) };
             let mut pk = picker(config, piece_length, total, seed);
             let n = pk.num_pieces();
             // Slot 0 is always a seeder, so the swarm can always finish.
@@ -1367,10 +1211,7 @@ mod tests {
                         };
                         mine.remove(&b);
                         match pk.block_received(key, b) {
-                            BlockOutcome::Accepted {
-                                piece_complete,
-                                cancels,
-                            } => {
+                            BlockOutcome::Accepted { piece_complete, cancels } => {
                                 bytes += u64::from(b.length);
                                 for (other, cb) in cancels {
                                     assert_eq!(cb, b);
@@ -1437,12 +1278,7 @@ mod tests {
     #[ignore]
     fn picker_throughput() {
         let n = 4000;
-        let pk = picker(
-            PickerConfig::default(),
-            256 * KIB,
-            u64::from(n) * 262_144,
-            1,
-        );
+        let pk = picker(PickerConfig::default(), 256 * KIB, u64::from(n) * 262_144, 1);
         let mut swarm = Swarm::new(pk, (0..50).map(|_| Bitfield::full(n)).collect());
         swarm.pipeline = 16;
         let start = std::time::Instant::now();
@@ -1450,10 +1286,6 @@ mod tests {
             swarm.step_unchecked();
         }
         let secs = start.elapsed().as_secs_f64();
-        println!(
-            "{} blocks in {secs:.3} s: {:.0} blocks/s",
-            n * 16,
-            f64::from(n * 16) / secs
-        );
+        println!("{} blocks in {secs:.3} s: {:.0} blocks/s", n * 16, f64::from(n * 16) / secs);
     }
 }

@@ -46,11 +46,7 @@ impl Handshake {
         let mut reserved = [0u8; 8];
         reserved[5] |= 0x10;
         reserved[7] |= 0x04;
-        Handshake {
-            reserved,
-            info_hash,
-            peer_id,
-        }
+        Handshake { reserved, info_hash, peer_id }
     }
 
     /// True when the peer speaks the extension protocol (BEP 10).
@@ -85,11 +81,7 @@ impl Handshake {
         ih.copy_from_slice(&b[28..48]);
         let mut pid = [0u8; 20];
         pid.copy_from_slice(&b[48..68]);
-        Ok(Handshake {
-            reserved,
-            info_hash: InfoHash(ih),
-            peer_id: PeerId(pid),
-        })
+        Ok(Handshake { reserved, info_hash: InfoHash(ih), peer_id: PeerId(pid) })
     }
 }
 
@@ -209,21 +201,9 @@ pub fn decode(buf: &mut BytesMut, max_len: u32) -> Result<Option<Message>, WireE
             fixed(12)?;
             let (piece, offset, length) = (body.get_u32(), body.get_u32(), body.get_u32());
             match msg_id {
-                id::REQUEST => Message::Request {
-                    piece,
-                    offset,
-                    length,
-                },
-                id::CANCEL => Message::Cancel {
-                    piece,
-                    offset,
-                    length,
-                },
-                _ => Message::RejectRequest {
-                    piece,
-                    offset,
-                    length,
-                },
+                id::REQUEST => Message::Request { piece, offset, length },
+                id::CANCEL => Message::Cancel { piece, offset, length },
+                _ => Message::RejectRequest { piece, offset, length },
             }
         }
         id::PIECE => {
@@ -231,21 +211,14 @@ pub fn decode(buf: &mut BytesMut, max_len: u32) -> Result<Option<Message>, WireE
                 return Err(bad());
             }
             let (piece, offset) = (body.get_u32(), body.get_u32());
-            Message::Piece {
-                piece,
-                offset,
-                data: body.freeze(),
-            }
+            Message::Piece { piece, offset, data: body.freeze() }
         }
         id::EXTENDED => {
             if n < 1 {
                 return Err(bad());
             }
             let ext = body.get_u8();
-            Message::Extended {
-                id: ext,
-                payload: body.freeze(),
-            }
+            Message::Extended { id: ext, payload: body.freeze() }
         }
         other => return Err(WireError::UnknownId(other)),
     };
@@ -287,21 +260,9 @@ impl Message {
                 header(out, id::BITFIELD, b.len());
                 out.put_slice(b);
             }
-            Message::Request {
-                piece,
-                offset,
-                length,
-            }
-            | Message::Cancel {
-                piece,
-                offset,
-                length,
-            }
-            | Message::RejectRequest {
-                piece,
-                offset,
-                length,
-            } => {
+            Message::Request { piece, offset, length }
+            | Message::Cancel { piece, offset, length }
+            | Message::RejectRequest { piece, offset, length } => {
                 let msg_id = match self {
                     Message::Request { .. } => id::REQUEST,
                     Message::Cancel { .. } => id::CANCEL,
@@ -312,11 +273,7 @@ impl Message {
                 out.put_u32(*offset);
                 out.put_u32(*length);
             }
-            Message::Piece {
-                piece,
-                offset,
-                data,
-            } => {
+            Message::Piece { piece, offset, data } => {
                 header(out, id::PIECE, 8 + data.len());
                 out.put_u32(*piece);
                 out.put_u32(*offset);
@@ -364,35 +321,16 @@ mod tests {
             Message::NotInterested,
             Message::Have(7),
             Message::Bitfield(Bytes::from_static(&[0xff, 0x80])),
-            Message::Request {
-                piece: 1,
-                offset: 16384,
-                length: 16384,
-            },
-            Message::Piece {
-                piece: 2,
-                offset: 0,
-                data: Bytes::from_static(b"hello"),
-            },
-            Message::Cancel {
-                piece: 1,
-                offset: 0,
-                length: 5,
-            },
+            Message::Request { piece: 1, offset: 16384, length: 16384 },
+            Message::Piece { piece: 2, offset: 0, data: Bytes::from_static(b"hello") },
+            Message::Cancel { piece: 1, offset: 0, length: 5 },
             Message::Port(6881),
             Message::SuggestPiece(3),
             Message::HaveAll,
             Message::HaveNone,
-            Message::RejectRequest {
-                piece: 9,
-                offset: 0,
-                length: 16384,
-            },
+            Message::RejectRequest { piece: 9, offset: 0, length: 16384 },
             Message::AllowedFast(4),
-            Message::Extended {
-                id: 0,
-                payload: Bytes::from_static(b"d1:md11:ut_metadatai1eee"),
-            },
+            Message::Extended { id: 0, payload: Bytes::from_static(b"d1:md11:ut_metadatai1eee") },
         ] {
             round_trip(m);
         }
@@ -417,15 +355,9 @@ mod tests {
     #[test]
     fn hostile_input_is_refused() {
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
-        assert_eq!(
-            decode(&mut buf, 1024),
-            Err(WireError::TooLong(u32::MAX, 1024))
-        );
+        assert_eq!(decode(&mut buf, 1024), Err(WireError::TooLong(u32::MAX, 1024)));
         let mut buf = BytesMut::from(&[0, 0, 0, 3, id::HAVE, 0, 0][..]);
-        assert_eq!(
-            decode(&mut buf, 1024),
-            Err(WireError::BadLength { id: 4, len: 2 })
-        );
+        assert_eq!(decode(&mut buf, 1024), Err(WireError::BadLength { id: 4, len: 2 }));
         let mut buf = BytesMut::from(&[0, 0, 0, 1, 99][..]);
         assert_eq!(decode(&mut buf, 1024), Err(WireError::UnknownId(99)));
         let mut buf = BytesMut::from(&[0, 0, 0, 5, id::PIECE, 0, 0, 0, 0][..]);
@@ -448,12 +380,7 @@ mod tests {
     fn piece_header_matches_encoder() {
         let data = Bytes::from_static(b"abcdef");
         let mut buf = BytesMut::new();
-        Message::Piece {
-            piece: 5,
-            offset: 32,
-            data: data.clone(),
-        }
-        .encode(&mut buf);
+        Message::Piece { piece: 5, offset: 32, data: data.clone() }.encode(&mut buf);
         assert_eq!(&buf[..13], &Message::piece_header(5, 32, data.len()));
     }
 }

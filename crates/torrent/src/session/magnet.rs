@@ -91,10 +91,7 @@ pub async fn fetch_metadata(
         }
         debug!("metadata fetch failed: {last}");
     }
-    Err(MetadataError::AllFailed {
-        tried: candidates.len(),
-        last,
-    })
+    Err(MetadataError::AllFailed { tried: candidates.len(), last })
 }
 
 async fn from_peer(addr: SocketAddr, magnet: &Magnet, our_id: PeerId) -> Result<Vec<u8>, String> {
@@ -109,15 +106,8 @@ async fn from_peer(addr: SocketAddr, magnet: &Magnet, our_id: PeerId) -> Result<
     if c.theirs.supports_fast() {
         Message::HaveNone.encode(&mut out);
     }
-    let hs = ExtHandshake {
-        ut_metadata: Some(OUR_UT_METADATA),
-        ..Default::default()
-    };
-    Message::Extended {
-        id: 0,
-        payload: Bytes::from(hs.encode()),
-    }
-    .encode(&mut out);
+    let hs = ExtHandshake { ut_metadata: Some(OUR_UT_METADATA), ..Default::default() };
+    Message::Extended { id: 0, payload: Bytes::from(hs.encode()) }.encode(&mut out);
     stream.write_all(&out).await.map_err(|e| e.to_string())?;
 
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -154,11 +144,7 @@ async fn from_peer(addr: SocketAddr, magnet: &Magnet, our_id: PeerId) -> Result<
             let mut req = BytesMut::new();
             for piece in 0..count {
                 let payload = Bytes::from(MetadataMsg::Request { piece }.encode());
-                Message::Extended {
-                    id: their_id,
-                    payload,
-                }
-                .encode(&mut req);
+                Message::Extended { id: their_id, payload }.encode(&mut req);
             }
             stream.write_all(&req).await.map_err(|e| e.to_string())?;
             continue;
@@ -171,25 +157,16 @@ async fn from_peer(addr: SocketAddr, magnet: &Magnet, our_id: PeerId) -> Result<
                 return Err(format!("peer rejected metadata piece {piece}"))
             }
             MetadataMsg::Request { .. } => {}
-            MetadataMsg::Data {
-                piece,
-                total_size,
-                data,
-            } => {
+            MetadataMsg::Data { piece, total_size, data } => {
                 let start = piece as usize * METADATA_PIECE as usize;
-                let want = (size as usize)
-                    .saturating_sub(start)
-                    .min(METADATA_PIECE as usize);
+                let want = (size as usize).saturating_sub(start).min(METADATA_PIECE as usize);
                 if total_size != size || piece as usize >= pieces.len() || data.len() != want {
                     return Err("peer sent a metadata piece of the wrong size".into());
                 }
                 pieces[piece as usize] = Some(data);
                 if pieces.iter().all(Option::is_some) {
-                    let raw: Vec<u8> = pieces
-                        .iter()
-                        .flatten()
-                        .flat_map(|b| b.iter().copied())
-                        .collect();
+                    let raw: Vec<u8> =
+                        pieces.iter().flatten().flat_map(|b| b.iter().copied()).collect();
                     if Sha1::digest(&raw).as_slice() != magnet.info_hash.0 {
                         return Err("metadata does not match the magnet's info-hash".into());
                     }

@@ -163,11 +163,7 @@ impl Session {
         role: Role,
         config: SessionConfig,
     ) -> Result<Session, SessionError> {
-        let mode = if role == Role::Seed {
-            Mode::ReadOnly
-        } else {
-            Mode::ReadWrite
-        };
+        let mode = if role == Role::Seed { Mode::ReadOnly } else { Mode::ReadWrite };
         let info = meta.info.clone();
         let storage = tokio::task::spawn_blocking(move || -> Result<_, SessionError> {
             let s = Storage::open(&info, &dir, mode)?;
@@ -177,13 +173,9 @@ impl Session {
         .await
         .map_err(|e| io::Error::other(e.to_string()))??;
         let (storage, have) = storage;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| SessionError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| SessionError::Listen { addr: config.listen, source })?;
         let local_addr = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -212,13 +204,7 @@ impl Session {
             ))));
         }
         let task = tokio::spawn(torrent.run(listener, shutdown_rx, done_tx));
-        Ok(Session {
-            stats,
-            local_addr,
-            shutdown,
-            done,
-            task,
-        })
+        Ok(Session { stats, local_addr, shutdown, done, task })
     }
 
     /// Live numbers.
@@ -294,11 +280,7 @@ impl Rate {
     }
     fn tick(&mut self, secs: f64) {
         let sample = self.bytes_since as f64 / secs.max(1e-3);
-        self.per_sec = if self.per_sec == 0.0 {
-            sample
-        } else {
-            0.6 * self.per_sec + 0.4 * sample
-        };
+        self.per_sec = if self.per_sec == 0.0 { sample } else { 0.6 * self.per_sec + 0.4 * sample };
         self.bytes_since = 0;
     }
 }
@@ -383,12 +365,8 @@ impl Torrent {
         );
         let mut choker = Choker::new(config.choker.clone(), choker_rng, now);
         choker.set_seeding(have.is_full());
-        stats
-            .pieces_total
-            .store(info.num_pieces(), Ordering::Relaxed);
-        stats
-            .bytes_total
-            .store(info.total_length, Ordering::Relaxed);
+        stats.pieces_total.store(info.num_pieces(), Ordering::Relaxed);
+        stats.bytes_total.store(info.total_length, Ordering::Relaxed);
         stats.pieces_have.store(have.count(), Ordering::Relaxed);
         let have_bytes: u64 = have.iter_set().map(|p| info.piece_size(p) as u64).sum();
         stats.bytes_have.store(have_bytes, Ordering::Relaxed);
@@ -520,11 +498,7 @@ impl Torrent {
     }
 
     fn spawn_announcer(&mut self) {
-        let mut tiers = if self.config.use_trackers {
-            self.meta.trackers.clone()
-        } else {
-            vec![]
-        };
+        let mut tiers = if self.config.use_trackers { self.meta.trackers.clone() } else { vec![] };
         for t in &self.config.extra_trackers {
             tiers.push(vec![t.clone()]);
         }
@@ -548,16 +522,9 @@ impl Torrent {
                     port,
                     uploaded: stats.uploaded.load(Ordering::Relaxed),
                     downloaded: stats.downloaded.load(Ordering::Relaxed),
-                    left: stats
-                        .bytes_total
-                        .load(Ordering::Relaxed)
-                        .saturating_sub(have),
+                    left: stats.bytes_total.load(Ordering::Relaxed).saturating_sub(have),
                     event,
-                    num_want: if event == TrackerEvent::Stopped {
-                        0
-                    } else {
-                        num_want
-                    },
+                    num_want: if event == TrackerEvent::Stopped { 0 } else { num_want },
                 };
                 let interval;
                 match list.announce(&req, Duration::from_secs(10)).await {
@@ -631,11 +598,7 @@ impl Torrent {
         }
         if let Some((&dup, _)) = self.peers.iter().find(|(_, p)| p.id == theirs.peer_id) {
             // Keep the connection dialed by the lower peer id; both ends decide alike.
-            let new_dialer = if c.outgoing {
-                self.our_id
-            } else {
-                theirs.peer_id
-            };
+            let new_dialer = if c.outgoing { self.our_id } else { theirs.peer_id };
             if new_dialer < std::cmp::max(self.our_id, theirs.peer_id) {
                 self.drop_peer(dup, "duplicate connection");
             } else {
@@ -805,16 +768,8 @@ impl Torrent {
                     self.update_interest(key);
                 }
             }
-            Message::Request {
-                piece,
-                offset,
-                length,
-            } => {
-                let b = BlockRef {
-                    piece,
-                    offset,
-                    length,
-                };
+            Message::Request { piece, offset, length } => {
+                let b = BlockRef { piece, offset, length };
                 let size = self.meta.info.piece_size(piece);
                 let valid = piece < n
                     && length > 0
@@ -831,37 +786,14 @@ impl Torrent {
                     }));
                 }
             }
-            Message::Cancel {
-                piece,
-                offset,
-                length,
-            } => {
-                let _ = p.io.tx.send(Outgoing::Cancel(BlockRef {
-                    piece,
-                    offset,
-                    length,
-                }));
+            Message::Cancel { piece, offset, length } => {
+                let _ = p.io.tx.send(Outgoing::Cancel(BlockRef { piece, offset, length }));
             }
-            Message::RejectRequest {
-                piece,
-                offset,
-                length,
-            } => {
-                self.picker.release(
-                    key,
-                    BlockRef {
-                        piece,
-                        offset,
-                        length,
-                    },
-                );
+            Message::RejectRequest { piece, offset, length } => {
+                self.picker.release(key, BlockRef { piece, offset, length });
                 self.fill_requests(key);
             }
-            Message::Piece {
-                piece,
-                offset,
-                data,
-            } => self.on_block(key, piece, offset, data)?,
+            Message::Piece { piece, offset, data } => self.on_block(key, piece, offset, data)?,
             Message::Port(_) | Message::SuggestPiece(_) | Message::AllowedFast(_) => {}
             Message::Extended { id, payload } => self.on_extended(key, id, payload)?,
         }
@@ -876,18 +808,11 @@ impl Torrent {
         data: Bytes,
     ) -> Result<(), String> {
         let now = Instant::now();
-        let block = BlockRef {
-            piece,
-            offset,
-            length: data.len() as u32,
-        };
+        let block = BlockRef { piece, offset, length: data.len() as u32 };
         let len = data.len() as u64;
         match self.picker.block_received(key, block) {
             BlockOutcome::Unexpected => {}
-            BlockOutcome::Accepted {
-                piece_complete,
-                cancels,
-            } => {
+            BlockOutcome::Accepted { piece_complete, cancels } => {
                 if let Err(e) = self.storage.write(piece, offset, &data) {
                     // A disk error is ours, not the peer's: give the block back.
                     warn!("cannot write block: {e}");
@@ -898,11 +823,7 @@ impl Torrent {
                 for (other, b) in cancels {
                     self.send(
                         other,
-                        Message::Cancel {
-                            piece: b.piece,
-                            offset: b.offset,
-                            length: b.length,
-                        },
+                        Message::Cancel { piece: b.piece, offset: b.offset, length: b.length },
                     );
                 }
                 self.stats.downloaded.fetch_add(len, Ordering::Relaxed);
@@ -930,9 +851,7 @@ impl Torrent {
     fn on_verified(&mut self, piece: u32, ok: bool) {
         let offsets: Vec<u32> = {
             let size = self.meta.info.piece_size(piece);
-            (0..size.div_ceil(BLOCK_SIZE))
-                .map(|i| i * BLOCK_SIZE)
-                .collect()
+            (0..size.div_ceil(BLOCK_SIZE)).map(|i| i * BLOCK_SIZE).collect()
         };
         if !ok {
             self.stats.hash_failures.fetch_add(1, Ordering::Relaxed);
@@ -951,11 +870,7 @@ impl Torrent {
             }
             self.suspects.entry(piece).or_default().extend(record);
             let contributors = self.picker.piece_failed(piece);
-            warn!(
-                piece,
-                ?contributors,
-                "piece failed its hash check; fetching it again"
-            );
+            warn!(piece, ?contributors, "piece failed its hash check; fetching it again");
             // Without proof, only a peer that sent the whole piece is counted against: honest
             // peers that shared a piece with a liar are cleared when it verifies (smart ban).
             if let [only] = contributors[..] {
@@ -989,11 +904,7 @@ impl Torrent {
             }
             for addr in liars {
                 warn!(peer = %addr, "peer sent corrupt data: banned");
-                let key = self
-                    .peers
-                    .iter()
-                    .find(|(_, p)| p.addr == addr)
-                    .map(|(k, _)| *k);
+                let key = self.peers.iter().find(|(_, p)| p.addr == addr).map(|(k, _)| *k);
                 if self.banned.insert(addr) {
                     self.stats.banned.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1004,9 +915,7 @@ impl Torrent {
         }
         self.picker.piece_verified(piece);
         self.stats.pieces_have.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .bytes_have
-            .fetch_add(self.meta.info.piece_size(piece) as u64, Ordering::Relaxed);
+        self.stats.bytes_have.fetch_add(self.meta.info.piece_size(piece) as u64, Ordering::Relaxed);
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for k in &keys {
             let has = self.peers.get(k).is_some_and(|p| p.has.has(piece));
@@ -1048,12 +957,8 @@ impl Torrent {
         }
         self.completed_announced = true;
         // Seeds have nothing to trade with seeds.
-        let seeds: Vec<PeerKey> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.has.is_full())
-            .map(|(k, _)| *k)
-            .collect();
+        let seeds: Vec<PeerKey> =
+            self.peers.iter().filter(|(_, p)| p.has.is_full()).map(|(k, _)| *k).collect();
         for k in seeds {
             self.drop_peer(k, "both complete");
         }
@@ -1066,11 +971,7 @@ impl Torrent {
         let want = self.picker.have().wants_any_of(&p.has);
         if want != p.am_interested {
             p.am_interested = want;
-            let m = if want {
-                Message::Interested
-            } else {
-                Message::NotInterested
-            };
+            let m = if want { Message::Interested } else { Message::NotInterested };
             self.send(key, m);
         }
         if want {
@@ -1126,11 +1027,7 @@ impl Torrent {
             return Ok(());
         }
         let msg = MetadataMsg::decode(&payload).map_err(|e| e.to_string())?;
-        let Some(their_id) = self
-            .peers
-            .get(&key)
-            .and_then(|p| p.ext.as_ref()?.ut_metadata)
-        else {
+        let Some(their_id) = self.peers.get(&key).and_then(|p| p.ext.as_ref()?.ut_metadata) else {
             return Ok(());
         };
         if let MetadataMsg::Request { piece } = msg {
@@ -1148,10 +1045,7 @@ impl Torrent {
             };
             self.send(
                 key,
-                Message::Extended {
-                    id: their_id,
-                    payload: Bytes::from(reply.encode()),
-                },
+                Message::Extended { id: their_id, payload: Bytes::from(reply.encode()) },
             );
         }
         Ok(())
@@ -1227,10 +1121,8 @@ impl Torrent {
             return;
         }
         let connected: BTreeSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
-        let mut budget = self
-            .config
-            .max_peers
-            .saturating_sub(self.peers.len() + self.connecting.len());
+        let mut budget =
+            self.config.max_peers.saturating_sub(self.peers.len() + self.connecting.len());
         let ours = self.our_port;
         let mut dial = vec![];
         for (addr, (last, fails)) in self.candidates.iter_mut() {

@@ -42,19 +42,12 @@ pub async fn connect(
     tokio::time::timeout(timeout, async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        stream
-            .write_all(&Handshake::new(info_hash, our_id).encode())
-            .await?;
+        stream.write_all(&Handshake::new(info_hash, our_id).encode()).await?;
         let theirs = read_handshake(&mut stream).await?;
         if theirs.info_hash != info_hash {
             return Err(invalid("peer answered for another torrent"));
         }
-        Ok(Connected {
-            stream,
-            addr,
-            theirs,
-            outgoing: true,
-        })
+        Ok(Connected { stream, addr, theirs, outgoing: true })
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
@@ -74,15 +67,8 @@ pub async fn accept(
         if theirs.info_hash != accepts {
             return Err(invalid("peer asked for a torrent we do not have"));
         }
-        stream
-            .write_all(&Handshake::new(accepts, our_id).encode())
-            .await?;
-        Ok(Connected {
-            stream,
-            addr,
-            theirs,
-            outgoing: false,
-        })
+        stream.write_all(&Handshake::new(accepts, our_id).encode()).await?;
+        Ok(Connected { stream, addr, theirs, outgoing: false })
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
@@ -159,21 +145,8 @@ pub fn spawn(
     let (tx, rx) = mpsc::unbounded_channel();
     let counters = Arc::new(PeerCounters::default());
     let reader = tokio::spawn(read_loop(rd, key, events.clone(), limits.clone()));
-    let writer = tokio::spawn(write_loop(
-        wr,
-        key,
-        rx,
-        events,
-        storage,
-        limits,
-        counters.clone(),
-    ));
-    PeerIo {
-        tx,
-        counters,
-        reader,
-        writer,
-    }
+    let writer = tokio::spawn(write_loop(wr, key, rx, events, storage, limits, counters.clone()));
+    PeerIo { tx, counters, reader, writer }
 }
 
 async fn read_loop(
@@ -243,13 +216,8 @@ async fn write_loop(
                 storage_read(&st, b, &mut out[start..])?;
                 wr.write_all(&out).await?;
                 out.clear();
-                counters
-                    .uploaded
-                    .fetch_add(b.length as u64, Ordering::Relaxed);
-                limits
-                    .stats
-                    .uploaded
-                    .fetch_add(b.length as u64, Ordering::Relaxed);
+                counters.uploaded.fetch_add(b.length as u64, Ordering::Relaxed);
+                limits.stats.uploaded.fetch_add(b.length as u64, Ordering::Relaxed);
             }
             if !open && blocks.is_empty() {
                 let _ = wr.shutdown().await;
@@ -259,9 +227,7 @@ async fn write_loop(
     }
     .await;
     if let Err(e) = result {
-        let _ = events
-            .send(Event::Closed(key, format!("write error: {e}")))
-            .await;
+        let _ = events.send(Event::Closed(key, format!("write error: {e}"))).await;
     }
 }
 
@@ -281,12 +247,8 @@ fn apply(cmd: Outgoing, out: &mut BytesMut, blocks: &mut VecDeque<BlockRef>, max
         Outgoing::DropBlocks { reject } => {
             for b in blocks.drain(..) {
                 if reject {
-                    Message::RejectRequest {
-                        piece: b.piece,
-                        offset: b.offset,
-                        length: b.length,
-                    }
-                    .encode(out);
+                    Message::RejectRequest { piece: b.piece, offset: b.offset, length: b.length }
+                        .encode(out);
                 }
             }
         }

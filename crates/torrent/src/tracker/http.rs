@@ -28,11 +28,8 @@ pub const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
 const MAX_REASON_CHARS: usize = 1024;
 
 /// Characters that stay as they are in a query value: RFC 3986 unreserved.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const QUERY_VALUE: &AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Builds the announce URL: `base` plus the BEP 3 parameters, binary fields percent-encoded byte
 /// by byte; joined with `&` if `base` already has a query.
@@ -78,12 +75,7 @@ pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerE
     while let Some((key, value)) = dict.next_pair().map_err(malformed)? {
         match (key, value) {
             (b"failure reason", Object::Bytes(b)) => {
-                failure = Some(
-                    String::from_utf8_lossy(b)
-                        .chars()
-                        .take(MAX_REASON_CHARS)
-                        .collect(),
-                );
+                failure = Some(String::from_utf8_lossy(b).chars().take(MAX_REASON_CHARS).collect());
             }
             (b"warning message", Object::Bytes(b)) => {
                 tracing::info!(warning = %String::from_utf8_lossy(b), "tracker warning");
@@ -143,12 +135,7 @@ pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerE
         Some(secs) => Duration::from_secs(secs.max(1).unsigned_abs()),
         None => DEFAULT_INTERVAL,
     };
-    Ok(AnnounceResponse {
-        interval,
-        peers,
-        seeders,
-        leechers,
-    })
+    Ok(AnnounceResponse { interval, peers, seeders, leechers })
 }
 
 /// Announces over HTTP (no overall timeout here: [`super::announce`] adds the caller's).
@@ -156,19 +143,13 @@ pub(crate) async fn announce(
     base: &str,
     req: &AnnounceRequest,
 ) -> Result<AnnounceResponse, TrackerError> {
-    let invalid = |reason| TrackerError::InvalidUrl {
-        url: base.to_owned(),
-        reason,
-    };
+    let invalid = |reason| TrackerError::InvalidUrl { url: base.to_owned(), reason };
     let full = announce_url(base, req);
     let uri: Uri = full.parse().map_err(|_| invalid("not a valid URI"))?;
     let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
     // The Host header and the address to dial, without any `user@` part.
-    let host_port = authority
-        .as_str()
-        .rsplit_once('@')
-        .map_or(authority.as_str(), |(_, h)| h)
-        .to_owned();
+    let host_port =
+        authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, h)| h).to_owned();
     let host = authority.host();
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(80);
@@ -187,19 +168,15 @@ pub(crate) async fn announce(
             .header(header::USER_AGENT, "Swarmcast/0.1")
             .body(Empty::<Bytes>::new())
             .map_err(|e| TrackerError::Http(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| TrackerError::Http(e.to_string()))?;
+        let response =
+            sender.send_request(request).await.map_err(|e| TrackerError::Http(e.to_string()))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
             .map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
-                    TrackerError::ResponseTooLarge {
-                        limit: MAX_RESPONSE_BYTES,
-                    }
+                    TrackerError::ResponseTooLarge { limit: MAX_RESPONSE_BYTES }
                 } else {
                     TrackerError::Http(e.to_string())
                 }
@@ -260,10 +237,7 @@ mod tests {
         let resp = parse_announce_response(body).unwrap();
         assert_eq!(resp.interval, DEFAULT_INTERVAL);
         assert_eq!(resp.seeders, None);
-        assert_eq!(
-            resp.peers,
-            vec!["10.0.0.1:7000".parse().unwrap(), "[::1]:9".parse().unwrap()]
-        );
+        assert_eq!(resp.peers, vec!["10.0.0.1:7000".parse().unwrap(), "[::1]:9".parse().unwrap()]);
     }
 
     #[test]
@@ -295,10 +269,7 @@ mod tests {
         ];
         for case in cases {
             assert!(
-                matches!(
-                    parse_announce_response(case),
-                    Err(TrackerError::Malformed(_))
-                ),
+                matches!(parse_announce_response(case), Err(TrackerError::Malformed(_))),
                 "accepted {:?}",
                 String::from_utf8_lossy(case)
             );

@@ -116,10 +116,7 @@ pub enum TrackerError {
     NoTrackers,
     /// Every tracker of a [`TrackerList`] failed; `last` is the error of the last one tried.
     #[error("all {tried} trackers failed; last error: {last}")]
-    AllFailed {
-        tried: usize,
-        last: Box<TrackerError>,
-    },
+    AllFailed { tried: usize, last: Box<TrackerError> },
 }
 
 /// Announces to one tracker URL: `http://` speaks HTTP (BEP 3), `udp://` speaks BEP 15.
@@ -136,10 +133,7 @@ pub async fn announce(
             Some("http") => http::announce(url, req).await,
             Some("udp") => udp::announce(url, req, udp::SPEC_FIRST_RETRY).await,
             Some(_) => Err(TrackerError::Unsupported(url.to_owned())),
-            None => Err(TrackerError::InvalidUrl {
-                url: url.to_owned(),
-                reason: "no scheme",
-            }),
+            None => Err(TrackerError::InvalidUrl { url: url.to_owned(), reason: "no scheme" }),
         }
     };
     match tokio::time::timeout(timeout, fut).await {
@@ -211,10 +205,7 @@ impl TrackerList {
         }
         match last {
             None => Err(TrackerError::NoTrackers),
-            Some(last) => Err(TrackerError::AllFailed {
-                tried,
-                last: Box::new(last),
-            }),
+            Some(last) => Err(TrackerError::AllFailed { tried, last: Box::new(last) }),
         }
     }
 }
@@ -283,10 +274,7 @@ mod tests {
         push_compact_peer(&mut v6, b);
         assert_eq!(parse_compact_peers(&v6, true), Some(vec![b]));
         assert_eq!(parse_compact_peers(&v4[..5], false), None);
-        assert_eq!(
-            parse_compact_peers(&[1, 2, 3, 4, 0, 0], false),
-            Some(vec![])
-        );
+        assert_eq!(parse_compact_peers(&[1, 2, 3, 4, 0, 0], false), Some(vec![]));
     }
 
     #[test]
@@ -359,9 +347,7 @@ mod tests {
     /// A raw HTTP/1.0 GET, so the server's non-compact form can be requested.
     async fn raw_get(addr: SocketAddr, path: &str) -> (String, Vec<u8>) {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
         let mut all = Vec::new();
         s.read_to_end(&mut all).await.unwrap();
         let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
@@ -384,27 +370,12 @@ mod tests {
         let r = announce_fn(b.clone()).await.unwrap();
         assert_eq!(r.peers, vec![local(1001)]);
         assert_eq!((r.seeders, r.leechers), (Some(1), Some(1)));
-        let r = announce_fn(AnnounceRequest {
-            event: Event::None,
-            ..a.clone()
-        })
-        .await
-        .unwrap();
+        let r = announce_fn(AnnounceRequest { event: Event::None, ..a.clone() }).await.unwrap();
         assert_eq!(r.peers, vec![local(1002)]);
         // B leaves; A no longer sees it.
-        let r = announce_fn(AnnounceRequest {
-            event: Event::Stopped,
-            ..b
-        })
-        .await
-        .unwrap();
+        let r = announce_fn(AnnounceRequest { event: Event::Stopped, ..b }).await.unwrap();
         assert_eq!(r.peers, vec![]);
-        let r = announce_fn(AnnounceRequest {
-            event: Event::None,
-            ..a
-        })
-        .await
-        .unwrap();
+        let r = announce_fn(AnnounceRequest { event: Event::None, ..a }).await.unwrap();
         assert_eq!(r.peers, vec![]);
         assert_eq!((r.seeders, r.leechers), (Some(0), Some(1)));
     }
@@ -478,9 +449,7 @@ mod tests {
             })
             .await;
             // A forged connection id is refused with an error reply.
-            let sock = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-                .await
-                .unwrap();
+            let sock = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
             let bytes =
                 udp::encode_announce_request(12345, 9, 0, &request(3, 1003, 1, Event::None));
             sock.send_to(&bytes, addr).await.unwrap();
@@ -508,16 +477,11 @@ mod tests {
             assert!(StdUdpSocket::bind(addr).is_err());
             let http = format!("http://{addr}/announce");
             let udp = format!("udp://{addr}");
-            announce(&http, &request(1, 1001, 5, Event::Started), PER_ANNOUNCE)
-                .await
-                .unwrap();
-            let r = udp::announce(
-                &udp,
-                &request(2, 1002, 5, Event::Started),
-                Duration::from_secs(1),
-            )
-            .await
-            .unwrap();
+            announce(&http, &request(1, 1001, 5, Event::Started), PER_ANNOUNCE).await.unwrap();
+            let r =
+                udp::announce(&udp, &request(2, 1002, 5, Event::Started), Duration::from_secs(1))
+                    .await
+                    .unwrap();
             assert_eq!(r.peers, vec![local(1001)]);
             server.abort();
         })
@@ -532,10 +496,7 @@ mod tests {
             let live = format!("http://{addr}/announce");
             let dead_http = format!("http://127.0.0.1:{}/announce", dead_port());
             let dead_udp = format!("udp://127.0.0.1:{}", dead_port());
-            let tiers = vec![
-                vec![dead_udp.clone()],
-                vec![dead_http.clone(), live.clone()],
-            ];
+            let tiers = vec![vec![dead_udp.clone()], vec![dead_http.clone(), live.clone()]];
             // Pick a seed whose shuffle puts the dead tracker first in the second tier.
             let mut list = (0..)
                 .map(|seed| {
@@ -550,10 +511,7 @@ mod tests {
             assert_eq!(resp.peers, vec![]);
             assert_eq!(
                 list.tiers(),
-                &[
-                    vec![dead_udp.clone()],
-                    vec![live.clone(), dead_http.clone()]
-                ]
+                &[vec![dead_udp.clone()], vec![live.clone(), dead_http.clone()]]
             );
 
             server.abort();

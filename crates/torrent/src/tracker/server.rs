@@ -253,12 +253,7 @@ pub struct Swarms {
 impl Swarms {
     /// An empty table drawing its random subsets from `rng`.
     pub fn new(config: TrackerConfig, rng: StdRng) -> Self {
-        Swarms {
-            config,
-            torrents: HashMap::new(),
-            rng,
-            next_sweep: None,
-        }
+        Swarms { config, torrents: HashMap::new(), rng, next_sweep: None }
     }
 
     /// How many torrents have at least one remembered peer (expired ones included until swept).
@@ -280,22 +275,14 @@ impl Swarms {
 
         if a.event == Event::Stopped {
             let Some(swarm) = self.torrents.get_mut(&a.info_hash) else {
-                return Ok(SwarmReply {
-                    peers: Vec::new(),
-                    complete: 0,
-                    incomplete: 0,
-                });
+                return Ok(SwarmReply { peers: Vec::new(), complete: 0, incomplete: 0 });
             };
             swarm.peers.remove(&a.addr);
             let (complete, incomplete) = counts(swarm, &live);
             if swarm.peers.is_empty() {
                 self.torrents.remove(&a.info_hash);
             }
-            return Ok(SwarmReply {
-                peers: Vec::new(),
-                complete,
-                incomplete,
-            });
+            return Ok(SwarmReply { peers: Vec::new(), complete, incomplete });
         }
 
         if !self.torrents.contains_key(&a.info_hash)
@@ -320,14 +307,9 @@ impl Swarms {
                 if a.event == Event::Completed {
                     swarm.downloaded = swarm.downloaded.saturating_add(1);
                 }
-                swarm.peers.insert(
-                    a.addr,
-                    PeerEntry {
-                        peer_id: a.peer_id,
-                        seeder,
-                        last_seen: now,
-                    },
-                );
+                swarm
+                    .peers
+                    .insert(a.addr, PeerEntry { peer_id: a.peer_id, seeder, last_seen: now });
             }
             None => tracing::debug!(info_hash = %a.info_hash, "swarm full, not remembering peer"),
         }
@@ -343,27 +325,17 @@ impl Swarms {
         if swarm.peers.is_empty() {
             self.torrents.remove(&a.info_hash);
         }
-        Ok(SwarmReply {
-            peers,
-            complete,
-            incomplete,
-        })
+        Ok(SwarmReply { peers, complete, incomplete })
     }
 
     /// Scrape numbers of one torrent (all zero if unknown).
     pub fn stats(&self, now: Instant, info_hash: &InfoHash) -> SwarmStats {
         let ttl = self.config.peer_ttl;
         let live = |p: &PeerEntry| now.saturating_duration_since(p.last_seen) < ttl;
-        self.torrents
-            .get(info_hash)
-            .map_or(SwarmStats::default(), |swarm| {
-                let (complete, incomplete) = counts(swarm, &live);
-                SwarmStats {
-                    complete,
-                    downloaded: swarm.downloaded,
-                    incomplete,
-                }
-            })
+        self.torrents.get(info_hash).map_or(SwarmStats::default(), |swarm| {
+            let (complete, incomplete) = counts(swarm, &live);
+            SwarmStats { complete, downloaded: swarm.downloaded, incomplete }
+        })
     }
 
     /// Deletes expired peers and empty swarms, at most once per interval.
@@ -375,16 +347,11 @@ impl Swarms {
         let ttl = self.config.peer_ttl;
         let before = self.torrents.len();
         self.torrents.retain(|_, swarm| {
-            swarm
-                .peers
-                .retain(|_, p| now.saturating_duration_since(p.last_seen) < ttl);
+            swarm.peers.retain(|_, p| now.saturating_duration_since(p.last_seen) < ttl);
             !swarm.peers.is_empty()
         });
         if before != self.torrents.len() {
-            tracing::debug!(
-                dropped = before - self.torrents.len(),
-                "swept empty torrents"
-            );
+            tracing::debug!(dropped = before - self.torrents.len(), "swept empty torrents");
         }
     }
 }
@@ -454,9 +421,7 @@ impl Shared {
     }
 
     fn interval_secs(&self) -> u32 {
-        u32::try_from(self.config.interval.as_secs())
-            .unwrap_or(u32::MAX)
-            .max(1)
+        u32::try_from(self.config.interval.as_secs()).unwrap_or(u32::MAX).max(1)
     }
 }
 
@@ -500,9 +465,7 @@ impl TrackerServer {
     /// Serves until the future is dropped or its task aborted (which also stops every HTTP
     /// connection, since they live in a `JoinSet` owned here).
     pub async fn run(self) -> std::io::Result<()> {
-        let TrackerServer {
-            tcp, udp, shared, ..
-        } = self;
+        let TrackerServer { tcp, udp, shared, .. } = self;
         let mut connections = JoinSet::new();
         let udp_loop = serve_udp(&udp, &shared);
         tokio::pin!(udp_loop);
@@ -536,9 +499,7 @@ async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         async move { Ok::<_, Infallible>(response) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     match tokio::time::timeout(HTTP_CONNECTION_LIFETIME, conn).await {
         Ok(Ok(())) => {}
@@ -638,9 +599,7 @@ pub fn encode_http_reply(
         Ok(())
     });
     // Cannot fail: keys are emitted in sorted order and nesting is three levels deep.
-    result
-        .and_then(|()| e.get_output())
-        .expect("sorted keys and shallow nesting always encode")
+    result.and_then(|()| e.get_output()).expect("sorted keys and shallow nesting always encode")
 }
 
 /// Serves UDP datagrams forever; errors are logged, never fatal.
@@ -675,19 +634,12 @@ fn handle_udp(shared: &Shared, datagram: &[u8], from: SocketAddr) -> Option<Vec<
             transaction_id,
             shared.connection_id(from, shared.bucket()),
         )),
-        UdpRequest::Announce {
-            connection_id,
-            transaction_id,
-            ..
+        UdpRequest::Announce { connection_id, transaction_id, .. }
+        | UdpRequest::Scrape { connection_id, transaction_id, .. }
+            if !shared.connection_id_valid(from, connection_id) =>
+        {
+            Some(udp::encode_error_reply(transaction_id, "invalid or expired connection id"))
         }
-        | UdpRequest::Scrape {
-            connection_id,
-            transaction_id,
-            ..
-        } if !shared.connection_id_valid(from, connection_id) => Some(udp::encode_error_reply(
-            transaction_id,
-            "invalid or expired connection id",
-        )),
         UdpRequest::Announce {
             transaction_id,
             info_hash,
@@ -727,11 +679,7 @@ fn handle_udp(shared: &Shared, datagram: &[u8], from: SocketAddr) -> Option<Vec<
                 Err(e) => Some(udp::encode_error_reply(transaction_id, &e.to_string())),
             }
         }
-        UdpRequest::Scrape {
-            transaction_id,
-            info_hashes,
-            ..
-        } => {
+        UdpRequest::Scrape { transaction_id, info_hashes, .. } => {
             let swarms = shared.swarms.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             let stats: Vec<_> = info_hashes
@@ -803,33 +751,14 @@ mod tests {
             (ok_ids, QueryError::Missing("port")),
             (&format!("{ok_ids}&port=0"), QueryError::Invalid("port")),
             (&format!("{ok_ids}&port=70000"), QueryError::Invalid("port")),
-            (
-                &format!("{ok_ids}&port=1&left=-1"),
-                QueryError::Invalid("left"),
-            ),
-            (
-                &format!("{ok_ids}&port=1&event=bogus"),
-                QueryError::Invalid("event"),
-            ),
-            (
-                "info_hash=%00&peer_id=bbbbbbbbbbbbbbbbbbbb&port=1",
-                QueryError::Invalid("info_hash"),
-            ),
-            (
-                "peer_id=bbbbbbbbbbbbbbbbbbbb&port=1",
-                QueryError::Missing("info_hash"),
-            ),
-            (
-                "info_hash=aaaaaaaaaaaaaaaaaaaa&port=1&peer_id=%zz",
-                QueryError::Invalid("peer_id"),
-            ),
+            (&format!("{ok_ids}&port=1&left=-1"), QueryError::Invalid("left")),
+            (&format!("{ok_ids}&port=1&event=bogus"), QueryError::Invalid("event")),
+            ("info_hash=%00&peer_id=bbbbbbbbbbbbbbbbbbbb&port=1", QueryError::Invalid("info_hash")),
+            ("peer_id=bbbbbbbbbbbbbbbbbbbb&port=1", QueryError::Missing("info_hash")),
+            ("info_hash=aaaaaaaaaaaaaaaaaaaa&port=1&peer_id=%zz", QueryError::Invalid("peer_id")),
         ];
         for (query, expected) in cases {
-            assert_eq!(
-                parse_announce_query(query.as_bytes()).as_ref(),
-                Err(expected),
-                "{query}"
-            );
+            assert_eq!(parse_announce_query(query.as_bytes()).as_ref(), Err(expected), "{query}");
         }
         // Garbage bytes, stray separators: an error, not a panic.
         assert!(parse_announce_query(b"&&==&\xff\xfe=%%%&port=%").is_err());
@@ -846,26 +775,16 @@ mod tests {
         let r = s.announce(t, &b, |_| true).unwrap();
         assert_eq!(r.peers, vec![(a.addr, a.peer_id)]);
         assert_eq!((r.complete, r.incomplete), (1, 1));
-        let r = s
-            .announce(t, &ann(1, 1000, Some(0), Event::Completed), |_| true)
-            .unwrap();
+        let r = s.announce(t, &ann(1, 1000, Some(0), Event::Completed), |_| true).unwrap();
         assert_eq!(r.peers, vec![(b.addr, b.peer_id)]);
         assert_eq!((r.complete, r.incomplete), (2, 0));
         assert_eq!(
             s.stats(t, &a.info_hash),
-            SwarmStats {
-                complete: 2,
-                downloaded: 1,
-                incomplete: 0
-            }
+            SwarmStats { complete: 2, downloaded: 1, incomplete: 0 }
         );
-        let r = s
-            .announce(t, &ann(2, 2000, Some(0), Event::Stopped), |_| true)
-            .unwrap();
+        let r = s.announce(t, &ann(2, 2000, Some(0), Event::Stopped), |_| true).unwrap();
         assert_eq!((r.peers.len(), r.complete, r.incomplete), (0, 1, 0));
-        let r = s
-            .announce(t, &ann(1, 1000, Some(0), Event::Stopped), |_| true)
-            .unwrap();
+        let r = s.announce(t, &ann(1, 1000, Some(0), Event::Stopped), |_| true).unwrap();
         assert_eq!((r.complete, r.incomplete), (0, 0));
         assert_eq!(s.torrent_count(), 0);
     }
@@ -875,21 +794,15 @@ mod tests {
         let mut s = swarms(TrackerConfig::default());
         let t = Instant::now();
         for id in 1..=10 {
-            s.announce(t, &ann(id, 1000, Some(1), Event::None), |_| true)
-                .unwrap();
+            s.announce(t, &ann(id, 1000, Some(1), Event::None), |_| true).unwrap();
         }
         let mut q = ann(1, 1000, Some(1), Event::None);
         q.num_want = 3;
         let r = s.announce(t, &q, |_| true).unwrap();
         assert_eq!(r.peers.len(), 3);
         assert!(r.peers.iter().all(|(a, _)| *a != q.addr));
-        let r = s
-            .announce(t, &q, |a| a.ip() == IpAddr::from([10, 0, 0, 5]))
-            .unwrap();
-        assert_eq!(
-            r.peers,
-            vec![(SocketAddr::from(([10, 0, 0, 5], 1000)), PeerId([5; 20]))]
-        );
+        let r = s.announce(t, &q, |a| a.ip() == IpAddr::from([10, 0, 0, 5])).unwrap();
+        assert_eq!(r.peers, vec![(SocketAddr::from(([10, 0, 0, 5], 1000)), PeerId([5; 20]))]);
     }
 
     #[test]
@@ -903,34 +816,23 @@ mod tests {
         };
         let mut s = swarms(config);
         let t = Instant::now();
-        s.announce(t, &ann(1, 1, Some(1), Event::None), |_| true)
-            .unwrap();
-        s.announce(t, &ann(2, 1, Some(1), Event::None), |_| true)
-            .unwrap();
+        s.announce(t, &ann(1, 1, Some(1), Event::None), |_| true).unwrap();
+        s.announce(t, &ann(2, 1, Some(1), Event::None), |_| true).unwrap();
         // A third peer is answered but not remembered.
-        let r = s
-            .announce(t, &ann(3, 1, Some(1), Event::None), |_| true)
-            .unwrap();
+        let r = s.announce(t, &ann(3, 1, Some(1), Event::None), |_| true).unwrap();
         assert_eq!((r.peers.len(), r.incomplete), (2, 2));
         let mut other = ann(4, 1, Some(1), Event::None);
         other.info_hash = InfoHash([2; 20]);
-        assert_eq!(
-            s.announce(t, &other, |_| true),
-            Err(Refusal::TooManyTorrents)
-        );
+        assert_eq!(s.announce(t, &other, |_| true), Err(Refusal::TooManyTorrents));
 
         // Peer 2 fell silent: expired, so neither returned nor counted, though not yet swept.
         let later = t + Duration::from_secs(10);
-        let r = s
-            .announce(later, &ann(1, 1, Some(1), Event::None), |_| true)
-            .unwrap();
+        let r = s.announce(later, &ann(1, 1, Some(1), Event::None), |_| true).unwrap();
         assert_eq!((r.peers.len(), r.complete, r.incomplete), (0, 0, 1));
         assert_eq!(s.torrent_count(), 1);
 
         // By the next sweep peer 1 has expired too: its swarm is dropped and a new torrent fits.
-        let r = s
-            .announce(t + Duration::from_secs(1000), &other, |_| true)
-            .unwrap();
+        let r = s.announce(t + Duration::from_secs(1000), &other, |_| true).unwrap();
         assert_eq!((r.peers.len(), r.incomplete), (0, 1));
         assert_eq!(s.torrent_count(), 1);
     }

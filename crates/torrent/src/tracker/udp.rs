@@ -55,10 +55,7 @@ pub enum UdpParseError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UdpReply {
     /// Answer to a connect request.
-    Connect {
-        transaction_id: u32,
-        connection_id: u64,
-    },
+    Connect { transaction_id: u32, connection_id: u64 },
     /// Answer to an announce.
     Announce {
         transaction_id: u32,
@@ -68,15 +65,9 @@ pub enum UdpReply {
         peers: Vec<SocketAddr>,
     },
     /// Answer to a scrape: `(seeders, completed, leechers)` per requested hash.
-    Scrape {
-        transaction_id: u32,
-        stats: Vec<(u32, u32, u32)>,
-    },
+    Scrape { transaction_id: u32, stats: Vec<(u32, u32, u32)> },
     /// The tracker refused; `message` is its text.
-    Error {
-        transaction_id: u32,
-        message: String,
-    },
+    Error { transaction_id: u32, message: String },
 }
 
 /// A request to a UDP tracker, as the server reads it.
@@ -99,11 +90,7 @@ pub enum UdpRequest {
         port: u16,
     },
     /// A scrape of up to [`MAX_SCRAPE_HASHES`] torrents (extra hashes are dropped).
-    Scrape {
-        connection_id: u64,
-        transaction_id: u32,
-        info_hashes: Vec<InfoHash>,
-    },
+    Scrape { connection_id: u64, transaction_id: u32, info_hashes: Vec<InfoHash> },
 }
 
 /// A cursor over a datagram; every read is length-checked.
@@ -114,16 +101,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        Reader {
-            buf,
-            total: buf.len(),
-        }
+        Reader { buf, total: buf.len() }
     }
     fn take<const N: usize>(&mut self) -> Result<[u8; N], UdpParseError> {
-        let (head, rest) = self
-            .buf
-            .split_first_chunk::<N>()
-            .ok_or(UdpParseError::TooShort(self.total))?;
+        let (head, rest) =
+            self.buf.split_first_chunk::<N>().ok_or(UdpParseError::TooShort(self.total))?;
         self.buf = rest;
         Ok(*head)
     }
@@ -197,23 +179,14 @@ pub fn parse_reply(buf: &[u8], ipv6_peers: bool) -> Result<UdpReply, UdpParseErr
     let action = r.u32()?;
     let transaction_id = r.u32()?;
     match action {
-        ACTION_CONNECT => Ok(UdpReply::Connect {
-            transaction_id,
-            connection_id: r.u64()?,
-        }),
+        ACTION_CONNECT => Ok(UdpReply::Connect { transaction_id, connection_id: r.u64()? }),
         ACTION_ANNOUNCE => {
             let interval = r.u32()?;
             let leechers = r.u32()?;
             let seeders = r.u32()?;
             let peers = parse_compact_peers(r.buf, ipv6_peers)
                 .ok_or(UdpParseError::BadPeerList(r.buf.len()))?;
-            Ok(UdpReply::Announce {
-                transaction_id,
-                interval,
-                leechers,
-                seeders,
-                peers,
-            })
+            Ok(UdpReply::Announce { transaction_id, interval, leechers, seeders, peers })
         }
         ACTION_SCRAPE => {
             if r.buf.len() % 12 != 0 {
@@ -223,10 +196,7 @@ pub fn parse_reply(buf: &[u8], ipv6_peers: bool) -> Result<UdpReply, UdpParseErr
             while !r.buf.is_empty() {
                 stats.push((r.u32()?, r.u32()?, r.u32()?));
             }
-            Ok(UdpReply::Scrape {
-                transaction_id,
-                stats,
-            })
+            Ok(UdpReply::Scrape { transaction_id, stats })
         }
         ACTION_ERROR => Ok(UdpReply::Error {
             transaction_id,
@@ -278,11 +248,7 @@ pub fn parse_request(buf: &[u8]) -> Result<UdpRequest, UdpParseError> {
                 .take(MAX_SCRAPE_HASHES)
                 .filter_map(|c| c.try_into().ok().map(InfoHash))
                 .collect();
-            Ok(UdpRequest::Scrape {
-                connection_id,
-                transaction_id,
-                info_hashes,
-            })
+            Ok(UdpRequest::Scrape { connection_id, transaction_id, info_hashes })
         }
         other => Err(UdpParseError::UnknownAction(other)),
     }
@@ -341,19 +307,12 @@ pub fn encode_error_reply(transaction_id: u32, message: &str) -> Vec<u8> {
 
 /// Splits `udp://host:port[/path]` into host and port.
 fn host_port(url: &str) -> Result<(String, u16), TrackerError> {
-    let invalid = |reason| TrackerError::InvalidUrl {
-        url: url.to_owned(),
-        reason,
-    };
-    let rest = url
-        .split_once("://")
-        .map(|(_, r)| r)
-        .ok_or_else(|| invalid("no scheme"))?;
+    let invalid = |reason| TrackerError::InvalidUrl { url: url.to_owned(), reason };
+    let rest = url.split_once("://").map(|(_, r)| r).ok_or_else(|| invalid("no scheme"))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = authority
-        .rsplit_once(':')
-        .ok_or_else(|| invalid("udp:// URL without a port"))?;
+    let (host, port) =
+        authority.rsplit_once(':').ok_or_else(|| invalid("udp:// URL without a port"))?;
     let port: u16 = port.parse().map_err(|_| invalid("bad port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || port == 0 {
@@ -376,13 +335,9 @@ pub(crate) async fn announce(
     first_retry: Duration,
 ) -> Result<AnnounceResponse, TrackerError> {
     let (host, port) = host_port(url)?;
-    let target = tokio::net::lookup_host((host.as_str(), port))
-        .await?
-        .next()
-        .ok_or_else(|| TrackerError::InvalidUrl {
-            url: url.to_owned(),
-            reason: "host name resolves to no address",
-        })?;
+    let target = tokio::net::lookup_host((host.as_str(), port)).await?.next().ok_or_else(|| {
+        TrackerError::InvalidUrl { url: url.to_owned(), reason: "host name resolves to no address" }
+    })?;
     let local: SocketAddr = match target.ip() {
         IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -430,20 +385,11 @@ pub(crate) async fn announce(
         match (reply, &step) {
             (UdpReply::Error { message, .. }, _) => return Err(TrackerError::Failure(message)),
             (UdpReply::Connect { connection_id, .. }, Step::Connect) => {
-                step = Step::Announce {
-                    connection_id,
-                    since: Instant::now(),
-                };
+                step = Step::Announce { connection_id, since: Instant::now() };
                 tries = 0;
             }
             (
-                UdpReply::Announce {
-                    interval,
-                    leechers,
-                    seeders,
-                    peers,
-                    ..
-                },
+                UdpReply::Announce { interval, leechers, seeders, peers, .. },
                 Step::Announce { .. },
             ) => {
                 return Ok(AnnounceResponse {
@@ -460,9 +406,7 @@ pub(crate) async fn announce(
             }
         }
     }
-    Err(TrackerError::Timeout(
-        first_retry.saturating_mul((1 << MAX_TRIES) - 1),
-    ))
+    Err(TrackerError::Timeout(first_retry.saturating_mul((1 << MAX_TRIES) - 1)))
 }
 
 fn reply_transaction_id(reply: &UdpReply) -> u32 {
@@ -520,24 +464,15 @@ mod tests {
         );
         assert_eq!(
             parse_reply(&encode_connect_reply(3, 77), false),
-            Ok(UdpReply::Connect {
-                transaction_id: 3,
-                connection_id: 77
-            })
+            Ok(UdpReply::Connect { transaction_id: 3, connection_id: 77 })
         );
         assert_eq!(
             parse_reply(&encode_error_reply(4, "go away"), false),
-            Ok(UdpReply::Error {
-                transaction_id: 4,
-                message: "go away".into()
-            })
+            Ok(UdpReply::Error { transaction_id: 4, message: "go away".into() })
         );
         assert_eq!(
             parse_reply(&encode_scrape_reply(4, &[(1, 2, 3)]), false),
-            Ok(UdpReply::Scrape {
-                transaction_id: 4,
-                stats: vec![(1, 2, 3)]
-            })
+            Ok(UdpReply::Scrape { transaction_id: 4, stats: vec![(1, 2, 3)] })
         );
     }
 
@@ -546,10 +481,7 @@ mod tests {
         let req = request(9, 6881, 1234, Event::Started);
         let announce = encode_announce_request(42, 7, 99, &req);
         for n in 0..announce.len() {
-            assert_eq!(
-                parse_request(&announce[..n]),
-                Err(UdpParseError::TooShort(n))
-            );
+            assert_eq!(parse_request(&announce[..n]), Err(UdpParseError::TooShort(n)));
         }
         let mut bad_magic = encode_connect_request(1);
         bad_magic[0] = 9;
@@ -563,10 +495,7 @@ mod tests {
             parse_reply(&reply[..reply.len() - 1], false),
             Err(UdpParseError::BadPeerList(5))
         );
-        assert_eq!(
-            parse_reply(&reply[..10], false),
-            Err(UdpParseError::TooShort(10))
-        );
+        assert_eq!(parse_reply(&reply[..10], false), Err(UdpParseError::TooShort(10)));
         assert_eq!(parse_reply(&[], true), Err(UdpParseError::TooShort(0)));
         assert!(parse_reply(&encode_connect_reply(1, 2)[..15], false).is_err());
     }
@@ -577,10 +506,7 @@ mod tests {
             host_port("udp://tracker.example:6969/announce").unwrap(),
             ("tracker.example".to_string(), 6969)
         );
-        assert_eq!(
-            host_port("udp://[::1]:80").unwrap(),
-            ("::1".to_string(), 80)
-        );
+        assert_eq!(host_port("udp://[::1]:80").unwrap(), ("::1".to_string(), 80));
         assert!(host_port("udp://tracker.example/announce").is_err());
         assert!(host_port("udp://:80").is_err());
     }
