@@ -11,8 +11,8 @@
 //! Where the time goes: the swarm's upload capacity is C = u_s + Σu_i, so when the total-upload
 //! term binds, `measured − bound = (capacity left unused + duplicate bytes) / C`. The lab samples
 //! every node's upload counter every 100 ms and splits the unused capacity into three phases:
-//! start-up (until the seeder has uploaded one copy's worth of bytes), the middle, and the tail
-//! (after the first leecher completes, where endgame and idle finished peers show).
+//! start-up (until the seeder has uploaded one copy's worth of bytes), the middle (choking and
+//! scheduling), and the tail (after 90% of all bytes are verified: the last pieces, endgame).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -105,13 +105,15 @@ pub struct PeerResult {
 pub struct GapBreakdown {
     /// Until the seeder had uploaded F bytes.
     pub startup_s: f64,
-    /// Between start-up and the first completion: choking and scheduling.
+    /// Between start-up and the tail: choking and scheduling.
     pub middle_s: f64,
-    /// After the first leecher completed: the last pieces (endgame) and idle capacity.
+    /// After 90% of all bytes were delivered: the last pieces (endgame) and idle capacity.
     pub tail_s: f64,
     /// Bytes uploaded beyond N·F (endgame duplicates), in seconds of capacity.
     pub duplicates_s: f64,
     pub startup_ends_s: f64,
+    /// When the tail began (90% of N·F verified).
+    pub tail_from_s: f64,
     pub first_complete_s: f64,
 }
 
@@ -248,6 +250,8 @@ pub async fn run(
     // Watch: completion times and a 100 ms timeline of cumulative uploads.
     let mut done: Vec<Option<f64>> = vec![None; n];
     let mut timeline: Vec<(f64, u64, u64)> = vec![(0.0, 0, 0)];
+    // When 90% of all N·F bytes were verified: the tail (last pieces, endgame) starts.
+    let mut tail_from: Option<f64> = None;
     let mut last_sample = Instant::now();
     let mut last_progress = Instant::now();
     let total_bytes = config.file_size as f64 * n as f64;
@@ -271,6 +275,9 @@ pub async fn run(
             .map(|l| l.stats().bytes_have.load(Ordering::Relaxed) as f64)
             .sum::<f64>()
             / total_bytes;
+        if tail_from.is_none() && delivered >= 0.9 {
+            tail_from = Some(t);
+        }
         if last_progress.elapsed() >= Duration::from_millis(500) {
             last_progress = Instant::now();
             on_progress(&LabProgress { elapsed: started.elapsed(), complete, n, delivered });
@@ -311,7 +318,9 @@ pub async fn run(
     let sum_u: f64 = config.peer_uploads.iter().map(|&u| u as f64).sum();
     let capacity = config.server_upload as f64 + if p2p { sum_u } else { 0.0 };
     let first_complete = done.iter().flatten().fold(f64::INFINITY, |a, &b| a.min(b));
-    let gap = breakdown(&timeline, capacity, config.file_size, first_complete, measured, n);
+    let tail_from = tail_from.unwrap_or(measured);
+    let mut gap = breakdown(&timeline, capacity, config.file_size, tail_from, measured, n);
+    gap.first_complete_s = first_complete;
     let peers = done
         .iter()
         .zip(&uploads)
@@ -357,12 +366,12 @@ fn breakdown(
     timeline: &[(f64, u64, u64)],
     capacity: f64,
     file_size: u64,
-    first_complete: f64,
+    tail_from: f64,
     end: f64,
     n: usize,
 ) -> GapBreakdown {
     let startup_ends =
-        timeline.iter().find(|s| s.1 >= file_size).map_or(end, |s| s.0).min(first_complete);
+        timeline.iter().find(|s| s.1 >= file_size).map_or(end, |s| s.0).min(tail_from);
     let uploaded_by = |t: f64| -> f64 {
         // Linear interpolation of cumulative total upload at time t.
         let i = timeline.partition_point(|s| s.0 <= t);
@@ -385,11 +394,12 @@ fn breakdown(
     let total = uploaded_by(end);
     GapBreakdown {
         startup_s: lost(0.0, startup_ends),
-        middle_s: lost(startup_ends, first_complete.min(end)),
-        tail_s: lost(first_complete.min(end), end),
+        middle_s: lost(startup_ends, tail_from.min(end)),
+        tail_s: lost(tail_from.min(end), end),
         duplicates_s: (total - file_size as f64 * n as f64).max(0.0) / capacity,
         startup_ends_s: startup_ends,
-        first_complete_s: first_complete,
+        tail_from_s: tail_from,
+        first_complete_s: tail_from,
     }
 }
 

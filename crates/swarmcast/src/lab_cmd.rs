@@ -245,8 +245,8 @@ fn print_report(r: &LabReport) {
     );
     let g = &r.gap;
     println!(
-        "  unused capacity: start-up {:.2} s (until {:.2} s), middle {:.2} s, tail {:.2} s (after first completion at {:.2} s), duplicates {:.2} s",
-        g.startup_s, g.startup_ends_s, g.middle_s, g.tail_s, g.first_complete_s, g.duplicates_s
+        "  unused capacity: start-up {:.2} s (until {:.2} s), middle {:.2} s, tail {:.2} s (from {:.2} s, 90% delivered), duplicates {:.2} s",
+        g.startup_s, g.startup_ends_s, g.middle_s, g.tail_s, g.tail_from_s, g.duplicates_s
     );
     let mut times: Vec<f64> = r.peers.iter().map(|p| p.completed_s).collect();
     times.sort_by(f64::total_cmp);

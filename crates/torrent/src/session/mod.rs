@@ -1087,10 +1087,12 @@ impl Torrent {
             self.choker.record_uploaded(key, delta);
             p.down.tick(secs);
             p.up.tick(secs);
-            // Keep about one second of data in flight (at least 16 blocks, at most 500).
-            let by_rate = (p.down.per_sec / BLOCK_SIZE as f64).ceil() as usize;
+            // Keep about half a second of the peer's rate in flight (4 to 500 blocks): enough to
+            // cover a round trip, short enough that the last blocks do not queue behind a slow
+            // peer's backlog at the end of the download.
+            let by_rate = (p.down.per_sec * 0.5 / BLOCK_SIZE as f64).ceil() as usize;
             let cap = p.ext.as_ref().and_then(|e| e.reqq).unwrap_or(250).max(1) as usize;
-            p.pipeline = by_rate.clamp(16, 500).min(cap);
+            p.pipeline = by_rate.clamp(4, 500).min(cap);
             if now.duration_since(p.last_msg) > Duration::from_secs(180) {
                 to_drop.push((key, "silent for 3 minutes"));
                 continue;
