@@ -362,7 +362,7 @@ pub async fn run(
 }
 
 /// Splits unused capacity over the phases (see the module docs).
-fn breakdown(
+pub(crate) fn breakdown(
     timeline: &[(f64, u64, u64)],
     capacity: f64,
     file_size: u64,
