@@ -84,33 +84,17 @@ pub enum NetnsError {
     #[error("--netns needs root (it creates network namespaces); run it as root or with sudo")]
     NotRoot,
     #[error("--netns needs `{tool}` from iproute2 on PATH ({source}); install iproute2")]
-    MissingTool {
-        tool: &'static str,
-        source: io::Error,
-    },
+    MissingTool { tool: &'static str, source: io::Error },
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
     #[error("cannot run {what}: {source}")]
     Spawn { what: String, source: io::Error },
     #[error("{what} needs `swarmcast {subcommand} {flag}`, which {binary} does not have")]
-    MissingFlag {
-        what: String,
-        subcommand: &'static str,
-        flag: &'static str,
-        binary: String,
-    },
+    MissingFlag { what: String, subcommand: &'static str, flag: &'static str, binary: String },
     #[error("{node} exited early ({status}); its last output:\n{tail}")]
-    NodeExited {
-        node: String,
-        status: String,
-        tail: String,
-    },
+    NodeExited { node: String, status: String, tail: String },
     #[error("{node} was not ready after {secs} s; its last output:\n{tail}")]
-    NotReady {
-        node: String,
-        secs: u64,
-        tail: String,
-    },
+    NotReady { node: String, secs: u64, tail: String },
     #[error("cannot read the interface counters: {0}")]
     Counters(String),
 }
@@ -187,11 +171,7 @@ pub async fn run_netns(
     std::fs::write(&torrent_file, &bytes).map_err(setup)?;
 
     // From here on every namespace and process belongs to `bed`, so any exit cleans up.
-    let prefix = format!(
-        "{PREFIX}{}-{}",
-        std::process::id(),
-        RUNS.fetch_add(1, Ordering::Relaxed)
-    );
+    let prefix = format!("{PREFIX}{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
     let mut bed = Testbed::new(prefix);
     // Node 0 (the tracker) exists only in P2P; its slot stays empty otherwise.
     let first = if p2p { 0 } else { 1 };
@@ -235,11 +215,7 @@ pub async fn run_netns(
     let baseline = bed.uploads()?;
     let started = Instant::now();
     for i in 0..n {
-        let out = work
-            .path()
-            .join(format!("leecher{i}"))
-            .display()
-            .to_string();
+        let out = work.path().join(format!("leecher{i}")).display().to_string();
         let ip = node_addr(2 + i).to_string();
         let mut args = vec![
             "get",
@@ -263,13 +239,12 @@ pub async fn run_netns(
 
     // Watch: completions from stderr, a 200 ms timeline of cumulative uploads from counters.
     let upload_at = |u: &BTreeMap<usize, u64>, k: usize| {
-        u.get(&k)
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(baseline.get(&k).copied().unwrap_or(0))
+        u.get(&k).copied().unwrap_or(0).saturating_sub(baseline.get(&k).copied().unwrap_or(0))
     };
     let leecher_sum = |u: &BTreeMap<usize, u64>| (0..n).map(|i| upload_at(u, 2 + i)).sum::<u64>();
     let mut timeline: Vec<(f64, u64, u64)> = vec![(0.0, 0, 0)];
+    // When 90% of all N·F bytes were verified: the tail (last pieces, endgame) starts.
+    let mut tail_from: Option<f64> = None;
     let mut last_sample = Instant::now();
     let mut last_progress = Instant::now();
     let outcome = loop {
@@ -284,14 +259,12 @@ pub async fn run_netns(
             timeline.push((t, upload_at(&u, 1), leecher_sum(&u)));
         }
         let delivered = bed.delivered(n);
+        if tail_from.is_none() && delivered >= 0.9 {
+            tail_from = Some(started.elapsed().as_secs_f64());
+        }
         if last_progress.elapsed() >= Duration::from_millis(500) {
             last_progress = Instant::now();
-            on_progress(&LabProgress {
-                elapsed: started.elapsed(),
-                complete,
-                n,
-                delivered,
-            });
+            on_progress(&LabProgress { elapsed: started.elapsed(), complete, n, delivered });
         }
         if complete == n {
             break Ok(done);
@@ -318,14 +291,15 @@ pub async fn run_netns(
     let sum_u: f64 = config.peer_uploads.iter().map(|&u| u as f64).sum();
     let capacity = config.server_upload as f64 + if p2p { sum_u } else { 0.0 };
     let first_complete = done.iter().flatten().fold(f64::INFINITY, |a, &b| a.min(b));
-    let gap = breakdown(
+    let mut gap = breakdown(
         &timeline,
         capacity,
         config.file_size,
-        first_complete,
+        tail_from.unwrap_or(measured),
         measured,
         n,
     );
+    gap.first_complete_s = first_complete;
     let peers = done
         .iter()
         .zip(&uploads)
@@ -337,7 +311,16 @@ pub async fn run_netns(
             uploaded_bytes: up,
         })
         .collect();
+    // Beyond each process's own SHA-1 checks: every leecher's file equals the original.
+    let original = std::fs::read(&file).map_err(setup_err)?;
+    for i in 0..n {
+        let copy = work.path().join(format!("leecher{i}")).join("lab.bin");
+        if std::fs::read(&copy).map_err(setup_err)? != original {
+            return Err(LabError::Setup(format!("leecher {i}'s copy differs from the original")));
+        }
+    }
     Ok(LabReport {
+        bytes_verified: true,
         architecture: config.architecture,
         n,
         file_size: config.file_size,
@@ -402,11 +385,9 @@ struct NodeFlags {
 fn node_flags(config: &LabConfig, swarmcast: &Path) -> Result<NodeFlags, NetnsError> {
     let wanted = wanted_flags(config);
     let binary = swarmcast.display().to_string();
-    for (subcommand, list) in [
-        ("tracker", &wanted.tracker),
-        ("seed", &wanted.seeder),
-        ("get", &wanted.leecher),
-    ] {
+    for (subcommand, list) in
+        [("tracker", &wanted.tracker), ("seed", &wanted.seeder), ("get", &wanted.leecher)]
+    {
         if list.is_empty() {
             continue;
         }
@@ -450,12 +431,10 @@ fn wanted_flags(config: &LabConfig) -> NodeFlags {
     let p2p = config.architecture == Architecture::P2p;
     let seeder_slots = if p2p { config.upload_slots } else { n };
     if seeder_slots != default_slots {
-        f.seeder
-            .extend(["--upload-slots".into(), seeder_slots.to_string()]);
+        f.seeder.extend(["--upload-slots".into(), seeder_slots.to_string()]);
     }
     if p2p && config.upload_slots != default_slots {
-        f.leecher
-            .extend(["--upload-slots".into(), config.upload_slots.to_string()]);
+        f.leecher.extend(["--upload-slots".into(), config.upload_slots.to_string()]);
     }
     // The CLI's tracker returns up to 50 peers and clients ask for 50; the in-process lab uses
     // `neighbors` for both. They differ only when `neighbors` is the smaller cap.
@@ -536,10 +515,7 @@ fn remove_stale() {
     if stale.is_empty() {
         return;
     }
-    tracing::warn!(
-        count = stale.len(),
-        "removing namespaces left by a lab that died"
-    );
+    tracing::warn!(count = stale.len(), "removing namespaces left by a lab that died");
     for name in &stale {
         if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
             let pids = String::from_utf8_lossy(&out.stdout);
@@ -563,25 +539,17 @@ fn batch(tool: &str, ns: Option<&str>, script: &str, force: bool) -> Result<(), 
     if force {
         cmd.arg("-force");
     }
-    cmd.args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args(["-batch", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let command = format!("{cmd:?}").replace('"', "");
-    let mut child = cmd.spawn().map_err(|source| NetnsError::Spawn {
-        what: command.clone(),
-        source,
-    })?;
+    let mut child =
+        cmd.spawn().map_err(|source| NetnsError::Spawn { what: command.clone(), source })?;
     if let Some(mut stdin) = child.stdin.take() {
         // An error here means the tool exited early; its status and stderr say why.
         let _ = stdin.write_all(script.as_bytes());
     }
     let out = child
         .wait_with_output()
-        .map_err(|source| NetnsError::Spawn {
-            what: command.clone(),
-            source,
-        })?;
+        .map_err(|source| NetnsError::Spawn { what: command.clone(), source })?;
     if out.status.success() {
         return Ok(());
     }
@@ -596,10 +564,7 @@ fn batch(tool: &str, ns: Option<&str>, script: &str, force: bool) -> Result<(), 
 /// The line number in `Command failed -:N`.
 fn failing_line(stderr: &str) -> Option<usize> {
     let at = stderr.rfind("-:")?;
-    let digits: String = stderr[at + 2..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let digits: String = stderr[at + 2..].chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok().filter(|&k| k > 0)
 }
 
@@ -631,11 +596,7 @@ struct Testbed {
 
 impl Testbed {
     fn new(prefix: String) -> Self {
-        Testbed {
-            prefix,
-            namespaces: Vec::new(),
-            nodes: BTreeMap::new(),
-        }
+        Testbed { prefix, namespaces: Vec::new(), nodes: BTreeMap::new() }
     }
 
     fn hub(&self) -> String {
@@ -658,11 +619,7 @@ impl Testbed {
         self.namespaces.push(hub.clone());
         let names: Vec<String> = ks.iter().map(|&k| self.ns(k)).collect();
         self.namespaces.extend(names);
-        let script: String = self
-            .namespaces
-            .iter()
-            .map(|n| format!("netns add {n}\n"))
-            .collect();
+        let script: String = self.namespaces.iter().map(|n| format!("netns add {n}\n")).collect();
         batch("ip", None, &script, false)?;
 
         let mut hub_script = format!("link set lo up\nlink add {BRIDGE} type bridge\n");
@@ -716,14 +673,10 @@ impl Testbed {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|source| NetnsError::Spawn {
-            what: format!("{name} ({cmd:?})"),
-            source,
-        })?;
-        let log = Arc::new(Mutex::new(NodeLog {
-            ready: ready.is_none(),
-            ..NodeLog::default()
-        }));
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| NetnsError::Spawn { what: format!("{name} ({cmd:?})"), source })?;
+        let log = Arc::new(Mutex::new(NodeLog { ready: ready.is_none(), ..NodeLog::default() }));
         if let Some(stderr) = child.stderr.take() {
             let log = Arc::clone(&log);
             let reader = std::thread::Builder::new()
@@ -738,14 +691,7 @@ impl Testbed {
                 });
             }
         }
-        self.nodes.insert(
-            k,
-            Node {
-                name: name.to_string(),
-                child,
-                log,
-            },
-        );
+        self.nodes.insert(k, Node { name: name.to_string(), child, log });
         Ok(())
     }
 
@@ -792,10 +738,7 @@ impl Testbed {
     fn completions(&self, n: usize, started: Instant) -> Vec<Option<f64>> {
         (0..n)
             .map(|i| {
-                let at = self
-                    .nodes
-                    .get(&(2 + i))
-                    .and_then(|l| lock(&l.log).complete_at);
+                let at = self.nodes.get(&(2 + i)).and_then(|l| lock(&l.log).complete_at);
                 at.map(|t| t.saturating_duration_since(started).as_secs_f64())
             })
             .collect()
@@ -843,12 +786,8 @@ impl Drop for Testbed {
         if self.namespaces.is_empty() {
             return;
         }
-        let script: String = self
-            .namespaces
-            .iter()
-            .rev()
-            .map(|n| format!("netns del {n}\n"))
-            .collect();
+        let script: String =
+            self.namespaces.iter().rev().map(|n| format!("netns del {n}\n")).collect();
         if let Err(e) = batch("ip", None, &script, true) {
             // Some may not exist (a failed setup); say so only if any is left.
             let left = Command::new("ip")
@@ -912,9 +851,8 @@ fn tail(log: &NodeLog) -> String {
 fn parse_rx_bytes(json: &[u8]) -> Result<BTreeMap<usize, u64>, NetnsError> {
     let v: serde_json::Value = serde_json::from_slice(json)
         .map_err(|e| NetnsError::Counters(format!("`ip -j` output is not JSON: {e}")))?;
-    let links = v
-        .as_array()
-        .ok_or_else(|| NetnsError::Counters("`ip -j` output is not a list".into()))?;
+    let links =
+        v.as_array().ok_or_else(|| NetnsError::Counters("`ip -j` output is not a list".into()))?;
     let mut out = BTreeMap::new();
     for link in links {
         let Some(k) = link
@@ -932,6 +870,10 @@ fn parse_rx_bytes(json: &[u8]) -> Result<BTreeMap<usize, u64>, NetnsError> {
         out.insert(k, bytes);
     }
     Ok(out)
+}
+
+fn setup_err<E: std::fmt::Display>(e: E) -> LabError {
+    LabError::Setup(e.to_string())
 }
 
 #[cfg(test)]
@@ -972,10 +914,7 @@ mod tests {
     fn htb_script_has_a_capped_data_class_and_a_small_packet_class() {
         let s = htb_script("sc-eth", 524_288);
         let lines: Vec<&str> = s.lines().collect();
-        assert_eq!(
-            lines[0],
-            "qdisc add dev sc-eth root handle 1: htb default 20"
-        );
+        assert_eq!(lines[0], "qdisc add dev sc-eth root handle 1: htb default 20");
         assert_eq!(
             lines[2],
             "class add dev sc-eth parent 1: classid 1:20 htb rate 4194304bit ceil 4194304bit \
@@ -1012,10 +951,7 @@ mod tests {
             Some(0.425)
         );
         assert_eq!(progress_of("seeding on port 6881 (Ctrl-C to stop)"), None);
-        assert_eq!(
-            failing_line("RTNETLINK answers: File exists\nCommand failed -:3"),
-            Some(3)
-        );
+        assert_eq!(failing_line("RTNETLINK answers: File exists\nCommand failed -:3"), Some(3));
         assert_eq!(failing_line("Error: something"), None);
     }
 

@@ -101,6 +101,9 @@ enum Command {
         /// Re-announce interval given to clients, in seconds.
         #[arg(long, default_value_t = 60)]
         interval: u64,
+        /// Most peers returned in one announce reply.
+        #[arg(long, default_value_t = 50)]
+        max_peers_returned: u32,
     },
 }
 
@@ -130,6 +133,9 @@ struct NetArgs {
     /// Regular unchoke slots (the notes' tit-for-tat: 4), plus one optimistic slot.
     #[arg(long, default_value_t = 4)]
     upload_slots: usize,
+    /// How many peers to ask trackers for.
+    #[arg(long, default_value_t = 50)]
+    num_want: u32,
 }
 
 impl NetArgs {
@@ -141,6 +147,7 @@ impl NetArgs {
             download_limit: self.download_limit,
             max_peers: self.max_peers,
             extra_trackers: self.trackers.clone(),
+            num_want: self.num_want,
             choker: torrent::proto::choker::ChokerConfig {
                 upload_slots: self.upload_slots,
                 ..Default::default()
@@ -187,9 +194,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Lab { cmd } => lab_cmd::lab(cmd).await,
         Command::Seed { torrent, data, net } => seed(&torrent, &data, &net).await,
         Command::Get { source, output, seed, net } => get(&source, &output, seed, &net).await,
-        Command::Tracker { listen, interval } => {
-            let config =
-                TrackerConfig { interval: Duration::from_secs(interval), ..Default::default() };
+        Command::Tracker { listen, interval, max_peers_returned } => {
+            let config = TrackerConfig {
+                interval: Duration::from_secs(interval),
+                max_peers_returned,
+                ..Default::default()
+            };
             let server = TrackerServer::bind(listen, config)
                 .await
                 .with_context(|| format!("cannot listen on {listen} (is the port taken?)"))?;

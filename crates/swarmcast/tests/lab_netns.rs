@@ -7,11 +7,9 @@ use std::process::Command;
 /// True when this process is root (effective uid 0) and `ip` runs.
 fn can_make_namespaces() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0");
+    let root =
+        status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2))
+            == Some("0");
     root && Command::new("ip").arg("-V").output().is_ok()
 }
 
@@ -62,10 +60,7 @@ fn netns_swarm_completes_above_the_bound_and_cleans_up() {
     let bound = v["bound_s"].as_f64().expect("bound_s");
     // N·F/(u_s + Σu) = 3·2 MiB / 3.5 MiB/s.
     assert!((bound - 6.0 / 3.5).abs() < 1e-9, "bound {bound}");
-    assert!(
-        measured >= bound,
-        "measured {measured} s below the bound {bound} s"
-    );
+    assert!(measured >= bound, "measured {measured} s below the bound {bound} s");
     let peers = v["peers"].as_array().expect("peers");
     assert_eq!(peers.len(), 3);
     for p in peers {
@@ -74,10 +69,7 @@ fn netns_swarm_completes_above_the_bound_and_cleans_up() {
     }
 
     // Every namespace the run made is gone.
-    let list = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
+    let list = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     let list = String::from_utf8_lossy(&list.stdout);
     let prefix = format!("sc-{pid}-");
     let left: Vec<&str> = list.lines().filter(|l| l.starts_with(&prefix)).collect();
