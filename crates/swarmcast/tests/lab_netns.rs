@@ -1,23 +1,29 @@
 //! `swarmcast lab swarm --netns`: every node a real process in its own network namespace with
-//! kernel rate caps. Needs root and iproute2; without them the test says so and passes
-//! (the namespace lab cannot run in an unprivileged CI container).
+//! kernel rate caps. Creating namespaces needs root: as a normal user the test says so and
+//! passes. As root, a missing `ip`/`tc` (iproute2, installed by scripts/install-deps.sh) fails.
 
 use std::process::Command;
 
-/// True when this process is root (effective uid 0) and `ip` runs.
-fn can_make_namespaces() -> bool {
+/// True when this process runs as root (effective uid 0).
+fn is_root() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root =
-        status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2))
-            == Some("0");
-    root && Command::new("ip").arg("-V").output().is_ok()
+    status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2))
+        == Some("0")
 }
 
 #[test]
 fn netns_swarm_completes_above_the_bound_and_cleans_up() {
-    if !can_make_namespaces() {
-        eprintln!("skipped: the --netns lab needs root and iproute2");
+    if !is_root() {
+        eprintln!("not run: the --netns lab creates network namespaces and needs root");
         return;
+    }
+    for tool in ["ip", "tc"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(found, "{tool} is missing: run scripts/test.sh, which installs iproute2");
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("lab.json");
