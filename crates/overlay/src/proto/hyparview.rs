@@ -1,0 +1,1 @@
+//! Membership core: see the crate docs.

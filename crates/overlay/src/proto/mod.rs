@@ -1,0 +1,4 @@
+//! Sans-IO cores of the overlay: no sockets, no clock, no tokio.
+
+pub mod hyparview;
+pub mod plumtree;

@@ -1,0 +1,1 @@
+//! Broadcast core: see the crate docs.
