@@ -1,1 +1,808 @@
-//! Membership core: see the crate docs.
+//! HyParView membership core (sans-IO), fitted to our lecture notes.
+//!
+//! Every node keeps a small **active view** (the overlay neighbors it holds open connections to;
+//! at most [`Config::active_max`]) and a larger **passive view** (addresses it remembers as
+//! healing candidates; at most [`Config::passive_max`]). Well-known **anchor** nodes are only the
+//! contact points for joiners; otherwise they are ordinary nodes.
+//!
+//! Protocol, as implemented here:
+//! - A joiner sends [`Message::Join`] to a contact (an anchor or any node it remembers). The
+//!   contact accepts the joiner as a neighbor only while its active view is below the threshold,
+//!   and in any case refers the joiner on: it starts one [`Message::ForwardJoin`] random walk of
+//!   length [`Config::arwl`] through each other neighbor (at most `active_max` walks, one fewer
+//!   if it accepted).
+//! - A walk ends, and the node holding it accepts the joiner, when the TTL reaches 0 or the node
+//!   has no other neighbor to forward to (then it evicts a random neighbor if full, as in the
+//!   paper). Before that, a node **below** the threshold accepts early with probability
+//!   `p = (active_max - |active|) / active_max`, compared with one `rng.random_bool(p)` draw: an
+//!   empty node always takes the joiner, a node one short of full rarely does, so the joiner's
+//!   links land where there is room without walks always running to the end. When the TTL equals
+//!   [`Config::prwl`] the node also remembers the joiner in its passive view.
+//! - Accepting a peer is announced with [`Message::NeighborReply`]` { accepted: true }`; whoever
+//!   receives an acceptance adds the sender to its active view (evicting a random neighbor with
+//!   [`Message::Disconnect`] if full), so views stay symmetric.
+//! - [`Message::Neighbor`] asks a passive peer to become a neighbor. [`Priority::High`] (sent
+//!   when the requester has no neighbor at all) cannot be refused; [`Priority::Low`] is accepted
+//!   only while the receiver's active view is below the threshold.
+//! - Every [`Config::shuffle_interval`] a node sends [`Message::Shuffle`] (itself, a sample of its
+//!   active and passive views) on a random walk; the end node answers with a sample of its
+//!   passive view and both merge what they got into their passive views. This is how nodes
+//!   learn neighbors of neighbors.
+//! - Failure: the driver reports a dead peer with [`Input::PeerFailed`] (keep-alive or idle
+//!   timeout, failed dial). The node drops it from both views and heals by sending `Neighbor`
+//!   requests to random passive peers until the active view is full again or the passive view
+//!   is exhausted. A node left with no neighbor and no passive peer re-joins through a random
+//!   contact: the anchors it was given and any node it remembers.
+//!
+//! Sans-IO contract (in the spirit of quinn-proto): methods are
+//! - getters: [`State::me`], [`State::active`], [`State::passive`], [`State::next_deadline`];
+//! - one mutator, [`State::handle`], taking `now` and an [`Input`];
+//! - [`State::poll`], to call until `None` after every `handle`.
+//!
+//! Call `handle(now, Input::Timeout)` when `now` reaches [`State::next_deadline`].
+//! [`Output::Connect`] / [`Output::Disconnect`] tell the driver which long-lived connections (the
+//! active view) to open and close; an [`Output::Send`] to a peer without an open connection is
+//! sent over a short-lived one (dialing on demand), and a failed dial is reported back as
+//! `PeerFailed`. `PeerFailed` itself produces no `Disconnect` output (the connection is gone).
+//!
+//! Invariants: `me` is in neither view; the views are disjoint; `|active| <= active_max`,
+//! `|passive| <= passive_max`; every peer added to or removed from the active view produces
+//! exactly one `NeighborUp` / `NeighborDown`. All collections are ordered (BTreeSet/BTreeMap/Vec)
+//! so a seeded run is reproducible.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use rand::seq::IndexedRandom;
+use rand::Rng;
+
+/// Tunables of the membership protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Neighbor threshold: the largest active view. Default 5 (HyParView's `log(n) + c` for a
+    /// few hundred nodes); issue 4 asks to choose it from simulation, hence configurable.
+    pub active_max: usize,
+    /// Largest passive view (default 30).
+    pub passive_max: usize,
+    /// Active random walk length: TTL of a `ForwardJoin` and of a `Shuffle` (default 6).
+    pub arwl: u16,
+    /// Passive random walk length: the `ForwardJoin` TTL at which the joiner enters the passive
+    /// view (default 3).
+    pub prwl: u16,
+    /// Time between two shuffles (default 30 s).
+    pub shuffle_interval: Duration,
+    /// Active peers sampled into a shuffle (default 3).
+    pub shuffle_active: usize,
+    /// Passive peers sampled into a shuffle (default 4).
+    pub shuffle_passive: usize,
+    /// How long to wait for a `NeighborReply` (or a join acceptance) before giving up on that
+    /// peer (default 5 s).
+    pub neighbor_request_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            active_max: 5,
+            passive_max: 30,
+            arwl: 6,
+            prwl: 3,
+            shuffle_interval: Duration::from_secs(30),
+            shuffle_active: 3,
+            shuffle_passive: 4,
+            neighbor_request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Priority of a [`Message::Neighbor`] request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// The requester has no neighbor: the receiver must accept (evicting if full).
+    High,
+    /// Accepted only while the receiver's active view is below the threshold.
+    Low,
+}
+
+/// A membership protocol message between two nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<PI> {
+    /// The sender wants to join the overlay through the receiver.
+    Join,
+    /// A random walk carrying a joiner's id; the node that ends it accepts `joiner`.
+    ForwardJoin {
+        /// The node that joins.
+        joiner: PI,
+        /// Hops left.
+        ttl: u16,
+    },
+    /// The sender asks to become the receiver's neighbor.
+    Neighbor {
+        /// Whether the receiver may refuse.
+        priority: Priority,
+    },
+    /// Answer to `Neighbor`, or (accepted) the announcement that the sender took the receiver
+    /// as a neighbor at the end of a join walk.
+    NeighborReply {
+        /// True: the sender has the receiver in its active view now.
+        accepted: bool,
+    },
+    /// The sender dropped the receiver from its active view (it keeps it as a passive peer).
+    Disconnect,
+    /// A shuffle random walk started by `origin`.
+    Shuffle {
+        /// The node that started the shuffle and waits for the reply.
+        origin: PI,
+        /// Hops left.
+        ttl: u16,
+        /// `origin` and a sample of its active and passive views.
+        nodes: Vec<PI>,
+    },
+    /// Answer to a shuffle: a sample of the answering node's passive view.
+    ShuffleReply {
+        /// The sample.
+        nodes: Vec<PI>,
+    },
+}
+
+/// Something that happened, fed to [`State::handle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input<PI> {
+    /// Join the overlay through one of these contacts (anchors, or any node known to be up).
+    /// Also starts the node's timers; an anchor starting the overlay may pass an empty list.
+    Join {
+        /// Contacts tried in random order; kept for re-joining later.
+        anchors: Vec<PI>,
+    },
+    /// A message arrived from a peer.
+    Message {
+        /// The sender.
+        from: PI,
+        /// What it sent.
+        msg: Message<PI>,
+    },
+    /// The driver found this peer dead (keep-alive or idle timeout, failed dial).
+    PeerFailed(PI),
+    /// `now` reached [`State::next_deadline`].
+    Timeout,
+}
+
+/// Something the driver must do or may want to know, drained with [`State::poll`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output<PI> {
+    /// Send `msg` to `to` (over the open connection, or a short-lived one).
+    Send {
+        /// The receiver.
+        to: PI,
+        /// The message.
+        msg: Message<PI>,
+    },
+    /// Open (and keep alive) a connection to this new neighbor.
+    Connect(PI),
+    /// Close the connection to this former neighbor (after sending any queued message).
+    Disconnect(PI),
+    /// The peer entered the active view (for the broadcast layer).
+    NeighborUp(PI),
+    /// The peer left the active view (for the broadcast layer).
+    NeighborDown(PI),
+}
+
+/// One node's HyParView membership state machine. See the module docs for the call contract.
+#[derive(Debug)]
+pub struct State<PI, R> {
+    me: PI,
+    config: Config,
+    rng: R,
+    active: BTreeSet<PI>,
+    passive: BTreeSet<PI>,
+    /// Contacts to (re-)join through: the anchors given at `Join`. Kept even when they fail,
+    /// because an anchor that comes back is the best contact again.
+    contacts: Vec<PI>,
+    /// Contacts that failed since the last time this node had a neighbor, so a re-join tries
+    /// the others first.
+    failed_contacts: BTreeSet<PI>,
+    /// The contact a `Join` is outstanding with, and when to give up on it.
+    joining: Option<(PI, Instant)>,
+    /// Outstanding `Neighbor` requests and their deadlines.
+    pending: BTreeMap<PI, Instant>,
+    /// When to shuffle next; `None` until the first `handle` call gives us a clock.
+    next_shuffle: Option<Instant>,
+    outputs: VecDeque<Output<PI>>,
+}
+
+impl<PI: Ord + Copy + Debug, R: Rng> State<PI, R> {
+    /// A node with id `me`, empty views and no timers yet.
+    pub fn new(me: PI, config: Config, rng: R) -> Self {
+        Self {
+            me,
+            config,
+            rng,
+            active: BTreeSet::new(),
+            passive: BTreeSet::new(),
+            contacts: Vec::new(),
+            failed_contacts: BTreeSet::new(),
+            joining: None,
+            pending: BTreeMap::new(),
+            next_shuffle: None,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> PI {
+        self.me
+    }
+
+    /// The active view: current neighbors, in id order.
+    pub fn active(&self) -> &BTreeSet<PI> {
+        &self.active
+    }
+
+    /// The passive view: remembered healing candidates, in id order.
+    pub fn passive(&self) -> &BTreeSet<PI> {
+        &self.passive
+    }
+
+    /// When to call `handle(now, Input::Timeout)` next (`None` before the first `handle`).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut deadlines = self.next_shuffle.into_iter().chain(self.pending.values().copied());
+        let first = deadlines.next()?;
+        Some(deadlines.fold(first, Instant::min).min(self.joining.map_or(first, |(_, d)| d)))
+    }
+
+    /// Feeds one input; drain the consequences with [`State::poll`].
+    pub fn handle(&mut self, now: Instant, input: Input<PI>) {
+        if self.next_shuffle.is_none() {
+            self.next_shuffle = Some(now + self.config.shuffle_interval);
+        }
+        match input {
+            Input::Join { anchors } => {
+                for a in anchors {
+                    if a != self.me && !self.contacts.contains(&a) {
+                        self.contacts.push(a);
+                    }
+                }
+                if self.active.is_empty() {
+                    self.rejoin(now);
+                }
+            }
+            Input::Message { from, msg } => self.on_message(now, from, msg),
+            Input::PeerFailed(peer) => self.on_peer_failed(now, peer),
+            Input::Timeout => self.on_timeout(now),
+        }
+    }
+
+    /// The next thing for the driver to do, or `None` when there is nothing left.
+    pub fn poll(&mut self) -> Option<Output<PI>> {
+        self.outputs.pop_front()
+    }
+
+    fn on_message(&mut self, now: Instant, from: PI, msg: Message<PI>) {
+        if from == self.me {
+            return;
+        }
+        match msg {
+            Message::Join => self.on_join(from),
+            Message::ForwardJoin { joiner, ttl } => self.on_forward_join(from, joiner, ttl),
+            Message::Neighbor { priority } => {
+                let accepted = self.active.contains(&from)
+                    || priority == Priority::High
+                    || self.active.len() < self.config.active_max;
+                if accepted {
+                    self.add_active(from);
+                } else {
+                    self.add_passive(from);
+                }
+                self.send(from, Message::NeighborReply { accepted });
+            }
+            Message::NeighborReply { accepted: true } => {
+                self.pending.remove(&from);
+                if self.joining.is_some_and(|(c, _)| c == from) {
+                    self.joining = None;
+                }
+                self.add_active(from);
+            }
+            Message::NeighborReply { accepted: false } => {
+                // Retrying at once could ping-pong between full peers forever; a refused
+                // node that still has neighbors waits for the next loss. Only an isolated one
+                // asks again (with high priority, which cannot be refused).
+                if self.pending.remove(&from).is_some() && self.active.is_empty() {
+                    self.refill(now, Some(from));
+                }
+            }
+            Message::Disconnect => {
+                if self.remove_active(from) {
+                    self.outputs.push_back(Output::Disconnect(from));
+                    self.add_passive(from);
+                    self.refill(now, Some(from));
+                }
+            }
+            Message::Shuffle { origin, ttl, mut nodes } => {
+                // Hostile input: never keep more than an honest shuffle carries.
+                nodes.truncate(1 + self.config.shuffle_active + self.config.shuffle_passive);
+                let ttl = ttl.min(self.config.arwl);
+                let next = self.random_active_except(&[from, origin]);
+                match next {
+                    Some(next) if ttl > 0 => {
+                        self.send(next, Message::Shuffle { origin, ttl: ttl - 1, nodes })
+                    }
+                    _ => {
+                        if origin != self.me {
+                            let reply = self.sample(&self.passive.clone(), nodes.len());
+                            self.send(origin, Message::ShuffleReply { nodes: reply });
+                        }
+                        self.merge_passive(nodes);
+                    }
+                }
+            }
+            Message::ShuffleReply { mut nodes } => {
+                nodes.truncate(1 + self.config.shuffle_active + self.config.shuffle_passive);
+                self.merge_passive(nodes);
+            }
+        }
+    }
+
+    /// A contact takes the joiner while below the threshold, and refers it on in any case.
+    fn on_join(&mut self, joiner: PI) {
+        if self.active.contains(&joiner) {
+            return;
+        }
+        let accepted = self.active.len() < self.config.active_max;
+        if accepted {
+            self.add_active(joiner);
+            self.send(joiner, Message::NeighborReply { accepted: true });
+        }
+        let mut others: Vec<PI> = self.active.iter().copied().filter(|p| *p != joiner).collect();
+        let walks = self.config.active_max - usize::from(accepted);
+        if others.len() > walks {
+            others = others.choose_multiple(&mut self.rng, walks).copied().collect();
+        }
+        for peer in others {
+            self.send(peer, Message::ForwardJoin { joiner, ttl: self.config.arwl });
+        }
+    }
+
+    fn on_forward_join(&mut self, from: PI, joiner: PI, ttl: u16) {
+        if joiner == self.me || self.active.contains(&joiner) {
+            return;
+        }
+        let ttl = ttl.min(self.config.arwl);
+        let next = self.random_active_except(&[from, joiner]);
+        let len = self.active.len();
+        let max = self.config.active_max;
+        // The p() rule: below the threshold, accept early with p = free slots / active_max.
+        let early = len < max && self.rng.random_bool((max - len) as f64 / max as f64);
+        match next {
+            Some(next) if ttl > 0 && !early => {
+                if ttl == self.config.prwl {
+                    self.add_passive(joiner);
+                }
+                self.send(next, Message::ForwardJoin { joiner, ttl: ttl - 1 });
+            }
+            _ => {
+                self.add_active(joiner);
+                self.send(joiner, Message::NeighborReply { accepted: true });
+            }
+        }
+    }
+
+    fn on_peer_failed(&mut self, now: Instant, peer: PI) {
+        self.passive.remove(&peer);
+        let was_pending = self.pending.remove(&peer).is_some();
+        let was_active = self.remove_active(peer);
+        if self.joining.is_some_and(|(c, _)| c == peer) {
+            self.joining = None;
+            self.failed_contacts.insert(peer);
+            self.rejoin(now);
+        } else if self.contacts.contains(&peer) {
+            self.failed_contacts.insert(peer);
+        }
+        if was_pending || was_active {
+            self.refill(now, None);
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        let expired: Vec<PI> =
+            self.pending.iter().filter(|(_, d)| **d <= now).map(|(p, _)| *p).collect();
+        for peer in &expired {
+            // No answer in time: treat it as gone.
+            self.pending.remove(peer);
+            self.passive.remove(peer);
+        }
+        if !expired.is_empty() {
+            self.refill(now, None);
+        }
+        if let Some((contact, deadline)) = self.joining {
+            if deadline <= now {
+                self.joining = None;
+                self.failed_contacts.insert(contact);
+                self.rejoin(now);
+            }
+        }
+        if self.next_shuffle.is_some_and(|d| d <= now) {
+            self.next_shuffle = Some(now + self.config.shuffle_interval);
+            self.shuffle();
+            // An isolated node keeps trying on every tick, starting over with all contacts.
+            if self.active.is_empty() && self.pending.is_empty() && self.joining.is_none() {
+                self.failed_contacts.clear();
+                self.refill(now, None);
+            }
+        }
+    }
+
+    fn shuffle(&mut self) {
+        let Some(target) = self.random_active_except(&[]) else { return };
+        let mut nodes = vec![self.me];
+        let active: BTreeSet<PI> = self.active.iter().copied().filter(|p| *p != target).collect();
+        nodes.extend(self.sample(&active, self.config.shuffle_active));
+        nodes.extend(self.sample(&self.passive.clone(), self.config.shuffle_passive));
+        self.send(target, Message::Shuffle { origin: self.me, ttl: self.config.arwl, nodes });
+    }
+
+    /// Heals after losing a neighbor: asks random passive peers (not `except`) until requests
+    /// cover the free slots; with no neighbor left the requests cannot be refused. An isolated
+    /// node with nothing to ask re-joins through a contact.
+    fn refill(&mut self, now: Instant, except: Option<PI>) {
+        let free = self.config.active_max.saturating_sub(self.active.len() + self.pending.len());
+        let priority = if self.active.is_empty() { Priority::High } else { Priority::Low };
+        let candidates: Vec<PI> = self
+            .passive
+            .iter()
+            .copied()
+            .filter(|p| Some(*p) != except && !self.pending.contains_key(p))
+            .collect();
+        let asked: Vec<PI> = candidates.choose_multiple(&mut self.rng, free).copied().collect();
+        for peer in asked {
+            self.pending.insert(peer, now + self.config.neighbor_request_timeout);
+            self.send(peer, Message::Neighbor { priority });
+        }
+        if self.active.is_empty() && self.pending.is_empty() {
+            self.rejoin(now);
+        }
+    }
+
+    /// Sends `Join` to a random contact that has not failed lately, unless one is outstanding.
+    fn rejoin(&mut self, now: Instant) {
+        if self.joining.is_some() || !self.active.is_empty() {
+            return;
+        }
+        let fresh: Vec<PI> =
+            self.contacts.iter().copied().filter(|c| !self.failed_contacts.contains(c)).collect();
+        if let Some(&contact) = fresh.choose(&mut self.rng) {
+            self.joining = Some((contact, now + self.config.neighbor_request_timeout));
+            self.send(contact, Message::Join);
+        }
+    }
+
+    /// Adds `peer` to the active view, evicting a random neighbor if full.
+    fn add_active(&mut self, peer: PI) {
+        if peer == self.me || self.active.contains(&peer) {
+            return;
+        }
+        self.passive.remove(&peer);
+        self.pending.remove(&peer);
+        if self.active.len() >= self.config.active_max {
+            if let Some(victim) = self.random_active_except(&[]) {
+                self.remove_active(victim);
+                self.send(victim, Message::Disconnect);
+                self.outputs.push_back(Output::Disconnect(victim));
+                self.add_passive(victim);
+            }
+        }
+        self.active.insert(peer);
+        self.failed_contacts.clear();
+        self.joining = None;
+        self.outputs.push_back(Output::Connect(peer));
+        self.outputs.push_back(Output::NeighborUp(peer));
+    }
+
+    fn remove_active(&mut self, peer: PI) -> bool {
+        let removed = self.active.remove(&peer);
+        if removed {
+            self.outputs.push_back(Output::NeighborDown(peer));
+        }
+        removed
+    }
+
+    fn add_passive(&mut self, peer: PI) {
+        if peer == self.me || self.active.contains(&peer) || self.passive.contains(&peer) {
+            return;
+        }
+        if self.passive.len() >= self.config.passive_max {
+            let all: Vec<PI> = self.passive.iter().copied().collect();
+            if let Some(victim) = all.choose(&mut self.rng) {
+                self.passive.remove(victim);
+            }
+        }
+        if self.config.passive_max > 0 {
+            self.passive.insert(peer);
+        }
+    }
+
+    fn merge_passive(&mut self, nodes: Vec<PI>) {
+        for node in nodes {
+            self.add_passive(node);
+        }
+    }
+
+    fn random_active_except(&mut self, except: &[PI]) -> Option<PI> {
+        let candidates: Vec<PI> =
+            self.active.iter().copied().filter(|p| !except.contains(p)).collect();
+        candidates.choose(&mut self.rng).copied()
+    }
+
+    fn sample(&mut self, from: &BTreeSet<PI>, n: usize) -> Vec<PI> {
+        let all: Vec<PI> = from.iter().copied().collect();
+        all.choose_multiple(&mut self.rng, n).copied().collect()
+    }
+
+    fn send(&mut self, to: PI, msg: Message<PI>) {
+        self.outputs.push_back(Output::Send { to, msg });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    enum Event {
+        Msg(u64, u64, Message<u64>),
+        Failed { at: u64, peer: u64 },
+    }
+
+    /// A tiny in-order message router with virtual time; dead nodes drop everything and a
+    /// message or dial to a dead node comes back to its sender as `PeerFailed`.
+    struct Network {
+        config: Config,
+        seed: u64,
+        nodes: BTreeMap<u64, State<u64, ChaCha8Rng>>,
+        dead: BTreeSet<u64>,
+        queue: VecDeque<Event>,
+        now: Instant,
+    }
+
+    impl Network {
+        fn new(seed: u64, config: Config) -> Self {
+            Self {
+                config,
+                seed,
+                nodes: BTreeMap::new(),
+                dead: BTreeSet::new(),
+                queue: VecDeque::new(),
+                now: Instant::now(),
+            }
+        }
+
+        fn join(&mut self, id: u64, anchors: Vec<u64>) {
+            let rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_mul(1000).wrapping_add(id));
+            self.nodes.insert(id, State::new(id, self.config.clone(), rng));
+            self.input(id, Input::Join { anchors });
+            self.drive();
+        }
+
+        fn input(&mut self, id: u64, input: Input<u64>) {
+            if self.dead.contains(&id) {
+                return;
+            }
+            let node = self.nodes.get_mut(&id).expect("known node");
+            node.handle(self.now, input);
+            while let Some(out) = node.poll() {
+                match out {
+                    Output::Send { to, msg } => self.queue.push_back(Event::Msg(id, to, msg)),
+                    Output::Connect(peer) if self.dead.contains(&peer) => {
+                        self.queue.push_back(Event::Failed { at: id, peer })
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        /// Delivers queued messages until none is left.
+        fn drive(&mut self) {
+            while let Some(event) = self.queue.pop_front() {
+                match event {
+                    Event::Msg(from, _, _) if self.dead.contains(&from) => {}
+                    Event::Msg(from, to, _) if self.dead.contains(&to) => {
+                        self.input(from, Input::PeerFailed(to))
+                    }
+                    Event::Msg(from, to, msg) => self.input(to, Input::Message { from, msg }),
+                    Event::Failed { at, peer } => self.input(at, Input::PeerFailed(peer)),
+                }
+            }
+        }
+
+        /// Runs timers (shuffles, request timeouts) for `span` of virtual time.
+        fn run_for(&mut self, span: Duration) {
+            let end = self.now + span;
+            loop {
+                self.drive();
+                let next =
+                    self.live().into_iter().filter_map(|id| self.nodes[&id].next_deadline()).min();
+                match next {
+                    Some(t) if t <= end => self.now = self.now.max(t),
+                    _ => break,
+                }
+                for id in self.live() {
+                    if self.nodes[&id].next_deadline().is_some_and(|d| d <= self.now) {
+                        self.input(id, Input::Timeout);
+                    }
+                }
+            }
+            self.now = end;
+        }
+
+        fn live(&self) -> Vec<u64> {
+            self.nodes.keys().copied().filter(|id| !self.dead.contains(id)).collect()
+        }
+
+        fn fail(&mut self, id: u64) {
+            self.dead.insert(id);
+            for other in self.live() {
+                if self.nodes[&other].active().contains(&id) {
+                    self.input(other, Input::PeerFailed(id));
+                }
+            }
+        }
+
+        fn views(&self) -> Vec<(u64, Vec<u64>, Vec<u64>)> {
+            self.live()
+                .into_iter()
+                .map(|id| {
+                    let n = &self.nodes[&id];
+                    (
+                        id,
+                        n.active().iter().copied().collect(),
+                        n.passive().iter().copied().collect(),
+                    )
+                })
+                .collect()
+        }
+
+        /// Checks the bounds, symmetry and connectivity of the live overlay.
+        fn assert_healthy(&self) {
+            let live = self.live();
+            for &id in &live {
+                let active = self.nodes[&id].active();
+                assert!(
+                    (1..=self.config.active_max).contains(&active.len()),
+                    "node {id} has {} neighbors",
+                    active.len()
+                );
+                assert!(self.nodes[&id].passive().len() <= self.config.passive_max);
+                for peer in active {
+                    assert!(!self.dead.contains(peer), "node {id} keeps dead {peer}");
+                    assert!(self.nodes[peer].active().contains(&id), "{id} -> {peer} asymmetric");
+                }
+            }
+            let mut seen = BTreeSet::from([live[0]]);
+            let mut todo = vec![live[0]];
+            while let Some(id) = todo.pop() {
+                for &peer in self.nodes[&id].active() {
+                    if seen.insert(peer) {
+                        todo.push(peer);
+                    }
+                }
+            }
+            assert_eq!(seen.len(), live.len(), "overlay is not connected");
+        }
+    }
+
+    fn config() -> Config {
+        Config { shuffle_interval: Duration::from_secs(10), ..Config::default() }
+    }
+
+    fn fifty(seed: u64) -> Network {
+        let mut net = Network::new(seed, config());
+        net.join(0, vec![]);
+        net.join(1, vec![0]);
+        for id in 2..50 {
+            net.join(id, vec![0, 1]);
+        }
+        net.run_for(Duration::from_secs(60));
+        net
+    }
+
+    #[test]
+    fn fifty_nodes_join_through_two_anchors() {
+        let net = fifty(7);
+        net.assert_healthy();
+        // Shuffles taught the nodes about more than their neighbors.
+        let passive: usize = net.views().iter().map(|v| v.2.len()).sum();
+        assert!(passive > 50 * 5, "passive views too small: {passive}");
+    }
+
+    #[test]
+    fn fifty_nodes_join_through_one_anchor() {
+        let mut net = Network::new(3, config());
+        net.join(0, vec![]);
+        for id in 1..50 {
+            net.join(id, vec![0]);
+        }
+        net.run_for(Duration::from_secs(30));
+        net.assert_healthy();
+    }
+
+    #[test]
+    fn same_seed_same_overlay() {
+        assert_eq!(fifty(11).views(), fifty(11).views());
+        assert_ne!(fifty(11).views(), fifty(12).views());
+    }
+
+    fn node(id: u64) -> State<u64, ChaCha8Rng> {
+        State::new(id, config(), ChaCha8Rng::seed_from_u64(id))
+    }
+
+    fn drain(node: &mut State<u64, ChaCha8Rng>) -> Vec<Output<u64>> {
+        std::iter::from_fn(|| node.poll()).collect()
+    }
+
+    #[test]
+    fn full_node_refuses_low_but_accepts_high_priority() {
+        let now = Instant::now();
+        let mut full = node(0);
+        for peer in 1..=5 {
+            let msg = Message::Neighbor { priority: Priority::High };
+            full.handle(now, Input::Message { from: peer, msg });
+        }
+        drain(&mut full);
+        assert_eq!(full.active().len(), 5);
+
+        let msg = Message::Neighbor { priority: Priority::Low };
+        full.handle(now, Input::Message { from: 10, msg });
+        assert_eq!(
+            drain(&mut full),
+            vec![Output::Send { to: 10, msg: Message::NeighborReply { accepted: false } }]
+        );
+        assert!(!full.active().contains(&10));
+        assert!(full.passive().contains(&10));
+
+        let msg = Message::Neighbor { priority: Priority::High };
+        full.handle(now, Input::Message { from: 11, msg });
+        let out = drain(&mut full);
+        assert!(full.active().contains(&11));
+        assert_eq!(full.active().len(), 5);
+        // One neighbor was evicted: told, disconnected, kept as passive.
+        let Output::NeighborDown(victim) = out[0] else {
+            panic!("expected an eviction first: {out:?}")
+        };
+        assert_eq!(
+            out[1..],
+            [
+                Output::Send { to: victim, msg: Message::Disconnect },
+                Output::Disconnect(victim),
+                Output::Connect(11),
+                Output::NeighborUp(11),
+                Output::Send { to: 11, msg: Message::NeighborReply { accepted: true } },
+            ]
+        );
+        assert!(full.passive().contains(&victim));
+        assert!(!full.active().contains(&victim));
+    }
+
+    #[test]
+    fn survivors_heal_after_half_fail() {
+        let mut net = fifty(5);
+        for id in (0..50).filter(|id| id % 2 == 1) {
+            net.fail(id);
+        }
+        net.drive();
+        net.run_for(Duration::from_secs(120));
+        net.assert_healthy();
+    }
+
+    #[test]
+    fn newcomer_joins_through_known_node_when_anchors_are_down() {
+        let mut net = fifty(9);
+        net.fail(0);
+        net.fail(1);
+        net.drive();
+        net.join(100, vec![0, 1, 17]);
+        net.run_for(Duration::from_secs(60));
+        assert!(!net.nodes[&100].active().is_empty());
+        net.assert_healthy();
+    }
+}
