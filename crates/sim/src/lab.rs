@@ -15,7 +15,7 @@
 //! scheduling), and the tail (after 90% of all bytes are verified: the last pieces, endgame).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -303,27 +303,57 @@ pub async fn run(
     seeder.shutdown().await;
     tracker_task.abort();
     outcome?;
-    // Beyond the engine's own SHA-1 checks: every leecher's file equals the original.
-    let original = std::fs::read(&file).map_err(setup)?;
-    for i in 0..n {
-        let copy = work.path().join(format!("leecher{i}")).join("lab.bin");
-        let got = std::fs::read(&copy).map_err(setup)?;
-        if got != original {
-            return Err(LabError::Setup(format!("leecher {i}'s copy differs from the original")));
-        }
-    }
+    verify_copies(&file, work.path(), n)?;
 
-    let measured = done.iter().flatten().fold(0.0f64, |a, &b| a.max(b));
     let peers_up: u64 = uploads.iter().sum();
+    Ok(report(
+        config,
+        bound,
+        Measured {
+            done: &done,
+            uploads,
+            seeder_up,
+            peers_up,
+            timeline: &timeline,
+            tail_from,
+            piece_size: meta.info.piece_length,
+            pieces: meta.info.num_pieces(),
+        },
+    ))
+}
+
+/// What a finished lab run observed; [`report`] derives the rest. Shared by the in-process lab
+/// and the `--netns` lab so both report the same way.
+pub(crate) struct Measured<'a> {
+    /// Completion time of each leecher (all `Some` for a finished run).
+    pub done: &'a [Option<f64>],
+    /// Bytes each leecher uploaded.
+    pub uploads: Vec<u64>,
+    pub seeder_up: u64,
+    pub peers_up: u64,
+    /// (t, seeder uploaded, leechers uploaded) samples.
+    pub timeline: &'a [(f64, u64, u64)],
+    /// When 90% of N·F bytes were verified.
+    pub tail_from: Option<f64>,
+    pub piece_size: u32,
+    pub pieces: u32,
+}
+
+/// Builds the report of a finished run.
+pub(crate) fn report(config: &LabConfig, bound: Bound, m: Measured<'_>) -> LabReport {
+    let n = config.peer_uploads.len();
+    let p2p = config.architecture == Architecture::P2p;
+    let measured = m.done.iter().flatten().fold(0.0f64, |a, &b| a.max(b));
     let sum_u: f64 = config.peer_uploads.iter().map(|&u| u as f64).sum();
     let capacity = config.server_upload as f64 + if p2p { sum_u } else { 0.0 };
-    let first_complete = done.iter().flatten().fold(f64::INFINITY, |a, &b| a.min(b));
-    let tail_from = tail_from.unwrap_or(measured);
-    let mut gap = breakdown(&timeline, capacity, config.file_size, tail_from, measured, n);
+    let first_complete = m.done.iter().flatten().fold(f64::INFINITY, |a, &b| a.min(b));
+    let tail_from = m.tail_from.unwrap_or(measured);
+    let mut gap = breakdown(m.timeline, capacity, config.file_size, tail_from, measured, n);
     gap.first_complete_s = first_complete;
-    let peers = done
+    let peers = m
+        .done
         .iter()
-        .zip(&uploads)
+        .zip(&m.uploads)
         .enumerate()
         .map(|(i, (d, &up))| PeerResult {
             index: i,
@@ -332,12 +362,13 @@ pub async fn run(
             uploaded_bytes: up,
         })
         .collect();
-    Ok(LabReport {
+    let (seeder_up, peers_up) = (m.seeder_up, m.peers_up);
+    LabReport {
         architecture: config.architecture,
         n,
         file_size: config.file_size,
-        piece_size: meta.info.piece_length,
-        pieces: meta.info.num_pieces(),
+        piece_size: m.piece_size,
+        pieces: m.pieces,
         server_upload: config.server_upload,
         peer_uploads: config.peer_uploads.clone(),
         download_limit: config.download_limit,
@@ -358,7 +389,20 @@ pub async fn run(
         peer_upload_share: peers_up as f64 / (seeder_up + peers_up).max(1) as f64,
         gap,
         bytes_verified: true,
-    })
+    }
+}
+
+/// Beyond the nodes' own SHA-1 checks: every leecher's `lab.bin` under `work/leecher{i}` equals
+/// the original, byte for byte.
+pub(crate) fn verify_copies(original: &Path, work: &Path, n: usize) -> Result<(), LabError> {
+    let want = std::fs::read(original).map_err(setup)?;
+    for i in 0..n {
+        let copy = work.join(format!("leecher{i}")).join("lab.bin");
+        if std::fs::read(&copy).map_err(setup)? != want {
+            return Err(LabError::Setup(format!("leecher {i}'s copy differs from the original")));
+        }
+    }
+    Ok(())
 }
 
 /// Splits unused capacity over the phases (see the module docs).

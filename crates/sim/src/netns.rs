@@ -48,7 +48,7 @@ use torrent::proto::choker::ChokerConfig;
 
 use crate::bound::Bound;
 use crate::lab::{
-    breakdown, Architecture, LabConfig, LabError, LabProgress, LabReport, PeerResult,
+    report, verify_copies, Architecture, LabConfig, LabError, LabProgress, LabReport, Measured,
 };
 
 /// Every namespace this module makes starts with this (then `<pid>-<run>-`).
@@ -283,69 +283,24 @@ pub async fn run_netns(
     let final_uploads = bed.uploads()?;
     drop(bed);
 
-    let measured = done.iter().flatten().fold(0.0f64, |a, &b| a.max(b));
     let uploads: Vec<u64> = (0..n).map(|i| upload_at(&final_uploads, 2 + i)).collect();
+    verify_copies(&file, work.path(), n)?;
     // The last timeline sample was taken when the last leecher completed: report those bytes,
     // not what moved while the processes were being stopped.
-    let (seeder_up, peers_up) = (last.1, last.2);
-    let sum_u: f64 = config.peer_uploads.iter().map(|&u| u as f64).sum();
-    let capacity = config.server_upload as f64 + if p2p { sum_u } else { 0.0 };
-    let first_complete = done.iter().flatten().fold(f64::INFINITY, |a, &b| a.min(b));
-    let mut gap = breakdown(
-        &timeline,
-        capacity,
-        config.file_size,
-        tail_from.unwrap_or(measured),
-        measured,
-        n,
-    );
-    gap.first_complete_s = first_complete;
-    let peers = done
-        .iter()
-        .zip(&uploads)
-        .enumerate()
-        .map(|(i, (d, &up))| PeerResult {
-            index: i,
-            upload_limit: config.peer_uploads[i],
-            completed_s: d.unwrap_or(measured),
-            uploaded_bytes: up,
-        })
-        .collect();
-    // Beyond each process's own SHA-1 checks: every leecher's file equals the original.
-    let original = std::fs::read(&file).map_err(setup_err)?;
-    for i in 0..n {
-        let copy = work.path().join(format!("leecher{i}")).join("lab.bin");
-        if std::fs::read(&copy).map_err(setup_err)? != original {
-            return Err(LabError::Setup(format!("leecher {i}'s copy differs from the original")));
-        }
-    }
-    Ok(LabReport {
-        bytes_verified: true,
-        architecture: config.architecture,
-        n,
-        file_size: config.file_size,
-        piece_size: meta.info.piece_length,
-        pieces: meta.info.num_pieces(),
-        server_upload: config.server_upload,
-        peer_uploads: config.peer_uploads.clone(),
-        download_limit: config.download_limit,
-        seed: config.seed,
-        measured_s: measured,
-        bound_s: bound.seconds,
-        bound_term: bound.binding.formula().to_string(),
-        ratio: measured / bound.seconds,
-        peers,
-        seeder_uploaded_bytes: seeder_up,
-        peers_uploaded_bytes: peers_up,
-        seeder_utilization: seeder_up as f64 / (config.server_upload as f64 * measured),
-        peer_utilization: if p2p && sum_u > 0.0 {
-            peers_up as f64 / (sum_u * measured)
-        } else {
-            0.0
+    Ok(report(
+        config,
+        bound,
+        Measured {
+            done: &done,
+            uploads,
+            seeder_up: last.1,
+            peers_up: last.2,
+            timeline: &timeline,
+            tail_from,
+            piece_size: meta.info.piece_length,
+            pieces: meta.info.num_pieces(),
         },
-        peer_upload_share: peers_up as f64 / (seeder_up + peers_up).max(1) as f64,
-        gap,
-    })
+    ))
 }
 
 /// Checks for root, `ip` and `tc` before anything is made.
@@ -870,10 +825,6 @@ fn parse_rx_bytes(json: &[u8]) -> Result<BTreeMap<usize, u64>, NetnsError> {
         out.insert(k, bytes);
     }
     Ok(out)
-}
-
-fn setup_err<E: std::fmt::Display>(e: E) -> LabError {
-    LabError::Setup(e.to_string())
 }
 
 #[cfg(test)]

@@ -743,31 +743,6 @@ mod tests {
             check_invariants(&self.picker);
         }
 
-        /// One step without the bookkeeping assertions, for timing.
-        fn step_unchecked(&mut self) {
-            for k in 0..self.peers.len() {
-                let key = self.peers[k].key;
-                let room = self.pipeline - self.picker.outstanding(key);
-                let picked = self.picker.pick(key, &self.peers[k].has, room);
-                self.peers[k].queue.extend(picked);
-            }
-            for k in 0..self.peers.len() {
-                let Some(b) = self.peers[k].queue.pop_front() else {
-                    continue;
-                };
-                if let BlockOutcome::Accepted { piece_complete, cancels } =
-                    self.picker.block_received(self.peers[k].key, b)
-                {
-                    for (other, cb) in cancels {
-                        self.peers[other.0 as usize].queue.retain(|x| *x != cb);
-                    }
-                    if piece_complete {
-                        self.picker.piece_verified(b.piece);
-                    }
-                }
-            }
-        }
-
         fn drive(&mut self) {
             for _ in 0..100_000 {
                 if self.picker.is_complete() {
@@ -1270,22 +1245,5 @@ mod tests {
             swarm.drive();
             assert_eq!(bytes + swarm.received_bytes, total, "seed {seed}");
         }
-    }
-
-    /// Throughput smoke run (prints, asserts nothing timed):
-    /// `cargo test --release -p torrent --lib picker_throughput -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn picker_throughput() {
-        let n = 4000;
-        let pk = picker(PickerConfig::default(), 256 * KIB, u64::from(n) * 262_144, 1);
-        let mut swarm = Swarm::new(pk, (0..50).map(|_| Bitfield::full(n)).collect());
-        swarm.pipeline = 16;
-        let start = std::time::Instant::now();
-        while !swarm.picker.is_complete() {
-            swarm.step_unchecked();
-        }
-        let secs = start.elapsed().as_secs_f64();
-        println!("{} blocks in {secs:.3} s: {:.0} blocks/s", n * 16, f64::from(n * 16) / secs);
     }
 }

@@ -814,9 +814,10 @@ impl Torrent {
             BlockOutcome::Unexpected => {}
             BlockOutcome::Accepted { piece_complete, cancels } => {
                 if let Err(e) = self.storage.write(piece, offset, &data) {
-                    // A disk error is ours, not the peer's: give the block back.
+                    // The picker already counts the block as received; the piece will fail its
+                    // hash check and be fetched again. (Known gap: a disk that keeps failing is
+                    // not reported as fatal, and the sender is counted as a contributor.)
                     warn!("cannot write block: {e}");
-                    self.picker.piece_failed(piece);
                     return Ok(());
                 }
                 self.block_source.insert((piece, offset), key);
