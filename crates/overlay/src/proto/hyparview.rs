@@ -56,6 +56,7 @@ use std::time::{Duration, Instant};
 
 use rand::seq::IndexedRandom;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
 /// Tunables of the membership protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +98,7 @@ impl Default for Config {
 }
 
 /// Priority of a [`Message::Neighbor`] request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Priority {
     /// The requester has no neighbor: the receiver must accept (evicting if full).
     High,
@@ -106,7 +107,7 @@ pub enum Priority {
 }
 
 /// A membership protocol message between two nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message<PI> {
     /// The sender wants to join the overlay through the receiver.
     Join,

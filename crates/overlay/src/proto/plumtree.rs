@@ -24,6 +24,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 /// Hop count of a message from its origin (the origin sends round 0).
 pub type Round = u16;
 
@@ -38,7 +40,7 @@ pub const MAX_ANNOUNCERS: usize = 16;
 pub const MAX_IHAVE_ENTRIES: usize = 1024;
 
 /// Identifier of a broadcast message, computed by the caller (e.g. a hash of the payload).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MessageId(pub [u8; 32]);
 
 impl Debug for MessageId {
@@ -80,7 +82,7 @@ impl Default for Config {
 }
 
 /// A message of the broadcast protocol, exchanged between neighbors.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// A full message, pushed eagerly (or in answer to a GRAFT).
     Gossip {

@@ -1,0 +1,434 @@
+//! One overlay node as a single sans-IO state machine: HyParView membership plus one Plumtree
+//! broadcast tree per topic (a chat room is a topic), plus point-to-point frames between
+//! neighbors for the application (catch-up requests).
+//!
+//! This is the code that interprets the two cores' outputs — membership `NeighborUp` becomes a
+//! new eager link in every topic's tree, a `NeighborDown` removes it — and both the tokio driver
+//! and the seeded simulator drive this type, so what the simulator proves is what the network
+//! runs.
+//!
+//! Topics: a node relays every topic it hears of (a headless node relays rooms it never reads),
+//! up to [`MAX_TOPICS`]; messages for further unknown topics are dropped so a hostile peer
+//! cannot grow memory by inventing topics. The application decides which topics it shows.
+//!
+//! Contract as in the cores: `handle(now, input)`, then drain [`Node::poll`] until `None`, and
+//! call `handle(now, Input::Timeout)` once `now >= next_deadline()`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::time::Instant;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{hyparview, plumtree};
+
+/// Most topics (broadcast trees) a node keeps.
+pub const MAX_TOPICS: usize = 64;
+
+/// Largest application frame sent directly to a neighbor ([`Wire::Direct`]).
+pub const MAX_DIRECT: usize = 48 * 1024;
+
+/// Identifier of a topic (for chat: a hash of the room name).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TopicId(pub [u8; 32]);
+
+impl Debug for TopicId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TopicId({:02x}{:02x}{:02x}{:02x}..)", self.0[0], self.0[1], self.0[2], self.0[3])
+    }
+}
+
+/// Everything one node sends another over their connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Wire<PI> {
+    /// Membership protocol.
+    Membership(hyparview::Message<PI>),
+    /// Broadcast protocol of one topic.
+    Gossip {
+        /// The topic.
+        topic: TopicId,
+        /// The Plumtree message.
+        msg: plumtree::Message,
+    },
+    /// An application frame for this neighbor only (not relayed).
+    Direct(Vec<u8>),
+}
+
+/// Configuration of a node.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Membership tunables.
+    pub membership: hyparview::Config,
+    /// Broadcast tunables (the same for every topic).
+    pub broadcast: plumtree::Config,
+}
+
+/// What the driver feeds a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input<PI> {
+    /// Join the overlay through these contacts (see [`hyparview::Input::Join`]).
+    Join {
+        /// Anchors or other known nodes.
+        anchors: Vec<PI>,
+    },
+    /// A frame arrived from `from`.
+    Message {
+        /// The sender (authenticated by the transport).
+        from: PI,
+        /// What it sent.
+        msg: Wire<PI>,
+    },
+    /// The driver found `peer` dead or unreachable.
+    PeerFailed(PI),
+    /// Broadcast `payload` on `topic` with the caller-computed unique `id`.
+    Broadcast {
+        /// The topic.
+        topic: TopicId,
+        /// Unique id (e.g. the hash of the signed payload).
+        id: plumtree::MessageId,
+        /// The bytes to deliver everywhere.
+        payload: Vec<u8>,
+    },
+    /// Send an application frame to a current neighbor.
+    Direct {
+        /// The neighbor.
+        to: PI,
+        /// The frame.
+        payload: Vec<u8>,
+    },
+    /// `now` reached [`Node::next_deadline`].
+    Timeout,
+}
+
+/// What a node asks of its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output<PI> {
+    /// Send `msg` to `to` (over the open connection, or dial for it).
+    Send {
+        /// The receiver.
+        to: PI,
+        /// The frame.
+        msg: Wire<PI>,
+    },
+    /// Open and keep a connection to this new neighbor.
+    Connect(PI),
+    /// Close the connection to this former neighbor after sending what is queued.
+    Disconnect(PI),
+    /// `peer` became a neighbor (the application may start a catch-up with it).
+    NeighborUp(PI),
+    /// `peer` stopped being a neighbor.
+    NeighborDown(PI),
+    /// A broadcast message reached this node for the first time (or was broadcast here).
+    Deliver {
+        /// Its topic.
+        topic: TopicId,
+        /// Its id.
+        id: plumtree::MessageId,
+        /// The bytes.
+        payload: Vec<u8>,
+        /// The neighbor it came from; `None` for a local broadcast.
+        from: Option<PI>,
+        /// Hops from its origin.
+        round: plumtree::Round,
+    },
+    /// A neighbor sent an application frame.
+    Direct {
+        /// The neighbor.
+        from: PI,
+        /// The frame.
+        payload: Vec<u8>,
+    },
+}
+
+/// Local mistakes reported by [`Node::handle`]; peer input never errors.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// The broadcast was refused by the topic's tree.
+    #[error(transparent)]
+    Broadcast(#[from] plumtree::Error),
+    /// The node already relays [`MAX_TOPICS`] topics.
+    #[error("too many topics ({MAX_TOPICS}); leave a room before joining another")]
+    TooManyTopics,
+    /// A direct frame was larger than [`MAX_DIRECT`].
+    #[error("direct frame of {0} bytes exceeds {MAX_DIRECT} bytes")]
+    DirectTooLarge(usize),
+}
+
+/// One overlay node. See the module docs.
+#[derive(Debug)]
+pub struct Node<PI, R> {
+    config: Config,
+    membership: hyparview::State<PI, R>,
+    topics: BTreeMap<TopicId, plumtree::State<PI>>,
+    outputs: VecDeque<Output<PI>>,
+}
+
+impl<PI: Ord + Copy + Debug, R: Rng> Node<PI, R> {
+    /// A node with id `me` that has joined nothing yet.
+    pub fn new(me: PI, config: Config, rng: R) -> Self {
+        let membership = hyparview::State::new(me, config.membership.clone(), rng);
+        Self { config, membership, topics: BTreeMap::new(), outputs: VecDeque::new() }
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> PI {
+        self.membership.me()
+    }
+
+    /// The membership state (active and passive views).
+    pub fn membership(&self) -> &hyparview::State<PI, R> {
+        &self.membership
+    }
+
+    /// The broadcast state of `topic`, if the node relays it.
+    pub fn topic(&self, topic: &TopicId) -> Option<&plumtree::State<PI>> {
+        self.topics.get(topic)
+    }
+
+    /// Starts relaying `topic` (so it can be broadcast on and caught up); idempotent.
+    pub fn subscribe(&mut self, now: Instant, topic: TopicId) -> Result<(), Error> {
+        self.topic_mut(now, topic).map(|_| ()).ok_or(Error::TooManyTopics)
+    }
+
+    /// The earliest time at which `handle(now, Input::Timeout)` has work to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let topics = self.topics.values().filter_map(plumtree::State::next_deadline);
+        self.membership.next_deadline().into_iter().chain(topics).min()
+    }
+
+    /// The next output, if any; drain after every [`Node::handle`].
+    pub fn poll(&mut self) -> Option<Output<PI>> {
+        self.outputs.pop_front()
+    }
+
+    /// Applies one input at `now`.
+    pub fn handle(&mut self, now: Instant, input: Input<PI>) -> Result<(), Error> {
+        match input {
+            Input::Join { anchors } => {
+                self.membership.handle(now, hyparview::Input::Join { anchors });
+            }
+            Input::Message { from, msg } => match msg {
+                Wire::Membership(msg) => {
+                    self.membership.handle(now, hyparview::Input::Message { from, msg });
+                }
+                Wire::Gossip { topic, msg } => {
+                    if let Some(tree) = self.topic_mut(now, topic) {
+                        // Peer input never errors in Plumtree.
+                        let _ = tree.handle(now, plumtree::Input::Message { from, msg });
+                    }
+                }
+                Wire::Direct(payload) => {
+                    if payload.len() <= MAX_DIRECT && self.membership.active().contains(&from) {
+                        self.outputs.push_back(Output::Direct { from, payload });
+                    }
+                }
+            },
+            Input::PeerFailed(peer) => {
+                self.membership.handle(now, hyparview::Input::PeerFailed(peer));
+            }
+            Input::Broadcast { topic, id, payload } => {
+                let tree = self.topic_mut(now, topic).ok_or(Error::TooManyTopics)?;
+                tree.handle(now, plumtree::Input::Broadcast { id, payload })?;
+            }
+            Input::Direct { to, payload } => {
+                if payload.len() > MAX_DIRECT {
+                    return Err(Error::DirectTooLarge(payload.len()));
+                }
+                self.outputs.push_back(Output::Send { to, msg: Wire::Direct(payload) });
+            }
+            Input::Timeout => {
+                self.membership.handle(now, hyparview::Input::Timeout);
+                for tree in self.topics.values_mut() {
+                    if tree.next_deadline().is_some_and(|d| d <= now) {
+                        let _ = tree.handle(now, plumtree::Input::Timeout);
+                    }
+                }
+            }
+        }
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Returns the tree of `topic`, creating it (with the current neighbors as eager links) if
+    /// there is room.
+    fn topic_mut(&mut self, now: Instant, topic: TopicId) -> Option<&mut plumtree::State<PI>> {
+        if !self.topics.contains_key(&topic) {
+            if self.topics.len() >= MAX_TOPICS {
+                return None;
+            }
+            let mut tree = plumtree::State::new(self.config.broadcast.clone());
+            for &peer in self.membership.active() {
+                // NeighborUp never errors.
+                let _ = tree.handle(now, plumtree::Input::NeighborUp(peer));
+            }
+            self.topics.insert(topic, tree);
+        }
+        self.topics.get_mut(&topic)
+    }
+
+    /// Moves the cores' outputs into ours, feeding membership changes to every tree.
+    fn pump(&mut self, now: Instant) {
+        while let Some(out) = self.membership.poll() {
+            match out {
+                hyparview::Output::Send { to, msg } => {
+                    self.outputs.push_back(Output::Send { to, msg: Wire::Membership(msg) });
+                }
+                hyparview::Output::Connect(p) => self.outputs.push_back(Output::Connect(p)),
+                hyparview::Output::Disconnect(p) => self.outputs.push_back(Output::Disconnect(p)),
+                hyparview::Output::NeighborUp(p) => {
+                    for tree in self.topics.values_mut() {
+                        let _ = tree.handle(now, plumtree::Input::NeighborUp(p));
+                    }
+                    self.outputs.push_back(Output::NeighborUp(p));
+                }
+                hyparview::Output::NeighborDown(p) => {
+                    for tree in self.topics.values_mut() {
+                        let _ = tree.handle(now, plumtree::Input::NeighborDown(p));
+                    }
+                    self.outputs.push_back(Output::NeighborDown(p));
+                }
+            }
+        }
+        for (&topic, tree) in &mut self.topics {
+            while let Some(out) = tree.poll() {
+                self.outputs.push_back(match out {
+                    plumtree::Output::Send { to, msg } => {
+                        Output::Send { to, msg: Wire::Gossip { topic, msg } }
+                    }
+                    plumtree::Output::Deliver { id, payload, from, round } => {
+                        Output::Deliver { topic, id, payload, from, round }
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    /// In-memory network of nodes with instant links, driven in virtual time.
+    struct Net {
+        nodes: BTreeMap<u64, Node<u64, ChaCha8Rng>>,
+        queue: VecDeque<(u64, u64, Wire<u64>)>,
+        now: Instant,
+        delivered: BTreeMap<u64, Vec<(TopicId, Vec<u8>)>>,
+        directs: Vec<(u64, u64, Vec<u8>)>,
+    }
+
+    impl Net {
+        fn new(n: u64, seed: u64) -> Self {
+            let nodes = (0..n)
+                .map(|i| {
+                    let rng = ChaCha8Rng::seed_from_u64(seed * 1000 + i);
+                    (i, Node::new(i, Config::default(), rng))
+                })
+                .collect();
+            let (queue, delivered, directs) = (VecDeque::new(), BTreeMap::new(), Vec::new());
+            Self { nodes, queue, now: Instant::now(), delivered, directs }
+        }
+
+        fn input(&mut self, id: u64, input: Input<u64>) {
+            let node = self.nodes.get_mut(&id).expect("test uses existing ids");
+            node.handle(self.now, input).expect("valid local input");
+            self.drain(id);
+        }
+
+        fn drain(&mut self, id: u64) {
+            let node = self.nodes.get_mut(&id).expect("test uses existing ids");
+            while let Some(out) = node.poll() {
+                match out {
+                    Output::Send { to, msg } => self.queue.push_back((id, to, msg)),
+                    Output::Deliver { topic, payload, .. } => {
+                        self.delivered.entry(id).or_default().push((topic, payload));
+                    }
+                    Output::Direct { from, payload } => self.directs.push((from, id, payload)),
+                    _ => {}
+                }
+            }
+        }
+
+        /// Delivers queued frames, then advances time in 10 ms steps firing timers, `steps` times.
+        fn run(&mut self, steps: u32) {
+            for _ in 0..steps {
+                while let Some((from, to, msg)) = self.queue.pop_front() {
+                    if self.nodes.contains_key(&to) {
+                        self.input(to, Input::Message { from, msg });
+                    }
+                }
+                self.now += Duration::from_millis(10);
+                let due: Vec<u64> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| n.next_deadline().is_some_and(|d| d <= self.now))
+                    .map(|(&i, _)| i)
+                    .collect();
+                for i in due {
+                    self.input(i, Input::Timeout);
+                }
+            }
+        }
+    }
+
+    fn topic(b: u8) -> TopicId {
+        TopicId([b; 32])
+    }
+
+    #[test]
+    fn every_node_gets_every_topic_message_once() {
+        let mut net = Net::new(30, 7);
+        for i in 1..30 {
+            net.input(i, Input::Join { anchors: vec![0] });
+            net.run(5);
+        }
+        net.run(100);
+        for (k, sender) in [(1u8, 3u64), (2, 17), (3, 29)] {
+            let id = plumtree::MessageId([k; 32]);
+            let payload = vec![k; 10];
+            net.input(sender, Input::Broadcast { topic: topic(k % 2), id, payload });
+            net.run(50);
+        }
+        for i in 0..30 {
+            let got = net.delivered.get(&i).cloned().unwrap_or_default();
+            let want: Vec<(TopicId, Vec<u8>)> =
+                [1u8, 2, 3].iter().map(|&k| (topic(k % 2), vec![k; 10])).collect();
+            assert_eq!(got, want, "node {i}");
+        }
+    }
+
+    #[test]
+    fn direct_frames_reach_neighbors_only() {
+        let mut net = Net::new(3, 1);
+        net.input(1, Input::Join { anchors: vec![0] });
+        net.run(20);
+        let neighbors: BTreeSet<u64> = net.nodes[&1].membership().active().clone();
+        assert_eq!(neighbors, BTreeSet::from([0]));
+        net.input(1, Input::Direct { to: 0, payload: b"hi".to_vec() });
+        // Node 2 is no neighbor of 0: its direct frame is dropped by the receiver.
+        net.queue.push_back((2, 0, Wire::Direct(b"sneak".to_vec())));
+        net.run(2);
+        assert_eq!(net.directs, vec![(1, 0, b"hi".to_vec())]);
+    }
+
+    #[test]
+    fn topics_are_capped() {
+        let mut node = Node::new(0u64, Config::default(), ChaCha8Rng::seed_from_u64(0));
+        let now = Instant::now();
+        for i in 0..MAX_TOPICS {
+            node.subscribe(now, TopicId([i as u8; 32])).expect("below cap");
+        }
+        assert_eq!(node.subscribe(now, TopicId([255; 32])), Err(Error::TooManyTopics));
+        let msg = plumtree::Message::Prune;
+        node.handle(now, Input::Message { from: 1, msg: Wire::Gossip { topic: topic(254), msg } })
+            .expect("peer input never errors");
+        assert!(node.topic(&topic(254)).is_none());
+    }
+}
