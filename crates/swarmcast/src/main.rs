@@ -5,10 +5,13 @@
 //! - `progress.rs`: progress bars on a terminal, plain log lines otherwise.
 //! - `demo.rs`: the no-setup local demo (tracker, seed and leechers in one process).
 //! - `lab_cmd.rs`: `bound` and `lab`, the distribution-time bounds and measurements.
+//! - `chat_cmd.rs`, `tui.rs`: `chat`, `anchor` and `node` on the overlay (issue 4).
 
+mod chat_cmd;
 mod demo;
 mod lab_cmd;
 mod progress;
+mod tui;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -94,6 +97,12 @@ enum Command {
         #[command(subcommand)]
         cmd: lab_cmd::LabCommand,
     },
+    /// Chat over the P2P overlay: rooms and end-to-end encrypted direct messages.
+    Chat(chat_cmd::ChatArgs),
+    /// Run a well-known contact node of the overlay (otherwise an ordinary relaying node).
+    Anchor(chat_cmd::RelayArgs),
+    /// Run a headless overlay node that relays messages and keeps history for catch-up.
+    Node(chat_cmd::RelayArgs),
     /// Run a BitTorrent tracker (HTTP /announce and UDP on the same port).
     Tracker {
         #[arg(long, default_value = "127.0.0.1:6969")]
@@ -191,6 +200,9 @@ async fn run(cli: Cli) -> Result<()> {
             create(&path, output, trackers, piece_size, comment, private)
         }
         Command::Bound(a) => lab_cmd::bound(&a),
+        Command::Chat(a) => chat_cmd::chat(a).await,
+        Command::Anchor(a) => chat_cmd::relay(a, "anchor").await,
+        Command::Node(a) => chat_cmd::relay(a, "node").await,
         Command::Lab { cmd } => lab_cmd::lab(cmd).await,
         Command::Seed { torrent, data, net } => seed(&torrent, &data, &net).await,
         Command::Get { source, output, seed, net } => get(&source, &output, seed, &net).await,

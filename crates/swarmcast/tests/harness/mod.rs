@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A child process killed (SIGKILL) and reaped when dropped. Its stdout and stderr go to files.
@@ -16,6 +16,7 @@ pub struct Proc {
     child: Child,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    stdin: Option<ChildStdin>,
 }
 
 impl Proc {
@@ -27,7 +28,31 @@ impl Proc {
             .stdout(File::create(&stdout).expect("create stdout log"))
             .stderr(File::create(&stderr).expect("create stderr log"));
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        Proc { name: name.to_string(), child, stdout, stderr }
+        Proc { name: name.to_string(), child, stdout, stderr, stdin: None }
+    }
+
+    /// Like [`Proc::spawn`], with a pipe to the process's stdin for [`Proc::send_line`].
+    pub fn spawn_piped(name: &str, mut cmd: Command, dir: &Path) -> Proc {
+        let stdout = dir.join(format!("{name}.out"));
+        let stderr = dir.join(format!("{name}.err"));
+        cmd.stdin(Stdio::piped())
+            .stdout(File::create(&stdout).expect("create stdout log"))
+            .stderr(File::create(&stderr).expect("create stderr log"));
+        let mut child =
+            cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let stdin = child.stdin.take();
+        Proc { name: name.to_string(), child, stdout, stderr, stdin }
+    }
+
+    /// Writes one line to the process's stdin (see [`Proc::spawn_piped`]).
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("process started with spawn_piped");
+        writeln!(stdin, "{line}").and_then(|_| stdin.flush()).expect("write to child stdin");
+    }
+
+    /// Only what the process printed on stdout.
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

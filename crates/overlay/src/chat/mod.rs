@@ -1,0 +1,602 @@
+//! The chat service: rooms and direct messages on the overlay, with history in SQLite.
+//!
+//! One task runs [`run`]: it owns the [`Driver`] (and so the node core), the identity and the
+//! history [`Store`], takes [`Command`]s from a front end (the terminal UI, the `--script`
+//! line mode, or nothing for a headless node) and reports [`ChatEvent`]s back.
+//!
+//! - Sending: the message is signed, committed to SQLite, then broadcast; only then is it
+//!   reported as [`ChatEvent::Sent`].
+//! - Receiving: every delivered envelope is verified ([`envelope::open`]); forged, altered or
+//!   malformed ones are dropped and logged. New ones are committed, then shown; duplicates
+//!   (already in the store) are not shown again.
+//! - Catch-up (anti-entropy): when a neighbor comes up, the node sends it a [`Sync::Request`]
+//!   per topic it follows, listing the ids it has; the neighbor answers with what is missing,
+//!   verified and stored like live messages, and asked again while `more` is set.
+//! - Direct messages go on the directory topic, sealed to the recipient's key; everyone relays
+//!   and stores the sealed envelope (so a recipient who was offline catches up on it), only the
+//!   recipient can open it.
+
+pub mod envelope;
+pub mod store;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::driver::{Driver, Event, Peer};
+use crate::identity::{Identity, NodeId};
+use crate::proto::node::{self, TopicId};
+use crate::transport::Endpoint;
+use envelope::{Content, DirectPlain, Sync, Verified};
+use store::Store;
+
+/// Everything a chat node needs to start.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// Data directory (key, history).
+    pub data: PathBuf,
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Address others should dial (defaults to the bound address).
+    pub advertise: Option<SocketAddr>,
+    /// Anchors to join through.
+    pub anchors: Vec<SocketAddr>,
+    /// Nickname.
+    pub nick: String,
+    /// Rooms to follow from the start (the first is the current room).
+    pub rooms: Vec<String>,
+    /// Overlay tunables.
+    pub node: node::Config,
+}
+
+/// What a front end asks of the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Send text to a room.
+    Say {
+        /// The room (must be followed).
+        room: String,
+        /// The text.
+        text: String,
+    },
+    /// Follow a room (and catch up on it).
+    Join(String),
+    /// Send a direct message to the node(s) using `nick`, or to a hex id prefix.
+    Msg {
+        /// Nickname or id prefix.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Report the neighbors.
+    Peers,
+    /// Change nickname.
+    Nick(String),
+    /// Print the last `n` messages of a room from the history.
+    History {
+        /// The room.
+        room: String,
+        /// How many.
+        n: usize,
+    },
+}
+
+/// How a message reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// Broadcast while we were online.
+    Live,
+    /// Anti-entropy from a neighbor.
+    Sync,
+    /// From our own history.
+    History,
+}
+
+/// What the service reports to a front end (one JSON object per line in `--script` mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChatEvent {
+    /// The node is up.
+    Ready {
+        /// Our id (hex).
+        id: String,
+        /// Our address.
+        addr: String,
+        /// Our nickname.
+        nick: String,
+    },
+    /// A room message.
+    Message {
+        /// Room.
+        room: String,
+        /// Author's nickname.
+        nick: String,
+        /// Author's id (hex).
+        author: String,
+        /// Text.
+        text: String,
+        /// Message id (hex).
+        id: String,
+        /// Author's clock, ms.
+        sent_ms: u64,
+        /// How it came.
+        via: Via,
+    },
+    /// A direct message to us.
+    Dm {
+        /// Author's nickname.
+        nick: String,
+        /// Author's id (hex).
+        author: String,
+        /// Text.
+        text: String,
+        /// Message id (hex).
+        id: String,
+        /// How it came.
+        via: Via,
+    },
+    /// Our message was committed and broadcast.
+    Sent {
+        /// Room, or `@nick` for a direct message.
+        to: String,
+        /// The text.
+        text: String,
+        /// Message id (hex).
+        id: String,
+    },
+    /// Neighbor list.
+    Peers {
+        /// `nick (short id) addr` per neighbor.
+        peers: Vec<String>,
+    },
+    /// A neighbor came or went.
+    Neighbor {
+        /// True: up.
+        up: bool,
+        /// `short-id@addr`.
+        peer: String,
+    },
+    /// Something for the person to know.
+    Info {
+        /// The text.
+        text: String,
+    },
+    /// A command failed.
+    Error {
+        /// What went wrong and what to do.
+        text: String,
+    },
+}
+
+/// Errors that stop the service.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// Identity file problem.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// History database problem.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Could not open the UDP socket.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn text_of(v: &Verified) -> String {
+    match &v.content {
+        Content::Room { text, .. } => text.clone(),
+        _ => String::new(),
+    }
+}
+
+fn hex32(b: &[u8; 32]) -> String {
+    hex::encode(b)
+}
+
+struct Service {
+    identity: Identity,
+    nick: String,
+    store: Store,
+    driver: Driver,
+    rooms: Vec<String>,
+    events: mpsc::Sender<ChatEvent>,
+    /// Topics we asked a neighbor about and may accept replies for.
+    syncing: BTreeSet<(Peer, TopicId)>,
+}
+
+/// Runs a chat node until `commands` closes (the front end quit) or a fatal error.
+pub async fn run(
+    config: ChatConfig,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<ChatEvent>,
+) -> Result<(), ChatError> {
+    if !envelope::valid_nick(&config.nick) {
+        return Err(ChatError::Config(format!(
+            "nickname {:?} is not valid: use 1-32 characters without spaces",
+            config.nick
+        )));
+    }
+    if let Some(bad) = config.rooms.iter().find(|r| !envelope::valid_room(r)) {
+        return Err(ChatError::Config(format!(
+            "room name {bad:?} is not valid: use 1-64 of a-z, 0-9, - and _"
+        )));
+    }
+    std::fs::create_dir_all(&config.data).map_err(|e| {
+        ChatError::Config(format!("cannot create data directory {}: {e}", config.data.display()))
+    })?;
+    let identity = Identity::load_or_create(&config.data)?;
+    let store = Store::open(&config.data)?;
+    let endpoint = Endpoint::bind(&identity, config.listen)?;
+    let bound = endpoint
+        .local_addr()
+        .map_err(|e| ChatError::Config(format!("cannot read the bound UDP address: {e}")))?;
+    let advertise = config.advertise.unwrap_or(bound);
+    let known: Vec<Peer> = store.peers()?.into_iter().map(|(id, addr)| Peer { id, addr }).collect();
+    let driver = Driver::start(endpoint, advertise, config.node, config.anchors, known);
+    let mut svc = Service {
+        identity,
+        nick: config.nick,
+        store,
+        driver,
+        rooms: Vec::new(),
+        events,
+        syncing: BTreeSet::new(),
+    };
+    svc.follow(&envelope::directory_topic());
+    for room in &config.rooms {
+        svc.join_room(room);
+    }
+    svc.emit(ChatEvent::Ready {
+        id: svc.identity.id().to_string(),
+        addr: advertise.to_string(),
+        nick: svc.nick.clone(),
+    })
+    .await;
+    svc.announce();
+    let mut remember = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(cmd) => svc.command(cmd).await,
+                None => break,
+            },
+            ev = svc.driver.next_event() => svc.on_event(ev).await,
+            _ = remember.tick() => svc.remember_peers(),
+        }
+    }
+    svc.remember_peers();
+    svc.driver.shutdown().await;
+    Ok(())
+}
+
+impl Service {
+    async fn emit(&mut self, ev: ChatEvent) {
+        // A front end that went away just stops receiving.
+        let _ = self.events.send(ev).await;
+    }
+
+    fn follow(&mut self, topic: &TopicId) {
+        if let Err(e) = self.driver.subscribe(*topic) {
+            tracing::warn!("cannot follow topic: {e}");
+        }
+    }
+
+    fn followed_topics(&self) -> Vec<TopicId> {
+        let mut t = vec![envelope::directory_topic()];
+        t.extend(self.rooms.iter().map(|r| envelope::room_topic(r)));
+        t
+    }
+
+    fn join_room(&mut self, room: &str) {
+        if self.rooms.iter().any(|r| r == room) {
+            return;
+        }
+        self.rooms.push(room.to_string());
+        let topic = envelope::room_topic(room);
+        self.follow(&topic);
+        for peer in self.driver.neighbors() {
+            self.request_sync(peer, topic);
+        }
+    }
+
+    fn announce(&mut self) {
+        let content = Content::Presence {
+            author: self.identity.id(),
+            nick: self.nick.clone(),
+            sent_ms: now_ms(),
+        };
+        let v = envelope::seal(&self.identity, content);
+        if let Err(e) = self.publish(&v) {
+            tracing::warn!("presence not sent: {e}");
+        }
+    }
+
+    /// Commits then broadcasts one of our own messages.
+    fn publish(&mut self, v: &Verified) -> Result<(), String> {
+        self.store.insert(v, now_ms()).map_err(|e| e.to_string())?;
+        self.driver.broadcast(v.content.topic(), v.id, v.raw.clone()).map_err(|e| e.to_string())
+    }
+
+    fn remember_peers(&self) {
+        let now = now_ms();
+        for p in
+            self.driver.neighbors().into_iter().chain(self.driver.passive().into_iter().take(8))
+        {
+            if let Err(e) = self.store.remember_peer(&p.id, p.addr, now) {
+                tracing::warn!("cannot remember peer: {e}");
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        let result = match cmd {
+            Command::Say { room, text } => self.say(room, text).await,
+            Command::Join(room) => {
+                if envelope::valid_room(&room) {
+                    self.join_room(&room);
+                    self.emit(ChatEvent::Info { text: format!("joined #{room}") }).await;
+                    Ok(())
+                } else {
+                    Err(format!("room name {room:?} is not valid: use 1-64 of a-z, 0-9, - and _"))
+                }
+            }
+            Command::Msg { to, text } => self.dm(to, text).await,
+            Command::Peers => {
+                let mut peers = Vec::new();
+                for p in self.driver.neighbors() {
+                    let nick = self.store.nick(&p.id).ok().flatten().unwrap_or_else(|| "?".into());
+                    peers.push(format!("{nick} ({}) {}", p.id.short(), p.addr));
+                }
+                self.emit(ChatEvent::Peers { peers }).await;
+                Ok(())
+            }
+            Command::Nick(nick) => {
+                if envelope::valid_nick(&nick) {
+                    self.nick = nick;
+                    self.announce();
+                    Ok(())
+                } else {
+                    Err(format!("nickname {nick:?} is not valid: 1-32 characters, no spaces"))
+                }
+            }
+            Command::History { room, n } => self.history(&room, n).await,
+        };
+        if let Err(text) = result {
+            self.emit(ChatEvent::Error { text }).await;
+        }
+    }
+
+    async fn say(&mut self, room: String, text: String) -> Result<(), String> {
+        if !self.rooms.contains(&room) {
+            return Err(format!("not in #{room}; /join {room} first"));
+        }
+        if text.len() > envelope::MAX_TEXT {
+            return Err(format!(
+                "message too long ({} bytes, max {})",
+                text.len(),
+                envelope::MAX_TEXT
+            ));
+        }
+        let content = Content::Room {
+            author: self.identity.id(),
+            nick: self.nick.clone(),
+            room: room.clone(),
+            sent_ms: now_ms(),
+            nonce: rand::rng().random(),
+            text,
+        };
+        let v = envelope::seal(&self.identity, content);
+        self.publish(&v)?;
+        self.emit(ChatEvent::Sent { to: room, text: text_of(&v), id: hex32(&v.id.0) }).await;
+        Ok(())
+    }
+
+    async fn dm(&mut self, to: String, text: String) -> Result<(), String> {
+        if text.len() > envelope::MAX_TEXT {
+            return Err(format!(
+                "message too long ({} bytes, max {})",
+                text.len(),
+                envelope::MAX_TEXT
+            ));
+        }
+        let mut ids = self.store.ids_for_nick(&to).map_err(|e| e.to_string())?;
+        if ids.is_empty() && to.len() >= 8 && to.bytes().all(|b| b.is_ascii_hexdigit()) {
+            ids = self.known_ids_with_prefix(&to.to_ascii_lowercase());
+        }
+        let Some(&recipient) = ids.first() else {
+            return Err(format!("nobody called {to:?} is known yet; /peers lists neighbors"));
+        };
+        let plain = DirectPlain { nick: self.nick.clone(), text: text.clone() };
+        let v = envelope::seal_direct(
+            &self.identity,
+            recipient,
+            &plain,
+            now_ms(),
+            rand::rng().random(),
+        )
+        .map_err(|e| e.to_string())?;
+        self.publish(&v)?;
+        self.emit(ChatEvent::Sent { to: format!("@{to}"), text, id: hex32(&v.id.0) }).await;
+        Ok(())
+    }
+
+    fn known_ids_with_prefix(&self, prefix: &str) -> Vec<NodeId> {
+        self.driver
+            .neighbors()
+            .into_iter()
+            .chain(self.driver.passive())
+            .map(|p| p.id)
+            .filter(|id| id.to_string().starts_with(prefix))
+            .collect()
+    }
+
+    async fn history(&mut self, room: &str, n: usize) -> Result<(), String> {
+        let rows = self.store.recent(&envelope::room_topic(room), n).map_err(|e| e.to_string())?;
+        for row in rows {
+            if let Ok(v) = envelope::open(envelope::room_topic(room), &row.raw) {
+                self.show(&v, Via::History).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Deliver { topic, payload, from, .. } => {
+                // Our own broadcasts are already stored and reported.
+                if from.is_some() {
+                    self.receive(topic, &payload, Via::Live).await;
+                }
+            }
+            Event::Direct { from, payload } => self.on_direct(from, &payload).await,
+            Event::NeighborUp(peer) => {
+                for topic in self.followed_topics() {
+                    self.request_sync(peer, topic);
+                }
+                self.emit(ChatEvent::Neighbor { up: true, peer: format!("{peer:?}") }).await;
+            }
+            Event::NeighborDown(peer) => {
+                self.syncing.retain(|(p, _)| *p != peer);
+                self.emit(ChatEvent::Neighbor { up: false, peer: format!("{peer:?}") }).await;
+            }
+        }
+    }
+
+    /// Verifies, commits and shows one envelope; returns whether it was new.
+    async fn receive(&mut self, topic: TopicId, raw: &[u8], via: Via) -> bool {
+        let v = match envelope::open(topic, raw) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("dropped a message: {e}");
+                return false;
+            }
+        };
+        match self.store.insert(&v, now_ms()) {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                tracing::error!("cannot store a message, not showing it: {e}");
+                return false;
+            }
+        }
+        self.show(&v, via).await;
+        true
+    }
+
+    async fn show(&mut self, v: &Verified, via: Via) {
+        match &v.content {
+            Content::Room { author, nick, room, sent_ms, text, .. }
+                if self.rooms.contains(room) =>
+            {
+                self.emit(ChatEvent::Message {
+                    room: room.clone(),
+                    nick: nick.clone(),
+                    author: author.to_string(),
+                    text: text.clone(),
+                    id: hex32(&v.id.0),
+                    sent_ms: *sent_ms,
+                    via,
+                })
+                .await;
+            }
+            Content::Direct { author, to, .. } if *to == self.identity.id() => {
+                match envelope::open_direct(&self.identity, &v.content) {
+                    Ok(plain) => {
+                        self.emit(ChatEvent::Dm {
+                            nick: plain.nick,
+                            author: author.to_string(),
+                            text: plain.text,
+                            id: hex32(&v.id.0),
+                            via,
+                        })
+                        .await;
+                    }
+                    Err(e) => tracing::warn!("direct message from {} dropped: {e}", author.short()),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn request_sync(&mut self, peer: Peer, topic: TopicId) {
+        let rows = match self.store.recent(&topic, envelope::MAX_SYNC_IDS) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!("cannot read history for catch-up: {e}");
+                return;
+            }
+        };
+        let since_ms = if rows.len() == envelope::MAX_SYNC_IDS { rows[0].sent_ms } else { 0 };
+        let have = rows.iter().map(|r| r.id).collect();
+        let req = Sync::Request { topic, since_ms, have };
+        let bytes = postcard::to_allocvec(&req).expect("postcard encodes a Sync to a Vec");
+        if self.driver.direct(peer, bytes).is_ok() {
+            self.syncing.insert((peer, topic));
+        }
+    }
+
+    async fn on_direct(&mut self, from: Peer, payload: &[u8]) {
+        let Ok(sync) = postcard::from_bytes::<Sync>(payload) else {
+            tracing::warn!("malformed catch-up frame from {from:?}");
+            return;
+        };
+        match sync {
+            Sync::Request { topic, since_ms, have } => {
+                if have.len() > envelope::MAX_SYNC_IDS {
+                    return;
+                }
+                let have: BTreeSet<_> = have.into_iter().collect();
+                let (mut messages, mut more) =
+                    match self.store.since(&topic, since_ms, &have, envelope::MAX_SYNC_MESSAGES) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!("cannot read history for a neighbor: {e}");
+                            return;
+                        }
+                    };
+                // Keep the reply within one frame.
+                let mut total = 0;
+                let budget = node::MAX_DIRECT - 1024;
+                if let Some(cut) = messages.iter().position(|m| {
+                    total += m.len() + 4;
+                    total > budget
+                }) {
+                    messages.truncate(cut);
+                    more = true;
+                }
+                let reply = Sync::Reply { topic, messages, more };
+                let bytes = postcard::to_allocvec(&reply).expect("postcard encodes a Sync");
+                let _ = self.driver.direct(from, bytes);
+            }
+            Sync::Reply { topic, messages, more } => {
+                if !self.syncing.remove(&(from, topic))
+                    || messages.len() > envelope::MAX_SYNC_MESSAGES
+                {
+                    return;
+                }
+                let mut new = 0usize;
+                for raw in &messages {
+                    if self.receive(topic, raw, Via::Sync).await {
+                        new += 1;
+                    }
+                }
+                if more && new > 0 {
+                    self.request_sync(from, topic);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! `chat`, `anchor` and `node`: front ends of the overlay chat service
+//! (`overlay::chat::run`). The terminal UI lives in `tui.rs`; this file has the arguments,
+//! the command-line parser shared by the UI and `--script`, and the headless runners.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use overlay::chat::{self, ChatConfig, ChatEvent, Command};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// Arguments of `swarmcast chat`.
+#[derive(clap::Args)]
+pub struct ChatArgs {
+    /// Anchor node to join through, HOST:PORT (repeatable). Without one, this node starts a
+    /// new overlay (others may join through it).
+    #[arg(long = "anchor")]
+    pub anchors: Vec<String>,
+    /// Your nickname (1-32 characters, no spaces).
+    #[arg(long)]
+    pub nick: String,
+    /// Room to start in.
+    #[arg(long, default_value = "general")]
+    pub room: String,
+    /// Data directory for the key and the history [default: ~/.local/share/swarmcast/NICK].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Address other nodes should dial, if not the listening one (e.g. behind port forwarding).
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+    /// Line mode for scripts and tests: stdin lines are sent (or run as /commands), events are
+    /// printed one JSON object per line.
+    #[arg(long)]
+    pub script: bool,
+}
+
+/// Arguments of `swarmcast anchor` and `swarmcast node`.
+#[derive(clap::Args)]
+pub struct RelayArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4500")]
+    pub listen: SocketAddr,
+    /// Anchor node to join through, HOST:PORT (repeatable).
+    #[arg(long = "anchor")]
+    pub anchors: Vec<String>,
+    /// Data directory for the key and the relayed history
+    /// [default: ~/.local/share/swarmcast/anchor or /node].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Address other nodes should dial, if not the listening one.
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+}
+
+fn default_data(name: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from("."), PathBuf::from)
+            .join(".local/share")
+    });
+    base.join("swarmcast").join(name)
+}
+
+async fn resolve(anchors: &[String]) -> Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for a in anchors {
+        let addr = tokio::net::lookup_host(a.as_str())
+            .await
+            .with_context(|| format!("cannot resolve anchor {a:?}; give it as HOST:PORT"))?
+            .next()
+            .with_context(|| format!("anchor {a:?} resolves to no address"))?;
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+/// One line typed by a person or a script, as a command; `Ok(None)` for `/quit`.
+pub fn parse_line(line: &str, room: &mut String) -> Result<Option<Command>, String> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let Some(rest) = line.strip_prefix('/') else {
+        return Ok(Some(Command::Say { room: room.clone(), text: line.to_string() }));
+    };
+    let (cmd, arg) = rest.split_once(' ').unwrap_or((rest, ""));
+    let arg = arg.trim();
+    match cmd {
+        "join" if !arg.is_empty() => {
+            let name = arg.trim_start_matches('#').to_string();
+            *room = name.clone();
+            Ok(Some(Command::Join(name)))
+        }
+        "msg" => match arg.split_once(' ') {
+            Some((to, text)) if !text.trim().is_empty() => {
+                Ok(Some(Command::Msg { to: to.to_string(), text: text.trim().to_string() }))
+            }
+            _ => Err("usage: /msg NICK text".into()),
+        },
+        "peers" => Ok(Some(Command::Peers)),
+        "nick" if !arg.is_empty() => Ok(Some(Command::Nick(arg.to_string()))),
+        "history" => {
+            let n = if arg.is_empty() { 50 } else { arg.parse().map_err(|_| "usage: /history [N]")? };
+            Ok(Some(Command::History { room: room.clone(), n }))
+        }
+        "quit" | "exit" => Ok(None),
+        _ => Err(format!(
+            "unknown command /{cmd}; try /join ROOM, /msg NICK text, /peers, /nick NAME, /history, /quit"
+        )),
+    }
+}
+
+/// `swarmcast chat`.
+pub async fn chat(args: ChatArgs) -> Result<()> {
+    let config = ChatConfig {
+        data: args.data.clone().unwrap_or_else(|| default_data(&args.nick)),
+        listen: args.listen,
+        advertise: args.advertise,
+        anchors: resolve(&args.anchors).await?,
+        nick: args.nick.clone(),
+        rooms: vec![args.room.clone()],
+        node: Default::default(),
+    };
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (ev_tx, ev_rx) = mpsc::channel(1024);
+    let service = tokio::spawn(chat::run(config, cmd_rx, ev_tx));
+    if args.script {
+        script(args.room, cmd_tx, ev_rx).await?;
+    } else {
+        crate::tui::run(args.room, args.nick, cmd_tx, ev_rx).await?;
+    }
+    service.await.context("chat service panicked")??;
+    Ok(())
+}
+
+async fn script(
+    mut room: String,
+    cmd_tx: mpsc::Sender<Command>,
+    mut ev_rx: mpsc::Receiver<ChatEvent>,
+) -> Result<()> {
+    let mut stdout = tokio::io::stdout();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            line = lines.next_line(), if stdin_open => match line? {
+                Some(line) if line.trim().is_empty() => {}
+                Some(line) => match parse_line(&line, &mut room) {
+                    Ok(Some(cmd)) => {
+                        if cmd_tx.send(cmd).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => stdin_open = false,
+                    Err(text) => print_json(&mut stdout, &ChatEvent::Error { text }).await?,
+                },
+                None => stdin_open = false,
+            },
+            ev = ev_rx.recv() => match ev {
+                Some(ev) => print_json(&mut stdout, &ev).await?,
+                None => break,
+            },
+        }
+        if !stdin_open {
+            break;
+        }
+    }
+    drop(cmd_tx);
+    // Print what is still reported while the service shuts down.
+    while let Some(ev) = ev_rx.recv().await {
+        print_json(&mut stdout, &ev).await?;
+    }
+    Ok(())
+}
+
+async fn print_json(out: &mut tokio::io::Stdout, ev: &ChatEvent) -> Result<()> {
+    let mut line = serde_json::to_vec(ev).context("encoding an event")?;
+    line.push(b'\n');
+    out.write_all(&line).await?;
+    out.flush().await?;
+    Ok(())
+}
+
+/// `swarmcast anchor` and `swarmcast node`: a headless node that relays and keeps history,
+/// until Ctrl-C.
+pub async fn relay(args: RelayArgs, role: &str) -> Result<()> {
+    let config = ChatConfig {
+        data: args.data.unwrap_or_else(|| default_data(role)),
+        listen: args.listen,
+        advertise: args.advertise,
+        anchors: resolve(&args.anchors).await?,
+        nick: role.to_string(),
+        rooms: vec!["general".to_string()],
+        node: Default::default(),
+    };
+    let (cmd_tx, cmd_rx) = mpsc::channel(8);
+    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let service = tokio::spawn(chat::run(config, cmd_rx, ev_tx));
+    let role = role.to_string();
+    let printer = tokio::spawn(async move {
+        while let Some(ev) = ev_rx.recv().await {
+            match ev {
+                ChatEvent::Ready { id, addr, .. } => {
+                    println!("{role} {id} listening on {addr} (udp)");
+                }
+                ChatEvent::Neighbor { up, peer } => {
+                    tracing::info!("neighbor {} {peer}", if up { "up" } else { "down" });
+                }
+                _ => {}
+            }
+        }
+    });
+    let mut service = service;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        r = &mut service => {
+            r.context("node panicked")??;
+            return Ok(());
+        }
+    }
+    drop(cmd_tx);
+    service.await.context("node panicked")??;
+    let _ = printer.await;
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The chat terminal UI (crossterm): scrollback above, a status line, an input line below.
+//!
+//! Keys: Enter sends the line (or runs a /command), PageUp/PageDown scroll, Ctrl-C or `/quit`
+//! leaves. Terminal input is read on a blocking thread and handed over a channel, so the async
+//! loop only redraws and talks to the chat service.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use crossterm::{cursor, execute, queue, style, terminal};
+use overlay::chat::{ChatEvent, Command, Via};
+use tokio::sync::mpsc;
+
+use crate::chat_cmd::parse_line;
+
+/// Most lines kept in the scrollback.
+const SCROLLBACK: usize = 5000;
+
+/// Restores the terminal when dropped, even on an error path.
+struct Raw;
+
+impl Raw {
+    fn enter() -> Result<Self> {
+        terminal::enable_raw_mode()
+            .context("this terminal does not support raw mode; use --script")?;
+        execute!(std::io::stdout(), terminal::EnterAlternateScreen)?;
+        Ok(Raw)
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        let _ = execute!(std::io::stdout(), terminal::LeaveAlternateScreen);
+        let _ = terminal::disable_raw_mode();
+    }
+}
+
+struct Screen {
+    lines: Vec<String>,
+    scroll: usize,
+    input: String,
+    room: String,
+    nick: String,
+    neighbors: i64,
+}
+
+impl Screen {
+    fn push(&mut self, line: String) {
+        self.lines.push(line);
+        if self.lines.len() > SCROLLBACK {
+            self.lines.drain(..self.lines.len() - SCROLLBACK);
+        }
+    }
+
+    fn on_event(&mut self, ev: ChatEvent) {
+        match ev {
+            ChatEvent::Ready { id, addr, nick } => {
+                self.nick = nick;
+                self.push(format!("* you are {} ({}) on {addr}", self.nick, &id[..8]));
+                self.push(
+                    "* /join ROOM  /msg NICK text  /peers  /nick NAME  /history  /quit".into(),
+                );
+            }
+            ChatEvent::Message { room, nick, author, text, via, .. } => {
+                let tag = if via == Via::Sync { " (caught up)" } else { "" };
+                self.push(format!("#{room} <{nick}:{}> {text}{tag}", &author[..6]));
+            }
+            ChatEvent::Dm { nick, author, text, .. } => {
+                self.push(format!("[dm] <{nick}:{}> {text}", &author[..6]));
+            }
+            ChatEvent::Sent { to, text, .. } => {
+                let to = if to.starts_with('@') { format!("[dm {to}]") } else { format!("#{to}") };
+                self.push(format!("{to} <{}> {text}", self.nick));
+            }
+            ChatEvent::Peers { peers } => {
+                self.push(format!("* {} neighbors", peers.len()));
+                for p in peers {
+                    self.push(format!("*   {p}"));
+                }
+            }
+            ChatEvent::Neighbor { up, .. } => self.neighbors += if up { 1 } else { -1 },
+            ChatEvent::Info { text } => self.push(format!("* {text}")),
+            ChatEvent::Error { text } => self.push(format!("! {text}")),
+        }
+    }
+
+    fn draw(&self) -> Result<()> {
+        let (w, h) = terminal::size()?;
+        let (w, h) = (w as usize, h as usize);
+        let body = h.saturating_sub(2);
+        let end = self.lines.len().saturating_sub(self.scroll);
+        let start = end.saturating_sub(body);
+        let mut out = std::io::stdout();
+        queue!(out, terminal::Clear(terminal::ClearType::All))?;
+        for (row, line) in self.lines[start..end].iter().enumerate() {
+            let shown: String = line.chars().take(w).collect();
+            queue!(out, cursor::MoveTo(0, row as u16), style::Print(shown))?;
+        }
+        let status = format!(
+            "-- #{} as {} | {} neighbors{} --",
+            self.room,
+            self.nick,
+            self.neighbors.max(0),
+            if self.scroll > 0 { " | scrolled (PageDown)" } else { "" }
+        );
+        let status: String = status.chars().take(w).collect();
+        queue!(
+            out,
+            cursor::MoveTo(0, body as u16),
+            style::PrintStyledContent(style::Stylize::reverse(status)),
+        )?;
+        let prompt = format!("> {}", self.input);
+        let tail: String = prompt
+            .chars()
+            .rev()
+            .take(w.saturating_sub(1))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        queue!(out, cursor::MoveTo(0, (h - 1) as u16), style::Print(&tail))?;
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// Runs the UI until `/quit`, Ctrl-C, or the service stops.
+pub async fn run(
+    room: String,
+    nick: String,
+    cmd_tx: mpsc::Sender<Command>,
+    mut ev_rx: mpsc::Receiver<ChatEvent>,
+) -> Result<()> {
+    let _raw = Raw::enter()?;
+    let (key_tx, mut key_rx) = mpsc::channel::<Event>(64);
+    std::thread::spawn(move || {
+        while let Ok(ev) = crossterm::event::read() {
+            if key_tx.blocking_send(ev).is_err() {
+                return;
+            }
+        }
+    });
+    let mut screen =
+        Screen { lines: Vec::new(), scroll: 0, input: String::new(), room, nick, neighbors: 0 };
+    screen.draw()?;
+    loop {
+        tokio::select! {
+            ev = ev_rx.recv() => match ev {
+                Some(ev) => screen.on_event(ev),
+                None => return Ok(()),
+            },
+            key = key_rx.recv() => match key {
+                Some(Event::Key(KeyEvent { code, modifiers, kind: KeyEventKind::Press, .. })) => {
+                    match code {
+                        KeyCode::Char('c') if modifiers.contains(KeyModifiers::CONTROL) => return Ok(()),
+                        KeyCode::Char(c) => screen.input.push(c),
+                        KeyCode::Backspace => {
+                            screen.input.pop();
+                        }
+                        KeyCode::PageUp => {
+                            let page = terminal::size()?.1.saturating_sub(3) as usize;
+                            screen.scroll = (screen.scroll + page).min(screen.lines.len());
+                        }
+                        KeyCode::PageDown => {
+                            let page = terminal::size()?.1.saturating_sub(3) as usize;
+                            screen.scroll = screen.scroll.saturating_sub(page);
+                        }
+                        KeyCode::Enter if !screen.input.trim().is_empty() => {
+                            let line = std::mem::take(&mut screen.input);
+                            let mut room = screen.room.clone();
+                            match parse_line(&line, &mut room) {
+                                Ok(Some(cmd)) => {
+                                    if let Command::Nick(n) = &cmd {
+                                        screen.nick = n.clone();
+                                    }
+                                    screen.room = room;
+                                    if cmd_tx.send(cmd).await.is_err() {
+                                        return Ok(());
+                                    }
+                                }
+                                Ok(None) => return Ok(()),
+                                Err(e) => screen.push(format!("! {e}")),
+                            }
+                            screen.scroll = 0;
+                        }
+                        _ => {}
+                    }
+                }
+                Some(_) => {}
+                None => return Ok(()),
+            },
+        }
+        screen.draw()?;
+    }
+}
