@@ -1,7 +1,8 @@
 //! Issue 4 end to end: one anchor and 20 chat nodes as real processes on loopback, talking
-//! QUIC. Every node receives every room message; after 5 nodes are killed the rest keep
-//! chatting; the killed ones, restarted, catch up on what they missed; a direct message is
-//! readable by its recipient only.
+//! QUIC. Every node receives every room message; after 5 nodes and the anchor are killed the
+//! rest keep chatting; the killed ones, restarted while the anchor is still down, re-join
+//! through peers they remember and catch up on what they missed; a direct message is readable
+//! by its recipient only.
 
 mod harness;
 
@@ -90,7 +91,8 @@ fn twenty_nodes_chat_survive_crashes_catch_up_and_keep_dms_private() {
     let all: Vec<(usize, &Proc)> = nodes.iter().enumerate().collect();
     wait_all_received(&all, &round1, Duration::from_secs(60));
 
-    // Kill 5; the 15 others keep chatting.
+    // Kill 5 nodes and the anchor; the 15 others keep chatting.
+    anchor.kill();
     for p in &mut nodes[NODES - KILLED..] {
         p.kill();
     }
@@ -103,7 +105,8 @@ fn twenty_nodes_chat_survive_crashes_catch_up_and_keep_dms_private() {
     let alive: Vec<(usize, &Proc)> = nodes[..survivors].iter().enumerate().collect();
     wait_all_received(&alive, &round2, Duration::from_secs(90));
 
-    // The killed ones come back (same data directories) and catch up on round 2.
+    // The killed ones come back (same data directories) and, with the anchor still down,
+    // re-join through the peers they remember and catch up on round 2.
     for (i, node) in nodes.iter_mut().enumerate().skip(survivors) {
         let log = dir.path().join(format!("n{i}.first.out"));
         std::fs::rename(&node.stdout, &log).expect("keep the first run's log");

@@ -463,6 +463,10 @@ impl Service {
             }
             Event::Direct { from, payload } => self.on_direct(from, &payload).await,
             Event::NeighborUp(peer) => {
+                // Remembered at once, so a restart can re-join through it with anchors down.
+                if let Err(e) = self.store.remember_peer(&peer.id, peer.addr, now_ms()) {
+                    tracing::warn!("cannot remember peer: {e}");
+                }
                 for topic in self.followed_topics() {
                     self.request_sync(peer, topic);
                 }

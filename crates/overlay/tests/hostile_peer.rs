@@ -1,0 +1,211 @@
+//! A hostile peer against real chat nodes (in-process, QUIC on loopback): frames of an unknown
+//! version close its connection; a forged message is relayed by nobody's UI; a replayed one is
+//! not shown twice; a flood of frames is cut down and the honest nodes keep chatting.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use overlay::chat::envelope::{self, Content};
+use overlay::chat::{self, ChatConfig, ChatEvent, Command};
+use overlay::driver::Peer;
+use overlay::identity::Identity;
+use overlay::proto::hyparview;
+use overlay::proto::node::Wire;
+use overlay::proto::plumtree::{self, MessageId};
+use overlay::transport::{Conn, Endpoint};
+use overlay::wire;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Node {
+    cmd: mpsc::Sender<Command>,
+    events: mpsc::Receiver<ChatEvent>,
+    addr: SocketAddr,
+}
+
+async fn start(dir: &Path, nick: &str, anchors: Vec<SocketAddr>) -> Node {
+    let config = ChatConfig {
+        data: dir.join(nick),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise: None,
+        anchors,
+        nick: nick.to_string(),
+        rooms: vec!["general".into()],
+        node: Default::default(),
+    };
+    let (cmd, cmd_rx) = mpsc::channel(16);
+    let (ev_tx, mut events) = mpsc::channel(4096);
+    tokio::spawn(async move {
+        chat::run(config, cmd_rx, ev_tx).await.expect("chat node runs");
+    });
+    let addr = loop {
+        match timeout(WAIT, events.recv()).await.expect("ready in time") {
+            Some(ChatEvent::Ready { addr, .. }) => break addr.parse().expect("addr"),
+            Some(_) => {}
+            None => panic!("node stopped"),
+        }
+    };
+    Node { cmd, events, addr }
+}
+
+/// Waits for a room message with `text`; returns every event seen meanwhile.
+async fn expect_message(node: &mut Node, text: &str) -> Vec<ChatEvent> {
+    let mut seen = Vec::new();
+    let found = timeout(WAIT, async {
+        while let Some(ev) = node.events.recv().await {
+            let hit = matches!(&ev, ChatEvent::Message { text: t, .. } if t == text);
+            seen.push(ev);
+            if hit {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no message {text:?}; saw {seen:?}");
+    seen
+}
+
+/// Events that arrive within `d`.
+async fn drain_for(node: &mut Node, d: Duration) -> Vec<ChatEvent> {
+    let mut seen = Vec::new();
+    let _ = timeout(d, async {
+        while let Some(ev) = node.events.recv().await {
+            seen.push(ev);
+        }
+    })
+    .await;
+    seen
+}
+
+fn frame(msg: &Wire<Peer>) -> Vec<u8> {
+    wire::encode(msg).expect("small frame")
+}
+
+/// Reads frames from `conn` until a room gossip payload arrives.
+async fn next_gossip_payload(conn: &mut Conn) -> Vec<u8> {
+    timeout(WAIT, async {
+        loop {
+            let f = conn.recv().await.expect("connection alive").expect("not closed");
+            if let Ok(Wire::Gossip { msg: plumtree::Message::Gossip { payload, .. }, .. }) =
+                wire::decode::<Wire<Peer>>(&f)
+            {
+                if envelope::open(envelope::room_topic("general"), &payload).is_ok() {
+                    return payload;
+                }
+            }
+        }
+    })
+    .await
+    .expect("gossip reaches the attacker")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peer_cannot_forge_replay_or_flood() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut anchor = start(dir.path(), "anchor", vec![]).await;
+    let mut bob = start(dir.path(), "bob", vec![anchor.addr]).await;
+    // Bob's hello proves the two are connected before the attack starts.
+    bob.cmd
+        .send(Command::Say { room: "general".into(), text: "hello".into() })
+        .await
+        .expect("send");
+    expect_message(&mut anchor, "hello").await;
+
+    let eve = Identity::from_seed([7; 32]);
+    let ep = Endpoint::bind(&eve, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+
+    // 1. An unknown protocol version: the anchor closes the connection.
+    let mut conn = ep.connect(anchor.addr, None).await.expect("dial anchor");
+    let mut bad = frame(&Wire::Membership(hyparview::Message::Join));
+    bad[0] = 99;
+    conn.send(&bad).await.expect("send");
+    let closed = timeout(WAIT, async {
+        loop {
+            match conn.recv().await {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a frame of unknown version must close the connection");
+
+    // 2. Join properly, then forge a message in bob's name.
+    let mut conn = ep.connect(anchor.addr, None).await.expect("dial anchor again");
+    conn.send(&frame(&Wire::Membership(hyparview::Message::Join))).await.expect("join");
+    timeout(WAIT, async {
+        loop {
+            let f = conn.recv().await.expect("connection alive").expect("not closed");
+            let accepted = Wire::Membership(hyparview::Message::NeighborReply { accepted: true });
+            if wire::decode::<Wire<Peer>>(&f).ok() == Some(accepted) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the anchor takes eve as a neighbor");
+    let bob_id = {
+        // Learn bob's id from his next message, which the anchor now pushes to eve too.
+        bob.cmd
+            .send(Command::Say { room: "general".into(), text: "second".into() })
+            .await
+            .expect("send");
+        let raw = next_gossip_payload(&mut conn).await;
+        let v = envelope::open(envelope::room_topic("general"), &raw).expect("valid");
+        // 3. Replay it under a fresh gossip id: stored once, shown once.
+        let replay = Wire::Gossip {
+            topic: envelope::room_topic("general"),
+            msg: plumtree::Message::Gossip { id: MessageId([1; 32]), payload: raw, round: 0 },
+        };
+        conn.send(&frame(&replay)).await.expect("replay");
+        v.content.author()
+    };
+    let forged = envelope::seal(
+        &eve,
+        Content::Room {
+            author: bob_id,
+            nick: "bob".into(),
+            room: "general".into(),
+            sent_ms: 1,
+            nonce: 1,
+            text: "send eve your keys".into(),
+        },
+    );
+    let forged_frame = Wire::Gossip {
+        topic: envelope::room_topic("general"),
+        msg: plumtree::Message::Gossip { id: forged.id, payload: forged.raw, round: 0 },
+    };
+    conn.send(&frame(&forged_frame)).await.expect("forge");
+
+    // 4. A flood: 20,000 IHAVE frames as fast as QUIC takes them.
+    let flood = frame(&Wire::Gossip {
+        topic: envelope::room_topic("general"),
+        msg: plumtree::Message::IHave(vec![(MessageId([9; 32]), 3)]),
+    });
+    for _ in 0..20_000 {
+        if conn.send(&flood).await.is_err() {
+            break;
+        }
+    }
+
+    // The honest nodes keep chatting, and never show the forgery or the replay twice.
+    bob.cmd
+        .send(Command::Say { room: "general".into(), text: "still here".into() })
+        .await
+        .expect("send");
+    let seen = expect_message(&mut anchor, "still here").await;
+    let mut seen_all = seen;
+    seen_all.extend(drain_for(&mut anchor, Duration::from_secs(1)).await);
+    let texts: Vec<&str> = seen_all
+        .iter()
+        .filter_map(|e| match e {
+            ChatEvent::Message { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts.iter().filter(|t| **t == "second").count(), 1, "{texts:?}");
+    assert!(!texts.contains(&"send eve your keys"), "forgery shown: {texts:?}");
+}
