@@ -106,7 +106,7 @@ async fn next_gossip_payload(conn: &mut Conn) -> Vec<u8> {
 async fn hostile_peer_cannot_forge_replay_or_flood() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut anchor = start(dir.path(), "anchor", vec![]).await;
-    let mut bob = start(dir.path(), "bob", vec![anchor.addr]).await;
+    let bob = start(dir.path(), "bob", vec![anchor.addr]).await;
     // Bob's hello proves the two are connected before the attack starts.
     bob.cmd
         .send(Command::Say { room: "general".into(), text: "hello".into() })
