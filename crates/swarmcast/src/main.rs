@@ -3,11 +3,12 @@
 //!
 //! - `main.rs`: the CLI definition and the subcommands.
 //! - `progress.rs`: progress bars on a terminal, plain log lines otherwise.
-//! - `demo.rs`: the no-setup local demo (tracker, seed and leechers in one process).
+//! - `demo.rs`, `chat_demo.rs`: the no-setup local demo (a swarm, then a chat overlay).
 //! - `lab_cmd.rs`: `bound` and `lab`, the distribution-time bounds and measurements.
 //! - `chat_cmd.rs`, `tui.rs`: `chat`, `anchor` and `node` on the overlay (issue 4).
 
 mod chat_cmd;
+mod chat_demo;
 mod demo;
 mod lab_cmd;
 mod progress;
@@ -38,7 +39,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a local swarm on this machine: a tracker, a seed and leechers on loopback.
+    /// Run everything locally: a BitTorrent swarm (tracker, seed, leechers), then an overlay of
+    /// chat nodes, all on loopback.
     Demo {
         /// Number of leechers.
         #[arg(long, default_value_t = 4)]
@@ -49,6 +51,9 @@ enum Command {
         /// Upload limit of every node (bytes per second, k/M/G suffixes).
         #[arg(long, value_parser = parse_size)]
         upload_limit: Option<u64>,
+        /// Chat nodes in the overlay part of the demo (0 skips it).
+        #[arg(long, default_value_t = 10)]
+        chat_nodes: usize,
     },
     /// Make a .torrent for a file or a directory.
     Create {
@@ -193,8 +198,12 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo { leechers, size, upload_limit } => {
-            demo::run(leechers, size, upload_limit).await
+        Command::Demo { leechers, size, upload_limit, chat_nodes } => {
+            demo::run(leechers, size, upload_limit).await?;
+            if chat_nodes > 0 {
+                chat_demo::run(chat_nodes).await?;
+            }
+            Ok(())
         }
         Command::Create { path, output, trackers, piece_size, comment, private } => {
             create(&path, output, trackers, piece_size, comment, private)
