@@ -6,9 +6,12 @@
 //!   client-server and P2P against those bounds.
 //! - [`netns`]: the same lab with every node a real process in its own network namespace and
 //!   kernel (HTB) rate caps (root only).
+//! - [`overlay`]: a seeded discrete-event simulator of the P2P overlay (membership + broadcast
+//!   nodes of the `overlay` crate) at 10^2–10^5 nodes, with crash and anchors-down scenarios.
 #![forbid(unsafe_code)]
 
 pub mod bound;
 pub mod lab;
 pub mod netns;
+pub mod overlay;
 pub mod plot;

@@ -6,12 +6,14 @@
 //! - `demo.rs`, `chat_demo.rs`: the no-setup local demo (a swarm, then a chat overlay).
 //! - `lab_cmd.rs`: `bound` and `lab`, the distribution-time bounds and measurements.
 //! - `chat_cmd.rs`, `tui.rs`: `chat`, `anchor` and `node` on the overlay (issue 4).
+//! - `sim_cmd.rs`: `sim overlay`, the seeded overlay simulation.
 
 mod chat_cmd;
 mod chat_demo;
 mod demo;
 mod lab_cmd;
 mod progress;
+mod sim_cmd;
 mod tui;
 
 use std::net::SocketAddr;
@@ -108,6 +110,11 @@ enum Command {
     Anchor(chat_cmd::RelayArgs),
     /// Run a headless overlay node that relays messages and keeps history for catch-up.
     Node(chat_cmd::RelayArgs),
+    /// Simulations in virtual time (`sim overlay`).
+    Sim {
+        #[command(subcommand)]
+        cmd: sim_cmd::SimCommand,
+    },
     /// Run a BitTorrent tracker (HTTP /announce and UDP on the same port).
     Tracker {
         #[arg(long, default_value = "127.0.0.1:6969")]
@@ -213,6 +220,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Anchor(a) => chat_cmd::relay(a, "anchor").await,
         Command::Node(a) => chat_cmd::relay(a, "node").await,
         Command::Lab { cmd } => lab_cmd::lab(cmd).await,
+        Command::Sim { cmd } => sim_cmd::run(cmd),
         Command::Seed { torrent, data, net } => seed(&torrent, &data, &net).await,
         Command::Get { source, output, seed, net } => get(&source, &output, seed, &net).await,
         Command::Tracker { listen, interval, max_peers_returned } => {

@@ -17,6 +17,14 @@ use crate::chat_cmd::parse_line;
 /// Most lines kept in the scrollback.
 const SCROLLBACK: usize = 5000;
 
+/// Columns and rows of the terminal; 80×24 when it does not say (some ptys report 0×0).
+fn screen_size() -> (usize, usize) {
+    match terminal::size() {
+        Ok((w, h)) if w >= 10 && h >= 4 => (w as usize, h as usize),
+        _ => (80, 24),
+    }
+}
+
 /// Restores the terminal when dropped, even on an error path.
 struct Raw;
 
@@ -85,9 +93,33 @@ impl Screen {
         }
     }
 
+    /// Runs the input line; returns false when the UI should quit.
+    async fn enter(&mut self, cmd_tx: &mpsc::Sender<Command>) -> Result<bool> {
+        if self.input.trim().is_empty() {
+            self.input.clear();
+            return Ok(true);
+        }
+        let line = std::mem::take(&mut self.input);
+        let mut room = self.room.clone();
+        self.scroll = 0;
+        match parse_line(&line, &mut room) {
+            Ok(Some(cmd)) => {
+                if let Command::Nick(n) = &cmd {
+                    self.nick = n.clone();
+                }
+                self.room = room;
+                Ok(cmd_tx.send(cmd).await.is_ok())
+            }
+            Ok(None) => Ok(false),
+            Err(e) => {
+                self.push(format!("! {e}"));
+                Ok(true)
+            }
+        }
+    }
+
     fn draw(&self) -> Result<()> {
-        let (w, h) = terminal::size()?;
-        let (w, h) = (w as usize, h as usize);
+        let (w, h) = screen_size();
         let body = h.saturating_sub(2);
         let end = self.lines.len().saturating_sub(self.scroll);
         let start = end.saturating_sub(body);
@@ -154,35 +186,29 @@ pub async fn run(
                 Some(Event::Key(KeyEvent { code, modifiers, kind: KeyEventKind::Press, .. })) => {
                     match code {
                         KeyCode::Char('c') if modifiers.contains(KeyModifiers::CONTROL) => return Ok(()),
+                        // Ctrl-J (line feed) acts as Enter; other control chords are ignored.
+                        KeyCode::Char('j') if modifiers.contains(KeyModifiers::CONTROL) => {
+                            if !screen.enter(&cmd_tx).await? {
+                                return Ok(());
+                            }
+                        }
+                        KeyCode::Char(_) if modifiers.contains(KeyModifiers::CONTROL) => {}
                         KeyCode::Char(c) => screen.input.push(c),
                         KeyCode::Backspace => {
                             screen.input.pop();
                         }
                         KeyCode::PageUp => {
-                            let page = terminal::size()?.1.saturating_sub(3) as usize;
+                            let page = screen_size().1.saturating_sub(3);
                             screen.scroll = (screen.scroll + page).min(screen.lines.len());
                         }
                         KeyCode::PageDown => {
-                            let page = terminal::size()?.1.saturating_sub(3) as usize;
+                            let page = screen_size().1.saturating_sub(3);
                             screen.scroll = screen.scroll.saturating_sub(page);
                         }
-                        KeyCode::Enter if !screen.input.trim().is_empty() => {
-                            let line = std::mem::take(&mut screen.input);
-                            let mut room = screen.room.clone();
-                            match parse_line(&line, &mut room) {
-                                Ok(Some(cmd)) => {
-                                    if let Command::Nick(n) = &cmd {
-                                        screen.nick = n.clone();
-                                    }
-                                    screen.room = room;
-                                    if cmd_tx.send(cmd).await.is_err() {
-                                        return Ok(());
-                                    }
-                                }
-                                Ok(None) => return Ok(()),
-                                Err(e) => screen.push(format!("! {e}")),
+                        KeyCode::Enter => {
+                            if !screen.enter(&cmd_tx).await? {
+                                return Ok(());
                             }
-                            screen.scroll = 0;
                         }
                         _ => {}
                     }

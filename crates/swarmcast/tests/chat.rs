@@ -9,7 +9,7 @@ mod harness;
 use std::path::Path;
 use std::time::Duration;
 
-use harness::{free_port, swarmcast, wait_for, Proc};
+use harness::{free_port, require, swarmcast, wait_for, Proc};
 
 const NODES: usize = 20;
 const KILLED: usize = 5;
@@ -149,4 +149,34 @@ fn twenty_nodes_chat_survive_crashes_catch_up_and_keep_dms_private() {
             );
         }
     }
+}
+
+/// The terminal UI in a real pty (util-linux `script`): a typed line is shown as sent, `/peers`
+/// answers, an unknown command gets a hint, `/quit` leaves with status 0 and the terminal
+/// restored.
+#[test]
+fn terminal_ui_sends_lists_peers_and_quits() {
+    require("script");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("tui.log");
+    let bin = env!("CARGO_BIN_EXE_swarmcast");
+    let data = dir.path().join("tui");
+    let inner = format!("{bin} chat --nick tuitest --data {}", data.display());
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qfc", &inner]).arg(&log);
+    let mut p = Proc::spawn_piped("script", cmd, dir.path());
+    let screen = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the UI to start", Duration::from_secs(20), || screen().contains("you are tuitest"));
+    p.send_line("hi there\r/peers\r/bogus\r");
+    wait_for("the UI to show the sent line", Duration::from_secs(20), || {
+        let s = screen();
+        s.contains("#general <tuitest> hi there")
+            && s.contains("0 neighbors")
+            && s.contains("unknown command /bogus")
+    });
+    p.send_line("/quit\r");
+    let status = p.wait(Duration::from_secs(20));
+    assert!(status.success(), "{}", p.output());
+    // The alternate screen was left (ESC [ ? 1049 l).
+    assert!(screen().contains("\u{1b}[?1049l"), "terminal not restored");
 }

@@ -7,7 +7,13 @@
 //! [`Message::Prune`], so the eager links settle into a spanning tree. An id announced by IHAVE
 //! but not received within `graft_timeout_1` is requested with [`Message::Graft`] from the first
 //! announcer, which moves back to eager (repairing the tree); further announcers are tried every
-//! `graft_timeout_2`. The optional optimization step of the paper is not implemented.
+//! `graft_timeout_2`.
+//!
+//! Optimization step of the paper (it shortens the tree's paths, so the last delivery hop): when
+//! an IHAVE announces a message already received, with a round at least
+//! [`Config::optimization_threshold`] lower than the round of the path it came by, the node
+//! swaps the links: it sends [`Message::Graft`] without an id to the announcer (which becomes
+//! eager) and [`Message::Prune`] to the neighbor it received the message from.
 //!
 //! Invariants:
 //! - `eager` and `lazy` are disjoint; their union is the set of current neighbors.
@@ -67,6 +73,9 @@ pub struct Config {
     pub message_cache_retention: Duration,
     /// Largest payload accepted, in bytes; larger `Gossip` from peers is ignored.
     pub max_payload: usize,
+    /// Rounds an IHAVE must save over the path a message came by to swap the tree links
+    /// (the paper's optimization; default 3; `Round::MAX` turns it off).
+    pub optimization_threshold: Round,
 }
 
 impl Default for Config {
@@ -77,6 +86,7 @@ impl Default for Config {
             ihave_interval: Duration::from_millis(50),
             message_cache_retention: Duration::from_secs(30),
             max_payload: 4096,
+            optimization_threshold: 3,
         }
     }
 }
@@ -172,9 +182,12 @@ pub enum Error {
 
 /// A message kept to answer GRAFTs and to recognise duplicates.
 #[derive(Debug)]
-struct Cached {
+struct Cached<PI> {
     payload: Vec<u8>,
     round: Round,
+    /// The tree parent it came from and the round of that path (`None`: broadcast here);
+    /// moved to the announcer when the optimization step swaps links.
+    via: Option<(PI, Round)>,
 }
 
 /// An id announced by IHAVE that has not arrived yet.
@@ -192,7 +205,7 @@ pub struct State<PI> {
     config: Config,
     eager: BTreeSet<PI>,
     lazy: BTreeSet<PI>,
-    cache: BTreeMap<MessageId, Cached>,
+    cache: BTreeMap<MessageId, Cached<PI>>,
     /// Expiry times of `cache` entries in insertion order (so non-decreasing if `now` is).
     expiry: VecDeque<(Instant, MessageId)>,
     missing: BTreeMap<MessageId, Missing<PI>>,
@@ -323,13 +336,26 @@ impl<PI: Ord + Copy + Debug> State<PI> {
             self.flush_at = Some(now + self.config.ihave_interval);
         }
         self.outputs.push_back(Output::Deliver { id, payload: payload.clone(), from, round });
-        self.cache.insert(id, Cached { payload, round });
+        let via = from.map(|p| (p, round));
+        self.cache.insert(id, Cached { payload, round, via });
         self.expiry.push_back((now + self.config.message_cache_retention, id));
     }
 
     fn on_ihave(&mut self, now: Instant, from: PI, entries: Vec<(MessageId, Round)>) {
         for (id, round) in entries {
-            if self.cache.contains_key(&id) {
+            if let Some(cached) = self.cache.get_mut(&id) {
+                let Some((parent, path_round)) = cached.via else { continue };
+                let threshold = self.config.optimization_threshold;
+                if parent != from && path_round.saturating_sub(round) >= threshold {
+                    // A much shorter path exists through `from`: make it the tree link.
+                    cached.via = Some((from, round));
+                    self.add_eager(from);
+                    self.send(from, Message::Graft { id: None, round });
+                    if self.eager.contains(&parent) {
+                        self.add_lazy(parent);
+                        self.send(parent, Message::Prune);
+                    }
+                }
                 continue;
             }
             if !self.missing.contains_key(&id) && self.missing.len() >= MAX_MISSING {
@@ -538,6 +564,42 @@ mod tests {
         let out = drain(&mut s);
         assert_eq!(out.len(), 3);
         assert_eq!(s.next_deadline(), Some(t2 + cfg.message_cache_retention));
+    }
+
+    #[test]
+    fn ihave_with_a_much_shorter_path_swaps_tree_links() {
+        let t0 = Instant::now();
+        let mut s = State::new(Config::default());
+        for p in [1, 2, 3] {
+            s.handle(t0, Input::NeighborUp(p)).unwrap();
+        }
+        s.handle(t0, Input::Message { from: 2, msg: Message::Prune }).unwrap();
+        s.handle(t0, Input::Message { from: 3, msg: Message::Prune }).unwrap();
+        s.handle(t0, gossip(1, mid(5), 8)).unwrap();
+        drain(&mut s);
+        // Saving 2 rounds is below the threshold (3): nothing changes.
+        s.handle(t0, Input::Message { from: 2, msg: Message::IHave(vec![(mid(5), 6)]) }).unwrap();
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.eager(), &BTreeSet::from([1]));
+        // Saving 3: graft the announcer without asking for the message, prune the old parent.
+        s.handle(t0, Input::Message { from: 3, msg: Message::IHave(vec![(mid(5), 5)]) }).unwrap();
+        assert_eq!(
+            drain(&mut s),
+            vec![
+                Output::Send { to: 3, msg: Message::Graft { id: None, round: 5 } },
+                Output::Send { to: 1, msg: Message::Prune },
+            ]
+        );
+        assert_eq!(s.eager(), &BTreeSet::from([3]));
+        assert_eq!(s.lazy(), &BTreeSet::from([1, 2]));
+        // The new path (round 5) is the one compared now: round 3 saves only 2 more.
+        s.handle(t0, Input::Message { from: 2, msg: Message::IHave(vec![(mid(5), 3)]) }).unwrap();
+        assert!(drain(&mut s).is_empty());
+        // A message broadcast here has no path to improve.
+        s.handle(t0, Input::Broadcast { id: mid(6), payload: vec![6] }).unwrap();
+        drain(&mut s);
+        s.handle(t0, Input::Message { from: 2, msg: Message::IHave(vec![(mid(6), 0)]) }).unwrap();
+        assert!(drain(&mut s).is_empty());
     }
 
     #[test]
