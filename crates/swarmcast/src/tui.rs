@@ -184,16 +184,17 @@ pub async fn run(
             },
             key = key_rx.recv() => match key {
                 Some(Event::Key(KeyEvent { code, modifiers, kind: KeyEventKind::Press, .. })) => {
+                    let ctrl = modifiers.contains(KeyModifiers::CONTROL);
+                    // Ctrl-J (line feed) acts as Enter; other control chords are ignored.
+                    let enter = code == KeyCode::Enter || (ctrl && code == KeyCode::Char('j'));
+                    if ctrl && code == KeyCode::Char('c') {
+                        return Ok(());
+                    }
+                    if enter && !screen.enter(&cmd_tx).await? {
+                        return Ok(());
+                    }
                     match code {
-                        KeyCode::Char('c') if modifiers.contains(KeyModifiers::CONTROL) => return Ok(()),
-                        // Ctrl-J (line feed) acts as Enter; other control chords are ignored.
-                        KeyCode::Char('j') if modifiers.contains(KeyModifiers::CONTROL) => {
-                            if !screen.enter(&cmd_tx).await? {
-                                return Ok(());
-                            }
-                        }
-                        KeyCode::Char(_) if modifiers.contains(KeyModifiers::CONTROL) => {}
-                        KeyCode::Char(c) => screen.input.push(c),
+                        KeyCode::Char(c) if !ctrl => screen.input.push(c),
                         KeyCode::Backspace => {
                             screen.input.pop();
                         }
@@ -204,11 +205,6 @@ pub async fn run(
                         KeyCode::PageDown => {
                             let page = screen_size().1.saturating_sub(3);
                             screen.scroll = screen.scroll.saturating_sub(page);
-                        }
-                        KeyCode::Enter => {
-                            if !screen.enter(&cmd_tx).await? {
-                                return Ok(());
-                            }
                         }
                         _ => {}
                     }
