@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes every parser of outside bytes in crate `torrent` with cargo-fuzz (libFuzzer + ASan).
+# Fuzzes every parser of outside bytes in crates `torrent` and `overlay` with cargo-fuzz
+# (libFuzzer + ASan).
 #
 # Usage:
 #   scripts/fuzz.sh                    # every target, 60 s each, one after another
@@ -8,7 +9,7 @@
 #   scripts/fuzz.sh --list             # the target names
 #
 # Targets (fuzz/fuzz_targets/): metainfo, magnet, wire, ext, tracker_http, tracker_udp,
-# announce_query; each file's header says what it feeds and which properties it asserts.
+# announce_query, overlay_wire; each file's header says what it feeds and which properties it asserts.
 #
 # Installs cargo-fuzz if it is missing. Our toolchain is stable, so cargo fuzz's nightly flags
 # (-Zsanitizer=address, ...) are allowed with RUSTC_BOOTSTRAP=1. SANITIZER=none turns ASan off
@@ -22,7 +23,7 @@
 # Logs: fuzz/target/logs/<target>.log. corpus, artifacts and target are git-ignored.
 set -euo pipefail
 
-ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query)
+ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query overlay_wire)
 
 if [[ "${1:-}" == "--list" ]]; then
     printf '%s\n' "${ALL_TARGETS[@]}"
@@ -97,6 +98,12 @@ write_seeds() {
         fi
         rm -rf "$tmp"
     fi
+
+    # overlay_wire: version 1, then postcard of Wire<Peer> (variant index, fields)
+    printf '\x01\x00\x00' >"$c/overlay_wire/seed-join"
+    printf '\x01\x00\x02\x00' >"$c/overlay_wire/seed-neighbor-high"
+    { printf '\x01\x01'; bytes 32 07; printf '\x01\x02'; bytes 32 09; printf '\x01\x05'; } >"$c/overlay_wire/seed-ihave"
+    printf '\x01\x02\x03abc' >"$c/overlay_wire/seed-direct"
 
     # magnet
     local hex=c12fe1c06bba254a9dc9f519b335aa7c1367a88a

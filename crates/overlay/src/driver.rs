@@ -10,7 +10,8 @@
 //! - One connection per neighbor; a `Send` to a peer with no connection dials it (requiring the
 //!   id it claims), queueing at most [`MAX_QUEUED`] frames meanwhile. A failed dial is reported
 //!   to the core as `PeerFailed`.
-//! - Connections to peers outside the active view are closed after [`IDLE_CLOSE`] unused.
+//! - Connections to peers outside the active view are closed after [`IDLE_CLOSE`] unused, and
+//!   at most [`MAX_PEERS`] peers are connected at once (further inbound connections are refused).
 //! - A connection's loss is `PeerFailed` only if the peer is an active neighbor and it was the
 //!   peer's last connection (simultaneous dials create two; either may close).
 //! - Each connection may deliver at most [`FRAMES_PER_SEC`] frames a second on average (burst
@@ -48,6 +49,8 @@ impl fmt::Debug for Peer {
     }
 }
 
+/// Most peers with open connections or dials at once; further inbound connections are refused.
+pub const MAX_PEERS: usize = 256;
 /// Most frames queued for a peer being dialed.
 pub const MAX_QUEUED: usize = 256;
 /// Frames buffered per connection writer; a peer that does not read loses frames beyond it.
@@ -349,7 +352,12 @@ impl Driver {
         match ev {
             NetEvent::Accepted(conn) => {
                 let peer = Peer { id: conn.remote_id(), addr: conn.remote_addr() };
-                if peer.id != self.me.id {
+                if peer.id == self.me.id {
+                    conn.close("self");
+                } else if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&peer) {
+                    tracing::warn!("refusing {peer:?}: already {MAX_PEERS} peers connected");
+                    conn.close("busy");
+                } else {
                     self.add_link(peer, conn);
                 }
             }
