@@ -266,6 +266,8 @@ pub struct Report {
     pub anchors_down: Option<AnchorsDownReport>,
     /// Frames delivered during the whole run.
     pub frames: u64,
+    /// Of those, membership `Neighbors` frames (2-hop list announcements).
+    pub frames_neighbors: u64,
     /// Virtual time simulated, seconds.
     pub virtual_secs: f64,
 }
@@ -333,6 +335,7 @@ pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Report {
         crash,
         anchors_down,
         frames: sim.frames,
+        frames_neighbors: sim.frames_neighbors,
         virtual_secs: sim.now.as_secs_f64(),
     }
 }
@@ -405,6 +408,7 @@ struct Sim {
     tracked: Vec<Tracked>,
     scratch: Vec<Output<Id>>,
     frames: u64,
+    frames_neighbors: u64,
 }
 
 /// SplitMix64 finalizer: a well-mixed hash for per-pair latencies and per-node seeds.
@@ -433,6 +437,7 @@ impl Sim {
             tracked: Vec::new(),
             scratch: Vec::new(),
             frames: 0,
+            frames_neighbors: 0,
         }
     }
 
@@ -500,6 +505,9 @@ impl Sim {
                     return;
                 }
                 self.frames += 1;
+                if let Wire::Membership(hyparview::Message::Neighbors(_)) = &msg {
+                    self.frames_neighbors += 1;
+                }
                 if let Wire::Gossip { msg: plumtree::Message::Gossip { id, .. }, .. } = &msg {
                     if let Some(t) = self.tracked.get_mut(tracked_index(id)) {
                         t.payload_frames += 1;

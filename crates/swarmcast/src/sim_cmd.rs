@@ -45,6 +45,14 @@ pub struct OverlayArgs {
     /// Measured broadcasts on the settled overlay.
     #[arg(long, default_value_t = 20)]
     broadcasts: usize,
+    /// Plumtree: wait after an IHAVE of a missing message before the first GRAFT, in ms;
+    /// default: the broadcast default.
+    #[arg(long)]
+    graft_timeout_ms: Option<u64>,
+    /// Plumtree: largest delay before queued IHAVEs are flushed, in ms; default: the broadcast
+    /// default.
+    #[arg(long)]
+    ihave_interval_ms: Option<u64>,
 }
 
 /// Runs a `swarmcast sim` subcommand.
@@ -73,6 +81,12 @@ fn overlay(a: &OverlayArgs) -> Result<()> {
     if let Some(t) = a.optimization_threshold {
         scenario.broadcast.optimization_threshold = t;
     }
+    if let Some(ms) = a.graft_timeout_ms {
+        scenario.broadcast.graft_timeout_1 = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = a.ihave_interval_ms {
+        scenario.broadcast.ihave_interval = std::time::Duration::from_millis(ms);
+    }
     scenario.crash = a.crash;
     scenario.newcomers = a.newcomers;
     scenario.broadcasts = a.broadcasts;
@@ -85,8 +99,9 @@ fn overlay(a: &OverlayArgs) -> Result<()> {
     });
     print_report(&report);
     println!(
-        "({} frames, {:.0} s virtual, {:.1} s wall)",
+        "({} frames, {} of them 2-hop lists; {:.0} s virtual, {:.1} s wall)",
         report.frames,
+        report.frames_neighbors,
         report.virtual_secs,
         started.elapsed().as_secs_f64()
     );

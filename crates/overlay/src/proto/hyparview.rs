@@ -23,19 +23,39 @@
 //!   [`Message::Disconnect`] if full), so views stay symmetric.
 //! - [`Message::Neighbor`] asks a passive peer to become a neighbor. [`Priority::High`] (sent
 //!   when the requester has no neighbor at all) cannot be refused; [`Priority::Low`] is accepted
-//!   only while the receiver's active view is below the threshold.
+//!   only while the receiver's active view is below the threshold. A peer that refuses is
+//!   kept in the requester's passive view (it is alive).
 //! - Every [`Config::shuffle_interval`] a node sends [`Message::Shuffle`] (itself, a sample of its
 //!   active and passive views) on a random walk; the end node answers with a sample of its
-//!   passive view and both merge what they got into their passive views. This is how nodes
-//!   learn neighbors of neighbors.
+//!   passive view and both merge what they got into their passive views. This spreads
+//!   addresses through the passive views.
+//! - **2-hop list** (the notes' "neighbors of neighbors"): a node keeps, per active neighbor,
+//!   that neighbor's active view ([`State::two_hop`]). It learns it from [`Message::Neighbors`],
+//!   which every node sends to each of its neighbors (its active view minus the receiver) when
+//!   its active view has changed, debounced: the first change arms a timer of
+//!   [`Config::neighbors_interval`] and every change until it fires goes out in one message per
+//!   neighbor, so churn costs at most one `Neighbors` per link and interval. A new link is a
+//!   change at both ends, so both learn each other's list; links are reliable and FIFO (the
+//!   acceptance always travels before the list), so there is no periodic re-send, and the
+//!   shuffle messages are unchanged. A received list is capped at `active_max` entries (the
+//!   rest is ignored), drops the receiver itself, and is kept only from a current neighbor;
+//!   it is dropped when that neighbor leaves the active view.
+//! - Use of the 2-hop list: when a neighbor leaves the active view, its list (its other
+//!   neighbors, the natural replacements for the lost link) becomes a bounded set of healing
+//!   candidates (at most `active_max²`, oldest dropped first). Healing asks the passive view
+//!   first; when that gives fewer candidates than free slots (exhausted, or all asked), it
+//!   asks these neighbors of lost neighbors, then the neighbors of current neighbors. An
+//!   isolated node tries them all before re-joining through a contact.
 //! - Failure: the driver reports a dead peer with [`Input::PeerFailed`] (keep-alive or idle
-//!   timeout, failed dial). The node drops it from both views and heals by sending `Neighbor`
-//!   requests to random passive peers until the active view is full again or the passive view
-//!   is exhausted. A node left with no neighbor and no passive peer re-joins through a random
-//!   contact: the anchors it was given and any node it remembers.
+//!   timeout, failed dial). The node drops it from both views (and from the 2-hop lists) and
+//!   heals by sending `Neighbor` requests to random passive peers, then 2-hop candidates, until
+//!   the active view is full again or the candidates are exhausted. A node left with no
+//!   neighbor and no candidate re-joins through a random contact: the anchors it was given and
+//!   any node it remembers.
 //!
 //! Sans-IO contract (in the spirit of quinn-proto): methods are
-//! - getters: [`State::me`], [`State::active`], [`State::passive`], [`State::next_deadline`];
+//! - getters: [`State::me`], [`State::active`], [`State::passive`], [`State::two_hop`],
+//!   [`State::next_deadline`];
 //! - one mutator, [`State::handle`], taking `now` and an [`Input`];
 //! - [`State::poll`], to call until `None` after every `handle`.
 //!
@@ -47,7 +67,9 @@
 //!
 //! Invariants: `me` is in neither view; the views are disjoint; `|active| <= active_max`,
 //! `|passive| <= passive_max`; every peer added to or removed from the active view produces
-//! exactly one `NeighborUp` / `NeighborDown`. All collections are ordered (BTreeSet/BTreeMap/Vec)
+//! exactly one `NeighborUp` / `NeighborDown`; the keys of the 2-hop list are a subset of the
+//! active view and each list holds at most `active_max` peers, none of them `me`; the healing
+//! candidates hold at most `active_max²` peers. All collections are ordered (BTreeSet/BTreeMap/Vec)
 //! so a seeded run is reproducible.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -82,6 +104,9 @@ pub struct Config {
     /// How long to wait for a `NeighborReply` (or a join acceptance) before giving up on that
     /// peer (default 5 s).
     pub neighbor_request_timeout: Duration,
+    /// Debounce of [`Message::Neighbors`]: after the active view changes, the node waits this
+    /// long (collecting further changes) before sending its view to its neighbors (default 2 s).
+    pub neighbors_interval: Duration,
 }
 
 impl Default for Config {
@@ -95,6 +120,7 @@ impl Default for Config {
             shuffle_active: 3,
             shuffle_passive: 4,
             neighbor_request_timeout: Duration::from_secs(5),
+            neighbors_interval: Duration::from_secs(2),
         }
     }
 }
@@ -147,6 +173,9 @@ pub enum Message<PI> {
         /// The sample.
         nodes: Vec<PI>,
     },
+    /// The sender's active view, without the receiver (for the receiver's 2-hop list). Sent to
+    /// every neighbor after the sender's active view changed (debounced).
+    Neighbors(Vec<PI>),
 }
 
 /// Something that happened, fed to [`State::handle`].
@@ -217,6 +246,15 @@ pub struct State<PI, R> {
     stale: BTreeSet<PI>,
     /// When to shuffle next; `None` until the first `handle` call gives us a clock.
     next_shuffle: Option<Instant>,
+    /// Each neighbor's active view (without us), as it last told us: the 2-hop list.
+    two_hop: BTreeMap<PI, Vec<PI>>,
+    /// Neighbors of lost neighbors, oldest first: healing candidates after the passive view.
+    /// Bounded by `active_max²` because it is fed from (hostile) `Neighbors` lists.
+    heal: VecDeque<PI>,
+    /// The active view changed since the last `Neighbors` went out (set by add/remove).
+    view_changed: bool,
+    /// When to send `Neighbors` to every neighbor (armed by a change, see `neighbors_interval`).
+    announce: Option<Instant>,
     outputs: VecDeque<Output<PI>>,
 }
 
@@ -236,6 +274,10 @@ impl<PI: Ord + Copy + Debug, R: Rng> State<PI, R> {
             asked: BTreeSet::new(),
             stale: BTreeSet::new(),
             next_shuffle: None,
+            two_hop: BTreeMap::new(),
+            heal: VecDeque::new(),
+            view_changed: false,
+            announce: None,
             outputs: VecDeque::new(),
         }
     }
@@ -255,11 +297,18 @@ impl<PI: Ord + Copy + Debug, R: Rng> State<PI, R> {
         &self.passive
     }
 
+    /// The 2-hop list: for each current neighbor, its own neighbors (without this node) as it
+    /// last announced them, at most `active_max` each.
+    pub fn two_hop(&self) -> &BTreeMap<PI, Vec<PI>> {
+        &self.two_hop
+    }
+
     /// When to call `handle(now, Input::Timeout)` next (`None` before the first `handle`).
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut deadlines = self.next_shuffle.into_iter().chain(self.pending.values().copied());
         let first = deadlines.next()?;
-        Some(deadlines.fold(first, Instant::min).min(self.joining.map_or(first, |(_, d)| d)))
+        let first = deadlines.fold(first, Instant::min);
+        Some(first.min(self.joining.map_or(first, |(_, d)| d)).min(self.announce.unwrap_or(first)))
     }
 
     /// Feeds one input; drain the consequences with [`State::poll`].
@@ -281,6 +330,13 @@ impl<PI: Ord + Copy + Debug, R: Rng> State<PI, R> {
             Input::Message { from, msg } => self.on_message(now, from, msg),
             Input::PeerFailed(peer) => self.on_peer_failed(now, peer),
             Input::Timeout => self.on_timeout(now),
+        }
+        if std::mem::take(&mut self.view_changed) && self.announce.is_none() {
+            self.announce = Some(now + self.config.neighbors_interval);
+        }
+        if self.announce.is_some_and(|t| t <= now) {
+            self.announce = None;
+            self.announce_neighbors();
         }
     }
 
@@ -323,6 +379,8 @@ impl<PI: Ord + Copy + Debug, R: Rng> State<PI, R> {
             Message::NeighborReply { accepted: false } => {
                 self.asked.remove(&from);
                 self.stale.remove(&from);
+                // Alive, so worth remembering (a no-op for a peer asked from the passive view).
+                self.add_passive(from);
                 // Retrying at once could ping-pong between full peers forever; a refused
                 // node that still has neighbors waits for the next loss. Only an isolated one
                 // asks again (with high priority, which cannot be refused).
@@ -359,6 +417,28 @@ impl<PI: Ord + Copy + Debug, R: Rng> State<PI, R> {
                 nodes.truncate(1 + self.config.shuffle_active + self.config.shuffle_passive);
                 self.merge_passive(nodes);
             }
+            Message::Neighbors(nodes) => {
+                if !self.active.contains(&from) {
+                    return; // sent before it dropped us, or not a neighbor at all
+                }
+                // Hostile input: an honest list has at most active_max - 1 entries.
+                let mut list: Vec<PI> = Vec::with_capacity(self.config.active_max);
+                for node in nodes.into_iter().take(self.config.active_max) {
+                    if node != self.me && node != from && !list.contains(&node) {
+                        list.push(node);
+                    }
+                }
+                self.two_hop.insert(from, list);
+            }
+        }
+    }
+
+    /// Sends every neighbor our active view without itself.
+    fn announce_neighbors(&mut self) {
+        let active: Vec<PI> = self.active.iter().copied().collect();
+        for &to in &active {
+            let list = active.iter().copied().filter(|p| *p != to).collect();
+            self.send(to, Message::Neighbors(list));
         }
     }
 
@@ -408,6 +488,10 @@ impl<PI: Ord + Copy + Debug, R: Rng> State<PI, R> {
 
     fn on_peer_failed(&mut self, now: Instant, peer: PI) {
         self.passive.remove(&peer);
+        self.heal.retain(|p| *p != peer);
+        for list in self.two_hop.values_mut() {
+            list.retain(|p| *p != peer);
+        }
         self.asked.remove(&peer);
         self.stale.remove(&peer);
         let was_pending = self.pending.remove(&peer).is_some();
@@ -431,6 +515,7 @@ impl<PI: Ord + Copy + Debug, R: Rng> State<PI, R> {
             // No answer in time: treat it as gone.
             self.pending.remove(peer);
             self.passive.remove(peer);
+            self.heal.retain(|p| p != peer);
             self.asked.remove(peer);
             self.stale.remove(peer);
         }
@@ -465,8 +550,9 @@ impl<PI: Ord + Copy + Debug, R: Rng> State<PI, R> {
     }
 
     /// Heals after losing a neighbor: asks random passive peers (not `except`) until requests
-    /// cover the free slots; with no neighbor left the requests cannot be refused. An isolated
-    /// node with nothing to ask re-joins through a contact.
+    /// cover the free slots, then 2-hop candidates (neighbors of lost neighbors, then of
+    /// current ones); with no neighbor left the requests cannot be refused. An isolated node
+    /// with nothing to ask re-joins through a contact.
     fn refill(&mut self, now: Instant, except: Option<PI>) {
         let free = self.config.active_max.saturating_sub(self.active.len() + self.pending.len());
         let priority = if self.active.is_empty() { Priority::High } else { Priority::Low };
@@ -476,7 +562,27 @@ impl<PI: Ord + Copy + Debug, R: Rng> State<PI, R> {
             .copied()
             .filter(|p| Some(*p) != except && !self.pending.contains_key(p))
             .collect();
-        let asked: Vec<PI> = candidates.choose_multiple(&mut self.rng, free).copied().collect();
+        let mut asked: Vec<PI> = candidates.choose_multiple(&mut self.rng, free).copied().collect();
+        if asked.len() < free {
+            let usable = |p: &PI| {
+                Some(*p) != except
+                    && *p != self.me
+                    && !self.active.contains(p)
+                    && !self.pending.contains_key(p)
+                    && !self.passive.contains(p)
+            };
+            let lost: Vec<PI> = self.heal.iter().copied().filter(usable).collect();
+            let mut near: Vec<PI> =
+                self.two_hop.values().flatten().copied().filter(usable).collect();
+            near.sort();
+            near.dedup();
+            near.retain(|p| !lost.contains(p));
+            for pool in [lost, near] {
+                let want = free - asked.len();
+                asked.extend(pool.choose_multiple(&mut self.rng, want).copied());
+            }
+            self.heal.retain(|p| !asked.contains(p));
+        }
         for peer in asked {
             self.pending.insert(peer, now + self.config.neighbor_request_timeout);
             self.asked.insert(peer);
@@ -519,15 +625,30 @@ impl<PI: Ord + Copy + Debug, R: Rng> State<PI, R> {
             }
         }
         self.active.insert(peer);
+        self.view_changed = true;
+        self.heal.retain(|p| *p != peer);
         self.failed_contacts.clear();
         self.joining = None;
         self.outputs.push_back(Output::Connect(peer));
         self.outputs.push_back(Output::NeighborUp(peer));
     }
 
+    /// Drops `peer` from the active view; its 2-hop list becomes healing candidates.
     fn remove_active(&mut self, peer: PI) -> bool {
         let removed = self.active.remove(&peer);
         if removed {
+            self.view_changed = true;
+            let cap = self.config.active_max * self.config.active_max;
+            for node in self.two_hop.remove(&peer).unwrap_or_default() {
+                if node != self.me && !self.active.contains(&node) && !self.heal.contains(&node) {
+                    if self.heal.len() >= cap {
+                        self.heal.pop_front();
+                    }
+                    if cap > 0 {
+                        self.heal.push_back(node);
+                    }
+                }
+            }
             self.outputs.push_back(Output::NeighborDown(peer));
         }
         removed
@@ -837,6 +958,158 @@ mod tests {
         // A later acceptance from 70 (a join walk ending there) is taken again.
         a.handle(now, Input::Message { from: 70, msg: reply });
         assert!(a.active().contains(&70));
+    }
+
+    fn high(node: &mut State<u64, ChaCha8Rng>, now: Instant, from: u64) {
+        let msg = Message::Neighbor { priority: Priority::High };
+        node.handle(now, Input::Message { from, msg });
+    }
+
+    fn neighbors(node: &mut State<u64, ChaCha8Rng>, now: Instant, from: u64, list: Vec<u64>) {
+        node.handle(now, Input::Message { from, msg: Message::Neighbors(list) });
+    }
+
+    fn sent(out: &[Output<u64>]) -> Vec<(u64, Message<u64>)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send { to, msg } => Some((*to, msg.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn two_hop_list_is_kept_capped_and_announced_once_per_interval() {
+        let now = Instant::now();
+        let mut a = node(0);
+        high(&mut a, now, 1);
+        high(&mut a, now, 2);
+        drain(&mut a);
+        // Hostile list: longer than active_max (5), with us, the sender and a duplicate in
+        // it. Only the first 5 entries count; we and the sender are left out.
+        neighbors(&mut a, now, 1, vec![0, 5, 1, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(a.two_hop(), &BTreeMap::from([(1, vec![5, 6])]));
+        // A newer list replaces the old one.
+        neighbors(&mut a, now, 1, vec![7]);
+        neighbors(&mut a, now, 2, vec![8, 9]);
+        assert_eq!(a.two_hop(), &BTreeMap::from([(1, vec![7]), (2, vec![8, 9])]));
+        // A list from a non-neighbor is ignored.
+        neighbors(&mut a, now, 3, vec![4]);
+        assert_eq!(a.two_hop().len(), 2);
+        assert_eq!(drain(&mut a), vec![]);
+
+        // Both additions went out together, one interval after the first.
+        let due = now + config().neighbors_interval;
+        assert_eq!(a.next_deadline(), Some(due));
+        a.handle(due, Input::Timeout);
+        assert_eq!(
+            drain(&mut a),
+            vec![
+                Output::Send { to: 1, msg: Message::Neighbors(vec![2]) },
+                Output::Send { to: 2, msg: Message::Neighbors(vec![1]) },
+            ]
+        );
+        // Nothing changed since: no further announcement.
+        assert!(a.next_deadline().is_some_and(|d| d > due));
+        a.handle(due + config().neighbors_interval, Input::Timeout);
+        assert!(sent(&drain(&mut a)).iter().all(|(_, m)| !matches!(m, Message::Neighbors(_))));
+    }
+
+    #[test]
+    fn two_hop_list_is_dropped_when_the_neighbor_leaves() {
+        let now = Instant::now();
+        let mut a = node(0);
+        for peer in 1..=3 {
+            high(&mut a, now, peer);
+        }
+        neighbors(&mut a, now, 1, vec![10, 11]);
+        neighbors(&mut a, now, 2, vec![11, 12]);
+        neighbors(&mut a, now, 3, vec![13]);
+        a.handle(now, Input::PeerFailed(1));
+        assert_eq!(a.two_hop(), &BTreeMap::from([(2, vec![11, 12]), (3, vec![13])]));
+        a.handle(now, Input::Message { from: 2, msg: Message::Disconnect });
+        assert_eq!(a.two_hop(), &BTreeMap::from([(3, vec![13])]));
+        // A dead node leaves every list it is in.
+        a.handle(now, Input::PeerFailed(13));
+        assert_eq!(a.two_hop(), &BTreeMap::from([(3, vec![])]));
+        assert!(a.two_hop().keys().all(|p| a.active().contains(p)));
+    }
+
+    #[test]
+    fn isolated_node_heals_through_two_hop_before_rejoining() {
+        let now = Instant::now();
+        let mut a = node(0);
+        high(&mut a, now, 1);
+        // The contact is remembered; with a neighbor there is no join yet.
+        a.handle(now, Input::Join { anchors: vec![99] });
+        neighbors(&mut a, now, 1, vec![20, 21, 22]);
+        drain(&mut a);
+        assert!(a.passive().is_empty());
+
+        // The only neighbor dies and the passive view is empty: ask its neighbors, which
+        // cannot refuse an isolated node; no join yet.
+        a.handle(now, Input::PeerFailed(1));
+        let mut asked = sent(&drain(&mut a));
+        asked.sort_by_key(|(to, _)| *to);
+        let high_ask = Message::Neighbor { priority: Priority::High };
+        assert_eq!(
+            asked,
+            vec![(20, high_ask.clone()), (21, high_ask.clone()), (22, high_ask.clone())]
+        );
+        // All three are dead too: now the node re-joins through its contact.
+        for peer in [20, 21] {
+            a.handle(now, Input::PeerFailed(peer));
+            assert_eq!(sent(&drain(&mut a)), vec![]);
+        }
+        a.handle(now, Input::PeerFailed(22));
+        assert_eq!(sent(&drain(&mut a)), vec![(99, Message::Join)]);
+    }
+
+    #[test]
+    fn passive_view_is_asked_before_two_hop() {
+        let now = Instant::now();
+        let cfg = Config { active_max: 2, ..config() };
+        let mut a = State::new(0, cfg, ChaCha8Rng::seed_from_u64(0));
+        high(&mut a, now, 1);
+        high(&mut a, now, 2);
+        a.handle(now, Input::Message { from: 2, msg: Message::ShuffleReply { nodes: vec![30] } });
+        neighbors(&mut a, now, 1, vec![20, 21]);
+        drain(&mut a);
+        // One slot free, one passive peer: it is asked, not the lost neighbor's neighbors.
+        a.handle(now, Input::PeerFailed(1));
+        assert_eq!(sent(&drain(&mut a)), vec![(30, Message::Neighbor { priority: Priority::Low })]);
+        // It refuses; then the last neighbor dies. Two slots are free: the passive peer
+        // fills one, a neighbor of the lost neighbor 1 the other (with high priority).
+        let refuse = Message::NeighborReply { accepted: false };
+        a.handle(now, Input::Message { from: 30, msg: refuse });
+        assert_eq!(sent(&drain(&mut a)), vec![]);
+        a.handle(now, Input::PeerFailed(2));
+        let asked = sent(&drain(&mut a));
+        let high_ask = Message::Neighbor { priority: Priority::High };
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        assert_eq!(asked[0], (30, high_ask.clone()));
+        assert!([20, 21].contains(&asked[1].0) && asked[1].1 == high_ask, "{asked:?}");
+    }
+
+    #[test]
+    fn two_hop_lists_match_the_neighbors_views() {
+        let mut net = fifty(13);
+        net.run_for(Duration::from_secs(5));
+        for id in net.live() {
+            let n = &net.nodes[&id];
+            assert_eq!(
+                n.two_hop().keys().collect::<Vec<_>>(),
+                n.active().iter().collect::<Vec<_>>()
+            );
+            for (peer, list) in n.two_hop() {
+                let mut want: Vec<u64> =
+                    net.nodes[peer].active().iter().copied().filter(|p| *p != id).collect();
+                let mut got = list.clone();
+                want.sort();
+                got.sort();
+                assert_eq!(got, want, "node {id}'s list of {peer}");
+            }
+        }
     }
 
     #[test]
