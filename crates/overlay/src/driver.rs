@@ -14,6 +14,9 @@
 //!   at most [`MAX_PEERS`] peers are connected at once (further inbound connections are refused).
 //! - A connection's loss is `PeerFailed` only if the peer is an active neighbor and it was the
 //!   peer's last connection (simultaneous dials create two; either may close).
+//! - A broadcast payload is checked by the service's validator (for chat: the author's
+//!   signature) before the node core sees it, so a forged or altered message is dropped at the
+//!   first honest node instead of being relayed.
 //! - Each connection may deliver at most [`FRAMES_PER_SEC`] frames a second on average (burst
 //!   [`FRAME_BURST`]); beyond that frames are dropped and logged, so a peer flooding joins or
 //!   messages costs us little. Frames that do not decode close the connection.
@@ -30,7 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::identity::NodeId;
 use crate::proto::node::{self, Input, Node, Output, TopicId, Wire};
-use crate::proto::plumtree::{MessageId, Round};
+use crate::proto::plumtree::{self, MessageId, Round};
 use crate::transport::{Conn, ConnHandle, Endpoint, FrameReceiver, FrameSender};
 use crate::wire;
 
@@ -61,6 +64,9 @@ pub const IDLE_CLOSE: Duration = Duration::from_secs(15);
 pub const FRAMES_PER_SEC: f64 = 500.0;
 /// Burst of frames accepted from one connection.
 pub const FRAME_BURST: f64 = 2000.0;
+
+/// Checks a broadcast payload of a topic before it is delivered and relayed.
+pub type Validator = Box<dyn Fn(&TopicId, &[u8]) -> bool + Send + Sync>;
 
 /// What the driver reports to its service.
 #[derive(Debug)]
@@ -126,6 +132,7 @@ pub struct Driver {
     next_conn_id: u64,
     next_housekeeping: Instant,
     last_neighbor: Instant,
+    validator: Option<Validator>,
 }
 
 impl Driver {
@@ -154,6 +161,7 @@ impl Driver {
             next_conn_id: 0,
             next_housekeeping: now,
             last_neighbor: now,
+            validator: None,
         };
         driver.spawn_accept();
         driver.resolve_anchors();
@@ -161,6 +169,11 @@ impl Driver {
         let known: Vec<Peer> = known.into_iter().filter(|p| p.id != me.id).collect();
         driver.input(Input::Join { anchors: known });
         driver
+    }
+
+    /// Sets the check every broadcast payload from a peer must pass to be delivered or relayed.
+    pub fn set_validator(&mut self, validator: Validator) {
+        self.validator = Some(validator);
     }
 
     /// This node as others see it.
@@ -386,7 +399,19 @@ impl Driver {
                 }
                 Err(e) => tracing::info!("anchor {addr} unreachable: {e}"),
             },
-            NetEvent::Frame { peer, msg } => self.input(Input::Message { from: peer, msg }),
+            NetEvent::Frame { peer, msg } => {
+                if let (
+                    Some(valid),
+                    Wire::Gossip { topic, msg: plumtree::Message::Gossip { payload, .. } },
+                ) = (&self.validator, &msg)
+                {
+                    if !valid(topic, payload) {
+                        tracing::warn!("dropped an invalid broadcast from {peer:?}");
+                        return;
+                    }
+                }
+                self.input(Input::Message { from: peer, msg });
+            }
             NetEvent::Closed { peer, conn_id } => {
                 let Some(entry) = self.peers.get_mut(&peer) else { return };
                 entry.links.retain(|l| l.conn_id != conn_id);

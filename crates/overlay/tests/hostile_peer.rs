@@ -102,6 +102,37 @@ async fn next_gossip_payload(conn: &mut Conn) -> Vec<u8> {
     .expect("gossip reaches the attacker")
 }
 
+/// Dials `anchor` as a node with key `seed`, joins, and waits until it is taken as a neighbor.
+async fn join_as(seed: u8, anchor: SocketAddr) -> (Identity, Endpoint, Conn) {
+    let id = Identity::from_seed([seed; 32]);
+    let ep = Endpoint::bind(&id, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let mut conn = ep.connect(anchor, None).await.expect("dial anchor");
+    conn.send(&frame(&Wire::Membership(hyparview::Message::Join))).await.expect("join");
+    timeout(WAIT, async {
+        loop {
+            let f = conn.recv().await.expect("connection alive").expect("not closed");
+            let accepted = Wire::Membership(hyparview::Message::NeighborReply { accepted: true });
+            if wire::decode::<Wire<Peer>>(&f).ok() == Some(accepted) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the anchor takes the node as a neighbor");
+    (id, ep, conn)
+}
+
+/// Whether a frame carries (or announces) the broadcast `id`.
+fn mentions(f: &[u8], id: &MessageId) -> bool {
+    match wire::decode::<Wire<Peer>>(f) {
+        Ok(Wire::Gossip { msg: plumtree::Message::Gossip { id: got, .. }, .. }) => got == *id,
+        Ok(Wire::Gossip { msg: plumtree::Message::IHave(entries), .. }) => {
+            entries.iter().any(|(got, _)| got == id)
+        }
+        _ => false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_peer_cannot_forge_replay_or_flood() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -114,8 +145,8 @@ async fn hostile_peer_cannot_forge_replay_or_flood() {
         .expect("send");
     expect_message(&mut anchor, "hello").await;
 
-    let eve = Identity::from_seed([7; 32]);
-    let ep = Endpoint::bind(&eve, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let ep = Endpoint::bind(&Identity::from_seed([6; 32]), "127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
 
     // 1. An unknown protocol version: the anchor closes the connection.
     let mut conn = ep.connect(anchor.addr, None).await.expect("dial anchor");
@@ -133,20 +164,11 @@ async fn hostile_peer_cannot_forge_replay_or_flood() {
     .await;
     assert!(closed.is_ok(), "a frame of unknown version must close the connection");
 
-    // 2. Join properly, then forge a message in bob's name.
-    let mut conn = ep.connect(anchor.addr, None).await.expect("dial anchor again");
-    conn.send(&frame(&Wire::Membership(hyparview::Message::Join))).await.expect("join");
-    timeout(WAIT, async {
-        loop {
-            let f = conn.recv().await.expect("connection alive").expect("not closed");
-            let accepted = Wire::Membership(hyparview::Message::NeighborReply { accepted: true });
-            if wire::decode::<Wire<Peer>>(&f).ok() == Some(accepted) {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the anchor takes eve as a neighbor");
+    // 2. Join properly (eve, and a second node of hers that watches what the anchor relays),
+    //    then forge a message in bob's name.
+    drop(ep);
+    let (eve, _ep, mut conn) = join_as(7, anchor.addr).await;
+    let (_watcher, _wep, mut watch) = join_as(8, anchor.addr).await;
     let bob_id = {
         // Learn bob's id from his next message, which the anchor now pushes to eve too.
         bob.cmd
@@ -176,9 +198,35 @@ async fn hostile_peer_cannot_forge_replay_or_flood() {
     );
     let forged_frame = Wire::Gossip {
         topic: envelope::room_topic("general"),
-        msg: plumtree::Message::Gossip { id: forged.id, payload: forged.raw, round: 0 },
+        msg: plumtree::Message::Gossip { id: forged.id, payload: forged.raw.clone(), round: 0 },
     };
     conn.send(&frame(&forged_frame)).await.expect("forge");
+    // The anchor checks signatures before relaying: the watcher sees bob's next message but
+    // never the forgery (neither pushed nor announced).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    bob.cmd
+        .send(Command::Say { room: "general".into(), text: "after".into() })
+        .await
+        .expect("send");
+    let mut watched = Vec::new();
+    timeout(WAIT, async {
+        loop {
+            let f = watch.recv().await.expect("watcher alive").expect("not closed");
+            let is_after = matches!(
+                wire::decode::<Wire<Peer>>(&f),
+                Ok(Wire::Gossip { msg: plumtree::Message::Gossip { ref payload, .. }, .. })
+                    if envelope::open(envelope::room_topic("general"), payload)
+                        .is_ok_and(|v| matches!(v.content, Content::Room { ref text, .. } if text == "after"))
+            );
+            watched.push(f);
+            if is_after {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("bob's message reaches the watcher");
+    assert!(!watched.iter().any(|f| mentions(f, &forged.id)), "the anchor relayed a forgery");
 
     // 4. A flood: 20,000 IHAVE frames as fast as QUIC takes them.
     let flood = frame(&Wire::Gossip {

@@ -6,8 +6,9 @@
 //!
 //! - Sending: the message is signed, committed to SQLite, then broadcast; only then is it
 //!   reported as [`ChatEvent::Sent`].
-//! - Receiving: every delivered envelope is verified ([`envelope::open`]); forged, altered or
-//!   malformed ones are dropped and logged. New ones are committed, then shown; duplicates
+//! - Receiving: every envelope is verified ([`envelope::open`]) before the node relays it (the
+//!   driver's validator) and again when it is delivered; forged, altered or malformed ones are
+//!   dropped and logged, and go no further than the first honest node. New ones are committed, then shown; duplicates
 //!   (already in the store) are not shown again.
 //! - Catch-up (anti-entropy): when a neighbor comes up, the node sends it a [`Sync::Request`]
 //!   per topic it follows, listing the ids it has; the neighbor answers with what is missing,
@@ -245,7 +246,9 @@ pub async fn run(
         .map_err(|e| ChatError::Config(format!("cannot read the bound UDP address: {e}")))?;
     let advertise = config.advertise.unwrap_or(bound);
     let known: Vec<Peer> = store.peers()?.into_iter().map(|(id, addr)| Peer { id, addr }).collect();
-    let driver = Driver::start(endpoint, advertise, config.node, config.anchors, known);
+    let mut driver = Driver::start(endpoint, advertise, config.node, config.anchors, known);
+    // Forged, altered or malformed envelopes are dropped before they are relayed.
+    driver.set_validator(Box::new(|topic, raw| envelope::open(*topic, raw).is_ok()));
     let mut svc = Service {
         identity,
         nick: config.nick,
