@@ -154,6 +154,8 @@ pub async fn run(n: usize) -> Result<()> {
         node.cmd = None;
     }
     let stay = n - leaving;
+    // Give the others a moment to notice (their connections close) before talking again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (mut sent, mut want) = (BTreeMap::new(), BTreeMap::new());
     for (i, node) in nodes.iter().enumerate().take(stay) {
         let text = format!("n{i} after {leaving} left");
@@ -166,7 +168,7 @@ pub async fn run(n: usize) -> Result<()> {
     }
     let got = collect(&mut all_rx, &want, Duration::from_secs(30)).await;
     println!(
-        "chat: {leaving} nodes left; the other {stay}: {}/{} deliveries ({})",
+        "chat: {leaving} nodes left; 1 s later the other {stay} talk: {}/{} deliveries ({})",
         got.len(),
         want.len(),
         latency_line(&sent, &got)

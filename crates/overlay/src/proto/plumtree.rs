@@ -63,11 +63,12 @@ impl Debug for MessageId {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Wait after the first IHAVE of an unknown id before sending the first GRAFT (default
-    /// 500 ms). Shorter values graft while the message is still on its way down the tree, which
-    /// adds eager links that later duplicates prune again: in the simulator (1,000 nodes,
-    /// 20–80 ms links) 80 ms gave RMR 0.71–0.74, 250 ms 0.05–0.19 and 500 ms 0.00, with a lower
-    /// last delivery hop too; the price is slower repair while failures are not yet detected
-    /// (see docs/overlay-sim.md).
+    /// 250 ms). Shorter values graft while the message is still on its way down the tree, which
+    /// adds eager links that later duplicates prune again; longer ones leave a message whose
+    /// tree path broke waiting that long. In the simulator (1,000 nodes, 20–80 ms links) 80 ms
+    /// gave RMR 0.71–0.74, 250 ms 0.05–0.19 and 500 ms 0.00; on loopback, concurrent broadcasts
+    /// can prune the tree apart and the next messages then wait for this timeout (measured: 500
+    /// ms made them 0.55 s late). See docs/overlay-sim.md.
     pub graft_timeout_1: Duration,
     /// Wait between further GRAFTs for the same id (to the next announcer).
     pub graft_timeout_2: Duration,
@@ -86,7 +87,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            graft_timeout_1: Duration::from_millis(500),
+            graft_timeout_1: Duration::from_millis(250),
             graft_timeout_2: Duration::from_millis(40),
             ihave_interval: Duration::from_millis(50),
             message_cache_retention: Duration::from_secs(30),
@@ -425,8 +426,19 @@ impl<PI: Ord + Copy + Debug> State<PI> {
     }
 
     fn neighbor_down(&mut self, peer: PI) {
-        self.eager.remove(&peer);
+        let was_eager = self.eager.remove(&peer);
         self.lazy.remove(&peer);
+        if was_eager {
+            // A tree link is gone, and we cannot tell for which senders it carried messages to
+            // us: ask every lazy neighbor to push to us again (GRAFT without id). The next
+            // message arrives over several links and the duplicates prune them back to a tree,
+            // instead of every message waiting `graft_timeout_1` for its own GRAFT until then.
+            let lazy: Vec<PI> = self.lazy.iter().copied().collect();
+            for p in lazy {
+                self.add_eager(p);
+                self.send(p, Message::Graft { id: None, round: 0 });
+            }
+        }
         self.lazy_queue.remove(&peer);
         if self.lazy_queue.is_empty() {
             self.flush_at = None;
@@ -471,6 +483,33 @@ mod tests {
 
     fn gossip(from: u32, id: MessageId, round: Round) -> Input<u32> {
         Input::Message { from, msg: Message::Gossip { id, payload: b"hi".to_vec(), round } }
+    }
+
+    #[test]
+    fn losing_an_eager_link_grafts_every_lazy_neighbor() {
+        let mut st = State::new(Config::default());
+        let now = Instant::now();
+        for p in [1u64, 2, 3] {
+            st.handle(now, Input::NeighborUp(p)).expect("neighbor up");
+        }
+        st.handle(now, Input::Message { from: 2, msg: Message::Prune }).expect("peer input");
+        st.handle(now, Input::Message { from: 3, msg: Message::Prune }).expect("peer input");
+        assert_eq!(st.eager(), &BTreeSet::from([1]));
+        st.handle(now, Input::NeighborDown(1)).expect("neighbor down");
+        let out: Vec<Output<u64>> = std::iter::from_fn(|| st.poll()).collect();
+        let graft = Message::Graft { id: None, round: 0 };
+        assert_eq!(
+            out,
+            vec![
+                Output::Send { to: 2, msg: graft.clone() },
+                Output::Send { to: 3, msg: graft },
+            ]
+        );
+        assert_eq!(st.eager(), &BTreeSet::from([2, 3]));
+        // Losing a lazy link changes nothing.
+        st.handle(now, Input::Message { from: 3, msg: Message::Prune }).expect("peer input");
+        st.handle(now, Input::NeighborDown(3)).expect("neighbor down");
+        assert_eq!(st.poll(), None);
     }
 
     #[test]
@@ -800,12 +839,12 @@ mod tests {
             .unwrap();
         let (a, b) = edge;
         net.edges.remove(&edge);
+        let grafts = net.grafts;
         net.input(a, Input::NeighborDown(b));
         net.input(b, Input::NeighborDown(a));
-        let grafts = net.grafts;
         net.broadcast(a, mid(50));
         assert!(net.everyone_has_exactly_once(mid(50)));
-        assert!(net.grafts > grafts, "the cut-off side must graft");
+        assert!(net.grafts > grafts, "the cut-off sides must graft");
         assert!(!net.nodes[a as usize].eager().contains(&b));
     }
 
