@@ -786,12 +786,11 @@ fn read_template(
 }
 
 /// Segment count of a template in a period of `period` length, refusing more than
-/// [`MAX_SEGMENTS`].
+/// [`MAX_SEGMENTS`]. Nothing is allocated per segment.
 fn segment_count(t: &SegmentTemplate, period: Option<Duration>) -> Result<u64, MpdError> {
     let too_many = MpdError::TooMany { what: "segments", limit: MAX_SEGMENTS };
     if !t.timeline.is_empty() {
-        // Reuse the timeline walk; it stops at the cap before allocating past it.
-        return segment_times(t, period).map(|v| v.len() as u64);
+        return Ok(timeline_runs(t, period)?.iter().map(|run| run.2).sum());
     }
     let Some(seg) = t.duration else {
         return Err(MpdError::MissingAttribute {
@@ -803,8 +802,8 @@ fn segment_count(t: &SegmentTemplate, period: Option<Duration>) -> Result<u64, M
         element: "MPD",
         attribute: "mediaPresentationDuration",
     })?;
-    // ceil(period × timescale / (seg × 1e9)), exactly.
-    let units = period.as_nanos() * u128::from(t.timescale);
+    // ceil(period × timescale / (seg × 1e9)), exactly; a product past u128 is far over the cap.
+    let units = period.as_nanos().checked_mul(u128::from(t.timescale)).ok_or(too_many.clone())?;
     let per = u128::from(seg) * 1_000_000_000;
     let count = units.div_ceil(per);
     if count > u128::from(MAX_SEGMENTS) {
@@ -813,40 +812,25 @@ fn segment_count(t: &SegmentTemplate, period: Option<Duration>) -> Result<u64, M
     Ok(count as u64)
 }
 
-/// (time, duration) of each segment in timescale units.
-fn segment_times(
+/// A timeline as runs of equal segments: (first start time, duration, count), each checked
+/// against the cap and against time overflow; the runs' counts add up to at most
+/// [`MAX_SEGMENTS`].
+fn timeline_runs(
     t: &SegmentTemplate,
     period: Option<Duration>,
-) -> Result<Vec<(u64, u64)>, MpdError> {
+) -> Result<Vec<(u64, u64, u64)>, MpdError> {
     let too_many = || MpdError::TooMany { what: "segments", limit: MAX_SEGMENTS };
     let overflow = || invalid("SegmentTimeline", "t", "(times overflow)");
-    if t.timeline.is_empty() {
-        let count = segment_count(t, period)?;
-        let Some(seg) = t.duration else {
-            return Err(MpdError::MissingAttribute {
-                element: "SegmentTemplate",
-                attribute: "duration",
-            });
-        };
-        let mut out = Vec::with_capacity(count as usize);
-        for k in 0..count {
-            let time = k
-                .checked_mul(seg)
-                .and_then(|x| x.checked_add(t.presentation_time_offset))
-                .ok_or_else(overflow)?;
-            out.push((time, seg));
-        }
-        return Ok(out);
-    }
     // End of the period in timescale units, for `r = -1`.
     let period_end = period.map(|p| {
-        let units = p.as_nanos() * u128::from(t.timescale) / 1_000_000_000;
+        let units = p.as_nanos().saturating_mul(u128::from(t.timescale)) / 1_000_000_000;
         u64::try_from(units).unwrap_or(u64::MAX).saturating_add(t.presentation_time_offset)
     });
-    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut runs = Vec::with_capacity(t.timeline.len());
+    let mut count = 0u64;
     let mut next = t.presentation_time_offset;
     for (i, s) in t.timeline.iter().enumerate() {
-        let mut time = s.t.unwrap_or(next);
+        let time = s.t.unwrap_or(next);
         let repeats: u64 = if s.r >= 0 {
             s.r as u64
         } else {
@@ -861,14 +845,43 @@ fn segment_times(
             end.saturating_sub(time).div_ceil(s.d).saturating_sub(1)
         };
         let total = repeats.checked_add(1).ok_or_else(too_many)?;
-        if (out.len() as u64).saturating_add(total) > MAX_SEGMENTS {
+        count = count.saturating_add(total);
+        if count > MAX_SEGMENTS {
             return Err(too_many());
         }
-        for _ in 0..total {
-            out.push((time, s.d));
-            time = time.checked_add(s.d).ok_or_else(overflow)?;
+        next = s.d.checked_mul(total).and_then(|d| d.checked_add(time)).ok_or_else(overflow)?;
+        runs.push((time, s.d, total));
+    }
+    Ok(runs)
+}
+
+/// (time, duration) of each segment in timescale units.
+fn segment_times(
+    t: &SegmentTemplate,
+    period: Option<Duration>,
+) -> Result<Vec<(u64, u64)>, MpdError> {
+    let overflow = || invalid("SegmentTemplate", "duration", "(times overflow)");
+    let count = segment_count(t, period)?;
+    let mut out = Vec::with_capacity(count as usize);
+    if t.timeline.is_empty() {
+        let Some(seg) = t.duration else {
+            return Err(MpdError::MissingAttribute {
+                element: "SegmentTemplate",
+                attribute: "duration",
+            });
+        };
+        for k in 0..count {
+            let time = k
+                .checked_mul(seg)
+                .and_then(|x| x.checked_add(t.presentation_time_offset))
+                .ok_or_else(overflow)?;
+            out.push((time, seg));
         }
-        next = time;
+        return Ok(out);
+    }
+    for (start, d, total) in timeline_runs(t, period)? {
+        // `timeline_runs` checked that start + d × total does not overflow.
+        out.extend((0..total).map(|k| (start + k * d, d)));
     }
     Ok(out)
 }
@@ -1175,6 +1188,19 @@ mod tests {
         assert_eq!(
             Mpd::parse(&rep(ok, huge)),
             Err(MpdError::TooMany { what: "segments", limit: MAX_SEGMENTS })
+        );
+        // Period × timescale past u128: over the cap, not an arithmetic overflow.
+        let long = r#"<MPD mediaPresentationDuration="PT18446744073709551615S"><Period><AdaptationSet>
+            <Representation id="a" bandwidth="1"><SegmentTemplate timescale="18446744073709551615"
+            duration="1" media="x"/></Representation></AdaptationSet></Period></MPD>"#;
+        assert_eq!(
+            Mpd::parse(long),
+            Err(MpdError::TooMany { what: "segments", limit: MAX_SEGMENTS })
+        );
+        let wrap = r#"<SegmentTemplate media="x"><SegmentTimeline><S t="18446744073709551610" d="4" r="5"/></SegmentTimeline></SegmentTemplate>"#;
+        assert_eq!(
+            Mpd::parse(&rep(ok, wrap)),
+            Err(invalid("SegmentTimeline", "t", "(times overflow)"))
         );
         assert!(matches!(
             Mpd::parse(&rep(ok, r#"<SegmentTemplate duration="1" media="$Nope$"/>"#)),

@@ -113,3 +113,28 @@ async fn package_serve_probe_and_decode_every_representation() {
     assert!(probe.contains("codec_name=aac"), "{probe}");
     assert_eq!(decodes, ["0:v:0", "0:v:1", "0:a:0"]);
 }
+
+#[test]
+fn a_corrupt_input_fails_with_the_tail_of_ffmpegs_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("broken.mp4");
+    std::fs::write(&input, b"this is not a video file at all").unwrap();
+    let opts = PackageOptions::new(
+        Source::File(input),
+        dir.path().join("out"),
+        package::parse_ladder("180p:200k").unwrap(),
+    );
+    match package::package(&opts) {
+        Err(package::PackageError::ToolMissing(tool)) => {
+            panic!(
+                "{tool} is missing: install the Debian package `ffmpeg` (scripts/install-deps.sh)"
+            )
+        }
+        Err(e @ package::PackageError::Ffmpeg { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("broken.mp4"), "{text}");
+            assert!(text.contains("Invalid data found when processing input"), "{text}");
+        }
+        other => panic!("expected an ffmpeg failure, got {other:?}"),
+    }
+}
