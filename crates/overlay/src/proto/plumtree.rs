@@ -500,7 +500,10 @@ mod tests {
         let graft = Message::Graft { id: None, round: 0 };
         assert_eq!(
             out,
-            vec![Output::Send { to: 2, msg: graft.clone() }, Output::Send { to: 3, msg: graft },]
+            vec![
+                Output::Send { to: 2, msg: graft.clone() },
+                Output::Send { to: 3, msg: graft },
+            ]
         );
         assert_eq!(st.eager(), &BTreeSet::from([2, 3]));
         // Losing a lazy link changes nothing.
