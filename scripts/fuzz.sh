@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes every parser of outside bytes in crates `torrent` and `overlay` with cargo-fuzz
+# Fuzzes every parser of outside bytes in crates `torrent`, `overlay` and `stream` with cargo-fuzz
 # (libFuzzer + ASan).
 #
 # Usage:
@@ -9,7 +9,7 @@
 #   scripts/fuzz.sh --list             # the target names
 #
 # Targets (fuzz/fuzz_targets/): metainfo, magnet, wire, ext, tracker_http, tracker_udp,
-# announce_query, overlay_wire; each file's header says what it feeds and which properties it asserts.
+# announce_query, overlay_wire, mpd; each file's header says what it feeds and which properties it asserts.
 #
 # Installs cargo-fuzz if it is missing. Our toolchain is stable, so cargo fuzz's nightly flags
 # (-Zsanitizer=address, ...) are allowed with RUSTC_BOOTSTRAP=1. SANITIZER=none turns ASan off
@@ -23,7 +23,7 @@
 # Logs: fuzz/target/logs/<target>.log. corpus, artifacts and target are git-ignored.
 set -euo pipefail
 
-ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query overlay_wire)
+ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query overlay_wire mpd)
 
 if [[ "${1:-}" == "--list" ]]; then
     printf '%s\n' "${ALL_TARGETS[@]}"
@@ -159,6 +159,10 @@ write_seeds() {
     local pct; pct="$(printf '%%%02X' {1..20})"
     printf '%s' "info_hash=${pct}&peer_id=-SC0100-abcdefghijkl&port=6881&uploaded=0&downloaded=0&left=1048576&event=started&compact=1&numwant=50" >"$c/announce_query/seed-started"
     printf '%s' "info_hash=AAAAAAAAAAAAAAAAAAAA&peer_id=%2DSC0100%2Dabcdefghijkl&port=51413&left=0&no_peer_id=1&num_want=-1&event=&ip=1.2.3.4" >"$c/announce_query/seed-seeder"
+
+    # mpd: the manifest ffmpeg wrote for the end-to-end test, and a SegmentTimeline one
+    cp "$ROOT/crates/stream/tests/data/ffmpeg-2rung.mpd" "$c/mpd/seed-ffmpeg"
+    printf '%s' '<MPD type="static" mediaPresentationDuration="PT20S"><BaseURL>http://e/m/</BaseURL><Period><AdaptationSet mimeType="video/mp4"><SegmentTemplate timescale="1000" media="$RepresentationID$/t-$Time$.m4s" initialization="$RepresentationID$/i.mp4"><SegmentTimeline><S t="0" d="4000" r="2"/><S d="2000"/><S d="3000" r="-1"/></SegmentTimeline></SegmentTemplate><Representation id="v" bandwidth="500000" width="640" height="360"><BaseURL>v/</BaseURL></Representation></AdaptationSet></Period></MPD>' >"$c/mpd/seed-timeline"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,463 @@
+//! The origin server: static files of one content directory over HTTP/1.1 (hyper 1).
+//!
+//! - `GET` and `HEAD`; `OPTIONS` answers CORS preflights; any other method gets 405.
+//! - One byte range per request (`Range: bytes=a-b`, `a-`, `-n`): 206 with `Content-Range`;
+//!   a range that starts at or past the end gets 416 with `Content-Range: bytes */LEN`. A
+//!   malformed or multi-range header is ignored (the whole file, 200), as RFC 9110 allows.
+//! - MIME types by extension ([`mime_type`]); every response carries
+//!   `Access-Control-Allow-Origin: *` and exposes `Content-Length`/`Content-Range`.
+//! - Path safety ([`resolve_path`]): the percent-decoded path must be made of plain segments
+//!   (no `..`, `.`, backslash, NUL or drive colon), and the file's canonical path (symlinks
+//!   resolved) must lie under the canonical content directory; anything else is 404, decided
+//!   before a byte of the file is read.
+//!
+//! Layout: [`OriginServer`] accepts connections (each runs in a `JoinSet` owned by
+//! [`OriginServer::run`], so dropping `run` stops them all); [`respond`] turns one request
+//! into a response and is what the tests and other servers (edge, router) can reuse.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use percent_encoding::percent_decode_str;
+use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// Most connections served at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 1024;
+/// Time a client gets to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read from a file per body frame.
+const CHUNK: usize = 64 * 1024;
+/// Longest request path accepted (longer: 404).
+const MAX_PATH_BYTES: usize = 4096;
+
+/// A static-file HTTP server over one content directory.
+pub struct OriginServer {
+    listener: TcpListener,
+    root: Arc<PathBuf>,
+}
+
+impl OriginServer {
+    /// Binds `addr` (port 0: any free port) to serve the files under `dir`.
+    pub async fn bind(addr: SocketAddr, dir: &Path) -> io::Result<OriginServer> {
+        let root = tokio::fs::canonicalize(dir).await.map_err(|e| {
+            io::Error::new(e.kind(), format!("content directory {}: {e}", dir.display()))
+        })?;
+        if !tokio::fs::metadata(&root).await?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+        let listener = TcpListener::bind(addr).await?;
+        Ok(OriginServer { listener, root: Arc::new(root) })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has a local address unless the socket is broken.
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The canonical content directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Serves until dropped (or an unrecoverable accept error, which it only logs).
+    pub async fn run(self) -> io::Result<()> {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        if connections.len() >= MAX_CONNECTIONS {
+                            tracing::warn!(%peer, "too many connections, closing new one");
+                            continue;
+                        }
+                        connections.spawn(serve_connection(stream, peer, self.root.clone()));
+                    }
+                    Err(e) => {
+                        // Typically out of file descriptors: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, root: Arc<PathBuf>) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let root = root.clone();
+        async move {
+            let response = respond(&root, req.method(), req.uri().path(), req.headers()).await;
+            tracing::debug!(%peer, method = %req.method(), path = req.uri().path(),
+                status = response.status().as_u16(), "request");
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+        tracing::debug!(%peer, error = %e, "HTTP connection error");
+    }
+}
+
+/// A response body: a fixed buffer or a byte window of an open file, read in chunks.
+pub enum OriginBody {
+    /// Small in-memory bodies (errors, empty HEAD answers).
+    Bytes(Option<Bytes>),
+    /// `remaining` bytes of `file` from its current position.
+    File { file: tokio::fs::File, remaining: u64, buf: Vec<u8> },
+}
+
+impl OriginBody {
+    fn empty() -> OriginBody {
+        OriginBody::Bytes(None)
+    }
+    fn text(s: &'static str) -> OriginBody {
+        OriginBody::Bytes(Some(Bytes::from_static(s.as_bytes())))
+    }
+}
+
+impl Body for OriginBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.get_mut() {
+            OriginBody::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            OriginBody::File { file, remaining, buf } => {
+                if *remaining == 0 {
+                    return Poll::Ready(None);
+                }
+                let want = (*remaining).min(CHUNK as u64) as usize;
+                buf.resize(want, 0);
+                let mut read_buf = ReadBuf::new(&mut buf[..want]);
+                match Pin::new(file).poll_read(cx, &mut read_buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Ok(())) => {
+                        let n = read_buf.filled().len();
+                        if n == 0 {
+                            // The file shrank under us: end the body with an error so the
+                            // client sees a short response, not a hang.
+                            *remaining = 0;
+                            return Poll::Ready(Some(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "file shrank while being served",
+                            ))));
+                        }
+                        *remaining -= n as u64;
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(&buf[..n])))))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            OriginBody::Bytes(b) => b.is_none(),
+            OriginBody::File { remaining, .. } => *remaining == 0,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            OriginBody::Bytes(b) => {
+                hyper::body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            OriginBody::File { remaining, .. } => hyper::body::SizeHint::with_exact(*remaining),
+        }
+    }
+}
+
+/// What a `Range` header asks of a file of a known length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No usable range: send the whole file (200).
+    Full,
+    /// Bytes `start..=end` (206).
+    Partial { start: u64, end: u64 },
+    /// Nothing of the range exists (416).
+    Unsatisfiable,
+}
+
+/// Interprets a `Range` header value for a file of `len` bytes. Only one `bytes=` range is
+/// honoured; a malformed or multi-range value means [`RangeRequest::Full`].
+pub fn parse_range(value: &str, len: u64) -> RangeRequest {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Full;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeRequest::Full;
+    };
+    let number = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
+    };
+    match (first.trim(), last.trim()) {
+        ("", suffix) => match number(suffix) {
+            None => RangeRequest::Full,
+            Some(0) => RangeRequest::Unsatisfiable,
+            Some(_) if len == 0 => RangeRequest::Unsatisfiable,
+            Some(n) => RangeRequest::Partial { start: len - n.min(len), end: len - 1 },
+        },
+        (start, "") => match number(start) {
+            None => RangeRequest::Full,
+            Some(s) if s >= len => RangeRequest::Unsatisfiable,
+            Some(s) => RangeRequest::Partial { start: s, end: len - 1 },
+        },
+        (start, end) => match (number(start), number(end)) {
+            (Some(s), Some(e)) if s <= e => {
+                if s >= len {
+                    RangeRequest::Unsatisfiable
+                } else {
+                    RangeRequest::Partial { start: s, end: e.min(len - 1) }
+                }
+            }
+            _ => RangeRequest::Full,
+        },
+    }
+}
+
+/// The `Content-Type` for a file name, by extension.
+pub fn mime_type(path: &Path) -> &'static str {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "mpd" => "application/dash+xml",
+        "m4s" => "video/iso.segment",
+        "mp4" | "m4v" => "video/mp4",
+        "m4a" => "audio/mp4",
+        "html" | "htm" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" => "application/json",
+        "txt" => "text/plain; charset=utf-8",
+        "m3u8" => "application/vnd.apple.mpegurl",
+        "ts" => "video/mp2t",
+        "webm" => "video/webm",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Maps a request path onto a file under `root` (canonical), or `None` (→ 404) if the path is
+/// unsafe, names nothing, or names something other than a regular file. Nothing outside `root`
+/// is ever opened: the decision is made on canonical paths before any read.
+pub async fn resolve_path(root: &Path, request_path: &str) -> Option<PathBuf> {
+    if request_path.len() > MAX_PATH_BYTES {
+        return None;
+    }
+    let decoded = percent_decode_str(request_path).decode_utf8().ok()?;
+    let mut relative = PathBuf::new();
+    for segment in decoded.split('/') {
+        if segment.is_empty() {
+            continue;
+        }
+        if segment == "."
+            || segment == ".."
+            || segment.contains(['\\', '\0', ':'])
+            || segment.starts_with('~')
+        {
+            return None;
+        }
+        relative.push(segment);
+    }
+    if relative.as_os_str().is_empty() {
+        return None;
+    }
+    let candidate = root.join(&relative);
+    let canonical = tokio::fs::canonicalize(&candidate).await.ok()?;
+    if !canonical.starts_with(root) {
+        return None;
+    }
+    let meta = tokio::fs::metadata(&canonical).await.ok()?;
+    meta.is_file().then_some(canonical)
+}
+
+/// Answers one request for the files under `root` (which must be canonical).
+pub async fn respond(
+    root: &Path,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Response<OriginBody> {
+    if method == Method::OPTIONS {
+        let mut response = with_cors(status(StatusCode::NO_CONTENT, OriginBody::empty()));
+        let h = response.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Range, Content-Type"),
+        );
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+        return response;
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = with_cors(status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            OriginBody::text("method not allowed\n"),
+        ));
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
+        return response;
+    }
+    let Some(file_path) = resolve_path(root, path).await else {
+        return with_cors(status(StatusCode::NOT_FOUND, OriginBody::text("not found\n")));
+    };
+    match serve_file(&file_path, method == Method::HEAD, headers).await {
+        Ok(response) => with_cors(response),
+        Err(e) => {
+            tracing::warn!(path = %file_path.display(), error = %e, "cannot read file");
+            with_cors(status(StatusCode::INTERNAL_SERVER_ERROR, OriginBody::text("read error\n")))
+        }
+    }
+}
+
+async fn serve_file(
+    path: &Path,
+    head_only: bool,
+    headers: &HeaderMap,
+) -> io::Result<Response<OriginBody>> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let len = file.metadata().await?.len();
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map_or(RangeRequest::Full, |v| parse_range(v, len));
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, mime_type(path))
+        .header(header::ACCEPT_RANGES, "bytes");
+    let (code, start, count) = match range {
+        RangeRequest::Full => (StatusCode::OK, 0, len),
+        RangeRequest::Partial { start, end } => {
+            builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        RangeRequest::Unsatisfiable => {
+            let response = builder
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                .header(header::CONTENT_LENGTH, "0")
+                .body(OriginBody::empty());
+            return response.map_err(io::Error::other);
+        }
+    };
+    builder = builder.status(code).header(header::CONTENT_LENGTH, count.to_string());
+    let body = if head_only || count == 0 {
+        OriginBody::empty()
+    } else {
+        if start > 0 {
+            file.seek(io::SeekFrom::Start(start)).await?;
+        }
+        OriginBody::File { file, remaining: count, buf: Vec::new() }
+    };
+    builder.body(body).map_err(io::Error::other)
+}
+
+fn status(code: StatusCode, body: OriginBody) -> Response<OriginBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = code;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn with_cors(mut response: Response<OriginBody>) -> Response<OriginBody> {
+    let h = response.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Content-Length, Content-Range, Accept-Ranges"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeRequest::*;
+        assert_eq!(parse_range("bytes=0-9", 100), Partial { start: 0, end: 9 });
+        assert_eq!(parse_range("bytes=90-", 100), Partial { start: 90, end: 99 });
+        assert_eq!(parse_range("bytes=-10", 100), Partial { start: 90, end: 99 });
+        assert_eq!(parse_range("bytes=-500", 100), Partial { start: 0, end: 99 });
+        assert_eq!(parse_range("bytes=50-5000", 100), Partial { start: 50, end: 99 });
+        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=100-200", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=9-0", 100), Full);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Full);
+        assert_eq!(parse_range("items=0-1", 100), Full);
+        assert_eq!(parse_range("bytes=a-b", 100), Full);
+        assert_eq!(parse_range("bytes=+1-2", 100), Full);
+        assert_eq!(parse_range("bytes=99999999999999999999999-", 100), Full);
+    }
+
+    #[test]
+    fn mime_types() {
+        assert_eq!(mime_type(Path::new("a/manifest.mpd")), "application/dash+xml");
+        assert_eq!(mime_type(Path::new("chunk-0-00001.m4s")), "video/iso.segment");
+        assert_eq!(mime_type(Path::new("init-0.MP4")), "video/mp4");
+        assert_eq!(mime_type(Path::new("index.html")), "text/html; charset=utf-8");
+        assert_eq!(mime_type(Path::new("dash.all.min.js")), "text/javascript; charset=utf-8");
+        assert_eq!(mime_type(Path::new("noext")), "application/octet-stream");
+    }
+
+    #[tokio::test]
+    async fn unsafe_paths_resolve_to_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = tokio::fs::canonicalize(dir.path()).await.unwrap();
+        std::fs::create_dir(root.join("m")).unwrap();
+        std::fs::write(root.join("m/a.m4s"), b"x").unwrap();
+        assert_eq!(resolve_path(&root, "/m/a.m4s").await, Some(root.join("m/a.m4s")));
+        assert_eq!(resolve_path(&root, "//m//a.m4s").await, Some(root.join("m/a.m4s")));
+        assert_eq!(resolve_path(&root, "/m/%61.m4s").await, Some(root.join("m/a.m4s")));
+        for bad in [
+            "/",
+            "/m",
+            "/../etc/passwd",
+            "/m/../m/a.m4s",
+            "/%2e%2e/etc/passwd",
+            "/%2E%2E%2fetc%2fpasswd",
+            "/m/..%5c..%5cetc",
+            "/m\\a.m4s",
+            "/./m/a.m4s",
+            "/C:/x",
+            "/%00",
+            "/%ff",
+            "/nope",
+        ] {
+            assert_eq!(resolve_path(&root, bad).await, None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! `stream package` and `stream origin`: packaging a DASH ladder with ffmpeg and serving a
+//! content directory over HTTP (issue 5). The work is done by the `stream` crate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use stream::origin::OriginServer;
+use stream::package::{self, PackageOptions, RateControl, Source};
+
+/// The packaging and origin subcommands of `swarmcast stream`.
+#[derive(clap::Subcommand)]
+pub enum StreamServeCommand {
+    /// Encode a bitrate ladder as DASH with ffmpeg, then measure the real bitrates.
+    Package(PackageArgs),
+    /// Serve a content directory over HTTP/1.1 (Range, MIME types, CORS).
+    Origin(OriginArgs),
+}
+
+/// `stream package`.
+#[derive(clap::Args)]
+pub struct PackageArgs {
+    /// The input media file (omit with --test-source).
+    #[arg(required_unless_present = "test_source")]
+    input: Option<PathBuf>,
+    /// Output directory (manifest.mpd, segments, ladder.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Rungs as HEIGHTp:BITRATE, lowest first.
+    #[arg(long, default_value = "360p:400k,540p:1200k,720p:3000k")]
+    ladder: String,
+    /// Segment length (4s, 2.5s, 500ms).
+    #[arg(long, default_value = "4s")]
+    segment: String,
+    /// Constant bitrate (maxrate = bufsize = the rung's rate); the default.
+    #[arg(long, conflicts_with = "vbr")]
+    cbr: bool,
+    /// Variable bitrate (only the average target).
+    #[arg(long)]
+    vbr: bool,
+    /// Encode ffmpeg's test pattern and a sine tone of this length instead of an input file.
+    #[arg(long, conflicts_with = "input")]
+    test_source: Option<String>,
+    /// AAC bitrate (k/M suffixes).
+    #[arg(long, default_value = "128k")]
+    audio_bitrate: String,
+}
+
+/// `stream origin`.
+#[derive(clap::Args)]
+pub struct OriginArgs {
+    /// The content directory to serve.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+/// Runs one of the subcommands.
+pub async fn run(cmd: StreamServeCommand) -> Result<()> {
+    match cmd {
+        StreamServeCommand::Package(a) => package_cmd(a).await,
+        StreamServeCommand::Origin(a) => origin_cmd(a).await,
+    }
+}
+
+async fn package_cmd(a: PackageArgs) -> Result<()> {
+    let ladder = package::parse_ladder(&a.ladder)?;
+    let source = match (&a.test_source, a.input) {
+        (Some(d), _) => Source::Test(package::parse_duration(d)?),
+        (None, Some(input)) => Source::File(input),
+        (None, None) => anyhow::bail!("give an INPUT file or --test-source DURATION"),
+    };
+    let mut opts = PackageOptions::new(source, a.out.clone(), ladder);
+    opts.segment = package::parse_duration(&a.segment)?;
+    opts.rate_control = if a.vbr { RateControl::Vbr } else { RateControl::Cbr };
+    opts.audio_bitrate = parse_bitrate(&a.audio_bitrate)?;
+    eprintln!("packaging into {} with ffmpeg...", a.out.display());
+    let report = tokio::task::spawn_blocking(move || package::package(&opts))
+        .await
+        .context("the packaging task panicked")??;
+    println!(
+        "{}: {:.1} s in {:.1} s segments",
+        a.out.join(&report.manifest).display(),
+        report.duration_s,
+        report.segment_s
+    );
+    println!(
+        "{:<4} {:<6} {:<10} {:>10} {:>10} {:>10}  segment bytes",
+        "id", "kind", "rung", "label", "measured", "peak seg"
+    );
+    for r in &report.representations {
+        let size = match (r.width, r.height) {
+            (Some(w), Some(h)) => format!("{w}x{h}"),
+            _ => r.rung.clone().unwrap_or_default(),
+        };
+        println!(
+            "{:<4} {:<6} {:<10} {:>7} kb/s {:>5} kb/s {:>5} kb/s  {:?}",
+            r.id,
+            r.kind,
+            size,
+            r.label_bps / 1000,
+            r.measured_bps / 1000,
+            r.peak_segment_bps / 1000,
+            r.segment_bytes
+        );
+    }
+    println!("measurements written to {}", a.out.join(package::LADDER_JSON).display());
+    Ok(())
+}
+
+fn parse_bitrate(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (digits, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1_000.0),
+        Some((i, 'm' | 'M')) => (&t[..i], 1_000_000.0),
+        _ => (t, 1.0),
+    };
+    let v: f64 = digits.parse().with_context(|| format!("bad bitrate {s:?} (e.g. 128k)"))?;
+    anyhow::ensure!(
+        v.is_finite() && v > 0.0 && v * mult <= 10_000_000.0,
+        "bad bitrate {s:?} (e.g. 128k)"
+    );
+    Ok((v * mult) as u64)
+}
+
+async fn origin_cmd(a: OriginArgs) -> Result<()> {
+    let server = OriginServer::bind(a.listen, &a.dir)
+        .await
+        .with_context(|| format!("cannot serve {} on {}", a.dir.display(), a.listen))?;
+    eprintln!(
+        "origin: serving {} on http://{} (Ctrl-C to stop)",
+        server.root().display(),
+        server.local_addr()
+    );
+    tokio::select! {
+        r = server.run() => r.context("origin stopped")?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
