@@ -1,10 +1,20 @@
 //! `stream`: video streaming over DASH (issue 5).
 //!
+//! - `abr/`: the sans-IO adaptive-bitrate core (no clock, no I/O): the `Abr` trait and the
+//!   throughput, BOLA, dynamic (dash.js's default) and hybrid rules.
+//! - `eval`: a virtual-time player simulator over seeded bandwidth traces that compares the
+//!   rules by Pensieve's linear QoE, stalls and switches (`swarmcast stream eval`).
 //! - `mpd`: the DASH manifest model, its capped parser, segment URLs, the writer and the
 //!   BaseURL rewriter.
 //! - `package`: encodes a bitrate ladder with the ffmpeg CLI and measures what came out.
 //! - `origin`: the HTTP/1.1 origin server (Range, MIME types, CORS, no path traversal).
+//! - `placement`: request routing by consistent hashing with bounded loads (sans-IO).
+//! - `cache`: the edge's byte-bounded LRU segment cache (sans-IO).
 
+pub mod abr;
+pub mod cache;
+pub mod eval;
 pub mod mpd;
 pub mod origin;
 pub mod package;
+pub mod placement;

@@ -7,7 +7,7 @@
 //! - `lab_cmd.rs`: `bound` and `lab`, the distribution-time bounds and measurements.
 //! - `chat_cmd.rs`, `tui.rs`: `chat`, `anchor` and `node` on the overlay (issue 4).
 //! - `sim_cmd.rs`: `sim overlay`, the seeded overlay simulation.
-//! - `stream_serve.rs`: `stream package` and `stream origin` (issue 5).
+//! - `stream_cmd.rs`, `stream_serve.rs`: `stream eval`, `stream package`, `stream origin` (issue 5).
 
 mod chat_cmd;
 mod chat_demo;
@@ -15,6 +15,7 @@ mod demo;
 mod lab_cmd;
 mod progress;
 mod sim_cmd;
+mod stream_cmd;
 mod stream_serve;
 mod tui;
 
@@ -120,7 +121,7 @@ enum Command {
     /// Video streaming over DASH: packaging and serving.
     Stream {
         #[command(subcommand)]
-        cmd: stream_serve::StreamServeCommand,
+        cmd: stream_cmd::StreamCommand,
     },
     /// Run a BitTorrent tracker (HTTP /announce and UDP on the same port).
     Tracker {
@@ -228,7 +229,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Node(a) => chat_cmd::relay(a, "node").await,
         Command::Lab { cmd } => lab_cmd::lab(cmd).await,
         Command::Sim { cmd } => sim_cmd::run(cmd),
-        Command::Stream { cmd } => stream_serve::run(cmd).await,
+        Command::Stream { cmd } => stream_cmd::run(cmd).await,
         Command::Seed { torrent, data, net } => seed(&torrent, &data, &net).await,
         Command::Get { source, output, seed, net } => get(&source, &output, seed, &net).await,
         Command::Tracker { listen, interval, max_peers_returned } => {

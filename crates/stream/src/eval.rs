@@ -1,0 +1,885 @@
+//! The ABR evaluation: a virtual-time player simulator, seeded bandwidth traces, and a
+//! comparison of the rules of [`crate::abr`] by Pensieve's linear QoE on the same traces.
+//!
+//! **Player model** (as Pensieve's simulator): segments download one after another in playback
+//! order, each at the trace's bandwidth (the trace is piecewise constant and is integrated
+//! exactly; it loops when it runs out). Playback starts when the first segment has arrived (the
+//! startup delay) and drains the buffer in real time; an empty buffer after startup is a stall,
+//! which ends when the next segment arrives. The buffer holds at most 60 s: before a request
+//! that would overflow it, the player waits. Every 0.25 s of a download the rule may abandon
+//! it; the segment is then fetched again, at the lower representation, from its first byte.
+//!
+//! **Video**: Pensieve's ladder (300/750/1200/1850/2850/4300 kbps), 4 s segments, 50 segments
+//! (200 s), VBR: each segment's size is its representation's bitrate × 4 s × a scene
+//! complexity shared by all representations (log-normal, σ = 0.3, correlated from one segment to
+//! the next, mean 1) × a small per-representation jitter (σ = 0.05). The QoE counts declared
+//! bitrates, as Pensieve's does.
+//!
+//! **Traces** (1 s steps unless said; no public trace set is reachable offline, so these are
+//! synthetic shapes after the papers' descriptions; see [`Family`]).
+
+use std::fmt::Write as _;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::abr::{Abr, Ladder, PlayerState, Progress, RuleKind, ThroughputSample};
+
+/// Pensieve's ladder, kbps.
+pub const PENSIEVE_LADDER_KBPS: [u64; 6] = [300, 750, 1200, 1850, 2850, 4300];
+/// Pensieve's segment duration, seconds.
+pub const SEGMENT_S: f64 = 4.0;
+/// Segments in the evaluation video (200 s).
+pub const VIDEO_SEGMENTS: usize = 50;
+/// QoE cost of one second of stall (Pensieve's linear metric).
+pub const STALL_PENALTY: f64 = 4.3;
+/// Seconds each generated trace lasts before it loops.
+pub const TRACE_S: usize = 400;
+/// Most points a trace may have (traces can come from files).
+pub const MAX_TRACE_POINTS: usize = 1 << 20;
+
+/// A trace that cannot drive the simulator.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TraceError {
+    /// No point, or more than [`MAX_TRACE_POINTS`].
+    #[error("a trace needs 1..={MAX_TRACE_POINTS} points, got {0}")]
+    BadLength(usize),
+    /// A point with a non-positive or non-finite duration or rate.
+    #[error("trace point {0} needs a positive, finite duration and rate")]
+    BadPoint(usize),
+}
+
+/// The shapes of bandwidth the traces follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// Steps: a level held 20–60 s, drawn from 0.35, 0.6, 1.0, 1.6, 2.5, 4 and 6 Mbps.
+    Steps,
+    /// A random walk in log-bandwidth, every second × e^N(0, 0.12), reflected into 0.2–8 Mbps.
+    Walk,
+    /// 3G-like (after the Norwegian HSDPA commute logs of Riiser et al. 2013 that Pensieve and
+    /// MPC use): a log-AR(1) level around 1.2 Mbps clamped to 0.2–3 Mbps, per-second jitter
+    /// (σ = 0.2), and frequent deep dips (5% of seconds start an outage of 1–6 s at 30–150
+    /// kbps: tunnels, handovers).
+    #[serde(rename = "3g")]
+    Cellular3g,
+    /// 4G-like (after the Belgian LTE logs of van der Hooft et al. 2016): a log-AR(1) level
+    /// around 12 Mbps clamped to 2–40 Mbps, high variance (σ = 0.3 jitter per second), and
+    /// dips (2% of seconds start 1–3 s at 0.3–1.5 Mbps).
+    #[serde(rename = "4g")]
+    Lte4g,
+}
+
+impl Family {
+    /// Every family, in table order.
+    pub const ALL: [Family; 4] = [Family::Steps, Family::Walk, Family::Cellular3g, Family::Lte4g];
+
+    /// Its short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Steps => "steps",
+            Family::Walk => "walk",
+            Family::Cellular3g => "3g",
+            Family::Lte4g => "4g",
+        }
+    }
+}
+
+/// One piece of a trace: `bps` for `duration_s` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TracePoint {
+    /// How long the rate holds, seconds.
+    pub duration_s: f64,
+    /// Bandwidth, bits per second.
+    pub bps: f64,
+}
+
+/// A piecewise-constant bandwidth trace (it loops when a session outlasts it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trace {
+    /// The family it was drawn from.
+    pub family: Family,
+    /// Its index in the family.
+    pub index: usize,
+    points: Vec<TracePoint>,
+}
+
+impl Trace {
+    /// A trace from its points (checked: every duration and rate positive and finite).
+    pub fn new(family: Family, index: usize, points: Vec<TracePoint>) -> Result<Self, TraceError> {
+        if points.is_empty() || points.len() > MAX_TRACE_POINTS {
+            return Err(TraceError::BadLength(points.len()));
+        }
+        for (i, p) in points.iter().enumerate() {
+            let ok = |v: f64| v.is_finite() && v > 0.0;
+            if !ok(p.duration_s) || !ok(p.bps) {
+                return Err(TraceError::BadPoint(i));
+            }
+        }
+        Ok(Trace { family, index, points })
+    }
+
+    /// A constant trace (labelled as steps).
+    pub fn constant(bps: f64) -> Result<Self, TraceError> {
+        Trace::new(Family::Steps, 0, vec![TracePoint { duration_s: 3600.0, bps }])
+    }
+
+    /// Its points.
+    pub fn points(&self) -> &[TracePoint] {
+        &self.points
+    }
+
+    /// Time-weighted mean bandwidth, bits per second.
+    pub fn mean_bps(&self) -> f64 {
+        let t: f64 = self.points.iter().map(|p| p.duration_s).sum();
+        self.points.iter().map(|p| p.duration_s * p.bps).sum::<f64>() / t
+    }
+
+    /// Draws trace `index` of `family`; the same `(family, index, seed)` gives the same trace.
+    pub fn generate(family: Family, index: usize, seed: u64) -> Trace {
+        let stream = (family as u64) << 32 | index as u64;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        let points = match family {
+            Family::Steps => steps(&mut rng),
+            Family::Walk => walk(&mut rng),
+            Family::Cellular3g => cellular(&mut rng, &CELL_3G),
+            Family::Lte4g => cellular(&mut rng, &CELL_4G),
+        };
+        // Every generator clamps its rates to a positive range and uses positive durations.
+        Trace::new(family, index, points).expect("generated traces are valid")
+    }
+}
+
+/// `per_family` traces of every family, families in table order.
+pub fn trace_set(per_family: usize, seed: u64) -> Vec<Trace> {
+    Family::ALL
+        .into_iter()
+        .flat_map(|f| (0..per_family).map(move |i| Trace::generate(f, i, seed)))
+        .collect()
+}
+
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    // Box–Muller; 1 - u keeps the logarithm's argument in (0, 1].
+    let u: f64 = rng.random();
+    let v: f64 = rng.random();
+    (-2.0 * (1.0 - u).ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+}
+
+fn steps(rng: &mut ChaCha8Rng) -> Vec<TracePoint> {
+    const LEVELS_MBPS: [f64; 7] = [0.35, 0.6, 1.0, 1.6, 2.5, 4.0, 6.0];
+    let mut points = Vec::new();
+    let mut t = 0.0;
+    while t < TRACE_S as f64 {
+        let hold = rng.random_range(20..=60) as f64;
+        let level = LEVELS_MBPS[rng.random_range(0..LEVELS_MBPS.len())];
+        points.push(TracePoint { duration_s: hold, bps: level * 1e6 });
+        t += hold;
+    }
+    points
+}
+
+fn walk(rng: &mut ChaCha8Rng) -> Vec<TracePoint> {
+    let (lo, hi) = (0.2e6f64.ln(), 8e6f64.ln());
+    let mut x = rng.random_range(0.5e6f64.ln()..5e6f64.ln());
+    (0..TRACE_S)
+        .map(|_| {
+            x += 0.12 * normal(rng);
+            if x < lo {
+                x = 2.0 * lo - x;
+            }
+            if x > hi {
+                x = 2.0 * hi - x;
+            }
+            TracePoint { duration_s: 1.0, bps: x.clamp(lo, hi).exp() }
+        })
+        .collect()
+}
+
+/// Parameters of the cellular shapes.
+struct Cellular {
+    mean_bps: f64,
+    min_bps: f64,
+    max_bps: f64,
+    /// AR(1) coefficient of the log level per second.
+    ar: f64,
+    /// Innovation σ of the log level per second.
+    sigma: f64,
+    /// σ of the per-second jitter around the level.
+    jitter: f64,
+    /// Chance that a second starts a dip.
+    dip_chance: f64,
+    /// Dip length range, seconds.
+    dip_s: (u32, u32),
+    /// Dip rate range, bits per second.
+    dip_bps: (f64, f64),
+}
+
+const CELL_3G: Cellular = Cellular {
+    mean_bps: 1.2e6,
+    min_bps: 0.2e6,
+    max_bps: 3.0e6,
+    ar: 0.9,
+    sigma: 0.25,
+    jitter: 0.2,
+    dip_chance: 0.05,
+    dip_s: (1, 6),
+    dip_bps: (30e3, 150e3),
+};
+
+const CELL_4G: Cellular = Cellular {
+    mean_bps: 12e6,
+    min_bps: 2e6,
+    max_bps: 40e6,
+    ar: 0.85,
+    sigma: 0.35,
+    jitter: 0.3,
+    dip_chance: 0.02,
+    dip_s: (1, 3),
+    dip_bps: (0.3e6, 1.5e6),
+};
+
+fn cellular(rng: &mut ChaCha8Rng, c: &Cellular) -> Vec<TracePoint> {
+    let mean = c.mean_bps.ln();
+    let mut x = mean + c.sigma / (1.0 - c.ar * c.ar).sqrt() * normal(rng);
+    let mut dip_left = 0;
+    let mut dip_rate = 0.0;
+    (0..TRACE_S)
+        .map(|_| {
+            x = mean + c.ar * (x - mean) + c.sigma * normal(rng);
+            let level = x.exp().clamp(c.min_bps, c.max_bps);
+            if dip_left == 0 && rng.random_bool(c.dip_chance) {
+                dip_left = rng.random_range(c.dip_s.0..=c.dip_s.1);
+                dip_rate = rng.random_range(c.dip_bps.0..c.dip_bps.1);
+            }
+            let bps = if dip_left > 0 {
+                dip_left -= 1;
+                dip_rate
+            } else {
+                (level * (c.jitter * normal(rng)).exp()).clamp(c.min_bps, c.max_bps)
+            };
+            TracePoint { duration_s: 1.0, bps }
+        })
+        .collect()
+}
+
+/// Pensieve's ladder over `segments` VBR segments of 4 s, sizes drawn from `seed` (see the
+/// module header), with the measured mean rate of every representation.
+pub fn pensieve_video(segments: usize, seed: u64) -> Ladder {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(u64::MAX);
+    let segments = segments.clamp(1, crate::abr::MAX_SEGMENTS);
+    let mut complexity = Vec::with_capacity(segments);
+    let mut x = 0.0;
+    for _ in 0..segments {
+        x = 0.7 * x + (1.0f64 - 0.49).sqrt() * normal(&mut rng);
+        complexity.push((0.3 * x).exp());
+    }
+    let mean: f64 = complexity.iter().sum::<f64>() / segments as f64;
+    let bitrates: Vec<u64> = PENSIEVE_LADDER_KBPS.iter().map(|k| k * 1000).collect();
+    let sizes: Vec<Vec<u64>> = bitrates
+        .iter()
+        .map(|&b| {
+            complexity
+                .iter()
+                .map(|c| {
+                    let jitter = (0.05 * normal(&mut rng)).exp();
+                    ((b as f64 * SEGMENT_S / 8.0) * c / mean * jitter).round().max(1.0) as u64
+                })
+                .collect()
+        })
+        .collect();
+    let measured: Vec<u64> = sizes
+        .iter()
+        .map(|s| (s.iter().sum::<u64>() as f64 * 8.0 / (s.len() as f64 * SEGMENT_S)).round() as u64)
+        .collect();
+    // The constants above are a valid ascending ladder, and sizes/measured rates are positive.
+    Ladder::new(bitrates, SEGMENT_S)
+        .and_then(|l| l.with_measured(measured))
+        .and_then(|l| l.with_segment_sizes(sizes))
+        .expect("Pensieve's ladder is valid")
+}
+
+/// Pensieve's linear QoE of a session: Σ bitrate (Mbps) − 4.3 × stall seconds − Σ |bitrate
+/// change| (Mbps), over the declared bitrates of the segments played, in order.
+pub fn qoe(bitrates_bps: &[u64], stall_s: f64) -> f64 {
+    let mbps = |b: u64| b as f64 / 1e6;
+    let quality: f64 = bitrates_bps.iter().map(|&b| mbps(b)).sum();
+    let smooth: f64 = bitrates_bps.windows(2).map(|w| (mbps(w[1]) - mbps(w[0])).abs()).sum();
+    quality - STALL_PENALTY * stall_s - smooth
+}
+
+/// Parameters of the simulated player.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SimConfig {
+    /// Most seconds of media the buffer holds (Pensieve: 60).
+    pub buffer_cap_s: f64,
+    /// Seconds between two abandonment checks of a download in flight.
+    pub check_interval_s: f64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig { buffer_cap_s: 60.0, check_interval_s: 0.25 }
+    }
+}
+
+/// One segment as the simulated player fetched it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SegmentRecord {
+    /// Segment index.
+    pub index: usize,
+    /// Representation played.
+    pub rep: usize,
+    /// Its declared bitrate, bits per second.
+    pub bitrate_bps: u64,
+    /// Bytes of the segment at that representation.
+    pub bytes: u64,
+    /// Seconds from the first request for this segment to its last byte (abandoned tries too).
+    pub download_s: f64,
+    /// Buffer after it arrived, seconds.
+    pub buffer_s: f64,
+    /// Whether a download of this segment at a higher representation was abandoned first.
+    pub abandoned: bool,
+}
+
+/// What one rule did on one trace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Session {
+    /// The rule's name.
+    pub rule: String,
+    /// The trace's family.
+    pub family: Family,
+    /// The trace's index in its family.
+    pub trace: usize,
+    /// Seconds until the first segment arrived (playback starts then).
+    pub startup_s: f64,
+    /// Stall events after startup.
+    pub stalls: u32,
+    /// Seconds stalled after startup.
+    pub stall_s: f64,
+    /// Representation changes between consecutive segments.
+    pub switches: u32,
+    /// Mean declared bitrate of the segments played, kbps.
+    pub mean_bitrate_kbps: f64,
+    /// Pensieve's linear QoE ([`qoe`]).
+    pub qoe: f64,
+    /// Segments abandoned and fetched again lower.
+    pub abandons: u32,
+    /// Every segment, in order.
+    pub segments: Vec<SegmentRecord>,
+}
+
+/// The simulated clock, buffer and trace position.
+struct Player<'a> {
+    trace: &'a [TracePoint],
+    point: usize,
+    /// Seconds into the current point.
+    into_s: f64,
+    buffer_s: f64,
+    playing: bool,
+    stalled: bool,
+    stalls: u32,
+    stall_s: f64,
+}
+
+impl Player<'_> {
+    fn rate_bps(&self) -> f64 {
+        self.trace[self.point].bps
+    }
+
+    fn until_change_s(&self) -> f64 {
+        (self.trace[self.point].duration_s - self.into_s).max(0.0)
+    }
+
+    /// Lets `dt` seconds pass: the trace moves on and playback drains the buffer.
+    fn pass(&mut self, dt: f64) {
+        self.into_s += dt;
+        if self.into_s >= self.trace[self.point].duration_s {
+            self.into_s = 0.0;
+            self.point = (self.point + 1) % self.trace.len();
+        }
+        if self.playing {
+            let played = dt.min(self.buffer_s);
+            self.buffer_s -= played;
+            let stalled = dt - played;
+            if stalled > 1e-12 {
+                if !self.stalled {
+                    self.stalled = true;
+                    self.stalls += 1;
+                }
+                self.stall_s += stalled;
+            }
+        }
+    }
+
+    /// Waits `wait_s` seconds with no download (never crosses a trace point boundary unnoticed).
+    fn wait(&mut self, mut wait_s: f64) {
+        while wait_s > 1e-12 {
+            let dt = wait_s.min(self.until_change_s()).max(1e-9);
+            self.pass(dt);
+            wait_s -= dt;
+        }
+    }
+}
+
+/// Plays the whole video of `ladder` (its known segment count, else [`VIDEO_SEGMENTS`]) over
+/// `trace` with `abr` choosing, in virtual time.
+pub fn simulate(abr: &mut dyn Abr, ladder: &Ladder, trace: &Trace, cfg: &SimConfig) -> Session {
+    let n = ladder.segments().unwrap_or(VIDEO_SEGMENTS);
+    let seg_s = ladder.segment_duration_s();
+    let mut p = Player {
+        trace: trace.points(),
+        point: 0,
+        into_s: 0.0,
+        buffer_s: 0.0,
+        playing: false,
+        stalled: false,
+        stalls: 0,
+        stall_s: 0.0,
+    };
+    let mut clock = 0.0;
+    let mut startup_s = 0.0;
+    let mut last = None;
+    let mut records = Vec::with_capacity(n);
+    let mut abandons = 0;
+    for index in 0..n {
+        let overflow = p.buffer_s + seg_s - cfg.buffer_cap_s;
+        if overflow > 0.0 {
+            p.wait(overflow);
+            clock += overflow;
+        }
+        let state =
+            PlayerState { segment: index, segments_total: Some(n), buffer_s: p.buffer_s, last };
+        let mut rep = abr.choose(ladder, &state).min(ladder.top());
+        let started = clock;
+        let mut abandoned = false;
+        loop {
+            let total = ladder.segment_bytes(rep, index);
+            let total_bits = total as f64 * 8.0;
+            let mut bits = 0.0;
+            let mut elapsed = 0.0;
+            let mut next_check = cfg.check_interval_s;
+            let mut lower = None;
+            while bits < total_bits {
+                let rate = p.rate_bps();
+                let to_finish = (total_bits - bits) / rate;
+                let dt = to_finish.min(p.until_change_s()).min(next_check - elapsed).max(1e-9);
+                p.pass(dt);
+                clock += dt;
+                elapsed += dt;
+                bits = if dt >= to_finish { total_bits } else { bits + rate * dt };
+                if bits < total_bits && elapsed >= next_check - 1e-12 {
+                    next_check += cfg.check_interval_s;
+                    let progress = Progress {
+                        segment: index,
+                        rep,
+                        bytes_received: (bits / 8.0) as u64,
+                        bytes_total: total,
+                        elapsed_s: elapsed,
+                        buffer_s: p.buffer_s,
+                    };
+                    lower = abr.abandon(ladder, &progress).filter(|&r| r < rep);
+                    if lower.is_some() {
+                        break;
+                    }
+                }
+            }
+            let bytes = (bits / 8.0) as u64;
+            abr.record(ThroughputSample { bytes, duration_s: elapsed });
+            match lower {
+                Some(r) => {
+                    rep = r;
+                    abandoned = true;
+                    abandons += 1;
+                }
+                None => break,
+            }
+        }
+        p.buffer_s += seg_s;
+        p.stalled = false;
+        if !p.playing {
+            p.playing = true;
+            startup_s = clock;
+        }
+        records.push(SegmentRecord {
+            index,
+            rep,
+            bitrate_bps: ladder.bitrate_bps(rep),
+            bytes: ladder.segment_bytes(rep, index),
+            download_s: clock - started,
+            buffer_s: p.buffer_s,
+            abandoned,
+        });
+        last = Some(rep);
+    }
+    let bitrates: Vec<u64> = records.iter().map(|r| r.bitrate_bps).collect();
+    let switches = records.windows(2).filter(|w| w[0].rep != w[1].rep).count() as u32;
+    Session {
+        rule: abr.name().to_string(),
+        family: trace.family,
+        trace: trace.index,
+        startup_s,
+        stalls: p.stalls,
+        stall_s: p.stall_s,
+        switches,
+        mean_bitrate_kbps: bitrates.iter().sum::<u64>() as f64 / n as f64 / 1000.0,
+        qoe: qoe(&bitrates, p.stall_s),
+        abandons,
+        segments: records,
+    }
+}
+
+/// Means over the sessions of one rule on one family (or on all, `family: None`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// The rule.
+    pub rule: String,
+    /// The family, or `None` for all traces.
+    pub family: Option<Family>,
+    /// Sessions summed up.
+    pub sessions: usize,
+    /// Mean QoE per session.
+    pub mean_qoe: f64,
+    /// Mean stall events per session.
+    pub stalls: f64,
+    /// Mean stall seconds per session.
+    pub stall_s: f64,
+    /// Sessions with at least one stall.
+    pub sessions_stalled: usize,
+    /// Mean switches per session.
+    pub switches: f64,
+    /// Mean bitrate, kbps.
+    pub mean_bitrate_kbps: f64,
+    /// Mean startup delay, seconds.
+    pub startup_s: f64,
+    /// Mean abandoned downloads per session.
+    pub abandons: f64,
+}
+
+impl Summary {
+    fn of(rule: &str, family: Option<Family>, sessions: &[&Session]) -> Summary {
+        let k = sessions.len().max(1) as f64;
+        let mean = |f: &dyn Fn(&Session) -> f64| sessions.iter().map(|s| f(s)).sum::<f64>() / k;
+        Summary {
+            rule: rule.to_string(),
+            family,
+            sessions: sessions.len(),
+            mean_qoe: mean(&|s| s.qoe),
+            stalls: mean(&|s| s.stalls as f64),
+            stall_s: mean(&|s| s.stall_s),
+            sessions_stalled: sessions.iter().filter(|s| s.stalls > 0).count(),
+            switches: mean(&|s| s.switches as f64),
+            mean_bitrate_kbps: mean(&|s| s.mean_bitrate_kbps),
+            startup_s: mean(&|s| s.startup_s),
+            abandons: mean(&|s| s.abandons as f64),
+        }
+    }
+}
+
+/// The goal, measured: our default against the throughput rule and BOLA.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Goal {
+    /// The rule checked (our default).
+    pub rule: String,
+    /// (its mean QoE − the throughput rule's) / |the throughput rule's|.
+    pub qoe_gain_vs_throughput: f64,
+    /// Its mean stall seconds per session.
+    pub stall_s: f64,
+    /// BOLA's mean stall seconds per session.
+    pub bola_stall_s: f64,
+    /// Gain ≥ 10% and stall seconds ≤ BOLA's.
+    pub met: bool,
+}
+
+/// Every rule on the same traces: sessions and summaries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// The seed of the traces and the videos.
+    pub seed: u64,
+    /// Traces per family.
+    pub traces_per_family: usize,
+    /// Segments of the video.
+    pub segments: usize,
+    /// The player's parameters.
+    pub config: SimConfig,
+    /// Per family then all traces, rules in the order given.
+    pub summaries: Vec<Summary>,
+    /// The goal check, when the default rule, throughput and BOLA all ran.
+    pub goal: Option<Goal>,
+    /// Every session.
+    pub sessions: Vec<Session>,
+}
+
+/// The video played on `trace`: Pensieve's ladder with VBR sizes drawn from `seed` and the
+/// trace's family and index (each trace has its own video, so no one video's hard scenes weigh
+/// on every session).
+pub fn video_for(trace: &Trace, seed: u64) -> Ladder {
+    let stream = (trace.family as u64) << 32 | trace.index as u64;
+    pensieve_video(VIDEO_SEGMENTS, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream)
+}
+
+/// Plays every trace of `per_family` per family drawn from `seed` with a fresh rule from
+/// `build` each time.
+pub fn play_all(
+    build: &dyn Fn() -> Box<dyn Abr + Send>,
+    per_family: usize,
+    seed: u64,
+    cfg: &SimConfig,
+) -> Vec<Session> {
+    trace_set(per_family, seed)
+        .iter()
+        .map(|trace| simulate(build().as_mut(), &video_for(trace, seed), trace, cfg))
+        .collect()
+}
+
+/// Runs every rule of `rules` over `per_family` traces of every family drawn from `seed`, each
+/// trace with its own Pensieve video ([`video_for`]).
+pub fn evaluate(rules: &[RuleKind], per_family: usize, seed: u64, cfg: &SimConfig) -> Report {
+    let mut sessions = Vec::new();
+    for &rule in rules {
+        sessions.extend(play_all(&|| rule.build(), per_family, seed, cfg));
+    }
+    let mut summaries = Vec::new();
+    let families = Family::ALL.into_iter().map(Some).chain([None]);
+    for family in families {
+        for &rule in rules {
+            let of: Vec<&Session> = sessions
+                .iter()
+                .filter(|s| s.rule == rule.name() && family.is_none_or(|f| s.family == f))
+                .collect();
+            summaries.push(Summary::of(rule.name(), family, &of));
+        }
+    }
+    let overall =
+        |k: RuleKind| summaries.iter().find(|s| s.family.is_none() && s.rule == k.name()).cloned();
+    let goal = match (
+        overall(RuleKind::DEFAULT),
+        overall(RuleKind::Throughput),
+        overall(RuleKind::Bola),
+    ) {
+        (Some(ours), Some(thr), Some(bola)) => {
+            let gain = (ours.mean_qoe - thr.mean_qoe) / thr.mean_qoe.abs().max(1e-9);
+            Some(Goal {
+                rule: ours.rule,
+                qoe_gain_vs_throughput: gain,
+                stall_s: ours.stall_s,
+                bola_stall_s: bola.stall_s,
+                met: gain >= 0.10 && ours.stall_s <= bola.stall_s,
+            })
+        }
+        _ => None,
+    };
+    Report {
+        seed,
+        traces_per_family: per_family,
+        segments: VIDEO_SEGMENTS,
+        config: *cfg,
+        summaries,
+        goal,
+        sessions,
+    }
+}
+
+impl Report {
+    /// The comparison as a text table (QoE and stalls are means per session).
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<6} {:<10} {:>5} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "traces",
+            "rule",
+            "runs",
+            "QoE",
+            "vs thr",
+            "stalls",
+            "stall s",
+            "stalled",
+            "switches",
+            "kbps",
+            "startup"
+        );
+        for s in &self.summaries {
+            let thr = self
+                .summaries
+                .iter()
+                .find(|t| t.family == s.family && t.rule == RuleKind::Throughput.name());
+            let vs = thr.map_or(String::from("-"), |t| {
+                format!("{:+.1}%", 100.0 * (s.mean_qoe - t.mean_qoe) / t.mean_qoe.abs().max(1e-9))
+            });
+            let _ = writeln!(
+                out,
+                "{:<6} {:<10} {:>5} {:>8.2} {:>7} {:>7.2} {:>8.2} {:>8} {:>8.2} {:>8.0} {:>8.2}",
+                s.family.map_or("all", Family::name),
+                s.rule,
+                s.sessions,
+                s.mean_qoe,
+                vs,
+                s.stalls,
+                s.stall_s,
+                s.sessions_stalled,
+                s.switches,
+                s.mean_bitrate_kbps,
+                s.startup_s
+            );
+        }
+        if let Some(g) = &self.goal {
+            let _ = writeln!(
+                out,
+                "goal ({}): QoE {:+.1}% vs throughput (need >= +10%), stall {:.2} s vs BOLA {:.2} s per session: {}",
+                g.rule,
+                100.0 * g.qoe_gain_vs_throughput,
+                g.stall_s,
+                g.bola_stall_s,
+                if g.met { "met" } else { "NOT met" }
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Always picks one representation.
+    struct Fixed(usize);
+
+    impl Abr for Fixed {
+        fn name(&self) -> &'static str {
+            "fixed"
+        }
+        fn record(&mut self, _: ThroughputSample) {}
+        fn choose(&mut self, _: &Ladder, _: &PlayerState) -> usize {
+            self.0
+        }
+        fn abandon(&mut self, _: &Ladder, _: &Progress) -> Option<usize> {
+            None
+        }
+    }
+
+    /// One 1 Mbps representation, `n` CBR segments of 4 s (500 kB each).
+    fn cbr(n: usize) -> Ladder {
+        Ladder::new(vec![1_000_000], 4.0)
+            .unwrap()
+            .with_segment_sizes(vec![vec![500_000; n]])
+            .unwrap()
+    }
+
+    #[test]
+    fn qoe_of_a_hand_computed_session() {
+        // 0.3 + 1.2 + 0.75 = 2.25 Mbps; switches 0.9 + 0.45 = 1.35; stall 2 s × 4.3 = 8.6.
+        let q = qoe(&[300_000, 1_200_000, 750_000], 2.0);
+        assert!((q - (2.25 - 8.6 - 1.35)).abs() < 1e-12);
+        assert_eq!(qoe(&[], 0.0), 0.0);
+    }
+
+    #[test]
+    fn fast_constant_link_starts_exactly_and_never_stalls() {
+        let trace = Trace::constant(2_000_000.0).unwrap();
+        let s = simulate(&mut Fixed(0), &cbr(10), &trace, &SimConfig::default());
+        // 4 Mb at 2 Mbps: 2 s per segment.
+        assert!((s.startup_s - 2.0).abs() < 1e-9);
+        assert_eq!(s.stalls, 0);
+        assert_eq!(s.stall_s, 0.0);
+        assert_eq!(s.switches, 0);
+        assert!((s.qoe - 10.0).abs() < 1e-9);
+        // The buffer grows by 2 s per segment: 4, 6, 8, ...
+        assert!((s.segments[2].buffer_s - 8.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn slow_constant_link_stalls_exactly() {
+        // 4 Mb at 0.5 Mbps: 8 s per segment, 4 s of media each: after startup (8 s) every
+        // further segment stalls 4 s. Three segments: two stalls, 8 s.
+        let trace = Trace::constant(500_000.0).unwrap();
+        let s = simulate(&mut Fixed(0), &cbr(3), &trace, &SimConfig::default());
+        assert!((s.startup_s - 8.0).abs() < 1e-9);
+        assert_eq!(s.stalls, 2);
+        assert!((s.stall_s - 8.0).abs() < 1e-9);
+        assert!((s.qoe - (3.0 - 4.3 * 8.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn buffer_cap_makes_the_player_wait() {
+        // 40 Mbps: 0.1 s per segment; the buffer never passes 60 s.
+        let trace = Trace::constant(40_000_000.0).unwrap();
+        let s = simulate(&mut Fixed(0), &cbr(30), &trace, &SimConfig::default());
+        let most = s.segments.iter().map(|r| r.buffer_s).fold(0.0, f64::max);
+        assert!(most <= 60.0 + 1e-9 && most > 59.0);
+        assert_eq!(s.stalls, 0);
+    }
+
+    #[test]
+    fn trace_steps_are_integrated_exactly() {
+        // 2 s at 1 Mbps then 4 Mbps: a 4 Mb segment takes 2 s (2 Mb) + 0.5 s (2 Mb).
+        let trace = Trace::new(
+            Family::Steps,
+            0,
+            vec![
+                TracePoint { duration_s: 2.0, bps: 1e6 },
+                TracePoint { duration_s: 100.0, bps: 4e6 },
+            ],
+        )
+        .unwrap();
+        let s = simulate(&mut Fixed(0), &cbr(1), &trace, &SimConfig::default());
+        assert!((s.startup_s - 2.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn abandonment_refetches_lower() {
+        // Two representations; the top one's segment would take 32 s at 0.5 Mbps.
+        let l = Ladder::new(vec![300_000, 4_000_000], 4.0)
+            .unwrap()
+            .with_segment_sizes(vec![vec![150_000; 3], vec![2_000_000; 3]])
+            .unwrap();
+        let trace = Trace::constant(500_000.0).unwrap();
+        let mut abr = crate::abr::Hybrid::default();
+        abr.record(ThroughputSample { bytes: 10_000_000, duration_s: 1.0 });
+        let s = simulate(&mut abr, &l, &trace, &SimConfig::default());
+        assert!(s.abandons >= 1);
+        assert!(s.segments.iter().any(|r| r.abandoned && r.rep == 0));
+    }
+
+    #[test]
+    fn traces_are_deterministic_in_the_seed() {
+        for f in Family::ALL {
+            assert_eq!(Trace::generate(f, 3, 7), Trace::generate(f, 3, 7));
+            assert_ne!(Trace::generate(f, 3, 7), Trace::generate(f, 3, 8));
+            assert_ne!(Trace::generate(f, 3, 7), Trace::generate(f, 4, 7));
+        }
+        assert_eq!(pensieve_video(50, 1), pensieve_video(50, 1));
+    }
+
+    #[test]
+    fn traces_stay_in_their_ranges() {
+        for i in 0..20 {
+            let t = Trace::generate(Family::Cellular3g, i, 1);
+            assert!(t.points().iter().all(|p| p.bps >= 30e3 && p.bps <= 3e6));
+            let t = Trace::generate(Family::Lte4g, i, 1);
+            assert!(t.points().iter().all(|p| p.bps >= 0.3e6 && p.bps <= 40e6));
+            let t = Trace::generate(Family::Walk, i, 1);
+            assert!(t.points().iter().all(|p| p.bps >= 0.2e6 - 1.0 && p.bps <= 8e6 + 1.0));
+        }
+    }
+
+    #[test]
+    fn trace_rejects_bad_points() {
+        assert_eq!(Trace::new(Family::Walk, 0, vec![]), Err(TraceError::BadLength(0)));
+        let bad = vec![TracePoint { duration_s: 1.0, bps: 0.0 }];
+        assert_eq!(Trace::new(Family::Walk, 0, bad), Err(TraceError::BadPoint(0)));
+    }
+
+    #[test]
+    fn evaluation_runs_every_rule_on_the_same_traces() {
+        let r = evaluate(&RuleKind::ALL, 1, 5, &SimConfig::default());
+        assert_eq!(r.sessions.len(), 4 * 4);
+        assert_eq!(r.summaries.len(), 5 * 4);
+        assert!(r.goal.is_some());
+        assert!(r.table().contains("hybrid"));
+        let again = evaluate(&RuleKind::ALL, 1, 5, &SimConfig::default());
+        assert_eq!(r, again);
+    }
+}
