@@ -15,6 +15,9 @@ pub enum StreamCommand {
     /// Compare the ABR rules (throughput, BOLA, dynamic, hybrid) by Pensieve's QoE, stalls and
     /// switches on seeded bandwidth traces, in virtual time.
     Eval(EvalArgs),
+    /// Simulate the router's placement of viewers on edges (consistent hashing with bounded
+    /// loads against plain consistent hashing), Zipf movie popularity.
+    CdnSim(CdnSimArgs),
     /// `package` and `origin`.
     #[command(flatten)]
     Serve(crate::stream_serve::StreamServeCommand),
@@ -34,10 +37,34 @@ pub struct EvalArgs {
     json: Option<PathBuf>,
 }
 
+/// Arguments of `swarmcast stream cdn-sim`.
+#[derive(Args)]
+pub struct CdnSimArgs {
+    /// Edges.
+    #[arg(long, default_value_t = 3)]
+    edges: usize,
+    /// Viewers placed one after another.
+    #[arg(long, default_value_t = 50)]
+    viewers: usize,
+    /// Distinct movies.
+    #[arg(long, default_value_t = 100)]
+    movies: usize,
+    /// Zipf exponent of movie popularity.
+    #[arg(long, default_value_t = 0.8)]
+    zipf: f64,
+    /// Balance factor c of the bounded loads.
+    #[arg(long, default_value_t = stream::placement::BALANCE)]
+    balance: f64,
+    /// Runs (seeds 1..=N).
+    #[arg(long, default_value_t = 10)]
+    runs: u64,
+}
+
 /// Runs a `swarmcast stream` subcommand.
 pub async fn run(cmd: StreamCommand) -> Result<()> {
     match cmd {
         StreamCommand::Eval(a) => eval(&a),
+        StreamCommand::CdnSim(a) => cdn_sim(&a),
         StreamCommand::Serve(c) => crate::stream_serve::run(c).await,
     }
 }
@@ -58,5 +85,44 @@ fn eval(a: &EvalArgs) -> Result<()> {
         std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("report written to {}", path.display());
     }
+    Ok(())
+}
+
+fn cdn_sim(a: &CdnSimArgs) -> Result<()> {
+    use rand::SeedableRng;
+    use stream::placement::{zipf_movies, Placement};
+    if a.edges == 0 || a.viewers == 0 || a.movies == 0 || a.runs == 0 {
+        bail!("--edges, --viewers, --movies and --runs must be at least 1");
+    }
+    if a.balance.is_nan() || a.balance < 1.0 {
+        bail!("--balance must be at least 1 (1.25 is HAProxy's hash-balance-factor 125)");
+    }
+    let names: Vec<String> = (1..=a.edges).map(|i| format!("edge{i}")).collect();
+    println!(
+        "{} viewers on {} edges, {} movies with Zipf({}) popularity; max/avg edge load per run",
+        a.viewers, a.edges, a.movies, a.zipf
+    );
+    println!(
+        "{:>5} {:>22} {:>22} {:>12}",
+        "seed", "bounded loads (c)", "plain consistent hash", "movies"
+    );
+    let (mut worst_bounded, mut worst_plain) = (0.0f64, 0.0f64);
+    for seed in 1..=a.runs {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let viewers = zipf_movies(&mut rng, a.movies, a.zipf, a.viewers);
+        let mut bounded = Placement::new(&names, a.balance);
+        let mut plain = Placement::new(&names, f64::INFINITY);
+        for m in &viewers {
+            bounded.place(m).context("no healthy edge")?;
+            plain.place(m).context("no healthy edge")?;
+        }
+        let distinct: std::collections::BTreeSet<&String> = viewers.iter().collect();
+        let (b, p) = (bounded.imbalance(), plain.imbalance());
+        worst_bounded = worst_bounded.max(b);
+        worst_plain = worst_plain.max(p);
+        println!("{seed:>5} {b:>22.3} {p:>22.3} {:>12}", distinct.len());
+    }
+    println!("{:>5} {worst_bounded:>22.3} {worst_plain:>22.3}", "worst");
+    println!("goal max/avg <= 1.25: {}", if worst_bounded <= 1.25 { "met" } else { "missed" });
     Ok(())
 }
