@@ -7,9 +7,11 @@
 //! - `mpd`: the DASH manifest model, its capped parser, segment URLs, the writer and the
 //!   BaseURL rewriter.
 //! - `package`: encodes a bitrate ladder with the ffmpeg CLI and measures what came out.
-//! - `origin`: the HTTP/1.1 origin server (Range, MIME types, CORS, no path traversal).
+//! - `origin`: the HTTP/1.1 origin server (Range, MIME types, CORS, no path traversal); it
+//!   hands `/player/` and `/_player/` to `web`.
 //! - `placement`: request routing by consistent hashing with bounded loads (sans-IO).
 //! - `cache`: the edge's byte-bounded LRU segment cache (sans-IO).
+//! - `web`: the web player page (`/player/MOVIE`, dash.js) the origin serves.
 
 pub mod abr;
 pub mod cache;
@@ -18,3 +20,4 @@ pub mod mpd;
 pub mod origin;
 pub mod package;
 pub mod placement;
+pub mod web;

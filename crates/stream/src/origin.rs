@@ -47,6 +47,8 @@ const MAX_PATH_BYTES: usize = 4096;
 pub struct OriginServer {
     listener: TcpListener,
     root: Arc<PathBuf>,
+    /// Where the web player's dash.js is read from (see [`crate::web`]).
+    player_assets: Arc<PathBuf>,
 }
 
 impl OriginServer {
@@ -62,7 +64,14 @@ impl OriginServer {
             ));
         }
         let listener = TcpListener::bind(addr).await?;
-        Ok(OriginServer { listener, root: Arc::new(root) })
+        let player_assets = Arc::new(crate::web::default_assets_dir(None));
+        Ok(OriginServer { listener, root: Arc::new(root), player_assets })
+    }
+
+    /// Reads the web player's dash.js from `dir` instead of [`crate::web::default_assets_dir`].
+    pub fn with_player_assets(mut self, dir: PathBuf) -> OriginServer {
+        self.player_assets = Arc::new(dir);
+        self
     }
 
     /// The address actually bound.
@@ -87,7 +96,8 @@ impl OriginServer {
                             tracing::warn!(%peer, "too many connections, closing new one");
                             continue;
                         }
-                        connections.spawn(serve_connection(stream, peer, self.root.clone()));
+                        let (root, assets) = (self.root.clone(), self.player_assets.clone());
+                        connections.spawn(serve_connection(stream, peer, root, assets));
                     }
                     Err(e) => {
                         // Typically out of file descriptors: back off instead of spinning.
@@ -101,11 +111,21 @@ impl OriginServer {
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, root: Arc<PathBuf>) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    root: Arc<PathBuf>,
+    assets: Arc<PathBuf>,
+) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let root = root.clone();
+        let (root, assets) = (root.clone(), assets.clone());
         async move {
-            let response = respond(&root, req.method(), req.uri().path(), req.headers()).await;
+            let path = req.uri().path();
+            let response = if crate::web::is_player_path(path) {
+                crate::web::respond(&root, &assets, req.method(), path).await
+            } else {
+                respond(&root, req.method(), path, req.headers()).await
+            };
             tracing::debug!(%peer, method = %req.method(), path = req.uri().path(),
                 status = response.status().as_u16(), "request");
             Ok::<_, Infallible>(response)

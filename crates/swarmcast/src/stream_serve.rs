@@ -55,6 +55,10 @@ pub struct OriginArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Directory holding dash.js for the web player at /player/MOVIE (default:
+    /// $SWARMCAST_PLAYER_ASSETS, else web/node_modules/dashjs/dist/modern/umd in the repository).
+    #[arg(long)]
+    player_assets: Option<PathBuf>,
 }
 
 /// Runs one of the subcommands.
@@ -126,11 +130,16 @@ fn parse_bitrate(s: &str) -> Result<u64> {
 }
 
 async fn origin_cmd(a: OriginArgs) -> Result<()> {
+    let assets = stream::web::default_assets_dir(a.player_assets.as_deref());
+    if let Err(e) = stream::web::check_assets(&assets) {
+        eprintln!("origin: warning: {e}");
+    }
     let server = OriginServer::bind(a.listen, &a.dir)
         .await
-        .with_context(|| format!("cannot serve {} on {}", a.dir.display(), a.listen))?;
+        .with_context(|| format!("cannot serve {} on {}", a.dir.display(), a.listen))?
+        .with_player_assets(assets);
     eprintln!(
-        "origin: serving {} on http://{} (Ctrl-C to stop)",
+        "origin: serving {} on http://{} (web player: /player/MOVIE; Ctrl-C to stop)",
         server.root().display(),
         server.local_addr()
     );
