@@ -2,7 +2,8 @@
 # Installs, with apt, the outside tools Swarmcast's tests and benchmarks run against, when they
 # are missing. Usage: scripts/install-deps.sh [EXTRA_DEBIAN_PACKAGE...]
 # Always checked: aria2, python3-libtorrent, transmission-cli, mktorrent, opentracker, iproute2,
-# bsdutils (`script`, a pty for the chat terminal UI test), ffmpeg (DASH packaging, ffprobe).
+# bsdutils (`script`, a pty for the chat terminal UI test), ffmpeg (DASH packaging, ffprobe),
+# dnsutils (`dig`, the CDN router's DNS test).
 set -euo pipefail
 need=()
 command -v aria2c >/dev/null || need+=(aria2)
@@ -14,6 +15,7 @@ command -v tc >/dev/null || need+=(iproute2)
 command -v script >/dev/null || need+=(bsdutils)
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v ffprobe >/dev/null || need+=(ffmpeg)
+command -v dig >/dev/null || need+=(dnsutils)
 for pkg in "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done

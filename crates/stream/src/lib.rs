@@ -10,11 +10,16 @@
 //! - `origin`: the HTTP/1.1 origin server (Range, MIME types, CORS, no path traversal).
 //! - `placement`: request routing by consistent hashing with bounded loads (sans-IO).
 //! - `cache`: the edge's byte-bounded LRU segment cache (sans-IO).
+//! - `edge`: the CDN edge server, a pull-through cache with single-flight origin fetches.
+//! - `router`: the CDN request router (HTTP manifests and redirects, authoritative DNS,
+//!   health probes) over `placement`.
 
 pub mod abr;
 pub mod cache;
+pub mod edge;
 pub mod eval;
 pub mod mpd;
 pub mod origin;
 pub mod package;
 pub mod placement;
+pub mod router;
