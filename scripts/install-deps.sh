@@ -3,7 +3,8 @@
 # are missing. Usage: scripts/install-deps.sh [EXTRA_DEBIAN_PACKAGE...]
 # Always checked: aria2, python3-libtorrent, transmission-cli, mktorrent, opentracker, iproute2,
 # bsdutils (`script`, a pty for the chat terminal UI test), ffmpeg (DASH packaging, ffprobe),
-# chromium, nodejs and npm (the web player's browser test; its npm modules: `npm ci --prefix web`).
+# chromium, nodejs and npm (the web player's browser test; its npm modules: `npm ci --prefix web`),
+# dnsutils (`dig`, the CDN router's DNS test).
 set -euo pipefail
 need=()
 command -v aria2c >/dev/null || need+=(aria2)
@@ -18,6 +19,7 @@ command -v ffprobe >/dev/null || need+=(ffmpeg)
 command -v chromium >/dev/null || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+command -v dig >/dev/null || need+=(dnsutils)
 for pkg in "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -12,12 +12,17 @@
 //! - `placement`: request routing by consistent hashing with bounded loads (sans-IO).
 //! - `cache`: the edge's byte-bounded LRU segment cache (sans-IO).
 //! - `web`: the web player page (`/player/MOVIE`, dash.js) the origin serves.
+//! - `edge`: the CDN edge server, a pull-through cache with single-flight origin fetches.
+//! - `router`: the CDN request router (HTTP manifests and redirects, authoritative DNS,
+//!   health probes) over `placement`.
 
 pub mod abr;
 pub mod cache;
+pub mod edge;
 pub mod eval;
 pub mod mpd;
 pub mod origin;
 pub mod package;
 pub mod placement;
+pub mod router;
 pub mod web;

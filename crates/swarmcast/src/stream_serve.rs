@@ -15,6 +15,47 @@ pub enum StreamServeCommand {
     Package(PackageArgs),
     /// Serve a content directory over HTTP/1.1 (Range, MIME types, CORS).
     Origin(OriginArgs),
+    /// A CDN edge: an HTTP pull-through LRU cache in front of an origin.
+    Edge(EdgeArgs),
+    /// The CDN request router: manifests pointing at edges, redirects, DNS, health probes.
+    Router(RouterArgs),
+}
+
+/// `stream edge`.
+#[derive(clap::Args)]
+pub struct EdgeArgs {
+    /// The origin's base URL (http://HOST:PORT).
+    #[arg(long)]
+    origin: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// Bytes the cache may hold (k/M/G suffixes, powers of 1024).
+    #[arg(long, default_value = "256M")]
+    cache_size: String,
+    /// The edge's name in /health (default: edge-PORT).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// `stream router`.
+#[derive(clap::Args)]
+pub struct RouterArgs {
+    /// HTTP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// Also answer DNS for zone cdn.test on this UDP address.
+    #[arg(long)]
+    dns: Option<SocketAddr>,
+    /// An edge as NAME=URL (repeat; the URL's host must be an IPv4 address with --dns).
+    #[arg(long = "edge", required = true)]
+    edges: Vec<stream::router::EdgeSpec>,
+    /// Time between health probes of every edge (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s")]
+    probe_interval: String,
+    /// How long a placed viewer counts toward its edge's load (e.g. 30s).
+    #[arg(long, default_value = "30s")]
+    viewer_ttl: String,
 }
 
 /// `stream package`.
@@ -66,6 +107,8 @@ pub async fn run(cmd: StreamServeCommand) -> Result<()> {
     match cmd {
         StreamServeCommand::Package(a) => package_cmd(a).await,
         StreamServeCommand::Origin(a) => origin_cmd(a).await,
+        StreamServeCommand::Edge(a) => edge_cmd(a).await,
+        StreamServeCommand::Router(a) => router_cmd(a).await,
     }
 }
 
@@ -145,6 +188,52 @@ async fn origin_cmd(a: OriginArgs) -> Result<()> {
     );
     tokio::select! {
         r = server.run() => r.context("origin stopped")?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (digits, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let v: u64 = digits.parse().with_context(|| format!("bad size {s:?} (e.g. 256M)"))?;
+    v.checked_mul(mult).with_context(|| format!("size {s:?} is too large"))
+}
+
+async fn edge_cmd(a: EdgeArgs) -> Result<()> {
+    use stream::edge::{EdgeConfig, EdgeServer};
+    let name = a.name.unwrap_or_else(|| format!("edge-{}", a.listen.port()));
+    let config = EdgeConfig::new(a.origin.clone(), parse_size(&a.cache_size)?, name.clone());
+    let server = EdgeServer::bind(a.listen, config).await?;
+    eprintln!(
+        "edge {name}: caching {} on http://{} (Ctrl-C to stop)",
+        a.origin,
+        server.local_addr()
+    );
+    tokio::select! {
+        r = server.run() => r.context("edge stopped")?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+async fn router_cmd(a: RouterArgs) -> Result<()> {
+    use stream::router::{RouterConfig, RouterServer};
+    let mut config = RouterConfig::new(a.edges);
+    config.probe_interval = package::parse_duration(&a.probe_interval)?;
+    config.viewer_ttl = package::parse_duration(&a.viewer_ttl)?;
+    let server = RouterServer::bind(a.listen, a.dns, config).await?;
+    eprintln!("router: http://{} (Ctrl-C to stop)", server.local_addr());
+    if let Some(dns) = server.dns_addr() {
+        eprintln!("router: DNS for cdn.test on {dns}/udp");
+    }
+    tokio::select! {
+        r = server.run() => r.context("router stopped")?,
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())

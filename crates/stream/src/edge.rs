@@ -1,0 +1,537 @@
+//! The CDN edge: an HTTP/1.1 pull-through cache in front of one origin (hyper 1).
+//!
+//! - `GET`/`HEAD` of a path: answered from the byte-bounded [`Lru`] when present, else the
+//!   whole object is fetched from the origin (one fresh HTTP/1.1 connection per fetch), stored
+//!   and served. Range requests are answered over the cached bytes with the origin's semantics
+//!   ([`parse_range`]: 206 with `Content-Range`, 416 with `bytes */LEN`). MIME types and CORS
+//!   headers are the origin's; `X-Cache: HIT|MISS` tells which way a response went.
+//! - Single flight: the first miss of a path starts one fetch task and records a
+//!   `watch` receiver for it in the in-flight map; every later request for that path waits
+//!   on the same receiver, so concurrent misses cost exactly one origin fetch. The fetch runs
+//!   in its own task so a client that hangs up does not cancel it for the others.
+//! - Failures: an origin 404 passes through as 404 (not cached); any other origin status, a
+//!   connection error, a timeout or an object over [`EdgeConfig::max_object`] is 502.
+//! - `GET /health` answers a small JSON ([`Health`]) for the router's probes: the edge's
+//!   name, cache counters, requests in progress and origin fetches made.
+//!
+//! Lock order (both `std` mutexes, never held across an `.await`): `inflight` before `cache`.
+//! The fetch task inserts into the cache and removes its in-flight entry under both locks, so
+//! a request always finds the object either cached or in flight, never neither while a fetch
+//! for it is finishing.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use percent_encoding::percent_decode_str;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::cache::{CacheStats, Lru};
+use crate::origin::{mime_type, parse_range, RangeRequest};
+
+/// Largest object fetched from the origin by default (larger: 502).
+pub const DEFAULT_MAX_OBJECT: u64 = 64 * 1024 * 1024;
+/// Time an origin fetch may take, connect to last byte.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a client gets to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 1024;
+/// Longest request path accepted (longer: 404).
+const MAX_PATH_BYTES: usize = 4096;
+
+/// How an edge is set up.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// The origin's base URL, `http://HOST:PORT` (a path prefix is allowed).
+    pub origin: String,
+    /// Bytes of objects the cache may hold.
+    pub cache_size: u64,
+    /// The edge's name, reported in `/health`.
+    pub name: String,
+    /// Largest object fetched from the origin.
+    pub max_object: u64,
+}
+
+impl EdgeConfig {
+    /// A configuration with the default object cap.
+    pub fn new(origin: impl Into<String>, cache_size: u64, name: impl Into<String>) -> Self {
+        Self {
+            origin: origin.into(),
+            cache_size,
+            name: name.into(),
+            max_object: DEFAULT_MAX_OBJECT,
+        }
+    }
+}
+
+/// Errors setting up an edge.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The origin URL is not `http://HOST[:PORT][/PREFIX]`.
+    #[error("origin URL {url:?} is not usable: {reason} (expected http://HOST:PORT)")]
+    BadOrigin {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Binding the listening socket failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// What `GET /health` answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    /// The edge's name.
+    pub name: String,
+    /// Requests being answered now (excluding this probe).
+    pub active_requests: u64,
+    /// Whole-object fetches made from the origin so far.
+    pub origin_fetches: u64,
+    /// Cache hits (lookups that found the object).
+    pub hits: u64,
+    /// Cache misses.
+    pub misses: u64,
+    /// Objects evicted to make room.
+    pub evictions: u64,
+    /// Bytes held in the cache.
+    pub bytes: u64,
+    /// Objects held in the cache.
+    pub entries: usize,
+    /// The cache's capacity in bytes.
+    pub capacity: u64,
+}
+
+/// A fetched object, or why there is none.
+#[derive(Debug, Clone)]
+enum Fetched {
+    Object(Bytes),
+    NotFound,
+    Failed(String),
+}
+
+/// The origin, split once at start-up.
+#[derive(Debug)]
+struct Origin {
+    /// `HOST:PORT` to dial and send as `Host`.
+    authority: String,
+    /// Path prefix without a trailing slash (`""` for none).
+    prefix: String,
+}
+
+struct EdgeState {
+    config: EdgeConfig,
+    origin: Origin,
+    cache: Mutex<Lru>,
+    /// Path → the result of the fetch in progress for it (`None` until it ends).
+    inflight: Mutex<HashMap<String, watch::Receiver<Option<Fetched>>>>,
+    origin_fetches: AtomicU64,
+    active: AtomicU64,
+}
+
+/// Locks a mutex, going on with the data if another thread panicked while holding it (the
+/// cache and in-flight map stay consistent at every unlock point).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A pull-through caching HTTP server in front of one origin.
+pub struct EdgeServer {
+    listener: TcpListener,
+    state: Arc<EdgeState>,
+}
+
+impl EdgeServer {
+    /// Binds `addr` (port 0: any free port) to serve `config.origin` through a cache.
+    pub async fn bind(addr: SocketAddr, config: EdgeConfig) -> Result<EdgeServer, EdgeError> {
+        let origin = parse_origin(&config.origin)?;
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| EdgeError::Bind { addr, source })?;
+        let state = Arc::new(EdgeState {
+            cache: Mutex::new(Lru::new(config.cache_size)),
+            config,
+            origin,
+            inflight: Mutex::new(HashMap::new()),
+            origin_fetches: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+        });
+        Ok(EdgeServer { listener, state })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has a local address unless the socket is broken.
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until dropped; dropping the future closes every connection.
+    pub async fn run(self) -> io::Result<()> {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        if connections.len() >= MAX_CONNECTIONS {
+                            tracing::warn!(%peer, "too many connections, closing new one");
+                            continue;
+                        }
+                        connections.spawn(serve_connection(stream, peer, self.state.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    }
+}
+
+fn parse_origin(url: &str) -> Result<Origin, EdgeError> {
+    let bad = |reason| EdgeError::BadOrigin { url: url.to_string(), reason };
+    let uri: Uri = url.parse().map_err(|_| bad("not a URI"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("only http:// is supported"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("user info is not supported"));
+    }
+    let port = uri.port_u16().unwrap_or(80);
+    let authority = format!("{}:{port}", authority.host());
+    if uri.query().is_some() {
+        return Err(bad("a query is not allowed"));
+    }
+    let prefix = uri.path().trim_end_matches('/').to_string();
+    Ok(Origin { authority, prefix })
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<EdgeState>) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move {
+            let response = respond(&state, req.method(), req.uri().path(), req.headers()).await;
+            tracing::debug!(%peer, method = %req.method(), path = req.uri().path(),
+                status = response.status().as_u16(), "request");
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+        tracing::debug!(%peer, error = %e, "HTTP connection error");
+    }
+}
+
+/// Decrements the active-request count when a request ends, however it ends.
+struct ActiveGuard<'a>(&'a AtomicU64);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn respond(
+    state: &Arc<EdgeState>,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Response<Full<Bytes>> {
+    if method == Method::OPTIONS {
+        let mut response = with_cors(status(StatusCode::NO_CONTENT, ""));
+        let h = response.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Range, Content-Type"),
+        );
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+        return response;
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut response =
+            with_cors(status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
+        return response;
+    }
+    if path == "/health" {
+        return with_cors(health_response(state));
+    }
+    state.active.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(&state.active);
+    if !safe_path(path) {
+        return with_cors(status(StatusCode::NOT_FOUND, "not found\n"));
+    }
+    let (fetched, hit) = object(state, path).await;
+    let body = match fetched {
+        Fetched::Object(b) => b,
+        Fetched::NotFound => return with_cors(status(StatusCode::NOT_FOUND, "not found\n")),
+        Fetched::Failed(reason) => {
+            tracing::warn!(path, %reason, "origin fetch failed");
+            return with_cors(status(StatusCode::BAD_GATEWAY, "origin fetch failed\n"));
+        }
+    };
+    with_cors(serve_bytes(path, body, hit, method == Method::HEAD, headers))
+}
+
+/// A path the edge forwards: absolute, short, without query-like or dot segments (the origin
+/// checks again; this keeps hostile paths from costing a fetch or a cache entry).
+fn safe_path(path: &str) -> bool {
+    if !path.starts_with('/') || path.len() > MAX_PATH_BYTES {
+        return false;
+    }
+    let Ok(decoded) = percent_decode_str(path).decode_utf8() else {
+        return false;
+    };
+    !decoded.split('/').any(|s| s == "." || s == ".." || s.contains(['\\', '\0']))
+        && !decoded.ends_with('/')
+}
+
+/// The object at `path` from the cache, a fetch in flight, or a new fetch; and whether it
+/// was a cache hit.
+async fn object(state: &Arc<EdgeState>, path: &str) -> (Fetched, bool) {
+    let mut rx = {
+        let mut inflight = lock(&state.inflight);
+        if let Some(body) = lock(&state.cache).get(path) {
+            return (Fetched::Object(body), true);
+        }
+        match inflight.get(path) {
+            Some(rx) => rx.clone(),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                inflight.insert(path.to_string(), rx.clone());
+                tokio::spawn(fetch_task(state.clone(), path.to_string(), tx));
+                rx
+            }
+        }
+    };
+    let fetched = match rx.wait_for(Option::is_some).await {
+        Ok(v) => v.clone().unwrap_or(Fetched::Failed("no result".into())),
+        // The fetch task ended without a result (it panicked).
+        Err(_) => Fetched::Failed("fetch task ended".into()),
+    };
+    (fetched, false)
+}
+
+async fn fetch_task(state: Arc<EdgeState>, path: String, tx: watch::Sender<Option<Fetched>>) {
+    state.origin_fetches.fetch_add(1, Ordering::Relaxed);
+    let result = match tokio::time::timeout(FETCH_TIMEOUT, fetch(&state, &path)).await {
+        Ok(r) => r,
+        Err(_) => Fetched::Failed(format!("timed out after {FETCH_TIMEOUT:?}")),
+    };
+    {
+        let mut inflight = lock(&state.inflight);
+        if let Fetched::Object(body) = &result {
+            lock(&state.cache).insert(path.clone(), body.clone());
+        }
+        inflight.remove(&path);
+    }
+    // No receiver left (every client hung up) is fine: the object is cached anyway.
+    let _ = tx.send(Some(result));
+}
+
+/// Fetches the whole object at `path` from the origin.
+async fn fetch(state: &EdgeState, path: &str) -> Fetched {
+    let origin = &state.origin;
+    let target = format!("{}{path}", origin.prefix);
+    let stream = match TcpStream::connect(&origin.authority).await {
+        Ok(s) => s,
+        Err(e) => return Fetched::Failed(format!("connect to {}: {e}", origin.authority)),
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
+        TokioIo::new(stream),
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(e) => return Fetched::Failed(format!("handshake: {e}")),
+    };
+    // The connection task ends when `sender` is dropped (or on abort below).
+    let conn_task = tokio::spawn(conn);
+    let result = async {
+        let request = Request::get(&target)
+            .header(header::HOST, &origin.authority)
+            .header(header::USER_AGENT, "Swarmcast-edge/0.1")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(Fetched::NotFound),
+            s => return Err(format!("origin answered {s}")),
+        }
+        let declared = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > state.config.max_object) {
+            return Err(format!("object over the {} byte cap", state.config.max_object));
+        }
+        let limit = usize::try_from(state.config.max_object).unwrap_or(usize::MAX);
+        let body = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?
+            .to_bytes();
+        Ok(Fetched::Object(body))
+    }
+    .await;
+    conn_task.abort();
+    result.unwrap_or_else(Fetched::Failed)
+}
+
+fn serve_bytes(
+    path: &str,
+    body: Bytes,
+    hit: bool,
+    head_only: bool,
+    headers: &HeaderMap,
+) -> Response<Full<Bytes>> {
+    let len = body.len() as u64;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map_or(RangeRequest::Full, |v| parse_range(v, len));
+    let mut response = Response::new(Full::new(Bytes::new()));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime_type(Path::new(path))));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert("x-cache", HeaderValue::from_static(if hit { "HIT" } else { "MISS" }));
+    let (code, slice) = match range {
+        RangeRequest::Full => (StatusCode::OK, body),
+        RangeRequest::Partial { start, end } => {
+            h.insert(header::CONTENT_RANGE, header_value(format!("bytes {start}-{end}/{len}")));
+            // parse_range keeps start ≤ end < len.
+            (StatusCode::PARTIAL_CONTENT, body.slice(start as usize..=end as usize))
+        }
+        RangeRequest::Unsatisfiable => {
+            h.insert(header::CONTENT_RANGE, header_value(format!("bytes */{len}")));
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            return response;
+        }
+    };
+    h.insert(header::CONTENT_LENGTH, header_value(slice.len().to_string()));
+    *response.status_mut() = code;
+    if !head_only {
+        *response.body_mut() = Full::new(slice);
+    }
+    response
+}
+
+fn health_response(state: &EdgeState) -> Response<Full<Bytes>> {
+    let health = health(state);
+    let json = serde_json::to_vec(&health).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(json)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn health(state: &EdgeState) -> Health {
+    let stats: CacheStats = lock(&state.cache).stats();
+    Health {
+        name: state.config.name.clone(),
+        active_requests: state.active.load(Ordering::Relaxed),
+        origin_fetches: state.origin_fetches.load(Ordering::Relaxed),
+        hits: stats.hits,
+        misses: stats.misses,
+        evictions: stats.evictions,
+        bytes: stats.bytes,
+        entries: stats.entries,
+        capacity: state.config.cache_size,
+    }
+}
+
+/// A header value from text we formatted ourselves (digits, spaces, `-`, `/`, `*`).
+fn header_value(s: String) -> HeaderValue {
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn status(code: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = code;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn with_cors(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    let h = response.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Content-Length, Content-Range, Accept-Ranges, X-Cache"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_urls() {
+        let o = parse_origin("http://127.0.0.1:8080").unwrap();
+        assert_eq!((o.authority.as_str(), o.prefix.as_str()), ("127.0.0.1:8080", ""));
+        let o = parse_origin("http://example.test/content/").unwrap();
+        assert_eq!((o.authority.as_str(), o.prefix.as_str()), ("example.test:80", "/content"));
+        assert!(parse_origin("https://x:1").is_err());
+        assert!(parse_origin("http://u@x:1").is_err());
+        assert!(parse_origin("not a url").is_err());
+    }
+
+    #[test]
+    fn hostile_paths_are_not_forwarded() {
+        assert!(safe_path("/movie1/chunk-0-00001.m4s"));
+        for bad in ["", "movie", "/a/../b", "/%2e%2e/x", "/./x", "/a%5cb", "/a%00", "/dir/"] {
+            assert!(!safe_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ranges_over_cached_bytes() {
+        let body = Bytes::from_static(b"0123456789");
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=2-4"));
+        let r = serve_bytes("/m/a.m4s", body.clone(), true, false, &h);
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes 2-4/10");
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "3");
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=10-"));
+        let r = serve_bytes("/m/a.m4s", body, true, false, &h);
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes */10");
+    }
+}

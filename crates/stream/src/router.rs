@@ -1,0 +1,762 @@
+//! The CDN request router: an HTTP/1.1 server (and optionally an authoritative DNS server)
+//! that sends each viewer to an edge by consistent hashing with bounded loads ([`Placement`]).
+//!
+//! HTTP (hyper 1):
+//! - `GET /play/MOVIE/manifest.mpd`: places one viewer of `MOVIE`, fetches the manifest through
+//!   the chosen edge and answers it with its `BaseURL`s rewritten ([`mpd::set_base_urls`]) to
+//!   `EDGE_URL/MOVIE/` for every healthy edge in order of preference, the chosen one first, and
+//!   an `X-Swarmcast-Edge: NAME` header. An unknown movie (the edge answers 404) is 404.
+//! - `GET /route/MOVIE`: the same placement, answered as a 302 to the chosen edge's
+//!   `EDGE_URL/MOVIE/manifest.mpd`.
+//! - `GET /status`: JSON ([`Status`]) with every edge's health and load.
+//!
+//! DNS (UDP, messages parsed and built with hickory-proto): authoritative for zone
+//! [`ZONE`]. An `A` query for `MOVIE.cdn.test` places a viewer like the HTTP routes and
+//! answers the chosen edge's IPv4 address with TTL [`DNS_TTL`]; an unknown movie is NXDOMAIN;
+//! names outside the zone are REFUSED. Other query types for a known movie get an empty
+//! NOERROR answer. Edge URLs must then have IPv4 literal hosts.
+//!
+//! Health: every probe interval each edge's `/health` is fetched (all in parallel, each with
+//! the interval as its timeout); an edge that fails leaves the rotation, one that answers 200
+//! comes back. When the chosen edge cannot be reached while answering a viewer, it is marked
+//! unhealthy at once and the viewer is placed again.
+//!
+//! Load: each placement is a lease that expires after [`RouterConfig::viewer_ttl`] (30 s by
+//! default, the time a player needs to come back for its manifest and to be counted again).
+//! A viewer's load is therefore "recent placements", known to the router without any report
+//! from the edges; the bound `c` holds over the leases alive at each placement.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinSet;
+
+use crate::mpd;
+use crate::placement::{Placement, BALANCE};
+
+/// The DNS zone the router is authoritative for.
+pub const ZONE: &str = "cdn.test.";
+/// TTL of DNS answers, seconds: short, so a dead edge stops being handed out quickly.
+pub const DNS_TTL: u32 = 5;
+/// Largest manifest fetched from an edge.
+const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Largest health answer read.
+const MAX_HEALTH_BYTES: usize = 64 * 1024;
+/// Time a manifest fetch through an edge may take.
+const MANIFEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client gets to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most HTTP connections (and DNS queries) handled at once.
+const MAX_CONCURRENT: usize = 1024;
+/// Longest movie name (a DNS label).
+const MAX_MOVIE_BYTES: usize = 63;
+
+/// One edge given on the command line as `NAME=URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeSpec {
+    /// The edge's name (its identity on the hash ring).
+    pub name: String,
+    /// Its base URL, `http://HOST:PORT`.
+    pub url: String,
+}
+
+impl std::str::FromStr for EdgeSpec {
+    type Err = RouterError;
+
+    /// Parses `NAME=URL`.
+    fn from_str(s: &str) -> Result<Self, RouterError> {
+        let (name, url) = s
+            .split_once('=')
+            .filter(|(n, u)| !n.is_empty() && !u.is_empty())
+            .ok_or_else(|| RouterError::BadEdge { spec: s.to_string(), reason: "not NAME=URL" })?;
+        Ok(EdgeSpec { name: name.to_string(), url: url.trim_end_matches('/').to_string() })
+    }
+}
+
+/// How a router is set up.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// The edges, in a fixed order (the order of `/status`).
+    pub edges: Vec<EdgeSpec>,
+    /// Time between health probes of every edge.
+    pub probe_interval: Duration,
+    /// How long a placed viewer counts toward its edge's load.
+    pub viewer_ttl: Duration,
+    /// Balance factor `c` of bounded loads.
+    pub balance: f64,
+}
+
+impl RouterConfig {
+    /// A configuration with 1 s probes, 30 s viewer leases and c = 1.25.
+    pub fn new(edges: Vec<EdgeSpec>) -> Self {
+        Self {
+            edges,
+            probe_interval: Duration::from_secs(1),
+            viewer_ttl: Duration::from_secs(30),
+            balance: BALANCE,
+        }
+    }
+}
+
+/// Errors setting up a router.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// An `--edge` value is unusable.
+    #[error("edge {spec:?}: {reason}")]
+    BadEdge {
+        /// What was given.
+        spec: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// No edge was given.
+    #[error("give at least one --edge NAME=URL")]
+    NoEdges,
+    /// Binding a socket failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// What `GET /status` answers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// Every edge, in configuration order.
+    pub edges: Vec<EdgeStatus>,
+    /// Largest load over the mean load of healthy edges (1.0 when nobody is placed).
+    pub imbalance: f64,
+}
+
+/// One edge in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EdgeStatus {
+    /// Its name.
+    pub name: String,
+    /// Its base URL.
+    pub url: String,
+    /// Whether it is in rotation.
+    pub healthy: bool,
+    /// Viewers placed on it whose lease has not expired.
+    pub load: u32,
+}
+
+/// An edge, parsed once.
+#[derive(Debug)]
+struct EdgeTarget {
+    name: String,
+    url: String,
+    /// `HOST:PORT` to dial and send as `Host`.
+    authority: String,
+    ipv4: Option<Ipv4Addr>,
+}
+
+struct RouterState {
+    edges: Vec<EdgeTarget>,
+    placement: Mutex<Placement>,
+    /// (expiry, edge) of every live placement, oldest first (all leases have the same TTL).
+    leases: Mutex<VecDeque<(Instant, usize)>>,
+    config: RouterConfig,
+}
+
+/// Why a movie could not be routed.
+#[derive(Debug)]
+enum RouteError {
+    BadName,
+    UnknownMovie,
+    NoEdge,
+    Upstream(String),
+}
+
+/// A movie placed on an edge.
+struct Routed {
+    /// Edge indices, chosen first.
+    order: Vec<usize>,
+    manifest: Bytes,
+}
+
+/// Locks a mutex, going on with the data if a thread panicked while holding it (the
+/// placement and leases are consistent at every unlock point).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The request router: HTTP, optional DNS, and the health prober.
+pub struct RouterServer {
+    listener: TcpListener,
+    dns: Option<UdpSocket>,
+    state: Arc<RouterState>,
+}
+
+impl RouterServer {
+    /// Binds the HTTP listener on `http` and, if given, the DNS socket on `dns` (UDP).
+    pub async fn bind(
+        http: SocketAddr,
+        dns: Option<SocketAddr>,
+        config: RouterConfig,
+    ) -> Result<RouterServer, RouterError> {
+        if config.edges.is_empty() {
+            return Err(RouterError::NoEdges);
+        }
+        let mut edges = Vec::new();
+        for spec in &config.edges {
+            let edge = parse_edge(spec)?;
+            if dns.is_some() && edge.ipv4.is_none() {
+                return Err(RouterError::BadEdge {
+                    spec: format!("{}={}", spec.name, spec.url),
+                    reason: "with --dns the edge URL's host must be an IPv4 address",
+                });
+            }
+            if edges.iter().any(|e: &EdgeTarget| e.name == edge.name) {
+                return Err(RouterError::BadEdge {
+                    spec: spec.name.clone(),
+                    reason: "duplicate edge name",
+                });
+            }
+            edges.push(edge);
+        }
+        let listener = TcpListener::bind(http)
+            .await
+            .map_err(|source| RouterError::Bind { addr: http, source })?;
+        let dns = match dns {
+            Some(addr) => Some(
+                UdpSocket::bind(addr).await.map_err(|source| RouterError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let names: Vec<String> = edges.iter().map(|e| e.name.clone()).collect();
+        let state = Arc::new(RouterState {
+            placement: Mutex::new(Placement::new(&names, config.balance)),
+            edges,
+            leases: Mutex::new(VecDeque::new()),
+            config,
+        });
+        Ok(RouterServer { listener, dns, state })
+    }
+
+    /// The HTTP address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has a local address unless the socket is broken.
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The DNS address actually bound, if serving DNS.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
+    /// Serves HTTP and DNS and probes the edges until dropped.
+    pub async fn run(self) -> io::Result<()> {
+        let RouterServer { listener, dns, state } = self;
+        let dns_loop = async {
+            match dns {
+                Some(socket) => dns_loop(Arc::new(socket), state.clone()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = http_loop(listener, state.clone()) => r,
+            r = dns_loop => r,
+            () = probe_loop(state.clone()) => Ok(()),
+        }
+    }
+}
+
+fn parse_edge(spec: &EdgeSpec) -> Result<EdgeTarget, RouterError> {
+    let bad = |reason| RouterError::BadEdge { spec: format!("{}={}", spec.name, spec.url), reason };
+    let uri: Uri = spec.url.parse().map_err(|_| bad("the URL does not parse"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("only http:// edges are supported"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("the URL has no host"))?;
+    if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some()
+    {
+        return Err(bad("the URL must be http://HOST:PORT without a path"));
+    }
+    let host = authority.host();
+    let port = uri.port_u16().unwrap_or(80);
+    Ok(EdgeTarget {
+        name: spec.name.clone(),
+        url: format!("http://{host}:{port}"),
+        authority: format!("{host}:{port}"),
+        ipv4: host.parse().ok(),
+    })
+}
+
+/// A movie name usable as a path segment and a DNS label.
+fn valid_movie(movie: &str) -> bool {
+    !movie.is_empty()
+        && movie.len() <= MAX_MOVIE_BYTES
+        && movie.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !movie.starts_with('-')
+}
+
+impl RouterState {
+    /// Places a viewer of `movie` (expiring old leases first).
+    fn place(&self, movie: &str) -> Option<Vec<usize>> {
+        let now = Instant::now();
+        let mut placement = lock(&self.placement);
+        let mut leases = lock(&self.leases);
+        while leases.front().is_some_and(|&(expiry, _)| expiry <= now) {
+            if let Some((_, edge)) = leases.pop_front() {
+                placement.release(edge);
+            }
+        }
+        let order = placement.place(movie)?;
+        leases.push_back((now + self.config.viewer_ttl, order[0]));
+        Some(order)
+    }
+
+    /// Undoes the latest placement on `edge` (the viewer was not served after all).
+    fn unplace(&self, edge: usize) {
+        let mut placement = lock(&self.placement);
+        let mut leases = lock(&self.leases);
+        if let Some(pos) = leases.iter().rposition(|&(_, e)| e == edge) {
+            leases.remove(pos);
+            placement.release(edge);
+        }
+    }
+
+    /// Places a viewer of `movie` and fetches its manifest through the chosen edge. An edge
+    /// that cannot be reached is taken out of rotation and the viewer placed again.
+    async fn route(&self, movie: &str) -> Result<Routed, RouteError> {
+        if !valid_movie(movie) {
+            return Err(RouteError::BadName);
+        }
+        let mut last_error = String::new();
+        for _ in 0..self.edges.len() {
+            let order = self.place(movie).ok_or(RouteError::NoEdge)?;
+            let chosen = order[0];
+            let edge = &self.edges[chosen];
+            let path = format!("/{movie}/manifest.mpd");
+            let got = tokio::time::timeout(
+                MANIFEST_TIMEOUT,
+                http_get(&edge.authority, &path, MAX_MANIFEST_BYTES),
+            )
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()));
+            match got {
+                Ok((StatusCode::OK, manifest)) => return Ok(Routed { order, manifest }),
+                Ok((StatusCode::NOT_FOUND, _)) => {
+                    self.unplace(chosen);
+                    return Err(RouteError::UnknownMovie);
+                }
+                Ok((status, _)) => {
+                    // The edge is up but its origin is not: another edge will not do better.
+                    self.unplace(chosen);
+                    return Err(RouteError::Upstream(format!(
+                        "edge {} answered {status}",
+                        edge.name
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(edge = %edge.name, error = %e, "edge unreachable, out of rotation");
+                    self.unplace(chosen);
+                    lock(&self.placement).set_healthy(chosen, false);
+                    last_error = format!("edge {}: {e}", edge.name);
+                }
+            }
+        }
+        Err(RouteError::Upstream(last_error))
+    }
+
+    fn status(&self) -> Status {
+        let placement = lock(&self.placement);
+        Status {
+            edges: placement
+                .edges()
+                .iter()
+                .zip(&self.edges)
+                .map(|(p, e)| EdgeStatus {
+                    name: e.name.clone(),
+                    url: e.url.clone(),
+                    healthy: p.healthy,
+                    load: p.load,
+                })
+                .collect(),
+            imbalance: placement.imbalance(),
+        }
+    }
+}
+
+/// GETs `path` from `authority` over a fresh HTTP/1.1 connection: the status and the body
+/// (at most `limit` bytes).
+async fn http_get(
+    authority: &str,
+    path: &str,
+    limit: usize,
+) -> Result<(StatusCode, Bytes), String> {
+    let stream = TcpStream::connect(authority).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    // The connection task ends when `sender` is dropped (or on abort below).
+    let conn_task = tokio::spawn(conn);
+    let result = async {
+        let request = Request::get(path)
+            .header(header::HOST, authority)
+            .header(header::USER_AGENT, "Swarmcast-router/0.1")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    }
+    .await;
+    conn_task.abort();
+    result
+}
+
+async fn probe_loop(state: Arc<RouterState>) {
+    let interval = state.config.probe_interval.max(Duration::from_millis(10));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let mut probes = JoinSet::new();
+        for (i, edge) in state.edges.iter().enumerate() {
+            let authority = edge.authority.clone();
+            probes.spawn(async move {
+                let got = tokio::time::timeout(
+                    interval,
+                    http_get(&authority, "/health", MAX_HEALTH_BYTES),
+                )
+                .await;
+                (i, matches!(got, Ok(Ok((StatusCode::OK, _)))))
+            });
+        }
+        while let Some(joined) = probes.join_next().await {
+            if let Ok((i, healthy)) = joined {
+                let mut placement = lock(&state.placement);
+                if placement.edges()[i].healthy != healthy {
+                    tracing::info!(edge = %state.edges[i].name, healthy, "edge health changed");
+                }
+                placement.set_healthy(i, healthy);
+            }
+        }
+    }
+}
+
+async fn http_loop(listener: TcpListener, state: Arc<RouterState>) -> io::Result<()> {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if connections.len() >= MAX_CONCURRENT {
+                        tracing::warn!(%peer, "too many connections, closing new one");
+                        continue;
+                    }
+                    connections.spawn(serve_connection(stream, peer, state.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<RouterState>) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move {
+            let response = respond(&state, req.method(), req.uri().path()).await;
+            tracing::debug!(%peer, path = req.uri().path(), status = response.status().as_u16(),
+                "request");
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+        tracing::debug!(%peer, error = %e, "HTTP connection error");
+    }
+}
+
+async fn respond(state: &RouterState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+    }
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    match segments.as_slice() {
+        ["status"] => {
+            let json = serde_json::to_vec(&state.status()).unwrap_or_default();
+            let mut r = Response::new(Full::new(Bytes::from(json)));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            cors(r)
+        }
+        ["play", movie, "manifest.mpd"] => match state.route(movie).await {
+            Ok(routed) => play_response(state, movie, routed),
+            Err(e) => route_error(e),
+        },
+        ["route", movie] => match state.route(movie).await {
+            Ok(routed) => {
+                let edge = &state.edges[routed.order[0]];
+                let location = format!("{}/{movie}/manifest.mpd", edge.url);
+                let mut r = text(StatusCode::FOUND, format!("{location}\n"));
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                insert_edge_header(&mut r, &edge.name);
+                r
+            }
+            Err(e) => route_error(e),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+fn play_response(state: &RouterState, movie: &str, routed: Routed) -> Response<Full<Bytes>> {
+    let Ok(manifest) = std::str::from_utf8(&routed.manifest) else {
+        return text(StatusCode::BAD_GATEWAY, "the manifest is not UTF-8\n".into());
+    };
+    let bases: Vec<String> =
+        routed.order.iter().map(|&i| format!("{}/{movie}/", state.edges[i].url)).collect();
+    let refs: Vec<&str> = bases.iter().map(String::as_str).collect();
+    match mpd::set_base_urls(manifest, &refs) {
+        Ok(rewritten) => {
+            let mut r = Response::new(Full::new(Bytes::from(rewritten)));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/dash+xml"));
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            insert_edge_header(&mut r, &state.edges[routed.order[0]].name);
+            cors(r)
+        }
+        Err(e) => {
+            text(StatusCode::BAD_GATEWAY, format!("the origin's manifest is unusable: {e}\n"))
+        }
+    }
+}
+
+fn insert_edge_header(r: &mut Response<Full<Bytes>>, name: &str) {
+    if let Ok(v) = HeaderValue::from_str(name) {
+        r.headers_mut().insert("x-swarmcast-edge", v);
+    }
+}
+
+fn route_error(e: RouteError) -> Response<Full<Bytes>> {
+    match e {
+        RouteError::BadName | RouteError::UnknownMovie => {
+            text(StatusCode::NOT_FOUND, "unknown movie\n".into())
+        }
+        RouteError::NoEdge => text(StatusCode::SERVICE_UNAVAILABLE, "no healthy edge\n".into()),
+        RouteError::Upstream(reason) => {
+            tracing::warn!(%reason, "routing failed");
+            text(StatusCode::BAD_GATEWAY, format!("{reason}\n"))
+        }
+    }
+}
+
+fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    cors(r)
+}
+
+fn cors(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("X-Swarmcast-Edge, Location"),
+    );
+    r
+}
+
+async fn dns_loop(socket: Arc<UdpSocket>, state: Arc<RouterState>) -> io::Result<()> {
+    let mut queries = JoinSet::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let (n, peer) = match received {
+                    Ok(x) => x,
+                    // ICMP port unreachable from an earlier answer and the like: not fatal.
+                    Err(e) => {
+                        tracing::debug!(error = %e, "DNS receive failed");
+                        continue;
+                    }
+                };
+                if queries.len() >= MAX_CONCURRENT {
+                    continue;
+                }
+                let packet = buf[..n].to_vec();
+                let (socket, state) = (socket.clone(), state.clone());
+                queries.spawn(async move {
+                    if let Some(answer) = dns_answer(&state, &packet).await {
+                        if let Err(e) = socket.send_to(&answer, peer).await {
+                            tracing::debug!(%peer, error = %e, "DNS send failed");
+                        }
+                    }
+                });
+            }
+            Some(_) = queries.join_next(), if !queries.is_empty() => {}
+        }
+    }
+}
+
+/// The answer to one DNS packet, or `None` to drop it (unparseable without an id, or a
+/// response).
+async fn dns_answer(state: &RouterState, packet: &[u8]) -> Option<Vec<u8>> {
+    let request = match Message::from_vec(packet) {
+        Ok(m) => m,
+        Err(_) if packet.len() >= 2 => {
+            let id = u16::from_be_bytes([packet[0], packet[1]]);
+            return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok();
+        }
+        Err(_) => return None,
+    };
+    if request.message_type() != MessageType::Query {
+        return None;
+    }
+    let mut response = Message::new();
+    response
+        .set_id(request.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(request.op_code())
+        .set_recursion_desired(request.recursion_desired());
+    if request.op_code() != OpCode::Query {
+        response.set_response_code(ResponseCode::NotImp);
+        return response.to_vec().ok();
+    }
+    let [query] = request.queries() else {
+        response.set_response_code(ResponseCode::FormErr);
+        return response.to_vec().ok();
+    };
+    response.add_query(query.clone());
+    let name = query.name().to_lowercase();
+    // The constant is a valid name.
+    let zone = Name::from_ascii(ZONE).unwrap_or_default();
+    if !zone.zone_of(&name) {
+        response.set_response_code(ResponseCode::Refused);
+        return response.to_vec().ok();
+    }
+    response.set_authoritative(true);
+    let code = match name.num_labels() {
+        // The apex itself: it exists, holds no A record of ours.
+        n if n == zone.num_labels() => ResponseCode::NoError,
+        n if n == zone.num_labels() + 1 => {
+            let label = name.iter().next().unwrap_or_default();
+            let movie = std::str::from_utf8(label).unwrap_or("");
+            if query.query_type() == RecordType::A {
+                match state.route(movie).await {
+                    Ok(routed) => {
+                        let edge = &state.edges[routed.order[0]];
+                        if let Some(ip) = edge.ipv4 {
+                            let record = Record::from_rdata(name.clone(), DNS_TTL, RData::A(A(ip)));
+                            response.add_answer(record);
+                        }
+                        ResponseCode::NoError
+                    }
+                    Err(RouteError::BadName | RouteError::UnknownMovie) => ResponseCode::NXDomain,
+                    Err(_) => ResponseCode::ServFail,
+                }
+            } else {
+                match movie_exists(state, movie).await {
+                    Some(true) => ResponseCode::NoError,
+                    Some(false) => ResponseCode::NXDomain,
+                    None => ResponseCode::ServFail,
+                }
+            }
+        }
+        _ => ResponseCode::NXDomain,
+    };
+    response.set_response_code(code);
+    response.to_vec().ok()
+}
+
+/// Whether `movie` exists, asked of its first preferred edge without placing a viewer
+/// (`None`: no edge could tell).
+async fn movie_exists(state: &RouterState, movie: &str) -> Option<bool> {
+    if !valid_movie(movie) {
+        return Some(false);
+    }
+    let first = *lock(&state.placement).preference(movie).first()?;
+    let path = format!("/{movie}/manifest.mpd");
+    let got = tokio::time::timeout(
+        MANIFEST_TIMEOUT,
+        http_get(&state.edges[first].authority, &path, MAX_MANIFEST_BYTES),
+    )
+    .await;
+    match got {
+        Ok(Ok((StatusCode::OK, _))) => Some(true),
+        Ok(Ok((StatusCode::NOT_FOUND, _))) => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edge_specs() {
+        let s: EdgeSpec = "e1=http://127.0.0.1:9001/".parse().unwrap();
+        assert_eq!(s, EdgeSpec { name: "e1".into(), url: "http://127.0.0.1:9001".into() });
+        assert!("e1".parse::<EdgeSpec>().is_err());
+        assert!("=http://x".parse::<EdgeSpec>().is_err());
+        let t = parse_edge(&s).unwrap();
+        assert_eq!(t.ipv4, Some(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(t.authority, "127.0.0.1:9001");
+        let named = parse_edge(&"e=http://edge.test".parse().unwrap()).unwrap();
+        assert_eq!((named.ipv4, named.authority.as_str()), (None, "edge.test:80"));
+        assert!(parse_edge(&"e=https://1.2.3.4".parse().unwrap()).is_err());
+        assert!(parse_edge(&"e=http://1.2.3.4/x".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn movie_names() {
+        assert!(valid_movie("movie1"));
+        assert!(valid_movie("big_buck-bunny"));
+        for bad in ["", "-x", "a.b", "a/b", "..", "%2e", &"m".repeat(64)] {
+            assert!(!valid_movie(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dns_outside_the_zone_is_refused_and_garbage_is_formerr() {
+        let config = RouterConfig::new(vec!["e=http://127.0.0.1:1".parse().unwrap()]);
+        let router =
+            RouterServer::bind("127.0.0.1:0".parse().unwrap(), None, config).await.unwrap();
+        let mut q = Message::new();
+        q.set_id(7).add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("movie1.example.org.").unwrap(),
+            RecordType::A,
+        ));
+        let answer = dns_answer(&router.state, &q.to_vec().unwrap()).await.unwrap();
+        let answer = Message::from_vec(&answer).unwrap();
+        assert_eq!((answer.id(), answer.response_code()), (7, ResponseCode::Refused));
+        let answer = dns_answer(&router.state, &[0, 9, 0xff]).await.unwrap();
+        let answer = Message::from_vec(&answer).unwrap();
+        assert_eq!((answer.id(), answer.response_code()), (9, ResponseCode::FormErr));
+        assert!(dns_answer(&router.state, &[1]).await.is_none());
+    }
+}
