@@ -236,3 +236,90 @@ async fn a_hostile_manifest_is_a_clear_error() {
         play(&options(format!("http://{addr}/movie/none.mpd"), 1.0), |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
 }
+
+/// A bare HTTP/1.1 server (keep-alive, whole files, 404) whose `slow` paths trickle: 1 kB
+/// every 50 ms, a download that cannot finish in time.
+async fn trickling_server(root: &Path, slow: fn(&str) -> bool) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let root = root.to_path_buf();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let root = root.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end);
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let Ok(body) = std::fs::read(root.join(path.trim_start_matches('/'))) else {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                            .await;
+                        continue;
+                    };
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if stream.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if slow(&path) {
+                        for piece in body.chunks(1000) {
+                            if stream.write_all(piece).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    } else if stream.write_all(&body).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_download_that_cannot_finish_is_abandoned_for_a_lower_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = fake_dash(dir.path(), 40, &[]);
+    // From segment number 4 on, the 600k representation trickles; the 200k one stays fast.
+    let addr = trickling_server(dir.path(), |path| {
+        path.strip_prefix("/movie/chunk-1-")
+            .and_then(|rest| rest.strip_suffix(".m4s"))
+            .and_then(|number| number.parse::<u32>().ok())
+            .is_some_and(|number| number >= 4)
+    })
+    .await;
+    let mut opts = options(format!("http://{addr}/movie/manifest.mpd"), 20.0);
+    // The throughput rule climbs to 600k as soon as it has a (fast, loopback) sample.
+    opts.rule = RuleKind::Throughput;
+    let mut abandon_events = Vec::new();
+    let report = play(&opts, |e| {
+        if let PlayEvent::Abandon { segment, from_rep, to_rep } = e {
+            abandon_events.push((*segment, *from_rep, *to_rep));
+        }
+    })
+    .await
+    .unwrap();
+
+    check_consistent(&report, n);
+    assert_eq!(report.segments[1].rep, 1, "{:#?}", report.segments);
+    assert!(report.abandons >= 1, "{:#?}", report.segments);
+    assert_eq!(abandon_events.len(), report.abandons as usize);
+    assert!(abandon_events.iter().all(|&(segment, from, to)| segment >= 3 && (from, to) == (1, 0)));
+    // From segment index 3 (number 4) on, 600k never completes: every segment is at 200k.
+    assert!(report.segments[3..].iter().all(|s| s.rep == 0));
+    assert!(report.segments[3].abandoned);
+}
