@@ -999,6 +999,7 @@ impl Fetcher {
             };
             match result {
                 Ok(Download::Done(bytes)) => return Ok(bytes),
+                // `download(_, false)` never asks the core about abandonment.
                 Ok(Download::Abandoned { .. }) => unreachable!("audio downloads are not checked"),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Retry(error)) => {
@@ -1046,6 +1047,7 @@ impl Fetcher {
                 self.inits.insert(init.to_string());
                 Ok(())
             }
+            // `download(_, false)` never asks the core about abandonment.
             Download::Abandoned { .. } => unreachable!("init downloads are not checked"),
         }
     }
