@@ -9,6 +9,9 @@
 //! - `package`: encodes a bitrate ladder with the ffmpeg CLI and measures what came out.
 //! - `origin`: the HTTP/1.1 origin server (Range, MIME types, CORS, no path traversal); it
 //!   hands `/player/` and `/_player/` to `web`.
+//! - `player`: the headless DASH player (`swarmcast play`): a sans-IO core (buffer, stalls,
+//!   when to request) driven by an HTTP/1.1 fetcher with trace throttling, abandonment and
+//!   failover over the MPD's BaseURLs.
 //! - `placement`: request routing by consistent hashing with bounded loads (sans-IO).
 //! - `cache`: the edge's byte-bounded LRU segment cache (sans-IO).
 //! - `web`: the web player page (`/player/MOVIE`, dash.js) the origin serves.
@@ -24,5 +27,6 @@ pub mod mpd;
 pub mod origin;
 pub mod package;
 pub mod placement;
+pub mod player;
 pub mod router;
 pub mod web;

@@ -8,11 +8,13 @@
 //! - `chat_cmd.rs`, `tui.rs`: `chat`, `anchor` and `node` on the overlay (issue 4).
 //! - `sim_cmd.rs`: `sim overlay`, the seeded overlay simulation.
 //! - `stream_cmd.rs`, `stream_serve.rs`: `stream eval`, `stream package`, `stream origin` (issue 5).
+//! - `play_cmd.rs`: `play`, the headless DASH player (issue 5).
 
 mod chat_cmd;
 mod chat_demo;
 mod demo;
 mod lab_cmd;
+mod play_cmd;
 mod progress;
 mod sim_cmd;
 mod stream_cmd;
@@ -118,6 +120,9 @@ enum Command {
         #[command(subcommand)]
         cmd: sim_cmd::SimCommand,
     },
+    /// Play a DASH stream headless: adaptive bitrate, trace throttling, replica failover; reports
+    /// bitrates, startup, stalls, switches and QoE.
+    Play(play_cmd::PlayArgs),
     /// Video streaming over DASH: packaging and serving.
     Stream {
         #[command(subcommand)]
@@ -230,6 +235,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Lab { cmd } => lab_cmd::lab(cmd).await,
         Command::Sim { cmd } => sim_cmd::run(cmd),
         Command::Stream { cmd } => stream_cmd::run(cmd).await,
+        Command::Play(a) => play_cmd::run(a).await,
         Command::Seed { torrent, data, net } => seed(&torrent, &data, &net).await,
         Command::Get { source, output, seed, net } => get(&source, &output, seed, &net).await,
         Command::Tracker { listen, interval, max_peers_returned } => {

@@ -1,0 +1,154 @@
+//! `swarmcast play URL`: the headless DASH player of `stream::player`. This file parses the
+//! arguments, draws the live status line (a line updated in place on a terminal, plain lines
+//! otherwise), prints the per-segment table and the summary, and writes the JSON report.
+
+use std::io::{IsTerminal, Write as _};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use stream::abr::RuleKind;
+use stream::player::{parse_trace, play, PlayEvent, PlayOptions, PlayReport, PlayerConfig};
+
+/// Arguments of `swarmcast play`.
+#[derive(Args)]
+pub struct PlayArgs {
+    /// The MPD's URL (http://).
+    url: String,
+    /// ABR rule: throughput, bola, dynamic or hybrid (ours).
+    #[arg(long, default_value_t = RuleKind::DEFAULT)]
+    abr: RuleKind,
+    /// Throttle downloads to a bandwidth trace: lines `SECONDS BPS` (hold BPS bits per second
+    /// for SECONDS; `#` comments; it loops), or the JSON of a trace
+    /// (`{"points":[{"duration_s":1,"bps":1e6},...]}`).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Play N× faster: the buffer drains N× faster, waits and the trace shrink N×; downloads
+    /// are real. Reported times are player time (wall × N).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Write the report (qoe, stalls, stall_s, startup_s, switches, segments, ...) as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Runs `swarmcast play`.
+pub async fn run(a: PlayArgs) -> Result<()> {
+    let trace = match &a.trace {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the trace {}", path.display()))?;
+            Some(parse_trace(&text).with_context(|| format!("trace {}", path.display()))?)
+        }
+        None => None,
+    };
+    let opts = PlayOptions {
+        url: a.url.clone(),
+        rule: a.abr,
+        config: PlayerConfig { speed: a.speed, ..PlayerConfig::default() },
+        trace,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let mut status_shown = false;
+    let report = play(&opts, |event| show(event, tty, &mut status_shown)).await;
+    if status_shown {
+        eprintln!();
+    }
+    let report = report?;
+    print!("{}", table(&report));
+    if let Some(path) = &a.json {
+        let json = serde_json::to_vec_pretty(&report).context("cannot encode the report")?;
+        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Shows one event: the status line in place on a terminal, a plain line otherwise.
+fn show(event: &PlayEvent, tty: bool, status_shown: &mut bool) {
+    let mut err = std::io::stderr().lock();
+    let mut line = |text: String| {
+        if *status_shown {
+            let _ = writeln!(err);
+            *status_shown = false;
+        }
+        let _ = writeln!(err, "{text}");
+    };
+    match event {
+        PlayEvent::Manifest { segments, ladder_bps, audio, base_urls } => {
+            let ladder: Vec<String> = ladder_bps.iter().map(|b| format!("{}k", b / 1000)).collect();
+            line(format!(
+                "{segments} segments; video ladder {}; {}; replicas: {}",
+                ladder.join(" "),
+                match audio {
+                    Some(id) => format!("audio: representation {id} alongside"),
+                    None => "no audio in the manifest (video only)".to_string(),
+                },
+                base_urls.join(", ")
+            ));
+        }
+        PlayEvent::Failover { segment, from, to, error } => {
+            line(format!("segment {segment}: {from} failed ({error}); moving to {to}"));
+        }
+        PlayEvent::Abandon { segment, from_rep, to_rep } => {
+            line(format!(
+                "segment {segment}: abandoned at representation {from_rep}, fetching {to_rep}"
+            ));
+        }
+        PlayEvent::Segment { segment: s, total, stalls } => {
+            let rate_kbps =
+                if s.download_s > 0.0 { s.bytes as f64 * 8.0 / s.download_s / 1000.0 } else { 0.0 };
+            let text = format!(
+                "segment {}/{total}  rep {} ({} kbps)  measured {rate_kbps:.0} kbps  buffer {:.1} s  stalls {stalls}",
+                s.index + 1,
+                s.rep_id,
+                s.bitrate_bps / 1000,
+                s.buffer_s,
+            );
+            if tty {
+                let _ = write!(err, "\r\x1b[2K{text}");
+                let _ = err.flush();
+                *status_shown = true;
+            } else {
+                let _ = writeln!(err, "{text}");
+            }
+        }
+    }
+}
+
+/// The per-segment table and the summary.
+fn table(r: &PlayReport) -> String {
+    let mut out = format!(
+        "{:>5} {:>5} {:>9} {:>10} {:>10} {:>9}  base URL\n",
+        "seg", "rep", "kbps", "bytes", "download_s", "buffer_s"
+    );
+    for s in &r.segments {
+        out.push_str(&format!(
+            "{:>5} {:>5} {:>9} {:>10} {:>10.2} {:>9.1}  {}{}\n",
+            s.index,
+            s.rep_id,
+            s.bitrate_bps / 1000,
+            s.bytes,
+            s.download_s,
+            s.buffer_s,
+            s.base_url,
+            if s.abandoned { "  (abandoned a higher rate first)" } else { "" },
+        ));
+    }
+    out.push_str(&format!(
+        "abr {}  speed {}×  startup {:.2} s  stalls {} ({:.2} s)  switches {}  abandons {}  failovers {}\n\
+         mean bitrate {:.0} kbps  QoE (Pensieve linear) {:.2}  bytes {}\n",
+        r.abr,
+        r.speed,
+        r.startup_s,
+        r.stalls,
+        r.stall_s,
+        r.switches,
+        r.abandons,
+        r.failovers,
+        r.mean_bitrate_kbps,
+        r.qoe,
+        r.bytes_total,
+    ));
+    out
+}
