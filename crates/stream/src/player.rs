@@ -60,6 +60,8 @@ const MAX_REDIRECTS: usize = 5;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Wall time to wait for a response's head, or for the next bytes of its body.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest wait for a segment's response or next bytes before trying the next replica.
+const MIN_PATIENCE: Duration = Duration::from_secs(2);
 /// Rounds over all replicas before a segment is given up.
 const MAX_ROUNDS: usize = 3;
 /// Wall pause between two rounds over all replicas.
@@ -1058,6 +1060,14 @@ impl Fetcher {
         if media {
             self.core.handle_request_sent(Instant::now());
         }
+        // A replica that stops answering (frozen, not refusing) must not cost more than about
+        // half of what is buffered before the next replica is tried: wait at most half the
+        // buffer's wall-clock time, between MIN_PATIENCE and IDLE_TIMEOUT.
+        let buffered_wall_s = self.core.buffer_s() / self.core.cfg.speed.max(1e-9);
+        let patience = Duration::from_secs_f64(
+            (buffered_wall_s / 2.0).clamp(MIN_PATIENCE.as_secs_f64(), IDLE_TIMEOUT.as_secs_f64()),
+        );
+        self.client.patience = Some(patience);
         let response = self.client.get(url).await?;
         let status = response.status();
         if status.is_server_error() {
@@ -1091,10 +1101,10 @@ impl Fetcher {
         let mut body = response.into_body();
         let mut received = 0u64;
         loop {
-            let frame = match tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await {
+            let frame = match tokio::time::timeout(patience, body.frame()).await {
                 Err(_) => {
                     self.client.forget(url);
-                    return Err(Failure::Retry(format!("{url}: no data for {IDLE_TIMEOUT:?}")));
+                    return Err(Failure::Retry(format!("{url}: no data for {patience:?}")));
                 }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
@@ -1143,9 +1153,15 @@ impl Fetcher {
 #[derive(Default)]
 struct HttpClient {
     conns: BTreeMap<String, SendRequest<Empty<Bytes>>>,
+    /// How long to wait for a response or the next body bytes; `None`: [`IDLE_TIMEOUT`].
+    patience: Option<Duration>,
 }
 
 impl HttpClient {
+    fn timeout(&self) -> Duration {
+        self.patience.unwrap_or(IDLE_TIMEOUT)
+    }
+
     /// Fetches and parses the MPD (capped at [`MAX_MPD_BYTES`]), following redirects; returns
     /// the final URL with it.
     async fn fetch_mpd(&mut self, url: &str) -> Result<(String, Mpd), PlayError> {
@@ -1225,6 +1241,7 @@ impl HttpClient {
         let authority = uri.authority().ok_or_else(|| invalid("no host"))?.clone();
         let host_port = authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, h)| h);
         let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let patience = self.timeout();
         // A kept connection may have been closed by the server meanwhile: one fresh retry.
         for fresh in [false, true] {
             let reused = !fresh && self.conns.contains_key(authority.as_str());
@@ -1240,7 +1257,7 @@ impl HttpClient {
                 .header(header::USER_AGENT, "Swarmcast/0.1 (swarmcast play)")
                 .body(Empty::<Bytes>::new())
                 .map_err(|_| invalid("cannot build a request"))?;
-            let sent = tokio::time::timeout(IDLE_TIMEOUT, async {
+            let sent = tokio::time::timeout(patience, async {
                 sender.ready().await?;
                 sender.send_request(request).await
             })
@@ -1257,7 +1274,7 @@ impl HttpClient {
                 }
                 Err(_) => {
                     self.conns.remove(authority.as_str());
-                    return Err(Failure::Retry(format!("{url}: no response in {IDLE_TIMEOUT:?}")));
+                    return Err(Failure::Retry(format!("{url}: no response in {patience:?}")));
                 }
             }
         }
