@@ -1,8 +1,8 @@
 //! Issue 5's CDN evaluation with real processes: an origin, 3 edges (on 127.0.0.2-4) and the
 //! router run as `swarmcast stream ...`; 10 `swarmcast play` processes stream one movie through
 //! the router, which spreads them over the edges by bounded loads. The edge that got the most
-//! players is killed (SIGKILL) once each of its players has played a few segments. Every player
-//! must play to the end, the killed edge's players by failing over to the next BaseURL (another
+//! players is killed (SIGKILL), or frozen (SIGSTOP) in a second test, once each of its players
+//! has played a few segments. Every player must play to the end, the killed edge's players by failing over to the next BaseURL (another
 //! edge), and no player may stall more than once or for more than 2 s (the issue's criterion).
 //!
 //! The players throttle themselves to a constant 500 kbit/s trace (the ladder is 200k and 600k
@@ -83,6 +83,17 @@ fn start_edge(i: usize, origin: u16, dir: &Path) -> (Proc, SocketAddr) {
 
 #[test]
 fn killing_the_busiest_edge_keeps_every_player_going() {
+    edge_failure_keeps_every_player_going(false);
+}
+
+/// A frozen edge (SIGSTOP: connections accepted by the kernel, never answered) is worse than a
+/// dead one: the players must give up on it within their patience and not stall for long.
+#[test]
+fn freezing_the_busiest_edge_keeps_every_player_going() {
+    edge_failure_keeps_every_player_going(true);
+}
+
+fn edge_failure_keeps_every_player_going(freeze: bool) {
     require("ffmpeg");
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
@@ -156,7 +167,13 @@ fn killing_the_busiest_edge_keeps_every_player_going() {
         Duration::from_secs(60),
         || on_victim.iter().all(|&i| segments_in(&players[i]) >= BEFORE_KILL),
     );
-    edges[victim].0.kill();
+    if freeze {
+        let pid = edges[victim].0.pid().to_string();
+        let st = std::process::Command::new("kill").args(["-STOP", &pid]).status();
+        assert!(st.is_ok_and(|s| s.success()), "cannot SIGSTOP the edge");
+    } else {
+        edges[victim].0.kill();
+    }
     let at_kill: Vec<usize> = on_victim.iter().map(|&i| segments_in(&players[i])).collect();
     eprintln!("killed e{victim}; its players had {at_kill:?} segments");
 
