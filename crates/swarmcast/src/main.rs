@@ -3,7 +3,8 @@
 //!
 //! - `main.rs`: the CLI definition and the subcommands.
 //! - `progress.rs`: progress bars on a terminal, plain log lines otherwise.
-//! - `demo.rs`, `chat_demo.rs`: the no-setup local demo (a swarm, then a chat overlay).
+//! - `demo.rs`, `chat_demo.rs`, `stream_demo.rs`: the local demo (a swarm, a chat overlay, a
+//!   CDN with players).
 //! - `lab_cmd.rs`: `bound` and `lab`, the distribution-time bounds and measurements.
 //! - `chat_cmd.rs`, `tui.rs`: `chat`, `anchor` and `node` on the overlay (issue 4).
 //! - `sim_cmd.rs`: `sim overlay`, the seeded overlay simulation.
@@ -18,6 +19,7 @@ mod play_cmd;
 mod progress;
 mod sim_cmd;
 mod stream_cmd;
+mod stream_demo;
 mod stream_serve;
 mod tui;
 
@@ -46,8 +48,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run everything locally: a BitTorrent swarm (tracker, seed, leechers), then an overlay of
-    /// chat nodes, all on loopback.
+    /// Run everything locally: a BitTorrent swarm (tracker, seed, leechers), an overlay of chat
+    /// nodes, and a CDN streaming to players, all on loopback.
     Demo {
         /// Number of leechers.
         #[arg(long, default_value_t = 4)]
@@ -61,6 +63,10 @@ enum Command {
         /// Chat nodes in the overlay part of the demo (0 skips it).
         #[arg(long, default_value_t = 10)]
         chat_nodes: usize,
+        /// Skip the streaming part (a CDN of origin, edges and router, and players; needs
+        /// ffmpeg to package its clip).
+        #[arg(long)]
+        no_stream: bool,
     },
     /// Make a .torrent for a file or a directory.
     Create {
@@ -218,10 +224,13 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo { leechers, size, upload_limit, chat_nodes } => {
+        Command::Demo { leechers, size, upload_limit, chat_nodes, no_stream } => {
             demo::run(leechers, size, upload_limit).await?;
             if chat_nodes > 0 {
                 chat_demo::run(chat_nodes).await?;
+            }
+            if !no_stream {
+                stream_demo::run().await?;
             }
             Ok(())
         }
