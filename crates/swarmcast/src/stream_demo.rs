@@ -51,8 +51,9 @@ pub async fn run() -> Result<()> {
     let measured: Vec<String> = report
         .representations
         .iter()
-        .map(|r| {
-            format!("{} {} {} kb/s", r.kind, r.rung.as_deref().unwrap_or(""), r.measured_bps / 1000)
+        .map(|r| match &r.rung {
+            Some(rung) => format!("{} {rung} {} kb/s", r.kind, r.measured_bps / 1000),
+            None => format!("{} {} kb/s", r.kind, r.measured_bps / 1000),
         })
         .collect();
     println!("stream: packaged; measured {}", measured.join(", "));
