@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::cache::{CacheStats, Lru};
-use crate::origin::{mime_type, parse_range, RangeRequest};
+use crate::origin::{self, method_response, mime_type, parse_range, status, RangeRequest};
 
 /// Largest object fetched from the origin by default (larger: 502).
 pub const DEFAULT_MAX_OBJECT: u64 = 64 * 1024 * 1024;
@@ -259,27 +259,8 @@ async fn respond(
     path: &str,
     headers: &HeaderMap,
 ) -> Response<Full<Bytes>> {
-    if method == Method::OPTIONS {
-        let mut response = with_cors(status(StatusCode::NO_CONTENT, ""));
-        let h = response.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, HEAD, OPTIONS"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("Range, Content-Type"),
-        );
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
-        return response;
-    }
-    if method != Method::GET && method != Method::HEAD {
-        let mut response =
-            with_cors(status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
-        return response;
+    if let Some(response) = method_response(method) {
+        return with_cors(response);
     }
     if path == "/health" {
         return with_cors(health_response(state));
@@ -478,23 +459,11 @@ fn header_value(s: String) -> HeaderValue {
     HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn status(code: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *response.status_mut() = code;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response
-}
+/// The origin's exposed headers plus `X-Cache`.
+const EXPOSE_HEADERS: &str = "Content-Length, Content-Range, Accept-Ranges, X-Cache";
 
-fn with_cors(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
-    let h = response.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Content-Length, Content-Range, Accept-Ranges, X-Cache"),
-    );
-    response
+fn with_cors(response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    origin::with_cors(response, EXPOSE_HEADERS)
 }
 
 #[cfg(test)]

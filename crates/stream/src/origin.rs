@@ -155,6 +155,16 @@ impl OriginBody {
     }
 }
 
+impl From<&'static str> for OriginBody {
+    fn from(text: &'static str) -> OriginBody {
+        if text.is_empty() {
+            OriginBody::empty()
+        } else {
+            OriginBody::text(text)
+        }
+    }
+}
+
 impl Body for OriginBody {
     type Data = Bytes;
     type Error = io::Error;
@@ -323,38 +333,17 @@ pub async fn respond(
     path: &str,
     headers: &HeaderMap,
 ) -> Response<OriginBody> {
-    if method == Method::OPTIONS {
-        let mut response = with_cors(status(StatusCode::NO_CONTENT, OriginBody::empty()));
-        let h = response.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, HEAD, OPTIONS"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("Range, Content-Type"),
-        );
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
-        return response;
-    }
-    if method != Method::GET && method != Method::HEAD {
-        let mut response = with_cors(status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            OriginBody::text("method not allowed\n"),
-        ));
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
-        return response;
+    if let Some(response) = method_response(method) {
+        return with_cors(response, EXPOSE_HEADERS);
     }
     let Some(file_path) = resolve_path(root, path).await else {
-        return with_cors(status(StatusCode::NOT_FOUND, OriginBody::text("not found\n")));
+        return with_cors(status(StatusCode::NOT_FOUND, "not found\n"), EXPOSE_HEADERS);
     };
     match serve_file(&file_path, method == Method::HEAD, headers).await {
-        Ok(response) => with_cors(response),
+        Ok(response) => with_cors(response, EXPOSE_HEADERS),
         Err(e) => {
             tracing::warn!(path = %file_path.display(), error = %e, "cannot read file");
-            with_cors(status(StatusCode::INTERNAL_SERVER_ERROR, OriginBody::text("read error\n")))
+            with_cors(status(StatusCode::INTERNAL_SERVER_ERROR, "read error\n"), EXPOSE_HEADERS)
         }
     }
 }
@@ -400,8 +389,12 @@ async fn serve_file(
     builder.body(body).map_err(io::Error::other)
 }
 
-fn status(code: StatusCode, body: OriginBody) -> Response<OriginBody> {
-    let mut response = Response::new(body);
+/// Response headers a browser's script may read (CORS), for the origin; the edge adds its own.
+pub(crate) const EXPOSE_HEADERS: &str = "Content-Length, Content-Range, Accept-Ranges";
+
+/// A plain-text response with status `code` (shared by the origin and the edge).
+pub(crate) fn status<B: From<&'static str>>(code: StatusCode, text: &'static str) -> Response<B> {
+    let mut response = Response::new(B::from(text));
     *response.status_mut() = code;
     response
         .headers_mut()
@@ -409,14 +402,37 @@ fn status(code: StatusCode, body: OriginBody) -> Response<OriginBody> {
     response
 }
 
-fn with_cors(mut response: Response<OriginBody>) -> Response<OriginBody> {
+/// Adds the CORS headers every response of ours carries, exposing `expose`.
+pub(crate) fn with_cors<B>(mut response: Response<B>, expose: &'static str) -> Response<B> {
     let h = response.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Content-Length, Content-Range, Accept-Ranges"),
-    );
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(expose));
     response
+}
+
+/// The answer to a method other than GET and HEAD: the CORS preflight (204) for OPTIONS, 405
+/// for the rest; `None` for GET and HEAD, which the caller serves.
+pub(crate) fn method_response<B: From<&'static str>>(method: &Method) -> Option<Response<B>> {
+    if method == Method::GET || method == Method::HEAD {
+        return None;
+    }
+    if method == Method::OPTIONS {
+        let mut response = status(StatusCode::NO_CONTENT, "");
+        let h = response.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Range, Content-Type"),
+        );
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+        return Some(response);
+    }
+    let mut response = status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
+    Some(response)
 }
 
 #[cfg(test)]
