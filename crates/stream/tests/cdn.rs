@@ -3,6 +3,8 @@
 //! probes, bounded loads, DNS answered to the real `dig`). No ffmpeg: the movies are fake
 //! directories holding the 2-rung test manifest and a few byte files as segments.
 
+mod raw_http;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,44 +19,21 @@ use stream::origin::OriginServer;
 use stream::placement::{zipf_movies, Placement, BALANCE};
 use stream::router::{EdgeSpec, RouterConfig, RouterServer, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+use raw_http::{raw, Reply};
 
 const MANIFEST: &str = include_str!("data/ffmpeg-2rung.mpd");
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
 /// One HTTP/1.1 request with `Connection: close`; `extra` are more header lines.
 async fn request(addr: SocketAddr, method: &str, path: &str, extra: &[&str]) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1");
     for h in extra {
-        text.push_str(h);
-        text.push_str("\r\n");
+        head.push_str("\r\n");
+        head.push_str(h);
     }
-    text.push_str("\r\n");
-    stream.write_all(text.as_bytes()).await.unwrap();
-    let mut bytes = Vec::new();
-    stream.read_to_end(&mut bytes).await.unwrap();
-    let split = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
-    let head = String::from_utf8(bytes[..split].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Reply { status, headers, body: bytes[split + 4..].to_vec() }
+    raw(addr, &head).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Reply {
