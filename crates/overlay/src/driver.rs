@@ -14,9 +14,12 @@
 //!   at most [`MAX_PEERS`] peers are connected at once (further inbound connections are refused).
 //! - A connection's loss is `PeerFailed` only if the peer is an active neighbor and it was the
 //!   peer's last connection (simultaneous dials create two; either may close).
-//! - A broadcast payload is checked by the service's validator (for chat: the author's
-//!   signature) before the node core sees it, so a forged or altered message is dropped at the
-//!   first honest node instead of being relayed.
+//! - A broadcast payload and the id it comes under are checked by the service's validator (for
+//!   chat: the author's signature, and that the id is the hash of the envelope) before the node
+//!   core sees them, so a forged or altered message, or a valid one under another message's id
+//!   (which would make the tree take the real one for a duplicate and prune it), is dropped at
+//!   the first honest node instead of being relayed. Honest nodes never relay such a frame, so
+//!   a connection that sends [`MAX_INVALID_BROADCASTS`] of them is closed.
 //! - Each connection may deliver at most [`FRAMES_PER_SEC`] frames a second on average (burst
 //!   [`FRAME_BURST`]); beyond that frames are dropped and logged, so a peer flooding joins or
 //!   messages costs us little. Frames that do not decode close the connection.
@@ -64,9 +67,12 @@ pub const IDLE_CLOSE: Duration = Duration::from_secs(15);
 pub const FRAMES_PER_SEC: f64 = 500.0;
 /// Burst of frames accepted from one connection.
 pub const FRAME_BURST: f64 = 2000.0;
+/// Invalid broadcasts (refused by the validator) after which a peer's connections are closed.
+pub const MAX_INVALID_BROADCASTS: u32 = 4;
 
-/// Checks a broadcast payload of a topic before it is delivered and relayed.
-pub type Validator = Box<dyn Fn(&TopicId, &[u8]) -> bool + Send + Sync>;
+/// Checks a broadcast payload of a topic, and the id it arrived under, before it is delivered
+/// and relayed.
+pub type Validator = Box<dyn Fn(&TopicId, &MessageId, &[u8]) -> bool + Send + Sync>;
 
 /// What the driver reports to its service.
 #[derive(Debug)]
@@ -117,6 +123,8 @@ struct PeerConns {
     /// Frames waiting for a dial to finish; `Some` while dialing.
     dialing: Option<Vec<Vec<u8>>>,
     last_used: Option<Instant>,
+    /// Broadcasts from this peer the validator refused (reset when its connections go).
+    invalid: u32,
 }
 
 /// The driver of one node. See the module docs.
@@ -171,7 +179,8 @@ impl Driver {
         driver
     }
 
-    /// Sets the check every broadcast payload from a peer must pass to be delivered or relayed.
+    /// Sets the check every broadcast from a peer (topic, id, payload) must pass to be delivered
+    /// or relayed.
     pub fn set_validator(&mut self, validator: Validator) {
         self.validator = Some(validator);
     }
@@ -402,11 +411,11 @@ impl Driver {
             NetEvent::Frame { peer, msg } => {
                 if let (
                     Some(valid),
-                    Wire::Gossip { topic, msg: plumtree::Message::Gossip { payload, .. } },
+                    Wire::Gossip { topic, msg: plumtree::Message::Gossip { id, payload, .. } },
                 ) = (&self.validator, &msg)
                 {
-                    if !valid(topic, payload) {
-                        tracing::warn!("dropped an invalid broadcast from {peer:?}");
+                    if !valid(topic, id, payload) {
+                        self.refused_broadcast(peer);
                         return;
                     }
                 }
@@ -421,6 +430,20 @@ impl Driver {
                         self.input(Input::PeerFailed(peer));
                     }
                 }
+            }
+        }
+    }
+
+    /// Counts a broadcast the validator refused against `peer`, closing its connections (which
+    /// reports it failed) once it has sent [`MAX_INVALID_BROADCASTS`].
+    fn refused_broadcast(&mut self, peer: Peer) {
+        let Some(entry) = self.peers.get_mut(&peer) else { return };
+        entry.invalid += 1;
+        tracing::warn!("dropped an invalid broadcast from {peer:?} ({} so far)", entry.invalid);
+        if entry.invalid >= MAX_INVALID_BROADCASTS {
+            tracing::warn!("closing the connection to {peer:?}: it relays invalid broadcasts");
+            for link in &entry.links {
+                link.handle.close("invalid broadcasts");
             }
         }
     }

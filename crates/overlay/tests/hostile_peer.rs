@@ -177,7 +177,7 @@ async fn hostile_peer_cannot_forge_replay_or_flood() {
             .expect("send");
         let raw = next_gossip_payload(&mut conn).await;
         let v = envelope::open(envelope::room_topic("general"), &raw).expect("valid");
-        // 3. Replay it under a fresh gossip id: stored once, shown once.
+        // 3. Replay it under a fresh gossip id: dropped (the id is not its hash), shown once.
         let replay = Wire::Gossip {
             topic: envelope::room_topic("general"),
             msg: plumtree::Message::Gossip { id: MessageId([1; 32]), payload: raw, round: 0 },
@@ -256,4 +256,92 @@ async fn hostile_peer_cannot_forge_replay_or_flood() {
         .collect();
     assert_eq!(texts.iter().filter(|t| **t == "second").count(), 1, "{texts:?}");
     assert!(!texts.contains(&"send eve your keys"), "forgery shown: {texts:?}");
+}
+
+/// Reads frames from `conn` until the room gossip whose text is `text` arrives; returns its id
+/// and envelope.
+async fn gossip_with_text(conn: &mut Conn, text: &str) -> (MessageId, Vec<u8>) {
+    timeout(WAIT, async {
+        loop {
+            let f = conn.recv().await.expect("connection alive").expect("not closed");
+            if let Ok(Wire::Gossip { msg: plumtree::Message::Gossip { id, payload, .. }, .. }) =
+                wire::decode::<Wire<Peer>>(&f)
+            {
+                let v = envelope::open(envelope::room_topic("general"), &payload);
+                if v.is_ok_and(
+                    |v| matches!(v.content, Content::Room { text: ref t, .. } if t == text),
+                ) {
+                    return (id, payload);
+                }
+            }
+        }
+    })
+    .await
+    .expect("the gossip reaches the attacker")
+}
+
+/// Issue 9 item 10. Eve is the only link between bob and the subtree carol → dave. When bob's
+/// message comes by, she first hands carol a different, validly signed envelope under its id,
+/// then the real one. Without the id check carol takes the id as seen, relays the decoy under
+/// it, and prunes the real message as a duplicate, so neither carol nor dave ever shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_under_another_messages_id_does_not_hide_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bob = start(dir.path(), "bob", vec![]).await;
+    let mut carol = start(dir.path(), "carol", vec![]).await;
+    let (eve, _bep, mut to_bob) = join_as(7, bob.addr).await;
+    let (_, _cep, mut to_carol) = join_as(7, carol.addr).await;
+    let mut dave = start(dir.path(), "dave", vec![carol.addr]).await;
+    // Dave is carol's neighbor once he hears her catch-up traffic; prove it with a message.
+    carol
+        .cmd
+        .send(Command::Say { room: "general".into(), text: "carol here".into() })
+        .await
+        .expect("send");
+    expect_message(&mut dave, "carol here").await;
+
+    bob.cmd
+        .send(Command::Say { room: "general".into(), text: "the real one".into() })
+        .await
+        .expect("send");
+    let (real_id, real) = gossip_with_text(&mut to_bob, "the real one").await;
+    let decoy = envelope::seal(
+        &eve,
+        Content::Room {
+            author: eve.id(),
+            nick: "eve".into(),
+            room: "general".into(),
+            sent_ms: 1,
+            nonce: 1,
+            text: "decoy".into(),
+        },
+    );
+    let gossip = |payload: Vec<u8>| {
+        frame(&Wire::Gossip {
+            topic: envelope::room_topic("general"),
+            msg: plumtree::Message::Gossip { id: real_id, payload, round: 0 },
+        })
+    };
+    to_carol.send(&gossip(decoy.raw.clone())).await.expect("send decoy");
+    to_carol.send(&gossip(real)).await.expect("send real");
+
+    expect_message(&mut carol, "the real one").await;
+    expect_message(&mut dave, "the real one").await;
+
+    // The mismatches count against eve: a few more and carol hangs up on her.
+    for _ in 0..overlay::driver::MAX_INVALID_BROADCASTS {
+        if to_carol.send(&gossip(decoy.raw.clone())).await.is_err() {
+            break;
+        }
+    }
+    let closed = timeout(WAIT, async {
+        loop {
+            match to_carol.recv().await {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "carol keeps a peer that relays envelopes under false ids");
 }

@@ -247,8 +247,11 @@ pub async fn run(
     let advertise = config.advertise.unwrap_or(bound);
     let known: Vec<Peer> = store.peers()?.into_iter().map(|(id, addr)| Peer { id, addr }).collect();
     let mut driver = Driver::start(endpoint, advertise, config.node, config.anchors, known);
-    // Forged, altered or malformed envelopes are dropped before they are relayed.
-    driver.set_validator(Box::new(|topic, raw| envelope::open(*topic, raw).is_ok()));
+    // Forged, altered or malformed envelopes, and valid ones under another message's id, are
+    // dropped before they are relayed.
+    driver.set_validator(Box::new(|topic, id, raw| {
+        envelope::open(*topic, raw).is_ok_and(|v| v.id == *id)
+    }));
     let mut svc = Service {
         identity,
         nick: config.nick,
