@@ -6,8 +6,11 @@
 //! prefix and refuses any longer than the same [`MAX_FRAME`] before allocating.
 //!
 //! Frames come from outside: [`decode`] rejects, with a typed error and never a panic, an empty
-//! frame, an oversized one, an unknown version, malformed postcard and trailing bytes (so one
-//! message has exactly one encoding the receiver accepts).
+//! frame, an oversized one, an unknown version, malformed postcard, trailing bytes and any other
+//! encoding that is not the one [`encode`] produces (postcard itself accepts over-long varints),
+//! so one message has exactly one encoding the receiver accepts: `encode(decode(x)) == x`.
+//! [`from_canonical`] is the same check without the version byte, for bytes that are hashed or
+//! signed (chat envelopes) or nested in a frame.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -46,6 +49,10 @@ pub enum WireError {
     /// A whole message was decoded but bytes were left over after it.
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),
+    /// The bytes decode, but are not the canonical encoding of what they decode to (for
+    /// example an over-long varint), so they would give one message a second identity.
+    #[error("non-canonical encoding")]
+    NonCanonical,
     /// The message could not be serialized (a serde `Serialize` impl failed).
     #[error("cannot encode message: {0}")]
     Encode(String),
@@ -66,8 +73,9 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
 /// Decodes one frame produced by [`encode`] into a `T`.
 ///
 /// Every check happens before any allocation the frame could ask for: postcard's own lengths are
-/// bounded by the frame's bytes, and the frame itself is capped at [`MAX_FRAME`].
-pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, WireError> {
+/// bounded by the frame's bytes, and the frame itself is capped at [`MAX_FRAME`]. Only the
+/// canonical encoding is accepted (see [`from_canonical`]).
+pub fn decode<T: Serialize + DeserializeOwned>(frame: &[u8]) -> Result<T, WireError> {
     if frame.len() > MAX_FRAME {
         return Err(WireError::TooLarge { len: frame.len(), max: MAX_FRAME });
     }
@@ -75,10 +83,24 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, WireError> {
     if version != PROTOCOL_VERSION {
         return Err(WireError::UnknownVersion { found: version, expected: PROTOCOL_VERSION });
     }
+    from_canonical(body)
+}
+
+/// Decodes postcard `bytes` (no version byte) into a `T`, accepting only the one encoding
+/// postcard produces for it: no trailing bytes, and re-encoding gives back exactly `bytes`.
+/// Use it for anything whose bytes are hashed or signed, so a changed byte can never make a
+/// "new" message out of an old one.
+///
+/// The caller bounds `bytes`; the re-encoding is no longer than them for our message types.
+pub fn from_canonical<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     let (msg, rest) =
-        postcard::take_from_bytes::<T>(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+        postcard::take_from_bytes::<T>(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(WireError::TrailingBytes(rest.len()));
+    }
+    let again = postcard::to_allocvec(&msg).map_err(|e| WireError::Encode(e.to_string()))?;
+    if again != bytes {
+        return Err(WireError::NonCanonical);
     }
     Ok(msg)
 }
@@ -160,6 +182,20 @@ mod tests {
         // A length claiming far more bytes than the frame holds: an error, not an allocation.
         let frame = [PROTOCOL_VERSION, 1, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2];
         assert!(matches!(decode::<Msg>(&frame), Err(WireError::Malformed(_))));
+    }
+
+    #[test]
+    fn over_long_varints_are_refused() {
+        // `Data(vec![1])` is [version, 1, 1, 1]; the same with the length 1 written as the
+        // two-byte varint 0x81 0x00, and the variant index likewise.
+        assert_eq!(encode(&Msg::Data(vec![1])), Ok(vec![PROTOCOL_VERSION, 1, 1, 1]));
+        for frame in
+            [vec![PROTOCOL_VERSION, 1, 0x81, 0x00, 1], vec![PROTOCOL_VERSION, 0x81, 0x00, 1, 1]]
+        {
+            assert_eq!(decode::<Msg>(&frame), Err(WireError::NonCanonical), "{frame:?}");
+        }
+        assert_eq!(from_canonical::<Msg>(&[0x82, 0x00]), Err(WireError::NonCanonical));
+        assert_eq!(from_canonical::<Msg>(&[2]), Ok(Msg::Ping));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use overlay::proto::node::Wire;
 use overlay::proto::plumtree::{self, MessageId};
 use overlay::transport::{Conn, Endpoint};
 use overlay::wire;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -180,7 +181,21 @@ async fn hostile_peer_cannot_forge_replay_or_flood() {
         // 3. Replay it under a fresh gossip id: dropped (the id is not its hash), shown once.
         let replay = Wire::Gossip {
             topic: envelope::room_topic("general"),
-            msg: plumtree::Message::Gossip { id: MessageId([1; 32]), payload: raw, round: 0 },
+            msg: plumtree::Message::Gossip {
+                id: MessageId([1; 32]),
+                payload: raw.clone(),
+                round: 0,
+            },
+        };
+        conn.send(&frame(&replay)).await.expect("replay");
+        // ... and with one byte appended, under the id of those bytes (issue 9 item 11): not a
+        // canonical envelope, so dropped too.
+        let mut longer = raw;
+        longer.push(0);
+        let id = MessageId(Sha256::digest(&longer).into());
+        let replay = Wire::Gossip {
+            topic: envelope::room_topic("general"),
+            msg: plumtree::Message::Gossip { id, payload: longer, round: 0 },
         };
         conn.send(&frame(&replay)).await.expect("replay");
         v.content.author()

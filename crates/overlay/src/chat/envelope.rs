@@ -4,7 +4,10 @@
 //!
 //! - A [`Signed`] envelope carries postcard bytes of a [`Content`] and the author's ed25519
 //!   signature over `SIGN_CONTEXT || content`. Its message id is SHA-256 of the whole encoded
-//!   envelope, so a changed byte is a different id, and an altered message fails verification.
+//!   envelope. Only canonical bytes are accepted (the envelope and the content must each be
+//!   exactly what postcard encodes them to, see [`crate::wire::from_canonical`]) and signatures
+//!   are checked strictly, so one message has one encoding and one id: a changed byte is either
+//!   refused or, for the author alone, a new signed message.
 //! - Room messages ([`Content::Room`]) travel on the room's broadcast tree.
 //! - Direct messages ([`Content::Direct`]) travel on the shared directory topic, so they reach
 //!   the recipient through the overlay even without a direct connection; only the recipient can
@@ -26,6 +29,7 @@ use sha2::{Digest, Sha256};
 use crate::identity::{verify, Identity, NodeId};
 use crate::proto::node::TopicId;
 use crate::proto::plumtree::MessageId;
+use crate::wire;
 
 /// Domain separation for signatures.
 const SIGN_CONTEXT: &[u8] = b"swarmcast chat v1\0";
@@ -207,9 +211,11 @@ pub fn open(topic: TopicId, raw: &[u8]) -> Result<Verified, EnvelopeError> {
     if raw.len() > MAX_ENVELOPE {
         return Err(EnvelopeError::TooLarge(raw.len()));
     }
-    let signed: Signed = postcard::from_bytes(raw).map_err(|_| EnvelopeError::Malformed)?;
+    // Canonical only: postcard alone would also take trailing bytes and over-long varints, and
+    // each such variant of a signed envelope would be a "new" message with a new id.
+    let signed: Signed = wire::from_canonical(raw).map_err(|_| EnvelopeError::Malformed)?;
     let content: Content =
-        postcard::from_bytes(&signed.content).map_err(|_| EnvelopeError::Malformed)?;
+        wire::from_canonical(&signed.content).map_err(|_| EnvelopeError::Malformed)?;
     let sig: [u8; 64] = signed.sig.as_slice().try_into().map_err(|_| EnvelopeError::Malformed)?;
     let mut msg = SIGN_CONTEXT.to_vec();
     msg.extend_from_slice(&signed.content);
@@ -368,6 +374,35 @@ mod tests {
         let forged = seal(&eve, room_msg(&ann, "I am ann"));
         assert_eq!(open(topic, &forged.raw), Err(EnvelopeError::BadSignature));
         assert_eq!(open(topic, &[0xff; 5000]), Err(EnvelopeError::TooLarge(5000)));
+    }
+
+    /// Issue 9 item 11: one appended byte, or a length re-written as an over-long varint, must
+    /// not turn a signed message into a "new" one with its own id.
+    #[test]
+    fn only_the_canonical_encoding_of_an_envelope_is_accepted() {
+        let ann = ident(1);
+        let v = seal(&ann, room_msg(&ann, "hello"));
+        let topic = room_topic("general");
+        let mut appended = v.raw.clone();
+        appended.push(0);
+        assert_eq!(open(topic, &appended), Err(EnvelopeError::Malformed));
+        // The envelope starts with the content's length as a one-byte varint (< 128 bytes);
+        // write it as two bytes.
+        let len = v.raw[0];
+        assert!(len < 0x80, "short content");
+        let mut over_long = vec![len | 0x80, 0x00];
+        over_long.extend_from_slice(&v.raw[1..]);
+        assert_eq!(open(topic, &over_long), Err(EnvelopeError::Malformed));
+        // The signed content itself with a trailing byte: only ann could sign it, but it is
+        // still refused.
+        let Signed { mut content, .. } = postcard::from_bytes(&v.raw).expect("sealed above");
+        content.push(0);
+        let mut signed = SIGN_CONTEXT.to_vec();
+        signed.extend_from_slice(&content);
+        let sig = ann.sign(&signed).to_vec();
+        let raw = postcard::to_allocvec(&Signed { content, sig }).expect("encodes");
+        assert_eq!(open(topic, &raw), Err(EnvelopeError::Malformed));
+        assert_eq!(open(topic, &v.raw), Ok(v));
     }
 
     #[test]

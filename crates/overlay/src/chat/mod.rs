@@ -559,7 +559,7 @@ impl Service {
     }
 
     async fn on_direct(&mut self, from: Peer, payload: &[u8]) {
-        let Ok(sync) = postcard::from_bytes::<Sync>(payload) else {
+        let Ok(sync) = crate::wire::from_canonical::<Sync>(payload) else {
             tracing::warn!("malformed catch-up frame from {from:?}");
             return;
         };
