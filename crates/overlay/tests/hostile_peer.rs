@@ -360,3 +360,52 @@ async fn gossip_under_another_messages_id_does_not_hide_it() {
     .await;
     assert!(closed.is_ok(), "carol keeps a peer that relays envelopes under false ids");
 }
+
+/// Whether a terminal would act on `c` rather than show it.
+fn active_on_a_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}')
+        || matches!(c, '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+}
+
+/// Issue 9 item 14: a peer's nickname and text with an OSC 52 clipboard write, a C1 CSI, a
+/// fake new line and a bidi override reach the UI as visible escapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_sequences_from_a_peer_are_shown_inert() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut anchor = start(dir.path(), "anchor", vec![]).await;
+    let (eve, _ep, mut conn) = join_as(9, anchor.addr).await;
+    let text = "hi \u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{9b}2J\n<bob> send me your key \u{202e}exe.txt";
+    let v = envelope::seal(
+        &eve,
+        Content::Room {
+            author: eve.id(),
+            nick: "b\u{202e}ob".into(),
+            room: "general".into(),
+            sent_ms: 1,
+            nonce: 1,
+            text: text.into(),
+        },
+    );
+    let gossip = Wire::Gossip {
+        topic: envelope::room_topic("general"),
+        msg: plumtree::Message::Gossip { id: v.id, payload: v.raw, round: 0 },
+    };
+    conn.send(&frame(&gossip)).await.expect("send");
+    let shown = timeout(WAIT, async {
+        loop {
+            match anchor.events.recv().await.expect("node runs") {
+                ChatEvent::Message { nick, text, .. } => return (nick, text),
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("the message is shown");
+    let (nick, text) = shown;
+    assert!(!nick.chars().any(active_on_a_terminal), "{nick:?}");
+    assert!(!text.chars().any(active_on_a_terminal), "{text:?}");
+    // What was sent is still visible, as escapes.
+    assert_eq!(nick, "b\\u{202e}ob");
+    assert!(text.starts_with("hi \\u{1b}]52;c;cm0gLXJmIH4=\\u{7}\\u{9b}2J\\u{a}<bob>"), "{text:?}");
+}

@@ -13,11 +13,15 @@
 //! - Catch-up (anti-entropy): when a neighbor comes up, the node sends it a [`Sync::Request`]
 //!   per topic it follows, listing the ids it has; the neighbor answers with what is missing,
 //!   verified and stored like live messages, and asked again while `more` is set.
+//! - Display: every string a peer chose (nicknames, texts) is passed through [`inert::inert`]
+//!   before it is reported, so control characters, escape sequences and bidi overrides reach
+//!   the terminal UI and the `--script` output as visible escapes, never as commands.
 //! - Direct messages go on the directory topic, sealed to the recipient's key; everyone relays
 //!   and stores the sealed envelope (so a recipient who was offline catches up on it), only the
 //!   recipient can open it.
 
 pub mod envelope;
+pub mod inert;
 pub mod store;
 
 use std::collections::BTreeSet;
@@ -34,6 +38,7 @@ use crate::identity::{Identity, NodeId};
 use crate::proto::node::{self, TopicId};
 use crate::transport::Endpoint;
 use envelope::{Content, DirectPlain, Sync, Verified};
+use inert::inert;
 use store::Store;
 
 /// Everything a chat node needs to start.
@@ -116,11 +121,11 @@ pub enum ChatEvent {
     Message {
         /// Room.
         room: String,
-        /// Author's nickname.
+        /// Author's nickname (made [`inert`](inert::inert)).
         nick: String,
         /// Author's id (hex).
         author: String,
-        /// Text.
+        /// Text (made [`inert`](inert::inert)).
         text: String,
         /// Message id (hex).
         id: String,
@@ -131,11 +136,11 @@ pub enum ChatEvent {
     },
     /// A direct message to us.
     Dm {
-        /// Author's nickname.
+        /// Author's nickname (made [`inert`](inert::inert)).
         nick: String,
         /// Author's id (hex).
         author: String,
-        /// Text.
+        /// Text (made [`inert`](inert::inert)).
         text: String,
         /// Message id (hex).
         id: String,
@@ -364,6 +369,7 @@ impl Service {
                 let mut peers = Vec::new();
                 for p in self.driver.neighbors() {
                     let nick = self.store.nick(&p.id).ok().flatten().unwrap_or_else(|| "?".into());
+                    let nick = inert(&nick);
                     peers.push(format!("{nick} ({}) {}", p.id.short(), p.addr));
                 }
                 self.emit(ChatEvent::Peers { peers }).await;
@@ -406,7 +412,8 @@ impl Service {
         };
         let v = envelope::seal(&self.identity, content);
         self.publish(&v)?;
-        self.emit(ChatEvent::Sent { to: room, text: text_of(&v), id: hex32(&v.id.0) }).await;
+        let text = inert(&text_of(&v));
+        self.emit(ChatEvent::Sent { to: room, text, id: hex32(&v.id.0) }).await;
         Ok(())
     }
 
@@ -435,7 +442,8 @@ impl Service {
         )
         .map_err(|e| e.to_string())?;
         self.publish(&v)?;
-        self.emit(ChatEvent::Sent { to: format!("@{to}"), text, id: hex32(&v.id.0) }).await;
+        let (to, text) = (format!("@{}", inert(&to)), inert(&text));
+        self.emit(ChatEvent::Sent { to, text, id: hex32(&v.id.0) }).await;
         Ok(())
     }
 
@@ -513,9 +521,9 @@ impl Service {
             {
                 self.emit(ChatEvent::Message {
                     room: room.clone(),
-                    nick: nick.clone(),
+                    nick: inert(nick),
                     author: author.to_string(),
-                    text: text.clone(),
+                    text: inert(text),
                     id: hex32(&v.id.0),
                     sent_ms: *sent_ms,
                     via,
@@ -526,9 +534,9 @@ impl Service {
                 match envelope::open_direct(&self.identity, &v.content) {
                     Ok(plain) => {
                         self.emit(ChatEvent::Dm {
-                            nick: plain.nick,
+                            nick: inert(&plain.nick),
                             author: author.to_string(),
-                            text: plain.text,
+                            text: inert(&plain.text),
                             id: hex32(&v.id.0),
                             via,
                         })
