@@ -200,7 +200,7 @@ impl Driver {
         self.node.membership().passive().iter().copied().collect()
     }
 
-    /// Starts relaying (and delivering) `topic`.
+    /// Starts following `topic`: delivering, relaying and broadcasting on it.
     pub fn subscribe(&mut self, topic: TopicId) -> Result<(), node::Error> {
         self.node.subscribe(Instant::now(), topic)
     }

@@ -11,7 +11,7 @@ use overlay::chat::{self, ChatConfig, ChatEvent, Command};
 use overlay::driver::Peer;
 use overlay::identity::Identity;
 use overlay::proto::hyparview;
-use overlay::proto::node::Wire;
+use overlay::proto::node::{TopicId, Wire, MAX_TOPICS};
 use overlay::proto::plumtree::{self, MessageId};
 use overlay::transport::{Conn, Endpoint};
 use overlay::wire;
@@ -408,4 +408,74 @@ async fn escape_sequences_from_a_peer_are_shown_inert() {
     // What was sent is still visible, as escapes.
     assert_eq!(nick, "b\\u{202e}ob");
     assert!(text.starts_with("hi \\u{1b}]52;c;cm0gLXJmIH4=\\u{7}\\u{9b}2J\\u{a}<bob>"), "{text:?}");
+}
+
+/// Waits for an `Info` or `Error` event; returns it (and skips others).
+async fn next_reply(node: &mut Node) -> ChatEvent {
+    timeout(WAIT, async {
+        loop {
+            match node.events.recv().await.expect("node runs") {
+                ev @ (ChatEvent::Info { .. } | ChatEvent::Error { .. }) => return ev,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("an answer to the command")
+}
+
+/// Issue 9 item 12: frames for made-up topics used to fill the topic table, after which
+/// `/join` failed silently while saying "joined". Now they take no room; and when the node
+/// really follows all it can, `/join` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_topics_do_not_block_joining_and_a_failed_join_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut anchor = start(dir.path(), "anchor", vec![]).await;
+    let bob = start(dir.path(), "bob", vec![anchor.addr]).await;
+    let (_eve, _ep, mut conn) = join_as(10, anchor.addr).await;
+    for i in 0..2 * MAX_TOPICS {
+        let mut topic = [0xee; 32];
+        topic[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let ihave = Wire::Gossip {
+            topic: TopicId(topic),
+            msg: plumtree::Message::IHave(vec![(MessageId([1; 32]), 0)]),
+        };
+        conn.send(&frame(&ihave)).await.expect("send");
+    }
+    // The frames are read in order: once a later message of bob's is shown, they are handled.
+    bob.cmd
+        .send(Command::Say { room: "general".into(), text: "flooded".into() })
+        .await
+        .expect("send");
+    expect_message(&mut anchor, "flooded").await;
+
+    anchor.cmd.send(Command::Join("newroom".into())).await.expect("send");
+    let reply = next_reply(&mut anchor).await;
+    assert_eq!(reply, ChatEvent::Info { text: "joined #newroom".into() });
+    bob.cmd.send(Command::Join("newroom".into())).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bob.cmd
+        .send(Command::Say { room: "newroom".into(), text: "in the new room".into() })
+        .await
+        .expect("send");
+    expect_message(&mut anchor, "in the new room").await;
+
+    // Follow rooms until the table is full: the refusal is an error, not "joined".
+    let mut refused = None;
+    for i in 0..MAX_TOPICS {
+        let room = format!("room{i}");
+        anchor.cmd.send(Command::Join(room.clone())).await.expect("send");
+        match next_reply(&mut anchor).await {
+            ChatEvent::Info { text } => assert_eq!(text, format!("joined #{room}")),
+            ChatEvent::Error { text } => {
+                refused = Some((i, text));
+                break;
+            }
+            _ => unreachable!("next_reply returns Info or Error"),
+        }
+    }
+    let (i, text) = refused.expect("a node cannot follow unboundedly many rooms");
+    // The directory, general and newroom were followed before.
+    assert_eq!(i, MAX_TOPICS - 3, "{text}");
+    assert!(text.contains("cannot join #room"), "{text}");
 }

@@ -266,9 +266,12 @@ pub async fn run(
         events,
         syncing: BTreeSet::new(),
     };
-    svc.follow(&envelope::directory_topic());
+    // A fresh node follows nothing yet, so these fit unless the configuration lists too many.
+    svc.driver
+        .subscribe(envelope::directory_topic())
+        .map_err(|e| ChatError::Config(e.to_string()))?;
     for room in &config.rooms {
-        svc.join_room(room);
+        svc.join_room(room).map_err(ChatError::Config)?;
     }
     svc.emit(ChatEvent::Ready {
         id: svc.identity.id().to_string(),
@@ -299,28 +302,30 @@ impl Service {
         let _ = self.events.send(ev).await;
     }
 
-    fn follow(&mut self, topic: &TopicId) {
-        if let Err(e) = self.driver.subscribe(*topic) {
-            tracing::warn!("cannot follow topic: {e}");
-        }
-    }
-
     fn followed_topics(&self) -> Vec<TopicId> {
         let mut t = vec![envelope::directory_topic()];
         t.extend(self.rooms.iter().map(|r| envelope::room_topic(r)));
         t
     }
 
-    fn join_room(&mut self, room: &str) {
+    /// Follows `room` (and catches up on it); the error says why not, for the person.
+    fn join_room(&mut self, room: &str) -> Result<(), String> {
         if self.rooms.iter().any(|r| r == room) {
-            return;
+            return Ok(());
         }
-        self.rooms.push(room.to_string());
         let topic = envelope::room_topic(room);
-        self.follow(&topic);
+        self.driver.subscribe(topic).map_err(|e| match e {
+            node::Error::TooManyTopics => format!(
+                "cannot join #{room}: this node already follows {} rooms, the most it can",
+                self.rooms.len()
+            ),
+            e => format!("cannot join #{room}: {e}"),
+        })?;
+        self.rooms.push(room.to_string());
         for peer in self.driver.neighbors() {
             self.request_sync(peer, topic);
         }
+        Ok(())
     }
 
     fn announce(&mut self) {
@@ -357,9 +362,13 @@ impl Service {
             Command::Say { room, text } => self.say(room, text).await,
             Command::Join(room) => {
                 if envelope::valid_room(&room) {
-                    self.join_room(&room);
-                    self.emit(ChatEvent::Info { text: format!("joined #{room}") }).await;
-                    Ok(())
+                    match self.join_room(&room) {
+                        Ok(()) => {
+                            self.emit(ChatEvent::Info { text: format!("joined #{room}") }).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
                 } else {
                     Err(format!("room name {room:?} is not valid: use 1-64 of a-z, 0-9, - and _"))
                 }

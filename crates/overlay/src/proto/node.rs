@@ -7,9 +7,12 @@
 //! and the seeded simulator drive this type, so what the simulator proves is what the network
 //! runs.
 //!
-//! Topics: a node relays every topic it hears of (a headless node relays rooms it never reads),
-//! up to [`MAX_TOPICS`]; messages for further unknown topics are dropped so a hostile peer
-//! cannot grow memory by inventing topics. The application decides which topics it shows.
+//! Topics: a node keeps broadcast state only for the topics it follows ([`Node::subscribe`], at
+//! most [`MAX_TOPICS`]; the application subscribes its rooms and, for chat, the directory), so
+//! a peer cannot fill the table by inventing topics. A full message (`Gossip`) for a topic the
+//! node does not follow is answered with `Prune` (so the sender only announces that topic to
+//! us from then on) and otherwise dropped; other broadcast messages for it are dropped. A room's
+//! tree therefore runs over the links between nodes that follow it.
 //!
 //! Contract as in the cores: `handle(now, input)`, then drain [`Node::poll`] until `None`, and
 //! call `handle(now, Input::Timeout)` once `now >= next_deadline()`.
@@ -147,9 +150,12 @@ pub enum Error {
     /// The broadcast was refused by the topic's tree.
     #[error(transparent)]
     Broadcast(#[from] plumtree::Error),
-    /// The node already relays [`MAX_TOPICS`] topics.
+    /// The node already follows [`MAX_TOPICS`] topics.
     #[error("too many topics ({MAX_TOPICS}); leave a room before joining another")]
     TooManyTopics,
+    /// A broadcast on a topic the node does not follow ([`Node::subscribe`] it first).
+    #[error("not subscribed to the topic")]
+    NotSubscribed,
     /// A direct frame was larger than [`MAX_DIRECT`].
     #[error("direct frame of {0} bytes exceeds {MAX_DIRECT} bytes")]
     DirectTooLarge(usize),
@@ -181,14 +187,27 @@ impl<PI: Ord + Copy + Debug, R: Rng> Node<PI, R> {
         &self.membership
     }
 
-    /// The broadcast state of `topic`, if the node relays it.
+    /// The broadcast state of `topic`, if the node follows it.
     pub fn topic(&self, topic: &TopicId) -> Option<&plumtree::State<PI>> {
         self.topics.get(topic)
     }
 
-    /// Starts relaying `topic` (so it can be broadcast on and caught up); idempotent.
+    /// Starts following `topic`: receiving, relaying and broadcasting on it; idempotent. Fails
+    /// with [`Error::TooManyTopics`] when [`MAX_TOPICS`] are followed already.
     pub fn subscribe(&mut self, now: Instant, topic: TopicId) -> Result<(), Error> {
-        self.topic_mut(now, topic).map(|_| ()).ok_or(Error::TooManyTopics)
+        if self.topics.contains_key(&topic) {
+            return Ok(());
+        }
+        if self.topics.len() >= MAX_TOPICS {
+            return Err(Error::TooManyTopics);
+        }
+        let mut tree = plumtree::State::new(self.config.broadcast.clone());
+        for &peer in self.membership.active() {
+            // NeighborUp never errors.
+            let _ = tree.handle(now, plumtree::Input::NeighborUp(peer));
+        }
+        self.topics.insert(topic, tree);
+        Ok(())
     }
 
     /// The earliest time at which `handle(now, Input::Timeout)` has work to do.
@@ -212,12 +231,18 @@ impl<PI: Ord + Copy + Debug, R: Rng> Node<PI, R> {
                 Wire::Membership(msg) => {
                     self.membership.handle(now, hyparview::Input::Message { from, msg });
                 }
-                Wire::Gossip { topic, msg } => {
-                    if let Some(tree) = self.topic_mut(now, topic) {
+                Wire::Gossip { topic, msg } => match self.topics.get_mut(&topic) {
+                    Some(tree) => {
                         // Peer input never errors in Plumtree.
                         let _ = tree.handle(now, plumtree::Input::Message { from, msg });
                     }
-                }
+                    None => {
+                        if matches!(msg, plumtree::Message::Gossip { .. }) {
+                            let msg = Wire::Gossip { topic, msg: plumtree::Message::Prune };
+                            self.outputs.push_back(Output::Send { to: from, msg });
+                        }
+                    }
+                },
                 Wire::Direct(payload) => {
                     if payload.len() <= MAX_DIRECT && self.membership.active().contains(&from) {
                         self.outputs.push_back(Output::Direct { from, payload });
@@ -228,7 +253,7 @@ impl<PI: Ord + Copy + Debug, R: Rng> Node<PI, R> {
                 self.membership.handle(now, hyparview::Input::PeerFailed(peer));
             }
             Input::Broadcast { topic, id, payload } => {
-                let tree = self.topic_mut(now, topic).ok_or(Error::TooManyTopics)?;
+                let tree = self.topics.get_mut(&topic).ok_or(Error::NotSubscribed)?;
                 tree.handle(now, plumtree::Input::Broadcast { id, payload })?;
             }
             Input::Direct { to, payload } => {
@@ -248,23 +273,6 @@ impl<PI: Ord + Copy + Debug, R: Rng> Node<PI, R> {
         }
         self.pump(now);
         Ok(())
-    }
-
-    /// Returns the tree of `topic`, creating it (with the current neighbors as eager links) if
-    /// there is room.
-    fn topic_mut(&mut self, now: Instant, topic: TopicId) -> Option<&mut plumtree::State<PI>> {
-        if !self.topics.contains_key(&topic) {
-            if self.topics.len() >= MAX_TOPICS {
-                return None;
-            }
-            let mut tree = plumtree::State::new(self.config.broadcast.clone());
-            for &peer in self.membership.active() {
-                // NeighborUp never errors.
-                let _ = tree.handle(now, plumtree::Input::NeighborUp(peer));
-            }
-            self.topics.insert(topic, tree);
-        }
-        self.topics.get_mut(&topic)
     }
 
     /// Moves the cores' outputs into ours, feeding membership changes to every tree.
@@ -385,6 +393,12 @@ mod tests {
     #[test]
     fn every_node_gets_every_topic_message_once() {
         let mut net = Net::new(30, 7);
+        let now = net.now;
+        for node in net.nodes.values_mut() {
+            for t in [topic(0), topic(1)] {
+                node.subscribe(now, t).expect("two topics");
+            }
+        }
         for i in 1..30 {
             net.input(i, Input::Join { anchors: vec![0] });
             net.run(5);
@@ -425,10 +439,42 @@ mod tests {
         for i in 0..MAX_TOPICS {
             node.subscribe(now, TopicId([i as u8; 32])).expect("below cap");
         }
+        node.subscribe(now, TopicId([0; 32])).expect("already followed: idempotent");
         assert_eq!(node.subscribe(now, TopicId([255; 32])), Err(Error::TooManyTopics));
-        let msg = plumtree::Message::Prune;
-        node.handle(now, Input::Message { from: 1, msg: Wire::Gossip { topic: topic(254), msg } })
-            .expect("peer input never errors");
-        assert!(node.topic(&topic(254)).is_none());
+    }
+
+    /// Issue 9 item 12: a neighbor's frames for made-up topics used to create a tree each, and
+    /// after 64 of them the node could not follow the room its user joined.
+    #[test]
+    fn made_up_topics_from_a_peer_take_no_room() {
+        let mut net = Net::new(2, 3);
+        let now = net.now;
+        net.nodes.get_mut(&1).expect("node 1").subscribe(now, topic(1)).expect("first topic");
+        net.input(1, Input::Join { anchors: vec![0] });
+        net.run(20);
+        assert!(net.nodes[&1].membership().active().contains(&0), "0 and 1 are neighbors");
+        let before = net.queue.len();
+        for i in 0..2 * MAX_TOPICS {
+            let mut made_up = [0xee; 32];
+            made_up[0] = i as u8;
+            let (topic, id) = (TopicId(made_up), plumtree::MessageId([i as u8; 32]));
+            let msg = plumtree::Message::Gossip { id, payload: vec![0], round: 0 };
+            net.input(1, Input::Message { from: 0, msg: Wire::Gossip { topic, msg } });
+            let msg = plumtree::Message::IHave(vec![(id, 0)]);
+            net.input(1, Input::Message { from: 0, msg: Wire::Gossip { topic, msg } });
+        }
+        // Each full message of an unfollowed topic is answered with PRUNE, nothing else.
+        let answers: Vec<_> = net.queue.iter().skip(before).collect();
+        assert_eq!(answers.len(), 2 * MAX_TOPICS);
+        assert!(answers.iter().all(|(from, to, m)| (*from, *to) == (1, 0)
+            && matches!(m, Wire::Gossip { msg: plumtree::Message::Prune, .. })));
+        net.run(50);
+        assert!(!net.delivered.contains_key(&1), "delivered a message of an unfollowed topic");
+        // The user can still follow rooms, up to the cap.
+        let node = net.nodes.get_mut(&1).expect("node 1");
+        assert_eq!(node.topics.keys().copied().collect::<Vec<_>>(), vec![topic(1)]);
+        for i in 0..MAX_TOPICS - 1 {
+            node.subscribe(now, TopicId([i as u8; 32])).expect("room for the user's rooms");
+        }
     }
 }
