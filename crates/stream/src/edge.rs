@@ -5,19 +5,33 @@
 //!   and served. Range requests are answered over the cached bytes with the origin's semantics
 //!   ([`parse_range`]: 206 with `Content-Range`, 416 with `bytes */LEN`). MIME types and CORS
 //!   headers are the origin's; `X-Cache: HIT|MISS` tells which way a response went.
-//! - Single flight: the first miss of a path starts one fetch task and records a
-//!   `watch` receiver for it in the in-flight map; every later request for that path waits
-//!   on the same receiver, so concurrent misses cost exactly one origin fetch. The fetch runs
-//!   in its own task so a client that hangs up does not cancel it for the others.
+//! - Paths: the stream servers' one rule ([`RequestPath::parse`]) is applied before anything
+//!   else; the canonical path is the cache key and the in-flight key, and is re-encoded for the
+//!   origin, so `/m/a.m4s`, `//m/a.m4s` and `/m/%61.m4s` are one entry and one origin fetch.
+//!   A path the rule refuses is 404 and costs no fetch.
+//! - Single flight: the first miss of a path starts one fetch task and records its `watch`
+//!   sender in the in-flight map; every later request for that path subscribes to it, so
+//!   concurrent misses cost exactly one origin fetch. The fetch runs in its own task, so one
+//!   client hanging up does not cancel it for the others; when the last waiting client has
+//!   hung up the fetch is abandoned (the origin connection closed, its buffered bytes freed)
+//!   and counted in `abandoned_fetches`.
+//! - Bounds: at most [`EdgeConfig::max_origin_fetches`] origin fetches run at once (default
+//!   [`DEFAULT_MAX_ORIGIN_FETCHES`]); more wait their turn, first come first served, and leave
+//!   the queue when their clients do. Each fetch buffers at most [`EdgeConfig::max_object`]
+//!   bytes, so fetch buffers hold at most `max_origin_fetches × max_object` bytes (16 × 64 MiB
+//!   by default) on top of the cache's `cache_size`; the in-flight map has at most one entry per
+//!   waiting request, so at most [`MAX_CONNECTIONS`] entries.
 //! - Failures: an origin 404 passes through as 404 (not cached); any other origin status, a
 //!   connection error, a timeout or an object over [`EdgeConfig::max_object`] is 502.
 //! - `GET /health` answers a small JSON ([`Health`]) for the router's probes: the edge's
-//!   name, cache counters, requests in progress and origin fetches made.
+//!   name, cache counters, requests in progress and origin fetches made and abandoned.
 //!
 //! Lock order (both `std` mutexes, never held across an `.await`): `inflight` before `cache`.
 //! The fetch task inserts into the cache and removes its in-flight entry under both locks, so
 //! a request always finds the object either cached or in flight, never neither while a fetch
-//! for it is finishing.
+//! for it is finishing; it also decides to abandon under the `inflight` lock, so a request
+//! that subscribes at that moment is either counted (the fetch goes on) or finds no entry (and
+//! starts a new fetch).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -34,24 +48,26 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use percent_encoding::percent_decode_str;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::cache::{CacheStats, Lru};
-use crate::origin::{self, method_response, mime_type, parse_range, status, RangeRequest};
+use crate::origin::{
+    self, method_response, mime_type, parse_range, status, RangeRequest, HEALTH_PATH,
+};
+use crate::request_path::RequestPath;
 
 /// Largest object fetched from the origin by default (larger: 502).
 pub const DEFAULT_MAX_OBJECT: u64 = 64 * 1024 * 1024;
+/// Origin fetches running at once by default.
+pub const DEFAULT_MAX_ORIGIN_FETCHES: usize = 16;
 /// Time an origin fetch may take, connect to last byte.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a client gets to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most connections served at once; more are closed on accept.
-const MAX_CONNECTIONS: usize = 1024;
-/// Longest request path accepted (longer: 404).
-const MAX_PATH_BYTES: usize = 4096;
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// How an edge is set up.
 #[derive(Debug, Clone)]
@@ -64,16 +80,19 @@ pub struct EdgeConfig {
     pub name: String,
     /// Largest object fetched from the origin.
     pub max_object: u64,
+    /// Most origin fetches running at once (at least 1); more wait.
+    pub max_origin_fetches: usize,
 }
 
 impl EdgeConfig {
-    /// A configuration with the default object cap.
+    /// A configuration with the default object cap and fetch concurrency.
     pub fn new(origin: impl Into<String>, cache_size: u64, name: impl Into<String>) -> Self {
         Self {
             origin: origin.into(),
             cache_size,
             name: name.into(),
             max_object: DEFAULT_MAX_OBJECT,
+            max_origin_fetches: DEFAULT_MAX_ORIGIN_FETCHES,
         }
     }
 }
@@ -106,8 +125,11 @@ pub struct Health {
     pub name: String,
     /// Requests being answered now (excluding this probe).
     pub active_requests: u64,
-    /// Whole-object fetches made from the origin so far.
+    /// Whole-object fetches started from the origin so far.
     pub origin_fetches: u64,
+    /// Fetches dropped (started or still waiting to start) because every client waiting for
+    /// them hung up.
+    pub abandoned_fetches: u64,
     /// Cache hits (lookups that found the object).
     pub hits: u64,
     /// Cache misses.
@@ -143,9 +165,13 @@ struct EdgeState {
     config: EdgeConfig,
     origin: Origin,
     cache: Mutex<Lru>,
-    /// Path → the result of the fetch in progress for it (`None` until it ends).
-    inflight: Mutex<HashMap<String, watch::Receiver<Option<Fetched>>>>,
+    /// Path → the sender of the fetch in progress for it (its value is `None` until it ends);
+    /// a request joins by subscribing. The fetch task owns a clone and removes the entry.
+    inflight: Mutex<HashMap<RequestPath, watch::Sender<Option<Fetched>>>>,
+    /// One permit per origin fetch allowed to run ([`EdgeConfig::max_origin_fetches`]).
+    fetch_permits: Semaphore,
     origin_fetches: AtomicU64,
+    abandoned_fetches: AtomicU64,
     active: AtomicU64,
 }
 
@@ -169,10 +195,12 @@ impl EdgeServer {
             TcpListener::bind(addr).await.map_err(|source| EdgeError::Bind { addr, source })?;
         let state = Arc::new(EdgeState {
             cache: Mutex::new(Lru::new(config.cache_size)),
+            fetch_permits: Semaphore::new(config.max_origin_fetches.max(1)),
             config,
             origin,
             inflight: Mutex::new(HashMap::new()),
             origin_fetches: AtomicU64::new(0),
+            abandoned_fetches: AtomicU64::new(0),
             active: AtomicU64::new(0),
         });
         Ok(EdgeServer { listener, state })
@@ -256,92 +284,128 @@ impl Drop for ActiveGuard<'_> {
 async fn respond(
     state: &Arc<EdgeState>,
     method: &Method,
-    path: &str,
+    raw_path: &str,
     headers: &HeaderMap,
 ) -> Response<Full<Bytes>> {
     if let Some(response) = method_response(method) {
         return with_cors(response);
     }
-    if path == "/health" {
+    let Ok(path) = RequestPath::parse(raw_path) else {
+        return with_cors(status(StatusCode::NOT_FOUND, "not found\n"));
+    };
+    if path.as_str() == HEALTH_PATH {
         return with_cors(health_response(state));
     }
     state.active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(&state.active);
-    if !safe_path(path) {
-        return with_cors(status(StatusCode::NOT_FOUND, "not found\n"));
-    }
-    let (fetched, hit) = object(state, path).await;
+    let (fetched, hit) = object(state, &path).await;
     let body = match fetched {
         Fetched::Object(b) => b,
         Fetched::NotFound => return with_cors(status(StatusCode::NOT_FOUND, "not found\n")),
         Fetched::Failed(reason) => {
-            tracing::warn!(path, %reason, "origin fetch failed");
+            tracing::warn!(path = path.as_str(), %reason, "origin fetch failed");
             return with_cors(status(StatusCode::BAD_GATEWAY, "origin fetch failed\n"));
         }
     };
-    with_cors(serve_bytes(path, body, hit, method == Method::HEAD, headers))
-}
-
-/// A path the edge forwards: absolute, short, without query-like or dot segments (the origin
-/// checks again; this keeps hostile paths from costing a fetch or a cache entry).
-fn safe_path(path: &str) -> bool {
-    if !path.starts_with('/') || path.len() > MAX_PATH_BYTES {
-        return false;
-    }
-    let Ok(decoded) = percent_decode_str(path).decode_utf8() else {
-        return false;
-    };
-    !decoded.split('/').any(|s| s == "." || s == ".." || s.contains(['\\', '\0']))
-        && !decoded.ends_with('/')
+    with_cors(serve_bytes(&path, body, hit, method == Method::HEAD, headers))
 }
 
 /// The object at `path` from the cache, a fetch in flight, or a new fetch; and whether it
 /// was a cache hit.
-async fn object(state: &Arc<EdgeState>, path: &str) -> (Fetched, bool) {
+async fn object(state: &Arc<EdgeState>, path: &RequestPath) -> (Fetched, bool) {
     let mut rx = {
         let mut inflight = lock(&state.inflight);
-        if let Some(body) = lock(&state.cache).get(path) {
+        if let Some(body) = lock(&state.cache).get(path.as_str()) {
             return (Fetched::Object(body), true);
         }
         match inflight.get(path) {
-            Some(rx) => rx.clone(),
+            Some(tx) => tx.subscribe(),
             None => {
                 let (tx, rx) = watch::channel(None);
-                inflight.insert(path.to_string(), rx.clone());
-                tokio::spawn(fetch_task(state.clone(), path.to_string(), tx));
+                inflight.insert(path.clone(), tx.clone());
+                tokio::spawn(fetch_task(state.clone(), path.clone(), tx));
                 rx
             }
         }
     };
     let fetched = match rx.wait_for(Option::is_some).await {
         Ok(v) => v.clone().unwrap_or(Fetched::Failed("no result".into())),
-        // The fetch task ended without a result (it panicked).
+        // Every sender is gone without a result: the fetch task panicked.
         Err(_) => Fetched::Failed("fetch task ended".into()),
     };
     (fetched, false)
 }
 
-async fn fetch_task(state: Arc<EdgeState>, path: String, tx: watch::Sender<Option<Fetched>>) {
-    state.origin_fetches.fetch_add(1, Ordering::Relaxed);
-    let result = match tokio::time::timeout(FETCH_TIMEOUT, fetch(&state, &path)).await {
-        Ok(r) => r,
-        Err(_) => Fetched::Failed(format!("timed out after {FETCH_TIMEOUT:?}")),
+/// Removes a fetch's in-flight entry if its task ends without doing so itself (a panic), so
+/// its waiters get an error instead of waiting forever and the path can be fetched again.
+struct InflightEntry {
+    state: Arc<EdgeState>,
+    path: RequestPath,
+    open: bool,
+}
+
+impl Drop for InflightEntry {
+    fn drop(&mut self) {
+        if self.open {
+            lock(&self.state.inflight).remove(&self.path);
+        }
+    }
+}
+
+async fn fetch_task(state: Arc<EdgeState>, path: RequestPath, tx: watch::Sender<Option<Fetched>>) {
+    let mut entry = InflightEntry { state: state.clone(), path: path.clone(), open: true };
+    let work = async {
+        // Waits its turn; the semaphore is never closed, so an error cannot happen.
+        let _permit = state.fetch_permits.acquire().await;
+        state.origin_fetches.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(FETCH_TIMEOUT, fetch(&state, &path)).await {
+            Ok(r) => r,
+            Err(_) => Fetched::Failed(format!("timed out after {FETCH_TIMEOUT:?}")),
+        }
+    };
+    tokio::pin!(work);
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            () = tx.closed() => {
+                let mut inflight = lock(&state.inflight);
+                // Under the lock no request can subscribe: if still nobody waits, nobody will.
+                if tx.receiver_count() == 0 {
+                    inflight.remove(&path);
+                    entry.open = false;
+                    state.abandoned_fetches.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(path = path.as_str(), "every client left, fetch abandoned");
+                    // Returning drops `work`: its origin connection and buffered bytes go.
+                    return;
+                }
+            }
+        }
     };
     {
         let mut inflight = lock(&state.inflight);
         if let Fetched::Object(body) = &result {
-            lock(&state.cache).insert(path.clone(), body.clone());
+            lock(&state.cache).insert(path.as_str().to_string(), body.clone());
         }
         inflight.remove(&path);
+        entry.open = false;
     }
-    // No receiver left (every client hung up) is fine: the object is cached anyway.
+    // No receiver left (every client hung up just now) is fine: the object is cached anyway.
     let _ = tx.send(Some(result));
 }
 
+/// Aborts a spawned task when dropped, so a fetch dropped half-way closes its connection.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Fetches the whole object at `path` from the origin.
-async fn fetch(state: &EdgeState, path: &str) -> Fetched {
+async fn fetch(state: &EdgeState, path: &RequestPath) -> Fetched {
     let origin = &state.origin;
-    let target = format!("{}{path}", origin.prefix);
+    let target = format!("{}{}", origin.prefix, path.to_uri_path());
     let stream = match TcpStream::connect(&origin.authority).await {
         Ok(s) => s,
         Err(e) => return Fetched::Failed(format!("connect to {}: {e}", origin.authority)),
@@ -354,8 +418,8 @@ async fn fetch(state: &EdgeState, path: &str) -> Fetched {
         Ok(x) => x,
         Err(e) => return Fetched::Failed(format!("handshake: {e}")),
     };
-    // The connection task ends when `sender` is dropped (or on abort below).
-    let conn_task = tokio::spawn(conn);
+    // The connection task ends when `sender` is dropped, or is aborted with this future.
+    let _conn_task = AbortOnDrop(tokio::spawn(conn));
     let result = async {
         let request = Request::get(&target)
             .header(header::HOST, &origin.authority)
@@ -385,12 +449,11 @@ async fn fetch(state: &EdgeState, path: &str) -> Fetched {
         Ok(Fetched::Object(body))
     }
     .await;
-    conn_task.abort();
     result.unwrap_or_else(Fetched::Failed)
 }
 
 fn serve_bytes(
-    path: &str,
+    path: &RequestPath,
     body: Bytes,
     hit: bool,
     head_only: bool,
@@ -403,7 +466,7 @@ fn serve_bytes(
         .map_or(RangeRequest::Full, |v| parse_range(v, len));
     let mut response = Response::new(Full::new(Bytes::new()));
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime_type(Path::new(path))));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime_type(Path::new(path.as_str()))));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert("x-cache", HeaderValue::from_static(if hit { "HIT" } else { "MISS" }));
     let (code, slice) = match range {
@@ -445,6 +508,7 @@ fn health(state: &EdgeState) -> Health {
         name: state.config.name.clone(),
         active_requests: state.active.load(Ordering::Relaxed),
         origin_fetches: state.origin_fetches.load(Ordering::Relaxed),
+        abandoned_fetches: state.abandoned_fetches.load(Ordering::Relaxed),
         hits: stats.hits,
         misses: stats.misses,
         evictions: stats.evictions,
@@ -482,24 +546,17 @@ mod tests {
     }
 
     #[test]
-    fn hostile_paths_are_not_forwarded() {
-        assert!(safe_path("/movie1/chunk-0-00001.m4s"));
-        for bad in ["", "movie", "/a/../b", "/%2e%2e/x", "/./x", "/a%5cb", "/a%00", "/dir/"] {
-            assert!(!safe_path(bad), "{bad}");
-        }
-    }
-
-    #[test]
     fn ranges_over_cached_bytes() {
         let body = Bytes::from_static(b"0123456789");
         let mut h = HeaderMap::new();
         h.insert(header::RANGE, HeaderValue::from_static("bytes=2-4"));
-        let r = serve_bytes("/m/a.m4s", body.clone(), true, false, &h);
+        let path = RequestPath::parse("/m/a.m4s").unwrap();
+        let r = serve_bytes(&path, body.clone(), true, false, &h);
         assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
         assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes 2-4/10");
         assert_eq!(r.headers()[header::CONTENT_LENGTH], "3");
         h.insert(header::RANGE, HeaderValue::from_static("bytes=10-"));
-        let r = serve_bytes("/m/a.m4s", body, true, false, &h);
+        let r = serve_bytes(&path, body, true, false, &h);
         assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes */10");
     }

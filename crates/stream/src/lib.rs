@@ -7,6 +7,8 @@
 //! - `mpd`: the DASH manifest model, its capped parser, segment URLs, the writer and the
 //!   BaseURL rewriter.
 //! - `package`: encodes a bitrate ladder with the ffmpeg CLI and measures what came out.
+//! - `request_path`: the one request-path rule (decode once, collapse `//`, refuse `..` and
+//!   the like) that the origin, the edge and the router all apply.
 //! - `origin`: the HTTP/1.1 origin server (Range, MIME types, CORS, no path traversal); it
 //!   hands `/player/` and `/_player/` to `web`.
 //! - `player`: the headless DASH player (`swarmcast play`): a sans-IO core (buffer, stalls,
@@ -28,5 +30,6 @@ pub mod origin;
 pub mod package;
 pub mod placement;
 pub mod player;
+pub mod request_path;
 pub mod router;
 pub mod web;

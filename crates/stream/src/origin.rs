@@ -6,10 +6,14 @@
 //!   malformed or multi-range header is ignored (the whole file, 200), as RFC 9110 allows.
 //! - MIME types by extension ([`mime_type`]); every response carries
 //!   `Access-Control-Allow-Origin: *` and exposes `Content-Length`/`Content-Range`.
-//! - Path safety ([`resolve_path`]): the percent-decoded path must be made of plain segments
-//!   (no `..`, `.`, backslash, NUL or drive colon), and the file's canonical path (symlinks
+//! - Path safety: the request path goes through the stream servers' one rule
+//!   ([`RequestPath::parse`]: decoded once, `//` collapsed, no `..`, `.`, `~`, backslash, colon
+//!   or control character), then ([`resolve_path`]) the file's canonical path (symlinks
 //!   resolved) must lie under the canonical content directory; anything else is 404, decided
 //!   before a byte of the file is read.
+//! - `GET /health` answers `{"role":"origin"}` (200), so a router can probe an origin it is
+//!   pointed at directly as it probes an edge; a file named `health` at the top of the content
+//!   directory is therefore not served.
 //!
 //! Layout: [`OriginServer`] accepts connections (each runs in a `JoinSet` owned by
 //! [`OriginServer::run`], so dropping `run` stops them all); [`respond`] turns one request
@@ -29,10 +33,11 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use percent_encoding::percent_decode_str;
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+
+use crate::request_path::RequestPath;
 
 /// Most connections served at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 1024;
@@ -40,8 +45,6 @@ const MAX_CONNECTIONS: usize = 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from a file per body frame.
 const CHUNK: usize = 64 * 1024;
-/// Longest request path accepted (longer: 404).
-const MAX_PATH_BYTES: usize = 4096;
 
 /// A static-file HTTP server over one content directory.
 pub struct OriginServer {
@@ -120,11 +123,13 @@ async fn serve_connection(
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (root, assets) = (root.clone(), assets.clone());
         async move {
-            let path = req.uri().path();
-            let response = if crate::web::is_player_path(path) {
-                crate::web::respond(&root, &assets, req.method(), path).await
-            } else {
-                respond(&root, req.method(), path, req.headers()).await
+            let raw = req.uri().path();
+            let response = match RequestPath::parse(raw) {
+                Ok(path) if path.as_str() == HEALTH_PATH => health_response(req.method()),
+                Ok(path) if crate::web::is_player_path(path.as_str()) => {
+                    crate::web::respond(&root, &assets, req.method(), &path).await
+                }
+                _ => respond(&root, req.method(), raw, req.headers()).await,
             };
             tracing::debug!(%peer, method = %req.method(), path = req.uri().path(),
                 status = response.status().as_u16(), "request");
@@ -292,31 +297,15 @@ pub fn mime_type(path: &Path) -> &'static str {
     }
 }
 
-/// Maps a request path onto a file under `root` (canonical), or `None` (→ 404) if the path is
-/// unsafe, names nothing, or names something other than a regular file. Nothing outside `root`
-/// is ever opened: the decision is made on canonical paths before any read.
-pub async fn resolve_path(root: &Path, request_path: &str) -> Option<PathBuf> {
-    if request_path.len() > MAX_PATH_BYTES {
-        return None;
-    }
-    let decoded = percent_decode_str(request_path).decode_utf8().ok()?;
-    let mut relative = PathBuf::new();
-    for segment in decoded.split('/') {
-        if segment.is_empty() {
-            continue;
-        }
-        if segment == "."
-            || segment == ".."
-            || segment.contains(['\\', '\0', ':'])
-            || segment.starts_with('~')
-        {
-            return None;
-        }
-        relative.push(segment);
-    }
-    if relative.as_os_str().is_empty() {
-        return None;
-    }
+/// The path the origin (and every edge) answers with its health instead of a file.
+pub const HEALTH_PATH: &str = "/health";
+
+/// Maps a request path onto a file under `root` (canonical), or `None` (→ 404) if it names
+/// nothing or something other than a regular file. Nothing outside `root` is ever opened: the
+/// path's segments are plain ([`RequestPath`]) and the decision is made on canonical paths
+/// before any read.
+pub async fn resolve_path(root: &Path, path: &RequestPath) -> Option<PathBuf> {
+    let relative: PathBuf = path.segments().collect();
     let candidate = root.join(&relative);
     let canonical = tokio::fs::canonicalize(&candidate).await.ok()?;
     if !canonical.starts_with(root) {
@@ -326,7 +315,8 @@ pub async fn resolve_path(root: &Path, request_path: &str) -> Option<PathBuf> {
     meta.is_file().then_some(canonical)
 }
 
-/// Answers one request for the files under `root` (which must be canonical).
+/// Answers one request for the files under `root` (which must be canonical); `path` is the raw
+/// request path, put through [`RequestPath::parse`] here.
 pub async fn respond(
     root: &Path,
     method: &Method,
@@ -336,7 +326,10 @@ pub async fn respond(
     if let Some(response) = method_response(method) {
         return with_cors(response, EXPOSE_HEADERS);
     }
-    let Some(file_path) = resolve_path(root, path).await else {
+    let Ok(path) = RequestPath::parse(path) else {
+        return with_cors(status(StatusCode::NOT_FOUND, "not found\n"), EXPOSE_HEADERS);
+    };
+    let Some(file_path) = resolve_path(root, &path).await else {
         return with_cors(status(StatusCode::NOT_FOUND, "not found\n"), EXPOSE_HEADERS);
     };
     match serve_file(&file_path, method == Method::HEAD, headers).await {
@@ -387,6 +380,21 @@ async fn serve_file(
         OriginBody::File { file, remaining: count, buf: Vec::new() }
     };
     builder.body(body).map_err(io::Error::other)
+}
+
+/// The origin's `GET /health`: 200 with `{"role":"origin"}`, never cached.
+fn health_response(method: &Method) -> Response<OriginBody> {
+    if let Some(response) = method_response(method) {
+        return with_cors(response, EXPOSE_HEADERS);
+    }
+    let mut response = status(StatusCode::OK, "{\"role\":\"origin\"}\n");
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if method == Method::HEAD {
+        *response.body_mut() = OriginBody::empty();
+    }
+    with_cors(response, EXPOSE_HEADERS)
 }
 
 /// Response headers a browser's script may read (CORS), for the origin; the edge adds its own.
@@ -475,9 +483,17 @@ mod tests {
         let root = tokio::fs::canonicalize(dir.path()).await.unwrap();
         std::fs::create_dir(root.join("m")).unwrap();
         std::fs::write(root.join("m/a.m4s"), b"x").unwrap();
-        assert_eq!(resolve_path(&root, "/m/a.m4s").await, Some(root.join("m/a.m4s")));
-        assert_eq!(resolve_path(&root, "//m//a.m4s").await, Some(root.join("m/a.m4s")));
-        assert_eq!(resolve_path(&root, "/m/%61.m4s").await, Some(root.join("m/a.m4s")));
+        std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
+        let resolve = |raw: &'static str| {
+            let root = root.clone();
+            async move {
+                let path = RequestPath::parse(raw).ok()?;
+                resolve_path(&root, &path).await
+            }
+        };
+        assert_eq!(resolve("/m/a.m4s").await, Some(root.join("m/a.m4s")));
+        assert_eq!(resolve("//m//a.m4s").await, Some(root.join("m/a.m4s")));
+        assert_eq!(resolve("/m/%61.m4s").await, Some(root.join("m/a.m4s")));
         for bad in [
             "/",
             "/m",
@@ -492,8 +508,9 @@ mod tests {
             "/%00",
             "/%ff",
             "/nope",
+            "/out/passwd",
         ] {
-            assert_eq!(resolve_path(&root, bad).await, None, "{bad}");
+            assert_eq!(resolve(bad).await, None, "{bad}");
         }
     }
 }

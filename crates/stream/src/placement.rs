@@ -119,10 +119,17 @@ impl Placement {
     /// first (its load is incremented) and the others as failover, or `None` if no edge is
     /// healthy.
     pub fn place(&mut self, movie: &str) -> Option<Vec<usize>> {
+        let order = self.choose(movie)?;
+        self.edges[order[0]].load += 1;
+        Some(order)
+    }
+
+    /// The order [`Placement::place`] would return for `movie` now, without placing anyone
+    /// (what a DNS answer hands out: a lookup is not a viewer).
+    pub fn choose(&self, movie: &str) -> Option<Vec<usize>> {
         let pref = self.preference(movie);
         let cap = self.capacity();
         let chosen = *pref.iter().find(|&&i| self.edges[i].load < cap).or(pref.first())?;
-        self.edges[chosen].load += 1;
         let mut order = vec![chosen];
         order.extend(pref.into_iter().filter(|&i| i != chosen));
         Some(order)
@@ -195,6 +202,20 @@ mod tests {
             p.set_healthy(e, false);
         }
         assert_eq!(p.place("movie1"), None);
+    }
+
+    #[test]
+    fn choosing_is_placing_without_the_load() {
+        let mut p = Placement::new(&names(3), BALANCE);
+        for _ in 0..10 {
+            let chosen = p.choose("movie1");
+            assert_eq!(p.place("movie1"), chosen, "place takes what choose shows");
+        }
+        let loads: Vec<u32> = p.edges().iter().map(|e| e.load).collect();
+        for _ in 0..100 {
+            p.choose("movie1");
+        }
+        assert_eq!(p.edges().iter().map(|e| e.load).collect::<Vec<_>>(), loads);
     }
 
     #[test]

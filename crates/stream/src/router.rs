@@ -1,9 +1,9 @@
 //! The CDN request router: an HTTP/1.1 server (and optionally an authoritative DNS server)
 //! that sends each viewer to an edge by consistent hashing with bounded loads ([`Placement`]).
 //!
-//! HTTP (hyper 1):
-//! - `GET /play/MOVIE/manifest.mpd`: places one viewer of `MOVIE`, fetches the manifest through
-//!   the chosen edge and answers it with its `BaseURL`s rewritten ([`mpd::set_base_urls`]) to
+//! HTTP (hyper 1; paths go through the stream servers' one rule, [`RequestPath::parse`]):
+//! - `GET /play/MOVIE/manifest.mpd`: places one viewer of `MOVIE` and answers the movie's
+//!   manifest (see "Manifests" below) with its `BaseURL`s rewritten ([`mpd::set_base_urls`]) to
 //!   `EDGE_URL/MOVIE/` for every healthy edge in order of preference, the chosen one first, and
 //!   an `X-Swarmcast-Edge: NAME` header. An unknown movie (the edge answers 404) is 404.
 //! - `GET /route/MOVIE`: the same placement, answered as a 302 to the chosen edge's
@@ -11,25 +11,35 @@
 //! - `GET /status`: JSON ([`Status`]) with every edge's health and load.
 //!
 //! DNS (UDP, messages parsed and built with hickory-proto): authoritative for zone
-//! [`ZONE`]. An `A` query for `MOVIE.cdn.test` places a viewer like the HTTP routes and
-//! answers the chosen edge's IPv4 address with TTL [`DNS_TTL`]; an unknown movie is NXDOMAIN;
-//! names outside the zone are REFUSED. Other query types for a known movie get an empty
-//! NOERROR answer. Edge URLs must then have IPv4 literal hosts.
+//! [`ZONE`]. An `A` query for `MOVIE.cdn.test` answers, with TTL [`DNS_TTL`], the IPv4 address
+//! of the edge the movie's next viewer would be placed on ([`Placement::choose`]); a lookup
+//! places nobody, since resolvers, retries and prefetches are not viewers (a flood of queries
+//! moves no load). An unknown movie is NXDOMAIN; names outside the zone are REFUSED. Other
+//! query types for a known movie get an empty NOERROR answer. Edge URLs must then have IPv4
+//! literal hosts.
+//!
+//! Manifests: a movie's manifest (or the fact that there is none) is fetched through its first
+//! healthy preferred edge and kept for [`MANIFEST_TTL`], so viewers and lookups cost one fetch
+//! per movie per TTL, not one each. The cache holds at most [`MAX_CACHED_MANIFESTS`] movies and
+//! [`MAX_CACHED_MANIFEST_BYTES`] bytes of manifests; when full, the oldest entries go first.
 //!
 //! Health: every probe interval each edge's `/health` is fetched (all in parallel, each with
 //! the interval as its timeout); an edge that fails leaves the rotation, one that answers 200
-//! comes back. When the chosen edge cannot be reached while answering a viewer, it is marked
-//! unhealthy at once and the viewer is placed again.
+//! comes back. An origin answers `/health` too, so an edge URL may point straight at an
+//! origin. When an edge cannot be reached while fetching a manifest, it is marked unhealthy
+//! at once and the next one is tried.
 //!
 //! Load: each placement is a lease that expires after [`RouterConfig::viewer_ttl`] (30 s by
 //! default, the time a player needs to come back for its manifest and to be counted again).
 //! A viewer's load is therefore "recent placements", known to the router without any report
-//! from the edges; the bound `c` holds over the leases alive at each placement.
+//! from the edges; the bound `c` holds over the leases alive at each placement. At most
+//! [`MAX_LEASES`] leases are kept; past that the oldest lease ends early.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -46,7 +56,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 
 use crate::mpd;
+use crate::origin::HEALTH_PATH;
 use crate::placement::{Placement, BALANCE};
+use crate::request_path::RequestPath;
 
 /// The DNS zone the router is authoritative for.
 pub const ZONE: &str = "cdn.test.";
@@ -64,6 +76,14 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONCURRENT: usize = 1024;
 /// Longest movie name (a DNS label).
 const MAX_MOVIE_BYTES: usize = 63;
+/// How long a fetched manifest (or an edge's 404 for it) is reused.
+pub const MANIFEST_TTL: Duration = Duration::from_secs(10);
+/// Most movies whose manifest (or absence) is cached.
+pub const MAX_CACHED_MANIFESTS: usize = 1024;
+/// Most bytes of cached manifests.
+pub const MAX_CACHED_MANIFEST_BYTES: usize = 64 * 1024 * 1024;
+/// Most viewer leases kept (16 bytes each); past it the oldest ends early.
+pub const MAX_LEASES: usize = 100_000;
 
 /// One edge given on the command line as `NAME=URL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +161,10 @@ pub enum RouterError {
 pub struct Status {
     /// Every edge, in configuration order.
     pub edges: Vec<EdgeStatus>,
+    /// Health-probe rounds completed (every edge probed once per round).
+    pub probe_rounds: u64,
+    /// Manifest fetches made through the edges (cache misses).
+    pub manifest_fetches: u64,
     /// Largest load over the mean load of healthy edges (1.0 when nobody is placed).
     pub imbalance: f64,
 }
@@ -173,7 +197,65 @@ struct RouterState {
     placement: Mutex<Placement>,
     /// (expiry, edge) of every live placement, oldest first (all leases have the same TTL).
     leases: Mutex<VecDeque<(Instant, usize)>>,
+    manifests: Mutex<ManifestCache>,
+    /// Health-probe rounds completed, for `/status`.
+    probe_rounds: AtomicU64,
+    /// Manifest requests sent to edges, for `/status`.
+    manifest_fetches: AtomicU64,
     config: RouterConfig,
+}
+
+/// Movie → its manifest (`None`: the edge said 404) until an expiry, bounded by entries and
+/// bytes; the oldest insertions are evicted first (all entries live equally long).
+#[derive(Debug, Default)]
+struct ManifestCache {
+    entries: HashMap<String, CachedManifest>,
+    /// Insertion sequence → movie, oldest first.
+    by_age: BTreeMap<u64, String>,
+    bytes: usize,
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+struct CachedManifest {
+    body: Option<Bytes>,
+    expires: Instant,
+    seq: u64,
+}
+
+impl ManifestCache {
+    /// The live entry for `movie`: `Some(None)` for a cached "no such movie".
+    fn get(&self, now: Instant, movie: &str) -> Option<Option<Bytes>> {
+        self.entries.get(movie).filter(|e| now < e.expires).map(|e| e.body.clone())
+    }
+
+    fn insert(&mut self, now: Instant, movie: &str, body: Option<Bytes>) {
+        self.remove(movie);
+        let len = body.as_ref().map_or(0, Bytes::len);
+        if len > MAX_CACHED_MANIFEST_BYTES {
+            return;
+        }
+        while self.entries.len() >= MAX_CACHED_MANIFESTS
+            || self.bytes + len > MAX_CACHED_MANIFEST_BYTES
+        {
+            let Some((_, oldest)) = self.by_age.first_key_value() else { break };
+            let oldest = oldest.clone();
+            self.remove(&oldest);
+        }
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.by_age.insert(seq, movie.to_string());
+        self.bytes += len;
+        self.entries
+            .insert(movie.to_string(), CachedManifest { body, expires: now + MANIFEST_TTL, seq });
+    }
+
+    fn remove(&mut self, movie: &str) {
+        if let Some(e) = self.entries.remove(movie) {
+            self.by_age.remove(&e.seq);
+            self.bytes -= e.body.as_ref().map_or(0, Bytes::len);
+        }
+    }
 }
 
 /// Why a movie could not be routed.
@@ -246,6 +328,9 @@ impl RouterServer {
             placement: Mutex::new(Placement::new(&names, config.balance)),
             edges,
             leases: Mutex::new(VecDeque::new()),
+            manifests: Mutex::new(ManifestCache::default()),
+            probe_rounds: AtomicU64::new(0),
+            manifest_fetches: AtomicU64::new(0),
             config,
         });
         Ok(RouterServer { listener, dns, state })
@@ -309,12 +394,14 @@ fn valid_movie(movie: &str) -> bool {
 }
 
 impl RouterState {
-    /// Places a viewer of `movie` (expiring old leases first).
+    /// Places a viewer of `movie` (expiring old leases first; past [`MAX_LEASES`], the oldest
+    /// lease ends early).
     fn place(&self, movie: &str) -> Option<Vec<usize>> {
         let now = Instant::now();
         let mut placement = lock(&self.placement);
         let mut leases = lock(&self.leases);
-        while leases.front().is_some_and(|&(expiry, _)| expiry <= now) {
+        while leases.front().is_some_and(|&(expiry, _)| expiry <= now || leases.len() >= MAX_LEASES)
+        {
             if let Some((_, edge)) = leases.pop_front() {
                 placement.release(edge);
             }
@@ -324,28 +411,29 @@ impl RouterState {
         Some(order)
     }
 
-    /// Undoes the latest placement on `edge` (the viewer was not served after all).
-    fn unplace(&self, edge: usize) {
-        let mut placement = lock(&self.placement);
-        let mut leases = lock(&self.leases);
-        if let Some(pos) = leases.iter().rposition(|&(_, e)| e == edge) {
-            leases.remove(pos);
-            placement.release(edge);
-        }
+    /// Places a viewer of `movie` and hands it the movie's manifest.
+    async fn route(&self, movie: &str) -> Result<Routed, RouteError> {
+        let manifest = self.manifest(movie).await?;
+        let order = self.place(movie).ok_or(RouteError::NoEdge)?;
+        Ok(Routed { order, manifest })
     }
 
-    /// Places a viewer of `movie` and fetches its manifest through the chosen edge. An edge
-    /// that cannot be reached is taken out of rotation and the viewer placed again.
-    async fn route(&self, movie: &str) -> Result<Routed, RouteError> {
+    /// `movie`'s manifest: cached, or fetched through the edge its next viewer would get. An
+    /// edge that cannot be reached is taken out of rotation and the next one tried. A 404 is
+    /// cached like a manifest; other failures are not.
+    async fn manifest(&self, movie: &str) -> Result<Bytes, RouteError> {
         if !valid_movie(movie) {
             return Err(RouteError::BadName);
         }
+        if let Some(cached) = lock(&self.manifests).get(Instant::now(), movie) {
+            return cached.ok_or(RouteError::UnknownMovie);
+        }
         let mut last_error = String::new();
         for _ in 0..self.edges.len() {
-            let order = self.place(movie).ok_or(RouteError::NoEdge)?;
-            let chosen = order[0];
+            let chosen = lock(&self.placement).choose(movie).ok_or(RouteError::NoEdge)?[0];
             let edge = &self.edges[chosen];
             let path = format!("/{movie}/manifest.mpd");
+            self.manifest_fetches.fetch_add(1, Ordering::Relaxed);
             let got = tokio::time::timeout(
                 MANIFEST_TIMEOUT,
                 http_get(&edge.authority, &path, MAX_MANIFEST_BYTES),
@@ -353,14 +441,16 @@ impl RouterState {
             .await
             .unwrap_or_else(|_| Err("timed out".into()));
             match got {
-                Ok((StatusCode::OK, manifest)) => return Ok(Routed { order, manifest }),
+                Ok((StatusCode::OK, manifest)) => {
+                    lock(&self.manifests).insert(Instant::now(), movie, Some(manifest.clone()));
+                    return Ok(manifest);
+                }
                 Ok((StatusCode::NOT_FOUND, _)) => {
-                    self.unplace(chosen);
+                    lock(&self.manifests).insert(Instant::now(), movie, None);
                     return Err(RouteError::UnknownMovie);
                 }
                 Ok((status, _)) => {
                     // The edge is up but its origin is not: another edge will not do better.
-                    self.unplace(chosen);
                     return Err(RouteError::Upstream(format!(
                         "edge {} answered {status}",
                         edge.name
@@ -368,7 +458,6 @@ impl RouterState {
                 }
                 Err(e) => {
                     tracing::warn!(edge = %edge.name, error = %e, "edge unreachable, out of rotation");
-                    self.unplace(chosen);
                     lock(&self.placement).set_healthy(chosen, false);
                     last_error = format!("edge {}: {e}", edge.name);
                 }
@@ -380,6 +469,8 @@ impl RouterState {
     fn status(&self) -> Status {
         let placement = lock(&self.placement);
         Status {
+            probe_rounds: self.probe_rounds.load(Ordering::Relaxed),
+            manifest_fetches: self.manifest_fetches.load(Ordering::Relaxed),
             edges: placement
                 .edges()
                 .iter()
@@ -442,7 +533,7 @@ async fn probe_loop(state: Arc<RouterState>) {
             probes.spawn(async move {
                 let got = tokio::time::timeout(
                     interval,
-                    http_get(&authority, "/health", MAX_HEALTH_BYTES),
+                    http_get(&authority, HEALTH_PATH, MAX_HEALTH_BYTES),
                 )
                 .await;
                 (i, matches!(got, Ok(Ok((StatusCode::OK, _)))))
@@ -457,6 +548,7 @@ async fn probe_loop(state: Arc<RouterState>) {
                 placement.set_healthy(i, healthy);
             }
         }
+        state.probe_rounds.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -503,7 +595,10 @@ async fn respond(state: &RouterState, method: &Method, path: &str) -> Response<F
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
     }
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let Ok(path) = RequestPath::parse(path) else {
+        return text(StatusCode::NOT_FOUND, "not found\n".into());
+    };
+    let segments: Vec<&str> = path.segments().collect();
     match segments.as_slice() {
         ["status"] => {
             let json = serde_json::to_vec(&state.status()).unwrap_or_default();
@@ -666,51 +761,31 @@ async fn dns_answer(state: &RouterState, packet: &[u8]) -> Option<Vec<u8>> {
         n if n == zone.num_labels() + 1 => {
             let label = name.iter().next().unwrap_or_default();
             let movie = std::str::from_utf8(label).unwrap_or("");
-            if query.query_type() == RecordType::A {
-                match state.route(movie).await {
-                    Ok(routed) => {
-                        let edge = &state.edges[routed.order[0]];
-                        if let Some(ip) = edge.ipv4 {
-                            let record = Record::from_rdata(name.clone(), DNS_TTL, RData::A(A(ip)));
-                            response.add_answer(record);
+            // A lookup places nobody: the answer is where the next viewer would go.
+            match state.manifest(movie).await {
+                Ok(_) => {
+                    let chosen = lock(&state.placement).choose(movie).map(|order| order[0]);
+                    match chosen {
+                        Some(i) if query.query_type() == RecordType::A => {
+                            if let Some(ip) = state.edges[i].ipv4 {
+                                let record =
+                                    Record::from_rdata(name.clone(), DNS_TTL, RData::A(A(ip)));
+                                response.add_answer(record);
+                            }
+                            ResponseCode::NoError
                         }
-                        ResponseCode::NoError
+                        Some(_) => ResponseCode::NoError,
+                        None => ResponseCode::ServFail,
                     }
-                    Err(RouteError::BadName | RouteError::UnknownMovie) => ResponseCode::NXDomain,
-                    Err(_) => ResponseCode::ServFail,
                 }
-            } else {
-                match movie_exists(state, movie).await {
-                    Some(true) => ResponseCode::NoError,
-                    Some(false) => ResponseCode::NXDomain,
-                    None => ResponseCode::ServFail,
-                }
+                Err(RouteError::BadName | RouteError::UnknownMovie) => ResponseCode::NXDomain,
+                Err(_) => ResponseCode::ServFail,
             }
         }
         _ => ResponseCode::NXDomain,
     };
     response.set_response_code(code);
     response.to_vec().ok()
-}
-
-/// Whether `movie` exists, asked of its first preferred edge without placing a viewer
-/// (`None`: no edge could tell).
-async fn movie_exists(state: &RouterState, movie: &str) -> Option<bool> {
-    if !valid_movie(movie) {
-        return Some(false);
-    }
-    let first = *lock(&state.placement).preference(movie).first()?;
-    let path = format!("/{movie}/manifest.mpd");
-    let got = tokio::time::timeout(
-        MANIFEST_TIMEOUT,
-        http_get(&state.edges[first].authority, &path, MAX_MANIFEST_BYTES),
-    )
-    .await;
-    match got {
-        Ok(Ok((StatusCode::OK, _))) => Some(true),
-        Ok(Ok((StatusCode::NOT_FOUND, _))) => Some(false),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -730,6 +805,27 @@ mod tests {
         assert_eq!((named.ipv4, named.authority.as_str()), (None, "edge.test:80"));
         assert!(parse_edge(&"e=https://1.2.3.4".parse().unwrap()).is_err());
         assert!(parse_edge(&"e=http://1.2.3.4/x".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn the_manifest_cache_is_bounded_and_expires() {
+        let t = Instant::now();
+        let mut c = ManifestCache::default();
+        for i in 0..=MAX_CACHED_MANIFESTS {
+            c.insert(t, &format!("m{i}"), Some(Bytes::from_static(b"<MPD/>")));
+        }
+        assert_eq!(c.entries.len(), MAX_CACHED_MANIFESTS);
+        assert_eq!(c.get(t, "m0"), None, "the oldest went first");
+        assert!(c.get(t, "m1").is_some());
+        c.insert(t, "gone", None);
+        assert_eq!(c.get(t, "gone"), Some(None), "a 404 is remembered");
+        assert_eq!(c.get(t + MANIFEST_TTL, "m1"), None, "and everything expires");
+        let big = Bytes::from(vec![0u8; MAX_CACHED_MANIFEST_BYTES / 2 + 1]);
+        c.insert(t, "big1", Some(big.clone()));
+        c.insert(t, "big2", Some(big));
+        assert!(c.get(t, "big1").is_none() && c.get(t, "big2").is_some());
+        assert!(c.bytes <= MAX_CACHED_MANIFEST_BYTES);
+        assert_eq!(c.entries.len(), c.by_age.len());
     }
 
     #[test]

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::origin::{resolve_path, OriginBody};
+use crate::request_path::RequestPath;
 
 /// The page template; `/*SWARMCAST_MANIFEST*/` is replaced by the manifest URL as a JS string.
 const PLAYER_HTML: &str = include_str!("../assets/player.html");
@@ -35,10 +35,7 @@ pub const ASSETS_IN_REPO: &str = "web/node_modules/dashjs/dist/modern/umd";
 /// What to tell someone whose assets directory lacks dash.js.
 pub const INSTALL_HINT: &str = "run `npm ci --prefix web` in the Swarmcast repository (needs node and npm), or point --player-assets / SWARMCAST_PLAYER_ASSETS at a directory holding dash.all.min.js";
 
-/// Characters escaped in a movie's path segments when it is put back into a URL.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
-
-/// True for the paths this module answers: `/player/...` and `/_player/...`.
+/// True for the (canonical) paths this module answers: `/player/...` and `/_player/...`.
 pub fn is_player_path(path: &str) -> bool {
     path.starts_with("/player/") || path.starts_with("/_player/")
 }
@@ -73,14 +70,16 @@ pub fn player_page(manifest_url: &str) -> String {
     PLAYER_HTML.replacen(MANIFEST_PLACEHOLDER, &literal, 1)
 }
 
-/// Answers a `/player/` or `/_player/` request; `root` is the canonical content directory and
-/// `assets` the player-assets directory.
+/// Answers a `/player/` or `/_player/` request (`path` already put through the shared rule,
+/// [`RequestPath::parse`]); `root` is the canonical content directory and `assets` the
+/// player-assets directory.
 pub async fn respond(
     root: &Path,
     assets: &Path,
     method: &Method,
-    path: &str,
+    path: &RequestPath,
 ) -> Response<OriginBody> {
+    let path = path.as_str();
     if method != Method::GET && method != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -102,7 +101,7 @@ pub async fn respond(
             }
         };
     }
-    let movie = path.strip_prefix("/player/").unwrap_or("").trim_end_matches('/');
+    let movie = path.strip_prefix("/player/").unwrap_or("");
     let Some(manifest_url) = manifest_url(root, movie).await else {
         return text(StatusCode::NOT_FOUND, format!("no movie {movie:?} with a manifest.mpd\n"));
     };
@@ -112,21 +111,15 @@ pub async fn respond(
     ok("text/html; charset=utf-8", player_page(&manifest_url).into(), head)
 }
 
-/// `/MOVIE/manifest.mpd` with MOVIE re-encoded, if that file exists safely under `root`.
+/// `/MOVIE/manifest.mpd` with MOVIE (decoded segments) re-encoded, if that file exists
+/// safely under `root`.
 async fn manifest_url(root: &Path, movie: &str) -> Option<String> {
     if movie.is_empty() {
         return None;
     }
-    resolve_path(root, &format!("/{movie}/manifest.mpd")).await?;
-    // resolve_path accepted it, so it decodes to UTF-8 plain segments.
-    let decoded = percent_encoding::percent_decode_str(movie).decode_utf8().ok()?;
-    let mut url = String::new();
-    for segment in decoded.split('/').filter(|s| !s.is_empty()) {
-        url.push('/');
-        url.extend(utf8_percent_encode(segment, SEGMENT));
-    }
-    url.push_str("/manifest.mpd");
-    Some(url)
+    let manifest = RequestPath::from_segments(movie.split('/').chain(["manifest.mpd"])).ok()?;
+    resolve_path(root, &manifest).await?;
+    Some(manifest.to_uri_path())
 }
 
 fn missing_assets(assets: &Path, head: bool) -> Response<OriginBody> {
@@ -163,6 +156,20 @@ fn text(code: StatusCode, message: String) -> Response<OriginBody> {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    /// The web player's answer to a raw path, as the origin routes it (a path the shared rule
+    /// refuses is the origin's 404).
+    async fn respond(
+        root: &Path,
+        assets: &Path,
+        method: &Method,
+        raw: &str,
+    ) -> Response<OriginBody> {
+        match RequestPath::parse(raw) {
+            Ok(path) => super::respond(root, assets, method, &path).await,
+            Err(_) => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        }
+    }
 
     async fn body(r: Response<OriginBody>) -> String {
         let bytes = r.into_body().collect().await.unwrap().to_bytes();

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use stream::edge::{EdgeConfig, EdgeServer, Health};
@@ -76,7 +78,13 @@ async fn start_edge(
     cache: u64,
     name: &str,
 ) -> (SocketAddr, JoinHandle<std::io::Result<()>>) {
-    let config = EdgeConfig::new(format!("http://{origin}"), cache, name);
+    start_edge_with(listen, EdgeConfig::new(format!("http://{origin}"), cache, name)).await
+}
+
+async fn start_edge_with(
+    listen: SocketAddr,
+    config: EdgeConfig,
+) -> (SocketAddr, JoinHandle<std::io::Result<()>>) {
     let server = EdgeServer::bind(listen, config).await.unwrap();
     let addr = server.local_addr();
     (addr, tokio::spawn(server.run()))
@@ -396,7 +404,7 @@ async fn dig_gets_the_chosen_edges_address() {
             .unwrap();
     assert_eq!(answer.trim(), edges[pref[0]].1.ip().to_string(), "the movie's first edge");
     let s = status(router).await;
-    assert_eq!(s.edges[pref[0]].load, 1, "the lookup placed a viewer");
+    assert_eq!(s.edges.iter().map(|e| e.load).sum::<u32>(), 0, "a lookup is not a viewer");
 
     let full =
         tokio::task::spawn_blocking(move || dig(port, &["MOVIE1.cdn.test", "A"])).await.unwrap();
@@ -413,4 +421,213 @@ async fn dig_gets_the_chosen_edges_address() {
     let aaaa =
         tokio::task::spawn_blocking(move || dig(port, &["movie1.cdn.test", "AAAA"])).await.unwrap();
     assert!(aaaa.contains("status: NOERROR") && aaaa.contains("ANSWER: 0"), "{aaaa}");
+}
+
+#[tokio::test]
+async fn three_spellings_of_one_segment_are_one_cache_entry_and_one_origin_fetch() {
+    let (origin, dir) = start_origin(1, 5000).await;
+    let (edge, _task) = start_edge("127.0.0.1:0".parse().unwrap(), origin, 1 << 20, "e").await;
+    let want = std::fs::read(dir.path().join("movie1/chunk-0-00001.m4s")).unwrap();
+    for path in
+        ["/movie1/chunk-0-00001.m4s", "//movie1/chunk-0-00001.m4s", "/movie1/%63hunk-0-00001.m4s"]
+    {
+        let r = get(edge, path).await;
+        assert_eq!((r.status, &r.body), (200, &want), "{path}");
+        assert_eq!(get(origin, path).await.body, want, "the origin reads {path} the same way");
+    }
+    let h = health(edge).await;
+    assert_eq!((h.origin_fetches, h.entries, h.hits), (1, 1, 2), "{h:?}");
+    // Paths the shared rule refuses cost neither a fetch nor an entry, on either server.
+    for bad in ["/movie1/%2e%2e/movie1/chunk-0-00001.m4s", "/movie1/..%5cx", "/%ff", "/~x/a"] {
+        assert_eq!(get(edge, bad).await.status, 404, "{bad}");
+        assert_eq!(get(origin, bad).await.status, 404, "{bad}");
+    }
+    assert_eq!(health(edge).await.origin_fetches, 1);
+}
+
+/// An origin that answers each request after `delay` and records the most requests it had in
+/// progress at once.
+async fn counting_origin(delay: Duration) -> (SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (now, max) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (now2, max2) = (now.clone(), max.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let (now, max) = (now2.clone(), max2.clone());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let in_progress = now.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(in_progress, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                let line = String::from_utf8_lossy(&got).lines().next().unwrap_or("").to_string();
+                let body = line.as_bytes().to_vec();
+                // Out of progress before the edge can have the whole answer and start another.
+                now.fetch_sub(1, Ordering::SeqCst);
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    (addr, now, max)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_distinct_misses_run_at_most_the_cap_of_origin_fetches_at_once() {
+    let (origin, _, max_in_progress) = counting_origin(Duration::from_millis(100)).await;
+    let mut config = EdgeConfig::new(format!("http://{origin}"), 1 << 20, "e");
+    config.max_origin_fetches = 4;
+    let (edge, _task) = start_edge_with("127.0.0.1:0".parse().unwrap(), config).await;
+    let clients: Vec<_> = (0..30)
+        .map(|i| tokio::spawn(async move { get(edge, &format!("/m/seg-{i}.m4s")).await }))
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        let r = c.await.unwrap();
+        assert_eq!(r.status, 200, "every request is answered, the later ones after waiting");
+        assert_eq!(r.body, format!("GET /m/seg-{i}.m4s HTTP/1.1").as_bytes());
+    }
+    assert_eq!(health(edge).await.origin_fetches, 30);
+    let max = max_in_progress.load(Ordering::SeqCst);
+    assert!(max <= 4, "the origin had {max} fetches in progress at once (cap 4)");
+}
+
+/// Declares a `len`-byte body, sends `first` bytes of it, signals `sent`, then writes the rest
+/// once `go` fires; reports through `done` whether the edge hung up before the last byte.
+async fn stalling_origin(
+    len: usize,
+    first: usize,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Receiver<()>,
+    Arc<tokio::sync::Notify>,
+    tokio::sync::oneshot::Receiver<bool>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let go = Arc::new(tokio::sync::Notify::new());
+    let go2 = go.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut written = 0;
+        while written < first {
+            s.write_all(&chunk).await.unwrap();
+            written += chunk.len();
+        }
+        let _ = sent_tx.send(());
+        go2.notified().await;
+        let mut hung_up = false;
+        while written < len {
+            if s.write_all(&chunk).await.is_err() {
+                hung_up = true;
+                break;
+            }
+            written += chunk.len();
+        }
+        let _ = done_tx.send(hung_up);
+    });
+    (addr, sent_rx, go, done_rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_whose_only_client_left_is_abandoned_not_buffered_to_the_end() {
+    const LEN: usize = 60 << 20;
+    let (origin, sent, go, done) = stalling_origin(LEN, 1 << 20).await;
+    let (edge, _task) = start_edge("127.0.0.1:0".parse().unwrap(), origin, 256 << 20, "e").await;
+    let mut client = tokio::net::TcpStream::connect(edge).await.unwrap();
+    client
+        .write_all(b"GET /m/big.m4s HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    sent.await.unwrap();
+    drop(client);
+    // Once the edge has noticed, it drops the fetch; then let the origin try to send the rest.
+    let start = Instant::now();
+    while health(edge).await.abandoned_fetches == 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the fetch was never abandoned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    go.notify_one();
+    assert!(done.await.unwrap(), "the edge hung up on the origin before the last byte");
+    let h = health(edge).await;
+    assert_eq!((h.origin_fetches, h.abandoned_fetches, h.entries, h.bytes), (1, 1, 0, 0));
+}
+
+/// One DNS query over UDP; the parsed answer.
+async fn dns_query(server: SocketAddr, name: &str, kind: RecordType) -> Message {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut q = Message::new();
+    q.set_id(99).add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+    socket.send_to(&q.to_vec().unwrap(), server).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(20), socket.recv_from(&mut buf))
+        .await
+        .expect("a DNS answer")
+        .unwrap();
+    Message::from_vec(&buf[..n]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_flood_places_nobody_and_manifests_are_fetched_once_per_movie() {
+    let (origin, _dir) = start_origin(1, 100).await;
+    let edges = start_edges(origin).await;
+    let (router, dns) = start_router(specs(&edges), Duration::from_secs(60), true).await;
+    let dns = dns.unwrap();
+    for _ in 0..100 {
+        let a = dns_query(dns, "movie1.cdn.test.", RecordType::A).await;
+        assert_eq!((a.response_code(), a.answers().len()), (ResponseCode::NoError, 1));
+    }
+    for _ in 0..3 {
+        let a = dns_query(dns, "nosuchmovie.cdn.test.", RecordType::A).await;
+        assert_eq!(a.response_code(), ResponseCode::NXDomain);
+    }
+    let s = status(router).await;
+    assert_eq!(s.edges.iter().map(|e| e.load).sum::<u32>(), 0, "lookups are not viewers");
+    for _ in 0..20 {
+        assert_eq!(get(router, "/play/movie1/manifest.mpd").await.status, 200);
+    }
+    let s = status(router).await;
+    assert_eq!(s.edges.iter().map(|e| e.load).sum::<u32>(), 20, "each manifest is a viewer");
+    // 123 lookups and viewers of two movies: one manifest request reached an edge per movie.
+    let mut edge_lookups = 0;
+    for (_, addr, _) in &edges {
+        let h = health(*addr).await;
+        edge_lookups += h.hits + h.misses;
+    }
+    assert_eq!(edge_lookups, 2, "one fetch for movie1, one 404 for nosuchmovie");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_pointed_straight_at_an_origin_routes_viewers_and_lookups() {
+    let (origin, _dir) = start_origin(1, 100).await;
+    let spec = EdgeSpec { name: "origin".into(), url: format!("http://{origin}") };
+    let (router, dns) = start_router(vec![spec], Duration::from_millis(50), true).await;
+    wait_status(router, |s| s.probe_rounds >= 2).await;
+    assert!(status(router).await.edges[0].healthy, "the origin answers the health probe");
+    let r = get(router, "/play/movie1/manifest.mpd").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(base_urls(&r.body), [format!("http://{origin}/movie1/")]);
+    let a = dns_query(dns.unwrap(), "movie1.cdn.test.", RecordType::A).await;
+    assert_eq!(a.response_code(), ResponseCode::NoError);
+    let ips: Vec<String> = a.answers().iter().map(|r| r.data().to_string()).collect();
+    assert_eq!(ips, ["127.0.0.1"]);
 }
