@@ -479,3 +479,95 @@ async fn made_up_topics_do_not_block_joining_and_a_failed_join_says_so() {
     assert_eq!(i, MAX_TOPICS - 3, "{text}");
     assert!(text.contains("cannot join #room"), "{text}");
 }
+
+/// Issue 9 item 13: eve announces bob's nickname with the latest possible timestamp. `/msg bob`
+/// used to go to her; now alice is told two keys claim "bob" and asked which, bob's id still
+/// reaches bob, and eve's messages show her id next to the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nickname_cannot_be_taken_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut alice = start(dir.path(), "alice", vec![]).await;
+    let mut bob = start(dir.path(), "bob", vec![alice.addr]).await;
+    bob.cmd
+        .send(Command::Say { room: "general".into(), text: "bob here".into() })
+        .await
+        .expect("send");
+    let seen = expect_message(&mut alice, "bob here").await;
+    let bob_id = seen
+        .iter()
+        .find_map(|e| match e {
+            ChatEvent::Message { author, text, nick, .. } if text == "bob here" => {
+                assert_eq!(nick, "bob");
+                Some(author.clone())
+            }
+            _ => None,
+        })
+        .expect("bob's message");
+
+    let (eve, _ep, mut conn) = join_as(11, alice.addr).await;
+    for v in [
+        envelope::seal(
+            &eve,
+            Content::Presence { author: eve.id(), nick: "bob".into(), sent_ms: i64::MAX as u64 },
+        ),
+        envelope::seal(
+            &eve,
+            Content::Room {
+                author: eve.id(),
+                nick: "bob".into(),
+                room: "general".into(),
+                sent_ms: i64::MAX as u64,
+                nonce: 1,
+                text: "it is me, bob".into(),
+            },
+        ),
+    ] {
+        let topic = v.content.topic();
+        let gossip = Wire::Gossip {
+            topic,
+            msg: plumtree::Message::Gossip { id: v.id, payload: v.raw, round: 0 },
+        };
+        conn.send(&frame(&gossip)).await.expect("send");
+    }
+    let seen = expect_message(&mut alice, "it is me, bob").await;
+    let eve_hex = eve.id().to_string();
+    assert!(
+        seen.iter().any(|e| matches!(e, ChatEvent::Info { text } if text.contains(&eve_hex) && text.contains(&bob_id))),
+        "alice is told a second key claims bob: {seen:?}"
+    );
+    let shown = seen.iter().find_map(|e| match e {
+        ChatEvent::Message { nick, text, .. } if text == "it is me, bob" => Some(nick.clone()),
+        _ => None,
+    });
+    assert_eq!(shown, Some(format!("bob?{}", &eve_hex[..16])));
+
+    alice
+        .cmd
+        .send(Command::Msg { to: "bob".into(), text: "for bob only".into() })
+        .await
+        .expect("send");
+    match next_reply(&mut alice).await {
+        ChatEvent::Error { text } => {
+            assert!(text.contains(&bob_id) && text.contains(&eve_hex), "{text}");
+        }
+        other => panic!("/msg bob went somewhere: {other:?}"),
+    }
+    alice
+        .cmd
+        .send(Command::Msg { to: bob_id[..16].to_string(), text: "for bob only".into() })
+        .await
+        .expect("send");
+    timeout(WAIT, async {
+        loop {
+            match bob.events.recv().await.expect("bob runs") {
+                ChatEvent::Dm { text, nick, .. } if text == "for bob only" => {
+                    assert_eq!(nick, "alice");
+                    return;
+                }
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("bob gets the message sent to his id");
+}

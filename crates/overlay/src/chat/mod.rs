@@ -121,7 +121,8 @@ pub enum ChatEvent {
     Message {
         /// Room.
         room: String,
-        /// Author's nickname (made [`inert`](inert::inert)).
+        /// Author's nickname (made [`inert`](inert::inert)); unless the author is the only key
+        /// that claims it, followed by `?` and the first 16 hex digits of the author's id.
         nick: String,
         /// Author's id (hex).
         author: String,
@@ -129,14 +130,16 @@ pub enum ChatEvent {
         text: String,
         /// Message id (hex).
         id: String,
-        /// Author's clock, ms.
+        /// Author's clock, ms, believed up to this node's clock plus
+        /// [`store::MAX_CLOCK_SKEW_MS`].
         sent_ms: u64,
         /// How it came.
         via: Via,
     },
     /// A direct message to us.
     Dm {
-        /// Author's nickname (made [`inert`](inert::inert)).
+        /// Author's nickname (made [`inert`](inert::inert)); unless the author is the only key
+        /// that claims it, followed by `?` and the first 16 hex digits of the author's id.
         nick: String,
         /// Author's id (hex).
         author: String,
@@ -434,13 +437,7 @@ impl Service {
                 envelope::MAX_TEXT
             ));
         }
-        let mut ids = self.store.ids_for_nick(&to).map_err(|e| e.to_string())?;
-        if ids.is_empty() && to.len() >= 8 && to.bytes().all(|b| b.is_ascii_hexdigit()) {
-            ids = self.known_ids_with_prefix(&to.to_ascii_lowercase());
-        }
-        let Some(&recipient) = ids.first() else {
-            return Err(format!("nobody called {to:?} is known yet; /peers lists neighbors"));
-        };
+        let recipient = self.recipient(&to)?;
         let plain = DirectPlain { nick: self.nick.clone(), text: text.clone() };
         let v = envelope::seal_direct(
             &self.identity,
@@ -456,14 +453,64 @@ impl Service {
         Ok(())
     }
 
-    fn known_ids_with_prefix(&self, prefix: &str) -> Vec<NodeId> {
-        self.driver
+    /// The one key `/msg TO` means: the only key that claims the nick `to`, else the only known
+    /// key whose hex id starts with `to` (8 digits at least). Several keys for one nick are
+    /// never guessed between (the latest claim could be anybody's): the error lists them.
+    fn recipient(&self, to: &str) -> Result<NodeId, String> {
+        let claimants = self.store.claimants(to).map_err(|e| e.to_string())?;
+        match claimants.as_slice() {
+            [one] => return Ok(one.author),
+            [first, rest @ ..] => {
+                let others: Vec<String> = rest.iter().map(|c| c.author.to_string()).collect();
+                return Err(format!(
+                    "{} keys claim the nick {}: {} (seen first) and {}; send with /msg ID text, \
+                     giving enough of the id to tell them apart",
+                    claimants.len(),
+                    inert(to),
+                    first.author,
+                    others.join(", ")
+                ));
+            }
+            [] => {}
+        }
+        if to.len() < 8 || !to.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "nobody called {} is known yet; /peers lists neighbors",
+                inert(to)
+            ));
+        }
+        let prefix = to.to_ascii_lowercase();
+        let mut ids: Vec<NodeId> = self
+            .driver
             .neighbors()
             .into_iter()
             .chain(self.driver.passive())
             .map(|p| p.id)
-            .filter(|id| id.to_string().starts_with(prefix))
-            .collect()
+            .filter(|id| id.to_string().starts_with(&prefix))
+            .collect();
+        ids.extend(self.store.authors_with_prefix(&prefix).map_err(|e| e.to_string())?);
+        ids.sort();
+        ids.dedup();
+        match ids.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(format!("no known node has an id starting with {prefix}")),
+            _ => Err(format!("{} known ids start with {prefix}; give more of it", ids.len())),
+        }
+    }
+
+    /// A nickname as shown: inert, and followed by `?` and 16 hex digits of the author's id
+    /// unless the author is the only key that claims it.
+    fn shown_nick(&self, author: &NodeId, nick: &str) -> String {
+        let sole = match self.store.claimants(nick) {
+            Ok(c) => c.len() == 1 && c[0].author == *author,
+            Err(_) => false,
+        };
+        if sole {
+            inert(nick)
+        } else {
+            // A NodeId displays as 64 hex digits.
+            format!("{}?{}", inert(nick), &author.to_string()[..16])
+        }
     }
 
     async fn history(&mut self, room: &str, n: usize) -> Result<(), String> {
@@ -511,12 +558,31 @@ impl Service {
                 return false;
             }
         };
+        let claim = match &v.content {
+            Content::Room { author, nick, .. } | Content::Presence { author, nick, .. } => {
+                Some((*author, nick.clone(), self.store.claimants(nick).unwrap_or_default()))
+            }
+            Content::Direct { .. } => None,
+        };
         match self.store.insert(&v, now_ms()) {
             Ok(true) => {}
             Ok(false) => return false,
             Err(e) => {
                 tracing::error!("cannot store a message, not showing it: {e}");
                 return false;
+            }
+        }
+        if let Some((author, nick, before)) = claim {
+            if let Some(first) =
+                before.first().filter(|_| !before.iter().any(|c| c.author == author))
+            {
+                let text = format!(
+                    "{author} also calls itself {nick}, which {} was first seen using; \
+                     its messages now show the id, and /msg {nick} asks which",
+                    first.author,
+                    nick = inert(&nick)
+                );
+                self.emit(ChatEvent::Info { text }).await;
             }
         }
         self.show(&v, via).await;
@@ -528,13 +594,14 @@ impl Service {
             Content::Room { author, nick, room, sent_ms, text, .. }
                 if self.rooms.contains(room) =>
             {
+                let nick = self.shown_nick(author, nick);
                 self.emit(ChatEvent::Message {
                     room: room.clone(),
-                    nick: inert(nick),
+                    nick,
                     author: author.to_string(),
                     text: inert(text),
                     id: hex32(&v.id.0),
-                    sent_ms: *sent_ms,
+                    sent_ms: store::clamp_sent_ms(*sent_ms, now_ms()),
                     via,
                 })
                 .await;
@@ -543,7 +610,7 @@ impl Service {
                 match envelope::open_direct(&self.identity, &v.content) {
                     Ok(plain) => {
                         self.emit(ChatEvent::Dm {
-                            nick: inert(&plain.nick),
+                            nick: self.shown_nick(author, &plain.nick),
                             author: author.to_string(),
                             text: inert(&plain.text),
                             id: hex32(&v.id.0),

@@ -1,8 +1,19 @@
 //! Chat history in SQLite (rusqlite, bundled, WAL): every verified envelope the node delivered,
 //! keyed by message id, so duplicates are ignored, history survives restarts, and neighbors can
-//! be served what they missed. Also the nickname directory and the peers to re-join through.
+//! be served what they missed. Also the nickname claims and the peers to re-join through.
 //!
 //! A message is committed here before it is shown (or reported as sent).
+//!
+//! Timestamps are the author's claim: each is stored clamped to at most the local receive time
+//! plus [`MAX_CLOCK_SKEW_MS`] ([`clamp_sent_ms`]), so a message dated in the far future neither
+//! sorts after everything forever nor wins a "latest" comparison.
+//!
+//! Nicknames are trust-on-first-use, like ssh's `known_hosts`: every (nick, key) pair ever
+//! claimed is kept with the time this node first saw it ([`Store::claim_nick`]), and a nick
+//! claimed by several keys is reported as such ([`Store::claimants`]) instead of going to
+//! whichever claimed it last. The claims are bounded: at most [`MAX_NICKS_PER_AUTHOR`] per key
+//! (its most recent ones) and [`MAX_NICK_CLAIMS`] in all (when full, the claims heard from
+//! least recently go first).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -38,6 +49,7 @@ pub enum StoreError {
 /// The history database of one node.
 pub struct Store {
     db: Connection,
+    limits: Limits,
 }
 
 const SCHEMA: &str = "
@@ -52,11 +64,17 @@ CREATE TABLE IF NOT EXISTS messages (
     raw BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_topic_time ON messages (topic, sent_ms);
-CREATE TABLE IF NOT EXISTS nicks (
-    author BLOB PRIMARY KEY,
+DROP TABLE IF EXISTS nicks;
+CREATE TABLE IF NOT EXISTS nick_claims (
     nick TEXT NOT NULL,
-    sent_ms INTEGER NOT NULL
+    author BLOB NOT NULL,
+    first_ms INTEGER NOT NULL,
+    sent_ms INTEGER NOT NULL,
+    seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (nick, author)
 );
+CREATE INDEX IF NOT EXISTS nick_claims_author ON nick_claims (author, sent_ms);
+CREATE INDEX IF NOT EXISTS nick_claims_seen ON nick_claims (seen_ms);
 CREATE TABLE IF NOT EXISTS peers (
     id BLOB PRIMARY KEY,
     addr TEXT NOT NULL,
@@ -64,22 +82,66 @@ CREATE TABLE IF NOT EXISTS peers (
 );
 ";
 
+/// How far in the future (past the receive time) an author's timestamp is believed.
+pub const MAX_CLOCK_SKEW_MS: u64 = 2 * 60 * 1000;
+/// Most nicknames remembered per key (its latest claims).
+pub const MAX_NICKS_PER_AUTHOR: usize = 8;
+/// Most (nick, key) claims remembered in all.
+pub const MAX_NICK_CLAIMS: usize = 10_000;
+
+/// An author's timestamp as this node believes it: at most `received_ms` plus
+/// [`MAX_CLOCK_SKEW_MS`], and within SQLite's signed 64-bit integers.
+pub fn clamp_sent_ms(sent_ms: u64, received_ms: u64) -> u64 {
+    sent_ms.min(received_ms.saturating_add(MAX_CLOCK_SKEW_MS)).min(i64::MAX as u64)
+}
+
+/// The bounds of what the store keeps from the network (the defaults are the constants).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most nicknames remembered per key.
+    pub nicks_per_author: usize,
+    /// Most (nick, key) claims in all.
+    pub nick_claims: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { nicks_per_author: MAX_NICKS_PER_AUTHOR, nick_claims: MAX_NICK_CLAIMS }
+    }
+}
+
+/// A key that claims a nickname, as [`Store::claimants`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimant {
+    /// The key.
+    pub author: NodeId,
+    /// When this node first saw the key use the nick (local clock, ms).
+    pub first_ms: u64,
+}
+
 fn blob32(v: Vec<u8>) -> rusqlite::Result<[u8; 32]> {
     v.as_slice().try_into().map_err(|_| rusqlite::Error::InvalidQuery)
 }
 
 impl Store {
-    /// Opens (creating) `dir/chat.sqlite`.
+    /// Opens (creating) `dir/chat.sqlite` with the default [`Limits`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, Limits::default())
+    }
+
+    /// Opens (creating) `dir/chat.sqlite`, keeping within `limits`.
+    pub fn open_with(dir: &Path, limits: Limits) -> Result<Self, StoreError> {
         let db = Connection::open(dir.join("chat.sqlite"))?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.execute_batch(SCHEMA)?;
-        Ok(Self { db })
+        Ok(Self { db, limits })
     }
 
-    /// Commits a verified message; returns false if it was already stored (a duplicate).
+    /// Commits a verified message (and the nickname it claims, see [`Store::claim_nick`]);
+    /// returns false if it was already stored (a duplicate).
     pub fn insert(&self, v: &Verified, received_ms: u64) -> Result<bool, StoreError> {
         let c = &v.content;
+        let sent_ms = clamp_sent_ms(c.sent_ms(), received_ms);
         let n = self.db.execute(
             "INSERT OR IGNORE INTO messages (id, topic, author, sent_ms, received_ms, raw)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -87,22 +149,51 @@ impl Store {
                 &v.id.0[..],
                 &c.topic().0[..],
                 &c.author().0[..],
-                c.sent_ms() as i64,
+                sent_ms as i64,
                 received_ms as i64,
                 &v.raw
             ],
         )?;
-        if let Content::Presence { author, nick, sent_ms }
-        | Content::Room { author, nick, sent_ms, .. } = c
-        {
-            self.db.execute(
-                "INSERT INTO nicks (author, nick, sent_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(author) DO UPDATE SET nick = excluded.nick, sent_ms = excluded.sent_ms
-                 WHERE excluded.sent_ms >= nicks.sent_ms",
-                params![&author.0[..], nick, *sent_ms as i64],
-            )?;
+        if n == 1 {
+            if let Content::Presence { author, nick, .. } | Content::Room { author, nick, .. } = c {
+                self.claim_nick(author, nick, sent_ms, received_ms)?;
+            }
         }
         Ok(n == 1)
+    }
+
+    /// Records that `author` calls itself `nick` (at its clamped time `sent_ms`, heard at
+    /// `received_ms`); the first time this pair is seen is kept. Then trims the claims to the
+    /// bounds in the module docs.
+    pub fn claim_nick(
+        &self,
+        author: &NodeId,
+        nick: &str,
+        sent_ms: u64,
+        received_ms: u64,
+    ) -> Result<(), StoreError> {
+        let sent_ms = clamp_sent_ms(sent_ms, received_ms);
+        self.db.execute(
+            "INSERT INTO nick_claims (nick, author, first_ms, sent_ms, seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?3)
+             ON CONFLICT(nick, author) DO UPDATE SET
+                 sent_ms = max(nick_claims.sent_ms, excluded.sent_ms),
+                 seen_ms = max(nick_claims.seen_ms, excluded.seen_ms)",
+            params![nick, &author.0[..], received_ms as i64, sent_ms as i64],
+        )?;
+        self.db.execute(
+            "DELETE FROM nick_claims WHERE author = ?1 AND nick NOT IN (
+                 SELECT nick FROM nick_claims WHERE author = ?1
+                 ORDER BY sent_ms DESC, seen_ms DESC LIMIT ?2)",
+            params![&author.0[..], self.limits.nicks_per_author as i64],
+        )?;
+        self.db.execute(
+            "DELETE FROM nick_claims WHERE rowid IN (
+                 SELECT rowid FROM nick_claims ORDER BY seen_ms ASC
+                 LIMIT max(0, (SELECT count(*) FROM nick_claims) - ?1))",
+            params![self.limits.nick_claims as i64],
+        )?;
+        Ok(())
     }
 
     /// Whether a message is stored.
@@ -161,19 +252,43 @@ impl Store {
         Ok((out, false))
     }
 
-    /// The latest nickname of `author`, if known.
+    /// The latest nickname of `author` (by its clamped timestamps), if known.
     pub fn nick(&self, author: &NodeId) -> Result<Option<String>, StoreError> {
         Ok(self
             .db
-            .query_row("SELECT nick FROM nicks WHERE author = ?1", [&author.0[..]], |r| r.get(0))
+            .query_row(
+                "SELECT nick FROM nick_claims WHERE author = ?1
+                 ORDER BY sent_ms DESC, seen_ms DESC LIMIT 1",
+                [&author.0[..]],
+                |r| r.get(0),
+            )
             .optional()?)
     }
 
-    /// Authors currently using `nick` (most recent first).
-    pub fn ids_for_nick(&self, nick: &str) -> Result<Vec<NodeId>, StoreError> {
-        let mut stmt =
-            self.db.prepare("SELECT author FROM nicks WHERE nick = ?1 ORDER BY sent_ms DESC")?;
-        let rows = stmt.query_map([nick], |r| Ok(NodeId(blob32(r.get(0)?)?)))?;
+    /// Every key that has claimed `nick`, the first seen first (that one is the key trusted on
+    /// first use; more than one means someone else claims the name too).
+    pub fn claimants(&self, nick: &str) -> Result<Vec<Claimant>, StoreError> {
+        let mut stmt = self.db.prepare(
+            "SELECT author, first_ms FROM nick_claims WHERE nick = ?1
+             ORDER BY first_ms ASC, author ASC",
+        )?;
+        let rows = stmt.query_map([nick], |r| {
+            Ok(Claimant {
+                author: NodeId(blob32(r.get(0)?)?),
+                first_ms: r.get::<_, i64>(1)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keys with a nickname claim whose lowercase hex id starts with `prefix`.
+    pub fn authors_with_prefix(&self, prefix: &str) -> Result<Vec<NodeId>, StoreError> {
+        let mut stmt = self.db.prepare(
+            "SELECT DISTINCT author FROM nick_claims WHERE substr(lower(hex(author)), 1, ?2) = ?1",
+        )?;
+        let prefix = prefix.to_ascii_lowercase();
+        let rows = stmt
+            .query_map(params![prefix, prefix.len() as i64], |r| Ok(NodeId(blob32(r.get(0)?)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -219,6 +334,8 @@ mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
+    use sha2::{Digest, Sha256};
+
     use super::*;
     use crate::chat::envelope::{room_topic, seal};
     use crate::identity::Identity;
@@ -257,9 +374,68 @@ mod tests {
         assert_eq!(raws, vec![msgs[1].raw.clone(), msgs[3].raw.clone()]);
         assert!(more);
         assert_eq!(store.nick(&ann.id()).expect("nick"), Some("ann".into()));
-        assert_eq!(store.ids_for_nick("ann").expect("ids"), vec![ann.id()]);
+        let claimants = store.claimants("ann").expect("claimants");
+        assert_eq!(claimants, vec![Claimant { author: ann.id(), first_ms: 1 }]);
         let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
         store.remember_peer(&ann.id(), addr, 5).expect("remember");
         assert_eq!(store.peers().expect("peers"), vec![(ann.id(), addr)]);
+    }
+
+    fn presence(who: &Identity, nick: &str, sent_ms: u64) -> Verified {
+        seal(who, Content::Presence { author: who.id(), nick: nick.into(), sent_ms })
+    }
+
+    /// Issue 9 item 13: a later key with a far-future timestamp used to take over a nick.
+    #[test]
+    fn a_nick_stays_with_its_first_key_and_a_second_claim_is_visible() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let bob = Identity::generate(&mut ChaCha8Rng::seed_from_u64(1));
+        let eve = Identity::generate(&mut ChaCha8Rng::seed_from_u64(2));
+        store.insert(&presence(&bob, "bob", 1_000), 1_000).expect("insert");
+        store.insert(&presence(&eve, "bob", i64::MAX as u64), 2_000).expect("insert");
+        store.insert(&presence(&eve, "bob", u64::MAX), 3_000).expect("insert");
+        let claimants = store.claimants("bob").expect("claimants");
+        let keys: Vec<NodeId> = claimants.iter().map(|c| c.author).collect();
+        assert_eq!(keys, vec![bob.id(), eve.id()], "first seen first");
+        // Eve's timestamps count for at most receive time + skew.
+        let topic = crate::chat::envelope::directory_topic();
+        let latest = store.recent(&topic, 1).expect("recent");
+        assert_eq!(latest[0].sent_ms, 3_000 + MAX_CLOCK_SKEW_MS);
+        // Bob renaming himself does not hand "bob" to eve.
+        store.insert(&presence(&bob, "robert", 5_000), 5_000).expect("insert");
+        assert_eq!(store.nick(&bob.id()).expect("nick"), Some("robert".into()));
+        assert_eq!(store.claimants("bob").expect("claimants")[0].author, bob.id());
+        let prefix = &bob.id().to_string()[..10];
+        assert_eq!(store.authors_with_prefix(prefix).expect("prefix"), vec![bob.id()]);
+    }
+
+    #[test]
+    fn nick_claims_are_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = Limits { nicks_per_author: 8, nick_claims: 100 };
+        let store = Store::open_with(dir.path(), limits.clone()).expect("open");
+        let eve = Identity::generate(&mut ChaCha8Rng::seed_from_u64(2));
+        for i in 0..3 * limits.nicks_per_author as u64 {
+            store.claim_nick(&eve.id(), &format!("n{i}"), i, i).expect("claim");
+        }
+        let count: i64 = store
+            .db
+            .query_row("SELECT count(*) FROM nick_claims", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(count as usize, limits.nicks_per_author);
+        let latest = format!("n{}", 3 * limits.nicks_per_author - 1);
+        assert_eq!(store.nick(&eve.id()).expect("nick"), Some(latest));
+        for i in 0..limits.nick_claims as u64 + 10 {
+            let id = NodeId(Sha256::digest(i.to_le_bytes()).into());
+            store.claim_nick(&id, "x", i, 100 + i).expect("claim");
+        }
+        let count: i64 = store
+            .db
+            .query_row("SELECT count(*) FROM nick_claims", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(count as usize, limits.nick_claims);
+        // The least recently heard went first: eve's claims (heard at 0..24).
+        assert_eq!(store.nick(&eve.id()).expect("nick"), None);
     }
 }
