@@ -105,6 +105,11 @@ enum Command {
         /// Keep seeding after the download completes (until Ctrl-C).
         #[arg(long)]
         seed: bool,
+        /// Take over files that already exist and that this download did not create: re-hash
+        /// them, keep the pieces that verify and overwrite the rest (without it they are
+        /// refused, never overwritten).
+        #[arg(long)]
+        check_existing: bool,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -246,7 +251,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Stream { cmd } => stream_cmd::run(cmd).await,
         Command::Play(a) => play_cmd::run(a).await,
         Command::Seed { torrent, data, net } => seed(&torrent, &data, &net).await,
-        Command::Get { source, output, seed, net } => get(&source, &output, seed, &net).await,
+        Command::Get { source, output, seed, check_existing, net } => {
+            get(&source, &output, seed, check_existing, &net).await
+        }
         Command::Tracker { listen, interval, max_peers_returned } => {
             let config = TrackerConfig {
                 interval: Duration::from_secs(interval),
@@ -339,7 +346,13 @@ async fn seed(torrent_path: &Path, data: &Path, net: &NetArgs) -> Result<()> {
     Ok(())
 }
 
-async fn get(source: &str, out: &Path, keep_seeding: bool, net: &NetArgs) -> Result<()> {
+async fn get(
+    source: &str,
+    out: &Path,
+    keep_seeding: bool,
+    check_existing: bool,
+    net: &NetArgs,
+) -> Result<()> {
     let meta = if source.starts_with("magnet:") {
         let magnet = Magnet::parse(source).context("invalid magnet link")?;
         eprintln!("fetching the torrent's metadata from peers...");
@@ -357,6 +370,9 @@ async fn get(source: &str, out: &Path, keep_seeding: bool, net: &NetArgs) -> Res
     let name = meta.info.name.clone();
     let mut config = net.config();
     config.seed_when_done = keep_seeding;
+    if check_existing {
+        config.existing = torrent::storage::Existing::Check;
+    }
     let started = std::time::Instant::now();
     let session = Session::start(meta, out.to_path_buf(), Role::Download, config).await?;
     let have = session.stats().pieces_have.load(std::sync::atomic::Ordering::Relaxed);

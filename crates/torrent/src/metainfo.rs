@@ -531,7 +531,31 @@ fn build_files(name: &str, raw: Vec<RawFile<'_>>) -> Result<Vec<FileEntry>, Meta
         check_path(&shown.join("/"), &path)?;
         files.push(FileEntry { path, length: f.length as u64, offset: 0 });
     }
+    check_distinct(name, &files)?;
     Ok(files)
+}
+
+/// Refuses a file list that names one path twice, or a path that is both a file and a folder:
+/// two entries would share one file on disk, and writing one could overwrite the other's
+/// verified pieces.
+fn check_distinct(name: &str, files: &[FileEntry]) -> Result<(), MetainfoError> {
+    let mut paths: Vec<&[String]> = files.iter().map(|f| f.path.as_slice()).collect();
+    paths.sort_unstable();
+    // Sorted by components, a path that is a prefix of another sits right before one that
+    // starts with it, so neighbours are enough.
+    for pair in paths.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if b.starts_with(a) {
+            let shown = format!("{name}/{}", a.join("/"));
+            let reason = if a == b {
+                "the torrent lists this file twice".to_string()
+            } else {
+                format!("this is both a file and the folder of {name}/{}", b.join("/"))
+            };
+            return Err(MetainfoError::UnsafePath { path: shown, reason });
+        }
+    }
+    Ok(())
 }
 
 /// Why `component` is not a safe plain file name, if it is not.
@@ -1245,6 +1269,32 @@ mod tests {
         let files = (0..=MAX_FILES).map(|_| (path(&["f"]), 1)).collect();
         let err = parse_err(&torrent(multi_info("d", files, 16_384, 7)));
         assert_eq!(err.to_string(), "info.files has more than 100000 entries");
+    }
+
+    #[test]
+    fn a_path_named_twice_or_both_file_and_folder_is_refused() {
+        let cases = [
+            (vec![(path(&["x"]), 10), (path(&["x"]), 10)], "d/x", "twice"),
+            (
+                vec![(path(&["a", "b"]), 5), (path(&["c"]), 5), (path(&["a", "b"]), 5)],
+                "d/a/b",
+                "twice",
+            ),
+            (vec![(path(&["a"]), 5), (path(&["a", "b"]), 5)], "d/a", "both a file and the folder"),
+            (vec![(path(&["a", "b", "c"]), 5), (path(&["a", "b"]), 5)], "d/a/b", "both a file"),
+        ];
+        for (files, shown, why) in cases {
+            match parse_err(&torrent(multi_info("d", files, 16_384, 1))) {
+                MetainfoError::UnsafePath { path, reason } => {
+                    assert_eq!(path, shown);
+                    assert!(reason.contains(why), "{reason}");
+                }
+                other => panic!("{shown}: expected UnsafePath, got {other:?}"),
+            }
+        }
+        // Siblings that share a prefix of characters (not of components) are fine.
+        let ok = vec![(path(&["a"]), 5), (path(&["ab", "c"]), 5), (path(&["a0"]), 6)];
+        assert!(Metainfo::from_bytes(&torrent(multi_info("d", ok, 16_384, 1))).is_ok());
     }
 
     #[test]

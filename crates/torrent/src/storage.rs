@@ -1,16 +1,29 @@
 //! Piece storage: maps the torrent's byte stream onto its files (pieces may span files), writes
 //! and reads blocks with positional I/O, and verifies each piece's SHA-1.
 //!
-//! Safety: every path is rebuilt here from the metainfo's components and each component is
-//! checked again (the metainfo parser already refused unsafe names), so nothing is ever created
-//! outside the target directory. Nothing is preallocated; a piece counts only once its hash has
-//! been verified, and on start [`Storage::check_existing`] re-hashes what is on disk, so after a
-//! crash at most the unverified pieces are lost.
+//! Safety, for a download ([`Mode::ReadWrite`]):
+//! - every path is rebuilt here from the metainfo's components and each component is checked
+//!   again (the metainfo parser already refused unsafe names and paths named twice);
+//! - every directory and file is opened relative to the target directory's handle, one component
+//!   at a time, with `O_NOFOLLOW`: a symbolic link planted inside the target directory is refused,
+//!   never followed, so nothing is written outside it;
+//! - a file that already exists is opened only if this download created it, as recorded in the
+//!   state file `DIR/.NAME.swarmcast` (written before the file is created, like aria2's `.aria2`
+//!   control file); any other existing file is refused with [`StorageError::Exists`] unless the
+//!   caller asked to adopt it ([`Existing::Check`]: re-hash it and keep the pieces that verify).
+//!
+//! Nothing is preallocated; a piece counts only once its hash has been verified, and on start
+//! [`Storage::check_existing`] re-hashes what is on disk, so after a crash at most the unverified
+//! pieces are lost.
 
-use std::fs::{File, OpenOptions};
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use rustix::fs::{Mode as Perm, OFlags};
 
 use sha1::{Digest, Sha1};
 
@@ -24,6 +37,25 @@ pub enum StorageError {
     UnsafePath(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{} already exists and this download did not create it; refusing to overwrite it. \
+         Download elsewhere (-o DIR), or pass --check-existing to re-hash it and keep only the \
+         pieces that verify",
+        path.display()
+    )]
+    Exists { path: PathBuf },
+    #[error(
+        "{} is a symbolic link or not a regular file/folder; refusing to follow it \
+         (download elsewhere with -o DIR)",
+        path.display()
+    )]
+    NotPlain { path: PathBuf },
+    #[error(
+        "{} does not belong to this torrent (another download with the same name?); \
+         download elsewhere (-o DIR) or remove it",
+        path.display()
+    )]
+    ForeignState { path: PathBuf },
 }
 
 struct StoredFile {
@@ -51,6 +83,20 @@ pub enum Mode {
     /// Every file must exist; never write (seeding someone's data).
     ReadOnly,
 }
+
+/// What a download does with a file that exists but that it did not create.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse to start ([`StorageError::Exists`]).
+    #[default]
+    Refuse,
+    /// Take it over: re-hash it, keep the pieces that verify, overwrite the rest.
+    Check,
+}
+
+/// Most bytes of a state file we read (100,000 files of long names fit easily).
+const MAX_STATE_FILE: u64 = 64 << 20;
+const STATE_MAGIC: &str = "swarmcast-download-state 1";
 
 /// True when `c` is a plain file name: not empty, not `.`/`..`, no separators, NUL or drive prefix.
 pub fn is_safe_component(c: &str) -> bool {
@@ -89,39 +135,45 @@ pub fn file_paths(info: &Info, dir: &Path) -> Result<Vec<PathBuf>, StorageError>
 }
 
 impl Storage {
-    /// Opens (and in [`Mode::ReadWrite`], creates) the files of `info` below `dir`. For a single
-    /// file torrent the file is `dir/name`; for a multi-file torrent, `dir/name/...`.
+    /// Opens (and in [`Mode::ReadWrite`], creates) the files of `info` below `dir`, refusing
+    /// existing files this download did not create. For a single file torrent the file is
+    /// `dir/name`; for a multi-file torrent, `dir/name/...`.
     pub fn open(info: &Info, dir: &Path, mode: Mode) -> Result<Self, StorageError> {
+        Self::open_with(info, dir, mode, Existing::Refuse)
+    }
+
+    /// [`Storage::open`], choosing what to do with existing files this download did not create.
+    pub fn open_with(
+        info: &Info,
+        dir: &Path,
+        mode: Mode,
+        existing: Existing,
+    ) -> Result<Self, StorageError> {
         let paths = file_paths(info, dir)?;
         let mut files = Vec::with_capacity(paths.len());
+        let mut state = match mode {
+            Mode::ReadOnly => None,
+            Mode::ReadWrite => Some(DownloadState::load(info, dir)?),
+        };
         for (entry, path) in info.files.iter().zip(paths) {
             let io_err = |source| StorageError::Io { path: path.clone(), source };
             let mut fresh = false;
-            let handle = match mode {
-                Mode::ReadOnly => File::open(&path).map_err(io_err)?,
-                Mode::ReadWrite => {
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent).map_err(io_err)?;
+            let handle = match state.as_mut() {
+                None => File::open(&path).map_err(io_err)?,
+                Some(state) => {
+                    let rel = relative_components(info, &entry.path);
+                    let (handle, created) = state.open_file(&rel, &path, existing)?;
+                    // Size the file now (sparse: no blocks are allocated) so reads of missing
+                    // data return zeros instead of short reads, and a file of ours longer than
+                    // the torrent says is trimmed back.
+                    let len = handle.metadata().map_err(io_err)?.len();
+                    fresh = created || len == 0;
+                    if len != entry.length {
+                        handle.set_len(entry.length).map_err(io_err)?;
                     }
-                    OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(false)
-                        .open(&path)
-                        .map_err(io_err)?
+                    handle
                 }
             };
-            if mode == Mode::ReadWrite {
-                // Size the file now (sparse: no blocks are allocated) so reads of missing data
-                // return zeros instead of short reads, and a file longer than the torrent says is
-                // trimmed back.
-                let len = handle.metadata().map_err(io_err)?.len();
-                fresh = len == 0;
-                if len != entry.length {
-                    handle.set_len(entry.length).map_err(io_err)?;
-                }
-            }
             files.push(StoredFile {
                 path,
                 offset: entry.offset,
@@ -249,6 +301,214 @@ fn annotate(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
+/// A file's components below the target directory (the torrent's folder first when it has one).
+fn relative_components<'a>(info: &'a Info, path: &'a [String]) -> Vec<&'a str> {
+    let folder = info.multi_file.then_some(info.name.as_str());
+    folder.into_iter().chain(path.iter().map(String::as_str)).collect()
+}
+
+/// The state file beside a download: which files this download created, so that a restart
+/// (resume after `kill -9`) reopens them and nothing else. Format: a magic line, a line with the
+/// SHA-1 of the piece hashes (which torrent this is), then one line per file, its components
+/// percent-encoded and joined by `/`.
+struct DownloadState {
+    dir_fd: OwnedFd,
+    dir: PathBuf,
+    file_name: String,
+    torrent_id: String,
+    /// Files recorded as ours, in order of recording.
+    ours: Vec<String>,
+    /// The state file exists on disk (so rewriting it replaces our own file).
+    on_disk: bool,
+}
+
+impl DownloadState {
+    fn load(info: &Info, dir: &Path) -> Result<Self, StorageError> {
+        let io_at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: rustix::io::Errno| StorageError::Io { path, source: e.into() }
+        };
+        let dir_fd = rustix::fs::open(
+            dir,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Perm::empty(),
+        )
+        .map_err(io_at(dir))?;
+        let file_name = format!(".{}.swarmcast", info.name);
+        let state_path = dir.join(&file_name);
+        let mut hasher = Sha1::new();
+        for h in &info.pieces {
+            hasher.update(h);
+        }
+        let torrent_id = hex::encode(hasher.finalize());
+        let mut state = DownloadState {
+            dir_fd,
+            dir: dir.to_path_buf(),
+            file_name,
+            torrent_id,
+            ours: vec![],
+            on_disk: false,
+        };
+        let fd = match rustix::fs::openat(
+            &state.dir_fd,
+            state.file_name.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Perm::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(state),
+            Err(rustix::io::Errno::LOOP) => {
+                return Err(StorageError::NotPlain { path: state_path })
+            }
+            Err(e) => return Err(io_at(&state_path)(e)),
+        };
+        let mut text = String::new();
+        File::from(fd)
+            .take(MAX_STATE_FILE)
+            .read_to_string(&mut text)
+            .map_err(|source| StorageError::Io { path: state_path.clone(), source })?;
+        let mut lines = text.lines();
+        if lines.next() != Some(STATE_MAGIC) || lines.next() != Some(state.torrent_id.as_str()) {
+            return Err(StorageError::ForeignState { path: state_path });
+        }
+        state.ours = lines.map(str::to_string).collect();
+        state.on_disk = true;
+        Ok(state)
+    }
+
+    fn key(components: &[&str]) -> String {
+        let parts: Vec<String> = components
+            .iter()
+            .map(|c| utf8_percent_encode(c, NON_ALPHANUMERIC).to_string())
+            .collect();
+        parts.join("/")
+    }
+
+    /// Opens one file of the torrent below the target directory without following symbolic
+    /// links, creating it (and its folders) when missing. Returns the file and whether it was
+    /// created now.
+    fn open_file(
+        &mut self,
+        components: &[&str],
+        shown: &Path,
+        existing: Existing,
+    ) -> Result<(File, bool), StorageError> {
+        let key = Self::key(components);
+        let is_ours = self.ours.contains(&key);
+        if is_ours {
+            return self.open_below(components, shown, existing, true);
+        }
+        // Record the file before creating it: a crash in between leaves a record of a file that
+        // does not exist, which the next start simply creates.
+        self.ours.push(key.clone());
+        self.save()
+            .map_err(|source| StorageError::Io { path: self.dir.join(&self.file_name), source })?;
+        let opened = self.open_below(components, shown, existing, false);
+        if opened.is_err() {
+            // Not ours after all: take the record back so a later run does not adopt it.
+            self.ours.retain(|k| *k != key);
+            let _ = self.save();
+        }
+        opened
+    }
+
+    fn open_below(
+        &self,
+        components: &[&str],
+        shown: &Path,
+        existing: Existing,
+        is_ours: bool,
+    ) -> Result<(File, bool), StorageError> {
+        let io_err = |source: rustix::io::Errno| StorageError::Io {
+            path: shown.to_path_buf(),
+            source: source.into(),
+        };
+        let Some((name, folders)) = components.split_last() else {
+            return Err(StorageError::UnsafePath(String::new()));
+        };
+        let mut parent: Option<OwnedFd> = None;
+        let mut walked = self.dir.clone();
+        for folder in folders {
+            walked.push(folder);
+            let at = parent.as_ref().unwrap_or(&self.dir_fd);
+            match rustix::fs::mkdirat(at, *folder, Perm::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(io_err(e)),
+            }
+            let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC;
+            match rustix::fs::openat(at, *folder, flags, Perm::empty()) {
+                Ok(fd) => parent = Some(fd),
+                Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                    return Err(StorageError::NotPlain { path: walked })
+                }
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        let at = parent.as_ref().unwrap_or(&self.dir_fd);
+        let rw = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let created = match rustix::fs::openat(
+            at,
+            *name,
+            rw | OFlags::CREATE | OFlags::EXCL,
+            Perm::from_raw_mode(0o644),
+        ) {
+            Ok(fd) => return Ok((File::from(fd), true)),
+            Err(rustix::io::Errno::EXIST) => false,
+            Err(rustix::io::Errno::LOOP) => {
+                return Err(StorageError::NotPlain { path: shown.to_path_buf() })
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        if !is_ours && existing == Existing::Refuse {
+            return Err(StorageError::Exists { path: shown.to_path_buf() });
+        }
+        let fd = match rustix::fs::openat(at, *name, rw, Perm::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::LOOP) => {
+                return Err(StorageError::NotPlain { path: shown.to_path_buf() })
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        let file = File::from(fd);
+        let is_file = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+        if !is_file {
+            return Err(StorageError::NotPlain { path: shown.to_path_buf() });
+        }
+        Ok((file, created))
+    }
+
+    /// Writes the state file: created exclusively the first time, later replaced through a
+    /// temporary file of ours (so a crash never leaves a half-written record).
+    fn save(&mut self) -> io::Result<()> {
+        let mut text = format!("{STATE_MAGIC}\n{}\n", self.torrent_id);
+        for k in &self.ours {
+            text.push_str(k);
+            text.push('\n');
+        }
+        let create =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let perm = Perm::from_raw_mode(0o644);
+        if !self.on_disk {
+            let mut f = File::from(rustix::fs::openat(
+                &self.dir_fd,
+                self.file_name.as_str(),
+                create,
+                perm,
+            )?);
+            f.write_all(text.as_bytes())?;
+            f.sync_data()?;
+            self.on_disk = true;
+            return Ok(());
+        }
+        let tmp = format!("{}.{:016x}.tmp", self.file_name, rand::random::<u64>());
+        let mut f = File::from(rustix::fs::openat(&self.dir_fd, tmp.as_str(), create, perm)?);
+        f.write_all(text.as_bytes())?;
+        f.sync_data()?;
+        rustix::fs::renameat(&self.dir_fd, tmp.as_str(), &self.dir_fd, self.file_name.as_str())?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +574,84 @@ mod tests {
         let have = s.check_existing(|_, _| {}).unwrap();
         assert_eq!(have.count(), s.num_pieces() - 1);
         assert!(!have.has(1));
+    }
+
+    #[test]
+    fn an_existing_file_we_did_not_create_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut info, all) = info_for(&[("x", &[1, 2, 3, 4])], 16);
+        info.multi_file = false;
+        info.name = ".bashrc".into();
+        info.files[0].path = vec![".bashrc".into()];
+        let precious = dir.path().join(".bashrc");
+        std::fs::write(&precious, b"alias ls='ls -F'\n# mine, 37 bytes long\n").unwrap();
+        let before = std::fs::read(&precious).unwrap();
+        match Storage::open(&info, dir.path(), Mode::ReadWrite) {
+            Err(StorageError::Exists { path }) => assert_eq!(path, precious),
+            Err(e) => panic!("expected Exists, got {e}"),
+            Ok(_) => panic!("an existing file was opened for writing"),
+        }
+        assert_eq!(std::fs::read(&precious).unwrap(), before, "the file was changed");
+        // Refusing twice is still refusing: the first attempt did not claim the file.
+        assert!(matches!(
+            Storage::open(&info, dir.path(), Mode::ReadWrite),
+            Err(StorageError::Exists { .. })
+        ));
+        // Adopting it is the user's explicit choice: the pieces that do not verify are redone.
+        let s = Storage::open_with(&info, dir.path(), Mode::ReadWrite, Existing::Check).unwrap();
+        assert_eq!(s.check_existing(|_, _| {}).unwrap().count(), 0);
+        s.write(0, 0, &all).unwrap();
+        drop(s);
+        assert_eq!(std::fs::read(&precious).unwrap(), all);
+        // From now on it is ours: a plain restart (resume) opens it and finds the piece.
+        let s = Storage::open(&info, dir.path(), Mode::ReadWrite).unwrap();
+        assert!(s.check_existing(|_, _| {}).unwrap().is_full());
+    }
+
+    #[test]
+    fn a_download_reopens_its_own_files_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let (info, all) = info_for(&[("a", &[7; 40]), ("sub/b", &[9; 40])], 16);
+        let s = Storage::open(&info, dir.path(), Mode::ReadWrite).unwrap();
+        s.write(0, 0, &all[..16]).unwrap();
+        drop(s); // like kill -9: no clean shutdown
+        let s = Storage::open(&info, dir.path(), Mode::ReadWrite).unwrap();
+        let have = s.check_existing(|_, _| {}).unwrap();
+        assert!(have.has(0) && have.count() == 1);
+        assert!(dir.path().join(".multi.swarmcast").exists());
+        // Another torrent of the same name does not get to use this one's files.
+        let (other, _) = info_for(&[("a", &[1; 40]), ("sub/b", &[2; 40])], 16);
+        assert!(matches!(
+            Storage::open(&other, dir.path(), Mode::ReadWrite),
+            Err(StorageError::ForeignState { .. })
+        ));
+    }
+
+    #[test]
+    fn planted_symlinks_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        // A link where a file goes.
+        let (info, _) = info_for(&[("a", &[7; 40])], 16);
+        std::fs::create_dir(dir.path().join("multi")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("multi/a")).unwrap();
+        assert!(matches!(
+            Storage::open_with(&info, dir.path(), Mode::ReadWrite, Existing::Check),
+            Err(StorageError::NotPlain { .. })
+        ));
+        // A link where a folder goes.
+        let (info, _) = info_for(&[("sub/victim", &[7; 40])], 16);
+        std::fs::remove_file(dir.path().join("multi/a")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("multi/sub")).unwrap();
+        match Storage::open_with(&info, dir.path(), Mode::ReadWrite, Existing::Check) {
+            Err(StorageError::NotPlain { path }) => assert_eq!(path, dir.path().join("multi/sub")),
+            Err(e) => panic!("expected NotPlain, got {e}"),
+            Ok(_) => panic!("followed a planted symlink"),
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - a peer whose block was proven wrong (its block differs from the piece's verified bytes) is
 //!   banned by address; so is a peer that alone sent [`BAN_AFTER_FAILED_PIECES`] failed pieces.
 
+pub mod disk;
 pub mod magnet;
 pub mod peer;
 
@@ -25,7 +26,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sha1::{Digest, Sha1};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -37,15 +37,20 @@ use crate::proto::picker::{BlockOutcome, PickerConfig, PiecePicker};
 use crate::proto::wire::{Handshake, Message, DEFAULT_MAX_MESSAGE};
 use crate::proto::{BlockRef, PeerKey, BLOCK_SIZE};
 use crate::ratelimit::RateLimiter;
-use crate::storage::{Mode, Storage, StorageError};
+use crate::storage::{Existing, Mode, Storage, StorageError};
 use crate::tracker::{AnnounceRequest, Event as TrackerEvent, TrackerList};
 use crate::{Bitfield, PeerId};
+use disk::{DiskJob, DiskQueue};
 use peer::{Connected, IoLimits, Outgoing, PeerIo};
 
 /// A peer contributing to this many failed pieces is banned even without proof.
 pub const BAN_AFTER_FAILED_PIECES: u32 = 3;
 /// The largest block we serve; larger requests are rejected.
 const MAX_SERVED_BLOCK: u32 = 128 * 1024;
+/// Most addresses kept to dial (from trackers and `--peer`); more are ignored until some go.
+pub const MAX_CANDIDATES: usize = 2_000;
+/// Most incoming connections in their handshake at once; more are closed at once.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// How a session behaves.
 #[derive(Clone, Debug)]
@@ -73,6 +78,8 @@ pub struct SessionConfig {
     pub num_want: u32,
     /// Cap on one wire message.
     pub max_message: u32,
+    /// What a download does with existing files it did not create.
+    pub existing: Existing,
 }
 
 impl Default for SessionConfig {
@@ -91,6 +98,7 @@ impl Default for SessionConfig {
             extra_trackers: vec![],
             num_want: 50,
             max_message: DEFAULT_MAX_MESSAGE,
+            existing: Existing::Refuse,
         }
     }
 }
@@ -104,6 +112,12 @@ pub enum SessionError {
     Listen { addr: SocketAddr, source: io::Error },
     #[error("disk error: {0}")]
     Io(#[from] io::Error),
+    #[error(
+        "disk error: {0}. The download stopped; fix the disk (free space, permissions) or \
+         download elsewhere with -o DIR, then run the same command to resume (verified pieces \
+         are kept)"
+    )]
+    Disk(String),
     #[error("the session stopped before the download completed")]
     Stopped,
 }
@@ -165,8 +179,9 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let mode = if role == Role::Seed { Mode::ReadOnly } else { Mode::ReadWrite };
         let info = meta.info.clone();
+        let existing = config.existing;
         let storage = tokio::task::spawn_blocking(move || -> Result<_, SessionError> {
-            let s = Storage::open(&info, &dir, mode)?;
+            let s = Storage::open_with(&info, &dir, mode, existing)?;
             let have = s.check_existing(|_, _| {})?;
             Ok((s, have))
         })
@@ -194,7 +209,7 @@ impl Session {
             our_id,
             local_addr.port(),
             stats.clone(),
-        );
+        )?;
         if role == Role::Seed && !torrent.picker.is_complete() {
             let have = torrent.picker.have().count();
             let total = torrent.picker.have().len();
@@ -263,8 +278,17 @@ pub enum Event {
     Closed(PeerKey, String),
     Connected(Connected),
     ConnectFailed(SocketAddr),
-    Verified { piece: u32, ok: bool },
+    /// A piece was hashed; `blocks` holds each block's SHA-1 when asked for or when it failed.
+    Verified {
+        piece: u32,
+        ok: bool,
+        blocks: Option<Vec<[u8; 20]>>,
+    },
     Peers(Vec<SocketAddr>),
+    /// A local write, read or sync failed: the torrent stops (never the peer's fault).
+    DiskFailed(String),
+    /// Everything written is on stable storage.
+    Synced,
 }
 
 /// A byte-rate estimate over roughly the last few seconds (exponential moving average).
@@ -315,6 +339,11 @@ struct PeerState {
 struct Torrent {
     meta: Metainfo,
     storage: Arc<Storage>,
+    disk: DiskQueue,
+    /// A local disk error that stopped the torrent.
+    fatal: Option<String>,
+    /// Every piece verified and the final sync queued; complete once it is done.
+    syncing: bool,
     picker: PiecePicker<ChaCha8Rng>,
     choker: Choker<ChaCha8Rng>,
     config: SessionConfig,
@@ -351,7 +380,7 @@ impl Torrent {
         our_id: PeerId,
         our_port: u16,
         stats: Arc<Stats>,
-    ) -> Self {
+    ) -> io::Result<Self> {
         let now = Instant::now();
         let info = &meta.info;
         let picker_rng = ChaCha8Rng::seed_from_u64(rng.random());
@@ -370,21 +399,27 @@ impl Torrent {
         stats.pieces_have.store(have.count(), Ordering::Relaxed);
         let have_bytes: u64 = have.iter_set().map(|p| info.piece_size(p) as u64).sum();
         stats.bytes_have.store(have_bytes, Ordering::Relaxed);
+        let (events_tx, events) = mpsc::channel(4096);
+        let disk = DiskQueue::start(storage.clone(), events_tx.clone())?;
         let limits = Arc::new(IoLimits {
+            disk: disk.backlog().clone(),
             upload: RateLimiter::new(config.upload_limit),
             download: RateLimiter::new(config.download_limit),
             max_message: config.max_message,
-            max_queued_blocks: 500,
+            // libtorrent's max_allowed_in_request_queue; we ask peers for at most 500 (reqq).
+            max_queued_blocks: 2000,
             stats: stats.clone(),
         });
-        let (events_tx, events) = mpsc::channel(4096);
         let mut candidates = BTreeMap::new();
         for p in &config.peers {
             candidates.insert(*p, (None, 0));
         }
-        Torrent {
+        Ok(Torrent {
             meta,
             storage,
+            disk,
+            fatal: None,
+            syncing: false,
             picker,
             choker,
             config,
@@ -405,7 +440,7 @@ impl Torrent {
             started: now,
             completed_announced: false,
             tracker_kick: None,
-        }
+        })
     }
 
     async fn run(
@@ -435,6 +470,7 @@ impl Torrent {
                             Err(_) => break,
                         }
                     }
+                    self.drop_overflowed();
                 }
                 _ = tokio::time::sleep_until(choke_at) => {
                     self.choker.handle_timeout(Instant::now());
@@ -447,6 +483,9 @@ impl Torrent {
                     self.on_tick(now, secs);
                 }
                 _ = shutdown.changed() => break,
+            }
+            if self.fatal.is_some() {
+                break;
             }
             if self.stats.complete.load(Ordering::Relaxed) && !self.config.seed_when_done {
                 // A plain download ends once complete and announced.
@@ -461,7 +500,9 @@ impl Torrent {
         // Give the announcer a moment to send `stopped`.
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.peers.clear();
-        let result = if self.stats.complete.load(Ordering::Relaxed) {
+        let result = if let Some(e) = self.fatal.take() {
+            Err(SessionError::Disk(e).to_string())
+        } else if self.stats.complete.load(Ordering::Relaxed) {
             Ok(())
         } else {
             Err("stopped before the download completed".to_string())
@@ -473,14 +514,20 @@ impl Torrent {
         let events = self.events_tx.clone();
         let info_hash = self.meta.info_hash;
         let our_id = self.our_id;
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
         tokio::spawn(async move {
             loop {
                 let Ok((stream, addr)) = listener.accept().await else {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    debug!(%addr, "too many handshakes in progress: connection closed");
+                    continue;
+                };
                 let tx = events.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match peer::accept(stream, addr, info_hash, our_id, Duration::from_secs(10))
                         .await
                     {
@@ -576,9 +623,21 @@ impl Torrent {
                     c.1 += 1;
                 }
             }
-            Event::Verified { piece, ok } => self.on_verified(piece, ok),
+            Event::Verified { piece, ok, blocks } => self.on_verified(piece, ok, blocks),
+            Event::DiskFailed(e) => {
+                warn!("disk error, stopping the torrent: {e}");
+                self.fatal = Some(e);
+            }
+            Event::Synced => self.on_synced(),
             Event::Peers(list) => {
                 for a in list {
+                    if self.candidates.len() >= MAX_CANDIDATES {
+                        // Forget addresses that never answered before refusing new ones.
+                        self.candidates.retain(|_, (_, fails)| *fails < 5);
+                        if self.candidates.len() >= MAX_CANDIDATES {
+                            break;
+                        }
+                    }
                     if a.port() != 0 && !self.banned.contains(&a) {
                         self.candidates.entry(a).or_insert((None, 0));
                     }
@@ -650,7 +709,7 @@ impl Torrent {
             None
         };
         if let Some(m) = first {
-            let _ = st.io.tx.send(Outgoing::Msg(m));
+            st.io.push(Outgoing::Msg(m));
         }
         if theirs.supports_extensions() {
             let hs = ExtHandshake {
@@ -660,7 +719,7 @@ impl Torrent {
                 reqq: Some(500),
                 port: Some(self.our_port),
             };
-            let _ = st.io.tx.send(Outgoing::Msg(Message::Extended {
+            st.io.push(Outgoing::Msg(Message::Extended {
                 id: 0,
                 payload: Bytes::from(hs.encode()),
             }));
@@ -692,7 +751,7 @@ impl Torrent {
     fn send(&mut self, key: PeerKey, msg: Message) {
         if let Some(p) = self.peers.get_mut(&key) {
             p.last_sent = Instant::now();
-            let _ = p.io.tx.send(Outgoing::Msg(msg));
+            p.io.push(Outgoing::Msg(msg));
         }
     }
 
@@ -777,17 +836,13 @@ impl Torrent {
                     && offset.checked_add(length).is_some_and(|end| end <= size)
                     && self.picker.have().has(piece);
                 if valid && !p.am_choking {
-                    let _ = p.io.tx.send(Outgoing::Block(b));
+                    p.io.push(Outgoing::Block(b));
                 } else if p.fast {
-                    let _ = p.io.tx.send(Outgoing::Msg(Message::RejectRequest {
-                        piece,
-                        offset,
-                        length,
-                    }));
+                    p.io.push(Outgoing::Msg(Message::RejectRequest { piece, offset, length }));
                 }
             }
             Message::Cancel { piece, offset, length } => {
-                let _ = p.io.tx.send(Outgoing::Cancel(BlockRef { piece, offset, length }));
+                p.io.push(Outgoing::Cancel(BlockRef { piece, offset, length }));
             }
             Message::RejectRequest { piece, offset, length } => {
                 self.picker.release(key, BlockRef { piece, offset, length });
@@ -813,13 +868,9 @@ impl Torrent {
         match self.picker.block_received(key, block) {
             BlockOutcome::Unexpected => {}
             BlockOutcome::Accepted { piece_complete, cancels } => {
-                if let Err(e) = self.storage.write(piece, offset, &data) {
-                    // The picker already counts the block as received; the piece will fail its
-                    // hash check and be fetched again. (Known gap: a disk that keeps failing is
-                    // not reported as fatal, and the sender is counted as a contributor.)
-                    warn!("cannot write block: {e}");
-                    return Ok(());
-                }
+                // Written by the disk thread, in order: the piece's verification queued below
+                // comes after every one of its writes. A write that fails stops the torrent.
+                self.disk.push(DiskJob::Write { piece, offset, data });
                 self.block_source.insert((piece, offset), key);
                 for (other, b) in cancels {
                     self.send(
@@ -835,13 +886,9 @@ impl Torrent {
                     p.snubbed = false;
                 }
                 if piece_complete {
-                    let storage = self.storage.clone();
-                    let events = self.events_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let mut buf = Vec::new();
-                        let ok = storage.verify(piece, &mut buf).unwrap_or(false);
-                        let _ = events.blocking_send(Event::Verified { piece, ok });
-                    });
+                    // Block digests are needed to find who lied when this piece failed before.
+                    let blocks = self.suspects.contains_key(&piece);
+                    self.disk.push(DiskJob::Verify { piece, blocks });
                 }
             }
         }
@@ -849,23 +896,20 @@ impl Torrent {
         Ok(())
     }
 
-    fn on_verified(&mut self, piece: u32, ok: bool) {
+    fn on_verified(&mut self, piece: u32, ok: bool, blocks: Option<Vec<[u8; 20]>>) {
         let offsets: Vec<u32> = {
             let size = self.meta.info.piece_size(piece);
             (0..size.div_ceil(BLOCK_SIZE)).map(|i| i * BLOCK_SIZE).collect()
         };
+        let digest_at = |off: u32| blocks.as_ref()?.get((off / BLOCK_SIZE) as usize).copied();
         if !ok {
             self.stats.hash_failures.fetch_add(1, Ordering::Relaxed);
             // Remember who sent what, to find the liar once the piece verifies.
             let mut record = Vec::new();
-            let mut buf = vec![0u8; BLOCK_SIZE as usize];
             for &off in &offsets {
                 if let Some(src) = self.block_source.remove(&(piece, off)) {
-                    let len = BLOCK_SIZE.min(self.meta.info.piece_size(piece) - off) as usize;
-                    if self.storage.read(piece, off, &mut buf[..len]).is_ok() {
-                        if let Some(p) = self.peers.get(&src) {
-                            record.push((off, p.addr, Sha1::digest(&buf[..len]).into()));
-                        }
+                    if let (Some(p), Some(digest)) = (self.peers.get(&src), digest_at(off)) {
+                        record.push((off, p.addr, digest));
                     }
                 }
             }
@@ -893,13 +937,9 @@ impl Torrent {
             self.block_source.remove(&(piece, *off));
         }
         if let Some(bad) = self.suspects.remove(&piece) {
-            let mut buf = vec![0u8; BLOCK_SIZE as usize];
             let mut liars = BTreeSet::new();
             for (off, addr, digest) in bad {
-                let len = BLOCK_SIZE.min(self.meta.info.piece_size(piece) - off) as usize;
-                if self.storage.read(piece, off, &mut buf[..len]).is_ok()
-                    && <[u8; 20]>::from(Sha1::digest(&buf[..len])) != digest
-                {
+                if digest_at(off).is_some_and(|good| good != digest) {
                     liars.insert(addr);
                 }
             }
@@ -940,12 +980,18 @@ impl Torrent {
         }
     }
 
+    /// Every piece verified: complete once the data is synced.
     fn on_complete(&mut self) {
-        if self.stats.complete.load(Ordering::Relaxed) {
+        if self.stats.complete.load(Ordering::Relaxed) || self.syncing {
             return;
         }
-        if let Err(e) = self.storage.sync() {
-            warn!("cannot flush data to disk: {e}");
+        self.syncing = true;
+        self.disk.push(DiskJob::Sync);
+    }
+
+    fn on_synced(&mut self) {
+        if self.stats.complete.load(Ordering::Relaxed) || !self.syncing {
+            return;
         }
         info!(
             secs = self.started.elapsed().as_secs_f64(),
@@ -962,6 +1008,15 @@ impl Torrent {
             self.peers.iter().filter(|(_, p)| p.has.is_full()).map(|(k, _)| *k).collect();
         for k in seeds {
             self.drop_peer(k, "both complete");
+        }
+    }
+
+    /// Drops every peer whose outgoing queue overflowed: it does not read what we send.
+    fn drop_overflowed(&mut self) {
+        let stuck: Vec<PeerKey> =
+            self.peers.iter().filter(|(_, p)| p.io.overflowed()).map(|(k, _)| *k).collect();
+        for k in stuck {
+            self.drop_peer(k, "peer does not read what we send (outgoing queue full)");
         }
     }
 
@@ -1004,7 +1059,7 @@ impl Torrent {
                 p.last_block = Instant::now();
             }
             for b in blocks {
-                let _ = p.io.tx.send(Outgoing::Msg(Message::Request {
+                p.io.push(Outgoing::Msg(Message::Request {
                     piece: b.piece,
                     offset: b.offset,
                     length: b.length,
@@ -1066,10 +1121,10 @@ impl Torrent {
             }
             p.am_choking = choke;
             if choke {
-                let _ = p.io.tx.send(Outgoing::Msg(Message::Choke));
-                let _ = p.io.tx.send(Outgoing::DropBlocks { reject: p.fast });
+                p.io.push(Outgoing::Msg(Message::Choke));
+                p.io.push(Outgoing::DropBlocks { reject: p.fast });
             } else {
-                let _ = p.io.tx.send(Outgoing::Msg(Message::Unchoke));
+                p.io.push(Outgoing::Msg(Message::Unchoke));
             }
         }
     }
@@ -1100,7 +1155,7 @@ impl Torrent {
             }
             if now.duration_since(p.last_sent) > Duration::from_secs(90) {
                 p.last_sent = now;
-                let _ = p.io.tx.send(Outgoing::Msg(Message::KeepAlive));
+                p.io.push(Outgoing::Msg(Message::KeepAlive));
             }
             let waiting = self.picker.outstanding(key) > 0;
             if waiting && !p.snubbed && now.duration_since(p.last_block) > Duration::from_secs(30) {
@@ -1112,6 +1167,7 @@ impl Torrent {
         for (k, why) in to_drop {
             self.drop_peer(k, why);
         }
+        self.drop_overflowed();
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for k in keys {
             self.fill_requests(k);

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,12 +105,35 @@ pub struct PeerCounters {
     pub uploaded: AtomicU64,
 }
 
+/// Most commands waiting for a connection's writer. An honest peer needs far fewer (at most
+/// its requests in flight, ours, and HAVEs); a peer that stops reading while it keeps
+/// requesting fills this up and is disconnected, so it cannot grow our memory.
+pub const MAX_OUTGOING_QUEUE: usize = 8192;
+/// A write that makes no progress for this long closes the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The running tasks of one connection.
 pub struct PeerIo {
-    pub tx: mpsc::UnboundedSender<Outgoing>,
+    tx: mpsc::Sender<Outgoing>,
+    /// Set when the queue to the writer was full: the torrent task drops the peer.
+    overflowed: AtomicBool,
     pub counters: Arc<PeerCounters>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
+}
+
+impl PeerIo {
+    /// Queues a command for the writer; a full queue marks the connection for closing.
+    pub fn push(&self, cmd: Outgoing) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(cmd) {
+            self.overflowed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// True once a command could not be queued because the peer does not read.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for PeerIo {
@@ -127,8 +150,10 @@ pub struct IoLimits {
     pub upload: Arc<RateLimiter>,
     pub download: Arc<RateLimiter>,
     pub max_message: u32,
-    /// Most blocks a peer may have queued with us; more requests are dropped (or rejected).
+    /// Most blocks a peer may have queued with us; more requests close the connection.
     pub max_queued_blocks: usize,
+    /// The torrent's disk write queue: readers pause while it is over its bound.
+    pub disk: Arc<super::disk::DiskBacklog>,
     /// The session's totals, updated as bytes go out.
     pub stats: Arc<super::Stats>,
 }
@@ -142,11 +167,11 @@ pub fn spawn(
     limits: Arc<IoLimits>,
 ) -> PeerIo {
     let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(MAX_OUTGOING_QUEUE);
     let counters = Arc::new(PeerCounters::default());
     let reader = tokio::spawn(read_loop(rd, key, events.clone(), limits.clone()));
     let writer = tokio::spawn(write_loop(wr, key, rx, events, storage, limits, counters.clone()));
-    PeerIo { tx, counters, reader, writer }
+    PeerIo { tx, overflowed: AtomicBool::new(false), counters, reader, writer }
 }
 
 async fn read_loop(
@@ -170,6 +195,8 @@ async fn read_loop(
         if buf.capacity() - buf.len() < 16 * 1024 {
             buf.reserve(64 * 1024);
         }
+        // A slow disk slows the peers down instead of filling memory.
+        limits.disk.wait().await;
         match rd.read_buf(&mut buf).await {
             Ok(0) => break "connection closed by peer".to_string(),
             Ok(n) => limits.download.acquire(n).await,
@@ -179,10 +206,26 @@ async fn read_loop(
     let _ = events.send(Event::Closed(key, reason)).await;
 }
 
+/// Why a connection's writer stopped.
+enum WriteStop {
+    /// The socket failed or the peer broke a rule: close this connection.
+    Peer(String),
+    /// Reading a block from our own disk failed: the torrent stops.
+    Disk(String),
+}
+
+async fn write_all(wr: &mut OwnedWriteHalf, out: &[u8]) -> Result<(), WriteStop> {
+    match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(out)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WriteStop::Peer(format!("write error: {e}"))),
+        Err(_) => Err(WriteStop::Peer("write timed out: the peer does not read".into())),
+    }
+}
+
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     key: PeerKey,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut rx: mpsc::Receiver<Outgoing>,
     events: mpsc::Sender<Event>,
     storage: Arc<Storage>,
     limits: Arc<IoLimits>,
@@ -191,30 +234,36 @@ async fn write_loop(
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut blocks: VecDeque<BlockRef> = VecDeque::new();
     let mut open = true;
-    let result: io::Result<()> = async {
+    let result: Result<(), WriteStop> = async {
         loop {
             // Take everything that is ready, so cancels can remove queued blocks.
             if blocks.is_empty() && out.is_empty() {
                 match rx.recv().await {
-                    Some(cmd) => apply(cmd, &mut out, &mut blocks, limits.max_queued_blocks),
+                    Some(cmd) => apply(cmd, &mut out, &mut blocks, limits.max_queued_blocks)?,
                     None => open = false,
                 }
             }
             while let Ok(cmd) = rx.try_recv() {
-                apply(cmd, &mut out, &mut blocks, limits.max_queued_blocks);
+                apply(cmd, &mut out, &mut blocks, limits.max_queued_blocks)?;
             }
             if !out.is_empty() {
-                wr.write_all(&out).await?;
+                write_all(&mut wr, &out).await?;
                 out.clear();
             }
             if let Some(b) = blocks.pop_front() {
                 limits.upload.acquire(b.length as usize).await;
-                out.put_slice(&Message::piece_header(b.piece, b.offset, b.length as usize));
-                let start = out.len();
-                out.resize(start + b.length as usize, 0);
+                // Off the runtime: a slow disk must not stall other connections' tasks.
                 let st = storage.clone();
-                storage_read(&st, b, &mut out[start..])?;
-                wr.write_all(&out).await?;
+                let data = tokio::task::spawn_blocking(move || {
+                    let mut data = vec![0u8; b.length as usize];
+                    st.read(b.piece, b.offset, &mut data).map(|()| data)
+                })
+                .await
+                .map_err(|e| WriteStop::Disk(e.to_string()))?
+                .map_err(|e| WriteStop::Disk(e.to_string()))?;
+                out.put_slice(&Message::piece_header(b.piece, b.offset, b.length as usize));
+                out.put_slice(&data);
+                write_all(&mut wr, &out).await?;
                 out.clear();
                 counters.uploaded.fetch_add(b.length as u64, Ordering::Relaxed);
                 limits.stats.uploaded.fetch_add(b.length as u64, Ordering::Relaxed);
@@ -226,20 +275,27 @@ async fn write_loop(
         }
     }
     .await;
-    if let Err(e) = result {
-        let _ = events.send(Event::Closed(key, format!("write error: {e}"))).await;
-    }
+    let ev = match result {
+        Ok(()) => return,
+        Err(WriteStop::Peer(why)) => Event::Closed(key, why),
+        Err(WriteStop::Disk(why)) => Event::DiskFailed(why),
+    };
+    let _ = events.send(ev).await;
 }
 
-fn storage_read(storage: &Storage, b: BlockRef, buf: &mut [u8]) -> io::Result<()> {
-    storage.read(b.piece, b.offset, buf)
-}
-
-fn apply(cmd: Outgoing, out: &mut BytesMut, blocks: &mut VecDeque<BlockRef>, max_queued: usize) {
+fn apply(
+    cmd: Outgoing,
+    out: &mut BytesMut,
+    blocks: &mut VecDeque<BlockRef>,
+    max_queued: usize,
+) -> Result<(), WriteStop> {
     match cmd {
         Outgoing::Msg(m) => m.encode(out),
         Outgoing::Block(b) => {
-            if blocks.len() < max_queued && !blocks.contains(&b) {
+            if blocks.len() >= max_queued {
+                return Err(WriteStop::Peer(format!("more than {max_queued} requests queued")));
+            }
+            if !blocks.contains(&b) {
                 blocks.push_back(b);
             }
         }
@@ -253,4 +309,5 @@ fn apply(cmd: Outgoing, out: &mut BytesMut, blocks: &mut VecDeque<BlockRef>, max
             }
         }
     }
+    Ok(())
 }

@@ -1,0 +1,148 @@
+//! The torrent's disk thread: block writes, piece verification and the final sync run here, off
+//! the async runtime, in the order the torrent task queued them (so a piece is verified only
+//! after its blocks were written, and the sync comes after the last verification).
+//!
+//! The queue is bounded in bytes: while more than [`MAX_QUEUED_WRITE_BYTES`] of blocks wait,
+//! every connection of the torrent stops reading from its socket ([`DiskBacklog::wait`]), as
+//! libtorrent does with `max_queued_disk_bytes`, so a slow disk slows the peers down instead of
+//! filling memory. What can still arrive while reading is paused is what the connections had
+//! already read into the torrent task's event channel.
+//!
+//! A failed write, read or sync is a local error: it is reported as [`Event::DiskFailed`] and
+//! stops the torrent; it is never charged to the peer that sent the data.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha1::{Digest, Sha1};
+use tokio::sync::{mpsc, Notify};
+
+use super::Event;
+use crate::proto::BLOCK_SIZE;
+use crate::storage::Storage;
+
+/// Block bytes queued for writing beyond which connections stop reading.
+pub const MAX_QUEUED_WRITE_BYTES: u64 = 16 << 20;
+
+/// Work for the disk thread.
+pub enum DiskJob {
+    Write {
+        piece: u32,
+        offset: u32,
+        data: Bytes,
+    },
+    /// Hash the piece; with `blocks`, also each block's SHA-1 (to find a liar).
+    Verify {
+        piece: u32,
+        blocks: bool,
+    },
+    /// Flush everything written to stable storage.
+    Sync,
+}
+
+/// Bytes waiting to be written, shared with every connection's reader.
+#[derive(Default)]
+pub struct DiskBacklog {
+    bytes: AtomicU64,
+    drained: Notify,
+}
+
+impl DiskBacklog {
+    /// Waits while the write queue is over its bound.
+    pub async fn wait(&self) {
+        loop {
+            let drained = self.drained.notified();
+            if self.bytes.load(Ordering::Acquire) <= MAX_QUEUED_WRITE_BYTES {
+                return;
+            }
+            drained.await;
+        }
+    }
+
+    /// Bytes queued now.
+    pub fn queued(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
+
+/// The sending side of the disk thread's queue.
+pub struct DiskQueue {
+    tx: std::sync::mpsc::Sender<DiskJob>,
+    backlog: Arc<DiskBacklog>,
+}
+
+impl DiskQueue {
+    /// Starts the disk thread for `storage`; results go to `events`.
+    pub fn start(storage: Arc<Storage>, events: mpsc::Sender<Event>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let backlog = Arc::new(DiskBacklog::default());
+        let shared = backlog.clone();
+        std::thread::Builder::new()
+            .name("swarmcast-disk".into())
+            .spawn(move || run(storage, rx, events, shared))?;
+        Ok(DiskQueue { tx, backlog })
+    }
+
+    /// The backlog the connections watch.
+    pub fn backlog(&self) -> &Arc<DiskBacklog> {
+        &self.backlog
+    }
+
+    /// Queues a job (never blocks; the byte bound is kept by the readers pausing).
+    pub fn push(&self, job: DiskJob) {
+        if let DiskJob::Write { data, .. } = &job {
+            self.backlog.bytes.fetch_add(data.len() as u64, Ordering::AcqRel);
+        }
+        // The thread only exits once this sender is gone, so sending cannot fail while we live.
+        let _ = self.tx.send(job);
+    }
+}
+
+fn run(
+    storage: Arc<Storage>,
+    rx: std::sync::mpsc::Receiver<DiskJob>,
+    events: mpsc::Sender<Event>,
+    backlog: Arc<DiskBacklog>,
+) {
+    let mut buf = Vec::new();
+    let mut failed = false;
+    while let Ok(job) = rx.recv() {
+        let result = match job {
+            DiskJob::Write { piece, offset, data } => {
+                let r = if failed { Ok(()) } else { storage.write(piece, offset, &data) };
+                let before = backlog.bytes.fetch_sub(data.len() as u64, Ordering::AcqRel);
+                if before.saturating_sub(data.len() as u64) <= MAX_QUEUED_WRITE_BYTES {
+                    backlog.drained.notify_waiters();
+                }
+                r.map(|()| None)
+            }
+            DiskJob::Verify { .. } | DiskJob::Sync if failed => continue,
+            DiskJob::Verify { piece, blocks } => match storage.verify(piece, &mut buf) {
+                Ok(ok) => {
+                    let digests = (blocks || !ok).then(|| {
+                        buf.chunks(BLOCK_SIZE as usize).map(|b| Sha1::digest(b).into()).collect()
+                    });
+                    Ok(Some(Event::Verified { piece, ok, blocks: digests }))
+                }
+                Err(e) => Err(e),
+            },
+            DiskJob::Sync => storage.sync().map(|()| Some(Event::Synced)),
+        };
+        let event = match result {
+            Ok(None) => continue,
+            Ok(Some(ev)) => ev,
+            Err(e) => {
+                if failed {
+                    continue;
+                }
+                // Report the first failure only; later jobs are skipped (the torrent stops).
+                failed = true;
+                Event::DiskFailed(e.to_string())
+            }
+        };
+        if events.blocking_send(event).is_err() {
+            return;
+        }
+    }
+}
