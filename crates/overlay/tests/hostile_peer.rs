@@ -571,3 +571,106 @@ async fn a_nickname_cannot_be_taken_over() {
     .await
     .expect("bob gets the message sent to his id");
 }
+
+/// Counts rows of a node's history database (read while the node runs; WAL allows it).
+fn stored(dir: &Path, nick: &str, filter: &str, args: &[&dyn rusqlite::ToSql]) -> usize {
+    let db = rusqlite::Connection::open(dir.join(nick).join("chat.sqlite")).expect("open db");
+    let sql = format!("SELECT count(*) FROM messages WHERE {filter}");
+    db.query_row(&sql, args, |r| r.get::<_, i64>(0)).expect("count") as usize
+}
+
+/// Issue 9 item 15: one neighbour used to be able to add every envelope it liked to a node's
+/// disk, for good. Eve sends 1,100 messages to a followed room, 100 sealed direct messages for
+/// one recipient and messages to a room the node does not follow: the node keeps 1,000 of hers
+/// for the room (the per-author quota), 64 for the recipient, none for the other room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_neighbour_cannot_fill_the_disk() {
+    use overlay::chat::envelope::{seal_direct, DirectPlain};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut anchor = start(dir.path(), "anchor", vec![]).await;
+    let (eve, _ep, mut conn) = join_as(12, anchor.addr).await;
+    let room_msg = |room: &str, i: u64| {
+        envelope::seal(
+            &eve,
+            Content::Room {
+                author: eve.id(),
+                nick: "eve".into(),
+                room: room.into(),
+                sent_ms: i,
+                nonce: i,
+                text: format!("flood {i}"),
+            },
+        )
+    };
+    let victim = Identity::from_seed([13; 32]).id();
+    let plain = DirectPlain { nick: "eve".into(), text: "x".repeat(1000) };
+    let mut envelopes: Vec<_> = (0..1100).map(|i| room_msg("general", i)).collect();
+    envelopes.extend((0..10).map(|i| room_msg("secret", i)));
+    envelopes.extend(
+        (0..100u8).map(|i| seal_direct(&eve, victim, &plain, 1, [i; 32]).expect("valid key")),
+    );
+    envelopes.push(room_msg("general", 5000));
+    for v in envelopes {
+        let topic = v.content.topic();
+        let msg = plumtree::Message::Gossip { id: v.id, payload: v.raw, round: 0 };
+        conn.send(&frame(&Wire::Gossip { topic, msg })).await.expect("send");
+    }
+    // Frames from one connection are handled in order: the last one shown means all were.
+    expect_message(&mut anchor, "flood 5000").await;
+    let eve_id: &dyn rusqlite::ToSql = &eve.id().0[..].to_vec();
+    let general: &dyn rusqlite::ToSql = &envelope::room_topic("general").0.to_vec();
+    let secret: &dyn rusqlite::ToSql = &envelope::room_topic("secret").0.to_vec();
+    let to_victim: &dyn rusqlite::ToSql = &victim.0.to_vec();
+    assert_eq!(
+        stored(dir.path(), "anchor", "author = ?1 AND topic = ?2", &[eve_id, general]),
+        1000
+    );
+    assert_eq!(stored(dir.path(), "anchor", "topic = ?1", &[secret]), 0);
+    assert_eq!(stored(dir.path(), "anchor", "recipient = ?1", &[to_victim]), 64);
+}
+
+/// Issue 9 item 15, the other side: a direct message to someone offline is kept by the nodes
+/// that relay it, and the recipient gets it when he comes back, with its author gone too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_recipient_catches_up_on_a_direct_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut anchor = start(dir.path(), "anchor", vec![]).await;
+    let mut alice = start(dir.path(), "alice", vec![anchor.addr]).await;
+    let bob = start(dir.path(), "bob", vec![anchor.addr]).await;
+    bob.cmd
+        .send(Command::Say { room: "general".into(), text: "bob here".into() })
+        .await
+        .expect("send");
+    expect_message(&mut alice, "bob here").await;
+    expect_message(&mut anchor, "bob here").await;
+    drop(bob);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    alice
+        .cmd
+        .send(Command::Msg { to: "bob".into(), text: "while you were out".into() })
+        .await
+        .expect("send");
+    let anchor_dir = dir.path();
+    timeout(WAIT, async {
+        while stored(anchor_dir, "anchor", "kind = 2", &[]) == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the anchor keeps the sealed message");
+    drop(alice);
+    let mut bob = start(dir.path(), "bob", vec![anchor.addr]).await;
+    timeout(WAIT, async {
+        loop {
+            match bob.events.recv().await.expect("bob runs") {
+                ChatEvent::Dm { text, via, .. } if text == "while you were out" => {
+                    assert_eq!(via, overlay::chat::Via::Sync);
+                    return;
+                }
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("bob catches up on the direct message");
+}

@@ -17,8 +17,10 @@
 //!   before it is reported, so control characters, escape sequences and bidi overrides reach
 //!   the terminal UI and the `--script` output as visible escapes, never as commands.
 //! - Direct messages go on the directory topic, sealed to the recipient's key; everyone relays
-//!   and stores the sealed envelope (so a recipient who was offline catches up on it), only the
-//!   recipient can open it.
+//!   it, and keeps it for a while in a bounded store-and-forward cache (so a recipient who was
+//!   offline catches up on it); only the recipient can open it.
+//! - Storage is bounded: the node keeps only the rooms it follows and the directory, with the
+//!   caps and the expiry in [`store`]'s docs; its own messages are kept for good.
 
 pub mod envelope;
 pub mod inert;
@@ -247,7 +249,7 @@ pub async fn run(
         ChatError::Config(format!("cannot create data directory {}: {e}", config.data.display()))
     })?;
     let identity = Identity::load_or_create(&config.data)?;
-    let store = Store::open(&config.data)?;
+    let store = Store::open(&config.data, identity.id())?;
     let endpoint = Endpoint::bind(&identity, config.listen)?;
     let bound = endpoint
         .local_addr()
@@ -291,7 +293,12 @@ pub async fn run(
                 None => break,
             },
             ev = svc.driver.next_event() => svc.on_event(ev).await,
-            _ = remember.tick() => svc.remember_peers(),
+            _ = remember.tick() => {
+                svc.remember_peers();
+                if let Err(e) = svc.store.expire_relayed(now_ms()) {
+                    tracing::warn!("cannot expire relayed direct messages: {e}");
+                }
+            }
         }
     }
     svc.remember_peers();
@@ -558,6 +565,13 @@ impl Service {
                 return false;
             }
         };
+        // Only followed rooms are kept (the node core delivers no others; catch-up replies
+        // are for topics asked about, but a room name is checked here all the same).
+        if let Content::Room { room, .. } = &v.content {
+            if !self.rooms.contains(room) {
+                return false;
+            }
+        }
         let claim = match &v.content {
             Content::Room { author, nick, .. } | Content::Presence { author, nick, .. } => {
                 Some((*author, nick.clone(), self.store.claimants(nick).unwrap_or_default()))
