@@ -284,7 +284,7 @@ pub async fn run_netns(
     drop(bed);
 
     let uploads: Vec<u64> = (0..n).map(|i| upload_at(&final_uploads, 2 + i)).collect();
-    verify_copies(&file, work.path(), n)?;
+    let identical_copies = verify_copies(&file, work.path(), n)?;
     // The last timeline sample was taken when the last leecher completed: report those bytes,
     // not what moved while the processes were being stopped.
     Ok(report(
@@ -297,6 +297,7 @@ pub async fn run_netns(
             peers_up: last.2,
             timeline: &timeline,
             tail_from,
+            identical_copies,
             piece_size: meta.info.piece_length,
             pieces: meta.info.num_pieces(),
         },

@@ -216,21 +216,47 @@ async fn run_one(config: &LabConfig, netns: bool) -> Result<LabReport> {
     if netns {
         let exe = std::env::current_exe()
             .context("cannot find this program's own path to run it in the namespaces")?;
-        // `biased`: the Ctrl-C handler is installed before the lab makes its first namespace,
-        // so an interrupt drops the lab's future (whose guard deletes the namespaces) instead
-        // of killing this process.
+        // The handlers (Ctrl-C, SIGTERM as `timeout` sends, SIGHUP when the terminal goes) are
+        // installed before the lab makes its first namespace, so a signal drops the lab's
+        // future (whose guard deletes the namespaces) instead of killing this process.
+        let stop = stop_signal()?;
         let report = tokio::select! {
             biased;
-            _ = tokio::signal::ctrl_c() => bail!(
-                "interrupted: the lab's processes were stopped, its namespaces and files removed"),
+            name = stop => bail!(
+                "interrupted by {name}: the lab's processes were stopped, its namespaces and files removed"),
             r = sim::netns::run_netns(config, &exe, progress) => r?,
         };
-        return Ok(report);
+        return checked(report);
     }
+    let stop = stop_signal()?;
     let report = tokio::select! {
         r = sim::lab::run(config, progress) => r?,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted: the lab's nodes were stopped and its files removed"),
+        name = stop => bail!("interrupted by {name}: the lab's nodes were stopped and its files removed"),
     };
+    checked(report)
+}
+
+/// Installs handlers for SIGINT, SIGTERM and SIGHUP now; the future resolves, with the signal's
+/// name, at the first of them.
+fn stop_signal() -> Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot install a SIGHUP handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+        }
+    })
+}
+
+/// A run whose copies are not all identical to the original is a failure, not a measurement.
+fn checked(report: LabReport) -> Result<LabReport> {
+    if !report.bytes_verified {
+        bail!("a leecher's copy differs from the original: the lab's numbers are void");
+    }
     Ok(report)
 }
 
