@@ -11,13 +11,28 @@
 //! Peer-table invariants:
 //! - A peer is keyed by the address others should dial: the request's source IP (the `ip`
 //!   parameter is ignored, so nobody can point a swarm at a third party) and the announced port.
-//! - A peer not seen for `peer_ttl` is never handed out or counted; it is deleted by the sweep
-//!   that runs at most once per `interval`, which also drops empty swarms.
-//! - At most `max_torrents` swarms and `max_peers_per_torrent` peers per swarm exist, so a
-//!   flood of announces cannot exhaust memory. A peer beyond the cap still gets an answer.
+//! - A peer not seen for `peer_ttl` is never handed out or counted: every call first deletes
+//!   the expired peers, oldest first, from one queue ordered by last announce (each peer's
+//!   deletion is paid once, by the announce that stored it), and a swarm goes with its last peer.
+//! - Caps, each with its policy when full (a peer not remembered still gets its answer):
+//!   `max_peers` peers in all (new peers are not remembered until others expire or stop);
+//!   `max_peers_per_ip` peers per source address in all (same); `max_peers_per_ip_per_torrent`
+//!   per address in one swarm (the address's least recently seen peer in that swarm is replaced,
+//!   so a client that changed port is remembered at once); `max_peers_per_torrent` per swarm
+//!   (not remembered); `max_torrents` swarms (the announce is refused). "Address" is the IPv4
+//!   address or the IPv6 /64, since one host holds a whole /64.
+//! - Cost: an announce is O(numwant + log P) for P stored peers, plus the deletions it pays
+//!   for: seeders and leechers are counted as peers come and go, and the peers returned are a
+//!   uniform sample of the swarm's (family's) slots, never a scan of the swarm.
+//! - Memory: at most about [`BYTES_PER_PEER`] per stored peer and [`BYTES_PER_SWARM`] per swarm
+//!   ([`Swarms::memory_estimate`] adds up the actual capacities). One address alone can hold at
+//!   most `max_peers_per_ip` peers in as many swarms: with the defaults 1,024 × (600 B + 1 KiB)
+//!   ≈ 1.6 MiB, however many announces it sends. Everyone together: at most 250,000 peers
+//!   (≈ 150 MB) in at most 100,000 swarms (≈ 100 MB).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::mem::size_of;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +45,7 @@ use hyper::{header, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use percent_encoding::percent_decode;
 use rand::rngs::StdRng;
-use rand::seq::{IteratorRandom, SliceRandom};
+use rand::seq::SliceRandom;
 use sha1::{Digest, Sha1};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
@@ -61,6 +76,13 @@ pub struct TrackerConfig {
     pub max_torrents: usize,
     /// Most peers remembered per torrent.
     pub max_peers_per_torrent: usize,
+    /// Most peers remembered in all.
+    pub max_peers: usize,
+    /// Most peers remembered from one address (IPv4 address or IPv6 /64) in all.
+    pub max_peers_per_ip: usize,
+    /// Most peers remembered from one address in one torrent (ports, i.e. clients behind one
+    /// NAT); past it the address's least recently seen peer in that torrent is replaced.
+    pub max_peers_per_ip_per_torrent: usize,
 }
 
 impl Default for TrackerConfig {
@@ -72,6 +94,9 @@ impl Default for TrackerConfig {
             max_peers_returned: 50,
             max_torrents: 100_000,
             max_peers_per_torrent: 10_000,
+            max_peers: 250_000,
+            max_peers_per_ip: 1024,
+            max_peers_per_ip_per_torrent: 8,
         }
     }
 }
@@ -225,148 +250,377 @@ pub enum Refusal {
     TooManyTorrents,
 }
 
-#[derive(Debug)]
-struct PeerEntry {
-    peer_id: PeerId,
-    seeder: bool,
-    last_seen: Instant,
+/// Upper bound on the bytes one stored peer takes in [`Swarms`] (its slot, its index entry, its
+/// place in the expiry queue and the per-address lists, with hash-map and B-tree slack).
+pub const BYTES_PER_PEER: usize = 600;
+/// Upper bound on the bytes one swarm takes beyond its peers (its map entry and the smallest
+/// allocations of its tables).
+pub const BYTES_PER_SWARM: usize = 1024;
+
+/// Which peers an announce may be given: UDP answers in the request's address family only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerFamily {
+    /// IPv4 and IPv6 peers (HTTP: `peers` and `peers6`).
+    Any,
+    /// IPv4 peers only.
+    V4,
+    /// IPv6 peers only.
+    V6,
 }
 
+/// When a peer was last seen, unique (the sequence number breaks ties): its key in the
+/// expiry queue.
+type Seen = (Instant, u64);
+
+#[derive(Debug)]
+struct Slot {
+    addr: SocketAddr,
+    peer_id: PeerId,
+    seeder: bool,
+    seen: Seen,
+}
+
+/// One torrent's peers. Peers live in dense per-family vectors so that a uniform sample costs
+/// O(numwant); `index` finds a peer's slot.
 #[derive(Debug, Default)]
 struct Swarm {
-    /// A BTreeMap so that a seeded RNG picks the same subsets in every run.
-    peers: BTreeMap<SocketAddr, PeerEntry>,
+    v4: Vec<Slot>,
+    v6: Vec<Slot>,
+    index: HashMap<SocketAddr, usize>,
+    /// Address bucket → its peers here (at most `max_peers_per_ip_per_torrent`).
+    by_ip: HashMap<IpAddr, Vec<SocketAddr>>,
+    seeders: u32,
+    leechers: u32,
     downloaded: u32,
 }
 
-/// The tracker's peer table. See the module docs for its invariants.
+impl Swarm {
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn family(&mut self, addr: &SocketAddr) -> &mut Vec<Slot> {
+        if addr.is_ipv4() {
+            &mut self.v4
+        } else {
+            &mut self.v6
+        }
+    }
+
+    fn slot(&self, addr: &SocketAddr) -> Option<&Slot> {
+        let &i = self.index.get(addr)?;
+        if addr.is_ipv4() {
+            self.v4.get(i)
+        } else {
+            self.v6.get(i)
+        }
+    }
+
+    fn slot_mut(&mut self, addr: &SocketAddr) -> Option<&mut Slot> {
+        let i = *self.index.get(addr)?;
+        self.family(addr).get_mut(i)
+    }
+
+    fn count(&mut self, seeder: bool, add: bool) {
+        let n = if seeder { &mut self.seeders } else { &mut self.leechers };
+        *n = if add { n.saturating_add(1) } else { n.saturating_sub(1) };
+    }
+
+    fn insert(&mut self, slot: Slot) {
+        let addr = slot.addr;
+        self.count(slot.seeder, true);
+        self.by_ip.entry(ip_bucket(addr.ip())).or_default().push(addr);
+        let vec = self.family(&addr);
+        vec.push(slot);
+        let i = vec.len() - 1;
+        self.index.insert(addr, i);
+    }
+
+    fn remove(&mut self, addr: &SocketAddr) -> Option<Slot> {
+        let i = self.index.remove(addr)?;
+        let vec = self.family(addr);
+        let slot = vec.swap_remove(i);
+        let moved = vec.get(i).map(|s| s.addr);
+        // A swarm a flood left keeps no flood-sized tables (amortized O(1) per removal).
+        if vec.capacity() > 4 * vec.len() + 16 {
+            vec.shrink_to(2 * vec.len());
+        }
+        if let Some(moved) = moved {
+            self.index.insert(moved, i);
+        }
+        shrink_map(&mut self.index);
+        self.count(slot.seeder, false);
+        let bucket = ip_bucket(addr.ip());
+        if let Some(list) = self.by_ip.get_mut(&bucket) {
+            list.retain(|a| a != addr);
+            if list.is_empty() {
+                self.by_ip.remove(&bucket);
+            }
+        }
+        Some(slot)
+    }
+
+    /// Up to `n` peers of `family` other than `me`, drawn uniformly without replacement;
+    /// `slots_read` is set to the number of slots looked at.
+    fn sample(
+        &self,
+        rng: &mut StdRng,
+        family: PeerFamily,
+        me: &SocketAddr,
+        n: usize,
+        slots_read: &mut usize,
+    ) -> Vec<(SocketAddr, PeerId)> {
+        let (first, second): (&[Slot], &[Slot]) = match family {
+            PeerFamily::Any => (&self.v4, &self.v6),
+            PeerFamily::V4 => (&self.v4, &[]),
+            PeerFamily::V6 => (&self.v6, &[]),
+        };
+        let len = first.len() + second.len();
+        // One more than asked, in case the requester itself is drawn.
+        let draws = (n + 1).min(len);
+        *slots_read = draws;
+        let mut peers: Vec<(SocketAddr, PeerId)> = rand::seq::index::sample(rng, len, draws)
+            .into_iter()
+            .map(|i| if i < first.len() { &first[i] } else { &second[i - first.len()] })
+            .filter(|slot| slot.addr != *me)
+            .map(|slot| (slot.addr, slot.peer_id))
+            .take(n)
+            .collect();
+        peers.shuffle(rng);
+        peers
+    }
+
+    /// Bytes allocated for this swarm's tables (capacities, not lengths).
+    fn memory_estimate(&self) -> usize {
+        let slots = (self.v4.capacity() + self.v6.capacity()) * size_of::<Slot>();
+        let index = hash_map_bytes(self.index.capacity(), size_of::<(SocketAddr, usize)>());
+        let by_ip = hash_map_bytes(self.by_ip.capacity(), size_of::<(IpAddr, Vec<SocketAddr>)>())
+            + self.by_ip.values().map(|v| v.capacity() * size_of::<SocketAddr>()).sum::<usize>();
+        slots + index + by_ip
+    }
+}
+
+/// Gives back most of a hash map's room once it is under a quarter full.
+fn shrink_map<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 4 * map.len() + 16 {
+        map.shrink_to(2 * map.len());
+    }
+}
+
+/// Bytes a hash map with room for `capacity` entries of `entry` bytes allocates: buckets are
+/// at most 8/7 of the capacity, each with one control byte.
+fn hash_map_bytes(capacity: usize, entry: usize) -> usize {
+    (capacity * 8).div_ceil(7) * (entry + 1)
+}
+
+/// The address a per-address cap counts: the IPv4 address, or the /64 of an IPv6 address.
+fn ip_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::from(octets)
+        }
+    }
+}
+
+/// The tracker's peer table. See the module docs for its invariants, caps and costs.
 ///
-/// Mutators: [`Swarms::announce`]; getters: [`Swarms::stats`], [`Swarms::torrent_count`].
+/// Getters: [`Swarms::torrent_count`], [`Swarms::peer_count`], [`Swarms::memory_estimate`],
+/// [`Swarms::last_slots_read`];
+/// mutators (each first deletes expired peers): [`Swarms::announce`], [`Swarms::stats`].
 #[derive(Debug)]
 pub struct Swarms {
     config: TrackerConfig,
     torrents: HashMap<InfoHash, Swarm>,
+    /// Every stored peer by when it was last seen, oldest first.
+    expiry: BTreeMap<Seen, (InfoHash, SocketAddr)>,
+    /// Address bucket → peers stored from it, over all swarms.
+    per_ip: HashMap<IpAddr, u32>,
+    next_seq: u64,
+    /// Peer slots the last announce read (its cost beyond the O(log P) index updates).
+    last_slots_read: usize,
     rng: StdRng,
-    next_sweep: Option<Instant>,
 }
 
 impl Swarms {
     /// An empty table drawing its random subsets from `rng`.
     pub fn new(config: TrackerConfig, rng: StdRng) -> Self {
-        Swarms { config, torrents: HashMap::new(), rng, next_sweep: None }
+        Swarms {
+            config,
+            torrents: HashMap::new(),
+            expiry: BTreeMap::new(),
+            per_ip: HashMap::new(),
+            next_seq: 0,
+            last_slots_read: 0,
+            rng,
+        }
     }
 
-    /// How many torrents have at least one remembered peer (expired ones included until swept).
+    /// How many torrents have at least one live peer (as of the last mutation).
     pub fn torrent_count(&self) -> usize {
         self.torrents.len()
     }
 
-    /// Records an announce and picks up to `a.num_want` other live peers for which `wanted`
-    /// holds (UDP uses it to return only peers of the request's address family).
+    /// How many peers are stored, over all torrents.
+    pub fn peer_count(&self) -> usize {
+        self.expiry.len()
+    }
+
+    /// Peer slots the last announce read to pick its peers (at most `num_want + 1`).
+    pub fn last_slots_read(&self) -> usize {
+        self.last_slots_read
+    }
+
+    /// Bytes the table has allocated, from its actual capacities (B-tree nodes counted at half
+    /// occupancy, their worst case).
+    pub fn memory_estimate(&self) -> usize {
+        let torrents = hash_map_bytes(self.torrents.capacity(), size_of::<(InfoHash, Swarm)>())
+            + self.torrents.values().map(Swarm::memory_estimate).sum::<usize>();
+        let expiry = self.expiry.len() * 2 * size_of::<(Seen, (InfoHash, SocketAddr))>();
+        let per_ip = hash_map_bytes(self.per_ip.capacity(), size_of::<(IpAddr, u32)>());
+        size_of::<Swarms>() + torrents + expiry + per_ip
+    }
+
+    /// Records an announce and picks up to `a.num_want` other live peers of `family` (UDP
+    /// answers in the request's address family).
     pub fn announce(
         &mut self,
         now: Instant,
         a: &PeerAnnounce,
-        wanted: impl Fn(&SocketAddr) -> bool,
+        family: PeerFamily,
     ) -> Result<SwarmReply, Refusal> {
-        self.sweep(now);
-        let ttl = self.config.peer_ttl;
-        let live = |p: &PeerEntry| now.saturating_duration_since(p.last_seen) < ttl;
-
+        self.expire(now);
         if a.event == Event::Stopped {
-            let Some(swarm) = self.torrents.get_mut(&a.info_hash) else {
-                return Ok(SwarmReply { peers: Vec::new(), complete: 0, incomplete: 0 });
-            };
-            swarm.peers.remove(&a.addr);
-            let (complete, incomplete) = counts(swarm, &live);
-            if swarm.peers.is_empty() {
-                self.torrents.remove(&a.info_hash);
-            }
+            self.remove_peer(&a.info_hash, &a.addr);
+            let (complete, incomplete) =
+                self.torrents.get(&a.info_hash).map_or((0, 0), |s| (s.seeders, s.leechers));
             return Ok(SwarmReply { peers: Vec::new(), complete, incomplete });
         }
-
         if !self.torrents.contains_key(&a.info_hash)
             && self.torrents.len() >= self.config.max_torrents
         {
             tracing::warn!(info_hash = %a.info_hash, "torrent table full, refusing announce");
             return Err(Refusal::TooManyTorrents);
         }
-        let swarm = self.torrents.entry(a.info_hash).or_default();
         let seeder = a.left == Some(0) || a.event == Event::Completed;
-        let has_room = swarm.peers.len() < self.config.max_peers_per_torrent;
-        match swarm.peers.get_mut(&a.addr) {
-            Some(entry) => {
-                if seeder && !entry.seeder && a.event == Event::Completed {
-                    swarm.downloaded = swarm.downloaded.saturating_add(1);
-                }
-                entry.peer_id = a.peer_id;
-                entry.seeder = seeder;
-                entry.last_seen = now;
+        let stored = self.torrents.get(&a.info_hash).and_then(|s| s.slot(&a.addr));
+        match stored {
+            Some(slot) => {
+                let was_seeder = slot.seeder;
+                self.refresh(now, a, seeder, was_seeder);
             }
-            None if has_room => {
-                if a.event == Event::Completed {
-                    swarm.downloaded = swarm.downloaded.saturating_add(1);
-                }
-                swarm
-                    .peers
-                    .insert(a.addr, PeerEntry { peer_id: a.peer_id, seeder, last_seen: now });
-            }
-            None => tracing::debug!(info_hash = %a.info_hash, "swarm full, not remembering peer"),
+            None => self.store(now, a, seeder),
         }
-
-        let (complete, incomplete) = counts(swarm, &live);
-        let mut peers = swarm
-            .peers
-            .iter()
-            .filter(|(addr, p)| **addr != a.addr && live(p) && wanted(addr))
-            .map(|(addr, p)| (*addr, p.peer_id))
-            .choose_multiple(&mut self.rng, a.num_want as usize);
-        peers.shuffle(&mut self.rng);
-        if swarm.peers.is_empty() {
-            self.torrents.remove(&a.info_hash);
-        }
+        let Some(swarm) = self.torrents.get(&a.info_hash) else {
+            // Not stored (every cap that applies was full) and nobody else is here.
+            return Ok(SwarmReply { peers: Vec::new(), complete: 0, incomplete: 0 });
+        };
+        let (complete, incomplete) = (swarm.seeders, swarm.leechers);
+        let n = a.num_want as usize;
+        let peers = swarm.sample(&mut self.rng, family, &a.addr, n, &mut self.last_slots_read);
         Ok(SwarmReply { peers, complete, incomplete })
     }
 
     /// Scrape numbers of one torrent (all zero if unknown).
-    pub fn stats(&self, now: Instant, info_hash: &InfoHash) -> SwarmStats {
-        let ttl = self.config.peer_ttl;
-        let live = |p: &PeerEntry| now.saturating_duration_since(p.last_seen) < ttl;
-        self.torrents.get(info_hash).map_or(SwarmStats::default(), |swarm| {
-            let (complete, incomplete) = counts(swarm, &live);
-            SwarmStats { complete, downloaded: swarm.downloaded, incomplete }
+    pub fn stats(&mut self, now: Instant, info_hash: &InfoHash) -> SwarmStats {
+        self.expire(now);
+        self.torrents.get(info_hash).map_or(SwarmStats::default(), |swarm| SwarmStats {
+            complete: swarm.seeders,
+            downloaded: swarm.downloaded,
+            incomplete: swarm.leechers,
         })
     }
 
-    /// Deletes expired peers and empty swarms, at most once per interval.
-    fn sweep(&mut self, now: Instant) {
-        if self.next_sweep.is_some_and(|t| now < t) {
+    /// A stored peer announced again: new id, role and last-seen time.
+    fn refresh(&mut self, now: Instant, a: &PeerAnnounce, seeder: bool, was_seeder: bool) {
+        let seen = self.next_seen(now);
+        let Some(swarm) = self.torrents.get_mut(&a.info_hash) else { return };
+        if seeder && !was_seeder && a.event == Event::Completed {
+            swarm.downloaded = swarm.downloaded.saturating_add(1);
+        }
+        swarm.count(was_seeder, false);
+        swarm.count(seeder, true);
+        let Some(slot) = swarm.slot_mut(&a.addr) else { return };
+        let old = std::mem::replace(&mut slot.seen, seen);
+        slot.peer_id = a.peer_id;
+        slot.seeder = seeder;
+        self.expiry.remove(&old);
+        self.expiry.insert(seen, (a.info_hash, a.addr));
+    }
+
+    /// A new peer: stored if the caps allow (see the module docs for each cap's policy).
+    fn store(&mut self, now: Instant, a: &PeerAnnounce, seeder: bool) {
+        let bucket = ip_bucket(a.addr.ip());
+        // At its cap in this swarm, an address replaces its own least recently seen peer.
+        let own_oldest = self.torrents.get(&a.info_hash).and_then(|swarm| {
+            let mine = swarm.by_ip.get(&bucket)?;
+            if mine.len() < self.config.max_peers_per_ip_per_torrent {
+                return None;
+            }
+            mine.iter().copied().min_by_key(|addr| swarm.slot(addr).map(|s| s.seen))
+        });
+        if let Some(oldest) = own_oldest {
+            self.remove_peer(&a.info_hash, &oldest);
+        } else if self.config.max_peers_per_ip_per_torrent == 0 {
             return;
         }
-        self.next_sweep = Some(now + self.config.interval);
-        let ttl = self.config.peer_ttl;
-        let before = self.torrents.len();
-        self.torrents.retain(|_, swarm| {
-            swarm.peers.retain(|_, p| now.saturating_duration_since(p.last_seen) < ttl);
-            !swarm.peers.is_empty()
-        });
-        if before != self.torrents.len() {
-            tracing::debug!(dropped = before - self.torrents.len(), "swept empty torrents");
+        let swarm_len = self.torrents.get(&a.info_hash).map_or(0, Swarm::len);
+        let from_ip = self.per_ip.get(&bucket).copied().unwrap_or(0) as usize;
+        if self.expiry.len() >= self.config.max_peers
+            || from_ip >= self.config.max_peers_per_ip
+            || swarm_len >= self.config.max_peers_per_torrent
+        {
+            tracing::debug!(info_hash = %a.info_hash, addr = %a.addr, "peer caps full, not remembering peer");
+            return;
         }
+        let seen = self.next_seen(now);
+        let swarm = self.torrents.entry(a.info_hash).or_default();
+        if a.event == Event::Completed {
+            swarm.downloaded = swarm.downloaded.saturating_add(1);
+        }
+        swarm.insert(Slot { addr: a.addr, peer_id: a.peer_id, seeder, seen });
+        self.expiry.insert(seen, (a.info_hash, a.addr));
+        *self.per_ip.entry(bucket).or_default() += 1;
     }
-}
 
-/// (seeders, leechers) among the live peers of `swarm`.
-fn counts(swarm: &Swarm, live: &impl Fn(&PeerEntry) -> bool) -> (u32, u32) {
-    let (mut complete, mut incomplete) = (0u32, 0u32);
-    for p in swarm.peers.values().filter(|p| live(p)) {
-        if p.seeder {
-            complete += 1;
-        } else {
-            incomplete += 1;
+    /// Deletes one peer from its swarm and every index, and the swarm if it was the last.
+    fn remove_peer(&mut self, info_hash: &InfoHash, addr: &SocketAddr) {
+        let Some(swarm) = self.torrents.get_mut(info_hash) else { return };
+        let Some(slot) = swarm.remove(addr) else { return };
+        if swarm.len() == 0 {
+            self.torrents.remove(info_hash);
+            shrink_map(&mut self.torrents);
+        }
+        self.expiry.remove(&slot.seen);
+        let bucket = ip_bucket(addr.ip());
+        if let Some(n) = self.per_ip.get_mut(&bucket) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&bucket);
+                shrink_map(&mut self.per_ip);
+            }
         }
     }
-    (complete, incomplete)
+
+    /// Deletes every peer not seen for `peer_ttl`, oldest first.
+    fn expire(&mut self, now: Instant) {
+        let ttl = self.config.peer_ttl;
+        while let Some(oldest) = self.expiry.first_entry() {
+            if now.saturating_duration_since(oldest.key().0) < ttl {
+                break;
+            }
+            // Popped here, so the loop ends even if the peer were missing from its swarm.
+            let (info_hash, addr) = oldest.remove();
+            self.remove_peer(&info_hash, &addr);
+        }
+    }
+
+    fn next_seen(&mut self, now: Instant) -> Seen {
+        self.next_seq += 1;
+        (now, self.next_seq)
+    }
 }
 
 /// What the HTTP and UDP sides share.
@@ -380,15 +634,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn announce(
-        &self,
-        a: &PeerAnnounce,
-        wanted: impl Fn(&SocketAddr) -> bool,
-    ) -> Result<SwarmReply, Refusal> {
+    fn announce(&self, a: &PeerAnnounce, family: PeerFamily) -> Result<SwarmReply, Refusal> {
         // A poisoned lock means another request panicked mid-update; the table is still
         // memory-safe and at worst slightly stale, so keep serving.
         let mut swarms = self.swarms.lock().unwrap_or_else(|e| e.into_inner());
-        swarms.announce(Instant::now(), a, wanted)
+        swarms.announce(Instant::now(), a, family)
     }
 
     fn num_want(&self, asked: Option<u32>) -> u32 {
@@ -535,7 +785,7 @@ fn handle_http(
                 num_want: shared.num_want(q.num_want),
             };
             tracing::debug!(addr = %announce.addr, info_hash = %q.info_hash, event = ?q.event, "HTTP announce");
-            match shared.announce(&announce, |_| true) {
+            match shared.announce(&announce, PeerFamily::Any) {
                 Ok(reply) => {
                     encode_http_reply(&reply, shared.interval_secs(), q.compact, q.no_peer_id)
                 }
@@ -664,8 +914,8 @@ fn handle_udp(shared: &Shared, datagram: &[u8], from: SocketAddr) -> Option<Vec<
             };
             tracing::debug!(addr = %announce.addr, %info_hash, ?event, "UDP announce");
             // The reply's peer format follows the family the request came over.
-            let v6 = ip.is_ipv6();
-            match shared.announce(&announce, |a| a.is_ipv6() == v6) {
+            let family = if ip.is_ipv6() { PeerFamily::V6 } else { PeerFamily::V4 };
+            match shared.announce(&announce, family) {
                 Ok(reply) => {
                     let peers: Vec<SocketAddr> = reply.peers.iter().map(|(a, _)| *a).collect();
                     Some(udp::encode_announce_reply(
@@ -680,7 +930,7 @@ fn handle_udp(shared: &Shared, datagram: &[u8], from: SocketAddr) -> Option<Vec<
             }
         }
         UdpRequest::Scrape { transaction_id, info_hashes, .. } => {
-            let swarms = shared.swarms.lock().unwrap_or_else(|e| e.into_inner());
+            let mut swarms = shared.swarms.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             let stats: Vec<_> = info_hashes
                 .iter()
@@ -770,21 +1020,21 @@ mod tests {
         let t = Instant::now();
         let a = ann(1, 1000, Some(10), Event::Started);
         let b = ann(2, 2000, Some(0), Event::Started);
-        let r = s.announce(t, &a, |_| true).unwrap();
+        let r = s.announce(t, &a, PeerFamily::Any).unwrap();
         assert_eq!((r.peers.len(), r.complete, r.incomplete), (0, 0, 1));
-        let r = s.announce(t, &b, |_| true).unwrap();
+        let r = s.announce(t, &b, PeerFamily::Any).unwrap();
         assert_eq!(r.peers, vec![(a.addr, a.peer_id)]);
         assert_eq!((r.complete, r.incomplete), (1, 1));
-        let r = s.announce(t, &ann(1, 1000, Some(0), Event::Completed), |_| true).unwrap();
+        let r = s.announce(t, &ann(1, 1000, Some(0), Event::Completed), PeerFamily::Any).unwrap();
         assert_eq!(r.peers, vec![(b.addr, b.peer_id)]);
         assert_eq!((r.complete, r.incomplete), (2, 0));
         assert_eq!(
             s.stats(t, &a.info_hash),
             SwarmStats { complete: 2, downloaded: 1, incomplete: 0 }
         );
-        let r = s.announce(t, &ann(2, 2000, Some(0), Event::Stopped), |_| true).unwrap();
+        let r = s.announce(t, &ann(2, 2000, Some(0), Event::Stopped), PeerFamily::Any).unwrap();
         assert_eq!((r.peers.len(), r.complete, r.incomplete), (0, 1, 0));
-        let r = s.announce(t, &ann(1, 1000, Some(0), Event::Stopped), |_| true).unwrap();
+        let r = s.announce(t, &ann(1, 1000, Some(0), Event::Stopped), PeerFamily::Any).unwrap();
         assert_eq!((r.complete, r.incomplete), (0, 0));
         assert_eq!(s.torrent_count(), 0);
     }
@@ -794,15 +1044,23 @@ mod tests {
         let mut s = swarms(TrackerConfig::default());
         let t = Instant::now();
         for id in 1..=10 {
-            s.announce(t, &ann(id, 1000, Some(1), Event::None), |_| true).unwrap();
+            s.announce(t, &ann(id, 1000, Some(1), Event::None), PeerFamily::Any).unwrap();
         }
         let mut q = ann(1, 1000, Some(1), Event::None);
         q.num_want = 3;
-        let r = s.announce(t, &q, |_| true).unwrap();
+        let r = s.announce(t, &q, PeerFamily::Any).unwrap();
         assert_eq!(r.peers.len(), 3);
         assert!(r.peers.iter().all(|(a, _)| *a != q.addr));
-        let r = s.announce(t, &q, |a| a.ip() == IpAddr::from([10, 0, 0, 5])).unwrap();
-        assert_eq!(r.peers, vec![(SocketAddr::from(([10, 0, 0, 5], 1000)), PeerId([5; 20]))]);
+        let mut v6 = ann(99, 1000, Some(1), Event::None);
+        v6.addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 7000));
+        s.announce(t, &v6, PeerFamily::Any).unwrap();
+        let r = s.announce(t, &q, PeerFamily::V6).unwrap();
+        assert_eq!(r.peers, vec![(v6.addr, v6.peer_id)], "UDP over IPv6 gets IPv6 peers only");
+        let r = s.announce(t, &v6, PeerFamily::V4).unwrap();
+        assert_eq!(r.peers.len(), 10, "and over IPv4, IPv4 peers only");
+        assert!(r.peers.iter().all(|(a, _)| a.is_ipv4()));
+        let r = s.announce(t, &v6, PeerFamily::Any).unwrap();
+        assert_eq!(r.peers.len(), 10, "HTTP gets both (but never the requester)");
     }
 
     #[test]
@@ -813,27 +1071,236 @@ mod tests {
             max_peers_returned: 50,
             max_torrents: 1,
             max_peers_per_torrent: 2,
+            ..TrackerConfig::default()
         };
         let mut s = swarms(config);
         let t = Instant::now();
-        s.announce(t, &ann(1, 1, Some(1), Event::None), |_| true).unwrap();
-        s.announce(t, &ann(2, 1, Some(1), Event::None), |_| true).unwrap();
+        s.announce(t, &ann(1, 1, Some(1), Event::None), PeerFamily::Any).unwrap();
+        s.announce(t, &ann(2, 1, Some(1), Event::None), PeerFamily::Any).unwrap();
         // A third peer is answered but not remembered.
-        let r = s.announce(t, &ann(3, 1, Some(1), Event::None), |_| true).unwrap();
+        let r = s.announce(t, &ann(3, 1, Some(1), Event::None), PeerFamily::Any).unwrap();
         assert_eq!((r.peers.len(), r.incomplete), (2, 2));
         let mut other = ann(4, 1, Some(1), Event::None);
         other.info_hash = InfoHash([2; 20]);
-        assert_eq!(s.announce(t, &other, |_| true), Err(Refusal::TooManyTorrents));
+        assert_eq!(s.announce(t, &other, PeerFamily::Any), Err(Refusal::TooManyTorrents));
 
         // Peer 2 fell silent: expired, so neither returned nor counted, though not yet swept.
         let later = t + Duration::from_secs(10);
-        let r = s.announce(later, &ann(1, 1, Some(1), Event::None), |_| true).unwrap();
+        let r = s.announce(later, &ann(1, 1, Some(1), Event::None), PeerFamily::Any).unwrap();
         assert_eq!((r.peers.len(), r.complete, r.incomplete), (0, 0, 1));
         assert_eq!(s.torrent_count(), 1);
 
         // By the next sweep peer 1 has expired too: its swarm is dropped and a new torrent fits.
-        let r = s.announce(t + Duration::from_secs(1000), &other, |_| true).unwrap();
+        let r = s.announce(t + Duration::from_secs(1000), &other, PeerFamily::Any).unwrap();
         assert_eq!((r.peers.len(), r.incomplete), (0, 1));
         assert_eq!(s.torrent_count(), 1);
+    }
+
+    /// `n` announces from 6.6.6.6 (or from the IPv6 /64 2001:db8::/64 when `v6`), each from a
+    /// new port of that address, spread over `torrents` torrents.
+    fn flood(s: &mut Swarms, t: Instant, n: u32, torrents: u32, v6: bool) {
+        for i in 0..n {
+            let mut hash = [0u8; 20];
+            hash[..4].copy_from_slice(&(i % torrents).to_be_bytes());
+            let ip: IpAddr = if v6 {
+                std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, (i >> 16) as u16, i as u16)
+                    .into()
+            } else {
+                [6, 6, 6, 6].into()
+            };
+            let a = PeerAnnounce {
+                info_hash: InfoHash(hash),
+                peer_id: PeerId([6; 20]),
+                addr: SocketAddr::new(ip, 1 + (i % 65_000) as u16),
+                left: Some(1),
+                event: Event::Started,
+                num_want: 50,
+            };
+            let _ = s.announce(t, &a, PeerFamily::Any);
+        }
+    }
+
+    #[test]
+    fn one_address_with_ten_thousand_ports_holds_eight_slots_of_a_swarm() {
+        let mut s = swarms(TrackerConfig::default());
+        let t = Instant::now();
+        for id in 1..=10 {
+            s.announce(t, &ann(id, 1000, Some(1), Event::Started), PeerFamily::Any).unwrap();
+        }
+        let mut attacker = ann(200, 1, Some(1), Event::Started);
+        attacker.addr = SocketAddr::from(([6, 6, 6, 6], 1));
+        for port in 1..=10_000 {
+            attacker.addr.set_port(port);
+            s.announce(t, &attacker, PeerFamily::Any).unwrap();
+        }
+        assert_eq!(s.peer_count(), 18, "10 peers and the attacker's 8 newest ports");
+        let r = s.announce(t, &ann(1, 1000, Some(1), Event::None), PeerFamily::Any).unwrap();
+        assert_eq!((r.incomplete, r.peers.len()), (18, 17));
+        let theirs = r.peers.iter().filter(|(a, _)| a.ip() == attacker.addr.ip()).count();
+        assert_eq!(theirs, 8);
+        let ports: Vec<u16> = r
+            .peers
+            .iter()
+            .filter(|(a, _)| a.ip() == attacker.addr.ip())
+            .map(|(a, _)| a.port())
+            .collect();
+        assert!(ports.iter().all(|&p| p > 9_992), "the newest ports replaced the older: {ports:?}");
+    }
+
+    #[test]
+    fn a_flood_from_one_address_stays_under_its_memory_bound() {
+        let config = TrackerConfig::default();
+        let per_ip = config.max_peers_per_ip;
+        let bound = size_of::<Swarms>() + per_ip * (BYTES_PER_PEER + BYTES_PER_SWARM);
+        let t = Instant::now();
+        for v6 in [false, true] {
+            // 50,000 announces: 40,000 ports on 8 torrents, then one new torrent each.
+            let mut s = swarms(config.clone());
+            flood(&mut s, t, 40_000, 8, v6);
+            assert_eq!(s.peer_count(), 8 * config.max_peers_per_ip_per_torrent);
+            flood(&mut s, t, 10_000, 10_000, v6);
+            assert_eq!(s.peer_count(), per_ip, "one address holds at most {per_ip} peers");
+            assert!(s.torrent_count() <= per_ip);
+            let used = s.memory_estimate();
+            eprintln!(
+                "v6 {v6}: {} peers, {} torrents, {used} bytes (bound {bound})",
+                s.peer_count(),
+                s.torrent_count()
+            );
+            assert!(used <= bound, "{used} bytes > {bound}");
+            // Everyone else still gets in.
+            s.announce(t, &ann(1, 1000, Some(1), Event::Started), PeerFamily::Any).unwrap();
+            assert_eq!(s.peer_count(), per_ip + 1);
+            // Once the flood's peers expire, its room is given back.
+            let after = t + config.peer_ttl;
+            s.announce(after, &ann(1, 1000, Some(1), Event::None), PeerFamily::Any).unwrap();
+            assert_eq!((s.peer_count(), s.torrent_count()), (1, 1));
+            assert!(s.memory_estimate() < 8 * 1024, "{} bytes left", s.memory_estimate());
+        }
+    }
+
+    #[test]
+    fn the_global_cap_keeps_known_peers_and_frees_room_as_peers_expire() {
+        let config = TrackerConfig { max_peers: 100, ..TrackerConfig::default() };
+        let mut s = swarms(config.clone());
+        let t = Instant::now();
+        for id in 1..=150u8 {
+            s.announce(t, &ann(id, 1000, Some(1), Event::Started), PeerFamily::Any).unwrap();
+        }
+        assert_eq!(s.peer_count(), 100);
+        let r = s.announce(t, &ann(120, 1000, Some(1), Event::None), PeerFamily::Any).unwrap();
+        assert_eq!((r.incomplete, r.peers.len()), (100, 50), "peer 120 is answered, not stored");
+        // Peers 1..=99 fall silent; peer 100 keeps announcing, and newcomers fit again.
+        let later = t + config.peer_ttl - Duration::from_secs(1);
+        s.announce(later, &ann(100, 1000, Some(1), Event::None), PeerFamily::Any).unwrap();
+        let after = t + config.peer_ttl;
+        let r = s.announce(after, &ann(120, 1000, Some(1), Event::None), PeerFamily::Any).unwrap();
+        assert_eq!((s.peer_count(), r.incomplete), (2, 2));
+        assert_eq!(r.peers, vec![(SocketAddr::from(([10, 0, 0, 100], 1000)), PeerId([100; 20]))]);
+    }
+
+    #[test]
+    fn an_announce_reads_num_want_slots_not_the_swarm() {
+        let config = TrackerConfig {
+            max_peers_per_ip: usize::MAX,
+            max_peers_per_ip_per_torrent: usize::MAX,
+            max_peers_per_torrent: 20_000,
+            ..TrackerConfig::default()
+        };
+        let mut s = swarms(config);
+        let t = Instant::now();
+        for i in 0..10_000u32 {
+            let mut a = ann(1, 1, Some(u64::from(i % 2)), Event::Started);
+            let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 1, 0, 0)) + i);
+            a.addr = SocketAddr::from((ip, 6881));
+            s.announce(t, &a, PeerFamily::Any).unwrap();
+        }
+        let r = s.announce(t, &ann(1, 1000, Some(1), Event::None), PeerFamily::Any).unwrap();
+        assert_eq!((r.complete, r.incomplete, r.peers.len()), (5_000, 5_001, 50));
+        let distinct: std::collections::HashSet<_> = r.peers.iter().map(|p| p.0).collect();
+        assert_eq!(distinct.len(), 50);
+        assert!(s.last_slots_read() <= 51, "read {} of 10,001 slots", s.last_slots_read());
+        assert_eq!(
+            s.stats(t, &InfoHash([1; 20])),
+            SwarmStats { complete: 5_000, downloaded: 0, incomplete: 5_001 }
+        );
+    }
+
+    #[test]
+    fn peers_come_and_go_and_the_counts_stay_exact() {
+        let config = TrackerConfig { max_peers_per_ip_per_torrent: 2, ..TrackerConfig::default() };
+        let mut s = swarms(config);
+        let t = Instant::now();
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut model: BTreeMap<SocketAddr, bool> = BTreeMap::new();
+        for step in 0..5_000u32 {
+            use rand::Rng;
+            let ip = rng.random_range(1..=20u8);
+            let port = rng.random_range(1..=3u16);
+            let mut a = ann(ip, port, Some(rng.random_range(0..2)), Event::None);
+            a.event = match rng.random_range(0..4) {
+                0 => Event::Stopped,
+                1 => Event::Completed,
+                _ => Event::None,
+            };
+            let now = t + Duration::from_millis(u64::from(step));
+            let r = s.announce(now, &a, PeerFamily::Any).unwrap();
+            if a.event == Event::Stopped {
+                model.remove(&a.addr);
+            } else {
+                let seeder = a.left == Some(0) || a.event == Event::Completed;
+                let same_ip: Vec<SocketAddr> =
+                    model.keys().filter(|k| k.ip() == a.addr.ip()).copied().collect();
+                if !model.contains_key(&a.addr) && same_ip.len() >= 2 {
+                    // The table replaced this address's least recently seen peer.
+                    let gone = same_ip
+                        .iter()
+                        .find(|k| s.torrents[&a.info_hash].slot(k).is_none())
+                        .copied();
+                    model.remove(&gone.expect("one of the address's peers was replaced"));
+                }
+                model.insert(a.addr, seeder);
+            }
+            let seeders = model.values().filter(|&&x| x).count() as u32;
+            assert_eq!(
+                (r.complete, r.incomplete),
+                (seeders, model.len() as u32 - seeders),
+                "step {step}"
+            );
+            assert_eq!(s.peer_count(), model.len());
+            assert!(r.peers.iter().all(|(p, _)| *p != a.addr && model.contains_key(p)));
+        }
+    }
+
+    /// One HTTP announce from 127.0.0.1 with `port`, over a fresh connection: the parsed reply.
+    async fn http_announce(tracker: SocketAddr, port: u16) -> super::super::AnnounceResponse {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(tracker).await.unwrap();
+        let query = format!(
+            "info_hash=aaaaaaaaaaaaaaaaaaaa&peer_id=bbbbbbbbbbbbbbbbbbbb&port={port}&left=1&compact=1"
+        );
+        let request = format!("GET /announce?{query} HTTP/1.0\r\nHost: x\r\n\r\n");
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.unwrap();
+        let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        super::super::http::parse_announce_response(&all[split + 4..]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn over_http_one_address_with_a_thousand_ports_fills_eight_slots() {
+        let server = TrackerServer::bind("127.0.0.1:0".parse().unwrap(), TrackerConfig::default())
+            .await
+            .unwrap();
+        let tracker = server.local_addr();
+        let _task = tokio::spawn(server.run());
+        for port in 1..=1000 {
+            http_announce(tracker, port).await;
+        }
+        let last = http_announce(tracker, 1001).await;
+        assert_eq!(last.leechers, Some(8), "the swarm holds 8 of 127.0.0.1's ports");
+        let mut ports: Vec<u16> = last.peers.iter().map(SocketAddr::port).collect();
+        ports.sort_unstable();
+        assert_eq!(ports, (994..=1000).collect::<Vec<u16>>(), "the newest, the asker excluded");
     }
 }
