@@ -11,7 +11,9 @@
 //!   id it claims), queueing at most [`MAX_QUEUED`] frames meanwhile. A failed dial is reported
 //!   to the core as `PeerFailed`.
 //! - Connections to peers outside the active view are closed after [`IDLE_CLOSE`] unused, and
-//!   at most [`MAX_PEERS`] peers are connected at once (further inbound connections are refused).
+//!   at most [`MAX_PEERS`] peers are connected or being dialed at once: further inbound
+//!   connections are refused, and a dial beyond it is not started but reported to the core as
+//!   a failed one (a peer's SHUFFLE names the node to answer, so dials are network-fed too).
 //! - A connection's loss is `PeerFailed` only if the peer is an active neighbor and it was the
 //!   peer's last connection (simultaneous dials create two; either may close).
 //! - A broadcast payload and the id it comes under are checked by the service's validator (for
@@ -105,10 +107,24 @@ pub enum Event {
 
 enum NetEvent {
     Accepted(Conn),
-    Dialed { peer: Peer, result: Result<Conn, String> },
-    AnchorResolved { addr: SocketAddr, result: Result<Conn, String> },
-    Frame { peer: Peer, msg: Wire<Peer> },
-    Closed { peer: Peer, conn_id: u64 },
+    Dialed {
+        peer: Peer,
+        result: Result<Conn, String>,
+    },
+    /// A dial not started for [`MAX_PEERS`].
+    DialRefused(Peer),
+    AnchorResolved {
+        addr: SocketAddr,
+        result: Result<Conn, String>,
+    },
+    Frame {
+        peer: Peer,
+        msg: Wire<Peer>,
+    },
+    Closed {
+        peer: Peer,
+        conn_id: u64,
+    },
 }
 
 struct Link {
@@ -305,6 +321,9 @@ impl Driver {
                 return;
             }
         };
+        if self.at_peer_limit(to) {
+            return;
+        }
         let entry = self.peers.entry(to).or_default();
         entry.last_used = Some(Instant::now());
         if let Some(link) = entry.links.last() {
@@ -327,12 +346,28 @@ impl Driver {
     }
 
     fn ensure_conn(&mut self, peer: Peer) {
+        if self.at_peer_limit(peer) {
+            return;
+        }
         let entry = self.peers.entry(peer).or_default();
         entry.last_used = Some(Instant::now());
         if entry.links.is_empty() && entry.dialing.is_none() {
             entry.dialing = Some(Vec::new());
             self.spawn_dial(peer);
         }
+    }
+
+    /// Whether reaching `peer` would need a new dial beyond [`MAX_PEERS`]; if so the dial is
+    /// reported failed through the event loop (after this round of outputs, as a real failure
+    /// would be), so the core picks another peer.
+    fn at_peer_limit(&self, peer: Peer) -> bool {
+        if self.peers.contains_key(&peer) || self.peers.len() < MAX_PEERS {
+            return false;
+        }
+        tracing::debug!("not dialing {peer:?}: already {MAX_PEERS} peers connected");
+        // A full event channel drops the report; the core's own timers retry or give up.
+        let _ = self.events_tx.try_send(NetEvent::DialRefused(peer));
+        true
     }
 
     fn spawn_dial(&self, peer: Peer) {
@@ -396,6 +431,12 @@ impl Driver {
                     self.input(Input::PeerFailed(peer));
                 }
             },
+            NetEvent::DialRefused(peer) => {
+                // Unless a connection to it came about meanwhile, it failed.
+                if !self.peers.contains_key(&peer) {
+                    self.input(Input::PeerFailed(peer));
+                }
+            }
             NetEvent::AnchorResolved { addr, result } => match result {
                 Ok(conn) => {
                     let peer = Peer { id: conn.remote_id(), addr };

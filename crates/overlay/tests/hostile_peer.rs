@@ -674,3 +674,41 @@ async fn an_offline_recipient_catches_up_on_a_direct_message() {
     .await
     .expect("bob catches up on the direct message");
 }
+
+/// A SHUFFLE names the node that wants the reply, and the receiver dials it. Eve sends twice
+/// `MAX_PEERS` shuffles naming made-up nodes at one UDP socket of hers: the anchor starts at
+/// most `MAX_PEERS` connections (counted as distinct QUIC destination connection ids), instead
+/// of one per shuffle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shuffles_cannot_make_a_node_dial_unboundedly_many_peers() {
+    use overlay::driver::MAX_PEERS;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let anchor = start(dir.path(), "anchor", vec![]).await;
+    let (_eve, _ep, mut conn) = join_as(14, anchor.addr).await;
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = sink.local_addr().expect("addr");
+    for i in 0..2 * MAX_PEERS as u32 {
+        let mut seed = [15; 32];
+        seed[..4].copy_from_slice(&i.to_le_bytes());
+        let origin = Peer { id: Identity::from_seed(seed).id(), addr };
+        let shuffle = hyparview::Message::Shuffle { origin, ttl: 0, nodes: vec![origin] };
+        conn.send(&frame(&Wire::Membership(shuffle))).await.expect("send");
+    }
+    let mut dcids = std::collections::BTreeSet::new();
+    let mut buf = vec![0u8; 2048];
+    let _ = timeout(Duration::from_secs(4), async {
+        loop {
+            let (n, _) = sink.recv_from(&mut buf).await.expect("recv");
+            // A QUIC long header: flags, version (4), DCID length, DCID.
+            if n > 6 && buf[0] & 0x80 != 0 {
+                let len = buf[5] as usize;
+                if n >= 6 + len {
+                    dcids.insert(buf[6..6 + len].to_vec());
+                }
+            }
+        }
+    })
+    .await;
+    assert!(!dcids.is_empty(), "the anchor answers shuffles by dialing");
+    assert!(dcids.len() <= MAX_PEERS, "{} connections started", dcids.len());
+}

@@ -303,7 +303,7 @@ pub fn open_direct(identity: &Identity, content: &Content) -> Result<DirectPlain
     Ok(plain)
 }
 
-/// Most ids in one [`Sync::Request`], and most envelopes in one [`Sync::Reply`].
+/// Most ids in one [`Sync::Request`] (a longer one is ignored).
 pub const MAX_SYNC_IDS: usize = 1024;
 /// Most envelopes in one [`Sync::Reply`] (they also must fit one frame).
 pub const MAX_SYNC_MESSAGES: usize = 64;
