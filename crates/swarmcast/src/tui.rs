@@ -49,6 +49,9 @@ struct Screen {
     scroll: usize,
     input: String,
     room: String,
+    /// A `/join` sent but not yet confirmed: the status line moves to the room only when the
+    /// service says "joined", so a refused join does not look like one.
+    joining: Option<String>,
     nick: String,
     neighbors: i64,
 }
@@ -88,8 +91,22 @@ impl Screen {
                 }
             }
             ChatEvent::Neighbor { up, .. } => self.neighbors += if up { 1 } else { -1 },
-            ChatEvent::Info { text } => self.push(format!("* {text}")),
-            ChatEvent::Error { text } => self.push(format!("! {text}")),
+            ChatEvent::Info { text } => {
+                if let Some(room) = self.joining.take() {
+                    if text == format!("joined #{room}") {
+                        self.room = room;
+                    } else {
+                        self.joining = Some(room);
+                    }
+                }
+                self.push(format!("* {text}"));
+            }
+            ChatEvent::Error { text } => {
+                if self.joining.as_ref().is_some_and(|r| text.contains(r.as_str())) {
+                    self.joining = None;
+                }
+                self.push(format!("! {text}"));
+            }
         }
     }
 
@@ -104,10 +121,11 @@ impl Screen {
         self.scroll = 0;
         match parse_line(&line, &mut room) {
             Ok(Some(cmd)) => {
-                if let Command::Nick(n) = &cmd {
-                    self.nick = n.clone();
+                match &cmd {
+                    Command::Nick(n) => self.nick = n.clone(),
+                    Command::Join(r) => self.joining = Some(r.clone()),
+                    _ => self.room = room,
                 }
-                self.room = room;
                 Ok(cmd_tx.send(cmd).await.is_ok())
             }
             Ok(None) => Ok(false),
@@ -173,8 +191,15 @@ pub async fn run(
             }
         }
     });
-    let mut screen =
-        Screen { lines: Vec::new(), scroll: 0, input: String::new(), room, nick, neighbors: 0 };
+    let mut screen = Screen {
+        lines: Vec::new(),
+        scroll: 0,
+        input: String::new(),
+        room,
+        joining: None,
+        nick,
+        neighbors: 0,
+    };
     screen.draw()?;
     loop {
         tokio::select! {
@@ -214,5 +239,45 @@ pub async fn run(
             },
         }
         screen.draw()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn screen() -> Screen {
+        Screen {
+            lines: Vec::new(),
+            scroll: 0,
+            input: String::new(),
+            room: "general".into(),
+            joining: None,
+            nick: "ann".into(),
+            neighbors: 0,
+        }
+    }
+
+    /// Issue 9 item 12: a refused `/join` used to look like a successful one.
+    #[tokio::test]
+    async fn the_status_line_moves_to_a_room_only_once_it_is_joined() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut s = screen();
+        s.input = "/join full".into();
+        assert!(s.enter(&tx).await.expect("sent"));
+        assert_eq!(rx.recv().await, Some(Command::Join("full".into())));
+        assert_eq!(s.room, "general");
+        s.on_event(ChatEvent::Error {
+            text: "cannot join #full: this node already follows 63 rooms, the most it can".into(),
+        });
+        assert_eq!(s.room, "general");
+        assert_eq!(
+            s.lines.last().map(String::as_str),
+            Some("! cannot join #full: this node already follows 63 rooms, the most it can")
+        );
+        s.input = "/join rust".into();
+        assert!(s.enter(&tx).await.expect("sent"));
+        s.on_event(ChatEvent::Info { text: "joined #rust".into() });
+        assert_eq!(s.room, "rust");
     }
 }
