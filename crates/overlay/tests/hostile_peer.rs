@@ -1,6 +1,11 @@
 //! A hostile peer against real chat nodes (in-process, QUIC on loopback): frames of an unknown
-//! version close its connection; a forged message is relayed by nobody's UI; a replayed one is
-//! not shown twice; a flood of frames is cut down and the honest nodes keep chatting.
+//! version close its connection; a forged message is relayed by nobody's UI; a replayed one
+//! (under a false id, or with a byte appended) is not shown twice; a flood of frames is cut
+//! down and the honest nodes keep chatting. Issue 9: a valid envelope under another message's
+//! id does not hide that message; frames for made-up topics do not block `/join`; a nickname
+//! cannot be taken over; escape sequences are shown inert; a flooding neighbour cannot fill the
+//! disk while an offline recipient still gets its direct message; shuffles cannot make a node
+//! dial unboundedly many peers.
 
 use std::net::SocketAddr;
 use std::path::Path;
