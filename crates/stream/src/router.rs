@@ -20,7 +20,7 @@
 //!
 //! Manifests: a movie's manifest (or the fact that there is none) is fetched through its first
 //! healthy preferred edge and kept for [`MANIFEST_TTL`], so viewers and lookups cost one fetch
-//! per movie per TTL, not one each. The cache holds at most [`MAX_CACHED_MANIFESTS`] movies and
+//! per movie per TTL, not one each; concurrent misses of a movie wait for the same fetch. The cache holds at most [`MAX_CACHED_MANIFESTS`] movies and
 //! [`MAX_CACHED_MANIFEST_BYTES`] bytes of manifests; when full, the oldest entries go first.
 //!
 //! Health: every probe interval each edge's `/health` is fetched (all in parallel, each with
@@ -53,6 +53,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::mpd;
@@ -198,6 +199,10 @@ struct RouterState {
     /// (expiry, edge) of every live placement, oldest first (all leases have the same TTL).
     leases: Mutex<VecDeque<(Instant, usize)>>,
     manifests: Mutex<ManifestCache>,
+    /// Movie → the result of the manifest fetch in progress for it (`None` until it ends):
+    /// concurrent misses of one movie wait for one fetch. At most one entry per request being
+    /// answered.
+    fetching: Mutex<HashMap<String, watch::Receiver<Option<ManifestResult>>>>,
     /// Health-probe rounds completed, for `/status`.
     probe_rounds: AtomicU64,
     /// Manifest requests sent to edges, for `/status`.
@@ -258,8 +263,11 @@ impl ManifestCache {
     }
 }
 
+/// A movie's manifest, or why there is none.
+type ManifestResult = Result<Bytes, RouteError>;
+
 /// Why a movie could not be routed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum RouteError {
     BadName,
     UnknownMovie,
@@ -329,6 +337,7 @@ impl RouterServer {
             edges,
             leases: Mutex::new(VecDeque::new()),
             manifests: Mutex::new(ManifestCache::default()),
+            fetching: Mutex::new(HashMap::new()),
             probe_rounds: AtomicU64::new(0),
             manifest_fetches: AtomicU64::new(0),
             config,
@@ -412,22 +421,49 @@ impl RouterState {
     }
 
     /// Places a viewer of `movie` and hands it the movie's manifest.
-    async fn route(&self, movie: &str) -> Result<Routed, RouteError> {
+    async fn route(self: &Arc<Self>, movie: &str) -> Result<Routed, RouteError> {
         let manifest = self.manifest(movie).await?;
         let order = self.place(movie).ok_or(RouteError::NoEdge)?;
         Ok(Routed { order, manifest })
     }
 
-    /// `movie`'s manifest: cached, or fetched through the edge its next viewer would get. An
-    /// edge that cannot be reached is taken out of rotation and the next one tried. A 404 is
+    /// `movie`'s manifest: cached, or from the fetch in progress for it, or from a new fetch
+    /// (run in its own task, so a client that hangs up does not fail the others). A 404 is
     /// cached like a manifest; other failures are not.
-    async fn manifest(&self, movie: &str) -> Result<Bytes, RouteError> {
+    ///
+    /// Lock order (`std` mutexes, never held across an `.await`): `fetching` before
+    /// `manifests`; the fetch task caches its result and removes its entry under both, so a
+    /// request finds a movie cached or being fetched, never neither while a fetch ends.
+    async fn manifest(self: &Arc<Self>, movie: &str) -> Result<Bytes, RouteError> {
         if !valid_movie(movie) {
             return Err(RouteError::BadName);
         }
-        if let Some(cached) = lock(&self.manifests).get(Instant::now(), movie) {
-            return cached.ok_or(RouteError::UnknownMovie);
-        }
+        let mut rx = {
+            let mut fetching = lock(&self.fetching);
+            if let Some(cached) = lock(&self.manifests).get(Instant::now(), movie) {
+                return cached.ok_or(RouteError::UnknownMovie);
+            }
+            match fetching.get(movie) {
+                // A sender that is gone (its task panicked) is replaced by a new fetch.
+                Some(rx) if rx.has_changed().is_ok() => rx.clone(),
+                _ => {
+                    let (tx, rx) = watch::channel(None);
+                    fetching.insert(movie.to_string(), rx.clone());
+                    tokio::spawn(manifest_task(self.clone(), movie.to_string(), tx));
+                    rx
+                }
+            }
+        };
+        let result = match rx.wait_for(Option::is_some).await {
+            Ok(result) => result.clone().unwrap_or(Err(RouteError::Upstream("no result".into()))),
+            Err(_) => Err(RouteError::Upstream("the manifest fetch ended".into())),
+        };
+        result
+    }
+
+    /// Fetches `movie`'s manifest through the edge its next viewer would get. An edge that
+    /// cannot be reached is taken out of rotation and the next one tried.
+    async fn fetch_manifest(&self, movie: &str) -> Result<Bytes, RouteError> {
         let mut last_error = String::new();
         for _ in 0..self.edges.len() {
             let chosen = lock(&self.placement).choose(movie).ok_or(RouteError::NoEdge)?[0];
@@ -441,14 +477,8 @@ impl RouterState {
             .await
             .unwrap_or_else(|_| Err("timed out".into()));
             match got {
-                Ok((StatusCode::OK, manifest)) => {
-                    lock(&self.manifests).insert(Instant::now(), movie, Some(manifest.clone()));
-                    return Ok(manifest);
-                }
-                Ok((StatusCode::NOT_FOUND, _)) => {
-                    lock(&self.manifests).insert(Instant::now(), movie, None);
-                    return Err(RouteError::UnknownMovie);
-                }
+                Ok((StatusCode::OK, manifest)) => return Ok(manifest),
+                Ok((StatusCode::NOT_FOUND, _)) => return Err(RouteError::UnknownMovie),
                 Ok((status, _)) => {
                     // The edge is up but its origin is not: another edge will not do better.
                     return Err(RouteError::Upstream(format!(
@@ -485,6 +515,29 @@ impl RouterState {
             imbalance: placement.imbalance(),
         }
     }
+}
+
+/// Runs one manifest fetch for [`RouterState::manifest`] and hands its result to the waiters.
+async fn manifest_task(
+    state: Arc<RouterState>,
+    movie: String,
+    tx: watch::Sender<Option<ManifestResult>>,
+) {
+    let result = state.fetch_manifest(&movie).await;
+    {
+        let mut fetching = lock(&state.fetching);
+        let cached = match &result {
+            Ok(manifest) => Some(Some(manifest.clone())),
+            Err(RouteError::UnknownMovie) => Some(None),
+            Err(_) => None,
+        };
+        if let Some(entry) = cached {
+            lock(&state.manifests).insert(Instant::now(), &movie, entry);
+        }
+        fetching.remove(&movie);
+    }
+    // No receiver left (every client hung up) is fine: the result is cached anyway.
+    let _ = tx.send(Some(result));
 }
 
 /// GETs `path` from `authority` over a fresh HTTP/1.1 connection: the status and the body
@@ -591,7 +644,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Router
     }
 }
 
-async fn respond(state: &RouterState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+async fn respond(state: &Arc<RouterState>, method: &Method, path: &str) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
     }
@@ -720,7 +773,7 @@ async fn dns_loop(socket: Arc<UdpSocket>, state: Arc<RouterState>) -> io::Result
 
 /// The answer to one DNS packet, or `None` to drop it (unparseable without an id, or a
 /// response).
-async fn dns_answer(state: &RouterState, packet: &[u8]) -> Option<Vec<u8>> {
+async fn dns_answer(state: &Arc<RouterState>, packet: &[u8]) -> Option<Vec<u8>> {
     let request = match Message::from_vec(packet) {
         Ok(m) => m,
         Err(_) if packet.len() >= 2 => {

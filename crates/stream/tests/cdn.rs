@@ -631,3 +631,57 @@ async fn a_router_pointed_straight_at_an_origin_routes_viewers_and_lookups() {
     let ips: Vec<String> = a.answers().iter().map(|r| r.data().to_string()).collect();
     assert_eq!(ips, ["127.0.0.1"]);
 }
+
+/// A stand-in edge that answers `/health` at once and any other path with the test manifest
+/// after `delay`, counting those manifest requests.
+async fn slow_manifest_edge(delay: Duration) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = if got.starts_with(b"GET /health ") {
+                    "{}"
+                } else {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    MANIFEST
+                };
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_first_viewers_cost_one_manifest_fetch() {
+    let (edge, manifest_requests) = slow_manifest_edge(Duration::from_millis(300)).await;
+    let spec = EdgeSpec { name: "e".into(), url: format!("http://{edge}") };
+    let (router, _) = start_router(vec![spec], Duration::from_secs(60), false).await;
+    let viewers: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(async move { get(router, "/play/movie1/manifest.mpd").await }))
+        .collect();
+    for v in viewers {
+        let r = v.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(base_urls(&r.body), [format!("http://{edge}/movie1/")]);
+    }
+    assert_eq!(manifest_requests.load(Ordering::SeqCst), 1, "one fetch for 20 viewers");
+    let s = status(router).await;
+    assert_eq!((s.edges[0].load, s.manifest_fetches), (20, 1));
+}
