@@ -9,6 +9,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use crossterm::{cursor, execute, queue, style, terminal};
+use overlay::chat::inert::inert;
 use overlay::chat::{ChatEvent, Command, Via};
 use tokio::sync::mpsc;
 
@@ -57,8 +58,11 @@ struct Screen {
 }
 
 impl Screen {
+    /// Adds a line to the scrollback. The service already makes peers' text inert; doing it
+    /// again here (it changes nothing in inert text) keeps any string that reaches the screen
+    /// from driving the terminal.
     fn push(&mut self, line: String) {
-        self.lines.push(line);
+        self.lines.push(inert(&line));
         if self.lines.len() > SCROLLBACK {
             self.lines.drain(..self.lines.len() - SCROLLBACK);
         }
@@ -276,6 +280,10 @@ mod tests {
             Some("! cannot join #full: this node already follows 63 rooms, the most it can")
         );
         s.input = "/join rust".into();
+        // Whatever reaches the scrollback cannot drive the terminal.
+        s.on_event(ChatEvent::Error { text: "\u{1b}]52;c;eA==\u{7} \u{9b}2J \u{202e}x".into() });
+        let last = s.lines.last().expect("a line");
+        assert!(!last.chars().any(|c| c.is_control() || c == '\u{202e}'), "{last:?}");
         assert!(s.enter(&tx).await.expect("sent"));
         s.on_event(ChatEvent::Info { text: "joined #rust".into() });
         assert_eq!(s.room, "rust");
