@@ -280,12 +280,17 @@ mod tests {
             Some("! cannot join #full: this node already follows 63 rooms, the most it can")
         );
         s.input = "/join rust".into();
-        // Whatever reaches the scrollback cannot drive the terminal.
-        s.on_event(ChatEvent::Error { text: "\u{1b}]52;c;eA==\u{7} \u{9b}2J \u{202e}x".into() });
-        let last = s.lines.last().expect("a line");
-        assert!(!last.chars().any(|c| c.is_control() || c == '\u{202e}'), "{last:?}");
         assert!(s.enter(&tx).await.expect("sent"));
         s.on_event(ChatEvent::Info { text: "joined #rust".into() });
         assert_eq!(s.room, "rust");
+    }
+
+    /// Issue 9 item 14: nothing printed to the scrollback drives the terminal.
+    #[test]
+    fn scrollback_lines_cannot_drive_the_terminal() {
+        let mut s = screen();
+        s.on_event(ChatEvent::Error { text: "\u{1b}]52;c;eA==\u{7} \u{9b}2J \u{202e}x".into() });
+        let last = s.lines.last().expect("a line");
+        assert!(!last.chars().any(|c| c.is_control() || c == '\u{202e}'), "{last:?}");
     }
 }
