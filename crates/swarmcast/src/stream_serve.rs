@@ -36,6 +36,9 @@ pub struct EdgeArgs {
     /// The edge's name in /health (default: edge-PORT).
     #[arg(long)]
     name: Option<String>,
+    /// Most origin fetches running at once; further misses wait their turn.
+    #[arg(long, default_value_t = stream::edge::DEFAULT_MAX_ORIGIN_FETCHES)]
+    max_origin_fetches: usize,
 }
 
 /// `stream router`.
@@ -47,7 +50,8 @@ pub struct RouterArgs {
     /// Also answer DNS for zone cdn.test on this UDP address.
     #[arg(long)]
     dns: Option<SocketAddr>,
-    /// An edge as NAME=URL (repeat; the URL's host must be an IPv4 address with --dns).
+    /// An edge as NAME=URL (repeat; the URL's host must be an IPv4 address with --dns). An
+    /// origin's URL works too: it answers the health probes like an edge.
     #[arg(long = "edge", required = true)]
     edges: Vec<stream::router::EdgeSpec>,
     /// Time between health probes of every edge (e.g. 1s, 500ms).
@@ -208,7 +212,9 @@ fn parse_size(s: &str) -> Result<u64> {
 async fn edge_cmd(a: EdgeArgs) -> Result<()> {
     use stream::edge::{EdgeConfig, EdgeServer};
     let name = a.name.unwrap_or_else(|| format!("edge-{}", a.listen.port()));
-    let config = EdgeConfig::new(a.origin.clone(), parse_size(&a.cache_size)?, name.clone());
+    let mut config = EdgeConfig::new(a.origin.clone(), parse_size(&a.cache_size)?, name.clone());
+    anyhow::ensure!(a.max_origin_fetches > 0, "--max-origin-fetches must be at least 1");
+    config.max_origin_fetches = a.max_origin_fetches;
     let server = EdgeServer::bind(a.listen, config).await?;
     eprintln!(
         "edge {name}: caching {} on http://{} (Ctrl-C to stop)",
