@@ -68,6 +68,8 @@ const SMALL_PACKET: u16 = 128;
 const SMALL_PACKET_RATE_BITS: u64 = 50_000_000;
 /// How long a node may take to print that it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Environment variable naming a folder where each node's whole stderr is kept.
+pub const LOG_DIR_ENV: &str = "SWARMCAST_LAB_LOG_DIR";
 /// Lines of a node's stderr kept for error messages.
 const LOG_TAIL: usize = 20;
 /// The leecher's stderr line that marks completion (see `swarmcast get`).
@@ -410,6 +412,13 @@ fn node_addr(k: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, (h >> 8) as u8, (h & 0xff) as u8)
 }
 
+/// The MAC address of node k's interface (locally administered, from the same number as its
+/// IP address).
+fn node_mac(k: usize) -> String {
+    let h = k + 1;
+    format!("02:77:00:00:{:02x}:{:02x}", (h >> 8) & 0xff, h & 0xff)
+}
+
 /// The hub-side interface of node k's veth.
 fn hub_dev(k: usize) -> String {
     format!("sc-p{k}")
@@ -582,8 +591,9 @@ impl Testbed {
         for &k in &ks {
             let dev = hub_dev(k);
             hub_script.push_str(&format!(
-                "link add {dev} type veth peer name {NODE_DEV} netns {}\n\
+                "link add {dev} type veth peer name {NODE_DEV} address {} netns {}\n\
                  link set {dev} master {BRIDGE} up\n",
+                node_mac(k),
                 self.ns(k)
             ));
         }
@@ -593,10 +603,22 @@ impl Testbed {
         let mut hub_tc = String::new();
         for &k in &ks {
             let ns = self.ns(k);
-            let script = format!(
+            let mut script = format!(
                 "link set lo up\naddr add {}/16 dev {NODE_DEV}\nlink set {NODE_DEV} up\n",
                 node_addr(k)
             );
+            // Static neighbours instead of ARP: the kernel's ARP table is shared by every
+            // namespace and holds gc_thresh3 = 1,024 learned entries by default, which a mesh of
+            // N = 50 (2,600 pairs) overflows ("neighbour: arp_cache: neighbor table overflow!"
+            // in dmesg): the late nodes could then reach no one, not even the tracker, and the
+            // run stalled. Permanent entries are not counted against that limit.
+            for &other in ks.iter().filter(|&&o| o != k) {
+                script.push_str(&format!(
+                    "neigh replace {} lladdr {} dev {NODE_DEV} nud permanent\n",
+                    node_addr(other),
+                    node_mac(other)
+                ));
+            }
             batch("ip", Some(&ns), &script, false)?;
             let (up, down) = shaping.get(&k).copied().unwrap_or((None, None));
             if let Some(up) = up {
@@ -635,9 +657,16 @@ impl Testbed {
         let log = Arc::new(Mutex::new(NodeLog { ready: ready.is_none(), ..NodeLog::default() }));
         if let Some(stderr) = child.stderr.take() {
             let log = Arc::clone(&log);
+            // For diagnosis: SWARMCAST_LAB_LOG_DIR=DIR keeps each node's whole stderr in
+            // DIR/NAME.log (with SWARMCAST_LOG=debug, the nodes' protocol logs).
+            let copy = std::env::var_os(LOG_DIR_ENV).and_then(|dir| {
+                let file =
+                    std::path::Path::new(&dir).join(format!("{}.log", name.replace(' ', "-")));
+                std::fs::File::create(file).ok()
+            });
             let reader = std::thread::Builder::new()
                 .name(format!("netns-{name}"))
-                .spawn(move || read_log(stderr, &log, ready));
+                .spawn(move || read_log(stderr, &log, ready, copy));
             if let Err(source) = reader {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -763,9 +792,20 @@ impl Drop for Testbed {
 }
 
 /// Reads a node's stderr until it closes, noting readiness, progress and completion.
-fn read_log(stderr: impl io::Read, log: &Mutex<NodeLog>, ready: Option<&str>) {
+fn read_log(
+    stderr: impl io::Read,
+    log: &Mutex<NodeLog>,
+    ready: Option<&str>,
+    mut copy: Option<std::fs::File>,
+) {
     for line in BufReader::new(stderr).lines() {
         let Ok(line) = line else { break };
+        if let Some(f) = copy.as_mut() {
+            use std::io::Write;
+            if writeln!(f, "{line}").is_err() {
+                copy = None;
+            }
+        }
         let now = Instant::now();
         let mut log = lock(log);
         if ready.is_some_and(|r| line.contains(r)) {
