@@ -405,6 +405,86 @@ mod tests {
         assert_eq!(open(topic, &v.raw), Ok(v));
     }
 
+    /// What fuzz/fuzz_targets/overlay_wire.rs asserts, run in every `cargo test` on random
+    /// mutations of valid inputs (flipped, inserted, deleted bytes, and a byte re-written as an
+    /// over-long varint): whatever is accepted is canonical, `encode(decode(x)) == x`.
+    #[test]
+    fn accepted_inputs_are_canonical_under_random_mutation() {
+        use crate::driver::Peer;
+        use crate::proto::hyparview;
+        use crate::proto::node::Wire;
+        use crate::proto::plumtree;
+
+        let (ann, bob) = (ident(1), ident(2));
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let room = seal(&ann, room_msg(&ann, "hello"));
+        let plain = DirectPlain { nick: "ann".into(), text: "hi".into() };
+        let dm = seal_direct(&ann, bob.id(), &plain, 7, rng.random()).expect("valid recipient");
+        let presence =
+            seal(&ann, Content::Presence { author: ann.id(), nick: "ann".into(), sent_ms: 300 });
+        let peer = Peer { id: ann.id(), addr: "127.0.0.1:4500".parse().expect("addr") };
+        let frames: Vec<Wire<Peer>> = vec![
+            Wire::Gossip {
+                topic: room_topic("general"),
+                msg: plumtree::Message::Gossip { id: room.id, payload: room.raw.clone(), round: 3 },
+            },
+            Wire::Gossip {
+                topic: directory_topic(),
+                msg: plumtree::Message::IHave(vec![(dm.id, 1), (presence.id, 200)]),
+            },
+            Wire::Membership(hyparview::Message::Shuffle {
+                origin: peer,
+                ttl: 5,
+                nodes: vec![peer, peer],
+            }),
+            Wire::Direct(vec![1, 2, 3]),
+        ];
+        let syncs = [
+            Sync::Request { topic: directory_topic(), since_ms: 1 << 40, have: vec![room.id] },
+            Sync::Reply { topic: directory_topic(), messages: vec![dm.raw.clone()], more: true },
+        ];
+        let mut seeds: Vec<Vec<u8>> =
+            frames.iter().map(|f| wire::encode(f).expect("small frame")).collect();
+        seeds.extend([room.raw.clone(), dm.raw.clone(), presence.raw.clone()]);
+        seeds.extend(syncs.iter().map(|s| postcard::to_allocvec(s).expect("encodes")));
+
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let mut x = seeds[rng.random_range(0..seeds.len())].clone();
+            for _ in 0..rng.random_range(1..=2) {
+                let i = rng.random_range(0..x.len());
+                match rng.random_range(0..4) {
+                    0 => x[i] ^= 1 << rng.random_range(0..8),
+                    1 => x.insert(i, rng.random()),
+                    2 => {
+                        x.remove(i);
+                    }
+                    _ if x[i] < 0x80 => x.splice(i..=i, [x[i] | 0x80, 0]).for_each(drop),
+                    _ => {}
+                }
+                if x.is_empty() {
+                    x.push(0);
+                }
+            }
+            if let Ok(msg) = wire::decode::<Wire<Peer>>(&x) {
+                accepted += 1;
+                assert_eq!(wire::encode(&msg).expect("re-encodes"), x);
+            }
+            if let Ok(v) = open(directory_topic(), &x).or_else(|_| open(room_topic("general"), &x))
+            {
+                accepted += 1;
+                let signed: Signed = postcard::from_bytes(&x).expect("open decoded it");
+                assert_eq!(postcard::to_allocvec(&signed).expect("encodes"), x);
+                assert_eq!(postcard::to_allocvec(&v.content).expect("encodes"), signed.content);
+            }
+            if let Ok(sync) = wire::from_canonical::<Sync>(&x) {
+                accepted += 1;
+                assert_eq!(postcard::to_allocvec(&sync).expect("encodes"), x);
+            }
+        }
+        assert!(accepted > 100, "the mutations exercise the accepting paths ({accepted})");
+    }
+
     #[test]
     fn direct_message_opens_for_recipient_only() {
         let (ann, bob, eve) = (ident(1), ident(2), ident(3));
