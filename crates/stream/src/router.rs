@@ -33,12 +33,15 @@
 //! default, the time a player needs to come back for its manifest and to be counted again).
 //! A viewer's load is therefore "recent placements", known to the router without any report
 //! from the edges; the bound `c` holds over the leases alive at each placement. At most
-//! [`MAX_LEASES`] leases are kept; past that the oldest lease ends early.
+//! [`MAX_LEASES`] leases are kept; past that the oldest lease ends early. One source address
+//! holds at most [`MAX_LEASES_PER_SOURCE`] live leases: past that its viewers are still served
+//! (on the edge the next viewer would get) but not counted, so one client fetching manifests
+//! in a loop cannot push everyone else off their edges.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -83,8 +86,11 @@ pub const MANIFEST_TTL: Duration = Duration::from_secs(10);
 pub const MAX_CACHED_MANIFESTS: usize = 1024;
 /// Most bytes of cached manifests.
 pub const MAX_CACHED_MANIFEST_BYTES: usize = 64 * 1024 * 1024;
-/// Most viewer leases kept (16 bytes each); past it the oldest ends early.
+/// Most viewer leases kept (40 bytes each, plus one per-source counter per source); past it
+/// the oldest ends early.
 pub const MAX_LEASES: usize = 100_000;
+/// Most live leases of one source address; past it its viewers are served but not counted.
+pub const MAX_LEASES_PER_SOURCE: u32 = 64;
 
 /// One edge given on the command line as `NAME=URL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,8 +202,9 @@ struct EdgeTarget {
 struct RouterState {
     edges: Vec<EdgeTarget>,
     placement: Mutex<Placement>,
-    /// (expiry, edge) of every live placement, oldest first (all leases have the same TTL).
-    leases: Mutex<VecDeque<(Instant, usize)>>,
+    /// Every live placement, oldest first (all leases have the same TTL), and the live leases
+    /// of each source address (entries only for addresses with some).
+    leases: Mutex<Leases>,
     manifests: Mutex<ManifestCache>,
     /// Movie → the result of the manifest fetch in progress for it (`None` until it ends):
     /// concurrent misses of one movie wait for one fetch. At most one entry per request being
@@ -259,6 +266,27 @@ impl ManifestCache {
         if let Some(e) = self.entries.remove(movie) {
             self.by_age.remove(&e.seq);
             self.bytes -= e.body.as_ref().map_or(0, Bytes::len);
+        }
+    }
+}
+
+/// Viewer leases: (expiry, edge, source) oldest first, and live leases per source.
+#[derive(Debug, Default)]
+struct Leases {
+    queue: VecDeque<(Instant, usize, IpAddr)>,
+    per_source: HashMap<IpAddr, u32>,
+}
+
+impl Leases {
+    /// Ends the oldest lease, releasing its edge in `placement`.
+    fn pop(&mut self, placement: &mut Placement) {
+        let Some((_, edge, source)) = self.queue.pop_front() else { return };
+        placement.release(edge);
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
         }
     }
 }
@@ -335,7 +363,7 @@ impl RouterServer {
         let state = Arc::new(RouterState {
             placement: Mutex::new(Placement::new(&names, config.balance)),
             edges,
-            leases: Mutex::new(VecDeque::new()),
+            leases: Mutex::new(Leases::default()),
             manifests: Mutex::new(ManifestCache::default()),
             fetching: Mutex::new(HashMap::new()),
             probe_rounds: AtomicU64::new(0),
@@ -403,27 +431,34 @@ fn valid_movie(movie: &str) -> bool {
 }
 
 impl RouterState {
-    /// Places a viewer of `movie` (expiring old leases first; past [`MAX_LEASES`], the oldest
-    /// lease ends early).
-    fn place(&self, movie: &str) -> Option<Vec<usize>> {
+    /// Places a viewer of `movie` from `source` (expiring old leases first; past
+    /// [`MAX_LEASES`], the oldest lease ends early). A source at [`MAX_LEASES_PER_SOURCE`] gets
+    /// the edge the next viewer would get, uncounted.
+    fn place(&self, movie: &str, source: IpAddr) -> Option<Vec<usize>> {
         let now = Instant::now();
         let mut placement = lock(&self.placement);
         let mut leases = lock(&self.leases);
-        while leases.front().is_some_and(|&(expiry, _)| expiry <= now || leases.len() >= MAX_LEASES)
+        while leases
+            .queue
+            .front()
+            .is_some_and(|&(expiry, _, _)| expiry <= now || leases.queue.len() >= MAX_LEASES)
         {
-            if let Some((_, edge)) = leases.pop_front() {
-                placement.release(edge);
-            }
+            leases.pop(&mut placement);
+        }
+        let held = leases.per_source.get(&source).copied().unwrap_or(0);
+        if held >= MAX_LEASES_PER_SOURCE {
+            return placement.choose(movie);
         }
         let order = placement.place(movie)?;
-        leases.push_back((now + self.config.viewer_ttl, order[0]));
+        leases.queue.push_back((now + self.config.viewer_ttl, order[0], source));
+        *leases.per_source.entry(source).or_default() += 1;
         Some(order)
     }
 
-    /// Places a viewer of `movie` and hands it the movie's manifest.
-    async fn route(self: &Arc<Self>, movie: &str) -> Result<Routed, RouteError> {
+    /// Places a viewer of `movie` from `source` and hands it the movie's manifest.
+    async fn route(self: &Arc<Self>, movie: &str, source: IpAddr) -> Result<Routed, RouteError> {
         let manifest = self.manifest(movie).await?;
-        let order = self.place(movie).ok_or(RouteError::NoEdge)?;
+        let order = self.place(movie, source).ok_or(RouteError::NoEdge)?;
         Ok(Routed { order, manifest })
     }
 
@@ -631,7 +666,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Router
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         async move {
-            let response = respond(&state, req.method(), req.uri().path()).await;
+            let source = peer.ip().to_canonical();
+            let response = respond(&state, req.method(), req.uri().path(), source).await;
             tracing::debug!(%peer, path = req.uri().path(), status = response.status().as_u16(),
                 "request");
             Ok::<_, Infallible>(response)
@@ -644,7 +680,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Router
     }
 }
 
-async fn respond(state: &Arc<RouterState>, method: &Method, path: &str) -> Response<Full<Bytes>> {
+async fn respond(
+    state: &Arc<RouterState>,
+    method: &Method,
+    path: &str,
+    source: IpAddr,
+) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
     }
@@ -660,11 +701,11 @@ async fn respond(state: &Arc<RouterState>, method: &Method, path: &str) -> Respo
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             cors(r)
         }
-        ["play", movie, "manifest.mpd"] => match state.route(movie).await {
+        ["play", movie, "manifest.mpd"] => match state.route(movie, source).await {
             Ok(routed) => play_response(state, movie, routed),
             Err(e) => route_error(e),
         },
-        ["route", movie] => match state.route(movie).await {
+        ["route", movie] => match state.route(movie, source).await {
             Ok(routed) => {
                 let edge = &state.edges[routed.order[0]];
                 let location = format!("{}/{movie}/manifest.mpd", edge.url);

@@ -685,3 +685,17 @@ async fn twenty_concurrent_first_viewers_cost_one_manifest_fetch() {
     let s = status(router).await;
     assert_eq!((s.edges[0].load, s.manifest_fetches), (20, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_fetching_manifests_in_a_loop_counts_as_at_most_64_viewers() {
+    let (origin, _dir) = start_origin(1, 100).await;
+    let edges = start_edges(origin).await;
+    let (router, _) = start_router(specs(&edges), Duration::from_secs(60), false).await;
+    for _ in 0..200 {
+        let r = get(router, "/play/movie1/manifest.mpd").await;
+        assert_eq!(r.status, 200, "every request is still answered");
+        assert_eq!(base_urls(&r.body).len(), 3);
+    }
+    let s = status(router).await;
+    assert_eq!(s.edges.iter().map(|e| e.load).sum::<u32>(), 64, "{:?}", s.edges);
+}
