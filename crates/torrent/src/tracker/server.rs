@@ -20,7 +20,9 @@
 //!   per address in one swarm (the address's least recently seen peer in that swarm is replaced,
 //!   so a client that changed port is remembered at once); `max_peers_per_torrent` per swarm
 //!   (not remembered); `max_torrents` swarms (the announce is refused). "Address" is the IPv4
-//!   address or the IPv6 /64, since one host holds a whole /64.
+//!   address or the IPv6 /64, since one host holds a whole /64. Loopback sources are exempt
+//!   from the per-address caps unless `cap_loopback` is set: labs, demos and tests run many
+//!   clients on 127.0.0.1, and no remote host can send from a loopback address.
 //! - Cost: an announce is O(numwant + log P) for P stored peers, plus the deletions it pays
 //!   for: seeders and leechers are counted as peers come and go, and the peers returned are a
 //!   uniform sample of the swarm's (family's) slots, never a scan of the swarm.
@@ -83,6 +85,8 @@ pub struct TrackerConfig {
     /// Most peers remembered from one address in one torrent (ports, i.e. clients behind one
     /// NAT); past it the address's least recently seen peer in that torrent is replaced.
     pub max_peers_per_ip_per_torrent: usize,
+    /// Apply the per-address caps to loopback sources too.
+    pub cap_loopback: bool,
 }
 
 impl Default for TrackerConfig {
@@ -97,6 +101,7 @@ impl Default for TrackerConfig {
             max_peers: 250_000,
             max_peers_per_ip: 1024,
             max_peers_per_ip_per_torrent: 8,
+            cap_loopback: false,
         }
     }
 }
@@ -553,23 +558,25 @@ impl Swarms {
     /// A new peer: stored if the caps allow (see the module docs for each cap's policy).
     fn store(&mut self, now: Instant, a: &PeerAnnounce, seeder: bool) {
         let bucket = ip_bucket(a.addr.ip());
+        let per_ip_caps = self.config.cap_loopback || !a.addr.ip().is_loopback();
         // At its cap in this swarm, an address replaces its own least recently seen peer.
-        let own_oldest = self.torrents.get(&a.info_hash).and_then(|swarm| {
-            let mine = swarm.by_ip.get(&bucket)?;
-            if mine.len() < self.config.max_peers_per_ip_per_torrent {
-                return None;
-            }
-            mine.iter().copied().min_by_key(|addr| swarm.slot(addr).map(|s| s.seen))
-        });
+        let own_oldest =
+            self.torrents.get(&a.info_hash).filter(|_| per_ip_caps).and_then(|swarm| {
+                let mine = swarm.by_ip.get(&bucket)?;
+                if mine.len() < self.config.max_peers_per_ip_per_torrent {
+                    return None;
+                }
+                mine.iter().copied().min_by_key(|addr| swarm.slot(addr).map(|s| s.seen))
+            });
         if let Some(oldest) = own_oldest {
             self.remove_peer(&a.info_hash, &oldest);
-        } else if self.config.max_peers_per_ip_per_torrent == 0 {
+        } else if per_ip_caps && self.config.max_peers_per_ip_per_torrent == 0 {
             return;
         }
         let swarm_len = self.torrents.get(&a.info_hash).map_or(0, Swarm::len);
         let from_ip = self.per_ip.get(&bucket).copied().unwrap_or(0) as usize;
         if self.expiry.len() >= self.config.max_peers
-            || from_ip >= self.config.max_peers_per_ip
+            || (per_ip_caps && from_ip >= self.config.max_peers_per_ip)
             || swarm_len >= self.config.max_peers_per_torrent
         {
             tracing::debug!(info_hash = %a.info_hash, addr = %a.addr, "peer caps full, not remembering peer");
@@ -1289,9 +1296,9 @@ mod tests {
 
     #[tokio::test]
     async fn over_http_one_address_with_a_thousand_ports_fills_eight_slots() {
-        let server = TrackerServer::bind("127.0.0.1:0".parse().unwrap(), TrackerConfig::default())
-            .await
-            .unwrap();
+        // Loopback is exempt by default (local labs); this tracker counts it like anyone.
+        let config = TrackerConfig { cap_loopback: true, ..TrackerConfig::default() };
+        let server = TrackerServer::bind("127.0.0.1:0".parse().unwrap(), config).await.unwrap();
         let tracker = server.local_addr();
         let _task = tokio::spawn(server.run());
         for port in 1..=1000 {
@@ -1302,5 +1309,19 @@ mod tests {
         let mut ports: Vec<u16> = last.peers.iter().map(SocketAddr::port).collect();
         ports.sort_unstable();
         assert_eq!(ports, (994..=1000).collect::<Vec<u16>>(), "the newest, the asker excluded");
+    }
+
+    #[test]
+    fn loopback_sources_are_exempt_from_the_per_address_caps_by_default() {
+        let t = Instant::now();
+        for (cap_loopback, stored) in [(false, 50), (true, 8)] {
+            let mut s = swarms(TrackerConfig { cap_loopback, ..TrackerConfig::default() });
+            for port in 1..=50 {
+                let mut a = ann(1, port, Some(1), Event::Started);
+                a.addr = SocketAddr::from(([127, 0, 0, 1], port));
+                s.announce(t, &a, PeerFamily::Any).unwrap();
+            }
+            assert_eq!(s.peer_count(), stored, "cap_loopback {cap_loopback}");
+        }
     }
 }
