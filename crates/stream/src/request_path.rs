@@ -175,4 +175,30 @@ mod tests {
         assert_eq!(p.segments().collect::<Vec<_>>(), ["movie 1", "manifest.mpd"]);
         assert_eq!(RequestPath::from_segments(["a/..", "b"]), Err(PathError::ForbiddenSegment));
     }
+
+    #[test]
+    fn random_paths_are_refused_or_canonical() {
+        use rand::{Rng, SeedableRng};
+        let alphabet: Vec<&str> = vec![
+            "/", "//", "a", "é", ".", "..", "%", "%2e", "%2F", "%2f", "%5c", "%00", "%61", "%ff",
+            "%C3%A9", "~", ":", " ", "%25",
+        ];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for _ in 0..20_000 {
+            let n = rng.random_range(0..12);
+            let raw: String =
+                (0..n).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect();
+            let Ok(p) = RequestPath::parse(&raw) else { continue };
+            assert!(
+                p.segments().all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\\')),
+                "{raw:?}"
+            );
+            assert_eq!(RequestPath::parse(&p.to_uri_path()), Ok(p.clone()), "{raw:?}");
+            assert_eq!(
+                RequestPath::parse(p.as_str().replace('%', "%25").as_str()),
+                Ok(p),
+                "{raw:?}"
+            );
+        }
+    }
 }
