@@ -328,6 +328,9 @@ impl DownloadState {
             let path = path.to_path_buf();
             move |e: rustix::io::Errno| StorageError::Io { path, source: e.into() }
         };
+        // The target folder itself is the user's choice: made if missing, followed if a link.
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StorageError::Io { path: dir.to_path_buf(), source })?;
         let dir_fd = rustix::fs::open(
             dir,
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -606,6 +609,16 @@ mod tests {
         // From now on it is ours: a plain restart (resume) opens it and finds the piece.
         let s = Storage::open(&info, dir.path(), Mode::ReadWrite).unwrap();
         assert!(s.check_existing(|_, _| {}).unwrap().is_full());
+    }
+
+    #[test]
+    fn a_missing_target_folder_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("new/deeper");
+        let (info, all) = info_for(&[("a", &[7; 40])], 16);
+        let s = Storage::open(&info, &target, Mode::ReadWrite).unwrap();
+        s.write(0, 0, &all[..16]).unwrap();
+        assert!(target.join("multi/a").is_file());
     }
 
     #[test]

@@ -51,6 +51,10 @@ const MAX_SERVED_BLOCK: u32 = 128 * 1024;
 pub const MAX_CANDIDATES: usize = 2_000;
 /// Most incoming connections in their handshake at once; more are closed at once.
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Seconds of a peer's download rate kept in requests in flight.
+const REQUEST_QUEUE_SECS: f64 = 0.5;
+/// Fewest requests kept in flight to an unchoking peer.
+const MIN_PIPELINE: usize = 4;
 
 /// How a session behaves.
 #[derive(Clone, Debug)]
@@ -1146,9 +1150,9 @@ impl Torrent {
             // Keep about half a second of the peer's rate in flight (4 to 500 blocks): enough to
             // cover a round trip, short enough that the last blocks do not queue behind a slow
             // peer's backlog at the end of the download.
-            let by_rate = (p.down.per_sec * 0.5 / BLOCK_SIZE as f64).ceil() as usize;
+            let by_rate = (p.down.per_sec * REQUEST_QUEUE_SECS / BLOCK_SIZE as f64).ceil() as usize;
             let cap = p.ext.as_ref().and_then(|e| e.reqq).unwrap_or(250).max(1) as usize;
-            p.pipeline = by_rate.clamp(4, 500).min(cap);
+            p.pipeline = by_rate.clamp(MIN_PIPELINE, 500).min(cap);
             if now.duration_since(p.last_msg) > Duration::from_secs(180) {
                 to_drop.push((key, "silent for 3 minutes"));
                 continue;
