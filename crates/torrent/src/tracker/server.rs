@@ -4,9 +4,10 @@
 //! - [`parse_announce_query`]: the pure parser of an HTTP announce's raw query string.
 //! - [`Swarms`]: the peer table. It reads no clock (`now` is an argument) and draws peer
 //!   subsets from the RNG it is given, so it is testable on its own.
-//! - [`TrackerServer`]: the tokio driver; one task serves UDP datagrams and accepts TCP
-//!   connections, each HTTP connection runs in a [`JoinSet`] owned by [`TrackerServer::run`],
-//!   so dropping or aborting `run` stops everything.
+//! - [`TrackerServer`]: the tokio driver; one task serves UDP datagrams and runs the HTTP side
+//!   on the shared [`http_layer::HttpServer`] (its connection cap and timeouts, plus a 60 s
+//!   connection lifetime); every connection lives in a `JoinSet` owned by
+//!   [`TrackerServer::run`], so dropping or aborting `run` stops everything.
 //!
 //! Peer-table invariants:
 //! - A peer is keyed by the address others should dial: the request's source IP (the `ip`
@@ -33,7 +34,6 @@
 //!   (≈ 150 MB) in at most 100,000 swarms (≈ 100 MB).
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::mem::size_of;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -42,24 +42,18 @@ use std::time::{Duration, Instant};
 use bendy::encoding::{Encoder, SingleItemEncoder};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
+use http_layer::{HttpServer, RequestBody, ServerConfig};
 use hyper::{header, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use percent_encoding::percent_decode;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use sha1::{Digest, Sha1};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::task::JoinSet;
+use tokio::net::UdpSocket;
 
 use super::udp::{self, UdpRequest};
 use super::{push_compact_peer, Event};
 use crate::{InfoHash, PeerId};
 
-/// Most HTTP connections served at once; more are closed on accept.
-const MAX_HTTP_CONNECTIONS: usize = 1024;
-/// Time a client gets to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest an HTTP connection (keep-alive included) stays open.
 const HTTP_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// How long a UDP connection id is accepted: its minute and the next one.
@@ -684,7 +678,7 @@ impl Shared {
 
 /// An HTTP and UDP tracker listening on one port number.
 pub struct TrackerServer {
-    tcp: TcpListener,
+    http: HttpServer,
     udp: UdpSocket,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
@@ -695,14 +689,20 @@ impl TrackerServer {
     /// the TCP listener got).
     pub async fn bind(addr: SocketAddr, config: TrackerConfig) -> std::io::Result<TrackerServer> {
         use rand::{Rng, SeedableRng};
-        let tcp = TcpListener::bind(addr).await?;
-        let local_addr = tcp.local_addr()?;
+        // The shared HTTP layer's limits (connection cap, header, idle and body timeouts), and
+        // a bounded lifetime: an announce needs one request, not a long keep-alive.
+        let http_config = ServerConfig {
+            connection_lifetime: Some(HTTP_CONNECTION_LIFETIME),
+            ..ServerConfig::default()
+        };
+        let http = HttpServer::bind(addr, http_config).await?;
+        let local_addr = http.local_addr()?;
         let udp = UdpSocket::bind(local_addr).await?;
         let mut rng = StdRng::from_os_rng();
         let secret = rng.random();
         tracing::info!(%local_addr, "tracker listening on TCP and UDP");
         Ok(TrackerServer {
-            tcp,
+            http,
             udp,
             local_addr,
             shared: Arc::new(Shared {
@@ -720,56 +720,24 @@ impl TrackerServer {
     }
 
     /// Serves until the future is dropped or its task aborted (which also stops every HTTP
-    /// connection, since they live in a `JoinSet` owned here).
+    /// connection: they live in the HTTP layer's `JoinSet`, owned by this future).
     pub async fn run(self) -> std::io::Result<()> {
-        let TrackerServer { tcp, udp, shared, .. } = self;
-        let mut connections = JoinSet::new();
-        let udp_loop = serve_udp(&udp, &shared);
-        tokio::pin!(udp_loop);
-        loop {
-            tokio::select! {
-                () = &mut udp_loop => unreachable!("serve_udp never returns"),
-                accepted = tcp.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        if connections.len() >= MAX_HTTP_CONNECTIONS {
-                            tracing::warn!(%peer, "too many HTTP connections, closing new one");
-                            continue;
-                        }
-                        connections.spawn(serve_http(stream, peer, shared.clone()));
-                    }
-                    Err(e) => {
-                        // Typically out of file descriptors: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        let TrackerServer { http, udp, shared, .. } = self;
+        let handler = {
+            let shared = shared.clone();
+            move |req: Request<RequestBody>, peer: SocketAddr| {
+                let response = handle_http(&shared, &req, peer);
+                async move { response }
             }
+        };
+        tokio::select! {
+            () = serve_udp(&udp, &shared) => unreachable!("serve_udp never returns"),
+            served = http.serve(handler) => served,
         }
     }
 }
 
-/// Serves one HTTP connection.
-async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let response = handle_http(&shared, &req, peer);
-        async move { Ok::<_, Infallible>(response) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    match tokio::time::timeout(HTTP_CONNECTION_LIFETIME, conn).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection error"),
-        Err(_) => tracing::debug!(%peer, "HTTP connection closed after its lifetime"),
-    }
-}
-
-fn handle_http(
-    shared: &Shared,
-    req: &Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+fn handle_http<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
     if req.uri().path() != "/announce" {
         return Response::builder()
             .status(StatusCode::NOT_FOUND)
@@ -1282,7 +1250,7 @@ mod tests {
     /// One HTTP announce from 127.0.0.1 with `port`, over a fresh connection: the parsed reply.
     async fn http_announce(tracker: SocketAddr, port: u16) -> super::super::AnnounceResponse {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = TcpStream::connect(tracker).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(tracker).await.unwrap();
         let query = format!(
             "info_hash=aaaaaaaaaaaaaaaaaaaa&peer_id=bbbbbbbbbbbbbbbbbbbb&port={port}&left=1&compact=1"
         );
