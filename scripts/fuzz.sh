@@ -9,7 +9,7 @@
 #   scripts/fuzz.sh --list             # the target names
 #
 # Targets (fuzz/fuzz_targets/): metainfo, magnet, wire, ext, tracker_http, tracker_udp,
-# announce_query, overlay_wire, mpd, stream_inputs; each file's header says what it feeds and which properties it asserts.
+# announce_query, overlay_wire, mpd, stream_inputs, download_state; each file's header says what it feeds and which properties it asserts.
 #
 # Installs cargo-fuzz if it is missing. Our toolchain is stable, so cargo fuzz's nightly flags
 # (-Zsanitizer=address, ...) are allowed with RUSTC_BOOTSTRAP=1. SANITIZER=none turns ASan off
@@ -23,7 +23,7 @@
 # Logs: fuzz/target/logs/<target>.log. corpus, artifacts and target are git-ignored.
 set -euo pipefail
 
-ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query overlay_wire mpd stream_inputs)
+ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query overlay_wire mpd stream_inputs download_state)
 
 if [[ "${1:-}" == "--list" ]]; then
     printf '%s\n' "${ALL_TARGETS[@]}"
@@ -110,6 +110,9 @@ write_seeds() {
     printf 'bytes=-500' >"$c/stream_inputs/seed-suffix"
     printf '# seconds bps\n5 1000000\n5 150000\n10 800000\n' >"$c/stream_inputs/seed-trace"
     printf '{"points":[{"duration_s":2.5,"bps":3000000}]}' >"$c/stream_inputs/seed-trace-json"
+
+    # download_state: the state file beside a download (magic line, torrent id, one file a line)
+    printf 'swarmcast-download-state 1\n0123456789abcdef0123456789abcdef01234567\nmulti/a\nmulti/sub%%2Fb\n' >"$c/download_state/seed-state"
 
     # magnet
     local hex=c12fe1c06bba254a9dc9f519b335aa7c1367a88a

@@ -301,6 +301,27 @@ fn annotate(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
+/// Reads a state file's bytes: the recorded files if it is a state file of the torrent
+/// `torrent_id`, `None` for anything else (another torrent's, not UTF-8, not a state file).
+pub fn parse_state(bytes: &[u8], torrent_id: &str) -> Option<Vec<String>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut lines = text.lines();
+    if lines.next() != Some(STATE_MAGIC) || lines.next() != Some(torrent_id) {
+        return None;
+    }
+    Some(lines.map(str::to_string).collect())
+}
+
+/// The text of a state file recording `files` for the torrent `torrent_id`.
+pub fn state_text(torrent_id: &str, files: &[String]) -> String {
+    let mut text = format!("{STATE_MAGIC}\n{torrent_id}\n");
+    for k in files {
+        text.push_str(k);
+        text.push('\n');
+    }
+    text
+}
+
 /// A file's components below the target directory (the torrent's folder first when it has one).
 fn relative_components<'a>(info: &'a Info, path: &'a [String]) -> Vec<&'a str> {
     let folder = info.multi_file.then_some(info.name.as_str());
@@ -365,16 +386,15 @@ impl DownloadState {
             }
             Err(e) => return Err(io_at(&state_path)(e)),
         };
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         File::from(fd)
             .take(MAX_STATE_FILE)
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .map_err(|source| StorageError::Io { path: state_path.clone(), source })?;
-        let mut lines = text.lines();
-        if lines.next() != Some(STATE_MAGIC) || lines.next() != Some(state.torrent_id.as_str()) {
+        let Some(ours) = parse_state(&bytes, &state.torrent_id) else {
             return Err(StorageError::ForeignState { path: state_path });
-        }
-        state.ours = lines.map(str::to_string).collect();
+        };
+        state.ours = ours;
         state.on_disk = true;
         Ok(state)
     }
@@ -483,11 +503,7 @@ impl DownloadState {
     /// Writes the state file: created exclusively the first time, later replaced through a
     /// temporary file of ours (so a crash never leaves a half-written record).
     fn save(&mut self) -> io::Result<()> {
-        let mut text = format!("{STATE_MAGIC}\n{}\n", self.torrent_id);
-        for k in &self.ours {
-            text.push_str(k);
-            text.push('\n');
-        }
+        let text = state_text(&self.torrent_id, &self.ours);
         let create =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let perm = Perm::from_raw_mode(0o644);
