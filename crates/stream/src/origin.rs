@@ -15,40 +15,33 @@
 //!   pointed at directly as it probes an edge; a file named `health` at the top of the content
 //!   directory is therefore not served.
 //!
-//! Layout: [`OriginServer`] accepts connections (each runs in a `JoinSet` owned by
-//! [`OriginServer::run`], so dropping `run` stops them all); [`respond`] turns one request
-//! into a response and is what the tests and other servers (edge, router) can reuse.
+//! Layout: [`OriginServer`] serves on the shared [`http_layer::HttpServer`] (its connection cap,
+//! oldest-idle eviction, header, idle and body timeouts; every connection runs in a `JoinSet`
+//! owned by [`OriginServer::run`], so dropping `run` stops them all); [`respond`] turns one
+//! request into a response and is what the tests and other servers (edge, router) can reuse.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming};
+use http_layer::{HttpServer, RequestBody, ServerConfig};
+use hyper::body::{Body, Frame};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 
 use crate::request_path::RequestPath;
 
-/// Most connections served at once; more are closed on accept.
-const MAX_CONNECTIONS: usize = 1024;
-/// Time a client gets to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from a file per body frame.
 const CHUNK: usize = 64 * 1024;
 
 /// A static-file HTTP server over one content directory.
 pub struct OriginServer {
-    listener: TcpListener,
+    http: HttpServer,
     root: Arc<PathBuf>,
     /// Where the web player's dash.js is read from (see [`crate::web`]).
     player_assets: Arc<PathBuf>,
@@ -66,9 +59,9 @@ impl OriginServer {
                 format!("{} is not a directory", dir.display()),
             ));
         }
-        let listener = TcpListener::bind(addr).await?;
+        let http = HttpServer::bind(addr, ServerConfig::default()).await?;
         let player_assets = Arc::new(crate::web::default_assets_dir(None));
-        Ok(OriginServer { listener, root: Arc::new(root), player_assets })
+        Ok(OriginServer { http, root: Arc::new(root), player_assets })
     }
 
     /// Reads the web player's dash.js from `dir` instead of [`crate::web::default_assets_dir`].
@@ -80,7 +73,7 @@ impl OriginServer {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         // A bound listener always has a local address unless the socket is broken.
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.http.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// The canonical content directory.
@@ -88,59 +81,31 @@ impl OriginServer {
         &self.root
     }
 
-    /// Serves until dropped (or an unrecoverable accept error, which it only logs).
+    /// Serves until dropped.
     pub async fn run(self) -> io::Result<()> {
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        if connections.len() >= MAX_CONNECTIONS {
-                            tracing::warn!(%peer, "too many connections, closing new one");
-                            continue;
-                        }
-                        let (root, assets) = (self.root.clone(), self.player_assets.clone());
-                        connections.spawn(serve_connection(stream, peer, root, assets));
-                    }
-                    Err(e) => {
-                        // Typically out of file descriptors: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
+        let OriginServer { http, root, player_assets } = self;
+        http.serve(move |req, peer| answer(req, peer, root.clone(), player_assets.clone())).await
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// The origin's answer to one request: health, the web player's files, or a content file.
+async fn answer(
+    req: Request<RequestBody>,
     peer: SocketAddr,
     root: Arc<PathBuf>,
     assets: Arc<PathBuf>,
-) {
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (root, assets) = (root.clone(), assets.clone());
-        async move {
-            let raw = req.uri().path();
-            let response = match RequestPath::parse(raw) {
-                Ok(path) if path.as_str() == HEALTH_PATH => health_response(req.method()),
-                Ok(path) if crate::web::is_player_path(path.as_str()) => {
-                    crate::web::respond(&root, &assets, req.method(), &path).await
-                }
-                _ => respond(&root, req.method(), raw, req.headers()).await,
-            };
-            tracing::debug!(%peer, method = %req.method(), path = req.uri().path(),
-                status = response.status().as_u16(), "request");
-            Ok::<_, Infallible>(response)
+) -> Response<OriginBody> {
+    let raw = req.uri().path();
+    let response = match RequestPath::parse(raw) {
+        Ok(path) if path.as_str() == HEALTH_PATH => health_response(req.method()),
+        Ok(path) if crate::web::is_player_path(path.as_str()) => {
+            crate::web::respond(&root, &assets, req.method(), &path).await
         }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
-        tracing::debug!(%peer, error = %e, "HTTP connection error");
-    }
+        _ => respond(&root, req.method(), raw, req.headers()).await,
+    };
+    tracing::debug!(%peer, method = %req.method(), path = req.uri().path(),
+        status = response.status().as_u16(), "request");
+    response
 }
 
 /// A response body: a fixed buffer or a byte window of an open file, read in chunks.
