@@ -1,4 +1,5 @@
-//! The CDN edge: an HTTP/1.1 pull-through cache in front of one origin (hyper 1).
+//! The CDN edge: an HTTP/1.1 pull-through cache in front of one origin, served on the shared
+//! [`http_layer::HttpServer`].
 //!
 //! - `GET`/`HEAD` of a path: answered from the byte-bounded [`Lru`] when present, else the
 //!   whole object is fetched from the origin (one fresh HTTP/1.1 connection per fetch), stored
@@ -34,7 +35,6 @@
 //! starts a new fetch).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -44,13 +44,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, Limited};
-use hyper::body::Incoming;
+use http_layer::{HttpServer, RequestBody, ServerConfig};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use crate::cache::{CacheStats, Lru};
 use crate::origin::{
@@ -64,9 +64,8 @@ pub const DEFAULT_MAX_OBJECT: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_ORIGIN_FETCHES: usize = 16;
 /// Time an origin fetch may take, connect to last byte.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time a client gets to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most connections served at once; more are closed on accept.
+/// Most connections served at once (the shared HTTP layer's cap: when full, the oldest idle
+/// connection is closed to make room, and accepting waits while every one is busy).
 pub const MAX_CONNECTIONS: usize = 1024;
 
 /// How an edge is set up.
@@ -183,7 +182,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A pull-through caching HTTP server in front of one origin.
 pub struct EdgeServer {
-    listener: TcpListener,
+    http: HttpServer,
     state: Arc<EdgeState>,
 }
 
@@ -191,8 +190,11 @@ impl EdgeServer {
     /// Binds `addr` (port 0: any free port) to serve `config.origin` through a cache.
     pub async fn bind(addr: SocketAddr, config: EdgeConfig) -> Result<EdgeServer, EdgeError> {
         let origin = parse_origin(&config.origin)?;
-        let listener =
-            TcpListener::bind(addr).await.map_err(|source| EdgeError::Bind { addr, source })?;
+        let http_config =
+            ServerConfig { max_connections: MAX_CONNECTIONS, ..ServerConfig::default() };
+        let http = HttpServer::bind(addr, http_config)
+            .await
+            .map_err(|source| EdgeError::Bind { addr, source })?;
         let state = Arc::new(EdgeState {
             cache: Mutex::new(Lru::new(config.cache_size)),
             fetch_permits: Semaphore::new(config.max_origin_fetches.max(1)),
@@ -203,36 +205,19 @@ impl EdgeServer {
             abandoned_fetches: AtomicU64::new(0),
             active: AtomicU64::new(0),
         });
-        Ok(EdgeServer { listener, state })
+        Ok(EdgeServer { http, state })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         // A bound listener always has a local address unless the socket is broken.
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.http.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Serves until dropped; dropping the future closes every connection.
     pub async fn run(self) -> io::Result<()> {
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        if connections.len() >= MAX_CONNECTIONS {
-                            tracing::warn!(%peer, "too many connections, closing new one");
-                            continue;
-                        }
-                        connections.spawn(serve_connection(stream, peer, self.state.clone()));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
+        let EdgeServer { http, state } = self;
+        http.serve(move |req, peer| answer(req, peer, state.clone())).await
     }
 }
 
@@ -255,21 +240,15 @@ fn parse_origin(url: &str) -> Result<Origin, EdgeError> {
     Ok(Origin { authority, prefix })
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<EdgeState>) {
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
-        async move {
-            let response = respond(&state, req.method(), req.uri().path(), req.headers()).await;
-            tracing::debug!(%peer, method = %req.method(), path = req.uri().path(),
-                status = response.status().as_u16(), "request");
-            Ok::<_, Infallible>(response)
-        }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
-        tracing::debug!(%peer, error = %e, "HTTP connection error");
-    }
+async fn answer(
+    req: Request<RequestBody>,
+    peer: SocketAddr,
+    state: Arc<EdgeState>,
+) -> Response<Full<Bytes>> {
+    let response = respond(&state, req.method(), req.uri().path(), req.headers()).await;
+    tracing::debug!(%peer, method = %req.method(), path = req.uri().path(),
+        status = response.status().as_u16(), "request");
+    response
 }
 
 /// Decrements the active-request count when a request ends, however it ends.
