@@ -1,7 +1,7 @@
 //! The CDN request router: an HTTP/1.1 server (and optionally an authoritative DNS server)
 //! that sends each viewer to an edge by consistent hashing with bounded loads ([`Placement`]).
 //!
-//! HTTP (hyper 1; paths go through the stream servers' one rule, [`RequestPath::parse`]):
+//! HTTP (on the shared [`http_layer::HttpServer`]; paths go through the stream servers' one rule, [`RequestPath::parse`]):
 //! - `GET /play/MOVIE/manifest.mpd`: places one viewer of `MOVIE` and answers the movie's
 //!   manifest (see "Manifests" below) with its `BaseURL`s rewritten ([`mpd::set_base_urls`]) to
 //!   `EDGE_URL/MOVIE/` for every healthy edge in order of preference, the chosen one first, and
@@ -39,7 +39,6 @@
 //! in a loop cannot push everyone else off their edges.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,11 +50,11 @@ use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use http_body_util::{BodyExt, Empty, Full, Limited};
-use hyper::body::Incoming;
+use http_layer::{HttpServer, RequestBody, ServerConfig};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -74,9 +73,7 @@ const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 const MAX_HEALTH_BYTES: usize = 64 * 1024;
 /// Time a manifest fetch through an edge may take.
 const MANIFEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client gets to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most HTTP connections (and DNS queries) handled at once.
+/// Most HTTP connections (the shared HTTP layer's cap) and DNS queries handled at once.
 const MAX_CONCURRENT: usize = 1024;
 /// Longest movie name (a DNS label).
 const MAX_MOVIE_BYTES: usize = 63;
@@ -318,7 +315,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The request router: HTTP, optional DNS, and the health prober.
 pub struct RouterServer {
-    listener: TcpListener,
+    http: HttpServer,
     dns: Option<UdpSocket>,
     state: Arc<RouterState>,
 }
@@ -350,7 +347,9 @@ impl RouterServer {
             }
             edges.push(edge);
         }
-        let listener = TcpListener::bind(http)
+        let http_config =
+            ServerConfig { max_connections: MAX_CONCURRENT, ..ServerConfig::default() };
+        let http_server = HttpServer::bind(http, http_config)
             .await
             .map_err(|source| RouterError::Bind { addr: http, source })?;
         let dns = match dns {
@@ -370,13 +369,13 @@ impl RouterServer {
             manifest_fetches: AtomicU64::new(0),
             config,
         });
-        Ok(RouterServer { listener, dns, state })
+        Ok(RouterServer { http: http_server, dns, state })
     }
 
     /// The HTTP address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         // A bound listener always has a local address unless the socket is broken.
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.http.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// The DNS address actually bound, if serving DNS.
@@ -386,7 +385,7 @@ impl RouterServer {
 
     /// Serves HTTP and DNS and probes the edges until dropped.
     pub async fn run(self) -> io::Result<()> {
-        let RouterServer { listener, dns, state } = self;
+        let RouterServer { http, dns, state } = self;
         let dns_loop = async {
             match dns {
                 Some(socket) => dns_loop(Arc::new(socket), state.clone()).await,
@@ -394,7 +393,7 @@ impl RouterServer {
             }
         };
         tokio::select! {
-            r = http_loop(listener, state.clone()) => r,
+            r = http_loop(http, state.clone()) => r,
             r = dns_loop => r,
             () = probe_loop(state.clone()) => Ok(()),
         }
@@ -640,44 +639,18 @@ async fn probe_loop(state: Arc<RouterState>) {
     }
 }
 
-async fn http_loop(listener: TcpListener, state: Arc<RouterState>) -> io::Result<()> {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if connections.len() >= MAX_CONCURRENT {
-                        tracing::warn!(%peer, "too many connections, closing new one");
-                        continue;
-                    }
-                    connections.spawn(serve_connection(stream, peer, state.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-}
-
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<RouterState>) {
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+async fn http_loop(http: HttpServer, state: Arc<RouterState>) -> io::Result<()> {
+    http.serve(move |req: Request<RequestBody>, peer: SocketAddr| {
         let state = state.clone();
         async move {
             let source = peer.ip().to_canonical();
             let response = respond(&state, req.method(), req.uri().path(), source).await;
             tracing::debug!(%peer, path = req.uri().path(), status = response.status().as_u16(),
                 "request");
-            Ok::<_, Infallible>(response)
+            response
         }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
-        tracing::debug!(%peer, error = %e, "HTTP connection error");
-    }
+    })
+    .await
 }
 
 async fn respond(
