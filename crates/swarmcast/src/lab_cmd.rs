@@ -150,7 +150,7 @@ pub struct LabArgs {
     /// Every leecher's download cap d (default: unlimited).
     #[arg(long, value_parser = parse_size)]
     download_limit: Option<u64>,
-    /// Piece size (power of two, k/M suffixes; default: automatic, 256 KiB for small files).
+    /// Piece size (power of two, k/M suffixes; default: automatic, 64 KiB up to 128 MiB).
     #[arg(long, value_parser = parse_size)]
     piece_size: Option<u64>,
     /// Seed for the file contents and every random choice.
