@@ -9,12 +9,17 @@
 //!   ([`ServerConfig`]). When the server is full, the oldest connection with no request in
 //!   flight is closed to make room, so clients that never finish a request cannot lock out one
 //!   that does.
+//! - `client.rs`: [`HttpClient`], reqwest over rustls with ring (never aws-lc-rs), HTTP/1.1,
+//!   with connect, read and total timeouts, no redirects, no proxy and a response size cap; it
+//!   speaks `https://` as well as `http://`.
 //!
 //! Why hyper and not axum: the servers already are hyper services with their own bodies and
 //! path rules (`stream::request_path`, the origin's Range handling); axum would add a router and
 //! extractors none of them use, and `axum::serve` has no connection cap, header timeout or
 //! eviction, so the accept loop would be ours either way.
 
+mod client;
 mod server;
 
+pub use client::{parse_url, ClientConfig, ClientError, Fetched, HttpClient};
 pub use server::{BodyTimedOut, HttpServer, RequestBody, ServerConfig};

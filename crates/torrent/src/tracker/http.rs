@@ -1,21 +1,21 @@
 //! The HTTP tracker client (BEP 3; compact peers BEP 23; `peers6` BEP 7).
 //!
-//! [`announce_url`] and [`parse_announce_response`] are pure; [`announce`] runs one GET over a
-//! fresh TCP connection with hyper's HTTP/1 client. Redirects are not followed and the body is
-//! capped at [`MAX_RESPONSE_BYTES`].
+//! [`announce_url`] and [`parse_announce_response`] are pure; [`announce_with`] runs one GET
+//! (`http://` or `https://`) on the shared [`http_layer::HttpClient`], which bounds connecting,
+//! each read and the whole exchange, follows no redirect and checks certificates against the
+//! system's trust store. The body is capped at [`MAX_RESPONSE_BYTES`]. [`shared_client`] is the
+//! process's one client for trackers.
 //!
 //! Bencode is read with `bendy`, which insists on sorted dictionary keys and canonical integers
 //! (no `i03e`): a tracker that sends unsorted keys gets a [`TrackerError::Malformed`]. The common
 //! trackers (opentracker, chihaya, ours) sort their keys.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bendy::decoding::{Decoder, Object};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::{header, Request, Uri};
-use hyper_util::rt::TokioIo;
+use http_layer::{ClientConfig, ClientError, HttpClient};
 use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::DEFAULT_INTERVAL;
@@ -138,61 +138,56 @@ pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerE
     Ok(AnnounceResponse { interval, peers, seeders, leechers })
 }
 
-/// Announces over HTTP (no overall timeout here: [`super::announce`] adds the caller's).
+/// The process's one HTTP client for trackers (built on first use).
+pub fn shared_client() -> Result<&'static HttpClient, TrackerError> {
+    static CLIENT: OnceLock<Result<HttpClient, String>> = OnceLock::new();
+    let config = ClientConfig { max_response_bytes: MAX_RESPONSE_BYTES, ..ClientConfig::default() };
+    CLIENT
+        .get_or_init(|| HttpClient::new(config).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| TrackerError::Http(e.clone()))
+}
+
+/// Announces over HTTP or HTTPS with [`shared_client`] (its own timeouts bound the exchange;
+/// [`super::announce`] adds the caller's).
 pub(crate) async fn announce(
     base: &str,
     req: &AnnounceRequest,
 ) -> Result<AnnounceResponse, TrackerError> {
-    let invalid = |reason| TrackerError::InvalidUrl { url: base.to_owned(), reason };
-    let full = announce_url(base, req);
-    let uri: Uri = full.parse().map_err(|_| invalid("not a valid URI"))?;
-    let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
-    // The Host header and the address to dial, without any `user@` part.
-    let host_port =
-        authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, h)| h).to_owned();
-    let host = authority.host();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    announce_with(shared_client()?, base, req).await
+}
 
-    let stream = tokio::net::TcpStream::connect((host, port)).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(|e| TrackerError::Http(e.to_string()))?;
-    // The connection task ends when `sender` is dropped (or on abort below).
-    let conn_task = tokio::spawn(conn);
-    let result = async {
-        let request = Request::get(path)
-            .header(header::HOST, host_port)
-            .header(header::USER_AGENT, "Swarmcast/0.1")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| TrackerError::Http(e.to_string()))?;
-        let response =
-            sender.send_request(request).await.map_err(|e| TrackerError::Http(e.to_string()))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    TrackerError::ResponseTooLarge { limit: MAX_RESPONSE_BYTES }
-                } else {
-                    TrackerError::Http(e.to_string())
-                }
-            })?
-            .to_bytes();
-        match parse_announce_response(&body) {
-            Ok(resp) if status.is_success() => Ok(resp),
-            // Some trackers send their failure reason with a 4xx status.
-            Err(TrackerError::Failure(reason)) => Err(TrackerError::Failure(reason)),
-            _ if !status.is_success() => Err(TrackerError::HttpStatus(status.as_u16())),
-            other => other,
-        }
+/// Announces to the HTTP(S) tracker at `base` with `client`.
+pub async fn announce_with(
+    client: &HttpClient,
+    base: &str,
+    req: &AnnounceRequest,
+) -> Result<AnnounceResponse, TrackerError> {
+    let full = announce_url(base, req);
+    let response = client.get(&full).await.map_err(|e| client_error(base, e))?;
+    let status = response.status();
+    let body =
+        response.bytes_capped(MAX_RESPONSE_BYTES).await.map_err(|e| client_error(base, e))?;
+    match parse_announce_response(&body) {
+        Ok(resp) if status.is_success() => Ok(resp),
+        // Some trackers send their failure reason with a 4xx status.
+        Err(TrackerError::Failure(reason)) => Err(TrackerError::Failure(reason)),
+        _ if !status.is_success() => Err(TrackerError::HttpStatus(status.as_u16())),
+        other => other,
     }
-    .await;
-    conn_task.abort();
-    result
+}
+
+fn client_error(base: &str, e: ClientError) -> TrackerError {
+    use std::io::{Error, ErrorKind};
+    match e {
+        ClientError::InvalidUrl { .. } => {
+            TrackerError::InvalidUrl { url: base.to_owned(), reason: "not a valid http(s) URL" }
+        }
+        ClientError::TooLarge { limit } => TrackerError::ResponseTooLarge { limit },
+        ClientError::Connect(text) => TrackerError::Io(Error::other(text)),
+        ClientError::Timeout(text) => TrackerError::Io(Error::new(ErrorKind::TimedOut, text)),
+        ClientError::Tls(text) | ClientError::Http(text) => TrackerError::Http(text),
+    }
 }
 
 #[cfg(test)]

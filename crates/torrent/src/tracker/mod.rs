@@ -2,7 +2,7 @@
 //!
 //! These are tokio drivers, not sans-IO cores, but every piece that touches outside bytes is a pure
 //! function so it can be fuzzed:
-//! - [`http`]: the HTTP tracker client (BEP 3, compact peers BEP 23, `peers6` BEP 7);
+//! - [`http`]: the HTTP(S) tracker client (BEP 3, compact peers BEP 23, `peers6` BEP 7);
 //!   [`http::announce_url`] builds the request, [`http::parse_announce_response`] reads the answer.
 //! - [`udp`]: the UDP tracker protocol (BEP 15), both directions: request/reply encoders and
 //!   parsers ([`udp::parse_reply`], [`udp::parse_request`]) plus the retransmitting client.
@@ -90,8 +90,10 @@ pub enum TrackerError {
     /// The URL could not be understood.
     #[error("invalid tracker URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: &'static str },
-    /// The URL uses a scheme we do not speak (for example `https` or `wss`).
-    #[error("unsupported tracker URL scheme in {0:?} (only http:// and udp:// are supported)")]
+    /// The URL uses a scheme we do not speak (for example `wss`).
+    #[error(
+        "unsupported tracker URL scheme in {0:?} (only http://, https:// and udp:// are supported)"
+    )]
     Unsupported(String),
     /// The tracker did not answer within the caller's time limit.
     #[error("tracker did not answer within {0:?}")]
@@ -119,8 +121,8 @@ pub enum TrackerError {
     AllFailed { tried: usize, last: Box<TrackerError> },
 }
 
-/// Announces to one tracker URL: `http://` speaks HTTP (BEP 3), `udp://` speaks BEP 15.
-/// `https://` and anything else return [`TrackerError::Unsupported`]. The whole exchange,
+/// Announces to one tracker URL: `http://` and `https://` speak HTTP (BEP 3), `udp://` speaks
+/// BEP 15. Anything else returns [`TrackerError::Unsupported`]. The whole exchange,
 /// name resolution and retransmissions included, is bounded by `timeout`.
 pub async fn announce(
     url: &str,
@@ -130,7 +132,7 @@ pub async fn announce(
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     let fut = async {
         match scheme.as_deref() {
-            Some("http") => http::announce(url, req).await,
+            Some("http" | "https") => http::announce(url, req).await,
             Some("udp") => udp::announce(url, req, udp::SPEC_FIRST_RETRY).await,
             Some(_) => Err(TrackerError::Unsupported(url.to_owned())),
             None => Err(TrackerError::InvalidUrl { url: url.to_owned(), reason: "no scheme" }),
@@ -290,10 +292,6 @@ mod tests {
     async fn unsupported_and_invalid_urls() {
         let req = request(1, 1, 0, Event::None);
         let t = Duration::from_secs(5);
-        assert!(matches!(
-            announce("https://example.invalid/announce", &req, t).await,
-            Err(TrackerError::Unsupported(_))
-        ));
         assert!(matches!(
             announce("wss://example.invalid/announce", &req, t).await,
             Err(TrackerError::Unsupported(_))
