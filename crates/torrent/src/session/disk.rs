@@ -1,6 +1,8 @@
-//! The torrent's disk thread: block writes, piece verification and the final sync run here, off
-//! the async runtime, in the order the torrent task queued them (so a piece is verified only
-//! after its blocks were written, and the sync comes after the last verification).
+//! The torrent's disk thread: block writes and the final sync run here, off the async runtime,
+//! in the order the torrent task queued them. A piece's verification is queued after its blocks,
+//! so when the thread reaches it every block is written; the hashing itself then runs on the
+//! runtime's blocking pool, so pieces are hashed on every core while the thread keeps writing.
+//! The sync is queued only once every piece has verified, so no hashing is left by then.
 //!
 //! The queue is bounded in bytes: while more than [`MAX_QUEUED_WRITE_BYTES`] of blocks wait,
 //! every connection of the torrent stops reading from its socket ([`DiskBacklog::wait`]), as
@@ -74,13 +76,15 @@ pub struct DiskQueue {
 
 impl DiskQueue {
     /// Starts the disk thread for `storage`; results go to `events`.
+    /// Must be called from within the tokio runtime (verification uses its blocking pool).
     pub fn start(storage: Arc<Storage>, events: mpsc::Sender<Event>) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
         let backlog = Arc::new(DiskBacklog::default());
         let shared = backlog.clone();
+        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("swarmcast-disk".into())
-            .spawn(move || run(storage, rx, events, shared))?;
+            .spawn(move || run(storage, rx, events, shared, runtime))?;
         Ok(DiskQueue { tx, backlog })
     }
 
@@ -104,8 +108,8 @@ fn run(
     rx: std::sync::mpsc::Receiver<DiskJob>,
     events: mpsc::Sender<Event>,
     backlog: Arc<DiskBacklog>,
+    runtime: tokio::runtime::Handle,
 ) {
-    let mut buf = Vec::new();
     let mut failed = false;
     while let Ok(job) = rx.recv() {
         let result = match job {
@@ -118,15 +122,14 @@ fn run(
                 r.map(|()| None)
             }
             DiskJob::Verify { .. } | DiskJob::Sync if failed => continue,
-            DiskJob::Verify { piece, blocks } => match storage.verify(piece, &mut buf) {
-                Ok(ok) => {
-                    let digests = (blocks || !ok).then(|| {
-                        buf.chunks(BLOCK_SIZE as usize).map(|b| Sha1::digest(b).into()).collect()
-                    });
-                    Ok(Some(Event::Verified { piece, ok, blocks: digests }))
-                }
-                Err(e) => Err(e),
-            },
+            DiskJob::Verify { piece, blocks } => {
+                let (storage, events) = (storage.clone(), events.clone());
+                runtime.spawn_blocking(move || {
+                    let event = verify(&storage, piece, blocks);
+                    let _ = events.blocking_send(event);
+                });
+                continue;
+            }
             DiskJob::Sync => storage.sync().map(|()| Some(Event::Synced)),
         };
         let event = match result {
@@ -144,5 +147,18 @@ fn run(
         if events.blocking_send(event).is_err() {
             return;
         }
+    }
+}
+
+/// Hashes one piece (and, when asked or when it failed, each of its blocks).
+fn verify(storage: &Storage, piece: u32, blocks: bool) -> Event {
+    let mut buf = Vec::new();
+    match storage.verify(piece, &mut buf) {
+        Ok(ok) => {
+            let digests = (blocks || !ok)
+                .then(|| buf.chunks(BLOCK_SIZE as usize).map(|b| Sha1::digest(b).into()).collect());
+            Event::Verified { piece, ok, blocks: digests }
+        }
+        Err(e) => Event::DiskFailed(e.to_string()),
     }
 }

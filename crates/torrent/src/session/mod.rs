@@ -630,7 +630,8 @@ impl Torrent {
             Event::Verified { piece, ok, blocks } => self.on_verified(piece, ok, blocks),
             Event::DiskFailed(e) => {
                 warn!("disk error, stopping the torrent: {e}");
-                self.fatal = Some(e);
+                // The first failure is the one to report.
+                self.fatal.get_or_insert(e);
             }
             Event::Synced => self.on_synced(),
             Event::Peers(list) => {
