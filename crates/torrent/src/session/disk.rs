@@ -68,9 +68,11 @@ impl DiskBacklog {
     }
 }
 
-/// The sending side of the disk thread's queue.
+/// The sending side of the disk thread's queue. Jobs are gathered and handed over in one batch
+/// per turn of the torrent task ([`DiskQueue::flush`]): one wake-up of the thread, not one a block.
 pub struct DiskQueue {
-    tx: std::sync::mpsc::Sender<DiskJob>,
+    tx: std::sync::mpsc::Sender<Vec<DiskJob>>,
+    pending: Vec<DiskJob>,
     backlog: Arc<DiskBacklog>,
 }
 
@@ -85,7 +87,7 @@ impl DiskQueue {
         std::thread::Builder::new()
             .name("swarmcast-disk".into())
             .spawn(move || run(storage, rx, events, shared, runtime))?;
-        Ok(DiskQueue { tx, backlog })
+        Ok(DiskQueue { tx, pending: Vec::new(), backlog })
     }
 
     /// The backlog the connections watch.
@@ -93,25 +95,34 @@ impl DiskQueue {
         &self.backlog
     }
 
-    /// Queues a job (never blocks; the byte bound is kept by the readers pausing).
-    pub fn push(&self, job: DiskJob) {
+    /// Queues a job for the next [`DiskQueue::flush`] (never blocks; the byte bound is kept by
+    /// the readers pausing).
+    pub fn push(&mut self, job: DiskJob) {
         if let DiskJob::Write { data, .. } = &job {
             self.backlog.bytes.fetch_add(data.len() as u64, Ordering::AcqRel);
         }
-        // The thread only exits once this sender is gone, so sending cannot fail while we live.
-        let _ = self.tx.send(job);
+        self.pending.push(job);
+    }
+
+    /// Hands the queued jobs to the disk thread.
+    pub fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            // The thread only exits once this sender is gone, so sending cannot fail while we
+            // live.
+            let _ = self.tx.send(std::mem::take(&mut self.pending));
+        }
     }
 }
 
 fn run(
     storage: Arc<Storage>,
-    rx: std::sync::mpsc::Receiver<DiskJob>,
+    rx: std::sync::mpsc::Receiver<Vec<DiskJob>>,
     events: mpsc::Sender<Event>,
     backlog: Arc<DiskBacklog>,
     runtime: tokio::runtime::Handle,
 ) {
     let mut failed = false;
-    while let Ok(job) = rx.recv() {
+    for job in rx.iter().flatten() {
         let result = match job {
             DiskJob::Write { piece, offset, data } => {
                 let r = if failed { Ok(()) } else { storage.write(piece, offset, &data) };

@@ -457,6 +457,7 @@ impl Torrent {
         self.spawn_announcer();
         if self.picker.is_complete() {
             self.on_complete();
+            self.disk.flush();
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_tick = Instant::now();
@@ -488,6 +489,7 @@ impl Torrent {
                 }
                 _ = shutdown.changed() => break,
             }
+            self.disk.flush();
             if self.fatal.is_some() {
                 break;
             }

@@ -109,6 +109,8 @@ pub struct PeerCounters {
 /// its requests in flight, ours, and HAVEs); a peer that stops reading while it keeps
 /// requesting fills this up and is disconnected, so it cannot grow our memory.
 pub const MAX_OUTGOING_QUEUE: usize = 8192;
+/// Most block bytes read from storage in one trip to the blocking pool.
+const READ_BATCH_BYTES: usize = 256 * 1024;
 /// A write that makes no progress for this long closes the connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -250,23 +252,48 @@ async fn write_loop(
                 write_all(&mut wr, &out).await?;
                 out.clear();
             }
-            if let Some(b) = blocks.pop_front() {
-                limits.upload.acquire(b.length as usize).await;
+            if !blocks.is_empty() {
+                // Unlimited, a few blocks at a time (one trip to the blocking pool for up to
+                // READ_BATCH_BYTES); under an upload limit one at a time, so no block waits for
+                // tokens that its batch-mates took.
+                let max_batch = if limits.upload.rate().is_none() { READ_BATCH_BYTES } else { 0 };
+                let mut batch = Vec::new();
+                let mut bytes = 0usize;
+                while let Some(b) = blocks.front().copied() {
+                    if !batch.is_empty() && bytes + b.length as usize > max_batch {
+                        break;
+                    }
+                    blocks.pop_front();
+                    limits.upload.acquire(b.length as usize).await;
+                    bytes += b.length as usize;
+                    batch.push(b);
+                }
                 // Off the runtime: a slow disk must not stall other connections' tasks.
                 let st = storage.clone();
-                let data = tokio::task::spawn_blocking(move || {
-                    let mut data = vec![0u8; b.length as usize];
-                    st.read(b.piece, b.offset, &mut data).map(|()| data)
+                let (batch, data) = tokio::task::spawn_blocking(move || {
+                    let mut data = vec![0u8; bytes];
+                    let mut at = 0;
+                    for b in &batch {
+                        let end = at + b.length as usize;
+                        st.read(b.piece, b.offset, &mut data[at..end])?;
+                        at = end;
+                    }
+                    Ok::<_, io::Error>((batch, data))
                 })
                 .await
                 .map_err(|e| WriteStop::Disk(e.to_string()))?
                 .map_err(|e| WriteStop::Disk(e.to_string()))?;
-                out.put_slice(&Message::piece_header(b.piece, b.offset, b.length as usize));
-                out.put_slice(&data);
+                let mut at = 0;
+                for b in &batch {
+                    let end = at + b.length as usize;
+                    out.put_slice(&Message::piece_header(b.piece, b.offset, b.length as usize));
+                    out.put_slice(&data[at..end]);
+                    at = end;
+                }
                 write_all(&mut wr, &out).await?;
                 out.clear();
-                counters.uploaded.fetch_add(b.length as u64, Ordering::Relaxed);
-                limits.stats.uploaded.fetch_add(b.length as u64, Ordering::Relaxed);
+                counters.uploaded.fetch_add(bytes as u64, Ordering::Relaxed);
+                limits.stats.uploaded.fetch_add(bytes as u64, Ordering::Relaxed);
             }
             if !open && blocks.is_empty() {
                 let _ = wr.shutdown().await;
