@@ -4,8 +4,9 @@
 //! are reqwest's `Url`'s business, not ours), bounds connecting, each read and the whole
 //! exchange ([`ClientConfig`]), follows no redirect, uses no proxy, and refuses a body larger
 //! than its cap ([`Fetched::bytes`]). Certificates are checked against the system's trust store
-//! (rustls-platform-verifier) plus any [`ClientConfig::extra_roots`]. Connections to one host
-//! are kept alive and reused.
+//! (rustls-platform-verifier) plus any [`ClientConfig::extra_roots`]. By default every request
+//! opens its own connection ([`ClientConfig::idle_per_host`] is 0): a kept-alive connection can
+//! be closed by its server just as a request is written on it, and the request then fails.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,10 @@ pub struct ClientConfig {
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// The `User-Agent` header.
     pub user_agent: String,
+    /// Idle connections kept per host for reuse (0: a fresh connection per request).
+    pub idle_per_host: usize,
+    /// How long a kept connection may sit idle; keep it below the servers' idle timeout.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -41,6 +46,8 @@ impl Default for ClientConfig {
             max_response_bytes: 8 * 1024 * 1024,
             extra_roots: Vec::new(),
             user_agent: "Swarmcast/0.1".to_owned(),
+            idle_per_host: 0,
+            idle_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -120,6 +127,8 @@ impl HttpClient {
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .timeout(config.total_timeout)
+            .pool_max_idle_per_host(config.idle_per_host)
+            .pool_idle_timeout(config.idle_timeout)
             .user_agent(config.user_agent)
             .build()
             .map_err(|e| ClientError::Tls(e.to_string()))?;

@@ -2,8 +2,8 @@
 //! [`http_layer::HttpServer`].
 //!
 //! - `GET`/`HEAD` of a path: answered from the byte-bounded [`Lru`] when present, else the
-//!   whole object is fetched from the origin (one fresh HTTP/1.1 connection per fetch), stored
-//!   and served. Range requests are answered over the cached bytes with the origin's semantics
+//!   whole object is fetched from the origin (`http://` or `https://`, on the shared
+//!   [`http_layer::HttpClient`]; one fresh connection per fetch), stored and served. Range requests are answered over the cached bytes with the origin's semantics
 //!   ([`parse_range`]: 206 with `Content-Range`, 416 with `bytes */LEN`). MIME types and CORS
 //!   headers are the origin's; `X-Cache: HIT|MISS` tells which way a response went.
 //! - Paths: the stream servers' one rule ([`RequestPath::parse`]) is applied before anything
@@ -43,14 +43,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full, Limited};
-use http_layer::{HttpServer, RequestBody, ServerConfig};
+use http_body_util::Full;
+use http_layer::{ClientConfig, HttpClient, HttpServer, RequestBody, ServerConfig};
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinHandle;
 
 use crate::cache::{CacheStats, Lru};
 use crate::origin::{
@@ -99,14 +96,17 @@ impl EdgeConfig {
 /// Errors setting up an edge.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
-    /// The origin URL is not `http://HOST[:PORT][/PREFIX]`.
-    #[error("origin URL {url:?} is not usable: {reason} (expected http://HOST:PORT)")]
+    /// The origin URL is not `http(s)://HOST[:PORT][/PREFIX]`.
+    #[error("origin URL {url:?} is not usable: {reason} (expected http(s)://HOST:PORT[/PREFIX])")]
     BadOrigin {
         /// The URL given.
         url: String,
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The HTTP client could not be set up (no usable TLS trust store).
+    #[error("HTTP client: {0}")]
+    Client(String),
     /// Binding the listening socket failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -151,18 +151,19 @@ enum Fetched {
     Failed(String),
 }
 
-/// The origin, split once at start-up.
+/// The origin, checked once at start-up.
 #[derive(Debug)]
 struct Origin {
-    /// `HOST:PORT` to dial and send as `Host`.
-    authority: String,
-    /// Path prefix without a trailing slash (`""` for none).
-    prefix: String,
+    /// `SCHEME://HOST:PORT` plus the path prefix, without a trailing slash: an object's URL
+    /// is this followed by its request path.
+    base: String,
 }
 
 struct EdgeState {
     config: EdgeConfig,
     origin: Origin,
+    /// The origin client: its total timeout is [`FETCH_TIMEOUT`], its size cap `max_object`.
+    client: HttpClient,
     cache: Mutex<Lru>,
     /// Path → the sender of the fetch in progress for it (its value is `None` until it ends);
     /// a request joins by subscribing. The fetch task owns a clone and removes the entry.
@@ -190,6 +191,13 @@ impl EdgeServer {
     /// Binds `addr` (port 0: any free port) to serve `config.origin` through a cache.
     pub async fn bind(addr: SocketAddr, config: EdgeConfig) -> Result<EdgeServer, EdgeError> {
         let origin = parse_origin(&config.origin)?;
+        let client = HttpClient::new(ClientConfig {
+            total_timeout: FETCH_TIMEOUT,
+            max_response_bytes: usize::try_from(config.max_object).unwrap_or(usize::MAX),
+            user_agent: "Swarmcast-edge/0.1".to_owned(),
+            ..ClientConfig::default()
+        })
+        .map_err(|e| EdgeError::Client(e.to_string()))?;
         let http_config =
             ServerConfig { max_connections: MAX_CONNECTIONS, ..ServerConfig::default() };
         let http = HttpServer::bind(addr, http_config)
@@ -200,6 +208,7 @@ impl EdgeServer {
             fetch_permits: Semaphore::new(config.max_origin_fetches.max(1)),
             config,
             origin,
+            client,
             inflight: Mutex::new(HashMap::new()),
             origin_fetches: AtomicU64::new(0),
             abandoned_fetches: AtomicU64::new(0),
@@ -223,21 +232,17 @@ impl EdgeServer {
 
 fn parse_origin(url: &str) -> Result<Origin, EdgeError> {
     let bad = |reason| EdgeError::BadOrigin { url: url.to_string(), reason };
-    let uri: Uri = url.parse().map_err(|_| bad("not a URI"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(bad("only http:// is supported"));
-    }
-    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
-    if authority.as_str().contains('@') {
+    let parsed = http_layer::parse_url(url).map_err(|_| bad("not an http:// or https:// URL"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(bad("user info is not supported"));
     }
-    let port = uri.port_u16().unwrap_or(80);
-    let authority = format!("{}:{port}", authority.host());
-    if uri.query().is_some() {
+    if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(bad("a query is not allowed"));
     }
-    let prefix = uri.path().trim_end_matches('/').to_string();
-    Ok(Origin { authority, prefix })
+    // The parser has already put the port, an IPv6 host's brackets and the path in canonical
+    // form; only the trailing slashes go, since every request path starts with one.
+    let base = parsed.as_str().trim_end_matches('/').to_string();
+    Ok(Origin { base })
 }
 
 async fn answer(
@@ -372,60 +377,24 @@ async fn fetch_task(state: Arc<EdgeState>, path: RequestPath, tx: watch::Sender<
     let _ = tx.send(Some(result));
 }
 
-/// Aborts a spawned task when dropped, so a fetch dropped half-way closes its connection.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Fetches the whole object at `path` from the origin.
+/// Fetches the whole object at `path` from the origin (dropping this future closes its
+/// connection: a half-read response is never returned to the pool).
 async fn fetch(state: &EdgeState, path: &RequestPath) -> Fetched {
-    let origin = &state.origin;
-    let target = format!("{}{}", origin.prefix, path.to_uri_path());
-    let stream = match TcpStream::connect(&origin.authority).await {
-        Ok(s) => s,
-        Err(e) => return Fetched::Failed(format!("connect to {}: {e}", origin.authority)),
-    };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
-        TokioIo::new(stream),
-    )
-    .await
-    {
-        Ok(x) => x,
-        Err(e) => return Fetched::Failed(format!("handshake: {e}")),
-    };
-    // The connection task ends when `sender` is dropped, or is aborted with this future.
-    let _conn_task = AbortOnDrop(tokio::spawn(conn));
+    let url = format!("{}{}", state.origin.base, path.to_uri_path());
     let result = async {
-        let request = Request::get(&target)
-            .header(header::HOST, &origin.authority)
-            .header(header::USER_AGENT, "Swarmcast-edge/0.1")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let response = state.client.get(&url).await.map_err(|e| e.to_string())?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Ok(Fetched::NotFound),
             s => return Err(format!("origin answered {s}")),
         }
-        let declared = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > state.config.max_object) {
-            return Err(format!("object over the {} byte cap", state.config.max_object));
+        match response.bytes().await {
+            Ok(body) => Ok(Fetched::Object(body)),
+            Err(http_layer::ClientError::TooLarge { .. }) => {
+                Err(format!("object over the {} byte cap", state.config.max_object))
+            }
+            Err(e) => Err(format!("reading the body: {e}")),
         }
-        let limit = usize::try_from(state.config.max_object).unwrap_or(usize::MAX);
-        let body = Limited::new(response.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the body: {e}"))?
-            .to_bytes();
-        Ok(Fetched::Object(body))
     }
     .await;
     result.unwrap_or_else(Fetched::Failed)
@@ -516,11 +485,14 @@ mod tests {
     #[test]
     fn origin_urls() {
         let o = parse_origin("http://127.0.0.1:8080").unwrap();
-        assert_eq!((o.authority.as_str(), o.prefix.as_str()), ("127.0.0.1:8080", ""));
+        assert_eq!(o.base, "http://127.0.0.1:8080");
         let o = parse_origin("http://example.test/content/").unwrap();
-        assert_eq!((o.authority.as_str(), o.prefix.as_str()), ("example.test:80", "/content"));
-        assert!(parse_origin("https://x:1").is_err());
+        assert_eq!(o.base, "http://example.test/content");
+        let o = parse_origin("https://[::1]:8443/a//").unwrap();
+        assert_eq!(o.base, "https://[::1]:8443/a");
+        assert!(parse_origin("ftp://x:1").is_err());
         assert!(parse_origin("http://u@x:1").is_err());
+        assert!(parse_origin("http://x:1/?q").is_err());
         assert!(parse_origin("not a url").is_err());
     }
 
