@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -123,7 +123,7 @@ async fn a_peer_that_requests_and_never_reads_is_cut_off_with_bounded_memory() {
     let mut conn = TcpStream::connect(seed.local_addr()).await.unwrap();
     conn.write_all(&Handshake::new(meta.info_hash, PeerId([7; 20])).encode()).await.unwrap();
     let mut theirs = [0u8; HANDSHAKE_LEN];
-    tokio::io::AsyncReadExt::read_exact(&mut conn, &mut theirs).await.unwrap();
+    conn.read_exact(&mut theirs).await.unwrap();
     let mut out = bytes::BytesMut::new();
     Message::Interested.encode(&mut out);
     conn.write_all(&out).await.unwrap();
@@ -176,5 +176,43 @@ async fn a_peer_that_requests_and_never_reads_is_cut_off_with_bounded_memory() {
         FLOOD_RSS_BOUND / 1024
     );
     drop(conn);
+    seed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_handshake_hold_at_most_the_cap() {
+    let src = tempfile::tempdir().unwrap();
+    let meta = make_torrent(src.path(), "tiny.bin", 256 * 1024, 64 * 1024);
+    let seed = Session::start(meta.clone(), src.path().to_path_buf(), Role::Seed, config(vec![]))
+        .await
+        .unwrap();
+    // 200 connections that send nothing: the first MAX_PENDING_HANDSHAKES wait for their
+    // handshake (10 s), the rest are closed as soon as they are accepted.
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(TcpStream::connect(seed.local_addr()).await.unwrap());
+    }
+    // Well within the 10 s handshake timeout, count the connections the seed closed.
+    let reads: Vec<_> = silent
+        .drain(..)
+        .map(|mut conn| {
+            tokio::spawn(async move {
+                let mut byte = [0u8; 1];
+                let read = timeout(Duration::from_secs(3), conn.read(&mut byte)).await;
+                matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+            })
+        })
+        .collect();
+    let mut closed = 0;
+    for r in reads {
+        closed += r.await.unwrap() as usize;
+    }
+    let cap = torrent::session::MAX_PENDING_HANDSHAKES;
+    let expected = 200usize.saturating_sub(cap).max(1);
+    assert!(
+        closed >= expected,
+        "{closed} of 200 silent connections were closed, want ≥ {expected}"
+    );
+    drop(silent);
     seed.shutdown().await;
 }
