@@ -23,7 +23,8 @@
 //! per movie per TTL, not one each; concurrent misses of a movie wait for the same fetch. The cache holds at most [`MAX_CACHED_MANIFESTS`] movies and
 //! [`MAX_CACHED_MANIFEST_BYTES`] bytes of manifests; when full, the oldest entries go first.
 //!
-//! Health: every probe interval each edge's `/health` is fetched (all in parallel, each with
+//! Health: every probe interval each edge's `/health` is fetched with the shared
+//! [`http_layer::HttpClient`] (all in parallel, each with
 //! the interval as its timeout); an edge that fails leaves the rotation, one that answers 200
 //! comes back. An origin answers `/health` too, so an edge URL may point straight at an
 //! origin. When an edge cannot be reached while fetching a manifest, it is marked unhealthy
@@ -49,12 +50,11 @@ use bytes::Bytes;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use http_body_util::{BodyExt, Empty, Full, Limited};
-use http_layer::{HttpServer, RequestBody, ServerConfig};
+use http_body_util::Full;
+use http_layer::{ClientConfig, HttpClient, HttpServer, RequestBody, ServerConfig};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -150,6 +150,9 @@ pub enum RouterError {
     /// No edge was given.
     #[error("give at least one --edge NAME=URL")]
     NoEdges,
+    /// The HTTP client could not be set up (no usable TLS trust store).
+    #[error("HTTP client: {0}")]
+    Client(String),
     /// Binding a socket failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -190,14 +193,15 @@ pub struct EdgeStatus {
 #[derive(Debug)]
 struct EdgeTarget {
     name: String,
+    /// `http://HOST:PORT`, the base of every URL the router fetches from it or hands out.
     url: String,
-    /// `HOST:PORT` to dial and send as `Host`.
-    authority: String,
     ipv4: Option<Ipv4Addr>,
 }
 
 struct RouterState {
     edges: Vec<EdgeTarget>,
+    /// Probes and manifest fetches; each call adds its own time limit.
+    client: HttpClient,
     placement: Mutex<Placement>,
     /// Every live placement, oldest first (all leases have the same TTL), and the live leases
     /// of each source address (entries only for addresses with some).
@@ -359,9 +363,17 @@ impl RouterServer {
             None => None,
         };
         let names: Vec<String> = edges.iter().map(|e| e.name.clone()).collect();
+        let client = HttpClient::new(ClientConfig {
+            total_timeout: MANIFEST_TIMEOUT,
+            max_response_bytes: MAX_MANIFEST_BYTES,
+            user_agent: "Swarmcast-router/0.1".to_owned(),
+            ..ClientConfig::default()
+        })
+        .map_err(|e| RouterError::Client(e.to_string()))?;
         let state = Arc::new(RouterState {
             placement: Mutex::new(Placement::new(&names, config.balance)),
             edges,
+            client,
             leases: Mutex::new(Leases::default()),
             manifests: Mutex::new(ManifestCache::default()),
             fetching: Mutex::new(HashMap::new()),
@@ -416,7 +428,6 @@ fn parse_edge(spec: &EdgeSpec) -> Result<EdgeTarget, RouterError> {
     Ok(EdgeTarget {
         name: spec.name.clone(),
         url: format!("http://{host}:{port}"),
-        authority: format!("{host}:{port}"),
         ipv4: host.parse().ok(),
     })
 }
@@ -506,7 +517,7 @@ impl RouterState {
             self.manifest_fetches.fetch_add(1, Ordering::Relaxed);
             let got = tokio::time::timeout(
                 MANIFEST_TIMEOUT,
-                http_get(&edge.authority, &path, MAX_MANIFEST_BYTES),
+                http_get(&self.client, &format!("{}{path}", edge.url), MAX_MANIFEST_BYTES),
             )
             .await
             .unwrap_or_else(|_| Err("timed out".into()));
@@ -574,38 +585,16 @@ async fn manifest_task(
     let _ = tx.send(Some(result));
 }
 
-/// GETs `path` from `authority` over a fresh HTTP/1.1 connection: the status and the body
-/// (at most `limit` bytes).
+/// GETs `url` with the shared client: the status and the body (at most `limit` bytes).
 async fn http_get(
-    authority: &str,
-    path: &str,
+    client: &HttpClient,
+    url: &str,
     limit: usize,
 ) -> Result<(StatusCode, Bytes), String> {
-    let stream = TcpStream::connect(authority).await.map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-    // The connection task ends when `sender` is dropped (or on abort below).
-    let conn_task = tokio::spawn(conn);
-    let result = async {
-        let request = Request::get(path)
-            .header(header::HOST, authority)
-            .header(header::USER_AGENT, "Swarmcast-router/0.1")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the body: {e}"))?
-            .to_bytes();
-        Ok((status, body))
-    }
-    .await;
-    conn_task.abort();
-    result
+    let response = client.get(url).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.bytes_capped(limit).await.map_err(|e| format!("reading the body: {e}"))?;
+    Ok((status, body))
 }
 
 async fn probe_loop(state: Arc<RouterState>) {
@@ -616,13 +605,11 @@ async fn probe_loop(state: Arc<RouterState>) {
         ticker.tick().await;
         let mut probes = JoinSet::new();
         for (i, edge) in state.edges.iter().enumerate() {
-            let authority = edge.authority.clone();
+            let url = format!("{}{HEALTH_PATH}", edge.url);
+            let client = state.client.clone();
             probes.spawn(async move {
-                let got = tokio::time::timeout(
-                    interval,
-                    http_get(&authority, HEALTH_PATH, MAX_HEALTH_BYTES),
-                )
-                .await;
+                let got =
+                    tokio::time::timeout(interval, http_get(&client, &url, MAX_HEALTH_BYTES)).await;
                 (i, matches!(got, Ok(Ok((StatusCode::OK, _)))))
             });
         }
@@ -867,9 +854,9 @@ mod tests {
         assert!("=http://x".parse::<EdgeSpec>().is_err());
         let t = parse_edge(&s).unwrap();
         assert_eq!(t.ipv4, Some(Ipv4Addr::new(127, 0, 0, 1)));
-        assert_eq!(t.authority, "127.0.0.1:9001");
+        assert_eq!(t.url, "http://127.0.0.1:9001");
         let named = parse_edge(&"e=http://edge.test".parse().unwrap()).unwrap();
-        assert_eq!((named.ipv4, named.authority.as_str()), (None, "edge.test:80"));
+        assert_eq!((named.ipv4, named.url.as_str()), (None, "http://edge.test:80"));
         assert!(parse_edge(&"e=https://1.2.3.4".parse().unwrap()).is_err());
         assert!(parse_edge(&"e=http://1.2.3.4/x".parse().unwrap()).is_err());
     }
