@@ -33,17 +33,16 @@
 //! small absorbs timer granularity without letting a burst through).
 //!
 //! Layout: [`PlayerCore`] (sans-IO: `handle_*`, `poll_next`, getters; no clock reads, no I/O),
-//! [`TracePacer`] (sans-IO), then the fetcher: [`play`] with its HTTP client.
+//! [`TracePacer`] (sans-IO), then the fetcher: [`play`] with its HTTP client, a thin wrapper
+//! over the shared [`http_layer::HttpClient`] (`http://` and `https://`, one kept-alive
+//! connection per host; dropping a response half-read closes its connection, which is how a
+//! download is abandoned).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper::{header, Request, Response, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use http_layer::{ClientConfig, ClientError, Fetched};
+use hyper::{header, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::abr::{Abr, Ladder, LadderError, PlayerState, Progress, RuleKind, ThroughputSample};
@@ -71,6 +70,8 @@ const ROUND_PAUSE: Duration = Duration::from_millis(500);
 const PACER_BURST_WALL_S: f64 = 0.01;
 /// A pacer wait shorter than this (wall) is not slept: it is owed and slept with the next.
 const MIN_SLEEP: Duration = Duration::from_millis(2);
+/// Longest one whole transfer may take, wall time (each wait is bounded by the patience).
+const DOWNLOAD_LIMIT: Duration = Duration::from_secs(3600);
 /// Largest speed-up accepted.
 pub const MAX_SPEED: f64 = 1000.0;
 
@@ -758,7 +759,8 @@ where
     if !(speed.is_finite() && speed > 0.0 && speed <= MAX_SPEED) {
         return Err(PlayError::BadSpeed(speed));
     }
-    let mut client = HttpClient::default();
+    let mut client =
+        HttpClient::new().map_err(|reason| PlayError::Http { url: opts.url.clone(), reason })?;
     let (mpd_url, mpd) = client.fetch_mpd(&opts.url).await?;
     let plan = Plan::new(&mpd, &mpd_url)?;
     observe(&PlayEvent::Manifest {
@@ -1068,26 +1070,21 @@ impl Fetcher {
             (buffered_wall_s / 2.0).clamp(MIN_PATIENCE.as_secs_f64(), IDLE_TIMEOUT.as_secs_f64()),
         );
         self.client.patience = Some(patience);
-        let response = self.client.get(url).await?;
+        // Dropping `response` before its end closes its connection: every early return below
+        // (an error, a refused size, an abandonment) cancels the transfer that way.
+        let mut response = self.client.get(url).await?;
         let status = response.status();
         if status.is_server_error() {
-            self.client.forget(url);
             return Err(Failure::Retry(format!("HTTP {}", status.as_u16())));
         }
         if !status.is_success() {
-            self.client.forget(url);
             return Err(Failure::Fatal(PlayError::Status {
                 url: url.to_string(),
                 status: status.as_u16(),
             }));
         }
-        let declared = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = response.content_length();
         if let Some(len) = declared.filter(|&l| l > MAX_SEGMENT_BYTES) {
-            self.client.forget(url);
             return Err(Failure::Fatal(PlayError::SegmentTooLarge {
                 url: url.to_string(),
                 bytes: len,
@@ -1098,27 +1095,18 @@ impl Fetcher {
             (None, Some(f)) => self.core.ladder.segment_bytes(f.rep, f.segment),
             (None, None) => 0,
         };
-        let mut body = response.into_body();
         let mut received = 0u64;
         loop {
-            let frame = match tokio::time::timeout(patience, body.frame()).await {
-                Err(_) => {
-                    self.client.forget(url);
-                    return Err(Failure::Retry(format!("{url}: no data for {patience:?}")));
-                }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    self.client.forget(url);
-                    return Err(Failure::Retry(format!("{url}: {e}")));
-                }
-                Ok(Some(Ok(frame))) => frame,
+            let data = match tokio::time::timeout(patience, response.chunk()).await {
+                Err(_) => return Err(Failure::Retry(format!("{url}: no data for {patience:?}"))),
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(Failure::Retry(format!("{url}: {e}"))),
+                Ok(Ok(Some(data))) => data,
             };
-            let Ok(data) = frame.into_data() else { continue };
             let n = data.len() as u64;
             received += n;
             self.bytes_total += n;
             if received > MAX_SEGMENT_BYTES {
-                self.client.forget(url);
                 return Err(Failure::Fatal(PlayError::SegmentTooLarge {
                     url: url.to_string(),
                     bytes: received,
@@ -1135,29 +1123,42 @@ impl Fetcher {
                 if let Some(lower) =
                     self.core.handle_progress(Instant::now(), received, bytes_total)
                 {
-                    // HTTP/1.1 cannot cancel a response but by closing its connection.
-                    self.client.forget(url);
+                    // HTTP/1.1 cannot cancel a response but by closing its connection, which
+                    // dropping `response` here does.
                     return Ok(Download::Abandoned { lower });
                 }
             }
         }
         if let Some(len) = declared.filter(|&l| l != received) {
-            self.client.forget(url);
             return Err(Failure::Retry(format!("{url}: {received} of {len} bytes")));
         }
         Ok(Download::Done(received))
     }
 }
 
-/// An HTTP/1.1 client with one keep-alive connection per host (`http://` only).
-#[derive(Default)]
+/// The player's HTTP client: the shared one, with a patience that changes per request.
 struct HttpClient {
-    conns: BTreeMap<String, SendRequest<Empty<Bytes>>>,
+    http: http_layer::HttpClient,
     /// How long to wait for a response or the next body bytes; `None`: [`IDLE_TIMEOUT`].
     patience: Option<Duration>,
 }
 
 impl HttpClient {
+    fn new() -> Result<HttpClient, String> {
+        let config = ClientConfig {
+            connect_timeout: CONNECT_TIMEOUT,
+            read_timeout: IDLE_TIMEOUT,
+            // Patience bounds each wait; a slow trace may make a whole download long.
+            total_timeout: DOWNLOAD_LIMIT,
+            max_response_bytes: MAX_MPD_BYTES,
+            user_agent: "Swarmcast/0.1 (swarmcast play)".to_owned(),
+            idle_per_host: 1,
+            ..ClientConfig::default()
+        };
+        let http = http_layer::HttpClient::new(config).map_err(|e| e.to_string())?;
+        Ok(HttpClient { http, patience: None })
+    }
+
     fn timeout(&self) -> Duration {
         self.patience.unwrap_or(IDLE_TIMEOUT)
     }
@@ -1182,35 +1183,22 @@ impl HttpClient {
                         reason: format!("HTTP {} without a Location", status.as_u16()),
                     })?
                     .to_string();
-                self.forget(&url);
                 url = resolve_url(&url, &location);
                 continue;
             }
             if status != StatusCode::OK {
-                self.forget(&url);
                 return Err(PlayError::Status { url, status: status.as_u16() });
             }
-            let body = tokio::time::timeout(
-                IDLE_TIMEOUT,
-                Limited::new(response.into_body(), MAX_MPD_BYTES).collect(),
-            )
-            .await;
-            let body = match body {
-                Err(_) => {
-                    self.forget(&url);
-                    return Err(PlayError::Http { url, reason: "timed out".into() });
+            let body = match tokio::time::timeout(IDLE_TIMEOUT, response.bytes()).await {
+                Err(_) => return Err(PlayError::Http { url, reason: "timed out".into() }),
+                Ok(Err(ClientError::TooLarge { .. })) => {
+                    return Err(PlayError::Mpd {
+                        url,
+                        source: MpdError::TooLarge(MAX_MPD_BYTES + 1),
+                    });
                 }
-                Ok(Err(e)) => {
-                    self.forget(&url);
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        return Err(PlayError::Mpd {
-                            url,
-                            source: MpdError::TooLarge(MAX_MPD_BYTES + 1),
-                        });
-                    }
-                    return Err(PlayError::Http { url, reason: e.to_string() });
-                }
-                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) => return Err(PlayError::Http { url, reason: e.to_string() }),
+                Ok(Ok(body)) => body,
             };
             let mpd = Mpd::parse_bytes(&body)
                 .map_err(|source| PlayError::Mpd { url: url.clone(), source })?;
@@ -1219,90 +1207,31 @@ impl HttpClient {
         Err(PlayError::Http { url, reason: format!("more than {MAX_REDIRECTS} redirects") })
     }
 
-    /// Drops the connection to `url`'s host (after an error, or to cancel a response).
-    fn forget(&mut self, url: &str) {
-        if let Ok(uri) = url.parse::<Uri>() {
-            if let Some(a) = uri.authority() {
-                self.conns.remove(a.as_str());
-            }
-        }
-    }
-
     /// Sends a GET and returns the response head (the body is read by the caller).
-    async fn get(&mut self, url: &str) -> Result<Response<Incoming>, Failure> {
-        let invalid =
-            |reason| Failure::Fatal(PlayError::InvalidUrl { url: url.to_string(), reason });
-        let uri: Uri = url.parse().map_err(|_| invalid("not a valid URL"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(_) => return Err(invalid("only http:// URLs are supported")),
-            None => return Err(invalid("not an absolute http:// URL")),
+    async fn get(&mut self, url: &str) -> Result<Fetched, Failure> {
+        if http_layer::parse_url(url).is_err() {
+            return Err(Failure::Fatal(PlayError::InvalidUrl {
+                url: url.to_string(),
+                reason: "not an absolute http:// or https:// URL",
+            }));
         }
-        let authority = uri.authority().ok_or_else(|| invalid("no host"))?.clone();
-        let host_port = authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, h)| h);
-        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let patience = self.timeout();
-        // A kept connection may have been closed by the server meanwhile: one fresh retry.
-        for fresh in [false, true] {
-            let reused = !fresh && self.conns.contains_key(authority.as_str());
-            if fresh || !reused {
-                let sender =
-                    connect(&authority).await.map_err(|e| Failure::Retry(format!("{url}: {e}")))?;
-                self.conns.insert(authority.as_str().to_string(), sender);
-            }
-            // Just inserted or checked above.
-            let Some(sender) = self.conns.get_mut(authority.as_str()) else { continue };
-            let request = Request::get(path.as_str())
-                .header(header::HOST, host_port)
-                .header(header::USER_AGENT, "Swarmcast/0.1 (swarmcast play)")
-                .body(Empty::<Bytes>::new())
-                .map_err(|_| invalid("cannot build a request"))?;
-            let sent = tokio::time::timeout(patience, async {
-                sender.ready().await?;
-                sender.send_request(request).await
-            })
-            .await;
-            match sent {
+        // A kept connection may have been closed by the server just as the request went out:
+        // one more try (on a fresh connection, since the failed one left the pool).
+        for last in [false, true] {
+            match tokio::time::timeout(patience, self.http.get(url)).await {
                 Ok(Ok(response)) => return Ok(response),
-                Ok(Err(e)) if reused => {
-                    tracing::debug!(url, error = %e, "kept connection failed, reconnecting");
-                    self.conns.remove(authority.as_str());
+                Ok(Err(e @ (ClientError::Http(_) | ClientError::Connect(_)))) if !last => {
+                    tracing::debug!(url, error = %e, "request failed, trying once more");
                 }
-                Ok(Err(e)) => {
-                    self.conns.remove(authority.as_str());
-                    return Err(Failure::Retry(format!("{url}: {e}")));
-                }
+                Ok(Err(e)) => return Err(Failure::Retry(format!("{url}: {e}"))),
                 Err(_) => {
-                    self.conns.remove(authority.as_str());
                     return Err(Failure::Retry(format!("{url}: no response in {patience:?}")));
                 }
             }
         }
         Err(Failure::Retry(format!("{url}: the connection closed")))
     }
-}
-
-/// Opens an HTTP/1.1 connection (its driver task ends when the sender is dropped).
-async fn connect(
-    authority: &hyper::http::uri::Authority,
-) -> Result<SendRequest<Empty<Bytes>>, String> {
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(80);
-    let stream =
-        tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| format!("no connection in {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "HTTP client connection ended");
-        }
-    });
-    Ok(sender)
 }
 
 #[cfg(test)]
