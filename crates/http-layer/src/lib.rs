@@ -22,4 +22,4 @@ mod client;
 mod server;
 
 pub use client::{parse_url, ClientConfig, ClientError, Fetched, HttpClient};
-pub use server::{BodyTimedOut, HttpServer, RequestBody, ServerConfig};
+pub use server::{BodyTimedOut, HttpServer, OpenConnections, RequestBody, ServerConfig};

@@ -80,6 +80,19 @@ impl Default for ServerConfig {
 pub struct HttpServer {
     listener: TcpListener,
     config: ServerConfig,
+    open: OpenConnections,
+}
+
+/// How many connections a server has open right now (a handle that outlives `serve`'s
+/// borrow of the server, for status pages and tests).
+#[derive(Clone, Debug, Default)]
+pub struct OpenConnections(Arc<AtomicUsize>);
+
+impl OpenConnections {
+    /// The number of connections open now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 impl HttpServer {
@@ -90,12 +103,17 @@ impl HttpServer {
 
     /// Serves on a listener bound elsewhere.
     pub fn from_listener(listener: TcpListener, config: ServerConfig) -> HttpServer {
-        HttpServer { listener, config }
+        HttpServer { listener, config, open: OpenConnections::default() }
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// A live count of this server's open connections.
+    pub fn open_connections(&self) -> OpenConnections {
+        self.open.clone()
     }
 
     /// The limits this server serves under.
@@ -125,7 +143,7 @@ impl HttpServer {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
         S: Future<Output = ()>,
     {
-        let HttpServer { listener, config } = self;
+        let HttpServer { listener, config, open } = self;
         let config = Arc::new(config);
         let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let registry = Arc::new(Registry::default());
@@ -179,11 +197,15 @@ impl HttpServer {
                         shutdown_rx.clone(),
                     );
                     let registry = registry.clone();
-                    connections.spawn(async move {
+                    let open = open.clone();
+                    open.0.fetch_add(1, Ordering::AcqRel);
+                    let span = tracing::debug_span!("http", %peer);
+                    connections.spawn(tracing::Instrument::instrument(async move {
                         let id = task.await;
                         registry.remove(id);
+                        open.0.fetch_sub(1, Ordering::AcqRel);
                         drop(permit);
-                    });
+                    }, span));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }

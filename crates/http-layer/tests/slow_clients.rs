@@ -74,7 +74,9 @@ async fn two_thousand_slow_clients_cannot_lock_out_a_normal_one() -> Result<()> 
     };
     let max_connections = config.max_connections;
     assert!(max_connections < SLOW_CLIENTS);
-    let addr = start(config).await?;
+    let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await?;
+    let (addr, open) = (server.local_addr()?, server.open_connections());
+    tokio::spawn(server.serve(hello));
 
     let mut slow = Vec::with_capacity(SLOW_CLIENTS);
     timeout(WAIT, async {
@@ -100,6 +102,7 @@ async fn two_thousand_slow_clients_cannot_lock_out_a_normal_one() -> Result<()> 
         timeout(WAIT, get(addr, "/normal")).await.context("normal client not served")??;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nhello /normal\n"), "{answer}");
+    assert!(open.get() <= max_connections, "{} connections open", open.get());
 
     // The cap held: the server made room by closing the oldest unfinished connections.
     let mut waits = JoinSet::new();
@@ -187,5 +190,74 @@ async fn shutdown_finishes_the_request_in_flight() -> Result<()> {
     assert!(answer.ends_with("\r\n\r\nfinished\n"), "{answer}");
     timeout(WAIT, serving).await???;
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    Ok(())
+}
+
+/// Waits (at most [`WAIT`]) until `open` reads `count`.
+async fn until_open(open: &http_layer::OpenConnections, count: usize) -> Result<()> {
+    timeout(WAIT, async {
+        while open.get() != count {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .with_context(|| format!("never {count} open connections"))
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() -> Result<()> {
+    const BODY: usize = 64 << 20;
+    let long = Duration::from_secs(600);
+    let config = ServerConfig {
+        header_read_timeout: long,
+        idle_timeout: long,
+        send_stall_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await?;
+    let addr = server.local_addr()?;
+    let open = server.open_connections();
+    tokio::spawn(server.serve(|_req: Request<RequestBody>, _peer: SocketAddr| async {
+        Response::new(Full::new(Bytes::from(vec![0u8; BODY])))
+    }));
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").await?;
+    // Read nothing until the server has accepted us, then given up on us.
+    until_open(&open, 1).await?;
+    until_open(&open, 0).await?;
+    let mut received = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match timeout(WAIT, stream.read(&mut buf)).await? {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n,
+        }
+    }
+    assert!(received < BODY, "the whole {BODY}-byte answer went to a client that did not read");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_times_out() -> Result<()> {
+    use http_body_util::BodyExt;
+    let config = ServerConfig { body_timeout: Duration::from_millis(200), ..Default::default() };
+    let server = HttpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await?;
+    let addr = server.local_addr()?;
+    tokio::spawn(server.serve(|req: Request<RequestBody>, _peer: SocketAddr| async move {
+        let (status, text) = match req.into_body().collect().await {
+            Ok(body) => (200, format!("got {} bytes\n", body.to_bytes().len())),
+            Err(e) => (408, format!("{e}\n")),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+        response
+    }));
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc").await?;
+    let mut answer = Vec::new();
+    timeout(WAIT, stream.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8(answer)?;
+    assert!(answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nrequest body not received in time\n"), "{answer}");
     Ok(())
 }

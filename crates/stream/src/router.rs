@@ -24,11 +24,10 @@
 //! [`MAX_CACHED_MANIFEST_BYTES`] bytes of manifests; when full, the oldest entries go first.
 //!
 //! Health: every probe interval each edge's `/health` is fetched with the shared
-//! [`http_layer::HttpClient`] (all in parallel, each with
-//! the interval as its timeout); an edge that fails leaves the rotation, one that answers 200
-//! comes back. An origin answers `/health` too, so an edge URL may point straight at an
-//! origin. When an edge cannot be reached while fetching a manifest, it is marked unhealthy
-//! at once and the next one is tried.
+//! [`http_layer::HttpClient`] (all in parallel, each with the interval as its timeout); an edge
+//! that fails leaves the rotation, one that answers 200 comes back. An origin answers `/health`
+//! too, so an edge URL may point straight at an origin. When an edge cannot be reached while
+//! fetching a manifest, it is marked unhealthy at once and the next one is tried.
 //!
 //! Load: each placement is a lease that expires after [`RouterConfig::viewer_ttl`] (30 s by
 //! default, the time a player needs to come back for its manifest and to be counted again).
