@@ -261,3 +261,18 @@ async fn a_body_that_never_arrives_times_out() -> Result<()> {
     assert!(answer.ends_with("\r\n\r\nrequest body not received in time\n"), "{answer}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_head_over_the_size_cap_is_refused() -> Result<()> {
+    let addr = start(ServerConfig::default()).await?;
+    let mut stream = TcpStream::connect(addr).await?;
+    let big = "a".repeat(ServerConfig::default().max_header_bytes * 2);
+    let request = format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
+    // The server may answer and close before taking it all; what it answers is the point.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = timeout(WAIT, stream.read_to_end(&mut answer)).await?;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    Ok(())
+}
