@@ -305,7 +305,9 @@ fn annotate(path: &Path, e: io::Error) -> io::Error {
 /// `torrent_id`, `None` for anything else (another torrent's, not UTF-8, not a state file).
 pub fn parse_state(bytes: &[u8], torrent_id: &str) -> Option<Vec<String>> {
     let text = std::str::from_utf8(bytes).ok()?;
-    let mut lines = text.lines();
+    // Split on '\n' only (`lines()` would also eat a '\r' that belongs to a name).
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let mut lines = text.split('\n');
     if lines.next() != Some(STATE_MAGIC) || lines.next() != Some(torrent_id) {
         return None;
     }
@@ -625,6 +627,17 @@ mod tests {
         // From now on it is ours: a plain restart (resume) opens it and finds the piece.
         let s = Storage::open(&info, dir.path(), Mode::ReadWrite).unwrap();
         assert!(s.check_existing(|_, _| {}).unwrap().is_full());
+    }
+
+    #[test]
+    fn state_files_read_back_what_was_written() {
+        let id = "0123456789abcdef0123456789abcdef01234567";
+        // A name ending in '\r' (found by the download_state fuzz target) survives too.
+        for files in [vec![], vec!["a".to_string(), "".into(), "x\r".into(), "d/%2Fe".into()]] {
+            assert_eq!(parse_state(state_text(id, &files).as_bytes(), id), Some(files));
+        }
+        assert_eq!(parse_state(b"swarmcast-download-state 1\nother\na\n", id), None);
+        assert_eq!(parse_state(b"\xff\xfe", id), None);
     }
 
     #[test]
