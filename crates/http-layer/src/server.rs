@@ -7,6 +7,10 @@
 //!   connection with no request in flight (a client still sending its headers, or an idle
 //!   keep-alive one) is closed to make room; if every connection is busy serving a request,
 //!   accepting pauses until one finishes (the kernel's backlog holds the rest).
+//! - One source address (an IPv4 address or an IPv6 /64): at most
+//!   `max_connections_per_address`; a new connection beyond it closes that address's own oldest
+//!   idle connection, or is refused if all of them are busy. Loopback is exempt unless
+//!   `cap_loopback` (labs and tests run many clients on 127.0.0.1).
 //! - A request head: `header_read_timeout` (hyper's timer; hyper restarts it whenever a
 //!   connection waits for its next request) and `max_header_bytes`.
 //! - An idle connection: `idle_timeout` without a byte from the client while no request is in
@@ -44,6 +48,10 @@ use tokio::time::Instant;
 pub struct ServerConfig {
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Most connections open at once from one IPv4 address or IPv6 /64.
+    pub max_connections_per_address: usize,
+    /// Whether loopback sources count against `max_connections_per_address`.
+    pub cap_loopback: bool,
     /// Time a client gets to send a whole request head, counted from the connection's start or
     /// from the end of its previous response.
     pub header_read_timeout: Duration,
@@ -65,6 +73,8 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             max_connections: 1024,
+            max_connections_per_address: 256,
+            cap_loopback: false,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(5),
             send_stall_timeout: Duration::from_secs(30),
@@ -169,6 +179,15 @@ impl HttpServer {
                         }
                     };
                     backoff = ACCEPT_BACKOFF_START;
+                    let address = AddressKey::of(peer.ip(), config.cap_loopback);
+                    if let Some(address) = address {
+                        if registry.count(address) >= config.max_connections_per_address
+                            && !registry.evict_oldest_idle_of(address)
+                        {
+                            tracing::debug!(%peer, "too many busy connections from one address");
+                            continue;
+                        }
+                    }
                     let permit = match permits.clone().try_acquire_owned() {
                         Ok(permit) => permit,
                         Err(_) => {
@@ -186,7 +205,7 @@ impl HttpServer {
                         }
                     };
                     next_id += 1;
-                    let state = Arc::new(ConnState::new(next_id));
+                    let state = Arc::new(ConnState::new(next_id, address));
                     registry.insert(state.clone());
                     let task = serve_connection(
                         stream,
@@ -226,38 +245,105 @@ impl HttpServer {
 const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// The open connections in accept order, so the oldest idle one can be found when full.
-#[derive(Default)]
-struct Registry {
-    open: Mutex<BTreeMap<u64, Arc<ConnState>>>,
+/// A source address as the per-address cap counts it: an IPv4 address, or an IPv6 /64 (one
+/// host holds a whole /64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum AddressKey {
+    V4(u32),
+    V6(u64),
 }
 
-impl Registry {
-    fn insert(&self, state: Arc<ConnState>) {
-        self.lock().insert(state.id, state);
+impl AddressKey {
+    /// The key `ip` counts under; `None` if it is exempt (loopback, unless `cap_loopback`).
+    fn of(ip: std::net::IpAddr, cap_loopback: bool) -> Option<AddressKey> {
+        let ip = ip.to_canonical();
+        if ip.is_loopback() && !cap_loopback {
+            return None;
+        }
+        Some(match ip {
+            std::net::IpAddr::V4(v4) => AddressKey::V4(u32::from(v4)),
+            std::net::IpAddr::V6(v6) => AddressKey::V6((u128::from(v6) >> 64) as u64),
+        })
+    }
+}
+
+/// The open connections in accept order (so the oldest idle one can be found when full) and
+/// how many each capped address holds. A connection leaves both when evicted or closed.
+#[derive(Default)]
+struct Registry {
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    by_id: BTreeMap<u64, Arc<ConnState>>,
+    per_address: std::collections::HashMap<AddressKey, usize>,
+}
+
+impl Open {
+    fn take(&mut self, id: u64) -> Option<Arc<ConnState>> {
+        let state = self.by_id.remove(&id)?;
+        if let Some(address) = state.address {
+            if let std::collections::hash_map::Entry::Occupied(mut n) =
+                self.per_address.entry(address)
+            {
+                *n.get_mut() -= 1;
+                if *n.get() == 0 {
+                    n.remove();
+                }
+            }
+        }
+        Some(state)
     }
 
-    fn remove(&self, id: u64) {
-        self.lock().remove(&id);
-    }
-
-    /// Closes the oldest connection with no request in flight; false if every one is busy.
-    fn evict_oldest_idle(&self) -> bool {
-        let mut open = self.lock();
-        let Some(id) =
-            open.values().find(|c| c.in_flight.load(Ordering::Acquire) == 0).map(|c| c.id)
+    /// Closes the oldest idle connection that `pick` accepts; false if there is none.
+    fn evict_oldest_idle(&mut self, pick: impl Fn(&ConnState) -> bool) -> bool {
+        let Some(id) = self
+            .by_id
+            .values()
+            .find(|c| c.in_flight.load(Ordering::Acquire) == 0 && pick(c))
+            .map(|c| c.id)
         else {
             return false;
         };
-        if let Some(state) = open.remove(&id) {
+        if let Some(state) = self.take(id) {
             // notify_one keeps the wake-up even if the task is not waiting yet.
             state.evict.notify_one();
         }
         true
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ConnState>>> {
-        // A panic while holding this lock leaves a map that is still consistent.
+impl Registry {
+    fn insert(&self, state: Arc<ConnState>) {
+        let mut open = self.lock();
+        if let Some(address) = state.address {
+            *open.per_address.entry(address).or_default() += 1;
+        }
+        open.by_id.insert(state.id, state);
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().take(id);
+    }
+
+    /// Connections open from `address`.
+    fn count(&self, address: AddressKey) -> usize {
+        self.lock().per_address.get(&address).copied().unwrap_or(0)
+    }
+
+    /// Closes the oldest connection with no request in flight; false if every one is busy.
+    fn evict_oldest_idle(&self) -> bool {
+        self.lock().evict_oldest_idle(|_| true)
+    }
+
+    /// Closes `address`'s oldest connection with no request in flight; false if none.
+    fn evict_oldest_idle_of(&self, address: AddressKey) -> bool {
+        self.lock().evict_oldest_idle(|c| c.address == Some(address))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        // A panic while holding this lock leaves maps that are still consistent.
         self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -265,6 +351,8 @@ impl Registry {
 /// What the accept loop, the connection task, its socket and its requests share.
 struct ConnState {
     id: u64,
+    /// The source address it counts against, if capped.
+    address: Option<AddressKey>,
     started: Instant,
     /// Requests whose response has not been fully sent; 0 means the connection is waiting on
     /// its client, and may be evicted or time out as idle.
@@ -281,9 +369,10 @@ struct ConnState {
 const NOT_BLOCKED: u64 = u64::MAX;
 
 impl ConnState {
-    fn new(id: u64) -> ConnState {
+    fn new(id: u64, address: Option<AddressKey>) -> ConnState {
         ConnState {
             id,
+            address,
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_activity_ms: AtomicU64::new(0),
