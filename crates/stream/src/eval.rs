@@ -1,13 +1,14 @@
 //! The ABR evaluation: a virtual-time player simulator, seeded bandwidth traces, and a
 //! comparison of the rules of [`crate::abr`] by Pensieve's linear QoE on the same traces.
 //!
-//! **Player model** (as Pensieve's simulator): segments download one after another in playback
-//! order, each at the trace's bandwidth (the trace is piecewise constant and is integrated
-//! exactly; it loops when it runs out). Playback starts when the first segment has arrived (the
-//! startup delay) and drains the buffer in real time; an empty buffer after startup is a stall,
-//! which ends when the next segment arrives. The buffer holds at most 60 s: before a request
-//! that would overflow it, the player waits. Every 0.25 s of a download the rule may abandon
-//! it; the segment is then fetched again, at the lower representation, from its first byte.
+//! **Player model**: the one `swarmcast play` runs, [`PlayerCore`], driven in virtual time
+//! ([`simulate`]): segments download one after another in playback order, each at the trace's
+//! bandwidth (the trace is piecewise constant and is integrated exactly; it loops when it runs
+//! out). Playback starts when the first segment has arrived (the startup delay) and drains the
+//! buffer in real time; an empty buffer after startup is a stall, which ends when the next
+//! segment arrives. The buffer holds at most 60 s: before a request that would overflow it, the
+//! player waits. Every 0.25 s of a download the rule may abandon it; the segment is then
+//! fetched again, at the lower representation, from its first byte.
 //!
 //! **Video**: Pensieve's ladder (300/750/1200/1850/2850/4300 kbps), 4 s segments, 50 segments
 //! (200 s), VBR: each segment's size is its representation's bitrate × 4 s × a scene
@@ -19,12 +20,14 @@
 //! synthetic shapes after the papers' descriptions; see [`Family`]).
 
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::abr::{Abr, Ladder, PlayerState, Progress, RuleKind, ThroughputSample};
+use crate::abr::{Abr, Ladder, RuleKind};
+use crate::player::{Next, PlayerConfig, PlayerCore};
 
 /// Pensieve's ladder, kbps.
 pub const PENSIEVE_LADDER_KBPS: [u64; 6] = [300, 750, 1200, 1850, 2850, 4300];
@@ -371,163 +374,151 @@ pub struct Session {
     pub segments: Vec<SegmentRecord>,
 }
 
-/// The simulated clock, buffer and trace position.
-struct Player<'a> {
-    trace: &'a [TracePoint],
-    point: usize,
-    /// Seconds into the current point.
-    into_s: f64,
-    buffer_s: f64,
-    playing: bool,
-    stalled: bool,
-    stalls: u32,
-    stall_s: f64,
+/// The trace as a link: its rate at a player time and when that rate next changes (the trace
+/// loops, as [`crate::player::TracePacer`]'s does).
+struct Link<'a> {
+    points: &'a [TracePoint],
+    /// Player time at which each point starts, within one period.
+    starts: Vec<f64>,
+    period_s: f64,
 }
 
-impl Player<'_> {
-    fn rate_bps(&self) -> f64 {
-        self.trace[self.point].bps
+impl<'a> Link<'a> {
+    fn new(trace: &'a Trace) -> Self {
+        let points = trace.points();
+        let mut starts = Vec::with_capacity(points.len());
+        let mut t = 0.0;
+        for p in points {
+            starts.push(t);
+            t += p.duration_s;
+        }
+        Link { points, starts, period_s: t }
     }
 
-    fn until_change_s(&self) -> f64 {
-        (self.trace[self.point].duration_s - self.into_s).max(0.0)
+    /// The rate at `t` and the time its point ends (after `t`: a boundary that rounding puts
+    /// at or before `t` is moved a nanosecond on, so time always advances).
+    fn at(&self, t: f64) -> (f64, f64) {
+        let in_period = t.rem_euclid(self.period_s);
+        let i = self.starts.partition_point(|&s| s <= in_period).saturating_sub(1);
+        let p = self.points[i];
+        let end = t - in_period + self.starts[i] + p.duration_s;
+        (p.bps, end.max(t + 1e-9))
     }
+}
 
-    /// Lets `dt` seconds pass: the trace moves on and playback drains the buffer.
-    fn pass(&mut self, dt: f64) {
-        self.into_s += dt;
-        if self.into_s >= self.trace[self.point].duration_s {
-            self.into_s = 0.0;
-            self.point = (self.point + 1) % self.trace.len();
-        }
-        if self.playing {
-            let played = dt.min(self.buffer_s);
-            self.buffer_s -= played;
-            let stalled = dt - played;
-            if stalled > 1e-12 {
-                if !self.stalled {
-                    self.stalled = true;
-                    self.stalls += 1;
-                }
-                self.stall_s += stalled;
-            }
-        }
+/// The first instant at which `core`'s player time is at least `player_s` (an instant has
+/// nanoseconds; rounding down would put a report just before the deadline it is meant for).
+fn instant_at_least(core: &PlayerCore, player_s: f64) -> Instant {
+    let mut at = core.instant_at(player_s);
+    while core.player_time(at) < player_s {
+        at += Duration::from_nanos(1);
     }
-
-    /// Waits `wait_s` seconds with no download (never crosses a trace point boundary unnoticed).
-    fn wait(&mut self, mut wait_s: f64) {
-        while wait_s > 1e-12 {
-            let dt = wait_s.min(self.until_change_s()).max(1e-9);
-            self.pass(dt);
-            wait_s -= dt;
-        }
-    }
+    at
 }
 
 /// Plays the whole video of `ladder` (its known segment count, else [`VIDEO_SEGMENTS`]) over
-/// `trace` with `abr` choosing, in virtual time.
-pub fn simulate(abr: &mut dyn Abr, ladder: &Ladder, trace: &Trace, cfg: &SimConfig) -> Session {
+/// `trace` with `abr` choosing, in virtual time: the [`PlayerCore`] that `swarmcast play` runs
+/// decides (waits, requests, abandonments) and keeps the buffer, stalls and QoE; this driver
+/// plays the fetcher's part, with the trace's bytes computed instead of received. It reports
+/// a download's progress at every abandonment check the core asks for
+/// ([`PlayerCore::next_check_s`]), and its end at the instant the trace delivers its last bit.
+pub fn simulate(
+    abr: Box<dyn Abr + Send>,
+    ladder: &Ladder,
+    trace: &Trace,
+    cfg: &SimConfig,
+) -> Session {
     let n = ladder.segments().unwrap_or(VIDEO_SEGMENTS);
-    let seg_s = ladder.segment_duration_s();
-    let mut p = Player {
-        trace: trace.points(),
-        point: 0,
-        into_s: 0.0,
-        buffer_s: 0.0,
-        playing: false,
-        stalled: false,
-        stalls: 0,
-        stall_s: 0.0,
+    let player_cfg = PlayerConfig {
+        buffer_cap_s: cfg.buffer_cap_s,
+        check_interval_s: cfg.check_interval_s,
+        speed: 1.0,
     };
-    let mut clock = 0.0;
-    let mut startup_s = 0.0;
-    let mut last = None;
-    let mut records = Vec::with_capacity(n);
-    let mut abandons = 0;
-    for index in 0..n {
-        let overflow = p.buffer_s + seg_s - cfg.buffer_cap_s;
-        if overflow > 0.0 {
-            p.wait(overflow);
-            clock += overflow;
-        }
-        let state =
-            PlayerState { segment: index, segments_total: Some(n), buffer_s: p.buffer_s, last };
-        let mut rep = abr.choose(ladder, &state).min(ladder.top());
-        let started = clock;
-        let mut abandoned = false;
-        loop {
-            let total = ladder.segment_bytes(rep, index);
-            let total_bits = total as f64 * 8.0;
-            let mut bits = 0.0;
-            let mut elapsed = 0.0;
-            let mut next_check = cfg.check_interval_s;
-            let mut lower = None;
-            while bits < total_bits {
-                let rate = p.rate_bps();
-                let to_finish = (total_bits - bits) / rate;
-                let dt = to_finish.min(p.until_change_s()).min(next_check - elapsed).max(1e-9);
-                p.pass(dt);
-                clock += dt;
-                elapsed += dt;
-                bits = if dt >= to_finish { total_bits } else { bits + rate * dt };
-                if bits < total_bits && elapsed >= next_check - 1e-12 {
-                    next_check += cfg.check_interval_s;
-                    let progress = Progress {
-                        segment: index,
-                        rep,
-                        bytes_received: (bits / 8.0) as u64,
-                        bytes_total: total,
-                        elapsed_s: elapsed,
-                        buffer_s: p.buffer_s,
-                    };
-                    lower = abr.abandon(ladder, &progress).filter(|&r| r < rep);
-                    if lower.is_some() {
-                        break;
-                    }
-                }
-            }
-            let bytes = (bits / 8.0) as u64;
-            abr.record(ThroughputSample { bytes, duration_s: elapsed });
-            match lower {
-                Some(r) => {
-                    rep = r;
-                    abandoned = true;
-                    abandons += 1;
-                }
-                None => break,
+    // The core needs an `Instant` for player time 0; only differences from it count, and those
+    // are exact in nanoseconds, so the wall clock read here does not change any result.
+    let origin = Instant::now();
+    let seg_s = vec![ladder.segment_duration_s(); n];
+    let mut core = PlayerCore::new(abr, ladder.clone(), seg_s, player_cfg, origin);
+    let link = Link::new(trace);
+    let mut now = origin;
+    loop {
+        match core.poll_next(now) {
+            Next::Done => break,
+            Next::WaitUntil(until) => now = until.max(now + Duration::from_nanos(1)),
+            Next::Fetch { segment, rep } => {
+                let bytes = download(&mut core, &link, &mut now, segment, rep);
+                core.handle_video_done(now, bytes);
+                core.handle_segment_done(now, bytes, 0, "");
             }
         }
-        p.buffer_s += seg_s;
-        p.stalled = false;
-        if !p.playing {
-            p.playing = true;
-            startup_s = clock;
-        }
-        records.push(SegmentRecord {
-            index,
-            rep,
-            bitrate_bps: ladder.bitrate_bps(rep),
-            bytes: ladder.segment_bytes(rep, index),
-            download_s: clock - started,
-            buffer_s: p.buffer_s,
-            abandoned,
-        });
-        last = Some(rep);
     }
-    let bitrates: Vec<u64> = records.iter().map(|r| r.bitrate_bps).collect();
-    let switches = records.windows(2).filter(|w| w[0].rep != w[1].rep).count() as u32;
+    let report = core.report();
+    let segments = report
+        .segments
+        .iter()
+        .map(|s| SegmentRecord {
+            index: s.index,
+            rep: s.rep,
+            bitrate_bps: s.bitrate_bps,
+            bytes: s.bytes,
+            download_s: s.download_s,
+            buffer_s: s.buffer_s,
+            abandoned: s.abandoned,
+        })
+        .collect();
     Session {
-        rule: abr.name().to_string(),
+        rule: report.abr,
         family: trace.family,
         trace: trace.index,
-        startup_s,
-        stalls: p.stalls,
-        stall_s: p.stall_s,
-        switches,
-        mean_bitrate_kbps: bitrates.iter().sum::<u64>() as f64 / n as f64 / 1000.0,
-        qoe: qoe(&bitrates, p.stall_s),
-        abandons,
-        segments: records,
+        startup_s: report.startup_s,
+        stalls: report.stalls,
+        stall_s: report.stall_s,
+        switches: report.switches,
+        mean_bitrate_kbps: report.mean_bitrate_kbps,
+        qoe: report.qoe,
+        abandons: report.abandons,
+        segments,
+    }
+}
+
+/// Downloads `segment` from `rep` on over `link` from `now` on, as the fetcher does: a
+/// request, progress at the core's checks, a new request lower when the core abandons.
+/// Returns the bytes of the representation that completed; `now` ends at its last byte.
+fn download(
+    core: &mut PlayerCore,
+    link: &Link,
+    now: &mut Instant,
+    segment: usize,
+    mut rep: usize,
+) -> u64 {
+    let ladder_bytes = |core: &PlayerCore, rep| core.ladder().segment_bytes(rep, segment);
+    'attempt: loop {
+        core.handle_request_sent(*now);
+        let total = ladder_bytes(core, rep);
+        let total_bits = total as f64 * 8.0;
+        let mut bits = 0.0;
+        let mut t = core.player_time(*now);
+        loop {
+            let check = core.next_check_s().unwrap_or(f64::INFINITY);
+            let (rate, change) = link.at(t);
+            let finish = t + (total_bits - bits) / rate;
+            if finish <= check.min(change) {
+                *now = instant_at_least(core, finish);
+                return total;
+            }
+            if change < check {
+                bits += rate * (change - t);
+                t = change;
+                continue;
+            }
+            bits += rate * (check - t).max(0.0);
+            *now = instant_at_least(core, check);
+            t = core.player_time(*now);
+            if let Some(lower) = core.handle_progress(*now, (bits / 8.0) as u64, total) {
+                rep = lower;
+                continue 'attempt;
+            }
+        }
     }
 }
 
@@ -630,7 +621,7 @@ pub fn play_all(
 ) -> Vec<Session> {
     trace_set(per_family, seed)
         .iter()
-        .map(|trace| simulate(build().as_mut(), &video_for(trace, seed), trace, cfg))
+        .map(|trace| simulate(build(), &video_for(trace, seed), trace, cfg))
         .collect()
 }
 
@@ -743,6 +734,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abr::{PlayerState, Progress, ThroughputSample};
 
     /// Always picks one representation.
     struct Fixed(usize);
@@ -779,7 +771,7 @@ mod tests {
     #[test]
     fn fast_constant_link_starts_exactly_and_never_stalls() {
         let trace = Trace::constant(2_000_000.0).unwrap();
-        let s = simulate(&mut Fixed(0), &cbr(10), &trace, &SimConfig::default());
+        let s = simulate(Box::new(Fixed(0)), &cbr(10), &trace, &SimConfig::default());
         // 4 Mb at 2 Mbps: 2 s per segment.
         assert!((s.startup_s - 2.0).abs() < 1e-9);
         assert_eq!(s.stalls, 0);
@@ -795,7 +787,7 @@ mod tests {
         // 4 Mb at 0.5 Mbps: 8 s per segment, 4 s of media each: after startup (8 s) every
         // further segment stalls 4 s. Three segments: two stalls, 8 s.
         let trace = Trace::constant(500_000.0).unwrap();
-        let s = simulate(&mut Fixed(0), &cbr(3), &trace, &SimConfig::default());
+        let s = simulate(Box::new(Fixed(0)), &cbr(3), &trace, &SimConfig::default());
         assert!((s.startup_s - 8.0).abs() < 1e-9);
         assert_eq!(s.stalls, 2);
         assert!((s.stall_s - 8.0).abs() < 1e-9);
@@ -806,7 +798,7 @@ mod tests {
     fn buffer_cap_makes_the_player_wait() {
         // 40 Mbps: 0.1 s per segment; the buffer never passes 60 s.
         let trace = Trace::constant(40_000_000.0).unwrap();
-        let s = simulate(&mut Fixed(0), &cbr(30), &trace, &SimConfig::default());
+        let s = simulate(Box::new(Fixed(0)), &cbr(30), &trace, &SimConfig::default());
         let most = s.segments.iter().map(|r| r.buffer_s).fold(0.0, f64::max);
         assert!(most <= 60.0 + 1e-9 && most > 59.0);
         assert_eq!(s.stalls, 0);
@@ -824,7 +816,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let s = simulate(&mut Fixed(0), &cbr(1), &trace, &SimConfig::default());
+        let s = simulate(Box::new(Fixed(0)), &cbr(1), &trace, &SimConfig::default());
         assert!((s.startup_s - 2.5).abs() < 1e-9);
     }
 
@@ -838,9 +830,30 @@ mod tests {
         let trace = Trace::constant(500_000.0).unwrap();
         let mut abr = crate::abr::Hybrid::default();
         abr.record(ThroughputSample { bytes: 10_000_000, duration_s: 1.0 });
-        let s = simulate(&mut abr, &l, &trace, &SimConfig::default());
+        let s = simulate(Box::new(abr), &l, &trace, &SimConfig::default());
         assert!(s.abandons >= 1);
         assert!(s.segments.iter().any(|r| r.abandoned && r.rep == 0));
+    }
+
+    #[test]
+    fn a_link_above_the_top_rung_ends_on_the_top_rung_without_a_stall() {
+        // 20 Mbps, well above Pensieve's 4.3 Mbps top: the default rule must climb to it.
+        let trace = Trace::constant(20_000_000.0).unwrap();
+        let video = pensieve_video(VIDEO_SEGMENTS, 3);
+        let s = simulate(RuleKind::DEFAULT.build(), &video, &trace, &SimConfig::default());
+        assert_eq!(s.segments.len(), VIDEO_SEGMENTS);
+        assert_eq!(s.segments.last().unwrap().rep, video.top());
+        assert_eq!(s.stalls, 0);
+        assert_eq!(s.stall_s, 0.0);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_json() {
+        let a = evaluate(&RuleKind::ALL, 2, 9, &SimConfig::default());
+        let b = evaluate(&RuleKind::ALL, 2, 9, &SimConfig::default());
+        assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+        let c = evaluate(&RuleKind::ALL, 2, 10, &SimConfig::default());
+        assert_ne!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&c).unwrap());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! at high speeds a millisecond of loopback round trip counts N ms, so measured throughput
 //! reads low (2 Mbps trace, 300 kB segments, debug build: 1.8 Mbps measured at 1×, 1.2 at 20×).
 //!
-//! **Model** (the one of [`crate::eval`], run on a real clock): segments download one after
+//! **Model** (the one [`crate::eval`] also drives, in virtual time): segments download one after
 //! another in playback order; playback starts when the first segment is in (the startup
 //! delay); an empty buffer after startup is a stall that ends when the next segment arrives;
 //! the buffer holds at most [`PlayerConfig::buffer_cap_s`] seconds (60): before a request that
@@ -388,6 +388,12 @@ impl PlayerCore {
     /// The representation of the download in flight.
     pub fn in_flight_rep(&self) -> Option<usize> {
         self.in_flight.map(|f| f.rep)
+    }
+
+    /// Player time of the next abandonment check of the download in flight: progress reported
+    /// before it is not looked at. A virtual-time driver (`crate::eval`) reports at this time.
+    pub fn next_check_s(&self) -> Option<f64> {
+        self.in_flight.map(|f| f.next_check_s)
     }
 
     // --- handle_* and poll ---
