@@ -72,10 +72,13 @@ pub enum Family {
     /// dips (2% of seconds start 1–3 s at 0.3–1.5 Mbps).
     #[serde(rename = "4g")]
     Lte4g,
+    /// Read from a file (`stream eval --trace-dir`). It has no shape of its own:
+    /// [`Trace::generate`] draws steps for it.
+    File,
 }
 
 impl Family {
-    /// Every family, in table order.
+    /// Every generated family, in table order.
     pub const ALL: [Family; 4] = [Family::Steps, Family::Walk, Family::Cellular3g, Family::Lte4g];
 
     /// Its short name.
@@ -85,6 +88,7 @@ impl Family {
             Family::Walk => "walk",
             Family::Cellular3g => "3g",
             Family::Lte4g => "4g",
+            Family::File => "file",
         }
     }
 }
@@ -145,7 +149,7 @@ impl Trace {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(stream);
         let points = match family {
-            Family::Steps => steps(&mut rng),
+            Family::Steps | Family::File => steps(&mut rng),
             Family::Walk => walk(&mut rng),
             Family::Cellular3g => cellular(&mut rng, &CELL_3G),
             Family::Lte4g => cellular(&mut rng, &CELL_4G),
@@ -589,7 +593,7 @@ pub struct Goal {
 pub struct Report {
     /// The seed of the traces and the videos.
     pub seed: u64,
-    /// Traces per family.
+    /// Traces per family (with `--trace-dir`: the files read).
     pub traces_per_family: usize,
     /// Segments of the video.
     pub segments: usize,
@@ -601,6 +605,9 @@ pub struct Report {
     pub goal: Option<Goal>,
     /// Every session.
     pub sessions: Vec<Session>,
+    /// With `--trace-dir`: the file of each trace, by index (absent otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trace_files: Vec<String>,
 }
 
 /// The video played on `trace`: Pensieve's ladder with VBR sizes drawn from `seed` and the
@@ -619,21 +626,41 @@ pub fn play_all(
     seed: u64,
     cfg: &SimConfig,
 ) -> Vec<Session> {
-    trace_set(per_family, seed)
-        .iter()
-        .map(|trace| simulate(build(), &video_for(trace, seed), trace, cfg))
-        .collect()
+    play_traces(build, &trace_set(per_family, seed), seed, cfg)
+}
+
+/// Plays every trace of `traces` with a fresh rule from `build` each time, each on its own
+/// video ([`video_for`] with `seed`).
+pub fn play_traces(
+    build: &dyn Fn() -> Box<dyn Abr + Send>,
+    traces: &[Trace],
+    seed: u64,
+    cfg: &SimConfig,
+) -> Vec<Session> {
+    traces.iter().map(|trace| simulate(build(), &video_for(trace, seed), trace, cfg)).collect()
 }
 
 /// Runs every rule of `rules` over `per_family` traces of every family drawn from `seed`, each
 /// trace with its own Pensieve video ([`video_for`]).
 pub fn evaluate(rules: &[RuleKind], per_family: usize, seed: u64, cfg: &SimConfig) -> Report {
+    evaluate_traces(rules, &trace_set(per_family, seed), seed, cfg)
+}
+
+/// Runs every rule of `rules` over `traces` (from files: label them [`Family::File`], index in
+/// order), each trace with its own Pensieve video drawn from `seed` ([`video_for`]). The table
+/// has a block per family present, then one over all traces.
+pub fn evaluate_traces(rules: &[RuleKind], traces: &[Trace], seed: u64, cfg: &SimConfig) -> Report {
     let mut sessions = Vec::new();
     for &rule in rules {
-        sessions.extend(play_all(&|| rule.build(), per_family, seed, cfg));
+        sessions.extend(play_traces(&|| rule.build(), traces, seed, cfg));
     }
+    const ORDER: [Family; 5] =
+        [Family::Steps, Family::Walk, Family::Cellular3g, Family::Lte4g, Family::File];
+    let count = |f: Family| traces.iter().filter(|t| t.family == f).count();
+    let present = ORDER.into_iter().filter(|&f| count(f) > 0);
+    let per_family = ORDER.into_iter().map(count).max().unwrap_or(0);
     let mut summaries = Vec::new();
-    let families = Family::ALL.into_iter().map(Some).chain([None]);
+    let families = present.map(Some).chain([None]);
     for family in families {
         for &rule in rules {
             let of: Vec<&Session> = sessions
@@ -670,6 +697,7 @@ pub fn evaluate(rules: &[RuleKind], per_family: usize, seed: u64, cfg: &SimConfi
         summaries,
         goal,
         sessions,
+        trace_files: Vec::new(),
     }
 }
 
@@ -845,6 +873,29 @@ mod tests {
         assert_eq!(s.segments.last().unwrap().rep, video.top());
         assert_eq!(s.stalls, 0);
         assert_eq!(s.stall_s, 0.0);
+    }
+
+    #[test]
+    fn trace_files_are_evaluated_as_their_own_family() {
+        // A trace as `play --trace` reads it, 20 Mbps: every rule ends on the top rung.
+        let parsed = crate::player::parse_trace("60 20000000\n").unwrap();
+        let trace = Trace::new(Family::File, 0, parsed.points().to_vec()).unwrap();
+        let r = evaluate_traces(&RuleKind::ALL, &[trace], 1, &SimConfig::default());
+        assert_eq!(r.sessions.len(), RuleKind::ALL.len());
+        assert_eq!(r.traces_per_family, 1);
+        let families: Vec<Option<Family>> = r.summaries.iter().map(|s| s.family).collect();
+        assert!(families.iter().all(|f| *f == Some(Family::File) || f.is_none()));
+        assert!(r.table().contains("file "));
+        for s in &r.sessions {
+            assert_eq!(s.family, Family::File);
+            assert_eq!(s.stalls, 0, "{}", s.rule);
+            assert_eq!(
+                s.segments.last().unwrap().rep,
+                PENSIEVE_LADDER_KBPS.len() - 1,
+                "{}",
+                s.rule
+            );
+        }
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! - `abr/`: the sans-IO adaptive-bitrate core (no clock, no I/O): the `Abr` trait and the
 //!   throughput, BOLA, dynamic (dash.js's default) and hybrid rules.
-//! - `eval`: a virtual-time player simulator over seeded bandwidth traces that compares the
-//!   rules by Pensieve's linear QoE, stalls and switches (`swarmcast stream eval`).
+//! - `eval`: drives `player`'s `PlayerCore` in virtual time over seeded (or, with
+//!   `--trace-dir`, recorded) bandwidth traces and compares the rules by Pensieve's linear QoE,
+//!   stalls and switches (`swarmcast stream eval`).
 //! - `mpd`: the DASH manifest model, its capped parser, segment URLs, the writer and the
 //!   BaseURL rewriter.
 //! - `package`: encodes a bitrate ladder with the ffmpeg CLI and measures what came out.

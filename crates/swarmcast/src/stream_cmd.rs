@@ -1,13 +1,18 @@
 //! `swarmcast stream ...`: the streaming commands of issue 5. `stream eval` runs the ABR rules of
-//! `stream::abr` on the seeded traces of `stream::eval` and prints the table; `package` and
+//! `stream::abr` on the seeded traces of `stream::eval` (or the trace files of `--trace-dir`)
+//! and prints the table; `package` and
 //! `origin` live in `stream_serve.rs`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use stream::abr::RuleKind;
-use stream::eval::{evaluate, SimConfig};
+use stream::eval::{evaluate, evaluate_traces, Family, SimConfig, Trace};
+use stream::player::{parse_trace, MAX_TRACE_BYTES};
+
+/// Most trace files `stream eval --trace-dir` reads.
+const MAX_TRACE_FILES: usize = 10_000;
 
 /// Streaming commands.
 #[derive(Subcommand)]
@@ -32,6 +37,10 @@ pub struct EvalArgs {
     /// Seed of the traces and of the video's segment sizes (same seed, same numbers).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Play the trace files of this directory (the formats `swarmcast play --trace` reads,
+    /// every regular file in name order) instead of the generated traces.
+    #[arg(long, value_name = "DIR", conflicts_with = "traces")]
+    trace_dir: Option<PathBuf>,
     /// Write the report (summaries and every session) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -73,12 +82,32 @@ fn eval(a: &EvalArgs) -> Result<()> {
     if a.traces == 0 || a.traces > 10_000 {
         bail!("--traces is per family and must be in 1..=10000, got {}", a.traces);
     }
-    let report = evaluate(&RuleKind::ALL, a.traces, a.seed, &SimConfig::default());
-    println!(
-        "ABR rules on {} traces per family (seed {}), Pensieve's ladder, {} segments of 4 s; \
-         means per session",
-        a.traces, a.seed, report.segments
-    );
+    let report = match &a.trace_dir {
+        None => {
+            let report = evaluate(&RuleKind::ALL, a.traces, a.seed, &SimConfig::default());
+            println!(
+                "ABR rules on {} traces per family (seed {}), Pensieve's ladder, {} segments of \
+                 4 s; means per session",
+                a.traces, a.seed, report.segments
+            );
+            report
+        }
+        Some(dir) => {
+            let (names, traces) = read_trace_dir(dir)?;
+            let mut report =
+                evaluate_traces(&RuleKind::ALL, &traces, a.seed, &SimConfig::default());
+            report.trace_files = names;
+            println!(
+                "ABR rules on {} trace files of {} (videos from seed {}), Pensieve's ladder, {} \
+                 segments of 4 s; means per session",
+                traces.len(),
+                dir.display(),
+                a.seed,
+                report.segments
+            );
+            report
+        }
+    };
     print!("{}", report.table());
     if let Some(path) = &a.json {
         let json = serde_json::to_vec_pretty(&report).context("cannot encode the report")?;
@@ -86,6 +115,42 @@ fn eval(a: &EvalArgs) -> Result<()> {
         eprintln!("report written to {}", path.display());
     }
     Ok(())
+}
+
+/// Reads every regular file of `dir` in name order as a trace ([`parse_trace`]), labelled
+/// [`Family::File`] with its position as index; returns the file names with them.
+fn read_trace_dir(dir: &Path) -> Result<(Vec<String>, Vec<Trace>)> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            if paths.len() == MAX_TRACE_FILES {
+                bail!("{} has more than {MAX_TRACE_FILES} files", dir.display());
+            }
+            paths.push(entry.path());
+        }
+    }
+    if paths.is_empty() {
+        bail!("{} has no trace file", dir.display());
+    }
+    paths.sort();
+    let mut names = Vec::with_capacity(paths.len());
+    let mut traces = Vec::with_capacity(paths.len());
+    for (index, path) in paths.iter().enumerate() {
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        if len > MAX_TRACE_BYTES as u64 {
+            bail!("{}: {len} bytes, more than the {MAX_TRACE_BYTES}-byte limit", path.display());
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let parsed = parse_trace(&text).with_context(|| format!("{}", path.display()))?;
+        // parse_trace checked the points; relabelling cannot make them invalid.
+        traces.push(Trace::new(Family::File, index, parsed.points().to_vec())?);
+        names.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+    }
+    Ok((names, traces))
 }
 
 fn cdn_sim(a: &CdnSimArgs) -> Result<()> {
@@ -125,4 +190,24 @@ fn cdn_sim(a: &CdnSimArgs) -> Result<()> {
     println!("{:>5} {worst_bounded:>22.3} {worst_plain:>22.3}", "worst");
     println!("goal max/avg <= 1.25: {}", if worst_bounded <= 1.25 { "met" } else { "missed" });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_dir_files_are_read_in_name_order_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.txt"), "10 2000000\n").unwrap();
+        std::fs::write(dir.path().join("a.json"), r#"[{"duration_s": 5, "bps": 300000}]"#).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let (names, traces) = read_trace_dir(dir.path()).unwrap();
+        assert_eq!(names, ["a.json", "b.txt"]);
+        assert_eq!(traces[0].points()[0].bps, 300_000.0);
+        assert_eq!((traces[1].family, traces[1].index), (Family::File, 1));
+        std::fs::write(dir.path().join("c.txt"), "not a trace\n").unwrap();
+        let e = format!("{:#}", read_trace_dir(dir.path()).unwrap_err());
+        assert!(e.contains("c.txt") && e.contains("line 1"), "{e}");
+    }
 }
