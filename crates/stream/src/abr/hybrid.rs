@@ -215,7 +215,10 @@ impl Abr for Hybrid {
 
     fn abandon(&mut self, ladder: &Ladder, p: &Progress) -> Option<usize> {
         if p.rep == 0
-            || p.elapsed_s < self.config.abandon_grace_s
+            // Elapsed times are differences of seconds counted from whole nanoseconds, so one
+            // that is exactly the grace can come out a hair under it (0.4999999999999999):
+            // a nanosecond of tolerance keeps the boundary where the config puts it.
+            || p.elapsed_s + 1e-9 < self.config.abandon_grace_s
             || p.bytes_received >= p.bytes_total
         {
             return None;
@@ -328,5 +331,13 @@ mod tests {
         assert_eq!(h.abandon(&l, &Progress { buffer_s: 30.0, ..p }), None);
         // Within the grace time: no judgement yet.
         assert_eq!(h.abandon(&l, &Progress { elapsed_s: 0.25, ..p }), None);
+        // Exactly the grace, as a difference of floats gives it (0.7 - 0.2 < 0.5): judged.
+        let at_grace = Progress { elapsed_s: 0.7 - 0.2, bytes_received: p.bytes_received / 2, ..p };
+        assert!(at_grace.elapsed_s < 0.5);
+        assert_eq!(
+            h.abandon(&l, &at_grace),
+            h.abandon(&l, &Progress { elapsed_s: 0.5, ..at_grace })
+        );
+        assert!(h.abandon(&l, &Progress { elapsed_s: 0.5, ..at_grace }).is_some());
     }
 }
