@@ -370,7 +370,9 @@ struct Torrent {
     events: mpsc::Receiver<Event>,
     started: Instant,
     completed_announced: bool,
-    tracker_kick: Option<mpsc::UnboundedSender<TrackerEvent>>,
+    /// Our own announce events for the announcer (`Completed`, then `Stopped`: at most two
+    /// ever, so a channel of two never fills; nothing a peer says reaches it).
+    tracker_kick: Option<mpsc::Sender<TrackerEvent>>,
 }
 
 impl Torrent {
@@ -501,7 +503,7 @@ impl Torrent {
             }
         }
         if let Some(tx) = &self.tracker_kick {
-            let _ = tx.send(TrackerEvent::Stopped);
+            let _ = tx.try_send(TrackerEvent::Stopped);
         }
         // Give the announcer a moment to send `stopped`.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -558,7 +560,7 @@ impl Torrent {
         if tiers.is_empty() {
             return;
         }
-        let (kick, mut kicks) = mpsc::unbounded_channel();
+        let (kick, mut kicks) = mpsc::channel(2);
         self.tracker_kick = Some(kick);
         let mut list = TrackerList::new(tiers, &mut self.rng);
         let events = self.events_tx.clone();
@@ -1007,7 +1009,7 @@ impl Torrent {
         self.choker.set_seeding(true);
         self.stats.complete.store(true, Ordering::Release);
         if let Some(tx) = &self.tracker_kick {
-            let _ = tx.send(TrackerEvent::Completed);
+            let _ = tx.try_send(TrackerEvent::Completed);
         }
         self.completed_announced = true;
         // Seeds have nothing to trade with seeds.
