@@ -6,6 +6,8 @@
 //!   client-server and P2P against those bounds.
 //! - [`netns`]: the same lab with every node a real process in its own network namespace and
 //!   kernel (HTB) rate caps (root only).
+//! - [`swarm`]: a seeded discrete-event simulator of one torrent's swarm, every peer the
+//!   `TorrentCore` the session runs, at 10–10^4 peers (`swarmcast sim swarm`).
 //! - [`overlay`]: a seeded discrete-event simulator of the P2P overlay (membership + broadcast
 //!   nodes of the `overlay` crate) at 10^2–10^5 nodes, with crash and anchors-down scenarios.
 #![forbid(unsafe_code)]
@@ -15,3 +17,4 @@ pub mod lab;
 pub mod netns;
 pub mod overlay;
 pub mod plot;
+pub mod swarm;

@@ -1,17 +1,107 @@
-//! `swarmcast sim overlay ...`: runs the seeded overlay simulator of `sim::overlay` and prints
-//! its measurements as a table (and optionally as JSON).
+//! `swarmcast sim overlay ...` and `swarmcast sim swarm ...`: run the seeded simulators of
+//! `sim::overlay` and `sim::swarm` and print their measurements (and optionally write JSON).
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use rand::SeedableRng;
 use sim::overlay::{BroadcastStats, GraphStats, Report, Scenario};
+use sim::swarm::{Arrivals, ClassStats, SwarmConfig, SwarmReport};
+
+use crate::parse_size;
 
 /// Simulations.
 #[derive(Subcommand)]
 pub enum SimCommand {
     /// Simulate the P2P overlay (HyParView + Plumtree nodes) in virtual time.
     Overlay(OverlayArgs),
+    /// Simulate one torrent's swarm in virtual time: every peer the engine's TorrentCore.
+    Swarm(SwarmArgs),
+}
+
+/// Arguments of `swarmcast sim swarm`.
+#[derive(Args)]
+pub struct SwarmArgs {
+    /// N, the number of leechers.
+    #[arg(long)]
+    peers: usize,
+    /// File size F (k/M/G suffixes).
+    #[arg(long, value_parser = parse_size)]
+    file_size: u64,
+    /// Seeder upload u_s, bytes per second.
+    #[arg(long, value_parser = parse_size)]
+    server_upload: u64,
+    /// Every leecher's upload u, bytes per second.
+    #[arg(long, value_parser = parse_size, required_unless_present = "peer_uploads")]
+    peer_upload: Option<u64>,
+    /// Leecher uploads as a list cycled over the N leechers (e.g. 2M,512k); overrides
+    /// --peer-upload.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    peer_uploads: Vec<u64>,
+    /// Every leecher's download cap (default: unlimited).
+    #[arg(long, value_parser = parse_size)]
+    peer_download: Option<u64>,
+    /// Piece size (power of two; default: what `swarmcast create` picks).
+    #[arg(long, value_parser = parse_size)]
+    piece_size: Option<u64>,
+    /// Peers the tracker gives each node.
+    #[arg(long, default_value_t = 30)]
+    neighbors: u32,
+    /// Regular unchoke slots per node (the notes: 4).
+    #[arg(long, default_value_t = 4)]
+    upload_slots: usize,
+    /// Share of leechers (at random) that upload nothing.
+    #[arg(long, default_value_t = 0.0)]
+    free_riders: f64,
+    /// Share of leechers (at random) that leave as soon as they complete.
+    #[arg(long, default_value_t = 0.0)]
+    leave_after_complete: f64,
+    /// How leechers arrive: `flash` (all at t = 0) or `poisson:RATE` (arrivals per second).
+    #[arg(long, default_value = "flash", value_parser = parse_arrivals)]
+    arrivals: Arrivals,
+    /// Pick pieces at random instead of rarest first.
+    #[arg(long)]
+    random_pieces: bool,
+    /// One-way latency range of a link, in ms (e.g. 20..80).
+    #[arg(long, default_value = "20..80", value_parser = parse_latency)]
+    latency: (u64, u64),
+    /// Seed of the run (same seed, same numbers).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop after this many seconds of virtual time.
+    #[arg(long, default_value_t = 86_400)]
+    time_limit: u64,
+    /// Stop after this many seconds of wall time.
+    #[arg(long, default_value_t = 3_600)]
+    wall_limit: u64,
+    /// Write the full report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn parse_arrivals(s: &str) -> Result<Arrivals, String> {
+    if s == "flash" {
+        return Ok(Arrivals::Flash);
+    }
+    let rate = s
+        .strip_prefix("poisson:")
+        .and_then(|r| r.parse::<f64>().ok())
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .ok_or_else(|| format!("`{s}`: use flash or poisson:RATE with RATE arrivals per second"))?;
+    Ok(Arrivals::Poisson(rate))
+}
+
+fn parse_latency(s: &str) -> Result<(u64, u64), String> {
+    let err = || format!("`{s}`: use MIN..MAX in milliseconds, e.g. 20..80");
+    let (a, b) = s.split_once("..").ok_or_else(err)?;
+    let (a, b) = (a.trim().parse().map_err(|_| err())?, b.trim().parse().map_err(|_| err())?);
+    if a > b {
+        return Err(err());
+    }
+    Ok((a, b))
 }
 
 /// Arguments of `swarmcast sim overlay`.
@@ -59,7 +149,111 @@ pub struct OverlayArgs {
 pub fn run(cmd: SimCommand) -> Result<()> {
     match cmd {
         SimCommand::Overlay(a) => overlay(&a),
+        SimCommand::Swarm(a) => swarm(&a),
     }
+}
+
+fn swarm(a: &SwarmArgs) -> Result<()> {
+    if a.peers == 0 {
+        bail!("--peers must be at least 1");
+    }
+    for (name, f) in
+        [("--free-riders", a.free_riders), ("--leave-after-complete", a.leave_after_complete)]
+    {
+        if !(0.0..=1.0).contains(&f) {
+            bail!("{name} is a share of the leechers in [0, 1], got {f}");
+        }
+    }
+    let mut uploads: Vec<u64> = if a.peer_uploads.is_empty() {
+        vec![a.peer_upload.unwrap_or(0); a.peers]
+    } else {
+        a.peer_uploads.iter().copied().cycle().take(a.peers).collect()
+    };
+    // Free riders: a random share of the leechers, from the run's seed.
+    let riders = (a.free_riders * a.peers as f64).round() as usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed ^ 0x5eed_f4ee);
+    for i in rand::seq::index::sample(&mut rng, a.peers, riders) {
+        uploads[i] = 0;
+    }
+    let piece_size =
+        a.piece_size.map(|p| u32::try_from(p).context("--piece-size is too large")).transpose()?;
+    let mut config = SwarmConfig::uniform(a.peers, a.file_size, a.server_upload, 0, a.seed);
+    config.peer_uploads = uploads;
+    config.piece_size = piece_size;
+    config.download_limit = a.peer_download;
+    config.neighbors = a.neighbors;
+    config.upload_slots = a.upload_slots;
+    config.leave_after_complete = a.leave_after_complete;
+    config.arrivals = a.arrivals;
+    config.rarest_first = !a.random_pieces;
+    config.latency_min = Duration::from_millis(a.latency.0);
+    config.latency_max = Duration::from_millis(a.latency.1);
+    config.time_limit = Duration::from_secs(a.time_limit);
+    config.wall_limit = Duration::from_secs(a.wall_limit);
+    let started = std::time::Instant::now();
+    let report = sim::swarm::run(&config, |t, complete, delivered| {
+        eprintln!(
+            "[{:6.1} s wall] {t:7.1} s virtual: {complete}/{} complete, {:.1}% delivered",
+            started.elapsed().as_secs_f64(),
+            a.peers,
+            delivered * 100.0
+        );
+    })?;
+    print_swarm(&report);
+    if let Some(path) = &a.json {
+        let json = serde_json::to_string_pretty(&report).context("report to JSON")?;
+        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_swarm(r: &SwarmReport) {
+    println!(
+        "simulated swarm N={} F={:.1} MiB ({} pieces of {} KiB): measured {:.2} s, bound {:.2} s ({}), ratio {:.3}",
+        r.n,
+        r.file_size as f64 / 1048576.0,
+        r.pieces,
+        r.piece_size / 1024,
+        r.measured_s,
+        r.bound_s,
+        r.bound_term,
+        r.ratio
+    );
+    println!(
+        "  upload utilization: seeder {:.1}%, peers {:.1}%; bytes served by peers: {:.1}% (bytes on the wire)",
+        r.seeder_utilization * 100.0,
+        r.peer_utilization * 100.0,
+        r.peer_upload_share * 100.0
+    );
+    let g = &r.gap;
+    println!(
+        "  unused capacity: start-up {:.2} s (until {:.2} s), middle {:.2} s, tail {:.2} s (from {:.2} s, 90% delivered), duplicates {:.2} s",
+        g.startup_s, g.startup_ends_s, g.middle_s, g.tail_s, g.tail_from_s, g.duplicates_s
+    );
+    let mut times: Vec<f64> = r.peers.iter().map(|p| p.completed_s).collect();
+    times.sort_by(f64::total_cmp);
+    if let (Some(first), Some(last)) = (times.first(), times.last()) {
+        println!(
+            "  completion since arrival: first {first:.2} s, median {:.2} s, last {last:.2} s",
+            times[times.len() / 2]
+        );
+    }
+    let class = |name: &str, c: &Option<ClassStats>| {
+        if let Some(c) = c {
+            println!(
+                "  {name:<13} {:>6} peers: completion mean {:.2} s, median {:.2} s, last {:.2} s",
+                c.count, c.mean_s, c.median_s, c.max_s
+            );
+        }
+    };
+    class("contributors", &r.contributors);
+    class("free riders", &r.free_riders);
+    class("stayed", &r.stayed);
+    class("left", &r.left);
+    println!(
+        "  ({} events, {} unneeded blocks, {:.1} s wall)",
+        r.events, r.wasted_blocks, r.wall_s
+    );
 }
 
 fn overlay(a: &OverlayArgs) -> Result<()> {

@@ -5,6 +5,7 @@
 pub mod choker;
 pub mod ext;
 pub mod picker;
+pub mod torrent;
 pub mod wire;
 
 /// The standard block size (BEP 3 practice): requests are for 16 KiB.

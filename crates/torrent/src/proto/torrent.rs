@@ -1,0 +1,1129 @@
+//! [`TorrentCore`]: everything one torrent decides, as a sans-IO state machine.
+//!
+//! The core holds the peers' protocol states, the [`PiecePicker`] and the [`Choker`] it owns,
+//! request pipelining, endgame, the bookkeeping of piece verification and smart bans, the list
+//! of addresses to dial, the tracker announce schedule and the serving side of metadata exchange
+//! (BEP 9). It opens no socket, reads no clock, spawns no task and touches no file: what arrives
+//! comes in through [`TorrentCore::handle`] with the time, what must be done comes out of
+//! [`TorrentCore::poll`] as an [`Output`], and timers come back as
+//! [`TorrentCore::next_deadline`]. The tokio session ([`crate::session`]) and the simulator
+//! (`sim::swarm`) drive this very type.
+//!
+//! # Using it
+//!
+//! Methods fall into four groups, in the order quinn-proto documents its `Connection`:
+//!
+//! - *getters*: [`TorrentCore::have`], [`TorrentCore::is_complete`], [`TorrentCore::stats`],
+//!   [`TorrentCore::peer_keys`], [`TorrentCore::is_unchoked`], …;
+//! - *handlers*: [`TorrentCore::handle`] with an [`Input`]: a connection finished its
+//!   handshake, a peer sent a message or went away, a block went out, a piece was hashed, the
+//!   disk synced, a tracker answered, or a deadline passed ([`Input::Timeout`]);
+//! - *mutators*: [`TorrentCore::stop`] (leave the swarm: announce `stopped`);
+//! - *polling*: [`TorrentCore::poll`], drained until `None` after every call above, and
+//!   [`TorrentCore::next_deadline`], the instant at which to call `handle(now, Input::Timeout)`.
+//!
+//! # What the owner carries out
+//!
+//! [`Output::Send`] a message to a peer; [`Output::Serve`] read a block from storage and send it
+//! when the upload limit allows ([`Output::CancelServe`] and [`Output::DropServes`] take queued
+//! ones back); [`Output::Connect`] dial an address and report [`Input::Connected`] or
+//! [`Input::ConnectFailed`]; [`Output::Disconnect`] close a connection; [`Output::Write`] a
+//! block, then [`Output::Verify`] its piece once every block is written (in that order: the
+//! owner writes and hashes in queue order) and report [`Input::Verified`]; [`Output::Sync`] and
+//! report [`Input::Synced`]; [`Output::Announce`] to the trackers and report
+//! [`Input::Announced`] or [`Input::AnnounceFailed`]; [`Output::Event`] is for people.
+//!
+//! # Invariants
+//!
+//! - a piece is announced (HAVE), served, or counted only after its SHA-1 verified on disk, and
+//!   the torrent is complete only once every piece verified and the data synced;
+//! - at most one connection per remote peer id (simultaneous dials: the connection opened by the
+//!   peer with the lower id survives on both sides);
+//! - a peer whose block was proven wrong (it differs from the piece's verified bytes) is banned
+//!   by address; so is a peer that alone sent [`BAN_AFTER_FAILED_PIECES`] failed pieces;
+//! - every table fed by peers is bounded: connected peers by `max_peers`, addresses to dial by
+//!   [`MAX_CANDIDATES`], requests we serve are checked against what we have and the piece size;
+//!   a peer that breaks the protocol is disconnected ([`Output::Disconnect`]), never a panic.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tracing::{debug, info, warn};
+
+use super::choker::{ChokeDecision, Choker, ChokerConfig};
+use super::ext::{ExtHandshake, MetadataMsg, METADATA_PIECE, OUR_UT_METADATA};
+use super::picker::{BlockOutcome, PickerConfig, PiecePicker};
+use super::wire::Message;
+use super::{BlockRef, PeerKey, BLOCK_SIZE};
+use crate::tracker::Event as AnnounceEvent;
+use crate::{Bitfield, PeerId};
+
+/// A peer contributing to this many failed pieces is banned even without proof.
+pub const BAN_AFTER_FAILED_PIECES: u32 = 3;
+/// The largest block we serve; larger requests are rejected.
+pub const MAX_SERVED_BLOCK: u32 = 128 * 1024;
+/// Most addresses kept to dial (from trackers and `--peer`); more are ignored until some go.
+pub const MAX_CANDIDATES: usize = 2_000;
+/// Seconds of a peer's download rate kept in requests in flight.
+const REQUEST_QUEUE_SECS: f64 = 0.5;
+/// Fewest requests kept in flight to an unchoking peer.
+const MIN_PIPELINE: usize = 4;
+/// Most requests kept in flight to one peer.
+const MAX_PIPELINE: usize = 500;
+/// The period of rate estimates, keep-alives and snub checks.
+const TICK: Duration = Duration::from_secs(1);
+/// A peer that sent nothing for this long is disconnected.
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(180);
+/// We send a keep-alive after this long without sending anything.
+const KEEPALIVE: Duration = Duration::from_secs(90);
+/// A peer that sends no block for this long while we wait for some is snubbed.
+const SNUB_TIMEOUT: Duration = Duration::from_secs(30);
+/// Smallest wait between two announces, whatever the tracker asks.
+const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
+/// Wait after a failed announce.
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(15);
+/// A candidate that failed this many dials is not dialled again.
+const MAX_DIAL_FAILURES: u32 = 5;
+
+/// How a torrent behaves.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Cap on connected peers.
+    pub max_peers: usize,
+    /// Keep running and seeding once complete (a seed always does).
+    pub seed_when_done: bool,
+    pub choker: ChokerConfig,
+    pub picker: PickerConfig,
+    /// The torrent has trackers to announce to.
+    pub announce: bool,
+    /// The port we listen on (sent in the extension handshake; never dialled on loopback).
+    pub our_port: u16,
+    /// Our peer id (a connection to it is a connection to ourselves).
+    pub our_id: PeerId,
+}
+
+/// The torrent's shape: what the core needs of the metainfo.
+#[derive(Clone, Debug)]
+pub struct Geometry {
+    pub piece_length: u32,
+    pub total_length: u64,
+    /// The bencoded info dictionary, served to peers that ask for it (BEP 9); may be empty.
+    pub metadata: Bytes,
+}
+
+/// What arrives at the core.
+#[derive(Debug)]
+pub enum Input {
+    /// A connection finished its handshake. `peer` is a key the owner never used before.
+    Connected {
+        peer: PeerKey,
+        addr: SocketAddr,
+        id: PeerId,
+        fast: bool,
+        extensions: bool,
+        outgoing: bool,
+    },
+    /// A dial asked for by [`Output::Connect`] failed.
+    ConnectFailed(SocketAddr),
+    /// A peer sent a message.
+    Message(PeerKey, Message),
+    /// A connection closed (socket error, the peer left, its queue overflowed).
+    Closed(PeerKey, String),
+    /// Payload bytes of blocks written to the peer's socket since the last report.
+    Uploaded(PeerKey, u64),
+    /// A piece was hashed; `blocks` holds each block's SHA-1 when asked for or when it failed.
+    Verified { piece: u32, ok: bool, blocks: Option<Vec<[u8; 20]>> },
+    /// Everything written is on stable storage.
+    Synced,
+    /// Addresses to dial (from `--peer`, a tracker or, later, the DHT).
+    Peers(Vec<SocketAddr>),
+    /// An announce finished: the tracker's interval and peers.
+    Announced { interval: Duration, peers: Vec<SocketAddr> },
+    /// An announce failed.
+    AnnounceFailed,
+    /// [`TorrentCore::next_deadline`] passed.
+    Timeout,
+}
+
+/// What the owner must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send a message to a peer.
+    Send(PeerKey, Message),
+    /// Read this block from storage and send it (a PIECE message) when the upload limit allows.
+    Serve(PeerKey, BlockRef),
+    /// The peer cancelled this request: drop it if not yet sent.
+    CancelServe(PeerKey, BlockRef),
+    /// We choked the peer: drop every queued block; with `reject`, send REJECT for each (BEP 6).
+    DropServes { peer: PeerKey, reject: bool },
+    /// Close the connection (no more inputs for this key are needed).
+    Disconnect(PeerKey, String),
+    /// Dial this address.
+    Connect(SocketAddr),
+    /// Write a received block.
+    Write { piece: u32, offset: u32, data: Bytes },
+    /// Hash the piece once its blocks are written; with `blocks`, each block's SHA-1 too.
+    Verify { piece: u32, blocks: bool },
+    /// Flush everything written to stable storage.
+    Sync,
+    /// Announce to the trackers.
+    Announce { event: AnnounceEvent, uploaded: u64, downloaded: u64, left: u64 },
+    /// Something a person may want to see.
+    Event(TorrentEvent),
+}
+
+/// Things that happened, for logs, progress bars and the UI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TorrentEvent {
+    /// A piece verified.
+    PieceVerified(u32),
+    /// A piece failed its hash check and will be fetched again.
+    HashFailed(u32),
+    /// A peer was banned.
+    Banned(SocketAddr),
+    /// Every piece verified and synced.
+    Complete,
+}
+
+/// Counters of a torrent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CoreStats {
+    pub pieces_total: u32,
+    pub pieces_have: u32,
+    pub bytes_total: u64,
+    /// Verified payload bytes.
+    pub bytes_have: u64,
+    /// Payload bytes received / sent (as reported by [`Input::Uploaded`]).
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub peers: usize,
+    pub hash_failures: u32,
+    pub banned: u32,
+}
+
+/// A byte-rate estimate over roughly the last few seconds (exponential moving average).
+#[derive(Default, Clone, Copy)]
+struct Rate {
+    bytes_since: u64,
+    per_sec: f64,
+}
+
+impl Rate {
+    fn add(&mut self, n: u64) {
+        self.bytes_since += n;
+    }
+    fn tick(&mut self, secs: f64) {
+        let sample = self.bytes_since as f64 / secs.max(1e-3);
+        self.per_sec = if self.per_sec == 0.0 { sample } else { 0.6 * self.per_sec + 0.4 * sample };
+        self.bytes_since = 0;
+    }
+}
+
+struct PeerState {
+    addr: SocketAddr,
+    id: PeerId,
+    fast: bool,
+    ext: Option<ExtHandshake>,
+    has: Bitfield,
+    /// True once the peer told us what it has (BITFIELD, HAVE, HAVE_ALL, HAVE_NONE): a
+    /// HAVE_ALL/HAVE_NONE after that is a protocol violation. (aria2 sends ALLOWED_FAST before
+    /// its BITFIELD, so "first message" is too strict a rule.)
+    said_what_it_has: bool,
+    am_choking: bool,
+    am_interested: bool,
+    peer_choking: bool,
+    peer_interested: bool,
+    /// Target number of outstanding requests, grown with the peer's rate.
+    pipeline: usize,
+    down: Rate,
+    up: Rate,
+    last_msg: Instant,
+    last_block: Instant,
+    last_sent: Instant,
+    snubbed: bool,
+    failed_pieces: u32,
+}
+
+/// The announce schedule.
+struct Announcer {
+    /// The next event to send, and when.
+    next: Option<(Instant, AnnounceEvent)>,
+    /// The event of the announce under way.
+    in_flight: Option<AnnounceEvent>,
+    /// `completed` waits here while another announce is in flight.
+    kick: Option<AnnounceEvent>,
+}
+
+/// One torrent's protocol state. See the [module documentation](self).
+pub struct TorrentCore {
+    geometry: Geometry,
+    config: CoreConfig,
+    picker: PiecePicker<ChaCha8Rng>,
+    choker: Choker<ChaCha8Rng>,
+    peers: BTreeMap<PeerKey, PeerState>,
+    /// Addresses we may dial, with the time of the last attempt and failures so far.
+    candidates: BTreeMap<SocketAddr, (Option<Instant>, u32)>,
+    connecting: BTreeSet<SocketAddr>,
+    banned: BTreeSet<SocketAddr>,
+    /// Who sent each block of pieces not yet verified (for smart banning).
+    block_source: HashMap<(u32, u32), PeerKey>,
+    /// Blocks of failed pieces: (offset, sender's address, SHA-1 of what it sent).
+    suspects: HashMap<u32, Vec<(u32, SocketAddr, [u8; 20])>>,
+    /// Every piece verified and the sync asked for; complete once it is done.
+    syncing: bool,
+    complete: bool,
+    stopped: bool,
+    announcer: Option<Announcer>,
+    started: Instant,
+    next_tick: Instant,
+    last_tick: Instant,
+    stats: CoreStats,
+    out: VecDeque<Output>,
+}
+
+impl TorrentCore {
+    /// A torrent that has the pieces in `have` (verified by the owner before), starting at
+    /// `now`. A complete torrent asks for a [`Output::Sync`] first and is complete once synced.
+    pub fn new(
+        geometry: Geometry,
+        have: Bitfield,
+        config: CoreConfig,
+        mut rng: ChaCha8Rng,
+        now: Instant,
+    ) -> Self {
+        let picker_rng = ChaCha8Rng::seed_from_u64(rng.random());
+        let choker_rng = ChaCha8Rng::seed_from_u64(rng.random());
+        let picker = PiecePicker::new(
+            config.picker.clone(),
+            geometry.piece_length,
+            geometry.total_length,
+            have,
+            picker_rng,
+        );
+        let mut choker = Choker::new(config.choker.clone(), choker_rng, now);
+        choker.set_seeding(picker.have().is_full());
+        let have = picker.have();
+        let stats = CoreStats {
+            pieces_total: picker.num_pieces(),
+            pieces_have: have.count(),
+            bytes_total: geometry.total_length,
+            bytes_have: have.iter_set().map(|p| picker.piece_size(p) as u64).sum(),
+            ..CoreStats::default()
+        };
+        let announcer = config.announce.then_some(Announcer {
+            next: Some((now, AnnounceEvent::Started)),
+            in_flight: None,
+            kick: None,
+        });
+        let mut core = TorrentCore {
+            geometry,
+            config,
+            picker,
+            choker,
+            peers: BTreeMap::new(),
+            candidates: BTreeMap::new(),
+            connecting: BTreeSet::new(),
+            banned: BTreeSet::new(),
+            block_source: HashMap::new(),
+            suspects: HashMap::new(),
+            syncing: false,
+            complete: false,
+            stopped: false,
+            announcer,
+            started: now,
+            next_tick: now + TICK,
+            last_tick: now,
+            stats,
+            out: VecDeque::new(),
+        };
+        if core.picker.is_complete() {
+            core.on_all_verified();
+        }
+        core.start_announce(now);
+        core
+    }
+
+    // ---- getters ----
+
+    /// The verified pieces.
+    pub fn have(&self) -> &Bitfield {
+        self.picker.have()
+    }
+
+    /// Every piece verified and synced.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// Complete and not meant to seed: the owner may end the torrent.
+    pub fn is_finished(&self) -> bool {
+        self.complete && !self.config.seed_when_done
+    }
+
+    /// The torrent's counters.
+    pub fn stats(&self) -> CoreStats {
+        CoreStats { peers: self.peers.len(), ..self.stats }
+    }
+
+    /// The connected peers, in key order.
+    pub fn peer_keys(&self) -> impl Iterator<Item = PeerKey> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// The address of a connected peer.
+    pub fn peer_addr(&self, peer: PeerKey) -> Option<SocketAddr> {
+        self.peers.get(&peer).map(|p| p.addr)
+    }
+
+    /// Whether we upload to the peer (the choker's verdict as sent to it).
+    pub fn is_unchoked(&self, peer: PeerKey) -> bool {
+        self.peers.get(&peer).is_some_and(|p| !p.am_choking)
+    }
+
+    /// Whether the peer unchoked us.
+    pub fn peer_unchoked_us(&self, peer: PeerKey) -> bool {
+        self.peers.get(&peer).is_some_and(|p| !p.peer_choking)
+    }
+
+    /// Requests outstanding to the peer.
+    pub fn outstanding(&self, peer: PeerKey) -> usize {
+        self.picker.outstanding(peer)
+    }
+
+    /// Whether the picker is in endgame.
+    pub fn in_endgame(&self) -> bool {
+        self.picker.in_endgame()
+    }
+
+    /// Whether this address is banned.
+    pub fn is_banned(&self, addr: &SocketAddr) -> bool {
+        self.banned.contains(addr)
+    }
+
+    /// The torrent's shape.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
+    // ---- handlers ----
+
+    /// Takes in what happened at `now`; drain [`TorrentCore::poll`] afterwards.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Connected { peer, addr, id, fast, extensions, outgoing } => {
+                self.connecting.remove(&addr);
+                self.on_connected(now, peer, addr, id, fast, extensions, outgoing);
+            }
+            Input::ConnectFailed(addr) => {
+                self.connecting.remove(&addr);
+                if let Some(c) = self.candidates.get_mut(&addr) {
+                    c.1 += 1;
+                }
+            }
+            Input::Message(peer, msg) => {
+                if let Err(reason) = self.on_message(now, peer, msg) {
+                    self.drop_peer(now, peer, &reason);
+                }
+            }
+            Input::Closed(peer, reason) => self.drop_peer(now, peer, &reason),
+            Input::Uploaded(peer, bytes) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.up.add(bytes);
+                    self.choker.record_uploaded(peer, bytes);
+                }
+                self.stats.uploaded += bytes;
+            }
+            Input::Verified { piece, ok, blocks } => self.on_verified(now, piece, ok, blocks),
+            Input::Synced => self.on_synced(now),
+            Input::Peers(list) => self.add_candidates(now, list),
+            Input::Announced { interval, peers } => {
+                if let Some(a) = &mut self.announcer {
+                    a.in_flight = None;
+                    if a.next.is_none() {
+                        let event = a.kick.take().unwrap_or(AnnounceEvent::None);
+                        let at = if event == AnnounceEvent::None {
+                            now + interval.max(MIN_ANNOUNCE_INTERVAL)
+                        } else {
+                            now
+                        };
+                        a.next = Some((at, event));
+                    }
+                }
+                self.add_candidates(now, peers);
+                self.start_announce(now);
+            }
+            Input::AnnounceFailed => {
+                if let Some(a) = &mut self.announcer {
+                    // The failed event is sent again (a `completed` that came meanwhile wins).
+                    let failed = a.in_flight.take().unwrap_or_default();
+                    if a.next.is_none() {
+                        a.next = Some((now + ANNOUNCE_RETRY, a.kick.take().unwrap_or(failed)));
+                    }
+                }
+            }
+            Input::Timeout => self.on_timeout(now),
+        }
+    }
+
+    // ---- mutators ----
+
+    /// Leaves the swarm: announces `stopped` once (if there are trackers) and dials no more.
+    /// The owner then closes the connections.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        if let Some(a) = &mut self.announcer {
+            a.next = None;
+            a.kick = None;
+            self.out.push_back(Output::Announce {
+                event: AnnounceEvent::Stopped,
+                uploaded: self.stats.uploaded,
+                downloaded: self.stats.downloaded,
+                left: self.stats.bytes_total - self.stats.bytes_have,
+            });
+        }
+    }
+
+    // ---- polling ----
+
+    /// The next thing to do, until `None`.
+    pub fn poll(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When to call `handle(now, Input::Timeout)` next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.stopped {
+            return None;
+        }
+        let mut at = self.next_tick.min(self.choker.next_deadline());
+        if let Some((t, _)) = self.announcer.as_ref().and_then(|a| a.next) {
+            at = at.min(t);
+        }
+        Some(at)
+    }
+
+    // ---- internals ----
+
+    fn send(&mut self, now: Instant, peer: PeerKey, msg: Message) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.last_sent = now;
+            self.out.push_back(Output::Send(peer, msg));
+        }
+    }
+
+    fn add_candidates(&mut self, now: Instant, list: Vec<SocketAddr>) {
+        for a in list {
+            if self.candidates.len() >= MAX_CANDIDATES {
+                // Forget addresses that never answered before refusing new ones.
+                self.candidates.retain(|_, (_, fails)| *fails < MAX_DIAL_FAILURES);
+                if self.candidates.len() >= MAX_CANDIDATES {
+                    break;
+                }
+            }
+            if a.port() != 0 && !self.banned.contains(&a) {
+                self.candidates.entry(a).or_insert((None, 0));
+            }
+        }
+        self.connect_more(now);
+    }
+
+    fn start_announce(&mut self, now: Instant) {
+        let (uploaded, downloaded, left) = (
+            self.stats.uploaded,
+            self.stats.downloaded,
+            self.stats.bytes_total - self.stats.bytes_have,
+        );
+        let Some(a) = &mut self.announcer else {
+            return;
+        };
+        if a.in_flight.is_some() || self.stopped {
+            return;
+        }
+        if let Some((at, event)) = a.next {
+            if at <= now {
+                a.next = None;
+                a.in_flight = Some(event);
+                self.out.push_back(Output::Announce { event, uploaded, downloaded, left });
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_connected(
+        &mut self,
+        now: Instant,
+        key: PeerKey,
+        addr: SocketAddr,
+        id: PeerId,
+        fast: bool,
+        extensions: bool,
+        outgoing: bool,
+    ) {
+        let refuse = |core: &mut Self, why: &str| {
+            core.out.push_back(Output::Disconnect(key, why.to_string()));
+        };
+        if self.stopped {
+            return refuse(self, "stopping");
+        }
+        if id == self.config.our_id {
+            return refuse(self, "connected to ourselves");
+        }
+        if self.banned.contains(&addr) {
+            return refuse(self, "banned");
+        }
+        if self.peers.len() >= self.config.max_peers {
+            return refuse(self, "too many peers");
+        }
+        let ours = self.config.our_id;
+        if let Some((&dup, _)) = self.peers.iter().find(|(_, p)| p.id == id) {
+            // Keep the connection dialed by the lower peer id; both ends decide alike.
+            let new_dialer = if outgoing { ours } else { id };
+            if new_dialer < std::cmp::max(ours, id) {
+                self.drop_peer(now, dup, "duplicate connection");
+            } else {
+                return refuse(self, "duplicate connection");
+            }
+        }
+        let n = self.picker.num_pieces();
+        let st = PeerState {
+            addr,
+            id,
+            fast,
+            ext: None,
+            has: Bitfield::new(n),
+            said_what_it_has: false,
+            am_choking: true,
+            am_interested: false,
+            peer_choking: true,
+            peer_interested: false,
+            pipeline: 16,
+            down: Rate::default(),
+            up: Rate::default(),
+            last_msg: now,
+            last_block: now,
+            last_sent: now,
+            snubbed: false,
+            failed_pieces: 0,
+        };
+        debug!(peer = %addr, ?key, outgoing, "connected");
+        self.peers.insert(key, st);
+        // First message: what we have.
+        let have = self.picker.have();
+        let first = if fast && have.is_full() {
+            Some(Message::HaveAll)
+        } else if fast && have.count() == 0 {
+            Some(Message::HaveNone)
+        } else if have.count() > 0 {
+            Some(Message::Bitfield(Bytes::copy_from_slice(have.as_bytes())))
+        } else {
+            None
+        };
+        if let Some(m) = first {
+            self.send(now, key, m);
+        }
+        if extensions {
+            let hs = ExtHandshake {
+                ut_metadata: Some(OUR_UT_METADATA),
+                metadata_size: Some(self.geometry.metadata.len() as u32),
+                client: Some("Swarmcast 0.1".into()),
+                reqq: Some(MAX_PIPELINE as u32),
+                port: Some(self.config.our_port),
+            };
+            self.send(now, key, Message::Extended { id: 0, payload: Bytes::from(hs.encode()) });
+        }
+        self.choker.peer_connected(now, key);
+        self.apply_choker();
+    }
+
+    fn drop_peer(&mut self, now: Instant, key: PeerKey, reason: &str) {
+        let Some(p) = self.peers.remove(&key) else {
+            return;
+        };
+        debug!(peer = %p.addr, "disconnected: {reason}");
+        self.out.push_back(Output::Disconnect(key, reason.to_string()));
+        self.picker.peer_left(key, &p.has);
+        self.choker.peer_disconnected(key);
+        self.apply_choker();
+        // Its released requests can go to others now.
+        self.fill_all(now);
+    }
+
+    fn fill_all(&mut self, now: Instant) {
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for k in keys {
+            self.fill_requests(now, k);
+        }
+    }
+
+    /// Handles one message; an error disconnects the peer.
+    fn on_message(&mut self, now: Instant, key: PeerKey, msg: Message) -> Result<(), String> {
+        let n = self.picker.num_pieces();
+        let Some(p) = self.peers.get_mut(&key) else {
+            return Ok(());
+        };
+        p.last_msg = now;
+        let first = !p.said_what_it_has;
+        if matches!(
+            msg,
+            Message::Have(_) | Message::Bitfield(_) | Message::HaveAll | Message::HaveNone
+        ) {
+            p.said_what_it_has = true;
+        }
+        match msg {
+            Message::KeepAlive => {}
+            Message::Choke => {
+                p.peer_choking = true;
+                self.picker.release_peer(key);
+            }
+            Message::Unchoke => {
+                p.peer_choking = false;
+                self.fill_requests(now, key);
+            }
+            Message::Interested => {
+                p.peer_interested = true;
+                self.choker.set_interested(now, key, true);
+                self.apply_choker();
+            }
+            Message::NotInterested => {
+                p.peer_interested = false;
+                self.choker.set_interested(now, key, false);
+                self.apply_choker();
+            }
+            Message::Have(piece) => {
+                if piece >= n {
+                    return Err(format!("HAVE for piece {piece} of {n}"));
+                }
+                if p.has.set(piece) {
+                    self.picker.peer_have(key, piece);
+                    self.update_interest(now, key);
+                }
+            }
+            Message::Bitfield(raw) => {
+                let bf = Bitfield::from_wire(&raw, n).map_err(|e| e.to_string())?;
+                if first {
+                    p.has = bf;
+                    let has = p.has.clone();
+                    self.picker.peer_bitfield(key, &has);
+                } else {
+                    // aria2 re-sends its whole BITFIELD instead of HAVE after HAVE_NONE: treat a
+                    // later BITFIELD as HAVEs for the pieces it adds (peers never lose pieces).
+                    for piece in bf.iter_set() {
+                        if p.has.set(piece) {
+                            self.picker.peer_have(key, piece);
+                        }
+                    }
+                }
+                self.update_interest(now, key);
+            }
+            Message::HaveAll | Message::HaveNone => {
+                if !p.fast || !first {
+                    return Err("HAVE_ALL/HAVE_NONE out of place".into());
+                }
+                if matches!(msg, Message::HaveAll) {
+                    p.has = Bitfield::full(n);
+                    let has = p.has.clone();
+                    self.picker.peer_bitfield(key, &has);
+                    self.update_interest(now, key);
+                }
+            }
+            Message::Request { piece, offset, length } => {
+                let b = BlockRef { piece, offset, length };
+                let valid = piece < n
+                    && length > 0
+                    && length <= MAX_SERVED_BLOCK
+                    && offset
+                        .checked_add(length)
+                        .is_some_and(|end| end <= self.picker.piece_size(piece))
+                    && self.picker.have().has(piece);
+                if valid && !p.am_choking {
+                    self.out.push_back(Output::Serve(key, b));
+                } else if p.fast {
+                    self.send(now, key, Message::RejectRequest { piece, offset, length });
+                }
+            }
+            Message::Cancel { piece, offset, length } => {
+                self.out.push_back(Output::CancelServe(key, BlockRef { piece, offset, length }));
+            }
+            Message::RejectRequest { piece, offset, length } => {
+                self.picker.release(key, BlockRef { piece, offset, length });
+                self.fill_requests(now, key);
+            }
+            Message::Piece { piece, offset, data } => self.on_block(now, key, piece, offset, data),
+            Message::Port(_) | Message::SuggestPiece(_) | Message::AllowedFast(_) => {}
+            Message::Extended { id, payload } => self.on_extended(now, key, id, payload)?,
+        }
+        Ok(())
+    }
+
+    fn on_block(&mut self, now: Instant, key: PeerKey, piece: u32, offset: u32, data: Bytes) {
+        let block = BlockRef { piece, offset, length: data.len() as u32 };
+        let len = data.len() as u64;
+        match self.picker.block_received(key, block) {
+            BlockOutcome::Unexpected => {}
+            BlockOutcome::Accepted { piece_complete, cancels } => {
+                // The owner writes in order: the piece's verification asked for below comes
+                // after every one of its writes.
+                self.out.push_back(Output::Write { piece, offset, data });
+                self.block_source.insert((piece, offset), key);
+                for (other, b) in cancels {
+                    self.send(
+                        now,
+                        other,
+                        Message::Cancel { piece: b.piece, offset: b.offset, length: b.length },
+                    );
+                }
+                self.stats.downloaded += len;
+                self.choker.record_downloaded(key, len);
+                if let Some(p) = self.peers.get_mut(&key) {
+                    p.down.add(len);
+                    p.last_block = now;
+                    p.snubbed = false;
+                }
+                if piece_complete {
+                    // Block digests are needed to find who lied when this piece failed before.
+                    let blocks = self.suspects.contains_key(&piece);
+                    self.out.push_back(Output::Verify { piece, blocks });
+                }
+            }
+        }
+        self.fill_requests(now, key);
+    }
+
+    fn on_verified(&mut self, now: Instant, piece: u32, ok: bool, blocks: Option<Vec<[u8; 20]>>) {
+        if piece >= self.picker.num_pieces() || self.picker.have().has(piece) {
+            return;
+        }
+        let offsets: Vec<u32> = {
+            let size = self.picker.piece_size(piece);
+            (0..size.div_ceil(BLOCK_SIZE)).map(|i| i * BLOCK_SIZE).collect()
+        };
+        let digest_at = |off: u32| blocks.as_ref()?.get((off / BLOCK_SIZE) as usize).copied();
+        if !ok {
+            self.stats.hash_failures += 1;
+            self.out.push_back(Output::Event(TorrentEvent::HashFailed(piece)));
+            // Remember who sent what, to find the liar once the piece verifies.
+            let mut record = Vec::new();
+            for &off in &offsets {
+                if let Some(src) = self.block_source.remove(&(piece, off)) {
+                    if let (Some(p), Some(digest)) = (self.peers.get(&src), digest_at(off)) {
+                        record.push((off, p.addr, digest));
+                    }
+                }
+            }
+            self.suspects.entry(piece).or_default().extend(record);
+            let contributors = self.picker.piece_failed(piece);
+            warn!(piece, ?contributors, "piece failed its hash check; fetching it again");
+            // Without proof, only a peer that sent the whole piece is counted against: honest
+            // peers that shared a piece with a liar are cleared when it verifies (smart ban).
+            if let [only] = contributors[..] {
+                let ban = self.peers.get_mut(&only).is_some_and(|p| {
+                    p.failed_pieces += 1;
+                    p.failed_pieces >= BAN_AFTER_FAILED_PIECES
+                });
+                if ban {
+                    if let Some(addr) = self.peers.get(&only).map(|p| p.addr) {
+                        warn!(peer = %addr, "peer took part in too many failed pieces: banned");
+                        self.ban(now, addr, "banned");
+                    }
+                }
+            }
+            self.fill_all(now);
+            return;
+        }
+        for off in &offsets {
+            self.block_source.remove(&(piece, *off));
+        }
+        if let Some(bad) = self.suspects.remove(&piece) {
+            let mut liars = BTreeSet::new();
+            for (off, addr, digest) in bad {
+                if digest_at(off).is_some_and(|good| good != digest) {
+                    liars.insert(addr);
+                }
+            }
+            for addr in liars {
+                warn!(peer = %addr, "peer sent corrupt data: banned");
+                self.ban(now, addr, "banned: sent corrupt data");
+            }
+        }
+        self.picker.piece_verified(piece);
+        self.stats.pieces_have += 1;
+        self.stats.bytes_have += self.picker.piece_size(piece) as u64;
+        self.out.push_back(Output::Event(TorrentEvent::PieceVerified(piece)));
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for k in &keys {
+            let has = self.peers.get(k).is_some_and(|p| p.has.has(piece));
+            if !has {
+                self.send(now, *k, Message::Have(piece));
+            }
+            self.update_interest(now, *k);
+        }
+        if self.picker.is_complete() {
+            self.on_all_verified();
+        }
+    }
+
+    /// Bans an address and drops its connection, if any.
+    fn ban(&mut self, now: Instant, addr: SocketAddr, reason: &str) {
+        if self.banned.insert(addr) {
+            self.stats.banned += 1;
+            self.out.push_back(Output::Event(TorrentEvent::Banned(addr)));
+        }
+        self.candidates.remove(&addr);
+        let key = self.peers.iter().find(|(_, p)| p.addr == addr).map(|(k, _)| *k);
+        if let Some(k) = key {
+            self.drop_peer(now, k, reason);
+        }
+    }
+
+    /// Every piece verified: complete once the data is synced.
+    fn on_all_verified(&mut self) {
+        if self.complete || self.syncing {
+            return;
+        }
+        self.syncing = true;
+        self.out.push_back(Output::Sync);
+    }
+
+    fn on_synced(&mut self, now: Instant) {
+        if self.complete || !self.syncing {
+            return;
+        }
+        info!(
+            secs = now.duration_since(self.started).as_secs_f64(),
+            "download complete: every piece verified"
+        );
+        self.complete = true;
+        self.choker.set_seeding(true);
+        self.apply_choker();
+        self.out.push_back(Output::Event(TorrentEvent::Complete));
+        if let Some(a) = &mut self.announcer {
+            // A seed that started complete has nothing to report as completed.
+            if self.stats.downloaded > 0 {
+                if a.in_flight.is_some() || a.next.is_none() {
+                    a.kick = Some(AnnounceEvent::Completed);
+                } else {
+                    a.next = Some((now, AnnounceEvent::Completed));
+                }
+            }
+        }
+        self.start_announce(now);
+        // Seeds have nothing to trade with seeds.
+        let seeds: Vec<PeerKey> =
+            self.peers.iter().filter(|(_, p)| p.has.is_full()).map(|(k, _)| *k).collect();
+        for k in seeds {
+            self.drop_peer(now, k, "both complete");
+        }
+    }
+
+    fn update_interest(&mut self, now: Instant, key: PeerKey) {
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let want = self.picker.have().wants_any_of(&p.has);
+        if want != p.am_interested {
+            p.am_interested = want;
+            let m = if want { Message::Interested } else { Message::NotInterested };
+            self.send(now, key, m);
+        }
+        if want {
+            self.fill_requests(now, key);
+        }
+    }
+
+    /// Tops up the peer's request pipeline.
+    fn fill_requests(&mut self, now: Instant, key: PeerKey) {
+        let Some(p) = self.peers.get(&key) else {
+            return;
+        };
+        if p.peer_choking || !p.am_interested {
+            return;
+        }
+        let depth = if p.snubbed { 1 } else { p.pipeline };
+        let out = self.picker.outstanding(key);
+        if out >= depth {
+            return;
+        }
+        let blocks = self.picker.pick(key, &p.has, depth - out);
+        if blocks.is_empty() {
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&key) {
+            p.last_sent = now;
+            if out == 0 {
+                // The clock for snub detection starts when we begin waiting.
+                p.last_block = now;
+            }
+            for b in blocks {
+                self.out.push_back(Output::Send(
+                    key,
+                    Message::Request { piece: b.piece, offset: b.offset, length: b.length },
+                ));
+            }
+        }
+    }
+
+    fn on_extended(
+        &mut self,
+        now: Instant,
+        key: PeerKey,
+        id: u8,
+        payload: Bytes,
+    ) -> Result<(), String> {
+        if id == 0 {
+            let hs = ExtHandshake::decode(&payload).map_err(|e| e.to_string())?;
+            if let Some(p) = self.peers.get_mut(&key) {
+                if let Some(q) = hs.reqq {
+                    p.pipeline = p.pipeline.min(q.max(1) as usize);
+                }
+                p.ext = Some(hs);
+            }
+            return Ok(());
+        }
+        if id != OUR_UT_METADATA {
+            return Ok(());
+        }
+        let msg = MetadataMsg::decode(&payload).map_err(|e| e.to_string())?;
+        let Some(their_id) = self.peers.get(&key).and_then(|p| p.ext.as_ref()?.ut_metadata) else {
+            return Ok(());
+        };
+        if let MetadataMsg::Request { piece } = msg {
+            let info = &self.geometry.metadata;
+            let start = piece as usize * METADATA_PIECE as usize;
+            let reply = if start < info.len() {
+                let end = (start + METADATA_PIECE as usize).min(info.len());
+                MetadataMsg::Data {
+                    piece,
+                    total_size: info.len() as u32,
+                    data: info.slice(start..end),
+                }
+            } else {
+                MetadataMsg::Reject { piece }
+            };
+            self.send(
+                now,
+                key,
+                Message::Extended { id: their_id, payload: Bytes::from(reply.encode()) },
+            );
+        }
+        Ok(())
+    }
+
+    fn apply_choker(&mut self) {
+        while let Some(d) = self.choker.poll() {
+            let (key, choke) = match d {
+                ChokeDecision::Choke(k) => (k, true),
+                ChokeDecision::Unchoke(k) => (k, false),
+            };
+            let Some(p) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            if p.am_choking == choke {
+                continue;
+            }
+            p.am_choking = choke;
+            if choke {
+                let reject = p.fast;
+                self.out.push_back(Output::Send(key, Message::Choke));
+                self.out.push_back(Output::DropServes { peer: key, reject });
+            } else {
+                self.out.push_back(Output::Send(key, Message::Unchoke));
+            }
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if self.stopped {
+            return;
+        }
+        if now >= self.choker.next_deadline() {
+            self.choker.handle_timeout(now);
+            self.apply_choker();
+        }
+        if now >= self.next_tick {
+            let secs = now.duration_since(self.last_tick).as_secs_f64();
+            self.last_tick = now;
+            self.next_tick = now + TICK;
+            self.on_tick(now, secs);
+        }
+        self.start_announce(now);
+    }
+
+    fn on_tick(&mut self, now: Instant, secs: f64) {
+        let mut to_drop = vec![];
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            let Some(p) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            p.down.tick(secs);
+            p.up.tick(secs);
+            // Keep about half a second of the peer's rate in flight (4 to 500 blocks): enough to
+            // cover a round trip, short enough that the last blocks do not queue behind a slow
+            // peer's backlog at the end of the download.
+            let by_rate = (p.down.per_sec * REQUEST_QUEUE_SECS / BLOCK_SIZE as f64).ceil() as usize;
+            let cap = p.ext.as_ref().and_then(|e| e.reqq).unwrap_or(250).max(1) as usize;
+            p.pipeline = by_rate.clamp(MIN_PIPELINE, MAX_PIPELINE).min(cap);
+            if now.duration_since(p.last_msg) > SILENCE_TIMEOUT {
+                to_drop.push((key, "silent for 3 minutes"));
+                continue;
+            }
+            if now.duration_since(p.last_sent) > KEEPALIVE {
+                p.last_sent = now;
+                self.out.push_back(Output::Send(key, Message::KeepAlive));
+            }
+            let waiting = self.picker.outstanding(key) > 0;
+            if waiting && !p.snubbed && now.duration_since(p.last_block) > SNUB_TIMEOUT {
+                debug!(peer = %p.addr, "snubbed: no data for 30 s");
+                p.snubbed = true;
+                self.picker.release_peer(key);
+            }
+        }
+        for (k, why) in to_drop {
+            self.drop_peer(now, k, why);
+        }
+        self.fill_all(now);
+        self.connect_more(now);
+    }
+
+    fn connect_more(&mut self, now: Instant) {
+        if self.stopped || self.is_finished() {
+            return;
+        }
+        let connected: BTreeSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
+        let mut budget =
+            self.config.max_peers.saturating_sub(self.peers.len() + self.connecting.len());
+        let ours = self.config.our_port;
+        let mut dial = vec![];
+        for (addr, (last, fails)) in self.candidates.iter_mut() {
+            if budget == 0 {
+                break;
+            }
+            if connected.contains(addr)
+                || self.connecting.contains(addr)
+                || self.banned.contains(addr)
+                || *fails >= MAX_DIAL_FAILURES
+                || (addr.ip().is_loopback() && addr.port() == ours)
+            {
+                continue;
+            }
+            let backoff = Duration::from_secs(5 * (1 << *fails));
+            if last.is_some_and(|t| now.duration_since(t) < backoff) {
+                continue;
+            }
+            *last = Some(now);
+            dial.push(*addr);
+            budget -= 1;
+        }
+        for addr in dial {
+            self.connecting.insert(addr);
+            self.out.push_back(Output::Connect(addr));
+        }
+    }
+}
