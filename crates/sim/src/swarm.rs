@@ -25,8 +25,8 @@
 //!   dialer; a tracker answer one round trip.
 //! - **Disk**: writes are free; a verification answers at once with the truth (the simulated
 //!   data is never corrupt); the final sync is immediate.
-//! - **Free riders** never serve a block (their requests are served by others as the choker
-//!   decides: optimistic unchokes, and whatever the seeds give).
+//! - **Free riders** never unchoke anyone and never serve a block; what they get is what the
+//!   others' chokers give them (optimistic unchokes, and the seeds' slots).
 //!
 //! Measurements follow the lab's ([`crate::lab`]): completion of each leecher since its arrival,
 //! the bound, utilization, and the start-up / middle / tail breakdown from a timeline of
@@ -213,6 +213,8 @@ pub struct SwarmReport {
     /// Blocks that arrived but were not needed (endgame duplicates, late arrivals after choke).
     pub wasted_blocks: u64,
     pub events: u64,
+    /// Wall time of the run (not in the JSON, so the same seed gives the same file).
+    #[serde(skip)]
     pub wall_s: f64,
 }
 
@@ -719,6 +721,8 @@ impl Sim {
 
     fn carry_out(&mut self, i: u32, out: Output) {
         match out {
+            // A free rider never unchokes anyone (so no one waits for its blocks).
+            Output::Send(_, Message::Unchoke) if self.nodes[i as usize].free_rider => {}
             Output::Send(key, msg) => self.send(i, key, msg),
             Output::Serve(key, b) => {
                 if self.nodes[i as usize].free_rider || !self.conn_open(key) {

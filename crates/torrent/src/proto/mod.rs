@@ -5,6 +5,8 @@
 pub mod choker;
 pub mod ext;
 pub mod picker;
+#[cfg(test)]
+pub mod testnet;
 pub mod torrent;
 pub mod wire;
 

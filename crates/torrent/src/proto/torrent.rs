@@ -1127,3 +1127,214 @@ impl TorrentCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::testnet::Net;
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    fn sent_to(
+        net: &Net,
+        from: usize,
+        pred: impl Fn(&Message) -> bool,
+    ) -> Vec<(Duration, PeerKey)> {
+        net.nodes[from].sent.iter().filter(|(_, _, m)| pred(m)).map(|(t, k, _)| (*t, *k)).collect()
+    }
+
+    #[test]
+    fn a_leecher_gets_every_byte_from_a_seed() {
+        let mut net = Net::new(content(300_000), 32 * 1024);
+        let s = net.add(true, Net::config(0));
+        let l = net.add(false, Net::config(1));
+        net.connect(l, s);
+        net.drive(Duration::from_secs(5));
+        assert!(net.nodes[l].core.is_complete());
+        assert_eq!(net.nodes[l].data, net.content());
+        assert_eq!(net.nodes[l].core.stats().bytes_have, 300_000);
+        assert_eq!(net.nodes[s].core.stats().uploaded, 300_000);
+        // Two seeds have nothing to trade: the connection is closed once both are complete.
+        assert_eq!(net.nodes[l].core.peer_keys().count(), 0);
+        assert!(net.nodes[l].outputs.contains(&Output::Event(TorrentEvent::Complete)));
+    }
+
+    #[test]
+    fn leechers_trade_pieces_among_themselves() {
+        // The seed connects to one leecher only; the other two get everything through it.
+        let mut net = Net::new(content(200_000), 16 * 1024);
+        let s = net.add(true, Net::config(0));
+        let ls: Vec<usize> = (1..4).map(|i| net.add(false, Net::config(i))).collect();
+        net.connect(ls[0], s);
+        net.connect(ls[1], ls[0]);
+        net.connect(ls[2], ls[1]);
+        net.drive(Duration::from_secs(120));
+        for &l in &ls {
+            assert!(net.nodes[l].core.is_complete(), "leecher {l} incomplete");
+            assert_eq!(net.nodes[l].data, net.content());
+        }
+        assert!(net.nodes[ls[1]].core.stats().uploaded > 0);
+    }
+
+    #[test]
+    fn four_regular_unchokes_at_once_then_changes_only_at_rechoke_instants() {
+        let mut net = Net::new(content(1 << 20), 64 * 1024);
+        let s = net.add(true, Net::config(0));
+        net.nodes[s].stalled = true;
+        let ls: Vec<usize> = (1..7).map(|i| net.add(false, Net::config(i))).collect();
+        for &l in &ls {
+            net.connect(l, s);
+        }
+        let unchoked = |net: &Net| {
+            let core = &net.nodes[s].core;
+            core.peer_keys().filter(|&k| core.is_unchoked(k)).count()
+        };
+        let changes = |net: &Net| -> Vec<Duration> {
+            let m = |m: &Message| matches!(m, Message::Choke | Message::Unchoke);
+            sent_to(net, s, m).into_iter().map(|(t, _)| t).collect()
+        };
+        net.drive(Duration::ZERO);
+        // Fast start: the first four interested peers are unchoked as their INTERESTED arrives.
+        assert_eq!(unchoked(&net), 4);
+        assert_eq!(changes(&net), vec![Duration::ZERO; 4]);
+        net.drive(Duration::from_millis(9_999));
+        assert_eq!(changes(&net).len(), 4);
+        // The optimistic slot is filled at the first regular rechoke, exactly 10 s in (with no
+        // rates yet the regular slots may change hands too, ties broken at random).
+        net.drive(Duration::from_secs(10));
+        assert_eq!(unchoked(&net), 5);
+        assert!(changes(&net).len() > 4);
+        // Every choke and unchoke happens at 0 s or a rechoke instant (10 s, 20 s, 30 s).
+        net.drive(Duration::from_secs(35));
+        assert_eq!(unchoked(&net), 5);
+        for t in changes(&net) {
+            assert!(t.subsec_nanos() == 0 && t.as_secs() % 10 == 0, "change at {t:?}");
+        }
+        assert!(changes(&net).iter().any(|t| *t == Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn endgame_asks_twice_and_cancels_the_duplicate() {
+        let mut net = Net::new(content(96 * 1024), 32 * 1024);
+        let a = net.add(true, Net::config(0));
+        let b = net.add(true, Net::config(1));
+        let l = net.add(false, Net::config(2));
+        // One seed is stuck: what is asked of it is asked again of the other in endgame.
+        net.nodes[a].stalled = true;
+        net.connect(l, a);
+        net.connect(l, b);
+        net.drive(Duration::from_secs(5));
+        assert!(net.nodes[l].core.is_complete());
+        assert_eq!(net.nodes[l].data, net.content());
+        let cancels = sent_to(&net, l, |m| matches!(m, Message::Cancel { .. }));
+        assert!(!cancels.is_empty(), "no CANCEL in endgame");
+        // Every CANCEL went to the stuck seed, for a block that the other seed delivered.
+        let (ka, _) = (PeerKey(0), PeerKey(1));
+        assert!(cancels.iter().all(|(_, k)| *k == ka));
+    }
+
+    #[test]
+    fn a_peer_sending_corrupt_blocks_is_banned_and_the_download_completes() {
+        let mut net = Net::new(content(256 * 1024), 32 * 1024);
+        let honest = net.add(true, Net::config(0));
+        let liar = net.add(true, Net::config(1));
+        net.nodes[liar].lies = true;
+        let l = net.add(false, Net::config(2));
+        // The liar alone: each piece it sends fails; after the third it is banned (the pieces
+        // already on their way are verified and fail too).
+        net.connect(l, liar);
+        net.drive(Duration::from_secs(1));
+        let core = &net.nodes[l].core;
+        let failures = core.stats().hash_failures;
+        assert!(failures >= BAN_AFTER_FAILED_PIECES);
+        assert!(core.is_banned(&net.nodes[liar].addr));
+        assert_eq!(core.stats().banned, 1);
+        assert_eq!(core.stats().pieces_have, 0);
+        assert_eq!(core.peer_keys().count(), 0);
+        // It cannot come back; the honest seed completes the download.
+        net.connect(liar, l);
+        net.connect(l, honest);
+        net.drive(Duration::from_secs(60));
+        let core = &net.nodes[l].core;
+        assert!(core.is_complete());
+        assert_eq!(net.nodes[l].data, net.content());
+        assert!(!core.is_banned(&net.nodes[honest].addr));
+        assert_eq!(core.stats().hash_failures, failures);
+    }
+
+    #[test]
+    fn a_have_beyond_the_last_piece_disconnects_the_peer() {
+        let mut net = Net::new(content(64 * 1024), 16 * 1024);
+        let s = net.add(true, Net::config(0));
+        let l = net.add(false, Net::config(1));
+        let (kl, _) = net.connect(l, s);
+        net.nodes[s].stalled = true;
+        net.drive(Duration::ZERO);
+        let now = net.now;
+        net.nodes[l].core.handle(now, Input::Message(kl, Message::Have(4)));
+        let outs: Vec<Output> = std::iter::from_fn(|| net.nodes[l].core.poll()).collect();
+        assert!(outs
+            .iter()
+            .any(|o| matches!(o, Output::Disconnect(k, why) if *k == kl && why.contains("HAVE"))));
+        assert_eq!(net.nodes[l].core.peer_keys().count(), 0);
+    }
+
+    #[test]
+    fn requests_for_missing_pieces_or_oversized_blocks_are_rejected_not_served() {
+        let mut net = Net::new(content(64 * 1024), 16 * 1024);
+        let s = net.add(true, Net::config(0));
+        let l = net.add(false, Net::config(1));
+        let (_, ks) = net.connect(l, s);
+        net.nodes[s].stalled = true;
+        net.drive(Duration::ZERO);
+        let now = net.now;
+        let core = &mut net.nodes[s].core;
+        for (piece, offset, length) in [(4, 0, 16384), (0, 0, MAX_SERVED_BLOCK + 1), (3, 16384, 1)]
+        {
+            core.handle(now, Input::Message(ks, Message::Request { piece, offset, length }));
+            let outs: Vec<Output> = std::iter::from_fn(|| core.poll()).collect();
+            assert_eq!(
+                outs,
+                vec![Output::Send(ks, Message::RejectRequest { piece, offset, length })]
+            );
+        }
+    }
+
+    #[test]
+    fn the_announce_schedule_follows_the_tracker() {
+        let mut net = Net::new(content(64 * 1024), 16 * 1024);
+        let mut config = Net::config(0);
+        config.announce = true;
+        let l = net.add(false, config);
+        let core = &mut net.nodes[l].core;
+        let t0 = net.now;
+        let announces = |core: &mut TorrentCore| -> Vec<AnnounceEvent> {
+            std::iter::from_fn(|| core.poll())
+                .filter_map(|o| match o {
+                    Output::Announce { event, .. } => Some(event),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(announces(core), vec![AnnounceEvent::Started]);
+        // Failed: the same event again 15 s later, not before.
+        core.handle(t0, Input::AnnounceFailed);
+        core.handle(t0 + Duration::from_secs(14), Input::Timeout);
+        assert_eq!(announces(core), vec![]);
+        core.handle(t0 + Duration::from_secs(15), Input::Timeout);
+        assert_eq!(announces(core), vec![AnnounceEvent::Started]);
+        // Answered with a 100 s interval: the next regular announce then.
+        let t1 = t0 + Duration::from_secs(15);
+        core.handle(t1, Input::Announced { interval: Duration::from_secs(100), peers: vec![] });
+        assert_eq!(core.next_deadline().map(|d| d <= t1 + Duration::from_secs(100)), Some(true));
+        core.handle(t1 + Duration::from_secs(99), Input::Timeout);
+        assert_eq!(announces(core), vec![]);
+        core.handle(t1 + Duration::from_secs(100), Input::Timeout);
+        assert_eq!(announces(core), vec![AnnounceEvent::None]);
+        core.stop();
+        assert_eq!(announces(core), vec![AnnounceEvent::Stopped]);
+        assert_eq!(core.next_deadline(), None);
+    }
+}

@@ -1,0 +1,238 @@
+//! The torrent crate's one test harness for its cores: [`Net`] connects [`TorrentCore`]s in
+//! memory, in virtual time, as quinn-proto's tests connect a `Pair` of connections. Messages
+//! arrive at once (zero latency); blocks carry real bytes read from each node's copy of the
+//! content, pieces are verified against the real SHA-1s, so a test asserts what a user would:
+//! the bytes are equal, the liar is banned. Time moves only in [`Net::drive`], straight to the
+//! next deadline of any core.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use sha1::{Digest, Sha1};
+
+use super::choker::ChokerConfig;
+use super::picker::PickerConfig;
+use super::torrent::{CoreConfig, Geometry, Input, Output, TorrentCore};
+use super::wire::Message;
+use super::{PeerKey, BLOCK_SIZE};
+use crate::{Bitfield, PeerId};
+
+/// One node of the net.
+pub struct Node {
+    pub core: TorrentCore,
+    pub data: Vec<u8>,
+    pub addr: SocketAddr,
+    pub id: PeerId,
+    /// Flip the bytes of every block it serves.
+    pub lies: bool,
+    /// Never send a block (its uplink is stuck): peers stay interested.
+    pub stalled: bool,
+    /// Every message it sent: (time since start, its key, the message).
+    pub sent: Vec<(Duration, PeerKey, Message)>,
+    /// Every output it produced.
+    pub outputs: Vec<Output>,
+}
+
+/// Cores connected in memory.
+pub struct Net {
+    pub nodes: Vec<Node>,
+    pub start: Instant,
+    pub now: Instant,
+    content: Vec<u8>,
+    piece_length: u32,
+    hashes: Vec<[u8; 20]>,
+    /// Connection `c` joins `ends[c].0` (key 2c) and `ends[c].1` (key 2c+1).
+    ends: Vec<(usize, usize, bool)>,
+    inbox: VecDeque<(usize, Input)>,
+}
+
+impl Net {
+    /// `content` cut into pieces of `piece_length`; no node yet.
+    pub fn new(content: Vec<u8>, piece_length: u32) -> Net {
+        let hashes =
+            content.chunks(piece_length as usize).map(|c| Sha1::digest(c).into()).collect();
+        let start = Instant::now();
+        Net {
+            nodes: Vec::new(),
+            start,
+            now: start,
+            content,
+            piece_length,
+            hashes,
+            ends: Vec::new(),
+            inbox: VecDeque::new(),
+        }
+    }
+
+    /// The default configuration for node `i` (4 slots, 10 s / 30 s).
+    pub fn config(i: usize) -> CoreConfig {
+        CoreConfig {
+            max_peers: 50,
+            seed_when_done: true,
+            choker: ChokerConfig::default(),
+            picker: PickerConfig::default(),
+            announce: false,
+            our_port: 6881,
+            our_id: Self::id(i),
+        }
+    }
+
+    fn id(i: usize) -> PeerId {
+        let mut id = [b'n'; 20];
+        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        PeerId(id)
+    }
+
+    /// Adds a seed (`true`) or an empty leecher; returns its index.
+    pub fn add(&mut self, seed: bool, config: CoreConfig) -> usize {
+        let i = self.nodes.len();
+        let pieces = self.hashes.len() as u32;
+        let have = if seed { Bitfield::full(pieces) } else { Bitfield::new(pieces) };
+        let geometry = Geometry {
+            piece_length: self.piece_length,
+            total_length: self.content.len() as u64,
+            metadata: Bytes::new(),
+        };
+        let rng = ChaCha8Rng::seed_from_u64(i as u64 + 1);
+        let core = TorrentCore::new(geometry, have, config, rng, self.now);
+        let data = if seed { self.content.clone() } else { vec![0; self.content.len()] };
+        let addr = SocketAddr::from(([10, 0, 0, i as u8 + 1], 6881));
+        self.nodes.push(Node {
+            core,
+            data,
+            addr,
+            id: Self::id(i),
+            lies: false,
+            stalled: false,
+            sent: Vec::new(),
+            outputs: Vec::new(),
+        });
+        i
+    }
+
+    /// Connects `a` (dialer) and `b`; returns their keys for each other.
+    pub fn connect(&mut self, a: usize, b: usize) -> (PeerKey, PeerKey) {
+        let c = self.ends.len() as u64;
+        self.ends.push((a, b, true));
+        let (ka, kb) = (PeerKey(2 * c), PeerKey(2 * c + 1));
+        let (addr_a, addr_b, id_a, id_b) =
+            (self.nodes[a].addr, self.nodes[b].addr, self.nodes[a].id, self.nodes[b].id);
+        let input = |peer, addr, id, outgoing| Input::Connected {
+            peer,
+            addr,
+            id,
+            fast: true,
+            extensions: true,
+            outgoing,
+        };
+        self.inbox.push_back((b, input(kb, addr_a, id_a, false)));
+        self.inbox.push_back((a, input(ka, addr_b, id_b, true)));
+        (ka, kb)
+    }
+
+    fn other(&self, key: PeerKey) -> Option<(usize, PeerKey)> {
+        let (a, b, open) = self.ends[(key.0 / 2) as usize];
+        open.then(|| if key.0 % 2 == 0 { (b, PeerKey(key.0 + 1)) } else { (a, PeerKey(key.0 - 1)) })
+    }
+
+    fn carry_out(&mut self, i: usize, out: Output) {
+        self.nodes[i].outputs.push(out.clone());
+        let elapsed = self.now - self.start;
+        match out {
+            Output::Send(key, msg) => {
+                self.nodes[i].sent.push((elapsed, key, msg.clone()));
+                if let Some((to, their)) = self.other(key) {
+                    self.inbox.push_back((to, Input::Message(their, msg)));
+                }
+            }
+            Output::Serve(_, _) if self.nodes[i].stalled => {}
+            Output::Serve(key, b) => {
+                let start = b.piece as usize * self.piece_length as usize + b.offset as usize;
+                let mut bytes = self.nodes[i].data[start..start + b.length as usize].to_vec();
+                if self.nodes[i].lies {
+                    bytes.iter_mut().for_each(|x| *x ^= 0xff);
+                }
+                let msg = Message::Piece { piece: b.piece, offset: b.offset, data: bytes.into() };
+                self.nodes[i].sent.push((elapsed, key, msg.clone()));
+                if let Some((to, their)) = self.other(key) {
+                    self.inbox.push_back((to, Input::Message(their, msg)));
+                    self.inbox.push_back((i, Input::Uploaded(key, b.length as u64)));
+                }
+            }
+            Output::CancelServe(..) | Output::DropServes { .. } => {}
+            Output::Disconnect(key, _) => {
+                if let Some((to, their)) = self.other(key) {
+                    self.ends[(key.0 / 2) as usize].2 = false;
+                    self.inbox.push_back((to, Input::Closed(their, "closed".into())));
+                }
+            }
+            Output::Connect(addr) => {
+                if let Some(b) = self.nodes.iter().position(|n| n.addr == addr) {
+                    self.connect(i, b);
+                } else {
+                    self.inbox.push_back((i, Input::ConnectFailed(addr)));
+                }
+            }
+            Output::Write { piece, offset, data } => {
+                let start = piece as usize * self.piece_length as usize + offset as usize;
+                self.nodes[i].data[start..start + data.len()].copy_from_slice(&data);
+            }
+            Output::Verify { piece, blocks } => {
+                let pl = self.piece_length as usize;
+                let start = piece as usize * pl;
+                let end = (start + pl).min(self.content.len());
+                let bytes = &self.nodes[i].data[start..end];
+                let ok = <[u8; 20]>::from(Sha1::digest(bytes)) == self.hashes[piece as usize];
+                let digests = (blocks || !ok).then(|| {
+                    bytes.chunks(BLOCK_SIZE as usize).map(|b| Sha1::digest(b).into()).collect()
+                });
+                self.inbox.push_back((i, Input::Verified { piece, ok, blocks: digests }));
+            }
+            Output::Sync => self.inbox.push_back((i, Input::Synced)),
+            Output::Announce { .. } | Output::Event(_) => {}
+        }
+    }
+
+    /// Runs until nothing is left to do before `until` (virtual time since the start); time
+    /// jumps from deadline to deadline.
+    pub fn drive(&mut self, until: Duration) {
+        loop {
+            let mut busy = false;
+            for i in 0..self.nodes.len() {
+                while let Some(out) = self.nodes[i].core.poll() {
+                    busy = true;
+                    self.carry_out(i, out);
+                }
+            }
+            while let Some((i, input)) = self.inbox.pop_front() {
+                busy = true;
+                let now = self.now;
+                self.nodes[i].core.handle(now, input);
+            }
+            if busy {
+                continue;
+            }
+            let next = self.nodes.iter().filter_map(|n| n.core.next_deadline()).min();
+            let Some(next) = next.filter(|t| *t - self.start <= until) else {
+                self.now = self.start + until;
+                return;
+            };
+            self.now = self.now.max(next);
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].core.next_deadline().is_some_and(|t| t <= self.now) {
+                    let now = self.now;
+                    self.nodes[i].core.handle(now, Input::Timeout);
+                }
+            }
+        }
+    }
+
+    /// The content every node should end with.
+    pub fn content(&self) -> &[u8] {
+        &self.content
+    }
+}
