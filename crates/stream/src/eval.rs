@@ -1,5 +1,5 @@
 //! The ABR evaluation: a virtual-time player simulator, seeded bandwidth traces, and a
-//! comparison of the rules of [`crate::abr`] by Pensieve's linear QoE on the same traces.
+//! comparison of the rules of [`crate::proto::abr`] by Pensieve's linear QoE on the same traces.
 //!
 //! **Player model**: the one `swarmcast play` runs, [`PlayerCore`], driven in virtual time
 //! ([`simulate`]): segments download one after another in playback order, each at the trace's
@@ -26,8 +26,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::abr::{Abr, Ladder, RuleKind};
 use crate::player::{Next, PlayerConfig, PlayerCore};
+use crate::proto::abr::{Abr, Ladder, RuleKind};
 
 /// Pensieve's ladder, kbps.
 pub const PENSIEVE_LADDER_KBPS: [u64; 6] = [300, 750, 1200, 1850, 2850, 4300];
@@ -276,7 +276,7 @@ fn cellular(rng: &mut ChaCha8Rng, c: &Cellular) -> Vec<TracePoint> {
 pub fn pensieve_video(segments: usize, seed: u64) -> Ladder {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(u64::MAX);
-    let segments = segments.clamp(1, crate::abr::MAX_SEGMENTS);
+    let segments = segments.clamp(1, crate::proto::abr::MAX_SEGMENTS);
     let mut complexity = Vec::with_capacity(segments);
     let mut x = 0.0;
     for _ in 0..segments {
@@ -762,7 +762,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abr::{PlayerState, Progress, ThroughputSample};
+    use crate::proto::abr::{PlayerState, Progress, ThroughputSample};
 
     /// Always picks one representation.
     struct Fixed(usize);
@@ -856,7 +856,7 @@ mod tests {
             .with_segment_sizes(vec![vec![150_000; 3], vec![2_000_000; 3]])
             .unwrap();
         let trace = Trace::constant(500_000.0).unwrap();
-        let mut abr = crate::abr::Hybrid::default();
+        let mut abr = crate::proto::abr::Hybrid::default();
         abr.record(ThroughputSample { bytes: 10_000_000, duration_s: 1.0 });
         let s = simulate(Box::new(abr), &l, &trace, &SimConfig::default());
         assert!(s.abandons >= 1);

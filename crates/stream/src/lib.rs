@@ -1,7 +1,9 @@
 //! `stream`: video streaming over DASH (issue 5).
 //!
-//! - `abr/`: the sans-IO adaptive-bitrate core (no clock, no I/O): the `Abr` trait and the
-//!   throughput, BOLA, dynamic (dash.js's default) and hybrid rules.
+//! - `proto/`: the sans-IO cores (no sockets, no files, no clock, no tokio): `proto::abr` (the
+//!   `Abr` trait and the throughput, BOLA, dynamic (dash.js's default) and hybrid rules),
+//!   `proto::placement` (request routing by consistent hashing with bounded loads) and
+//!   `proto::cache` (the edge's byte-bounded LRU segment cache).
 //! - `eval`: drives `player`'s `PlayerCore` in virtual time over seeded (or, with
 //!   `--trace-dir`, recorded) bandwidth traces and compares the rules by Pensieve's linear QoE,
 //!   stalls and switches (`swarmcast stream eval`).
@@ -15,22 +17,18 @@
 //! - `player`: the headless DASH player (`swarmcast play`): a sans-IO core (buffer, stalls,
 //!   when to request) driven by an HTTP/1.1 fetcher with trace throttling, abandonment and
 //!   failover over the MPD's BaseURLs.
-//! - `placement`: request routing by consistent hashing with bounded loads (sans-IO).
-//! - `cache`: the edge's byte-bounded LRU segment cache (sans-IO).
 //! - `web`: the web player page (`/player/MOVIE`, dash.js) the origin serves.
 //! - `edge`: the CDN edge server, a pull-through cache with single-flight origin fetches.
 //! - `router`: the CDN request router (HTTP manifests and redirects, authoritative DNS,
-//!   health probes) over `placement`.
+//!   health probes) over `proto::placement`.
 
-pub mod abr;
-pub mod cache;
 pub mod edge;
 pub mod eval;
 pub mod mpd;
 pub mod origin;
 pub mod package;
-pub mod placement;
 pub mod player;
+pub mod proto;
 pub mod request_path;
 pub mod router;
 pub mod web;

@@ -45,9 +45,11 @@ use http_layer::{ClientConfig, ClientError, Fetched};
 use hyper::{header, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::abr::{Abr, Ladder, LadderError, PlayerState, Progress, RuleKind, ThroughputSample};
 use crate::eval::{qoe, Family, Trace, TraceError, TracePoint};
 use crate::mpd::{resolve_url, Mpd, MpdError, MAX_MPD_BYTES};
+use crate::proto::abr::{
+    Abr, Ladder, LadderError, PlayerState, Progress, RuleKind, ThroughputSample,
+};
 
 /// Largest media or initialization segment accepted, bytes.
 pub const MAX_SEGMENT_BYTES: u64 = 256 << 20;

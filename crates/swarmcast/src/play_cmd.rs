@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use stream::abr::RuleKind;
 use stream::player::{parse_trace, play, PlayEvent, PlayOptions, PlayReport, PlayerConfig};
+use stream::proto::abr::RuleKind;
 
 /// Arguments of `swarmcast play`.
 #[derive(Args)]
