@@ -1,15 +1,16 @@
 //! `swarmcast stream ...`: the streaming commands of issue 5. `stream eval` runs the ABR rules of
-//! `stream::abr` on the seeded traces of `stream::eval` (or the trace files of `--trace-dir`)
-//! and prints the table; `package` and
-//! `origin` live in `stream_serve.rs`.
+//! `stream::proto::abr` on the seeded traces of `stream::proto::trace` (or the trace files of
+//! `--trace-dir`) with `stream::eval` and prints the table; `package` and `origin` live in
+//! `stream_serve.rs`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use stream::eval::{evaluate, evaluate_traces, Family, SimConfig, Trace};
+use stream::eval::{evaluate, evaluate_traces, SimConfig};
 use stream::player::{parse_trace, MAX_TRACE_BYTES};
 use stream::proto::abr::RuleKind;
+use stream::proto::trace::{Family, Trace};
 
 /// Most trace files `stream eval --trace-dir` reads.
 const MAX_TRACE_FILES: usize = 10_000;

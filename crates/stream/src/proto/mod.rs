@@ -7,7 +7,13 @@
 //!   BOLA, dynamic (dash.js's default) and hybrid rules.
 //! - [`placement`]: request routing by consistent hashing with bounded loads.
 //! - [`cache`]: the edge's byte-bounded LRU segment cache.
+//! - [`player`]: the player core (`PlayerCore`: buffer, stalls, when to request, abandonment)
+//!   and Pensieve's linear QoE.
+//! - [`trace`]: bandwidth traces, their seeded generators and the pacer that throttles reads to
+//!   one.
 
 pub mod abr;
 pub mod cache;
 pub mod placement;
+pub mod player;
+pub mod trace;
