@@ -12,6 +12,8 @@
 //! - `package`: encodes a bitrate ladder with the ffmpeg CLI and measures what came out.
 //! - `request_path`: the one request-path rule (decode once, collapse `//`, refuse `..` and
 //!   the like) that the origin, the edge and the router all apply.
+//! - `files`: serving the files of a content directory safely (`resolve_path`, the `OriginBody`
+//!   that streams a file window); used by `origin` and `web`.
 //! - `origin`: the HTTP/1.1 origin server (Range, MIME types, CORS, no path traversal); it
 //!   hands `/player/` and `/_player/` to `web`.
 //! - `player`: the headless DASH player (`swarmcast play`): a sans-IO core (buffer, stalls,
@@ -24,6 +26,7 @@
 
 pub mod edge;
 pub mod eval;
+pub mod files;
 pub mod mpd;
 pub mod origin;
 pub mod package;
