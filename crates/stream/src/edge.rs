@@ -49,10 +49,10 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::{watch, Semaphore};
 
-use crate::cache::{CacheStats, Lru};
 use crate::origin::{
     self, method_response, mime_type, parse_range, status, RangeRequest, HEALTH_PATH,
 };
+use crate::proto::cache::{CacheStats, Lru};
 use crate::request_path::RequestPath;
 
 /// Largest object fetched from the origin by default (larger: 502).

@@ -1,5 +1,5 @@
 //! The ABR evaluation: a virtual-time player simulator, seeded bandwidth traces, and a
-//! comparison of the rules of [`crate::abr`] by Pensieve's linear QoE on the same traces.
+//! comparison of the rules of [`crate::proto::abr`] by Pensieve's linear QoE on the same traces.
 //!
 //! **Player model**: the one `swarmcast play` runs, [`PlayerCore`], driven in virtual time
 //! ([`simulate`]): segments download one after another in playback order, each at the trace's
@@ -16,18 +16,20 @@
 //! the next, mean 1) × a small per-representation jitter (σ = 0.05). The QoE counts declared
 //! bitrates, as Pensieve's does.
 //!
-//! **Traces** (1 s steps unless said; no public trace set is reachable offline, so these are
-//! synthetic shapes after the papers' descriptions; see [`Family`]).
+//! **Traces**: the seeded families of [`crate::proto::trace`] (1 s steps unless said; no public
+//! trace set is reachable offline, so these are synthetic shapes after the papers'
+//! descriptions; see [`Family`]), or trace files labelled [`Family::File`].
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::abr::{Abr, Ladder, RuleKind};
-use crate::player::{Next, PlayerConfig, PlayerCore};
+use crate::proto::abr::{Abr, Ladder, RuleKind};
+use crate::proto::player::{Next, PlayerConfig, PlayerCore};
+use crate::proto::trace::{normal, Family, Trace, TracePoint};
 
 /// Pensieve's ladder, kbps.
 pub const PENSIEVE_LADDER_KBPS: [u64; 6] = [300, 750, 1200, 1850, 2850, 4300];
@@ -35,129 +37,6 @@ pub const PENSIEVE_LADDER_KBPS: [u64; 6] = [300, 750, 1200, 1850, 2850, 4300];
 pub const SEGMENT_S: f64 = 4.0;
 /// Segments in the evaluation video (200 s).
 pub const VIDEO_SEGMENTS: usize = 50;
-/// QoE cost of one second of stall (Pensieve's linear metric).
-pub const STALL_PENALTY: f64 = 4.3;
-/// Seconds each generated trace lasts before it loops.
-pub const TRACE_S: usize = 400;
-/// Most points a trace may have (traces can come from files).
-pub const MAX_TRACE_POINTS: usize = 1 << 20;
-
-/// A trace that cannot drive the simulator.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum TraceError {
-    /// No point, or more than [`MAX_TRACE_POINTS`].
-    #[error("a trace needs 1..={MAX_TRACE_POINTS} points, got {0}")]
-    BadLength(usize),
-    /// A point with a non-positive or non-finite duration or rate.
-    #[error("trace point {0} needs a positive, finite duration and rate")]
-    BadPoint(usize),
-}
-
-/// The shapes of bandwidth the traces follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    /// Steps: a level held 20–60 s, drawn from 0.35, 0.6, 1.0, 1.6, 2.5, 4 and 6 Mbps.
-    Steps,
-    /// A random walk in log-bandwidth, every second × e^N(0, 0.12), reflected into 0.2–8 Mbps.
-    Walk,
-    /// 3G-like (after the Norwegian HSDPA commute logs of Riiser et al. 2013 that Pensieve and
-    /// MPC use): a log-AR(1) level around 1.2 Mbps clamped to 0.2–3 Mbps, per-second jitter
-    /// (σ = 0.2), and frequent deep dips (5% of seconds start an outage of 1–6 s at 30–150
-    /// kbps: tunnels, handovers).
-    #[serde(rename = "3g")]
-    Cellular3g,
-    /// 4G-like (after the Belgian LTE logs of van der Hooft et al. 2016): a log-AR(1) level
-    /// around 12 Mbps clamped to 2–40 Mbps, high variance (σ = 0.3 jitter per second), and
-    /// dips (2% of seconds start 1–3 s at 0.3–1.5 Mbps).
-    #[serde(rename = "4g")]
-    Lte4g,
-    /// Read from a file (`stream eval --trace-dir`). It has no shape of its own:
-    /// [`Trace::generate`] draws steps for it.
-    File,
-}
-
-impl Family {
-    /// Every generated family, in table order.
-    pub const ALL: [Family; 4] = [Family::Steps, Family::Walk, Family::Cellular3g, Family::Lte4g];
-
-    /// Its short name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Steps => "steps",
-            Family::Walk => "walk",
-            Family::Cellular3g => "3g",
-            Family::Lte4g => "4g",
-            Family::File => "file",
-        }
-    }
-}
-
-/// One piece of a trace: `bps` for `duration_s` seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct TracePoint {
-    /// How long the rate holds, seconds.
-    pub duration_s: f64,
-    /// Bandwidth, bits per second.
-    pub bps: f64,
-}
-
-/// A piecewise-constant bandwidth trace (it loops when a session outlasts it).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Trace {
-    /// The family it was drawn from.
-    pub family: Family,
-    /// Its index in the family.
-    pub index: usize,
-    points: Vec<TracePoint>,
-}
-
-impl Trace {
-    /// A trace from its points (checked: every duration and rate positive and finite).
-    pub fn new(family: Family, index: usize, points: Vec<TracePoint>) -> Result<Self, TraceError> {
-        if points.is_empty() || points.len() > MAX_TRACE_POINTS {
-            return Err(TraceError::BadLength(points.len()));
-        }
-        for (i, p) in points.iter().enumerate() {
-            let ok = |v: f64| v.is_finite() && v > 0.0;
-            if !ok(p.duration_s) || !ok(p.bps) {
-                return Err(TraceError::BadPoint(i));
-            }
-        }
-        Ok(Trace { family, index, points })
-    }
-
-    /// A constant trace (labelled as steps).
-    pub fn constant(bps: f64) -> Result<Self, TraceError> {
-        Trace::new(Family::Steps, 0, vec![TracePoint { duration_s: 3600.0, bps }])
-    }
-
-    /// Its points.
-    pub fn points(&self) -> &[TracePoint] {
-        &self.points
-    }
-
-    /// Time-weighted mean bandwidth, bits per second.
-    pub fn mean_bps(&self) -> f64 {
-        let t: f64 = self.points.iter().map(|p| p.duration_s).sum();
-        self.points.iter().map(|p| p.duration_s * p.bps).sum::<f64>() / t
-    }
-
-    /// Draws trace `index` of `family`; the same `(family, index, seed)` gives the same trace.
-    pub fn generate(family: Family, index: usize, seed: u64) -> Trace {
-        let stream = (family as u64) << 32 | index as u64;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(stream);
-        let points = match family {
-            Family::Steps | Family::File => steps(&mut rng),
-            Family::Walk => walk(&mut rng),
-            Family::Cellular3g => cellular(&mut rng, &CELL_3G),
-            Family::Lte4g => cellular(&mut rng, &CELL_4G),
-        };
-        // Every generator clamps its rates to a positive range and uses positive durations.
-        Trace::new(family, index, points).expect("generated traces are valid")
-    }
-}
 
 /// `per_family` traces of every family, families in table order.
 pub fn trace_set(per_family: usize, seed: u64) -> Vec<Trace> {
@@ -167,116 +46,12 @@ pub fn trace_set(per_family: usize, seed: u64) -> Vec<Trace> {
         .collect()
 }
 
-fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    // Box–Muller; 1 - u keeps the logarithm's argument in (0, 1].
-    let u: f64 = rng.random();
-    let v: f64 = rng.random();
-    (-2.0 * (1.0 - u).ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-}
-
-fn steps(rng: &mut ChaCha8Rng) -> Vec<TracePoint> {
-    const LEVELS_MBPS: [f64; 7] = [0.35, 0.6, 1.0, 1.6, 2.5, 4.0, 6.0];
-    let mut points = Vec::new();
-    let mut t = 0.0;
-    while t < TRACE_S as f64 {
-        let hold = rng.random_range(20..=60) as f64;
-        let level = LEVELS_MBPS[rng.random_range(0..LEVELS_MBPS.len())];
-        points.push(TracePoint { duration_s: hold, bps: level * 1e6 });
-        t += hold;
-    }
-    points
-}
-
-fn walk(rng: &mut ChaCha8Rng) -> Vec<TracePoint> {
-    let (lo, hi) = (0.2e6f64.ln(), 8e6f64.ln());
-    let mut x = rng.random_range(0.5e6f64.ln()..5e6f64.ln());
-    (0..TRACE_S)
-        .map(|_| {
-            x += 0.12 * normal(rng);
-            if x < lo {
-                x = 2.0 * lo - x;
-            }
-            if x > hi {
-                x = 2.0 * hi - x;
-            }
-            TracePoint { duration_s: 1.0, bps: x.clamp(lo, hi).exp() }
-        })
-        .collect()
-}
-
-/// Parameters of the cellular shapes.
-struct Cellular {
-    mean_bps: f64,
-    min_bps: f64,
-    max_bps: f64,
-    /// AR(1) coefficient of the log level per second.
-    ar: f64,
-    /// Innovation σ of the log level per second.
-    sigma: f64,
-    /// σ of the per-second jitter around the level.
-    jitter: f64,
-    /// Chance that a second starts a dip.
-    dip_chance: f64,
-    /// Dip length range, seconds.
-    dip_s: (u32, u32),
-    /// Dip rate range, bits per second.
-    dip_bps: (f64, f64),
-}
-
-const CELL_3G: Cellular = Cellular {
-    mean_bps: 1.2e6,
-    min_bps: 0.2e6,
-    max_bps: 3.0e6,
-    ar: 0.9,
-    sigma: 0.25,
-    jitter: 0.2,
-    dip_chance: 0.05,
-    dip_s: (1, 6),
-    dip_bps: (30e3, 150e3),
-};
-
-const CELL_4G: Cellular = Cellular {
-    mean_bps: 12e6,
-    min_bps: 2e6,
-    max_bps: 40e6,
-    ar: 0.85,
-    sigma: 0.35,
-    jitter: 0.3,
-    dip_chance: 0.02,
-    dip_s: (1, 3),
-    dip_bps: (0.3e6, 1.5e6),
-};
-
-fn cellular(rng: &mut ChaCha8Rng, c: &Cellular) -> Vec<TracePoint> {
-    let mean = c.mean_bps.ln();
-    let mut x = mean + c.sigma / (1.0 - c.ar * c.ar).sqrt() * normal(rng);
-    let mut dip_left = 0;
-    let mut dip_rate = 0.0;
-    (0..TRACE_S)
-        .map(|_| {
-            x = mean + c.ar * (x - mean) + c.sigma * normal(rng);
-            let level = x.exp().clamp(c.min_bps, c.max_bps);
-            if dip_left == 0 && rng.random_bool(c.dip_chance) {
-                dip_left = rng.random_range(c.dip_s.0..=c.dip_s.1);
-                dip_rate = rng.random_range(c.dip_bps.0..c.dip_bps.1);
-            }
-            let bps = if dip_left > 0 {
-                dip_left -= 1;
-                dip_rate
-            } else {
-                (level * (c.jitter * normal(rng)).exp()).clamp(c.min_bps, c.max_bps)
-            };
-            TracePoint { duration_s: 1.0, bps }
-        })
-        .collect()
-}
-
 /// Pensieve's ladder over `segments` VBR segments of 4 s, sizes drawn from `seed` (see the
 /// module header), with the measured mean rate of every representation.
 pub fn pensieve_video(segments: usize, seed: u64) -> Ladder {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(u64::MAX);
-    let segments = segments.clamp(1, crate::abr::MAX_SEGMENTS);
+    let segments = segments.clamp(1, crate::proto::abr::MAX_SEGMENTS);
     let mut complexity = Vec::with_capacity(segments);
     let mut x = 0.0;
     for _ in 0..segments {
@@ -306,15 +81,6 @@ pub fn pensieve_video(segments: usize, seed: u64) -> Ladder {
         .and_then(|l| l.with_measured(measured))
         .and_then(|l| l.with_segment_sizes(sizes))
         .expect("Pensieve's ladder is valid")
-}
-
-/// Pensieve's linear QoE of a session: Σ bitrate (Mbps) − 4.3 × stall seconds − Σ |bitrate
-/// change| (Mbps), over the declared bitrates of the segments played, in order.
-pub fn qoe(bitrates_bps: &[u64], stall_s: f64) -> f64 {
-    let mbps = |b: u64| b as f64 / 1e6;
-    let quality: f64 = bitrates_bps.iter().map(|&b| mbps(b)).sum();
-    let smooth: f64 = bitrates_bps.windows(2).map(|w| (mbps(w[1]) - mbps(w[0])).abs()).sum();
-    quality - STALL_PENALTY * stall_s - smooth
 }
 
 /// Parameters of the simulated player.
@@ -370,7 +136,7 @@ pub struct Session {
     pub switches: u32,
     /// Mean declared bitrate of the segments played, kbps.
     pub mean_bitrate_kbps: f64,
-    /// Pensieve's linear QoE ([`qoe`]).
+    /// Pensieve's linear QoE ([`crate::proto::player::qoe`]).
     pub qoe: f64,
     /// Segments abandoned and fetched again lower.
     pub abandons: u32,
@@ -379,7 +145,7 @@ pub struct Session {
 }
 
 /// The trace as a link: its rate at a player time and when that rate next changes (the trace
-/// loops, as [`crate::player::TracePacer`]'s does).
+/// loops, as [`crate::proto::trace::TracePacer`]'s does).
 struct Link<'a> {
     points: &'a [TracePoint],
     /// Player time at which each point starts, within one period.
@@ -762,7 +528,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abr::{PlayerState, Progress, ThroughputSample};
+    use crate::proto::abr::{PlayerState, Progress, ThroughputSample};
 
     /// Always picks one representation.
     struct Fixed(usize);
@@ -786,14 +552,6 @@ mod tests {
             .unwrap()
             .with_segment_sizes(vec![vec![500_000; n]])
             .unwrap()
-    }
-
-    #[test]
-    fn qoe_of_a_hand_computed_session() {
-        // 0.3 + 1.2 + 0.75 = 2.25 Mbps; switches 0.9 + 0.45 = 1.35; stall 2 s × 4.3 = 8.6.
-        let q = qoe(&[300_000, 1_200_000, 750_000], 2.0);
-        assert!((q - (2.25 - 8.6 - 1.35)).abs() < 1e-12);
-        assert_eq!(qoe(&[], 0.0), 0.0);
     }
 
     #[test]
@@ -856,7 +614,7 @@ mod tests {
             .with_segment_sizes(vec![vec![150_000; 3], vec![2_000_000; 3]])
             .unwrap();
         let trace = Trace::constant(500_000.0).unwrap();
-        let mut abr = crate::abr::Hybrid::default();
+        let mut abr = crate::proto::abr::Hybrid::default();
         abr.record(ThroughputSample { bytes: 10_000_000, duration_s: 1.0 });
         let s = simulate(Box::new(abr), &l, &trace, &SimConfig::default());
         assert!(s.abandons >= 1);
@@ -908,32 +666,8 @@ mod tests {
     }
 
     #[test]
-    fn traces_are_deterministic_in_the_seed() {
-        for f in Family::ALL {
-            assert_eq!(Trace::generate(f, 3, 7), Trace::generate(f, 3, 7));
-            assert_ne!(Trace::generate(f, 3, 7), Trace::generate(f, 3, 8));
-            assert_ne!(Trace::generate(f, 3, 7), Trace::generate(f, 4, 7));
-        }
+    fn pensieve_video_is_deterministic_in_the_seed() {
         assert_eq!(pensieve_video(50, 1), pensieve_video(50, 1));
-    }
-
-    #[test]
-    fn traces_stay_in_their_ranges() {
-        for i in 0..20 {
-            let t = Trace::generate(Family::Cellular3g, i, 1);
-            assert!(t.points().iter().all(|p| p.bps >= 30e3 && p.bps <= 3e6));
-            let t = Trace::generate(Family::Lte4g, i, 1);
-            assert!(t.points().iter().all(|p| p.bps >= 0.3e6 && p.bps <= 40e6));
-            let t = Trace::generate(Family::Walk, i, 1);
-            assert!(t.points().iter().all(|p| p.bps >= 0.2e6 - 1.0 && p.bps <= 8e6 + 1.0));
-        }
-    }
-
-    #[test]
-    fn trace_rejects_bad_points() {
-        assert_eq!(Trace::new(Family::Walk, 0, vec![]), Err(TraceError::BadLength(0)));
-        let bad = vec![TracePoint { duration_s: 1.0, bps: 0.0 }];
-        assert_eq!(Trace::new(Family::Walk, 0, bad), Err(TraceError::BadPoint(0)));
     }
 
     #[test]

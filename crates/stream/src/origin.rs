@@ -23,21 +23,15 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http_layer::{HttpServer, RequestBody, ServerConfig};
-use hyper::body::{Body, Frame};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
+use tokio::io::AsyncSeekExt;
 
+use crate::files::{resolve_path, OriginBody};
 use crate::request_path::RequestPath;
-
-/// Bytes read from a file per body frame.
-const CHUNK: usize = 64 * 1024;
 
 /// A static-file HTTP server over one content directory.
 pub struct OriginServer {
@@ -106,89 +100,6 @@ async fn answer(
     tracing::debug!(%peer, method = %req.method(), path = req.uri().path(),
         status = response.status().as_u16(), "request");
     response
-}
-
-/// A response body: a fixed buffer or a byte window of an open file, read in chunks.
-pub enum OriginBody {
-    /// Small in-memory bodies (errors, empty HEAD answers).
-    Bytes(Option<Bytes>),
-    /// `remaining` bytes of `file` from its current position.
-    File { file: tokio::fs::File, remaining: u64, buf: Vec<u8> },
-}
-
-impl OriginBody {
-    fn empty() -> OriginBody {
-        OriginBody::Bytes(None)
-    }
-    fn text(s: &'static str) -> OriginBody {
-        OriginBody::Bytes(Some(Bytes::from_static(s.as_bytes())))
-    }
-}
-
-impl From<&'static str> for OriginBody {
-    fn from(text: &'static str) -> OriginBody {
-        if text.is_empty() {
-            OriginBody::empty()
-        } else {
-            OriginBody::text(text)
-        }
-    }
-}
-
-impl Body for OriginBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        match self.get_mut() {
-            OriginBody::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            OriginBody::File { file, remaining, buf } => {
-                if *remaining == 0 {
-                    return Poll::Ready(None);
-                }
-                let want = (*remaining).min(CHUNK as u64) as usize;
-                buf.resize(want, 0);
-                let mut read_buf = ReadBuf::new(&mut buf[..want]);
-                match Pin::new(file).poll_read(cx, &mut read_buf) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-                    Poll::Ready(Ok(())) => {
-                        let n = read_buf.filled().len();
-                        if n == 0 {
-                            // The file shrank under us: end the body with an error so the
-                            // client sees a short response, not a hang.
-                            *remaining = 0;
-                            return Poll::Ready(Some(Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "file shrank while being served",
-                            ))));
-                        }
-                        *remaining -= n as u64;
-                        Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(&buf[..n])))))
-                    }
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            OriginBody::Bytes(b) => b.is_none(),
-            OriginBody::File { remaining, .. } => *remaining == 0,
-        }
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        match self {
-            OriginBody::Bytes(b) => {
-                hyper::body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
-            }
-            OriginBody::File { remaining, .. } => hyper::body::SizeHint::with_exact(*remaining),
-        }
-    }
 }
 
 /// What a `Range` header asks of a file of a known length.
@@ -264,21 +175,6 @@ pub fn mime_type(path: &Path) -> &'static str {
 
 /// The path the origin (and every edge) answers with its health instead of a file.
 pub const HEALTH_PATH: &str = "/health";
-
-/// Maps a request path onto a file under `root` (canonical), or `None` (→ 404) if it names
-/// nothing or something other than a regular file. Nothing outside `root` is ever opened: the
-/// path's segments are plain ([`RequestPath`]) and the decision is made on canonical paths
-/// before any read.
-pub async fn resolve_path(root: &Path, path: &RequestPath) -> Option<PathBuf> {
-    let relative: PathBuf = path.segments().collect();
-    let candidate = root.join(&relative);
-    let canonical = tokio::fs::canonicalize(&candidate).await.ok()?;
-    if !canonical.starts_with(root) {
-        return None;
-    }
-    let meta = tokio::fs::metadata(&canonical).await.ok()?;
-    meta.is_file().then_some(canonical)
-}
 
 /// Answers one request for the files under `root` (which must be canonical); `path` is the raw
 /// request path, put through [`RequestPath::parse`] here.
@@ -440,42 +336,5 @@ mod tests {
         assert_eq!(mime_type(Path::new("index.html")), "text/html; charset=utf-8");
         assert_eq!(mime_type(Path::new("dash.all.min.js")), "text/javascript; charset=utf-8");
         assert_eq!(mime_type(Path::new("noext")), "application/octet-stream");
-    }
-
-    #[tokio::test]
-    async fn unsafe_paths_resolve_to_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = tokio::fs::canonicalize(dir.path()).await.unwrap();
-        std::fs::create_dir(root.join("m")).unwrap();
-        std::fs::write(root.join("m/a.m4s"), b"x").unwrap();
-        std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
-        let resolve = |raw: &'static str| {
-            let root = root.clone();
-            async move {
-                let path = RequestPath::parse(raw).ok()?;
-                resolve_path(&root, &path).await
-            }
-        };
-        assert_eq!(resolve("/m/a.m4s").await, Some(root.join("m/a.m4s")));
-        assert_eq!(resolve("//m//a.m4s").await, Some(root.join("m/a.m4s")));
-        assert_eq!(resolve("/m/%61.m4s").await, Some(root.join("m/a.m4s")));
-        for bad in [
-            "/",
-            "/m",
-            "/../etc/passwd",
-            "/m/../m/a.m4s",
-            "/%2e%2e/etc/passwd",
-            "/%2E%2E%2fetc%2fpasswd",
-            "/m/..%5c..%5cetc",
-            "/m\\a.m4s",
-            "/./m/a.m4s",
-            "/C:/x",
-            "/%00",
-            "/%ff",
-            "/nope",
-            "/out/passwd",
-        ] {
-            assert_eq!(resolve(bad).await, None, "{bad}");
-        }
     }
 }

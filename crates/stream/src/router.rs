@@ -59,7 +59,7 @@ use tokio::task::JoinSet;
 
 use crate::mpd;
 use crate::origin::HEALTH_PATH;
-use crate::placement::{Placement, BALANCE};
+use crate::proto::placement::{Placement, BALANCE};
 use crate::request_path::RequestPath;
 
 /// The DNS zone the router is authoritative for.

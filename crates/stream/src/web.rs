@@ -19,7 +19,7 @@ use bytes::Bytes;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 
-use crate::origin::{resolve_path, OriginBody};
+use crate::files::{resolve_path, OriginBody};
 use crate::request_path::RequestPath;
 
 /// The page template; `/*SWARMCAST_MANIFEST*/` is replaced by the manifest URL as a JS string.

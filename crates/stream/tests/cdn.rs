@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use stream::edge::{EdgeConfig, EdgeServer, Health};
 use stream::mpd::Mpd;
 use stream::origin::OriginServer;
-use stream::placement::{zipf_movies, Placement, BALANCE};
+use stream::proto::placement::{zipf_movies, Placement, BALANCE};
 use stream::router::{EdgeSpec, RouterConfig, RouterServer, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

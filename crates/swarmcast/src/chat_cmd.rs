@@ -1,6 +1,6 @@
 //! `chat`, `anchor` and `node`: front ends of the overlay chat service
-//! (`overlay::chat::run`). The terminal UI lives in `tui.rs`; this file has the arguments,
-//! the command-line parser shared by the UI and `--script`, and the headless runners.
+//! (`overlay::chat::run`). The terminal UI lives in `tui.rs` and the line parser both use in
+//! `chat_line.rs`; this file has the arguments and the headless runners.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +9,8 @@ use anyhow::{Context, Result};
 use overlay::chat::{self, ChatConfig, ChatEvent, Command};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
+
+use crate::chat_line::parse_line;
 
 /// Arguments of `swarmcast chat`.
 #[derive(clap::Args)]
@@ -76,39 +78,6 @@ async fn resolve(anchors: &[String]) -> Result<Vec<SocketAddr>> {
         out.push(addr);
     }
     Ok(out)
-}
-
-/// One line typed by a person or a script, as a command; `Ok(None)` for `/quit`.
-pub fn parse_line(line: &str, room: &mut String) -> Result<Option<Command>, String> {
-    let line = line.trim_end_matches(['\r', '\n']);
-    let Some(rest) = line.strip_prefix('/') else {
-        return Ok(Some(Command::Say { room: room.clone(), text: line.to_string() }));
-    };
-    let (cmd, arg) = rest.split_once(' ').unwrap_or((rest, ""));
-    let arg = arg.trim();
-    match cmd {
-        "join" if !arg.is_empty() => {
-            let name = arg.trim_start_matches('#').to_string();
-            *room = name.clone();
-            Ok(Some(Command::Join(name)))
-        }
-        "msg" => match arg.split_once(' ') {
-            Some((to, text)) if !text.trim().is_empty() => {
-                Ok(Some(Command::Msg { to: to.to_string(), text: text.trim().to_string() }))
-            }
-            _ => Err("usage: /msg NICK text".into()),
-        },
-        "peers" => Ok(Some(Command::Peers)),
-        "nick" if !arg.is_empty() => Ok(Some(Command::Nick(arg.to_string()))),
-        "history" => {
-            let n = if arg.is_empty() { 50 } else { arg.parse().map_err(|_| "usage: /history [N]")? };
-            Ok(Some(Command::History { room: room.clone(), n }))
-        }
-        "quit" | "exit" => Ok(None),
-        _ => Err(format!(
-            "unknown command /{cmd}; try /join ROOM, /msg NICK text, /peers, /nick NAME, /history, /quit"
-        )),
-    }
 }
 
 /// `swarmcast chat`.

@@ -10,7 +10,7 @@ use sim::bound::Problem;
 use sim::lab::{Architecture, LabConfig, LabReport};
 use sim::plot::MeasuredPoint;
 
-use crate::parse_size;
+use crate::size_arg::parse_size;
 
 /// Arguments of `swarmcast bound`.
 #[derive(Args)]

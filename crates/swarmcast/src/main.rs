@@ -1,23 +1,27 @@
 //! `swarmcast`: the command-line shell. It parses arguments, builds the services of the
 //! `torrent` crate, and reports progress; no protocol logic lives here.
 //!
-//! - `main.rs`: the CLI definition and the subcommands.
+//! - `main.rs`: the CLI definition and the subcommands; `size_arg.rs`: the k/M/G size parser its
+//!   flags share with `lab_cmd.rs` and `sim_cmd.rs`.
 //! - `progress.rs`: progress bars on a terminal, plain log lines otherwise.
 //! - `demo.rs`, `chat_demo.rs`, `stream_demo.rs`: the local demo (a swarm, a chat overlay, a
 //!   CDN with players).
 //! - `lab_cmd.rs`: `bound` and `lab`, the distribution-time bounds and measurements.
-//! - `chat_cmd.rs`, `tui.rs`: `chat`, `anchor` and `node` on the overlay (issue 4).
+//! - `chat_cmd.rs`, `tui.rs`, `chat_line.rs`: `chat`, `anchor` and `node` on the overlay
+//!   (issue 4); `chat_line.rs` parses a typed line for both the UI and `--script`.
 //! - `sim_cmd.rs`: `sim overlay`, the seeded overlay simulation.
 //! - `stream_cmd.rs`, `stream_serve.rs`: `stream eval`, `stream package`, `stream origin` (issue 5).
 //! - `play_cmd.rs`: `play`, the headless DASH player (issue 5).
 
 mod chat_cmd;
 mod chat_demo;
+mod chat_line;
 mod demo;
 mod lab_cmd;
 mod play_cmd;
 mod progress;
 mod sim_cmd;
+mod size_arg;
 mod stream_cmd;
 mod stream_demo;
 mod stream_serve;
@@ -34,6 +38,8 @@ use torrent::magnet::Magnet;
 use torrent::metainfo::{CreateOptions, Metainfo};
 use torrent::session::{Role, Session, SessionConfig};
 use torrent::tracker::server::{TrackerConfig, TrackerServer};
+
+use crate::size_arg::parse_size;
 
 #[derive(Parser)]
 #[command(
@@ -200,10 +206,6 @@ impl NetArgs {
             ..SessionConfig::default()
         }
     }
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    torrent::units::parse_bytes(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use stream::abr::RuleKind;
-use stream::player::{parse_trace, play, PlayEvent, PlayOptions, PlayReport, PlayerConfig};
+use stream::player::{parse_trace, play, PlayEvent, PlayOptions};
+use stream::proto::abr::RuleKind;
+use stream::proto::player::{PlayReport, PlayerConfig};
 
 /// Arguments of `swarmcast play`.
 #[derive(Args)]

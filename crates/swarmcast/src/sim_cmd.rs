@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use sim::overlay::{BroadcastStats, GraphStats, Report, Scenario};
 use sim::swarm::{Arrivals, ClassStats, SwarmConfig, SwarmReport};
 
-use crate::parse_size;
+use crate::size_arg::parse_size;
 
 /// Simulations.
 #[derive(Subcommand)]

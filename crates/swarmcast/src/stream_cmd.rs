@@ -1,15 +1,16 @@
 //! `swarmcast stream ...`: the streaming commands of issue 5. `stream eval` runs the ABR rules of
-//! `stream::abr` on the seeded traces of `stream::eval` (or the trace files of `--trace-dir`)
-//! and prints the table; `package` and
-//! `origin` live in `stream_serve.rs`.
+//! `stream::proto::abr` on the seeded traces of `stream::proto::trace` (or the trace files of
+//! `--trace-dir`) with `stream::eval` and prints the table; `package` and `origin` live in
+//! `stream_serve.rs`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use stream::abr::RuleKind;
-use stream::eval::{evaluate, evaluate_traces, Family, SimConfig, Trace};
+use stream::eval::{evaluate, evaluate_traces, SimConfig};
 use stream::player::{parse_trace, MAX_TRACE_BYTES};
+use stream::proto::abr::RuleKind;
+use stream::proto::trace::{Family, Trace};
 
 /// Most trace files `stream eval --trace-dir` reads.
 const MAX_TRACE_FILES: usize = 10_000;
@@ -62,7 +63,7 @@ pub struct CdnSimArgs {
     #[arg(long, default_value_t = 0.8)]
     zipf: f64,
     /// Balance factor c of the bounded loads.
-    #[arg(long, default_value_t = stream::placement::BALANCE)]
+    #[arg(long, default_value_t = stream::proto::placement::BALANCE)]
     balance: f64,
     /// Runs (seeds 1..=N).
     #[arg(long, default_value_t = 10)]
@@ -155,7 +156,7 @@ fn read_trace_dir(dir: &Path) -> Result<(Vec<String>, Vec<Trace>)> {
 
 fn cdn_sim(a: &CdnSimArgs) -> Result<()> {
     use rand::SeedableRng;
-    use stream::placement::{zipf_movies, Placement};
+    use stream::proto::placement::{zipf_movies, Placement};
     if a.edges == 0 || a.viewers == 0 || a.movies == 0 || a.runs == 0 {
         bail!("--edges, --viewers, --movies and --runs must be at least 1");
     }

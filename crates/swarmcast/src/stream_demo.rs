@@ -9,12 +9,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use stream::abr::RuleKind;
 use stream::edge::{EdgeConfig, EdgeServer};
-use stream::eval::Trace;
 use stream::origin::OriginServer;
 use stream::package::{self, PackageOptions, Source};
-use stream::player::{play, PlayEvent, PlayOptions, PlayerConfig};
+use stream::player::{play, PlayEvent, PlayOptions};
+use stream::proto::abr::RuleKind;
+use stream::proto::player::PlayerConfig;
+use stream::proto::trace::Trace;
 use stream::router::{EdgeSpec, RouterConfig, RouterServer};
 
 const PLAYERS: usize = 6;

@@ -13,7 +13,7 @@ use overlay::chat::inert::inert;
 use overlay::chat::{ChatEvent, Command, Via};
 use tokio::sync::mpsc;
 
-use crate::chat_cmd::parse_line;
+use crate::chat_line::parse_line;
 
 /// Most lines kept in the scrollback.
 const SCROLLBACK: usize = 5000;

@@ -254,7 +254,7 @@ fn push_bounded(q: &mut VecDeque<f64>, v: f64, cap: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abr::tests::pensieve;
+    use crate::proto::abr::tests::pensieve;
 
     fn state(buffer_s: f64, last: Option<usize>) -> PlayerState {
         PlayerState { segment: 10, segments_total: Some(50), buffer_s, last }

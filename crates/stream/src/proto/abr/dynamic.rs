@@ -68,7 +68,7 @@ impl Abr for Dynamic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abr::tests::pensieve;
+    use crate::proto::abr::tests::pensieve;
 
     #[test]
     fn switches_rules_with_hysteresis() {

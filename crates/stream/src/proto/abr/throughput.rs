@@ -54,7 +54,7 @@ impl Abr for Throughput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abr::tests::pensieve;
+    use crate::proto::abr::tests::pensieve;
 
     fn state(buffer_s: f64) -> PlayerState {
         PlayerState { segment: 5, segments_total: Some(50), buffer_s, last: Some(2) }

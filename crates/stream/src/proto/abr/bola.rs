@@ -112,7 +112,7 @@ impl Abr for Bola {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abr::tests::pensieve;
+    use crate::proto::abr::tests::pensieve;
 
     fn state(buffer_s: f64, last: usize) -> PlayerState {
         PlayerState { segment: 10, segments_total: Some(50), buffer_s, last: Some(last) }

@@ -1,0 +1,460 @@
+//! The fetcher: [`play`] reads the MPD, plans the URLs of every track and replica, and drives a
+//! [`PlayerCore`] on the wall clock with real HTTP transfers, read through a [`TracePacer`]
+//! when a trace is given, failing over between replicas.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use crate::mpd::{resolve_url, Mpd};
+use crate::proto::abr::{Ladder, RuleKind};
+use crate::proto::player::{Next, PlayReport, PlayedSegment, PlayerConfig, PlayerCore};
+use crate::proto::trace::{Trace, TracePacer};
+
+use super::client::{Failure, HttpClient, IDLE_TIMEOUT};
+use super::error::{PlayError, MAX_ROUNDS, MAX_SEGMENT_BYTES, MAX_SPEED};
+
+/// Shortest wait for a segment's response or next bytes before trying the next replica.
+const MIN_PATIENCE: Duration = Duration::from_secs(2);
+/// Wall pause between two rounds over all replicas.
+const ROUND_PAUSE: Duration = Duration::from_millis(500);
+/// Wall seconds of idle link the trace pacer banks: enough to absorb timer granularity
+/// (a sleep wakes up to a millisecond late), too little to matter to the ABR.
+const PACER_BURST_WALL_S: f64 = 0.01;
+/// A pacer wait shorter than this (wall) is not slept: it is owed and slept with the next.
+const MIN_SLEEP: Duration = Duration::from_millis(2);
+
+/// How to play.
+#[derive(Debug, Clone)]
+pub struct PlayOptions {
+    /// The MPD's URL (`http://` only).
+    pub url: String,
+    /// The ABR rule.
+    pub rule: RuleKind,
+    /// Model parameters (speed included).
+    pub config: PlayerConfig,
+    /// Throttle reads to this trace.
+    pub trace: Option<Trace>,
+}
+
+/// What the fetcher tells its observer as playback goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlayEvent {
+    /// The manifest was read.
+    Manifest {
+        /// Segments to play.
+        segments: usize,
+        /// Declared video bitrates.
+        ladder_bps: Vec<u64>,
+        /// The audio representation fetched alongside (`None`: the MPD has no audio).
+        audio: Option<String>,
+        /// Replicas, in order.
+        base_urls: Vec<String>,
+    },
+    /// A segment is in.
+    Segment {
+        /// Its record.
+        segment: PlayedSegment,
+        /// Segments in total.
+        total: usize,
+        /// Stall events so far.
+        stalls: u32,
+    },
+    /// A request failed; the next replica is tried.
+    Failover {
+        /// Segment index.
+        segment: usize,
+        /// The replica that failed.
+        from: String,
+        /// The replica tried next.
+        to: String,
+        /// What failed.
+        error: String,
+    },
+    /// A download was abandoned for a lower representation.
+    Abandon {
+        /// Segment index.
+        segment: usize,
+        /// Representation abandoned.
+        from_rep: usize,
+        /// Representation fetched instead.
+        to_rep: usize,
+    },
+}
+
+/// Plays the presentation at `opts.url` to the end; `observe` sees every [`PlayEvent`].
+pub async fn play<F>(opts: &PlayOptions, mut observe: F) -> Result<PlayReport, PlayError>
+where
+    F: FnMut(&PlayEvent) + Send,
+{
+    let speed = opts.config.speed;
+    if !(speed.is_finite() && speed > 0.0 && speed <= MAX_SPEED) {
+        return Err(PlayError::BadSpeed(speed));
+    }
+    let mut client =
+        HttpClient::new().map_err(|reason| PlayError::Http { url: opts.url.clone(), reason })?;
+    let (mpd_url, mpd) = client.fetch_mpd(&opts.url).await?;
+    let plan = Plan::new(&mpd, &mpd_url)?;
+    observe(&PlayEvent::Manifest {
+        segments: plan.video_urls[0].len(),
+        ladder_bps: plan.ladder.bitrates_bps().to_vec(),
+        audio: plan.audio.as_ref().map(|a| a.id.clone()),
+        base_urls: plan.bases.clone(),
+    });
+    let now = Instant::now();
+    let mut fetcher = Fetcher {
+        core: PlayerCore::new(
+            opts.rule.build(),
+            plan.ladder.clone(),
+            plan.segment_s.clone(),
+            opts.config,
+            now,
+        ),
+        client,
+        pacer: opts.trace.as_ref().map(|t| TracePacer::new(t, PACER_BURST_WALL_S * speed)),
+        plan,
+        base: 0,
+        inits: BTreeSet::new(),
+        bytes_total: 0,
+    };
+    let total = fetcher.core.segments_total();
+    loop {
+        match fetcher.core.poll_next(Instant::now()) {
+            Next::Done => break,
+            Next::WaitUntil(at) => tokio::time::sleep_until(at.into()).await,
+            Next::Fetch { segment, rep } => {
+                let (bytes, base) = fetcher.fetch_video(segment, rep, &mut observe).await?;
+                fetcher.core.handle_video_done(Instant::now(), bytes);
+                let audio_bytes = fetcher.fetch_audio(segment, &mut observe).await?;
+                let rep_id = fetcher
+                    .core
+                    .in_flight_rep()
+                    .map(|r| fetcher.plan.ids[r].clone())
+                    .unwrap_or_default();
+                let stalls = fetcher.core.stalls();
+                if let Some(record) =
+                    fetcher.core.handle_segment_done(Instant::now(), bytes, audio_bytes, &base)
+                {
+                    let mut segment = record.clone();
+                    segment.rep_id = rep_id;
+                    observe(&PlayEvent::Segment { segment, total, stalls });
+                }
+            }
+        }
+    }
+    let mut report = fetcher.core.report();
+    for s in &mut report.segments {
+        s.rep_id = fetcher.plan.ids[s.rep].clone();
+    }
+    report.url = mpd_url;
+    report.ladder_ids = fetcher.plan.ids.clone();
+    report.audio = fetcher.plan.audio.as_ref().map(|a| a.id.clone());
+    report.bytes_total = fetcher.bytes_total;
+    Ok(report)
+}
+
+/// A track's URLs relative to the MPD-level base.
+struct Track {
+    id: String,
+    init: Option<String>,
+    media: Vec<String>,
+}
+
+/// What the manifest says to fetch.
+struct Plan {
+    ladder: Ladder,
+    /// Representation ids in ladder order.
+    ids: Vec<String>,
+    /// `video_urls[rep][segment]`, relative to a base.
+    video_urls: Vec<Vec<String>>,
+    video_inits: Vec<Option<String>>,
+    segment_s: Vec<f64>,
+    audio: Option<Track>,
+    /// Absolute replica base URLs, in order.
+    bases: Vec<String>,
+}
+
+impl Plan {
+    fn new(mpd: &Mpd, mpd_url: &str) -> Result<Plan, PlayError> {
+        let unplayable =
+            |reason: String| PlayError::Unplayable { url: mpd_url.to_string(), reason };
+        let mpd_err = |source| PlayError::Mpd { url: mpd_url.to_string(), source };
+        let period = mpd.periods.first().ok_or_else(|| unplayable("it has no Period".into()))?;
+        let is = |set: &crate::mpd::AdaptationSet, kind: &str| {
+            set.content_type.as_deref() == Some(kind)
+                || set.mime_type.as_deref().is_some_and(|m| m.starts_with(kind))
+                || set
+                    .representations
+                    .first()
+                    .and_then(|r| r.mime_type.as_deref())
+                    .is_some_and(|m| m.starts_with(kind))
+        };
+        let video = period
+            .adaptation_sets
+            .iter()
+            .find(|s| is(s, "video"))
+            .or_else(|| period.adaptation_sets.iter().find(|s| !is(s, "audio")))
+            .ok_or_else(|| unplayable("its first Period has no video adaptation set".into()))?;
+        let mut reps: Vec<_> = video.representations.iter().collect();
+        reps.sort_by_key(|r| r.bandwidth);
+        reps.dedup_by_key(|r| r.bandwidth);
+        let mut ids = Vec::new();
+        let mut video_urls = Vec::new();
+        let mut video_inits = Vec::new();
+        let mut segment_s: Vec<f64> = Vec::new();
+        for r in &reps {
+            let list = mpd.segments(&r.id).map_err(mpd_err)?;
+            if segment_s.is_empty() || list.media.len() < segment_s.len() {
+                segment_s = list.media.iter().map(|s| s.duration_s).collect();
+            }
+            ids.push(r.id.clone());
+            video_inits.push(list.init);
+            video_urls.push(list.media.into_iter().map(|s| s.url).collect::<Vec<_>>());
+        }
+        if segment_s.is_empty() {
+            return Err(unplayable("the video has no media segments".into()));
+        }
+        let n = segment_s.len();
+        for urls in &mut video_urls {
+            urls.truncate(n);
+        }
+        let ladder =
+            Ladder::new(reps.iter().map(|r| r.bandwidth).collect(), segment_s[0].max(1e-3))?;
+        let audio = match period.adaptation_sets.iter().find(|s| is(s, "audio")) {
+            Some(set) => match set.representations.iter().min_by_key(|r| r.bandwidth) {
+                Some(r) => {
+                    let list = mpd.segments(&r.id).map_err(mpd_err)?;
+                    Some(Track {
+                        id: r.id.clone(),
+                        init: list.init,
+                        media: list.media.into_iter().map(|s| s.url).collect(),
+                    })
+                }
+                None => None,
+            },
+            None => None,
+        };
+        let bases = if mpd.base_urls.is_empty() {
+            // The MPD's directory: segment URLs resolve against it as against the MPD's URL.
+            let path = mpd_url.split(['?', '#']).next().unwrap_or(mpd_url);
+            let dir = match path.rfind('/') {
+                Some(i) if !path[..i].ends_with('/') && !path.ends_with("//") => &path[..=i],
+                _ => path,
+            };
+            vec![dir.to_string()]
+        } else {
+            mpd.base_urls.iter().map(|b| resolve_url(mpd_url, b)).collect()
+        };
+        Ok(Plan { ladder, ids, video_urls, video_inits, segment_s, audio, bases })
+    }
+}
+
+/// How one media download ended.
+enum Download {
+    Done(u64),
+    Abandoned { lower: usize },
+}
+
+struct Fetcher {
+    core: PlayerCore,
+    client: HttpClient,
+    pacer: Option<TracePacer>,
+    plan: Plan,
+    /// Index of the replica in use.
+    base: usize,
+    /// Init segments already fetched, by URL relative to the base.
+    inits: BTreeSet<String>,
+    bytes_total: u64,
+}
+
+impl Fetcher {
+    /// Fetches the video of `segment` (starting at `rep`; abandonment may lower it), moving
+    /// through the replicas on failures. Returns its bytes and the base URL used.
+    async fn fetch_video<F: FnMut(&PlayEvent)>(
+        &mut self,
+        segment: usize,
+        mut rep: usize,
+        observe: &mut F,
+    ) -> Result<(u64, String), PlayError> {
+        let mut tries = 0;
+        loop {
+            let base = self.plan.bases[self.base].clone();
+            let result = match self.plan.video_inits[rep].clone() {
+                Some(init) => self.fetch_init(&base, &init).await,
+                None => Ok(()),
+            };
+            let result = match result {
+                Ok(()) => {
+                    let url = resolve_url(&base, &self.plan.video_urls[rep][segment]);
+                    self.download(&url, true).await
+                }
+                Err(f) => Err(f),
+            };
+            match result {
+                Ok(Download::Done(bytes)) => return Ok((bytes, base)),
+                Ok(Download::Abandoned { lower }) => {
+                    observe(&PlayEvent::Abandon { segment, from_rep: rep, to_rep: lower });
+                    rep = lower;
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry(error)) => {
+                    tries += 1;
+                    self.fail_over(segment, tries, error, observe).await?;
+                }
+            }
+        }
+    }
+
+    /// Fetches audio segment `segment` if there is one; returns its bytes.
+    async fn fetch_audio<F: FnMut(&PlayEvent)>(
+        &mut self,
+        segment: usize,
+        observe: &mut F,
+    ) -> Result<u64, PlayError> {
+        let Some(track) = &self.plan.audio else { return Ok(0) };
+        let Some(media) = track.media.get(segment).cloned() else { return Ok(0) };
+        let init = track.init.clone();
+        let mut tries = 0;
+        loop {
+            let base = self.plan.bases[self.base].clone();
+            let result = match &init {
+                Some(init) => self.fetch_init(&base, init).await,
+                None => Ok(()),
+            };
+            let result = match result {
+                Ok(()) => self.download(&resolve_url(&base, &media), false).await,
+                Err(f) => Err(f),
+            };
+            match result {
+                Ok(Download::Done(bytes)) => return Ok(bytes),
+                // `download(_, false)` never asks the core about abandonment.
+                Ok(Download::Abandoned { .. }) => unreachable!("audio downloads are not checked"),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry(error)) => {
+                    tries += 1;
+                    self.fail_over(segment, tries, error, observe).await?;
+                }
+            }
+        }
+    }
+
+    /// Moves to the next replica after a failed request (pausing after each full round).
+    async fn fail_over<F: FnMut(&PlayEvent)>(
+        &mut self,
+        segment: usize,
+        tries: usize,
+        error: String,
+        observe: &mut F,
+    ) -> Result<(), PlayError> {
+        let n = self.plan.bases.len();
+        if tries >= n * MAX_ROUNDS {
+            return Err(PlayError::AllReplicasFailed { segment, tried: tries, last: error });
+        }
+        let from = self.plan.bases[self.base].clone();
+        self.base = (self.base + 1) % n;
+        self.core.handle_failover(Instant::now());
+        observe(&PlayEvent::Failover {
+            segment,
+            from,
+            to: self.plan.bases[self.base].clone(),
+            error,
+        });
+        if tries % n == 0 {
+            tokio::time::sleep(ROUND_PAUSE).await;
+        }
+        Ok(())
+    }
+
+    /// Fetches an init segment once per replica-relative URL (it is the same on every replica).
+    async fn fetch_init(&mut self, base: &str, init: &str) -> Result<(), Failure> {
+        if self.inits.contains(init) {
+            return Ok(());
+        }
+        match self.download(&resolve_url(base, init), false).await? {
+            Download::Done(_) => {
+                self.inits.insert(init.to_string());
+                Ok(())
+            }
+            // `download(_, false)` never asks the core about abandonment.
+            Download::Abandoned { .. } => unreachable!("init downloads are not checked"),
+        }
+    }
+
+    /// One GET, its body read through the pacer; `media` downloads are the segment in flight
+    /// (the core hears of the request and may abandon it).
+    async fn download(&mut self, url: &str, media: bool) -> Result<Download, Failure> {
+        if media {
+            self.core.handle_request_sent(Instant::now());
+        }
+        // A replica that stops answering (frozen, not refusing) must not cost more than about
+        // half of what is buffered before the next replica is tried: wait at most half the
+        // buffer's wall-clock time, between MIN_PATIENCE and IDLE_TIMEOUT.
+        let buffered_wall_s = self.core.buffer_s() / self.core.config().speed.max(1e-9);
+        let patience = Duration::from_secs_f64(
+            (buffered_wall_s / 2.0).clamp(MIN_PATIENCE.as_secs_f64(), IDLE_TIMEOUT.as_secs_f64()),
+        );
+        self.client.patience = Some(patience);
+        // Dropping `response` before its end closes its connection: every early return below
+        // (an error, a refused size, an abandonment) cancels the transfer that way.
+        let mut response = self.client.get(url).await?;
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(Failure::Retry(format!("HTTP {}", status.as_u16())));
+        }
+        if !status.is_success() {
+            return Err(Failure::Fatal(PlayError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+            }));
+        }
+        let declared = response.content_length();
+        if let Some(len) = declared.filter(|&l| l > MAX_SEGMENT_BYTES) {
+            return Err(Failure::Fatal(PlayError::SegmentTooLarge {
+                url: url.to_string(),
+                bytes: len,
+            }));
+        }
+        let bytes_total = match (declared, self.core.in_flight_ladder_bytes()) {
+            (Some(len), _) => len,
+            (None, Some(ladder_bytes)) => ladder_bytes,
+            (None, None) => 0,
+        };
+        let mut received = 0u64;
+        loop {
+            let data = match tokio::time::timeout(patience, response.chunk()).await {
+                Err(_) => return Err(Failure::Retry(format!("{url}: no data for {patience:?}"))),
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(Failure::Retry(format!("{url}: {e}"))),
+                Ok(Ok(Some(data))) => data,
+            };
+            let n = data.len() as u64;
+            received += n;
+            self.bytes_total += n;
+            if received > MAX_SEGMENT_BYTES {
+                return Err(Failure::Fatal(PlayError::SegmentTooLarge {
+                    url: url.to_string(),
+                    bytes: received,
+                }));
+            }
+            if let Some(pacer) = &mut self.pacer {
+                let now = Instant::now();
+                let until = self.core.instant_at(pacer.take(self.core.player_time(now), n));
+                if until.saturating_duration_since(now) >= MIN_SLEEP {
+                    tokio::time::sleep_until(until.into()).await;
+                }
+            }
+            if media {
+                if let Some(lower) =
+                    self.core.handle_progress(Instant::now(), received, bytes_total)
+                {
+                    // HTTP/1.1 cannot cancel a response but by closing its connection, which
+                    // dropping `response` here does.
+                    return Ok(Download::Abandoned { lower });
+                }
+            }
+        }
+        if let Some(len) = declared.filter(|&l| l != received) {
+            return Err(Failure::Retry(format!("{url}: {received} of {len} bytes")));
+        }
+        Ok(Download::Done(received))
+    }
+}
