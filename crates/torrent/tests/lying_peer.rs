@@ -25,7 +25,7 @@ use tokio::time::timeout;
 
 use torrent::metainfo::{create, CreateOptions, Metainfo};
 use torrent::proto::wire::{decode, Handshake, Message, DEFAULT_MAX_MESSAGE, HANDSHAKE_LEN};
-use torrent::session::{Role, Session, SessionConfig};
+use torrent::session::{Role, Session, SessionConfig, TorrentHandle};
 use torrent::{InfoHash, PeerId};
 
 /// 65 pieces: the last one short (5,000 bytes), and the BITFIELD has 7 spare bits.
@@ -61,7 +61,7 @@ fn loopback() -> SocketAddr {
 }
 
 /// An honest seed, capped at `upload_limit` bytes per second.
-async fn start_seed(meta: &Metainfo, dir: &Path, upload_limit: Option<u64>) -> Session {
+async fn start_seed(meta: &Metainfo, dir: &Path, upload_limit: Option<u64>) -> TorrentHandle {
     let config = SessionConfig {
         listen: loopback(),
         use_trackers: false,
@@ -75,7 +75,7 @@ async fn start_seed(meta: &Metainfo, dir: &Path, upload_limit: Option<u64>) -> S
 
 /// A downloader that dials `peers` and keeps running once complete, so that connections still
 /// open after completion were not closed by the completion itself.
-async fn start_downloader(meta: &Metainfo, dir: &Path, peers: Vec<SocketAddr>) -> Session {
+async fn start_downloader(meta: &Metainfo, dir: &Path, peers: Vec<SocketAddr>) -> TorrentHandle {
     let config = SessionConfig {
         listen: loopback(),
         peers,

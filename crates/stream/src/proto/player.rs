@@ -16,6 +16,23 @@
 //! (if any) audio are in; the ABR sees video downloads only.
 //!
 //! The session is scored by Pensieve's linear QoE ([`qoe`]).
+//!
+//! # Using it
+//!
+//! Methods fall into the four groups every core of the project has (the order quinn-proto
+//! documents its `Connection` in; see `docs/architecture.md`):
+//!
+//! - *getters*: [`PlayerCore::ladder`], [`PlayerCore::buffer_s`], [`PlayerCore::stalls`],
+//!   [`PlayerCore::played`], [`PlayerCore::next_check_s`], [`PlayerCore::report`], …;
+//! - *handlers* for what happened, each with `now`: [`PlayerCore::handle_time`],
+//!   [`PlayerCore::handle_request_sent`], [`PlayerCore::handle_progress`] (which may answer
+//!   "abandon"), [`PlayerCore::handle_video_done`], [`PlayerCore::handle_segment_done`],
+//!   [`PlayerCore::handle_failover`];
+//! - *mutators*: none (the ABR rule is chosen at [`PlayerCore::new`]);
+//! - *polling*: [`PlayerCore::poll_next`] says what to fetch next, or until when to wait
+//!   ([`Next::WaitUntil`] is the core's deadline: call `poll_next` again then), or that it is
+//!   done; [`PlayerCore::next_check_s`] is the deadline of the abandonment check while a
+//!   download is in flight.
 
 use std::time::{Duration, Instant};
 

@@ -15,6 +15,11 @@
 //! multiple of it (in practice: the last block of the last piece).
 //!
 //! # Using a [`PiecePicker`]
+//! The picker is a core without timers, so of the project's four method groups (getters,
+//! handlers, mutators, polling; `docs/architecture.md`) it has the first three: its decisions
+//! are the return values of [`pick`](PiecePicker::pick) and
+//! [`block_received`](PiecePicker::block_received). [`crate::proto::torrent::TorrentCore`] owns
+//! it and is its only caller in the engine.
 //! - Getters: [`have`](PiecePicker::have), [`is_complete`](PiecePicker::is_complete),
 //!   [`in_endgame`](PiecePicker::in_endgame), [`availability`](PiecePicker::availability),
 //!   [`outstanding`](PiecePicker::outstanding), [`num_pieces`](PiecePicker::num_pieces),

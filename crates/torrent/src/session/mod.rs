@@ -1,6 +1,9 @@
-//! The tokio driver for one torrent: a listener, outgoing connections, the tracker announcer,
-//! a disk thread, and one *torrent task* that owns the sans-IO [`TorrentCore`] and carries out
-//! what it decides. Each connection has a reader and a writer task ([`peer`]); they talk to the
+//! The tokio driver of the BitTorrent engine. A [`Session`] listens on one port for any number
+//! of torrents: its acceptor reads each incoming handshake and routes the connection to the
+//! torrent with that info-hash (an unknown one is closed unanswered); one upload and one download
+//! bucket are shared by all its torrents, each torrent's own limits on top. Each torrent has
+//! its outgoing connections, a tracker announcer, a disk thread, and one *torrent task* that
+//! owns the sans-IO [`TorrentCore`] and carries out what it decides. Each connection has a reader and a writer task ([`peer`]); they talk to the
 //! torrent task over channels, so every protocol decision is made in one place, in arrival order,
 //! by the same code the simulator (`sim::swarm`) runs.
 //!
@@ -45,14 +48,15 @@ pub use crate::proto::torrent::{BAN_AFTER_FAILED_PIECES, MAX_CANDIDATES};
 /// Most incoming connections in their handshake at once; more are closed at once.
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
 
-/// How a session behaves.
+/// How a torrent behaves (and, for [`Session::start`], where its one-torrent session listens).
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
-    /// Where to listen for peers (port 0 picks one).
+    /// Where to listen for peers (port 0 picks one); used by [`Session::start`] only.
     pub listen: SocketAddr,
     /// Peers to dial besides those trackers return.
     pub peers: Vec<SocketAddr>,
-    /// Bytes per second for all uploads / downloads of this session together.
+    /// Bytes per second for all uploads / downloads of this torrent together (the session's
+    /// own limits, [`SessionOptions`], apply on top).
     pub upload_limit: Option<u64>,
     pub download_limit: Option<u64>,
     /// Cap on connected peers.
@@ -113,6 +117,8 @@ pub enum SessionError {
     Disk(String),
     #[error("the session stopped before the download completed")]
     Stopped,
+    #[error("this torrent is already running in the session")]
+    Duplicate,
 }
 
 /// Live numbers of a session, readable from any thread (progress bars, labs).
@@ -144,13 +150,64 @@ impl Stats {
     }
 }
 
-/// A running torrent.
+/// Limits and address of a whole session, shared by all its torrents.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Where to listen for peers of every torrent (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Bytes per second for all uploads / downloads of the session together.
+    pub upload_limit: Option<u64>,
+    pub download_limit: Option<u64>,
+}
+
+/// What the acceptor needs of each torrent: where its connections go, and the peer id it
+/// answers handshakes with.
+struct Route {
+    events: mpsc::Sender<Event>,
+    our_id: PeerId,
+}
+
+/// The part of a session its torrents and its acceptor share.
+struct Shared {
+    local_addr: SocketAddr,
+    upload: Arc<RateLimiter>,
+    download: Arc<RateLimiter>,
+    /// Running torrents by info-hash (at most one each).
+    routes: std::sync::Mutex<BTreeMap<InfoHash, Route>>,
+}
+
+impl Shared {
+    fn routes(&self) -> std::sync::MutexGuard<'_, BTreeMap<InfoHash, Route>> {
+        // A panic while holding the lock cannot leave the map half-updated (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A session: one listening port for any number of torrents, incoming handshakes routed by
+/// info-hash, one upload and one download bucket shared by all its torrents (each torrent's own
+/// limits apply on top). Dropping the session stops accepting; each torrent runs until its
+/// [`TorrentHandle`] shuts it down or it finishes.
 pub struct Session {
+    shared: Arc<Shared>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+/// A running torrent of a [`Session`].
+pub struct TorrentHandle {
     stats: Arc<Stats>,
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     done: watch::Receiver<Option<Result<(), String>>>,
     task: tokio::task::JoinHandle<()>,
+    /// A torrent started with [`Session::start`] owns its session.
+    _session: Option<Session>,
 }
 
 /// Whether we start with data or fetch it.
@@ -163,13 +220,63 @@ pub enum Role {
 }
 
 impl Session {
-    /// Opens storage, re-checks existing data, binds the listener and starts the torrent task.
+    /// Binds the listening port and starts accepting peers for the torrents added later.
+    pub async fn bind(options: SessionOptions) -> Result<Session, SessionError> {
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| SessionError::Listen { addr: options.listen, source })?;
+        let shared = Arc::new(Shared {
+            local_addr: listener.local_addr()?,
+            upload: RateLimiter::new(options.upload_limit),
+            download: RateLimiter::new(options.download_limit),
+            routes: std::sync::Mutex::new(BTreeMap::new()),
+        });
+        let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(Session { shared, acceptor })
+    }
+
+    /// A session with one torrent: binds `config.listen`, with `config`'s limits as the
+    /// torrent's own, and starts the torrent. The handle keeps the session alive.
     pub async fn start(
         meta: Metainfo,
         dir: PathBuf,
         role: Role,
         config: SessionConfig,
-    ) -> Result<Session, SessionError> {
+    ) -> Result<TorrentHandle, SessionError> {
+        let session = Session::bind(SessionOptions {
+            listen: config.listen,
+            upload_limit: None,
+            download_limit: None,
+        })
+        .await?;
+        let mut handle = session.add(meta, dir, role, config).await?;
+        handle._session = Some(session);
+        Ok(handle)
+    }
+
+    /// The address peers reach every torrent of this session on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The info-hashes of the running torrents.
+    pub fn torrents(&self) -> Vec<InfoHash> {
+        self.shared.routes().keys().copied().collect()
+    }
+
+    /// Opens storage, re-checks existing data and starts the torrent on this session's port.
+    /// `config.upload_limit` / `download_limit` are the torrent's own limits, on top of the
+    /// session's; `config.listen` is not used (the session's port is).
+    pub async fn add(
+        &self,
+        meta: Metainfo,
+        dir: PathBuf,
+        role: Role,
+        config: SessionConfig,
+    ) -> Result<TorrentHandle, SessionError> {
+        if self.shared.routes().contains_key(&meta.info_hash) {
+            return Err(SessionError::Duplicate);
+        }
         let mode = if role == Role::Seed { Mode::ReadOnly } else { Mode::ReadWrite };
         let info = meta.info.clone();
         let existing = config.existing;
@@ -181,10 +288,7 @@ impl Session {
         .await
         .map_err(|e| io::Error::other(e.to_string()))??;
         let (storage, have) = storage;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| SessionError::Listen { addr: config.listen, source })?;
-        let local_addr = listener.local_addr()?;
+        let local_addr = self.shared.local_addr;
         let stats = Arc::new(Stats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (done_tx, done) = watch::channel(None);
@@ -200,7 +304,7 @@ impl Session {
             config,
             rng,
             our_id,
-            local_addr.port(),
+            self.shared.clone(),
             stats.clone(),
         )?;
         if role == Role::Seed && !torrent.core.have().is_full() {
@@ -211,10 +315,49 @@ impl Session {
                  (is --data the file or directory the torrent was made from?)"
             ))));
         }
-        let task = tokio::spawn(torrent.run(listener, shutdown_rx, done_tx));
-        Ok(Session { stats, local_addr, shutdown, done, task })
+        {
+            let mut routes = self.shared.routes();
+            if routes.contains_key(&torrent.info_hash) {
+                return Err(SessionError::Duplicate);
+            }
+            let route = Route { events: torrent.events_tx.clone(), our_id };
+            routes.insert(torrent.info_hash, route);
+        }
+        let task = tokio::spawn(torrent.run(shutdown_rx, done_tx));
+        Ok(TorrentHandle { stats, local_addr, shutdown, done, task, _session: None })
     }
+}
 
+/// Accepts peers for every torrent of a session: reads the handshake, finds the torrent by
+/// info-hash (an unknown one is closed), answers with that torrent's peer id and hands the
+/// connection to its task. At most [`MAX_PENDING_HANDSHAKES`] handshakes run at once.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let Ok((stream, addr)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            debug!(%addr, "too many handshakes in progress: connection closed");
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let lookup =
+                |ih: &InfoHash| shared.routes().get(ih).map(|r| (r.our_id, r.events.clone()));
+            match peer::accept(stream, addr, lookup, Duration::from_secs(10)).await {
+                Ok((c, events)) => {
+                    let _ = events.send(Event::Connected(c)).await;
+                }
+                Err(e) => debug!(%addr, "incoming handshake failed: {e}"),
+            }
+        });
+    }
+}
+
+impl TorrentHandle {
     /// Live numbers.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
@@ -245,7 +388,7 @@ impl Session {
         }
     }
 
-    /// Waits until the session ends by itself (a download without seeding, after completion).
+    /// Waits until the torrent ends by itself (a download without seeding, after completion).
     pub async fn wait_finished(&self) -> Result<(), SessionError> {
         let mut done = self.done.clone();
         loop {
@@ -258,7 +401,7 @@ impl Session {
         }
     }
 
-    /// Stops the session: announces `stopped` (best effort) and closes every connection.
+    /// Stops the torrent: announces `stopped` (best effort) and closes its connections.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
@@ -316,6 +459,7 @@ struct Torrent {
     events: mpsc::Receiver<Event>,
     /// The announcer task's queue: the core has at most one announce in flight, plus `stopped`.
     announces: Option<mpsc::Sender<AnnounceJob>>,
+    session: Arc<Shared>,
 }
 
 impl Torrent {
@@ -327,16 +471,17 @@ impl Torrent {
         config: SessionConfig,
         mut rng: ChaCha8Rng,
         our_id: PeerId,
-        our_port: u16,
+        session: Arc<Shared>,
         stats: Arc<Stats>,
     ) -> io::Result<Self> {
         let now = Instant::now();
+        let our_port = session.local_addr.port();
         let (events_tx, events) = mpsc::channel(4096);
         let disk = DiskQueue::start(storage.clone(), events_tx.clone())?;
         let limits = Arc::new(IoLimits {
             disk: disk.backlog().clone(),
-            upload: RateLimiter::new(config.upload_limit),
-            download: RateLimiter::new(config.download_limit),
+            upload: [RateLimiter::new(config.upload_limit), session.upload.clone()],
+            download: [RateLimiter::new(config.download_limit), session.download.clone()],
             max_message: config.max_message,
             // libtorrent's max_allowed_in_request_queue; we ask peers for at most 500 (reqq).
             max_queued_blocks: 2000,
@@ -393,6 +538,7 @@ impl Torrent {
             events_tx,
             events,
             announces,
+            session,
         };
         torrent.publish();
         Ok(torrent)
@@ -400,11 +546,9 @@ impl Torrent {
 
     async fn run(
         mut self,
-        listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
         done: watch::Sender<Option<Result<(), String>>>,
     ) {
-        self.spawn_acceptor(listener);
         let far = Duration::from_secs(3600);
         loop {
             self.carry_out();
@@ -437,6 +581,8 @@ impl Torrent {
                 _ = shutdown.changed() => break,
             }
         }
+        // No more incoming connections for this torrent.
+        self.session.routes().remove(&self.info_hash);
         self.core.stop();
         self.carry_out();
         self.disk.flush();
@@ -482,40 +628,6 @@ impl Torrent {
                 self.core.handle(now, Input::Uploaded(key, delta));
             }
         }
-    }
-
-    fn spawn_acceptor(&self, listener: TcpListener) {
-        let events = self.events_tx.clone();
-        let info_hash = self.info_hash;
-        let our_id = self.our_id;
-        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, addr)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                    debug!(%addr, "too many handshakes in progress: connection closed");
-                    continue;
-                };
-                let tx = events.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    match peer::accept(stream, addr, info_hash, our_id, Duration::from_secs(10))
-                        .await
-                    {
-                        Ok(c) => {
-                            let _ = tx.send(Event::Connected(c)).await;
-                        }
-                        Err(e) => debug!(%addr, "incoming handshake failed: {e}"),
-                    }
-                });
-                if events.is_closed() {
-                    return;
-                }
-            }
-        });
     }
 
     fn handle(&mut self, ev: Event) {

@@ -53,22 +53,22 @@ pub async fn connect(
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
 }
 
-/// Reads an incoming peer's handshake and answers with ours if `accepts` its info-hash.
-pub async fn accept(
+/// Reads an incoming peer's handshake; `lookup` finds the torrent it asks for (our peer id
+/// for it, and what to hand the connection to). An unknown info-hash closes the connection.
+pub async fn accept<T>(
     mut stream: TcpStream,
     addr: SocketAddr,
-    accepts: InfoHash,
-    our_id: PeerId,
+    lookup: impl Fn(&InfoHash) -> Option<(PeerId, T)>,
     timeout: Duration,
-) -> io::Result<Connected> {
+) -> io::Result<(Connected, T)> {
     tokio::time::timeout(timeout, async {
         stream.set_nodelay(true)?;
         let theirs = read_handshake(&mut stream).await?;
-        if theirs.info_hash != accepts {
+        let Some((our_id, target)) = lookup(&theirs.info_hash) else {
             return Err(invalid("peer asked for a torrent we do not have"));
-        }
-        stream.write_all(&Handshake::new(accepts, our_id).encode()).await?;
-        Ok(Connected { stream, addr, theirs, outgoing: false })
+        };
+        stream.write_all(&Handshake::new(theirs.info_hash, our_id).encode()).await?;
+        Ok((Connected { stream, addr, theirs, outgoing: false }, target))
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
@@ -149,8 +149,9 @@ impl Drop for PeerIo {
 
 /// Limits a connection applies to itself.
 pub struct IoLimits {
-    pub upload: Arc<RateLimiter>,
-    pub download: Arc<RateLimiter>,
+    /// The torrent's own bucket, then the session's (shared by all its torrents).
+    pub upload: [Arc<RateLimiter>; 2],
+    pub download: [Arc<RateLimiter>; 2],
     pub max_message: u32,
     /// Most blocks a peer may have queued with us; more requests close the connection.
     pub max_queued_blocks: usize,
@@ -201,7 +202,11 @@ async fn read_loop(
         limits.disk.wait().await;
         match rd.read_buf(&mut buf).await {
             Ok(0) => break "connection closed by peer".to_string(),
-            Ok(n) => limits.download.acquire(n).await,
+            Ok(n) => {
+                for bucket in &limits.download {
+                    bucket.acquire(n).await;
+                }
+            }
             Err(e) => break format!("read error: {e}"),
         }
     };
@@ -256,7 +261,8 @@ async fn write_loop(
                 // Unlimited, a few blocks at a time (one trip to the blocking pool for up to
                 // READ_BATCH_BYTES); under an upload limit one at a time, so no block waits for
                 // tokens that its batch-mates took.
-                let max_batch = if limits.upload.rate().is_none() { READ_BATCH_BYTES } else { 0 };
+                let unlimited = limits.upload.iter().all(|b| b.rate().is_none());
+                let max_batch = if unlimited { READ_BATCH_BYTES } else { 0 };
                 let mut batch = Vec::new();
                 let mut bytes = 0usize;
                 while let Some(b) = blocks.front().copied() {
@@ -264,7 +270,9 @@ async fn write_loop(
                         break;
                     }
                     blocks.pop_front();
-                    limits.upload.acquire(b.length as usize).await;
+                    for bucket in &limits.upload {
+                        bucket.acquire(b.length as usize).await;
+                    }
                     bytes += b.length as usize;
                     batch.push(b);
                 }
