@@ -55,6 +55,8 @@ pub struct LabConfig {
     pub neighbors: u32,
     /// Regular unchoke slots of every node (the notes: 4).
     pub upload_slots: usize,
+    /// Regular unchoke slots of a node while it seeds (at least `upload_slots`).
+    pub seed_slots: usize,
     /// Give up after this long.
     pub time_limit: Duration,
 }
@@ -210,7 +212,11 @@ pub async fn run(
     let meta = Metainfo::from_bytes(&bytes).map_err(setup)?;
 
     let p2p = config.architecture == Architecture::P2p;
-    let choker = |slots| ChokerConfig { upload_slots: slots, ..ChokerConfig::default() };
+    let choker = |slots| ChokerConfig {
+        upload_slots: slots,
+        seed_slots: config.seed_slots,
+        ..ChokerConfig::default()
+    };
     let max_peers = (config.neighbors as usize * 2).max(n + 1);
     let seeder_config = SessionConfig {
         listen: loopback,

@@ -367,6 +367,7 @@ fn node_flags(config: &LabConfig, swarmcast: &Path) -> Result<NodeFlags, NetnsEr
                     ),
                     "--upload-slots" => ("--upload-slots other than 4", "--upload-slots"),
                     "--num-want" => ("--neighbors below N and 50", "--num-want"),
+                    "--seed-slots" => ("--seed-slots other than 10", "--seed-slots"),
                     _ => ("--neighbors below N and 50", "--max-peers-returned"),
                 };
                 return Err(NetnsError::MissingFlag {
@@ -393,6 +394,11 @@ fn wanted_flags(config: &LabConfig) -> NodeFlags {
     }
     if p2p && config.upload_slots != default_slots {
         f.leecher.extend(["--upload-slots".into(), config.upload_slots.to_string()]);
+    }
+    if config.seed_slots != ChokerConfig::default().seed_slots {
+        let k = config.seed_slots.to_string();
+        f.seeder.extend(["--seed-slots".into(), k.clone()]);
+        f.leecher.extend(["--seed-slots".into(), k]);
     }
     // The CLI's tracker returns up to 50 peers and clients ask for 50; the in-process lab uses
     // `neighbors` for both. They differ only when `neighbors` is the smaller cap.
@@ -883,6 +889,7 @@ mod tests {
             seed: 1,
             neighbors,
             upload_slots: slots,
+            seed_slots: ChokerConfig::default().seed_slots,
             time_limit: Duration::from_secs(60),
         }
     }

@@ -89,6 +89,8 @@ pub struct SwarmConfig {
     pub neighbors: u32,
     /// Regular unchoke slots of every node.
     pub upload_slots: usize,
+    /// Regular unchoke slots of every node while it seeds (at least `upload_slots`).
+    pub seed_slots: usize,
     /// Optimistic unchoke rotation.
     pub optimistic_interval: Duration,
     /// Regular rechoke interval.
@@ -98,8 +100,14 @@ pub struct SwarmConfig {
     pub arrivals: Arrivals,
     /// Rarest first (the default) or random piece choice throughout.
     pub rarest_first: bool,
+    /// The seeder super-seeds (BEP 16) until every piece went out once.
+    pub super_seed: bool,
     pub latency_min: Duration,
     pub latency_max: Duration,
+    /// Caps count bytes on the wire, TCP/IP headers included (as the `--netns` lab's kernel
+    /// shaper does); `false`: caps count block payload only (as the engine's own token bucket in
+    /// the in-process lab does).
+    pub wire_overhead: bool,
     pub seed: u64,
     /// Stop once this much virtual time has passed.
     pub time_limit: Duration,
@@ -118,13 +126,16 @@ impl SwarmConfig {
             download_limit: None,
             neighbors: 30,
             upload_slots: 4,
+            seed_slots: ChokerConfig::default().seed_slots,
             optimistic_interval: Duration::from_secs(30),
             rechoke_interval: Duration::from_secs(10),
             leave_after_complete: 0.0,
             arrivals: Arrivals::Flash,
             rarest_first: true,
+            super_seed: false,
             latency_min: Duration::from_millis(20),
             latency_max: Duration::from_millis(80),
+            wire_overhead: true,
             seed,
             time_limit: Duration::from_secs(24 * 3600),
             wall_limit: Duration::from_secs(3600),
@@ -297,8 +308,12 @@ struct Node {
     verified_bytes: u64,
 }
 
-/// Bytes a block of `len` payload bytes takes on the wire.
-fn wire_bytes(len: u32) -> u64 {
+/// Bytes a block of `len` payload bytes counts against a cap: on the wire (the PIECE header and
+/// TCP/IP headers included), or its payload alone.
+fn wire_bytes(len: u32, wire: bool) -> u64 {
+    if !wire {
+        return len as u64;
+    }
     let payload = len as u64 + 13;
     payload + payload.div_ceil(SEGMENT_PAYLOAD) * SEGMENT_OVERHEAD
 }
@@ -648,6 +663,7 @@ impl Sim {
             seed_when_done: true,
             choker: ChokerConfig {
                 upload_slots: cfg.upload_slots,
+                seed_slots: cfg.seed_slots,
                 rechoke_interval: cfg.rechoke_interval,
                 optimistic_interval: cfg.optimistic_interval,
                 ..ChokerConfig::default()
@@ -656,6 +672,7 @@ impl Sim {
             announce: true,
             our_port: PORT,
             our_id: peer_id(cfg.seed, i),
+            super_seed: cfg.super_seed,
         };
         let geometry =
             Geometry { piece_length, total_length: cfg.file_size, metadata: Bytes::new() };
@@ -928,7 +945,7 @@ impl Sim {
             }
             let node = &mut self.nodes[i as usize];
             node.sending = Some((key, b));
-            let secs = wire_bytes(b.length) as f64 / node.upload as f64;
+            let secs = wire_bytes(b.length, self.config.wire_overhead) as f64 / node.upload as f64;
             let at = self.now.plus(Duration::from_secs_f64(secs));
             self.push(at, Ev::TxDone(i));
             return;
@@ -940,13 +957,15 @@ impl Sim {
             return;
         };
         if self.conn_open(key) && self.nodes[i as usize].core.is_some() {
-            self.nodes[i as usize].uploaded_wire += wire_bytes(b.length);
+            self.nodes[i as usize].uploaded_wire += wire_bytes(b.length, self.config.wire_overhead);
             let (to, their_key) = self.other(key);
             let mut at = self.now.plus(self.latency(i, to));
             if let Some(d) = self.config.download_limit {
                 let rx = &mut self.nodes[to as usize];
                 let start = at.max(rx.down_free);
-                at = start.plus(Duration::from_secs_f64(wire_bytes(b.length) as f64 / d as f64));
+                at = start.plus(Duration::from_secs_f64(
+                    wire_bytes(b.length, self.config.wire_overhead) as f64 / d as f64,
+                ));
                 rx.down_free = at;
             }
             let data = self.zeros.slice(0..b.length as usize);

@@ -19,6 +19,7 @@ fn config(architecture: Architecture) -> LabConfig {
         seed: 7,
         neighbors: 30,
         upload_slots: 4,
+        seed_slots: 10,
         time_limit: Duration::from_secs(120),
     }
 }

@@ -162,6 +162,9 @@ pub struct LabArgs {
     /// Regular unchoke slots per node.
     #[arg(long, default_value_t = 4)]
     upload_slots: usize,
+    /// Regular unchoke slots of a node while it seeds (at least --upload-slots).
+    #[arg(long, default_value_t = 10)]
+    seed_slots: usize,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 900)]
     time_limit: u64,
@@ -193,6 +196,7 @@ impl LabArgs {
             seed: self.seed,
             neighbors: self.neighbors,
             upload_slots: self.upload_slots,
+            seed_slots: self.seed_slots,
             time_limit: Duration::from_secs(self.time_limit),
         })
     }

@@ -184,6 +184,10 @@ struct NetArgs {
     /// Regular unchoke slots (the notes' tit-for-tat: 4), plus one optimistic slot.
     #[arg(long, default_value_t = 4)]
     upload_slots: usize,
+    /// Regular unchoke slots while seeding (at least --upload-slots): a seed spreads its first
+    /// copy over more peers at once.
+    #[arg(long, default_value_t = 10)]
+    seed_slots: usize,
     /// How many peers to ask trackers for.
     #[arg(long, default_value_t = 50)]
     num_want: u32,
@@ -201,6 +205,7 @@ impl NetArgs {
             num_want: self.num_want,
             choker: torrent::proto::choker::ChokerConfig {
                 upload_slots: self.upload_slots,
+                seed_slots: self.seed_slots,
                 ..Default::default()
             },
             ..SessionConfig::default()

@@ -53,6 +53,9 @@ pub struct SwarmArgs {
     /// Regular unchoke slots per node (the notes: 4).
     #[arg(long, default_value_t = 4)]
     upload_slots: usize,
+    /// Regular unchoke slots of a node while it seeds (at least --upload-slots).
+    #[arg(long, default_value_t = 10)]
+    seed_slots: usize,
     /// Share of leechers (at random) that upload nothing.
     #[arg(long, default_value_t = 0.0)]
     free_riders: f64,
@@ -65,9 +68,16 @@ pub struct SwarmArgs {
     /// Pick pieces at random instead of rarest first.
     #[arg(long)]
     random_pieces: bool,
+    /// The seeder super-seeds (BEP 16) until every piece went out once.
+    #[arg(long)]
+    super_seed: bool,
     /// One-way latency range of a link, in ms (e.g. 20..80).
     #[arg(long, default_value = "20..80", value_parser = parse_latency)]
     latency: (u64, u64),
+    /// Caps count block payload only, as the engine's token bucket in the in-process `lab
+    /// swarm` does (default: bytes on the wire with TCP/IP headers, as `lab swarm --netns`).
+    #[arg(long)]
+    payload_caps: bool,
     /// Seed of the run (same seed, same numbers).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -183,11 +193,14 @@ fn swarm(a: &SwarmArgs) -> Result<()> {
     config.download_limit = a.peer_download;
     config.neighbors = a.neighbors;
     config.upload_slots = a.upload_slots;
+    config.seed_slots = a.seed_slots;
     config.leave_after_complete = a.leave_after_complete;
     config.arrivals = a.arrivals;
     config.rarest_first = !a.random_pieces;
+    config.super_seed = a.super_seed;
     config.latency_min = Duration::from_millis(a.latency.0);
     config.latency_max = Duration::from_millis(a.latency.1);
+    config.wire_overhead = !a.payload_caps;
     config.time_limit = Duration::from_secs(a.time_limit);
     config.wall_limit = Duration::from_secs(a.wall_limit);
     let started = std::time::Instant::now();
@@ -220,10 +233,11 @@ fn print_swarm(r: &SwarmReport) {
         r.ratio
     );
     println!(
-        "  upload utilization: seeder {:.1}%, peers {:.1}%; bytes served by peers: {:.1}% (bytes on the wire)",
+        "  upload utilization: seeder {:.1}%, peers {:.1}%; bytes served by peers: {:.1}% ({})",
         r.seeder_utilization * 100.0,
         r.peer_utilization * 100.0,
-        r.peer_upload_share * 100.0
+        r.peer_upload_share * 100.0,
+        if r.config.wire_overhead { "bytes on the wire" } else { "payload bytes" }
     );
     let g = &r.gap;
     println!(

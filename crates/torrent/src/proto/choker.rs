@@ -36,6 +36,12 @@
 //!   keeping their slots until the 10 s rechoke left uploaders idle (the lab measured it in the
 //!   tail). An optimistic peer that loses interest is replaced at the next regular rechoke.
 //!
+//! - **Seeding slots.** While seeding, at least `seed_slots` (10) regular slots: a seed has no
+//!   one to reciprocate, and spreading its first copy over more peers at once lets more peers
+//!   trade sooner. Measured with `swarmcast sim swarm` (N = 20, 50, 100; F = 64 MiB, 256
+//!   pieces, u = 2 MiB/s, u_s = 10u): 10 seed slots instead of 4 halve the start-up gap and
+//!   take the ratio to the bound from 1.04–1.08 to 1.02–1.05; 20 slots do no better.
+//!
 //! Two additions keep a fresh swarm from idling:
 //!
 //! - **Fast start.** When a peer becomes interested while fewer than `upload_slots` regular slots
@@ -99,6 +105,8 @@ pub struct ChokerConfig {
     /// How many times as likely a newly connected peer is to be drawn for the optimistic slot.
     /// With 0, new peers are drawn only when no older peer qualifies.
     pub new_peer_weight: u32,
+    /// While seeding, at least this many regular slots (`max(upload_slots, seed_slots)`).
+    pub seed_slots: usize,
 }
 
 impl Default for ChokerConfig {
@@ -108,6 +116,7 @@ impl Default for ChokerConfig {
             rechoke_interval: Duration::from_secs(10),
             optimistic_interval: Duration::from_secs(30),
             new_peer_weight: 3,
+            seed_slots: 10,
         }
     }
 }
@@ -239,10 +248,7 @@ impl<R: rand::Rng> Choker<R> {
         };
         let became_interested = interested && !state.interested;
         state.interested = interested;
-        if became_interested
-            && self.regular.len() < self.config.upload_slots
-            && !self.is_unchoked(peer)
-        {
+        if became_interested && self.regular.len() < self.slots() && !self.is_unchoked(peer) {
             self.regular.insert(peer);
         }
         if !interested && self.regular.remove(&peer) {
@@ -286,6 +292,15 @@ impl<R: rand::Rng> Choker<R> {
     }
 
     // ----- mutators -----
+
+    /// Regular slots now: `upload_slots`, or while seeding `max(upload_slots, seed_slots)`.
+    fn slots(&self) -> usize {
+        if self.seeding {
+            self.config.upload_slots.max(self.config.seed_slots)
+        } else {
+            self.config.upload_slots
+        }
+    }
 
     /// Switch between downloading (rank by download rate from the peer) and seeding (rank by
     /// our upload rate to the peer). Takes effect at the next regular rechoke.
@@ -346,7 +361,7 @@ impl<R: rand::Rng> Choker<R> {
         let candidates: Vec<PeerKey> =
             self.peers.iter().filter(|(_, s)| s.interested).map(|(&k, _)| k).collect();
         let ranked = self.rank(candidates);
-        self.regular = ranked.into_iter().take(self.config.upload_slots).collect();
+        self.regular = ranked.into_iter().take(self.slots()).collect();
         for state in self.peers.values_mut() {
             state.downloaded = 0;
             state.uploaded = 0;
@@ -409,7 +424,7 @@ impl<R: rand::Rng> Choker<R> {
 
     /// Fill free regular slots with the best waiting peers of the current window.
     fn fill_free_regular_slots(&mut self) {
-        let free = self.config.upload_slots.saturating_sub(self.regular.len());
+        let free = self.slots().saturating_sub(self.regular.len());
         if free == 0 {
             return;
         }
@@ -646,6 +661,7 @@ mod tests {
     #[test]
     fn seeding_ranks_by_upload_rate() {
         let mut h = six_peers(5);
+        h.choker.config.seed_slots = 0;
         h.choker.set_seeding(true);
         // Download counts (from six_peers) favour 3-6; upload counts favour 1, 2, 3, 4.
         for (n, bytes) in [(1, 9000), (2, 8000), (3, 7000), (4, 6000), (5, 10), (6, 0)] {
@@ -828,6 +844,7 @@ mod tests {
             rechoke_interval: Duration::from_secs(5),
             optimistic_interval: Duration::from_secs(15),
             new_peer_weight: 3,
+            seed_slots: 10,
         };
         let mut h = Harness::new(config, 12);
         for n in 1..=5 {
@@ -895,5 +912,30 @@ mod tests {
         let b = scenario(42);
         assert!(a.len() > 10, "the scenario must exercise the choker");
         assert_eq!(a, b);
+    }
+}
+
+#[cfg(test)]
+mod seed_slot_tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn a_seed_unchokes_seed_slots_peers_a_leecher_upload_slots() {
+        let start = Instant::now();
+        let config = ChokerConfig { seed_slots: 6, ..ChokerConfig::default() };
+        for (seeding, want) in [(false, 4), (true, 6)] {
+            let mut c =
+                Choker::new(config.clone(), rand_chacha::ChaCha8Rng::seed_from_u64(1), start);
+            c.set_seeding(seeding);
+            for n in 0..10 {
+                c.peer_connected(start, PeerKey(n));
+                c.set_interested(start, PeerKey(n), true);
+            }
+            // Fast start fills the regular slots at once; the optimistic one comes at the rechoke.
+            assert_eq!(c.unchoked().len(), want);
+            c.handle_timeout(start + Duration::from_secs(10));
+            assert_eq!(c.unchoked().len(), want + 1);
+        }
     }
 }

@@ -78,6 +78,7 @@ impl Net {
             announce: false,
             our_port: 6881,
             our_id: Self::id(i),
+            super_seed: false,
         }
     }
 

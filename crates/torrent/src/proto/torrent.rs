@@ -104,6 +104,9 @@ pub struct CoreConfig {
     pub our_port: u16,
     /// Our peer id (a connection to it is a connection to ourselves).
     pub our_id: PeerId,
+    /// Initial seeding (BEP 16 super-seeding) when the torrent starts complete: see
+    /// [`TorrentCore`]'s module documentation.
+    pub super_seed: bool,
 }
 
 /// The torrent's shape: what the core needs of the metainfo.
@@ -246,7 +249,26 @@ struct PeerState {
     last_sent: Instant,
     snubbed: bool,
     failed_pieces: u32,
+    /// While super-seeding: the pieces we told this peer we have, and the offers still
+    /// pending with it (piece, block requests served so far).
+    revealed: Option<Bitfield>,
+    offers: Vec<(u32, u32)>,
 }
+
+/// Initial seeding (BEP 16): each peer is told of a few pieces at a time, the ones offered least
+/// so far, and of more as it reports having them, until every piece went out once.
+struct SuperSeed {
+    /// Times each piece was offered to some peer.
+    offered: Vec<u32>,
+    /// Block requests served for each piece (a piece has gone out once when this reaches its
+    /// block count).
+    served: Vec<u32>,
+    /// Pieces that went out at least once.
+    out: u32,
+}
+
+/// Pieces offered to one peer at a time while super-seeding.
+const SUPER_SEED_OFFERS: usize = 2;
 
 /// The announce schedule.
 struct Announcer {
@@ -283,6 +305,7 @@ pub struct TorrentCore {
     last_tick: Instant,
     stats: CoreStats,
     out: VecDeque<Output>,
+    super_seed: Option<SuperSeed>,
 }
 
 impl TorrentCore {
@@ -339,7 +362,12 @@ impl TorrentCore {
             last_tick: now,
             stats,
             out: VecDeque::new(),
+            super_seed: None,
         };
+        if core.config.super_seed && core.picker.is_complete() {
+            let n = core.picker.num_pieces() as usize;
+            core.super_seed = Some(SuperSeed { offered: vec![0; n], served: vec![0; n], out: 0 });
+        }
         if core.picker.is_complete() {
             core.on_all_verified();
         }
@@ -611,12 +639,16 @@ impl TorrentCore {
             last_sent: now,
             snubbed: false,
             failed_pieces: 0,
+            revealed: self.super_seed.as_ref().map(|_| Bitfield::new(n)),
+            offers: Vec::new(),
         };
         debug!(peer = %addr, ?key, outgoing, "connected");
         self.peers.insert(key, st);
-        // First message: what we have.
+        // First message: what we have (while super-seeding: nothing yet).
         let have = self.picker.have();
-        let first = if fast && have.is_full() {
+        let first = if self.super_seed.is_some() {
+            fast.then_some(Message::HaveNone)
+        } else if fast && have.is_full() {
             Some(Message::HaveAll)
         } else if fast && have.count() == 0 {
             Some(Message::HaveNone)
@@ -638,8 +670,90 @@ impl TorrentCore {
             };
             self.send(now, key, Message::Extended { id: 0, payload: Bytes::from(hs.encode()) });
         }
+        self.offer_pieces(now, key);
         self.choker.peer_connected(now, key);
         self.apply_choker();
+    }
+
+    /// While super-seeding: tells the peer of new pieces until [`SUPER_SEED_OFFERS`] are
+    /// pending with it, each the piece offered least so far that it lacks (ties: the rarest
+    /// among our peers, then a fixed spread over the torrent). An offer stops pending when the
+    /// peer has the piece or we served every block of it to the peer (peers need not send HAVE
+    /// to a peer that has the piece, so we do not wait for one).
+    fn offer_pieces(&mut self, now: Instant, key: PeerKey) {
+        let Some(ss) = &mut self.super_seed else {
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let Some(revealed) = &mut p.revealed else {
+            return;
+        };
+        let n = self.picker.num_pieces();
+        let picker = &self.picker;
+        let has = &p.has;
+        p.offers.retain(|&(i, served)| {
+            !has.has(i) && served < picker.piece_size(i).div_ceil(BLOCK_SIZE)
+        });
+        let pending = p.offers.len();
+        let mut offers = Vec::new();
+        for _ in pending..SUPER_SEED_OFFERS {
+            let spread = |i: u32| (i as u64).wrapping_mul(2_654_435_761) % n as u64;
+            let best = (0..n)
+                .filter(|&i| !p.has.has(i) && !revealed.has(i))
+                .min_by_key(|&i| (ss.offered[i as usize], self.picker.availability(i), spread(i)));
+            let Some(piece) = best else {
+                break;
+            };
+            revealed.set(piece);
+            ss.offered[piece as usize] += 1;
+            p.offers.push((piece, 0));
+            offers.push(piece);
+        }
+        for piece in offers {
+            self.send(now, key, Message::Have(piece));
+        }
+    }
+
+    /// Counts a served request while super-seeding; once every piece went out, tells every
+    /// peer what it was not told yet and seeds normally.
+    fn note_served(&mut self, now: Instant, key: PeerKey, piece: u32) {
+        let Some(ss) = &mut self.super_seed else {
+            return;
+        };
+        if let Some(p) = self.peers.get_mut(&key) {
+            if let Some(o) = p.offers.iter_mut().find(|(i, _)| *i == piece) {
+                o.1 += 1;
+            }
+        }
+        let blocks = self.picker.piece_size(piece).div_ceil(BLOCK_SIZE);
+        let served = &mut ss.served[piece as usize];
+        *served += 1;
+        if *served == blocks {
+            ss.out += 1;
+        }
+        if ss.out < self.picker.num_pieces() {
+            self.offer_pieces(now, key);
+            return;
+        }
+        debug!("every piece went out once: super-seeding ends");
+        self.super_seed = None;
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for k in keys {
+            let Some(p) = self.peers.get_mut(&k) else {
+                continue;
+            };
+            let Some(revealed) = p.revealed.take() else {
+                continue;
+            };
+            p.offers.clear();
+            let tell: Vec<u32> =
+                (0..revealed.len()).filter(|&i| !revealed.has(i) && !p.has.has(i)).collect();
+            for piece in tell {
+                self.send(now, k, Message::Have(piece));
+            }
+        }
     }
 
     fn drop_peer(&mut self, now: Instant, key: PeerKey, reason: &str) {
@@ -703,6 +817,7 @@ impl TorrentCore {
                 if p.has.set(piece) {
                     self.picker.peer_have(key, piece);
                     self.update_interest(now, key);
+                    self.offer_pieces(now, key);
                 }
             }
             Message::Bitfield(raw) => {
@@ -741,9 +856,11 @@ impl TorrentCore {
                     && offset
                         .checked_add(length)
                         .is_some_and(|end| end <= self.picker.piece_size(piece))
-                    && self.picker.have().has(piece);
+                    && self.picker.have().has(piece)
+                    && p.revealed.as_ref().is_none_or(|r| r.has(piece));
                 if valid && !p.am_choking {
                     self.out.push_back(Output::Serve(key, b));
+                    self.note_served(now, key, piece);
                 } else if p.fast {
                     self.send(now, key, Message::RejectRequest { piece, offset, length });
                 }
@@ -1181,7 +1298,10 @@ mod tests {
     #[test]
     fn four_regular_unchokes_at_once_then_changes_only_at_rechoke_instants() {
         let mut net = Net::new(content(1 << 20), 64 * 1024);
-        let s = net.add(true, Net::config(0));
+        // A seed with the notes' choker: 4 regular slots and 1 optimistic, seeding or not.
+        let mut config = Net::config(0);
+        config.choker.seed_slots = 0;
+        let s = net.add(true, config);
         net.nodes[s].stalled = true;
         let ls: Vec<usize> = (1..7).map(|i| net.add(false, Net::config(i))).collect();
         for &l in &ls {
@@ -1336,5 +1456,38 @@ mod tests {
         core.stop();
         assert_eq!(announces(core), vec![AnnounceEvent::Stopped]);
         assert_eq!(core.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_super_seed_sends_every_piece_once_and_the_leechers_trade_the_rest() {
+        let mut net = Net::new(content(600_000), 32 * 1024);
+        let mut config = Net::config(0);
+        config.super_seed = true;
+        let s = net.add(true, config);
+        let ls: Vec<usize> = (1..5).map(|i| net.add(false, Net::config(i))).collect();
+        for &l in &ls {
+            net.connect(l, s);
+        }
+        net.connect(ls[0], ls[1]);
+        net.connect(ls[1], ls[2]);
+        net.connect(ls[2], ls[3]);
+        net.drive(Duration::from_secs(60));
+        for &l in &ls {
+            assert!(net.nodes[l].core.is_complete(), "leecher {l} incomplete");
+            assert_eq!(net.nodes[l].data, net.content());
+        }
+        // The seed began with HAVE_NONE and a few HAVEs, never HAVE_ALL or a BITFIELD.
+        let first = |m: &Message| matches!(m, Message::HaveAll | Message::Bitfield(_));
+        assert!(sent_to(&net, s, first).is_empty());
+        // Its first offers named every piece once before any piece twice.
+        let offers: Vec<u32> = net.nodes[s]
+            .sent
+            .iter()
+            .filter_map(|(_, _, m)| if let Message::Have(p) = m { Some(*p) } else { None })
+            .collect();
+        let n = net.nodes[s].core.have().len() as usize;
+        assert!(offers.len() >= n);
+        let first: BTreeSet<u32> = offers[..n].iter().copied().collect();
+        assert_eq!(first.len(), n, "a piece offered twice before every piece once: {offers:?}");
     }
 }

@@ -77,6 +77,8 @@ pub struct SessionConfig {
     pub max_message: u32,
     /// What a download does with existing files it did not create.
     pub existing: Existing,
+    /// A torrent that starts complete super-seeds (BEP 16) until every piece went out once.
+    pub super_seed: bool,
 }
 
 impl Default for SessionConfig {
@@ -96,6 +98,7 @@ impl Default for SessionConfig {
             num_want: 50,
             max_message: DEFAULT_MAX_MESSAGE,
             existing: Existing::Refuse,
+            super_seed: false,
         }
     }
 }
@@ -520,6 +523,7 @@ impl Torrent {
             announce: announces.is_some(),
             our_port,
             our_id,
+            super_seed: config.super_seed,
         };
         let core_rng = ChaCha8Rng::seed_from_u64(rng.random());
         let mut core = TorrentCore::new(geometry, have, core_config, core_rng, now);
