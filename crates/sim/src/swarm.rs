@@ -113,6 +113,9 @@ pub struct SwarmConfig {
     pub time_limit: Duration,
     /// Stop once the simulation has run this long on the wall clock.
     pub wall_limit: Duration,
+    /// Stop once the process's resident memory exceeds this many bytes (checked every 65,536
+    /// events from `/proc/self/status`).
+    pub memory_limit: Option<u64>,
 }
 
 impl SwarmConfig {
@@ -139,6 +142,7 @@ impl SwarmConfig {
             seed,
             time_limit: Duration::from_secs(24 * 3600),
             wall_limit: Duration::from_secs(3600),
+            memory_limit: None,
         }
     }
 
@@ -509,9 +513,17 @@ pub fn run(
             let l = format!("{:.0} s of virtual time", config.time_limit.as_secs_f64());
             return Err(limit("virtual-time", l, &sim));
         }
-        if sim.events % 65_536 == 0 && wall.elapsed() > config.wall_limit {
-            let l = format!("{:.0} s of wall time", config.wall_limit.as_secs_f64());
-            return Err(limit("wall-time", l, &sim));
+        if sim.events % 65_536 == 0 {
+            if wall.elapsed() > config.wall_limit {
+                let l = format!("{:.0} s of wall time", config.wall_limit.as_secs_f64());
+                return Err(limit("wall-time", l, &sim));
+            }
+            if let (Some(max), Some(rss)) = (config.memory_limit, resident_bytes()) {
+                if rss > max {
+                    let l = format!("{} MiB of memory, {} MiB in use", max >> 20, rss >> 20);
+                    return Err(limit("memory", l, &sim));
+                }
+            }
         }
     }
     if sim.complete < n {
@@ -568,6 +580,14 @@ fn validate(config: &SwarmConfig) -> Result<(), SwarmError> {
         return bad("--peer-download must be more than 0".into());
     }
     Ok(())
+}
+
+/// The process's resident memory (`VmRSS`), if `/proc` tells.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn peer_id(seed: u64, node: u32) -> PeerId {

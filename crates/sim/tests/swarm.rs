@@ -69,4 +69,11 @@ fn impossible_parameters_and_limits_say_what_happened() {
         }
         other => panic!("expected the time limit, got {other:?}"),
     }
+    // Past its memory limit too (any process uses more than 1 KiB).
+    let mut c = SwarmConfig::uniform(200, 16 * MIB, MIB, 256 * 1024, 1);
+    c.memory_limit = Some(1024);
+    match run(&c, |_, _, _| {}) {
+        Err(SwarmError::Limit { what, .. }) => assert_eq!(what, "memory"),
+        other => panic!("expected the memory limit, got {other:?}"),
+    }
 }

@@ -87,6 +87,9 @@ pub struct SwarmArgs {
     /// Stop after this many seconds of wall time.
     #[arg(long, default_value_t = 3_600)]
     wall_limit: u64,
+    /// Stop once the process uses more than this much memory (k/M/G suffixes).
+    #[arg(long, value_parser = parse_size, default_value = "8G")]
+    memory_limit: u64,
     /// Write the full report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -203,6 +206,7 @@ fn swarm(a: &SwarmArgs) -> Result<()> {
     config.wire_overhead = !a.payload_caps;
     config.time_limit = Duration::from_secs(a.time_limit);
     config.wall_limit = Duration::from_secs(a.wall_limit);
+    config.memory_limit = Some(a.memory_limit);
     let started = std::time::Instant::now();
     let report = sim::swarm::run(&config, |t, complete, delivered| {
         eprintln!(
