@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use stream::eval::{evaluate, evaluate_traces, SimConfig};
+use stream::eval::{evaluate_families, evaluate_traces, SimConfig};
 use stream::player::{parse_trace, MAX_TRACE_BYTES};
 use stream::proto::abr::RuleKind;
 use stream::proto::trace::{Family, Trace};
@@ -32,9 +32,14 @@ pub enum StreamCommand {
 /// Arguments of `swarmcast stream eval`.
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Traces per family (steps, walk, 3g, 4g); every rule plays the same ones.
+    /// Traces per family; every rule plays the same ones.
     #[arg(long, default_value_t = 50)]
     traces: usize,
+    /// The generated families to play, comma-separated (default: all of steps, walk, 3g, 4g,
+    /// markov, step, oscillation, low, hsdpa, lte, broadband). A family's sessions do not
+    /// depend on which others run.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_family, conflicts_with = "trace_dir")]
+    families: Vec<Family>,
     /// Seed of the traces and of the video's segment sizes (same seed, same numbers).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -85,7 +90,18 @@ fn eval(a: &EvalArgs) -> Result<()> {
     }
     let report = match &a.trace_dir {
         None => {
-            let report = evaluate(&RuleKind::ALL, a.traces, a.seed, &SimConfig::default());
+            let mut families: Vec<Family> =
+                if a.families.is_empty() { Family::ALL.to_vec() } else { a.families.clone() };
+            // Table order, each once.
+            families.sort_by_key(|f| Family::ALL.iter().position(|g| g == f));
+            families.dedup();
+            let report = evaluate_families(
+                &RuleKind::ALL,
+                &families,
+                a.traces,
+                a.seed,
+                &SimConfig::default(),
+            );
             println!(
                 "ABR rules on {} traces per family (seed {}), Pensieve's ladder, {} segments of \
                  4 s; means per session",
@@ -116,6 +132,17 @@ fn eval(a: &EvalArgs) -> Result<()> {
         eprintln!("report written to {}", path.display());
     }
     Ok(())
+}
+
+/// A generated family by name (`file` is not one: use `--trace-dir`).
+fn parse_family(name: &str) -> Result<Family, String> {
+    match Family::from_name(name.trim()) {
+        Some(f) if f != Family::File => Ok(f),
+        _ => {
+            let names: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+            Err(format!("unknown trace family {name:?}: use {}", names.join(", ")))
+        }
+    }
 }
 
 /// Reads every regular file of `dir` in name order as a trace ([`parse_trace`]), labelled
@@ -210,5 +237,16 @@ mod tests {
         std::fs::write(dir.path().join("c.txt"), "not a trace\n").unwrap();
         let e = format!("{:#}", read_trace_dir(dir.path()).unwrap_err());
         assert!(e.contains("c.txt") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn families_parse_by_name_and_file_is_refused() {
+        assert_eq!(parse_family("hsdpa"), Ok(Family::Hsdpa));
+        assert_eq!(parse_family("3G"), Ok(Family::Cellular3g));
+        for f in Family::ALL {
+            assert_eq!(parse_family(f.name()), Ok(f));
+        }
+        assert!(parse_family("file").unwrap_err().contains("broadband"));
+        assert!(parse_family("5g").is_err());
     }
 }
