@@ -278,7 +278,16 @@ struct Announcer {
     in_flight: Option<AnnounceEvent>,
     /// `completed` waits here while another announce is in flight.
     kick: Option<AnnounceEvent>,
+    /// When the last announce was sent.
+    last: Option<Instant>,
 }
+
+/// A download with fewer peers than this and no address left to dial asks the tracker again
+/// early (but not sooner than [`EARLY_ANNOUNCE_AFTER`] after the last announce): peers that
+/// left the swarm must not strand it until the next regular announce (an hour on many
+/// trackers). Measured with `sim swarm --leave-after-complete 1`: see `scripts/sim-swarm.sh`.
+const EARLY_ANNOUNCE_BELOW_PEERS: usize = 4;
+const EARLY_ANNOUNCE_AFTER: Duration = Duration::from_secs(60);
 
 /// One torrent's protocol state. See the [module documentation](self).
 pub struct TorrentCore {
@@ -341,6 +350,7 @@ impl TorrentCore {
             next: Some((now, AnnounceEvent::Started)),
             in_flight: None,
             kick: None,
+            last: None,
         });
         let mut core = TorrentCore {
             geometry,
@@ -578,6 +588,7 @@ impl TorrentCore {
             if at <= now {
                 a.next = None;
                 a.in_flight = Some(event);
+                a.last = Some(now);
                 self.out.push_back(Output::Announce { event, uploaded, downloaded, left });
             }
         }
@@ -1207,6 +1218,34 @@ impl TorrentCore {
         }
         self.fill_all(now);
         self.connect_more(now);
+        self.announce_early_if_stranded(now);
+    }
+
+    /// See [`EARLY_ANNOUNCE_BELOW_PEERS`].
+    fn announce_early_if_stranded(&mut self, now: Instant) {
+        if self.complete || self.stopped || self.peers.len() >= EARLY_ANNOUNCE_BELOW_PEERS {
+            return;
+        }
+        if !self.connecting.is_empty() {
+            return;
+        }
+        let connected: BTreeSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
+        let untried = self.candidates.iter().any(|(a, &(last, fails))| {
+            fails < MAX_DIAL_FAILURES && last.is_none() && !connected.contains(a)
+        });
+        if untried {
+            return;
+        }
+        let Some(a) = &mut self.announcer else {
+            return;
+        };
+        let Some((at, event)) = a.next else {
+            return;
+        };
+        let earliest = a.last.map_or(now, |t| t + EARLY_ANNOUNCE_AFTER);
+        if at > earliest.max(now) {
+            a.next = Some((earliest.max(now), event));
+        }
     }
 
     fn connect_more(&mut self, now: Instant) {
@@ -1445,9 +1484,11 @@ mod tests {
         assert_eq!(announces(core), vec![]);
         core.handle(t0 + Duration::from_secs(15), Input::Timeout);
         assert_eq!(announces(core), vec![AnnounceEvent::Started]);
-        // Answered with a 100 s interval: the next regular announce then.
+        // Answered with a 100 s interval and a peer (being dialled, so not stranded): the next
+        // regular announce then.
         let t1 = t0 + Duration::from_secs(15);
-        core.handle(t1, Input::Announced { interval: Duration::from_secs(100), peers: vec![] });
+        let peers = vec![SocketAddr::from(([10, 9, 9, 9], 6881))];
+        core.handle(t1, Input::Announced { interval: Duration::from_secs(100), peers });
         assert_eq!(core.next_deadline().map(|d| d <= t1 + Duration::from_secs(100)), Some(true));
         core.handle(t1 + Duration::from_secs(99), Input::Timeout);
         assert_eq!(announces(core), vec![]);
@@ -1489,5 +1530,32 @@ mod tests {
         assert!(offers.len() >= n);
         let first: BTreeSet<u32> = offers[..n].iter().copied().collect();
         assert_eq!(first.len(), n, "a piece offered twice before every piece once: {offers:?}");
+    }
+
+    #[test]
+    fn a_stranded_download_asks_the_tracker_again_after_a_minute_not_an_hour() {
+        let mut net = Net::new(content(64 * 1024), 16 * 1024);
+        let mut config = Net::config(0);
+        config.announce = true;
+        let l = net.add(false, config);
+        let core = &mut net.nodes[l].core;
+        let t0 = net.now;
+        let announces = |core: &mut TorrentCore| -> usize {
+            std::iter::from_fn(|| core.poll())
+                .filter(|o| matches!(o, Output::Announce { .. }))
+                .count()
+        };
+        assert_eq!(announces(core), 1);
+        // The tracker knows no one and asks us back in an hour.
+        core.handle(t0, Input::Announced { interval: Duration::from_secs(3600), peers: vec![] });
+        for s in 1..=59 {
+            core.handle(t0 + Duration::from_secs(s), Input::Timeout);
+        }
+        assert_eq!(announces(core), 0);
+        // No peer, nothing to dial: a minute after the last announce, it asks again.
+        for s in 60..=62 {
+            core.handle(t0 + Duration::from_secs(s), Input::Timeout);
+        }
+        assert_eq!(announces(core), 1);
     }
 }
