@@ -51,7 +51,7 @@ use torrent::tracker::Event as AnnounceEvent;
 use torrent::{Bitfield, PeerId};
 
 use crate::bound::{Problem, ProblemError};
-use crate::lab::{breakdown, Architecture, GapBreakdown, PeerResult};
+use crate::lab::{report, Architecture, LabConfig, LabReport, Measured};
 
 /// The port every simulated node listens on.
 const PORT: u16 = 6881;
@@ -193,39 +193,21 @@ pub struct ClassStats {
     pub max_s: f64,
 }
 
-/// The result of one simulation (the JSON that `--json` writes).
+/// The result of one simulation (the JSON that `--json` writes): the lab's report (completion
+/// times since the first arrival; `bytes_verified` is false, the simulated data has no bytes),
+/// then what only the simulator measures.
 #[derive(Clone, Debug, Serialize)]
 pub struct SwarmReport {
-    pub architecture: Architecture,
-    pub n: usize,
-    pub file_size: u64,
-    pub piece_size: u32,
-    pub pieces: u32,
-    pub server_upload: u64,
-    pub peer_uploads: Vec<u64>,
-    pub download_limit: Option<u64>,
-    pub seed: u64,
+    #[serde(flatten)]
+    pub lab: LabReport,
     pub config: SwarmConfig,
-    /// When the last leecher completed (virtual seconds since the first arrival).
-    pub measured_s: f64,
-    pub bound_s: f64,
-    pub bound_term: String,
-    pub ratio: f64,
-    /// Per-leecher completion, seconds since the leecher's arrival.
-    pub peers: Vec<PeerResult>,
-    pub seeder_uploaded_bytes: u64,
-    pub peers_uploaded_bytes: u64,
-    pub seeder_utilization: f64,
-    pub peer_utilization: f64,
-    pub peer_upload_share: f64,
-    pub gap: GapBreakdown,
-    /// Leechers that upload (u > 0) and free riders (u = 0).
+    /// Leechers that upload (u > 0) and free riders (u = 0), completion since arrival.
     pub contributors: Option<ClassStats>,
     pub free_riders: Option<ClassStats>,
-    /// Leechers that stayed after completing and those that left.
+    /// Leechers that stayed after completing and those that left, completion since arrival.
     pub stayed: Option<ClassStats>,
     pub left: Option<ClassStats>,
-    /// Blocks that arrived but were not needed (endgame duplicates, late arrivals after choke).
+    /// Blocks that arrived for pieces already verified (endgame duplicates, late arrivals).
     pub wasted_blocks: u64,
     pub events: u64,
     /// Wall time of the run (not in the JSON, so the same seed gives the same file).
@@ -535,7 +517,7 @@ pub fn run(
     let end = sim.now.dur().as_secs_f64();
     let (seeder_up, peers_up) = sim.uploads();
     sim.timeline.push((end, seeder_up, peers_up));
-    Ok(sim.report(bound, end, wall.elapsed().as_secs_f64()))
+    Ok(sim.report(bound, wall.elapsed().as_secs_f64()))
 }
 
 fn validate(config: &SwarmConfig) -> Result<(), SwarmError> {
@@ -996,70 +978,59 @@ impl Sim {
         self.start_tx(i);
     }
 
-    fn report(&self, bound: crate::bound::Bound, end: f64, wall_s: f64) -> SwarmReport {
+    fn report(&self, bound: crate::bound::Bound, wall_s: f64) -> SwarmReport {
         let cfg = &self.config;
         let n = self.nodes.len() - 1;
-        let sum_u: f64 = cfg.peer_uploads.iter().map(|&u| u as f64).sum();
-        let capacity = cfg.server_upload as f64 + sum_u;
-        let piece_size = cfg.piece_length();
-        let since_arrival = |node: &Node| -> f64 {
-            match (node.arrived, node.completed) {
-                (Some(a), Some(c)) => (c.0 - a.0) as f64 / 1e9,
-                _ => end,
-            }
-        };
-        // With a flash crowd, the measured time is the last completion since t = 0.
         let first = self.first_arrival.unwrap_or(At(0));
-        let measured = self.nodes[1..]
-            .iter()
-            .filter_map(|node| node.completed)
-            .map(|c| (c.0 - first.0) as f64 / 1e9)
-            .fold(0.0f64, f64::max);
-        let tail_from = self.tail_from.unwrap_or(measured);
-        let mut gap = breakdown(&self.timeline, capacity, cfg.file_size, tail_from, measured, n);
-        gap.first_complete_s =
-            self.nodes[1..].iter().map(since_arrival).fold(f64::INFINITY, f64::min);
-        let peers: Vec<PeerResult> = self.nodes[1..]
-            .iter()
-            .enumerate()
-            .map(|(i, node)| PeerResult {
-                index: i,
-                upload_limit: cfg.peer_uploads[i],
-                completed_s: since_arrival(node),
-                uploaded_bytes: node.uploaded_wire,
-            })
-            .collect();
+        let secs = |from: At, to: At| (to.0 - from.0) as f64 / 1e9;
+        // The lab's measurements: completion since the first arrival (all at 0 in a flash crowd).
+        let done: Vec<Option<f64>> =
+            self.nodes[1..].iter().map(|x| x.completed.map(|c| secs(first, c))).collect();
         let (seeder_up, peers_up) = self.uploads();
+        let lab_config = LabConfig {
+            architecture: Architecture::P2p,
+            file_size: cfg.file_size,
+            server_upload: cfg.server_upload,
+            peer_uploads: cfg.peer_uploads.clone(),
+            download_limit: cfg.download_limit,
+            piece_size: Some(cfg.piece_length()),
+            seed: cfg.seed,
+            neighbors: cfg.neighbors,
+            upload_slots: cfg.upload_slots,
+            seed_slots: cfg.seed_slots,
+            time_limit: cfg.time_limit,
+        };
+        let measured = Measured {
+            done: &done,
+            uploads: self.nodes[1..].iter().map(|x| x.uploaded_wire).collect(),
+            seeder_up,
+            peers_up,
+            timeline: &self.timeline,
+            tail_from: self.tail_from,
+            piece_size: cfg.piece_length(),
+            pieces: cfg.file_size.div_ceil(cfg.piece_length() as u64) as u32,
+            identical_copies: 0,
+        };
+        let lab = report(&lab_config, bound, measured);
+        let end = lab.measured_s;
+        // Per class: completion since each leecher's own arrival.
+        let since_arrival = |x: &Node| match (x.arrived, x.completed) {
+            (Some(a), Some(c)) => secs(a, c),
+            _ => end,
+        };
         let pick = |f: &dyn Fn(&Node) -> bool| -> Option<ClassStats> {
             class(self.nodes[1..].iter().filter(|x| f(x)).map(since_arrival).collect())
         };
         let free_riders = pick(&|x| x.free_rider);
+        let churn = cfg.leave_after_complete > 0.0;
+        debug_assert_eq!(lab.n, n);
         SwarmReport {
-            architecture: Architecture::P2p,
-            n,
-            file_size: cfg.file_size,
-            piece_size,
-            pieces: cfg.file_size.div_ceil(piece_size as u64) as u32,
-            server_upload: cfg.server_upload,
-            peer_uploads: cfg.peer_uploads.clone(),
-            download_limit: cfg.download_limit,
-            seed: cfg.seed,
+            lab,
             config: cfg.clone(),
-            measured_s: measured,
-            bound_s: bound.seconds,
-            bound_term: bound.binding.formula().to_string(),
-            ratio: measured / bound.seconds,
-            peers,
-            seeder_uploaded_bytes: seeder_up,
-            peers_uploaded_bytes: peers_up,
-            seeder_utilization: seeder_up as f64 / (cfg.server_upload as f64 * measured),
-            peer_utilization: if sum_u > 0.0 { peers_up as f64 / (sum_u * measured) } else { 0.0 },
-            peer_upload_share: peers_up as f64 / (seeder_up + peers_up).max(1) as f64,
-            gap,
             contributors: if free_riders.is_some() { pick(&|x| !x.free_rider) } else { None },
             free_riders,
-            stayed: if cfg.leave_after_complete > 0.0 { pick(&|x| !x.leaves) } else { None },
-            left: if cfg.leave_after_complete > 0.0 { pick(&|x| x.leaves) } else { None },
+            stayed: if churn { pick(&|x| !x.leaves) } else { None },
+            left: if churn { pick(&|x| x.leaves) } else { None },
             wasted_blocks: self.wasted_blocks,
             events: self.events,
             wall_s,

@@ -224,7 +224,8 @@ fn swarm(a: &SwarmArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_swarm(r: &SwarmReport) {
+fn print_swarm(report: &SwarmReport) {
+    let r = &report.lab;
     println!(
         "simulated swarm N={} F={:.1} MiB ({} pieces of {} KiB): measured {:.2} s, bound {:.2} s ({}), ratio {:.3}",
         r.n,
@@ -241,7 +242,7 @@ fn print_swarm(r: &SwarmReport) {
         r.seeder_utilization * 100.0,
         r.peer_utilization * 100.0,
         r.peer_upload_share * 100.0,
-        if r.config.wire_overhead { "bytes on the wire" } else { "payload bytes" }
+        if report.config.wire_overhead { "bytes on the wire" } else { "payload bytes" }
     );
     let g = &r.gap;
     println!(
@@ -252,7 +253,7 @@ fn print_swarm(r: &SwarmReport) {
     times.sort_by(f64::total_cmp);
     if let (Some(first), Some(last)) = (times.first(), times.last()) {
         println!(
-            "  completion since arrival: first {first:.2} s, median {:.2} s, last {last:.2} s",
+            "  completion since the first arrival: first {first:.2} s, median {:.2} s, last {last:.2} s",
             times[times.len() / 2]
         );
     }
@@ -264,13 +265,13 @@ fn print_swarm(r: &SwarmReport) {
             );
         }
     };
-    class("contributors", &r.contributors);
-    class("free riders", &r.free_riders);
-    class("stayed", &r.stayed);
-    class("left", &r.left);
+    class("contributors", &report.contributors);
+    class("free riders", &report.free_riders);
+    class("stayed", &report.stayed);
+    class("left", &report.left);
     println!(
         "  ({} events, {} unneeded blocks, {:.1} s wall)",
-        r.events, r.wasted_blocks, r.wall_s
+        report.events, report.wasted_blocks, report.wall_s
     );
 }
 

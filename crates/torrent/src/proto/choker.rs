@@ -40,7 +40,8 @@
 //!   one to reciprocate, and spreading its first copy over more peers at once lets more peers
 //!   trade sooner. Measured with `swarmcast sim swarm` (N = 20, 50, 100; F = 64 MiB, 256
 //!   pieces, u = 2 MiB/s, u_s = 10u): 10 seed slots instead of 4 halve the start-up gap and
-//!   take the ratio to the bound from 1.04–1.08 to 1.02–1.05; 20 slots do no better.
+//!   take the ratio to the bound from 1.04–1.08 to 1.02–1.05; 20 slots do no better overall
+//!   (slightly at N = 50, worse at N = 20).
 //!
 //! Two additions keep a fresh swarm from idling:
 //!
