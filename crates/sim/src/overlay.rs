@@ -3,8 +3,9 @@
 //! type the tokio driver runs, so what this measures is what the network runs.
 //!
 //! Model:
-//! - **Virtual time**: one start `Instant` captured once; a binary heap of events ordered by
-//!   (time, sequence number), so ties resolve in insertion order and a run is reproducible.
+//! - **Virtual time**: one start `Instant` captured once; a queue of events ordered by
+//!   (time, sequence number), so ties resolve in insertion order and a run is reproducible (a
+//!   calendar of ~1 ms buckets, so a million nodes' events cost constant time each).
 //! - **Links**: every ordered frame from `a` to `b` takes the pair's latency, drawn once per pair
 //!   from the seed in `[latency_min, latency_max]`; a fixed latency per pair keeps each link FIFO,
 //!   as a QUIC connection is. No loss, no bandwidth limit.
@@ -24,8 +25,8 @@
 //! `heal_broadcasts` broadcasts measure `delivery_after_heal`. Last, with `newcomers > 0`, every
 //! anchor crashes and newcomers join knowing the (dead) anchors and one live node each.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::{Duration, Instant};
 
 use overlay::proto::node::{Config, Input, Node, Output, TopicId, Wire};
@@ -272,13 +273,13 @@ pub struct Report {
     pub virtual_secs: f64,
 }
 
-/// Runs the whole scenario; `progress` gets one line per phase.
+/// Runs the whole scenario; `progress` gets a line per phase, per tenth of the joins and per
+/// broadcast (the CLI prints them for big runs).
 pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Report {
     let s = scenario;
     let mut sim = Sim::new(s);
-    let anchors: Vec<Id> = (0..s.anchors).collect();
     for _ in 0..s.nodes {
-        sim.add_node(anchors.clone());
+        sim.add_node(None);
     }
     // Staggered joins, in tenths so big runs can report progress.
     let tenth = (s.nodes / 10).max(1);
@@ -289,18 +290,36 @@ pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Report {
     while joined < s.nodes {
         joined = (joined + tenth).min(s.nodes);
         sim.run_until(s.join_interval * joined);
-        progress(&format!("joined {joined}/{} nodes", s.nodes));
+        progress(&format!("joined {joined}/{} nodes ({})", s.nodes, sim.status()));
     }
-    sim.run_for(s.settle);
+    // Settling, in steps of at most 30 s of virtual time (the same events as one step).
+    let mut settled = Duration::ZERO;
+    loop {
+        let step = (s.settle - settled).min(Duration::from_secs(30));
+        sim.run_for(step);
+        settled += step;
+        progress(&format!(
+            "settling {:.0}/{:.0} s ({})",
+            settled.as_secs_f64(),
+            s.settle.as_secs_f64(),
+            sim.status()
+        ));
+        if settled >= s.settle {
+            break;
+        }
+    }
     let graph = sim.graph_stats();
-    progress(&format!("settled: {} component(s), {} isolated", graph.components, graph.isolated));
-    sim.broadcasts(s.warmup);
-    let broadcast = sim.broadcasts(s.broadcasts);
+    progress(&format!(
+        "settled: {} component(s), {} isolated, hops to reach 99.9% max {} mean {:.2}",
+        graph.components, graph.isolated, graph.hops_999.max, graph.hops_999.mean
+    ));
+    sim.broadcasts(s.warmup, "warm-up broadcast", progress);
+    let broadcast = sim.broadcasts(s.broadcasts, "broadcast", progress);
     progress(&format!("broadcasts: delivery {:.4}, rmr {:.3}", broadcast.delivery, broadcast.rmr));
     let mut isolated = graph.isolated;
     let mut isolated_knowing_live_anchor = sim.isolated_knowing_live_anchor();
     let crash = s.crash.map(|fraction| {
-        let report = sim.crash_scenario(fraction);
+        let report = sim.crash_scenario(fraction, progress);
         isolated = report.graph_after_heal.isolated;
         isolated_knowing_live_anchor = sim.isolated_knowing_live_anchor();
         progress(&format!(
@@ -314,6 +333,7 @@ pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Report {
         progress(&format!("anchors down: {}/{} newcomers joined", r.joined, r.newcomers));
         r
     });
+    progress(&format!("done ({})", sim.status()));
     Report {
         nodes: s.nodes,
         anchors: s.anchors,
@@ -346,48 +366,176 @@ enum Event {
     /// The node starts and joins through its contacts.
     Start(Id),
     /// A frame arrives.
-    Frame { from: Id, to: Id, msg: Wire<Id> },
+    Frame(Frame),
     /// The node's timer fires.
     Timer(Id),
     /// The transport reports `peer` dead to `at`.
     Failed { at: Id, peer: Id },
 }
 
-/// An event in the queue; ordered by (time, seq) reversed so `BinaryHeap` pops the earliest.
+/// A frame on its way.
 #[derive(Debug)]
-struct Scheduled {
-    at: Duration,
-    seq: u64,
-    event: Event,
+struct Frame {
+    from: Id,
+    to: Id,
+    msg: Wire<Id>,
 }
 
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
+/// Kinds of [`Entry`] (the two low bits of `Entry::key`).
+const START: u64 = 0;
+const FRAME: u64 = 1;
+const TIMER: u64 = 2;
+const FAILED: u64 = 3;
+
+/// A queued event in 24 bytes (a frame's contents wait in [`Sim::in_flight`]). Ordered by
+/// (time, sequence number): ties resolve in insertion order, so a run is reproducible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    /// Virtual time in nanoseconds.
+    at: u64,
+    /// Sequence number << 2 | kind; the sequence number is unique, so it alone breaks ties.
+    key: u64,
+    /// START, TIMER: the node; FRAME: the slot in `Sim::in_flight`; FAILED: the node told.
+    a: u32,
+    /// FAILED: the dead peer.
+    b: u32,
 }
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
+
+/// log2 of a calendar bucket's width in nanoseconds (~1 ms).
+const BUCKET_SHIFT: u32 = 20;
+/// Buckets in the calendar ring (~69 s ahead); later events wait in a heap.
+const RING: usize = 1 << 16;
+
+/// The event queue: a calendar of ~1 ms buckets, each sorted when its turn comes, so pushing
+/// and popping take constant time and touch little memory even with millions of events (a
+/// binary heap of 10^6+ events spent most of a run in cache misses). Pops in exactly the
+/// (time, sequence) order a binary heap would.
+struct Queue {
+    /// Bucket `b` (for times in `[b, b + 1) << BUCKET_SHIFT`) lives at `ring[b % RING]`.
+    ring: Vec<Vec<Entry>>,
+    /// Entries in `ring`.
+    in_ring: usize,
+    /// Entries that were `RING` or more buckets ahead when queued.
+    far: BinaryHeap<Reverse<Entry>>,
+    /// The bucket being popped; never ahead of the simulator's `now`, so every push lands in
+    /// it or later.
+    cursor: u64,
+    /// The cursor bucket's entries, sorted latest first (popped from the back).
+    current: Vec<Entry>,
 }
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
+
+impl Queue {
+    fn new() -> Self {
+        Self {
+            ring: (0..RING).map(|_| Vec::new()).collect(),
+            in_ring: 0,
+            far: BinaryHeap::new(),
+            cursor: 0,
+            current: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.current.len() + self.in_ring + self.far.len()
+    }
+
+    fn push(&mut self, e: Entry) {
+        let bucket = e.at >> BUCKET_SHIFT;
+        debug_assert!(bucket >= self.cursor, "an event in the past");
+        if bucket <= self.cursor {
+            let i = self.current.partition_point(|x| *x > e);
+            self.current.insert(i, e);
+        } else if bucket - self.cursor < RING as u64 {
+            self.ring[bucket as usize % RING].push(e);
+            self.in_ring += 1;
+        } else {
+            self.far.push(Reverse(e));
+        }
+    }
+
+    /// Removes and returns the earliest entry if it is due at or before `end`.
+    fn pop_until(&mut self, end: u64) -> Option<Entry> {
+        let last = end >> BUCKET_SHIFT;
+        loop {
+            if let Some(e) = self.current.last() {
+                return if e.at <= end { self.current.pop() } else { None };
+            }
+            // The cursor bucket is done: move to the next one that holds something, but not
+            // past `end`'s bucket (the simulator's clock stops at `end`).
+            if self.in_ring == 0 {
+                let next = self.far.peek()?.0.at >> BUCKET_SHIFT;
+                if next > last {
+                    return None;
+                }
+                self.cursor = self.cursor.max(next);
+            } else {
+                if self.cursor >= last {
+                    return None;
+                }
+                self.cursor += 1;
+            }
+            // Frees the finished bucket's buffer: a ring of kept buffers would hold every
+            // bucket's busiest size.
+            self.current = std::mem::take(&mut self.ring[self.cursor as usize % RING]);
+            self.in_ring -= self.current.len();
+            while let Some(Reverse(e)) = self.far.peek() {
+                if e.at >> BUCKET_SHIFT > self.cursor {
+                    break;
+                }
+                self.current.push(*e);
+                self.far.pop();
+            }
+            self.current.sort_unstable_by(|a, b| b.cmp(a));
+        }
     }
 }
 
 /// Per-broadcast counters.
 #[derive(Debug, Default)]
 struct Tracked {
-    /// Which nodes delivered it (indexed by id).
-    delivered: Vec<bool>,
+    /// Which nodes delivered it: bit `i % 64` of word `i / 64` for node `i`.
+    delivered: Vec<u64>,
     /// `Gossip` frames carrying it that reached a live node.
     payload_frames: u64,
     /// Largest round of a delivery.
     max_round: u16,
 }
+
+impl Tracked {
+    fn delivered(&self, node: Id) -> bool {
+        let i = node as usize;
+        self.delivered.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+
+    /// Marks `node` delivered; false if it was already.
+    fn deliver(&mut self, node: Id) -> bool {
+        let i = node as usize;
+        if self.delivered.len() <= i / 64 {
+            self.delivered.resize(i / 64 + 1, 0);
+        }
+        let (word, bit) = (&mut self.delivered[i / 64], 1u64 << (i % 64));
+        let new = *word & bit == 0;
+        *word |= bit;
+        new
+    }
+}
+
+/// Active views of live nodes (links to dead nodes left out) as compressed rows: the
+/// neighbors of `i` are `targets[offsets[i]..offsets[i + 1]]`, in id order.
+struct Adjacency {
+    offsets: Vec<u32>,
+    targets: Vec<Id>,
+}
+
+impl Adjacency {
+    fn of(&self, i: Id) -> &[Id] {
+        let i = i as usize;
+        &self.targets[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+}
+
+/// No timer queued for the node (see `Sim::timer_at`).
+const NO_TIMER: u64 = u64::MAX;
 
 /// The simulator state.
 struct Sim {
@@ -395,12 +543,19 @@ struct Sim {
     start: Instant,
     now: Duration,
     seq: u64,
-    queue: BinaryHeap<Scheduled>,
+    queue: Queue,
+    /// Frames on their way, indexed by their entry's `a`; `None`: a free slot (in `free`).
+    in_flight: Vec<Option<Frame>>,
+    free: Vec<u32>,
     nodes: Vec<Node<Id, ChaCha8Rng>>,
     alive: Vec<bool>,
-    contacts: Vec<Vec<Id>>,
-    /// The time of the timer event that counts for each node (others in the heap are stale).
-    timer_at: Vec<Option<Duration>>,
+    /// The anchors, every joiner's contacts.
+    anchors: Vec<Id>,
+    /// Contacts of the nodes that were given others than the anchors (the newcomers).
+    other_contacts: BTreeMap<Id, Vec<Id>>,
+    /// The time (ns) of the timer event that counts for each node (others in the queue are
+    /// stale); `NO_TIMER` if none.
+    timer_at: Vec<u64>,
     /// (node, dead peer) pairs with a `Failed` event on the way, so it is reported once.
     failing: BTreeSet<(Id, Id)>,
     rng: ChaCha8Rng,
@@ -419,18 +574,40 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// This process's resident memory and its peak, in bytes, for progress lines (Linux only).
+fn memory() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+        let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// A span of virtual time in nanoseconds (saturating; 2^64 ns is 584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl Sim {
     fn new(scenario: &Scenario) -> Self {
+        let expected = (scenario.nodes + scenario.newcomers) as usize;
         Self {
             scenario: scenario.clone(),
             start: Instant::now(),
             now: Duration::ZERO,
             seq: 0,
-            queue: BinaryHeap::new(),
-            nodes: Vec::new(),
-            alive: Vec::new(),
-            contacts: Vec::new(),
-            timer_at: Vec::new(),
+            queue: Queue::new(),
+            in_flight: Vec::new(),
+            free: Vec::new(),
+            nodes: Vec::with_capacity(expected),
+            alive: Vec::with_capacity(expected),
+            anchors: (0..scenario.anchors).collect(),
+            other_contacts: BTreeMap::new(),
+            timer_at: Vec::with_capacity(expected),
             failing: BTreeSet::new(),
             rng: ChaCha8Rng::seed_from_u64(scenario.seed),
             topic: TopicId([7; 32]),
@@ -441,8 +618,8 @@ impl Sim {
         }
     }
 
-    /// Creates a node (not started) that will join through `contacts`.
-    fn add_node(&mut self, contacts: Vec<Id>) -> Id {
+    /// Creates a node (not started) that will join through `contacts` (`None`: the anchors).
+    fn add_node(&mut self, contacts: Option<Vec<Id>>) -> Id {
         let id = Id::try_from(self.nodes.len()).expect("fewer than 2^32 nodes");
         let rng = ChaCha8Rng::seed_from_u64(mix(self.scenario.seed ^ mix(u64::from(id))));
         let config = Config {
@@ -451,14 +628,71 @@ impl Sim {
         };
         self.nodes.push(Node::new(id, config, rng));
         self.alive.push(true);
-        self.contacts.push(contacts);
-        self.timer_at.push(None);
+        if let Some(contacts) = contacts {
+            self.other_contacts.insert(id, contacts);
+        }
+        self.timer_at.push(NO_TIMER);
         id
+    }
+
+    fn contacts(&self, id: Id) -> &[Id] {
+        self.other_contacts.get(&id).unwrap_or(&self.anchors)
+    }
+
+    /// One line on how far the run is: virtual time, frames, queued events, memory.
+    fn status(&self) -> String {
+        let memory = match memory() {
+            Some((rss, peak)) => format!(
+                "; rss {:.2} GiB, peak {:.2} GiB = {:.0} B/node",
+                rss as f64 / GIB,
+                peak as f64 / GIB,
+                peak as f64 / self.nodes.len().max(1) as f64
+            ),
+            None => String::new(),
+        };
+        format!(
+            "{:.0} s virtual, {:.1} M frames, {:.2} M events queued{memory}",
+            self.now.as_secs_f64(),
+            self.frames as f64 / 1e6,
+            self.queue.len() as f64 / 1e6
+        )
     }
 
     fn schedule(&mut self, at: Duration, event: Event) {
         self.seq += 1;
-        self.queue.push(Scheduled { at, seq: self.seq, event });
+        let (kind, a, b) = match event {
+            Event::Start(id) => (START, id, 0),
+            Event::Timer(id) => (TIMER, id, 0),
+            Event::Failed { at, peer } => (FAILED, at, peer),
+            Event::Frame(frame) => {
+                let slot = match self.free.pop() {
+                    Some(slot) => {
+                        self.in_flight[slot as usize] = Some(frame);
+                        slot
+                    }
+                    None => {
+                        self.in_flight.push(Some(frame));
+                        u32::try_from(self.in_flight.len() - 1).expect("fewer than 2^32 frames")
+                    }
+                };
+                (FRAME, slot, 0)
+            }
+        };
+        self.queue.push(Entry { at: nanos(at), key: self.seq << 2 | kind, a, b });
+    }
+
+    /// The event an entry stands for (taking a frame out of `in_flight`).
+    fn event(&mut self, e: Entry) -> Event {
+        match e.key & 3 {
+            START => Event::Start(e.a),
+            TIMER => Event::Timer(e.a),
+            FAILED => Event::Failed { at: e.a, peer: e.b },
+            _ => {
+                let frame = self.in_flight[e.a as usize].take().expect("a queued frame");
+                self.free.push(e.a);
+                Event::Frame(frame)
+            }
+        }
     }
 
     fn latency(&self, a: Id, b: Id) -> Duration {
@@ -480,9 +714,9 @@ impl Sim {
     }
 
     fn run_until(&mut self, end: Duration) {
-        while self.queue.peek().is_some_and(|e| e.at <= end) {
-            let Some(Scheduled { at, event, .. }) = self.queue.pop() else { break };
-            self.now = self.now.max(at);
+        while let Some(entry) = self.queue.pop_until(nanos(end)) {
+            self.now = self.now.max(Duration::from_nanos(entry.at));
+            let event = self.event(entry);
             self.step(event);
         }
         self.now = self.now.max(end);
@@ -495,10 +729,10 @@ impl Sim {
                 let topic = self.topic;
                 // Subscribing below MAX_TOPICS never fails.
                 let _ = self.nodes[id as usize].subscribe(now, topic);
-                let anchors = self.contacts[id as usize].clone();
+                let anchors = self.contacts(id).to_vec();
                 self.input(id, Input::Join { anchors });
             }
-            Event::Frame { from, to, msg } => {
+            Event::Frame(Frame { from, to, msg }) => {
                 if !self.alive[to as usize] {
                     let after = self.scenario.dial_timeout;
                     self.fail_later(from, to, after);
@@ -516,10 +750,10 @@ impl Sim {
                 self.input(to, Input::Message { from, msg });
             }
             Event::Timer(id) => {
-                if self.timer_at[id as usize] != Some(self.now) {
+                if self.timer_at[id as usize] != nanos(self.now) {
                     return; // stale: an earlier deadline replaced it
                 }
-                self.timer_at[id as usize] = None;
+                self.timer_at[id as usize] = NO_TIMER;
                 let due = self.nodes[id as usize]
                     .next_deadline()
                     .is_some_and(|d| d <= self.start + self.now);
@@ -551,7 +785,7 @@ impl Sim {
             match out {
                 Output::Send { to, msg } => {
                     let at = self.now + self.latency(id, to);
-                    self.schedule(at, Event::Frame { from: id, to, msg });
+                    self.schedule(at, Event::Frame(Frame { from: id, to, msg }));
                 }
                 Output::Connect(peer) if !self.alive[peer as usize] => {
                     let after = self.scenario.dial_timeout;
@@ -559,8 +793,7 @@ impl Sim {
                 }
                 Output::Deliver { id: mid, round, .. } => {
                     if let Some(t) = self.tracked.get_mut(tracked_index(&mid)) {
-                        if !t.delivered[id as usize] {
-                            t.delivered[id as usize] = true;
+                        if t.deliver(id) {
                             t.max_round = t.max_round.max(round);
                         }
                     }
@@ -576,8 +809,9 @@ impl Sim {
     fn reschedule(&mut self, id: Id) {
         let Some(deadline) = self.nodes[id as usize].next_deadline() else { return };
         let at = deadline.saturating_duration_since(self.start).max(self.now);
-        if self.timer_at[id as usize].is_none_or(|t| at < t) {
-            self.timer_at[id as usize] = Some(at);
+        let t = nanos(at);
+        if t < self.timer_at[id as usize] {
+            self.timer_at[id as usize] = t;
             self.schedule(at, Event::Timer(id));
         }
     }
@@ -589,8 +823,7 @@ impl Sim {
     /// Broadcasts once from a random live node and runs one window; returns its index.
     fn broadcast_from(&mut self, sender: Id) -> usize {
         let index = self.tracked.len();
-        self.tracked
-            .push(Tracked { delivered: vec![false; self.nodes.len()], ..Tracked::default() });
+        self.tracked.push(Tracked::default());
         let mut id = [0u8; 32];
         id[..8].copy_from_slice(&(index as u64).to_le_bytes());
         id[8] = 0xb7; // marks ids made here
@@ -607,12 +840,27 @@ impl Sim {
         *live.choose(&mut self.rng).expect("the simulation keeps at least one live node")
     }
 
-    /// `count` broadcasts from random live senders, one window each.
-    fn broadcasts(&mut self, count: usize) -> BroadcastStats {
+    /// `count` broadcasts from random live senders, one window each; a progress line each.
+    fn broadcasts(
+        &mut self,
+        count: usize,
+        label: &str,
+        progress: &mut dyn FnMut(&str),
+    ) -> BroadcastStats {
         let indices: Vec<usize> = (0..count)
-            .map(|_| {
+            .map(|k| {
                 let sender = self.random_live();
-                self.broadcast_from(sender)
+                let i = self.broadcast_from(sender);
+                let one = self.broadcast_stats(&[i]);
+                progress(&format!(
+                    "{label} {}/{count}: delivery {:.4}, rmr {:.3}, ldh {} ({})",
+                    k + 1,
+                    one.delivery,
+                    one.rmr,
+                    one.ldh_max,
+                    self.status()
+                ));
+                i
             })
             .collect();
         self.broadcast_stats(&indices)
@@ -631,7 +879,7 @@ impl Sim {
         };
         for &i in indices {
             let t = &self.tracked[i];
-            let reached = live.iter().filter(|&&n| t.delivered[n as usize]).count();
+            let reached = live.iter().filter(|&&n| t.delivered(n)).count();
             let share = reached as f64 / live.len() as f64;
             stats.delivery += share;
             stats.delivery_min = stats.delivery_min.min(share);
@@ -671,7 +919,7 @@ impl Sim {
         }
     }
 
-    fn crash_scenario(&mut self, fraction: f64) -> CrashReport {
+    fn crash_scenario(&mut self, fraction: f64, progress: &mut dyn FnMut(&str)) -> CrashReport {
         let all: Vec<Id> = self.live();
         let count = ((all.len() as f64 * fraction).round() as usize).min(all.len() - 1);
         let victims: Vec<Id> = all.choose_multiple(&mut self.rng, count).copied().collect();
@@ -682,7 +930,8 @@ impl Sim {
         let first = self.broadcast_stats(&[first]);
         let heal = self.scenario.heal;
         self.run_for(heal);
-        let after_heal = self.broadcasts(self.scenario.heal_broadcasts);
+        let after_heal =
+            self.broadcasts(self.scenario.heal_broadcasts, "broadcast after healing", progress);
         let anchors_crashed = victims.iter().filter(|&&v| v < self.scenario.anchors).count();
         CrashReport {
             fraction,
@@ -708,10 +957,7 @@ impl Sim {
             let mut contacts: Vec<Id> = (0..self.scenario.anchors).collect();
             contacts.push(known);
             contacts.shuffle(&mut self.rng);
-            let id = self.add_node(contacts);
-            for t in &mut self.tracked {
-                t.delivered.push(false);
-            }
+            let id = self.add_node(Some(contacts));
             joiners.push(id);
             self.schedule(self.now + self.scenario.join_interval * k, Event::Start(id));
         }
@@ -735,64 +981,61 @@ impl Sim {
         self.live()
             .into_iter()
             .filter(|&n| self.nodes[n as usize].membership().active().is_empty())
-            .filter(|&n| self.contacts[n as usize].iter().any(|&c| self.alive[c as usize]))
+            .filter(|&n| self.contacts(n).iter().any(|&c| self.alive[c as usize]))
             .count()
     }
 
     /// Adjacency of live nodes over their active views (links to dead nodes left out).
-    fn adjacency(&self) -> Vec<Vec<Id>> {
-        (0..self.nodes.len())
-            .map(|i| {
-                if !self.alive[i] {
-                    return Vec::new();
-                }
-                let active = self.nodes[i].membership().active();
-                active.iter().copied().filter(|p| self.alive[*p as usize]).collect()
-            })
-            .collect()
+    fn adjacency(&self) -> Adjacency {
+        let mut offsets = Vec::with_capacity(self.nodes.len() + 1);
+        let mut targets = Vec::new();
+        offsets.push(0);
+        for (i, node) in self.nodes.iter().enumerate() {
+            if self.alive[i] {
+                let active = node.membership().active();
+                targets.extend(active.iter().copied().filter(|p| self.alive[*p as usize]));
+            }
+            offsets.push(u32::try_from(targets.len()).expect("fewer than 2^32 links"));
+        }
+        Adjacency { offsets, targets }
     }
 
     fn graph_stats(&mut self) -> GraphStats {
         let adj = self.adjacency();
         let live = self.live();
         let n = live.len();
-        // Components over the undirected graph.
-        let mut undirected: Vec<Vec<Id>> = adj.clone();
+        // Components over the undirected graph (union-find; links to dead nodes are gone).
+        let mut parent: Vec<Id> = (0..self.nodes.len() as Id).collect();
+        fn root(parent: &mut [Id], mut x: Id) -> Id {
+            while parent[x as usize] != x {
+                let up = parent[parent[x as usize] as usize];
+                parent[x as usize] = up;
+                x = up;
+            }
+            x
+        }
         let mut asymmetric_links = 0;
-        for (a, peers) in adj.iter().enumerate() {
-            for &b in peers {
-                if !adj[b as usize].contains(&(a as Id)) {
+        for &a in &live {
+            for &b in adj.of(a) {
+                if !adj.of(b).contains(&a) {
                     asymmetric_links += 1;
-                    undirected[b as usize].push(a as Id);
+                }
+                let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+                if ra != rb {
+                    parent[ra.max(rb) as usize] = ra.min(rb);
                 }
             }
         }
-        let mut comp = vec![usize::MAX; adj.len()];
-        let mut sizes = Vec::new();
-        for &s in &live {
-            if comp[s as usize] != usize::MAX {
-                continue;
-            }
-            let c = sizes.len();
-            let mut size = 0;
-            comp[s as usize] = c;
-            let mut todo = vec![s];
-            while let Some(x) = todo.pop() {
-                size += 1;
-                for &y in &undirected[x as usize] {
-                    if comp[y as usize] == usize::MAX {
-                        comp[y as usize] = c;
-                        todo.push(y);
-                    }
-                }
-            }
-            sizes.push(size);
+        let mut sizes: BTreeMap<Id, usize> = BTreeMap::new();
+        for &a in &live {
+            *sizes.entry(root(&mut parent, a)).or_insert(0) += 1;
         }
+        drop(parent);
         let mut histogram = BTreeMap::new();
         for &i in &live {
-            *histogram.entry(adj[i as usize].len()).or_insert(0) += 1;
+            *histogram.entry(adj.of(i).len()).or_insert(0) += 1;
         }
-        let total: usize = live.iter().map(|&i| adj[i as usize].len()).sum();
+        let total: usize = live.iter().map(|&i| adj.of(i).len()).sum();
         let degree = Degree {
             mean: total as f64 / n.max(1) as f64,
             min: histogram.keys().next().copied().unwrap_or(0),
@@ -807,15 +1050,18 @@ impl Sim {
         let target = (n as f64 * 0.999).ceil() as usize;
         let (mut h_max, mut h_sum, mut h_ok, mut short) = (0u32, 0u64, 0u64, 0usize);
         let (mut d_sum, mut d_pairs, mut d_max) = (0u64, 0u64, 0u32);
-        let mut dist = vec![u32::MAX; adj.len()];
+        let mut dist = vec![u32::MAX; self.nodes.len()];
+        let mut queue: Vec<Id> = Vec::with_capacity(n);
         for &s in &sources {
             dist.iter_mut().for_each(|d| *d = u32::MAX);
             dist[s as usize] = 0;
-            let mut queue = VecDeque::from([s]);
-            let mut reached = 0usize;
+            queue.clear();
+            queue.push(s);
+            let mut head = 0;
             let mut hops_to_target = None;
-            while let Some(x) = queue.pop_front() {
-                reached += 1;
+            while let Some(&x) = queue.get(head) {
+                head += 1;
+                let reached = head;
                 let dx = dist[x as usize];
                 if reached >= target && hops_to_target.is_none() {
                     hops_to_target = Some(dx);
@@ -825,10 +1071,10 @@ impl Sim {
                     d_pairs += 1;
                     d_max = d_max.max(dx);
                 }
-                for &y in &adj[x as usize] {
+                for &y in adj.of(x) {
                     if dist[y as usize] == u32::MAX {
                         dist[y as usize] = dx + 1;
-                        queue.push_back(y);
+                        queue.push(y);
                     }
                 }
             }
@@ -844,8 +1090,8 @@ impl Sim {
         GraphStats {
             live: n,
             components: sizes.len(),
-            largest_component: sizes.iter().copied().max().unwrap_or(0),
-            isolated: live.iter().filter(|&&i| adj[i as usize].is_empty()).count(),
+            largest_component: sizes.values().copied().max().unwrap_or(0),
+            isolated: live.iter().filter(|&&i| adj.of(i).is_empty()).count(),
             degree,
             asymmetric_links,
             passive_mean: passive as f64 / n.max(1) as f64,
@@ -883,6 +1129,53 @@ mod tests {
             bfs_sources: 5,
             ..Scenario::new(nodes, 2, seed)
         }
+    }
+
+    /// The calendar queue pops what a binary heap of (time, sequence) would, with pushes
+    /// into the bucket being popped, the ring and beyond it, also while popping.
+    #[test]
+    fn the_calendar_pops_in_time_then_insertion_order() {
+        use rand::Rng;
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let (mut queue, mut heap) = (Queue::new(), BinaryHeap::new());
+        let (mut now, mut seq) = (0u64, 0u64);
+        let mut push = |queue: &mut Queue, heap: &mut BinaryHeap<_>, rng: &mut ChaCha8Rng, now| {
+            let ahead = match rng.random_range(0..5) {
+                0 => 0,
+                1 => rng.random_range(0..1u64 << BUCKET_SHIFT),
+                2 => rng.random_range(0..200_000_000),
+                3 => rng.random_range(0..10_000_000_000),
+                _ => rng.random_range(0..200_000_000_000),
+            };
+            seq += 1;
+            let e = Entry { at: now + ahead, key: seq << 2 | FRAME, a: seq as u32, b: 0 };
+            queue.push(e);
+            heap.push(Reverse(e));
+        };
+        let mut popped = 0;
+        for _ in 0..3000 {
+            for _ in 0..rng.random_range(0..6) {
+                push(&mut queue, &mut heap, &mut rng, now);
+            }
+            let end = now + rng.random_range(0..300_000_000);
+            while let Some(e) = queue.pop_until(end) {
+                assert_eq!(Some(Reverse(e)), heap.pop());
+                now = e.at;
+                popped += 1;
+                if rng.random_bool(0.3) {
+                    push(&mut queue, &mut heap, &mut rng, now);
+                }
+            }
+            assert!(heap.peek().is_none_or(|Reverse(e)| e.at > end));
+            assert_eq!(queue.len(), heap.len());
+            now = end;
+        }
+        while let Some(e) = queue.pop_until(u64::MAX) {
+            assert_eq!(Some(Reverse(e)), heap.pop());
+            popped += 1;
+        }
+        assert!(heap.is_empty());
+        assert!(popped > 5000, "{popped}");
     }
 
     #[test]

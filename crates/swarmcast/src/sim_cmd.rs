@@ -148,6 +148,17 @@ pub struct OverlayArgs {
     /// Measured broadcasts on the settled overlay.
     #[arg(long, default_value_t = 20)]
     broadcasts: usize,
+    /// Unmeasured broadcasts before them, which let Plumtree prune the eager links into a tree
+    /// (the first one already does; at 10^6 nodes each broadcast costs ~10^7 frames).
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Sources of the sampled BFS behind "hops to reach 99.9%" and "shortest-path hops".
+    #[arg(long, default_value_t = 20)]
+    bfs_sources: usize,
+    /// Time between two joins, in microseconds (the join phase lasts nodes × this of virtual
+    /// time; at 10^6 nodes the default 2000 means 2000 s of shuffling while joining).
+    #[arg(long, default_value_t = 2000)]
+    join_interval_us: u64,
     /// Plumtree: wait after an IHAVE of a missing message before the first GRAFT, in ms;
     /// default: the broadcast default.
     #[arg(long)]
@@ -284,6 +295,9 @@ fn overlay(a: &OverlayArgs) -> Result<()> {
             bail!("--crash is a share of the nodes in [0, 1), got {f}");
         }
     }
+    if a.bfs_sources == 0 {
+        bail!("--bfs-sources must be at least 1");
+    }
     let mut scenario = Scenario::new(a.nodes, a.anchors, a.seed);
     if let Some(k) = a.active_max {
         if k == 0 {
@@ -303,6 +317,9 @@ fn overlay(a: &OverlayArgs) -> Result<()> {
     scenario.crash = a.crash;
     scenario.newcomers = a.newcomers;
     scenario.broadcasts = a.broadcasts;
+    scenario.warmup = a.warmup;
+    scenario.bfs_sources = a.bfs_sources;
+    scenario.join_interval = Duration::from_micros(a.join_interval_us);
     let started = std::time::Instant::now();
     let verbose = a.nodes >= 5000;
     let report = sim::overlay::run(&scenario, &mut |line| {

@@ -342,7 +342,12 @@ impl<PI: Ord + Copy + Debug, R: Rng> State<PI, R> {
 
     /// The next thing for the driver to do, or `None` when there is nothing left.
     pub fn poll(&mut self) -> Option<Output<PI>> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front();
+        if out.is_none() && self.outputs.capacity() > 0 {
+            // Drained: give the buffer back rather than keep a burst's worth per node.
+            self.outputs = VecDeque::new();
+        }
+        out
     }
 
     fn on_message(&mut self, now: Instant, from: PI, msg: Message<PI>) {

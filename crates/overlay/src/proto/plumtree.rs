@@ -262,7 +262,12 @@ impl<PI: Ord + Copy + Debug> State<PI> {
 
     /// The next output, if any; drain it after every [`State::handle`].
     pub fn poll(&mut self) -> Option<Output<PI>> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front();
+        if out.is_none() && self.outputs.capacity() > 0 {
+            // Drained: give the buffer back rather than keep a burst's worth per node.
+            self.outputs = VecDeque::new();
+        }
+        out
     }
 
     /// Apply one input at time `now`. Errors only for local mistakes in `Input::Broadcast`.
@@ -328,7 +333,7 @@ impl<PI: Ord + Copy + Debug> State<PI> {
         round: Round,
         from: Option<PI>,
     ) {
-        self.missing.remove(&id);
+        self.forget_missing(&id);
         let next = round.saturating_add(1);
         let eager: Vec<PI> = self.eager.iter().copied().filter(|p| Some(*p) != from).collect();
         for peer in eager {
@@ -404,7 +409,7 @@ impl<PI: Ord + Copy + Debug> State<PI> {
                 }
                 None => {
                     // Every announcer was tried and the last one had its chance: give up.
-                    self.missing.remove(&id);
+                    self.forget_missing(&id);
                 }
             }
         }
@@ -445,6 +450,16 @@ impl<PI: Ord + Copy + Debug> State<PI> {
         }
         for missing in self.missing.values_mut() {
             missing.announcers.retain(|(p, _)| *p != peer);
+        }
+    }
+
+    /// Drops `id` from `missing`; an emptied map gives its memory back (a B-tree keeps its
+    /// root leaf, ~900 bytes, when its last entry goes, and most nodes miss nothing most of
+    /// the time).
+    fn forget_missing(&mut self, id: &MessageId) {
+        self.missing.remove(id);
+        if self.missing.is_empty() {
+            self.missing = BTreeMap::new();
         }
     }
 
