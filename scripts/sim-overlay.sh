@@ -4,7 +4,7 @@
 #
 # Usage: scripts/sim-overlay.sh [--quick]     (--quick: skips the 100,000-node run)
 # Needs a release build: cargo build --release -p swarmcast (SWARMCAST=path overrides the binary).
-# Takes about 10 minutes on a 2-core machine, plus ~4 minutes and ~1.1 GB for 100,000 nodes.
+# Takes about 10 minutes on a 2-core machine, plus ~2 minutes and ~0.6 GB for 100,000 nodes.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SC="${SWARMCAST:-${CARGO_TARGET_DIR:-$ROOT/target}/release/swarmcast}"
