@@ -148,11 +148,23 @@ impl SwarmConfig {
 
     /// The bound problem these parameters describe.
     pub fn problem(&self) -> Problem {
-        Problem {
-            file_size: self.file_size as f64,
-            server_upload: self.server_upload as f64,
-            peer_uploads: self.peer_uploads.iter().map(|&u| u as f64).collect(),
-            min_download: self.download_limit.map(|d| d as f64),
+        self.lab_config().problem()
+    }
+
+    /// The same swarm as the lab describes it (its report and bound are computed alike).
+    fn lab_config(&self) -> LabConfig {
+        LabConfig {
+            architecture: Architecture::P2p,
+            file_size: self.file_size,
+            server_upload: self.server_upload,
+            peer_uploads: self.peer_uploads.clone(),
+            download_limit: self.download_limit,
+            piece_size: Some(self.piece_length()),
+            seed: self.seed,
+            neighbors: self.neighbors,
+            upload_slots: self.upload_slots,
+            seed_slots: self.seed_slots,
+            time_limit: self.time_limit,
         }
     }
 
@@ -441,7 +453,7 @@ pub fn run(
             Ev::Deliver { to, key, msg } => {
                 if sim.conn_open(key) && sim.nodes[to as usize].core.is_some() {
                     if let Message::Piece { .. } = &msg {
-                        sim.note_block(to, key, &msg);
+                        sim.note_block(to, &msg);
                     }
                     sim.input(to, Input::Message(key, msg));
                 }
@@ -787,13 +799,8 @@ impl Sim {
             Output::Sync => self.push(self.now, Ev::Core(i, Input::Synced)),
             Output::Announce { event, .. } => self.announce(i, event),
             Output::Event(TorrentEvent::PieceVerified(p)) => {
-                let size = {
-                    let g = self.nodes[i as usize].core.as_ref().map(|c| c.geometry().clone());
-                    g.map_or(0, |g| {
-                        let start = p as u64 * g.piece_length as u64;
-                        (g.total_length - start).min(g.piece_length as u64)
-                    })
-                };
+                let piece_length = self.config.piece_length() as u64;
+                let size = (self.config.file_size - p as u64 * piece_length).min(piece_length);
                 if i != 0 {
                     self.nodes[i as usize].verified_bytes += size;
                     self.delivered += size;
@@ -820,7 +827,7 @@ impl Sim {
     }
 
     /// Counts a block that is about to reach node `to` that its core will not use.
-    fn note_block(&mut self, to: u32, _key: PeerKey, msg: &Message) {
+    fn note_block(&mut self, to: u32, msg: &Message) {
         if let (Message::Piece { piece, .. }, Some(core)) = (msg, &self.nodes[to as usize].core) {
             if core.have().has(*piece) {
                 self.wasted_blocks += 1;
@@ -987,19 +994,7 @@ impl Sim {
         let done: Vec<Option<f64>> =
             self.nodes[1..].iter().map(|x| x.completed.map(|c| secs(first, c))).collect();
         let (seeder_up, peers_up) = self.uploads();
-        let lab_config = LabConfig {
-            architecture: Architecture::P2p,
-            file_size: cfg.file_size,
-            server_upload: cfg.server_upload,
-            peer_uploads: cfg.peer_uploads.clone(),
-            download_limit: cfg.download_limit,
-            piece_size: Some(cfg.piece_length()),
-            seed: cfg.seed,
-            neighbors: cfg.neighbors,
-            upload_slots: cfg.upload_slots,
-            seed_slots: cfg.seed_slots,
-            time_limit: cfg.time_limit,
-        };
+        let lab_config = cfg.lab_config();
         let measured = Measured {
             done: &done,
             uploads: self.nodes[1..].iter().map(|x| x.uploaded_wire).collect(),

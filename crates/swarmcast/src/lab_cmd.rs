@@ -41,7 +41,8 @@ pub struct BoundArgs {
     measured: Vec<PathBuf>,
 }
 
-fn uploads(single: Option<u64>, list: &[u64], n: usize) -> Vec<u64> {
+/// N upload rates: `list` cycled over the N peers, or `single` for all.
+pub(crate) fn uploads(single: Option<u64>, list: &[u64], n: usize) -> Vec<u64> {
     if list.is_empty() {
         vec![single.unwrap_or(0); n]
     } else {

@@ -188,11 +188,7 @@ fn swarm(a: &SwarmArgs) -> Result<()> {
             bail!("{name} is a share of the leechers in [0, 1], got {f}");
         }
     }
-    let mut uploads: Vec<u64> = if a.peer_uploads.is_empty() {
-        vec![a.peer_upload.unwrap_or(0); a.peers]
-    } else {
-        a.peer_uploads.iter().copied().cycle().take(a.peers).collect()
-    };
+    let mut uploads = crate::lab_cmd::uploads(a.peer_upload, &a.peer_uploads, a.peers);
     // Free riders: a random share of the leechers, from the run's seed.
     let riders = (a.free_riders * a.peers as f64).round() as usize;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed ^ 0x5eed_f4ee);

@@ -81,7 +81,8 @@ pub async fn run() -> Result<()> {
     tokio::spawn(router.run());
     println!("stream: origin, 3 edges and the router up; {PLAYERS} players on {manifest}");
 
-    let (tx, mut first_base) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    // Each player reports once (its first segment's server), so PLAYERS slots never fill.
+    let (tx, mut first_base) = tokio::sync::mpsc::channel::<(usize, String)>(PLAYERS);
     let mut players = Vec::new();
     for i in 0..PLAYERS {
         let opts = PlayOptions {
@@ -96,7 +97,7 @@ pub async fn run() -> Result<()> {
             play(&opts, |ev| {
                 if let (PlayEvent::Segment { segment, .. }, false) = (ev, told) {
                     told = true;
-                    let _ = tx.send((i, segment.base_url.clone()));
+                    let _ = tx.try_send((i, segment.base_url.clone()));
                 }
             })
             .await

@@ -20,6 +20,8 @@ pub mod proto;
 pub mod ratelimit;
 pub mod session;
 pub mod storage;
+#[cfg(test)]
+pub mod testnet;
 pub mod tracker;
 pub mod units;
 

@@ -5,8 +5,6 @@
 pub mod choker;
 pub mod ext;
 pub mod picker;
-#[cfg(test)]
-pub mod testnet;
 pub mod torrent;
 pub mod wire;
 

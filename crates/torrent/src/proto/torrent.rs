@@ -1287,7 +1287,17 @@ impl TorrentCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::testnet::Net;
+    use crate::testnet::Net;
+
+    /// Drains the core; the announces it asked for.
+    fn announces(core: &mut TorrentCore) -> Vec<AnnounceEvent> {
+        std::iter::from_fn(|| core.poll())
+            .filter_map(|o| match o {
+                Output::Announce { event, .. } => Some(event),
+                _ => None,
+            })
+            .collect()
+    }
 
     fn content(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
@@ -1469,14 +1479,6 @@ mod tests {
         let l = net.add(false, config);
         let core = &mut net.nodes[l].core;
         let t0 = net.now;
-        let announces = |core: &mut TorrentCore| -> Vec<AnnounceEvent> {
-            std::iter::from_fn(|| core.poll())
-                .filter_map(|o| match o {
-                    Output::Announce { event, .. } => Some(event),
-                    _ => None,
-                })
-                .collect()
-        };
         assert_eq!(announces(core), vec![AnnounceEvent::Started]);
         // Failed: the same event again 15 s later, not before.
         core.handle(t0, Input::AnnounceFailed);
@@ -1540,22 +1542,17 @@ mod tests {
         let l = net.add(false, config);
         let core = &mut net.nodes[l].core;
         let t0 = net.now;
-        let announces = |core: &mut TorrentCore| -> usize {
-            std::iter::from_fn(|| core.poll())
-                .filter(|o| matches!(o, Output::Announce { .. }))
-                .count()
-        };
-        assert_eq!(announces(core), 1);
+        assert_eq!(announces(core).len(), 1);
         // The tracker knows no one and asks us back in an hour.
         core.handle(t0, Input::Announced { interval: Duration::from_secs(3600), peers: vec![] });
         for s in 1..=59 {
             core.handle(t0 + Duration::from_secs(s), Input::Timeout);
         }
-        assert_eq!(announces(core), 0);
+        assert_eq!(announces(core).len(), 0);
         // No peer, nothing to dial: a minute after the last announce, it asks again.
         for s in 60..=62 {
             core.handle(t0 + Duration::from_secs(s), Input::Timeout);
         }
-        assert_eq!(announces(core), 1);
+        assert_eq!(announces(core).len(), 1);
     }
 }

@@ -3,7 +3,8 @@
 //! arrive at once (zero latency); blocks carry real bytes read from each node's copy of the
 //! content, pieces are verified against the real SHA-1s, so a test asserts what a user would:
 //! the bytes are equal, the liar is banned. Time moves only in [`Net::drive`], straight to the
-//! next deadline of any core.
+//! next deadline of any core. A harness, not a core: it lives beside `proto/`, and reads the
+//! clock once, for an arbitrary start instant (virtual time counts from there).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -14,11 +15,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sha1::{Digest, Sha1};
 
-use super::choker::ChokerConfig;
-use super::picker::PickerConfig;
-use super::torrent::{CoreConfig, Geometry, Input, Output, TorrentCore};
-use super::wire::Message;
-use super::{PeerKey, BLOCK_SIZE};
+use crate::proto::choker::ChokerConfig;
+use crate::proto::picker::PickerConfig;
+use crate::proto::torrent::{CoreConfig, Geometry, Input, Output, TorrentCore};
+use crate::proto::wire::Message;
+use crate::proto::{PeerKey, BLOCK_SIZE};
 use crate::{Bitfield, PeerId};
 
 /// One node of the net.
