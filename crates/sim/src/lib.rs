@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bound;
+mod calendar;
 pub mod lab;
 pub mod netns;
 pub mod overlay;

@@ -25,8 +25,7 @@
 //! `heal_broadcasts` broadcasts measure `delivery_after_heal`. Last, with `newcomers > 0`, every
 //! anchor crashes and newcomers join knowing the (dead) anchors and one live node each.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use overlay::proto::node::{Config, Input, Node, Output, TopicId, Wire};
@@ -35,6 +34,8 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+
+use crate::calendar::{Calendar, Timed};
 
 /// Node id in the simulation.
 pub type Id = u32;
@@ -401,92 +402,9 @@ struct Entry {
     b: u32,
 }
 
-/// log2 of a calendar bucket's width in nanoseconds (~1 ms).
-const BUCKET_SHIFT: u32 = 20;
-/// Buckets in the calendar ring (~69 s ahead); later events wait in a heap.
-const RING: usize = 1 << 16;
-
-/// The event queue: a calendar of ~1 ms buckets, each sorted when its turn comes, so pushing
-/// and popping take constant time and touch little memory even with millions of events (a
-/// binary heap of 10^6+ events spent most of a run in cache misses). Pops in exactly the
-/// (time, sequence) order a binary heap would.
-struct Queue {
-    /// Bucket `b` (for times in `[b, b + 1) << BUCKET_SHIFT`) lives at `ring[b % RING]`.
-    ring: Vec<Vec<Entry>>,
-    /// Entries in `ring`.
-    in_ring: usize,
-    /// Entries that were `RING` or more buckets ahead when queued.
-    far: BinaryHeap<Reverse<Entry>>,
-    /// The bucket being popped; never ahead of the simulator's `now`, so every push lands in
-    /// it or later.
-    cursor: u64,
-    /// The cursor bucket's entries, sorted latest first (popped from the back).
-    current: Vec<Entry>,
-}
-
-impl Queue {
-    fn new() -> Self {
-        Self {
-            ring: (0..RING).map(|_| Vec::new()).collect(),
-            in_ring: 0,
-            far: BinaryHeap::new(),
-            cursor: 0,
-            current: Vec::new(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.current.len() + self.in_ring + self.far.len()
-    }
-
-    fn push(&mut self, e: Entry) {
-        let bucket = e.at >> BUCKET_SHIFT;
-        debug_assert!(bucket >= self.cursor, "an event in the past");
-        if bucket <= self.cursor {
-            let i = self.current.partition_point(|x| *x > e);
-            self.current.insert(i, e);
-        } else if bucket - self.cursor < RING as u64 {
-            self.ring[bucket as usize % RING].push(e);
-            self.in_ring += 1;
-        } else {
-            self.far.push(Reverse(e));
-        }
-    }
-
-    /// Removes and returns the earliest entry if it is due at or before `end`.
-    fn pop_until(&mut self, end: u64) -> Option<Entry> {
-        let last = end >> BUCKET_SHIFT;
-        loop {
-            if let Some(e) = self.current.last() {
-                return if e.at <= end { self.current.pop() } else { None };
-            }
-            // The cursor bucket is done: move to the next one that holds something, but not
-            // past `end`'s bucket (the simulator's clock stops at `end`).
-            if self.in_ring == 0 {
-                let next = self.far.peek()?.0.at >> BUCKET_SHIFT;
-                if next > last {
-                    return None;
-                }
-                self.cursor = self.cursor.max(next);
-            } else {
-                if self.cursor >= last {
-                    return None;
-                }
-                self.cursor += 1;
-            }
-            // Frees the finished bucket's buffer: a ring of kept buffers would hold every
-            // bucket's busiest size.
-            self.current = std::mem::take(&mut self.ring[self.cursor as usize % RING]);
-            self.in_ring -= self.current.len();
-            while let Some(Reverse(e)) = self.far.peek() {
-                if e.at >> BUCKET_SHIFT > self.cursor {
-                    break;
-                }
-                self.current.push(*e);
-                self.far.pop();
-            }
-            self.current.sort_unstable_by(|a, b| b.cmp(a));
-        }
+impl Timed for Entry {
+    fn at(&self) -> u64 {
+        self.at
     }
 }
 
@@ -543,7 +461,7 @@ struct Sim {
     start: Instant,
     now: Duration,
     seq: u64,
-    queue: Queue,
+    queue: Calendar<Entry>,
     /// Frames on their way, indexed by their entry's `a`; `None`: a free slot (in `free`).
     in_flight: Vec<Option<Frame>>,
     free: Vec<u32>,
@@ -600,7 +518,7 @@ impl Sim {
             start: Instant::now(),
             now: Duration::ZERO,
             seq: 0,
-            queue: Queue::new(),
+            queue: Calendar::new(),
             in_flight: Vec::new(),
             free: Vec::new(),
             nodes: Vec::with_capacity(expected),
@@ -1129,53 +1047,6 @@ mod tests {
             bfs_sources: 5,
             ..Scenario::new(nodes, 2, seed)
         }
-    }
-
-    /// The calendar queue pops what a binary heap of (time, sequence) would, with pushes
-    /// into the bucket being popped, the ring and beyond it, also while popping.
-    #[test]
-    fn the_calendar_pops_in_time_then_insertion_order() {
-        use rand::Rng;
-        let mut rng = ChaCha8Rng::seed_from_u64(9);
-        let (mut queue, mut heap) = (Queue::new(), BinaryHeap::new());
-        let (mut now, mut seq) = (0u64, 0u64);
-        let mut push = |queue: &mut Queue, heap: &mut BinaryHeap<_>, rng: &mut ChaCha8Rng, now| {
-            let ahead = match rng.random_range(0..5) {
-                0 => 0,
-                1 => rng.random_range(0..1u64 << BUCKET_SHIFT),
-                2 => rng.random_range(0..200_000_000),
-                3 => rng.random_range(0..10_000_000_000),
-                _ => rng.random_range(0..200_000_000_000),
-            };
-            seq += 1;
-            let e = Entry { at: now + ahead, key: seq << 2 | FRAME, a: seq as u32, b: 0 };
-            queue.push(e);
-            heap.push(Reverse(e));
-        };
-        let mut popped = 0;
-        for _ in 0..3000 {
-            for _ in 0..rng.random_range(0..6) {
-                push(&mut queue, &mut heap, &mut rng, now);
-            }
-            let end = now + rng.random_range(0..300_000_000);
-            while let Some(e) = queue.pop_until(end) {
-                assert_eq!(Some(Reverse(e)), heap.pop());
-                now = e.at;
-                popped += 1;
-                if rng.random_bool(0.3) {
-                    push(&mut queue, &mut heap, &mut rng, now);
-                }
-            }
-            assert!(heap.peek().is_none_or(|Reverse(e)| e.at > end));
-            assert_eq!(queue.len(), heap.len());
-            now = end;
-        }
-        while let Some(e) = queue.pop_until(u64::MAX) {
-            assert_eq!(Some(Reverse(e)), heap.pop());
-            popped += 1;
-        }
-        assert!(heap.is_empty());
-        assert!(popped > 5000, "{popped}");
     }
 
     #[test]

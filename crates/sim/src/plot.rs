@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,17 @@ fn draw_err<E: std::fmt::Display>(e: E) -> PlotError {
     PlotError::Draw(e.to_string())
 }
 
+/// How the figure's axes are scaled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Axes {
+    /// Linear N and seconds, as the lecture draws it.
+    #[default]
+    Linear,
+    /// Logarithmic N and seconds, so 10 and 10,000 peers (and the P2P bound next to the
+    /// client-server one) are both readable.
+    LogLog,
+}
+
 /// Draws D_cs and D_p2p for N = 1..=`n_max` (of `problem`'s per-peer uploads, cycled) and the
 /// measured points, into the SVG file `path`.
 pub fn bounds_svg(
@@ -37,6 +49,7 @@ pub fn bounds_svg(
     problem: &Problem,
     n_max: usize,
     measured: &[MeasuredPoint],
+    axes: Axes,
 ) -> Result<(), PlotError> {
     if path.extension().and_then(|e| e.to_str()) != Some("svg") {
         return Err(PlotError::Format(path.display().to_string()));
@@ -52,25 +65,54 @@ pub fn bounds_svg(
             .collect()
     };
     let (cs, p2p) = (curve(true), curve(false));
-    let y_max = cs
-        .iter()
-        .chain(&p2p)
-        .map(|p| p.1)
-        .chain(measured.iter().map(|m| m.seconds))
-        .fold(0.0f64, f64::max)
-        * 1.1;
+    let ys = || cs.iter().chain(&p2p).map(|p| p.1).chain(measured.iter().map(|m| m.seconds));
+    let y_max = ys().fold(0.0f64, f64::max) * 1.1;
     let x_max = measured.iter().map(|m| m.n).max().unwrap_or(0).max(n_max) as f64;
 
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
-    let mut chart = ChartBuilder::on(&root)
+    let mut builder = ChartBuilder::on(&root);
+    builder
         .caption("Minimum distribution time: client-server vs P2P", ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max + 1.0, 0.0..y_max.max(1e-9))
-        .map_err(draw_err)?;
-    chart.configure_mesh().x_desc("N (peers)").y_desc("seconds").draw().map_err(draw_err)?;
+        .y_label_area_size(70);
+    match axes {
+        Axes::Linear => {
+            let chart = builder
+                .build_cartesian_2d(0.0..x_max + 1.0, 0.0..y_max.max(1e-9))
+                .map_err(draw_err)?;
+            draw(chart, cs, p2p, measured, "N (peers)", "seconds")?;
+        }
+        Axes::LogLog => {
+            let y_min = ys().filter(|y| *y > 0.0).fold(f64::INFINITY, f64::min).min(y_max) / 1.5;
+            let chart = builder
+                .build_cartesian_2d(
+                    (1.0..x_max * 1.2).log_scale(),
+                    (y_min.max(1e-9)..y_max.max(1e-9)).log_scale(),
+                )
+                .map_err(draw_err)?;
+            draw(chart, cs, p2p, measured, "N (peers, log scale)", "seconds (log scale)")?;
+        }
+    }
+    root.present().map_err(draw_err)?;
+    Ok(())
+}
+
+/// Draws the two bounds, the measured points and the legend on `chart`, whatever its axes.
+fn draw<'a, X, Y>(
+    mut chart: ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    cs: Vec<(f64, f64)>,
+    p2p: Vec<(f64, f64)>,
+    measured: &[MeasuredPoint],
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<(), PlotError>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(draw_err)?;
     chart
         .draw_series(LineSeries::new(cs, RED.stroke_width(2)))
         .map_err(draw_err)?
@@ -105,7 +147,6 @@ pub fn bounds_svg(
         .border_style(BLACK)
         .draw()
         .map_err(draw_err)?;
-    root.present().map_err(draw_err)?;
     Ok(())
 }
 
@@ -122,11 +163,14 @@ mod tests {
             MeasuredPoint { architecture: "p2p".into(), n: 10, seconds: 1500.0 },
             MeasuredPoint { architecture: "client-server".into(), n: 10, seconds: 3700.0 },
         ];
-        bounds_svg(&path, &p, 30, &measured).unwrap();
-        let svg = std::fs::read_to_string(&path).unwrap();
-        assert!(svg.starts_with("<svg"));
-        assert!(svg.contains("P2P bound") && svg.contains("client-server measured"));
-        let err = bounds_svg(&dir.path().join("x.png"), &p, 30, &[]).unwrap_err();
+        for axes in [Axes::Linear, Axes::LogLog] {
+            bounds_svg(&path, &p, 30, &measured, axes).unwrap();
+            let svg = std::fs::read_to_string(&path).unwrap();
+            assert!(svg.starts_with("<svg"));
+            assert!(svg.contains("P2P bound") && svg.contains("client-server measured"));
+            assert_eq!(svg.contains("log scale"), axes == Axes::LogLog);
+        }
+        let err = bounds_svg(&dir.path().join("x.png"), &p, 30, &[], Axes::Linear).unwrap_err();
         assert!(matches!(err, PlotError::Format(_)));
     }
 }

@@ -33,7 +33,7 @@
 //! cumulative uploads sampled every 200 ms of virtual time.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,7 @@ use torrent::tracker::Event as AnnounceEvent;
 use torrent::{Bitfield, PeerId};
 
 use crate::bound::{Problem, ProblemError};
+use crate::calendar::{Calendar, Timed};
 use crate::lab::{report, Architecture, LabConfig, LabReport, Measured};
 
 /// The port every simulated node listens on.
@@ -272,9 +273,14 @@ impl PartialOrd for Queued {
     }
 }
 impl Ord for Queued {
+    /// (time, sequence): ties pop in insertion order.
     fn cmp(&self, other: &Self) -> Ordering {
-        // A max-heap: the earliest (time, seq) first.
-        (other.at, other.seq).cmp(&(self.at, self.seq))
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+impl Timed for Queued {
+    fn at(&self) -> u64 {
+        self.at.0
     }
 }
 
@@ -345,7 +351,7 @@ struct Sim {
     base: Instant,
     now: At,
     seq: u64,
-    heap: BinaryHeap<Queued>,
+    queue: Calendar<Queued>,
     nodes: Vec<Node>,
     conns: Vec<Conn>,
     /// Members the tracker knows, and each node's index in it.
@@ -381,7 +387,7 @@ pub fn run(
         base: Instant::now(),
         now: At(0),
         seq: 0,
-        heap: BinaryHeap::new(),
+        queue: Calendar::new(),
         nodes: Vec::with_capacity(n + 1),
         conns: Vec::new(),
         members: Vec::new(),
@@ -431,7 +437,7 @@ pub fn run(
         sim.push(t, Ev::Arrive(i));
     }
     let mut next_progress = At::from(Duration::from_secs(10));
-    while let Some(q) = sim.heap.pop() {
+    while let Some(q) = sim.queue.pop_until(u64::MAX) {
         sim.now = q.at;
         sim.events += 1;
         sim.sample();
@@ -612,7 +618,7 @@ fn class(times: Vec<f64>) -> Option<ClassStats> {
 impl Sim {
     fn push(&mut self, at: At, ev: Ev) {
         self.seq += 1;
-        self.heap.push(Queued { at, seq: self.seq, ev });
+        self.queue.push(Queued { at, seq: self.seq, ev });
     }
 
     fn instant(&self) -> Instant {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use sim::bound::Problem;
 use sim::lab::{Architecture, LabConfig, LabReport};
-use sim::plot::MeasuredPoint;
+use sim::plot::{Axes, MeasuredPoint};
 
 use crate::size_arg::parse_size;
 
@@ -39,6 +39,9 @@ pub struct BoundArgs {
     /// Lab JSON files whose measured points go on the plot.
     #[arg(long, num_args = 1..)]
     measured: Vec<PathBuf>,
+    /// Logarithmic axes (N and seconds), for N from 10 to 10,000 on one figure.
+    #[arg(long)]
+    log: bool,
 }
 
 /// N upload rates: `list` cycled over the N peers, or `single` for all.
@@ -78,7 +81,8 @@ pub fn bound(a: &BoundArgs) -> Result<()> {
         for m in &a.measured {
             points.extend(read_measured(m)?);
         }
-        sim::plot::bounds_svg(path, &problem, a.peers, &points)?;
+        let axes = if a.log { Axes::LogLog } else { Axes::Linear };
+        sim::plot::bounds_svg(path, &problem, a.peers, &points, axes)?;
         println!("plot written to {}", path.display());
     }
     Ok(())
@@ -353,7 +357,7 @@ pub async fn lab(cmd: LabCommand) -> Result<()> {
                         seconds: r.measured_s,
                     })
                     .collect();
-                sim::plot::bounds_svg(path, &problem, n_max, &points)?;
+                sim::plot::bounds_svg(path, &problem, n_max, &points, Axes::Linear)?;
                 println!("plot written to {}", path.display());
             }
             Ok(())
