@@ -132,6 +132,16 @@ enum Slot {
     Have(Bytes, PeerKey),
 }
 
+/// Whom pieces may be asked of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sources {
+    /// Every peer that claims the current size, in parallel.
+    Many,
+    /// After a mismatch with several senders: one peer at a time, so that the next mismatch
+    /// names its sender (`None` until one is chosen).
+    One(Option<PeerKey>),
+}
+
 struct Peer {
     addr: SocketAddr,
     /// The id the peer wants `ut_metadata` messages under, from its extension handshake.
@@ -164,8 +174,7 @@ pub struct MetadataCore {
     /// The size the pieces are cut for: the claim of a connected peer (see `settle_size`).
     size: Option<u32>,
     pieces: Vec<Slot>,
-    /// After a mismatch with several senders: every piece from one peer, this one.
-    single_source: Option<Option<PeerKey>>,
+    sources: Sources,
     /// The last reason a peer or a dial failed, for [`Output::Failed`].
     last_error: String,
     finished: bool,
@@ -190,7 +199,7 @@ impl MetadataCore {
             peers: BTreeMap::new(),
             size: None,
             pieces: Vec::new(),
-            single_source: None,
+            sources: Sources::Many,
             last_error: "no peer answered".into(),
             finished: false,
             out: VecDeque::new(),
@@ -412,7 +421,7 @@ impl MetadataCore {
             }
             _ => {
                 debug!("metadata from several peers does not match: one source at a time now");
-                self.single_source = Some(None);
+                self.sources = Sources::One(None);
             }
         }
     }
@@ -437,9 +446,9 @@ impl MetadataCore {
                 *slot = Slot::Missing;
             }
         }
-        if self.single_source == Some(Some(key)) {
+        if self.sources == Sources::One(Some(key)) {
             // Pieces from two sources could not be blamed: the next source starts afresh.
-            self.single_source = Some(None);
+            self.sources = Sources::One(None);
             self.pieces.fill(Slot::Missing);
         }
     }
@@ -488,13 +497,13 @@ impl MetadataCore {
         let Some(size) = self.size else {
             return;
         };
-        if let Some(None) = self.single_source {
+        if self.sources == Sources::One(None) {
             let first = self.peers.iter().find(|(_, p)| p.size == Some(size)).map(|(k, _)| *k);
-            self.single_source = Some(first);
+            self.sources = Sources::One(first);
         }
-        let keys: Vec<PeerKey> = match self.single_source {
-            Some(source) => source.into_iter().collect(),
-            None => self.peers.keys().copied().collect(),
+        let keys: Vec<PeerKey> = match self.sources {
+            Sources::One(source) => source.into_iter().collect(),
+            Sources::Many => self.peers.keys().copied().collect(),
         };
         for key in keys {
             let Some(p) = self.peers.get_mut(&key) else {
