@@ -5,8 +5,9 @@
 //!   strictly; [`metainfo::create`] makes new torrents.
 //! - [`proto`]: the sans-IO cores. [`proto::wire`] is the peer wire codec (BEP 3, 6, 10),
 //!   [`proto::picker`] the piece picker (random first, rarest first, endgame) and
-//!   [`proto::choker`] the tit-for-tat choker. None of them touches a socket, a clock or tokio:
-//!   `now` and randomness are passed in.
+//!   [`proto::choker`] the tit-for-tat choker, [`proto::torrent`] one torrent's state machine,
+//!   [`proto::metadata`] the fetch of a magnet link's info dictionary (BEP 9). None of them
+//!   touches a socket, a clock or tokio: `now` and randomness are passed in.
 //! - [`storage`]: maps pieces onto the target files, verifies SHA-1, refuses unsafe paths.
 //! - [`tracker`]: HTTP (BEP 3, 23) and UDP (BEP 15) tracker clients, and a tracker server.
 //! - [`session`]: the tokio driver that runs one torrent: peer connections, the cores, storage.

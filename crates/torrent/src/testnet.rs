@@ -5,6 +5,9 @@
 //! the bytes are equal, the liar is banned. Time moves only in [`Net::drive`], straight to the
 //! next deadline of any core. A harness, not a core: it lives beside `proto/`, and reads the
 //! clock once, for an arbitrary start instant (virtual time counts from there).
+//!
+//! Besides the torrent nodes, the net holds *fetchers*: [`MetadataCore`]s resolving a magnet
+//! link from the nodes (BEP 9), connected to them the same way.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -15,7 +18,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sha1::{Digest, Sha1};
 
+use crate::metainfo::InfoHash;
 use crate::proto::choker::ChokerConfig;
+use crate::proto::metadata::{self, MetadataConfig, MetadataCore};
 use crate::proto::picker::PickerConfig;
 use crate::proto::torrent::{CoreConfig, Geometry, Input, Output, TorrentCore};
 use crate::proto::wire::Message;
@@ -32,23 +37,43 @@ pub struct Node {
     pub lies: bool,
     /// Never send a block (its uplink is stuck): peers stay interested.
     pub stalled: bool,
+    /// Offer metadata in the extension handshake but never answer a request for it.
+    pub hoards_metadata: bool,
     /// Every message it sent: (time since start, its key, the message).
     pub sent: Vec<(Duration, PeerKey, Message)>,
     /// Every output it produced.
     pub outputs: Vec<Output>,
 }
 
+/// A magnet client of the net: a [`MetadataCore`] fetching the info dictionary from nodes.
+pub struct Fetcher {
+    pub core: MetadataCore,
+    pub addr: SocketAddr,
+    pub id: PeerId,
+    /// Every output it produced.
+    pub outputs: Vec<metadata::Output>,
+}
+
+/// One end of a connection: a torrent node or a fetcher, by index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Node(usize),
+    Fetcher(usize),
+}
+
 /// Cores connected in memory.
 pub struct Net {
     pub nodes: Vec<Node>,
+    pub fetchers: Vec<Fetcher>,
     pub start: Instant,
     pub now: Instant,
     content: Vec<u8>,
     piece_length: u32,
     hashes: Vec<[u8; 20]>,
     /// Connection `c` joins `ends[c].0` (key 2c) and `ends[c].1` (key 2c+1).
-    ends: Vec<(usize, usize, bool)>,
+    ends: Vec<(End, End, bool)>,
     inbox: VecDeque<(usize, Input)>,
+    fetcher_inbox: VecDeque<(usize, metadata::Input)>,
 }
 
 impl Net {
@@ -59,6 +84,7 @@ impl Net {
         let start = Instant::now();
         Net {
             nodes: Vec::new(),
+            fetchers: Vec::new(),
             start,
             now: start,
             content,
@@ -66,6 +92,7 @@ impl Net {
             hashes,
             ends: Vec::new(),
             inbox: VecDeque::new(),
+            fetcher_inbox: VecDeque::new(),
         }
     }
 
@@ -91,13 +118,23 @@ impl Net {
 
     /// Adds a seed (`true`) or an empty leecher; returns its index.
     pub fn add(&mut self, seed: bool, config: CoreConfig) -> usize {
+        self.add_node(seed, config, Bytes::new())
+    }
+
+    /// Adds a seed that serves `metadata` as the torrent's info dictionary (BEP 9); returns
+    /// its index.
+    pub fn add_metadata_seed(&mut self, metadata: Bytes, config: CoreConfig) -> usize {
+        self.add_node(true, config, metadata)
+    }
+
+    fn add_node(&mut self, seed: bool, config: CoreConfig, metadata: Bytes) -> usize {
         let i = self.nodes.len();
         let pieces = self.hashes.len() as u32;
         let have = if seed { Bitfield::full(pieces) } else { Bitfield::new(pieces) };
         let geometry = Geometry {
             piece_length: self.piece_length,
             total_length: self.content.len() as u64,
-            metadata: Bytes::new(),
+            metadata,
         };
         let rng = ChaCha8Rng::seed_from_u64(i as u64 + 1);
         let core = TorrentCore::new(geometry, have, config, rng, self.now);
@@ -110,19 +147,47 @@ impl Net {
             id: Self::id(i),
             lies: false,
             stalled: false,
+            hoards_metadata: false,
             sent: Vec::new(),
             outputs: Vec::new(),
         });
         i
     }
 
+    /// Adds a fetcher of the dictionary hashing to `info_hash` that knows the addresses of
+    /// `nodes`; returns its index. It dials them as the net is driven.
+    pub fn add_fetcher(
+        &mut self,
+        info_hash: InfoHash,
+        nodes: &[usize],
+        config: MetadataConfig,
+    ) -> usize {
+        let f = self.fetchers.len();
+        let peers = nodes.iter().map(|&i| self.nodes[i].addr).collect();
+        self.fetchers.push(Fetcher {
+            core: MetadataCore::new(info_hash, peers, config, self.now),
+            addr: SocketAddr::from(([10, 1, 0, f as u8 + 1], 6881)),
+            id: Self::id(1000 + f),
+            outputs: Vec::new(),
+        });
+        f
+    }
+
     /// Connects `a` (dialer) and `b`; returns their keys for each other.
     pub fn connect(&mut self, a: usize, b: usize) -> (PeerKey, PeerKey) {
+        self.link(End::Node(a), b)
+    }
+
+    /// Connects `a` (dialer) to node `b`; returns their keys for each other.
+    fn link(&mut self, a: End, b: usize) -> (PeerKey, PeerKey) {
         let c = self.ends.len() as u64;
-        self.ends.push((a, b, true));
+        self.ends.push((a, End::Node(b), true));
         let (ka, kb) = (PeerKey(2 * c), PeerKey(2 * c + 1));
-        let (addr_a, addr_b, id_a, id_b) =
-            (self.nodes[a].addr, self.nodes[b].addr, self.nodes[a].id, self.nodes[b].id);
+        let (addr_a, id_a) = match a {
+            End::Node(a) => (self.nodes[a].addr, self.nodes[a].id),
+            End::Fetcher(f) => (self.fetchers[f].addr, self.fetchers[f].id),
+        };
+        let (addr_b, id_b) = (self.nodes[b].addr, self.nodes[b].id);
         let input = |peer, addr, id, outgoing| Input::Connected {
             peer,
             addr,
@@ -132,24 +197,83 @@ impl Net {
             outgoing,
         };
         self.inbox.push_back((b, input(kb, addr_a, id_a, false)));
-        self.inbox.push_back((a, input(ka, addr_b, id_b, true)));
+        match a {
+            End::Node(a) => self.inbox.push_back((a, input(ka, addr_b, id_b, true))),
+            End::Fetcher(f) => {
+                let input = metadata::Input::Connected {
+                    peer: ka,
+                    addr: addr_b,
+                    fast: true,
+                    extensions: true,
+                };
+                self.fetcher_inbox.push_back((f, input));
+            }
+        }
         (ka, kb)
     }
 
-    fn other(&self, key: PeerKey) -> Option<(usize, PeerKey)> {
+    fn other(&self, key: PeerKey) -> Option<(End, PeerKey)> {
         let (a, b, open) = self.ends[(key.0 / 2) as usize];
         open.then(|| if key.0 % 2 == 0 { (b, PeerKey(key.0 + 1)) } else { (a, PeerKey(key.0 - 1)) })
+    }
+
+    /// Delivers a message over the connection `key` is one end of, if it is open.
+    fn deliver(&mut self, key: PeerKey, msg: Message) -> bool {
+        let Some((to, their)) = self.other(key) else {
+            return false;
+        };
+        match to {
+            End::Node(i) => self.inbox.push_back((i, Input::Message(their, msg))),
+            End::Fetcher(f) => {
+                self.fetcher_inbox.push_back((f, metadata::Input::Message(their, msg)))
+            }
+        }
+        true
+    }
+
+    /// Closes the connection `key` is one end of; the other end hears of it.
+    fn close(&mut self, key: PeerKey) {
+        let Some((to, their)) = self.other(key) else {
+            return;
+        };
+        self.ends[(key.0 / 2) as usize].2 = false;
+        match to {
+            End::Node(i) => self.inbox.push_back((i, Input::Closed(their, "closed".into()))),
+            End::Fetcher(f) => {
+                let input = metadata::Input::Closed(their, "closed".into());
+                self.fetcher_inbox.push_back((f, input));
+            }
+        }
+    }
+
+    fn carry_out_fetch(&mut self, f: usize, out: metadata::Output) {
+        self.fetchers[f].outputs.push(out.clone());
+        match out {
+            metadata::Output::Send(key, msg) => {
+                self.deliver(key, msg);
+            }
+            metadata::Output::Connect(addr) => {
+                if let Some(b) = self.nodes.iter().position(|n| n.addr == addr) {
+                    self.link(End::Fetcher(f), b);
+                } else {
+                    let input = metadata::Input::ConnectFailed(addr, "no such node".into());
+                    self.fetcher_inbox.push_back((f, input));
+                }
+            }
+            metadata::Output::Disconnect(key, _) => self.close(key),
+            metadata::Output::Done(_) | metadata::Output::Failed { .. } => {}
+        }
     }
 
     fn carry_out(&mut self, i: usize, out: Output) {
         self.nodes[i].outputs.push(out.clone());
         let elapsed = self.now - self.start;
         match out {
+            Output::Send(_, Message::Extended { id, .. })
+                if id != 0 && self.nodes[i].hoards_metadata => {}
             Output::Send(key, msg) => {
                 self.nodes[i].sent.push((elapsed, key, msg.clone()));
-                if let Some((to, their)) = self.other(key) {
-                    self.inbox.push_back((to, Input::Message(their, msg)));
-                }
+                self.deliver(key, msg);
             }
             Output::Serve(_, _) if self.nodes[i].stalled => {}
             Output::Serve(key, b) => {
@@ -160,18 +284,12 @@ impl Net {
                 }
                 let msg = Message::Piece { piece: b.piece, offset: b.offset, data: bytes.into() };
                 self.nodes[i].sent.push((elapsed, key, msg.clone()));
-                if let Some((to, their)) = self.other(key) {
-                    self.inbox.push_back((to, Input::Message(their, msg)));
+                if self.deliver(key, msg) {
                     self.inbox.push_back((i, Input::Uploaded(key, b.length as u64)));
                 }
             }
             Output::CancelServe(..) | Output::DropServes { .. } => {}
-            Output::Disconnect(key, _) => {
-                if let Some((to, their)) = self.other(key) {
-                    self.ends[(key.0 / 2) as usize].2 = false;
-                    self.inbox.push_back((to, Input::Closed(their, "closed".into())));
-                }
-            }
+            Output::Disconnect(key, _) => self.close(key),
             Output::Connect(addr) => {
                 if let Some(b) = self.nodes.iter().position(|n| n.addr == addr) {
                     self.connect(i, b);
@@ -210,15 +328,28 @@ impl Net {
                     self.carry_out(i, out);
                 }
             }
+            for f in 0..self.fetchers.len() {
+                while let Some(out) = self.fetchers[f].core.poll() {
+                    busy = true;
+                    self.carry_out_fetch(f, out);
+                }
+            }
             while let Some((i, input)) = self.inbox.pop_front() {
                 busy = true;
                 let now = self.now;
                 self.nodes[i].core.handle(now, input);
             }
+            while let Some((f, input)) = self.fetcher_inbox.pop_front() {
+                busy = true;
+                let now = self.now;
+                self.fetchers[f].core.handle(now, input);
+            }
             if busy {
                 continue;
             }
-            let next = self.nodes.iter().filter_map(|n| n.core.next_deadline()).min();
+            let nodes = self.nodes.iter().map(|n| n.core.next_deadline());
+            let fetchers = self.fetchers.iter().map(|f| f.core.next_deadline());
+            let next = nodes.chain(fetchers).flatten().min();
             let Some(next) = next.filter(|t| *t - self.start <= until) else {
                 self.now = self.start + until;
                 return;
@@ -228,6 +359,12 @@ impl Net {
                 if self.nodes[i].core.next_deadline().is_some_and(|t| t <= self.now) {
                     let now = self.now;
                     self.nodes[i].core.handle(now, Input::Timeout);
+                }
+            }
+            for f in 0..self.fetchers.len() {
+                if self.fetchers[f].core.next_deadline().is_some_and(|t| t <= self.now) {
+                    let now = self.now;
+                    self.fetchers[f].core.handle(now, metadata::Input::Timeout);
                 }
             }
         }

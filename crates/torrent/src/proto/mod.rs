@@ -4,6 +4,7 @@
 
 pub mod choker;
 pub mod ext;
+pub mod metadata;
 pub mod picker;
 pub mod torrent;
 pub mod wire;

@@ -3,8 +3,9 @@
 //! The core holds the peers' protocol states, the [`PiecePicker`] and the [`Choker`] it owns,
 //! request pipelining, endgame, the bookkeeping of piece verification and smart bans, the list
 //! of addresses to dial, the tracker announce schedule and the serving side of metadata exchange
-//! (BEP 9). It opens no socket, reads no clock, spawns no task and touches no file: what arrives
-//! comes in through [`TorrentCore::handle`] with the time, what must be done comes out of
+//! (BEP 9; the fetching side, for a magnet link, is [`super::metadata::MetadataCore`]). It
+//! opens no socket, reads no clock, spawns no task and touches no file: what arrives comes in
+//! through [`TorrentCore::handle`] with the time, what must be done comes out of
 //! [`TorrentCore::poll`] as an [`Output`], and timers come back as
 //! [`TorrentCore::next_deadline`]. The tokio session ([`crate::session`]) and the simulator
 //! (`sim::swarm`) drive this very type.

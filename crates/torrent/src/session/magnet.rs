@@ -1,20 +1,28 @@
 //! Magnet links: fetch the info dictionary from peers with metadata exchange (BEP 9) before the
-//! torrent can start. The metadata is accepted only if its SHA-1 equals the magnet's info-hash.
+//! torrent can start. Every decision (whom to dial and ask for which piece, whom to drop, when
+//! the dictionary is whole and its SHA-1 equals the magnet's info-hash) is made by the sans-IO
+//! [`MetadataCore`]; this module is its tokio driver: it announces to the link's trackers once
+//! for addresses, dials, runs one task per connection that turns bytes into messages and back,
+//! and sleeps until the core's deadline.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rand::SeedableRng;
-use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-use super::peer;
+use super::peer::{self, Connected, WRITE_TIMEOUT};
 use crate::magnet::Magnet;
-use crate::metainfo::{Info, Metainfo};
-use crate::proto::ext::{ExtHandshake, MetadataMsg, MAX_METADATA, METADATA_PIECE, OUR_UT_METADATA};
+use crate::metainfo::{Info, InfoHash, Metainfo};
+use crate::proto::metadata::{Input, MetadataConfig, MetadataCore, Output};
 use crate::proto::wire::{self, Message, DEFAULT_MAX_MESSAGE};
+use crate::proto::PeerKey;
 use crate::tracker::{AnnounceRequest, Event as TrackerEvent, TrackerList};
 use crate::PeerId;
 
@@ -27,10 +35,15 @@ pub enum MetadataError {
         "could not fetch the torrent's metadata from any of {tried} peers (last error: {last})"
     )]
     AllFailed { tried: usize, last: String },
+    #[error(
+        "the torrent's metadata matches its info-hash but is not a valid info dictionary: {0}"
+    )]
+    BadInfo(String),
 }
 
 /// Resolves `magnet` into a full [`Metainfo`] by asking peers: those in the link (`x.pe`),
-/// `extra_peers`, and those the link's trackers return. `our_port` is announced to trackers.
+/// `extra_peers`, and those the link's trackers return. `our_port` is announced to trackers. A
+/// peer that answers nothing for `per_peer_timeout` while we wait on it is given up on.
 pub async fn fetch_metadata(
     magnet: &Magnet,
     extra_peers: &[SocketAddr],
@@ -63,116 +76,164 @@ pub async fn fetch_metadata(
             Err(e) => debug!("magnet tracker announce failed: {e}"),
         }
     }
-    candidates.dedup();
     if candidates.is_empty() {
         return Err(MetadataError::NoPeers);
     }
-    let mut last = String::new();
-    for addr in &candidates {
-        match tokio::time::timeout(per_peer_timeout, from_peer(*addr, magnet, our_id)).await {
-            Ok(Ok(raw)) => {
-                let info = Info::from_bytes(&raw).map_err(|e| MetadataError::AllFailed {
-                    tried: candidates.len(),
-                    last: format!("metadata from {addr} does not parse: {e}"),
-                })?;
-                info!(peer = %addr, bytes = raw.len(), "fetched torrent metadata");
-                return Ok(Metainfo {
-                    info,
-                    info_hash: magnet.info_hash,
-                    info_bytes: raw,
-                    trackers: magnet.trackers.iter().map(|t| vec![t.clone()]).collect(),
-                    comment: None,
-                    created_by: None,
-                    creation_date: None,
-                });
-            }
-            Ok(Err(e)) => last = format!("{addr}: {e}"),
-            Err(_) => last = format!("{addr}: timed out"),
-        }
-        debug!("metadata fetch failed: {last}");
-    }
-    Err(MetadataError::AllFailed { tried: candidates.len(), last })
+    let config = MetadataConfig { timeout: per_peer_timeout, ..MetadataConfig::default() };
+    let core = MetadataCore::new(magnet.info_hash, candidates, config, Instant::now());
+    let raw = run(core, magnet.info_hash, our_id).await?;
+    let info = Info::from_bytes(&raw).map_err(|e| MetadataError::BadInfo(e.to_string()))?;
+    info!(bytes = raw.len(), "fetched torrent metadata");
+    Ok(Metainfo {
+        info,
+        info_hash: magnet.info_hash,
+        info_bytes: raw.to_vec(),
+        trackers: magnet.trackers.iter().map(|t| vec![t.clone()]).collect(),
+        comment: None,
+        created_by: None,
+        creation_date: None,
+    })
 }
 
-async fn from_peer(addr: SocketAddr, magnet: &Magnet, our_id: PeerId) -> Result<Vec<u8>, String> {
-    let c = peer::connect(addr, magnet.info_hash, our_id, Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
-    if !c.theirs.supports_extensions() {
-        return Err("peer does not support the extension protocol".into());
-    }
-    let mut stream = c.stream;
-    let mut out = BytesMut::new();
-    if c.theirs.supports_fast() {
-        Message::HaveNone.encode(&mut out);
-    }
-    let hs = ExtHandshake { ut_metadata: Some(OUR_UT_METADATA), ..Default::default() };
-    Message::Extended { id: 0, payload: Bytes::from(hs.encode()) }.encode(&mut out);
-    stream.write_all(&out).await.map_err(|e| e.to_string())?;
+/// What dials and connections tell the fetch loop.
+enum Event {
+    Connected(Connected),
+    ConnectFailed(SocketAddr, String),
+    Msg(PeerKey, Message),
+    Closed(PeerKey, String),
+}
 
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut pieces: Vec<Option<Bytes>> = vec![];
-    let mut size = 0u32;
+/// Most messages waiting for one connection's writer. The core sends a handful (HAVE_NONE, its
+/// handshake, a few requests, a reject per request the peer makes); a peer that fills this
+/// does not read and is closed.
+const MAX_OUTGOING: usize = 64;
+/// How long a dial and the BitTorrent handshake may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection's task and the queue to its writer; dropping it closes the connection.
+struct Conn {
+    tx: mpsc::Sender<Message>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Carries out what `core` decides until it is done or has failed.
+async fn run(
+    mut core: MetadataCore,
+    info_hash: InfoHash,
+    our_id: PeerId,
+) -> Result<Bytes, MetadataError> {
+    let (events_tx, mut events) = mpsc::channel(256);
+    let mut conns: BTreeMap<PeerKey, Conn> = BTreeMap::new();
+    let mut next_key = 0;
+    let far = Duration::from_secs(3600);
     loop {
-        let msg = loop {
-            match wire::decode(&mut buf, DEFAULT_MAX_MESSAGE).map_err(|e| e.to_string())? {
-                Some(m) => break m,
-                None => {
-                    if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                        return Err("peer closed the connection".into());
+        while let Some(out) = core.poll() {
+            match out {
+                Output::Send(key, msg) => {
+                    let full = conns.get(&key).is_some_and(|c| c.tx.try_send(msg).is_err());
+                    if full {
+                        conns.remove(&key);
+                        let why = "peer does not read what we send (outgoing queue full)";
+                        core.handle(Instant::now(), Input::Closed(key, why.into()));
                     }
                 }
+                Output::Connect(addr) => {
+                    let events = events_tx.clone();
+                    tokio::spawn(async move {
+                        let ev = match peer::connect(addr, info_hash, our_id, DIAL_TIMEOUT).await {
+                            Ok(c) => Event::Connected(c),
+                            Err(e) => Event::ConnectFailed(addr, e.to_string()),
+                        };
+                        let _ = events.send(ev).await;
+                    });
+                }
+                Output::Disconnect(key, why) => {
+                    debug!(?key, "metadata peer disconnected: {why}");
+                    conns.remove(&key);
+                }
+                Output::Done(raw) => return Ok(raw),
+                Output::Failed { tried, last } => {
+                    return Err(MetadataError::AllFailed { tried, last })
+                }
             }
+        }
+        let deadline = core.next_deadline().unwrap_or_else(|| Instant::now() + far);
+        let input = tokio::select! {
+            // The loop holds a sender itself, so the channel never closes.
+            Some(ev) = events.recv() => match ev {
+                Event::Connected(c) => {
+                    let peer = PeerKey(next_key);
+                    next_key += 1;
+                    let (tx, rx) = mpsc::channel(MAX_OUTGOING);
+                    let task = tokio::spawn(connection(c.stream, peer, rx, events_tx.clone()));
+                    conns.insert(peer, Conn { tx, task });
+                    let (fast, extensions) =
+                        (c.theirs.supports_fast(), c.theirs.supports_extensions());
+                    Input::Connected { peer, addr: c.addr, fast, extensions }
+                }
+                Event::ConnectFailed(addr, why) => Input::ConnectFailed(addr, why),
+                Event::Msg(key, msg) => Input::Message(key, msg),
+                Event::Closed(key, why) => {
+                    conns.remove(&key);
+                    Input::Closed(key, why)
+                }
+            },
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => Input::Timeout,
         };
-        let Message::Extended { id, payload } = msg else {
-            continue;
-        };
-        if id == 0 {
-            let theirs = ExtHandshake::decode(&payload).map_err(|e| e.to_string())?;
-            let (Some(their_id), Some(n)) = (theirs.ut_metadata, theirs.metadata_size) else {
-                return Err("peer does not offer metadata (ut_metadata)".into());
-            };
-            if n == 0 || n > MAX_METADATA {
-                return Err(format!("peer claims metadata of {n} bytes"));
-            }
-            if !pieces.is_empty() {
+        core.handle(Instant::now(), input);
+    }
+}
+
+/// One connection: messages read go to the fetch loop, messages queued are written.
+async fn connection(
+    stream: TcpStream,
+    key: PeerKey,
+    mut rx: mpsc::Receiver<Message>,
+    events: mpsc::Sender<Event>,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut out = BytesMut::new();
+    let why = loop {
+        match wire::decode(&mut buf, DEFAULT_MAX_MESSAGE) {
+            Ok(Some(msg)) => {
+                if events.send(Event::Msg(key, msg)).await.is_err() {
+                    return;
+                }
                 continue;
             }
-            size = n;
-            let count = n.div_ceil(METADATA_PIECE);
-            pieces = vec![None; count as usize];
-            let mut req = BytesMut::new();
-            for piece in 0..count {
-                let payload = Bytes::from(MetadataMsg::Request { piece }.encode());
-                Message::Extended { id: their_id, payload }.encode(&mut req);
-            }
-            stream.write_all(&req).await.map_err(|e| e.to_string())?;
-            continue;
+            Ok(None) => {}
+            Err(e) => break format!("protocol error: {e}"),
         }
-        if id != OUR_UT_METADATA || pieces.is_empty() {
-            continue;
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
         }
-        match MetadataMsg::decode(&payload).map_err(|e| e.to_string())? {
-            MetadataMsg::Reject { piece } => {
-                return Err(format!("peer rejected metadata piece {piece}"))
-            }
-            MetadataMsg::Request { .. } => {}
-            MetadataMsg::Data { piece, total_size, data } => {
-                let start = piece as usize * METADATA_PIECE as usize;
-                let want = (size as usize).saturating_sub(start).min(METADATA_PIECE as usize);
-                if total_size != size || piece as usize >= pieces.len() || data.len() != want {
-                    return Err("peer sent a metadata piece of the wrong size".into());
+        tokio::select! {
+            read = rd.read_buf(&mut buf) => match read {
+                Ok(0) => break "connection closed by peer".to_string(),
+                Ok(_) => {}
+                Err(e) => break format!("read error: {e}"),
+            },
+            msg = rx.recv() => {
+                // The fetch loop dropped this connection.
+                let Some(msg) = msg else { return };
+                msg.encode(&mut out);
+                while let Ok(m) = rx.try_recv() {
+                    m.encode(&mut out);
                 }
-                pieces[piece as usize] = Some(data);
-                if pieces.iter().all(Option::is_some) {
-                    let raw: Vec<u8> =
-                        pieces.iter().flatten().flat_map(|b| b.iter().copied()).collect();
-                    if Sha1::digest(&raw).as_slice() != magnet.info_hash.0 {
-                        return Err("metadata does not match the magnet's info-hash".into());
-                    }
-                    return Ok(raw);
+                match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&out)).await {
+                    Ok(Ok(())) => out.clear(),
+                    Ok(Err(e)) => break format!("write error: {e}"),
+                    Err(_) => break "write timed out: the peer does not read".to_string(),
                 }
             }
         }
-    }
+    };
+    let _ = events.send(Event::Closed(key, why)).await;
 }
