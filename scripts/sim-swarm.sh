@@ -33,6 +33,11 @@ for n in "${ns[@]}"; do
     "$wall" "$((rss / 1024))"
 done
 
+files=(); for n in "${ns[@]}"; do files+=("$out/n$n.json"); done
+"$bin" bound --file-size 64M --server-upload 20M --peer-upload 2M --peers "${ns[-1]}" --log \
+  --plot "$out/sim-swarm.svg" --measured "${files[@]}" >/dev/null
+echo "(the lecture's figure with these points, log-log: $out/sim-swarm.svg)"
+
 echo
 echo "## Tit-for-tat: 20% free riders (upload 0), N = 200"
 echo "| seed | contributors: mean / last (s) | free riders: mean / last (s) | free riders later by |"
