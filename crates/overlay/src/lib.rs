@@ -11,6 +11,7 @@
 //!   them; [`wire`]: the versioned, size-capped postcard frame codec.
 //! - [`driver`]: the tokio driver of a node; [`chat`]: rooms, direct messages, SQLite history
 //!   and catch-up.
+//! - `testnet` (tests only): the one test harness, cores connected in memory in virtual time.
 //!
 //! The cores are generic over the peer id and take `now` and an RNG from the caller.
 #![forbid(unsafe_code)]
@@ -19,5 +20,7 @@ pub mod chat;
 pub mod driver;
 pub mod identity;
 pub mod proto;
+#[cfg(test)]
+mod testnet;
 pub mod transport;
 pub mod wire;

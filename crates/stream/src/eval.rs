@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use crate::proto::abr::{Abr, Ladder, RuleKind};
 use crate::proto::player::{Next, PlayerConfig, PlayerCore};
-use crate::proto::trace::{normal, Family, Trace, TracePoint};
+use crate::proto::trace::{normal, Family, Link, Trace};
 
 /// Pensieve's ladder, kbps.
 pub const PENSIEVE_LADDER_KBPS: [u64; 6] = [300, 750, 1200, 1850, 2850, 4300];
@@ -153,38 +153,6 @@ pub struct Session {
     pub abandons: u32,
     /// Every segment, in order.
     pub segments: Vec<SegmentRecord>,
-}
-
-/// The trace as a link: its rate at a player time and when that rate next changes (the trace
-/// loops, as [`crate::proto::trace::TracePacer`]'s does).
-struct Link<'a> {
-    points: &'a [TracePoint],
-    /// Player time at which each point starts, within one period.
-    starts: Vec<f64>,
-    period_s: f64,
-}
-
-impl<'a> Link<'a> {
-    fn new(trace: &'a Trace) -> Self {
-        let points = trace.points();
-        let mut starts = Vec::with_capacity(points.len());
-        let mut t = 0.0;
-        for p in points {
-            starts.push(t);
-            t += p.duration_s;
-        }
-        Link { points, starts, period_s: t }
-    }
-
-    /// The rate at `t` and the time its point ends (after `t`: a boundary that rounding puts
-    /// at or before `t` is moved a nanosecond on, so time always advances).
-    fn at(&self, t: f64) -> (f64, f64) {
-        let in_period = t.rem_euclid(self.period_s);
-        let i = self.starts.partition_point(|&s| s <= in_period).saturating_sub(1);
-        let p = self.points[i];
-        let end = t - in_period + self.starts[i] + p.duration_s;
-        (p.bps, end.max(t + 1e-9))
-    }
 }
 
 /// The first instant at which `core`'s player time is at least `player_s` (an instant has
@@ -603,6 +571,7 @@ impl Report {
 mod tests {
     use super::*;
     use crate::proto::abr::{PlayerState, Progress, ThroughputSample};
+    use crate::proto::trace::TracePoint;
 
     /// Always picks one representation.
     struct Fixed(usize);

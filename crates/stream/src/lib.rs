@@ -9,7 +9,8 @@
 //!     (dash.js's default) and hybrid rules.
 //!   - [`proto::player`]: `PlayerCore` (buffer, stalls, when to request, abandonment) and
 //!     Pensieve's linear QoE.
-//!   - [`proto::trace`]: bandwidth traces, their seeded generators and `TracePacer`.
+//!   - [`proto::trace`]: bandwidth traces, their seeded generators, the trace as a `Link` and
+//!     `TracePacer`.
 //!   - [`proto::placement`]: request routing by consistent hashing with bounded loads.
 //!   - [`proto::cache`]: the edge's byte-bounded LRU segment cache.
 //! - Formats and rules, also pure, that the drivers share:

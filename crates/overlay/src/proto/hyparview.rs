@@ -702,146 +702,41 @@ mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
-    enum Event {
-        Msg(u64, u64, Message<u64>),
-        Failed { at: u64, peer: u64 },
+    use crate::testnet::{connected, drain};
+
+    type Net = crate::testnet::Net<State<u64, ChaCha8Rng>>;
+
+    /// Adds node `id`, joins it through `anchors` and delivers what that sets off.
+    fn join(net: &mut Net, id: u64, anchors: Vec<u64>) {
+        let core = State::new(id, config(), net.rng(id));
+        net.nodes.insert(id, core);
+        net.input(id, Input::Join { anchors });
+        net.settle();
     }
 
-    /// A tiny in-order message router with virtual time; dead nodes drop everything and a
-    /// message or dial to a dead node comes back to its sender as `PeerFailed`.
-    struct Network {
-        config: Config,
-        seed: u64,
-        nodes: BTreeMap<u64, State<u64, ChaCha8Rng>>,
-        dead: BTreeSet<u64>,
-        queue: VecDeque<Event>,
-        now: Instant,
+    fn views(net: &Net) -> Vec<(u64, BTreeSet<u64>, BTreeSet<u64>)> {
+        let view = |id| (id, net.nodes[&id].active().clone(), net.nodes[&id].passive().clone());
+        net.live().into_iter().map(view).collect()
     }
 
-    impl Network {
-        fn new(seed: u64, config: Config) -> Self {
-            Self {
-                config,
-                seed,
-                nodes: BTreeMap::new(),
-                dead: BTreeSet::new(),
-                queue: VecDeque::new(),
-                now: Instant::now(),
+    /// Checks the bounds, symmetry and connectivity of the live overlay.
+    fn assert_healthy(net: &Net) {
+        let live = net.live();
+        for &id in &live {
+            let active = net.nodes[&id].active();
+            assert!(
+                (1..=config().active_max).contains(&active.len()),
+                "node {id} has {} neighbors",
+                active.len()
+            );
+            assert!(net.nodes[&id].passive().len() <= config().passive_max);
+            for peer in active {
+                assert!(live.contains(peer), "node {id} keeps dead {peer}");
+                assert!(net.nodes[peer].active().contains(&id), "{id} -> {peer} asymmetric");
             }
         }
-
-        fn join(&mut self, id: u64, anchors: Vec<u64>) {
-            let rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_mul(1000).wrapping_add(id));
-            self.nodes.insert(id, State::new(id, self.config.clone(), rng));
-            self.input(id, Input::Join { anchors });
-            self.drive();
-        }
-
-        fn input(&mut self, id: u64, input: Input<u64>) {
-            if self.dead.contains(&id) {
-                return;
-            }
-            let node = self.nodes.get_mut(&id).expect("known node");
-            node.handle(self.now, input);
-            while let Some(out) = node.poll() {
-                match out {
-                    Output::Send { to, msg } => self.queue.push_back(Event::Msg(id, to, msg)),
-                    Output::Connect(peer) if self.dead.contains(&peer) => {
-                        self.queue.push_back(Event::Failed { at: id, peer })
-                    }
-                    _ => {}
-                }
-            }
-        }
-
-        /// Delivers queued messages until none is left.
-        fn drive(&mut self) {
-            while let Some(event) = self.queue.pop_front() {
-                match event {
-                    Event::Msg(from, _, _) if self.dead.contains(&from) => {}
-                    Event::Msg(from, to, _) if self.dead.contains(&to) => {
-                        self.input(from, Input::PeerFailed(to))
-                    }
-                    Event::Msg(from, to, msg) => self.input(to, Input::Message { from, msg }),
-                    Event::Failed { at, peer } => self.input(at, Input::PeerFailed(peer)),
-                }
-            }
-        }
-
-        /// Runs timers (shuffles, request timeouts) for `span` of virtual time.
-        fn run_for(&mut self, span: Duration) {
-            let end = self.now + span;
-            loop {
-                self.drive();
-                let next =
-                    self.live().into_iter().filter_map(|id| self.nodes[&id].next_deadline()).min();
-                match next {
-                    Some(t) if t <= end => self.now = self.now.max(t),
-                    _ => break,
-                }
-                for id in self.live() {
-                    if self.nodes[&id].next_deadline().is_some_and(|d| d <= self.now) {
-                        self.input(id, Input::Timeout);
-                    }
-                }
-            }
-            self.now = end;
-        }
-
-        fn live(&self) -> Vec<u64> {
-            self.nodes.keys().copied().filter(|id| !self.dead.contains(id)).collect()
-        }
-
-        fn fail(&mut self, id: u64) {
-            self.dead.insert(id);
-            for other in self.live() {
-                if self.nodes[&other].active().contains(&id) {
-                    self.input(other, Input::PeerFailed(id));
-                }
-            }
-        }
-
-        fn views(&self) -> Vec<(u64, Vec<u64>, Vec<u64>)> {
-            self.live()
-                .into_iter()
-                .map(|id| {
-                    let n = &self.nodes[&id];
-                    (
-                        id,
-                        n.active().iter().copied().collect(),
-                        n.passive().iter().copied().collect(),
-                    )
-                })
-                .collect()
-        }
-
-        /// Checks the bounds, symmetry and connectivity of the live overlay.
-        fn assert_healthy(&self) {
-            let live = self.live();
-            for &id in &live {
-                let active = self.nodes[&id].active();
-                assert!(
-                    (1..=self.config.active_max).contains(&active.len()),
-                    "node {id} has {} neighbors",
-                    active.len()
-                );
-                assert!(self.nodes[&id].passive().len() <= self.config.passive_max);
-                for peer in active {
-                    assert!(!self.dead.contains(peer), "node {id} keeps dead {peer}");
-                    assert!(self.nodes[peer].active().contains(&id), "{id} -> {peer} asymmetric");
-                }
-            }
-            let mut seen = BTreeSet::from([live[0]]);
-            let mut todo = vec![live[0]];
-            while let Some(id) = todo.pop() {
-                for &peer in self.nodes[&id].active() {
-                    if seen.insert(peer) {
-                        todo.push(peer);
-                    }
-                }
-            }
-            assert_eq!(seen.len(), live.len(), "overlay is not connected");
-        }
+        let active = |id| net.nodes[&id].active().iter().copied().collect();
+        assert!(connected(&live, active), "overlay is not connected");
     }
 
     fn config() -> Config {
@@ -849,12 +744,12 @@ mod tests {
         Config { active_max: 5, shuffle_interval: Duration::from_secs(10), ..Config::default() }
     }
 
-    fn fifty(seed: u64) -> Network {
-        let mut net = Network::new(seed, config());
-        net.join(0, vec![]);
-        net.join(1, vec![0]);
+    fn fifty(seed: u64) -> Net {
+        let mut net = Net::new(seed);
+        join(&mut net, 0, vec![]);
+        join(&mut net, 1, vec![0]);
         for id in 2..50 {
-            net.join(id, vec![0, 1]);
+            join(&mut net, id, vec![0, 1]);
         }
         net.run_for(Duration::from_secs(60));
         net
@@ -863,35 +758,31 @@ mod tests {
     #[test]
     fn fifty_nodes_join_through_two_anchors() {
         let net = fifty(7);
-        net.assert_healthy();
+        assert_healthy(&net);
         // Shuffles taught the nodes about more than their neighbors.
-        let passive: usize = net.views().iter().map(|v| v.2.len()).sum();
+        let passive: usize = views(&net).iter().map(|v| v.2.len()).sum();
         assert!(passive > 50 * 5, "passive views too small: {passive}");
     }
 
     #[test]
     fn fifty_nodes_join_through_one_anchor() {
-        let mut net = Network::new(3, config());
-        net.join(0, vec![]);
+        let mut net = Net::new(3);
+        join(&mut net, 0, vec![]);
         for id in 1..50 {
-            net.join(id, vec![0]);
+            join(&mut net, id, vec![0]);
         }
         net.run_for(Duration::from_secs(30));
-        net.assert_healthy();
+        assert_healthy(&net);
     }
 
     #[test]
     fn same_seed_same_overlay() {
-        assert_eq!(fifty(11).views(), fifty(11).views());
-        assert_ne!(fifty(11).views(), fifty(12).views());
+        assert_eq!(views(&fifty(11)), views(&fifty(11)));
+        assert_ne!(views(&fifty(11)), views(&fifty(12)));
     }
 
     fn node(id: u64) -> State<u64, ChaCha8Rng> {
         State::new(id, config(), ChaCha8Rng::seed_from_u64(id))
-    }
-
-    fn drain(node: &mut State<u64, ChaCha8Rng>) -> Vec<Output<u64>> {
-        std::iter::from_fn(|| node.poll()).collect()
     }
 
     #[test]
@@ -1121,22 +1012,22 @@ mod tests {
     fn survivors_heal_after_half_fail() {
         let mut net = fifty(5);
         for id in (0..50).filter(|id| id % 2 == 1) {
-            net.fail(id);
+            net.crash(id);
         }
-        net.drive();
+        net.settle();
         net.run_for(Duration::from_secs(120));
-        net.assert_healthy();
+        assert_healthy(&net);
     }
 
     #[test]
     fn newcomer_joins_through_known_node_when_anchors_are_down() {
         let mut net = fifty(9);
-        net.fail(0);
-        net.fail(1);
-        net.drive();
-        net.join(100, vec![0, 1, 17]);
+        net.crash(0);
+        net.crash(1);
+        net.settle();
+        join(&mut net, 100, vec![0, 1, 17]);
         net.run_for(Duration::from_secs(60));
         assert!(!net.nodes[&100].active().is_empty());
-        net.assert_healthy();
+        assert_healthy(&net);
     }
 }

@@ -334,7 +334,7 @@ impl<PI: Ord + Copy + Debug, R: Rng> Node<PI, R> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
     use std::time::Duration;
 
     use rand::SeedableRng;
@@ -342,67 +342,26 @@ mod tests {
 
     use super::*;
 
-    /// In-memory network of nodes with instant links, driven in virtual time.
-    struct Net {
-        nodes: BTreeMap<u64, Node<u64, ChaCha8Rng>>,
-        queue: VecDeque<(u64, u64, Wire<u64>)>,
-        now: Instant,
-        delivered: BTreeMap<u64, Vec<(TopicId, Vec<u8>)>>,
-        directs: Vec<(u64, u64, Vec<u8>)>,
+    type Net = crate::testnet::Net<Node<u64, ChaCha8Rng>>;
+
+    /// `n` nodes with instant links that have joined nothing yet.
+    fn net(n: u64, seed: u64) -> Net {
+        let mut net = Net::new(seed);
+        for i in 0..n {
+            let node = Node::new(i, Config::default(), net.rng(i));
+            net.nodes.insert(i, node);
+        }
+        net
     }
 
-    impl Net {
-        fn new(n: u64, seed: u64) -> Self {
-            let nodes = (0..n)
-                .map(|i| {
-                    let rng = ChaCha8Rng::seed_from_u64(seed * 1000 + i);
-                    (i, Node::new(i, Config::default(), rng))
-                })
-                .collect();
-            let (queue, delivered, directs) = (VecDeque::new(), BTreeMap::new(), Vec::new());
-            Self { nodes, queue, now: Instant::now(), delivered, directs }
-        }
-
-        fn input(&mut self, id: u64, input: Input<u64>) {
-            let node = self.nodes.get_mut(&id).expect("test uses existing ids");
-            node.handle(self.now, input).expect("valid local input");
-            self.drain(id);
-        }
-
-        fn drain(&mut self, id: u64) {
-            let node = self.nodes.get_mut(&id).expect("test uses existing ids");
-            while let Some(out) = node.poll() {
-                match out {
-                    Output::Send { to, msg } => self.queue.push_back((id, to, msg)),
-                    Output::Deliver { topic, payload, .. } => {
-                        self.delivered.entry(id).or_default().push((topic, payload));
-                    }
-                    Output::Direct { from, payload } => self.directs.push((from, id, payload)),
-                    _ => {}
-                }
-            }
-        }
-
-        /// Delivers queued frames, then advances time in 10 ms steps firing timers, `steps` times.
-        fn run(&mut self, steps: u32) {
-            for _ in 0..steps {
-                while let Some((from, to, msg)) = self.queue.pop_front() {
-                    if self.nodes.contains_key(&to) {
-                        self.input(to, Input::Message { from, msg });
-                    }
-                }
-                self.now += Duration::from_millis(10);
-                let due: Vec<u64> = self
-                    .nodes
-                    .iter()
-                    .filter(|(_, n)| n.next_deadline().is_some_and(|d| d <= self.now))
-                    .map(|(&i, _)| i)
-                    .collect();
-                for i in due {
-                    self.input(i, Input::Timeout);
-                }
-            }
-        }
+    /// What node `id` delivered, in order.
+    fn delivered(net: &Net, id: u64) -> Vec<(TopicId, Vec<u8>)> {
+        (net.kept(id).iter())
+            .filter_map(|o| match o {
+                Output::Deliver { topic, payload, .. } => Some((*topic, payload.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     fn topic(b: u8) -> TopicId {
@@ -411,7 +370,7 @@ mod tests {
 
     #[test]
     fn every_node_gets_every_topic_message_once() {
-        let mut net = Net::new(30, 7);
+        let mut net = net(30, 7);
         let now = net.now;
         for node in net.nodes.values_mut() {
             for t in [topic(0), topic(1)] {
@@ -420,17 +379,17 @@ mod tests {
         }
         for i in 1..30 {
             net.input(i, Input::Join { anchors: vec![0] });
-            net.run(5);
+            net.run_for(Duration::from_millis(50));
         }
-        net.run(100);
+        net.run_for(Duration::from_millis(1000));
         for (k, sender) in [(1u8, 3u64), (2, 17), (3, 29)] {
             let id = plumtree::MessageId([k; 32]);
             let payload = vec![k; 10];
             net.input(sender, Input::Broadcast { topic: topic(k % 2), id, payload });
-            net.run(50);
+            net.run_for(Duration::from_millis(500));
         }
         for i in 0..30 {
-            let got = net.delivered.get(&i).cloned().unwrap_or_default();
+            let got = delivered(&net, i);
             let want: Vec<(TopicId, Vec<u8>)> =
                 [1u8, 2, 3].iter().map(|&k| (topic(k % 2), vec![k; 10])).collect();
             assert_eq!(got, want, "node {i}");
@@ -439,16 +398,20 @@ mod tests {
 
     #[test]
     fn direct_frames_reach_neighbors_only() {
-        let mut net = Net::new(3, 1);
+        let mut net = net(3, 1);
         net.input(1, Input::Join { anchors: vec![0] });
-        net.run(20);
+        net.run_for(Duration::from_millis(200));
         let neighbors: BTreeSet<u64> = net.nodes[&1].membership().active().clone();
         assert_eq!(neighbors, BTreeSet::from([0]));
         net.input(1, Input::Direct { to: 0, payload: b"hi".to_vec() });
         // Node 2 is no neighbor of 0: its direct frame is dropped by the receiver.
-        net.queue.push_back((2, 0, Wire::Direct(b"sneak".to_vec())));
-        net.run(2);
-        assert_eq!(net.directs, vec![(1, 0, b"hi".to_vec())]);
+        net.input(0, Input::Message { from: 2, msg: Wire::Direct(b"sneak".to_vec()) });
+        net.run_for(Duration::from_millis(20));
+        let directs = |to| -> Vec<Output<u64>> {
+            net.kept(to).iter().filter(|o| matches!(o, Output::Direct { .. })).cloned().collect()
+        };
+        assert_eq!(directs(0), vec![Output::Direct { from: 1, payload: b"hi".to_vec() }]);
+        assert!(directs(1).is_empty() && directs(2).is_empty());
     }
 
     #[test]
@@ -466,13 +429,13 @@ mod tests {
     /// after 64 of them the node could not follow the room its user joined.
     #[test]
     fn made_up_topics_from_a_peer_take_no_room() {
-        let mut net = Net::new(2, 3);
+        let mut net = net(2, 3);
         let now = net.now;
         net.nodes.get_mut(&1).expect("node 1").subscribe(now, topic(1)).expect("first topic");
         net.input(1, Input::Join { anchors: vec![0] });
-        net.run(20);
+        net.run_for(Duration::from_millis(200));
         assert!(net.nodes[&1].membership().active().contains(&0), "0 and 1 are neighbors");
-        let before = net.queue.len();
+        let before = net.sent.len();
         for i in 0..2 * MAX_TOPICS {
             let mut made_up = [0xee; 32];
             made_up[0] = i as u8;
@@ -483,12 +446,12 @@ mod tests {
             net.input(1, Input::Message { from: 0, msg: Wire::Gossip { topic, msg } });
         }
         // Each full message of an unfollowed topic is answered with PRUNE, nothing else.
-        let answers: Vec<_> = net.queue.iter().skip(before).collect();
+        let answers: Vec<_> = net.sent.iter().skip(before).collect();
         assert_eq!(answers.len(), 2 * MAX_TOPICS);
         assert!(answers.iter().all(|(from, to, m)| (*from, *to) == (1, 0)
             && matches!(m, Wire::Gossip { msg: plumtree::Message::Prune, .. })));
-        net.run(50);
-        assert!(!net.delivered.contains_key(&1), "delivered a message of an unfollowed topic");
+        net.run_for(Duration::from_millis(500));
+        assert!(delivered(&net, 1).is_empty(), "delivered a message of an unfollowed topic");
         // The user can still follow rooms, up to the cap.
         let node = net.nodes.get_mut(&1).expect("node 1");
         assert_eq!(node.topics.iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![topic(1)]);

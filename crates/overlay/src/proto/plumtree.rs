@@ -485,6 +485,7 @@ impl<PI: Ord + Copy + Debug> State<PI> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testnet::{connected, drain};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -492,11 +493,7 @@ mod tests {
         MessageId([n; 32])
     }
 
-    fn drain(s: &mut State<u32>) -> Vec<Output<u32>> {
-        std::iter::from_fn(|| s.poll()).collect()
-    }
-
-    fn gossip(from: u32, id: MessageId, round: Round) -> Input<u32> {
+    fn gossip(from: u64, id: MessageId, round: Round) -> Input<u64> {
         Input::Message { from, msg: Message::Gossip { id, payload: b"hi".to_vec(), round } }
     }
 
@@ -511,7 +508,7 @@ mod tests {
         st.handle(now, Input::Message { from: 3, msg: Message::Prune }).expect("peer input");
         assert_eq!(st.eager(), &BTreeSet::from([1]));
         st.handle(now, Input::NeighborDown(1)).expect("neighbor down");
-        let out: Vec<Output<u64>> = std::iter::from_fn(|| st.poll()).collect();
+        let out: Vec<Output<u64>> = drain(&mut st);
         let graft = Message::Graft { id: None, round: 0 };
         assert_eq!(
             out,
@@ -690,141 +687,82 @@ mod tests {
         assert_eq!(s.eager(), &BTreeSet::from([1]));
     }
 
-    /// A tiny network: messages in flight ordered by arrival time, per-link delays, virtual time.
-    struct Net {
-        now: Instant,
-        nodes: Vec<State<u32>>,
-        edges: BTreeSet<(u32, u32)>,
-        in_flight: BTreeMap<(Instant, u64), (u32, u32, Message)>,
-        seq: u64,
-        delivered: Vec<Vec<MessageId>>,
-        gossips: usize,
-        grafts: usize,
-        prunes: usize,
+    type Net = crate::testnet::Net<State<u64>>;
+
+    /// `n` nodes over a random graph of `seed` (a random tree, then random edges until every
+    /// degree is >= 3), neighbors along its edges, with per-link delays; and its edges.
+    fn mesh(n: u64, seed: u64) -> (Net, BTreeSet<(u64, u64)>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut edges = BTreeSet::new();
+        for i in 1..n {
+            let j = rng.random_range(0..i);
+            edges.insert((j, i));
+        }
+        let degree = |edges: &BTreeSet<(u64, u64)>, v: u64| {
+            edges.iter().filter(|(a, b)| *a == v || *b == v).count()
+        };
+        for v in 0..n {
+            while degree(&edges, v) < 3 {
+                let w = rng.random_range(0..n);
+                if w != v {
+                    edges.insert((v.min(w), v.max(w)));
+                }
+            }
+        }
+        let mut net = Net::new(seed);
+        net.latency = |a, b| Duration::from_millis(5 + (a.min(b) * 7 + a.max(b) * 13) % 23);
+        for i in 0..n {
+            net.nodes.insert(i, State::new(Config::default()));
+        }
+        for &(a, b) in &edges {
+            net.input(a, Input::NeighborUp(b));
+            net.input(b, Input::NeighborUp(a));
+        }
+        (net, edges)
     }
 
-    impl Net {
-        fn new(n: u32, seed: u64) -> Self {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let mut edges = BTreeSet::new();
-            // A random tree first (connected), then random edges until every degree is >= 3.
-            for i in 1..n {
-                let j = rng.random_range(0..i);
-                edges.insert((j, i));
-            }
-            let degree = |edges: &BTreeSet<(u32, u32)>, v: u32| {
-                edges.iter().filter(|(a, b)| *a == v || *b == v).count()
-            };
-            for v in 0..n {
-                while degree(&edges, v) < 3 {
-                    let w = rng.random_range(0..n);
-                    if w != v {
-                        edges.insert((v.min(w), v.max(w)));
-                    }
-                }
-            }
-            let mut net = Net {
-                now: Instant::now(),
-                nodes: (0..n).map(|_| State::new(Config::default())).collect(),
-                edges: edges.clone(),
-                in_flight: BTreeMap::new(),
-                seq: 0,
-                delivered: vec![Vec::new(); n as usize],
-                gossips: 0,
-                grafts: 0,
-                prunes: 0,
-            };
-            for (a, b) in edges {
-                net.input(a, Input::NeighborUp(b));
-                net.input(b, Input::NeighborUp(a));
-            }
-            net
-        }
+    /// Broadcasts from `from` and runs long enough for every graft and flush timer, far
+    /// shorter than cache retention.
+    fn broadcast(net: &mut Net, from: u64, id: MessageId) {
+        net.input(from, Input::Broadcast { id, payload: vec![id.0[0]] });
+        net.run_for(Duration::from_secs(2));
+    }
 
-        fn delay(a: u32, b: u32) -> Duration {
-            let (a, b) = (a.min(b) as u64, a.max(b) as u64);
-            Duration::from_millis(5 + (a * 7 + b * 13) % 23)
-        }
+    fn everyone_has_exactly_once(net: &Net, id: MessageId) -> bool {
+        let has = |o: &&Output<u64>| matches!(o, Output::Deliver { id: d, .. } if *d == id);
+        net.nodes.keys().all(|&i| net.kept(i).iter().filter(has).count() == 1)
+    }
 
-        fn input(&mut self, node: u32, input: Input<u32>) {
-            self.nodes[node as usize].handle(self.now, input).unwrap();
-            while let Some(out) = self.nodes[node as usize].poll() {
-                match out {
-                    Output::Send { to, msg } => {
-                        match msg {
-                            Message::Gossip { .. } => self.gossips += 1,
-                            Message::Graft { .. } => self.grafts += 1,
-                            Message::Prune => self.prunes += 1,
-                            Message::IHave(_) => {}
-                        }
-                        let at = self.now + Self::delay(node, to);
-                        self.seq += 1;
-                        self.in_flight.insert((at, self.seq), (node, to, msg));
-                    }
-                    Output::Deliver { id, .. } => self.delivered[node as usize].push(id),
-                }
-            }
-        }
-
-        /// Run events for `span` of virtual time (long enough for every graft and flush timer,
-        /// far shorter than cache retention).
-        fn run(&mut self, span: Duration) {
-            let end = self.now + span;
-            loop {
-                let msg_at = self.in_flight.keys().next().map(|k| k.0);
-                let timer = (0..self.nodes.len())
-                    .filter_map(|i| self.nodes[i].next_deadline().map(|t| (t, i as u32)))
-                    .min();
-                let next = [msg_at, timer.map(|t| t.0)].into_iter().flatten().min();
-                match next {
-                    Some(t) if t <= end => self.now = self.now.max(t),
-                    _ => break,
-                }
-                if msg_at == next {
-                    let (_, (from, to, msg)) = self.in_flight.pop_first().unwrap();
-                    if self.edges.contains(&(from.min(to), from.max(to))) {
-                        self.input(to, Input::Message { from, msg });
-                    }
-                } else if let Some((_, node)) = timer {
-                    self.input(node, Input::Timeout);
-                }
-            }
-            self.now = end;
-        }
-
-        fn broadcast(&mut self, from: u32, id: MessageId) {
-            self.input(from, Input::Broadcast { id, payload: vec![id.0[0]] });
-            self.run(Duration::from_secs(2));
-        }
-
-        fn everyone_has_exactly_once(&self, id: MessageId) -> bool {
-            self.delivered.iter().all(|d| d.iter().filter(|x| **x == id).count() == 1)
-        }
+    /// Frames sent so far that `is` picks.
+    fn count(net: &Net, is: fn(&Message) -> bool) -> usize {
+        net.sent.iter().filter(|(_, _, m)| is(m)).count()
     }
 
     #[test]
     fn broadcast_reaches_all_exactly_once_and_tree_settles() {
         let n = 30;
-        let mut net = Net::new(n, 42);
-        assert!((0..n).all(|v| net.edges.iter().filter(|(a, b)| *a == v || *b == v).count() >= 3));
-        net.broadcast(0, mid(0));
-        assert!(net.everyone_has_exactly_once(mid(0)));
-        assert!(net.prunes > 0, "duplicates on the initial full mesh must prune");
+        let (mut net, edges) = mesh(n, 42);
+        assert!((0..n).all(|v| edges.iter().filter(|(a, b)| *a == v || *b == v).count() >= 3));
+        broadcast(&mut net, 0, mid(0));
+        assert!(everyone_has_exactly_once(&net, mid(0)));
+        let prunes = count(&net, |m| matches!(m, Message::Prune));
+        assert!(prunes > 0, "duplicates on the initial full mesh must prune");
 
         for k in 1..6u8 {
-            net.broadcast(u32::from(k) * 5 % n, mid(k));
-            assert!(net.everyone_has_exactly_once(mid(k)));
+            broadcast(&mut net, u64::from(k) * 5 % n, mid(k));
+            assert!(everyone_has_exactly_once(&net, mid(k)));
         }
-        let before = net.gossips;
-        net.broadcast(7, mid(100));
-        assert!(net.everyone_has_exactly_once(mid(100)));
-        let gossips = net.gossips - before;
-        let rmr = gossips as f64 / f64::from(n - 1) - 1.0;
+        let gossip = |m: &Message| matches!(m, Message::Gossip { .. });
+        let before = count(&net, gossip);
+        broadcast(&mut net, 7, mid(100));
+        assert!(everyone_has_exactly_once(&net, mid(100)));
+        let gossips = count(&net, gossip) - before;
+        let rmr = gossips as f64 / (n - 1) as f64 - 1.0;
         assert!(rmr < 0.5, "rmr {rmr} ({gossips} gossips)");
         // Eager links are symmetric after settling.
-        for (a, b) in net.edges.clone() {
-            let ab = net.nodes[a as usize].eager().contains(&b);
-            let ba = net.nodes[b as usize].eager().contains(&a);
+        for (a, b) in edges {
+            let ab = net.nodes[&a].eager().contains(&b);
+            let ba = net.nodes[&b].eager().contains(&a);
             assert_eq!(ab, ba, "link {a}-{b}");
         }
     }
@@ -832,51 +770,31 @@ mod tests {
     #[test]
     fn removed_eager_link_is_repaired_by_graft() {
         let n = 30;
-        let mut net = Net::new(n, 7);
+        let (mut net, edges) = mesh(n, 7);
         for k in 0..4u8 {
-            net.broadcast(u32::from(k), mid(k));
+            broadcast(&mut net, u64::from(k), mid(k));
         }
         // Remove an eager link whose removal keeps the graph connected.
-        let edge = net
-            .edges
-            .clone()
-            .into_iter()
+        let (a, b) = edges
+            .iter()
+            .copied()
             .find(|&(a, b)| {
-                net.nodes[a as usize].eager().contains(&b) && {
-                    let mut rest = net.edges.clone();
+                net.nodes[&a].eager().contains(&b) && {
+                    let mut rest = edges.clone();
                     rest.remove(&(a, b));
-                    connected(n, &rest)
+                    let ends = |v| rest.iter().filter(move |e| e.0 == v || e.1 == v);
+                    connected(&Vec::from_iter(0..n), |v| ends(v).map(|e| e.0 + e.1 - v).collect())
                 }
             })
             .unwrap();
-        let (a, b) = edge;
-        net.edges.remove(&edge);
-        let grafts = net.grafts;
+        let graft = |m: &Message| matches!(m, Message::Graft { .. });
+        let grafts = count(&net, graft);
+        // Frames still in flight on it arrive, and are ignored: the ends are no neighbors now.
         net.input(a, Input::NeighborDown(b));
         net.input(b, Input::NeighborDown(a));
-        net.broadcast(a, mid(50));
-        assert!(net.everyone_has_exactly_once(mid(50)));
-        assert!(net.grafts > grafts, "the cut-off sides must graft");
-        assert!(!net.nodes[a as usize].eager().contains(&b));
-    }
-
-    fn connected(n: u32, edges: &BTreeSet<(u32, u32)>) -> bool {
-        let mut seen = BTreeSet::from([0u32]);
-        let mut stack = vec![0u32];
-        while let Some(v) = stack.pop() {
-            for &(x, y) in edges {
-                let w = if x == v {
-                    y
-                } else if y == v {
-                    x
-                } else {
-                    continue;
-                };
-                if seen.insert(w) {
-                    stack.push(w);
-                }
-            }
-        }
-        seen.len() == n as usize
+        broadcast(&mut net, a, mid(50));
+        assert!(everyone_has_exactly_once(&net, mid(50)));
+        assert!(count(&net, graft) > grafts, "the cut-off sides must graft");
+        assert!(!net.nodes[&a].eager().contains(&b));
     }
 }

@@ -1,6 +1,7 @@
 //! Bandwidth traces (sans-IO): the piecewise-constant [`Trace`] that `swarmcast play --trace`
 //! throttles to and `stream eval` plays, its seeded generators ([`Trace::generate`], one per
-//! [`Family`]), and [`TracePacer`], which says when bytes may be taken over a trace.
+//! [`Family`]), the trace as a [`Link`], and [`TracePacer`], which says when bytes may be taken
+//! over a trace.
 //!
 //! **Families** (1 s steps unless said; no public trace set is reachable offline, so these are
 //! synthetic shapes: `steps`, `walk`, `3g` and `4g` after the papers' descriptions; `markov`,
@@ -533,15 +534,46 @@ fn fading(rng: &mut ChaCha8Rng, f: &Fading) -> Vec<TracePoint> {
         .collect()
 }
 
-/// Throttles reads to a bandwidth trace: a link of the trace's rate (in player time; the
-/// trace loops) that banks at most `burst_s` of idle capacity (a token bucket of that depth).
-/// Sans-IO: it says when bytes may be taken.
+/// A trace as a link: its rate at any player time and when that rate next changes (the trace
+/// starts at player time 0 and loops). [`TracePacer`] and `stream eval` read traces through it.
 #[derive(Debug, Clone)]
-pub struct TracePacer {
+pub struct Link {
     points: Vec<TracePoint>,
     /// Player time at which each point starts, within one period.
     starts: Vec<f64>,
     period_s: f64,
+}
+
+impl Link {
+    /// `trace` as a link.
+    pub fn new(trace: &Trace) -> Self {
+        let points = trace.points().to_vec();
+        let mut starts = Vec::with_capacity(points.len());
+        let mut t = 0.0;
+        for p in &points {
+            starts.push(t);
+            t += p.duration_s;
+        }
+        Link { points, starts, period_s: t }
+    }
+
+    /// The rate at `t` and the time its point ends (after `t`: a boundary that rounding puts
+    /// at or before `t` is moved a nanosecond on, so time always advances).
+    pub fn at(&self, t: f64) -> (f64, f64) {
+        let in_period = t.rem_euclid(self.period_s);
+        let i = self.starts.partition_point(|&s| s <= in_period).saturating_sub(1);
+        let p = self.points[i];
+        let end = t - in_period + self.starts[i] + p.duration_s;
+        (p.bps, end.max(t + 1e-9))
+    }
+}
+
+/// Throttles reads to a bandwidth trace: a [`Link`] of the trace's rate (in player time) that
+/// banks at most `burst_s` of idle capacity (a token bucket of that depth). Sans-IO: it says
+/// when bytes may be taken.
+#[derive(Debug, Clone)]
+pub struct TracePacer {
+    link: Link,
     /// Player time until which the link is busy with bytes already taken.
     busy_until_s: f64,
     /// Idle player seconds the link may bank (the bucket's depth, as time at the trace rate).
@@ -552,14 +584,7 @@ impl TracePacer {
     /// A pacer over `trace`, which starts at player time 0, banking at most `burst_s` player
     /// seconds of idle link (0: none; a little absorbs the reader's timer granularity).
     pub fn new(trace: &Trace, burst_s: f64) -> Self {
-        let points = trace.points().to_vec();
-        let mut starts = Vec::with_capacity(points.len());
-        let mut t = 0.0;
-        for p in &points {
-            starts.push(t);
-            t += p.duration_s;
-        }
-        TracePacer { points, starts, period_s: t, busy_until_s: 0.0, burst_s: burst_s.max(0.0) }
+        TracePacer { link: Link::new(trace), busy_until_s: 0.0, burst_s: burst_s.max(0.0) }
     }
 
     /// Takes `bytes` that arrived at player time `now_s`; returns the player time at which
@@ -567,19 +592,14 @@ impl TracePacer {
     pub fn take(&mut self, now_s: f64, bytes: u64) -> f64 {
         let mut t = self.busy_until_s.max(now_s - self.burst_s);
         let mut bits = bytes as f64 * 8.0;
-        while bits > 0.0 {
-            let in_period = t.rem_euclid(self.period_s);
-            let i = self.starts.partition_point(|&s| s <= in_period).saturating_sub(1);
-            let p = self.points[i];
-            let left_s = (self.starts[i] + p.duration_s - in_period).max(1e-9);
-            let can = p.bps * left_s;
-            if bits <= can {
-                t += bits / p.bps;
-                bits = 0.0;
-            } else {
-                bits -= can;
-                t += left_s;
+        loop {
+            let (bps, end) = self.link.at(t);
+            if bits <= bps * (end - t) {
+                t += bits / bps;
+                break;
             }
+            bits -= bps * (end - t);
+            t = end;
         }
         self.busy_until_s = t;
         t
@@ -631,18 +651,6 @@ mod tests {
             let t = Trace::generate(Family::Walk, i, 1);
             assert!(t.points().iter().all(|p| p.bps >= 0.2e6 - 1.0 && p.bps <= 8e6 + 1.0));
         }
-    }
-
-    /// The rate of `trace` at `t` (within its first period).
-    fn rate_at(trace: &Trace, t: f64) -> f64 {
-        let mut start = 0.0;
-        for p in trace.points() {
-            if t < start + p.duration_s {
-                return p.bps;
-            }
-            start += p.duration_s;
-        }
-        trace.points().last().unwrap().bps
     }
 
     fn total_s(trace: &Trace) -> f64 {
@@ -728,8 +736,9 @@ mod tests {
             assert!((2.5e6..6e6).contains(&high), "{high}");
             assert!((30.0..90.0).contains(&drop_at), "{drop_at}");
             // High just before the drop, the fraction just after.
-            assert_eq!(rate_at(&t, drop_at - 0.01), high);
-            let fraction = rate_at(&t, drop_at + 0.01) / high;
+            let link = Link::new(&t);
+            assert_eq!(link.at(drop_at - 0.01).0, high);
+            let fraction = link.at(drop_at + 0.01).0 / high;
             assert!((0.10..0.35).contains(&fraction), "{fraction}");
             match p.len() {
                 2 => stay += 1,
@@ -764,9 +773,9 @@ mod tests {
             assert!(p.iter().all(|q| q.bps == high || q.bps == low));
             assert!(p.windows(2).all(|w| w[0].bps != w[1].bps));
             // Periodic: the rate repeats one period later.
-            let mut x = 0.3;
+            let (link, mut x) = (Link::new(&t), 0.3);
             while x + period < TRACE_S as f64 {
-                assert_eq!(rate_at(&t, x), rate_at(&t, x + period), "trace {i} at {x}");
+                assert_eq!(link.at(x).0, link.at(x + period).0, "trace {i} at {x}");
                 x += 0.7;
             }
         }
