@@ -92,7 +92,11 @@ impl<C: Core> Net<C> {
 
     /// Live nodes, in id order.
     pub fn live(&self) -> Vec<u64> {
-        self.nodes.keys().copied().filter(|id| !self.dead.contains(id)).collect()
+        self.nodes.keys().copied().filter(|&id| self.is_live(id)).collect()
+    }
+
+    fn is_live(&self, id: u64) -> bool {
+        self.nodes.contains_key(&id) && !self.dead.contains(&id)
     }
 
     /// The outputs node `id` kept, in order.
@@ -140,7 +144,7 @@ impl<C: Core> Net<C> {
             let (from, to, frame) = entry.remove();
             let input = match frame {
                 _ if self.dead.contains(&from) => None,
-                _ if !self.live().contains(&to) => C::peer_failed(to).map(|failed| (from, failed)),
+                _ if !self.is_live(to) => C::peer_failed(to).map(|failed| (from, failed)),
                 Some(frame) => Some((to, C::frame(from, frame))),
                 None => None,
             };

@@ -790,10 +790,18 @@ mod tests {
         let graft = |m: &Message| matches!(m, Message::Graft { .. });
         let grafts = count(&net, graft);
         // Frames still in flight on it arrive, and are ignored: the ends are no neighbors now.
+        let before = net.sent.len();
         net.input(a, Input::NeighborDown(b));
         net.input(b, Input::NeighborDown(a));
         broadcast(&mut net, a, mid(50));
         assert!(everyone_has_exactly_once(&net, mid(50)));
+        let across =
+            |&&(from, to, _): &&(u64, u64, _)| (from, to) == (a, b) || (from, to) == (b, a);
+        assert_eq!(
+            net.sent[before..].iter().filter(across).count(),
+            0,
+            "a frame over the cut link"
+        );
         assert!(count(&net, graft) > grafts, "the cut-off sides must graft");
         assert!(!net.nodes[&a].eager().contains(&b));
     }

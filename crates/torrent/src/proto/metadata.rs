@@ -48,7 +48,8 @@
 //! - a claimed `metadata_size` of 0 or over [`MAX_METADATA`] disconnects the peer before anything
 //!   is allocated for it; so does a piece we did not ask that peer for, one whose `total_size`
 //!   or length is not what the size implies, a reject, or silence for
-//!   [`MetadataConfig::timeout`] while we wait for its handshake or a piece;
+//!   [`MetadataConfig::timeout`] while we wait for its handshake or a piece, or still owing
+//!   pieces [`SERVE_BUDGET`] timeouts after it was first asked for one;
 //! - blame: when the assembled dictionary does not hash to the info-hash, a single peer that
 //!   sent every piece is disconnected; if several sent pieces, the liar cannot be told apart,
 //!   so from then on every piece comes from one peer at a time (the *single-source* mode), and
@@ -74,6 +75,9 @@ use crate::metainfo::InfoHash;
 /// Most metadata requests in flight to one peer. libtorrent rejects requests beyond a small
 /// queue of its own, and a reject drops the peer, so we stay well under it.
 pub const PIPELINE: usize = 2;
+/// A peer owing pieces this many [`MetadataConfig::timeout`]s after it was first asked for one
+/// is disconnected (2 minutes by default: a 4 MiB dictionary is 256 pieces).
+pub const SERVE_BUDGET: u32 = 4;
 
 /// How a metadata fetch behaves.
 #[derive(Clone, Debug)]
@@ -151,8 +155,13 @@ struct Peer {
     size: Option<u32>,
     /// Pieces asked of this peer and not yet answered (at most [`PIPELINE`]).
     asked: Vec<u32>,
-    /// While we wait for its handshake or a piece: when it must have answered.
+    /// While we wait for its handshake or a piece: when it must have answered (never later
+    /// than `give_up`).
     deadline: Instant,
+    /// When it was first asked for a piece plus [`SERVE_BUDGET`] timeouts: a peer that answers
+    /// just inside the timeout, piece after piece, is cut off then, so it cannot hold the
+    /// fetch (and a connection slot) for hours.
+    give_up: Option<Instant>,
 }
 
 impl Peer {
@@ -282,7 +291,16 @@ impl MetadataCore {
                     .map(|(k, _)| *k)
                     .collect();
                 for k in silent {
-                    self.drop_peer(k, &format!("answered nothing for {timeout:?}"));
+                    let why =
+                        if self.peers.get(&k).and_then(|p| p.give_up).is_some_and(|t| t <= now) {
+                            format!(
+                                "took longer than {:?} to send the metadata",
+                                timeout * SERVE_BUDGET
+                            )
+                        } else {
+                            format!("answered nothing for {timeout:?}")
+                        };
+                    self.drop_peer(k, &why);
                 }
             }
         }
@@ -325,7 +343,8 @@ impl MetadataCore {
             return;
         }
         let deadline = now + self.config.timeout;
-        let peer = Peer { addr, their_id: None, size: None, asked: Vec::new(), deadline };
+        let peer =
+            Peer { addr, their_id: None, size: None, asked: Vec::new(), deadline, give_up: None };
         self.peers.insert(key, peer);
         // BEP 6: with the fast extension the first message says what we have: nothing.
         if fast {
@@ -385,8 +404,13 @@ impl MetadataCore {
                     return Err(format!("peer sent metadata piece {piece} of the wrong size"));
                 }
                 peer.asked.swap_remove(at);
-                peer.deadline = now + self.config.timeout;
-                self.pieces[piece as usize] = Slot::Have(data, key);
+                let next = now + self.config.timeout;
+                peer.deadline = peer.give_up.map_or(next, |t| next.min(t));
+                // In range: a peer is asked only for pieces of the current size, and the size
+                // does not change while a peer claiming it is connected.
+                let slot =
+                    self.pieces.get_mut(piece as usize).ok_or("metadata piece out of range")?;
+                *slot = Slot::Have(data, key);
                 self.verify_if_complete();
                 Ok(())
             }
@@ -395,6 +419,9 @@ impl MetadataCore {
 
     /// Checks the assembled dictionary once every piece is in.
     fn verify_if_complete(&mut self) {
+        if !self.pieces.iter().all(|s| matches!(s, Slot::Have(..))) {
+            return;
+        }
         let mut raw = BytesMut::new();
         let mut senders = BTreeSet::new();
         for slot in &self.pieces {
@@ -518,7 +545,9 @@ impl MetadataCore {
                     return;
                 };
                 if p.asked.is_empty() {
-                    p.deadline = now + self.config.timeout;
+                    let give_up =
+                        *p.give_up.get_or_insert(now + self.config.timeout * SERVE_BUDGET);
+                    p.deadline = (now + self.config.timeout).min(give_up);
                 }
                 self.pieces[piece] = Slot::Asked(key);
                 p.asked.push(piece as u32);
@@ -650,6 +679,107 @@ mod tests {
         assert!(last.contains(&addr.to_string()));
         assert_eq!(core.metadata_size(), None);
         assert!(core.is_finished());
+    }
+
+    #[test]
+    fn a_peer_trickling_pieces_just_inside_the_timeout_is_cut_off_after_its_budget() {
+        // 8 pieces, one answered every 9 s with a 10 s timeout: never silent for a timeout,
+        // but 72 s for the lot. After 4 timeouts (40 s) since its first request it is dropped.
+        let metadata = Bytes::from(vec![7u8; 8 * METADATA_PIECE as usize]);
+        let (t0, timeout) = (Instant::now(), Duration::from_secs(10));
+        let addr = SocketAddr::from(([10, 0, 0, 1], 6881));
+        let config = MetadataConfig { max_peers: 1, timeout };
+        let mut core = MetadataCore::new(hash(&metadata), vec![addr], config, t0);
+        let peer = PeerKey(0);
+        core.handle(t0, Input::Connected { peer, addr, fast: false, extensions: true });
+        let hs = ExtHandshake {
+            ut_metadata: Some(2),
+            metadata_size: Some(metadata.len() as u32),
+            ..Default::default()
+        };
+        core.handle(
+            t0,
+            Input::Message(peer, Message::Extended { id: 0, payload: hs.encode().into() }),
+        );
+        let mut asked = VecDeque::new();
+        let mut dropped = None;
+        for k in 1..=8u32 {
+            for out in std::iter::from_fn(|| core.poll()) {
+                match out {
+                    Output::Send(_, Message::Extended { id: 2, payload }) => {
+                        if let Ok(MetadataMsg::Request { piece }) = MetadataMsg::decode(&payload) {
+                            asked.push_back(piece);
+                        }
+                    }
+                    Output::Disconnect(_, why) => dropped = Some(why),
+                    _ => {}
+                }
+            }
+            if dropped.is_some() {
+                break;
+            }
+            let now = t0 + Duration::from_secs(9 * k as u64);
+            // Timers first, as a driver sleeping to `next_deadline` would fire them.
+            if core.next_deadline().is_some_and(|d| d <= now) {
+                let at = core.next_deadline().unwrap();
+                core.handle(at, Input::Timeout);
+                continue;
+            }
+            let piece = asked.pop_front().expect("a request is outstanding");
+            let start = (piece * METADATA_PIECE) as usize;
+            let data = metadata.slice(start..start + METADATA_PIECE as usize);
+            let msg = MetadataMsg::Data { piece, total_size: metadata.len() as u32, data };
+            core.handle(
+                now,
+                Input::Message(
+                    peer,
+                    Message::Extended { id: OUR_UT_METADATA, payload: msg.encode().into() },
+                ),
+            );
+        }
+        let why = dropped.expect("the trickling peer was never dropped");
+        assert!(why.contains("took longer than 40s"), "{why}");
+        assert!(core.pieces_have() < 8);
+    }
+
+    #[test]
+    fn an_unasked_piece_or_a_wrong_total_size_disconnects_the_peer() {
+        let metadata = Bytes::from(vec![7u8; 4 * METADATA_PIECE as usize]);
+        let size = metadata.len() as u32;
+        let piece = |piece: u32, total_size: u32| {
+            let start = (piece * METADATA_PIECE) as usize;
+            let data = metadata.slice(start..start + METADATA_PIECE as usize);
+            let payload = MetadataMsg::Data { piece, total_size, data }.encode().into();
+            Message::Extended { id: OUR_UT_METADATA, payload }
+        };
+        for (msg, expect) in [
+            // Pieces 0 and 1 are asked first (two per peer); 3 was not.
+            (piece(3, size), "did not ask it for"),
+            (piece(0, size + 1), "of the wrong size"),
+        ] {
+            let t0 = Instant::now();
+            let addr = SocketAddr::from(([10, 0, 0, 1], 6881));
+            let mut core =
+                MetadataCore::new(hash(&metadata), vec![addr], MetadataConfig::default(), t0);
+            let peer = PeerKey(0);
+            core.handle(t0, Input::Connected { peer, addr, fast: false, extensions: true });
+            let hs = ExtHandshake {
+                ut_metadata: Some(2),
+                metadata_size: Some(size),
+                ..Default::default()
+            };
+            let hs = Message::Extended { id: 0, payload: hs.encode().into() };
+            core.handle(t0, Input::Message(peer, hs));
+            std::iter::from_fn(|| core.poll()).for_each(drop);
+            core.handle(t0, Input::Message(peer, msg));
+            let outs: Vec<Output> = std::iter::from_fn(|| core.poll()).collect();
+            let why = outs.iter().find_map(|o| match o {
+                Output::Disconnect(k, why) if *k == peer => Some(why.clone()),
+                _ => None,
+            });
+            assert!(why.as_deref().is_some_and(|w| w.contains(expect)), "{why:?} for {expect}");
+            assert_eq!(core.pieces_have(), 0);
+        }
     }
 
     #[test]

@@ -11,17 +11,17 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rand::SeedableRng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-use super::peer::{self, Connected, WRITE_TIMEOUT};
+use super::peer::{self, next_message, write_timed, Connected};
 use crate::magnet::Magnet;
 use crate::metainfo::{Info, InfoHash, Metainfo};
 use crate::proto::metadata::{Input, MetadataConfig, MetadataCore, Output};
-use crate::proto::wire::{self, Message, DEFAULT_MAX_MESSAGE};
+use crate::proto::wire::{Message, DEFAULT_MAX_MESSAGE};
 use crate::proto::PeerKey;
 use crate::tracker::{AnnounceRequest, Event as TrackerEvent, TrackerList};
 use crate::PeerId;
@@ -43,7 +43,9 @@ pub enum MetadataError {
 
 /// Resolves `magnet` into a full [`Metainfo`] by asking peers: those in the link (`x.pe`),
 /// `extra_peers`, and those the link's trackers return. `our_port` is announced to trackers. A
-/// peer that answers nothing for `per_peer_timeout` while we wait on it is given up on.
+/// peer that answers nothing for `per_peer_timeout` while we wait on it, or still owes pieces
+/// [`SERVE_BUDGET`](crate::proto::metadata::SERVE_BUDGET) timeouts after it was first asked, is
+/// given up on.
 pub async fn fetch_metadata(
     magnet: &Magnet,
     extra_peers: &[SocketAddr],
@@ -201,7 +203,7 @@ async fn connection(
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut out = BytesMut::new();
     let why = loop {
-        match wire::decode(&mut buf, DEFAULT_MAX_MESSAGE) {
+        match next_message(&mut buf, DEFAULT_MAX_MESSAGE) {
             Ok(Some(msg)) => {
                 if events.send(Event::Msg(key, msg)).await.is_err() {
                     return;
@@ -209,10 +211,7 @@ async fn connection(
                 continue;
             }
             Ok(None) => {}
-            Err(e) => break format!("protocol error: {e}"),
-        }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
+            Err(e) => break e,
         }
         tokio::select! {
             read = rd.read_buf(&mut buf) => match read {
@@ -227,10 +226,9 @@ async fn connection(
                 while let Ok(m) = rx.try_recv() {
                     m.encode(&mut out);
                 }
-                match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&out)).await {
-                    Ok(Ok(())) => out.clear(),
-                    Ok(Err(e)) => break format!("write error: {e}"),
-                    Err(_) => break "write timed out: the peer does not read".to_string(),
+                match write_timed(&mut wr, &out).await {
+                    Ok(()) => out.clear(),
+                    Err(e) => break e,
                 }
             }
         }

@@ -185,7 +185,7 @@ async fn read_loop(
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let reason = loop {
-        match wire::decode(&mut buf, limits.max_message) {
+        match next_message(&mut buf, limits.max_message) {
             Ok(Some(msg)) => {
                 if events.send(Event::Msg(key, msg)).await.is_err() {
                     return;
@@ -193,10 +193,7 @@ async fn read_loop(
                 continue;
             }
             Ok(None) => {}
-            Err(e) => break format!("protocol error: {e}"),
-        }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
+            Err(e) => break e,
         }
         // A slow disk slows the peers down instead of filling memory.
         limits.disk.wait().await;
@@ -222,10 +219,30 @@ enum WriteStop {
 }
 
 async fn write_all(wr: &mut OwnedWriteHalf, out: &[u8]) -> Result<(), WriteStop> {
+    write_timed(wr, out).await.map_err(WriteStop::Peer)
+}
+
+/// The next whole message in `buf`, if there is one; else makes room for the next read.
+/// Every connection's reader (the session's and the magnet fetch's) goes through here.
+pub(super) fn next_message(buf: &mut BytesMut, max: u32) -> Result<Option<Message>, String> {
+    match wire::decode(buf, max) {
+        Ok(Some(msg)) => Ok(Some(msg)),
+        Ok(None) => {
+            if buf.capacity() - buf.len() < 16 * 1024 {
+                buf.reserve(64 * 1024);
+            }
+            Ok(None)
+        }
+        Err(e) => Err(format!("protocol error: {e}")),
+    }
+}
+
+/// Writes `out`, giving up on a peer that does not read for [`WRITE_TIMEOUT`].
+pub(super) async fn write_timed(wr: &mut OwnedWriteHalf, out: &[u8]) -> Result<(), String> {
     match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(out)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(WriteStop::Peer(format!("write error: {e}"))),
-        Err(_) => Err(WriteStop::Peer("write timed out: the peer does not read".into())),
+        Ok(Err(e)) => Err(format!("write error: {e}")),
+        Err(_) => Err("write timed out: the peer does not read".into()),
     }
 }
 
