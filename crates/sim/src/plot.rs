@@ -85,14 +85,16 @@ pub fn bounds_svg(
             draw(chart, cs, p2p, measured, "N (peers)", "seconds")?;
         }
         Axes::LogLog => {
-            let y_min = ys().filter(|y| *y > 0.0).fold(f64::INFINITY, f64::min).min(y_max) / 1.5;
+            // Nothing at or below zero has a place on a log axis.
+            let measured: Vec<MeasuredPoint> =
+                measured.iter().filter(|m| m.n > 0 && m.seconds > 0.0).cloned().collect();
+            let lowest = ys().filter(|y| *y > 0.0).fold(f64::INFINITY, f64::min);
+            let y_max = y_max.max(1e-9);
+            let y_min = if lowest.is_finite() { lowest.min(y_max) / 1.5 } else { y_max / 10.0 };
             let chart = builder
-                .build_cartesian_2d(
-                    (1.0..x_max * 1.2).log_scale(),
-                    (y_min.max(1e-9)..y_max.max(1e-9)).log_scale(),
-                )
+                .build_cartesian_2d((1.0..x_max * 1.2).log_scale(), (y_min..y_max).log_scale())
                 .map_err(draw_err)?;
-            draw(chart, cs, p2p, measured, "N (peers, log scale)", "seconds (log scale)")?;
+            draw(chart, cs, p2p, &measured, "N (peers, log scale)", "seconds (log scale)")?;
         }
     }
     root.present().map_err(draw_err)?;
@@ -162,6 +164,8 @@ mod tests {
         let measured = vec![
             MeasuredPoint { architecture: "p2p".into(), n: 10, seconds: 1500.0 },
             MeasuredPoint { architecture: "client-server".into(), n: 10, seconds: 3700.0 },
+            // No place on a log axis: left out there, drawn on linear axes.
+            MeasuredPoint { architecture: "p2p".into(), n: 0, seconds: 0.0 },
         ];
         for axes in [Axes::Linear, Axes::LogLog] {
             bounds_svg(&path, &p, 30, &measured, axes).unwrap();

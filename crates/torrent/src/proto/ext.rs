@@ -7,6 +7,13 @@ use bytes::Bytes;
 
 /// Metadata travels in 16 KiB pieces (BEP 9).
 pub const METADATA_PIECE: u32 = 16 * 1024;
+
+/// The bytes of a dictionary of `size` bytes that metadata piece `piece` carries; `None` past
+/// the end.
+pub fn metadata_piece_range(size: usize, piece: u32) -> Option<std::ops::Range<usize>> {
+    let start = (piece as usize).checked_mul(METADATA_PIECE as usize)?;
+    (start < size).then(|| start..(start + METADATA_PIECE as usize).min(size))
+}
 /// The largest info dictionary we accept from a peer (about 160,000 pieces' hashes).
 pub const MAX_METADATA: u32 = 4 << 20;
 /// The extended message id under which we ask peers to send us `ut_metadata` messages.

@@ -66,7 +66,9 @@ use bytes::{Bytes, BytesMut};
 use sha1::{Digest, Sha1};
 use tracing::debug;
 
-use super::ext::{ExtHandshake, MetadataMsg, MAX_METADATA, METADATA_PIECE, OUR_UT_METADATA};
+use super::ext::{
+    metadata_piece_range, ExtHandshake, MetadataMsg, MAX_METADATA, METADATA_PIECE, OUR_UT_METADATA,
+};
 use super::torrent::MAX_CANDIDATES;
 use super::wire::Message;
 use super::PeerKey;
@@ -398,8 +400,7 @@ impl MetadataCore {
                 };
                 // A piece is only asked for while its peer claims the current size.
                 let size = self.size.ok_or("metadata piece without a size")?;
-                let start = piece as usize * METADATA_PIECE as usize;
-                let want = (size as usize).saturating_sub(start).min(METADATA_PIECE as usize);
+                let want = metadata_piece_range(size as usize, piece).map_or(0, |r| r.len());
                 if total_size != size || data.len() != want {
                     return Err(format!("peer sent metadata piece {piece} of the wrong size"));
                 }

@@ -56,7 +56,7 @@ use rand_chacha::ChaCha8Rng;
 use tracing::{debug, info, warn};
 
 use super::choker::{ChokeDecision, Choker, ChokerConfig};
-use super::ext::{ExtHandshake, MetadataMsg, METADATA_PIECE, OUR_UT_METADATA};
+use super::ext::{metadata_piece_range, ExtHandshake, MetadataMsg, OUR_UT_METADATA};
 use super::picker::{BlockOutcome, PickerConfig, PiecePicker};
 use super::wire::Message;
 use super::{BlockRef, PeerKey, BLOCK_SIZE};
@@ -1124,14 +1124,8 @@ impl TorrentCore {
         };
         if let MetadataMsg::Request { piece } = msg {
             let info = &self.geometry.metadata;
-            let start = piece as usize * METADATA_PIECE as usize;
-            let reply = if start < info.len() {
-                let end = (start + METADATA_PIECE as usize).min(info.len());
-                MetadataMsg::Data {
-                    piece,
-                    total_size: info.len() as u32,
-                    data: info.slice(start..end),
-                }
+            let reply = if let Some(range) = metadata_piece_range(info.len(), piece) {
+                MetadataMsg::Data { piece, total_size: info.len() as u32, data: info.slice(range) }
             } else {
                 MetadataMsg::Reject { piece }
             };
