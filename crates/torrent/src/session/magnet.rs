@@ -133,6 +133,9 @@ async fn run(
     let (events_tx, mut events) = mpsc::channel(256);
     let mut conns: BTreeMap<PeerKey, Conn> = BTreeMap::new();
     let mut next_key = 0;
+    // Dials, aborted when the fetch returns so none lingers past it (finished ones stay in the
+    // set until then: at most one per address, and the core dials at most `MAX_CANDIDATES`).
+    let mut dials = tokio::task::JoinSet::new();
     let far = Duration::from_secs(3600);
     loop {
         while let Some(out) = core.poll() {
@@ -147,7 +150,7 @@ async fn run(
                 }
                 Output::Connect(addr) => {
                     let events = events_tx.clone();
-                    tokio::spawn(async move {
+                    dials.spawn(async move {
                         let ev = match peer::connect(addr, info_hash, our_id, DIAL_TIMEOUT).await {
                             Ok(c) => Event::Connected(c),
                             Err(e) => Event::ConnectFailed(addr, e.to_string()),
