@@ -420,17 +420,19 @@ impl MetadataCore {
 
     /// Checks the assembled dictionary once every piece is in.
     fn verify_if_complete(&mut self) {
-        if !self.pieces.iter().all(|s| matches!(s, Slot::Have(..))) {
+        // Nothing is copied until every piece is in (this runs on every piece).
+        let have = |s: &Slot| match s {
+            Slot::Have(data, from) => Some((data.clone(), *from)),
+            _ => None,
+        };
+        let Some(parts) = self.pieces.iter().map(have).collect::<Option<Vec<_>>>() else {
             return;
-        }
+        };
         let mut raw = BytesMut::new();
         let mut senders = BTreeSet::new();
-        for slot in &self.pieces {
-            let Slot::Have(data, from) = slot else {
-                return;
-            };
-            raw.extend_from_slice(data);
-            senders.insert(*from);
+        for (data, from) in parts {
+            raw.extend_from_slice(&data);
+            senders.insert(from);
         }
         if Sha1::digest(&raw).as_slice() == self.info_hash.0 {
             debug!(bytes = raw.len(), peers = senders.len(), "metadata verified");

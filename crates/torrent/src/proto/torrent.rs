@@ -1294,6 +1294,13 @@ mod tests {
             .collect()
     }
 
+    /// A leecher that announces to a tracker, alone on `net`.
+    fn announcing_leecher(net: &mut Net) -> usize {
+        let mut config = Net::config(0);
+        config.announce = true;
+        net.add(false, config)
+    }
+
     fn content(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
     }
@@ -1469,9 +1476,7 @@ mod tests {
     #[test]
     fn the_announce_schedule_follows_the_tracker() {
         let mut net = Net::new(content(64 * 1024), 16 * 1024);
-        let mut config = Net::config(0);
-        config.announce = true;
-        let l = net.add(false, config);
+        let l = announcing_leecher(&mut net);
         let core = &mut net.nodes[l].core;
         let t0 = net.now;
         assert_eq!(announces(core), vec![AnnounceEvent::Started]);
@@ -1532,9 +1537,7 @@ mod tests {
     #[test]
     fn a_stranded_download_asks_the_tracker_again_after_a_minute_not_an_hour() {
         let mut net = Net::new(content(64 * 1024), 16 * 1024);
-        let mut config = Net::config(0);
-        config.announce = true;
-        let l = net.add(false, config);
+        let l = announcing_leecher(&mut net);
         let core = &mut net.nodes[l].core;
         let t0 = net.now;
         assert_eq!(announces(core).len(), 1);
