@@ -39,6 +39,15 @@ pub struct Node {
     pub stalled: bool,
     /// Offer metadata in the extension handshake but never answer a request for it.
     pub hoards_metadata: bool,
+    /// Answer block requests in batches, every this long since the start (as Transmission
+    /// does every 500 ms) instead of at once.
+    pub batch_every: Option<Duration>,
+    /// Blocks waiting for the next batch: (connection, block length, message).
+    held: Vec<(PeerKey, u32, Message)>,
+    /// When the held blocks go out.
+    release_at: Option<Instant>,
+    /// The sizes of the batches it sent, in blocks.
+    pub batches: Vec<usize>,
     /// Every message it sent: (time since start, its key, the message).
     pub sent: Vec<(Duration, PeerKey, Message)>,
     /// Every output it produced.
@@ -148,6 +157,10 @@ impl Net {
             lies: false,
             stalled: false,
             hoards_metadata: false,
+            batch_every: None,
+            held: Vec::new(),
+            release_at: None,
+            batches: Vec::new(),
             sent: Vec::new(),
             outputs: Vec::new(),
         });
@@ -283,9 +296,14 @@ impl Net {
                     bytes.iter_mut().for_each(|x| *x ^= 0xff);
                 }
                 let msg = Message::Piece { piece: b.piece, offset: b.offset, data: bytes.into() };
-                self.nodes[i].sent.push((elapsed, key, msg.clone()));
-                if self.deliver(key, msg) {
-                    self.inbox.push_back((i, Input::Uploaded(key, b.length as u64)));
+                if let Some(every) = self.nodes[i].batch_every {
+                    // The next multiple of the period after now.
+                    let periods = elapsed.as_nanos() / every.as_nanos() + 1;
+                    let at = self.start + every * periods as u32;
+                    self.nodes[i].release_at.get_or_insert(at);
+                    self.nodes[i].held.push((key, b.length, msg));
+                } else {
+                    self.send_block(i, key, b.length, msg);
                 }
             }
             Output::CancelServe(..) | Output::DropServes { .. } => {}
@@ -314,6 +332,14 @@ impl Net {
             }
             Output::Sync => self.inbox.push_back((i, Input::Synced)),
             Output::Announce { .. } | Output::Event(_) => {}
+        }
+    }
+
+    fn send_block(&mut self, i: usize, key: PeerKey, length: u32, msg: Message) {
+        let elapsed = self.now - self.start;
+        self.nodes[i].sent.push((elapsed, key, msg.clone()));
+        if self.deliver(key, msg) {
+            self.inbox.push_back((i, Input::Uploaded(key, length as u64)));
         }
     }
 
@@ -349,13 +375,22 @@ impl Net {
             }
             let nodes = self.nodes.iter().map(|n| n.core.next_deadline());
             let fetchers = self.fetchers.iter().map(|f| f.core.next_deadline());
-            let next = nodes.chain(fetchers).flatten().min();
+            let batches = self.nodes.iter().map(|n| n.release_at);
+            let next = nodes.chain(fetchers).chain(batches).flatten().min();
             let Some(next) = next.filter(|t| *t - self.start <= until) else {
                 self.now = self.start + until;
                 return;
             };
             self.now = self.now.max(next);
             for i in 0..self.nodes.len() {
+                if self.nodes[i].release_at.is_some_and(|t| t <= self.now) {
+                    self.nodes[i].release_at = None;
+                    let held = std::mem::take(&mut self.nodes[i].held);
+                    self.nodes[i].batches.push(held.len());
+                    for (key, length, msg) in held {
+                        self.send_block(i, key, length, msg);
+                    }
+                }
                 if self.nodes[i].core.next_deadline().is_some_and(|t| t <= self.now) {
                     let now = self.now;
                     self.nodes[i].core.handle(now, Input::Timeout);
