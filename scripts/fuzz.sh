@@ -9,7 +9,8 @@
 #   scripts/fuzz.sh --list             # the target names
 #
 # Targets (fuzz/fuzz_targets/): metainfo, magnet, wire, ext, tracker_http, tracker_udp,
-# announce_query, overlay_wire, mpd, stream_inputs, download_state; each file's header says what it feeds and which properties it asserts.
+# announce_query, overlay_wire, mpd, stream_inputs, download_state, cores (the torrent
+# crate's TorrentCore and MetadataCore fed peer inputs); each file's header says what it feeds and which properties it asserts.
 #
 # Installs cargo-fuzz if it is missing. Our toolchain is stable, so cargo fuzz's nightly flags
 # (-Zsanitizer=address, ...) are allowed with RUSTC_BOOTSTRAP=1. SANITIZER=none turns ASan off
@@ -23,7 +24,7 @@
 # Logs: fuzz/target/logs/<target>.log. corpus, artifacts and target are git-ignored.
 set -euo pipefail
 
-ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query overlay_wire mpd stream_inputs download_state)
+ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query overlay_wire mpd stream_inputs download_state cores)
 
 if [[ "${1:-}" == "--list" ]]; then
     printf '%s\n' "${ALL_TARGETS[@]}"
@@ -113,6 +114,13 @@ write_seeds() {
 
     # download_state: the state file beside a download (magic line, torrent id, one file a line)
     printf 'swarmcast-download-state 1\n0123456789abcdef0123456789abcdef01234567\nmulti/a\nmulti/sub%%2Fb\n' >"$c/download_state/seed-state"
+    # cores: op byte (bit 7: to the MetadataCore; low 3 bits: 0 connect, 1-2 message, 3 close,
+    # 4 time passes, 5 dial failed, 6 verdict, 7 uploaded), an argument byte, and for a message
+    # a length byte and the message without its length prefix. Here: a fast, extended peer
+    # connects, has everything, is interested, unchokes us, asks for block 0, time passes.
+    printf '\x00\x03\x01\x00\x01\x0e\x01\x00\x01\x02\x01\x00\x01\x01\x01\x00\x0d\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x40\x00\x04\x28\x06\x01' >"$c/cores/seed-peer"
+    # A metadata fetch: a peer connects to the MetadataCore and sends its extension handshake.
+    { printf '\x80\x07\x81\x00'; printf '\x2e\x14\x00'; printf 'd1:md11:ut_metadatai3ee13:metadata_sizei11ee'; } >"$c/cores/seed-metadata"
 
     # magnet
     local hex=c12fe1c06bba254a9dc9f519b335aa7c1367a88a
