@@ -179,6 +179,13 @@ impl HttpServer {
                         }
                     };
                     backoff = ACCEPT_BACKOFF_START;
+                    // A response goes out as headers then body, in two writes: with Nagle's
+                    // algorithm the body waits for the client's delayed ACK of the headers,
+                    // 40 ms a request on a keep-alive connection (measured: 25-33 requests a
+                    // second for a 4 KB file, 1,000+ without).
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(%peer, error = %e, "TCP_NODELAY failed");
+                    }
                     let address = AddressKey::of(peer.ip(), config.cap_loopback);
                     if let Some(address) = address {
                         if registry.count(address) >= config.max_connections_per_address
