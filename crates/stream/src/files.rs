@@ -19,7 +19,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// A response body: a fixed buffer or a byte window of an open file, read in chunks.
 pub enum OriginBody {
-    /// Small in-memory bodies (errors, empty HEAD answers).
+    /// In-memory bodies (errors, empty HEAD answers, small files read whole).
     Bytes(Option<Bytes>),
     /// `remaining` bytes of `file` from its current position.
     File { file: tokio::fs::File, remaining: u64, buf: Vec<u8> },
@@ -105,13 +105,19 @@ impl Body for OriginBody {
 /// path's segments are plain ([`RequestPath`]) and the decision is made on canonical paths
 /// before any read.
 pub async fn resolve_path(root: &Path, path: &RequestPath) -> Option<PathBuf> {
+    let (root, path) = (root.to_owned(), path.clone());
+    // One trip to the blocking pool for every system call.
+    tokio::task::spawn_blocking(move || resolve_path_blocking(&root, &path)).await.ok()?
+}
+
+/// [`resolve_path`] for a caller already off the async runtime.
+pub fn resolve_path_blocking(root: &Path, path: &RequestPath) -> Option<PathBuf> {
     let relative: PathBuf = path.segments().collect();
-    let candidate = root.join(&relative);
-    let canonical = tokio::fs::canonicalize(&candidate).await.ok()?;
+    let canonical = std::fs::canonicalize(root.join(&relative)).ok()?;
     if !canonical.starts_with(root) {
         return None;
     }
-    let meta = tokio::fs::metadata(&canonical).await.ok()?;
+    let meta = std::fs::metadata(&canonical).ok()?;
     meta.is_file().then_some(canonical)
 }
 

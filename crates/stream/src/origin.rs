@@ -8,7 +8,7 @@
 //!   `Access-Control-Allow-Origin: *` and exposes `Content-Length`/`Content-Range`.
 //! - Path safety: the request path goes through the stream servers' one rule
 //!   ([`RequestPath::parse`]: decoded once, `//` collapsed, no `..`, `.`, `~`, backslash, colon
-//!   or control character), then ([`resolve_path`]) the file's canonical path (symlinks
+//!   or control character), then ([`crate::files::resolve_path`]) the file's canonical path (symlinks
 //!   resolved) must lie under the canonical content directory; anything else is 404, decided
 //!   before a byte of the file is read.
 //! - `GET /health` answers `{"role":"origin"}` (200), so a router can probe an origin it is
@@ -20,17 +20,17 @@
 //! owned by [`OriginServer::run`], so dropping `run` stops them all); [`respond`] turns one
 //! request into a response and is what the tests and other servers (edge, router) can reuse.
 
-use std::io;
+use std::io::{self, Read, Seek};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http_layer::{HttpServer, RequestBody, ServerConfig};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::io::AsyncSeekExt;
 
-use crate::files::{resolve_path, OriginBody};
+use crate::files::{resolve_path_blocking, OriginBody};
 use crate::request_path::RequestPath;
 
 /// A static-file HTTP server over one content directory.
@@ -190,37 +190,80 @@ pub async fn respond(
     let Ok(path) = RequestPath::parse(path) else {
         return with_cors(status(StatusCode::NOT_FOUND, "not found\n"), EXPOSE_HEADERS);
     };
-    let Some(file_path) = resolve_path(root, &path).await else {
-        return with_cors(status(StatusCode::NOT_FOUND, "not found\n"), EXPOSE_HEADERS);
-    };
-    match serve_file(&file_path, method == Method::HEAD, headers).await {
-        Ok(response) => with_cors(response, EXPOSE_HEADERS),
+    match serve_file(root, &path, method == Method::HEAD, headers).await {
+        Ok(Some(response)) => with_cors(response, EXPOSE_HEADERS),
+        Ok(None) => with_cors(status(StatusCode::NOT_FOUND, "not found\n"), EXPOSE_HEADERS),
         Err(e) => {
-            tracing::warn!(path = %file_path.display(), error = %e, "cannot read file");
+            tracing::warn!(path = ?path, error = %e, "cannot read file");
             with_cors(status(StatusCode::INTERNAL_SERVER_ERROR, "read error\n"), EXPOSE_HEADERS)
         }
     }
 }
 
+/// Responses up to this many bytes are read in the same trip to the blocking pool that opens
+/// the file and sent from memory; longer ones stream in chunks. With the HTTP layer's cap on
+/// connections this bounds the memory held by bodies in flight.
+const INLINE_MAX: u64 = 1 << 20;
+
+/// An opened file: its canonical path, its handle (positioned at the range's start), length, the range asked for,
+/// and the range's bytes when they were read at once.
+struct Opened {
+    file_path: PathBuf,
+    file: std::fs::File,
+    len: u64,
+    range: RangeRequest,
+    inline: Option<Bytes>,
+}
+
+/// The file `path` names under `root`, as a response; `None` if there is no such file (404).
 async fn serve_file(
-    path: &Path,
+    root: &Path,
+    path: &RequestPath,
     head_only: bool,
     headers: &HeaderMap,
-) -> io::Result<Response<OriginBody>> {
-    let mut file = tokio::fs::File::open(path).await?;
-    let len = file.metadata().await?.len();
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map_or(RangeRequest::Full, |v| parse_range(v, len));
+) -> io::Result<Option<Response<OriginBody>>> {
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (root, path) = (root.to_owned(), path.clone());
+    // Resolve, open, stat, seek and (for small responses) read in one trip to the blocking
+    // pool: under wrk the origin spent its time in round trips to the pool (canonicalize,
+    // metadata, open, metadata, seek and one per 64 KiB chunk), not in reading.
+    let open = move || -> io::Result<Option<Opened>> {
+        let Some(file_path) = resolve_path_blocking(&root, &path) else {
+            return Ok(None);
+        };
+        let mut file = std::fs::File::open(&file_path)?;
+        let len = file.metadata()?.len();
+        let range = range_header.map_or(RangeRequest::Full, |v| parse_range(&v, len));
+        let (start, count) = match range {
+            RangeRequest::Full => (0, len),
+            RangeRequest::Partial { start, end } => (start, end - start + 1),
+            RangeRequest::Unsatisfiable => (0, 0),
+        };
+        if start > 0 {
+            file.seek(io::SeekFrom::Start(start))?;
+        }
+        let inline = if !head_only && count > 0 && count <= INLINE_MAX {
+            // A file that shrank since `metadata` fails here: a 500, not a short body.
+            let mut buf = vec![0; count as usize];
+            file.read_exact(&mut buf)?;
+            Some(Bytes::from(buf))
+        } else {
+            None
+        };
+        Ok(Some(Opened { file_path, file, len, range, inline }))
+    };
+    let opened = tokio::task::spawn_blocking(open).await.map_err(io::Error::other)??;
+    let Some(Opened { file_path, file, len, range, inline }) = opened else {
+        return Ok(None);
+    };
     let mut builder = Response::builder()
-        .header(header::CONTENT_TYPE, mime_type(path))
+        .header(header::CONTENT_TYPE, mime_type(&file_path))
         .header(header::ACCEPT_RANGES, "bytes");
-    let (code, start, count) = match range {
-        RangeRequest::Full => (StatusCode::OK, 0, len),
+    let (code, count) = match range {
+        RangeRequest::Full => (StatusCode::OK, len),
         RangeRequest::Partial { start, end } => {
             builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
-            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+            (StatusCode::PARTIAL_CONTENT, end - start + 1)
         }
         RangeRequest::Unsatisfiable => {
             let response = builder
@@ -228,19 +271,20 @@ async fn serve_file(
                 .header(header::CONTENT_RANGE, format!("bytes */{len}"))
                 .header(header::CONTENT_LENGTH, "0")
                 .body(OriginBody::empty());
-            return response.map_err(io::Error::other);
+            return response.map(Some).map_err(io::Error::other);
         }
     };
     builder = builder.status(code).header(header::CONTENT_LENGTH, count.to_string());
-    let body = if head_only || count == 0 {
-        OriginBody::empty()
-    } else {
-        if start > 0 {
-            file.seek(io::SeekFrom::Start(start)).await?;
-        }
-        OriginBody::File { file, remaining: count, buf: Vec::new() }
+    let body = match inline {
+        Some(bytes) => OriginBody::Bytes(Some(bytes)),
+        None if head_only || count == 0 => OriginBody::empty(),
+        None => OriginBody::File {
+            file: tokio::fs::File::from_std(file),
+            remaining: count,
+            buf: Vec::new(),
+        },
     };
-    builder.body(body).map_err(io::Error::other)
+    builder.body(body).map(Some).map_err(io::Error::other)
 }
 
 /// The origin's `GET /health`: 200 with `{"role":"origin"}`, never cached.

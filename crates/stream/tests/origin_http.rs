@@ -18,6 +18,7 @@ async fn start() -> (SocketAddr, tempfile::TempDir) {
     let segment: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     std::fs::write(content.join("movie1/chunk-0-00001.m4s"), &segment).unwrap();
     std::fs::write(content.join("movie1/init-0.mp4"), b"init").unwrap();
+    std::fs::write(content.join("movie1/big.m4s"), big()).unwrap();
     std::fs::write(content.join("index.html"), b"<html></html>").unwrap();
     std::fs::write(content.join("app.js"), b"1").unwrap();
     // A symlink that points outside the content directory.
@@ -53,6 +54,29 @@ async fn get_head_and_mime_types() {
     let r = raw(addr, "POST /movie1/manifest.mpd HTTP/1.1\r\nContent-Length: 0").await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"));
+}
+
+/// Larger than what the origin reads whole (1 MiB): served streamed, in chunks.
+fn big() -> Vec<u8> {
+    (0..3 * 1024 * 1024 + 17).map(|i: u32| (i * 7 % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn small_bodies_read_whole_and_large_ones_streamed_carry_the_same_bytes() {
+    let (addr, _dir) = start().await;
+    let want = big();
+    let r = raw(addr, "GET /movie1/big.m4s HTTP/1.1").await;
+    assert_eq!((r.status, r.body.len()), (200, want.len()));
+    assert!(r.body == want, "the streamed body differs from the file");
+    // Ranges on both sides of the 1 MiB line.
+    for (a, b) in [(1_000_000u32, 2_100_000u32), (5, 1_048_580), (3_000_000, 3_145_744)] {
+        let r = raw(addr, &format!("GET /movie1/big.m4s HTTP/1.1\r\nRange: bytes={a}-{b}")).await;
+        assert_eq!(r.status, 206, "{a}-{b}");
+        assert!(r.body == want[a as usize..=b as usize], "range {a}-{b} differs");
+    }
+    let r = raw(addr, "HEAD /movie1/big.m4s HTTP/1.1").await;
+    assert_eq!(r.header("content-length"), Some(want.len().to_string().as_str()));
+    assert!(r.body.is_empty());
 }
 
 #[tokio::test]
