@@ -23,7 +23,8 @@
 use std::io::{self, Read, Seek};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_layer::{HttpServer, RequestBody, ServerConfig};
@@ -31,12 +32,13 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::files::{resolve_path_blocking, OriginBody};
+use crate::proto::cache::Lru;
 use crate::request_path::RequestPath;
 
 /// A static-file HTTP server over one content directory.
 pub struct OriginServer {
     http: HttpServer,
-    root: Arc<PathBuf>,
+    content: Arc<ContentDir>,
     /// Where the web player's dash.js is read from (see [`crate::web`]).
     player_assets: Arc<PathBuf>,
 }
@@ -55,7 +57,7 @@ impl OriginServer {
         }
         let http = HttpServer::bind(addr, ServerConfig::default()).await?;
         let player_assets = Arc::new(crate::web::default_assets_dir(None));
-        Ok(OriginServer { http, root: Arc::new(root), player_assets })
+        Ok(OriginServer { http, content: Arc::new(ContentDir::new(root)), player_assets })
     }
 
     /// Reads the web player's dash.js from `dir` instead of [`crate::web::default_assets_dir`].
@@ -72,13 +74,13 @@ impl OriginServer {
 
     /// The canonical content directory.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.content.root()
     }
 
     /// Serves until dropped.
     pub async fn run(self) -> io::Result<()> {
-        let OriginServer { http, root, player_assets } = self;
-        http.serve(move |req, peer| answer(req, peer, root.clone(), player_assets.clone())).await
+        let OriginServer { http, content, player_assets } = self;
+        http.serve(move |req, peer| answer(req, peer, content.clone(), player_assets.clone())).await
     }
 }
 
@@ -86,16 +88,16 @@ impl OriginServer {
 async fn answer(
     req: Request<RequestBody>,
     peer: SocketAddr,
-    root: Arc<PathBuf>,
+    content: Arc<ContentDir>,
     assets: Arc<PathBuf>,
 ) -> Response<OriginBody> {
     let raw = req.uri().path();
     let response = match RequestPath::parse(raw) {
         Ok(path) if path.as_str() == HEALTH_PATH => health_response(req.method()),
         Ok(path) if crate::web::is_player_path(path.as_str()) => {
-            crate::web::respond(&root, &assets, req.method(), &path).await
+            crate::web::respond(content.root(), &assets, req.method(), &path).await
         }
-        _ => respond(&root, req.method(), raw, req.headers()).await,
+        _ => respond(&content, req.method(), raw, req.headers()).await,
     };
     tracing::debug!(%peer, method = %req.method(), path = req.uri().path(),
         status = response.status().as_u16(), "request");
@@ -179,7 +181,7 @@ pub const HEALTH_PATH: &str = "/health";
 /// Answers one request for the files under `root` (which must be canonical); `path` is the raw
 /// request path, put through [`RequestPath::parse`] here.
 pub async fn respond(
-    root: &Path,
+    content: &ContentDir,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
@@ -190,7 +192,12 @@ pub async fn respond(
     let Ok(path) = RequestPath::parse(path) else {
         return with_cors(status(StatusCode::NOT_FOUND, "not found\n"), EXPOSE_HEADERS);
     };
-    match serve_file(root, &path, method == Method::HEAD, headers).await {
+    let head_only = method == Method::HEAD;
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some((body, mime)) = content.cached(&path, Instant::now()) {
+        return with_cors(from_memory(body, mime, range.as_deref(), head_only), EXPOSE_HEADERS);
+    }
+    match serve_file(content, &path, head_only, range).await {
         Ok(Some(response)) => with_cors(response, EXPOSE_HEADERS),
         Ok(None) => with_cors(status(StatusCode::NOT_FOUND, "not found\n"), EXPOSE_HEADERS),
         Err(e) => {
@@ -200,64 +207,149 @@ pub async fn respond(
     }
 }
 
-/// Responses up to this many bytes are read in the same trip to the blocking pool that opens
-/// the file and sent from memory; longer ones stream in chunks. With the HTTP layer's cap on
-/// connections this bounds the memory held by bodies in flight.
+/// Files of at most this many bytes are read whole, in the trip to the blocking pool that opens
+/// them, and kept in memory; longer ones stream in chunks.
 const INLINE_MAX: u64 = 1 << 20;
+/// Bytes of small files kept in memory.
+const FILE_CACHE_BYTES: u64 = 64 << 20;
+/// How long a file kept in memory is served before it is read again: a file changed on disk is
+/// served changed within this long (nginx's `open_file_cache_valid` plays the same part).
+pub const FILE_CACHE_VALID: Duration = Duration::from_secs(1);
 
-/// An opened file: its canonical path, its handle (positioned at the range's start), length, the range asked for,
-/// and the range's bytes when they were read at once.
-struct Opened {
-    file_path: PathBuf,
-    file: std::fs::File,
-    len: u64,
-    range: RangeRequest,
-    inline: Option<Bytes>,
+/// A content directory (canonical) and its small files kept in memory, each with the instant it
+/// was read and its MIME type.
+///
+/// Why keep them: under wrk the origin spent its time in round trips to tokio's blocking pool
+/// (canonicalize, metadata, open, metadata, seek, one read per 64 KiB), not in reading; a file
+/// read in the last second is served from memory with no system call, as the edge serves.
+pub struct ContentDir {
+    root: PathBuf,
+    cache: Mutex<Lru<Option<(Instant, &'static str)>>>,
 }
 
-/// The file `path` names under `root`, as a response; `None` if there is no such file (404).
+impl ContentDir {
+    /// `root` must be canonical.
+    pub fn new(root: PathBuf) -> ContentDir {
+        ContentDir { root, cache: Mutex::new(Lru::new(FILE_CACHE_BYTES)) }
+    }
+
+    /// The canonical content directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lru<Option<(Instant, &'static str)>>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The file at `path` and its MIME type, if it was read less than [`FILE_CACHE_VALID`] ago.
+    fn cached(&self, path: &RequestPath, now: Instant) -> Option<(Bytes, &'static str)> {
+        let (body, meta) = self.lock().get_with(path.as_str())?;
+        let (read_at, mime) = meta?;
+        (now.saturating_duration_since(read_at) < FILE_CACHE_VALID).then_some((body, mime))
+    }
+}
+
+/// What the blocking pool found: nothing, a small file read whole, or a large one opened
+/// (positioned at the range's start).
+enum Found {
+    Missing,
+    Read { body: Bytes, mime: &'static str },
+    Opened { file: std::fs::File, len: u64, mime: &'static str, range: RangeRequest },
+}
+
+/// The file `path` names under the content directory, as a response; `None` if there is no such
+/// file (404).
 async fn serve_file(
-    root: &Path,
+    content: &ContentDir,
     path: &RequestPath,
     head_only: bool,
-    headers: &HeaderMap,
+    range_header: Option<String>,
 ) -> io::Result<Option<Response<OriginBody>>> {
-    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let (root, path) = (root.to_owned(), path.clone());
-    // Resolve, open, stat, seek and (for small responses) read in one trip to the blocking
-    // pool: under wrk the origin spent its time in round trips to the pool (canonicalize,
-    // metadata, open, metadata, seek and one per 64 KiB chunk), not in reading.
-    let open = move || -> io::Result<Option<Opened>> {
-        let Some(file_path) = resolve_path_blocking(&root, &path) else {
-            return Ok(None);
+    let (root, owned) = (content.root.clone(), path.clone());
+    let header = range_header.clone();
+    // Resolve, open, stat and read (small files) or seek (large ones) in one trip.
+    let find = move || -> io::Result<Found> {
+        let Some(file_path) = resolve_path_blocking(&root, &owned) else {
+            return Ok(Found::Missing);
         };
+        let mime = mime_type(&file_path);
         let mut file = std::fs::File::open(&file_path)?;
         let len = file.metadata()?.len();
-        let range = range_header.map_or(RangeRequest::Full, |v| parse_range(&v, len));
-        let (start, count) = match range {
-            RangeRequest::Full => (0, len),
-            RangeRequest::Partial { start, end } => (start, end - start + 1),
-            RangeRequest::Unsatisfiable => (0, 0),
-        };
-        if start > 0 {
+        if len <= INLINE_MAX {
+            let mut body = Vec::with_capacity(len as usize);
+            file.take(INLINE_MAX + 1).read_to_end(&mut body)?;
+            if body.len() as u64 > INLINE_MAX {
+                // It grew past the line since `metadata`: this request fails (500); the next
+                // one finds it large and streams it.
+                return Err(io::Error::other("file grew while being read"));
+            }
+            return Ok(Found::Read { body: body.into(), mime });
+        }
+        let range = header.map_or(RangeRequest::Full, |v| parse_range(&v, len));
+        if let RangeRequest::Partial { start, .. } = range {
             file.seek(io::SeekFrom::Start(start))?;
         }
-        let inline = if !head_only && count > 0 && count <= INLINE_MAX {
-            // A file that shrank since `metadata` fails here: a 500, not a short body.
-            let mut buf = vec![0; count as usize];
-            file.read_exact(&mut buf)?;
-            Some(Bytes::from(buf))
-        } else {
-            None
+        Ok(Found::Opened { file, len, mime, range })
+    };
+    let (file, len, mime, range) =
+        match tokio::task::spawn_blocking(find).await.map_err(io::Error::other)?? {
+            Found::Missing => return Ok(None),
+            Found::Read { body, mime } => {
+                let key = path.as_str().to_owned();
+                content.lock().insert_with(key, body.clone(), Some((Instant::now(), mime)));
+                return Ok(Some(from_memory(body, mime, range_header.as_deref(), head_only)));
+            }
+            Found::Opened { file, len, mime, range } => (file, len, mime, range),
         };
-        Ok(Some(Opened { file_path, file, len, range, inline }))
+    let (builder, count) = match headers_for(mime, len, range) {
+        Ok(head) => head,
+        Err(unsatisfiable) => return Ok(Some(*unsatisfiable)),
     };
-    let opened = tokio::task::spawn_blocking(open).await.map_err(io::Error::other)??;
-    let Some(Opened { file_path, file, len, range, inline }) = opened else {
-        return Ok(None);
+    let body = if head_only || count == 0 {
+        OriginBody::empty()
+    } else {
+        OriginBody::File {
+            file: tokio::fs::File::from_std(file),
+            remaining: count,
+            buf: Vec::new(),
+        }
     };
+    builder.body(body).map(Some).map_err(io::Error::other)
+}
+
+/// A response for a file held in memory.
+fn from_memory(
+    body: Bytes,
+    mime: &'static str,
+    range: Option<&str>,
+    head_only: bool,
+) -> Response<OriginBody> {
+    let len = body.len() as u64;
+    let range = range.map_or(RangeRequest::Full, |v| parse_range(v, len));
+    let (builder, count) = match headers_for(mime, len, range) {
+        Ok(head) => head,
+        Err(unsatisfiable) => return *unsatisfiable,
+    };
+    let body = match range {
+        _ if head_only || count == 0 => OriginBody::empty(),
+        RangeRequest::Partial { start, end } => {
+            OriginBody::Bytes(Some(body.slice(start as usize..=end as usize)))
+        }
+        _ => OriginBody::Bytes(Some(body)),
+    };
+    builder.body(body).unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, "error\n"))
+}
+
+/// The status and headers for `range` of a file of `len` bytes, and the body's length; or the
+/// whole 416 response.
+fn headers_for(
+    mime: &'static str,
+    len: u64,
+    range: RangeRequest,
+) -> Result<(hyper::http::response::Builder, u64), Box<Response<OriginBody>>> {
     let mut builder = Response::builder()
-        .header(header::CONTENT_TYPE, mime_type(&file_path))
+        .header(header::CONTENT_TYPE, mime)
         .header(header::ACCEPT_RANGES, "bytes");
     let (code, count) = match range {
         RangeRequest::Full => (StatusCode::OK, len),
@@ -270,21 +362,12 @@ async fn serve_file(
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .header(header::CONTENT_RANGE, format!("bytes */{len}"))
                 .header(header::CONTENT_LENGTH, "0")
-                .body(OriginBody::empty());
-            return response.map(Some).map_err(io::Error::other);
+                .body(OriginBody::empty())
+                .unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, "error\n"));
+            return Err(Box::new(response));
         }
     };
-    builder = builder.status(code).header(header::CONTENT_LENGTH, count.to_string());
-    let body = match inline {
-        Some(bytes) => OriginBody::Bytes(Some(bytes)),
-        None if head_only || count == 0 => OriginBody::empty(),
-        None => OriginBody::File {
-            file: tokio::fs::File::from_std(file),
-            remaining: count,
-            buf: Vec::new(),
-        },
-    };
-    builder.body(body).map(Some).map_err(io::Error::other)
+    Ok((builder.status(code).header(header::CONTENT_LENGTH, count.to_string()), count))
 }
 
 /// The origin's `GET /health`: 200 with `{"role":"origin"}`, never cached.

@@ -5,6 +5,7 @@
 mod raw_http;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use raw_http::raw;
 use stream::origin::OriginServer;
@@ -77,6 +78,21 @@ async fn small_bodies_read_whole_and_large_ones_streamed_carry_the_same_bytes() 
     let r = raw(addr, "HEAD /movie1/big.m4s HTTP/1.1").await;
     assert_eq!(r.header("content-length"), Some(want.len().to_string().as_str()));
     assert!(r.body.is_empty());
+}
+
+#[tokio::test]
+async fn a_file_changed_on_disk_is_served_changed_once_its_copy_in_memory_expires() {
+    let (addr, dir) = start().await;
+    let manifest = dir.path().join("content/movie1/manifest.mpd");
+    assert_eq!(raw(addr, "GET /movie1/manifest.mpd HTTP/1.1").await.body, b"<MPD/>");
+    std::fs::write(&manifest, b"<MPD>v2</MPD>").unwrap();
+    tokio::time::sleep(stream::origin::FILE_CACHE_VALID + Duration::from_millis(100)).await;
+    let r = raw(addr, "GET /movie1/manifest.mpd HTTP/1.1").await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"<MPD>v2</MPD>"[..]));
+    // A file removed from disk is gone too.
+    std::fs::remove_file(&manifest).unwrap();
+    tokio::time::sleep(stream::origin::FILE_CACHE_VALID + Duration::from_millis(100)).await;
+    assert_eq!(raw(addr, "GET /movie1/manifest.mpd HTTP/1.1").await.status, 404);
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use stream::mpd::set_base_urls;
-use stream::origin::{respond, OriginServer};
+use stream::origin::{respond, ContentDir, OriginServer};
 use stream::player::{parse_trace, play, PlayEvent, PlayOptions};
 use stream::proto::abr::RuleKind;
 use stream::proto::player::{qoe, PlayReport, PlayerConfig};
@@ -60,7 +60,7 @@ async fn dead_port() -> SocketAddr {
 /// An origin that answers `serve` requests, then dies: its listener and every connection
 /// close (the request that finds it dead gets its connection closed without an answer).
 async fn dying_origin(root: &Path, serve: usize) -> SocketAddr {
-    let root = Arc::new(std::fs::canonicalize(root).unwrap());
+    let root = Arc::new(ContentDir::new(std::fs::canonicalize(root).unwrap()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let count = Arc::new(AtomicUsize::new(0));

@@ -1,18 +1,19 @@
-//! The edge's segment cache (sans-IO): least recently used entries are evicted once the bytes
-//! held exceed the capacity. Deterministic (ordered maps); the edge server wraps it with the
-//! single-flight logic that makes concurrent misses of one segment cost one origin fetch.
+//! The stream servers' body cache (sans-IO): least recently used entries are evicted once the
+//! bytes held exceed the capacity. Deterministic (ordered maps). The edge wraps it with the
+//! single-flight logic that makes concurrent misses of one segment cost one origin fetch; the
+//! origin keeps small files in it, each with the instant it was read (the entry's metadata `M`).
 
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
-/// A byte-bounded LRU map from URL paths to bodies.
+/// A byte-bounded LRU map from URL paths to bodies, each with metadata `M` of the owner's.
 #[derive(Debug, Default)]
-pub struct Lru {
+pub struct Lru<M = ()> {
     capacity: u64,
     size: u64,
     tick: u64,
-    entries: HashMap<String, (Bytes, u64)>,
+    entries: HashMap<String, (Bytes, u64, M)>,
     by_age: BTreeMap<u64, String>,
     hits: u64,
     misses: u64,
@@ -34,7 +35,7 @@ pub struct CacheStats {
     pub entries: usize,
 }
 
-impl Lru {
+impl<M: Clone + Default> Lru<M> {
     /// An empty cache holding at most `capacity` bytes of bodies.
     pub fn new(capacity: u64) -> Self {
         Self { capacity, ..Default::default() }
@@ -42,14 +43,19 @@ impl Lru {
 
     /// The body for `key`, marking it most recently used.
     pub fn get(&mut self, key: &str) -> Option<Bytes> {
+        self.get_with(key).map(|(body, _)| body)
+    }
+
+    /// The body for `key` and its metadata, marking it most recently used.
+    pub fn get_with(&mut self, key: &str) -> Option<(Bytes, M)> {
         let tick = self.next_tick();
         match self.entries.get_mut(key) {
-            Some((body, age)) => {
+            Some((body, age, meta)) => {
                 self.by_age.remove(age);
                 *age = tick;
                 self.by_age.insert(tick, key.to_string());
                 self.hits += 1;
-                Some(body.clone())
+                Some((body.clone(), meta.clone()))
             }
             None => {
                 self.misses += 1;
@@ -61,6 +67,11 @@ impl Lru {
     /// Stores `body` under `key` and evicts the least recently used entries beyond capacity.
     /// A body larger than the whole capacity is not stored.
     pub fn insert(&mut self, key: String, body: Bytes) {
+        self.insert_with(key, body, M::default());
+    }
+
+    /// [`insert`](Self::insert) with metadata.
+    pub fn insert_with(&mut self, key: String, body: Bytes, meta: M) {
         let len = body.len() as u64;
         if len > self.capacity {
             return;
@@ -68,11 +79,11 @@ impl Lru {
         self.remove(&key);
         let tick = self.next_tick();
         self.by_age.insert(tick, key.clone());
-        self.entries.insert(key, (body, tick));
+        self.entries.insert(key, (body, tick, meta));
         self.size += len;
         while self.size > self.capacity {
             let Some((_, oldest)) = self.by_age.pop_first() else { break };
-            if let Some((b, _)) = self.entries.remove(&oldest) {
+            if let Some((b, ..)) = self.entries.remove(&oldest) {
                 self.size -= b.len() as u64;
                 self.evictions += 1;
             }
@@ -81,7 +92,7 @@ impl Lru {
 
     /// Drops `key` if present.
     pub fn remove(&mut self, key: &str) {
-        if let Some((b, age)) = self.entries.remove(key) {
+        if let Some((b, age, _)) = self.entries.remove(key) {
             self.by_age.remove(&age);
             self.size -= b.len() as u64;
         }
@@ -114,7 +125,7 @@ mod tests {
 
     #[test]
     fn evicts_least_recently_used_first() {
-        let mut c = Lru::new(300);
+        let mut c: Lru = Lru::new(300);
         c.insert("a".into(), body(100));
         c.insert("b".into(), body(100));
         c.insert("c".into(), body(100));
@@ -129,7 +140,7 @@ mod tests {
 
     #[test]
     fn replacing_and_oversized_bodies_keep_the_byte_count_exact() {
-        let mut c = Lru::new(250);
+        let mut c: Lru = Lru::new(250);
         c.insert("a".into(), body(100));
         c.insert("a".into(), body(200));
         assert_eq!(c.stats().bytes, 200);
