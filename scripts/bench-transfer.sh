@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # One seed -> one leecher over loopback, timed, for the BitTorrent benchmark:
 #
-#   libtorrent -> aria2c      (the reference; aria2c finds the seed through `swarmcast tracker`)
+#   libtorrent -> aria2c      (the reference; aria2c finds the seed through `swarmcast tracker`;
+#                              also reported without its start-up and tracker round trip: from its
+#                              log's first connection to the seed to its last line)
+#   libtorrent -> libtorrent  (the reference for both sides: tests/peers/lt_peer.py get)
 #   libtorrent -> swarmcast   (`swarmcast get --peer`)
+#   swarmcast  -> libtorrent  (the seed side against the same leecher)
 #   swarmcast  -> swarmcast   (`swarmcast seed` + `swarmcast get --peer`)
 #
 # Usage: scripts/bench-transfer.sh [SIZE_MIB=1024] [RUNS=1]
@@ -12,8 +16,8 @@
 # has checked its data (and, for aria2c, until the tracker lists it), drop the page cache when
 # running as root, then time the leecher from start to exit (exit = complete and every piece
 # verified), record its peak RSS (GNU time's %M, which is the kernel's ru_maxrss), and `cmp` the
-# result against the original. Reports the median seconds over RUNS, MiB/s, the ratio to
-# libtorrent -> aria2c, and the highest peak RSS seen.
+# result against the original. Reports the median seconds over RUNS, MiB/s, the speed relative
+# to libtorrent -> libtorrent, and the highest peak RSS seen.
 #
 # Environment:
 #   CARGO_TARGET_DIR   where to build (default $HOME/.cache/swarmcast-target)
@@ -171,9 +175,53 @@ run_lt_aria2() {
   leech lt-aria2 "$run" aria2c --enable-dht=false --enable-dht6=false --bt-enable-lpd=false \
     --enable-peer-exchange=false --seed-time=0 --file-allocation=none --disable-ipv6=true \
     --listen-port="$LEECH_PORT" --dir="$WORK/out" --summary-interval=0 \
-    --console-log-level=warn "$WORK/tracked.torrent"
+    --console-log-level=warn --log="$WORK/aria2-$run.log" --log-level=info \
+    "$WORK/tracked.torrent"
+  # The transfer alone: from aria2c's first connection to the seed to its last log line.
+  local transfer
+  transfer=$($PY - "$WORK/aria2-$run.log" "$SEED_PORT" <<'PYEOF'
+import re, sys
+from datetime import datetime
+stamp = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) ")
+first = last = None
+for line in open(sys.argv[1], errors="replace"):
+    m = stamp.match(line)
+    if not m:
+        continue
+    t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f")
+    if first is None and f"127.0.0.1:{sys.argv[2]}" in line and "onnect" in line:
+        first = t
+    last = t
+print(f"{(last - first).total_seconds():.2f}" if first and last else "0")
+PYEOF
+)
+  local status=ok
+  [ "$transfer" = 0 ] && status=FAIL
+  printf '  %-24s run %d: %6.2f s (from the first connection to the seed)\n' lt-aria2-transfer "$run" "$transfer"
+  echo "lt-aria2-transfer $transfer 0 $status" >>"$WORK/results"
   stop "$seed"
   stop "$tracker"
+}
+
+run_lt_lt() {
+  local run=$1 seed
+  spawn "$WORK/seed.log" "$PY" "$LT_PEER" seed "$WORK/plain.torrent" "$WORK/data" "$SEED_PORT"
+  seed=$SPAWNED
+  wait_for "$seed" "$WORK/seed.log" '^ready' 180
+  leech lt-lt "$run" "$PY" "$LT_PEER" get "$WORK/plain.torrent" "$WORK/out" "$LEECH_PORT" \
+    "$SEED_PORT" "$LEECH_TIMEOUT"
+  stop "$seed"
+}
+
+run_swarmcast_lt() {
+  local run=$1 seed
+  spawn "$WORK/seed.log" "$SC" seed "$WORK/plain.torrent" --data "$DATA" \
+    --port "$SEED_PORT" --bind 127.0.0.1
+  seed=$SPAWNED
+  wait_for "$seed" "$WORK/seed.log" '^seeding .* on port' 180
+  leech swarmcast-lt "$run" "$PY" "$LT_PEER" get "$WORK/plain.torrent" "$WORK/out" "$LEECH_PORT" \
+    "$SEED_PORT" "$LEECH_TIMEOUT"
+  stop "$seed"
 }
 
 run_lt_swarmcast() {
@@ -202,13 +250,17 @@ echo "page cache dropped before each leecher: $CACHE_DROPPED"
 for ((run = 1; run <= RUNS; run++)); do
   echo "run $run of $RUNS"
   run_lt_aria2 "$run"
+  run_lt_lt "$run"
   run_lt_swarmcast "$run"
+  run_swarmcast_lt "$run"
   run_swarmcast_swarmcast "$run"
 done
 
 # --- report ---------------------------------------------------------------------------------------
-CASES=("lt-aria2:libtorrent → aria2c (reference)" "lt-swarmcast:libtorrent → swarmcast"
-  "swarmcast-swarmcast:swarmcast → swarmcast")
+CASES=("lt-aria2:libtorrent → aria2c (reference)"
+  "lt-aria2-transfer:libtorrent → aria2c, transfer only (no start-up, no tracker)"
+  "lt-lt:libtorrent → libtorrent" "lt-swarmcast:libtorrent → swarmcast"
+  "swarmcast-lt:swarmcast → libtorrent" "swarmcast-swarmcast:swarmcast → swarmcast")
 # Per case: median seconds over the successful runs, highest peak RSS, failures.
 summary() {
   awk -v c="$1" -v size="$SIZE_MIB" '
@@ -220,10 +272,10 @@ summary() {
       printf "%s %d %d %s\n", med, rss, fail + 0, all
     }' "$WORK/results"
 }
-read -r REF_SECS _ _ _ < <(summary lt-aria2)
+read -r REF_SECS _ _ _ < <(summary lt-lt)
 failed=0
 {
-  echo "| case | seconds | MiB/s | ratio to aria2c | leecher peak RSS (MiB) | runs (s) |"
+  echo "| case | seconds | MiB/s | speed vs libtorrent → libtorrent | leecher peak RSS (MiB) | runs (s) |"
   echo "|---|---:|---:|---:|---:|---|"
   for entry in "${CASES[@]}"; do
     key=${entry%%:*}
@@ -235,7 +287,8 @@ failed=0
         rate = s > 0 ? size / s : 0
         ratio = (s > 0 && ref > 0) ? ref / s : 0
         note = f > 0 ? " (" f " failed)" : ""
-        printf "| %s | %.2f | %.1f | %.2f | %.1f | %s%s |\n", l, s, rate, ratio, r / 1024, all, note
+        mem = r > 0 ? sprintf("%.1f", r / 1024) : "—"
+        printf "| %s | %.2f | %.1f | %.2f | %s | %s%s |\n", l, s, rate, ratio, mem, all, note
       }'
   done
 } >"$WORK/table.md"
