@@ -2,6 +2,9 @@
 //! in the order the torrent task queued them. A piece's verification is queued after its blocks,
 //! so when the thread reaches it every block is written; the hashing itself then runs on the
 //! runtime's blocking pool, so pieces are hashed on every core while the thread keeps writing.
+//! At most one piece per core is hashed at once (each holds a piece-sized buffer): when hashing
+//! falls behind, the thread waits, the write queue fills and the peers are slowed down, instead
+//! of the blocking pool starting a thread and a buffer per piece (up to 512 threads).
 //! The sync is queued only once every piece has verified, so no hashing is left by then.
 //!
 //! The queue is bounded in bytes: while more than [`MAX_QUEUED_WRITE_BYTES`] of blocks wait,
@@ -18,7 +21,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sha1::{Digest, Sha1};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use super::Event;
 use crate::proto::BLOCK_SIZE;
@@ -121,6 +124,8 @@ fn run(
     backlog: Arc<DiskBacklog>,
     runtime: tokio::runtime::Handle,
 ) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let hashers = Arc::new(Semaphore::new(cores));
     let mut failed = false;
     for job in rx.iter().flatten() {
         let result = match job {
@@ -134,9 +139,14 @@ fn run(
             }
             DiskJob::Verify { .. } | DiskJob::Sync if failed => continue,
             DiskJob::Verify { piece, blocks } => {
+                // The semaphore is never closed.
+                let Ok(permit) = runtime.block_on(hashers.clone().acquire_owned()) else {
+                    return;
+                };
                 let (storage, events) = (storage.clone(), events.clone());
                 runtime.spawn_blocking(move || {
                     let event = verify(&storage, piece, blocks);
+                    drop(permit);
                     let _ = events.blocking_send(event);
                 });
                 continue;
