@@ -24,14 +24,7 @@ command -v wrk >/dev/null && command -v nginx >/dev/null || scripts/install-deps
 cargo build --release -q -p swarmcast
 bin="$CARGO_TARGET_DIR/release/swarmcast"
 
-tmp=$(mktemp -d /tmp/bench-http.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+source scripts/bench-lib.sh bench-http
 
 mkdir -p "$tmp/www/m" "$tmp/nginx"
 head -c 3000 /dev/urandom | base64 -w 100 | head -c 4000 >"$tmp/www/m/manifest.mpd"
@@ -39,15 +32,6 @@ head -c 742000 /dev/urandom >"$tmp/www/m/seg.m4s"
 # nginx workers run as an unprivileged user when started as root: the folder must be readable.
 chmod -R a+rX "$tmp"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on port $1 after 10 s" >&2
-  exit 1
-}
 
 po=$(free_port); pe=$(free_port); pn=$(free_port)
 "$bin" stream origin --dir "$tmp/www" --listen "127.0.0.1:$po" >"$tmp/origin.log" 2>&1 &

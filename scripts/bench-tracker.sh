@@ -26,14 +26,7 @@ cargo build --release -q -p torrent --example udp_announce_load
 bin="$CARGO_TARGET_DIR/release/swarmcast"
 load="$CARGO_TARGET_DIR/release/examples/udp_announce_load"
 
-tmp=$(mktemp -d /tmp/bench-tracker.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+source scripts/bench-lib.sh bench-tracker
 chmod 755 "$tmp"
 
 hash_hex=$(printf 'aa%.0s' $(seq 1 20))
@@ -61,15 +54,6 @@ request = function()
 end
 EOF
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on port $1 after 10 s" >&2
-  exit 1
-}
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 ps=$(free_port); po=$(free_port)

@@ -203,45 +203,31 @@ PYEOF
   stop "$tracker"
 }
 
-run_lt_lt() {
-  local run=$1 seed
+# The two leechers that can be handed the seed's address, as commands (after CASE RUN).
+LT_GET=("$PY" "$LT_PEER" get "$WORK/plain.torrent" "$WORK/out" "$LEECH_PORT" "$SEED_PORT" "$LEECH_TIMEOUT")
+SC_GET=("$SC" get "$WORK/plain.torrent" -o "$WORK/out" --peer "127.0.0.1:$SEED_PORT" --bind 127.0.0.1
+  --port "$LEECH_PORT")
+
+# with_lt_seed CASE RUN LEECHER...: a libtorrent seed, then the timed leecher.
+with_lt_seed() {
+  local case=$1 run=$2 seed
+  shift 2
   spawn "$WORK/seed.log" "$PY" "$LT_PEER" seed "$WORK/plain.torrent" "$WORK/data" "$SEED_PORT"
   seed=$SPAWNED
   wait_for "$seed" "$WORK/seed.log" '^ready' 180
-  leech lt-lt "$run" "$PY" "$LT_PEER" get "$WORK/plain.torrent" "$WORK/out" "$LEECH_PORT" \
-    "$SEED_PORT" "$LEECH_TIMEOUT"
+  leech "$case" "$run" "$@"
   stop "$seed"
 }
 
-run_swarmcast_lt() {
-  local run=$1 seed
+# with_swarmcast_seed CASE RUN LEECHER...: a swarmcast seed, then the timed leecher.
+with_swarmcast_seed() {
+  local case=$1 run=$2 seed
+  shift 2
   spawn "$WORK/seed.log" "$SC" seed "$WORK/plain.torrent" --data "$DATA" \
     --port "$SEED_PORT" --bind 127.0.0.1
   seed=$SPAWNED
   wait_for "$seed" "$WORK/seed.log" '^seeding .* on port' 180
-  leech swarmcast-lt "$run" "$PY" "$LT_PEER" get "$WORK/plain.torrent" "$WORK/out" "$LEECH_PORT" \
-    "$SEED_PORT" "$LEECH_TIMEOUT"
-  stop "$seed"
-}
-
-run_lt_swarmcast() {
-  local run=$1 seed
-  spawn "$WORK/seed.log" "$PY" "$LT_PEER" seed "$WORK/plain.torrent" "$WORK/data" "$SEED_PORT"
-  seed=$SPAWNED
-  wait_for "$seed" "$WORK/seed.log" '^ready' 180
-  leech lt-swarmcast "$run" "$SC" get "$WORK/plain.torrent" -o "$WORK/out" \
-    --peer "127.0.0.1:$SEED_PORT" --bind 127.0.0.1 --port "$LEECH_PORT"
-  stop "$seed"
-}
-
-run_swarmcast_swarmcast() {
-  local run=$1 seed
-  spawn "$WORK/seed.log" "$SC" seed "$WORK/plain.torrent" --data "$DATA" \
-    --port "$SEED_PORT" --bind 127.0.0.1
-  seed=$SPAWNED
-  wait_for "$seed" "$WORK/seed.log" '^seeding .* on port' 180
-  leech swarmcast-swarmcast "$run" "$SC" get "$WORK/plain.torrent" -o "$WORK/out" \
-    --peer "127.0.0.1:$SEED_PORT" --bind 127.0.0.1 --port "$LEECH_PORT"
+  leech "$case" "$run" "$@"
   stop "$seed"
 }
 
@@ -250,10 +236,10 @@ echo "page cache dropped before each leecher: $CACHE_DROPPED"
 for ((run = 1; run <= RUNS; run++)); do
   echo "run $run of $RUNS"
   run_lt_aria2 "$run"
-  run_lt_lt "$run"
-  run_lt_swarmcast "$run"
-  run_swarmcast_lt "$run"
-  run_swarmcast_swarmcast "$run"
+  with_lt_seed lt-lt "$run" "${LT_GET[@]}"
+  with_lt_seed lt-swarmcast "$run" "${SC_GET[@]}"
+  with_swarmcast_seed swarmcast-lt "$run" "${LT_GET[@]}"
+  with_swarmcast_seed swarmcast-swarmcast "$run" "${SC_GET[@]}"
 done
 
 # --- report ---------------------------------------------------------------------------------------

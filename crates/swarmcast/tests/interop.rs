@@ -206,6 +206,24 @@ fn our_udp_tracker_and_udp_client_find_peers() {
     assert_same_file(&file, &out.join("payload.bin"));
 }
 
+/// A transmission-cli config folder under `d`: loopback only, no DHT/LPD/PEX/uTP/port mapping,
+/// peers on `port`, no RPC, no speed limits.
+fn transmission_config(d: &Path, port: u16) -> std::path::PathBuf {
+    let conf = d.join("transmission");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("settings.json"),
+        format!(
+            r#"{{"dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
+  "utp-enabled": false, "port-forwarding-enabled": false, "bind-address-ipv4": "127.0.0.1",
+  "peer-port": {port}, "peer-port-random-on-start": false, "rpc-enabled": false,
+  "speed-limit-up-enabled": false, "speed-limit-down-enabled": false}}"#
+        ),
+    )
+    .unwrap();
+    conf
+}
+
 #[test]
 fn transmission_downloads_from_our_seed_that_dials_it() {
     require("transmission-cli");
@@ -215,18 +233,7 @@ fn transmission_downloads_from_our_seed_that_dials_it() {
     random_file(&file, 3 * MIB + 11, 6);
     let t = create_torrent(&file, &d.join("p.torrent"), &[]);
     let tr_port = free_port();
-    let conf = d.join("transmission");
-    std::fs::create_dir_all(&conf).unwrap();
-    std::fs::write(
-        conf.join("settings.json"),
-        format!(
-            r#"{{"dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
-  "utp-enabled": false, "port-forwarding-enabled": false, "bind-address-ipv4": "127.0.0.1",
-  "peer-port": {tr_port}, "peer-port-random-on-start": false, "rpc-enabled": false,
-  "speed-limit-up-enabled": false, "speed-limit-down-enabled": false}}"#
-        ),
-    )
-    .unwrap();
+    let conf = transmission_config(d, tr_port);
     let out = d.join("tr");
     std::fs::create_dir_all(&out).unwrap();
     let mut c = Command::new("transmission-cli");
@@ -256,18 +263,7 @@ fn swarmcast_downloads_16_mib_from_a_transmission_seed() {
     random_file(&file, 16 * MIB, 12);
     let t = create_torrent(&file, &d.join("p.torrent"), &[]);
     let tr_port = free_port();
-    let conf = d.join("transmission");
-    std::fs::create_dir_all(&conf).unwrap();
-    std::fs::write(
-        conf.join("settings.json"),
-        format!(
-            r#"{{"dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
-  "utp-enabled": false, "port-forwarding-enabled": false, "bind-address-ipv4": "127.0.0.1",
-  "peer-port": {tr_port}, "peer-port-random-on-start": false, "rpc-enabled": false,
-  "speed-limit-up-enabled": false, "speed-limit-down-enabled": false}}"#
-        ),
-    )
-    .unwrap();
+    let conf = transmission_config(d, tr_port);
     let mut c = Command::new("transmission-cli");
     c.arg("-g").arg(&conf).arg("-w").arg(&seed_dir).args(["-p", &tr_port.to_string()]).arg(&t);
     let mut tr = Proc::spawn("transmission-cli", c, d);
