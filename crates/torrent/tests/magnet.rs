@@ -15,10 +15,13 @@ use torrent::session::{Role, Session, SessionConfig};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A free port with nothing listening on it.
-fn dead_address() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// An address that refuses connections: a socket bound to it but not listening, kept (with the
+/// port) for as long as the returned socket lives, so no other test can take the port meanwhile.
+fn dead_address() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,7 +43,8 @@ async fn a_magnet_link_resolves_from_a_seeding_session_past_a_dead_address() {
     let seed =
         Session::start(meta.clone(), dir.path().to_path_buf(), Role::Seed, config).await.unwrap();
     let magnet = Magnet::parse(&format!("magnet:?xt=urn:btih:{}", meta.info_hash)).unwrap();
-    let peers = [dead_address(), seed.local_addr()];
+    let (_dead, dead) = dead_address();
+    let peers = [dead, seed.local_addr()];
     let got = timeout(LIMIT, fetch_metadata(&magnet, &peers, 0, Duration::from_secs(10)))
         .await
         .expect("metadata fetch timed out")
