@@ -225,9 +225,18 @@ impl Net {
         (ka, kb)
     }
 
+    /// The key the other end of `key`'s connection knows it by (open or closed).
+    pub fn other_end(&self, key: PeerKey) -> PeerKey {
+        if key.0 % 2 == 0 {
+            PeerKey(key.0 + 1)
+        } else {
+            PeerKey(key.0 - 1)
+        }
+    }
+
     fn other(&self, key: PeerKey) -> Option<(End, PeerKey)> {
         let (a, b, open) = self.ends[(key.0 / 2) as usize];
-        open.then(|| if key.0 % 2 == 0 { (b, PeerKey(key.0 + 1)) } else { (a, PeerKey(key.0 - 1)) })
+        open.then(|| (if key.0 % 2 == 0 { b } else { a }, self.other_end(key)))
     }
 
     /// Delivers a message over the connection `key` is one end of, if it is open.

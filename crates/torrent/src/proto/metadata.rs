@@ -590,14 +590,14 @@ mod tests {
 
     /// Why the fetcher disconnected the peer at `addr`, if it did.
     fn dropped(net: &Net, f: usize, addr: SocketAddr) -> Option<String> {
-        // The fetcher dials in order: its connection to the k-th node it reached is keyed
-        // where the net put it; find the key through the node's view of the fetcher.
+        // The fetcher's keys for the node: the other ends of the connections on which the node
+        // sent its extension handshake.
         let node = net.nodes.iter().position(|n| n.addr == addr)?;
         let keys: Vec<PeerKey> = net.nodes[node]
             .sent
             .iter()
             .filter(|(_, _, m)| matches!(m, Message::Extended { id: 0, .. }))
-            .map(|(_, k, _)| PeerKey(k.0 - 1))
+            .map(|(_, k, _)| net.other_end(*k))
             .collect();
         net.fetchers[f].outputs.iter().find_map(|o| match o {
             Output::Disconnect(k, why) if keys.contains(k) => Some(why.clone()),
