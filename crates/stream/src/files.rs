@@ -106,7 +106,7 @@ impl Body for OriginBody {
 /// before any read.
 pub async fn resolve_path(root: &Path, path: &RequestPath) -> Option<PathBuf> {
     let (root, path) = (root.to_owned(), path.clone());
-    // One trip to the blocking pool for every system call.
+    // One trip to the blocking pool for all its system calls.
     tokio::task::spawn_blocking(move || resolve_path_blocking(&root, &path)).await.ok()?
 }
 

@@ -178,8 +178,9 @@ pub fn mime_type(path: &Path) -> &'static str {
 /// The path the origin (and every edge) answers with its health instead of a file.
 pub const HEALTH_PATH: &str = "/health";
 
-/// Answers one request for the files under `root` (which must be canonical); `path` is the raw
-/// request path, put through [`RequestPath::parse`] here.
+/// Answers one request for the files of `content`; `path` is the raw request path, put through
+/// [`RequestPath::parse`] here. A small file read less than [`FILE_CACHE_VALID`] ago is served
+/// from memory.
 pub async fn respond(
     content: &ContentDir,
     method: &Method,

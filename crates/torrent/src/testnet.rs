@@ -226,7 +226,7 @@ impl Net {
     }
 
     /// The key the other end of `key`'s connection knows it by (open or closed).
-    pub fn other_end(&self, key: PeerKey) -> PeerKey {
+    pub fn other_end(key: PeerKey) -> PeerKey {
         if key.0 % 2 == 0 {
             PeerKey(key.0 + 1)
         } else {
@@ -236,7 +236,7 @@ impl Net {
 
     fn other(&self, key: PeerKey) -> Option<(End, PeerKey)> {
         let (a, b, open) = self.ends[(key.0 / 2) as usize];
-        open.then(|| (if key.0 % 2 == 0 { b } else { a }, self.other_end(key)))
+        open.then(|| (if key.0 % 2 == 0 { b } else { a }, Self::other_end(key)))
     }
 
     /// Delivers a message over the connection `key` is one end of, if it is open.

@@ -597,7 +597,7 @@ mod tests {
             .sent
             .iter()
             .filter(|(_, _, m)| matches!(m, Message::Extended { id: 0, .. }))
-            .map(|(_, k, _)| net.other_end(*k))
+            .map(|(_, k, _)| Net::other_end(*k))
             .collect();
         net.fetchers[f].outputs.iter().find_map(|o| match o {
             Output::Disconnect(k, why) if keys.contains(k) => Some(why.clone()),

@@ -13,6 +13,8 @@ use crate::PeerId;
 
 /// The protocol string of the handshake.
 pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
+/// Bytes of a PIECE message before its data: length prefix, id, piece index, offset.
+pub const PIECE_HEADER_LEN: usize = 13;
 /// Length of a handshake on the wire.
 pub const HANDSHAKE_LEN: usize = 68;
 /// Default cap on one message's length (id + payload): a 16 KiB block with its header fits many
@@ -289,8 +291,8 @@ impl Message {
 
     /// The framed header of a PIECE message carrying `len` bytes, so a driver can write the
     /// block's data straight from its buffer without copying it into the frame.
-    pub fn piece_header(piece: u32, offset: u32, len: usize) -> [u8; 13] {
-        let mut h = [0u8; 13];
+    pub fn piece_header(piece: u32, offset: u32, len: usize) -> [u8; PIECE_HEADER_LEN] {
+        let mut h = [0u8; PIECE_HEADER_LEN];
         h[..4].copy_from_slice(&(9 + len as u32).to_be_bytes());
         h[4] = id::PIECE;
         h[5..9].copy_from_slice(&piece.to_be_bytes());

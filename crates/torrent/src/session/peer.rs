@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::Event;
 use crate::metainfo::InfoHash;
-use crate::proto::wire::{self, Handshake, Message, HANDSHAKE_LEN};
+use crate::proto::wire::{self, Handshake, Message, HANDSHAKE_LEN, PIECE_HEADER_LEN};
 use crate::proto::{BlockRef, PeerKey};
 use crate::ratelimit::RateLimiter;
 use crate::storage::Storage;
@@ -306,15 +306,16 @@ async fn write_loop(
                 let st = storage.clone();
                 let mut buf = std::mem::take(&mut scratch);
                 let (buf, len) = tokio::task::spawn_blocking(move || {
-                    let total = batch.iter().map(|b| 13 + b.length as usize).sum::<usize>();
+                    let total =
+                        batch.iter().map(|b| PIECE_HEADER_LEN + b.length as usize).sum::<usize>();
                     if buf.len() < total {
                         buf.resize(total, 0);
                     }
                     let mut at = 0;
                     for b in &batch {
                         let header = Message::piece_header(b.piece, b.offset, b.length as usize);
-                        buf[at..at + header.len()].copy_from_slice(&header);
-                        at += header.len();
+                        buf[at..at + PIECE_HEADER_LEN].copy_from_slice(&header);
+                        at += PIECE_HEADER_LEN;
                         let end = at + b.length as usize;
                         st.read(b.piece, b.offset, &mut buf[at..end])?;
                         at = end;
