@@ -23,6 +23,8 @@
 #   CARGO_TARGET_DIR   where to build (default $HOME/.cache/swarmcast-target)
 #   BENCH_OUT          also write the result table as markdown to this file
 #   BENCH_TIMEOUT      seconds a leecher may take before it counts as failed (default 600)
+#   BENCH_CASES        run only these cases, space-separated (default: all): lt-aria2 lt-lt
+#                      lt-swarmcast swarmcast-lt swarmcast-swarmcast
 #
 # Every process this script starts runs under `timeout` (its own process group), is tracked by
 # PID, and is stopped on exit.
@@ -233,13 +235,23 @@ with_swarmcast_seed() {
 
 : >"$WORK/results"
 echo "page cache dropped before each leecher: $CACHE_DROPPED"
+SELECTED=" ${BENCH_CASES:-lt-aria2 lt-lt lt-swarmcast swarmcast-lt swarmcast-swarmcast} "
+for c in $SELECTED; do
+  case $c in
+    lt-aria2 | lt-lt | lt-swarmcast | swarmcast-lt | swarmcast-swarmcast) ;;
+    *) echo "unknown case in BENCH_CASES: $c" >&2; exit 2 ;;
+  esac
+done
+selected() { [[ $SELECTED == *" $1 "* ]]; }
 for ((run = 1; run <= RUNS; run++)); do
   echo "run $run of $RUNS"
-  run_lt_aria2 "$run"
-  with_lt_seed lt-lt "$run" "${LT_GET[@]}"
-  with_lt_seed lt-swarmcast "$run" "${SC_GET[@]}"
-  with_swarmcast_seed swarmcast-lt "$run" "${LT_GET[@]}"
-  with_swarmcast_seed swarmcast-swarmcast "$run" "${SC_GET[@]}"
+  if selected lt-aria2; then run_lt_aria2 "$run"; fi
+  if selected lt-lt; then with_lt_seed lt-lt "$run" "${LT_GET[@]}"; fi
+  if selected lt-swarmcast; then with_lt_seed lt-swarmcast "$run" "${SC_GET[@]}"; fi
+  if selected swarmcast-lt; then with_swarmcast_seed swarmcast-lt "$run" "${LT_GET[@]}"; fi
+  if selected swarmcast-swarmcast; then
+    with_swarmcast_seed swarmcast-swarmcast "$run" "${SC_GET[@]}"
+  fi
 done
 
 # --- report ---------------------------------------------------------------------------------------
@@ -266,15 +278,16 @@ failed=0
   for entry in "${CASES[@]}"; do
     key=${entry%%:*}
     label=${entry#*:}
+    selected "${key%-transfer}" || continue
     read -r secs rss fails all < <(summary "$key")
     if [ "$fails" -gt 0 ]; then failed=1; fi
     awk -v l="$label" -v s="$secs" -v r="$rss" -v ref="$REF_SECS" -v size="$SIZE_MIB" \
       -v f="$fails" -v all="$all" 'BEGIN {
         rate = s > 0 ? size / s : 0
-        ratio = (s > 0 && ref > 0) ? ref / s : 0
         note = f > 0 ? " (" f " failed)" : ""
         mem = r > 0 ? sprintf("%.1f", r / 1024) : "—"
-        printf "| %s | %.2f | %.1f | %.2f | %s | %s%s |\n", l, s, rate, ratio, mem, all, note
+        speed = (s > 0 && ref > 0) ? sprintf("%.2f", ref / s) : "—"
+        printf "| %s | %.2f | %.1f | %s | %s | %s%s |\n", l, s, rate, speed, mem, all, note
       }'
   done
 } >"$WORK/table.md"
