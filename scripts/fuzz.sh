@@ -10,7 +10,7 @@
 #
 # Targets (fuzz/fuzz_targets/): metainfo, magnet, wire, ext, tracker_http, tracker_udp,
 # announce_query, overlay_wire, mpd, stream_inputs, download_state, cores (the torrent
-# crate's TorrentCore and MetadataCore fed peer inputs); each file's header says what it feeds and which properties it asserts.
+# crate's TorrentCore and MetadataCore fed peer inputs), mse (the encryption handshake); each file's header says what it feeds and which properties it asserts.
 #
 # Installs cargo-fuzz if it is missing. Our toolchain is stable, so cargo fuzz's nightly flags
 # (-Zsanitizer=address, ...) are allowed with RUSTC_BOOTSTRAP=1. SANITIZER=none turns ASan off
@@ -24,7 +24,7 @@
 # Logs: fuzz/target/logs/<target>.log. corpus, artifacts and target are git-ignored.
 set -euo pipefail
 
-ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query overlay_wire mpd stream_inputs download_state cores)
+ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query overlay_wire mpd stream_inputs download_state cores mse)
 
 if [[ "${1:-}" == "--list" ]]; then
     printf '%s\n' "${ALL_TARGETS[@]}"
@@ -121,6 +121,12 @@ write_seeds() {
     printf '\x00\x03\x01\x00\x01\x0e\x01\x00\x01\x02\x01\x00\x01\x01\x01\x00\x0d\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x40\x00\x04\x28\x06\x01' >"$c/cores/seed-peer"
     # A metadata fetch: a peer connects to the MetadataCore and sends its extension handshake.
     { printf '\x80\x07\x81\x00'; printf '\x2e\x14\x00'; printf 'd1:md11:ut_metadatai3ee13:metadata_sizei11ee'; } >"$c/cores/seed-metadata"
+    # mse: a seed byte, then raw bytes for the cores and an edit script (message, offset/3, xor)
+    # for the tampered pair. Here: a public key of 5, and no edits; one edit of the responder's
+    # VC; a plain BitTorrent handshake sent where a key is expected.
+    { printf '\x04'; bytes 95 00; printf '\x05'; } >"$c/mse/seed-key"
+    printf '\x01\x02\x00\x01' >"$c/mse/seed-edit"
+    { printf '\x07\x13'; printf 'BitTorrent protocol'; bytes 48 00; } >"$c/mse/seed-plain"
 
     # magnet
     local hex=c12fe1c06bba254a9dc9f519b335aa7c1367a88a

@@ -7,16 +7,27 @@ python3-libtorrent). Modes:
                                                download from 127.0.0.1:PEER_PORT, print "done"
 
 Settings follow shared/REAL-PEERS.md: loopback only, no DHT/LSD/UPnP/NAT-PMP/uTP, several
-connections per IP allowed (every peer is 127.0.0.1).
+connections per IP allowed (every peer is 127.0.0.1). Protocol encryption is libtorrent's
+default (try encrypted, accept both) unless LT_ENCRYPTION says:
+  require      encrypted connections only, RC4 for the payload (qBittorrent's "require")
+  require-any  encrypted handshakes only, payload RC4 or plaintext
+  disable      plain BitTorrent only
 """
+import os
 import sys
 import time
 
 import libtorrent as lt
 
+ENCRYPTION = {
+    "require": (lt.enc_policy.forced, lt.enc_level.rc4),
+    "require-any": (lt.enc_policy.forced, lt.enc_level.both),
+    "disable": (lt.enc_policy.disabled, lt.enc_level.both),
+}
+
 
 def session(port):
-    return lt.session({
+    settings = {
         "listen_interfaces": f"127.0.0.1:{port}",
         "outgoing_interfaces": "127.0.0.1",
         "enable_dht": False,
@@ -27,7 +38,14 @@ def session(port):
         "enable_outgoing_utp": False,
         "enable_incoming_utp": False,
         "alert_mask": 0,
-    })
+    }
+    mode = os.environ.get("LT_ENCRYPTION")
+    if mode:
+        policy, level = ENCRYPTION[mode]
+        settings["out_enc_policy"] = int(policy)
+        settings["in_enc_policy"] = int(policy)
+        settings["allowed_enc_level"] = int(level)
+    return lt.session(settings)
 
 
 def add(ses, torrent, save_path):

@@ -191,6 +191,28 @@ struct NetArgs {
     /// How many peers to ask trackers for.
     #[arg(long, default_value_t = 50)]
     num_want: u32,
+    /// Protocol encryption (MSE/PE): `prefer` accepts both and dials encrypted first, falling
+    /// back to plain (libtorrent's default); `require` talks only to peers that encrypt (RC4);
+    /// `disable` speaks plain BitTorrent only.
+    #[arg(long, value_enum, default_value_t = EncryptionArg::Prefer)]
+    encryption: EncryptionArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum EncryptionArg {
+    Prefer,
+    Require,
+    Disable,
+}
+
+impl From<EncryptionArg> for torrent::session::Encryption {
+    fn from(e: EncryptionArg) -> Self {
+        match e {
+            EncryptionArg::Prefer => Self::Prefer,
+            EncryptionArg::Require => Self::Require,
+            EncryptionArg::Disable => Self::Disable,
+        }
+    }
 }
 
 impl NetArgs {
@@ -203,6 +225,7 @@ impl NetArgs {
             max_peers: self.max_peers,
             extra_trackers: self.trackers.clone(),
             num_want: self.num_want,
+            encryption: self.encryption.into(),
             choker: torrent::proto::choker::ChokerConfig {
                 upload_slots: self.upload_slots,
                 seed_slots: self.seed_slots,
@@ -368,6 +391,7 @@ async fn get(
             &net.peers,
             net.port,
             Duration::from_secs(30),
+            net.encryption.into(),
         )
         .await?
     } else {

@@ -49,8 +49,21 @@ fn aria2c_downloads_from_our_seed_through_our_tracker() {
 
 /// Seeds `torrent` with libtorrent from `data_dir`; returns the guard and its port.
 fn libtorrent_seed(torrent: &Path, data_dir: &Path, dir: &Path) -> (Proc, u16) {
+    libtorrent_seed_with(torrent, data_dir, dir, None)
+}
+
+/// [`libtorrent_seed`] with `LT_ENCRYPTION` set (see tests/peers/lt_peer.py).
+fn libtorrent_seed_with(
+    torrent: &Path,
+    data_dir: &Path,
+    dir: &Path,
+    encryption: Option<&str>,
+) -> (Proc, u16) {
     let port = free_port();
     let mut c = libtorrent_python();
+    if let Some(e) = encryption {
+        c.env("LT_ENCRYPTION", e);
+    }
     c.arg("seed").arg(torrent).arg(data_dir).arg(port.to_string());
     let mut p = Proc::spawn("libtorrent-seed", c, dir);
     p.wait_output("ready", LONG);
@@ -320,6 +333,48 @@ fn libtorrent_accepts_and_downloads_a_swarmcast_multi_file_torrent() {
     for f in ["one.bin", "sub/two.bin"] {
         assert_same_file(&content.join(f), &out.join("set").join(f));
     }
+}
+
+/// Protocol encryption (MSE/PE) against a libtorrent that requires it (RC4 for the payload,
+/// qBittorrent's "require encryption"), both ways; and a seed of ours that requires it refuses
+/// a libtorrent that speaks only plain BitTorrent.
+#[test]
+fn encrypted_transfers_with_a_libtorrent_that_requires_encryption() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("seed/secret.bin");
+    random_file(&file, 3 * MIB + 99, 12);
+    let t = create_torrent(&file, &d.join("s.torrent"), &["--piece-size", "64k"]);
+
+    // libtorrent seeds, encrypted only; we dial with the default policy (encrypted first).
+    let (lt_seed, port) = libtorrent_seed_with(&t, &d.join("seed"), d, Some("require"));
+    let out = d.join("got");
+    let peer = format!("127.0.0.1:{port}");
+    get_ok(t.to_str().unwrap(), &out, d, &["--peer", &peer], "get from an encrypting libtorrent");
+    assert_same_file(&file, &out.join("secret.bin"));
+    drop(lt_seed);
+
+    // We seed, encrypted only; libtorrent requiring encryption downloads.
+    let (_seed, port) = start_seed(&t, &file, d, &["--encryption", "require"]);
+    let lt_get = |encryption: &str, out: &Path, timeout_secs: &str| {
+        let mut c = libtorrent_python();
+        c.env("LT_ENCRYPTION", encryption);
+        c.arg("get").arg(&t).arg(out).arg(free_port().to_string()).arg(port.to_string());
+        c.arg(timeout_secs);
+        Proc::spawn("libtorrent-get", c, d)
+    };
+    let out = d.join("lt");
+    let mut lt = lt_get("require", &out, "120");
+    let st = lt.wait(LONG);
+    assert!(st.success(), "libtorrent (encryption required) could not download\n{}", lt.output());
+    assert_same_file(&file, &out.join("secret.bin"));
+
+    // A plain-only libtorrent gets nothing from a seed that requires encryption.
+    let out = d.join("plain");
+    let mut lt = lt_get("disable", &out, "5");
+    let st = lt.wait(LONG);
+    let log = lt.output();
+    assert!(!st.success() && log.contains("timed out at 0.00"), "a plain peer got data:\n{log}");
 }
 
 #[test]

@@ -43,6 +43,7 @@ fn options() -> SessionOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         upload_limit: None,
         download_limit: None,
+        encryption: Default::default(),
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod choker;
 pub mod ext;
 pub mod metadata;
+pub mod mse;
 pub mod picker;
 pub mod torrent;
 pub mod wire;

@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rand::SeedableRng;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-use super::peer::{self, next_message, write_timed, Connected};
+use super::peer::{self, next_message, Connected, Encryption};
 use crate::magnet::Magnet;
 use crate::metainfo::{Info, InfoHash, Metainfo};
 use crate::proto::metadata::{Input, MetadataConfig, MetadataCore, Output};
@@ -45,12 +43,13 @@ pub enum MetadataError {
 /// `extra_peers`, and those the link's trackers return. `our_port` is announced to trackers. A
 /// peer that answers nothing for `per_peer_timeout` while we wait on it, or still owes pieces
 /// [`SERVE_BUDGET`](crate::proto::metadata::SERVE_BUDGET) timeouts after it was first asked, is
-/// given up on.
+/// given up on. Connections are encrypted as `encryption` says.
 pub async fn fetch_metadata(
     magnet: &Magnet,
     extra_peers: &[SocketAddr],
     our_port: u16,
     per_peer_timeout: Duration,
+    encryption: Encryption,
 ) -> Result<Metainfo, MetadataError> {
     let mut rng = rand_chacha::ChaCha8Rng::from_os_rng();
     let our_id = PeerId::generate(&mut rng);
@@ -83,7 +82,7 @@ pub async fn fetch_metadata(
     }
     let config = MetadataConfig { timeout: per_peer_timeout, ..MetadataConfig::default() };
     let core = MetadataCore::new(magnet.info_hash, candidates, config, Instant::now());
-    let raw = run(core, magnet.info_hash, our_id).await?;
+    let raw = run(core, magnet.info_hash, our_id, encryption).await?;
     let info = Info::from_bytes(&raw).map_err(|e| MetadataError::BadInfo(e.to_string()))?;
     info!(bytes = raw.len(), "fetched torrent metadata");
     Ok(Metainfo {
@@ -129,6 +128,7 @@ async fn run(
     mut core: MetadataCore,
     info_hash: InfoHash,
     our_id: PeerId,
+    encryption: Encryption,
 ) -> Result<Bytes, MetadataError> {
     let (events_tx, mut events) = mpsc::channel(256);
     let mut conns: BTreeMap<PeerKey, Conn> = BTreeMap::new();
@@ -151,7 +151,8 @@ async fn run(
                 Output::Connect(addr) => {
                     let events = events_tx.clone();
                     dials.spawn(async move {
-                        let ev = match peer::connect(addr, info_hash, our_id, DIAL_TIMEOUT).await {
+                        let dial = peer::connect(addr, info_hash, our_id, DIAL_TIMEOUT, encryption);
+                        let ev = match dial.await {
                             Ok(c) => Event::Connected(c),
                             Err(e) => Event::ConnectFailed(addr, e.to_string()),
                         };
@@ -176,11 +177,12 @@ async fn run(
                     let peer = PeerKey(next_key);
                     next_key += 1;
                     let (tx, rx) = mpsc::channel(MAX_OUTGOING);
-                    let task = tokio::spawn(connection(c.stream, peer, rx, events_tx.clone()));
-                    conns.insert(peer, Conn { tx, task });
                     let (fast, extensions) =
                         (c.theirs.supports_fast(), c.theirs.supports_extensions());
-                    Input::Connected { peer, addr: c.addr, fast, extensions }
+                    let addr = c.addr;
+                    let task = tokio::spawn(connection(c, peer, rx, events_tx.clone()));
+                    conns.insert(peer, Conn { tx, task });
+                    Input::Connected { peer, addr, fast, extensions }
                 }
                 Event::ConnectFailed(addr, why) => Input::ConnectFailed(addr, why),
                 Event::Msg(key, msg) => Input::Message(key, msg),
@@ -197,12 +199,12 @@ async fn run(
 
 /// One connection: messages read go to the fetch loop, messages queued are written.
 async fn connection(
-    stream: TcpStream,
+    conn: Connected,
     key: PeerKey,
     mut rx: mpsc::Receiver<Message>,
     events: mpsc::Sender<Event>,
 ) {
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = conn.into_halves();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut out = BytesMut::new();
     let why = loop {
@@ -229,7 +231,7 @@ async fn connection(
                 while let Ok(m) = rx.try_recv() {
                     m.encode(&mut out);
                 }
-                match write_timed(&mut wr, &out).await {
+                match wr.write(&mut out).await {
                     Ok(()) => out.clear(),
                     Err(e) => break e,
                 }

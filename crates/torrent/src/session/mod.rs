@@ -42,6 +42,7 @@ use crate::storage::{Existing, Mode, Storage, StorageError};
 use crate::tracker::{AnnounceRequest, Event as TrackerEvent, TrackerList};
 use crate::{Bitfield, PeerId};
 use disk::{DiskJob, DiskQueue};
+pub use peer::Encryption;
 use peer::{Connected, IoLimits, Outgoing, PeerIo};
 
 pub use crate::proto::torrent::{BAN_AFTER_FAILED_PIECES, MAX_CANDIDATES};
@@ -79,6 +80,9 @@ pub struct SessionConfig {
     pub existing: Existing,
     /// A torrent that starts complete super-seeds (BEP 16) until every piece went out once.
     pub super_seed: bool,
+    /// Protocol encryption (MSE/PE); used by [`Session::start`] only (a session added to
+    /// keeps its own, [`SessionOptions::encryption`]).
+    pub encryption: Encryption,
 }
 
 impl Default for SessionConfig {
@@ -99,6 +103,7 @@ impl Default for SessionConfig {
             max_message: DEFAULT_MAX_MESSAGE,
             existing: Existing::Refuse,
             super_seed: false,
+            encryption: Encryption::Prefer,
         }
     }
 }
@@ -161,6 +166,8 @@ pub struct SessionOptions {
     /// Bytes per second for all uploads / downloads of the session together.
     pub upload_limit: Option<u64>,
     pub download_limit: Option<u64>,
+    /// Protocol encryption (MSE/PE) for every connection, incoming and outgoing.
+    pub encryption: Encryption,
 }
 
 /// What the acceptor needs of each torrent: where its connections go, and the peer id it
@@ -177,6 +184,7 @@ struct Shared {
     download: Arc<RateLimiter>,
     /// Running torrents by info-hash (at most one each).
     routes: std::sync::Mutex<BTreeMap<InfoHash, Route>>,
+    encryption: Encryption,
 }
 
 impl Shared {
@@ -233,6 +241,7 @@ impl Session {
             upload: RateLimiter::new(options.upload_limit),
             download: RateLimiter::new(options.download_limit),
             routes: std::sync::Mutex::new(BTreeMap::new()),
+            encryption: options.encryption,
         });
         let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Session { shared, acceptor })
@@ -250,6 +259,7 @@ impl Session {
             listen: config.listen,
             upload_limit: None,
             download_limit: None,
+            encryption: config.encryption,
         })
         .await?;
         let mut handle = session.add(meta, dir, role, config).await?;
@@ -350,7 +360,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let _permit = permit;
             let lookup =
                 |ih: &InfoHash| shared.routes().get(ih).map(|r| (r.our_id, r.events.clone()));
-            match peer::accept(stream, addr, lookup, Duration::from_secs(10)).await {
+            let torrents = || shared.routes().keys().copied().collect();
+            let timeout = Duration::from_secs(10);
+            match peer::accept(stream, addr, lookup, torrents, timeout, shared.encryption).await {
                 Ok((c, events)) => {
                     let _ = events.send(Event::Connected(c)).await;
                 }
@@ -645,22 +657,23 @@ impl Torrent {
             Event::Connected(c) => {
                 let key = PeerKey(self.next_key);
                 self.next_key += 1;
-                let io = peer::spawn(
-                    c.stream,
-                    key,
-                    self.events_tx.clone(),
-                    self.storage.clone(),
-                    self.limits.clone(),
-                );
-                self.conns.insert(key, Conn { io, uploaded_seen: 0 });
-                Input::Connected {
+                let input = Input::Connected {
                     peer: key,
                     addr: c.addr,
                     id: c.theirs.peer_id,
                     fast: c.theirs.supports_fast(),
                     extensions: c.theirs.supports_extensions(),
                     outgoing: c.outgoing,
-                }
+                };
+                let io = peer::spawn(
+                    c,
+                    key,
+                    self.events_tx.clone(),
+                    self.storage.clone(),
+                    self.limits.clone(),
+                );
+                self.conns.insert(key, Conn { io, uploaded_seen: 0 });
+                input
             }
             Event::ConnectFailed(addr) => Input::ConnectFailed(addr),
             Event::Verified { piece, ok, blocks } => Input::Verified { piece, ok, blocks },
@@ -729,9 +742,9 @@ impl Torrent {
 
     fn dial(&self, addr: SocketAddr) {
         let events = self.events_tx.clone();
-        let (ih, id) = (self.info_hash, self.our_id);
+        let (ih, id, encryption) = (self.info_hash, self.our_id, self.session.encryption);
         tokio::spawn(async move {
-            let ev = match peer::connect(addr, ih, id, Duration::from_secs(10)).await {
+            let ev = match peer::connect(addr, ih, id, Duration::from_secs(10), encryption).await {
                 Ok(c) => Event::Connected(c),
                 Err(e) => {
                     debug!(%addr, "dial failed: {e}");

@@ -15,9 +15,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::debug;
 
 use super::Event;
 use crate::metainfo::InfoHash;
+use crate::proto::mse::{self, Cipher, CryptoSet, Mse, Role};
 use crate::proto::wire::{self, Handshake, Message, HANDSHAKE_LEN, PIECE_HEADER_LEN};
 use crate::proto::{BlockRef, PeerKey};
 use crate::ratelimit::RateLimiter;
@@ -30,6 +32,45 @@ pub struct Connected {
     pub addr: SocketAddr,
     pub theirs: Handshake,
     pub outgoing: bool,
+    /// The RC4 streams when the connection is encrypted (MSE/PE with RC4 selected); boxed, as
+    /// they are large (two 256-byte states) and most connections have none.
+    pub crypto: Option<Box<StreamCrypto>>,
+    /// Payload the peer sent right after its handshake, already decrypted.
+    pub pending: Vec<u8>,
+}
+
+impl Connected {
+    /// The receiving and sending sides, each with its RC4 stream if the connection is
+    /// encrypted.
+    pub fn into_halves(self) -> (ReadHalf, WriteHalf) {
+        let (rd, wr) = self.stream.into_split();
+        let (encrypt, decrypt) = match self.crypto {
+            Some(c) => (Some(c.encrypt), Some(c.decrypt)),
+            None => (None, None),
+        };
+        (ReadHalf { rd, decrypt, pending: self.pending }, WriteHalf { wr, encrypt })
+    }
+}
+
+/// Both directions' RC4 streams of an encrypted connection.
+pub struct StreamCrypto {
+    pub encrypt: Cipher,
+    pub decrypt: Cipher,
+}
+
+/// How connections are encrypted (MSE/PE).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Encryption {
+    /// Accept both; dial with an encrypted handshake offering RC4 and plaintext, and again in
+    /// plain if that fails (libtorrent's default). When a peer offers both we select plaintext
+    /// for the payload, as libtorrent does unless told `prefer_rc4`: the handshake is hidden,
+    /// the bulk is not paid for twice.
+    #[default]
+    Prefer,
+    /// Encrypted handshakes only, RC4 for the payload; plain BitTorrent is refused.
+    Require,
+    /// Plain BitTorrent only.
+    Disable,
 }
 
 /// Dials `addr` and exchanges handshakes; the peer must answer for `info_hash`.
@@ -38,8 +79,9 @@ pub async fn connect(
     info_hash: InfoHash,
     our_id: PeerId,
     timeout: Duration,
+    encryption: Encryption,
 ) -> io::Result<Connected> {
-    tokio::time::timeout(timeout, async {
+    let plain = || async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         stream.write_all(&Handshake::new(info_hash, our_id).encode()).await?;
@@ -47,31 +89,155 @@ pub async fn connect(
         if theirs.info_hash != info_hash {
             return Err(invalid("peer answered for another torrent"));
         }
-        Ok(Connected { stream, addr, theirs, outgoing: true })
+        Ok(Connected { stream, addr, theirs, outgoing: true, crypto: None, pending: Vec::new() })
+    };
+    let encrypted = |provide| async move {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let role = Role::Initiator {
+            info_hash,
+            provide,
+            initial_payload: Handshake::new(info_hash, our_id).encode().to_vec(),
+        };
+        let (crypto, received) = run_mse(&mut stream, role).await?;
+        let (theirs, crypto, pending) = finish_handshake(&mut stream, crypto, received).await?;
+        if theirs.info_hash != info_hash {
+            return Err(invalid("peer answered for another torrent"));
+        }
+        Ok(Connected { stream, addr, theirs, outgoing: true, crypto, pending })
+    };
+    let attempt = async {
+        match encryption {
+            Encryption::Disable => plain().await,
+            Encryption::Require => encrypted(CryptoSet::RC4).await,
+            Encryption::Prefer => match encrypted(CryptoSet::BOTH).await {
+                Ok(c) => Ok(c),
+                Err(e) => {
+                    debug!(%addr, "encrypted handshake failed ({e}); trying plain");
+                    plain().await
+                }
+            },
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
+}
+
+/// Reads an incoming peer's handshake, plain or encrypted as `encryption` allows; `lookup`
+/// finds the torrent it asks for (our peer id for it, and what to hand the connection to), and
+/// `torrents` lists the info-hashes an encrypted handshake may name. An unknown info-hash
+/// closes the connection.
+pub async fn accept<T>(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    lookup: impl Fn(&InfoHash) -> Option<(PeerId, T)>,
+    torrents: impl FnOnce() -> Vec<InfoHash>,
+    timeout: Duration,
+    encryption: Encryption,
+) -> io::Result<(Connected, T)> {
+    tokio::time::timeout(timeout, async {
+        stream.set_nodelay(true)?;
+        let mut first = [0u8; 20];
+        stream.read_exact(&mut first).await?;
+        let (theirs, crypto, pending) = if mse::is_plain_handshake(&first) {
+            if encryption == Encryption::Require {
+                return Err(invalid("peer sent a plain handshake and we require encryption"));
+            }
+            let mut buf = [0u8; HANDSHAKE_LEN];
+            buf[..20].copy_from_slice(&first);
+            stream.read_exact(&mut buf[20..]).await?;
+            (Handshake::decode(&buf).map_err(|e| invalid(&e.to_string()))?, None, Vec::new())
+        } else {
+            if encryption == Encryption::Disable {
+                return Err(invalid("peer sent no BitTorrent handshake (encryption is disabled)"));
+            }
+            let allowed =
+                if encryption == Encryption::Require { CryptoSet::RC4 } else { CryptoSet::BOTH };
+            let role = Role::Responder { torrents: torrents(), allowed };
+            let (crypto, received) = run_mse_with(&mut stream, role, &first).await?;
+            finish_handshake(&mut stream, crypto, received).await?
+        };
+        let Some((our_id, target)) = lookup(&theirs.info_hash) else {
+            return Err(invalid("peer asked for a torrent we do not have"));
+        };
+        let mut ours = Handshake::new(theirs.info_hash, our_id).encode();
+        let mut crypto = crypto;
+        if let Some(c) = &mut crypto {
+            c.encrypt.apply(&mut ours);
+        }
+        stream.write_all(&ours).await?;
+        Ok((Connected { stream, addr, theirs, outgoing: false, crypto, pending }, target))
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
 }
 
-/// Reads an incoming peer's handshake; `lookup` finds the torrent it asks for (our peer id
-/// for it, and what to hand the connection to). An unknown info-hash closes the connection.
-pub async fn accept<T>(
-    mut stream: TcpStream,
-    addr: SocketAddr,
-    lookup: impl Fn(&InfoHash) -> Option<(PeerId, T)>,
-    timeout: Duration,
-) -> io::Result<(Connected, T)> {
-    tokio::time::timeout(timeout, async {
-        stream.set_nodelay(true)?;
-        let theirs = read_handshake(&mut stream).await?;
-        let Some((our_id, target)) = lookup(&theirs.info_hash) else {
-            return Err(invalid("peer asked for a torrent we do not have"));
-        };
-        stream.write_all(&Handshake::new(theirs.info_hash, our_id).encode()).await?;
-        Ok((Connected { stream, addr, theirs, outgoing: false }, target))
-    })
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
+async fn run_mse(
+    stream: &mut TcpStream,
+    role: Role,
+) -> io::Result<(Option<Box<StreamCrypto>>, Vec<u8>)> {
+    run_mse_with(stream, role, &[]).await
+}
+
+/// Drives an MSE handshake core over `stream`, `first` being bytes already read. Returns the
+/// streams (with RC4 selected) and the payload received so far, decrypted.
+async fn run_mse_with(
+    stream: &mut TcpStream,
+    role: Role,
+    first: &[u8],
+) -> io::Result<(Option<Box<StreamCrypto>>, Vec<u8>)> {
+    // The thread's RNG is not held across an await (it cannot move between threads).
+    let mut core = Mse::new(std::time::Instant::now(), role, &mut rand::rng());
+    if !first.is_empty() {
+        core.handle(std::time::Instant::now(), first);
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(out) = core.poll() {
+            match out {
+                mse::Output::Send(bytes) => stream.write_all(&bytes).await?,
+                mse::Output::Done(est) => {
+                    let est = *est;
+                    let crypto = match (est.encrypt, est.decrypt) {
+                        (Some(encrypt), Some(decrypt)) => {
+                            Some(Box::new(StreamCrypto { encrypt, decrypt }))
+                        }
+                        _ => None,
+                    };
+                    return Ok((crypto, est.received));
+                }
+                mse::Output::Failed(why) => return Err(invalid(&why)),
+            }
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "early eof"));
+        }
+        core.handle(std::time::Instant::now(), &buf[..n]);
+    }
+}
+
+/// Reads the peer's BitTorrent handshake after MSE: from what already came, then from the
+/// stream (decrypted). Returns it, what followed it, and the streams.
+async fn finish_handshake(
+    stream: &mut TcpStream,
+    mut crypto: Option<Box<StreamCrypto>>,
+    mut received: Vec<u8>,
+) -> io::Result<(Handshake, Option<Box<StreamCrypto>>, Vec<u8>)> {
+    while received.len() < HANDSHAKE_LEN {
+        let mut more = vec![0u8; HANDSHAKE_LEN - received.len()];
+        stream.read_exact(&mut more).await?;
+        if let Some(c) = &mut crypto {
+            c.decrypt.apply(&mut more);
+        }
+        received.extend_from_slice(&more);
+    }
+    let head: &[u8; HANDSHAKE_LEN] =
+        received[..HANDSHAKE_LEN].try_into().expect("the length was checked above");
+    let theirs = Handshake::decode(head).map_err(|e| invalid(&e.to_string()))?;
+    received.drain(..HANDSHAKE_LEN);
+    Ok((theirs, crypto, received))
 }
 
 async fn read_handshake(stream: &mut TcpStream) -> io::Result<Handshake> {
@@ -165,22 +331,66 @@ pub struct IoLimits {
 
 /// Starts the reader and writer tasks of a connection.
 pub fn spawn(
-    stream: TcpStream,
+    conn: Connected,
     key: PeerKey,
     events: mpsc::Sender<Event>,
     storage: Arc<Storage>,
     limits: Arc<IoLimits>,
 ) -> PeerIo {
-    let (rd, wr) = stream.into_split();
+    let (reader, writer) = conn.into_halves();
     let (tx, rx) = mpsc::channel(MAX_OUTGOING_QUEUE);
     let counters = Arc::new(PeerCounters::default());
-    let reader = tokio::spawn(read_loop(rd, key, events.clone(), limits.clone()));
-    let writer = tokio::spawn(write_loop(wr, key, rx, events, storage, limits, counters.clone()));
+    let reader = tokio::spawn(read_loop(reader, key, events.clone(), limits.clone()));
+    let writer =
+        tokio::spawn(write_loop(writer, key, rx, events, storage, limits, counters.clone()));
     PeerIo { tx, overflowed: AtomicBool::new(false), counters, reader, writer }
 }
 
+/// A connection's receiving side: the socket, and the RC4 stream if it is encrypted.
+pub struct ReadHalf {
+    pub rd: OwnedReadHalf,
+    pub decrypt: Option<Cipher>,
+    /// Bytes received with the handshake, decrypted: read before the socket.
+    pub pending: Vec<u8>,
+}
+
+impl ReadHalf {
+    /// Reads what the socket has into `buf` (decrypted); 0 at end of stream.
+    pub async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len();
+            buf.extend_from_slice(&self.pending);
+            self.pending = Vec::new();
+            return Ok(n);
+        }
+        let before = buf.len();
+        let n = self.rd.read_buf(buf).await?;
+        if let Some(d) = &mut self.decrypt {
+            d.apply(&mut buf[before..]);
+        }
+        Ok(n)
+    }
+}
+
+/// A connection's sending side: the socket, and the RC4 stream if it is encrypted.
+pub struct WriteHalf {
+    pub wr: OwnedWriteHalf,
+    pub encrypt: Option<Cipher>,
+}
+
+impl WriteHalf {
+    /// Writes `out` (encrypting it in place first), giving up after [`WRITE_TIMEOUT`] without
+    /// progress.
+    pub async fn write(&mut self, out: &mut [u8]) -> Result<(), String> {
+        if let Some(e) = &mut self.encrypt {
+            e.apply(out);
+        }
+        write_timed(&mut self.wr, out).await
+    }
+}
+
 async fn read_loop(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     key: PeerKey,
     events: mpsc::Sender<Event>,
     limits: Arc<IoLimits>,
@@ -220,8 +430,8 @@ enum WriteStop {
     Disk(String),
 }
 
-async fn write_all(wr: &mut OwnedWriteHalf, out: &[u8]) -> Result<(), WriteStop> {
-    write_timed(wr, out).await.map_err(WriteStop::Peer)
+async fn write_all(wr: &mut WriteHalf, out: &mut [u8]) -> Result<(), WriteStop> {
+    wr.write(out).await.map_err(WriteStop::Peer)
 }
 
 /// The next whole message in `buf`, if there is one; else makes room for the next read.
@@ -249,7 +459,7 @@ pub(super) async fn write_timed(wr: &mut OwnedWriteHalf, out: &[u8]) -> Result<(
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     key: PeerKey,
     mut rx: mpsc::Receiver<Outgoing>,
     events: mpsc::Sender<Event>,
@@ -275,7 +485,7 @@ async fn write_loop(
                 apply(cmd, &mut out, &mut blocks, limits.max_queued_blocks)?;
             }
             if !out.is_empty() {
-                write_all(&mut wr, &out).await?;
+                write_all(&mut wr, &mut out).await?;
                 out.clear();
             }
             if !blocks.is_empty() {
@@ -305,7 +515,7 @@ async fn write_loop(
                 // took 11% of the seed's CPU.
                 let st = storage.clone();
                 let mut buf = std::mem::take(&mut scratch);
-                let (buf, len) = tokio::task::spawn_blocking(move || {
+                let (mut buf, len) = tokio::task::spawn_blocking(move || {
                     let total =
                         batch.iter().map(|b| PIECE_HEADER_LEN + b.length as usize).sum::<usize>();
                     if buf.len() < total {
@@ -325,14 +535,14 @@ async fn write_loop(
                 .await
                 .map_err(|e| WriteStop::Disk(e.to_string()))?
                 .map_err(|e| WriteStop::Disk(e.to_string()))?;
-                write_all(&mut wr, &buf[..len]).await?;
+                write_all(&mut wr, &mut buf[..len]).await?;
                 // Kept while blocks wait (a busy connection reuses it); an idle one frees it.
                 scratch = if blocks.is_empty() { Vec::new() } else { buf };
                 counters.uploaded.fetch_add(bytes as u64, Ordering::Relaxed);
                 limits.stats.uploaded.fetch_add(bytes as u64, Ordering::Relaxed);
             }
             if !open && blocks.is_empty() {
-                let _ = wr.shutdown().await;
+                let _ = wr.wr.shutdown().await;
                 return Ok(());
             }
         }
