@@ -234,6 +234,17 @@ pub struct SwarmReply {
     pub incomplete: u32,
 }
 
+/// What [`Swarms::announce_compact`] answers: the peers as compact bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactReply {
+    /// IPv4 peers, 6 bytes each (address, port), a random subset in random order.
+    pub v4: Vec<u8>,
+    /// IPv6 peers, 18 bytes each.
+    pub v6: Vec<u8>,
+    pub complete: u32,
+    pub incomplete: u32,
+}
+
 /// Scrape numbers of one torrent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SwarmStats {
@@ -281,11 +292,18 @@ struct Slot {
 }
 
 /// One torrent's peers. Peers live in dense per-family vectors so that a uniform sample costs
-/// O(numwant); `index` finds a peer's slot.
+/// O(numwant); `index` finds a peer's slot. Each family's addresses are also kept in compact
+/// form (BEP 23 / BEP 15 bytes) in a vector parallel to its slots: a compact reply (every UDP
+/// announce, most HTTP ones) samples those 6 or 18 bytes instead of 80-byte slots, so its
+/// random reads stay in a table small enough for the CPU's cache (60 KB for 10,000 IPv4 peers
+/// against 800 KB). Profile finding (perf, 64 UDP clients, a swarm of 10,000): collecting the
+/// sampled slots was the tracker's largest user-space cost (10% of its CPU).
 #[derive(Debug, Default)]
 struct Swarm {
     v4: Vec<Slot>,
     v6: Vec<Slot>,
+    v4_wire: Vec<[u8; 6]>,
+    v6_wire: Vec<[u8; 18]>,
     index: HashMap<SocketAddr, usize>,
     /// Address bucket → its peers here (at most `max_peers_per_ip_per_torrent`).
     by_ip: HashMap<IpAddr, Vec<SocketAddr>>,
@@ -330,6 +348,10 @@ impl Swarm {
         let addr = slot.addr;
         self.count(slot.seeder, true);
         self.by_ip.entry(ip_bucket(addr.ip())).or_default().push(addr);
+        match addr {
+            SocketAddr::V4(a) => self.v4_wire.push(wire_v4(&a)),
+            SocketAddr::V6(a) => self.v6_wire.push(wire_v6(&a)),
+        }
         let vec = self.family(&addr);
         vec.push(slot);
         let i = vec.len() - 1;
@@ -338,6 +360,13 @@ impl Swarm {
 
     fn remove(&mut self, addr: &SocketAddr) -> Option<Slot> {
         let i = self.index.remove(addr)?;
+        if addr.is_ipv4() {
+            self.v4_wire.swap_remove(i);
+            shrink_vec(&mut self.v4_wire);
+        } else {
+            self.v6_wire.swap_remove(i);
+            shrink_vec(&mut self.v6_wire);
+        }
         let vec = self.family(addr);
         let slot = vec.swap_remove(i);
         let moved = vec.get(i).map(|s| s.addr);
@@ -390,9 +419,58 @@ impl Swarm {
         peers
     }
 
+    /// Like [`Swarm::sample`], as compact bytes: IPv4 peers into `v4` (6 bytes each), IPv6
+    /// peers into `v6` (18 bytes each), in random order.
+    fn sample_compact(
+        &self,
+        rng: &mut StdRng,
+        family: PeerFamily,
+        me: &SocketAddr,
+        n: usize,
+        slots_read: &mut usize,
+        (v4, v6): (&mut Vec<u8>, &mut Vec<u8>),
+    ) {
+        let (n4, n6) = match family {
+            PeerFamily::Any => (self.v4_wire.len(), self.v6_wire.len()),
+            PeerFamily::V4 => (self.v4_wire.len(), 0),
+            PeerFamily::V6 => (0, self.v6_wire.len()),
+        };
+        let len = n4 + n6;
+        let draws = (n + 1).min(len);
+        *slots_read = draws;
+        let mut picked = distinct_indices(rng, len, draws);
+        picked.shuffle(rng);
+        let (me4, me6) = match me {
+            SocketAddr::V4(a) => (Some(wire_v4(a)), None),
+            SocketAddr::V6(a) => (None, Some(wire_v6(a))),
+        };
+        let mut taken = 0;
+        for i in picked {
+            if taken == n {
+                break;
+            }
+            // Indices below n4 are IPv4 peers (n4 is 0 when only IPv6 is asked for).
+            if i < n4 {
+                let w = &self.v4_wire[i];
+                if me4.as_ref() != Some(w) {
+                    v4.extend_from_slice(w);
+                    taken += 1;
+                }
+            } else {
+                let w = &self.v6_wire[i - n4];
+                if me6.as_ref() != Some(w) {
+                    v6.extend_from_slice(w);
+                    taken += 1;
+                }
+            }
+        }
+    }
+
     /// Bytes allocated for this swarm's tables (capacities, not lengths).
     fn memory_estimate(&self) -> usize {
-        let slots = (self.v4.capacity() + self.v6.capacity()) * size_of::<Slot>();
+        let slots = (self.v4.capacity() + self.v6.capacity()) * size_of::<Slot>()
+            + self.v4_wire.capacity() * 6
+            + self.v6_wire.capacity() * 18;
         let index = hash_map_bytes(self.index.capacity(), size_of::<(SocketAddr, usize)>());
         let by_ip = hash_map_bytes(self.by_ip.capacity(), size_of::<(IpAddr, Vec<SocketAddr>)>())
             + self.by_ip.values().map(|v| v.capacity() * size_of::<SocketAddr>()).sum::<usize>();
@@ -419,6 +497,29 @@ fn distinct_indices(rng: &mut StdRng, len: usize, k: usize) -> Vec<usize> {
         picked.dedup();
     }
     picked
+}
+
+/// A peer's BEP 23 compact bytes: IPv4 address and port.
+fn wire_v4(a: &std::net::SocketAddrV4) -> [u8; 6] {
+    let mut w = [0u8; 6];
+    w[..4].copy_from_slice(&a.ip().octets());
+    w[4..].copy_from_slice(&a.port().to_be_bytes());
+    w
+}
+
+/// A peer's BEP 7 compact bytes: IPv6 address and port.
+fn wire_v6(a: &std::net::SocketAddrV6) -> [u8; 18] {
+    let mut w = [0u8; 18];
+    w[..16].copy_from_slice(&a.ip().octets());
+    w[16..].copy_from_slice(&a.port().to_be_bytes());
+    w
+}
+
+/// Gives back most of a vector's room once it is under a quarter full (as the slots do).
+fn shrink_vec<T>(v: &mut Vec<T>) {
+    if v.capacity() > 4 * v.len() + 16 {
+        v.shrink_to(2 * v.len());
+    }
 }
 
 /// Gives back most of a hash map's room once it is under a quarter full.
@@ -512,12 +613,49 @@ impl Swarms {
         a: &PeerAnnounce,
         family: PeerFamily,
     ) -> Result<SwarmReply, Refusal> {
+        let sample = self.record(now, a)?;
+        let (complete, incomplete) = self.counts(&a.info_hash);
+        let peers = match self.torrents.get(&a.info_hash) {
+            Some(swarm) if sample => {
+                let n = a.num_want as usize;
+                swarm.sample(&mut self.rng, family, &a.addr, n, &mut self.last_slots_read)
+            }
+            _ => Vec::new(),
+        };
+        Ok(SwarmReply { peers, complete, incomplete })
+    }
+
+    /// [`Swarms::announce`] for a compact reply (BEP 23, BEP 7, BEP 15): the peers come as
+    /// their compact bytes, sampled from the swarm's compact tables.
+    pub fn announce_compact(
+        &mut self,
+        now: Instant,
+        a: &PeerAnnounce,
+        family: PeerFamily,
+    ) -> Result<CompactReply, Refusal> {
+        let sample = self.record(now, a)?;
+        let (complete, incomplete) = self.counts(&a.info_hash);
+        let mut reply = CompactReply { v4: Vec::new(), v6: Vec::new(), complete, incomplete };
+        if let Some(swarm) = self.torrents.get(&a.info_hash).filter(|_| sample) {
+            let n = a.num_want as usize;
+            let out = (&mut reply.v4, &mut reply.v6);
+            swarm.sample_compact(&mut self.rng, family, &a.addr, n, &mut self.last_slots_read, out);
+        }
+        Ok(reply)
+    }
+
+    /// Seeders and leechers of a torrent (0, 0 if unknown).
+    fn counts(&self, info_hash: &InfoHash) -> (u32, u32) {
+        self.torrents.get(info_hash).map_or((0, 0), |s| (s.seeders, s.leechers))
+    }
+
+    /// Applies an announce to the tables; true if it should be answered with peers (not a
+    /// `stopped`).
+    fn record(&mut self, now: Instant, a: &PeerAnnounce) -> Result<bool, Refusal> {
         self.expire(now);
         if a.event == Event::Stopped {
             self.remove_peer(&a.info_hash, &a.addr);
-            let (complete, incomplete) =
-                self.torrents.get(&a.info_hash).map_or((0, 0), |s| (s.seeders, s.leechers));
-            return Ok(SwarmReply { peers: Vec::new(), complete, incomplete });
+            return Ok(false);
         }
         if !self.torrents.contains_key(&a.info_hash)
             && self.torrents.len() >= self.config.max_torrents
@@ -534,14 +672,7 @@ impl Swarms {
             }
             None => self.store(now, a, seeder),
         }
-        let Some(swarm) = self.torrents.get(&a.info_hash) else {
-            // Not stored (every cap that applies was full) and nobody else is here.
-            return Ok(SwarmReply { peers: Vec::new(), complete: 0, incomplete: 0 });
-        };
-        let (complete, incomplete) = (swarm.seeders, swarm.leechers);
-        let n = a.num_want as usize;
-        let peers = swarm.sample(&mut self.rng, family, &a.addr, n, &mut self.last_slots_read);
-        Ok(SwarmReply { peers, complete, incomplete })
+        Ok(true)
     }
 
     /// Scrape numbers of one torrent (all zero if unknown).
@@ -662,6 +793,15 @@ impl Shared {
         // memory-safe and at worst slightly stale, so keep serving.
         let mut swarms = self.swarms.lock().unwrap_or_else(|e| e.into_inner());
         swarms.announce(Instant::now(), a, family)
+    }
+
+    fn announce_compact(
+        &self,
+        a: &PeerAnnounce,
+        family: PeerFamily,
+    ) -> Result<CompactReply, Refusal> {
+        let mut swarms = self.swarms.lock().unwrap_or_else(|e| e.into_inner());
+        swarms.announce_compact(Instant::now(), a, family)
     }
 
     fn num_want(&self, asked: Option<u32>) -> u32 {
@@ -789,11 +929,17 @@ fn handle_http<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> Respon
                 num_want: shared.num_want(q.num_want),
             };
             tracing::debug!(addr = %announce.addr, info_hash = %q.info_hash, event = ?q.event, "HTTP announce");
-            match shared.announce(&announce, PeerFamily::Any) {
-                Ok(reply) => {
-                    encode_http_reply(&reply, shared.interval_secs(), q.compact, q.no_peer_id)
+            let interval = shared.interval_secs();
+            if q.compact {
+                match shared.announce_compact(&announce, PeerFamily::Any) {
+                    Ok(reply) => encode_http_compact_reply(&reply, interval),
+                    Err(e) => encode_failure(&e.to_string()),
                 }
-                Err(e) => encode_failure(&e.to_string()),
+            } else {
+                match shared.announce(&announce, PeerFamily::Any) {
+                    Ok(reply) => encode_http_reply(&reply, interval, false, q.no_peer_id),
+                    Err(e) => encode_failure(&e.to_string()),
+                }
             }
         }
     };
@@ -801,6 +947,25 @@ fn handle_http<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> Respon
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Full::new(Bytes::from(body)))
         .unwrap_or_default()
+}
+
+/// The bencoded compact reply to an HTTP announce: `complete`, `incomplete`, `interval`,
+/// `peers` (BEP 23) and, if any, `peers6` (BEP 7); the same bytes as [`encode_http_reply`]
+/// with `compact` gives for the same peers.
+pub fn encode_http_compact_reply(reply: &CompactReply, interval: u32) -> Vec<u8> {
+    let mut e = Encoder::new();
+    let result = e.emit_dict(|mut d| {
+        d.emit_pair(b"complete", reply.complete)?;
+        d.emit_pair(b"incomplete", reply.incomplete)?;
+        d.emit_pair(b"interval", interval)?;
+        d.emit_pair_with(b"peers", |e| e.emit_bytes(&reply.v4))?;
+        if !reply.v6.is_empty() {
+            d.emit_pair_with(b"peers6", |e| e.emit_bytes(&reply.v6))?;
+        }
+        Ok(())
+    });
+    // Cannot fail: keys are emitted in sorted order and nothing is nested.
+    result.and_then(|()| e.get_output()).expect("sorted keys always encode")
 }
 
 /// `d14:failure reason<len>:<reason>e`.
@@ -937,17 +1102,14 @@ fn handle_udp(shared: &Shared, datagram: &[u8], from: SocketAddr) -> Option<Vec<
             tracing::debug!(addr = %announce.addr, %info_hash, ?event, "UDP announce");
             // The reply's peer format follows the family the request came over.
             let family = if ip.is_ipv6() { PeerFamily::V6 } else { PeerFamily::V4 };
-            match shared.announce(&announce, family) {
-                Ok(reply) => {
-                    let peers: Vec<SocketAddr> = reply.peers.iter().map(|(a, _)| *a).collect();
-                    Some(udp::encode_announce_reply(
-                        transaction_id,
-                        shared.interval_secs(),
-                        reply.incomplete,
-                        reply.complete,
-                        &peers,
-                    ))
-                }
+            match shared.announce_compact(&announce, family) {
+                Ok(reply) => Some(udp::encode_announce_reply_compact(
+                    transaction_id,
+                    shared.interval_secs(),
+                    reply.incomplete,
+                    reply.complete,
+                    if family == PeerFamily::V6 { &reply.v6 } else { &reply.v4 },
+                )),
                 Err(e) => Some(udp::encode_error_reply(transaction_id, &e.to_string())),
             }
         }
@@ -1105,6 +1267,24 @@ mod tests {
         assert!(r.peers.iter().all(|(a, _)| a.is_ipv4()));
         let r = s.announce(t, &v6, PeerFamily::Any).unwrap();
         assert_eq!(r.peers.len(), 10, "HTTP gets both (but never the requester)");
+        // The same from the compact tables.
+        let c = s.announce_compact(t, &q, PeerFamily::V6).unwrap();
+        assert_eq!((compact_peers(&c), c.v4.len()), (vec![v6.addr], 0));
+        let c = s.announce_compact(t, &v6, PeerFamily::V4).unwrap();
+        assert_eq!((c.v4.len(), c.v6.len()), (60, 0));
+        let c = s.announce_compact(t, &q, PeerFamily::Any).unwrap();
+        let got = compact_peers(&c);
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|a| *a != q.addr));
+        let c = s.announce_compact(t, &v6, PeerFamily::Any).unwrap();
+        assert_eq!((c.v4.len(), c.v6.len()), (60, 0), "10 IPv4 peers, never the requester");
+    }
+
+    /// The peers of a compact reply, IPv4 then IPv6.
+    fn compact_peers(c: &CompactReply) -> Vec<SocketAddr> {
+        let mut all = super::super::parse_compact_peers(&c.v4, false).unwrap();
+        all.extend(super::super::parse_compact_peers(&c.v6, true).unwrap());
+        all
     }
 
     #[test]
@@ -1288,7 +1468,21 @@ mod tests {
                 _ => Event::None,
             };
             let now = t + Duration::from_millis(u64::from(step));
-            let r = s.announce(now, &a, PeerFamily::Any).unwrap();
+            // Every other announce asks for a compact reply (sampled from the compact tables).
+            let r = if step % 2 == 0 {
+                s.announce(now, &a, PeerFamily::Any).unwrap()
+            } else {
+                let c = s.announce_compact(now, &a, PeerFamily::Any).unwrap();
+                SwarmReply {
+                    peers: compact_peers(&c).into_iter().map(|p| (p, PeerId([0; 20]))).collect(),
+                    complete: c.complete,
+                    incomplete: c.incomplete,
+                }
+            };
+            let mut distinct: Vec<SocketAddr> = r.peers.iter().map(|p| p.0).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), r.peers.len(), "step {step}: a peer given twice");
             if a.event == Event::Stopped {
                 model.remove(&a.addr);
             } else {

@@ -271,15 +271,29 @@ pub fn encode_announce_reply(
     seeders: u32,
     peers: &[SocketAddr],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(20 + 18 * peers.len());
+    let mut compact = Vec::with_capacity(18 * peers.len());
+    for &p in peers {
+        push_compact_peer(&mut compact, p);
+    }
+    encode_announce_reply_compact(transaction_id, interval, leechers, seeders, &compact)
+}
+
+/// [`encode_announce_reply`] with the peers already in compact form (6 bytes each over IPv4,
+/// 18 over IPv6; one family per reply).
+pub fn encode_announce_reply_compact(
+    transaction_id: u32,
+    interval: u32,
+    leechers: u32,
+    seeders: u32,
+    peers: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + peers.len());
     out.extend_from_slice(&ACTION_ANNOUNCE.to_be_bytes());
     out.extend_from_slice(&transaction_id.to_be_bytes());
     out.extend_from_slice(&interval.to_be_bytes());
     out.extend_from_slice(&leechers.to_be_bytes());
     out.extend_from_slice(&seeders.to_be_bytes());
-    for &p in peers {
-        push_compact_peer(&mut out, p);
-    }
+    out.extend_from_slice(peers);
     out
 }
 
