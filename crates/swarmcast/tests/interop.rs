@@ -222,7 +222,13 @@ fn our_udp_tracker_and_udp_client_find_peers() {
 /// A transmission-cli config folder under `d`: loopback only, no DHT/LPD/PEX/uTP/port mapping,
 /// peers on `port`, no RPC, no speed limits.
 fn transmission_config(d: &Path, port: u16) -> std::path::PathBuf {
-    let conf = d.join("transmission");
+    transmission_config_with(d, port, 1)
+}
+
+/// [`transmission_config`] with Transmission's `encryption` setting: 0 prefer plain, 1 prefer
+/// encrypted (its default), 2 require encrypted.
+fn transmission_config_with(d: &Path, port: u16, encryption: u8) -> std::path::PathBuf {
+    let conf = d.join(format!("transmission-{port}"));
     std::fs::create_dir_all(&conf).unwrap();
     std::fs::write(
         conf.join("settings.json"),
@@ -230,11 +236,56 @@ fn transmission_config(d: &Path, port: u16) -> std::path::PathBuf {
             r#"{{"dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
   "utp-enabled": false, "port-forwarding-enabled": false, "bind-address-ipv4": "127.0.0.1",
   "peer-port": {port}, "peer-port-random-on-start": false, "rpc-enabled": false,
-  "speed-limit-up-enabled": false, "speed-limit-down-enabled": false}}"#
+  "speed-limit-up-enabled": false, "speed-limit-down-enabled": false,
+  "encryption": {encryption}}}"#
         ),
     )
     .unwrap();
     conf
+}
+
+/// Protocol encryption against Transmission set to require it (`encryption: 2`, `-er`): a
+/// Transmission seed, and a Transmission leecher our seed dials (it will not dial loopback).
+#[test]
+fn encrypted_transfers_with_a_transmission_that_requires_encryption() {
+    require("transmission-cli");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let seed_dir = d.join("seed");
+    let file = seed_dir.join("payload.bin");
+    random_file(&file, 2 * MIB + 3, 13);
+    let t = create_torrent(&file, &d.join("p.torrent"), &[]);
+    let transmission = |conf: &Path, folder: &Path, port: u16| {
+        let mut c = Command::new("transmission-cli");
+        c.arg("-er").arg("-g").arg(conf).arg("-w").arg(folder);
+        c.args(["-p", &port.to_string()]).arg(&t);
+        Proc::spawn("transmission-cli", c, d)
+    };
+
+    // Transmission seeds; we download with encryption required.
+    let port = free_port();
+    let mut tr = transmission(&transmission_config_with(d, port, 2), &seed_dir, port);
+    tr.wait_output("Seeding", LONG);
+    let out = d.join("got");
+    let peer = format!("127.0.0.1:{port}");
+    let extra = ["--peer", &peer, "--encryption", "require"];
+    get_ok(t.to_str().unwrap(), &out, d, &extra, "encrypted download from Transmission");
+    assert_same_file(&file, &out.join("payload.bin"));
+    drop(tr);
+
+    // Transmission downloads from our seed, which requires encryption and dials it.
+    let port = free_port();
+    let got_dir = d.join("tr");
+    std::fs::create_dir_all(&got_dir).unwrap();
+    let _tr = transmission(&transmission_config_with(d, port, 2), &got_dir, port);
+    wait_listening(port, Duration::from_secs(30));
+    let peer = format!("127.0.0.1:{port}");
+    let (_seed, _) = start_seed(&t, &file, d, &["--peer", &peer, "--encryption", "require"]);
+    let want = std::fs::read(&file).unwrap();
+    let got = got_dir.join("payload.bin");
+    wait_for("Transmission to finish the encrypted download", LONG, || {
+        std::fs::read(&got).is_ok_and(|b| b == want)
+    });
 }
 
 #[test]
