@@ -387,8 +387,9 @@ fn libtorrent_accepts_and_downloads_a_swarmcast_multi_file_torrent() {
 }
 
 /// Protocol encryption (MSE/PE) against a libtorrent that requires it (RC4 for the payload,
-/// qBittorrent's "require encryption"), both ways; and a seed of ours that requires it refuses
-/// a libtorrent that speaks only plain BitTorrent.
+/// qBittorrent's "require encryption"), both ways; our default policy falls back to plain for
+/// a libtorrent that refuses encryption; and a seed of ours that requires it refuses a
+/// libtorrent that speaks only plain BitTorrent.
 #[test]
 fn encrypted_transfers_with_a_libtorrent_that_requires_encryption() {
     let dir = tempfile::tempdir().unwrap();
@@ -404,6 +405,15 @@ fn encrypted_transfers_with_a_libtorrent_that_requires_encryption() {
     get_ok(t.to_str().unwrap(), &out, d, &["--peer", &peer], "get from an encrypting libtorrent");
     assert_same_file(&file, &out.join("secret.bin"));
     drop(lt_seed);
+
+    // A libtorrent that speaks only plain BitTorrent refuses our encrypted dial; the default
+    // policy dials again in plain.
+    let (lt_plain, port) = libtorrent_seed_with(&t, &d.join("seed"), d, Some("disable"));
+    let out = d.join("got-plain");
+    let peer = format!("127.0.0.1:{port}");
+    get_ok(t.to_str().unwrap(), &out, d, &["--peer", &peer], "get from a plain-only libtorrent");
+    assert_same_file(&file, &out.join("secret.bin"));
+    drop(lt_plain);
 
     // We seed, encrypted only; libtorrent requiring encryption downloads.
     let (_seed, port) = start_seed(&t, &file, d, &["--encryption", "require"]);

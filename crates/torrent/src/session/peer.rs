@@ -91,8 +91,7 @@ pub async fn connect(
         }
         Ok(Connected { stream, addr, theirs, outgoing: true, crypto: None, pending: Vec::new() })
     };
-    let encrypted = |provide| async move {
-        let mut stream = TcpStream::connect(addr).await?;
+    let encrypted = |mut stream: TcpStream, provide| async move {
         stream.set_nodelay(true)?;
         let role = Role::Initiator {
             info_hash,
@@ -109,14 +108,19 @@ pub async fn connect(
     let attempt = async {
         match encryption {
             Encryption::Disable => plain().await,
-            Encryption::Require => encrypted(CryptoSet::RC4).await,
-            Encryption::Prefer => match encrypted(CryptoSet::BOTH).await {
-                Ok(c) => Ok(c),
-                Err(e) => {
-                    debug!(%addr, "encrypted handshake failed ({e}); trying plain");
-                    plain().await
+            Encryption::Require => encrypted(TcpStream::connect(addr).await?, CryptoSet::RC4).await,
+            Encryption::Prefer => {
+                // A dial that fails is final; a handshake the peer breaks off is tried again
+                // in plain (a peer that speaks only plain BitTorrent closes on our key).
+                let stream = TcpStream::connect(addr).await?;
+                match encrypted(stream, CryptoSet::BOTH).await {
+                    Ok(c) => Ok(c),
+                    Err(e) => {
+                        debug!(%addr, "encrypted handshake failed ({e}); trying plain");
+                        plain().await
+                    }
                 }
-            },
+            }
         }
     };
     tokio::time::timeout(timeout, attempt)
