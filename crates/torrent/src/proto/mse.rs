@@ -24,7 +24,7 @@
 //! drains outputs, [`Mse::next_deadline`] says when to call back. Everything the peer sends is
 //! hostile: the pads, the synchronisation scans and IA are bounded, a key outside `(1, P-1)` or
 //! a nonzero VC fails the handshake, and the input buffer never holds more than
-//! [`MAX_BUFFERED`] bytes.
+//! [`MAX_BUFFERED`] unparsed bytes.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -45,12 +45,14 @@ const PRIME: [u8; 96] = hex_literal(
 pub const KEY_LEN: usize = 96;
 /// Longest pad either side may send.
 pub const MAX_PAD: usize = 512;
-/// Longest initial payload we accept from an initiator (a BitTorrent handshake is 68 bytes;
-/// libtorrent sends exactly that).
-pub const MAX_IA: usize = 1024;
-/// Most bytes the core holds from the peer before the handshake completes: a key, the largest
-/// pad, the hashes, the largest PadC, the largest IA, and what followed in the same reads.
-pub const MAX_BUFFERED: usize = 4 * 1024;
+/// Longest initial payload (IA) an initiator may send: the spec's 2-byte length allows any.
+/// (libtorrent sends its 68-byte BitTorrent handshake there.)
+pub const MAX_IA: usize = u16::MAX as usize;
+/// Most bytes the core holds unparsed from the peer before the handshake completes: a key and
+/// the largest pad while it looks for the synchronisation marker, or the largest IA while it
+/// waits for all of it, with room to spare. Bytes after the handshake's end are payload and do
+/// not count (see [`Mse::handle`]).
+pub const MAX_BUFFERED: usize = 68 * 1024;
 /// How long a handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of RC4 keystream thrown away before use.
@@ -229,7 +231,10 @@ impl Mse {
         (!matches!(self.state, State::Finished)).then_some(self.deadline)
     }
 
-    /// Feeds bytes received from the peer (empty to just let time pass).
+    /// Feeds bytes received from the peer (empty to just let time pass). Bytes are taken as
+    /// far as the handshake can parse them, at most [`MAX_BUFFERED`] unparsed at a time; what
+    /// follows the end of the handshake in the same call is payload and goes to
+    /// [`Established::received`] (decrypted), however long.
     pub fn handle(&mut self, now: Instant, received: &[u8]) {
         if matches!(self.state, State::Finished) {
             return;
@@ -237,12 +242,32 @@ impl Mse {
         if now >= self.deadline {
             return self.fail("encryption handshake timed out");
         }
-        if self.buf.len() + received.len() > MAX_BUFFERED {
-            return self.fail("peer sent too much during the encryption handshake");
-        }
-        self.buf.extend_from_slice(received);
-        if let Err(why) = self.advance() {
-            self.fail(&why);
+        let mut input = received;
+        loop {
+            let room = MAX_BUFFERED - self.buf.len();
+            if room == 0 {
+                return self.fail("peer sent too much during the encryption handshake");
+            }
+            let (now_in, later) = input.split_at(room.min(input.len()));
+            self.buf.extend_from_slice(now_in);
+            input = later;
+            if let Err(why) = self.advance() {
+                return self.fail(&why);
+            }
+            if matches!(self.state, State::Finished) {
+                // Done: the rest is payload, in the stream the handshake ended on.
+                if let Some(Output::Done(est)) = self.out.back_mut() {
+                    let mut rest = input.to_vec();
+                    if let Some(d) = &mut est.decrypt {
+                        d.apply(&mut rest);
+                    }
+                    est.received.extend_from_slice(&rest);
+                }
+                return;
+            }
+            if input.is_empty() {
+                return;
+            }
         }
     }
 
@@ -446,10 +471,8 @@ impl Mse {
                         return Ok(());
                     }
                     let bytes = self.take_decrypted(len + 2);
+                    // At most MAX_IA by its 2-byte length.
                     let ia = u16::from_be_bytes([bytes[len], bytes[len + 1]]) as usize;
-                    if ia > MAX_IA {
-                        return Err(format!("peer's initial payload is over {MAX_IA} bytes"));
-                    }
                     self.state = State::AwaitIa { len: ia, provide };
                 }
                 State::AwaitIa { len, provide } => {
@@ -696,14 +719,57 @@ mod tests {
             assert!(fed <= MAX_PAD + 20 + 64, "still scanning after {fed} bytes");
         }
         assert!(matches!(b.poll(), Some(Output::Failed(_))));
-        // More than the buffer bound in one go.
+        // A megabyte in one go: the key is taken, then the scan gives up within the pad.
         let mut b = responder(&mut rng);
-        b.handle(now, &vec![3u8; MAX_BUFFERED + 1]);
+        b.handle(now, &vec![3u8; 1 << 20]);
+        assert!(matches!(b.poll(), Some(Output::Send(_))));
         assert!(matches!(b.poll(), Some(Output::Failed(_))));
+        assert!(b.next_deadline().is_none());
         // Silence past the deadline.
         let mut b = responder(&mut rng);
         b.handle(now + HANDSHAKE_TIMEOUT, &[]);
         assert!(matches!(b.poll(), Some(Output::Failed(why)) if why.contains("timed out")));
+    }
+
+    #[test]
+    fn payload_arriving_with_the_end_of_the_handshake_is_handed_over_whatever_its_size() {
+        for (provide, allowed) in
+            [(CryptoSet::BOTH, CryptoSet::RC4), (CryptoSet::BOTH, CryptoSet::BOTH)]
+        {
+            let now = Instant::now();
+            let mut rng = ChaCha8Rng::seed_from_u64(9);
+            let role = Role::Initiator { info_hash: IH, provide, initial_payload: vec![1; 68] };
+            let mut a = Mse::new(now, role, &mut rng);
+            let mut b = Mse::new(now, Role::Responder { torrents: vec![IH], allowed }, &mut rng);
+            let sends = |m: &mut Mse| {
+                let mut wire = Vec::new();
+                let mut done = None;
+                while let Some(out) = m.poll() {
+                    match out {
+                        Output::Send(bytes) => wire.extend(bytes),
+                        Output::Done(e) => done = Some(e),
+                        Output::Failed(why) => panic!("{why}"),
+                    }
+                }
+                (wire, done)
+            };
+            b.handle(now, &sends(&mut a).0); // Ya, PadA
+            a.handle(now, &sends(&mut b).0); // Yb, PadB
+            b.handle(now, &sends(&mut a).0); // req1 .. IA
+            let (mut wire, done) = sends(&mut b);
+            let mut theirs = done.expect("the responder is done");
+            // The responder's first 100 KB of payload leave with its last handshake bytes.
+            let mut payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+            let want = payload.clone();
+            if let Some(e) = &mut theirs.encrypt {
+                e.apply(&mut payload);
+            }
+            wire.extend(payload);
+            a.handle(now, &wire);
+            let (_, done) = sends(&mut a);
+            let ours = done.expect("the initiator is done, not over its buffer bound");
+            assert_eq!(ours.received, want);
+        }
     }
 
     #[test]

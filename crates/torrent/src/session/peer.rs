@@ -98,34 +98,42 @@ pub async fn connect(
             provide,
             initial_payload: Handshake::new(info_hash, our_id).encode().to_vec(),
         };
-        let (crypto, received) = run_mse(&mut stream, role).await?;
+        let (_, crypto, received) = run_mse(&mut stream, role).await?;
         let (theirs, crypto, pending) = finish_handshake(&mut stream, crypto, received).await?;
         if theirs.info_hash != info_hash {
             return Err(invalid("peer answered for another torrent"));
         }
         Ok(Connected { stream, addr, theirs, outgoing: true, crypto, pending })
     };
-    let attempt = async {
-        match encryption {
-            Encryption::Disable => plain().await,
-            Encryption::Require => encrypted(TcpStream::connect(addr).await?, CryptoSet::RC4).await,
-            Encryption::Prefer => {
-                // A dial that fails is final; a handshake the peer breaks off is tried again
-                // in plain (a peer that speaks only plain BitTorrent closes on our key).
-                let stream = TcpStream::connect(addr).await?;
-                match encrypted(stream, CryptoSet::BOTH).await {
-                    Ok(c) => Ok(c),
-                    Err(e) => {
-                        debug!(%addr, "encrypted handshake failed ({e}); trying plain");
-                        plain().await
-                    }
-                }
-            }
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "handshake timed out");
+    match encryption {
+        Encryption::Disable => {
+            tokio::time::timeout(timeout, plain()).await.map_err(|_| timed_out())?
         }
-    };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
+        Encryption::Require => {
+            let attempt =
+                async { encrypted(TcpStream::connect(addr).await?, CryptoSet::RC4).await };
+            tokio::time::timeout(timeout, attempt).await.map_err(|_| timed_out())?
+        }
+        Encryption::Prefer => {
+            // A dial that fails is final. An encrypted handshake that fails (the peer breaks
+            // it off, answers what we refuse, or stays silent for half the time allowed) is
+            // tried again in plain with the other half, as libtorrent does.
+            let started = tokio::time::Instant::now();
+            let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| timed_out())??;
+            let first = tokio::time::timeout(timeout / 2, encrypted(stream, CryptoSet::BOTH)).await;
+            let why = match first {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+            debug!(%addr, "encrypted handshake failed ({why}); trying plain");
+            let left = timeout.saturating_sub(started.elapsed());
+            tokio::time::timeout(left, plain()).await.map_err(|_| timed_out())?
+        }
+    }
 }
 
 /// Reads an incoming peer's handshake, plain or encrypted as `encryption` allows; `lookup`
@@ -159,8 +167,13 @@ pub async fn accept<T>(
             let allowed =
                 if encryption == Encryption::Require { CryptoSet::RC4 } else { CryptoSet::BOTH };
             let role = Role::Responder { torrents: torrents(), allowed };
-            let (crypto, received) = run_mse_with(&mut stream, role, &first).await?;
-            finish_handshake(&mut stream, crypto, received).await?
+            let (skey, crypto, received) = run_mse_with(&mut stream, role, &first).await?;
+            let done = finish_handshake(&mut stream, crypto, received).await?;
+            // The torrent named inside must be the one the encryption handshake proved.
+            if done.0.info_hash != skey {
+                return Err(invalid("peer's handshake names another torrent than its encryption"));
+            }
+            done
         };
         let Some((our_id, target)) = lookup(&theirs.info_hash) else {
             return Err(invalid("peer asked for a torrent we do not have"));
@@ -177,20 +190,17 @@ pub async fn accept<T>(
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
 }
 
-async fn run_mse(
-    stream: &mut TcpStream,
-    role: Role,
-) -> io::Result<(Option<Box<StreamCrypto>>, Vec<u8>)> {
+async fn run_mse(stream: &mut TcpStream, role: Role) -> io::Result<MseDone> {
     run_mse_with(stream, role, &[]).await
 }
 
-/// Drives an MSE handshake core over `stream`, `first` being bytes already read. Returns the
-/// streams (with RC4 selected) and the payload received so far, decrypted.
-async fn run_mse_with(
-    stream: &mut TcpStream,
-    role: Role,
-    first: &[u8],
-) -> io::Result<(Option<Box<StreamCrypto>>, Vec<u8>)> {
+/// What an MSE handshake left: the torrent both sides proved they know, the streams (with RC4
+/// selected) and the payload received so far, decrypted.
+type MseDone = (InfoHash, Option<Box<StreamCrypto>>, Vec<u8>);
+
+/// Drives an MSE handshake core over `stream`, `first` being bytes already read, until it is
+/// done, fails, or passes its deadline.
+async fn run_mse_with(stream: &mut TcpStream, role: Role, first: &[u8]) -> io::Result<MseDone> {
     // The thread's RNG is not held across an await (it cannot move between threads).
     let mut core = Mse::new(std::time::Instant::now(), role, &mut rand::rng());
     if !first.is_empty() {
@@ -209,16 +219,29 @@ async fn run_mse_with(
                         }
                         _ => None,
                     };
-                    return Ok((crypto, est.received));
+                    return Ok((est.info_hash, crypto, est.received));
                 }
                 mse::Output::Failed(why) => return Err(invalid(&why)),
             }
         }
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
+        let read = match core.next_deadline() {
+            Some(at) => {
+                let at = tokio::time::Instant::from_std(at);
+                match tokio::time::timeout_at(at, stream.read(&mut buf)).await {
+                    Ok(read) => read?,
+                    // Past the deadline: the core fails the handshake.
+                    Err(_) => {
+                        core.handle(std::time::Instant::now(), &[]);
+                        continue;
+                    }
+                }
+            }
+            None => stream.read(&mut buf).await?,
+        };
+        if read == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "early eof"));
         }
-        core.handle(std::time::Instant::now(), &buf[..n]);
+        core.handle(std::time::Instant::now(), &buf[..read]);
     }
 }
 
