@@ -177,6 +177,13 @@ enum State {
     Finished,
 }
 
+/// Where a synchronisation scan stands ([`Mse::sync`]).
+enum Sync {
+    Found,
+    /// Not yet; scan again from this offset when more bytes come.
+    Waiting(usize),
+}
+
 /// One MSE handshake, either side.
 pub struct Mse {
     role: Role,
@@ -348,17 +355,9 @@ impl Mse {
                     self.decrypt = Some(decrypt);
                     self.state = State::SyncVc { vc, scanned: 0 };
                 }
-                State::SyncVc { vc, scanned } => match find(&self.buf, &vc, scanned) {
-                    Some(at) if at <= MAX_PAD => {
-                        self.buf.drain(..at + vc.len());
-                        self.state = State::AwaitSelect;
-                    }
-                    Some(_) => return Err("no encryption handshake from the peer".into()),
-                    None if self.buf.len() >= MAX_PAD + vc.len() => {
-                        return Err("no encryption handshake from the peer".into());
-                    }
-                    None => {
-                        let scanned = self.buf.len().saturating_sub(vc.len() - 1);
+                State::SyncVc { vc, scanned } => match self.sync(&vc, scanned)? {
+                    Sync::Found => self.state = State::AwaitSelect,
+                    Sync::Waiting(scanned) => {
                         self.state = State::SyncVc { vc, scanned };
                         return Ok(());
                     }
@@ -411,17 +410,9 @@ impl Mse {
                     self.out.push_back(Output::Send(reply));
                     self.state = State::SyncReq1 { req1: hash2(b"req1", &s), scanned: 0 };
                 }
-                State::SyncReq1 { req1, scanned } => match find(&self.buf, &req1, scanned) {
-                    Some(at) if at <= MAX_PAD => {
-                        self.buf.drain(..at + req1.len());
-                        self.state = State::AwaitSkey;
-                    }
-                    Some(_) => return Err("no encryption handshake from the peer".into()),
-                    None if self.buf.len() >= MAX_PAD + req1.len() => {
-                        return Err("no encryption handshake from the peer".into());
-                    }
-                    None => {
-                        let scanned = self.buf.len().saturating_sub(req1.len() - 1);
+                State::SyncReq1 { req1, scanned } => match self.sync(&req1, scanned)? {
+                    Sync::Found => self.state = State::AwaitSkey,
+                    Sync::Waiting(scanned) => {
                         self.state = State::SyncReq1 { req1, scanned };
                         return Ok(());
                     }
@@ -512,6 +503,21 @@ impl Mse {
                 }
                 State::Finished => return Ok(()),
             }
+        }
+    }
+
+    /// Looks for `marker` after a pad of at most [`MAX_PAD`] bytes at the buffer's start,
+    /// from `scanned` on. Found: the pad and the marker leave the buffer.
+    fn sync(&mut self, marker: &[u8], scanned: usize) -> Result<Sync, String> {
+        match find(&self.buf, marker, scanned) {
+            Some(at) if at <= MAX_PAD => {
+                self.buf.drain(..at + marker.len());
+                Ok(Sync::Found)
+            }
+            None if self.buf.len() < MAX_PAD + marker.len() => {
+                Ok(Sync::Waiting(self.buf.len().saturating_sub(marker.len() - 1)))
+            }
+            _ => Err("no encryption handshake from the peer".into()),
         }
     }
 
