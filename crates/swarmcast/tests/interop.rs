@@ -15,6 +15,22 @@ const LONG: Duration = Duration::from_secs(120);
 
 #[test]
 fn aria2c_downloads_from_our_seed_through_our_tracker() {
+    aria2c_downloads_from_our_seed(&[], &[]);
+}
+
+/// aria2c set to require encryption (RC4) downloads from our seed requiring it: aria2's MSE
+/// dials our responder.
+#[test]
+fn aria2c_requiring_encryption_downloads_from_our_seed_requiring_it() {
+    aria2c_downloads_from_our_seed(
+        &["--encryption", "require"],
+        &["--bt-require-crypto=true", "--bt-min-crypto-level=arc4"],
+    );
+}
+
+/// Seeds a file with `seed_args`, announces it on our tracker, and has aria2c (with
+/// `aria_args`) download it; the bytes must match.
+fn aria2c_downloads_from_our_seed(seed_args: &[&str], aria_args: &[&str]) {
     require("aria2c");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -23,7 +39,7 @@ fn aria2c_downloads_from_our_seed_through_our_tracker() {
     let (_tracker, tport) = start_tracker(d);
     let announce = format!("http://127.0.0.1:{tport}/announce");
     let t = create_torrent(&file, &d.join("p.torrent"), &["--tracker", &announce]);
-    let (_seed, _) = start_seed(&t, &file, d, &[]);
+    let (_seed, _) = start_seed(&t, &file, d, seed_args);
 
     let out = d.join("aria");
     let mut c = Command::new("aria2c");
@@ -39,6 +55,7 @@ fn aria2c_downloads_from_our_seed_through_our_tracker() {
         "--bt-stop-timeout=100",
         &format!("--listen-port={}", free_port()),
     ])
+    .args(aria_args)
     .arg(format!("--dir={}", out.display()))
     .arg(&t);
     let mut aria = Proc::spawn("aria2c", c, d);
