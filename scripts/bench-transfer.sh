@@ -25,6 +25,9 @@
 #   BENCH_TIMEOUT      seconds a leecher may take before it counts as failed (default 600)
 #   BENCH_CASES        run only these cases, space-separated (default: all): lt-aria2 lt-lt
 #                      lt-swarmcast swarmcast-lt swarmcast-swarmcast
+#   BENCH_ENCRYPTION   `require`: every libtorrent and swarmcast peer requires protocol encryption
+#                      with an RC4 payload (LT_ENCRYPTION=require, --encryption require); the
+#                      aria2c case is left out (default: each program's own default)
 #
 # Every process this script starts runs under `timeout` (its own process group), is tracked by
 # PID, and is stopped on exit.
@@ -207,7 +210,13 @@ PYEOF
 
 # The two leechers that can be handed the seed's address, as commands (after CASE RUN).
 LT_GET=("$PY" "$LT_PEER" get "$WORK/plain.torrent" "$WORK/out" "$LEECH_PORT" "$SEED_PORT" "$LEECH_TIMEOUT")
-SC_GET=("$SC" get "$WORK/plain.torrent" -o "$WORK/out" --peer "127.0.0.1:$SEED_PORT" --bind 127.0.0.1
+SC_ENC=()
+case ${BENCH_ENCRYPTION:-} in
+  "") ;;
+  require) export LT_ENCRYPTION=require; SC_ENC=(--encryption require) ;;
+  *) echo "BENCH_ENCRYPTION must be empty or require" >&2; exit 2 ;;
+esac
+SC_GET=("$SC" get "$WORK/plain.torrent" -o "$WORK/out" --peer "127.0.0.1:$SEED_PORT" --bind 127.0.0.1 "${SC_ENC[@]}"
   --port "$LEECH_PORT")
 
 # with_lt_seed CASE RUN LEECHER...: a libtorrent seed, then the timed leecher.
@@ -226,7 +235,7 @@ with_swarmcast_seed() {
   local case=$1 run=$2 seed
   shift 2
   spawn "$WORK/seed.log" "$SC" seed "$WORK/plain.torrent" --data "$DATA" \
-    --port "$SEED_PORT" --bind 127.0.0.1
+    --port "$SEED_PORT" --bind 127.0.0.1 "${SC_ENC[@]}"
   seed=$SPAWNED
   wait_for "$seed" "$WORK/seed.log" '^seeding .* on port' 180
   leech "$case" "$run" "$@"
@@ -235,7 +244,10 @@ with_swarmcast_seed() {
 
 : >"$WORK/results"
 echo "page cache dropped before each leecher: $CACHE_DROPPED"
-SELECTED=" ${BENCH_CASES:-lt-aria2 lt-lt lt-swarmcast swarmcast-lt swarmcast-swarmcast} "
+ALL_CASES="lt-aria2 lt-lt lt-swarmcast swarmcast-lt swarmcast-swarmcast"
+# aria2c is found through the tracker with its own settings: not part of an encrypted run.
+if [ -n "${BENCH_ENCRYPTION:-}" ]; then ALL_CASES=${ALL_CASES#lt-aria2 }; fi
+SELECTED=" ${BENCH_CASES:-$ALL_CASES} "
 for c in $SELECTED; do
   case $c in
     lt-aria2 | lt-lt | lt-swarmcast | swarmcast-lt | swarmcast-swarmcast) ;;
@@ -291,10 +303,12 @@ failed=0
       }'
   done
 } >"$WORK/table.md"
+ENC_NOTE=""
+if [ -n "${BENCH_ENCRYPTION:-}" ]; then ENC_NOTE=" Every peer requires protocol encryption with an RC4 payload."; fi
 HEADER="One seed → one leecher on 127.0.0.1, $SIZE_MIB MiB random file, 1 MiB pieces, $RUNS run(s),\
  median wall seconds from leecher start to exit; page cache dropped before each leecher: $CACHE_DROPPED;\
  $(nproc) CPUs; swarmcast $(git rev-parse --short HEAD 2>/dev/null || echo '?'), aria2 $(aria2c --version | awk 'NR==1{print $3}'),\
- libtorrent $($PY -c 'import libtorrent; print(libtorrent.__version__)')."
+ libtorrent $($PY -c 'import libtorrent; print(libtorrent.__version__)').$ENC_NOTE"
 echo
 echo "$HEADER"
 echo
