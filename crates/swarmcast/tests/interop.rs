@@ -430,6 +430,15 @@ fn encrypted_transfers_with_a_libtorrent_that_requires_encryption() {
     let peer = format!("127.0.0.1:{port}");
     get_ok(t.to_str().unwrap(), &out, d, &["--peer", &peer], "get from a plain-only libtorrent");
     assert_same_file(&file, &out.join("secret.bin"));
+    // Requiring encryption against it gets nothing, and says why and what to try.
+    let mut strict = swarmcast_get(
+        t.to_str().unwrap(),
+        &d.join("got-strict"),
+        d,
+        &["--peer", &peer, "--encryption", "require"],
+    );
+    strict.wait_output("--encryption prefer (the default) tries both", LONG);
+    drop(strict);
     drop(lt_plain);
 
     // We seed, encrypted only; libtorrent requiring encryption downloads.

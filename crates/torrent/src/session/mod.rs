@@ -185,6 +185,9 @@ struct Shared {
     /// Running torrents by info-hash (at most one each).
     routes: std::sync::Mutex<BTreeMap<InfoHash, Route>>,
     encryption: Encryption,
+    /// Set once a peer broke off a handshake under a strict `encryption` and the person was
+    /// told what that may mean (once per session, not once per dial).
+    encryption_hinted: AtomicBool,
 }
 
 impl Shared {
@@ -242,6 +245,7 @@ impl Session {
             download: RateLimiter::new(options.download_limit),
             routes: std::sync::Mutex::new(BTreeMap::new()),
             encryption: options.encryption,
+            encryption_hinted: AtomicBool::new(false),
         });
         let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Session { shared, acceptor })
@@ -742,12 +746,33 @@ impl Torrent {
 
     fn dial(&self, addr: SocketAddr) {
         let events = self.events_tx.clone();
-        let (ih, id, encryption) = (self.info_hash, self.our_id, self.session.encryption);
+        let (ih, id, session) = (self.info_hash, self.our_id, self.session.clone());
         tokio::spawn(async move {
+            let encryption = session.encryption;
             let ev = match peer::connect(addr, ih, id, Duration::from_secs(10), encryption).await {
                 Ok(c) => Event::Connected(c),
                 Err(e) => {
                     debug!(%addr, "dial failed: {e}");
+                    // A peer that closes on our handshake may want the other kind: say so once.
+                    let closed = matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                    );
+                    if closed
+                        && encryption != Encryption::Prefer
+                        && !session.encryption_hinted.swap(true, Ordering::Relaxed)
+                    {
+                        let maybe = if encryption == Encryption::Require {
+                            "it may not accept encrypted connections (--encryption require)"
+                        } else {
+                            "it may require encryption (--encryption disable)"
+                        };
+                        warn!(
+                            %addr,
+                            "a peer closed the connection during the handshake: {maybe}; \
+                             --encryption prefer (the default) tries both"
+                        );
+                    }
                     Event::ConnectFailed(addr)
                 }
             };
