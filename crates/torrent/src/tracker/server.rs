@@ -52,7 +52,7 @@ use sha1::{Digest, Sha1};
 use tokio::net::UdpSocket;
 
 use super::udp::{self, UdpRequest};
-use super::{push_compact_peer, Event};
+use super::Event;
 use crate::{InfoHash, PeerId};
 
 /// Longest an HTTP connection (keep-alive included) stays open.
@@ -937,7 +937,7 @@ fn handle_http<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> Respon
                 }
             } else {
                 match shared.announce(&announce, PeerFamily::Any) {
-                    Ok(reply) => encode_http_reply(&reply, interval, false, q.no_peer_id),
+                    Ok(reply) => encode_http_reply(&reply, interval, q.no_peer_id),
                     Err(e) => encode_failure(&e.to_string()),
                 }
             }
@@ -950,8 +950,7 @@ fn handle_http<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> Respon
 }
 
 /// The bencoded compact reply to an HTTP announce: `complete`, `incomplete`, `interval`,
-/// `peers` (BEP 23) and, if any, `peers6` (BEP 7); the same bytes as [`encode_http_reply`]
-/// with `compact` gives for the same peers.
+/// `peers` (BEP 23) and, if any, `peers6` (BEP 7).
 pub fn encode_http_compact_reply(reply: &CompactReply, interval: u32) -> Vec<u8> {
     let mut e = Encoder::new();
     let result = e.emit_dict(|mut d| {
@@ -977,44 +976,28 @@ pub fn encode_failure(reason: &str) -> Vec<u8> {
         .expect("a one-key dictionary always encodes")
 }
 
-/// The bencoded reply to an HTTP announce: `complete`, `incomplete`, `interval` and `peers`
-/// (compact, IPv6 peers then in `peers6`; or a list of dictionaries).
-pub fn encode_http_reply(
-    reply: &SwarmReply,
-    interval: u32,
-    compact: bool,
-    no_peer_id: bool,
-) -> Vec<u8> {
+/// The bencoded non-compact reply to an HTTP announce: `complete`, `incomplete`, `interval` and
+/// `peers` as a list of dictionaries (compact replies: [`encode_http_compact_reply`]).
+pub fn encode_http_reply(reply: &SwarmReply, interval: u32, no_peer_id: bool) -> Vec<u8> {
     let mut e = Encoder::new();
     let result = e.emit_dict(|mut d| {
         d.emit_pair(b"complete", reply.complete)?;
         d.emit_pair(b"incomplete", reply.incomplete)?;
         d.emit_pair(b"interval", interval)?;
-        if compact {
-            let (mut v4, mut v6) = (Vec::new(), Vec::new());
-            for (addr, _) in &reply.peers {
-                push_compact_peer(if addr.is_ipv4() { &mut v4 } else { &mut v6 }, *addr);
-            }
-            d.emit_pair_with(b"peers", |e| e.emit_bytes(&v4))?;
-            if !v6.is_empty() {
-                d.emit_pair_with(b"peers6", |e| e.emit_bytes(&v6))?;
-            }
-        } else {
-            d.emit_pair_with(b"peers", |e: SingleItemEncoder| {
-                e.emit_list(|e| {
-                    for (addr, id) in &reply.peers {
-                        e.emit_dict(|mut p| {
-                            p.emit_pair(b"ip", addr.ip().to_string())?;
-                            if !no_peer_id {
-                                p.emit_pair_with(b"peer id", |e| e.emit_bytes(&id.0))?;
-                            }
-                            p.emit_pair(b"port", addr.port())
-                        })?;
-                    }
-                    Ok(())
-                })
-            })?;
-        }
+        d.emit_pair_with(b"peers", |e: SingleItemEncoder| {
+            e.emit_list(|e| {
+                for (addr, id) in &reply.peers {
+                    e.emit_dict(|mut p| {
+                        p.emit_pair(b"ip", addr.ip().to_string())?;
+                        if !no_peer_id {
+                            p.emit_pair_with(b"peer id", |e| e.emit_bytes(&id.0))?;
+                        }
+                        p.emit_pair(b"port", addr.port())
+                    })?;
+                }
+                Ok(())
+            })
+        })?;
         Ok(())
     });
     // Cannot fail: keys are emitted in sorted order and nesting is three levels deep.
