@@ -24,7 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use torrent::metainfo::{CreateOptions, Metainfo};
 use torrent::proto::choker::ChokerConfig;
-use torrent::session::{Role, Session, SessionConfig};
+use torrent::session::{Role, Session, SessionConfig, TorrentHandle};
 use torrent::tracker::server::{TrackerConfig, TrackerServer};
 
 use crate::bound::{Bound, Problem, ProblemError};
@@ -238,8 +238,10 @@ pub async fn run(
         Session::start(meta.clone(), seed_dir, Role::Seed, seeder_config).await.map_err(setup)?;
     let seeder_addr: SocketAddr = ([127, 0, 0, 1], seeder.local_addr().port()).into();
 
+    // A flash crowd: every leecher starts at once, as the bound assumes (started one after
+    // another, the 50th of N = 50 began 0.14 s after the first).
     let started = Instant::now();
-    let mut leechers = Vec::with_capacity(n);
+    let mut starting = tokio::task::JoinSet::new();
     for (i, &up) in config.peer_uploads.iter().enumerate() {
         let c = SessionConfig {
             listen: loopback,
@@ -256,8 +258,15 @@ pub async fn run(
             ..SessionConfig::default()
         };
         let dir: PathBuf = work.path().join(format!("leecher{i}"));
-        leechers.push(Session::start(meta.clone(), dir, Role::Download, c).await.map_err(setup)?);
+        let meta = meta.clone();
+        starting.spawn(async move { (i, Session::start(meta, dir, Role::Download, c).await) });
     }
+    let mut slots: Vec<Option<TorrentHandle>> = (0..n).map(|_| None).collect();
+    while let Some(joined) = starting.join_next().await {
+        let (i, handle) = joined.map_err(setup)?;
+        slots[i] = Some(handle.map_err(setup)?);
+    }
+    let leechers: Vec<TorrentHandle> = slots.into_iter().flatten().collect();
 
     // Watch: completion times and a 100 ms timeline of cumulative uploads.
     let mut done: Vec<Option<f64>> = vec![None; n];

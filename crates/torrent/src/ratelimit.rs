@@ -75,6 +75,16 @@ impl RateLimiter {
             left -= portion;
         }
     }
+
+    /// Gives back `bytes` acquired and then not sent (a block cancelled while it waited), up to
+    /// the bucket's capacity, so the rate is not lost to it.
+    pub fn refund(&self, bytes: usize) {
+        if self.rate.is_none() {
+            return;
+        }
+        let mut b = self.bucket.lock().expect("rate limiter lock poisoned");
+        b.tokens = (b.tokens + bytes as f64).min(self.capacity);
+    }
 }
 
 #[cfg(test)]
@@ -90,6 +100,19 @@ mod tests {
         // Larger than the bucket: split, not refused.
         capped.acquire(3 << 20).await;
         assert_eq!(capped.rate(), Some(100 << 20));
+    }
+
+    #[tokio::test]
+    async fn a_refund_goes_back_into_the_bucket_up_to_its_capacity() {
+        // 1 MiB/s: capacity 64 KiB.
+        let l = RateLimiter::new(Some(1 << 20));
+        l.acquire(64 * 1024).await;
+        l.refund(64 * 1024);
+        let tokens = || l.bucket.lock().unwrap().tokens;
+        assert_eq!(tokens(), 64.0 * 1024.0, "the whole refund, on top of what was left");
+        l.refund(1 << 20);
+        assert_eq!(tokens(), 64.0 * 1024.0, "never above capacity");
+        RateLimiter::new(None).refund(1 << 20); // unlimited: nothing to give back
     }
 
     #[tokio::test]

@@ -3,7 +3,9 @@
 //! - a full disk (a 10 MiB tmpfs for a 32 MiB torrent) stops the download at once with the OS
 //!   error, and no peer is blamed for it (no hash failure, no ban);
 //! - a peer that floods REQUESTs and never reads is disconnected, and the seed's memory grows
-//!   by at most [`FLOOD_RSS_BOUND`] meanwhile.
+//!   by at most [`FLOOD_RSS_BOUND`] meanwhile;
+//! - under an upload limit, a block cancelled while it waits for the limit's tokens is never
+//!   sent.
 //!
 //! The tmpfs test mounts a file system, so it needs root (CI runs as root); without root it
 //! fails and says so, it does not skip. Every wait is bounded.
@@ -214,5 +216,79 @@ async fn connections_that_never_handshake_hold_at_most_the_cap() {
         "{closed} of 200 silent connections were closed, want ≥ {expected}"
     );
     drop(silent);
+    seed.shutdown().await;
+}
+
+/// Reads messages from `conn` into `buf` until one matches `want` (within 10 s), returning it
+/// and every PIECE seen on the way as (piece, offset).
+async fn read_until(
+    conn: &mut TcpStream,
+    buf: &mut bytes::BytesMut,
+    pieces: &mut Vec<(u32, u32)>,
+    want: impl Fn(&Message) -> bool,
+) -> Message {
+    let read = async {
+        loop {
+            while let Some(m) = torrent::proto::wire::decode(buf, 1 << 20).unwrap() {
+                if let Message::Piece { piece, offset, .. } = &m {
+                    pieces.push((*piece, *offset));
+                }
+                if want(&m) {
+                    return m;
+                }
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the seed closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    timeout(Duration::from_secs(10), read).await.expect("no such message within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_an_upload_limit_a_cancelled_block_is_never_sent() {
+    let src = tempfile::tempdir().unwrap();
+    let meta = make_torrent(src.path(), "limited.bin", 1 << 20, 64 * 1024);
+    // 32 KiB/s: a 16 KiB block waits half a second for its tokens once the bucket is empty.
+    let cfg = SessionConfig { upload_limit: Some(32 * 1024), ..config(vec![]) };
+    let seed =
+        Session::start(meta.clone(), src.path().to_path_buf(), Role::Seed, cfg).await.unwrap();
+    let mut conn = TcpStream::connect(seed.local_addr()).await.unwrap();
+    conn.write_all(&Handshake::new(meta.info_hash, PeerId([7; 20])).encode()).await.unwrap();
+    let mut theirs = [0u8; HANDSHAKE_LEN];
+    conn.read_exact(&mut theirs).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    Message::Interested.encode(&mut out);
+    conn.write_all(&out).await.unwrap();
+    let (mut buf, mut got) = (bytes::BytesMut::new(), Vec::new());
+    read_until(&mut conn, &mut buf, &mut got, |m| matches!(m, Message::Unchoke)).await;
+    // Empty the bucket: 64 KiB (its capacity) in four blocks of piece 0.
+    out.clear();
+    for i in 0..4 {
+        Message::Request { piece: 0, offset: i * 16384, length: 16384 }.encode(&mut out);
+    }
+    conn.write_all(&out).await.unwrap();
+    read_until(&mut conn, &mut buf, &mut got, |m| {
+        matches!(m, Message::Piece { piece: 0, offset: 49152, .. })
+    })
+    .await;
+    // Piece 1's first block, cancelled 100 ms later (its tokens take 500 ms to earn), then its
+    // second block.
+    out.clear();
+    Message::Request { piece: 1, offset: 0, length: 16384 }.encode(&mut out);
+    conn.write_all(&out).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    out.clear();
+    Message::Cancel { piece: 1, offset: 0, length: 16384 }.encode(&mut out);
+    Message::Request { piece: 1, offset: 16384, length: 16384 }.encode(&mut out);
+    conn.write_all(&out).await.unwrap();
+    read_until(&mut conn, &mut buf, &mut got, |m| {
+        matches!(m, Message::Piece { piece: 1, offset: 16384, .. })
+    })
+    .await;
+    assert!(!got.contains(&(1, 0)), "the cancelled block was sent: {got:?}");
+    assert_eq!(got.len(), 5, "four blocks of piece 0 and the one not cancelled: {got:?}");
+    drop(conn);
     seed.shutdown().await;
 }
