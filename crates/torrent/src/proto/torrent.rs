@@ -79,8 +79,15 @@ pub const MAX_CANDIDATES: usize = 2_000;
 /// round trip shows as bursts separated by a round trip, and a peer that answers in batches
 /// (Transmission: every 500 ms) as waits of a batch period: either doubles the queue, and the
 /// rate can grow. Measured against transmission-cli 3.00 (16 MiB: 136 s with a fixed half
-/// second, 18.4 s adaptive) and with `lab swarm` (no change beyond noise): see the README.
-const REQUEST_QUEUE_SECS: f64 = 0.25;
+/// second, 18.4 s adaptive): see the README.
+///
+/// The floor was a quarter second while the seed's upload limit still sent cancelled blocks
+/// (the lab's tails were shorter with fewer blocks queued). With that fixed, half a second is
+/// as good on loopback (`lab swarm` N = 50, seeds 1-6: 1.025-1.029 against 1.027-1.035) and
+/// much better over 20-80 ms links, where a quarter second of rate does not cover the round
+/// trip and the waits that would deepen the queue are barely longer than it (`sim swarm` N =
+/// 20, seeds 1-3: 1.084-1.097 against 1.115-1.140; tail gaps 0.16-0.25 s against 0.83-0.97 s).
+const REQUEST_QUEUE_SECS: f64 = 0.5;
 /// Most seconds of a peer's rate kept in flight (libtorrent's `request_queue_time`).
 const REQUEST_QUEUE_MAX_SECS: f64 = 3.0;
 /// Factor a peer's queue depth (in seconds) shrinks by each tick when no longer needed.
