@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes every parser of outside bytes in crates `torrent`, `overlay` and `stream` with cargo-fuzz
+# Fuzzes every parser of outside bytes in crates `torrent`, `overlay`, `stream` and `dht` with cargo-fuzz
 # (libFuzzer + ASan).
 #
 # Usage:
@@ -10,7 +10,8 @@
 #
 # Targets (fuzz/fuzz_targets/): metainfo, magnet, wire, ext, tracker_http, tracker_udp,
 # announce_query, overlay_wire, mpd, stream_inputs, download_state, cores (the torrent
-# crate's TorrentCore and MetadataCore fed peer inputs), mse (the encryption handshake); each file's header says what it feeds and which properties it asserts.
+# crate's TorrentCore and MetadataCore fed peer inputs), mse (the encryption handshake), krpc
+# (the DHT's datagrams); each file's header says what it feeds and which properties it asserts.
 #
 # Installs cargo-fuzz if it is missing. Our toolchain is stable, so cargo fuzz's nightly flags
 # (-Zsanitizer=address, ...) are allowed with RUSTC_BOOTSTRAP=1. SANITIZER=none turns ASan off
@@ -24,7 +25,7 @@
 # Logs: fuzz/target/logs/<target>.log. corpus, artifacts and target are git-ignored.
 set -euo pipefail
 
-ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query overlay_wire mpd stream_inputs download_state cores mse)
+ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query overlay_wire mpd stream_inputs download_state cores mse krpc)
 
 if [[ "${1:-}" == "--list" ]]; then
     printf '%s\n' "${ALL_TARGETS[@]}"
@@ -126,6 +127,11 @@ write_seeds() {
     # VC; a plain BitTorrent handshake sent where a key is expected.
     { printf '\x04'; bytes 95 00; printf '\x05'; } >"$c/mse/seed-key"
     printf '\x01\x02\x00\x01' >"$c/mse/seed-edit"
+    # krpc: BEP 5's examples (a query, a get_peers response, an error) and a BEP 44 put.
+    printf 'd1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe' >"$c/krpc/seed-ping"
+    printf 'd1:rd2:id20:abcdefghij01234567895:nodes26:mnopqrstuvwxyz123456axje.u5:token8:aoeusnth6:valuesl6:axje.u6:idhtnmee1:t2:aa1:y1:re' >"$c/krpc/seed-peers"
+    printf 'd1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee' >"$c/krpc/seed-error"
+    printf 'd1:ad3:casi1e2:id20:abcdefghij01234567891:k32:%s4:salt3:abc3:seqi2e3:sig64:%s5:token1:x1:vl1:ai1eee1:q3:put1:t2:aa1:y1:qe' "$(printf 'k%.0s' {1..32})" "$(printf 's%.0s' {1..64})" >"$c/krpc/seed-put"
     { printf '\x07\x13'; printf 'BitTorrent protocol'; bytes 48 00; } >"$c/mse/seed-plain"
 
     # magnet

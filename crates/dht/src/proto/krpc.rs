@@ -1,0 +1,838 @@
+//! KRPC, the DHT's wire format (BEP 5): one bencoded dictionary per UDP datagram, a query
+//! (`y` = `q`), a response (`r`) or an error (`e`), matched by the transaction id `t`.
+//!
+//! Besides BEP 5's `ping`, `find_node`, `get_peers` and `announce_peer`, the codec carries the
+//! fields of BEP 42 (`ip`: the address the responder saw us at), BEP 43 (`ro`: a read-only node
+//! that answers no queries), BEP 44 (`get` / `put` of immutable and mutable items: `v`, `k`,
+//! `sig`, `seq`, `salt`, `cas`) and BEP 51 (`sample_infohashes`: `samples`, `interval`, `num`).
+//!
+//! # Every datagram is hostile
+//! - At most [`MAX_PACKET`] bytes and [`MAX_DEPTH`] levels of nesting; anything larger is
+//!   refused before it is parsed.
+//! - Canonical bencode only (sorted keys, no leading zeros: `bendy` refuses the rest), with no
+//!   bytes after the dictionary: signed BEP 44 values are re-encoded byte for byte.
+//! - Every field has its size: ids and info-hashes 20 bytes, `nodes` a multiple of 26,
+//!   `values` entries 6 bytes, `samples` a multiple of 20, `k` 32, `sig` 64, `salt` at most
+//!   [`MAX_SALT`], a BEP 44 `v` at most [`MAX_VALUE`] encoded, `t` at most [`MAX_TID`], tokens
+//!   at most [`MAX_TOKEN`]. A field of the wrong type or size is an error, not a default.
+//! - Unknown keys are skipped (other clients add their own; BEP 5 asks for that), unknown
+//!   query methods are reported as such so the node can answer error 204.
+//!
+//! Decoding returns [`KrpcError`]; the driver drops the datagram and counts it. It never
+//! panics (fuzzed: `fuzz/fuzz_targets/krpc.rs`).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use bendy::decoding::{Decoder, DictDecoder, Object};
+use bendy::encoding::{Encoder, SingleItemEncoder, SortedDictEncoder};
+
+use super::id::NodeId;
+
+/// The largest datagram we parse. Real messages stay under one Ethernet frame (libtorrent
+/// sizes its replies to fit 1,500 bytes); a BEP 44 `put` with a full 1,000-byte value is about
+/// 1,300.
+pub const MAX_PACKET: usize = 2048;
+/// Nesting we accept: message, arguments, a list of values, and some room for a BEP 44 value.
+pub const MAX_DEPTH: usize = 8;
+/// Longest transaction id (clients use 2–4 bytes).
+pub const MAX_TID: usize = 16;
+/// Longest `announce_peer` / `put` token (libtorrent: 4 bytes; we write 8).
+pub const MAX_TOKEN: usize = 32;
+/// A BEP 44 value is at most 1,000 bytes, bencoded.
+pub const MAX_VALUE: usize = 1000;
+/// A BEP 44 salt is at most 64 bytes.
+pub const MAX_SALT: usize = 64;
+/// Longest error message or client version kept.
+const MAX_TEXT: usize = 256;
+
+/// Why a datagram was not a KRPC message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KrpcError {
+    #[error("datagram of {0} bytes is over the {MAX_PACKET}-byte limit")]
+    TooLarge(usize),
+    #[error("not canonical bencode: {0}")]
+    Bencode(String),
+    #[error("bytes after the message")]
+    Trailing,
+    #[error("missing or malformed field '{0}'")]
+    Field(&'static str),
+    /// A query whose method we do not know (answer with error 204, "method unknown").
+    #[error("unknown query method")]
+    UnknownMethod { tid: Vec<u8> },
+}
+
+fn benc(e: bendy::decoding::Error) -> KrpcError {
+    KrpcError::Bencode(e.to_string())
+}
+
+/// One KRPC message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Transaction id, echoed by the response.
+    pub tid: Vec<u8>,
+    pub body: Body,
+    /// The sender's client and version (`v`), a claim (at most 256 bytes kept).
+    pub version: Option<Vec<u8>>,
+    /// BEP 42: the address the responder saw the requester at.
+    pub ip: Option<SocketAddrV4>,
+    /// BEP 43: the sender is read-only and answers no queries.
+    pub read_only: bool,
+}
+
+/// What a message says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    Query { id: NodeId, method: Method },
+    Response(Response),
+    Error { code: i64, message: String },
+}
+
+/// A query's method and arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Method {
+    Ping,
+    FindNode {
+        target: NodeId,
+    },
+    GetPeers {
+        info_hash: NodeId,
+    },
+    AnnouncePeer {
+        info_hash: NodeId,
+        port: u16,
+        implied_port: bool,
+        token: Vec<u8>,
+    },
+    /// BEP 44 `get`: `seq` asks for a mutable item only if newer.
+    Get {
+        target: NodeId,
+        seq: Option<i64>,
+    },
+    Put(Put),
+    /// BEP 51.
+    SampleInfohashes {
+        target: NodeId,
+    },
+}
+
+/// BEP 44 `put` arguments. Immutable when `key` is `None`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Put {
+    pub token: Vec<u8>,
+    pub value: Value,
+    pub key: Option<[u8; 32]>,
+    pub sig: Option<[u8; 64]>,
+    pub seq: Option<i64>,
+    pub salt: Vec<u8>,
+    pub cas: Option<i64>,
+}
+
+/// A response's fields; which ones are present depends on the query it answers (KRPC does not
+/// say), so all are optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Response {
+    pub id: Option<NodeId>,
+    /// `nodes`: the closest nodes the responder knows.
+    pub nodes: Vec<CompactNode>,
+    /// `values`: peers of a swarm (`get_peers`).
+    pub values: Vec<SocketAddrV4>,
+    pub token: Option<Vec<u8>>,
+    /// BEP 44 item.
+    pub value: Option<Value>,
+    pub key: Option<[u8; 32]>,
+    pub sig: Option<[u8; 64]>,
+    pub seq: Option<i64>,
+    /// BEP 51.
+    pub samples: Vec<NodeId>,
+    pub interval: Option<i64>,
+    pub num: Option<i64>,
+}
+
+/// A node in compact form: id and IPv4 address (26 bytes on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CompactNode {
+    pub id: NodeId,
+    pub addr: SocketAddrV4,
+}
+
+/// A bencoded value (a BEP 44 item's `v`), kept as a tree in canonical order so that its
+/// encoding is the bytes that were signed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Int(i64),
+    Bytes(Vec<u8>),
+    List(Vec<Value>),
+    /// Keys in strictly increasing order (decoding refuses any other).
+    Dict(Vec<(Vec<u8>, Value)>),
+}
+
+impl Value {
+    /// The canonical bencoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new().with_max_depth(MAX_DEPTH);
+        let r = e.emit_with(|s| self.emit(s));
+        r.and_then(|_| e.get_output()).expect("in-memory bencode of a canonical value")
+    }
+
+    fn emit(&self, s: SingleItemEncoder<'_>) -> Result<(), bendy::encoding::Error> {
+        match self {
+            Value::Int(i) => s.emit_int(*i),
+            Value::Bytes(b) => s.emit_bytes(b),
+            Value::List(items) => s.emit_list(|e| {
+                for item in items {
+                    e.emit_with(|s| item.emit(s))?;
+                }
+                Ok(())
+            }),
+            Value::Dict(pairs) => s.emit_dict(|mut d| {
+                for (k, v) in pairs {
+                    d.emit_pair_with(k, |s| v.emit(s))?;
+                }
+                Ok(())
+            }),
+        }
+    }
+
+    fn decode(o: Object<'_, '_>) -> Result<Value, KrpcError> {
+        Ok(match o {
+            Object::Integer(s) => Value::Int(s.parse().map_err(|_| KrpcError::Field("v"))?),
+            Object::Bytes(b) => Value::Bytes(b.to_vec()),
+            Object::List(mut l) => {
+                let mut items = Vec::new();
+                while let Some(x) = l.next_object().map_err(benc)? {
+                    items.push(Value::decode(x)?);
+                }
+                Value::List(items)
+            }
+            Object::Dict(mut d) => {
+                let mut pairs = Vec::new();
+                while let Some((k, v)) = d.next_pair().map_err(benc)? {
+                    pairs.push((k.to_vec(), Value::decode(v)?));
+                }
+                Value::Dict(pairs)
+            }
+        })
+    }
+}
+
+type EncResult = Result<(), bendy::encoding::Error>;
+
+impl Message {
+    /// Parses one datagram.
+    pub fn decode(datagram: &[u8]) -> Result<Message, KrpcError> {
+        if datagram.len() > MAX_PACKET {
+            return Err(KrpcError::TooLarge(datagram.len()));
+        }
+        let mut dec = Decoder::new(datagram).with_max_depth(MAX_DEPTH);
+        let Some(Object::Dict(mut top)) = dec.next_object().map_err(benc)? else {
+            return Err(KrpcError::Field("message dictionary"));
+        };
+        let mut tid = None;
+        let mut kind = None;
+        let mut method: Option<Vec<u8>> = None;
+        let mut args: Option<Args> = None;
+        let mut response = None;
+        let mut error = None;
+        let mut version = None;
+        let mut ip = None;
+        let mut read_only = false;
+        while let Some((k, v)) = top.next_pair().map_err(benc)? {
+            match k {
+                b"t" => tid = Some(bytes_max(v, "t", MAX_TID)?.to_vec()),
+                b"y" => kind = Some(bytes_max(v, "y", 1)?.to_vec()),
+                b"q" => method = Some(bytes_max(v, "q", 32)?.to_vec()),
+                b"a" => args = Some(Args::decode(dict(v, "a")?)?),
+                b"r" => response = Some(decode_response(dict(v, "r")?)?),
+                b"e" => error = Some(decode_error(v)?),
+                b"v" => {
+                    if let Object::Bytes(b) = v {
+                        version = Some(b[..b.len().min(MAX_TEXT)].to_vec());
+                    }
+                }
+                b"ip" => ip = Some(compact_addr(bytes_exact(v, "ip", 6)?)),
+                b"ro" => read_only = int(v, "ro")? == 1,
+                _ => skip(v)?,
+            }
+        }
+        drop(top);
+        if dec.next_object().map_err(benc)?.is_some() {
+            return Err(KrpcError::Trailing);
+        }
+        let tid = tid.ok_or(KrpcError::Field("t"))?;
+        let body = match kind.as_deref() {
+            Some(b"q") => {
+                let args = args.ok_or(KrpcError::Field("a"))?;
+                let id = args.id.ok_or(KrpcError::Field("a.id"))?;
+                let method = match method.as_deref().ok_or(KrpcError::Field("q"))? {
+                    b"ping" => Method::Ping,
+                    b"find_node" => Method::FindNode { target: args.need_target()? },
+                    b"get_peers" => Method::GetPeers { info_hash: args.need_info_hash()? },
+                    b"announce_peer" => Method::AnnouncePeer {
+                        info_hash: args.need_info_hash()?,
+                        port: args.port.ok_or(KrpcError::Field("a.port"))?,
+                        implied_port: args.implied_port,
+                        token: args.token.ok_or(KrpcError::Field("a.token"))?,
+                    },
+                    b"get" => Method::Get { target: args.need_target()?, seq: args.seq },
+                    b"put" => Method::Put(Put {
+                        token: args.token.ok_or(KrpcError::Field("a.token"))?,
+                        value: args.value.ok_or(KrpcError::Field("a.v"))?,
+                        key: args.key,
+                        sig: args.sig,
+                        seq: args.seq,
+                        salt: args.salt.unwrap_or_default(),
+                        cas: args.cas,
+                    }),
+                    b"sample_infohashes" => {
+                        Method::SampleInfohashes { target: args.need_target()? }
+                    }
+                    _ => return Err(KrpcError::UnknownMethod { tid }),
+                };
+                Body::Query { id, method }
+            }
+            Some(b"r") => Body::Response(response.ok_or(KrpcError::Field("r"))?),
+            Some(b"e") => {
+                let (code, message) = error.ok_or(KrpcError::Field("e"))?;
+                Body::Error { code, message }
+            }
+            _ => return Err(KrpcError::Field("y")),
+        };
+        Ok(Message { tid, body, version, ip, read_only })
+    }
+
+    /// The datagram for this message. Keys go out in canonical order.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new().with_max_depth(MAX_DEPTH);
+        let r = e.emit_dict(|mut d| {
+            match &self.body {
+                Body::Query { id, method } => {
+                    d.emit_pair_with(b"a", |s| s.emit_dict(|a| emit_args(a, id, method)))?;
+                }
+                Body::Error { code, message } => {
+                    d.emit_pair_with(b"e", |s| {
+                        s.emit_list(|l| {
+                            l.emit_int(*code)?;
+                            l.emit_str(message)
+                        })
+                    })?;
+                }
+                Body::Response(_) => {}
+            }
+            if let Some(ip) = &self.ip {
+                d.emit_pair_with(b"ip", |s| s.emit_bytes(&compact_addr_bytes(ip)))?;
+            }
+            if let Body::Query { method, .. } = &self.body {
+                d.emit_pair_with(b"q", |s| s.emit_str(method_name(method)))?;
+            }
+            if let Body::Response(r) = &self.body {
+                d.emit_pair_with(b"r", |s| s.emit_dict(|rd| emit_response(rd, r)))?;
+            }
+            if self.read_only {
+                d.emit_pair(b"ro", 1)?;
+            }
+            d.emit_pair_with(b"t", |s| s.emit_bytes(&self.tid))?;
+            if let Some(v) = &self.version {
+                d.emit_pair_with(b"v", |s| s.emit_bytes(v))?;
+            }
+            let y = match self.body {
+                Body::Query { .. } => "q",
+                Body::Response(_) => "r",
+                Body::Error { .. } => "e",
+            };
+            d.emit_pair(b"y", y)
+        });
+        r.and_then(|_| e.get_output()).expect("in-memory bencode with sorted keys")
+    }
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match m {
+        Method::Ping => "ping",
+        Method::FindNode { .. } => "find_node",
+        Method::GetPeers { .. } => "get_peers",
+        Method::AnnouncePeer { .. } => "announce_peer",
+        Method::Get { .. } => "get",
+        Method::Put(_) => "put",
+        Method::SampleInfohashes { .. } => "sample_infohashes",
+    }
+}
+
+fn emit_args(mut a: SortedDictEncoder<'_>, id: &NodeId, m: &Method) -> EncResult {
+    // Keys in sorted order: cas, id, implied_port, info_hash, k, port, salt, seq, sig, target,
+    // token, v.
+    if let Method::Put(p) = m {
+        if let Some(cas) = p.cas {
+            a.emit_pair(b"cas", cas)?;
+        }
+    }
+    a.emit_pair_with(b"id", |s| s.emit_bytes(&id.0))?;
+    match m {
+        Method::Ping => Ok(()),
+        Method::FindNode { target } | Method::SampleInfohashes { target } => {
+            a.emit_pair_with(b"target", |s| s.emit_bytes(&target.0))
+        }
+        Method::GetPeers { info_hash } => {
+            a.emit_pair_with(b"info_hash", |s| s.emit_bytes(&info_hash.0))
+        }
+        Method::AnnouncePeer { info_hash, port, implied_port, token } => {
+            if *implied_port {
+                a.emit_pair(b"implied_port", 1)?;
+            }
+            a.emit_pair_with(b"info_hash", |s| s.emit_bytes(&info_hash.0))?;
+            a.emit_pair(b"port", *port)?;
+            a.emit_pair_with(b"token", |s| s.emit_bytes(token))
+        }
+        Method::Get { target, seq } => {
+            if let Some(seq) = seq {
+                a.emit_pair(b"seq", *seq)?;
+            }
+            a.emit_pair_with(b"target", |s| s.emit_bytes(&target.0))
+        }
+        Method::Put(p) => {
+            if let Some(k) = &p.key {
+                a.emit_pair_with(b"k", |s| s.emit_bytes(k))?;
+            }
+            if !p.salt.is_empty() {
+                a.emit_pair_with(b"salt", |s| s.emit_bytes(&p.salt))?;
+            }
+            if let Some(seq) = p.seq {
+                a.emit_pair(b"seq", seq)?;
+            }
+            if let Some(sig) = &p.sig {
+                a.emit_pair_with(b"sig", |s| s.emit_bytes(sig))?;
+            }
+            a.emit_pair_with(b"token", |s| s.emit_bytes(&p.token))?;
+            a.emit_pair_with(b"v", |s| p.value.emit(s))
+        }
+    }
+}
+
+fn emit_response(mut d: SortedDictEncoder<'_>, r: &Response) -> EncResult {
+    // Sorted: id, interval, k, nodes, num, samples, seq, sig, token, v, values.
+    if let Some(id) = &r.id {
+        d.emit_pair_with(b"id", |s| s.emit_bytes(&id.0))?;
+    }
+    if let Some(i) = r.interval {
+        d.emit_pair(b"interval", i)?;
+    }
+    if let Some(k) = &r.key {
+        d.emit_pair_with(b"k", |s| s.emit_bytes(k))?;
+    }
+    if !r.nodes.is_empty() {
+        let mut buf = Vec::with_capacity(r.nodes.len() * 26);
+        for n in &r.nodes {
+            buf.extend_from_slice(&n.id.0);
+            buf.extend_from_slice(&compact_addr_bytes(&n.addr));
+        }
+        d.emit_pair_with(b"nodes", |s| s.emit_bytes(&buf))?;
+    }
+    if let Some(n) = r.num {
+        d.emit_pair(b"num", n)?;
+    }
+    if !r.samples.is_empty() {
+        let buf: Vec<u8> = r.samples.iter().flat_map(|s| s.0).collect();
+        d.emit_pair_with(b"samples", |s| s.emit_bytes(&buf))?;
+    }
+    if let Some(seq) = r.seq {
+        d.emit_pair(b"seq", seq)?;
+    }
+    if let Some(sig) = &r.sig {
+        d.emit_pair_with(b"sig", |s| s.emit_bytes(sig))?;
+    }
+    if let Some(t) = &r.token {
+        d.emit_pair_with(b"token", |s| s.emit_bytes(t))?;
+    }
+    if let Some(v) = &r.value {
+        d.emit_pair_with(b"v", |s| v.emit(s))?;
+    }
+    if !r.values.is_empty() {
+        d.emit_pair_with(b"values", |s| {
+            s.emit_list(|l| {
+                for p in &r.values {
+                    l.emit_bytes(&compact_addr_bytes(p))?;
+                }
+                Ok(())
+            })
+        })?;
+    }
+    Ok(())
+}
+
+/// Query arguments as they arrive, before the method says which are required.
+#[derive(Default)]
+struct Args {
+    id: Option<NodeId>,
+    target: Option<NodeId>,
+    info_hash: Option<NodeId>,
+    port: Option<u16>,
+    implied_port: bool,
+    token: Option<Vec<u8>>,
+    value: Option<Value>,
+    key: Option<[u8; 32]>,
+    sig: Option<[u8; 64]>,
+    seq: Option<i64>,
+    salt: Option<Vec<u8>>,
+    cas: Option<i64>,
+}
+
+impl Args {
+    fn decode(mut d: DictDecoder<'_, '_>) -> Result<Args, KrpcError> {
+        let mut a = Args::default();
+        while let Some((k, v)) = d.next_pair().map_err(benc)? {
+            match k {
+                b"id" => a.id = Some(id(v, "a.id")?),
+                b"target" => a.target = Some(id(v, "a.target")?),
+                b"info_hash" => a.info_hash = Some(id(v, "a.info_hash")?),
+                b"port" => {
+                    a.port = Some(
+                        u16::try_from(int(v, "a.port")?).map_err(|_| KrpcError::Field("a.port"))?,
+                    )
+                }
+                b"implied_port" => a.implied_port = int(v, "a.implied_port")? == 1,
+                b"token" => a.token = Some(bytes_max(v, "a.token", MAX_TOKEN)?.to_vec()),
+                b"v" => a.value = Some(value(v)?),
+                b"k" => a.key = Some(array(v, "a.k")?),
+                b"sig" => a.sig = Some(array(v, "a.sig")?),
+                b"seq" => a.seq = Some(int(v, "a.seq")?),
+                b"salt" => a.salt = Some(bytes_max(v, "a.salt", MAX_SALT)?.to_vec()),
+                b"cas" => a.cas = Some(int(v, "a.cas")?),
+                _ => skip(v)?,
+            }
+        }
+        Ok(a)
+    }
+
+    fn need_target(&self) -> Result<NodeId, KrpcError> {
+        self.target.ok_or(KrpcError::Field("a.target"))
+    }
+
+    fn need_info_hash(&self) -> Result<NodeId, KrpcError> {
+        self.info_hash.ok_or(KrpcError::Field("a.info_hash"))
+    }
+}
+
+fn decode_response(mut d: DictDecoder<'_, '_>) -> Result<Response, KrpcError> {
+    let mut r = Response::default();
+    while let Some((k, v)) = d.next_pair().map_err(benc)? {
+        match k {
+            b"id" => r.id = Some(id(v, "r.id")?),
+            b"nodes" => {
+                let b = bytes(v, "r.nodes")?;
+                if b.len() % 26 != 0 {
+                    return Err(KrpcError::Field("r.nodes"));
+                }
+                r.nodes = b
+                    .chunks_exact(26)
+                    .map(|c| CompactNode {
+                        id: NodeId(c[..20].try_into().expect("26-byte chunk")),
+                        addr: compact_addr(&c[20..]),
+                    })
+                    .collect();
+            }
+            b"values" => {
+                let Object::List(mut l) = v else {
+                    return Err(KrpcError::Field("r.values"));
+                };
+                while let Some(p) = l.next_object().map_err(benc)? {
+                    r.values.push(compact_addr(bytes_exact(p, "r.values", 6)?));
+                }
+            }
+            b"token" => r.token = Some(bytes_max(v, "r.token", MAX_TOKEN)?.to_vec()),
+            b"v" => r.value = Some(value(v)?),
+            b"k" => r.key = Some(array(v, "r.k")?),
+            b"sig" => r.sig = Some(array(v, "r.sig")?),
+            b"seq" => r.seq = Some(int(v, "r.seq")?),
+            b"samples" => {
+                let b = bytes(v, "r.samples")?;
+                if b.len() % 20 != 0 {
+                    return Err(KrpcError::Field("r.samples"));
+                }
+                r.samples =
+                    b.chunks_exact(20).map(|c| NodeId(c.try_into().expect("20 bytes"))).collect();
+            }
+            b"interval" => r.interval = Some(int(v, "r.interval")?),
+            b"num" => r.num = Some(int(v, "r.num")?),
+            _ => skip(v)?,
+        }
+    }
+    Ok(r)
+}
+
+fn decode_error(v: Object<'_, '_>) -> Result<(i64, String), KrpcError> {
+    let Object::List(mut l) = v else {
+        return Err(KrpcError::Field("e"));
+    };
+    let code = match l.next_object().map_err(benc)? {
+        Some(o) => int(o, "e")?,
+        None => return Err(KrpcError::Field("e")),
+    };
+    let message = match l.next_object().map_err(benc)? {
+        Some(Object::Bytes(b)) => text(b),
+        Some(_) => return Err(KrpcError::Field("e")),
+        None => String::new(),
+    };
+    while let Some(o) = l.next_object().map_err(benc)? {
+        skip(o)?;
+    }
+    Ok((code, message))
+}
+
+/// A peer's text for people: at most [`MAX_TEXT`] bytes of it, invalid UTF-8 replaced, cut at
+/// a character boundary to at most [`MAX_TEXT`] bytes again.
+fn text(b: &[u8]) -> String {
+    let mut s = String::from_utf8_lossy(&b[..b.len().min(MAX_TEXT)]).into_owned();
+    let mut end = s.len().min(MAX_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s
+}
+
+/// Reads a value to its end (the decoder must consume nested containers before moving on).
+fn skip(o: Object<'_, '_>) -> Result<(), KrpcError> {
+    match o {
+        Object::List(mut l) => {
+            while let Some(x) = l.next_object().map_err(benc)? {
+                skip(x)?;
+            }
+        }
+        Object::Dict(mut d) => {
+            while let Some((_, x)) = d.next_pair().map_err(benc)? {
+                skip(x)?;
+            }
+        }
+        Object::Bytes(_) | Object::Integer(_) => {}
+    }
+    Ok(())
+}
+
+fn value(o: Object<'_, '_>) -> Result<Value, KrpcError> {
+    let v = Value::decode(o)?;
+    if v.encode().len() > MAX_VALUE {
+        return Err(KrpcError::Field("v"));
+    }
+    Ok(v)
+}
+
+fn dict<'o, 's>(o: Object<'o, 's>, field: &'static str) -> Result<DictDecoder<'o, 's>, KrpcError> {
+    match o {
+        Object::Dict(d) => Ok(d),
+        _ => Err(KrpcError::Field(field)),
+    }
+}
+
+fn int(o: Object<'_, '_>, field: &'static str) -> Result<i64, KrpcError> {
+    match o {
+        Object::Integer(s) => s.parse().map_err(|_| KrpcError::Field(field)),
+        _ => Err(KrpcError::Field(field)),
+    }
+}
+
+fn bytes<'s>(o: Object<'_, 's>, field: &'static str) -> Result<&'s [u8], KrpcError> {
+    match o {
+        Object::Bytes(b) => Ok(b),
+        _ => Err(KrpcError::Field(field)),
+    }
+}
+
+fn bytes_max<'s>(
+    o: Object<'_, 's>,
+    field: &'static str,
+    max: usize,
+) -> Result<&'s [u8], KrpcError> {
+    let b = bytes(o, field)?;
+    if b.len() > max {
+        return Err(KrpcError::Field(field));
+    }
+    Ok(b)
+}
+
+fn bytes_exact<'s>(
+    o: Object<'_, 's>,
+    field: &'static str,
+    len: usize,
+) -> Result<&'s [u8], KrpcError> {
+    let b = bytes(o, field)?;
+    if b.len() != len {
+        return Err(KrpcError::Field(field));
+    }
+    Ok(b)
+}
+
+fn array<const N: usize>(o: Object<'_, '_>, field: &'static str) -> Result<[u8; N], KrpcError> {
+    bytes(o, field)?.try_into().map_err(|_| KrpcError::Field(field))
+}
+
+fn id(o: Object<'_, '_>, field: &'static str) -> Result<NodeId, KrpcError> {
+    Ok(NodeId(array(o, field)?))
+}
+
+/// A 6-byte compact address (IPv4, port); the caller checked the length.
+fn compact_addr(b: &[u8]) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(b[0], b[1], b[2], b[3]), u16::from_be_bytes([b[4], b[5]]))
+}
+
+fn compact_addr_bytes(a: &SocketAddrV4) -> [u8; 6] {
+    let mut out = [0u8; 6];
+    out[..4].copy_from_slice(&a.ip().octets());
+    out[4..].copy_from_slice(&a.port().to_be_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(b: u8) -> NodeId {
+        NodeId([b; 20])
+    }
+
+    fn roundtrip(m: Message) {
+        let bytes = m.encode();
+        assert!(bytes.len() <= MAX_PACKET);
+        assert_eq!(Message::decode(&bytes), Ok(m), "{}", String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn decodes_bep5_examples_byte_for_byte() {
+        // The examples of BEP 5, with their 20-byte ids.
+        let ping = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
+        let m = Message::decode(ping).unwrap();
+        assert_eq!(m.tid, b"aa");
+        assert_eq!(
+            m.body,
+            Body::Query { id: NodeId(*b"abcdefghij0123456789"), method: Method::Ping }
+        );
+        assert_eq!(m.encode(), ping, "our encoding is the canonical one");
+
+        let announce = b"d1:ad2:id20:abcdefghij012345678912:implied_porti1e9:info_hash20:mnopqrstuvwxyz1234564:porti6881e5:token8:aoeusnthe1:q13:announce_peer1:t2:aa1:y1:qe";
+        let m = Message::decode(announce).unwrap();
+        assert_eq!(
+            m.body,
+            Body::Query {
+                id: NodeId(*b"abcdefghij0123456789"),
+                method: Method::AnnouncePeer {
+                    info_hash: NodeId(*b"mnopqrstuvwxyz123456"),
+                    port: 6881,
+                    implied_port: true,
+                    token: b"aoeusnth".to_vec()
+                }
+            }
+        );
+        assert_eq!(m.encode(), announce);
+
+        let peers = b"d1:rd2:id20:abcdefghij01234567895:token8:aoeusnth6:valuesl6:axje.u6:idhtnmee1:t2:aa1:y1:re";
+        let m = Message::decode(peers).unwrap();
+        let Body::Response(r) = &m.body else { panic!("{m:?}") };
+        assert_eq!(r.values.len(), 2);
+        assert_eq!(r.values[0], compact_addr(b"axje.u"));
+        assert_eq!(m.encode(), peers);
+
+        let err = b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee";
+        let m = Message::decode(err).unwrap();
+        assert_eq!(m.body, Body::Error { code: 201, message: "A Generic Error Ocurred".into() });
+        assert_eq!(m.encode(), err);
+    }
+
+    #[test]
+    fn every_message_kind_roundtrips() {
+        let addr = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 6881);
+        let q = |method| Message {
+            tid: vec![1, 2],
+            body: Body::Query { id: id(1), method },
+            version: Some(b"SC01".to_vec()),
+            ip: None,
+            read_only: false,
+        };
+        roundtrip(q(Method::Ping));
+        roundtrip(q(Method::FindNode { target: id(2) }));
+        roundtrip(q(Method::GetPeers { info_hash: id(3) }));
+        roundtrip(q(Method::Get { target: id(4), seq: Some(7) }));
+        roundtrip(q(Method::SampleInfohashes { target: id(5) }));
+        roundtrip(q(Method::Put(Put {
+            token: b"tok".to_vec(),
+            value: Value::Dict(vec![
+                (b"a".to_vec(), Value::List(vec![Value::Int(-3), Value::Bytes(b"x".to_vec())])),
+                (b"b".to_vec(), Value::Int(0)),
+            ]),
+            key: Some([9; 32]),
+            sig: Some([8; 64]),
+            seq: Some(4),
+            salt: b"salt".to_vec(),
+            cas: Some(3),
+        })));
+        roundtrip(Message {
+            tid: vec![7],
+            body: Body::Response(Response {
+                id: Some(id(6)),
+                nodes: vec![CompactNode { id: id(7), addr }, CompactNode { id: id(8), addr }],
+                values: vec![addr],
+                token: Some(vec![1, 2, 3, 4]),
+                value: Some(Value::Bytes(b"Hello World!".to_vec())),
+                key: None,
+                sig: None,
+                seq: None,
+                samples: vec![id(9), id(10)],
+                interval: Some(21600),
+                num: Some(2),
+            }),
+            version: None,
+            ip: Some(addr),
+            read_only: true,
+        });
+    }
+
+    #[test]
+    fn hostile_datagrams_are_refused_with_a_reason() {
+        let big = vec![b'x'; MAX_PACKET + 1];
+        assert_eq!(Message::decode(&big), Err(KrpcError::TooLarge(MAX_PACKET + 1)));
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "empty"),
+            (b"le", "not a dictionary"),
+            (b"d1:t2:aa1:y1:qe", "query without arguments"),
+            (b"d1:ad2:id19:abcdefghij012345678e1:q4:ping1:t2:aa1:y1:qe", "short id"),
+            (b"d1:q4:ping1:ad2:id20:abcdefghij0123456789e1:t2:aa1:y1:qe", "unsorted keys"),
+            (b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qei1e", "trailing bytes"),
+            (b"d1:rd2:id20:abcdefghij01234567895:nodes3:abce1:t2:aa1:y1:re", "nodes not ×26"),
+            (b"d1:rd6:valuesl5:abcdeee1:t2:aa1:y1:re", "a 5-byte peer"),
+            (b"d1:rd2:idi3ee1:t2:aa1:y1:re", "an integer id"),
+            (b"d1:ad2:id20:abcdefghij01234567894:porti70000e5:token1:x9:info_hash20:mnopqrstuvwxyz123456e1:q13:announce_peer1:t2:aa1:y1:qe", "unsorted args"),
+            (b"d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz1234564:porti70000e5:token1:xe1:q13:announce_peer1:t2:aa1:y1:qe", "port over 65535"),
+            (b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t17:aaaaaaaaaaaaaaaaa1:y1:qe", "17-byte tid"),
+            (b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:xe", "unknown y"),
+            (b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe1:x", "garbage after"),
+            (b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:y1:qe", "no tid"),
+        ];
+        for (bytes, why) in cases {
+            assert!(Message::decode(bytes).is_err(), "accepted ({why})");
+        }
+        // An unknown method keeps its tid, for the 204 reply.
+        let unknown = b"d1:ad2:id20:abcdefghij0123456789e1:q5:vote!1:t2:ab1:y1:qe";
+        assert_eq!(Message::decode(unknown), Err(KrpcError::UnknownMethod { tid: b"ab".to_vec() }));
+        // Nesting past MAX_DEPTH in an unknown key.
+        let deep = format!(
+            "d1:ad2:id20:abcdefghij01234567891:z{}{}e1:q4:ping1:t2:aa1:y1:qe",
+            "l".repeat(MAX_DEPTH),
+            "e".repeat(MAX_DEPTH)
+        );
+        assert!(Message::decode(deep.as_bytes()).is_err(), "nesting past the limit");
+        // A BEP 44 value over 1,000 bytes, encoded.
+        let mut over = b"d1:ad2:id20:abcdefghij01234567895:token1:x1:v".to_vec();
+        over.extend_from_slice(format!("{}:", MAX_VALUE).as_bytes());
+        over.extend(std::iter::repeat_n(b'z', MAX_VALUE));
+        over.extend_from_slice(b"e1:q3:put1:t2:aa1:y1:qe");
+        assert_eq!(Message::decode(&over), Err(KrpcError::Field("v")));
+    }
+
+    #[test]
+    fn unknown_keys_are_skipped_whatever_their_shape() {
+        let m =
+            b"d1:ad2:id20:abcdefghij01234567891:zld1:xli1eeeee1:q4:ping1:t2:aa1:y1:q2:zzd1:ali1eeee";
+        let got = Message::decode(m).unwrap();
+        assert_eq!(
+            got.body,
+            Body::Query { id: NodeId(*b"abcdefghij0123456789"), method: Method::Ping }
+        );
+    }
+}
