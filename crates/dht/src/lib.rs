@@ -4,10 +4,11 @@
 //! Layers, as in every crate of the project (`docs/architecture.md`):
 //! - [`proto::id`]: node ids and the XOR metric;
 //! - [`proto::krpc`]: the KRPC messages (bencoded dictionaries over UDP), a strict, size-capped
-//!   codec for every byte a remote node sends.
+//!   codec for every byte a remote node sends;
+//! - [`proto::table`]: the routing table (k = 8 buckets, split where our id falls, BEP 5
+//!   liveness, replacement caches, one entry per public address).
 //!
-//! The Kademlia core (routing table, lookups, tokens, storage) and its UDP driver build on
-//! these.
+//! The Kademlia core (lookups, tokens, storage) and its UDP driver build on these.
 
 pub mod proto;
 

@@ -1,4 +1,5 @@
-//! Sans-IO parts of the DHT: ids and the wire codec.
+//! Sans-IO parts of the DHT: ids, the wire codec and the routing table.
 
 pub mod id;
 pub mod krpc;
+pub mod table;

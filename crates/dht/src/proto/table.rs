@@ -1,0 +1,493 @@
+//! The routing table (BEP 5): buckets of at most [`K`] nodes over the 160-bit id space, split
+//! only where our own id falls, so the table knows many nodes near us and a few far away.
+//!
+//! # Liveness (BEP 5)
+//! A node is **good** if it answered one of our queries in the last [`GOOD_FOR`] (15 minutes),
+//! or answered us once and queried us within that time; **questionable** after 15 minutes
+//! without either; **bad** after [`MAX_FAILURES`] queries in a row went unanswered. A full
+//! bucket takes a new node only in place of a bad one; when it holds a questionable node, the
+//! caller is told to ping it ([`Insert::PingFirst`]) and the newcomer waits in the bucket's
+//! replacement cache (at most [`K`], newest kept) for a slot that [`RoutingTable::failed`]
+//! frees.
+//!
+//! # What a node claims is not trusted
+//! - Only nodes that answered a query of ours enter the table ([`Seen::Responded`]); a node
+//!   that only queried us, or that another node named in `nodes`, is at most a replacement.
+//! - One entry per IPv4 address among public addresses (libtorrent's `restrict_routing_ips`),
+//!   so one host cannot fill a bucket with made-up ids. Loopback and private addresses are
+//!   exempt, as BEP 42 exempts them, so a test network on 127.0.0.1 works.
+//! - Every structure is bounded: at most 160 buckets of [`K`] nodes and [`K`] replacements.
+//!
+//! A sans-IO part of the DHT core: no clock (every call takes `now`), no sockets.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use super::id::NodeId;
+use super::krpc::CompactNode;
+
+/// Nodes per bucket (Kademlia's k; BEP 5: 8).
+pub const K: usize = 8;
+/// How long an answer keeps a node good (BEP 5: 15 minutes).
+pub const GOOD_FOR: Duration = Duration::from_secs(15 * 60);
+/// Unanswered queries in a row that make a node bad.
+pub const MAX_FAILURES: u32 = 2;
+
+/// How we came to hear of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// It answered a query of ours.
+    Responded,
+    /// It sent us a query.
+    Queried,
+}
+
+/// What [`RoutingTable::insert`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Insert {
+    /// A new entry.
+    Added,
+    /// The node was already in the table; its times were refreshed.
+    Updated,
+    /// The bucket is full of nodes that may be stale: ping this one; the newcomer waits as a
+    /// replacement.
+    PingFirst(NodeId, SocketAddrV4),
+    /// Kept as a replacement only (the bucket is full of good nodes, or the node never answered
+    /// us).
+    Replacement,
+    /// Refused: our own id, an unusable address, or a second id on one public address.
+    Refused,
+}
+
+/// One routing-table entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub id: NodeId,
+    pub addr: SocketAddrV4,
+    /// Its last answer to us.
+    pub last_response: Option<Instant>,
+    /// Its last query to us.
+    pub last_query: Option<Instant>,
+    /// Queries in a row it did not answer.
+    pub failures: u32,
+}
+
+impl Entry {
+    fn new(node: CompactNode) -> Entry {
+        Entry { id: node.id, addr: node.addr, last_response: None, last_query: None, failures: 0 }
+    }
+
+    /// Good by BEP 5's rule (see the module docs).
+    pub fn is_good(&self, now: Instant) -> bool {
+        let recent =
+            |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) < GOOD_FOR);
+        self.failures < MAX_FAILURES
+            && (recent(self.last_response)
+                || (self.last_response.is_some() && recent(self.last_query)))
+    }
+
+    /// Bad: too many unanswered queries in a row.
+    pub fn is_bad(&self) -> bool {
+        self.failures >= MAX_FAILURES
+    }
+
+    fn saw(&mut self, now: Instant, how: Seen) {
+        match how {
+            Seen::Responded => {
+                self.last_response = Some(now);
+                self.failures = 0;
+            }
+            Seen::Queried => self.last_query = Some(now),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Bucket {
+    nodes: Vec<Entry>,
+    replacements: Vec<Entry>,
+    last_changed: Option<Instant>,
+}
+
+/// The routing table of the node whose id is [`own`](RoutingTable::own).
+#[derive(Clone, Debug)]
+pub struct RoutingTable {
+    own: NodeId,
+    /// Bucket `i < len - 1` holds ids sharing exactly `i` leading bits with `own`; the last one
+    /// holds every id sharing at least `len - 1` (it contains `own`, and only it splits).
+    buckets: Vec<Bucket>,
+}
+
+impl RoutingTable {
+    pub fn new(own: NodeId) -> RoutingTable {
+        RoutingTable { own, buckets: vec![Bucket::default()] }
+    }
+
+    /// Our id.
+    pub fn own(&self) -> NodeId {
+        self.own
+    }
+
+    /// Nodes in the table (replacements not counted).
+    pub fn len(&self) -> usize {
+        self.buckets.iter().map(|b| b.nodes.len()).sum()
+    }
+
+    /// Whether the table holds no node.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of buckets (1 to 160).
+    pub fn num_buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// The entry for `id`, if it is in the table.
+    pub fn get(&self, id: &NodeId) -> Option<&Entry> {
+        self.buckets[self.index(id)].nodes.iter().find(|e| e.id == *id)
+    }
+
+    fn index(&self, id: &NodeId) -> usize {
+        (self.own.common_prefix_len(id) as usize).min(self.buckets.len() - 1)
+    }
+
+    /// Records that `node` answered us or queried us (see [`Seen`]).
+    pub fn insert(&mut self, now: Instant, node: CompactNode, how: Seen) -> Insert {
+        if node.id == self.own || node.addr.port() == 0 || !usable(node.addr.ip()) {
+            return Insert::Refused;
+        }
+        let i = self.index(&node.id);
+        if let Some(e) = self.buckets[i].nodes.iter_mut().find(|e| e.id == node.id) {
+            if e.addr != node.addr {
+                // A known id from another address: not believed (the old one may be alive).
+                return Insert::Refused;
+            }
+            e.saw(now, how);
+            return Insert::Updated;
+        }
+        if is_public(node.addr.ip()) && self.has_ip(*node.addr.ip()) {
+            return Insert::Refused;
+        }
+        let mut entry = Entry::new(node);
+        entry.saw(now, how);
+        if how == Seen::Queried {
+            self.add_replacement(i, entry);
+            return Insert::Replacement;
+        }
+        loop {
+            let i = self.index(&node.id);
+            let splittable = i == self.buckets.len() - 1 && self.buckets.len() < 160;
+            let bucket = &mut self.buckets[i];
+            if bucket.nodes.len() < K {
+                bucket.nodes.push(entry);
+                bucket.last_changed = Some(now);
+                return Insert::Added;
+            }
+            if let Some(bad) = bucket.nodes.iter().position(Entry::is_bad) {
+                bucket.nodes[bad] = entry;
+                bucket.last_changed = Some(now);
+                return Insert::Added;
+            }
+            // Only the bucket holding our own id splits, and not past 160 bits.
+            if splittable {
+                self.split();
+                continue;
+            }
+            let stale = bucket
+                .nodes
+                .iter()
+                .filter(|e| !e.is_good(now))
+                .min_by_key(|e| e.last_response.max(e.last_query));
+            let ping = stale.map(|e| (e.id, e.addr));
+            self.add_replacement(i, entry);
+            return match ping {
+                Some((id, addr)) => Insert::PingFirst(id, addr),
+                None => Insert::Replacement,
+            };
+        }
+    }
+
+    /// A query to `id` went unanswered. A node that turns bad gives its slot to the newest
+    /// replacement that answered us, if any.
+    pub fn failed(&mut self, now: Instant, id: &NodeId) {
+        let i = self.index(id);
+        let bucket = &mut self.buckets[i];
+        let Some(at) = bucket.nodes.iter().position(|e| e.id == *id) else {
+            return;
+        };
+        bucket.nodes[at].failures += 1;
+        if !bucket.nodes[at].is_bad() {
+            return;
+        }
+        if let Some(r) = bucket.replacements.iter().rposition(|e| e.last_response.is_some()) {
+            bucket.nodes[at] = bucket.replacements.remove(r);
+            bucket.last_changed = Some(now);
+        }
+    }
+
+    /// Up to `count` non-bad nodes closest to `target`, closest first.
+    pub fn closest(&self, target: &NodeId, count: usize) -> Vec<CompactNode> {
+        let mut all: Vec<&Entry> =
+            self.buckets.iter().flat_map(|b| &b.nodes).filter(|e| !e.is_bad()).collect();
+        all.sort_by_key(|e| e.id.distance(target));
+        all.into_iter().take(count).map(|e| CompactNode { id: e.id, addr: e.addr }).collect()
+    }
+
+    /// Buckets not changed for `period` (BEP 5: 15 minutes), each as an id in its range to
+    /// look up (`random` supplies the low bits).
+    pub fn stale_buckets(&self, now: Instant, period: Duration, random: NodeId) -> Vec<NodeId> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| {
+                b.last_changed.is_none_or(|t| now.saturating_duration_since(t) >= period)
+            })
+            .map(|(i, _)| self.id_in_bucket(i, random))
+            .collect()
+    }
+
+    /// An id that falls in bucket `i`: our first `i` bits, then (except in the last bucket,
+    /// which holds every longer prefix) bit `i` unlike ours, the rest from `random`.
+    fn id_in_bucket(&self, i: usize, random: NodeId) -> NodeId {
+        let mut id = random.0;
+        let set = |id: &mut [u8; 20], bit: usize, on: bool| {
+            let (byte, mask) = (bit / 8, 0x80u8 >> (bit % 8));
+            id[byte] = if on { id[byte] | mask } else { id[byte] & !mask };
+        };
+        let ours = |bit: usize| self.own.0[bit / 8] & (0x80u8 >> (bit % 8)) != 0;
+        for bit in 0..i.min(160) {
+            set(&mut id, bit, ours(bit));
+        }
+        if i < self.buckets.len() - 1 && i < 160 {
+            set(&mut id, i, !ours(i));
+        }
+        NodeId(id)
+    }
+
+    fn has_ip(&self, ip: Ipv4Addr) -> bool {
+        self.buckets.iter().flat_map(|b| &b.nodes).any(|e| *e.addr.ip() == ip)
+    }
+
+    fn add_replacement(&mut self, i: usize, entry: Entry) {
+        let r = &mut self.buckets[i].replacements;
+        r.retain(|e| e.id != entry.id);
+        if r.len() == K {
+            r.remove(0);
+        }
+        r.push(entry);
+    }
+
+    /// Splits the last bucket: nodes sharing one more bit with us move to a new last bucket.
+    fn split(&mut self) {
+        let depth = self.buckets.len() - 1;
+        let last = self.buckets.last_mut().expect("at least one bucket");
+        let own = self.own;
+        let deeper = |e: &Entry| own.common_prefix_len(&e.id) as usize > depth;
+        let (moved, kept): (Vec<Entry>, Vec<Entry>) = last.nodes.drain(..).partition(deeper);
+        let (moved_r, kept_r): (Vec<Entry>, Vec<Entry>) =
+            last.replacements.drain(..).partition(deeper);
+        last.nodes = kept;
+        last.replacements = kept_r;
+        let changed = last.last_changed;
+        self.buckets.push(Bucket { nodes: moved, replacements: moved_r, last_changed: changed });
+    }
+}
+
+/// Not unspecified, broadcast or multicast.
+fn usable(ip: &Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast())
+}
+
+/// Not loopback, private or link-local (the addresses BEP 42 exempts).
+fn is_public(ip: &Ipv4Addr) -> bool {
+    !(ip.is_loopback() || ip.is_private() || ip.is_link_local())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn node(id: NodeId, a: u8, port: u16) -> CompactNode {
+        CompactNode { id, addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, a), port) }
+    }
+
+    fn public(id: NodeId, a: u8) -> CompactNode {
+        CompactNode { id, addr: SocketAddrV4::new(Ipv4Addr::new(80, 1, 2, a), 6881) }
+    }
+
+    /// An id sharing exactly `bits` leading bits with `own`.
+    fn at_prefix(own: NodeId, bits: usize, rng: &mut ChaCha8Rng) -> NodeId {
+        let t = RoutingTable { own, buckets: vec![Bucket::default(); bits + 2] };
+        t.id_in_bucket(bits, NodeId::random(rng))
+    }
+
+    #[test]
+    fn ids_made_for_a_bucket_fall_in_it() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let own = NodeId::random(&mut rng);
+        for bits in [0, 1, 7, 8, 9, 100, 158] {
+            let id = at_prefix(own, bits, &mut rng);
+            assert_eq!(own.common_prefix_len(&id) as usize, bits);
+        }
+    }
+
+    #[test]
+    fn buckets_split_near_us_and_stay_full_far_away() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let own = NodeId::random(&mut rng);
+        let mut t = RoutingTable::new(own);
+        let now = Instant::now();
+        // 20 nodes in the far half (bucket 0): only K get in.
+        let mut port = 1000;
+        for _ in 0..20 {
+            port += 1;
+            t.insert(now, node(at_prefix(own, 0, &mut rng), 1, port), Seen::Responded);
+        }
+        // 8 nodes at each of prefix lengths 1..=5: the last bucket splits to hold them.
+        for bits in 1..=5 {
+            for _ in 0..K {
+                port += 1;
+                let got =
+                    t.insert(now, node(at_prefix(own, bits, &mut rng), 2, port), Seen::Responded);
+                assert_eq!(got, Insert::Added);
+            }
+        }
+        assert_eq!(t.len(), 6 * K);
+        assert!(t.num_buckets() >= 6);
+        // Every node sits in the bucket its prefix names.
+        for (i, b) in t.buckets.iter().enumerate() {
+            assert!(b.nodes.len() <= K);
+            for e in &b.nodes {
+                let cpl = own.common_prefix_len(&e.id) as usize;
+                assert!(cpl == i || (i == t.num_buckets() - 1 && cpl >= i), "{cpl} in {i}");
+            }
+        }
+        // closest() returns the nearest first.
+        let target = at_prefix(own, 5, &mut rng);
+        let c = t.closest(&target, K);
+        assert_eq!(c.len(), K);
+        assert!(c.windows(2).all(|w| w[0].id.distance(&target) <= w[1].id.distance(&target)));
+    }
+
+    #[test]
+    fn a_full_bucket_pings_its_stalest_node_and_a_bad_one_is_replaced() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let own = NodeId::random(&mut rng);
+        let mut t = RoutingTable::new(own);
+        let t0 = Instant::now();
+        // Fill bucket 0 (after a split, so it cannot split again).
+        t.insert(t0, node(at_prefix(own, 1, &mut rng), 1, 1), Seen::Responded);
+        let far: Vec<NodeId> = (0..K).map(|_| at_prefix(own, 0, &mut rng)).collect();
+        for (i, id) in far.iter().enumerate() {
+            t.insert(t0, node(*id, 1, 100 + i as u16), Seen::Responded);
+        }
+        while t.num_buckets() < 2 {
+            let id = at_prefix(own, 1, &mut rng);
+            t.insert(t0, node(id, 1, rng.random_range(2000..3000)), Seen::Responded);
+        }
+        let newcomer = node(at_prefix(own, 0, &mut rng), 3, 7);
+        // All good: the newcomer is only a replacement.
+        assert_eq!(t.insert(t0, newcomer, Seen::Responded), Insert::Replacement);
+        // 16 minutes later, all are questionable: ping the stalest (the first one seen).
+        let later = t0 + GOOD_FOR + Duration::from_secs(60);
+        t.insert(later, node(far[1], 1, 101), Seen::Responded); // far[1] answered again
+        match t.insert(later, newcomer, Seen::Responded) {
+            Insert::PingFirst(id, _) => assert!(id != far[1]),
+            other => panic!("{other:?}"),
+        }
+        // The pinged node fails twice: it is bad and the newcomer takes its place.
+        for _ in 0..MAX_FAILURES {
+            t.failed(later, &far[0]);
+        }
+        assert!(t.get(&far[0]).is_none());
+        assert!(t.get(&newcomer.id).is_some());
+    }
+
+    #[test]
+    fn claims_are_not_trusted() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let own = NodeId::random(&mut rng);
+        let mut t = RoutingTable::new(own);
+        let now = Instant::now();
+        // A node that only queried us is no table entry.
+        let q = public(NodeId::random(&mut rng), 1);
+        assert_eq!(t.insert(now, q, Seen::Queried), Insert::Replacement);
+        assert!(t.get(&q.id).is_none());
+        // One public address, many ids: one entry.
+        assert_eq!(
+            t.insert(now, public(NodeId::random(&mut rng), 9), Seen::Responded),
+            Insert::Added
+        );
+        for _ in 0..10 {
+            let sybil = public(NodeId::random(&mut rng), 9);
+            assert_eq!(t.insert(now, sybil, Seen::Responded), Insert::Refused);
+        }
+        // Loopback is exempt (test networks), private too.
+        for p in 1..=3 {
+            let n = CompactNode {
+                id: NodeId::random(&mut rng),
+                addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7000 + p),
+            };
+            assert_eq!(t.insert(now, n, Seen::Responded), Insert::Added);
+        }
+        // Our own id, port 0, a multicast address, and a known id from a new address.
+        assert_eq!(t.insert(now, public(own, 20), Seen::Responded), Insert::Refused);
+        let mut zero = public(NodeId::random(&mut rng), 21);
+        zero.addr.set_port(0);
+        assert_eq!(t.insert(now, zero, Seen::Responded), Insert::Refused);
+        let multi = CompactNode {
+            id: NodeId::random(&mut rng),
+            addr: SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 1), 1),
+        };
+        assert_eq!(t.insert(now, multi, Seen::Responded), Insert::Refused);
+        let known = t.closest(&own, 1)[0];
+        let moved =
+            CompactNode { id: known.id, addr: SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 1) };
+        assert_eq!(t.insert(now, moved, Seen::Responded), Insert::Refused);
+        assert_eq!(t.get(&known.id).unwrap().addr, known.addr);
+    }
+
+    #[test]
+    fn stays_bounded_under_a_flood_of_ids() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let own = NodeId::random(&mut rng);
+        let mut t = RoutingTable::new(own);
+        let now = Instant::now();
+        for i in 0..100_000u32 {
+            let id = NodeId::random(&mut rng);
+            let addr =
+                SocketAddrV4::new(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8), 1);
+            t.insert(
+                now,
+                CompactNode { id, addr },
+                if i % 2 == 0 { Seen::Responded } else { Seen::Queried },
+            );
+        }
+        assert!(t.num_buckets() <= 160);
+        assert!(t.buckets.iter().all(|b| b.nodes.len() <= K && b.replacements.len() <= K));
+        // 50,000 random ids that answered: about log2(50,000 / 8) ≈ 13 buckets, all full.
+        assert!((10..=20).contains(&t.num_buckets()), "{} buckets", t.num_buckets());
+        assert!(t.len() >= (t.num_buckets() - 2) * K, "{} nodes", t.len());
+    }
+
+    #[test]
+    fn stale_buckets_name_ids_inside_them() {
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let own = NodeId::random(&mut rng);
+        let mut t = RoutingTable::new(own);
+        let t0 = Instant::now();
+        for i in 0..40u16 {
+            t.insert(t0, node(NodeId::random(&mut rng), 1, 100 + i), Seen::Responded);
+        }
+        assert!(t.stale_buckets(t0, GOOD_FOR, NodeId::random(&mut rng)).is_empty());
+        let later = t0 + GOOD_FOR;
+        let ids = t.stale_buckets(later, GOOD_FOR, NodeId::random(&mut rng));
+        assert_eq!(ids.len(), t.num_buckets());
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(t.index(id), i, "a refresh target outside its bucket");
+        }
+    }
+}
