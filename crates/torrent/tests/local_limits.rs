@@ -108,6 +108,18 @@ async fn a_full_disk_stops_the_download_and_blames_no_peer() {
     seed.shutdown().await;
 }
 
+/// A raw peer of `meta` at `addr`: handshaken, and INTERESTED sent.
+async fn interested_peer(addr: SocketAddr, meta: &Metainfo) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(&Handshake::new(meta.info_hash, PeerId([7; 20])).encode()).await.unwrap();
+    let mut theirs = [0u8; HANDSHAKE_LEN];
+    conn.read_exact(&mut theirs).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    Message::Interested.encode(&mut out);
+    conn.write_all(&out).await.unwrap();
+    conn
+}
+
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
@@ -122,13 +134,7 @@ async fn a_peer_that_requests_and_never_reads_is_cut_off_with_bounded_memory() {
     let seed = Session::start(meta.clone(), src.path().to_path_buf(), Role::Seed, config(vec![]))
         .await
         .unwrap();
-    let mut conn = TcpStream::connect(seed.local_addr()).await.unwrap();
-    conn.write_all(&Handshake::new(meta.info_hash, PeerId([7; 20])).encode()).await.unwrap();
-    let mut theirs = [0u8; HANDSHAKE_LEN];
-    conn.read_exact(&mut theirs).await.unwrap();
-    let mut out = bytes::BytesMut::new();
-    Message::Interested.encode(&mut out);
-    conn.write_all(&out).await.unwrap();
+    let mut conn = interested_peer(seed.local_addr(), &meta).await;
     // Let the session settle before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_bytes();
@@ -254,13 +260,8 @@ async fn under_an_upload_limit_a_cancelled_block_is_never_sent() {
     let cfg = SessionConfig { upload_limit: Some(32 * 1024), ..config(vec![]) };
     let seed =
         Session::start(meta.clone(), src.path().to_path_buf(), Role::Seed, cfg).await.unwrap();
-    let mut conn = TcpStream::connect(seed.local_addr()).await.unwrap();
-    conn.write_all(&Handshake::new(meta.info_hash, PeerId([7; 20])).encode()).await.unwrap();
-    let mut theirs = [0u8; HANDSHAKE_LEN];
-    conn.read_exact(&mut theirs).await.unwrap();
+    let mut conn = interested_peer(seed.local_addr(), &meta).await;
     let mut out = bytes::BytesMut::new();
-    Message::Interested.encode(&mut out);
-    conn.write_all(&out).await.unwrap();
     let (mut buf, mut got) = (bytes::BytesMut::new(), Vec::new());
     read_until(&mut conn, &mut buf, &mut got, |m| matches!(m, Message::Unchoke)).await;
     // Empty the bucket: 64 KiB (its capacity) in four blocks of piece 0.

@@ -636,16 +636,25 @@ fn bytes<'s>(o: Object<'_, 's>, field: &'static str) -> Result<&'s [u8], KrpcErr
     }
 }
 
+/// A byte string whose length is in `len`.
+fn sized<'s>(
+    o: Object<'_, 's>,
+    field: &'static str,
+    len: std::ops::RangeInclusive<usize>,
+) -> Result<&'s [u8], KrpcError> {
+    let b = bytes(o, field)?;
+    if !len.contains(&b.len()) {
+        return Err(KrpcError::Field(field));
+    }
+    Ok(b)
+}
+
 fn bytes_max<'s>(
     o: Object<'_, 's>,
     field: &'static str,
     max: usize,
 ) -> Result<&'s [u8], KrpcError> {
-    let b = bytes(o, field)?;
-    if b.len() > max {
-        return Err(KrpcError::Field(field));
-    }
-    Ok(b)
+    sized(o, field, 0..=max)
 }
 
 fn bytes_exact<'s>(
@@ -653,11 +662,7 @@ fn bytes_exact<'s>(
     field: &'static str,
     len: usize,
 ) -> Result<&'s [u8], KrpcError> {
-    let b = bytes(o, field)?;
-    if b.len() != len {
-        return Err(KrpcError::Field(field));
-    }
-    Ok(b)
+    sized(o, field, len..=len)
 }
 
 fn array<const N: usize>(o: Object<'_, '_>, field: &'static str) -> Result<[u8; N], KrpcError> {
