@@ -188,6 +188,10 @@ struct Shared {
     /// Set once a peer broke off a handshake under a strict `encryption` and the person was
     /// told what that may mean (once per session, not once per dial).
     encryption_hinted: AtomicBool,
+    /// Set by the first handshake of ours that succeeded: from then on our `encryption` is known
+    /// to work, and a peer that closes during a handshake (one shutting down, say) is no reason
+    /// to suggest another.
+    handshake_worked: AtomicBool,
 }
 
 impl Shared {
@@ -246,6 +250,7 @@ impl Session {
             routes: std::sync::Mutex::new(BTreeMap::new()),
             encryption: options.encryption,
             encryption_hinted: AtomicBool::new(false),
+            handshake_worked: AtomicBool::new(false),
         });
         let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Session { shared, acceptor })
@@ -750,7 +755,10 @@ impl Torrent {
         tokio::spawn(async move {
             let encryption = session.encryption;
             let ev = match peer::connect(addr, ih, id, Duration::from_secs(10), encryption).await {
-                Ok(c) => Event::Connected(c),
+                Ok(c) => {
+                    session.handshake_worked.store(true, Ordering::Relaxed);
+                    Event::Connected(c)
+                }
                 Err(e) => {
                     debug!(%addr, "dial failed: {e}");
                     // A peer that closes on our handshake may want the other kind: say so once.
@@ -760,6 +768,7 @@ impl Torrent {
                     );
                     if closed
                         && encryption != Encryption::Prefer
+                        && !session.handshake_worked.load(Ordering::Relaxed)
                         && !session.encryption_hinted.swap(true, Ordering::Relaxed)
                     {
                         let maybe = if encryption == Encryption::Require {
