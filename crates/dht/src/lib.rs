@@ -6,11 +6,15 @@
 //! - [`proto::krpc`]: the KRPC messages (bencoded dictionaries over UDP), a strict, size-capped
 //!   codec for every byte a remote node sends;
 //! - [`proto::table`]: the routing table (k = 8 buckets, split where our id falls, BEP 5
-//!   liveness, replacement caches, one entry per public address).
+//!   liveness, replacement caches, one entry per public address);
+//! - [`proto::core`]: [`DhtCore`], one node under the project's core contract: it answers
+//!   `ping`, `find_node`, `get_peers` and `announce_peer` (tokens bound to the sender's
+//!   address), and runs iterative lookups (`find_node`, `get_peers`, announce).
 //!
-//! The Kademlia core (lookups, tokens, storage) and its UDP driver build on these.
+//! The UDP driver, BEP 44 items and BEP 51 sampling build on these.
 
 pub mod proto;
 
+pub use proto::core::DhtCore;
 pub use proto::id::NodeId;
 pub use proto::krpc::{KrpcError, Message};

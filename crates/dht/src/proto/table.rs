@@ -152,6 +152,19 @@ impl RoutingTable {
         (self.own.common_prefix_len(id) as usize).min(self.buckets.len() - 1)
     }
 
+    /// Whether a node with `id` that answered us would get a place (its bucket has room, can
+    /// split, or holds a bad node): worth a ping when such a node queries us.
+    pub fn wants(&self, id: &NodeId) -> bool {
+        if *id == self.own || self.get(id).is_some() {
+            return false;
+        }
+        let i = self.index(id);
+        let b = &self.buckets[i];
+        b.nodes.len() < K
+            || (i == self.buckets.len() - 1 && self.buckets.len() < 160)
+            || b.nodes.iter().any(Entry::is_bad)
+    }
+
     /// Records that `node` answered us or queried us (see [`Seen`]).
     pub fn insert(&mut self, now: Instant, node: CompactNode, how: Seen) -> Insert {
         if node.id == self.own || node.addr.port() == 0 || !usable(node.addr.ip()) {

@@ -1,0 +1,929 @@
+//! `DhtCore`: one DHT node as a sans-IO state machine under the project's core contract
+//! (`handle(now, input)`, `poll()`, `next_deadline()`; `docs/architecture.md`).
+//!
+//! - **Server side** (BEP 5): answers `ping`, `find_node`, `get_peers` (peers it stores, or the
+//!   closest nodes, with a token) and `announce_peer` (token checked against the sender's
+//!   address, `implied_port` honoured); every reply carries the requester's address (`ip`,
+//!   BEP 42). Methods it does not serve are answered with error 204. A read-only node (BEP 43)
+//!   answers nothing and says `ro` in its queries.
+//! - **Client side**: iterative lookups (`find_node`, `get_peers`, `get_peers` then
+//!   `announce_peer`) with at most [`Config::alpha`] queries in flight each, a timeout per
+//!   query, and the stop rule: the lookup ends when the [`K`] closest nodes it heard of that did
+//!   not fail have all answered. The result is those nodes (and, for `get_peers`, the peers
+//!   they gave).
+//! - **Upkeep**: tokens from a secret rotated every [`TOKEN_ROTATION`] (the previous one still
+//!   accepted); stored peers expire after [`Config::peer_ttl`]; buckets untouched for 15
+//!   minutes are refreshed by a lookup of an id inside them.
+//!
+//! # What the network says is a claim
+//! A response counts only if its transaction id is one we sent, to the address it comes from,
+//! and (when we knew the node's id) from that id. Tables are bounded: transactions in flight
+//! ([`MAX_IN_FLIGHT`]), candidates per lookup ([`MAX_CANDIDATES`]), peers gathered per lookup
+//! ([`MAX_LOOKUP_PEERS`]), info-hashes stored ([`Config::max_torrents`]) and peers per
+//! info-hash ([`Config::max_peers`]).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, RngCore};
+use sha1::{Digest, Sha1};
+
+use super::id::NodeId;
+use super::krpc::{Body, CompactNode, Message, Method, Response};
+use super::table::{Insert, RoutingTable, Seen, GOOD_FOR, K};
+
+/// How often the token secret changes (BEP 5: every 5 minutes; the previous secret still
+/// counts, so a token lives 5–10 minutes).
+pub const TOKEN_ROTATION: Duration = Duration::from_secs(5 * 60);
+/// Queries of ours awaiting an answer, at most.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// Nodes a lookup remembers, the closest kept.
+pub const MAX_CANDIDATES: usize = 64;
+/// Peers a `get_peers` lookup gathers, at most.
+pub const MAX_LOOKUP_PEERS: usize = 500;
+/// Peers one `get_peers` reply carries, at most (so the reply fits a datagram).
+const MAX_REPLY_PEERS: usize = 50;
+
+/// Tuning of a [`DhtCore`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Queries in flight per lookup (Kademlia's α).
+    pub alpha: usize,
+    /// How long a query waits for its answer.
+    pub query_timeout: Duration,
+    /// BEP 43: answer no queries, and say so.
+    pub read_only: bool,
+    /// Info-hashes whose peers we store, at most.
+    pub max_torrents: usize,
+    /// Peers stored per info-hash, at most.
+    pub max_peers: usize,
+    /// How long an announced peer is kept.
+    pub peer_ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            alpha: 3,
+            query_timeout: Duration::from_secs(2),
+            read_only: false,
+            max_torrents: 2_000,
+            max_peers: 100,
+            peer_ttl: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// What the core is fed.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// A datagram arrived.
+    Datagram { from: SocketAddrV4, bytes: &'a [u8] },
+    /// A deadline from [`DhtCore::next_deadline`] passed.
+    Tick,
+}
+
+/// What the core asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send this datagram.
+    Send { to: SocketAddrV4, bytes: Vec<u8> },
+    /// A lookup finished.
+    Done(LookupResult),
+}
+
+/// Identifies a lookup started by [`DhtCore::find_node`], [`DhtCore::get_peers`] or
+/// [`DhtCore::announce`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LookupId(pub u64);
+
+/// The end of a lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupResult {
+    pub id: LookupId,
+    pub target: NodeId,
+    /// The closest nodes that answered, closest first (at most [`K`]).
+    pub nodes: Vec<CompactNode>,
+    /// Peers of the swarm (`get_peers` and `announce`), as the nodes gave them.
+    pub peers: Vec<SocketAddrV4>,
+    /// Nodes an `announce_peer` went to (the closest that gave a token).
+    pub announced_to: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    FindNode,
+    GetPeers,
+    Announce {
+        port: u16,
+    },
+    /// A bucket refresh: like FindNode, with no result reported.
+    Refresh,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    New,
+    Asked,
+    Answered,
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Candidate {
+    node: CompactNode,
+    state: State,
+    token: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug)]
+struct Lookup {
+    target: NodeId,
+    kind: Kind,
+    /// By XOR distance to the target.
+    candidates: BTreeMap<[u8; 20], Candidate>,
+    peers: Vec<SocketAddrV4>,
+    in_flight: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Purpose {
+    /// A bootstrap or liveness ping, or a find_node to an address whose id we do not know.
+    Ping,
+    Lookup(LookupId),
+    Announce,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Transaction {
+    to: SocketAddrV4,
+    node: Option<NodeId>,
+    sent: Instant,
+    purpose: Purpose,
+}
+
+/// One DHT node's protocol state. See the module docs.
+pub struct DhtCore<R: RngCore> {
+    id: NodeId,
+    config: Config,
+    rng: R,
+    table: RoutingTable,
+    next_tid: u16,
+    in_flight: HashMap<u16, Transaction>,
+    lookups: BTreeMap<LookupId, Lookup>,
+    next_lookup: u64,
+    secrets: [[u8; 16]; 2],
+    rotated: Instant,
+    next_refresh: Instant,
+    stored: HashMap<NodeId, Vec<(SocketAddrV4, Instant)>>,
+    out: VecDeque<Output>,
+}
+
+impl<R: RngCore> DhtCore<R> {
+    /// A node with id `id` (BEP 42 derives it from the external address; the driver chooses).
+    pub fn new(now: Instant, id: NodeId, config: Config, mut rng: R) -> Self {
+        let mut secrets = [[0u8; 16]; 2];
+        rng.fill_bytes(&mut secrets[0]);
+        rng.fill_bytes(&mut secrets[1]);
+        DhtCore {
+            id,
+            config,
+            rng,
+            table: RoutingTable::new(id),
+            next_tid: 0,
+            in_flight: HashMap::new(),
+            lookups: BTreeMap::new(),
+            next_lookup: 0,
+            secrets,
+            rotated: now,
+            next_refresh: now + GOOD_FOR,
+            stored: HashMap::new(),
+            out: VecDeque::new(),
+        }
+    }
+
+    // --- getters ----------------------------------------------------------------------------
+
+    /// Our node id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The routing table.
+    pub fn table(&self) -> &RoutingTable {
+        &self.table
+    }
+
+    /// Queries awaiting an answer.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Peers stored for `info_hash` (announced to us).
+    pub fn stored_peers(&self, info_hash: &NodeId) -> Vec<SocketAddrV4> {
+        self.stored.get(info_hash).map_or(Vec::new(), |v| v.iter().map(|(a, _)| *a).collect())
+    }
+
+    // --- mutators ---------------------------------------------------------------------------
+
+    /// Joins the network through known addresses (routers, saved nodes): asks each for the
+    /// nodes closest to our own id.
+    pub fn bootstrap(&mut self, now: Instant, routers: &[SocketAddrV4]) -> LookupId {
+        let id = self.start(self.id, Kind::FindNode);
+        for &addr in routers {
+            let target = self.id;
+            self.query(now, addr, None, Purpose::Lookup(id), Method::FindNode { target });
+            if let Some(l) = self.lookups.get_mut(&id) {
+                l.in_flight += 1;
+            }
+        }
+        self.step(now, id);
+        id
+    }
+
+    /// Looks up the nodes closest to `target`.
+    pub fn find_node(&mut self, now: Instant, target: NodeId) -> LookupId {
+        let id = self.start(target, Kind::FindNode);
+        self.step(now, id);
+        id
+    }
+
+    /// Looks up the peers of `info_hash`.
+    pub fn get_peers(&mut self, now: Instant, info_hash: NodeId) -> LookupId {
+        let id = self.start(info_hash, Kind::GetPeers);
+        self.step(now, id);
+        id
+    }
+
+    /// Looks up the peers of `info_hash`, then announces us on `port` to the closest nodes.
+    pub fn announce(&mut self, now: Instant, info_hash: NodeId, port: u16) -> LookupId {
+        let id = self.start(info_hash, Kind::Announce { port });
+        self.step(now, id);
+        id
+    }
+
+    // --- handlers ---------------------------------------------------------------------------
+
+    /// Feeds one input.
+    pub fn handle(&mut self, now: Instant, input: Input<'_>) {
+        match input {
+            Input::Tick => self.tick(now),
+            Input::Datagram { from, bytes } => {
+                // A malformed datagram is dropped (the driver counts it); an unknown method
+                // still gets its answer.
+                match Message::decode(bytes) {
+                    Ok(m) => self.on_message(now, from, m),
+                    Err(super::krpc::KrpcError::UnknownMethod { tid }) => {
+                        if !self.config.read_only {
+                            self.error(from, tid, 204, "Method Unknown");
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    // --- polling ----------------------------------------------------------------------------
+
+    /// The next thing to do, if any.
+    pub fn poll(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When to call `handle(now, Input::Tick)` next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let timeouts = self.in_flight.values().map(|t| t.sent + self.config.query_timeout).min();
+        let upkeep = (self.rotated + TOKEN_ROTATION).min(self.next_refresh);
+        Some(timeouts.map_or(upkeep, |t| t.min(upkeep)))
+    }
+
+    // --- inside -----------------------------------------------------------------------------
+
+    fn start(&mut self, target: NodeId, kind: Kind) -> LookupId {
+        let id = LookupId(self.next_lookup);
+        self.next_lookup += 1;
+        let mut l =
+            Lookup { target, kind, candidates: BTreeMap::new(), peers: Vec::new(), in_flight: 0 };
+        for node in self.table.closest(&target, MAX_CANDIDATES) {
+            l.candidates.insert(
+                node.id.distance(&target),
+                Candidate { node, state: State::New, token: None },
+            );
+        }
+        self.lookups.insert(id, l);
+        id
+    }
+
+    /// Sends what the lookup may send now, or ends it.
+    fn step(&mut self, now: Instant, id: LookupId) {
+        let Some(l) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        let mut to_ask = Vec::new();
+        let mut all_answered = true;
+        for c in l.candidates.values_mut().filter(|c| c.state != State::Failed).take(K) {
+            match c.state {
+                State::Answered => {}
+                State::New if l.in_flight + to_ask.len() < self.config.alpha => {
+                    c.state = State::Asked;
+                    to_ask.push(c.node);
+                    all_answered = false;
+                }
+                _ => all_answered = false,
+            }
+        }
+        let (target, kind) = (l.target, l.kind);
+        // Done when the K closest nodes that did not fail have all answered, or when nothing
+        // is left to ask and nothing is awaited.
+        let settled = all_answered && l.candidates.values().any(|c| c.state == State::Answered);
+        if settled || (to_ask.is_empty() && l.in_flight == 0) {
+            self.finish(now, id);
+            return;
+        }
+        for node in to_ask {
+            let method = match kind {
+                Kind::FindNode | Kind::Refresh => Method::FindNode { target },
+                Kind::GetPeers | Kind::Announce { .. } => Method::GetPeers { info_hash: target },
+            };
+            if self.query(now, node.addr, Some(node.id), Purpose::Lookup(id), method) {
+                if let Some(l) = self.lookups.get_mut(&id) {
+                    l.in_flight += 1;
+                }
+            } else if let Some(c) = self
+                .lookups
+                .get_mut(&id)
+                .and_then(|l| l.candidates.get_mut(&node.id.distance(&target)))
+            {
+                c.state = State::Failed;
+            }
+        }
+    }
+
+    fn finish(&mut self, now: Instant, id: LookupId) {
+        let Some(l) = self.lookups.remove(&id) else {
+            return;
+        };
+        let closest: Vec<&Candidate> =
+            l.candidates.values().filter(|c| c.state == State::Answered).take(K).collect();
+        let mut announced_to = 0;
+        if let Kind::Announce { port } = l.kind {
+            for c in &closest {
+                if let Some(token) = &c.token {
+                    let method = Method::AnnouncePeer {
+                        info_hash: l.target,
+                        port,
+                        implied_port: false,
+                        token: token.clone(),
+                    };
+                    if self.query(now, c.node.addr, Some(c.node.id), Purpose::Announce, method) {
+                        announced_to += 1;
+                    }
+                }
+            }
+        }
+        if l.kind == Kind::Refresh {
+            return;
+        }
+        self.out.push_back(Output::Done(LookupResult {
+            id,
+            target: l.target,
+            nodes: closest.iter().map(|c| c.node).collect(),
+            peers: l.peers,
+            announced_to,
+        }));
+    }
+
+    /// Sends a query; false when too many are in flight.
+    fn query(
+        &mut self,
+        now: Instant,
+        to: SocketAddrV4,
+        node: Option<NodeId>,
+        purpose: Purpose,
+        method: Method,
+    ) -> bool {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            return false;
+        }
+        let mut tid = self.next_tid;
+        while self.in_flight.contains_key(&tid) {
+            tid = tid.wrapping_add(1);
+        }
+        self.next_tid = tid.wrapping_add(1);
+        self.in_flight.insert(tid, Transaction { to, node, sent: now, purpose });
+        let m = Message {
+            tid: tid.to_be_bytes().to_vec(),
+            body: Body::Query { id: self.id, method },
+            version: None,
+            ip: None,
+            read_only: self.config.read_only,
+        };
+        self.out.push_back(Output::Send { to, bytes: m.encode() });
+        true
+    }
+
+    fn on_message(&mut self, now: Instant, from: SocketAddrV4, m: Message) {
+        match m.body {
+            Body::Query { id, method } => {
+                if self.config.read_only {
+                    return;
+                }
+                self.answer(now, from, m.tid, id, method);
+                if !m.read_only {
+                    // A node that queries us enters the table only once it answers us: ping it
+                    // when it would get a place (once at a time per address, so its queries
+                    // cannot make us ping at their rate).
+                    let node = CompactNode { id, addr: from };
+                    let asking = self.in_flight.values().any(|t| t.to == from);
+                    if self.table.wants(&id) && !asking {
+                        self.query(now, from, Some(id), Purpose::Ping, Method::Ping);
+                    } else {
+                        let _ = self.table.insert(now, node, Seen::Queried);
+                    }
+                }
+            }
+            Body::Response(r) => self.on_response(now, from, &m.tid, r),
+            Body::Error { .. } => self.on_error(now, from, &m.tid),
+        }
+    }
+
+    fn take_transaction(&mut self, from: SocketAddrV4, tid: &[u8]) -> Option<(u16, Transaction)> {
+        let tid = u16::from_be_bytes(tid.try_into().ok()?);
+        let t = self.in_flight.get(&tid)?;
+        // An answer from another address than we asked is not an answer.
+        if t.to != from {
+            return None;
+        }
+        self.in_flight.remove(&tid).map(|t| (tid, t))
+    }
+
+    fn on_response(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], r: Response) {
+        let Some((_, t)) = self.take_transaction(from, tid) else {
+            return;
+        };
+        let Some(id) = r.id else {
+            self.failed(now, t);
+            return;
+        };
+        if t.node.is_some_and(|n| n != id) {
+            // Not the node we asked: the answer does not count.
+            self.failed(now, t);
+            return;
+        }
+        let node = CompactNode { id, addr: from };
+        if let Insert::PingFirst(stale, addr) = self.table.insert(now, node, Seen::Responded) {
+            self.query(now, addr, Some(stale), Purpose::Ping, Method::Ping);
+        }
+        let Purpose::Lookup(lid) = t.purpose else {
+            return;
+        };
+        let own = self.id;
+        if let Some(l) = self.lookups.get_mut(&lid) {
+            l.in_flight = l.in_flight.saturating_sub(1);
+            let key = id.distance(&l.target);
+            let c = l.candidates.entry(key).or_insert(Candidate {
+                node,
+                state: State::New,
+                token: None,
+            });
+            c.state = State::Answered;
+            c.token = r.token.clone();
+            for n in &r.nodes {
+                if n.id == own || n.addr.port() == 0 {
+                    continue;
+                }
+                let key = n.id.distance(&l.target);
+                l.candidates.entry(key).or_insert(Candidate {
+                    node: *n,
+                    state: State::New,
+                    token: None,
+                });
+            }
+            while l.candidates.len() > MAX_CANDIDATES {
+                l.candidates.pop_last();
+            }
+            for p in &r.values {
+                if l.peers.len() < MAX_LOOKUP_PEERS && !l.peers.contains(p) {
+                    l.peers.push(*p);
+                }
+            }
+        }
+        self.step(now, lid);
+    }
+
+    fn on_error(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8]) {
+        if let Some((_, t)) = self.take_transaction(from, tid) {
+            self.failed(now, t);
+        }
+    }
+
+    fn failed(&mut self, now: Instant, t: Transaction) {
+        if let Some(n) = t.node {
+            self.table.failed(now, &n);
+        }
+        let Purpose::Lookup(lid) = t.purpose else {
+            return;
+        };
+        if let Some(l) = self.lookups.get_mut(&lid) {
+            l.in_flight = l.in_flight.saturating_sub(1);
+            if let Some(n) = t.node {
+                if let Some(c) = l.candidates.get_mut(&n.distance(&l.target)) {
+                    c.state = State::Failed;
+                }
+            }
+        }
+        self.step(now, lid);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let timeout = self.config.query_timeout;
+        let expired: Vec<u16> = self
+            .in_flight
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(t.sent) >= timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for tid in expired {
+            if let Some(t) = self.in_flight.remove(&tid) {
+                self.failed(now, t);
+            }
+        }
+        if now.saturating_duration_since(self.rotated) >= TOKEN_ROTATION {
+            self.secrets[1] = self.secrets[0];
+            self.rng.fill_bytes(&mut self.secrets[0]);
+            self.rotated = now;
+            let ttl = self.config.peer_ttl;
+            for peers in self.stored.values_mut() {
+                peers.retain(|(_, t)| now.saturating_duration_since(*t) < ttl);
+            }
+            self.stored.retain(|_, v| !v.is_empty());
+        }
+        if now >= self.next_refresh {
+            self.next_refresh = now + GOOD_FOR;
+            let mut random = [0u8; 20];
+            self.rng.fill(&mut random);
+            for target in self.table.stale_buckets(now, GOOD_FOR, NodeId(random)) {
+                let id = self.start(target, Kind::Refresh);
+                self.step(now, id);
+            }
+        }
+    }
+
+    fn token(&self, secret: usize, addr: &SocketAddrV4) -> Vec<u8> {
+        let mut h = Sha1::new();
+        h.update(self.secrets[secret]);
+        h.update(addr.ip().octets());
+        h.finalize()[..8].to_vec()
+    }
+
+    fn answer(&mut self, now: Instant, from: SocketAddrV4, tid: Vec<u8>, _id: NodeId, m: Method) {
+        let mut r = Response { id: Some(self.id), ..Response::default() };
+        match m {
+            Method::Ping => {}
+            Method::FindNode { target } => r.nodes = self.table.closest(&target, K),
+            Method::GetPeers { info_hash } => {
+                r.token = Some(self.token(0, &from));
+                let peers = self.stored_peers(&info_hash);
+                if peers.is_empty() {
+                    r.nodes = self.table.closest(&info_hash, K);
+                } else {
+                    r.values = peers.into_iter().take(MAX_REPLY_PEERS).collect();
+                }
+            }
+            Method::AnnouncePeer { info_hash, port, implied_port, token } => {
+                if token != self.token(0, &from) && token != self.token(1, &from) {
+                    self.error(from, tid, 203, "bad token");
+                    return;
+                }
+                let port = if implied_port { from.port() } else { port };
+                if port == 0 {
+                    self.error(from, tid, 203, "port 0");
+                    return;
+                }
+                self.store(now, info_hash, SocketAddrV4::new(*from.ip(), port));
+            }
+            Method::Get { .. } | Method::Put(_) | Method::SampleInfohashes { .. } => {
+                self.error(from, tid, 204, "Method Unknown");
+                return;
+            }
+        }
+        let reply = Message {
+            tid,
+            body: Body::Response(r),
+            version: None,
+            ip: Some(from),
+            read_only: false,
+        };
+        self.out.push_back(Output::Send { to: from, bytes: reply.encode() });
+    }
+
+    fn store(&mut self, now: Instant, info_hash: NodeId, peer: SocketAddrV4) {
+        if !self.stored.contains_key(&info_hash) && self.stored.len() >= self.config.max_torrents {
+            return;
+        }
+        let max = self.config.max_peers;
+        let peers = self.stored.entry(info_hash).or_default();
+        if let Some(p) = peers.iter_mut().find(|(a, _)| *a == peer) {
+            p.1 = now;
+            return;
+        }
+        if peers.len() >= max {
+            // The oldest announcement makes room.
+            let oldest = peers.iter().enumerate().min_by_key(|(_, (_, t))| *t).map(|(i, _)| i);
+            if let Some(i) = oldest {
+                peers.swap_remove(i);
+            }
+        }
+        peers.push((peer, now));
+    }
+
+    fn error(&mut self, to: SocketAddrV4, tid: Vec<u8>, code: i64, message: &str) {
+        let m = Message {
+            tid,
+            body: Body::Error { code, message: message.to_string() },
+            version: None,
+            ip: None,
+            read_only: false,
+        };
+        self.out.push_back(Output::Send { to, bytes: m.encode() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+    use std::net::Ipv4Addr;
+
+    type Core = DhtCore<ChaCha8Rng>;
+
+    fn addr(i: usize) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10_000 + i as u16)
+    }
+
+    /// Cores on 127.0.0.1:10000+i, datagrams delivered in order, time virtual; an address with
+    /// no core (`dead`) swallows what is sent to it.
+    struct Net {
+        nodes: Vec<Core>,
+        dead: Vec<bool>,
+        now: Instant,
+        done: Vec<(usize, LookupResult)>,
+        sent: usize,
+    }
+
+    impl Net {
+        fn new(n: usize, seed: u64) -> Net {
+            let now = Instant::now();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let nodes = (0..n)
+                .map(|i| {
+                    let id = NodeId::random(&mut rng);
+                    Core::new(
+                        now,
+                        id,
+                        Config::default(),
+                        ChaCha8Rng::seed_from_u64(seed ^ i as u64),
+                    )
+                })
+                .collect();
+            Net { nodes, dead: vec![false; n], now, done: Vec::new(), sent: 0 }
+        }
+
+        /// Runs until no datagram moves and no query waits (timeouts included).
+        fn settle(&mut self) {
+            for _ in 0..10_000 {
+                let mut moved = false;
+                for i in 0..self.nodes.len() {
+                    while let Some(o) = self.nodes[i].poll() {
+                        match o {
+                            Output::Send { to, bytes } => {
+                                self.sent += 1;
+                                moved = true;
+                                let j = (to.port() - 10_000) as usize;
+                                if j < self.nodes.len() && !self.dead[j] {
+                                    let input = Input::Datagram { from: addr(i), bytes: &bytes };
+                                    self.nodes[j].handle(self.now, input);
+                                }
+                            }
+                            Output::Done(r) => self.done.push((i, r)),
+                        }
+                    }
+                }
+                if moved {
+                    continue;
+                }
+                if self.nodes.iter().all(|n| n.in_flight() == 0) {
+                    return;
+                }
+                // Jump to the earliest query timeout.
+                let next = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.in_flight() > 0)
+                    .filter_map(|n| n.next_deadline())
+                    .min();
+                self.now = next.expect("a deadline while queries wait").max(self.now);
+                for n in &mut self.nodes {
+                    n.handle(self.now, Input::Tick);
+                }
+            }
+            panic!("the network did not settle");
+        }
+
+        fn result(&self, node: usize, id: LookupId) -> &LookupResult {
+            &self.done.iter().find(|(n, r)| *n == node && r.id == id).expect("lookup finished").1
+        }
+
+        /// Every live node bootstraps from node 0, one after another.
+        fn join_all(&mut self) {
+            for i in 1..self.nodes.len() {
+                if !self.dead[i] {
+                    let now = self.now;
+                    self.nodes[i].bootstrap(now, &[addr(0)]);
+                    self.settle();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_peer_announced_at_one_node_is_found_from_another() {
+        let mut net = Net::new(60, 1);
+        net.join_all();
+        assert!(net.nodes.iter().all(|n| n.table().len() >= 8), "every node knows some nodes");
+        let info_hash = NodeId([0x5a; 20]);
+        let now = net.now;
+        let a = net.nodes[7].announce(now, info_hash, 7777);
+        net.settle();
+        assert!(net.result(7, a).announced_to >= 7, "{:?}", net.result(7, a));
+        let now = net.now;
+        let g = net.nodes[42].get_peers(now, info_hash);
+        net.settle();
+        let found = net.result(42, g);
+        assert_eq!(found.peers, vec![SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7777)]);
+        // The lookup found the true closest nodes (of all 60, node 42 excluded).
+        let mut all: Vec<NodeId> =
+            (0..60).filter(|&i| i != 42).map(|i| net.nodes[i].id()).collect();
+        all.sort_by_key(|id| id.distance(&info_hash));
+        let got: Vec<NodeId> = found.nodes.iter().map(|n| n.id).collect();
+        let hits = all[..K].iter().filter(|id| got.contains(id)).count();
+        assert!(hits >= 7, "found {hits} of the true {K} closest");
+        // A get_peers for a swarm nobody announced finds no peer, and ends.
+        let now = net.now;
+        let none = net.nodes[3].get_peers(now, NodeId([0x11; 20]));
+        net.settle();
+        assert!(net.result(3, none).peers.is_empty());
+    }
+
+    #[test]
+    fn dead_nodes_time_out_and_lookups_still_end() {
+        let mut net = Net::new(40, 2);
+        net.join_all();
+        // A quarter of the nodes crash.
+        for i in (1..40).step_by(4) {
+            net.dead[i] = true;
+        }
+        let target = NodeId([0xc3; 20]);
+        let now = net.now;
+        let l = net.nodes[2].find_node(now, target);
+        let start = net.now;
+        net.settle();
+        let r = net.result(2, l);
+        assert!(!r.nodes.is_empty());
+        assert!(
+            r.nodes.iter().all(|n| !net.dead[(n.addr.port() - 10_000) as usize]),
+            "a dead node answered"
+        );
+        // Bounded by timeouts: each round of α queries waits at most one timeout.
+        assert!(net.now.duration_since(start) <= Duration::from_secs(60));
+    }
+
+    fn query(from_id: NodeId, method: Method) -> Vec<u8> {
+        Message {
+            tid: b"xy".to_vec(),
+            body: Body::Query { id: from_id, method },
+            version: None,
+            ip: None,
+            read_only: false,
+        }
+        .encode()
+    }
+
+    fn replies(core: &mut Core) -> Vec<(SocketAddrV4, Message)> {
+        let mut out = Vec::new();
+        while let Some(o) = core.poll() {
+            if let Output::Send { to, bytes } = o {
+                out.push((to, Message::decode(&bytes).unwrap()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn tokens_bind_to_the_address_and_expire() {
+        let now = Instant::now();
+        let mut core =
+            Core::new(now, NodeId([1; 20]), Config::default(), ChaCha8Rng::seed_from_u64(3));
+        let ih = NodeId([9; 20]);
+        let alice = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 5000);
+        let mallory = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 5000);
+        core.handle(
+            now,
+            Input::Datagram {
+                from: alice,
+                bytes: &query(NodeId([2; 20]), Method::GetPeers { info_hash: ih }),
+            },
+        );
+        let r = replies(&mut core);
+        let Body::Response(resp) = &r[0].1.body else { panic!("{r:?}") };
+        assert_eq!(r[0].1.ip, Some(alice), "BEP 42: the reply says where it saw us");
+        let token = resp.token.clone().unwrap();
+        let announce = |token: Vec<u8>| {
+            query(
+                NodeId([3; 20]),
+                Method::AnnouncePeer { info_hash: ih, port: 6881, implied_port: false, token },
+            )
+        };
+        // Alice's token from Mallory's address: refused.
+        core.handle(now, Input::Datagram { from: mallory, bytes: &announce(token.clone()) });
+        assert!(matches!(replies(&mut core)[0].1.body, Body::Error { code: 203, .. }));
+        assert!(core.stored_peers(&ih).is_empty());
+        // From Alice: stored.
+        core.handle(now, Input::Datagram { from: alice, bytes: &announce(token.clone()) });
+        assert!(matches!(replies(&mut core)[0].1.body, Body::Response(_)));
+        assert_eq!(core.stored_peers(&ih), vec![SocketAddrV4::new(*alice.ip(), 6881)]);
+        // Two rotations later the token is dead.
+        let later = now + TOKEN_ROTATION * 2 + Duration::from_secs(1);
+        core.handle(now + TOKEN_ROTATION, Input::Tick);
+        core.handle(later, Input::Tick);
+        core.handle(later, Input::Datagram { from: alice, bytes: &announce(token) });
+        assert!(matches!(replies(&mut core)[0].1.body, Body::Error { code: 203, .. }));
+        // implied_port: the sender's own port counts.
+        core.handle(
+            later,
+            Input::Datagram {
+                from: alice,
+                bytes: &query(NodeId([2; 20]), Method::GetPeers { info_hash: ih }),
+            },
+        );
+        let Body::Response(resp) = &replies(&mut core)[0].1.body else { panic!() };
+        let implied = query(
+            NodeId([3; 20]),
+            Method::AnnouncePeer {
+                info_hash: ih,
+                port: 1,
+                implied_port: true,
+                token: resp.token.clone().unwrap(),
+            },
+        );
+        core.handle(later, Input::Datagram { from: alice, bytes: &implied });
+        replies(&mut core);
+        assert!(core.stored_peers(&ih).contains(&alice));
+        // An unknown method gets error 204; garbage gets nothing.
+        core.handle(
+            later,
+            Input::Datagram {
+                from: alice,
+                bytes: b"d1:ad2:id20:abcdefghij0123456789e1:q4:vote1:t2:ab1:y1:qe",
+            },
+        );
+        assert!(matches!(replies(&mut core)[0].1.body, Body::Error { code: 204, .. }));
+        core.handle(later, Input::Datagram { from: alice, bytes: b"\xff\x00garbage" });
+        assert!(replies(&mut core).is_empty());
+    }
+
+    #[test]
+    fn an_answer_counts_only_from_the_address_and_id_asked() {
+        let now = Instant::now();
+        let mut core =
+            Core::new(now, NodeId([1; 20]), Config::default(), ChaCha8Rng::seed_from_u64(4));
+        let router = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 6881);
+        core.bootstrap(now, &[router]);
+        let sent = replies(&mut core);
+        let tid = sent[0].1.tid.clone();
+        let answer = |id: NodeId| {
+            Message {
+                tid: tid.clone(),
+                body: Body::Response(Response { id: Some(id), ..Response::default() }),
+                version: None,
+                ip: None,
+                read_only: false,
+            }
+            .encode()
+        };
+        // The right transaction id from another address: ignored.
+        let other = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 6881);
+        core.handle(now, Input::Datagram { from: other, bytes: &answer(NodeId([7; 20])) });
+        assert!(core.table().is_empty());
+        assert_eq!(core.in_flight(), 1);
+        // From the router: counted once, and the transaction is gone.
+        core.handle(now, Input::Datagram { from: router, bytes: &answer(NodeId([7; 20])) });
+        assert_eq!(core.table().len(), 1);
+        assert_eq!(core.in_flight(), 0);
+        core.handle(now, Input::Datagram { from: router, bytes: &answer(NodeId([8; 20])) });
+        assert_eq!(core.table().len(), 1, "a replayed answer is not a new node");
+    }
+}
