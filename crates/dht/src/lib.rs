@@ -11,10 +11,13 @@
 //!   `ping`, `find_node`, `get_peers` and `announce_peer` (tokens bound to the sender's
 //!   address), and runs iterative lookups (`find_node`, `get_peers`, announce).
 //!
-//! The UDP driver, BEP 44 items and BEP 51 sampling build on these.
+//! [`driver`] runs a core on a UDP socket under tokio ([`Dht`]). BEP 44 items and BEP 51
+//! sampling are to come.
 
+pub mod driver;
 pub mod proto;
 
+pub use driver::{Dht, DhtOptions};
 pub use proto::core::DhtCore;
 pub use proto::id::NodeId;
 pub use proto::krpc::{KrpcError, Message};

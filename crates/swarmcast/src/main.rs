@@ -17,6 +17,7 @@ mod chat_cmd;
 mod chat_demo;
 mod chat_line;
 mod demo;
+mod dht_cmd;
 mod lab_cmd;
 mod play_cmd;
 mod progress;
@@ -132,6 +133,11 @@ enum Command {
     Anchor(chat_cmd::RelayArgs),
     /// Run a headless overlay node that relays messages and keeps history for catch-up.
     Node(chat_cmd::RelayArgs),
+    /// The Mainline DHT: run a node, find a torrent's peers, announce one.
+    Dht {
+        #[command(subcommand)]
+        cmd: dht_cmd::DhtCommand,
+    },
     /// Simulations in virtual time (`sim overlay`).
     Sim {
         #[command(subcommand)]
@@ -278,6 +284,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Node(a) => chat_cmd::relay(a, "node").await,
         Command::Lab { cmd } => lab_cmd::lab(cmd).await,
         Command::Sim { cmd } => sim_cmd::run(cmd),
+        Command::Dht { cmd } => dht_cmd::run(cmd).await,
         Command::Stream { cmd } => stream_cmd::run(cmd).await,
         Command::Play(a) => play_cmd::run(a).await,
         Command::Seed { torrent, data, net } => seed(&torrent, &data, &net).await,

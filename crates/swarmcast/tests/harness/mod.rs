@@ -183,15 +183,20 @@ pub fn require(tool: &str) {
     assert!(found, "{tool} is not installed: run scripts/test.sh, which installs the test peers");
 }
 
-/// Debian's python with python3-libtorrent.
+/// Debian's python with python3-libtorrent, running tests/peers/lt_peer.py.
 pub fn libtorrent_python() -> Command {
+    libtorrent_script("lt_peer.py")
+}
+
+/// Debian's python with python3-libtorrent, running the script `name` in tests/peers.
+pub fn libtorrent_script(name: &str) -> Command {
     let ok = Command::new("/usr/bin/python3")
         .args(["-c", "import libtorrent"])
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "python3-libtorrent is not installed: run scripts/test.sh");
     let mut c = Command::new("/usr/bin/python3");
-    c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peers/lt_peer.py"));
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers").join(name));
     c
 }
 

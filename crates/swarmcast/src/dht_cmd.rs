@@ -1,0 +1,164 @@
+//! `swarmcast dht`: a Mainline DHT node, and one-shot lookups (`get-peers`, `announce`,
+//! `find-node`) that print what the network answered, as text or `--json`.
+
+use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use dht::proto::core::{Config, LookupResult};
+use dht::{Dht, DhtOptions, NodeId};
+
+#[derive(clap::Args, Clone)]
+pub struct DhtNet {
+    /// Where our node listens (IPv4; port 0 picks one).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: SocketAddrV4,
+    /// A node to join through, HOST:PORT (repeat for several).
+    #[arg(long = "bootstrap", required = true)]
+    bootstrap: Vec<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand, Clone)]
+pub enum DhtCommand {
+    /// Run a DHT node that others can join through (until Ctrl-C).
+    Node {
+        /// Where to listen (IPv4).
+        #[arg(long, default_value = "0.0.0.0:6881")]
+        listen: SocketAddrV4,
+        /// Nodes to join through, HOST:PORT (none: wait to be joined).
+        #[arg(long = "bootstrap")]
+        bootstrap: Vec<String>,
+    },
+    /// Find the peers of a torrent (40 hex digits).
+    GetPeers {
+        info_hash: String,
+        #[command(flatten)]
+        net: DhtNet,
+    },
+    /// Announce that a torrent (40 hex digits) is served on TCP PORT of this host.
+    Announce {
+        info_hash: String,
+        #[arg(long)]
+        port: u16,
+        #[command(flatten)]
+        net: DhtNet,
+    },
+    /// Find the nodes closest to an id (40 hex digits).
+    FindNode {
+        target: String,
+        #[command(flatten)]
+        net: DhtNet,
+    },
+}
+
+fn parse_id(s: &str) -> Result<NodeId> {
+    let bytes = hex::decode(s).ok().filter(|b| b.len() == 20);
+    match bytes.and_then(|b| NodeId::from_slice(&b)) {
+        Some(id) => Ok(id),
+        None => bail!("'{s}' is not an info-hash or node id: give 40 hex digits"),
+    }
+}
+
+fn resolve(list: &[String]) -> Result<Vec<SocketAddrV4>> {
+    let mut out = Vec::new();
+    for s in list {
+        let addrs = s
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve '{s}': give HOST:PORT of a DHT node"))?;
+        out.extend(addrs.filter_map(|a| match a {
+            SocketAddr::V4(v4) => Some(v4),
+            SocketAddr::V6(_) => None,
+        }));
+    }
+    if out.is_empty() && !list.is_empty() {
+        bail!("no IPv4 address among {list:?} (the DHT speaks IPv4 only for now)");
+    }
+    Ok(out)
+}
+
+async fn join(net: &DhtNet) -> Result<Dht> {
+    let routers = resolve(&net.bootstrap)?;
+    let options = DhtOptions { listen: net.listen, id: None, config: Config::default() };
+    let node = Dht::spawn(options)
+        .await
+        .with_context(|| format!("cannot listen on {} (is the port taken?)", net.listen))?;
+    let joined = node.bootstrap(routers).await?;
+    if joined.nodes.is_empty() {
+        bail!(
+            "no DHT node answered at {:?}: check the address and that the node runs",
+            net.bootstrap
+        );
+    }
+    Ok(node)
+}
+
+fn print(r: &LookupResult, json: bool) -> Result<()> {
+    if json {
+        let v = serde_json::json!({
+            "target": r.target.to_string(),
+            "nodes": r.nodes.iter().map(|n| serde_json::json!({
+                "id": n.id.to_string(), "addr": n.addr.to_string()
+            })).collect::<Vec<_>>(),
+            "peers": r.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "announced_to": r.announced_to,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for p in &r.peers {
+        println!("peer {p}");
+    }
+    for n in &r.nodes {
+        println!("node {} {}", n.id, n.addr);
+    }
+    if r.announced_to > 0 {
+        println!("announced to {} nodes", r.announced_to);
+    }
+    Ok(())
+}
+
+pub async fn run(cmd: DhtCommand) -> Result<()> {
+    match cmd {
+        DhtCommand::Node { listen, bootstrap } => {
+            let routers = resolve(&bootstrap)?;
+            let options = DhtOptions { listen, id: None, config: Config::default() };
+            let node = Dht::spawn(options)
+                .await
+                .with_context(|| format!("cannot listen on {listen} (is the port taken?)"))?;
+            eprintln!("DHT node {} on {} (Ctrl-C to stop)", node.id(), node.local_addr());
+            if !routers.is_empty() {
+                let joined = node.bootstrap(routers).await?;
+                eprintln!("joined: {} nodes answered", joined.nodes.len());
+            }
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => eprintln!("routing table: {} nodes", node.nodes().await?),
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+        }
+        DhtCommand::GetPeers { info_hash, net } => {
+            let ih = parse_id(&info_hash)?;
+            let node = join(&net).await?;
+            print(&node.get_peers(ih).await?, net.json)
+        }
+        DhtCommand::Announce { info_hash, port, net } => {
+            let ih = parse_id(&info_hash)?;
+            let node = join(&net).await?;
+            let r = node.announce(ih, port).await?;
+            if r.announced_to == 0 {
+                bail!("no node took the announcement (none gave a token)");
+            }
+            print(&r, net.json)
+        }
+        DhtCommand::FindNode { target, net } => {
+            let t = parse_id(&target)?;
+            let node = join(&net).await?;
+            print(&node.find_node(t).await?, net.json)
+        }
+    }
+}

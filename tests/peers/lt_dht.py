@@ -1,0 +1,91 @@
+#!/usr/bin/python3
+"""A libtorrent DHT node for Swarmcast's DHT interop test (run with /usr/bin/python3: Debian's
+python3-libtorrent 2.0). Modes:
+
+  lt_dht.py announce ROUTER_PORT PORT INFOHASH     join the DHT through 127.0.0.1:ROUTER_PORT,
+                                                   announce INFOHASH on PORT, print "announced",
+                                                   keep announcing every 2 s until killed
+  lt_dht.py get-peers ROUTER_PORT PORT INFOHASH TIMEOUT
+                                                   join, look up INFOHASH until a peer is found:
+                                                   print "peer IP:PORT" lines, exit 0; exit 1 on
+                                                   TIMEOUT seconds
+
+Settings follow shared/REAL-PEERS.md's DHT recipe: an explicit loopback listen address, no
+bootstrap routers of its own, no one-node-per-IP restriction (every node is 127.0.0.1), rate
+limits raised, LSD/UPnP/NAT-PMP off.
+"""
+import sys
+import tempfile
+import time
+import warnings
+
+import libtorrent as lt
+
+# session.status() is deprecated in 2.0 but still the binding's way to count DHT nodes.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def session(port, router_port):
+    ses = lt.session({
+        "listen_interfaces": f"127.0.0.1:{port}",
+        "enable_dht": True,
+        "dht_bootstrap_nodes": "",
+        "dht_restrict_routing_ips": False,
+        "dht_restrict_search_ips": False,
+        "dht_block_ratelimit": 100000,
+        "dht_upload_rate_limit": 1000000,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "alert_mask": lt.alert.category_t.all_categories,
+    })
+    ses.add_dht_node(("127.0.0.1", router_port))
+    deadline = time.time() + 20
+    while ses.status().dht_nodes < 1:
+        if time.time() > deadline:
+            print("error: the DHT router never answered", flush=True)
+            sys.exit(2)
+        ses.pop_alerts()
+        time.sleep(0.1)
+    return ses
+
+
+def main():
+    mode, router_port, port, info_hash = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    ses = session(port, router_port)
+    if mode == "announce":
+        params = lt.parse_magnet_uri(f"magnet:?xt=urn:btih:{info_hash}")
+        params.save_path = tempfile.mkdtemp()
+        handle = ses.add_torrent(params)
+        said = False
+        while True:
+            handle.force_dht_announce()
+            for a in ses.pop_alerts():
+                if isinstance(a, lt.dht_reply_alert) and not said:
+                    print("announced", flush=True)
+                    said = True
+            time.sleep(2)
+    elif mode == "get-peers":
+        deadline = time.time() + float(sys.argv[5])
+        target = lt.sha1_hash(bytes.fromhex(info_hash))
+        while time.time() < deadline:
+            ses.dht_get_peers(target)
+            end = time.time() + 2
+            while time.time() < end:
+                for a in ses.pop_alerts():
+                    if isinstance(a, lt.dht_get_peers_reply_alert):
+                        peers = a.peers()
+                        if peers:
+                            for ip, p in peers:
+                                print(f"peer {ip}:{p}", flush=True)
+                            sys.exit(0)
+                time.sleep(0.1)
+        print("error: no peer found", flush=True)
+        sys.exit(1)
+    else:
+        print(f"unknown mode {mode}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
