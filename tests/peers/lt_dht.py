@@ -9,6 +9,11 @@ python3-libtorrent 2.0). Modes:
                                                    join, look up INFOHASH until a peer is found:
                                                    print "peer IP:PORT" lines, exit 0; exit 1 on
                                                    TIMEOUT seconds
+  lt_dht.py seed ROUTER_PORT PORT TORRENT DATA_DIR  join, seed TORRENT from DATA_DIR, announce it
+                                                   in the DHT: print "announced", seed until killed
+  lt_dht.py get ROUTER_PORT PORT MAGNET OUT_DIR TIMEOUT
+                                                   join, download MAGNET with peers from the DHT
+                                                   alone; print "done", exit 0; exit 1 on TIMEOUT
 
 Settings follow shared/REAL-PEERS.md's DHT recipe: an explicit loopback listen address, no
 bootstrap routers of its own, no one-node-per-IP restriction (every node is 127.0.0.1), rate
@@ -37,6 +42,9 @@ def session(port, router_port):
         "enable_lsd": False,
         "enable_upnp": False,
         "enable_natpmp": False,
+        "allow_multiple_connections_per_ip": True,
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
         "alert_mask": lt.alert.category_t.all_categories,
     })
     ses.add_dht_node(("127.0.0.1", router_port))
@@ -81,6 +89,35 @@ def main():
                             sys.exit(0)
                 time.sleep(0.1)
         print("error: no peer found", flush=True)
+        sys.exit(1)
+    elif mode == "seed":
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(sys.argv[4])
+        params.save_path = sys.argv[5]
+        handle = ses.add_torrent(params)
+        said = False
+        while True:
+            if handle.status().is_seeding:
+                handle.force_dht_announce()
+                for a in ses.pop_alerts():
+                    if isinstance(a, lt.dht_reply_alert) and not said:
+                        print("announced", flush=True)
+                        said = True
+            else:
+                ses.pop_alerts()
+            time.sleep(1 if not said else 2)
+    elif mode == "get":
+        params = lt.parse_magnet_uri(sys.argv[4])
+        params.save_path = sys.argv[5]
+        handle = ses.add_torrent(params)
+        deadline = time.time() + float(sys.argv[6])
+        while time.time() < deadline:
+            ses.pop_alerts()
+            if handle.status().is_seeding:
+                print("done", flush=True)
+                sys.exit(0)
+            time.sleep(0.2)
+        print("error: download did not finish", flush=True)
         sys.exit(1)
     else:
         print(f"unknown mode {mode}", file=sys.stderr)

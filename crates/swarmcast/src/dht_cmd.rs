@@ -162,3 +162,81 @@ pub async fn run(cmd: DhtCommand) -> Result<()> {
         }
     }
 }
+
+/// The routers a node joins through when no `--dht-bootstrap` is given (libtorrent's and
+/// Transmission's defaults).
+pub const PUBLIC_ROUTERS: &[&str] = &[
+    "router.bittorrent.com:6881",
+    "router.utorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "dht.libtorrent.org:25401",
+];
+
+/// How often a download asks the DHT for peers again.
+pub const RELOOKUP: Duration = Duration::from_secs(5 * 60);
+
+/// How often a seed announces itself again (libtorrent: every 15 minutes).
+pub const REANNOUNCE: Duration = Duration::from_secs(15 * 60);
+
+/// Starts a DHT node for `get` or `seed` and joins through `bootstrap` (the public routers when
+/// empty). Never fails the transfer: a DHT that cannot start or join says so and is `None`.
+pub async fn node_for_torrent(bind: std::net::IpAddr, bootstrap: &[String]) -> Option<Dht> {
+    let list: Vec<String> = if bootstrap.is_empty() {
+        PUBLIC_ROUTERS.iter().map(|s| s.to_string()).collect()
+    } else {
+        bootstrap.to_vec()
+    };
+    let routers: Vec<SocketAddrV4> = list
+        .iter()
+        .filter_map(|s| s.to_socket_addrs().ok())
+        .flatten()
+        .filter_map(|a| match a {
+            SocketAddr::V4(v4) => Some(v4),
+            SocketAddr::V6(_) => None,
+        })
+        .collect();
+    if routers.is_empty() {
+        eprintln!("DHT: none of {list:?} resolves; give --dht-bootstrap HOST:PORT, or --no-dht");
+        return None;
+    }
+    let ip = match bind {
+        std::net::IpAddr::V4(v4) => v4,
+        std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+    };
+    let options =
+        DhtOptions { listen: SocketAddrV4::new(ip, 0), id: None, config: Config::default() };
+    let node = match Dht::spawn(options).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("DHT: cannot open a UDP socket ({e}); going on without it");
+            return None;
+        }
+    };
+    match node.bootstrap(routers).await {
+        Ok(r) if !r.nodes.is_empty() => Some(node),
+        _ => {
+            eprintln!("DHT: no node answered at {list:?}; going on without it");
+            None
+        }
+    }
+}
+
+/// Announces `info_hash` on `port` now and every [`REANNOUNCE`], until the task is aborted.
+pub fn keep_announcing(
+    node: std::sync::Arc<Dht>,
+    info_hash: NodeId,
+    port: u16,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match node.announce(info_hash, port).await {
+                Ok(r) if r.announced_to > 0 => {
+                    tracing::info!("DHT: announced to {} nodes", r.announced_to);
+                }
+                Ok(_) => eprintln!("DHT: no node took our announcement; trying again later"),
+                Err(_) => return,
+            }
+            tokio::time::sleep(REANNOUNCE).await;
+        }
+    })
+}

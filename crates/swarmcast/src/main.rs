@@ -202,6 +202,14 @@ struct NetArgs {
     /// `disable` speaks plain BitTorrent only.
     #[arg(long, value_enum, default_value_t = EncryptionArg::Prefer)]
     encryption: EncryptionArg,
+    /// A Mainline DHT node to join through, HOST:PORT (repeatable). The DHT is used when this
+    /// is given, or when the torrent names no tracker and no --peer is given (then through the
+    /// well-known public routers). Private torrents (BEP 27) never use it.
+    #[arg(long = "dht-bootstrap")]
+    dht_bootstrap: Vec<String>,
+    /// Never use the DHT.
+    #[arg(long)]
+    no_dht: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -222,6 +230,26 @@ impl From<EncryptionArg> for torrent::session::Encryption {
 }
 
 impl NetArgs {
+    /// Whether to find peers (and announce) through the DHT; see `--dht-bootstrap`.
+    fn wants_dht(&self, torrent_has_trackers: bool, private: bool) -> bool {
+        !self.no_dht
+            && !private
+            && (!self.dht_bootstrap.is_empty()
+                || (!torrent_has_trackers && self.trackers.is_empty() && self.peers.is_empty()))
+    }
+
+    /// A DHT node for this torrent, joined, if the DHT is wanted and reachable.
+    async fn dht(
+        &self,
+        torrent_has_trackers: bool,
+        private: bool,
+    ) -> Option<std::sync::Arc<dht::Dht>> {
+        if !self.wants_dht(torrent_has_trackers, private) {
+            return None;
+        }
+        dht_cmd::node_for_torrent(self.bind, &self.dht_bootstrap).await.map(std::sync::Arc::new)
+    }
+
     fn config(&self) -> SessionConfig {
         SessionConfig {
             listen: SocketAddr::new(self.bind, self.port),
@@ -374,11 +402,24 @@ async fn seed(torrent_path: &Path, data: &Path, net: &NetArgs) -> Result<()> {
     eprintln!("checking {} against the torrent...", data.display());
     let mut config = net.config();
     config.seed_when_done = true;
+    let (ih, has_trackers, private) =
+        (dht::NodeId(meta.info_hash.0), !meta.trackers.is_empty(), meta.info.private);
     let session = Session::start(meta, dir, Role::Seed, config).await?;
-    eprintln!("seeding {name} on port {} (Ctrl-C to stop)", session.local_addr().port());
+    let port = session.local_addr().port();
+    eprintln!("seeding {name} on port {port} (Ctrl-C to stop)");
+    let announcer = match net.dht(has_trackers, private).await {
+        Some(node) => {
+            eprintln!("DHT: joined; announcing on port {port} every 15 minutes");
+            Some(dht_cmd::keep_announcing(node, ih, port))
+        }
+        None => None,
+    };
     let reporter = progress::spawn_reporter(session.stats().clone(), name);
     tokio::signal::ctrl_c().await.ok();
     reporter.abort();
+    if let Some(a) = announcer {
+        a.abort();
+    }
     session.shutdown().await;
     Ok(())
 }
@@ -390,23 +431,47 @@ async fn get(
     check_existing: bool,
     net: &NetArgs,
 ) -> Result<()> {
-    let meta = if source.starts_with("magnet:") {
-        let magnet = Magnet::parse(source).context("invalid magnet link")?;
-        eprintln!("fetching the torrent's metadata from peers...");
-        torrent::session::magnet::fetch_metadata(
-            &magnet,
-            &net.peers,
-            net.port,
-            Duration::from_secs(30),
-            net.encryption.into(),
-        )
-        .await?
+    let magnet = if source.starts_with("magnet:") {
+        Some(Magnet::parse(source).context("invalid magnet link")?)
     } else {
-        load_torrent(Path::new(source))?
+        None
+    };
+    let loaded = match &magnet {
+        Some(_) => None,
+        None => Some(load_torrent(Path::new(source))?),
+    };
+    // Trackerless: peers from the DHT join those given with --peer.
+    let (ih, has_trackers, private) = match (&magnet, &loaded) {
+        (Some(m), _) => (m.info_hash, !m.trackers.is_empty(), false),
+        (None, Some(meta)) => (meta.info_hash, !meta.trackers.is_empty(), meta.info.private),
+        (None, None) => unreachable!("a source is a magnet or a torrent file"),
+    };
+    let dht_node = net.dht(has_trackers, private).await;
+    let mut peers = net.peers.clone();
+    if let Some(node) = &dht_node {
+        let found = node.get_peers(dht::NodeId(ih.0)).await?;
+        eprintln!("DHT: {} peers found", found.peers.len());
+        peers.extend(found.peers.iter().map(|p| SocketAddr::V4(*p)));
+    }
+    let meta = match (magnet, loaded) {
+        (Some(magnet), _) => {
+            eprintln!("fetching the torrent's metadata from peers...");
+            torrent::session::magnet::fetch_metadata(
+                &magnet,
+                &peers,
+                net.port,
+                Duration::from_secs(30),
+                net.encryption.into(),
+            )
+            .await?
+        }
+        (None, Some(meta)) => meta,
+        (None, None) => unreachable!("a source is a magnet or a torrent file"),
     };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let name = meta.info.name.clone();
     let mut config = net.config();
+    config.peers = peers;
     config.seed_when_done = keep_seeding;
     if check_existing {
         config.existing = torrent::storage::Existing::Check;
@@ -419,10 +484,23 @@ async fn get(
         eprintln!("resuming: {have} of {total} pieces already verified on disk");
     }
     let reporter = progress::spawn_reporter(session.stats().clone(), name.clone());
-    let result = tokio::select! {
-        r = session.wait_complete() => r.map_err(anyhow::Error::from),
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!(
-            "interrupted: verified pieces are kept; run the same command again to resume")),
+    // With the DHT, ask it again for peers every few minutes while the download runs.
+    let every = dht_cmd::RELOOKUP;
+    let mut relook = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let result = loop {
+        tokio::select! {
+            r = session.wait_complete() => break r.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => break Err(anyhow::anyhow!(
+                "interrupted: verified pieces are kept; run the same command again to resume")),
+            _ = relook.tick(), if dht_node.is_some() => {
+                if let Some(Ok(found)) = match &dht_node {
+                    Some(node) => Some(node.get_peers(dht::NodeId(ih.0)).await),
+                    None => None,
+                } {
+                    session.add_peers(found.peers.iter().map(|p| SocketAddr::V4(*p)).collect()).await;
+                }
+            }
+        }
     };
     reporter.abort();
     if let Err(e) = result {
@@ -437,10 +515,16 @@ async fn get(
         bytes as f64 / 1048576.0 / secs.max(1e-9)
     );
     if keep_seeding {
-        eprintln!("seeding on port {} (Ctrl-C to stop)", session.local_addr().port());
+        let port = session.local_addr().port();
+        eprintln!("seeding on port {port} (Ctrl-C to stop)");
+        let announcer =
+            dht_node.map(|node| dht_cmd::keep_announcing(node, dht::NodeId(ih.0), port));
         let reporter = progress::spawn_reporter(session.stats().clone(), name);
         tokio::signal::ctrl_c().await.ok();
         reporter.abort();
+        if let Some(a) = announcer {
+            a.abort();
+        }
     }
     session.shutdown().await;
     Ok(())

@@ -1,8 +1,12 @@
 //! Our Mainline DHT against libtorrent's (python3-libtorrent 2.0, tests/peers/lt_dht.py), as
-//! processes on loopback: a `swarmcast dht node` is the router both sides join through;
-//! a peer libtorrent announces is found by `swarmcast dht get-peers`, and a peer
-//! `swarmcast dht announce` announces is found by libtorrent's `dht_get_peers`. Every wait is
-//! bounded; only processes the test started are killed.
+//! processes on loopback, with a `swarmcast dht node` as the router both sides join through:
+//! - a peer libtorrent announces is found by `swarmcast dht get-peers`, and a peer
+//!   `swarmcast dht announce` announces is found by libtorrent's `dht_get_peers`;
+//! - trackerless swarms: a libtorrent seed announces in the DHT and `swarmcast get MAGNET`
+//!   (no tracker, no `--peer`) downloads from it, bytes equal; `swarmcast seed` announces and a
+//!   libtorrent session downloads the magnet through the DHT alone.
+//!
+//! Every wait is bounded; only processes the test started are killed.
 
 mod harness;
 
@@ -52,5 +56,80 @@ fn our_dht_and_libtorrents_find_each_others_peers() {
     get.args(["get-peers", &router_port.to_string(), &free_port().to_string(), ih_ours, "30"]);
     let found = run_ok(get);
     assert!(found.lines().any(|l| l == "peer 127.0.0.1:4321"), "libtorrent found: {found}");
+    router.kill();
+}
+
+/// A `swarmcast dht node` on a free port: the router of one test.
+fn router(dir: &std::path::Path) -> (Proc, u16) {
+    let port = free_port();
+    let mut cmd = swarmcast();
+    cmd.args(["dht", "node", "--listen", &format!("127.0.0.1:{port}")]);
+    let mut p = Proc::spawn("dht router", cmd, dir);
+    p.wait_output("DHT node", LONG);
+    (p, port)
+}
+
+#[test]
+fn trackerless_swarms_with_libtorrent_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut router, router_port) = router(dir.path());
+    let bootstrap = format!("127.0.0.1:{router_port}");
+    let content = dir.path().join("data").join("trackerless.bin");
+    random_file(&content, 3 << 20, 12);
+    // No tracker in the torrent.
+    let torrent = create_torrent(&content, &dir.path().join("t.torrent"), &[]);
+    let text = run_ok({
+        let mut c = swarmcast();
+        c.arg("create").arg(&content).arg("-o").arg(dir.path().join("t2.torrent"));
+        c
+    });
+    let magnet = text
+        .lines()
+        .find(|l| l.starts_with("magnet:"))
+        .expect("create prints the magnet")
+        .to_string();
+
+    // A libtorrent seed announces in the DHT; swarmcast gets the magnet with nothing else.
+    let lt_port = free_port();
+    let mut seed = libtorrent_script("lt_dht.py");
+    seed.arg("seed")
+        .arg(router_port.to_string())
+        .arg(lt_port.to_string())
+        .arg(&torrent)
+        .arg(dir.path().join("data"));
+    let mut lt_seed = Proc::spawn("libtorrent seed", seed, dir.path());
+    lt_seed.wait_output("announced", LONG);
+    let out = dir.path().join("ours");
+    let mut get = swarmcast();
+    get.args(["get", &magnet, "--dht-bootstrap", &bootstrap, "--bind", "127.0.0.1", "-o"])
+        .arg(&out);
+    let said = run_ok(get);
+    assert!(said.contains("DHT: 1 peers found"), "{said}");
+    assert_same_file(&content, &out.join("trackerless.bin"));
+    lt_seed.kill();
+
+    // swarmcast seeds and announces; libtorrent downloads through the DHT alone.
+    let mut ours = swarmcast();
+    ours.arg("seed").arg(&torrent).arg("--data").arg(dir.path().join("data")).args([
+        "--bind",
+        "127.0.0.1",
+        "--dht-bootstrap",
+        &bootstrap,
+    ]);
+    let mut our_seed = Proc::spawn("swarmcast seed", ours, dir.path());
+    our_seed.wait_output("DHT: joined", LONG);
+    let lt_out = dir.path().join("theirs");
+    std::fs::create_dir_all(&lt_out).unwrap();
+    let mut get = libtorrent_script("lt_dht.py");
+    get.arg("get")
+        .arg(router_port.to_string())
+        .arg(free_port().to_string())
+        .arg(&magnet)
+        .arg(&lt_out)
+        .arg("60");
+    let done = run_ok(get);
+    assert!(done.contains("done"), "{done}");
+    assert_same_file(&content, &lt_out.join("trackerless.bin"));
+    our_seed.kill();
     router.kill();
 }

@@ -220,6 +220,7 @@ impl Drop for Session {
 /// A running torrent of a [`Session`].
 pub struct TorrentHandle {
     stats: Arc<Stats>,
+    events: mpsc::Sender<Event>,
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     done: watch::Receiver<Option<Result<(), String>>>,
@@ -345,8 +346,9 @@ impl Session {
             let route = Route { events: torrent.events_tx.clone(), our_id };
             routes.insert(torrent.info_hash, route);
         }
+        let events = torrent.events_tx.clone();
         let task = tokio::spawn(torrent.run(shutdown_rx, done_tx));
-        Ok(TorrentHandle { stats, local_addr, shutdown, done, task, _session: None })
+        Ok(TorrentHandle { stats, events, local_addr, shutdown, done, task, _session: None })
     }
 }
 
@@ -390,6 +392,12 @@ impl TorrentHandle {
     /// The address peers reach us on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Adds addresses to dial (found by the DHT, say). They join the torrent's candidate list,
+    /// which is bounded ([`crate::proto::torrent::MAX_CANDIDATES`]) like the trackers' answers.
+    pub async fn add_peers(&self, peers: Vec<SocketAddr>) {
+        let _ = self.events.send(Event::Peers(peers)).await;
     }
 
     /// Waits until the download is complete and every piece verified on disk (immediately for a
@@ -446,6 +454,8 @@ pub enum Event {
     },
     /// A tracker answered (`None`: every tracker failed).
     Announced(Option<(Duration, Vec<SocketAddr>)>),
+    /// Addresses to dial, from another source (the DHT).
+    Peers(Vec<SocketAddr>),
     /// A local write, read or sync failed: the torrent stops (never the peer's fault).
     DiskFailed(String),
     /// Everything written is on stable storage.
@@ -688,6 +698,7 @@ impl Torrent {
             Event::Verified { piece, ok, blocks } => Input::Verified { piece, ok, blocks },
             Event::Announced(Some((interval, peers))) => Input::Announced { interval, peers },
             Event::Announced(None) => Input::AnnounceFailed,
+            Event::Peers(list) => Input::Peers(list),
             Event::DiskFailed(e) => {
                 warn!("disk error, stopping the torrent: {e}");
                 // The first failure is the one to report.
