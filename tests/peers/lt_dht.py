@@ -15,9 +15,9 @@ python3-libtorrent 2.0). Modes:
                                                    join, download MAGNET with peers from the DHT
                                                    alone; print "done", exit 0; exit 1 on TIMEOUT
 
-Settings follow shared/REAL-PEERS.md's DHT recipe: an explicit loopback listen address, no
-bootstrap routers of its own, no one-node-per-IP restriction (every node is 127.0.0.1), rate
-limits raised, LSD/UPnP/NAT-PMP off.
+Settings are lt_peer.py's (loopback, no LSD/UPnP/NAT-PMP/uTP, several connections per IP) plus
+shared/REAL-PEERS.md's DHT recipe: the DHT on, no bootstrap routers of its own, no
+one-node-per-IP restriction (every node is 127.0.0.1), rate limits raised.
 """
 import sys
 import tempfile
@@ -26,27 +26,24 @@ import warnings
 
 import libtorrent as lt
 
+import lt_peer  # the shared loopback settings (this script's folder is on sys.path)
+
 # session.status() is deprecated in 2.0 but still the binding's way to count DHT nodes.
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def session(port, router_port):
-    ses = lt.session({
-        "listen_interfaces": f"127.0.0.1:{port}",
+    base = lt_peer.settings(port)
+    base.update({
         "enable_dht": True,
         "dht_bootstrap_nodes": "",
         "dht_restrict_routing_ips": False,
         "dht_restrict_search_ips": False,
         "dht_block_ratelimit": 100000,
         "dht_upload_rate_limit": 1000000,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "allow_multiple_connections_per_ip": True,
-        "enable_outgoing_utp": False,
-        "enable_incoming_utp": False,
         "alert_mask": lt.alert.category_t.all_categories,
     })
+    ses = lt.session(base)
     ses.add_dht_node(("127.0.0.1", router_port))
     deadline = time.time() + 20
     while ses.status().dht_nodes < 1:

@@ -26,7 +26,8 @@ ENCRYPTION = {
 }
 
 
-def session(port):
+def settings(port):
+    """The session settings above, for a session listening on 127.0.0.1:PORT."""
     settings = {
         "listen_interfaces": f"127.0.0.1:{port}",
         "outgoing_interfaces": "127.0.0.1",
@@ -45,7 +46,11 @@ def session(port):
         settings["out_enc_policy"] = int(policy)
         settings["in_enc_policy"] = int(policy)
         settings["allowed_enc_level"] = int(level)
-    return lt.session(settings)
+    return settings
+
+
+def session(port):
+    return lt.session(settings(port))
 
 
 def add(ses, torrent, save_path):
