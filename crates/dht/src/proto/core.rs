@@ -19,8 +19,10 @@
 //! A response counts only if its transaction id is one we sent, to the address it comes from,
 //! and (when we knew the node's id) from that id. Tables are bounded: transactions in flight
 //! ([`MAX_IN_FLIGHT`]), candidates per lookup ([`MAX_CANDIDATES`]), peers gathered per lookup
-//! ([`MAX_LOOKUP_PEERS`]), info-hashes stored ([`Config::max_torrents`]) and peers per
-//! info-hash ([`Config::max_peers`]).
+//! ([`MAX_LOOKUP_PEERS`]), info-hashes stored ([`Config::max_torrents`]), peers per
+//! info-hash ([`Config::max_peers`]) and source addresses rate-limited ([`MAX_SOURCES`]). An
+//! address that sends more than [`MAX_PACKETS_PER_WINDOW`] datagrams in [`RATE_WINDOW`] is not
+//! heard for the rest of that window (loopback exempt, as in BEP 42, for test networks).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddrV4;
@@ -44,6 +46,15 @@ pub const MAX_CANDIDATES: usize = 64;
 pub const MAX_LOOKUP_PEERS: usize = 500;
 /// Peers one `get_peers` reply carries, at most (so the reply fits a datagram).
 const MAX_REPLY_PEERS: usize = 50;
+/// Datagrams one IPv4 address may send per [`RATE_WINDOW`] before the rest are dropped
+/// (libtorrent's default: 5 a second, blocking the address beyond ~50 in 10 s).
+pub const MAX_PACKETS_PER_WINDOW: u32 = 50;
+/// The window of [`MAX_PACKETS_PER_WINDOW`].
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Addresses whose rate is tracked at once. Past this, expired windows are forgotten; if none
+/// has expired, datagrams from new addresses are dropped until some do (under a flood from
+/// more addresses than this, new sources wait at most one window).
+pub const MAX_SOURCES: usize = 10_000;
 
 /// Tuning of a [`DhtCore`].
 #[derive(Clone, Debug)]
@@ -177,6 +188,10 @@ pub struct DhtCore<R: RngCore> {
     rotated: Instant,
     next_refresh: Instant,
     stored: HashMap<NodeId, Vec<(SocketAddrV4, Instant)>>,
+    /// Per source address: the start of its window and datagrams in it (loopback exempt).
+    rates: HashMap<std::net::Ipv4Addr, (Instant, u32)>,
+    /// Datagrams dropped by the rate limit.
+    rate_limited: u64,
     out: VecDeque<Output>,
 }
 
@@ -199,6 +214,8 @@ impl<R: RngCore> DhtCore<R> {
             rotated: now,
             next_refresh: now + GOOD_FOR,
             stored: HashMap::new(),
+            rates: HashMap::new(),
+            rate_limited: 0,
             out: VecDeque::new(),
         }
     }
@@ -213,6 +230,11 @@ impl<R: RngCore> DhtCore<R> {
     /// The routing table.
     pub fn table(&self) -> &RoutingTable {
         &self.table
+    }
+
+    /// Datagrams dropped because their address sent too many.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited
     }
 
     /// Queries awaiting an answer.
@@ -270,6 +292,10 @@ impl<R: RngCore> DhtCore<R> {
         match input {
             Input::Tick => self.tick(now),
             Input::Datagram { from, bytes } => {
+                if !self.admit(now, *from.ip()) {
+                    self.rate_limited += 1;
+                    return;
+                }
                 // A malformed datagram is dropped (the driver counts it); an unknown method
                 // still gets its answer.
                 match Message::decode(bytes) {
@@ -300,6 +326,25 @@ impl<R: RngCore> DhtCore<R> {
     }
 
     // --- inside -----------------------------------------------------------------------------
+
+    /// Counts a datagram from `ip` against its window; false when over the limit.
+    fn admit(&mut self, now: Instant, ip: std::net::Ipv4Addr) -> bool {
+        if ip.is_loopback() {
+            return true;
+        }
+        if !self.rates.contains_key(&ip) && self.rates.len() >= MAX_SOURCES {
+            self.rates.retain(|_, (start, _)| now.saturating_duration_since(*start) < RATE_WINDOW);
+            if self.rates.len() >= MAX_SOURCES {
+                return false;
+            }
+        }
+        let (start, count) = self.rates.entry(ip).or_insert((now, 0));
+        if now.saturating_duration_since(*start) >= RATE_WINDOW {
+            (*start, *count) = (now, 0);
+        }
+        *count += 1;
+        *count <= MAX_PACKETS_PER_WINDOW
+    }
 
     fn start(&mut self, target: NodeId, kind: Kind) -> LookupId {
         let id = LookupId(self.next_lookup);
@@ -893,6 +938,41 @@ mod tests {
         assert!(matches!(replies(&mut core)[0].1.body, Body::Error { code: 204, .. }));
         core.handle(later, Input::Datagram { from: alice, bytes: b"\xff\x00garbage" });
         assert!(replies(&mut core).is_empty());
+    }
+
+    #[test]
+    fn a_flooding_address_is_cut_off_for_the_rest_of_its_window() {
+        let now = Instant::now();
+        let mut core =
+            Core::new(now, NodeId([1; 20]), Config::default(), ChaCha8Rng::seed_from_u64(5));
+        let flooder = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 66), 6881);
+        let other = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 67), 6881);
+        let ping = query(NodeId([2; 20]), Method::Ping);
+        let answered = |core: &mut Core, to: SocketAddrV4| {
+            replies(core)
+                .iter()
+                .filter(|(a, m)| *a == to && matches!(m.body, Body::Response(_)))
+                .count()
+        };
+        let mut got = 0;
+        for _ in 0..80 {
+            core.handle(now, Input::Datagram { from: flooder, bytes: &ping });
+            got += answered(&mut core, flooder);
+        }
+        assert_eq!(got, MAX_PACKETS_PER_WINDOW as usize);
+        assert_eq!(core.rate_limited(), 80 - MAX_PACKETS_PER_WINDOW as u64);
+        // Another address is not affected; the flooder is heard again in the next window.
+        core.handle(now, Input::Datagram { from: other, bytes: &ping });
+        assert_eq!(answered(&mut core, other), 1);
+        let later = now + RATE_WINDOW;
+        core.handle(later, Input::Datagram { from: flooder, bytes: &ping });
+        assert_eq!(answered(&mut core, flooder), 1);
+        // The table of sources is bounded.
+        for i in 0..(MAX_SOURCES as u32 + 10) {
+            let from = SocketAddrV4::new(Ipv4Addr::from(0x0b00_0000 + i), 1);
+            core.handle(later, Input::Datagram { from, bytes: b"x" });
+        }
+        assert!(core.rates.len() <= MAX_SOURCES);
     }
 
     #[test]
