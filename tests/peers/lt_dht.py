@@ -9,6 +9,7 @@ python3-libtorrent 2.0). Modes:
                                                    join, look up INFOHASH until a peer is found:
                                                    print "peer IP:PORT" lines, exit 0; exit 1 on
                                                    TIMEOUT seconds
+  lt_dht.py node ROUTER_PORT PORT                  join, print "joined", stay until killed
   lt_dht.py seed ROUTER_PORT PORT TORRENT DATA_DIR  join, seed TORRENT from DATA_DIR, announce it
                                                    in the DHT: print "announced", seed until killed
   lt_dht.py get ROUTER_PORT PORT MAGNET OUT_DIR TIMEOUT
@@ -56,9 +57,15 @@ def session(port, router_port):
 
 
 def main():
-    mode, router_port, port, info_hash = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    mode, router_port, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    info_hash = sys.argv[4] if len(sys.argv) > 4 else ""
     ses = session(port, router_port)
-    if mode == "announce":
+    if mode == "node":
+        print("joined", flush=True)
+        while True:
+            ses.pop_alerts()
+            time.sleep(0.5)
+    elif mode == "announce":
         params = lt.parse_magnet_uri(f"magnet:?xt=urn:btih:{info_hash}")
         params.save_path = tempfile.mkdtemp()
         handle = ses.add_torrent(params)

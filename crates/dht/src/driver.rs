@@ -33,6 +33,7 @@ enum Command {
     FindNode(NodeId, oneshot::Sender<LookupResult>),
     GetPeers(NodeId, oneshot::Sender<LookupResult>),
     Announce(NodeId, u16, oneshot::Sender<LookupResult>),
+    Sample(SocketAddrV4, NodeId, oneshot::Sender<LookupResult>),
     Nodes(oneshot::Sender<usize>),
 }
 
@@ -101,6 +102,11 @@ impl Dht {
         self.ask(|tx| Command::Announce(info_hash, port, tx)).await
     }
 
+    /// Asks the node at `node` which info-hashes it stores (BEP 51).
+    pub async fn sample(&self, node: SocketAddrV4) -> Result<LookupResult, Stopped> {
+        self.ask(|tx| Command::Sample(node, self.id, tx)).await
+    }
+
     /// Nodes in the routing table.
     pub async fn nodes(&self) -> Result<usize, Stopped> {
         self.ask(Command::Nodes).await
@@ -158,6 +164,9 @@ async fn run(socket: UdpSocket, mut core: DhtCore<StdRng>, mut rx: mpsc::Receive
                     Some(Command::GetPeers(t, reply)) => waiting.push((core.get_peers(now, t), reply)),
                     Some(Command::Announce(t, port, reply)) => {
                         waiting.push((core.announce(now, t, port), reply));
+                    }
+                    Some(Command::Sample(to, target, reply)) => {
+                        waiting.push((core.sample(now, to, target), reply));
                     }
                     Some(Command::Nodes(reply)) => {
                         let _ = reply.send(core.table().len());

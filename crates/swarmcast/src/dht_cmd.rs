@@ -46,6 +46,17 @@ pub enum DhtCommand {
         #[command(flatten)]
         net: DhtNet,
     },
+    /// Ask one node which info-hashes it stores (BEP 51 sample_infohashes).
+    Sample {
+        /// The node, HOST:PORT.
+        node: String,
+        /// Where our node listens (IPv4; port 0 picks one).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddrV4,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Find the nodes closest to an id (40 hex digits).
     FindNode {
         target: String,
@@ -104,6 +115,9 @@ fn print(r: &LookupResult, json: bool) -> Result<()> {
             })).collect::<Vec<_>>(),
             "peers": r.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
             "announced_to": r.announced_to,
+            "samples": r.samples.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "num": r.num,
+            "interval": r.interval,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -116,6 +130,12 @@ fn print(r: &LookupResult, json: bool) -> Result<()> {
     }
     if r.announced_to > 0 {
         println!("announced to {} nodes", r.announced_to);
+    }
+    for s in &r.samples {
+        println!("infohash {s}");
+    }
+    if let (Some(num), Some(interval)) = (r.num, r.interval) {
+        println!("stores {num} info-hashes; ask again in {interval} s");
     }
     Ok(())
 }
@@ -154,6 +174,18 @@ pub async fn run(cmd: DhtCommand) -> Result<()> {
                 bail!("no node took the announcement (none gave a token)");
             }
             print(&r, net.json)
+        }
+        DhtCommand::Sample { node, listen, json } => {
+            let to = *resolve(std::slice::from_ref(&node))?.first().expect("resolve checks");
+            let options = DhtOptions { listen, id: None, config: Config::default() };
+            let ours = Dht::spawn(options)
+                .await
+                .with_context(|| format!("cannot listen on {listen} (is the port taken?)"))?;
+            let r = ours.sample(to).await?;
+            if r.num.is_none() {
+                bail!("{node} did not answer sample_infohashes (not running, or no BEP 51)");
+            }
+            print(&r, json)
         }
         DhtCommand::FindNode { target, net } => {
             let t = parse_id(&target)?;

@@ -6,6 +6,8 @@
 //!   (no tracker, no `--peer`) downloads from it, bytes equal; `swarmcast seed` announces and a
 //!   libtorrent session downloads the magnet through the DHT alone.
 //!
+//! - BEP 51: `swarmcast dht sample` lists the info-hashes a libtorrent node stores.
+//!
 //! Every wait is bounded; only processes the test started are killed.
 
 mod harness;
@@ -131,5 +133,31 @@ fn trackerless_swarms_with_libtorrent_both_ways() {
     assert!(done.contains("done"), "{done}");
     assert_same_file(&content, &lt_out.join("trackerless.bin"));
     our_seed.kill();
+    router.kill();
+}
+
+#[test]
+fn dht_sample_lists_what_a_libtorrent_node_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut router, router_port) = router(dir.path());
+    let bootstrap = format!("127.0.0.1:{router_port}");
+    let lt_port = free_port();
+    let mut node = libtorrent_script("lt_dht.py");
+    node.args(["node", &router_port.to_string(), &lt_port.to_string()]);
+    let mut lt_node = Proc::spawn("libtorrent node", node, dir.path());
+    lt_node.wait_output("joined", LONG);
+    // Two nodes in the network (ours and libtorrent's): an announce reaches both.
+    let ih = "fedcba9876543210fedcba9876543210fedcba98";
+    let mut ours = swarmcast();
+    ours.args(["dht", "announce", ih, "--port", "4444", "--listen", "127.0.0.1:0"])
+        .args(["--bootstrap", &bootstrap]);
+    let said = run_ok(ours);
+    assert!(said.contains("announced to 2 nodes"), "{said}");
+    let mut sample = swarmcast();
+    sample.args(["dht", "sample", &format!("127.0.0.1:{lt_port}"), "--listen", "127.0.0.1:0"]);
+    let listed = run_ok(sample);
+    assert!(listed.lines().any(|l| l == format!("infohash {ih}")), "{listed}");
+    assert!(listed.contains("stores 1 info-hashes"), "{listed}");
+    lt_node.kill();
     router.kill();
 }

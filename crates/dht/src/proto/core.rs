@@ -46,6 +46,10 @@ pub const MAX_CANDIDATES: usize = 64;
 pub const MAX_LOOKUP_PEERS: usize = 500;
 /// Peers one `get_peers` reply carries, at most (so the reply fits a datagram).
 const MAX_REPLY_PEERS: usize = 50;
+/// Info-hashes one `sample_infohashes` reply carries, at most (BEP 51; libtorrent: 20).
+pub const MAX_SAMPLES: usize = 20;
+/// The `interval` our BEP 51 replies give, in seconds (libtorrent's default: 6 hours).
+const SAMPLE_INTERVAL_S: i64 = 6 * 3600;
 /// Datagrams one IPv4 address may send per [`RATE_WINDOW`] before the rest are dropped
 /// (libtorrent's default: 5 a second, blocking the address beyond ~50 in 10 s).
 pub const MAX_PACKETS_PER_WINDOW: u32 = 50;
@@ -120,6 +124,11 @@ pub struct LookupResult {
     pub peers: Vec<SocketAddrV4>,
     /// Nodes an `announce_peer` went to (the closest that gave a token).
     pub announced_to: usize,
+    /// BEP 51 (`sample`): info-hashes the node stores (a sample), how many it stores in all
+    /// (a claim), and how long it asks us to wait before asking again (seconds).
+    pub samples: Vec<NodeId>,
+    pub num: Option<i64>,
+    pub interval: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +140,8 @@ enum Kind {
     },
     /// A bucket refresh: like FindNode, with no result reported.
     Refresh,
+    /// One BEP 51 `sample_infohashes` query to one node.
+    Sample,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +167,8 @@ struct Lookup {
     candidates: BTreeMap<[u8; 20], Candidate>,
     peers: Vec<SocketAddrV4>,
     in_flight: usize,
+    /// BEP 51 answer: samples, num, interval.
+    sampled: Option<(Vec<NodeId>, Option<i64>, Option<i64>)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -278,6 +291,19 @@ impl<R: RngCore> DhtCore<R> {
         id
     }
 
+    /// Asks the node at `to` which info-hashes it stores (BEP 51); the answer comes as a
+    /// [`LookupResult`] with `samples`, `num` and `interval` (empty if it does not answer).
+    pub fn sample(&mut self, now: Instant, to: SocketAddrV4, target: NodeId) -> LookupId {
+        let id = self.start(target, Kind::Sample);
+        if self.query(now, to, None, Purpose::Lookup(id), Method::SampleInfohashes { target }) {
+            if let Some(l) = self.lookups.get_mut(&id) {
+                l.in_flight = 1;
+            }
+        }
+        self.step(now, id);
+        id
+    }
+
     /// Looks up the peers of `info_hash`, then announces us on `port` to the closest nodes.
     pub fn announce(&mut self, now: Instant, info_hash: NodeId, port: u16) -> LookupId {
         let id = self.start(info_hash, Kind::Announce { port });
@@ -349,8 +375,19 @@ impl<R: RngCore> DhtCore<R> {
     fn start(&mut self, target: NodeId, kind: Kind) -> LookupId {
         let id = LookupId(self.next_lookup);
         self.next_lookup += 1;
-        let mut l =
-            Lookup { target, kind, candidates: BTreeMap::new(), peers: Vec::new(), in_flight: 0 };
+        let mut l = Lookup {
+            target,
+            kind,
+            candidates: BTreeMap::new(),
+            peers: Vec::new(),
+            in_flight: 0,
+            sampled: None,
+        };
+        if kind == Kind::Sample {
+            // One query to one node, sent by `sample`.
+            self.lookups.insert(id, l);
+            return id;
+        }
         for node in self.table.closest(&target, MAX_CANDIDATES) {
             l.candidates.insert(
                 node.id.distance(&target),
@@ -391,6 +428,7 @@ impl<R: RngCore> DhtCore<R> {
             let method = match kind {
                 Kind::FindNode | Kind::Refresh => Method::FindNode { target },
                 Kind::GetPeers | Kind::Announce { .. } => Method::GetPeers { info_hash: target },
+                Kind::Sample => Method::SampleInfohashes { target },
             };
             if self.query(now, node.addr, Some(node.id), Purpose::Lookup(id), method) {
                 if let Some(l) = self.lookups.get_mut(&id) {
@@ -431,12 +469,16 @@ impl<R: RngCore> DhtCore<R> {
         if l.kind == Kind::Refresh {
             return;
         }
+        let (samples, num, interval) = l.sampled.unwrap_or_default();
         self.out.push_back(Output::Done(LookupResult {
             id,
             target: l.target,
             nodes: closest.iter().map(|c| c.node).collect(),
             peers: l.peers,
             announced_to,
+            samples,
+            num,
+            interval,
         }));
     }
 
@@ -527,6 +569,16 @@ impl<R: RngCore> DhtCore<R> {
         let own = self.id;
         if let Some(l) = self.lookups.get_mut(&lid) {
             l.in_flight = l.in_flight.saturating_sub(1);
+            if l.kind == Kind::Sample {
+                let samples = r.samples.iter().take(MAX_SAMPLES * 5).copied().collect();
+                l.sampled = Some((samples, r.num, r.interval));
+                l.candidates.insert(
+                    id.distance(&l.target),
+                    Candidate { node, state: State::Answered, token: None },
+                );
+                self.finish(now, lid);
+                return;
+            }
             let key = id.distance(&l.target);
             let c = l.candidates.entry(key).or_insert(Candidate {
                 node,
@@ -649,7 +701,21 @@ impl<R: RngCore> DhtCore<R> {
                 }
                 self.store(now, info_hash, SocketAddrV4::new(*from.ip(), port));
             }
-            Method::Get { .. } | Method::Put(_) | Method::SampleInfohashes { .. } => {
+            Method::SampleInfohashes { target } => {
+                let mut all: Vec<NodeId> = self.stored.keys().copied().collect();
+                all.sort();
+                let n = all.len();
+                for i in 0..n.min(MAX_SAMPLES) {
+                    let j = self.rng.random_range(i..n);
+                    all.swap(i, j);
+                }
+                all.truncate(MAX_SAMPLES);
+                r.samples = all;
+                r.num = Some(n as i64);
+                r.interval = Some(SAMPLE_INTERVAL_S);
+                r.nodes = self.table.closest(&target, K);
+            }
+            Method::Get { .. } | Method::Put(_) => {
                 self.error(from, tid, 204, "Method Unknown");
                 return;
             }
@@ -938,6 +1004,38 @@ mod tests {
         assert!(matches!(replies(&mut core)[0].1.body, Body::Error { code: 204, .. }));
         core.handle(later, Input::Datagram { from: alice, bytes: b"\xff\x00garbage" });
         assert!(replies(&mut core).is_empty());
+    }
+
+    #[test]
+    fn sample_infohashes_lists_what_a_node_stores() {
+        let mut net = Net::new(20, 7);
+        net.join_all();
+        let hashes: Vec<NodeId> = (0..30u8).map(|b| NodeId([b; 20])).collect();
+        for (i, ih) in hashes.iter().enumerate() {
+            let now = net.now;
+            net.nodes[1 + i % 5].announce(now, *ih, 7000 + i as u16);
+            net.settle();
+        }
+        // The node that stores the most answers for what it stores: a sample of at most 20.
+        let (holder, stored) =
+            (0..20).map(|i| (i, net.nodes[i].stored.len())).max_by_key(|x| x.1).unwrap();
+        assert!(stored > MAX_SAMPLES, "{stored} info-hashes at node {holder}");
+        let asker = if holder == 9 { 10 } else { 9 };
+        let now = net.now;
+        let s = net.nodes[asker].sample(now, addr(holder), NodeId([0xee; 20]));
+        net.settle();
+        let r = net.result(asker, s);
+        assert_eq!(r.num, Some(stored as i64));
+        assert_eq!(r.samples.len(), MAX_SAMPLES);
+        assert!(r.samples.iter().all(|ih| net.nodes[holder].stored.contains_key(ih)));
+        assert_eq!(r.interval, Some(SAMPLE_INTERVAL_S));
+        // A node that does not answer: an empty result, after the timeout.
+        let dead = if holder == 3 || asker == 3 { 4 } else { 3 };
+        net.dead[dead] = true;
+        let now = net.now;
+        let s = net.nodes[asker].sample(now, addr(dead), NodeId([0xee; 20]));
+        net.settle();
+        assert!(net.result(asker, s).samples.is_empty());
     }
 
     #[test]
