@@ -10,6 +10,11 @@ python3-libtorrent 2.0). Modes:
                                                    print "peer IP:PORT" lines, exit 0; exit 1 on
                                                    TIMEOUT seconds
   lt_dht.py node ROUTER_PORT PORT                  join, print "joined", stay until killed
+  lt_dht.py put-immutable ROUTER_PORT PORT TEXT    join, put TEXT (BEP 44), print "target HEX"
+                                                   once a node took it, exit 0
+  lt_dht.py get-immutable ROUTER_PORT PORT HEX TIMEOUT
+                                                   join, get the item HEX, print "value TEXT",
+                                                   exit 0; exit 1 on TIMEOUT
   lt_dht.py seed ROUTER_PORT PORT TORRENT DATA_DIR  join, seed TORRENT from DATA_DIR, announce it
                                                    in the DHT: print "announced", seed until killed
   lt_dht.py get ROUTER_PORT PORT MAGNET OUT_DIR TIMEOUT
@@ -65,6 +70,35 @@ def main():
         while True:
             ses.pop_alerts()
             time.sleep(0.5)
+    elif mode == "put-immutable":
+        target = ses.dht_put_immutable_item(info_hash)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            for a in ses.pop_alerts():
+                if isinstance(a, lt.dht_put_alert) and a.num_success > 0:
+                    print(f"target {target}", flush=True)
+                    sys.exit(0)
+            time.sleep(0.1)
+        print("error: no node took the item", flush=True)
+        sys.exit(1)
+    elif mode == "get-immutable":
+        deadline = time.time() + float(sys.argv[5])
+        target = lt.sha1_hash(bytes.fromhex(info_hash))
+        while time.time() < deadline:
+            ses.dht_get_immutable_item(target)
+            end = time.time() + 2
+            while time.time() < end:
+                for a in ses.pop_alerts():
+                    if isinstance(a, lt.dht_immutable_item_alert) and a.item:
+                        item = a.item
+                        if isinstance(item, dict):  # the 2.0 binding: {'key': ..., 'value': ...}
+                            item = item.get("value", item)
+                        text = item.decode() if isinstance(item, bytes) else str(item)
+                        print(f"value {text}", flush=True)
+                        sys.exit(0)
+                time.sleep(0.1)
+        print("error: no item found", flush=True)
+        sys.exit(1)
     elif mode == "announce":
         params = lt.parse_magnet_uri(f"magnet:?xt=urn:btih:{info_hash}")
         params.save_path = tempfile.mkdtemp()

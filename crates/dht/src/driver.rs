@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::proto::core::{Config, DhtCore, Input, LookupId, LookupResult, Output};
 use crate::proto::id::NodeId;
+use crate::proto::krpc::Value;
 
 /// A datagram buffer larger than any message we accept, so an oversized one is seen whole and
 /// refused by the codec rather than cut.
@@ -34,6 +35,8 @@ enum Command {
     GetPeers(NodeId, oneshot::Sender<LookupResult>),
     Announce(NodeId, u16, oneshot::Sender<LookupResult>),
     Sample(SocketAddrV4, NodeId, oneshot::Sender<LookupResult>),
+    GetItem(NodeId, oneshot::Sender<LookupResult>),
+    PutItem(Value, oneshot::Sender<LookupResult>),
     Nodes(oneshot::Sender<usize>),
 }
 
@@ -107,6 +110,17 @@ impl Dht {
         self.ask(|tx| Command::Sample(node, self.id, tx)).await
     }
 
+    /// The immutable item stored under `target` (BEP 44), checked against it.
+    pub async fn get_item(&self, target: NodeId) -> Result<LookupResult, Stopped> {
+        self.ask(|tx| Command::GetItem(target, tx)).await
+    }
+
+    /// Puts an immutable item (BEP 44) at the nodes closest to its target; the result's target
+    /// is the item's, `announced_to` the nodes that took it.
+    pub async fn put_item(&self, value: Value) -> Result<LookupResult, Stopped> {
+        self.ask(|tx| Command::PutItem(value, tx)).await
+    }
+
     /// Nodes in the routing table.
     pub async fn nodes(&self) -> Result<usize, Stopped> {
         self.ask(Command::Nodes).await
@@ -168,6 +182,8 @@ async fn run(socket: UdpSocket, mut core: DhtCore<StdRng>, mut rx: mpsc::Receive
                     Some(Command::Sample(to, target, reply)) => {
                         waiting.push((core.sample(now, to, target), reply));
                     }
+                    Some(Command::GetItem(t, reply)) => waiting.push((core.get_item(now, t), reply)),
+                    Some(Command::PutItem(v, reply)) => waiting.push((core.put_item(now, v).1, reply)),
                     Some(Command::Nodes(reply)) => {
                         let _ = reply.send(core.table().len());
                     }

@@ -57,6 +57,18 @@ pub enum DhtCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Store TEXT in the DHT as an immutable item (BEP 44); prints its target.
+    Put {
+        text: String,
+        #[command(flatten)]
+        net: DhtNet,
+    },
+    /// Fetch the immutable item stored under a target (40 hex digits; BEP 44).
+    Get {
+        target: String,
+        #[command(flatten)]
+        net: DhtNet,
+    },
     /// Find the nodes closest to an id (40 hex digits).
     FindNode {
         target: String,
@@ -115,6 +127,7 @@ fn print(r: &LookupResult, json: bool) -> Result<()> {
             })).collect::<Vec<_>>(),
             "peers": r.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
             "announced_to": r.announced_to,
+            "value": r.value.as_ref().map(|v| String::from_utf8_lossy(&v.encode()).into_owned()),
             "samples": r.samples.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             "num": r.num,
             "interval": r.interval,
@@ -130,6 +143,11 @@ fn print(r: &LookupResult, json: bool) -> Result<()> {
     }
     if r.announced_to > 0 {
         println!("announced to {} nodes", r.announced_to);
+    }
+    match &r.value {
+        Some(dht::proto::krpc::Value::Bytes(b)) => println!("value {}", String::from_utf8_lossy(b)),
+        Some(v) => println!("value (bencoded) {}", String::from_utf8_lossy(&v.encode())),
+        None => {}
     }
     for s in &r.samples {
         println!("infohash {s}");
@@ -186,6 +204,28 @@ pub async fn run(cmd: DhtCommand) -> Result<()> {
                 bail!("{node} did not answer sample_infohashes (not running, or no BEP 51)");
             }
             print(&r, json)
+        }
+        DhtCommand::Put { text, net } => {
+            let value = dht::proto::krpc::Value::Bytes(text.into_bytes());
+            if value.encode().len() > dht::proto::krpc::MAX_VALUE {
+                bail!("the item is over BEP 44's 1,000 bytes (bencoded): shorten it");
+            }
+            let node = join(&net).await?;
+            let r = node.put_item(value).await?;
+            if r.announced_to == 0 {
+                bail!("no node took the item (none gave a token)");
+            }
+            println!("target {}", r.target);
+            print(&r, net.json)
+        }
+        DhtCommand::Get { target, net } => {
+            let t = parse_id(&target)?;
+            let node = join(&net).await?;
+            let r = node.get_item(t).await?;
+            if r.value.is_none() {
+                bail!("no node had an item for {target}");
+            }
+            print(&r, net.json)
         }
         DhtCommand::FindNode { target, net } => {
             let t = parse_id(&target)?;

@@ -6,7 +6,8 @@
 //!   (no tracker, no `--peer`) downloads from it, bytes equal; `swarmcast seed` announces and a
 //!   libtorrent session downloads the magnet through the DHT alone.
 //!
-//! - BEP 51: `swarmcast dht sample` lists the info-hashes a libtorrent node stores.
+//! - BEP 51: `swarmcast dht sample` lists the info-hashes a libtorrent node stores;
+//! - BEP 44: an immutable item put by us is read by libtorrent, and the reverse.
 //!
 //! Every wait is bounded; only processes the test started are killed.
 
@@ -158,6 +159,54 @@ fn dht_sample_lists_what_a_libtorrent_node_stores() {
     let listed = run_ok(sample);
     assert!(listed.lines().any(|l| l == format!("infohash {ih}")), "{listed}");
     assert!(listed.contains("stores 1 info-hashes"), "{listed}");
+    lt_node.kill();
+    router.kill();
+}
+
+#[test]
+fn immutable_items_cross_between_our_dht_and_libtorrents() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut router, router_port) = router(dir.path());
+    let bootstrap = format!("127.0.0.1:{router_port}");
+    let lt_port = free_port();
+    let mut node = libtorrent_script("lt_dht.py");
+    node.args(["node", &router_port.to_string(), &lt_port.to_string()]);
+    let mut lt_node = Proc::spawn("libtorrent node", node, dir.path());
+    lt_node.wait_output("joined", LONG);
+
+    // Ours put, libtorrent's get.
+    let mut put = swarmcast();
+    put.args(["dht", "put", "hello from swarmcast", "--listen", "127.0.0.1:0"])
+        .args(["--bootstrap", &bootstrap]);
+    let said = run_ok(put);
+    let target = said
+        .lines()
+        .find_map(|l| l.strip_prefix("target "))
+        .expect("dht put prints the target")
+        .to_string();
+    let mut get = libtorrent_script("lt_dht.py");
+    get.args(["get-immutable", &router_port.to_string(), &free_port().to_string(), &target, "30"]);
+    let got = run_ok(get);
+    assert!(got.lines().any(|l| l == "value hello from swarmcast"), "{got}");
+
+    // libtorrent's put, ours get.
+    let mut put = libtorrent_script("lt_dht.py");
+    put.args([
+        "put-immutable",
+        &router_port.to_string(),
+        &free_port().to_string(),
+        "hello from libtorrent",
+    ]);
+    let said = run_ok(put);
+    let target = said
+        .lines()
+        .find_map(|l| l.strip_prefix("target "))
+        .expect("lt_dht.py prints the target")
+        .to_string();
+    let mut get = swarmcast();
+    get.args(["dht", "get", &target, "--listen", "127.0.0.1:0", "--bootstrap", &bootstrap]);
+    let got = run_ok(get);
+    assert!(got.lines().any(|l| l == "value hello from libtorrent"), "{got}");
     lt_node.kill();
     router.kill();
 }

@@ -32,7 +32,7 @@ use rand::{Rng, RngCore};
 use sha1::{Digest, Sha1};
 
 use super::id::NodeId;
-use super::krpc::{Body, CompactNode, Message, Method, Response};
+use super::krpc::{Body, CompactNode, Message, Method, Put, Response, Value};
 use super::table::{Insert, RoutingTable, Seen, GOOD_FOR, K};
 
 /// How often the token secret changes (BEP 5: every 5 minutes; the previous secret still
@@ -46,6 +46,8 @@ pub const MAX_CANDIDATES: usize = 64;
 pub const MAX_LOOKUP_PEERS: usize = 500;
 /// Peers one `get_peers` reply carries, at most (so the reply fits a datagram).
 const MAX_REPLY_PEERS: usize = 50;
+/// How long a BEP 44 item is kept unless put again (BEP 44: 2 hours).
+pub const ITEM_TTL: Duration = Duration::from_secs(2 * 3600);
 /// Info-hashes one `sample_infohashes` reply carries, at most (BEP 51; libtorrent: 20).
 pub const MAX_SAMPLES: usize = 20;
 /// The `interval` our BEP 51 replies give, in seconds (libtorrent's default: 6 hours).
@@ -75,6 +77,8 @@ pub struct Config {
     pub max_peers: usize,
     /// How long an announced peer is kept.
     pub peer_ttl: Duration,
+    /// BEP 44 items stored, at most (each at most 1,000 bytes).
+    pub max_items: usize,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             max_torrents: 2_000,
             max_peers: 100,
             peer_ttl: Duration::from_secs(30 * 60),
+            max_items: 1_000,
         }
     }
 }
@@ -124,6 +129,8 @@ pub struct LookupResult {
     pub peers: Vec<SocketAddrV4>,
     /// Nodes an `announce_peer` went to (the closest that gave a token).
     pub announced_to: usize,
+    /// BEP 44 `get`: the item found, checked against its target (immutable: its SHA-1).
+    pub value: Option<Value>,
     /// BEP 51 (`sample`): info-hashes the node stores (a sample), how many it stores in all
     /// (a claim), and how long it asks us to wait before asking again (seconds).
     pub samples: Vec<NodeId>,
@@ -142,6 +149,10 @@ enum Kind {
     Refresh,
     /// One BEP 51 `sample_infohashes` query to one node.
     Sample,
+    /// BEP 44: find an immutable item.
+    GetItem,
+    /// BEP 44: collect tokens from the closest nodes, then put the lookup's `item` there.
+    PutItem,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,6 +180,8 @@ struct Lookup {
     in_flight: usize,
     /// BEP 51 answer: samples, num, interval.
     sampled: Option<(Vec<NodeId>, Option<i64>, Option<i64>)>,
+    /// BEP 44: the item to put, or the item found.
+    item: Option<Value>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -201,6 +214,8 @@ pub struct DhtCore<R: RngCore> {
     rotated: Instant,
     next_refresh: Instant,
     stored: HashMap<NodeId, Vec<(SocketAddrV4, Instant)>>,
+    /// BEP 44 immutable items by target, with the time they were put.
+    items: HashMap<NodeId, (Value, Instant)>,
     /// Per source address: the start of its window and datagrams in it (loopback exempt).
     rates: HashMap<std::net::Ipv4Addr, (Instant, u32)>,
     /// Datagrams dropped by the rate limit.
@@ -227,6 +242,7 @@ impl<R: RngCore> DhtCore<R> {
             rotated: now,
             next_refresh: now + GOOD_FOR,
             stored: HashMap::new(),
+            items: HashMap::new(),
             rates: HashMap::new(),
             rate_limited: 0,
             out: VecDeque::new(),
@@ -302,6 +318,27 @@ impl<R: RngCore> DhtCore<R> {
         }
         self.step(now, id);
         id
+    }
+
+    /// Looks up the immutable item whose target is `target` (BEP 44); the result's `value` is
+    /// the item, checked against the target, or `None`.
+    pub fn get_item(&mut self, now: Instant, target: NodeId) -> LookupId {
+        let id = self.start(target, Kind::GetItem);
+        self.step(now, id);
+        id
+    }
+
+    /// Stores an immutable item (at most 1,000 bytes bencoded) at the nodes closest to its
+    /// target, SHA-1 of its bencoding (returned). The result's `announced_to` counts the nodes
+    /// it was put to.
+    pub fn put_item(&mut self, now: Instant, value: Value) -> (NodeId, LookupId) {
+        let target = item_target(&value);
+        let id = self.start(target, Kind::PutItem);
+        if let Some(l) = self.lookups.get_mut(&id) {
+            l.item = Some(value);
+        }
+        self.step(now, id);
+        (target, id)
     }
 
     /// Looks up the peers of `info_hash`, then announces us on `port` to the closest nodes.
@@ -382,6 +419,7 @@ impl<R: RngCore> DhtCore<R> {
             peers: Vec::new(),
             in_flight: 0,
             sampled: None,
+            item: None,
         };
         if kind == Kind::Sample {
             // One query to one node, sent by `sample`.
@@ -429,6 +467,7 @@ impl<R: RngCore> DhtCore<R> {
                 Kind::FindNode | Kind::Refresh => Method::FindNode { target },
                 Kind::GetPeers | Kind::Announce { .. } => Method::GetPeers { info_hash: target },
                 Kind::Sample => Method::SampleInfohashes { target },
+                Kind::GetItem | Kind::PutItem => Method::Get { target, seq: None },
             };
             if self.query(now, node.addr, Some(node.id), Purpose::Lookup(id), method) {
                 if let Some(l) = self.lookups.get_mut(&id) {
@@ -466,16 +505,43 @@ impl<R: RngCore> DhtCore<R> {
                 }
             }
         }
+        if l.kind == Kind::PutItem {
+            let value = l.item.clone().expect("a put lookup carries its item");
+            for c in &closest {
+                if let Some(token) = &c.token {
+                    let put = Put {
+                        token: token.clone(),
+                        value: value.clone(),
+                        key: None,
+                        sig: None,
+                        seq: None,
+                        salt: Vec::new(),
+                        cas: None,
+                    };
+                    if self.query(
+                        now,
+                        c.node.addr,
+                        Some(c.node.id),
+                        Purpose::Announce,
+                        Method::Put(put),
+                    ) {
+                        announced_to += 1;
+                    }
+                }
+            }
+        }
         if l.kind == Kind::Refresh {
             return;
         }
         let (samples, num, interval) = l.sampled.unwrap_or_default();
+        let value = if l.kind == Kind::GetItem { l.item } else { None };
         self.out.push_back(Output::Done(LookupResult {
             id,
             target: l.target,
             nodes: closest.iter().map(|c| c.node).collect(),
             peers: l.peers,
             announced_to,
+            value,
             samples,
             num,
             interval,
@@ -579,6 +645,14 @@ impl<R: RngCore> DhtCore<R> {
                 self.finish(now, lid);
                 return;
             }
+            if l.kind == Kind::GetItem {
+                // An immutable item counts only if it hashes to the target.
+                if let Some(v) = r.value.as_ref().filter(|v| item_target(v) == l.target) {
+                    l.item = Some(v.clone());
+                    self.finish(now, lid);
+                    return;
+                }
+            }
             let key = id.distance(&l.target);
             let c = l.candidates.entry(key).or_insert(Candidate {
                 node,
@@ -656,6 +730,7 @@ impl<R: RngCore> DhtCore<R> {
                 peers.retain(|(_, t)| now.saturating_duration_since(*t) < ttl);
             }
             self.stored.retain(|_, v| !v.is_empty());
+            self.items.retain(|_, (_, t)| now.saturating_duration_since(*t) < ITEM_TTL);
         }
         if now >= self.next_refresh {
             self.next_refresh = now + GOOD_FOR;
@@ -715,9 +790,21 @@ impl<R: RngCore> DhtCore<R> {
                 r.interval = Some(SAMPLE_INTERVAL_S);
                 r.nodes = self.table.closest(&target, K);
             }
-            Method::Get { .. } | Method::Put(_) => {
-                self.error(from, tid, 204, "Method Unknown");
-                return;
+            Method::Get { target, .. } => {
+                r.token = Some(self.token(0, &from));
+                r.value = self.items.get(&target).map(|(v, _)| v.clone());
+                r.nodes = self.table.closest(&target, K);
+            }
+            Method::Put(p) => {
+                if p.token != self.token(0, &from) && p.token != self.token(1, &from) {
+                    self.error(from, tid, 203, "bad token");
+                    return;
+                }
+                if p.key.is_some() {
+                    self.error(from, tid, 201, "mutable items are not supported yet");
+                    return;
+                }
+                self.store_item(now, p.value);
             }
         }
         let reply = Message {
@@ -728,6 +815,18 @@ impl<R: RngCore> DhtCore<R> {
             read_only: false,
         };
         self.out.push_back(Output::Send { to: from, bytes: reply.encode() });
+    }
+
+    fn store_item(&mut self, now: Instant, value: Value) {
+        let target = item_target(&value);
+        if !self.items.contains_key(&target) && self.items.len() >= self.config.max_items {
+            // The oldest item makes room.
+            let oldest = self.items.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.items.remove(&k);
+            }
+        }
+        self.items.insert(target, (value, now));
     }
 
     fn store(&mut self, now: Instant, info_hash: NodeId, peer: SocketAddrV4) {
@@ -760,6 +859,11 @@ impl<R: RngCore> DhtCore<R> {
         };
         self.out.push_back(Output::Send { to, bytes: m.encode() });
     }
+}
+
+/// The target of an immutable item: the SHA-1 of its bencoding (BEP 44).
+pub fn item_target(value: &Value) -> NodeId {
+    NodeId(Sha1::digest(value.encode()).into())
 }
 
 #[cfg(test)]
@@ -1004,6 +1108,35 @@ mod tests {
         assert!(matches!(replies(&mut core)[0].1.body, Body::Error { code: 204, .. }));
         core.handle(later, Input::Datagram { from: alice, bytes: b"\xff\x00garbage" });
         assert!(replies(&mut core).is_empty());
+    }
+
+    #[test]
+    fn an_immutable_item_put_at_one_node_is_got_from_another_and_checked() {
+        let mut net = Net::new(30, 8);
+        net.join_all();
+        let value = Value::Bytes(b"Hello World!".to_vec());
+        let now = net.now;
+        let (target, put) = net.nodes[4].put_item(now, value.clone());
+        net.settle();
+        // BEP 44's test vector: the SHA-1 of "12:Hello World!".
+        assert_eq!(target.to_string(), "e5f96f6f38320f0f33959cb4d3d656452117aadb");
+        assert!(net.result(4, put).announced_to >= 7);
+        let now = net.now;
+        let got = net.nodes[21].get_item(now, target);
+        net.settle();
+        assert_eq!(net.result(21, got).value, Some(value));
+        // A node that returns another value under the target is not believed.
+        let holder = (0..30).find(|&i| net.nodes[i].items.contains_key(&target)).unwrap();
+        net.nodes[holder].items.insert(target, (Value::Bytes(b"forged".to_vec()), net.now));
+        for i in 0..30 {
+            if i != holder {
+                net.nodes[i].items.clear();
+            }
+        }
+        let now = net.now;
+        let got = net.nodes[21].get_item(now, target);
+        net.settle();
+        assert_eq!(net.result(21, got).value, None);
     }
 
     #[test]
