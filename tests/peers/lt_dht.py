@@ -15,6 +15,13 @@ python3-libtorrent 2.0). Modes:
   lt_dht.py get-immutable ROUTER_PORT PORT HEX TIMEOUT
                                                    join, get the item HEX, print "value TEXT",
                                                    exit 0; exit 1 on TIMEOUT
+  lt_dht.py get-mutable ROUTER_PORT PORT PUBKEY_HEX SALT TIMEOUT
+                                                   join, get the newest mutable item, print
+                                                   "value TEXT" and "seq N", exit 0
+  lt_dht.py put-mutable ROUTER_PORT PORT SEED_HEX PUBKEY_HEX SALT TEXT
+                                                   join, put TEXT signed by the key (its 32-byte
+                                                   seed; libtorrent takes the expanded key),
+                                                   print "put", exit 0
   lt_dht.py seed ROUTER_PORT PORT TORRENT DATA_DIR  join, seed TORRENT from DATA_DIR, announce it
                                                    in the DHT: print "announced", seed until killed
   lt_dht.py get ROUTER_PORT PORT MAGNET OUT_DIR TIMEOUT
@@ -98,6 +105,42 @@ def main():
                         sys.exit(0)
                 time.sleep(0.1)
         print("error: no item found", flush=True)
+        sys.exit(1)
+    elif mode == "get-mutable":
+        key, salt, deadline = bytes.fromhex(info_hash), sys.argv[5], time.time() + float(sys.argv[6])
+        while time.time() < deadline:
+            ses.dht_get_mutable_item(key, salt)
+            end = time.time() + 2
+            while time.time() < end:
+                for a in ses.pop_alerts():
+                    if isinstance(a, lt.dht_mutable_item_alert) and a.item:
+                        item = a.item
+                        if isinstance(item, dict):  # the 2.0 binding: key, value, signature, ...
+                            item = item.get("value", item)
+                        text = item.decode() if isinstance(item, bytes) else str(item)
+                        print(f"value {text}", flush=True)
+                        print(f"seq {a.seq}", flush=True)
+                        sys.exit(0)
+                time.sleep(0.1)
+        print("error: no item found", flush=True)
+        sys.exit(1)
+    elif mode == "put-mutable":
+        import hashlib
+        seed, public, salt, text = bytes.fromhex(sys.argv[4]), bytes.fromhex(sys.argv[5]), sys.argv[6], sys.argv[7]
+        # libtorrent (orlp's ed25519) takes the expanded secret key: SHA-512 of the seed, clamped.
+        expanded = bytearray(hashlib.sha512(seed).digest())
+        expanded[0] &= 248
+        expanded[31] &= 63
+        expanded[31] |= 64
+        ses.dht_put_mutable_item(bytes(expanded), public, text, salt)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            for a in ses.pop_alerts():
+                if isinstance(a, lt.dht_put_alert) and a.num_success > 0:
+                    print("put", flush=True)
+                    sys.exit(0)
+            time.sleep(0.1)
+        print("error: no node took the item", flush=True)
         sys.exit(1)
     elif mode == "announce":
         params = lt.parse_magnet_uri(f"magnet:?xt=urn:btih:{info_hash}")

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::proto::core::{Config, DhtCore, Input, LookupId, LookupResult, Output};
+use crate::proto::core::{Config, DhtCore, Input, LookupId, LookupResult, MutableItem, Output};
 use crate::proto::id::NodeId;
 use crate::proto::krpc::Value;
 
@@ -37,6 +37,8 @@ enum Command {
     Sample(SocketAddrV4, NodeId, oneshot::Sender<LookupResult>),
     GetItem(NodeId, oneshot::Sender<LookupResult>),
     PutItem(Value, oneshot::Sender<LookupResult>),
+    GetMutable([u8; 32], Vec<u8>, oneshot::Sender<LookupResult>),
+    PutMutable(MutableItem, oneshot::Sender<LookupResult>),
     Nodes(oneshot::Sender<usize>),
 }
 
@@ -121,6 +123,16 @@ impl Dht {
         self.ask(|tx| Command::PutItem(value, tx)).await
     }
 
+    /// The newest mutable item of `key` and `salt` whose signature verifies (BEP 44).
+    pub async fn get_mutable(&self, key: [u8; 32], salt: Vec<u8>) -> Result<LookupResult, Stopped> {
+        self.ask(|tx| Command::GetMutable(key, salt, tx)).await
+    }
+
+    /// Puts a signed mutable item (BEP 44) at the nodes closest to its target.
+    pub async fn put_mutable(&self, item: MutableItem) -> Result<LookupResult, Stopped> {
+        self.ask(|tx| Command::PutMutable(item, tx)).await
+    }
+
     /// Nodes in the routing table.
     pub async fn nodes(&self) -> Result<usize, Stopped> {
         self.ask(Command::Nodes).await
@@ -184,6 +196,12 @@ async fn run(socket: UdpSocket, mut core: DhtCore<StdRng>, mut rx: mpsc::Receive
                     }
                     Some(Command::GetItem(t, reply)) => waiting.push((core.get_item(now, t), reply)),
                     Some(Command::PutItem(v, reply)) => waiting.push((core.put_item(now, v).1, reply)),
+                    Some(Command::GetMutable(k, salt, reply)) => {
+                        waiting.push((core.get_mutable(now, k, salt), reply));
+                    }
+                    Some(Command::PutMutable(item, reply)) => {
+                        waiting.push((core.put_mutable(now, item), reply));
+                    }
                     Some(Command::Nodes(reply)) => {
                         let _ = reply.send(core.table().len());
                     }

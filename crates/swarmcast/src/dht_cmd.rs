@@ -5,7 +5,7 @@ use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use dht::proto::core::{Config, LookupResult};
+use dht::proto::core::{Config, LookupResult, MutableItem};
 use dht::{Dht, DhtOptions, NodeId};
 
 #[derive(clap::Args, Clone)]
@@ -66,6 +66,26 @@ pub enum DhtCommand {
     /// Fetch the immutable item stored under a target (40 hex digits; BEP 44).
     Get {
         target: String,
+        #[command(flatten)]
+        net: DhtNet,
+    },
+    /// Store TEXT as a mutable item signed by the ed25519 key in FILE (BEP 44), with the next
+    /// `seq`; FILE holds the key's 32-byte seed as 64 hex digits, and is created if missing.
+    PutMutable {
+        text: String,
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// Several items per key, one per salt (at most 64 bytes).
+        #[arg(long, default_value = "")]
+        salt: String,
+        #[command(flatten)]
+        net: DhtNet,
+    },
+    /// Fetch the newest mutable item of a public key (64 hex digits) and salt (BEP 44).
+    GetMutable {
+        public_key: String,
+        #[arg(long, default_value = "")]
+        salt: String,
         #[command(flatten)]
         net: DhtNet,
     },
@@ -149,6 +169,14 @@ fn print(r: &LookupResult, json: bool) -> Result<()> {
         Some(v) => println!("value (bencoded) {}", String::from_utf8_lossy(&v.encode())),
         None => {}
     }
+    if let Some(m) = &r.mutable {
+        let text = match &m.value {
+            dht::proto::krpc::Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+            v => String::from_utf8_lossy(&v.encode()).into_owned(),
+        };
+        println!("value {text}");
+        println!("seq {}", m.seq);
+    }
     for s in &r.samples {
         println!("infohash {s}");
     }
@@ -224,6 +252,43 @@ pub async fn run(cmd: DhtCommand) -> Result<()> {
             let r = node.get_item(t).await?;
             if r.value.is_none() {
                 bail!("no node had an item for {target}");
+            }
+            print(&r, net.json)
+        }
+        DhtCommand::PutMutable { text, key, salt, net } => {
+            use ed25519_dalek::Signer;
+            if salt.len() > dht::proto::krpc::MAX_SALT {
+                bail!("the salt is over BEP 44's 64 bytes");
+            }
+            let value = dht::proto::krpc::Value::Bytes(text.into_bytes());
+            if value.encode().len() > dht::proto::krpc::MAX_VALUE {
+                bail!("the item is over BEP 44's 1,000 bytes (bencoded): shorten it");
+            }
+            let signing = load_or_create_key(&key)?;
+            let pk = signing.verifying_key().to_bytes();
+            println!("public key {}", hex::encode(pk));
+            let node = join(&net).await?;
+            let current = node.get_mutable(pk, salt.as_bytes().to_vec()).await?;
+            let seq = current.mutable.map_or(1, |m| m.seq + 1);
+            let signed = MutableItem::signed_bytes(salt.as_bytes(), seq, &value);
+            let sig = signing.sign(&signed).to_bytes();
+            let item = MutableItem { key: pk, salt: salt.into_bytes(), seq, value, sig };
+            let r = node.put_mutable(item).await?;
+            if r.announced_to == 0 {
+                bail!("no node took the item (none gave a token)");
+            }
+            println!("target {} seq {seq}", r.target);
+            print(&r, net.json)
+        }
+        DhtCommand::GetMutable { public_key, salt, net } => {
+            let pk: [u8; 32] = hex::decode(&public_key)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .context("give the public key as 64 hex digits")?;
+            let node = join(&net).await?;
+            let r = node.get_mutable(pk, salt.into_bytes()).await?;
+            if r.mutable.is_none() {
+                bail!("no node had a validly signed item for that key and salt");
             }
             print(&r, net.json)
         }
@@ -311,4 +376,34 @@ pub fn keep_announcing(
             tokio::time::sleep(REANNOUNCE).await;
         }
     })
+}
+
+/// The ed25519 key whose 32-byte seed FILE holds as 64 hex digits; a missing FILE is created
+/// with a new random key (readable by its owner only). An existing file is never overwritten.
+fn load_or_create_key(path: &std::path::Path) -> Result<ed25519_dalek::SigningKey> {
+    use std::io::Write;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let seed: [u8; 32] =
+                hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).with_context(
+                    || format!("{} does not hold a key (64 hex digits)", path.display()),
+                )?;
+            Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut seed);
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options
+                .open(path)
+                .with_context(|| format!("cannot create the key file {}", path.display()))?;
+            writeln!(f, "{}", hex::encode(seed))?;
+            eprintln!("created a new key in {}", path.display());
+            Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }

@@ -7,7 +7,8 @@
 //!   libtorrent session downloads the magnet through the DHT alone.
 //!
 //! - BEP 51: `swarmcast dht sample` lists the info-hashes a libtorrent node stores;
-//! - BEP 44: an immutable item put by us is read by libtorrent, and the reverse.
+//! - BEP 44: an immutable item put by us is read by libtorrent, and the reverse; a mutable item
+//!   we put is read by libtorrent, and libtorrent's newer version of it is read by us.
 //!
 //! Every wait is bounded; only processes the test started are killed.
 
@@ -207,6 +208,58 @@ fn immutable_items_cross_between_our_dht_and_libtorrents() {
     get.args(["dht", "get", &target, "--listen", "127.0.0.1:0", "--bootstrap", &bootstrap]);
     let got = run_ok(get);
     assert!(got.lines().any(|l| l == "value hello from libtorrent"), "{got}");
+    lt_node.kill();
+    router.kill();
+}
+
+#[test]
+fn mutable_items_cross_between_our_dht_and_libtorrents() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut router, router_port) = router(dir.path());
+    let bootstrap = format!("127.0.0.1:{router_port}");
+    let lt_port = free_port();
+    let mut node = libtorrent_script("lt_dht.py");
+    node.args(["node", &router_port.to_string(), &lt_port.to_string()]);
+    let mut lt_node = Proc::spawn("libtorrent node", node, dir.path());
+    lt_node.wait_output("joined", LONG);
+    let key = dir.path().join("key");
+
+    // Ours put (seq 1, a new key file), libtorrent's get.
+    let mut put = swarmcast();
+    put.args(["dht", "put-mutable", "version one", "--salt", "s1", "--key"]).arg(&key).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--bootstrap",
+        &bootstrap,
+    ]);
+    let said = run_ok(put);
+    let pk =
+        said.lines().find_map(|l| l.strip_prefix("public key ")).expect("public key").to_string();
+    assert!(said.contains("seq 1"), "{said}");
+    let mut get = libtorrent_script("lt_dht.py");
+    get.args(["get-mutable", &router_port.to_string(), &free_port().to_string(), &pk, "s1", "30"]);
+    let got = run_ok(get);
+    assert!(got.lines().any(|l| l == "value version one"), "{got}");
+
+    // libtorrent puts the next version with the same key; ours reads seq 2.
+    let seed = std::fs::read_to_string(&key).unwrap().trim().to_string();
+    let mut put = libtorrent_script("lt_dht.py");
+    put.args([
+        "put-mutable",
+        &router_port.to_string(),
+        &free_port().to_string(),
+        &seed,
+        &pk,
+        "s1",
+        "version two",
+    ]);
+    run_ok(put);
+    let mut get = swarmcast();
+    get.args(["dht", "get-mutable", &pk, "--salt", "s1", "--listen", "127.0.0.1:0"])
+        .args(["--bootstrap", &bootstrap]);
+    let got = run_ok(get);
+    assert!(got.lines().any(|l| l == "value version two"), "{got}");
+    assert!(got.lines().any(|l| l == "seq 2"), "{got}");
     lt_node.kill();
     router.kill();
 }

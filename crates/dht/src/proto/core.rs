@@ -131,6 +131,8 @@ pub struct LookupResult {
     pub announced_to: usize,
     /// BEP 44 `get`: the item found, checked against its target (immutable: its SHA-1).
     pub value: Option<Value>,
+    /// BEP 44 mutable `get`: the newest item whose signature verifies.
+    pub mutable: Option<MutableItem>,
     /// BEP 51 (`sample`): info-hashes the node stores (a sample), how many it stores in all
     /// (a claim), and how long it asks us to wait before asking again (seconds).
     pub samples: Vec<NodeId>,
@@ -153,6 +155,10 @@ enum Kind {
     GetItem,
     /// BEP 44: collect tokens from the closest nodes, then put the lookup's `item` there.
     PutItem,
+    /// BEP 44: find the newest mutable item of a key and salt.
+    GetMutable,
+    /// BEP 44: collect tokens, then put the lookup's signed `mutable` item.
+    PutMutable,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,6 +188,10 @@ struct Lookup {
     sampled: Option<(Vec<NodeId>, Option<i64>, Option<i64>)>,
     /// BEP 44: the item to put, or the item found.
     item: Option<Value>,
+    /// BEP 44 mutable: the key and salt asked for (get), and the item to put or the newest
+    /// valid one found.
+    want: Option<([u8; 32], Vec<u8>)>,
+    mutable: Option<MutableItem>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -216,6 +226,8 @@ pub struct DhtCore<R: RngCore> {
     stored: HashMap<NodeId, Vec<(SocketAddrV4, Instant)>>,
     /// BEP 44 immutable items by target, with the time they were put.
     items: HashMap<NodeId, (Value, Instant)>,
+    /// BEP 44 mutable items by target (counted with `items` against `max_items`).
+    mutables: HashMap<NodeId, (MutableItem, Instant)>,
     /// Per source address: the start of its window and datagrams in it (loopback exempt).
     rates: HashMap<std::net::Ipv4Addr, (Instant, u32)>,
     /// Datagrams dropped by the rate limit.
@@ -243,6 +255,7 @@ impl<R: RngCore> DhtCore<R> {
             next_refresh: now + GOOD_FOR,
             stored: HashMap::new(),
             items: HashMap::new(),
+            mutables: HashMap::new(),
             rates: HashMap::new(),
             rate_limited: 0,
             out: VecDeque::new(),
@@ -341,6 +354,29 @@ impl<R: RngCore> DhtCore<R> {
         (target, id)
     }
 
+    /// Looks up the newest mutable item of `key` and `salt` (BEP 44); the result's `mutable` is
+    /// the highest `seq` whose signature verifies.
+    pub fn get_mutable(&mut self, now: Instant, key: [u8; 32], salt: Vec<u8>) -> LookupId {
+        let target = MutableItem::target(&key, &salt);
+        let id = self.start(target, Kind::GetMutable);
+        if let Some(l) = self.lookups.get_mut(&id) {
+            l.want = Some((key, salt));
+        }
+        self.step(now, id);
+        id
+    }
+
+    /// Puts a signed mutable item at the nodes closest to its target.
+    pub fn put_mutable(&mut self, now: Instant, item: MutableItem) -> LookupId {
+        let target = MutableItem::target(&item.key, &item.salt);
+        let id = self.start(target, Kind::PutMutable);
+        if let Some(l) = self.lookups.get_mut(&id) {
+            l.mutable = Some(item);
+        }
+        self.step(now, id);
+        id
+    }
+
     /// Looks up the peers of `info_hash`, then announces us on `port` to the closest nodes.
     pub fn announce(&mut self, now: Instant, info_hash: NodeId, port: u16) -> LookupId {
         let id = self.start(info_hash, Kind::Announce { port });
@@ -420,6 +456,8 @@ impl<R: RngCore> DhtCore<R> {
             in_flight: 0,
             sampled: None,
             item: None,
+            want: None,
+            mutable: None,
         };
         if kind == Kind::Sample {
             // One query to one node, sent by `sample`.
@@ -467,7 +505,9 @@ impl<R: RngCore> DhtCore<R> {
                 Kind::FindNode | Kind::Refresh => Method::FindNode { target },
                 Kind::GetPeers | Kind::Announce { .. } => Method::GetPeers { info_hash: target },
                 Kind::Sample => Method::SampleInfohashes { target },
-                Kind::GetItem | Kind::PutItem => Method::Get { target, seq: None },
+                Kind::GetItem | Kind::PutItem | Kind::GetMutable | Kind::PutMutable => {
+                    Method::Get { target, seq: None }
+                }
             };
             if self.query(now, node.addr, Some(node.id), Purpose::Lookup(id), method) {
                 if let Some(l) = self.lookups.get_mut(&id) {
@@ -530,10 +570,30 @@ impl<R: RngCore> DhtCore<R> {
                 }
             }
         }
+        if let (Kind::PutMutable, Some(item)) = (l.kind, &l.mutable) {
+            for c in &closest {
+                if let Some(token) = &c.token {
+                    let put = Put {
+                        token: token.clone(),
+                        value: item.value.clone(),
+                        key: Some(item.key),
+                        sig: Some(item.sig),
+                        seq: Some(item.seq),
+                        salt: item.salt.clone(),
+                        cas: None,
+                    };
+                    let method = Method::Put(put);
+                    if self.query(now, c.node.addr, Some(c.node.id), Purpose::Announce, method) {
+                        announced_to += 1;
+                    }
+                }
+            }
+        }
         if l.kind == Kind::Refresh {
             return;
         }
         let (samples, num, interval) = l.sampled.unwrap_or_default();
+        let mutable = if l.kind == Kind::GetMutable { l.mutable } else { None };
         let value = if l.kind == Kind::GetItem { l.item } else { None };
         self.out.push_back(Output::Done(LookupResult {
             id,
@@ -542,6 +602,7 @@ impl<R: RngCore> DhtCore<R> {
             peers: l.peers,
             announced_to,
             value,
+            mutable,
             samples,
             num,
             interval,
@@ -645,6 +706,16 @@ impl<R: RngCore> DhtCore<R> {
                 self.finish(now, lid);
                 return;
             }
+            if let (Kind::GetMutable, Some((want_key, salt))) = (l.kind, &l.want) {
+                if let (Some(k), Some(sig), Some(seq), Some(v)) = (r.key, r.sig, r.seq, &r.value) {
+                    let item =
+                        MutableItem { key: k, salt: salt.clone(), seq, value: v.clone(), sig };
+                    let newer = l.mutable.as_ref().is_none_or(|m| seq > m.seq);
+                    if k == *want_key && newer && item.verifies() {
+                        l.mutable = Some(item);
+                    }
+                }
+            }
             if l.kind == Kind::GetItem {
                 // An immutable item counts only if it hashes to the target.
                 if let Some(v) = r.value.as_ref().filter(|v| item_target(v) == l.target) {
@@ -731,6 +802,7 @@ impl<R: RngCore> DhtCore<R> {
             }
             self.stored.retain(|_, v| !v.is_empty());
             self.items.retain(|_, (_, t)| now.saturating_duration_since(*t) < ITEM_TTL);
+            self.mutables.retain(|_, (_, t)| now.saturating_duration_since(*t) < ITEM_TTL);
         }
         if now >= self.next_refresh {
             self.next_refresh = now + GOOD_FOR;
@@ -790,9 +862,16 @@ impl<R: RngCore> DhtCore<R> {
                 r.interval = Some(SAMPLE_INTERVAL_S);
                 r.nodes = self.table.closest(&target, K);
             }
-            Method::Get { target, .. } => {
+            Method::Get { target, seq } => {
                 r.token = Some(self.token(0, &from));
                 r.value = self.items.get(&target).map(|(v, _)| v.clone());
+                if let Some((m, _)) = self.mutables.get(&target) {
+                    r.seq = Some(m.seq);
+                    // Only newer than what the asker has (BEP 44's `seq` in get).
+                    if seq.is_none_or(|s| m.seq > s) {
+                        (r.key, r.sig, r.value) = (Some(m.key), Some(m.sig), Some(m.value.clone()));
+                    }
+                }
                 r.nodes = self.table.closest(&target, K);
             }
             Method::Put(p) => {
@@ -800,11 +879,20 @@ impl<R: RngCore> DhtCore<R> {
                     self.error(from, tid, 203, "bad token");
                     return;
                 }
-                if p.key.is_some() {
-                    self.error(from, tid, 201, "mutable items are not supported yet");
-                    return;
+                match (p.key, p.sig, p.seq) {
+                    (None, _, _) => self.store_item(now, p.value),
+                    (Some(key), Some(sig), Some(seq)) => {
+                        let item = MutableItem { key, salt: p.salt, seq, value: p.value, sig };
+                        if let Err((code, why)) = self.store_mutable(now, item, p.cas) {
+                            self.error(from, tid, code, why);
+                            return;
+                        }
+                    }
+                    _ => {
+                        self.error(from, tid, 203, "a mutable put needs k, sig and seq");
+                        return;
+                    }
                 }
-                self.store_item(now, p.value);
             }
         }
         let reply = Message {
@@ -817,9 +905,43 @@ impl<R: RngCore> DhtCore<R> {
         self.out.push_back(Output::Send { to: from, bytes: reply.encode() });
     }
 
+    /// Checks and stores a mutable put (BEP 44's errors: 206 bad signature, 301 CAS mismatch,
+    /// 302 an older `seq`).
+    fn store_mutable(
+        &mut self,
+        now: Instant,
+        item: MutableItem,
+        cas: Option<i64>,
+    ) -> Result<(), (i64, &'static str)> {
+        if !item.verifies() {
+            return Err((206, "invalid signature"));
+        }
+        let target = MutableItem::target(&item.key, &item.salt);
+        if let Some((old, _)) = self.mutables.get(&target) {
+            if cas.is_some_and(|c| c != old.seq) {
+                return Err((301, "CAS mismatch"));
+            }
+            if item.seq < old.seq || (item.seq == old.seq && item.value != old.value) {
+                return Err((302, "sequence number less than current"));
+            }
+        } else if self.items.len() + self.mutables.len() >= self.config.max_items {
+            let oldest = self.mutables.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k);
+            match oldest {
+                Some(k) => {
+                    self.mutables.remove(&k);
+                }
+                None => return Err((201, "storage full")),
+            }
+        }
+        self.mutables.insert(target, (item, now));
+        Ok(())
+    }
+
     fn store_item(&mut self, now: Instant, value: Value) {
         let target = item_target(&value);
-        if !self.items.contains_key(&target) && self.items.len() >= self.config.max_items {
+        if !self.items.contains_key(&target)
+            && self.items.len() + self.mutables.len() >= self.config.max_items
+        {
             // The oldest item makes room.
             let oldest = self.items.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k);
             if let Some(k) = oldest {
@@ -858,6 +980,49 @@ impl<R: RngCore> DhtCore<R> {
             read_only: false,
         };
         self.out.push_back(Output::Send { to, bytes: m.encode() });
+    }
+}
+
+/// A BEP 44 mutable item: a value signed by an ed25519 key, under `target` = SHA-1(key ‖ salt),
+/// newer when its `seq` is higher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MutableItem {
+    pub key: [u8; 32],
+    pub salt: Vec<u8>,
+    pub seq: i64,
+    pub value: Value,
+    pub sig: [u8; 64],
+}
+
+impl MutableItem {
+    /// Where the item lives: SHA-1 of the public key and the salt.
+    pub fn target(key: &[u8; 32], salt: &[u8]) -> NodeId {
+        let mut h = Sha1::new();
+        h.update(key);
+        h.update(salt);
+        NodeId(h.finalize().into())
+    }
+
+    /// The bytes the signature covers (BEP 44): `4:salt<len>:<salt>` when salted, then
+    /// `3:seqi<seq>e1:v<bencoded value>`.
+    pub fn signed_bytes(salt: &[u8], seq: i64, value: &Value) -> Vec<u8> {
+        let mut b = Vec::new();
+        if !salt.is_empty() {
+            b.extend_from_slice(format!("4:salt{}:", salt.len()).as_bytes());
+            b.extend_from_slice(salt);
+        }
+        b.extend_from_slice(format!("3:seqi{seq}e1:v").as_bytes());
+        b.extend_from_slice(&value.encode());
+        b
+    }
+
+    /// Whether the signature is the key's over this salt, seq and value.
+    pub fn verifies(&self) -> bool {
+        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&self.key) else {
+            return false;
+        };
+        let sig = ed25519_dalek::Signature::from_bytes(&self.sig);
+        key.verify_strict(&Self::signed_bytes(&self.salt, self.seq, &self.value), &sig).is_ok()
     }
 }
 
@@ -1137,6 +1302,80 @@ mod tests {
         let got = net.nodes[21].get_item(now, target);
         net.settle();
         assert_eq!(net.result(21, got).value, None);
+    }
+
+    fn signed(key: &ed25519_dalek::SigningKey, salt: &[u8], seq: i64, text: &str) -> MutableItem {
+        use ed25519_dalek::Signer;
+        let value = Value::Bytes(text.as_bytes().to_vec());
+        let sig = key.sign(&MutableItem::signed_bytes(salt, seq, &value)).to_bytes();
+        MutableItem { key: key.verifying_key().to_bytes(), salt: salt.to_vec(), seq, value, sig }
+    }
+
+    #[test]
+    fn bep44_test_vector_1_verifies() {
+        // BEP 44's test vector 1: mutable, no salt, seq 1, "Hello World!".
+        let h = |s: &str| hex::decode(s).unwrap();
+        let item = MutableItem {
+            key: h("77ff84905a91936367c01360803104f92432fcd904a43511876df5cdf3e7e548")
+                .try_into()
+                .unwrap(),
+            salt: vec![],
+            seq: 1,
+            value: Value::Bytes(b"Hello World!".to_vec()),
+            sig: h("305ac8aeb6c9c151fa120f120ea2cfb923564e11552d06a5d856091e5e853cff\
+                    1260d3f39e4999684aa92eb73ffd136e6f4f3ecbfda0ce53a1608ecd7ae21f01")
+            .try_into()
+            .unwrap(),
+        };
+        assert_eq!(MutableItem::signed_bytes(b"", 1, &item.value), b"3:seqi1e1:v12:Hello World!");
+        assert_eq!(
+            MutableItem::target(&item.key, b"").to_string(),
+            "4a533d47ec9c7d95b1ad75f576cffc641853b750"
+        );
+        assert!(item.verifies());
+        let mut tampered = item.clone();
+        tampered.seq = 2;
+        assert!(!tampered.verifies(), "the signature covers seq");
+    }
+
+    #[test]
+    fn a_mutable_item_is_found_newest_first_and_stale_or_forged_puts_refused() {
+        let mut net = Net::new(30, 9);
+        net.join_all();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let pk = key.verifying_key().to_bytes();
+        for (seq, text) in [(1, "first"), (2, "second")] {
+            let now = net.now;
+            let put = net.nodes[5].put_mutable(now, signed(&key, b"salty", seq, text));
+            net.settle();
+            assert!(net.result(5, put).announced_to >= 7);
+        }
+        let now = net.now;
+        let got = net.nodes[17].get_mutable(now, pk, b"salty".to_vec());
+        net.settle();
+        let found = net.result(17, got).mutable.clone().expect("found");
+        assert_eq!((found.seq, found.value), (2, Value::Bytes(b"second".to_vec())));
+        // Another salt is another item: nothing there.
+        let now = net.now;
+        let other = net.nodes[17].get_mutable(now, pk, b"pepper".to_vec());
+        net.settle();
+        assert!(net.result(17, other).mutable.is_none());
+        // A holder refuses an older seq, a bad signature and a failed CAS.
+        let target = MutableItem::target(&pk, b"salty");
+        let holder = (0..30).find(|&i| net.nodes[i].mutables.contains_key(&target)).unwrap();
+        let n = &mut net.nodes[holder];
+        assert_eq!(
+            n.store_mutable(now, signed(&key, b"salty", 1, "old"), None),
+            Err((302, "sequence number less than current"))
+        );
+        let mut forged = signed(&key, b"salty", 3, "third");
+        forged.value = Value::Bytes(b"forged".to_vec());
+        assert_eq!(n.store_mutable(now, forged, None).unwrap_err().0, 206);
+        assert_eq!(
+            n.store_mutable(now, signed(&key, b"salty", 3, "third"), Some(1)).unwrap_err().0,
+            301
+        );
+        assert_eq!(n.store_mutable(now, signed(&key, b"salty", 3, "third"), Some(2)), Ok(()));
     }
 
     #[test]
