@@ -159,7 +159,7 @@ async fn run(socket: UdpSocket, mut core: DhtCore<StdRng>, mut rx: mpsc::Receive
                 Output::Done(result) => {
                     if let Some(i) = waiting.iter().position(|(id, _)| *id == result.id) {
                         let (_, reply) = waiting.swap_remove(i);
-                        let _ = reply.send(result);
+                        let _ = reply.send(*result);
                     }
                 }
             }

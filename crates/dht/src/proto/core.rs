@@ -109,8 +109,8 @@ pub enum Input<'a> {
 pub enum Output {
     /// Send this datagram.
     Send { to: SocketAddrV4, bytes: Vec<u8> },
-    /// A lookup finished.
-    Done(LookupResult),
+    /// A lookup finished (boxed: it is large beside a datagram).
+    Done(Box<LookupResult>),
 }
 
 /// Identifies a lookup started by [`DhtCore::find_node`], [`DhtCore::get_peers`] or
@@ -595,7 +595,7 @@ impl<R: RngCore> DhtCore<R> {
         let (samples, num, interval) = l.sampled.unwrap_or_default();
         let mutable = if l.kind == Kind::GetMutable { l.mutable } else { None };
         let value = if l.kind == Kind::GetItem { l.item } else { None };
-        self.out.push_back(Output::Done(LookupResult {
+        self.out.push_back(Output::Done(Box::new(LookupResult {
             id,
             target: l.target,
             nodes: closest.iter().map(|c| c.node).collect(),
@@ -606,7 +606,7 @@ impl<R: RngCore> DhtCore<R> {
             samples,
             num,
             interval,
-        }));
+        })));
     }
 
     /// Sends a query; false when too many are in flight.
@@ -1088,7 +1088,7 @@ mod tests {
                                     self.nodes[j].handle(self.now, input);
                                 }
                             }
-                            Output::Done(r) => self.done.push((i, r)),
+                            Output::Done(r) => self.done.push((i, *r)),
                         }
                     }
                 }
