@@ -68,6 +68,41 @@ def session(port, router_port):
     return ses
 
 
+def wait_alert(ses, on_alert, seconds):
+    """Feeds every alert to on_alert until it returns True (then True) or SECONDS pass."""
+    end = time.time() + seconds
+    while time.time() < end:
+        for a in ses.pop_alerts():
+            if on_alert(a):
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def ask_until(ses, ask, on_alert, timeout, failure):
+    """Calls ask() every 2 s until on_alert accepts an alert: exit 0; after TIMEOUT: exit 1."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ask()
+        if wait_alert(ses, on_alert, 2):
+            sys.exit(0)
+    print(f"error: {failure}", flush=True)
+    sys.exit(1)
+
+
+def item_text(item):
+    """The text of a BEP 44 item as the 2.0 binding gives it (a dict with its value, or bytes)."""
+    if isinstance(item, dict):
+        item = item.get("value", item)
+    return item.decode() if isinstance(item, bytes) else str(item)
+
+
+def printed(*lines):
+    for line in lines:
+        print(line, flush=True)
+    return True
+
+
 def main():
     mode, router_port, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     info_hash = sys.argv[4] if len(sys.argv) > 4 else ""
@@ -79,51 +114,23 @@ def main():
             time.sleep(0.5)
     elif mode == "put-immutable":
         target = ses.dht_put_immutable_item(info_hash)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            for a in ses.pop_alerts():
-                if isinstance(a, lt.dht_put_alert) and a.num_success > 0:
-                    print(f"target {target}", flush=True)
-                    sys.exit(0)
-            time.sleep(0.1)
-        print("error: no node took the item", flush=True)
+        if wait_alert(ses, lambda a: isinstance(a, lt.dht_put_alert) and a.num_success > 0, 30):
+            printed(f"target {target}")
+            sys.exit(0)
+        printed("error: no node took the item")
         sys.exit(1)
     elif mode == "get-immutable":
-        deadline = time.time() + float(sys.argv[5])
         target = lt.sha1_hash(bytes.fromhex(info_hash))
-        while time.time() < deadline:
-            ses.dht_get_immutable_item(target)
-            end = time.time() + 2
-            while time.time() < end:
-                for a in ses.pop_alerts():
-                    if isinstance(a, lt.dht_immutable_item_alert) and a.item:
-                        item = a.item
-                        if isinstance(item, dict):  # the 2.0 binding: {'key': ..., 'value': ...}
-                            item = item.get("value", item)
-                        text = item.decode() if isinstance(item, bytes) else str(item)
-                        print(f"value {text}", flush=True)
-                        sys.exit(0)
-                time.sleep(0.1)
-        print("error: no item found", flush=True)
-        sys.exit(1)
+        ask_until(ses, lambda: ses.dht_get_immutable_item(target),
+                  lambda a: isinstance(a, lt.dht_immutable_item_alert) and a.item
+                  and printed(f"value {item_text(a.item)}"),
+                  float(sys.argv[5]), "no item found")
     elif mode == "get-mutable":
-        key, salt, deadline = bytes.fromhex(info_hash), sys.argv[5], time.time() + float(sys.argv[6])
-        while time.time() < deadline:
-            ses.dht_get_mutable_item(key, salt)
-            end = time.time() + 2
-            while time.time() < end:
-                for a in ses.pop_alerts():
-                    if isinstance(a, lt.dht_mutable_item_alert) and a.item:
-                        item = a.item
-                        if isinstance(item, dict):  # the 2.0 binding: key, value, signature, ...
-                            item = item.get("value", item)
-                        text = item.decode() if isinstance(item, bytes) else str(item)
-                        print(f"value {text}", flush=True)
-                        print(f"seq {a.seq}", flush=True)
-                        sys.exit(0)
-                time.sleep(0.1)
-        print("error: no item found", flush=True)
-        sys.exit(1)
+        key, salt = bytes.fromhex(info_hash), sys.argv[5]
+        ask_until(ses, lambda: ses.dht_get_mutable_item(key, salt),
+                  lambda a: isinstance(a, lt.dht_mutable_item_alert) and a.item
+                  and printed(f"value {item_text(a.item)}", f"seq {a.seq}"),
+                  float(sys.argv[6]), "no item found")
     elif mode == "put-mutable":
         import hashlib
         seed, public, salt, text = bytes.fromhex(sys.argv[4]), bytes.fromhex(sys.argv[5]), sys.argv[6], sys.argv[7]
@@ -133,14 +140,10 @@ def main():
         expanded[31] &= 63
         expanded[31] |= 64
         ses.dht_put_mutable_item(bytes(expanded), public, text, salt)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            for a in ses.pop_alerts():
-                if isinstance(a, lt.dht_put_alert) and a.num_success > 0:
-                    print("put", flush=True)
-                    sys.exit(0)
-            time.sleep(0.1)
-        print("error: no node took the item", flush=True)
+        if wait_alert(ses, lambda a: isinstance(a, lt.dht_put_alert) and a.num_success > 0, 30):
+            printed("put")
+            sys.exit(0)
+        printed("error: no node took the item")
         sys.exit(1)
     elif mode == "announce":
         params = lt.parse_magnet_uri(f"magnet:?xt=urn:btih:{info_hash}")
@@ -155,22 +158,11 @@ def main():
                     said = True
             time.sleep(2)
     elif mode == "get-peers":
-        deadline = time.time() + float(sys.argv[5])
         target = lt.sha1_hash(bytes.fromhex(info_hash))
-        while time.time() < deadline:
-            ses.dht_get_peers(target)
-            end = time.time() + 2
-            while time.time() < end:
-                for a in ses.pop_alerts():
-                    if isinstance(a, lt.dht_get_peers_reply_alert):
-                        peers = a.peers()
-                        if peers:
-                            for ip, p in peers:
-                                print(f"peer {ip}:{p}", flush=True)
-                            sys.exit(0)
-                time.sleep(0.1)
-        print("error: no peer found", flush=True)
-        sys.exit(1)
+        ask_until(ses, lambda: ses.dht_get_peers(target),
+                  lambda a: isinstance(a, lt.dht_get_peers_reply_alert) and a.peers()
+                  and printed(*(f"peer {ip}:{p}" for ip, p in a.peers())),
+                  float(sys.argv[5]), "no peer found")
     elif mode == "seed":
         params = lt.add_torrent_params()
         params.ti = lt.torrent_info(sys.argv[4])

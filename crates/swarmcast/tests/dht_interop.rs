@@ -73,6 +73,16 @@ fn router(dir: &std::path::Path) -> (Proc, u16) {
     (p, port)
 }
 
+/// A libtorrent DHT node on a free port, joined through the router.
+fn lt_node(dir: &std::path::Path, router_port: u16) -> (Proc, u16) {
+    let port = free_port();
+    let mut cmd = libtorrent_script("lt_dht.py");
+    cmd.args(["node", &router_port.to_string(), &port.to_string()]);
+    let mut p = Proc::spawn("libtorrent node", cmd, dir);
+    p.wait_output("joined", LONG);
+    (p, port)
+}
+
 #[test]
 fn trackerless_swarms_with_libtorrent_both_ways() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,11 +153,7 @@ fn dht_sample_lists_what_a_libtorrent_node_stores() {
     let dir = tempfile::tempdir().unwrap();
     let (mut router, router_port) = router(dir.path());
     let bootstrap = format!("127.0.0.1:{router_port}");
-    let lt_port = free_port();
-    let mut node = libtorrent_script("lt_dht.py");
-    node.args(["node", &router_port.to_string(), &lt_port.to_string()]);
-    let mut lt_node = Proc::spawn("libtorrent node", node, dir.path());
-    lt_node.wait_output("joined", LONG);
+    let (mut lt_node, lt_port) = lt_node(dir.path(), router_port);
     // Two nodes in the network (ours and libtorrent's): an announce reaches both.
     let ih = "fedcba9876543210fedcba9876543210fedcba98";
     let mut ours = swarmcast();
@@ -169,11 +175,7 @@ fn immutable_items_cross_between_our_dht_and_libtorrents() {
     let dir = tempfile::tempdir().unwrap();
     let (mut router, router_port) = router(dir.path());
     let bootstrap = format!("127.0.0.1:{router_port}");
-    let lt_port = free_port();
-    let mut node = libtorrent_script("lt_dht.py");
-    node.args(["node", &router_port.to_string(), &lt_port.to_string()]);
-    let mut lt_node = Proc::spawn("libtorrent node", node, dir.path());
-    lt_node.wait_output("joined", LONG);
+    let (mut lt_node, _) = lt_node(dir.path(), router_port);
 
     // Ours put, libtorrent's get.
     let mut put = swarmcast();
@@ -217,11 +219,7 @@ fn mutable_items_cross_between_our_dht_and_libtorrents() {
     let dir = tempfile::tempdir().unwrap();
     let (mut router, router_port) = router(dir.path());
     let bootstrap = format!("127.0.0.1:{router_port}");
-    let lt_port = free_port();
-    let mut node = libtorrent_script("lt_dht.py");
-    node.args(["node", &router_port.to_string(), &lt_port.to_string()]);
-    let mut lt_node = Proc::spawn("libtorrent node", node, dir.path());
-    lt_node.wait_output("joined", LONG);
+    let (mut lt_node, _) = lt_node(dir.path(), router_port);
     let key = dir.path().join("key");
 
     // Ours put (seq 1, a new key file), libtorrent's get.
