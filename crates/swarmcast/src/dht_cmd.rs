@@ -31,6 +31,9 @@ pub enum DhtCommand {
         /// Nodes to join through, HOST:PORT (none: wait to be joined).
         #[arg(long = "bootstrap")]
         bootstrap: Vec<String>,
+        /// BEP 43: look things up but answer no queries (others keep us out of their tables).
+        #[arg(long)]
+        read_only: bool,
     },
     /// Find the peers of a torrent (40 hex digits).
     GetPeers {
@@ -188,9 +191,10 @@ fn print(r: &LookupResult, json: bool) -> Result<()> {
 
 pub async fn run(cmd: DhtCommand) -> Result<()> {
     match cmd {
-        DhtCommand::Node { listen, bootstrap } => {
+        DhtCommand::Node { listen, bootstrap, read_only } => {
             let routers = resolve(&bootstrap)?;
-            let options = DhtOptions { listen, id: None, config: Config::default() };
+            let config = Config { read_only, ..Config::default() };
+            let options = DhtOptions { listen, id: None, config };
             let node = Dht::spawn(options)
                 .await
                 .with_context(|| format!("cannot listen on {listen} (is the port taken?)"))?;

@@ -1411,6 +1411,30 @@ mod tests {
     }
 
     #[test]
+    fn a_read_only_node_looks_up_but_is_never_asked() {
+        let mut net = Net::new(20, 10);
+        // Node 19 is read-only (BEP 43): it says `ro` in its queries and answers none.
+        let id = net.nodes[19].id();
+        let ro = Config { read_only: true, ..Config::default() };
+        net.nodes[19] = Core::new(net.now, id, ro, ChaCha8Rng::seed_from_u64(99));
+        net.join_all();
+        assert!(net.nodes[19].table().len() >= 8, "it still learns the network");
+        for i in 0..19 {
+            assert!(net.nodes[i].table().get(&id).is_none(), "node {i} keeps a read-only node");
+        }
+        let now = net.now;
+        let l = net.nodes[19].find_node(now, NodeId([0x33; 20]));
+        net.settle();
+        assert_eq!(net.result(19, l).nodes.len(), K);
+        // Asked directly, it stays silent.
+        net.nodes[19].handle(
+            net.now,
+            Input::Datagram { from: addr(3), bytes: &query(NodeId([2; 20]), Method::Ping) },
+        );
+        assert!(replies(&mut net.nodes[19]).is_empty());
+    }
+
+    #[test]
     fn a_flooding_address_is_cut_off_for_the_rest_of_its_window() {
         let now = Instant::now();
         let mut core =
