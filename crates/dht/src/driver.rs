@@ -1,10 +1,15 @@
 //! The tokio driver of a [`DhtCore`]: one UDP socket (IPv4), one task. It feeds the core every
 //! datagram and deadline and carries out what the core asks (`Send`), and answers the
 //! [`Dht`] handle's lookups when the core reports them done. All protocol logic is in the core.
+//!
+//! With [`DhtOptions::state`], the node keeps its id and routing table in a file, written at
+//! most once per [`DhtOptions::save_every`] (a minute by default: rqbit's users complained of
+//! constant writes), so a restart is warm: the saved nodes are asked first.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
-use std::time::Instant;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -19,14 +24,76 @@ use crate::proto::krpc::Value;
 /// refused by the codec rather than cut.
 const RECV_BUF: usize = 4096;
 
+/// Nodes saved in a state file, at most.
+pub const MAX_SAVED_NODES: usize = 1_000;
+
 /// How a DHT node starts.
 #[derive(Clone, Debug)]
 pub struct DhtOptions {
     /// Where to listen (port 0 picks one).
     pub listen: SocketAddrV4,
-    /// Our node id; random if `None`.
+    /// Our node id; random if `None` (or the saved one, with `state`).
     pub id: Option<NodeId>,
     pub config: Config,
+    /// A file for our id and routing table (see the module docs).
+    pub state: Option<PathBuf>,
+    /// How often the state file is written, at most.
+    pub save_every: Duration,
+}
+
+impl DhtOptions {
+    /// A node on `listen` with a random id, default settings and no state file.
+    pub fn new(listen: SocketAddrV4) -> DhtOptions {
+        DhtOptions {
+            listen,
+            id: None,
+            config: Config::default(),
+            state: None,
+            save_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Reads a state file: our id (20 bytes), then nodes (26 bytes each, IPv4). A missing file is
+/// `None`; one that is not a state file is an error, and is left alone.
+fn load_state(path: &Path) -> io::Result<Option<(NodeId, Vec<SocketAddrV4>)>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if bytes.len() < 20 || (bytes.len() - 20) % 26 != 0 || bytes.len() > 20 + 26 * MAX_SAVED_NODES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is not a DHT state file (it is left as it is): give another path",
+                path.display()
+            ),
+        ));
+    }
+    let id = NodeId(bytes[..20].try_into().expect("20 bytes"));
+    let nodes = bytes[20..]
+        .chunks_exact(26)
+        .map(|c| {
+            let ip = Ipv4Addr::new(c[20], c[21], c[22], c[23]);
+            SocketAddrV4::new(ip, u16::from_be_bytes([c[24], c[25]]))
+        })
+        .filter(|a| a.port() != 0)
+        .collect();
+    Ok(Some((id, nodes)))
+}
+
+/// Writes the state file through a temporary file and a rename, so a crash leaves the old one.
+fn save_state(path: &Path, core: &DhtCore<StdRng>) -> io::Result<()> {
+    let mut bytes = core.id().0.to_vec();
+    for n in core.table().nodes().into_iter().take(MAX_SAVED_NODES) {
+        bytes.extend_from_slice(&n.id.0);
+        bytes.extend_from_slice(&n.addr.ip().octets());
+        bytes.extend_from_slice(&n.addr.port().to_be_bytes());
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 enum Command {
@@ -62,11 +129,23 @@ impl Dht {
         let SocketAddr::V4(local_addr) = socket.local_addr()? else {
             return Err(io::Error::other("the DHT socket is not IPv4"));
         };
+        let saved = match &options.state {
+            Some(path) => load_state(path)?,
+            None => None,
+        };
         let mut rng = StdRng::from_os_rng();
-        let id = options.id.unwrap_or_else(|| NodeId::random(&mut rng));
-        let core = DhtCore::new(Instant::now(), id, options.config, rng);
+        let id = options
+            .id
+            .or(saved.as_ref().map(|(id, _)| *id))
+            .unwrap_or_else(|| NodeId::random(&mut rng));
+        let mut core = DhtCore::new(Instant::now(), id, options.config, rng);
+        if let Some((_, nodes)) = &saved {
+            // A warm start: the saved nodes are asked for the nodes near us.
+            core.bootstrap(Instant::now(), nodes);
+        }
         let (commands, rx) = mpsc::channel(64);
-        let task = tokio::spawn(run(socket, core, rx));
+        let state = options.state.map(|path| (path, options.save_every));
+        let task = tokio::spawn(run(socket, core, rx, state));
         Ok(Dht { commands, local_addr, id, task })
     }
 
@@ -145,10 +224,24 @@ impl Drop for Dht {
     }
 }
 
-async fn run(socket: UdpSocket, mut core: DhtCore<StdRng>, mut rx: mpsc::Receiver<Command>) {
+async fn run(
+    socket: UdpSocket,
+    mut core: DhtCore<StdRng>,
+    mut rx: mpsc::Receiver<Command>,
+    state: Option<(PathBuf, Duration)>,
+) {
     let mut waiting: Vec<(LookupId, oneshot::Sender<LookupResult>)> = Vec::new();
     let mut buf = vec![0u8; RECV_BUF];
+    let mut saved_at = Instant::now();
     loop {
+        if let Some((path, every)) = &state {
+            if saved_at.elapsed() >= *every && !core.table().is_empty() {
+                saved_at = Instant::now();
+                if let Err(e) = save_state(path, &core) {
+                    tracing::warn!("cannot save the DHT state to {}: {e}", path.display());
+                }
+            }
+        }
         while let Some(out) = core.poll() {
             match out {
                 Output::Send { to, bytes } => {
@@ -164,7 +257,12 @@ async fn run(socket: UdpSocket, mut core: DhtCore<StdRng>, mut rx: mpsc::Receive
                 }
             }
         }
-        let deadline = core.next_deadline().map(tokio::time::Instant::from_std);
+        let mut deadline = core.next_deadline();
+        if let Some((_, every)) = &state {
+            let save = saved_at + *every;
+            deadline = Some(deadline.map_or(save, |d| d.min(save)));
+        }
+        let deadline = deadline.map(tokio::time::Instant::from_std);
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -218,11 +316,54 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn options() -> DhtOptions {
-        DhtOptions {
-            listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
-            id: None,
-            config: Config::default(),
+        DhtOptions::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
+    }
+
+    #[tokio::test]
+    async fn a_restart_with_the_state_file_is_warm_and_keeps_the_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("dht-nodes");
+        let router = Dht::spawn(options()).await.unwrap();
+        let mut others = Vec::new();
+        for _ in 0..6 {
+            let n = Dht::spawn(options()).await.unwrap();
+            n.bootstrap(vec![router.local_addr()]).await.unwrap();
+            others.push(n);
         }
+        let saving = DhtOptions {
+            state: Some(state.clone()),
+            save_every: Duration::from_millis(50),
+            ..options()
+        };
+        let first = Dht::spawn(saving.clone()).await.unwrap();
+        first.bootstrap(vec![router.local_addr()]).await.unwrap();
+        let id = first.id();
+        // Bounded wait for a save (every 50 ms here).
+        for _ in 0..100 {
+            if std::fs::metadata(&state).is_ok_and(|m| m.len() > 20 + 26 * 4) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(first);
+        // Restarted with no router given: the saved nodes answer.
+        let again = Dht::spawn(saving).await.unwrap();
+        assert_eq!(again.id(), id, "the saved id is kept");
+        let mut known = 0;
+        for _ in 0..100 {
+            known = again.nodes().await.unwrap();
+            if known >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(known >= 4, "only {known} nodes after a warm start");
+        // A file that is not ours is neither read nor overwritten.
+        let foreign = dir.path().join("notes.txt");
+        std::fs::write(&foreign, b"my notes").unwrap();
+        let err = Dht::spawn(DhtOptions { state: Some(foreign.clone()), ..options() }).await;
+        assert!(err.is_err());
+        assert_eq!(std::fs::read(&foreign).unwrap(), b"my notes");
     }
 
     #[tokio::test]

@@ -34,6 +34,10 @@ pub enum DhtCommand {
         /// BEP 43: look things up but answer no queries (others keep us out of their tables).
         #[arg(long)]
         read_only: bool,
+        /// Keep the node's id and routing table in DIR/dht-nodes (written at most once a
+        /// minute), so a restart is warm.
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
     },
     /// Find the peers of a torrent (40 hex digits).
     GetPeers {
@@ -127,7 +131,7 @@ fn resolve(list: &[String]) -> Result<Vec<SocketAddrV4>> {
 
 async fn join(net: &DhtNet) -> Result<Dht> {
     let routers = resolve(&net.bootstrap)?;
-    let options = DhtOptions { listen: net.listen, id: None, config: Config::default() };
+    let options = DhtOptions::new(net.listen);
     let node = Dht::spawn(options)
         .await
         .with_context(|| format!("cannot listen on {} (is the port taken?)", net.listen))?;
@@ -191,10 +195,15 @@ fn print(r: &LookupResult, json: bool) -> Result<()> {
 
 pub async fn run(cmd: DhtCommand) -> Result<()> {
     match cmd {
-        DhtCommand::Node { listen, bootstrap, read_only } => {
+        DhtCommand::Node { listen, bootstrap, read_only, data } => {
             let routers = resolve(&bootstrap)?;
             let config = Config { read_only, ..Config::default() };
-            let options = DhtOptions { listen, id: None, config };
+            if let Some(dir) = &data {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let state = data.map(|d| d.join("dht-nodes"));
+            let options = DhtOptions { config, state, ..DhtOptions::new(listen) };
             let node = Dht::spawn(options)
                 .await
                 .with_context(|| format!("cannot listen on {listen} (is the port taken?)"))?;
@@ -227,7 +236,7 @@ pub async fn run(cmd: DhtCommand) -> Result<()> {
         }
         DhtCommand::Sample { node, listen, json } => {
             let to = *resolve(std::slice::from_ref(&node))?.first().expect("resolve checks");
-            let options = DhtOptions { listen, id: None, config: Config::default() };
+            let options = DhtOptions::new(listen);
             let ours = Dht::spawn(options)
                 .await
                 .with_context(|| format!("cannot listen on {listen} (is the port taken?)"))?;
@@ -344,8 +353,7 @@ pub async fn node_for_torrent(bind: std::net::IpAddr, bootstrap: &[String]) -> O
         std::net::IpAddr::V4(v4) => v4,
         std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
     };
-    let options =
-        DhtOptions { listen: SocketAddrV4::new(ip, 0), id: None, config: Config::default() };
+    let options = DhtOptions::new(SocketAddrV4::new(ip, 0));
     let node = match Dht::spawn(options).await {
         Ok(n) => n,
         Err(e) => {

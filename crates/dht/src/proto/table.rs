@@ -239,6 +239,12 @@ impl RoutingTable {
         }
     }
 
+    /// Every node that is not bad (to save the table for a warm restart).
+    pub fn nodes(&self) -> Vec<CompactNode> {
+        let all = self.buckets.iter().flat_map(|b| &b.nodes).filter(|e| !e.is_bad());
+        all.map(|e| CompactNode { id: e.id, addr: e.addr }).collect()
+    }
+
     /// Up to `count` non-bad nodes closest to `target`, closest first.
     pub fn closest(&self, target: &NodeId, count: usize) -> Vec<CompactNode> {
         let mut all: Vec<&Entry> =
