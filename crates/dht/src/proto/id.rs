@@ -1,8 +1,12 @@
 //! Node ids and info-hashes share one 160-bit space, ordered by the XOR metric (Kademlia).
 
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use rand::Rng;
+
+/// CRC-32C (Castagnoli), the checksum BEP 42 derives ids with.
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// A 160-bit DHT key: a node's id, an info-hash, or a BEP 44 item's target.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,6 +23,31 @@ impl NodeId {
     /// The id of `bytes` when it is exactly 20 bytes long.
     pub fn from_slice(bytes: &[u8]) -> Option<NodeId> {
         Some(NodeId(bytes.try_into().ok()?))
+    }
+
+    /// A BEP 42 id for a node whose external address is `ip`: the first 21 bits come from
+    /// CRC-32C of the masked address and 3 random bits (`r`, kept in the last byte); the rest
+    /// is random.
+    pub fn for_ip(ip: Ipv4Addr, rng: &mut impl Rng) -> NodeId {
+        let mut id = NodeId::random(rng);
+        let r = id.0[19] & 0x7;
+        let crc = bep42_crc(ip, r);
+        id.0[0] = (crc >> 24) as u8;
+        id.0[1] = (crc >> 16) as u8;
+        id.0[2] = ((crc >> 8) as u8 & 0xf8) | (id.0[2] & 0x7);
+        id
+    }
+
+    /// Whether this id is one BEP 42 allows for `ip` (always true for loopback, private and
+    /// link-local addresses, which BEP 42 exempts).
+    pub fn is_valid_for(&self, ip: Ipv4Addr) -> bool {
+        if ip.is_loopback() || ip.is_private() || ip.is_link_local() {
+            return true;
+        }
+        let crc = bep42_crc(ip, self.0[19] & 0x7);
+        self.0[0] == (crc >> 24) as u8
+            && self.0[1] == (crc >> 16) as u8
+            && self.0[2] & 0xf8 == (crc >> 8) as u8 & 0xf8
     }
 
     /// The XOR distance to `other`, comparable as a big-endian number.
@@ -45,6 +74,12 @@ impl NodeId {
     }
 }
 
+/// BEP 42's checksum: CRC-32C of the address masked with 0x030f3fff, `r` in the top 3 bits.
+fn bep42_crc(ip: Ipv4Addr, r: u8) -> u32 {
+    let masked = (u32::from(ip) & 0x030f_3fff) | (u32::from(r & 0x7) << 29);
+    CRC32C.checksum(&masked.to_be_bytes())
+}
+
 impl fmt::Debug for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "NodeId({})", hex::encode(self.0))
@@ -60,6 +95,37 @@ impl fmt::Display for NodeId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bep42_test_vectors() {
+        // BEP 42's table: address, the random byte r (the id's last byte), the id's first bytes
+        // (the third only in its top 5 bits).
+        let vectors = [
+            ([124, 31, 75, 21], 1u8, [0x5f, 0xbf, 0xbf]),
+            ([21, 75, 31, 124], 86, [0x5a, 0x3c, 0xe9]),
+            ([65, 23, 51, 170], 22, [0xa5, 0xd4, 0x32]),
+            ([84, 124, 73, 14], 65, [0x1b, 0x03, 0x21]),
+            ([43, 213, 53, 83], 90, [0xe5, 0x6f, 0x6c]),
+        ];
+        for (ip, r, prefix) in vectors {
+            let ip = Ipv4Addr::from(ip);
+            let mut id = [0u8; 20];
+            id[..3].copy_from_slice(&prefix);
+            id[19] = r;
+            assert!(NodeId(id).is_valid_for(ip), "{ip}");
+            let mut wrong = id;
+            wrong[0] ^= 1;
+            assert!(!NodeId(wrong).is_valid_for(ip), "{ip}: a changed first byte passes");
+            let crc = bep42_crc(ip, r);
+            assert_eq!([(crc >> 24) as u8, (crc >> 16) as u8], [prefix[0], prefix[1]]);
+            assert_eq!((crc >> 8) as u8 & 0xf8, prefix[2] & 0xf8);
+        }
+        let mut rng = rand::rng();
+        let public = Ipv4Addr::new(80, 1, 2, 3);
+        assert!(NodeId::for_ip(public, &mut rng).is_valid_for(public));
+        assert!(!NodeId([0; 20]).is_valid_for(public));
+        assert!(NodeId([0; 20]).is_valid_for(Ipv4Addr::new(192, 168, 1, 1)), "private: exempt");
+    }
 
     #[test]
     fn xor_metric() {

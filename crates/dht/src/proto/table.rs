@@ -16,6 +16,8 @@
 //! - One entry per IPv4 address among public addresses (libtorrent's `restrict_routing_ips`),
 //!   so one host cannot fill a bucket with made-up ids. Loopback and private addresses are
 //!   exempt, as BEP 42 exempts them, so a test network on 127.0.0.1 works.
+//! - BEP 42: in a full bucket, a node whose id its address allows (`NodeId::is_valid_for`)
+//!   replaces the stalest node whose id its address does not allow.
 //! - Every structure is bounded: at most 160 buckets of [`K`] nodes and [`K`] replacements.
 //!
 //! A sans-IO part of the DHT core: no clock (every call takes `now`), no sockets.
@@ -206,6 +208,22 @@ impl RoutingTable {
             if splittable {
                 self.split();
                 continue;
+            }
+            // BEP 42: a node whose id its address allows takes the place of the stalest one
+            // whose id it does not.
+            if node.id.is_valid_for(*node.addr.ip()) {
+                let unverified = bucket
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| !e.id.is_valid_for(*e.addr.ip()))
+                    .min_by_key(|(_, e)| e.last_response.max(e.last_query))
+                    .map(|(i, _)| i);
+                if let Some(i) = unverified {
+                    bucket.nodes[i] = entry;
+                    bucket.last_changed = Some(now);
+                    return Insert::Added;
+                }
             }
             let stale = bucket
                 .nodes
@@ -467,6 +485,40 @@ mod tests {
             CompactNode { id: known.id, addr: SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 1) };
         assert_eq!(t.insert(now, moved, Seen::Responded), Insert::Refused);
         assert_eq!(t.get(&known.id).unwrap().addr, known.addr);
+    }
+
+    #[test]
+    fn a_verified_id_replaces_an_unverified_one_in_a_full_bucket() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let own = NodeId::random(&mut rng);
+        let mut t = RoutingTable::new(own);
+        let now = Instant::now();
+        // Force one split so that bucket 0 cannot split again, then fill it with public nodes
+        // whose ids their addresses do not allow.
+        t.insert(now, node(at_prefix(own, 1, &mut rng), 1, 1), Seen::Responded);
+        let mut unverified = Vec::new();
+        for i in 0..K as u8 {
+            let n = public(at_prefix(own, 0, &mut rng), 10 + i);
+            assert!(!n.id.is_valid_for(*n.addr.ip()));
+            t.insert(now, n, Seen::Responded);
+            unverified.push(n.id);
+        }
+        while t.num_buckets() < 2 {
+            let id = at_prefix(own, 1, &mut rng);
+            t.insert(now, node(id, 1, rng.random_range(2000..3000)), Seen::Responded);
+        }
+        // A public node with a BEP 42 id in bucket 0's range gets in.
+        let ip = Ipv4Addr::new(80, 9, 9, 9);
+        let verified = loop {
+            let id = NodeId::for_ip(ip, &mut rng);
+            if own.common_prefix_len(&id) == 0 {
+                break id;
+            }
+        };
+        let n = CompactNode { id: verified, addr: SocketAddrV4::new(ip, 6881) };
+        assert_eq!(t.insert(now, n, Seen::Responded), Insert::Added);
+        assert!(t.get(&verified).is_some());
+        assert_eq!(unverified.iter().filter(|id| t.get(id).is_some()).count(), K - 1);
     }
 
     #[test]
