@@ -112,19 +112,20 @@ fn parse_id(s: &str) -> Result<NodeId> {
     }
 }
 
+/// The IPv4 addresses of HOST:PORT entries. Names that do not resolve are skipped (one dead
+/// public router must not stop the rest); none resolving at all is an error saying so.
 fn resolve(list: &[String]) -> Result<Vec<SocketAddrV4>> {
-    let mut out = Vec::new();
-    for s in list {
-        let addrs = s
-            .to_socket_addrs()
-            .with_context(|| format!("cannot resolve '{s}': give HOST:PORT of a DHT node"))?;
-        out.extend(addrs.filter_map(|a| match a {
+    let out: Vec<SocketAddrV4> = list
+        .iter()
+        .filter_map(|s| s.to_socket_addrs().ok())
+        .flatten()
+        .filter_map(|a| match a {
             SocketAddr::V4(v4) => Some(v4),
             SocketAddr::V6(_) => None,
-        }));
-    }
+        })
+        .collect();
     if out.is_empty() && !list.is_empty() {
-        bail!("no IPv4 address among {list:?} (the DHT speaks IPv4 only for now)");
+        bail!("none of {list:?} resolves to an IPv4 address: give HOST:PORT of a DHT node");
     }
     Ok(out)
 }
@@ -336,19 +337,13 @@ pub async fn node_for_torrent(bind: std::net::IpAddr, bootstrap: &[String]) -> O
     } else {
         bootstrap.to_vec()
     };
-    let routers: Vec<SocketAddrV4> = list
-        .iter()
-        .filter_map(|s| s.to_socket_addrs().ok())
-        .flatten()
-        .filter_map(|a| match a {
-            SocketAddr::V4(v4) => Some(v4),
-            SocketAddr::V6(_) => None,
-        })
-        .collect();
-    if routers.is_empty() {
-        eprintln!("DHT: none of {list:?} resolves; give --dht-bootstrap HOST:PORT, or --no-dht");
-        return None;
-    }
+    let routers = match resolve(&list) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("DHT: {e}; or give --no-dht");
+            return None;
+        }
+    };
     let ip = match bind {
         std::net::IpAddr::V4(v4) => v4,
         std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,

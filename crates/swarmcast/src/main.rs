@@ -431,20 +431,19 @@ async fn get(
     check_existing: bool,
     net: &NetArgs,
 ) -> Result<()> {
-    let magnet = if source.starts_with("magnet:") {
-        Some(Magnet::parse(source).context("invalid magnet link")?)
+    enum Source {
+        Magnet(Magnet),
+        Torrent(Box<Metainfo>),
+    }
+    let source = if source.starts_with("magnet:") {
+        Source::Magnet(Magnet::parse(source).context("invalid magnet link")?)
     } else {
-        None
-    };
-    let loaded = match &magnet {
-        Some(_) => None,
-        None => Some(load_torrent(Path::new(source))?),
+        Source::Torrent(Box::new(load_torrent(Path::new(source))?))
     };
     // Trackerless: peers from the DHT join those given with --peer.
-    let (ih, has_trackers, private) = match (&magnet, &loaded) {
-        (Some(m), _) => (m.info_hash, !m.trackers.is_empty(), false),
-        (None, Some(meta)) => (meta.info_hash, !meta.trackers.is_empty(), meta.info.private),
-        (None, None) => unreachable!("a source is a magnet or a torrent file"),
+    let (ih, has_trackers, private) = match &source {
+        Source::Magnet(m) => (m.info_hash, !m.trackers.is_empty(), false),
+        Source::Torrent(t) => (t.info_hash, !t.trackers.is_empty(), t.info.private),
     };
     let dht_node = net.dht(has_trackers, private).await;
     let mut peers = net.peers.clone();
@@ -453,8 +452,8 @@ async fn get(
         eprintln!("DHT: {} peers found", found.peers.len());
         peers.extend(found.peers.iter().map(|p| SocketAddr::V4(*p)));
     }
-    let meta = match (magnet, loaded) {
-        (Some(magnet), _) => {
+    let meta = match source {
+        Source::Magnet(magnet) => {
             eprintln!("fetching the torrent's metadata from peers...");
             torrent::session::magnet::fetch_metadata(
                 &magnet,
@@ -465,8 +464,7 @@ async fn get(
             )
             .await?
         }
-        (None, Some(meta)) => meta,
-        (None, None) => unreachable!("a source is a magnet or a torrent file"),
+        Source::Torrent(t) => *t,
     };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let name = meta.info.name.clone();
@@ -493,11 +491,11 @@ async fn get(
             _ = tokio::signal::ctrl_c() => break Err(anyhow::anyhow!(
                 "interrupted: verified pieces are kept; run the same command again to resume")),
             _ = relook.tick(), if dht_node.is_some() => {
-                if let Some(Ok(found)) = match &dht_node {
-                    Some(node) => Some(node.get_peers(dht::NodeId(ih.0)).await),
-                    None => None,
-                } {
-                    session.add_peers(found.peers.iter().map(|p| SocketAddr::V4(*p)).collect()).await;
+                if let Some(node) = &dht_node {
+                    if let Ok(found) = node.get_peers(dht::NodeId(ih.0)).await {
+                        let found = found.peers.iter().map(|p| SocketAddr::V4(*p)).collect();
+                        session.add_peers(found).await;
+                    }
                 }
             }
         }

@@ -199,7 +199,8 @@ enum Purpose {
     /// A bootstrap or liveness ping, or a find_node to an address whose id we do not know.
     Ping,
     Lookup(LookupId),
-    Announce,
+    /// An `announce_peer` or `put` at the end of a lookup: its answer needs no processing.
+    Store,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -529,64 +530,34 @@ impl<R: RngCore> DhtCore<R> {
         };
         let closest: Vec<&Candidate> =
             l.candidates.values().filter(|c| c.state == State::Answered).take(K).collect();
+        // Announce and put lookups end by storing at the closest nodes that gave a token.
+        let store = |token: Vec<u8>| -> Option<Method> {
+            let put = |value: Value, m: Option<&MutableItem>| Put {
+                token: token.clone(),
+                value,
+                key: m.map(|m| m.key),
+                sig: m.map(|m| m.sig),
+                seq: m.map(|m| m.seq),
+                salt: m.map_or(Vec::new(), |m| m.salt.clone()),
+                cas: None,
+            };
+            match (l.kind, &l.item, &l.mutable) {
+                (Kind::Announce { port }, _, _) => Some(Method::AnnouncePeer {
+                    info_hash: l.target,
+                    port,
+                    implied_port: false,
+                    token: token.clone(),
+                }),
+                (Kind::PutItem, Some(v), _) => Some(Method::Put(put(v.clone(), None))),
+                (Kind::PutMutable, _, Some(m)) => Some(Method::Put(put(m.value.clone(), Some(m)))),
+                _ => None,
+            }
+        };
         let mut announced_to = 0;
-        if let Kind::Announce { port } = l.kind {
-            for c in &closest {
-                if let Some(token) = &c.token {
-                    let method = Method::AnnouncePeer {
-                        info_hash: l.target,
-                        port,
-                        implied_port: false,
-                        token: token.clone(),
-                    };
-                    if self.query(now, c.node.addr, Some(c.node.id), Purpose::Announce, method) {
-                        announced_to += 1;
-                    }
-                }
-            }
-        }
-        if l.kind == Kind::PutItem {
-            let value = l.item.clone().expect("a put lookup carries its item");
-            for c in &closest {
-                if let Some(token) = &c.token {
-                    let put = Put {
-                        token: token.clone(),
-                        value: value.clone(),
-                        key: None,
-                        sig: None,
-                        seq: None,
-                        salt: Vec::new(),
-                        cas: None,
-                    };
-                    if self.query(
-                        now,
-                        c.node.addr,
-                        Some(c.node.id),
-                        Purpose::Announce,
-                        Method::Put(put),
-                    ) {
-                        announced_to += 1;
-                    }
-                }
-            }
-        }
-        if let (Kind::PutMutable, Some(item)) = (l.kind, &l.mutable) {
-            for c in &closest {
-                if let Some(token) = &c.token {
-                    let put = Put {
-                        token: token.clone(),
-                        value: item.value.clone(),
-                        key: Some(item.key),
-                        sig: Some(item.sig),
-                        seq: Some(item.seq),
-                        salt: item.salt.clone(),
-                        cas: None,
-                    };
-                    let method = Method::Put(put);
-                    if self.query(now, c.node.addr, Some(c.node.id), Purpose::Announce, method) {
-                        announced_to += 1;
-                    }
-                }
+        for c in &closest {
+            let Some(method) = c.token.clone().and_then(&store) else { continue };
+            if self.query(now, c.node.addr, Some(c.node.id), Purpose::Store, method) {
+                announced_to += 1;
             }
         }
         if l.kind == Kind::Refresh {
@@ -644,7 +615,7 @@ impl<R: RngCore> DhtCore<R> {
                 if self.config.read_only {
                     return;
                 }
-                self.answer(now, from, m.tid, id, method);
+                self.answer(now, from, m.tid, method);
                 if !m.read_only {
                     // A node that queries us enters the table only once it answers us: ping it
                     // when it would get a place (once at a time per address, so its queries
@@ -663,18 +634,18 @@ impl<R: RngCore> DhtCore<R> {
         }
     }
 
-    fn take_transaction(&mut self, from: SocketAddrV4, tid: &[u8]) -> Option<(u16, Transaction)> {
+    fn take_transaction(&mut self, from: SocketAddrV4, tid: &[u8]) -> Option<Transaction> {
         let tid = u16::from_be_bytes(tid.try_into().ok()?);
         let t = self.in_flight.get(&tid)?;
         // An answer from another address than we asked is not an answer.
         if t.to != from {
             return None;
         }
-        self.in_flight.remove(&tid).map(|t| (tid, t))
+        self.in_flight.remove(&tid)
     }
 
     fn on_response(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], r: Response) {
-        let Some((_, t)) = self.take_transaction(from, tid) else {
+        let Some(t) = self.take_transaction(from, tid) else {
             return;
         };
         let Some(id) = r.id else {
@@ -756,7 +727,7 @@ impl<R: RngCore> DhtCore<R> {
     }
 
     fn on_error(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8]) {
-        if let Some((_, t)) = self.take_transaction(from, tid) {
+        if let Some(t) = self.take_transaction(from, tid) {
             self.failed(now, t);
         }
     }
@@ -815,6 +786,11 @@ impl<R: RngCore> DhtCore<R> {
         }
     }
 
+    /// Whether `token` is one we gave `from` under the current or the previous secret.
+    fn token_ok(&self, token: &[u8], from: &SocketAddrV4) -> bool {
+        token == self.token(0, from) || token == self.token(1, from)
+    }
+
     fn token(&self, secret: usize, addr: &SocketAddrV4) -> Vec<u8> {
         let mut h = Sha1::new();
         h.update(self.secrets[secret]);
@@ -822,7 +798,7 @@ impl<R: RngCore> DhtCore<R> {
         h.finalize()[..8].to_vec()
     }
 
-    fn answer(&mut self, now: Instant, from: SocketAddrV4, tid: Vec<u8>, _id: NodeId, m: Method) {
+    fn answer(&mut self, now: Instant, from: SocketAddrV4, tid: Vec<u8>, m: Method) {
         let mut r = Response { id: Some(self.id), ..Response::default() };
         match m {
             Method::Ping => {}
@@ -837,7 +813,7 @@ impl<R: RngCore> DhtCore<R> {
                 }
             }
             Method::AnnouncePeer { info_hash, port, implied_port, token } => {
-                if token != self.token(0, &from) && token != self.token(1, &from) {
+                if !self.token_ok(&token, &from) {
                     self.error(from, tid, 203, "bad token");
                     return;
                 }
@@ -875,7 +851,7 @@ impl<R: RngCore> DhtCore<R> {
                 r.nodes = self.table.closest(&target, K);
             }
             Method::Put(p) => {
-                if p.token != self.token(0, &from) && p.token != self.token(1, &from) {
+                if !self.token_ok(&p.token, &from) {
                     self.error(from, tid, 203, "bad token");
                     return;
                 }

@@ -41,7 +41,7 @@ impl NodeId {
     /// Whether this id is one BEP 42 allows for `ip` (always true for loopback, private and
     /// link-local addresses, which BEP 42 exempts).
     pub fn is_valid_for(&self, ip: Ipv4Addr) -> bool {
-        if ip.is_loopback() || ip.is_private() || ip.is_link_local() {
+        if is_exempt(ip) {
             return true;
         }
         let crc = bep42_crc(ip, self.0[19] & 0x7);
@@ -72,6 +72,12 @@ impl NodeId {
         }
         bits
     }
+}
+
+/// Loopback, private and link-local addresses: BEP 42 exempts them from id checks, and the
+/// routing table from its one-entry-per-address rule.
+pub fn is_exempt(ip: Ipv4Addr) -> bool {
+    ip.is_loopback() || ip.is_private() || ip.is_link_local()
 }
 
 /// BEP 42's checksum: CRC-32C of the address masked with 0x030f3fff, `r` in the top 3 bits.

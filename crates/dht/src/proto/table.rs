@@ -338,7 +338,7 @@ fn usable(ip: &Ipv4Addr) -> bool {
 
 /// Not loopback, private or link-local (the addresses BEP 42 exempts).
 fn is_public(ip: &Ipv4Addr) -> bool {
-    !(ip.is_loopback() || ip.is_private() || ip.is_link_local())
+    !super::id::is_exempt(*ip)
 }
 
 #[cfg(test)]
