@@ -95,7 +95,19 @@ fn get_ok(source: &str, out: &Path, dir: &Path, extra: &[&str], what: &str) {
 }
 
 fn swarmcast_get(source: &str, out: &Path, dir: &Path, extra: &[&str]) -> Proc {
+    swarmcast_get_env(source, out, dir, extra, ("SWARMCAST_LOG", "warn"))
+}
+
+/// [`swarmcast_get`] with one environment variable set.
+fn swarmcast_get_env(
+    source: &str,
+    out: &Path,
+    dir: &Path,
+    extra: &[&str],
+    (key, value): (&str, &str),
+) -> Proc {
     let mut c = swarmcast();
+    c.env(key, value);
     c.arg("get")
         .arg(source)
         .arg("-o")
@@ -283,10 +295,15 @@ fn encrypted_transfers_with_a_transmission_that_requires_encryption() {
     let port = free_port();
     let mut tr = transmission(&transmission_config_with(d, port, 2), &seed_dir, port);
     tr.wait_output("Seeding", LONG);
+    wait_listening(port, Duration::from_secs(30));
     let out = d.join("got");
     let peer = format!("127.0.0.1:{port}");
     let extra = ["--peer", &peer, "--encryption", "require"];
-    get_ok(t.to_str().unwrap(), &out, d, &extra, "encrypted download from Transmission");
+    // Why a dial failed is logged at debug level; on a failure both sides' logs are printed.
+    let mut get =
+        swarmcast_get_env(t.to_str().unwrap(), &out, d, &extra, ("SWARMCAST_LOG", "torrent=debug"));
+    let st = get.wait_or(LONG, &[&tr]);
+    assert!(st.success(), "encrypted download from Transmission\n{}", get.output());
     assert_same_file(&file, &out.join("payload.bin"));
     drop(tr);
 

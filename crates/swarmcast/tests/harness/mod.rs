@@ -68,6 +68,12 @@ impl Proc {
 
     /// Waits for the process to exit, at most `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        self.wait_or(timeout, &[])
+    }
+
+    /// [`Proc::wait`] that also prints what `others` printed if the process does not exit in
+    /// time (the other side of a transfer, say).
+    pub fn wait_or(&mut self, timeout: Duration, others: &[&Proc]) -> ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
@@ -75,7 +81,13 @@ impl Proc {
             }
             if start.elapsed() > timeout {
                 let _ = self.child.kill();
-                panic!("{} did not exit within {timeout:?}\n{}", self.name, self.output());
+                let theirs: Vec<String> = others.iter().map(|p| p.output()).collect();
+                panic!(
+                    "{} did not exit within {timeout:?}\n{}\n{}",
+                    self.name,
+                    self.output(),
+                    theirs.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -122,16 +134,29 @@ pub fn swarmcast() -> Command {
     Command::new(env!("CARGO_BIN_EXE_swarmcast"))
 }
 
-/// A loopback port that was free a moment ago (for TCP and UDP).
+/// A loopback port that was free a moment ago (for TCP and UDP). It lies below the kernel's
+/// ephemeral range (32768–60999 here), so no process's outgoing connection or `bind(0)` can take
+/// it between this check and the bind of the program the test starts; picks are spread by
+/// process id, a counter and the clock so that tests running side by side do not collide.
 pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let port = tcp.local_addr().expect("local addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = std::process::id().wrapping_mul(7919) ^ nanos;
+    for _ in 0..200 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + start.wrapping_add(n.wrapping_mul(2_654_435_761)) % SPAN) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
             return port;
         }
     }
-    panic!("no free loopback port");
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN);
 }
 
 /// Waits until something listens on 127.0.0.1:`port`.
