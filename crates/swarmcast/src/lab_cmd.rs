@@ -309,7 +309,8 @@ fn print_report(r: &LabReport, netns: bool) {
     }
 }
 
-fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+/// Writes `value` as pretty JSON to `path` (the `--json FILE` of `lab` and `sim`).
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -1,5 +1,5 @@
-//! `swarmcast sim overlay ...` and `swarmcast sim swarm ...`: run the seeded simulators of
-//! `sim::overlay` and `sim::swarm` and print their measurements (and optionally write JSON).
+//! `swarmcast sim overlay|swarm|dht ...`: run the seeded simulators of `sim::overlay`,
+//! `sim::swarm` and `sim::dht` and print their measurements (and optionally write JSON).
 
 use std::path::PathBuf;
 
@@ -20,6 +20,48 @@ pub enum SimCommand {
     Overlay(OverlayArgs),
     /// Simulate one torrent's swarm in virtual time: every peer the engine's TorrentCore.
     Swarm(SwarmArgs),
+    /// Simulate the Mainline DHT in virtual time: every node the DhtCore `swarmcast dht` runs.
+    Dht(DhtArgs),
+}
+
+/// Arguments of `swarmcast sim dht`.
+#[derive(Args)]
+pub struct DhtArgs {
+    /// Honest nodes.
+    #[arg(long, default_value_t = 10_000)]
+    nodes: u32,
+    /// Measured lookups of each kind (find_node of random targets, get_peers of announced
+    /// info-hashes); under churn, spread over the run.
+    #[arg(long, default_value_t = 1000)]
+    lookups: u32,
+    /// Median round-trip time of a pair of nodes (lognormal around it), e.g. 80ms.
+    #[arg(long, default_value = "80ms")]
+    rtt_median: String,
+    /// Sigma of the pairs' lognormal round-trip times.
+    #[arg(long, default_value_t = 0.5)]
+    rtt_sigma: f64,
+    /// Share of datagrams lost, e.g. 0.02.
+    #[arg(long, default_value_t = 0.02)]
+    loss: f64,
+    /// Share of the nodes replaced per hour, e.g. 0.3 (0: no churn scenario).
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    /// Hours the churn scenario runs.
+    #[arg(long, default_value_t = 2.0)]
+    churn_hours: f64,
+    /// Sybil ids placed next to an item's target (0: no sybil scenario).
+    #[arg(long, default_value_t = 0)]
+    sybils: u32,
+    /// Build the routing tables by real joins (slow past 10^4 nodes) instead of as after a
+    /// bootstrap.
+    #[arg(long)]
+    join: bool,
+    /// Seed of the run (same seed, same numbers).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the full report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// Arguments of `swarmcast sim swarm`.
@@ -174,6 +216,128 @@ pub fn run(cmd: SimCommand) -> Result<()> {
     match cmd {
         SimCommand::Overlay(a) => overlay(&a),
         SimCommand::Swarm(a) => swarm(&a),
+        SimCommand::Dht(a) => dht(&a),
+    }
+}
+
+fn dht(a: &DhtArgs) -> Result<()> {
+    if a.nodes < 16 {
+        bail!("--nodes must be at least 16");
+    }
+    if !(0.0..1.0).contains(&a.loss) {
+        bail!("--loss is a share of datagrams in [0, 1), got {}", a.loss);
+    }
+    if !(0.0..=10.0).contains(&a.churn) {
+        bail!("--churn is a share of the nodes per hour in [0, 10], got {}", a.churn);
+    }
+    if !(a.churn_hours > 0.0 && a.churn_hours <= 48.0) {
+        bail!("--churn-hours must be in (0, 48], got {}", a.churn_hours);
+    }
+    if !(0.0..=3.0).contains(&a.rtt_sigma) {
+        bail!("--rtt-sigma must be in [0, 3], got {}", a.rtt_sigma);
+    }
+    let mut s = sim::dht::Scenario::new(a.nodes, a.seed);
+    s.rtt_median = humantime::parse_duration(&a.rtt_median)
+        .ok()
+        .filter(|d| (Duration::from_millis(1)..=Duration::from_secs(10)).contains(d))
+        .with_context(|| format!("--rtt-median {:?}: say e.g. 80ms (1ms to 10s)", a.rtt_median))?;
+    s.rtt_sigma = a.rtt_sigma;
+    s.loss = a.loss;
+    s.lookups = a.lookups;
+    s.churn_per_hour = a.churn;
+    s.churn_duration = Duration::from_secs_f64(a.churn_hours * 3600.0);
+    s.sybils = a.sybils;
+    s.join = a.join;
+    let started = std::time::Instant::now();
+    let report = sim::dht::run(&s, &mut |line| {
+        eprintln!("[{:6.1} s] {line}", started.elapsed().as_secs_f64());
+    });
+    print_dht(&report);
+    println!(
+        "({} datagrams delivered, {} lost; {:.0} s virtual, {:.1} s wall)",
+        report.datagrams,
+        report.lost,
+        report.virtual_secs,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &a.json {
+        crate::lab_cmd::write_json(path, &report)?;
+    }
+    Ok(())
+}
+
+fn print_dht(r: &sim::dht::Report) {
+    let s = &r.scenario;
+    println!(
+        "DHT simulation: {} nodes, seed {}, RTT median {} ms (lognormal, sigma {}), {}% of \
+         datagrams lost, tables {} ({:.1} nodes each)",
+        s.nodes,
+        s.seed,
+        s.rtt_median.as_millis(),
+        s.rtt_sigma,
+        s.loss * 100.0,
+        if s.join { "by real joins" } else { "as after a bootstrap" },
+        r.table_mean
+    );
+    println!(
+        "  {:<26} {:>6} {:>10} {:>10} {:>16} {:>13} {:>9} {:>9}",
+        "lookup",
+        "count",
+        "median ms",
+        "p99 ms",
+        "messages med/p99",
+        "≥7 of true 8",
+        "all 8",
+        "success"
+    );
+    let row = |name: &str, l: &sim::dht::LookupStats, first: bool| {
+        let (median, p99) =
+            if first { (l.first_median_ms, l.first_p99_ms) } else { (l.median_ms, l.p99_ms) };
+        let found = |v: f64| {
+            if l.found_7_of_8 + l.found_8_of_8 > 0.0 || !first {
+                format!("{:.1}%", v * 100.0)
+            } else {
+                "-".into()
+            }
+        };
+        println!(
+            "  {:<26} {:>6} {:>10.0} {:>10.0} {:>16} {:>13} {:>9} {:>8.1}%",
+            name,
+            l.count,
+            median,
+            p99,
+            format!("{:.0}/{:.0}", l.messages_median, l.messages_p99),
+            found(l.found_7_of_8),
+            found(l.found_8_of_8),
+            l.success * 100.0
+        );
+    };
+    row("find_node", &r.find_node, false);
+    row("get_peers (to first peers)", &r.get_peers, true);
+    row("get_peers (to the end)", &r.get_peers, false);
+    if let Some(y) = &r.sybil {
+        println!(
+            "sybils: {} ids closer to an item's target than any honest node; {} gets each way",
+            y.sybils, y.gets
+        );
+        println!(
+            "  {:<26} item found by {}/{} gets; the put reached {} honest nodes of 8",
+            "BEP 42 lookup rule (ours)", y.found_with_rule, y.gets, y.stored_honest_with_rule
+        );
+        println!(
+            "  {:<26} item found by {}/{} gets; the put reached {} honest nodes of 8",
+            "plain Kademlia", y.found_without_rule, y.gets, y.stored_honest_without_rule
+        );
+    }
+    if let Some(c) = &r.churn {
+        println!(
+            "churn: {:.0}% of the nodes replaced per hour for {:.1} h ({} replaced)",
+            s.churn_per_hour * 100.0,
+            c.hours,
+            c.replaced
+        );
+        row("get_peers under churn", &c.get_peers, true);
+        row("BEP 44 get under churn", &c.get_item, true);
     }
 }
 
@@ -225,8 +389,7 @@ fn swarm(a: &SwarmArgs) -> Result<()> {
     })?;
     print_swarm(&report);
     if let Some(path) = &a.json {
-        let json = serde_json::to_string_pretty(&report).context("report to JSON")?;
-        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::lab_cmd::write_json(path, &report)?;
     }
     Ok(())
 }
@@ -332,8 +495,7 @@ fn overlay(a: &OverlayArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     if let Some(path) = &a.json {
-        let json = serde_json::to_string_pretty(&report).context("report to JSON")?;
-        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::lab_cmd::write_json(path, &report)?;
     }
     Ok(())
 }

@@ -10,7 +10,13 @@
 //!   `announce_peer`) with at most [`Config::alpha`] queries in flight each, a timeout per
 //!   query, and the stop rule: the lookup ends when the [`K`] closest nodes it heard of that did
 //!   not fail have all answered. The result is those nodes (and, for `get_peers`, the peers
-//!   they gave).
+//!   they gave). A query unanswered after [`Config::slow_after`] is *slow*: it frees its slot
+//!   for another and no longer holds the lookup up, though a late answer still counts (the
+//!   change that took Mainline lookups from seconds to sub-second; Jimenez et al., 2011).
+//! - **BEP 42 in lookups**: a node whose id its address does not allow is still asked (it may
+//!   know closer nodes) but does not count among the [`K`] closest, nor receive our stores,
+//!   unless too few allowed ids answered. So ids placed next to a target by an attacker
+//!   without the addresses to match them cannot end a lookup or swallow a store.
 //! - **Upkeep**: tokens from a secret rotated every [`TOKEN_ROTATION`] (the previous one still
 //!   accepted); stored peers expire after [`Config::peer_ttl`]; buckets untouched for 15
 //!   minutes are refreshed by a lookup of an id inside them.
@@ -62,6 +68,9 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// more addresses than this, new sources wait at most one window).
 pub const MAX_SOURCES: usize = 10_000;
 
+/// The shortest wait before a lookup query counts as slow.
+pub const MIN_SLOW_AFTER: Duration = Duration::from_millis(100);
+
 /// Tuning of a [`DhtCore`].
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -69,6 +78,11 @@ pub struct Config {
     pub alpha: usize,
     /// How long a query waits for its answer.
     pub query_timeout: Duration,
+    /// The longest an unanswered lookup query holds its lookup up (see the module docs); it
+    /// still waits `query_timeout` for a late answer. Below this, the wait is TCP's
+    /// retransmission timeout (RFC 6298: smoothed RTT + 4 × its variation) over the answers we
+    /// got, at least [`MIN_SLOW_AFTER`].
+    pub slow_after: Duration,
     /// BEP 43: answer no queries, and say so.
     pub read_only: bool,
     /// Info-hashes whose peers we store, at most.
@@ -79,6 +93,9 @@ pub struct Config {
     pub peer_ttl: Duration,
     /// BEP 44 items stored, at most (each at most 1,000 bytes).
     pub max_items: usize,
+    /// BEP 42 in lookups (see the module docs). Off, every id counts alike: only for
+    /// measuring what the rule is worth (`swarmcast sim dht --sybils`).
+    pub verified_closest: bool,
 }
 
 impl Default for Config {
@@ -86,11 +103,13 @@ impl Default for Config {
         Config {
             alpha: 3,
             query_timeout: Duration::from_secs(2),
+            slow_after: Duration::from_millis(500),
             read_only: false,
             max_torrents: 2_000,
             max_peers: 100,
             peer_ttl: Duration::from_secs(30 * 60),
             max_items: 1_000,
+            verified_closest: true,
         }
     }
 }
@@ -129,6 +148,15 @@ pub struct LookupResult {
     pub peers: Vec<SocketAddrV4>,
     /// Nodes an `announce_peer` went to (the closest that gave a token).
     pub announced_to: usize,
+    /// Queries the lookup sent, stores included.
+    pub queries: u32,
+    /// Answers to its queries that arrived while it ran (stores' answers not counted).
+    pub answers: u32,
+    /// From the lookup's start to its end.
+    pub elapsed: Duration,
+    /// From the lookup's start to the first answer carrying what it looks for (peers, an item
+    /// that checks out), if any came.
+    pub first_value: Option<Duration>,
     /// BEP 44 `get`: the item found, checked against its target (immutable: its SHA-1).
     pub value: Option<Value>,
     /// BEP 44 mutable `get`: the newest item whose signature verifies.
@@ -165,6 +193,8 @@ enum Kind {
 enum State {
     New,
     Asked,
+    /// Asked, and unanswered for longer than `slow_after`.
+    Slow,
     Answered,
     Failed,
 }
@@ -174,6 +204,17 @@ struct Candidate {
     node: CompactNode,
     state: State,
     token: Option<Vec<u8>>,
+    /// BEP 42: its id is one its address allows (or the address is exempt).
+    verified: bool,
+    /// Queries sent to it (a slow one is sent once more).
+    tries: u8,
+}
+
+impl Candidate {
+    fn new(node: CompactNode, state: State) -> Candidate {
+        let verified = node.id.is_valid_for(*node.addr.ip());
+        Candidate { node, state, token: None, verified, tries: 0 }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -183,7 +224,12 @@ struct Lookup {
     /// By XOR distance to the target.
     candidates: BTreeMap<[u8; 20], Candidate>,
     peers: Vec<SocketAddrV4>,
+    /// Queries awaiting an answer that are not slow.
     in_flight: usize,
+    queries: u32,
+    answers: u32,
+    started: Instant,
+    first_value: Option<Instant>,
     /// BEP 51 answer: samples, num, interval.
     sampled: Option<(Vec<NodeId>, Option<i64>, Option<i64>)>,
     /// BEP 44: the item to put, or the item found.
@@ -209,6 +255,8 @@ struct Transaction {
     node: Option<NodeId>,
     sent: Instant,
     purpose: Purpose,
+    /// A lookup query past `slow_after`: no longer counted in its lookup's `in_flight`.
+    slow: bool,
 }
 
 /// One DHT node's protocol state. See the module docs.
@@ -231,6 +279,9 @@ pub struct DhtCore<R: RngCore> {
     mutables: HashMap<NodeId, (MutableItem, Instant)>,
     /// Per source address: the start of its window and datagrams in it (loopback exempt).
     rates: HashMap<std::net::Ipv4Addr, (Instant, u32)>,
+    /// RFC 6298's smoothed round-trip time and its variation, over every answer.
+    srtt: Option<Duration>,
+    rttvar: Duration,
     /// Datagrams dropped by the rate limit.
     rate_limited: u64,
     out: VecDeque<Output>,
@@ -258,6 +309,8 @@ impl<R: RngCore> DhtCore<R> {
             items: HashMap::new(),
             mutables: HashMap::new(),
             rates: HashMap::new(),
+            srtt: None,
+            rttvar: Duration::ZERO,
             rate_limited: 0,
             out: VecDeque::new(),
         }
@@ -268,6 +321,11 @@ impl<R: RngCore> DhtCore<R> {
     /// Our node id.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The configuration, to change at run time (the simulator's comparisons).
+    pub fn config_mut(&mut self) -> &mut Config {
+        &mut self.config
     }
 
     /// The routing table.
@@ -292,10 +350,16 @@ impl<R: RngCore> DhtCore<R> {
 
     // --- mutators ---------------------------------------------------------------------------
 
+    /// Puts `node` in the table as if it had just answered a query of ours: for nodes the
+    /// caller knows to be alive (the simulator builds its tables "as after a bootstrap" so).
+    pub fn add_responded(&mut self, now: Instant, node: CompactNode) -> Insert {
+        self.table.insert(now, node, Seen::Responded)
+    }
+
     /// Joins the network through known addresses (routers, saved nodes): asks each for the
     /// nodes closest to our own id.
     pub fn bootstrap(&mut self, now: Instant, routers: &[SocketAddrV4]) -> LookupId {
-        let id = self.start(self.id, Kind::FindNode);
+        let id = self.start(now, self.id, Kind::FindNode);
         for &addr in routers {
             let target = self.id;
             self.query(now, addr, None, Purpose::Lookup(id), Method::FindNode { target });
@@ -309,14 +373,14 @@ impl<R: RngCore> DhtCore<R> {
 
     /// Looks up the nodes closest to `target`.
     pub fn find_node(&mut self, now: Instant, target: NodeId) -> LookupId {
-        let id = self.start(target, Kind::FindNode);
+        let id = self.start(now, target, Kind::FindNode);
         self.step(now, id);
         id
     }
 
     /// Looks up the peers of `info_hash`.
     pub fn get_peers(&mut self, now: Instant, info_hash: NodeId) -> LookupId {
-        let id = self.start(info_hash, Kind::GetPeers);
+        let id = self.start(now, info_hash, Kind::GetPeers);
         self.step(now, id);
         id
     }
@@ -324,10 +388,11 @@ impl<R: RngCore> DhtCore<R> {
     /// Asks the node at `to` which info-hashes it stores (BEP 51); the answer comes as a
     /// [`LookupResult`] with `samples`, `num` and `interval` (empty if it does not answer).
     pub fn sample(&mut self, now: Instant, to: SocketAddrV4, target: NodeId) -> LookupId {
-        let id = self.start(target, Kind::Sample);
+        let id = self.start(now, target, Kind::Sample);
         if self.query(now, to, None, Purpose::Lookup(id), Method::SampleInfohashes { target }) {
             if let Some(l) = self.lookups.get_mut(&id) {
                 l.in_flight = 1;
+                l.queries = 1;
             }
         }
         self.step(now, id);
@@ -337,7 +402,7 @@ impl<R: RngCore> DhtCore<R> {
     /// Looks up the immutable item whose target is `target` (BEP 44); the result's `value` is
     /// the item, checked against the target, or `None`.
     pub fn get_item(&mut self, now: Instant, target: NodeId) -> LookupId {
-        let id = self.start(target, Kind::GetItem);
+        let id = self.start(now, target, Kind::GetItem);
         self.step(now, id);
         id
     }
@@ -347,7 +412,7 @@ impl<R: RngCore> DhtCore<R> {
     /// it was put to.
     pub fn put_item(&mut self, now: Instant, value: Value) -> (NodeId, LookupId) {
         let target = item_target(&value);
-        let id = self.start(target, Kind::PutItem);
+        let id = self.start(now, target, Kind::PutItem);
         if let Some(l) = self.lookups.get_mut(&id) {
             l.item = Some(value);
         }
@@ -359,7 +424,7 @@ impl<R: RngCore> DhtCore<R> {
     /// the highest `seq` whose signature verifies.
     pub fn get_mutable(&mut self, now: Instant, key: [u8; 32], salt: Vec<u8>) -> LookupId {
         let target = MutableItem::target(&key, &salt);
-        let id = self.start(target, Kind::GetMutable);
+        let id = self.start(now, target, Kind::GetMutable);
         if let Some(l) = self.lookups.get_mut(&id) {
             l.want = Some((key, salt));
         }
@@ -370,7 +435,7 @@ impl<R: RngCore> DhtCore<R> {
     /// Puts a signed mutable item at the nodes closest to its target.
     pub fn put_mutable(&mut self, now: Instant, item: MutableItem) -> LookupId {
         let target = MutableItem::target(&item.key, &item.salt);
-        let id = self.start(target, Kind::PutMutable);
+        let id = self.start(now, target, Kind::PutMutable);
         if let Some(l) = self.lookups.get_mut(&id) {
             l.mutable = Some(item);
         }
@@ -380,7 +445,7 @@ impl<R: RngCore> DhtCore<R> {
 
     /// Looks up the peers of `info_hash`, then announces us on `port` to the closest nodes.
     pub fn announce(&mut self, now: Instant, info_hash: NodeId, port: u16) -> LookupId {
-        let id = self.start(info_hash, Kind::Announce { port });
+        let id = self.start(now, info_hash, Kind::Announce { port });
         self.step(now, id);
         id
     }
@@ -420,12 +485,45 @@ impl<R: RngCore> DhtCore<R> {
 
     /// When to call `handle(now, Input::Tick)` next.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let timeouts = self.in_flight.values().map(|t| t.sent + self.config.query_timeout).min();
+        let (timeout, slow) = (self.config.query_timeout, self.slow_after());
+        let timeouts = self
+            .in_flight
+            .values()
+            .map(|t| match (t.purpose, t.slow, t.node.is_some()) {
+                (Purpose::Lookup(_), false, true) => t.sent + slow.min(timeout),
+                _ => t.sent + timeout,
+            })
+            .min();
         let upkeep = (self.rotated + TOKEN_ROTATION).min(self.next_refresh);
         Some(timeouts.map_or(upkeep, |t| t.min(upkeep)))
     }
 
     // --- inside -----------------------------------------------------------------------------
+
+    /// How long a lookup query may go unanswered before it is slow (see
+    /// [`Config::slow_after`]).
+    fn slow_after(&self) -> Duration {
+        match self.srtt {
+            None => self.config.slow_after,
+            Some(srtt) => (srtt + 4 * self.rttvar)
+                .clamp(MIN_SLOW_AFTER, self.config.slow_after.max(MIN_SLOW_AFTER)),
+        }
+    }
+
+    /// RFC 6298's update with one round-trip sample.
+    fn sample_rtt(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+    }
 
     /// Counts a datagram from `ip` against its window; false when over the limit.
     fn admit(&mut self, now: Instant, ip: std::net::Ipv4Addr) -> bool {
@@ -446,7 +544,7 @@ impl<R: RngCore> DhtCore<R> {
         *count <= MAX_PACKETS_PER_WINDOW
     }
 
-    fn start(&mut self, target: NodeId, kind: Kind) -> LookupId {
+    fn start(&mut self, now: Instant, target: NodeId, kind: Kind) -> LookupId {
         let id = LookupId(self.next_lookup);
         self.next_lookup += 1;
         let mut l = Lookup {
@@ -455,6 +553,10 @@ impl<R: RngCore> DhtCore<R> {
             candidates: BTreeMap::new(),
             peers: Vec::new(),
             in_flight: 0,
+            queries: 0,
+            answers: 0,
+            started: now,
+            first_value: None,
             sampled: None,
             item: None,
             want: None,
@@ -466,10 +568,7 @@ impl<R: RngCore> DhtCore<R> {
             return id;
         }
         for node in self.table.closest(&target, MAX_CANDIDATES) {
-            l.candidates.insert(
-                node.id.distance(&target),
-                Candidate { node, state: State::New, token: None },
-            );
+            l.candidates.insert(node.id.distance(&target), Candidate::new(node, State::New));
         }
         self.lookups.insert(id, l);
         id
@@ -482,16 +581,32 @@ impl<R: RngCore> DhtCore<R> {
         };
         let mut to_ask = Vec::new();
         let mut all_answered = true;
-        for c in l.candidates.values_mut().filter(|c| c.state != State::Failed).take(K) {
+        // Kademlia's last phase: once the alpha closest have answered (the lookup stopped
+        // getting closer), the rest of the K closest are asked at once, not alpha at a time.
+        let alpha = self.config.alpha;
+        let live = |c: &&Candidate| !matches!(c.state, State::Failed | State::Slow);
+        let closing =
+            l.candidates.values().filter(live).take(alpha).all(|c| c.state == State::Answered);
+        let width = if closing { alpha.max(K) } else { alpha };
+        // The K closest verified candidates that neither failed nor are slow, and every
+        // unverified one among them, must answer.
+        let mut counted = 0;
+        for c in l.candidates.values_mut() {
+            if counted == K {
+                break;
+            }
             match c.state {
+                State::Failed | State::Slow => continue,
                 State::Answered => {}
-                State::New if l.in_flight + to_ask.len() < self.config.alpha => {
+                State::New if l.in_flight + to_ask.len() < width => {
                     c.state = State::Asked;
+                    c.tries = 1;
                     to_ask.push(c.node);
                     all_answered = false;
                 }
                 _ => all_answered = false,
             }
+            counted += usize::from(c.verified || !self.config.verified_closest);
         }
         let (target, kind) = (l.target, l.kind);
         // Done when the K closest nodes that did not fail have all answered, or when nothing
@@ -502,17 +617,11 @@ impl<R: RngCore> DhtCore<R> {
             return;
         }
         for node in to_ask {
-            let method = match kind {
-                Kind::FindNode | Kind::Refresh => Method::FindNode { target },
-                Kind::GetPeers | Kind::Announce { .. } => Method::GetPeers { info_hash: target },
-                Kind::Sample => Method::SampleInfohashes { target },
-                Kind::GetItem | Kind::PutItem | Kind::GetMutable | Kind::PutMutable => {
-                    Method::Get { target, seq: None }
-                }
-            };
+            let method = lookup_method(kind, target);
             if self.query(now, node.addr, Some(node.id), Purpose::Lookup(id), method) {
                 if let Some(l) = self.lookups.get_mut(&id) {
                     l.in_flight += 1;
+                    l.queries += 1;
                 }
             } else if let Some(c) = self
                 .lookups
@@ -528,8 +637,15 @@ impl<R: RngCore> DhtCore<R> {
         let Some(l) = self.lookups.remove(&id) else {
             return;
         };
-        let closest: Vec<&Candidate> =
-            l.candidates.values().filter(|c| c.state == State::Answered).take(K).collect();
+        // The K closest verified nodes that answered; unverified ones only to make up K.
+        let answered = || l.candidates.values().filter(|c| c.state == State::Answered);
+        let counts = |c: &&Candidate| c.verified || !self.config.verified_closest;
+        let mut closest: Vec<&Candidate> = answered().filter(counts).take(K).collect();
+        if closest.len() < K {
+            let more = K - closest.len();
+            closest.extend(answered().filter(|c| !counts(c)).take(more));
+            closest.sort_by_key(|c| c.node.id.distance(&l.target));
+        }
         // Announce and put lookups end by storing at the closest nodes that gave a token.
         let store = |token: Vec<u8>| -> Option<Method> {
             let put = |value: Value, m: Option<&MutableItem>| Put {
@@ -572,6 +688,10 @@ impl<R: RngCore> DhtCore<R> {
             nodes: closest.iter().map(|c| c.node).collect(),
             peers: l.peers,
             announced_to,
+            queries: l.queries + announced_to as u32,
+            answers: l.answers,
+            elapsed: now.saturating_duration_since(l.started),
+            first_value: l.first_value.map(|t| t.saturating_duration_since(l.started)),
             value,
             mutable,
             samples,
@@ -597,7 +717,7 @@ impl<R: RngCore> DhtCore<R> {
             tid = tid.wrapping_add(1);
         }
         self.next_tid = tid.wrapping_add(1);
-        self.in_flight.insert(tid, Transaction { to, node, sent: now, purpose });
+        self.in_flight.insert(tid, Transaction { to, node, sent: now, purpose, slow: false });
         let m = Message {
             tid: tid.to_be_bytes().to_vec(),
             body: Body::Query { id: self.id, method },
@@ -648,6 +768,7 @@ impl<R: RngCore> DhtCore<R> {
         let Some(t) = self.take_transaction(from, tid) else {
             return;
         };
+        self.sample_rtt(now.saturating_duration_since(t.sent));
         let Some(id) = r.id else {
             self.failed(now, t);
             return;
@@ -666,14 +787,14 @@ impl<R: RngCore> DhtCore<R> {
         };
         let own = self.id;
         if let Some(l) = self.lookups.get_mut(&lid) {
-            l.in_flight = l.in_flight.saturating_sub(1);
+            if !t.slow {
+                l.in_flight = l.in_flight.saturating_sub(1);
+            }
+            l.answers += 1;
             if l.kind == Kind::Sample {
                 let samples = r.samples.iter().take(MAX_SAMPLES * 5).copied().collect();
                 l.sampled = Some((samples, r.num, r.interval));
-                l.candidates.insert(
-                    id.distance(&l.target),
-                    Candidate { node, state: State::Answered, token: None },
-                );
+                l.candidates.insert(id.distance(&l.target), Candidate::new(node, State::Answered));
                 self.finish(now, lid);
                 return;
             }
@@ -684,6 +805,7 @@ impl<R: RngCore> DhtCore<R> {
                     let newer = l.mutable.as_ref().is_none_or(|m| seq > m.seq);
                     if k == *want_key && newer && item.verifies() {
                         l.mutable = Some(item);
+                        l.first_value.get_or_insert(now);
                     }
                 }
             }
@@ -691,16 +813,13 @@ impl<R: RngCore> DhtCore<R> {
                 // An immutable item counts only if it hashes to the target.
                 if let Some(v) = r.value.as_ref().filter(|v| item_target(v) == l.target) {
                     l.item = Some(v.clone());
+                    l.first_value.get_or_insert(now);
                     self.finish(now, lid);
                     return;
                 }
             }
             let key = id.distance(&l.target);
-            let c = l.candidates.entry(key).or_insert(Candidate {
-                node,
-                state: State::New,
-                token: None,
-            });
+            let c = l.candidates.entry(key).or_insert(Candidate::new(node, State::New));
             c.state = State::Answered;
             c.token = r.token.clone();
             for n in &r.nodes {
@@ -708,11 +827,7 @@ impl<R: RngCore> DhtCore<R> {
                     continue;
                 }
                 let key = n.id.distance(&l.target);
-                l.candidates.entry(key).or_insert(Candidate {
-                    node: *n,
-                    state: State::New,
-                    token: None,
-                });
+                l.candidates.entry(key).or_insert(Candidate::new(*n, State::New));
             }
             while l.candidates.len() > MAX_CANDIDATES {
                 l.candidates.pop_last();
@@ -720,6 +835,7 @@ impl<R: RngCore> DhtCore<R> {
             for p in &r.values {
                 if l.peers.len() < MAX_LOOKUP_PEERS && !l.peers.contains(p) {
                     l.peers.push(*p);
+                    l.first_value.get_or_insert(now);
                 }
             }
         }
@@ -740,10 +856,15 @@ impl<R: RngCore> DhtCore<R> {
             return;
         };
         if let Some(l) = self.lookups.get_mut(&lid) {
-            l.in_flight = l.in_flight.saturating_sub(1);
+            if !t.slow {
+                l.in_flight = l.in_flight.saturating_sub(1);
+            }
             if let Some(n) = t.node {
+                // Not while a second try of a slow query is awaited, nor once it answered.
                 if let Some(c) = l.candidates.get_mut(&n.distance(&l.target)) {
-                    c.state = State::Failed;
+                    if (c.state == State::Asked && !t.slow) || c.state == State::Slow {
+                        c.state = State::Failed;
+                    }
                 }
             }
         }
@@ -752,16 +873,60 @@ impl<R: RngCore> DhtCore<R> {
 
     fn tick(&mut self, now: Instant) {
         let timeout = self.config.query_timeout;
-        let expired: Vec<u16> = self
+        let mut expired: Vec<u16> = self
             .in_flight
             .iter()
             .filter(|(_, t)| now.saturating_duration_since(t.sent) >= timeout)
             .map(|(k, _)| *k)
             .collect();
+        // In transaction order, not the hash map's, so a seeded run repeats exactly.
+        expired.sort_unstable();
         for tid in expired {
             if let Some(t) = self.in_flight.remove(&tid) {
                 self.failed(now, t);
             }
+        }
+        let slow_after = self.slow_after();
+        let mut slowed = Vec::new();
+        for (tid, t) in self.in_flight.iter_mut() {
+            // Only queries to a known node (not a router's or a BEP 51 sample's) turn slow.
+            if let (Purpose::Lookup(lid), false, true) = (t.purpose, t.slow, t.node.is_some()) {
+                if now.saturating_duration_since(t.sent) >= slow_after {
+                    t.slow = true;
+                    slowed.push((*tid, lid, t.node));
+                }
+            }
+        }
+        slowed.sort_unstable_by_key(|(tid, _, _)| *tid);
+        // A slow query is sent once more (the datagram may have been lost); a second slow
+        // one leaves its node slow.
+        for (_, lid, node) in slowed {
+            let mut again = None;
+            if let Some(l) = self.lookups.get_mut(&lid) {
+                l.in_flight = l.in_flight.saturating_sub(1);
+                let (target, kind) = (l.target, l.kind);
+                let c = node.and_then(|n| l.candidates.get_mut(&n.distance(&target)));
+                if let Some(c) = c.filter(|c| c.state == State::Asked) {
+                    if c.tries < 2 {
+                        c.tries += 1;
+                        again = Some((c.node, lookup_method(kind, target)));
+                    } else {
+                        c.state = State::Slow;
+                    }
+                }
+            }
+            if let Some((n, method)) = again {
+                let sent = self.query(now, n.addr, Some(n.id), Purpose::Lookup(lid), method);
+                if let Some(l) = self.lookups.get_mut(&lid) {
+                    if sent {
+                        l.in_flight += 1;
+                        l.queries += 1;
+                    } else if let Some(c) = l.candidates.get_mut(&n.id.distance(&l.target)) {
+                        c.state = State::Slow;
+                    }
+                }
+            }
+            self.step(now, lid);
         }
         if now.saturating_duration_since(self.rotated) >= TOKEN_ROTATION {
             self.secrets[1] = self.secrets[0];
@@ -780,7 +945,7 @@ impl<R: RngCore> DhtCore<R> {
             let mut random = [0u8; 20];
             self.rng.fill(&mut random);
             for target in self.table.stale_buckets(now, GOOD_FOR, NodeId(random)) {
-                let id = self.start(target, Kind::Refresh);
+                let id = self.start(now, target, Kind::Refresh);
                 self.step(now, id);
             }
         }
@@ -805,12 +970,11 @@ impl<R: RngCore> DhtCore<R> {
             Method::FindNode { target } => r.nodes = self.table.closest(&target, K),
             Method::GetPeers { info_hash } => {
                 r.token = Some(self.token(0, &from));
-                let peers = self.stored_peers(&info_hash);
-                if peers.is_empty() {
-                    r.nodes = self.table.closest(&info_hash, K);
-                } else {
-                    r.values = peers.into_iter().take(MAX_REPLY_PEERS).collect();
-                }
+                // Peers if we have them, and always the closest nodes (as libtorrent does), so
+                // the asker's lookup goes on converging at a node that stores peers.
+                r.values =
+                    self.stored_peers(&info_hash).into_iter().take(MAX_REPLY_PEERS).collect();
+                r.nodes = self.table.closest(&info_hash, K);
             }
             Method::AnnouncePeer { info_hash, port, implied_port, token } => {
                 if !self.token_ok(&token, &from) {
@@ -999,6 +1163,18 @@ impl MutableItem {
         };
         let sig = ed25519_dalek::Signature::from_bytes(&self.sig);
         key.verify_strict(&Self::signed_bytes(&self.salt, self.seq, &self.value), &sig).is_ok()
+    }
+}
+
+/// The query a lookup of `kind` sends.
+fn lookup_method(kind: Kind, target: NodeId) -> Method {
+    match kind {
+        Kind::FindNode | Kind::Refresh => Method::FindNode { target },
+        Kind::GetPeers | Kind::Announce { .. } => Method::GetPeers { info_hash: target },
+        Kind::Sample => Method::SampleInfohashes { target },
+        Kind::GetItem | Kind::PutItem | Kind::GetMutable | Kind::PutMutable => {
+            Method::Get { target, seq: None }
+        }
     }
 }
 

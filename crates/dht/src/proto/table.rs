@@ -1,5 +1,7 @@
 //! The routing table (BEP 5): buckets of at most [`K`] nodes over the 160-bit id space, split
-//! only where our own id falls, so the table knows many nodes near us and a few far away.
+//! only where our own id falls, so the table knows many nodes near us and a few far away. As in
+//! libtorrent's extended routing table, the four farthest buckets, which cover 15/16 of the id
+//! space, hold 128, 64, 32 and 16 nodes: a lookup's first hop starts about 4 bits closer.
 //!
 //! # Liveness (BEP 5)
 //! A node is **good** if it answered one of our queries in the last [`GOOD_FOR`] (15 minutes),
@@ -18,7 +20,8 @@
 //!   exempt, as BEP 42 exempts them, so a test network on 127.0.0.1 works.
 //! - BEP 42: in a full bucket, a node whose id its address allows (`NodeId::is_valid_for`)
 //!   replaces the stalest node whose id its address does not allow.
-//! - Every structure is bounded: at most 160 buckets of [`K`] nodes and [`K`] replacements.
+//! - Every structure is bounded: at most 160 buckets of at most 128 nodes (see
+//!   [`bucket_capacity`]) and [`K`] replacements each.
 //!
 //! A sans-IO part of the DHT core: no clock (every call takes `now`), no sockets.
 
@@ -34,6 +37,12 @@ pub const K: usize = 8;
 pub const GOOD_FOR: Duration = Duration::from_secs(15 * 60);
 /// Unanswered queries in a row that make a node bad.
 pub const MAX_FAILURES: u32 = 2;
+
+/// Nodes a bucket of ids sharing exactly `depth` leading bits with ours holds at most (see
+/// [`RoutingTable`]'s extended far buckets).
+pub fn bucket_capacity(depth: usize) -> usize {
+    [128, 64, 32, 16].get(depth).copied().unwrap_or(K)
+}
 
 /// How we came to hear of a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,45 +70,49 @@ pub enum Insert {
     Refused,
 }
 
-/// One routing-table entry.
+/// One routing-table entry: 36 bytes, so that a million tables of a few hundred entries fit
+/// in the simulator's memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub id: NodeId,
     pub addr: SocketAddrV4,
-    /// Its last answer to us.
-    pub last_response: Option<Instant>,
-    /// Its last query to us.
-    pub last_query: Option<Instant>,
+    /// Its last answer to us and its last query to us, as [`RoutingTable`] stamps (seconds
+    /// since the table's first insert, plus one; 0 for never).
+    last_response: u32,
+    last_query: u32,
     /// Queries in a row it did not answer.
-    pub failures: u32,
+    failures: u8,
 }
 
 impl Entry {
     fn new(node: CompactNode) -> Entry {
-        Entry { id: node.id, addr: node.addr, last_response: None, last_query: None, failures: 0 }
+        Entry { id: node.id, addr: node.addr, last_response: 0, last_query: 0, failures: 0 }
     }
 
-    /// Good by BEP 5's rule (see the module docs).
-    pub fn is_good(&self, now: Instant) -> bool {
-        let recent =
-            |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) < GOOD_FOR);
-        self.failures < MAX_FAILURES
-            && (recent(self.last_response)
-                || (self.last_response.is_some() && recent(self.last_query)))
+    /// Good by BEP 5's rule (see the module docs), at stamp `now`.
+    fn is_good(&self, now: u32) -> bool {
+        let recent = |t: u32| t != 0 && u64::from(now.saturating_sub(t)) < GOOD_FOR.as_secs();
+        u32::from(self.failures) < MAX_FAILURES
+            && (recent(self.last_response) || (self.last_response != 0 && recent(self.last_query)))
     }
 
     /// Bad: too many unanswered queries in a row.
     pub fn is_bad(&self) -> bool {
-        self.failures >= MAX_FAILURES
+        u32::from(self.failures) >= MAX_FAILURES
     }
 
-    fn saw(&mut self, now: Instant, how: Seen) {
+    /// The later of its last answer and its last query (a stamp).
+    fn last_heard(&self) -> u32 {
+        self.last_response.max(self.last_query)
+    }
+
+    fn saw(&mut self, now: u32, how: Seen) {
         match how {
             Seen::Responded => {
-                self.last_response = Some(now);
+                self.last_response = now;
                 self.failures = 0;
             }
-            Seen::Queried => self.last_query = Some(now),
+            Seen::Queried => self.last_query = now,
         }
     }
 }
@@ -115,6 +128,8 @@ struct Bucket {
 #[derive(Clone, Debug)]
 pub struct RoutingTable {
     own: NodeId,
+    /// The time of the first insert: entries' stamps count seconds from it.
+    epoch: Option<Instant>,
     /// Bucket `i < len - 1` holds ids sharing exactly `i` leading bits with `own`; the last one
     /// holds every id sharing at least `len - 1` (it contains `own`, and only it splits).
     buckets: Vec<Bucket>,
@@ -122,7 +137,7 @@ pub struct RoutingTable {
 
 impl RoutingTable {
     pub fn new(own: NodeId) -> RoutingTable {
-        RoutingTable { own, buckets: vec![Bucket::default()] }
+        RoutingTable { own, epoch: None, buckets: vec![Bucket::default()] }
     }
 
     /// Our id.
@@ -162,7 +177,7 @@ impl RoutingTable {
         }
         let i = self.index(id);
         let b = &self.buckets[i];
-        b.nodes.len() < K
+        b.nodes.len() < self.capacity(i)
             || (i == self.buckets.len() - 1 && self.buckets.len() < 160)
             || b.nodes.iter().any(Entry::is_bad)
     }
@@ -172,20 +187,21 @@ impl RoutingTable {
         if node.id == self.own || node.addr.port() == 0 || !usable(node.addr.ip()) {
             return Insert::Refused;
         }
+        let stamp = self.stamp(now);
         let i = self.index(&node.id);
         if let Some(e) = self.buckets[i].nodes.iter_mut().find(|e| e.id == node.id) {
             if e.addr != node.addr {
                 // A known id from another address: not believed (the old one may be alive).
                 return Insert::Refused;
             }
-            e.saw(now, how);
+            e.saw(stamp, how);
             return Insert::Updated;
         }
         if is_public(node.addr.ip()) && self.has_ip(*node.addr.ip()) {
             return Insert::Refused;
         }
         let mut entry = Entry::new(node);
-        entry.saw(now, how);
+        entry.saw(stamp, how);
         if how == Seen::Queried {
             self.add_replacement(i, entry);
             return Insert::Replacement;
@@ -193,8 +209,9 @@ impl RoutingTable {
         loop {
             let i = self.index(&node.id);
             let splittable = i == self.buckets.len() - 1 && self.buckets.len() < 160;
+            let cap = self.capacity(i);
             let bucket = &mut self.buckets[i];
-            if bucket.nodes.len() < K {
+            if bucket.nodes.len() < cap {
                 bucket.nodes.push(entry);
                 bucket.last_changed = Some(now);
                 return Insert::Added;
@@ -217,7 +234,7 @@ impl RoutingTable {
                     .iter()
                     .enumerate()
                     .filter(|(_, e)| !e.id.is_valid_for(*e.addr.ip()))
-                    .min_by_key(|(_, e)| e.last_response.max(e.last_query))
+                    .min_by_key(|(_, e)| e.last_heard())
                     .map(|(i, _)| i);
                 if let Some(i) = unverified {
                     bucket.nodes[i] = entry;
@@ -225,11 +242,8 @@ impl RoutingTable {
                     return Insert::Added;
                 }
             }
-            let stale = bucket
-                .nodes
-                .iter()
-                .filter(|e| !e.is_good(now))
-                .min_by_key(|e| e.last_response.max(e.last_query));
+            let stale =
+                bucket.nodes.iter().filter(|e| !e.is_good(stamp)).min_by_key(|e| e.last_heard());
             let ping = stale.map(|e| (e.id, e.addr));
             self.add_replacement(i, entry);
             return match ping {
@@ -247,11 +261,11 @@ impl RoutingTable {
         let Some(at) = bucket.nodes.iter().position(|e| e.id == *id) else {
             return;
         };
-        bucket.nodes[at].failures += 1;
+        bucket.nodes[at].failures = bucket.nodes[at].failures.saturating_add(1);
         if !bucket.nodes[at].is_bad() {
             return;
         }
-        if let Some(r) = bucket.replacements.iter().rposition(|e| e.last_response.is_some()) {
+        if let Some(r) = bucket.replacements.iter().rposition(|e| e.last_response != 0) {
             bucket.nodes[at] = bucket.replacements.remove(r);
             bucket.last_changed = Some(now);
         }
@@ -300,6 +314,24 @@ impl RoutingTable {
             set(&mut id, i, !ours(i));
         }
         NodeId(id)
+    }
+
+    /// `now` as an entry stamp (see [`Entry`]); the first call sets the epoch.
+    fn stamp(&mut self, now: Instant) -> u32 {
+        let epoch = *self.epoch.get_or_insert(now);
+        let secs = now.saturating_duration_since(epoch).as_secs();
+        u32::try_from(secs).unwrap_or(u32::MAX - 1) + 1
+    }
+
+    /// Nodes bucket `i` holds at most: libtorrent's extended routing table gives the far
+    /// buckets, which cover most of the id space, more room (128, 64, 32, 16, then [`K`]); the
+    /// last bucket, the one that splits, holds [`K`].
+    fn capacity(&self, i: usize) -> usize {
+        if i + 1 == self.buckets.len() {
+            K
+        } else {
+            bucket_capacity(i)
+        }
     }
 
     fn has_ip(&self, ip: Ipv4Addr) -> bool {
@@ -357,7 +389,7 @@ mod tests {
 
     /// An id sharing exactly `bits` leading bits with `own`.
     fn at_prefix(own: NodeId, bits: usize, rng: &mut ChaCha8Rng) -> NodeId {
-        let t = RoutingTable { own, buckets: vec![Bucket::default(); bits + 2] };
+        let t = RoutingTable { own, epoch: None, buckets: vec![Bucket::default(); bits + 2] };
         t.id_in_bucket(bits, NodeId::random(rng))
     }
 
@@ -377,9 +409,9 @@ mod tests {
         let own = NodeId::random(&mut rng);
         let mut t = RoutingTable::new(own);
         let now = Instant::now();
-        // 20 nodes in the far half (bucket 0): only K get in.
+        // 200 nodes in the far half (bucket 0): 128 get in (libtorrent's extended table).
         let mut port = 1000;
-        for _ in 0..20 {
+        for _ in 0..200 {
             port += 1;
             t.insert(now, node(at_prefix(own, 0, &mut rng), 1, port), Seen::Responded);
         }
@@ -392,11 +424,11 @@ mod tests {
                 assert_eq!(got, Insert::Added);
             }
         }
-        assert_eq!(t.len(), 6 * K);
+        assert_eq!(t.len(), bucket_capacity(0) + 5 * K);
         assert!(t.num_buckets() >= 6);
         // Every node sits in the bucket its prefix names.
         for (i, b) in t.buckets.iter().enumerate() {
-            assert!(b.nodes.len() <= K);
+            assert!(b.nodes.len() <= t.capacity(i));
             for e in &b.nodes {
                 let cpl = own.common_prefix_len(&e.id) as usize;
                 assert!(cpl == i || (i == t.num_buckets() - 1 && cpl >= i), "{cpl} in {i}");
@@ -415,17 +447,18 @@ mod tests {
         let own = NodeId::random(&mut rng);
         let mut t = RoutingTable::new(own);
         let t0 = Instant::now();
-        // Fill bucket 0 (after a split, so it cannot split again).
-        t.insert(t0, node(at_prefix(own, 1, &mut rng), 1, 1), Seen::Responded);
-        let far: Vec<NodeId> = (0..K).map(|_| at_prefix(own, 0, &mut rng)).collect();
+        // Fill bucket D, the first of K nodes (after splits, so it cannot split again).
+        const D: usize = 4;
+        let far: Vec<NodeId> = (0..K).map(|_| at_prefix(own, D, &mut rng)).collect();
         for (i, id) in far.iter().enumerate() {
             t.insert(t0, node(*id, 1, 100 + i as u16), Seen::Responded);
         }
-        while t.num_buckets() < 2 {
-            let id = at_prefix(own, 1, &mut rng);
+        while t.num_buckets() < D + 2 {
+            let id = at_prefix(own, D + 1, &mut rng);
             t.insert(t0, node(id, 1, rng.random_range(2000..3000)), Seen::Responded);
         }
-        let newcomer = node(at_prefix(own, 0, &mut rng), 3, 7);
+        assert_eq!(t.capacity(D), K);
+        let newcomer = node(at_prefix(own, D, &mut rng), 3, 7);
         // All good: the newcomer is only a replacement.
         assert_eq!(t.insert(t0, newcomer, Seen::Responded), Insert::Replacement);
         // 16 minutes later, all are questionable: ping the stalest (the first one seen).
@@ -493,26 +526,27 @@ mod tests {
         let own = NodeId::random(&mut rng);
         let mut t = RoutingTable::new(own);
         let now = Instant::now();
-        // Force one split so that bucket 0 cannot split again, then fill it with public nodes
-        // whose ids their addresses do not allow.
-        t.insert(now, node(at_prefix(own, 1, &mut rng), 1, 1), Seen::Responded);
+        // Fill bucket D, the first of K nodes, with public nodes whose ids their addresses do
+        // not allow, and split past it so that it cannot split again.
+        const D: usize = 4;
         let mut unverified = Vec::new();
         for i in 0..K as u8 {
-            let n = public(at_prefix(own, 0, &mut rng), 10 + i);
+            let n = public(at_prefix(own, D, &mut rng), 10 + i);
             assert!(!n.id.is_valid_for(*n.addr.ip()));
             t.insert(now, n, Seen::Responded);
             unverified.push(n.id);
         }
-        while t.num_buckets() < 2 {
-            let id = at_prefix(own, 1, &mut rng);
+        while t.num_buckets() < D + 2 {
+            let id = at_prefix(own, D + 1, &mut rng);
             t.insert(now, node(id, 1, rng.random_range(2000..3000)), Seen::Responded);
         }
-        // A public node with a BEP 42 id in bucket 0's range gets in.
-        let ip = Ipv4Addr::new(80, 9, 9, 9);
-        let verified = loop {
+        // A public node with a BEP 42 id in bucket D's range gets in.
+        // (An address allows 8 id prefixes: addresses are tried until one fits bucket D.)
+        let (ip, verified) = loop {
+            let ip = Ipv4Addr::new(80, 9, rng.random(), rng.random());
             let id = NodeId::for_ip(ip, &mut rng);
-            if own.common_prefix_len(&id) == 0 {
-                break id;
+            if own.common_prefix_len(&id) as usize == D {
+                break (ip, id);
             }
         };
         let n = CompactNode { id: verified, addr: SocketAddrV4::new(ip, 6881) };
@@ -538,7 +572,9 @@ mod tests {
             );
         }
         assert!(t.num_buckets() <= 160);
-        assert!(t.buckets.iter().all(|b| b.nodes.len() <= K && b.replacements.len() <= K));
+        for (i, b) in t.buckets.iter().enumerate() {
+            assert!(b.nodes.len() <= t.capacity(i) && b.replacements.len() <= K);
+        }
         // 50,000 random ids that answered: about log2(50,000 / 8) ≈ 13 buckets, all full.
         assert!((10..=20).contains(&t.num_buckets()), "{} buckets", t.num_buckets());
         assert!(t.len() >= (t.num_buckets() - 2) * K, "{} nodes", t.len());
