@@ -12,6 +12,10 @@ default (try encrypted, accept both) unless LT_ENCRYPTION says:
   require      encrypted connections only, RC4 for the payload (qBittorrent's "require")
   require-any  encrypted handshakes only, payload RC4 or plaintext
   disable      plain BitTorrent only
+LT_RATE_LIMIT=BYTES caps uploads and downloads at BYTES a second (a peer that stays a leecher and
+hardly serves, to prove its neighbours found others through peer exchange). LT_STAY=1 keeps a
+`get` running after "done". `get` prints "peer HOST:PORT SOURCES" for each peer it ends connected
+to, SOURCES from libtorrent's peer_info (pex, dht, tracker, ...), before "done".
 """
 import os
 import sys
@@ -49,6 +53,10 @@ def settings(port):
     return settings
 
 
+# libtorrent's peer_source_flags_t (the python binding does not export `incoming`).
+SOURCES = [("tracker", 1), ("dht", 2), ("pex", 4), ("lsd", 8), ("resume", 16), ("incoming", 32)]
+
+
 def session(port):
     return lt.session(settings(port))
 
@@ -57,7 +65,13 @@ def add(ses, torrent, save_path):
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(torrent)
     params.save_path = save_path
-    return ses.add_torrent(params)
+    h = ses.add_torrent(params)
+    limit = os.environ.get("LT_RATE_LIMIT")
+    if limit:
+        # Per-torrent limits: the session's would spare loopback peers (the "local" class).
+        h.set_upload_limit(int(limit))
+        h.set_download_limit(int(limit))
+    return h
 
 
 def main():
@@ -92,7 +106,12 @@ def main():
                 h.connect_peer(("127.0.0.1", peer))
                 last = time.time()
             time.sleep(0.1)
+        for p in h.get_peer_info():
+            sources = [name for name, flag in SOURCES if p.source & flag]
+            print(f"peer {p.ip[0]}:{p.ip[1]} {','.join(sources)}", flush=True)
         print("done", flush=True)
+        while os.environ.get("LT_STAY") == "1":
+            time.sleep(1)
     else:
         sys.exit(f"unknown mode {mode}")
 

@@ -693,6 +693,8 @@ impl Sim {
             our_port: PORT,
             our_id: peer_id(cfg.seed, i),
             super_seed: cfg.super_seed,
+            // The published `sim swarm` figures were measured with peers from the tracker only.
+            pex: false,
         };
         let geometry =
             Geometry { piece_length, total_length: cfg.file_size, metadata: Bytes::new() };

@@ -499,3 +499,64 @@ fn garbage_torrent_and_magnet_fail_with_a_clear_error() {
         assert!(err.contains(needle), "{src}: error should say {needle:?}, got: {err}");
     }
 }
+
+/// Peer exchange (BEP 11), libtorrent → us: our getter is given only a libtorrent leecher that
+/// hardly serves (1 KB/s each way, so it stays a leecher of its seed); the 4 MiB arrive in time
+/// only from the seed that leecher names in its `ut_pex` messages.
+#[test]
+fn libtorrent_tells_our_getter_of_its_seed_through_pex() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("seed/payload.bin");
+    random_file(&file, 4 * MIB + 3, 11);
+    let t = create_torrent(&file, &d.join("p.torrent"), &[]);
+    let (_seed, seed_port) = libtorrent_seed(&t, &d.join("seed"), d);
+    let middle_port = free_port();
+    let mut c = libtorrent_python();
+    c.env("LT_RATE_LIMIT", "1000").env("LT_STAY", "1");
+    c.arg("get").arg(&t).arg(d.join("middle"));
+    c.args([middle_port.to_string(), seed_port.to_string(), "600".into()]);
+    let _middle = Proc::spawn("libtorrent-middle", c, d);
+    wait_listening(middle_port, Duration::from_secs(30));
+    let out = d.join("got");
+    let peer = format!("127.0.0.1:{middle_port}");
+    let mut get = swarmcast_get_env(
+        t.to_str().unwrap(),
+        &out,
+        d,
+        &["--peer", &peer, "--no-dht"],
+        ("SWARMCAST_LOG", "torrent=debug"),
+    );
+    let st = get.wait(LONG);
+    assert!(st.success(), "swarmcast get (peers by PEX) failed\n{}", get.output());
+    assert_same_file(&file, &out.join("payload.bin"));
+    assert!(get.output().contains("PEX"), "no PEX message logged\n{}", get.output());
+}
+
+/// Peer exchange, us → libtorrent: a libtorrent getter is given only our leecher, which hardly
+/// serves (1 KB/s each way); it completes in time only by dialling the seed our leecher names.
+#[test]
+fn our_leecher_tells_libtorrent_of_its_seed_through_pex() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("seed/payload.bin");
+    random_file(&file, 4 * MIB + 5, 12);
+    let t = create_torrent(&file, &d.join("p.torrent"), &[]);
+    let (_seed, seed_port) = start_seed(&t, &file, d, &["--no-dht"]);
+    let middle_port = free_port();
+    let mut c = swarmcast();
+    c.env("SWARMCAST_LOG", "warn").arg("get").arg(&t).arg("-o").arg(d.join("middle"));
+    c.args(["--bind", "127.0.0.1", "--port", &middle_port.to_string(), "--no-dht"]);
+    c.args(["--peer", &format!("127.0.0.1:{seed_port}")]);
+    c.args(["--upload-limit", "1k", "--download-limit", "1k"]);
+    let _middle = Proc::spawn("swarmcast-middle", c, d);
+    wait_listening(middle_port, Duration::from_secs(30));
+    let out = d.join("lt");
+    let mut c = libtorrent_python();
+    c.arg("get").arg(&t).arg(&out);
+    c.args([free_port().to_string(), middle_port.to_string(), "100".into()]);
+    let mut lt = Proc::spawn("libtorrent-get", c, d);
+    let st = lt.wait(LONG);
+    assert!(st.success(), "libtorrent did not complete through PEX\n{}", lt.output());
+    assert_same_file(&file, &out.join("payload.bin"));
+}

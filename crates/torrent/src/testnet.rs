@@ -116,6 +116,7 @@ impl Net {
             our_port: 6881,
             our_id: Self::id(i),
             super_seed: false,
+            pex: true,
         }
     }
 

@@ -1,5 +1,8 @@
-//! Payloads of the extension protocol (BEP 10) and of metadata exchange (BEP 9, `ut_metadata`),
-//! which lets a magnet link fetch the info dictionary from peers. A pure codec.
+//! Payloads of the extension protocol (BEP 10), of metadata exchange (BEP 9, `ut_metadata`),
+//! which lets a magnet link fetch the info dictionary from peers, and of peer exchange (BEP 11,
+//! `ut_pex`). A pure codec.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bendy::decoding::{Decoder, Object};
 use bendy::encoding::Encoder;
@@ -18,6 +21,11 @@ pub fn metadata_piece_range(size: usize, piece: u32) -> Option<std::ops::Range<u
 pub const MAX_METADATA: u32 = 4 << 20;
 /// The extended message id under which we ask peers to send us `ut_metadata` messages.
 pub const OUR_UT_METADATA: u8 = 3;
+/// The extended message id under which we ask peers to send us `ut_pex` messages.
+pub const OUR_UT_PEX: u8 = 1;
+/// Most peers in one list (`added` or `dropped`) of a PEX message we send, as BEP 11 asks;
+/// from a peer we take at most this many of each list and ignore the rest.
+pub const MAX_PEX_PEERS: usize = 50;
 
 /// A malformed extension payload; the peer is disconnected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,6 +52,8 @@ fn int(o: Object<'_, '_>, field: &'static str) -> Result<i64, ExtError> {
 pub struct ExtHandshake {
     /// The id the sender wants `ut_metadata` messages sent to it under; `None` = unsupported.
     pub ut_metadata: Option<u8>,
+    /// The id the sender wants `ut_pex` messages sent to it under; `None` = unsupported.
+    pub ut_pex: Option<u8>,
     pub metadata_size: Option<u32>,
     /// Client name and version (`v`).
     pub client: Option<String>,
@@ -62,6 +72,9 @@ impl ExtHandshake {
                 v.emit_dict(|mut m| {
                     if let Some(id) = self.ut_metadata {
                         m.emit_pair(b"ut_metadata", id as i64)?;
+                    }
+                    if let Some(id) = self.ut_pex {
+                        m.emit_pair(b"ut_pex", id as i64)?;
                     }
                     Ok(())
                 })
@@ -98,10 +111,17 @@ impl ExtHandshake {
                         return Err(ExtError::Field("m"));
                     };
                     while let Some((name, id)) = m.next_pair().map_err(benc)? {
-                        if name == b"ut_metadata" {
-                            let id = int(id, "m.ut_metadata")?;
-                            // id 0 means "disabled" (BEP 10).
-                            out.ut_metadata = u8::try_from(id).ok().filter(|&i| i != 0);
+                        // id 0 means "disabled" (BEP 10).
+                        match name {
+                            b"ut_metadata" => {
+                                let id = int(id, "m.ut_metadata")?;
+                                out.ut_metadata = u8::try_from(id).ok().filter(|&i| i != 0);
+                            }
+                            b"ut_pex" => {
+                                let id = int(id, "m.ut_pex")?;
+                                out.ut_pex = u8::try_from(id).ok().filter(|&i| i != 0);
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -196,6 +216,127 @@ impl MetadataMsg {
     }
 }
 
+/// BEP 11 flag: the peer prefers encrypted connections.
+pub const PEX_ENCRYPTION: u8 = 0x01;
+/// BEP 11 flag: the peer is a seed (or upload only).
+pub const PEX_SEED: u8 = 0x02;
+/// BEP 11 flag: the sender reached the peer by an outgoing connection (it is reachable).
+pub const PEX_REACHABLE: u8 = 0x10;
+
+/// A `ut_pex` message (BEP 11): peers the sender connected to and disconnected from since its
+/// last message. What a peer tells us here is a claim: the addresses are dial candidates only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PexMsg {
+    /// Peers, each with its BEP 11 flags (`PEX_*`; 0 when the sender gave none).
+    pub added: Vec<(SocketAddr, u8)>,
+    pub dropped: Vec<SocketAddr>,
+}
+
+impl PexMsg {
+    /// Bencodes the message: IPv4 peers in `added`/`dropped`, IPv6 in `added6`/`dropped6`, 6 and
+    /// 18 bytes each (address, then port, big-endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let split = |v4: bool| -> (Vec<u8>, Vec<u8>) {
+            let (mut addrs, mut flags) = (vec![], vec![]);
+            for (a, f) in self.added.iter().filter(|(a, _)| a.is_ipv4() == v4) {
+                compact(&mut addrs, a);
+                flags.push(*f);
+            }
+            (addrs, flags)
+        };
+        let dropped = |v4: bool| -> Vec<u8> {
+            let mut out = vec![];
+            for a in self.dropped.iter().filter(|a| a.is_ipv4() == v4) {
+                compact(&mut out, a);
+            }
+            out
+        };
+        let ((a4, f4), (a6, f6)) = (split(true), split(false));
+        let (d4, d6) = (dropped(true), dropped(false));
+        let mut e = Encoder::new();
+        let r = e.emit_dict(|mut d| {
+            d.emit_pair_with(b"added", |e| e.emit_bytes(&a4))?;
+            d.emit_pair_with(b"added.f", |e| e.emit_bytes(&f4))?;
+            if !a6.is_empty() {
+                d.emit_pair_with(b"added6", |e| e.emit_bytes(&a6))?;
+                d.emit_pair_with(b"added6.f", |e| e.emit_bytes(&f6))?;
+            }
+            d.emit_pair_with(b"dropped", |e| e.emit_bytes(&d4))?;
+            if !d6.is_empty() {
+                d.emit_pair_with(b"dropped6", |e| e.emit_bytes(&d6))?;
+            }
+            Ok(())
+        });
+        r.and_then(|_| e.get_output()).expect("in-memory bencode of a sorted dict")
+    }
+
+    /// Parses a `ut_pex` payload. A list whose length is not a whole number of entries is an
+    /// error; past [`MAX_PEX_PEERS`] entries a list is cut short; flags that do not match their
+    /// list in length are taken as 0; unknown keys are ignored.
+    pub fn decode(payload: &[u8]) -> Result<Self, ExtError> {
+        let mut dec = Decoder::new(payload).with_max_depth(2);
+        let Some(Object::Dict(mut d)) = dec.next_object().map_err(benc)? else {
+            return Err(ExtError::Field("dictionary"));
+        };
+        let (mut a4, mut f4, mut a6, mut f6) = (vec![], vec![], vec![], vec![]);
+        let mut out = PexMsg::default();
+        while let Some((k, v)) = d.next_pair().map_err(benc)? {
+            let bytes = |v: Object<'_, '_>, field| match v {
+                Object::Bytes(b) => Ok(b.to_vec()),
+                _ => Err(ExtError::Field(field)),
+            };
+            match k {
+                b"added" => a4 = parse_compact(&bytes(v, "added")?, 6, "added")?,
+                b"added.f" => f4 = bytes(v, "added.f")?,
+                b"added6" => a6 = parse_compact(&bytes(v, "added6")?, 18, "added6")?,
+                b"added6.f" => f6 = bytes(v, "added6.f")?,
+                b"dropped" => {
+                    out.dropped.extend(parse_compact(&bytes(v, "dropped")?, 6, "dropped")?)
+                }
+                b"dropped6" => {
+                    out.dropped.extend(parse_compact(&bytes(v, "dropped6")?, 18, "dropped6")?)
+                }
+                _ => {}
+            }
+        }
+        for (addrs, flags) in [(a4, f4), (a6, f6)] {
+            let flags = if flags.len() == addrs.len() { flags } else { vec![0; addrs.len()] };
+            out.added.extend(addrs.into_iter().zip(flags));
+        }
+        out.added.truncate(2 * MAX_PEX_PEERS);
+        out.dropped.truncate(2 * MAX_PEX_PEERS);
+        Ok(out)
+    }
+}
+
+fn compact(out: &mut Vec<u8>, a: &SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
+        IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
+    }
+    out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+fn parse_compact(b: &[u8], size: usize, field: &'static str) -> Result<Vec<SocketAddr>, ExtError> {
+    if b.len() % size != 0 {
+        return Err(ExtError::Field(field));
+    }
+    Ok(b.chunks_exact(size)
+        .take(MAX_PEX_PEERS)
+        .map(|c| {
+            let port = u16::from_be_bytes([c[size - 2], c[size - 1]]);
+            let ip = if size == 6 {
+                IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+            } else {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(&c[..16]);
+                IpAddr::V6(Ipv6Addr::from(o))
+            };
+            SocketAddr::new(ip, port)
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +345,7 @@ mod tests {
     fn handshake_round_trip() {
         let h = ExtHandshake {
             ut_metadata: Some(3),
+            ut_pex: Some(1),
             metadata_size: Some(31_337),
             client: Some("Swarmcast 0.1".into()),
             reqq: Some(250),
@@ -217,6 +359,7 @@ mod tests {
         let raw = b"d1:md11:lt_donthavei7e11:ut_metadatai2e6:ut_pexi1ee13:metadata_sizei1234e4:reqqi500e1:v16:libtorrent 2.0.8e";
         let h = ExtHandshake::decode(raw).unwrap();
         assert_eq!(h.ut_metadata, Some(2));
+        assert_eq!(h.ut_pex, Some(1));
         assert_eq!(h.metadata_size, Some(1234));
         assert_eq!(h.reqq, Some(500));
         assert!(ExtHandshake::decode(b"i5e").is_err());
@@ -235,5 +378,39 @@ mod tests {
         let huge = b"d8:msg_typei1e5:piecei0e10:total_sizei999999999ee";
         assert!(MetadataMsg::decode(&Bytes::from_static(huge)).is_err());
         assert!(MetadataMsg::decode(&Bytes::from_static(b"d8:msg_typei7e5:piecei0ee")).is_err());
+    }
+
+    #[test]
+    fn pex_messages_round_trip_in_both_families() {
+        let m = PexMsg {
+            added: vec![
+                ("10.0.0.1:6881".parse().unwrap(), PEX_SEED | PEX_REACHABLE),
+                ("192.168.1.2:51413".parse().unwrap(), 0),
+                ("[2001:db8::1]:6881".parse().unwrap(), PEX_ENCRYPTION),
+            ],
+            dropped: vec!["10.0.0.9:1".parse().unwrap(), "[2001:db8::2]:2".parse().unwrap()],
+        };
+        assert_eq!(PexMsg::decode(&m.encode()).unwrap(), m);
+        // What libtorrent sends: IPv4 lists and their flags, empty IPv6 lists.
+        let raw = b"d5:added12:\x7f\x00\x00\x01\x1a\xe1\x0a\x00\x00\x02\x00\x507:added.f2:\x12\x006:added60:8:added6.f0:7:dropped0:8:dropped60:e";
+        let m = PexMsg::decode(raw).unwrap();
+        assert_eq!(
+            m.added,
+            vec![("127.0.0.1:6881".parse().unwrap(), 0x12), ("10.0.0.2:80".parse().unwrap(), 0)]
+        );
+        assert!(m.dropped.is_empty());
+    }
+
+    #[test]
+    fn bad_pex_messages_are_refused_and_long_lists_cut_short() {
+        assert!(PexMsg::decode(b"d5:added5:abcdee").is_err(), "not a whole entry");
+        assert!(PexMsg::decode(b"d5:addedi1ee").is_err());
+        assert!(PexMsg::decode(b"le").is_err());
+        let mut many = b"d5:added600:".to_vec();
+        many.extend(std::iter::repeat_n(7u8, 600));
+        many.extend_from_slice(b"e");
+        let m = PexMsg::decode(&many).unwrap();
+        assert_eq!(m.added.len(), MAX_PEX_PEERS, "100 entries, 50 kept");
+        assert!(m.added.iter().all(|&(_, f)| f == 0), "no flags given");
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! The core holds the peers' protocol states, the [`PiecePicker`] and the [`Choker`] it owns,
 //! request pipelining, endgame, the bookkeeping of piece verification and smart bans, the list
-//! of addresses to dial, the tracker announce schedule and the serving side of metadata exchange
-//! (BEP 9; the fetching side, for a magnet link, is [`super::metadata::MetadataCore`]). It
+//! of addresses to dial, the tracker announce schedule, peer exchange (BEP 11, `ut_pex`) and the
+//! serving side of metadata exchange (BEP 9; the fetching side, for a magnet link, is
+//! [`super::metadata::MetadataCore`]). It
 //! opens no socket, reads no clock, spawns no task and touches no file: what arrives comes in
 //! through [`TorrentCore::handle`] with the time, what must be done comes out of
 //! [`TorrentCore::poll`] as an [`Output`], and timers come back as
@@ -43,7 +44,8 @@
 //! - a peer whose block was proven wrong (it differs from the piece's verified bytes) is banned
 //!   by address; so is a peer that alone sent [`BAN_AFTER_FAILED_PIECES`] failed pieces;
 //! - every table fed by peers is bounded: connected peers by `max_peers`, addresses to dial by
-//!   [`MAX_CANDIDATES`], requests we serve are checked against what we have and the piece size;
+//!   [`MAX_CANDIDATES`] (peer exchange adds at most [`MAX_PEX_PEERS`] a minute from each peer),
+//!   requests we serve are checked against what we have and the piece size;
 //!   a peer that breaks the protocol is disconnected ([`Output::Disconnect`]), never a panic.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -56,7 +58,10 @@ use rand_chacha::ChaCha8Rng;
 use tracing::{debug, info, warn};
 
 use super::choker::{ChokeDecision, Choker, ChokerConfig};
-use super::ext::{metadata_piece_range, ExtHandshake, MetadataMsg, OUR_UT_METADATA};
+use super::ext::{
+    metadata_piece_range, ExtHandshake, MetadataMsg, PexMsg, MAX_PEX_PEERS, OUR_UT_METADATA,
+    OUR_UT_PEX, PEX_REACHABLE, PEX_SEED,
+};
 use super::picker::{BlockOutcome, PickerConfig, PiecePicker};
 use super::wire::Message;
 use super::{BlockRef, PeerKey, BLOCK_SIZE};
@@ -110,6 +115,10 @@ const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
 const ANNOUNCE_RETRY: Duration = Duration::from_secs(15);
 /// A candidate that failed this many dials is not dialled again.
 const MAX_DIAL_FAILURES: u32 = 5;
+/// Peer exchange: one message to each peer at most this often (BEP 11), and messages from a peer
+/// closer together than [`PEX_MIN_GAP`] are ignored (libtorrent's ut_pex sends every 60 s).
+pub const PEX_INTERVAL: Duration = Duration::from_secs(60);
+const PEX_MIN_GAP: Duration = Duration::from_secs(45);
 
 /// How a torrent behaves.
 #[derive(Clone, Debug)]
@@ -129,6 +138,9 @@ pub struct CoreConfig {
     /// Initial seeding (BEP 16 super-seeding) when the torrent starts complete: see
     /// [`TorrentCore`]'s module documentation.
     pub super_seed: bool,
+    /// Peer exchange (BEP 11): tell peers whom we are connected to and dial whom they tell us
+    /// of. Off for a private torrent (BEP 27), whose peers come from its tracker alone.
+    pub pex: bool,
 }
 
 /// The torrent's shape: what the core needs of the metainfo.
@@ -228,6 +240,8 @@ pub struct CoreStats {
     pub peers: usize,
     pub hash_failures: u32,
     pub banned: u32,
+    /// Addresses first heard of in peers' PEX messages (BEP 11).
+    pub pex_learned: u64,
 }
 
 /// A byte-rate estimate over roughly the last few seconds (exponential moving average).
@@ -280,6 +294,26 @@ struct PeerState {
     /// pending with it (piece, block requests served so far).
     revealed: Option<Bitfield>,
     offers: Vec<(u32, u32)>,
+    /// We dialled it (its address is where it listens).
+    outgoing: bool,
+    /// Peer exchange: the listening addresses we told it of and have not told it dropped
+    /// since (at most our own peer count), when our next message to it is due (`None`: it does
+    /// not speak `ut_pex`), and when its last message to us counted.
+    pex_told: BTreeSet<SocketAddr>,
+    pex_next: Option<Instant>,
+    pex_heard: Option<Instant>,
+}
+
+impl PeerState {
+    /// Where the peer accepts connections: the address we dialled, or for a peer that dialled
+    /// us, its address with the port from its extension handshake (if it gave one).
+    fn listen_addr(&self) -> Option<SocketAddr> {
+        if self.outgoing {
+            return Some(self.addr);
+        }
+        let port = self.ext.as_ref()?.port.filter(|&p| p != 0)?;
+        Some(SocketAddr::new(self.addr.ip(), port))
+    }
 }
 
 /// Initial seeding (BEP 16): each peer is told of a few pieces at a time, the ones offered least
@@ -681,6 +715,10 @@ impl TorrentCore {
             failed_pieces: 0,
             revealed: self.super_seed.as_ref().map(|_| Bitfield::new(n)),
             offers: Vec::new(),
+            outgoing,
+            pex_told: BTreeSet::new(),
+            pex_next: None,
+            pex_heard: None,
         };
         debug!(peer = %addr, ?key, outgoing, "connected");
         self.peers.insert(key, st);
@@ -703,6 +741,7 @@ impl TorrentCore {
         if extensions {
             let hs = ExtHandshake {
                 ut_metadata: Some(OUR_UT_METADATA),
+                ut_pex: self.config.pex.then_some(OUR_UT_PEX),
                 metadata_size: Some(self.geometry.metadata.len() as u32),
                 client: Some("Swarmcast 0.1".into()),
                 reqq: Some(MAX_PIPELINE as u32),
@@ -1143,8 +1182,17 @@ impl TorrentCore {
                 if let Some(q) = hs.reqq {
                     p.pipeline = p.pipeline.min(q.max(1) as usize);
                 }
+                // Our first PEX message goes out at the next tick, as libtorrent's does.
+                if self.config.pex && hs.ut_pex.is_some() && p.pex_next.is_none() {
+                    p.pex_next = Some(now);
+                }
                 p.ext = Some(hs);
             }
+            return Ok(());
+        }
+        if id == OUR_UT_PEX && self.config.pex {
+            let msg = PexMsg::decode(&payload).map_err(|e| e.to_string())?;
+            self.on_pex(now, key, msg);
             return Ok(());
         }
         if id != OUR_UT_METADATA {
@@ -1168,6 +1216,91 @@ impl TorrentCore {
             );
         }
         Ok(())
+    }
+
+    /// A peer's `ut_pex` message: the peers it added become dial candidates. Addresses that
+    /// cannot be a peer (unspecified, multicast, port 0), loopback addresses from a peer that is
+    /// not itself on loopback, and messages closer together than [`PEX_MIN_GAP`] are ignored.
+    fn on_pex(&mut self, now: Instant, key: PeerKey, msg: PexMsg) {
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if p.pex_heard.is_some_and(|t| now.duration_since(t) < PEX_MIN_GAP) {
+            debug!(peer = %p.addr, "PEX message too soon after the last: ignored");
+            return;
+        }
+        p.pex_heard = Some(now);
+        let from_loopback = p.addr.ip().is_loopback();
+        let usable = |a: &SocketAddr| {
+            let ip = a.ip();
+            a.port() != 0
+                && !ip.is_unspecified()
+                && !ip.is_multicast()
+                && ip != std::net::Ipv4Addr::BROADCAST
+                && (from_loopback || !ip.is_loopback())
+        };
+        let list: Vec<SocketAddr> =
+            msg.added.iter().map(|&(a, _)| a).filter(usable).take(MAX_PEX_PEERS).collect();
+        debug!(peer = %p.addr, added = list.len(), dropped = msg.dropped.len(), "PEX");
+        self.stats.pex_learned +=
+            list.iter().filter(|a| !self.candidates.contains_key(a)).count() as u64;
+        self.add_candidates(now, list);
+    }
+
+    /// Sends a `ut_pex` message to each peer whose turn it is: the peers we are connected to
+    /// (by their listening address) that we have not told it of yet, and those we told it of
+    /// that are gone, at most [`MAX_PEX_PEERS`] of each.
+    fn send_pex(&mut self, now: Instant) {
+        let due: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.pex_next.is_some_and(|t| t <= now))
+            .map(|(&k, _)| k)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let current: BTreeMap<SocketAddr, u8> = self
+            .peers
+            .values()
+            .filter_map(|p| {
+                let flags = if p.has.is_full() { PEX_SEED } else { 0 }
+                    | if p.outgoing { PEX_REACHABLE } else { 0 };
+                Some((p.listen_addr()?, flags))
+            })
+            .collect();
+        for key in due {
+            let Some(p) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            let Some(id) = p.ext.as_ref().and_then(|e| e.ut_pex) else {
+                continue;
+            };
+            p.pex_next = Some(now + PEX_INTERVAL);
+            let own = p.listen_addr();
+            let added: Vec<(SocketAddr, u8)> = current
+                .iter()
+                .filter(|(a, _)| Some(**a) != own && !p.pex_told.contains(a))
+                .map(|(&a, &f)| (a, f))
+                .take(MAX_PEX_PEERS)
+                .collect();
+            let dropped: Vec<SocketAddr> = p
+                .pex_told
+                .iter()
+                .filter(|a| !current.contains_key(a))
+                .copied()
+                .take(MAX_PEX_PEERS)
+                .collect();
+            if added.is_empty() && dropped.is_empty() {
+                continue;
+            }
+            p.pex_told.extend(added.iter().map(|&(a, _)| a));
+            for a in &dropped {
+                p.pex_told.remove(a);
+            }
+            let payload = Bytes::from(PexMsg { added, dropped }.encode());
+            self.send(now, key, Message::Extended { id, payload });
+        }
     }
 
     fn apply_choker(&mut self) {
@@ -1247,6 +1380,9 @@ impl TorrentCore {
             self.drop_peer(now, k, why);
         }
         self.fill_all(now);
+        if self.config.pex {
+            self.send_pex(now);
+        }
         self.connect_more(now);
         self.announce_early_if_stranded(now);
     }
@@ -1604,5 +1740,152 @@ mod tests {
             core.handle(t0 + Duration::from_secs(s), Input::Timeout);
         }
         assert_eq!(announces(core).len(), 1);
+    }
+
+    /// The `ut_pex` messages node `from` sent: (time, its key for the receiver, message).
+    fn pex_sent(net: &Net, from: usize) -> Vec<(Duration, PeerKey, PexMsg)> {
+        net.nodes[from]
+            .sent
+            .iter()
+            .filter_map(|(t, k, m)| match m {
+                Message::Extended { id, payload } if *id == OUR_UT_PEX => {
+                    Some((*t, *k, PexMsg::decode(payload).unwrap()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A seed, a leecher connected to it that never uploads, and a second leecher that knows
+    /// only the first: with peer exchange the second finds the seed and completes.
+    fn pex_chain(pex: bool) -> (Net, [usize; 3]) {
+        let mut net = Net::new(content(200_000), 16 * 1024);
+        let config = |i| CoreConfig { pex, ..Net::config(i) };
+        let s = net.add(true, config(0));
+        let middle = net.add(false, config(1));
+        let last = net.add(false, config(2));
+        net.nodes[middle].stalled = true;
+        // The seed answers every 2 s, so the middle is still its leecher (and connected to it)
+        // when its first PEX message goes out, at its first tick.
+        net.nodes[s].batch_every = Some(Duration::from_secs(2));
+        net.connect(middle, s);
+        net.connect(last, middle);
+        net.drive(Duration::from_secs(30));
+        (net, [s, middle, last])
+    }
+
+    #[test]
+    fn a_peer_learns_of_the_seed_from_a_peer_through_pex_and_completes() {
+        let (net, [s, middle, last]) = pex_chain(true);
+        assert!(net.nodes[last].core.is_complete());
+        assert_eq!(net.nodes[last].data, net.content());
+        let seed_addr = net.nodes[s].addr;
+        // What the middle told the last: the seed, flagged a seed it dialled.
+        let told = pex_sent(&net, middle);
+        assert!(told
+            .iter()
+            .any(|(_, _, m)| m.added == vec![(seed_addr, PEX_SEED | PEX_REACHABLE)]));
+        assert!(told.iter().all(|(_, _, m)| m.added.len() <= MAX_PEX_PEERS));
+        assert!(net.nodes[last].core.stats().pex_learned >= 1);
+    }
+
+    #[test]
+    fn a_private_torrent_exchanges_no_peers() {
+        let (net, [_, middle, last]) = pex_chain(false);
+        assert!(pex_sent(&net, middle).is_empty());
+        assert!(!net.nodes[last].core.is_complete(), "the middle never uploads");
+        assert_eq!(net.nodes[last].core.peer_keys().count(), 1);
+        // Nor does it announce the extension.
+        let hs = net.nodes[middle].sent.iter().find_map(|(_, _, m)| match m {
+            Message::Extended { id: 0, payload } => Some(ExtHandshake::decode(payload).unwrap()),
+            _ => None,
+        });
+        assert_eq!(hs.unwrap().ut_pex, None);
+    }
+
+    #[test]
+    fn pex_goes_to_each_peer_at_most_once_a_minute_with_what_changed() {
+        let mut net = Net::new(content(4 << 20), 64 * 1024);
+        let hub = net.add(false, Net::config(0));
+        let a = net.add(false, Net::config(1));
+        let b = net.add(false, Net::config(2));
+        let (_, hub_key_a) = net.connect(a, hub);
+        net.connect(b, hub);
+        net.drive(Duration::from_secs(10));
+        // A newcomer at 10 s: the hub tells `a` of it only at its next turn, a minute later.
+        let c = net.add(false, Net::config(3));
+        net.connect(c, hub);
+        net.drive(Duration::from_secs(150));
+        let to_a: Vec<_> =
+            pex_sent(&net, hub).into_iter().filter(|(_, k, _)| *k == hub_key_a).collect();
+        let (b_addr, c_addr) = (net.nodes[b].addr, net.nodes[c].addr);
+        assert_eq!(to_a.len(), 2, "{to_a:?}");
+        assert_eq!(
+            to_a[0].2.added,
+            vec![(b_addr, 0)],
+            "incoming peers' ports from their handshakes"
+        );
+        assert_eq!(to_a[1].2.added, vec![(c_addr, 0)], "only what changed");
+        assert!(to_a[1].0 - to_a[0].0 >= PEX_INTERVAL);
+        // A peer is never told of itself.
+        assert!(to_a.iter().all(|(_, _, m)| m.added.iter().all(|(x, _)| *x != net.nodes[a].addr)));
+    }
+
+    #[test]
+    fn hostile_pex_claims_are_not_dialled_and_a_flood_of_messages_is_ignored() {
+        let mut net = Net::new(content(64 * 1024), 16 * 1024);
+        let l = net.add(false, Net::config(0));
+        let core = &mut net.nodes[l].core;
+        let t0 = net.now;
+        let peer = PeerKey(7);
+        let addr: SocketAddr = "10.9.9.9:6881".parse().unwrap();
+        core.handle(
+            t0,
+            Input::Connected {
+                peer,
+                addr,
+                id: PeerId([9; 20]),
+                fast: true,
+                extensions: true,
+                outgoing: true,
+            },
+        );
+        let hs = ExtHandshake { ut_pex: Some(5), ..Default::default() };
+        core.handle(
+            t0,
+            Input::Message(peer, Message::Extended { id: 0, payload: hs.encode().into() }),
+        );
+        let pex = |list: &[&str]| {
+            let added = list.iter().map(|a| (a.parse().unwrap(), 0)).collect();
+            Message::Extended {
+                id: OUR_UT_PEX,
+                payload: PexMsg { added, dropped: vec![] }.encode().into(),
+            }
+        };
+        let dials = |core: &mut TorrentCore| -> Vec<SocketAddr> {
+            std::iter::from_fn(|| core.poll())
+                .filter_map(|o| match o {
+                    Output::Connect(a) => Some(a),
+                    _ => None,
+                })
+                .collect()
+        };
+        dials(core);
+        let bad =
+            ["127.0.0.1:22", "0.0.0.0:6881", "224.0.0.1:6881", "10.1.1.1:0", "255.255.255.255:1"];
+        let mut list = bad.to_vec();
+        list.push("10.1.1.1:6881");
+        core.handle(t0, Input::Message(peer, pex(&list)));
+        assert_eq!(dials(core), vec!["10.1.1.1:6881".parse().unwrap()]);
+        // A second message ten seconds later counts for nothing.
+        core.handle(t0 + Duration::from_secs(10), Input::Message(peer, pex(&["10.2.2.2:6881"])));
+        assert!(dials(core).is_empty());
+        assert_eq!(core.stats().pex_learned, 1);
+        // Garbage under the PEX id closes the connection.
+        let junk =
+            Message::Extended { id: OUR_UT_PEX, payload: Bytes::from_static(b"d5:added5:abcdee") };
+        core.handle(t0 + Duration::from_secs(11), Input::Message(peer, junk));
+        assert!(std::iter::from_fn(|| core.poll())
+            .any(|o| matches!(o, Output::Disconnect(k, _) if k == peer)));
     }
 }

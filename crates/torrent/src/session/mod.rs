@@ -555,6 +555,7 @@ impl Torrent {
             our_port,
             our_id,
             super_seed: config.super_seed,
+            pex: !meta.info.private,
         };
         let core_rng = ChaCha8Rng::seed_from_u64(rng.random());
         let mut core = TorrentCore::new(geometry, have, core_config, core_rng, now);
