@@ -29,6 +29,15 @@
 //! info-hash ([`Config::max_peers`]) and source addresses rate-limited ([`MAX_SOURCES`]). An
 //! address that sends more than [`MAX_PACKETS_PER_WINDOW`] datagrams in [`RATE_WINDOW`] is not
 //! heard for the rest of that window (loopback exempt, as in BEP 42, for test networks).
+//!
+//! # No amplification
+//! A query's source address may be forged, to aim our reply at a victim. So a reply to an
+//! address that has not answered a query of ours (nor shown a token of ours) is at most
+//! [`AMPLIFICATION`] times the size of its query: peers, samples and nodes are left out until it
+//! fits (for `get_peers` and `sample_infohashes`, nodes first, so what it asked for survives).
+//! The one exception is a
+//! BEP 44 value, which cannot be cut: a `get` reply with one is up to 1,000 bytes larger than
+//! the query (about 10×), as in every Mainline implementation.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddrV4;
@@ -67,6 +76,13 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// has expired, datagrams from new addresses are dropped until some do (under a flood from
 /// more addresses than this, new sources wait at most one window).
 pub const MAX_SOURCES: usize = 10_000;
+
+/// A reply to an unverified address is at most this many times its query's size (QUIC's
+/// anti-amplification limit is 3; a `find_node` reply with 8 nodes is about 3× its query).
+pub const AMPLIFICATION: usize = 4;
+/// Addresses remembered as verified (they answered us or showed our token), the oldest
+/// forgotten first.
+pub const MAX_VERIFIED: usize = 8_192;
 
 /// The shortest wait before a lookup query counts as slow.
 pub const MIN_SLOW_AFTER: Duration = Duration::from_millis(100);
@@ -284,6 +300,12 @@ pub struct DhtCore<R: RngCore> {
     rttvar: Duration,
     /// Datagrams dropped by the rate limit.
     rate_limited: u64,
+    /// Addresses that proved they receive what we send them: see "No amplification" in the
+    /// module docs. The queue holds them oldest first, for forgetting.
+    verified: std::collections::HashSet<SocketAddrV4>,
+    verified_order: VecDeque<SocketAddrV4>,
+    /// Replies cut short to an unverified address.
+    trimmed: u64,
     out: VecDeque<Output>,
 }
 
@@ -312,6 +334,9 @@ impl<R: RngCore> DhtCore<R> {
             srtt: None,
             rttvar: Duration::ZERO,
             rate_limited: 0,
+            verified: std::collections::HashSet::new(),
+            verified_order: VecDeque::new(),
+            trimmed: 0,
             out: VecDeque::new(),
         }
     }
@@ -336,6 +361,11 @@ impl<R: RngCore> DhtCore<R> {
     /// Datagrams dropped because their address sent too many.
     pub fn rate_limited(&self) -> u64 {
         self.rate_limited
+    }
+
+    /// Replies cut short because their asker was unverified (see the module docs).
+    pub fn trimmed_replies(&self) -> u64 {
+        self.trimmed
     }
 
     /// Queries awaiting an answer.
@@ -464,7 +494,7 @@ impl<R: RngCore> DhtCore<R> {
                 // A malformed datagram is dropped (the driver counts it); an unknown method
                 // still gets its answer.
                 match Message::decode(bytes) {
-                    Ok(m) => self.on_message(now, from, m),
+                    Ok(m) => self.on_message(now, from, m, bytes.len()),
                     Err(super::krpc::KrpcError::UnknownMethod { tid }) => {
                         if !self.config.read_only {
                             self.error(from, tid, 204, "Method Unknown");
@@ -729,13 +759,14 @@ impl<R: RngCore> DhtCore<R> {
         true
     }
 
-    fn on_message(&mut self, now: Instant, from: SocketAddrV4, m: Message) {
+    /// `len`: the datagram's size.
+    fn on_message(&mut self, now: Instant, from: SocketAddrV4, m: Message, len: usize) {
         match m.body {
             Body::Query { id, method } => {
                 if self.config.read_only {
                     return;
                 }
-                self.answer(now, from, m.tid, method);
+                self.answer(now, from, m.tid, method, len);
                 if !m.read_only {
                     // A node that queries us enters the table only once it answers us: ping it
                     // when it would get a place (once at a time per address, so its queries
@@ -768,6 +799,7 @@ impl<R: RngCore> DhtCore<R> {
         let Some(t) = self.take_transaction(from, tid) else {
             return;
         };
+        self.verify(from);
         self.sample_rtt(now.saturating_duration_since(t.sent));
         let Some(id) = r.id else {
             self.failed(now, t);
@@ -963,8 +995,23 @@ impl<R: RngCore> DhtCore<R> {
         h.finalize()[..8].to_vec()
     }
 
-    fn answer(&mut self, now: Instant, from: SocketAddrV4, tid: Vec<u8>, m: Method) {
+    /// Remembers that `addr` receives what we send it (see "No amplification").
+    fn verify(&mut self, addr: SocketAddrV4) {
+        if self.verified.insert(addr) {
+            self.verified_order.push_back(addr);
+            if self.verified_order.len() > MAX_VERIFIED {
+                if let Some(old) = self.verified_order.pop_front() {
+                    self.verified.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Answers a query of `len` bytes.
+    fn answer(&mut self, now: Instant, from: SocketAddrV4, tid: Vec<u8>, m: Method, len: usize) {
         let mut r = Response { id: Some(self.id), ..Response::default() };
+        // What the asker came for survives trimming longest (see "No amplification").
+        let nodes_first = matches!(m, Method::GetPeers { .. } | Method::SampleInfohashes { .. });
         match m {
             Method::Ping => {}
             Method::FindNode { target } => r.nodes = self.table.closest(&target, K),
@@ -981,6 +1028,7 @@ impl<R: RngCore> DhtCore<R> {
                     self.error(from, tid, 203, "bad token");
                     return;
                 }
+                self.verify(from);
                 let port = if implied_port { from.port() } else { port };
                 if port == 0 {
                     self.error(from, tid, 203, "port 0");
@@ -1019,6 +1067,7 @@ impl<R: RngCore> DhtCore<R> {
                     self.error(from, tid, 203, "bad token");
                     return;
                 }
+                self.verify(from);
                 match (p.key, p.sig, p.seq) {
                     (None, _, _) => self.store_item(now, p.value),
                     (Some(key), Some(sig), Some(seq)) => {
@@ -1035,14 +1084,35 @@ impl<R: RngCore> DhtCore<R> {
                 }
             }
         }
-        let reply = Message {
-            tid,
-            body: Body::Response(r),
-            version: None,
-            ip: Some(from),
-            read_only: false,
+        let encode = |r: &Response| {
+            let body = Body::Response(r.clone());
+            Message { tid: tid.clone(), body, version: None, ip: Some(from), read_only: false }
+                .encode()
         };
-        self.out.push_back(Output::Send { to: from, bytes: reply.encode() });
+        let mut bytes = encode(&r);
+        let cap = AMPLIFICATION * len;
+        if bytes.len() > cap && !self.verified.contains(&from) {
+            self.trimmed += 1;
+            while bytes.len() > cap {
+                // Each entry's share of the excess, rounded up: nodes are 26 bytes, samples
+                // 20, peers 6 (plus a length prefix each).
+                let over = bytes.len() - cap;
+                let cut = |n: usize, size: usize| n.saturating_sub(over.div_ceil(size));
+                if nodes_first && !r.nodes.is_empty() {
+                    r.nodes.truncate(cut(r.nodes.len(), 26));
+                } else if !r.values.is_empty() {
+                    r.values.truncate(cut(r.values.len(), 8));
+                } else if !r.samples.is_empty() {
+                    r.samples.truncate(cut(r.samples.len(), 20));
+                } else if !r.nodes.is_empty() {
+                    r.nodes.truncate(cut(r.nodes.len(), 26));
+                } else {
+                    break;
+                }
+                bytes = encode(&r);
+            }
+        }
+        self.out.push_back(Output::Send { to: from, bytes });
     }
 
     /// Checks and stores a mutable put (BEP 44's errors: 206 bad signature, 301 CAS mismatch,
@@ -1651,5 +1721,67 @@ mod tests {
         assert_eq!(core.in_flight(), 0);
         core.handle(now, Input::Datagram { from: router, bytes: &answer(NodeId([8; 20])) });
         assert_eq!(core.table().len(), 1, "a replayed answer is not a new node");
+    }
+
+    #[test]
+    fn replies_to_an_unverified_address_are_at_most_four_times_its_query() {
+        let now = Instant::now();
+        let mut core =
+            Core::new(now, NodeId([1; 20]), Config::default(), ChaCha8Rng::seed_from_u64(5));
+        // A full table and 50 stored peers: a full reply is about 7× the query.
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        for i in 0..200u32 {
+            let a = SocketAddrV4::new(Ipv4Addr::from(0x0b00_0000 + (i << 8)), 6881);
+            let _ = core
+                .add_responded(now, CompactNode { id: NodeId::for_ip(*a.ip(), &mut rng), addr: a });
+        }
+        let ih = NodeId([9; 20]);
+        for i in 0..50u32 {
+            core.store(now, ih, SocketAddrV4::new(Ipv4Addr::from(0x0c00_0000 + i), 7000));
+        }
+        let victim = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 7), 5000);
+        // Asks as the victim; returns the query's size, the sizes of the replies to it, the
+        // last reply, and the transaction ids of queries the node sent the victim.
+        let ask = |core: &mut Core, method: Method| {
+            let q = query(NodeId([2; 20]), method);
+            core.handle(now, Input::Datagram { from: victim, bytes: &q });
+            let (mut sizes, mut reply, mut ours) = (vec![], None, vec![]);
+            while let Some(o) = core.poll() {
+                let Output::Send { to, bytes } = o else { continue };
+                let m = Message::decode(&bytes).unwrap();
+                if to != victim {
+                    continue;
+                }
+                if m.tid == b"xy" {
+                    sizes.push(bytes.len());
+                    reply = Some(m);
+                } else if matches!(m.body, Body::Query { .. }) {
+                    ours.push(m.tid);
+                }
+            }
+            (q.len(), sizes, reply.unwrap(), ours)
+        };
+        let (q, sizes, m, mut pings) = ask(&mut core, Method::GetPeers { info_hash: ih });
+        assert!(sizes.iter().all(|&n| n <= AMPLIFICATION * q), "{sizes:?} for a {q}-byte query");
+        let Body::Response(r) = m.body else { panic!() };
+        assert!(r.values.len() >= 25, "the peers it asked for survive: {}", r.values.len());
+        let (q, sizes, _, more) = ask(&mut core, Method::FindNode { target: ih });
+        pings.extend(more);
+        assert!(sizes.iter().all(|&n| n <= AMPLIFICATION * q), "{sizes:?}");
+        assert!(core.trimmed_replies() >= 1);
+        // Once the address answers a query of ours (the ping a querier gets), it gets everything.
+        let tid = pings.into_iter().next().expect("the node pings its querier");
+        let pong = Message {
+            tid,
+            body: Body::Response(Response { id: Some(NodeId([2; 20])), ..Response::default() }),
+            version: None,
+            ip: None,
+            read_only: false,
+        };
+        core.handle(now, Input::Datagram { from: victim, bytes: &pong.encode() });
+        let (q, sizes, m, _) = ask(&mut core, Method::GetPeers { info_hash: ih });
+        let Body::Response(r) = m.body else { panic!() };
+        assert_eq!((r.values.len(), r.nodes.len()), (50, K), "verified: the whole reply");
+        assert!(sizes[0] > AMPLIFICATION * q);
     }
 }
