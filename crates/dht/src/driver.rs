@@ -102,6 +102,7 @@ enum Command {
     GetPeers(NodeId, oneshot::Sender<LookupResult>),
     Announce(NodeId, u16, oneshot::Sender<LookupResult>),
     Sample(SocketAddrV4, NodeId, oneshot::Sender<LookupResult>),
+    SampleAround(NodeId, oneshot::Sender<LookupResult>),
     GetItem(NodeId, oneshot::Sender<LookupResult>),
     PutItem(Value, oneshot::Sender<LookupResult>),
     GetMutable([u8; 32], Vec<u8>, oneshot::Sender<LookupResult>),
@@ -189,6 +190,11 @@ impl Dht {
     /// Asks the node at `node` which info-hashes it stores (BEP 51).
     pub async fn sample(&self, node: SocketAddrV4) -> Result<LookupResult, Stopped> {
         self.ask(|tx| Command::Sample(node, self.id, tx)).await
+    }
+
+    /// The info-hashes the nodes around `target` store, sampled (BEP 51).
+    pub async fn sample_around(&self, target: NodeId) -> Result<LookupResult, Stopped> {
+        self.ask(|tx| Command::SampleAround(target, tx)).await
     }
 
     /// The immutable item stored under `target` (BEP 44), checked against it.
@@ -291,6 +297,9 @@ async fn run(
                     }
                     Some(Command::Sample(to, target, reply)) => {
                         waiting.push((core.sample(now, to, target), reply));
+                    }
+                    Some(Command::SampleAround(t, reply)) => {
+                        waiting.push((core.sample_around(now, t), reply));
                     }
                     Some(Command::GetItem(t, reply)) => waiting.push((core.get_item(now, t), reply)),
                     Some(Command::PutItem(v, reply)) => waiting.push((core.put_item(now, v).1, reply)),

@@ -53,10 +53,14 @@ pub enum DhtCommand {
         #[command(flatten)]
         net: DhtNet,
     },
-    /// Ask one node which info-hashes it stores (BEP 51 sample_infohashes).
+    /// Ask one node which info-hashes it stores (BEP 51 sample_infohashes), or with an
+    /// info-hash, the nodes around it (a lookup through --bootstrap).
     Sample {
-        /// The node, HOST:PORT.
+        /// The node, HOST:PORT, or an info-hash (40 hex digits).
         node: String,
+        /// A node to join through, HOST:PORT (repeatable; needed with an info-hash).
+        #[arg(long = "bootstrap")]
+        bootstrap: Vec<String>,
         /// Where our node listens (IPv4; port 0 picks one).
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddrV4,
@@ -235,7 +239,18 @@ pub async fn run(cmd: DhtCommand) -> Result<()> {
             }
             print(&r, net.json)
         }
-        DhtCommand::Sample { node, listen, json } => {
+        DhtCommand::Sample { node, bootstrap, listen, json } if node.len() == 40 => {
+            let target = parse_id(&node)?;
+            if bootstrap.is_empty() {
+                bail!("sampling around an info-hash is a lookup: give --bootstrap HOST:PORT");
+            }
+            let r = join(&DhtNet { listen, bootstrap, json }).await?.sample_around(target).await?;
+            if r.nodes.is_empty() {
+                bail!("no node around {node} answered sample_infohashes (none with BEP 51?)");
+            }
+            print(&r, json)
+        }
+        DhtCommand::Sample { node, listen, json, .. } => {
             let to = *resolve(std::slice::from_ref(&node))?.first().expect("resolve checks");
             let options = DhtOptions::new(listen);
             let ours = Dht::spawn(options)

@@ -166,6 +166,16 @@ fn dht_sample_lists_what_a_libtorrent_node_stores() {
     let listed = run_ok(sample);
     assert!(listed.lines().any(|l| l == format!("infohash {ih}")), "{listed}");
     assert!(listed.contains("stores 1 info-hashes"), "{listed}");
+    // With the info-hash instead of a node: a lookup that samples the nodes around it (our
+    // router and libtorrent's node both store it).
+    let mut around = swarmcast();
+    around.args(["dht", "sample", ih, "--listen", "127.0.0.1:0", "--bootstrap", &bootstrap]);
+    let listed = run_ok(around);
+    assert!(listed.lines().any(|l| l == format!("infohash {ih}")), "{listed}");
+    assert!(
+        listed.contains(&format!("127.0.0.1:{lt_port}")),
+        "libtorrent's node answered\n{listed}"
+    );
     lt_node.kill();
     router.kill();
 }

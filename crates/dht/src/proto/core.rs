@@ -59,6 +59,8 @@ pub const MAX_IN_FLIGHT: usize = 256;
 pub const MAX_CANDIDATES: usize = 64;
 /// Peers a `get_peers` lookup gathers, at most.
 pub const MAX_LOOKUP_PEERS: usize = 500;
+/// Info-hashes a [`DhtCore::sample_around`] lookup gathers, at most.
+pub const MAX_LOOKUP_SAMPLES: usize = 1_000;
 /// Peers one `get_peers` reply carries, at most (so the reply fits a datagram).
 const MAX_REPLY_PEERS: usize = 50;
 /// How long a BEP 44 item is kept unless put again (BEP 44: 2 hours).
@@ -195,6 +197,9 @@ enum Kind {
     Refresh,
     /// One BEP 51 `sample_infohashes` query to one node.
     Sample,
+    /// A lookup toward a target that asks each node `sample_infohashes` (BEP 51 replies carry
+    /// nodes, as `find_node`'s do) and gathers the samples of the nodes around it.
+    SampleAround,
     /// BEP 44: find an immutable item.
     GetItem,
     /// BEP 44: collect tokens from the closest nodes, then put the lookup's `item` there.
@@ -425,6 +430,16 @@ impl<R: RngCore> DhtCore<R> {
                 l.queries = 1;
             }
         }
+        self.step(now, id);
+        id
+    }
+
+    /// Samples the info-hashes stored around `target` (BEP 51): a lookup whose queries are
+    /// `sample_infohashes`; the result's `samples` gathers every answer's (distinct, at most
+    /// [`MAX_LOOKUP_SAMPLES`]) and `num` adds up what the nodes claim to store. Nodes without
+    /// BEP 51 answer with an error and count as failed.
+    pub fn sample_around(&mut self, now: Instant, target: NodeId) -> LookupId {
+        let id = self.start(now, target, Kind::SampleAround);
         self.step(now, id);
         id
     }
@@ -829,6 +844,20 @@ impl<R: RngCore> DhtCore<R> {
                 l.candidates.insert(id.distance(&l.target), Candidate::new(node, State::Answered));
                 self.finish(now, lid);
                 return;
+            }
+            if l.kind == Kind::SampleAround {
+                let (samples, num, _) = l.sampled.get_or_insert_with(Default::default);
+                for s in &r.samples {
+                    if samples.len() < MAX_LOOKUP_SAMPLES && !samples.contains(s) {
+                        samples.push(*s);
+                    }
+                }
+                if let Some(n) = r.num.filter(|&n| n > 0) {
+                    *num = Some(num.unwrap_or(0).saturating_add(n));
+                }
+                if !r.samples.is_empty() {
+                    l.first_value.get_or_insert(now);
+                }
             }
             if let (Kind::GetMutable, Some((want_key, salt))) = (l.kind, &l.want) {
                 if let (Some(k), Some(sig), Some(seq), Some(v)) = (r.key, r.sig, r.seq, &r.value) {
@@ -1241,7 +1270,7 @@ fn lookup_method(kind: Kind, target: NodeId) -> Method {
     match kind {
         Kind::FindNode | Kind::Refresh => Method::FindNode { target },
         Kind::GetPeers | Kind::Announce { .. } => Method::GetPeers { info_hash: target },
-        Kind::Sample => Method::SampleInfohashes { target },
+        Kind::Sample | Kind::SampleAround => Method::SampleInfohashes { target },
         Kind::GetItem | Kind::PutItem | Kind::GetMutable | Kind::PutMutable => {
             Method::Get { target, seq: None }
         }
@@ -1630,6 +1659,37 @@ mod tests {
         let s = net.nodes[asker].sample(now, addr(dead), NodeId([0xee; 20]));
         net.settle();
         assert!(net.result(asker, s).samples.is_empty());
+    }
+
+    #[test]
+    fn sampling_around_a_target_gathers_the_samples_of_the_nodes_there() {
+        let mut net = Net::new(30, 8);
+        net.join_all();
+        let hashes: Vec<NodeId> = (0..60u8).map(|b| NodeId([b; 20])).collect();
+        for (i, ih) in hashes.iter().enumerate() {
+            let now = net.now;
+            net.nodes[1 + i % 7].announce(now, *ih, 7000 + i as u16);
+            net.settle();
+        }
+        let now = net.now;
+        let target = NodeId([0x20; 20]);
+        let s = net.nodes[0].sample_around(now, target);
+        net.settle();
+        let r = net.result(0, s);
+        assert!(!r.nodes.is_empty());
+        // Every sample is an info-hash some answering node stores, and more came than one
+        // node's reply holds.
+        assert!(r.samples.len() > MAX_SAMPLES, "{} samples", r.samples.len());
+        assert!(r.samples.iter().all(|ih| hashes.contains(ih)));
+        let claimed: i64 = r
+            .nodes
+            .iter()
+            .map(|n| {
+                let i = (0..30).find(|&i| addr(i) == n.addr).unwrap();
+                net.nodes[i].stored.len() as i64
+            })
+            .sum();
+        assert!(r.num.unwrap() >= claimed, "{:?} < {claimed}", r.num);
     }
 
     #[test]
