@@ -17,6 +17,10 @@
 //!   know closer nodes) but does not count among the [`K`] closest, nor receive our stores,
 //!   unless too few allowed ids answered. So ids placed next to a target by an attacker
 //!   without the addresses to match them cannot end a lookup or swallow a store.
+//! - **Our own id (BEP 42)**: answers tell us the address they saw us at (`ip`). Once
+//!   [`IP_VOTES`] distinct answering addresses agree on one (two thirds of the votes), that is
+//!   our external address; if our id is not one it allows (and the address is not exempt), we
+//!   take a new id derived from it and rebuild the routing table around it, keeping its nodes.
 //! - **Upkeep**: tokens from a secret rotated every [`TOKEN_ROTATION`] (the previous one still
 //!   accepted); stored peers expire after [`Config::peer_ttl`]; buckets untouched for 15
 //!   minutes are refreshed by a lookup of an id inside them.
@@ -85,6 +89,11 @@ pub const AMPLIFICATION: usize = 4;
 /// Addresses remembered as verified (they answered us or showed our token), the oldest
 /// forgotten first.
 pub const MAX_VERIFIED: usize = 8_192;
+
+/// Distinct answering addresses that must agree on our external address (BEP 42) before we
+/// believe it; votes are counted from at most [`MAX_IP_VOTERS`] addresses, then start over.
+pub const IP_VOTES: u32 = 10;
+pub const MAX_IP_VOTERS: usize = 64;
 
 /// The shortest wait before a lookup query counts as slow.
 pub const MIN_SLOW_AFTER: Duration = Duration::from_millis(100);
@@ -311,6 +320,10 @@ pub struct DhtCore<R: RngCore> {
     verified_order: VecDeque<SocketAddrV4>,
     /// Replies cut short to an unverified address.
     trimmed: u64,
+    /// BEP 42 votes on our external address: who voted (once each), and the tally.
+    ip_voters: std::collections::HashSet<std::net::Ipv4Addr>,
+    ip_tally: HashMap<std::net::Ipv4Addr, u32>,
+    external: Option<std::net::Ipv4Addr>,
     out: VecDeque<Output>,
 }
 
@@ -342,6 +355,9 @@ impl<R: RngCore> DhtCore<R> {
             verified: std::collections::HashSet::new(),
             verified_order: VecDeque::new(),
             trimmed: 0,
+            ip_voters: std::collections::HashSet::new(),
+            ip_tally: HashMap::new(),
+            external: None,
             out: VecDeque::new(),
         }
     }
@@ -371,6 +387,11 @@ impl<R: RngCore> DhtCore<R> {
     /// Replies cut short because their asker was unverified (see the module docs).
     pub fn trimmed_replies(&self) -> u64 {
         self.trimmed
+    }
+
+    /// Our external address, once the answers' votes agreed on one (BEP 42).
+    pub fn external_ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.external
     }
 
     /// Queries awaiting an answer.
@@ -795,7 +816,7 @@ impl<R: RngCore> DhtCore<R> {
                     }
                 }
             }
-            Body::Response(r) => self.on_response(now, from, &m.tid, r),
+            Body::Response(r) => self.on_response(now, from, &m.tid, r, m.ip),
             Body::Error { .. } => self.on_error(now, from, &m.tid),
         }
     }
@@ -810,11 +831,22 @@ impl<R: RngCore> DhtCore<R> {
         self.in_flight.remove(&tid)
     }
 
-    fn on_response(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], r: Response) {
+    /// `seen_as`: where the node says it saw us (BEP 42's `ip`).
+    fn on_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        tid: &[u8],
+        r: Response,
+        seen_as: Option<SocketAddrV4>,
+    ) {
         let Some(t) = self.take_transaction(from, tid) else {
             return;
         };
         self.verify(from);
+        if let Some(ip) = seen_as {
+            self.vote(now, *from.ip(), *ip.ip());
+        }
         self.sample_rtt(now.saturating_duration_since(t.sent));
         let Some(id) = r.id else {
             self.failed(now, t);
@@ -1022,6 +1054,34 @@ impl<R: RngCore> DhtCore<R> {
         h.update(self.secrets[secret]);
         h.update(addr.ip().octets());
         h.finalize()[..8].to_vec()
+    }
+
+    /// Counts `voter`'s word that our address is `ip`; see "Our own id" in the module docs.
+    fn vote(&mut self, now: Instant, voter: std::net::Ipv4Addr, ip: std::net::Ipv4Addr) {
+        if !self.ip_voters.insert(voter) {
+            return;
+        }
+        let n = self.ip_tally.entry(ip).or_insert(0);
+        *n += 1;
+        let decided = *n >= IP_VOTES && 3 * *n as usize >= 2 * self.ip_voters.len();
+        if decided || self.ip_voters.len() >= MAX_IP_VOTERS {
+            self.ip_voters.clear();
+            self.ip_tally.clear();
+        }
+        if !decided {
+            return;
+        }
+        self.external = Some(ip);
+        if super::id::is_exempt(ip) || self.id.is_valid_for(ip) {
+            return;
+        }
+        let id = NodeId::for_ip(ip, &mut self.rng);
+        tracing::info!("external address {ip}: new BEP 42 node id {id}");
+        let old = std::mem::replace(&mut self.table, RoutingTable::new(id));
+        self.id = id;
+        for node in old.nodes() {
+            let _ = self.table.insert(now, node, Seen::Responded);
+        }
     }
 
     /// Remembers that `addr` receives what we send it (see "No amplification").
@@ -1690,6 +1750,63 @@ mod tests {
             })
             .sum();
         assert!(r.num.unwrap() >= claimed, "{:?} < {claimed}", r.num);
+    }
+
+    /// A node with a random id bootstraps through `routers`, each answering that it saw the
+    /// node at the address `says(i)` gives; returns the node.
+    fn voted(routers: usize, says: impl Fn(usize) -> Ipv4Addr) -> Core {
+        let now = Instant::now();
+        let mut core =
+            Core::new(now, NodeId([0x55; 20]), Config::default(), ChaCha8Rng::seed_from_u64(9));
+        let addrs: Vec<SocketAddrV4> = (0..routers)
+            .map(|i| SocketAddrV4::new(Ipv4Addr::new(198, 18, i as u8, 1), 6881))
+            .collect();
+        core.bootstrap(now, &addrs);
+        let sent: Vec<(SocketAddrV4, Vec<u8>)> = std::iter::from_fn(|| core.poll())
+            .filter_map(|o| match o {
+                Output::Send { to, bytes } => Some((to, Message::decode(&bytes).unwrap().tid)),
+                _ => None,
+            })
+            .collect();
+        for (to, tid) in sent {
+            let i = addrs.iter().position(|a| *a == to).unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(i as u64);
+            let reply = Message {
+                tid,
+                body: Body::Response(Response {
+                    id: Some(NodeId::for_ip(*to.ip(), &mut rng)),
+                    ..Response::default()
+                }),
+                version: None,
+                ip: Some(SocketAddrV4::new(says(i), 40000)),
+                read_only: false,
+            };
+            core.handle(now, Input::Datagram { from: to, bytes: &reply.encode() });
+        }
+        core
+    }
+
+    #[test]
+    fn our_id_follows_the_external_address_the_answers_agree_on() {
+        let ours = Ipv4Addr::new(203, 0, 113, 9);
+        // Twelve answers, two of them lying: the id is now one BEP 42 allows for our address,
+        // and the nodes that answered are still in the table.
+        let core = voted(12, |i| if i < 2 { Ipv4Addr::new(1, 2, 3, 4) } else { ours });
+        assert_eq!(core.external_ip(), Some(ours));
+        assert!(core.id().is_valid_for(ours));
+        assert_ne!(core.id(), NodeId([0x55; 20]));
+        assert_eq!(core.table().own(), core.id());
+        assert_eq!(core.table().len(), 12);
+        // Too few votes, or votes split with no two-thirds majority: no decision.
+        let core = voted(9, |_| ours);
+        assert_eq!((core.external_ip(), core.id()), (None, NodeId([0x55; 20])));
+        let liar = Ipv4Addr::new(1, 2, 3, 4);
+        let core = voted(20, |i| if i % 2 == 0 { liar } else { ours });
+        assert_eq!((core.external_ip(), core.id()), (None, NodeId([0x55; 20])));
+        // A private address is exempt: it is noted, and the id stays.
+        let core = voted(12, |_| Ipv4Addr::new(192, 168, 1, 20));
+        assert_eq!(core.external_ip(), Some(Ipv4Addr::new(192, 168, 1, 20)));
+        assert_eq!(core.id(), NodeId([0x55; 20]));
     }
 
     #[test]
