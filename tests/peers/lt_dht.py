@@ -10,6 +10,11 @@ python3-libtorrent 2.0). Modes:
                                                    print "peer IP:PORT" lines, exit 0; exit 1 on
                                                    TIMEOUT seconds
   lt_dht.py node ROUTER_PORT PORT                  join, print "joined", stay until killed
+  lt_dht.py time-get-peers ROUTER_PORT PORT INFOHASH TIMEOUT
+                                                   join, wait for the bootstrap to end, look up
+                                                   INFOHASH once: print "lookup MS ms QUERIES
+                                                   queries PEERS peers" at its first peers
+                                                   (queries: get_peers sent until then)
   lt_dht.py put-immutable ROUTER_PORT PORT TEXT    join, put TEXT (BEP 44), print "target HEX"
                                                    once a node took it, exit 0
   lt_dht.py get-immutable ROUTER_PORT PORT HEX TIMEOUT
@@ -163,6 +168,25 @@ def main():
                   lambda a: isinstance(a, lt.dht_get_peers_reply_alert) and a.peers()
                   and printed(*(f"peer {ip}:{p}" for ip, p in a.peers())),
                   float(sys.argv[5]), "no peer found")
+    elif mode == "time-get-peers":
+        # The bootstrap's end (its alert may have gone by while session() waited for a node).
+        wait_alert(ses, lambda a: isinstance(a, lt.dht_bootstrap_alert), 3)
+        target = lt.sha1_hash(bytes.fromhex(info_hash))
+        queries = 0
+        start = time.perf_counter()
+        ses.dht_get_peers(target)
+        end = start + float(sys.argv[5])
+        while time.perf_counter() < end:
+            ses.wait_for_alert(50)
+            for a in ses.pop_alerts():
+                if isinstance(a, lt.dht_outgoing_get_peers_alert) and a.info_hash == target:
+                    queries += 1
+                elif isinstance(a, lt.dht_get_peers_reply_alert) and a.info_hash == target:
+                    ms = (time.perf_counter() - start) * 1e3
+                    print(f"lookup {ms:.1f} ms {queries} queries {len(a.peers())} peers", flush=True)
+                    sys.exit(0)
+        print("error: no peers found", flush=True)
+        sys.exit(1)
     elif mode == "seed":
         params = lt.add_torrent_params()
         params.ti = lt.torrent_info(sys.argv[4])

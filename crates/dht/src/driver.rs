@@ -96,10 +96,14 @@ fn save_state(path: &Path, core: &DhtCore<StdRng>) -> io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Batches of peers a streaming `get_peers` buffers for its caller.
+const PEER_BATCHES: usize = 64;
+
 enum Command {
     Bootstrap(Vec<SocketAddrV4>, oneshot::Sender<LookupResult>),
     FindNode(NodeId, oneshot::Sender<LookupResult>),
     GetPeers(NodeId, oneshot::Sender<LookupResult>),
+    GetPeersStreaming(NodeId, mpsc::Sender<Vec<SocketAddrV4>>, oneshot::Sender<LookupResult>),
     Announce(NodeId, u16, oneshot::Sender<LookupResult>),
     Sample(SocketAddrV4, NodeId, oneshot::Sender<LookupResult>),
     SampleAround(NodeId, oneshot::Sender<LookupResult>),
@@ -182,6 +186,20 @@ impl Dht {
         self.ask(|tx| Command::GetPeers(info_hash, tx)).await
     }
 
+    /// The peers of `info_hash` as the lookup finds them: batches of new peers on the first
+    /// receiver (which closes when the lookup ends; a batch the caller is too slow to take is
+    /// dropped, and is in the result), and the whole result on the second.
+    pub async fn get_peers_streaming(
+        &self,
+        info_hash: NodeId,
+    ) -> Result<(mpsc::Receiver<Vec<SocketAddrV4>>, oneshot::Receiver<LookupResult>), Stopped> {
+        let (batches_tx, batches) = mpsc::channel(PEER_BATCHES);
+        let (tx, done) = oneshot::channel();
+        let cmd = Command::GetPeersStreaming(info_hash, batches_tx, tx);
+        self.commands.send(cmd).await.map_err(|_| Stopped)?;
+        Ok((batches, done))
+    }
+
     /// Announces that we serve `info_hash` on TCP `port`.
     pub async fn announce(&self, info_hash: NodeId, port: u16) -> Result<LookupResult, Stopped> {
         self.ask(|tx| Command::Announce(info_hash, port, tx)).await
@@ -237,6 +255,7 @@ async fn run(
     state: Option<(PathBuf, Duration)>,
 ) {
     let mut waiting: Vec<(LookupId, oneshot::Sender<LookupResult>)> = Vec::new();
+    let mut streams: Vec<(LookupId, mpsc::Sender<Vec<SocketAddrV4>>)> = Vec::new();
     let mut buf = vec![0u8; RECV_BUF];
     let mut saved_at = Instant::now();
     loop {
@@ -255,7 +274,14 @@ async fn run(
                     // handles it.
                     let _ = socket.send_to(&bytes, to).await;
                 }
+                Output::Peers { lookup, peers } => {
+                    if let Some((_, tx)) = streams.iter().find(|(id, _)| *id == lookup) {
+                        let _ = tx.try_send(peers);
+                    }
+                }
                 Output::Done(result) => {
+                    // Dropping the sender closes the caller's stream of batches.
+                    streams.retain(|(id, _)| *id != result.id);
                     if let Some(i) = waiting.iter().position(|(id, _)| *id == result.id) {
                         let (_, reply) = waiting.swap_remove(i);
                         let _ = reply.send(*result);
@@ -292,6 +318,11 @@ async fn run(
                     }
                     Some(Command::FindNode(t, reply)) => waiting.push((core.find_node(now, t), reply)),
                     Some(Command::GetPeers(t, reply)) => waiting.push((core.get_peers(now, t), reply)),
+                    Some(Command::GetPeersStreaming(t, batches, reply)) => {
+                        let id = core.get_peers(now, t);
+                        streams.push((id, batches));
+                        waiting.push((id, reply));
+                    }
                     Some(Command::Announce(t, port, reply)) => {
                         waiting.push((core.announce(now, t, port), reply));
                     }
@@ -390,5 +421,18 @@ mod tests {
         assert!(announced.announced_to > 0, "{announced:?}");
         let found = nodes[9].get_peers(info_hash).await.unwrap();
         assert_eq!(found.peers, vec![SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6881)]);
+        // Streaming: the peer comes in a batch before the lookup's end, then the stream closes
+        // and the result repeats it.
+        nodes[5].announce(info_hash, 7000).await.unwrap();
+        let (mut batches, done) = nodes[10].get_peers_streaming(info_hash).await.unwrap();
+        let mut streamed = Vec::new();
+        while let Some(b) = batches.recv().await {
+            streamed.extend(b);
+        }
+        streamed.sort();
+        let mut all = done.await.unwrap().peers;
+        all.sort();
+        assert_eq!(streamed, all);
+        assert_eq!(all.len(), 2, "{all:?}");
     }
 }

@@ -509,6 +509,7 @@ impl Sim {
                 match out {
                     Output::Send { to, bytes } => sends.push((to, bytes)),
                     Output::Done(r) => done.push(r),
+                    Output::Peers { .. } => {}
                 }
             }
             core.next_deadline()

@@ -163,6 +163,10 @@ fn print(r: &LookupResult, json: bool) -> Result<()> {
             "samples": r.samples.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             "num": r.num,
             "interval": r.interval,
+            "queries": r.queries,
+            "answers": r.answers,
+            "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
+            "first_value_ms": r.first_value.map(|d| d.as_secs_f64() * 1e3),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -195,6 +199,15 @@ fn print(r: &LookupResult, json: bool) -> Result<()> {
     if let (Some(num), Some(interval)) = (r.num, r.interval) {
         println!("stores {num} info-hashes; ask again in {interval} s");
     }
+    let first = r.first_value.map_or(String::new(), |d| {
+        format!(", first answer with what it sought after {:.1} ms", d.as_secs_f64() * 1e3)
+    });
+    println!(
+        "lookup: {} queries, {} answers, {:.1} ms{first}",
+        r.queries,
+        r.answers,
+        r.elapsed.as_secs_f64() * 1e3
+    );
     Ok(())
 }
 
@@ -340,6 +353,40 @@ pub const PUBLIC_ROUTERS: &[&str] = &[
 
 /// How often a download asks the DHT for peers again.
 pub const RELOOKUP: Duration = Duration::from_secs(5 * 60);
+
+/// How long a download that got its first peers from a lookup waits for more before it starts.
+const FIRST_PEERS_GRACE: Duration = Duration::from_millis(500);
+
+/// The peers a streaming `get_peers` lookup gives first: its first batch and whatever follows
+/// within [`FIRST_PEERS_GRACE`] (none if it ends with none), and the stream, unless it ended.
+pub async fn first_peers(
+    mut batches: tokio::sync::mpsc::Receiver<Vec<SocketAddrV4>>,
+) -> (Vec<SocketAddrV4>, Option<tokio::sync::mpsc::Receiver<Vec<SocketAddrV4>>>) {
+    let Some(mut found) = batches.recv().await else {
+        return (vec![], None);
+    };
+    let grace = tokio::time::sleep(FIRST_PEERS_GRACE);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            b = batches.recv() => match b {
+                Some(b) => found.extend(b),
+                None => return (found, None),
+            },
+            _ = &mut grace => return (found, Some(batches)),
+        }
+    }
+}
+
+/// The next batch of a lookup's peers; never resolves without a stream (`None` when it ends).
+pub async fn next_batch(
+    batches: &mut Option<tokio::sync::mpsc::Receiver<Vec<SocketAddrV4>>>,
+) -> Option<Vec<SocketAddrV4>> {
+    match batches {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// How often a seed announces itself again (libtorrent: every 15 minutes).
 pub const REANNOUNCE: Duration = Duration::from_secs(15 * 60);

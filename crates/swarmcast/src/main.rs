@@ -447,10 +447,14 @@ async fn get(
     };
     let dht_node = net.dht(has_trackers, private).await;
     let mut peers = net.peers.clone();
+    // The lookup's later peers join the download as they come.
+    let mut dht_batches = None;
     if let Some(node) = &dht_node {
-        let found = node.get_peers(dht::NodeId(ih.0)).await?;
-        eprintln!("DHT: {} peers found", found.peers.len());
-        peers.extend(found.peers.iter().map(|p| SocketAddr::V4(*p)));
+        let (batches, _) = node.get_peers_streaming(dht::NodeId(ih.0)).await?;
+        let (found, rest) = dht_cmd::first_peers(batches).await;
+        eprintln!("DHT: {} peers found so far", found.len());
+        peers.extend(found.iter().map(|p| SocketAddr::V4(*p)));
+        dht_batches = rest;
     }
     let meta = match source {
         Source::Magnet(magnet) => {
@@ -490,6 +494,10 @@ async fn get(
             r = session.wait_complete() => break r.map_err(anyhow::Error::from),
             _ = tokio::signal::ctrl_c() => break Err(anyhow::anyhow!(
                 "interrupted: verified pieces are kept; run the same command again to resume")),
+            batch = dht_cmd::next_batch(&mut dht_batches) => match batch {
+                Some(b) => session.add_peers(b.into_iter().map(SocketAddr::V4).collect()).await,
+                None => dht_batches = None,
+            },
             _ = relook.tick(), if dht_node.is_some() => {
                 if let Some(node) = &dht_node {
                     if let Ok(found) = node.get_peers(dht::NodeId(ih.0)).await {

@@ -157,6 +157,10 @@ pub enum Output {
     Send { to: SocketAddrV4, bytes: Vec<u8> },
     /// A lookup finished (boxed: it is large beside a datagram).
     Done(Box<LookupResult>),
+    /// Peers a running `get_peers` or announce lookup just learned (only new ones, at most
+    /// [`MAX_LOOKUP_PEERS`] in all), so a download can dial them before the lookup ends; its
+    /// [`Output::Done`] repeats them all.
+    Peers { lookup: LookupId, peers: Vec<SocketAddrV4> },
 }
 
 /// Identifies a lookup started by [`DhtCore::find_node`], [`DhtCore::get_peers`] or
@@ -925,11 +929,16 @@ impl<R: RngCore> DhtCore<R> {
             while l.candidates.len() > MAX_CANDIDATES {
                 l.candidates.pop_last();
             }
+            let known = l.peers.len();
             for p in &r.values {
                 if l.peers.len() < MAX_LOOKUP_PEERS && !l.peers.contains(p) {
                     l.peers.push(*p);
                     l.first_value.get_or_insert(now);
                 }
+            }
+            if l.peers.len() > known {
+                let peers = l.peers[known..].to_vec();
+                self.out.push_back(Output::Peers { lookup: lid, peers });
             }
         }
         self.step(now, lid);
@@ -1400,6 +1409,7 @@ mod tests {
                                 }
                             }
                             Output::Done(r) => self.done.push((i, *r)),
+                            Output::Peers { .. } => {}
                         }
                     }
                 }
