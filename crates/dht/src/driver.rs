@@ -104,7 +104,8 @@ enum Command {
     FindNode(NodeId, oneshot::Sender<LookupResult>),
     GetPeers(NodeId, oneshot::Sender<LookupResult>),
     GetPeersStreaming(NodeId, mpsc::Sender<Vec<SocketAddrV4>>, oneshot::Sender<LookupResult>),
-    Announce(NodeId, u16, oneshot::Sender<LookupResult>),
+    Announce(NodeId, u16, bool, oneshot::Sender<LookupResult>),
+    Scrape(NodeId, oneshot::Sender<LookupResult>),
     Sample(SocketAddrV4, NodeId, oneshot::Sender<LookupResult>),
     SampleAround(NodeId, oneshot::Sender<LookupResult>),
     GetItem(NodeId, oneshot::Sender<LookupResult>),
@@ -200,9 +201,19 @@ impl Dht {
         Ok((batches, done))
     }
 
-    /// Announces that we serve `info_hash` on TCP `port`.
-    pub async fn announce(&self, info_hash: NodeId, port: u16) -> Result<LookupResult, Stopped> {
-        self.ask(|tx| Command::Announce(info_hash, port, tx)).await
+    /// Announces that we serve `info_hash` on TCP `port`, as a seed or not (BEP 33).
+    pub async fn announce(
+        &self,
+        info_hash: NodeId,
+        port: u16,
+        seed: bool,
+    ) -> Result<LookupResult, Stopped> {
+        self.ask(|tx| Command::Announce(info_hash, port, seed, tx)).await
+    }
+
+    /// Estimates the size of `info_hash`'s swarm from the nodes' bloom filters (BEP 33).
+    pub async fn scrape(&self, info_hash: NodeId) -> Result<LookupResult, Stopped> {
+        self.ask(|tx| Command::Scrape(info_hash, tx)).await
     }
 
     /// Asks the node at `node` which info-hashes it stores (BEP 51).
@@ -323,9 +334,10 @@ async fn run(
                         streams.push((id, batches));
                         waiting.push((id, reply));
                     }
-                    Some(Command::Announce(t, port, reply)) => {
-                        waiting.push((core.announce(now, t, port), reply));
+                    Some(Command::Announce(t, port, seed, reply)) => {
+                        waiting.push((core.announce_as(now, t, port, seed), reply));
                     }
+                    Some(Command::Scrape(t, reply)) => waiting.push((core.scrape(now, t), reply)),
                     Some(Command::Sample(to, target, reply)) => {
                         waiting.push((core.sample(now, to, target), reply));
                     }
@@ -417,13 +429,13 @@ mod tests {
         }
         assert!(nodes[11].nodes().await.unwrap() >= 8);
         let info_hash = NodeId([0x42; 20]);
-        let announced = nodes[3].announce(info_hash, 6881).await.unwrap();
+        let announced = nodes[3].announce(info_hash, 6881, false).await.unwrap();
         assert!(announced.announced_to > 0, "{announced:?}");
         let found = nodes[9].get_peers(info_hash).await.unwrap();
         assert_eq!(found.peers, vec![SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6881)]);
         // Streaming: the peer comes in a batch before the lookup's end, then the stream closes
         // and the result repeats it.
-        nodes[5].announce(info_hash, 7000).await.unwrap();
+        nodes[5].announce(info_hash, 7000, true).await.unwrap();
         let (mut batches, done) = nodes[10].get_peers_streaming(info_hash).await.unwrap();
         let mut streamed = Vec::new();
         while let Some(b) = batches.recv().await {

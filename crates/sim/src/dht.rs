@@ -5,8 +5,9 @@
 //! Model:
 //! - **Nodes**: each has a random public IPv4 address and a BEP 42 id derived from it. Their
 //!   routing tables are built either *as after a bootstrap* (for every bucket range of a node,
-//!   up to 8 nodes of that range chosen at random, inserted as if they had answered: the table
-//!   a node converges to) or by real joins, one node after another through nodes already in
+//!   as many nodes of that range as the bucket holds, chosen at random and inserted as if they
+//!   had answered: the table a long-lived node converges to; libtorrent's extended table holds
+//!   128, 64, 32 and 16 in its first four buckets, then 8) or by real joins, one node after another through nodes already in
 //!   ([`Scenario::join`]; slow at scale, used to check the first against).
 //! - **Links**: a pair's round-trip time is drawn once, lognormal around
 //!   [`Scenario::rtt_median`] with [`Scenario::rtt_sigma`], each direction half of it; every
@@ -608,7 +609,7 @@ impl Sim {
         let Body::Query { method, .. } = m.body else { return None };
         let target = match method {
             Method::FindNode { target } | Method::Get { target, .. } => Some(target),
-            Method::GetPeers { info_hash } => Some(info_hash),
+            Method::GetPeers { info_hash, .. } => Some(info_hash),
             _ => None,
         };
         let mut r = Response { id: Some(self.nodes[me as usize].id), ..Default::default() };

@@ -50,6 +50,16 @@ pub enum DhtCommand {
         info_hash: String,
         #[arg(long)]
         port: u16,
+        /// Announce as a seed (BEP 33: counted among the seeds by `dht scrape`).
+        #[arg(long)]
+        seed: bool,
+        #[command(flatten)]
+        net: DhtNet,
+    },
+    /// Estimate how many seeds and downloaders a torrent (40 hex digits) has, from the bloom
+    /// filters of the nodes that store its peers (BEP 33).
+    Scrape {
+        info_hash: String,
         #[command(flatten)]
         net: DhtNet,
     },
@@ -243,10 +253,36 @@ pub async fn run(cmd: DhtCommand) -> Result<()> {
             let node = join(&net).await?;
             print(&node.get_peers(ih).await?, net.json)
         }
-        DhtCommand::Announce { info_hash, port, net } => {
+        DhtCommand::Scrape { info_hash, net } => {
             let ih = parse_id(&info_hash)?;
             let node = join(&net).await?;
-            let r = node.announce(ih, port).await?;
+            let r = node.scrape(ih).await?;
+            let Some(s) = &r.scrape else {
+                bail!("no node answered the scrape (BEP 33): none stores {info_hash}'s peers?");
+            };
+            if net.json {
+                let v = serde_json::json!({
+                    "seeds": s.seeds.estimate(),
+                    "downloaders": s.downloaders.estimate(),
+                    "nodes": s.nodes,
+                    "queries": r.queries,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "about {:.0} seeds and {:.0} downloaders (BEP 33 estimates, counted by \
+                     address, from {} nodes' filters)",
+                    s.seeds.estimate(),
+                    s.downloaders.estimate(),
+                    s.nodes
+                );
+            }
+            Ok(())
+        }
+        DhtCommand::Announce { info_hash, port, seed, net } => {
+            let ih = parse_id(&info_hash)?;
+            let node = join(&net).await?;
+            let r = node.announce(ih, port, seed).await?;
             if r.announced_to == 0 {
                 bail!("no node took the announcement (none gave a token)");
             }
@@ -435,7 +471,8 @@ pub fn keep_announcing(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match node.announce(info_hash, port).await {
+            // Whoever keeps announcing here seeds (`seed`, `get --seed` once complete).
+            match node.announce(info_hash, port, true).await {
                 Ok(r) if r.announced_to > 0 => {
                     tracing::info!("DHT: announced to {} nodes", r.announced_to);
                 }

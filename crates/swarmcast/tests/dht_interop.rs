@@ -113,6 +113,16 @@ fn trackerless_swarms_with_libtorrent_both_ways() {
         .arg(dir.path().join("data"));
     let mut lt_seed = Proc::spawn("libtorrent seed", seed, dir.path());
     lt_seed.wait_output("announced", LONG);
+    // BEP 33: our scrape reads the filters of our router and of libtorrent's node, and counts
+    // the libtorrent seed (127.0.0.1) as one seed.
+    let ih = magnet.split("btih:").nth(1).expect("a btih magnet")[..40].to_string();
+    let mut scrape = swarmcast();
+    scrape.args(["dht", "scrape", &ih, "--json", "--listen", "127.0.0.1:0"]);
+    scrape.args(["--bootstrap", &bootstrap]);
+    let said = run_ok(scrape);
+    let v: serde_json::Value = serde_json::from_str(&said).expect("scrape --json");
+    let seeds = v["seeds"].as_f64().unwrap();
+    assert!((seeds - 1.0).abs() < 0.1 && v["nodes"].as_u64() >= Some(2), "{said}");
     let out = dir.path().join("ours");
     let mut get = swarmcast();
     get.args(["get", &magnet, "--dht-bootstrap", &bootstrap, "--bind", "127.0.0.1", "-o"])

@@ -39,9 +39,9 @@
 //! address that has not answered a query of ours (nor shown a token of ours) is at most
 //! [`AMPLIFICATION`] times the size of its query: peers, samples and nodes are left out until it
 //! fits (for `get_peers` and `sample_infohashes`, nodes first, so what it asked for survives).
-//! The one exception is a
-//! BEP 44 value, which cannot be cut: a `get` reply with one is up to 1,000 bytes larger than
-//! the query (about 10×), as in every Mainline implementation.
+//! The exceptions cannot be cut: a BEP 44 value (a `get` reply with one is up to 1,000 bytes
+//! larger than the query, about 10×) and BEP 33's two 256-byte filters (about 6×), as in every
+//! Mainline implementation.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddrV4;
@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, RngCore};
 use sha1::{Digest, Sha1};
 
+use super::bloom::ScrapeFilter;
 use super::id::NodeId;
 use super::krpc::{Body, CompactNode, Message, Method, Put, Response, Value};
 use super::table::{Insert, RoutingTable, Seen, GOOD_FOR, K};
@@ -197,6 +198,17 @@ pub struct LookupResult {
     pub samples: Vec<NodeId>,
     pub num: Option<i64>,
     pub interval: Option<i64>,
+    /// BEP 33 (`scrape`): the union of the filters the nodes gave.
+    pub scrape: Option<ScrapeResult>,
+}
+
+/// What a BEP 33 scrape lookup gathered: the union of the answering nodes' bloom filters of the
+/// swarm's seeds and downloaders (see [`ScrapeFilter::estimate`]), and how many nodes gave them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScrapeResult {
+    pub seeds: ScrapeFilter,
+    pub downloaders: ScrapeFilter,
+    pub nodes: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,7 +217,10 @@ enum Kind {
     GetPeers,
     Announce {
         port: u16,
+        seed: bool,
     },
+    /// BEP 33: a `get_peers` lookup with `scrape`, gathering bloom filters instead of peers.
+    Scrape,
     /// A bucket refresh: like FindNode, with no result reported.
     Refresh,
     /// One BEP 51 `sample_infohashes` query to one node.
@@ -266,6 +281,7 @@ struct Lookup {
     first_value: Option<Instant>,
     /// BEP 51 answer: samples, num, interval.
     sampled: Option<(Vec<NodeId>, Option<i64>, Option<i64>)>,
+    scraped: Option<ScrapeResult>,
     /// BEP 44: the item to put, or the item found.
     item: Option<Value>,
     /// BEP 44 mutable: the key and salt asked for (get), and the item to put or the newest
@@ -306,7 +322,8 @@ pub struct DhtCore<R: RngCore> {
     secrets: [[u8; 16]; 2],
     rotated: Instant,
     next_refresh: Instant,
-    stored: HashMap<NodeId, Vec<(SocketAddrV4, Instant)>>,
+    /// Announced peers by info-hash: address, when, and whether a seed (BEP 33).
+    stored: HashMap<NodeId, Vec<(SocketAddrV4, Instant, bool)>>,
     /// BEP 44 immutable items by target, with the time they were put.
     items: HashMap<NodeId, (Value, Instant)>,
     /// BEP 44 mutable items by target (counted with `items` against `max_items`).
@@ -405,7 +422,7 @@ impl<R: RngCore> DhtCore<R> {
 
     /// Peers stored for `info_hash` (announced to us).
     pub fn stored_peers(&self, info_hash: &NodeId) -> Vec<SocketAddrV4> {
-        self.stored.get(info_hash).map_or(Vec::new(), |v| v.iter().map(|(a, _)| *a).collect())
+        self.stored.get(info_hash).map_or(Vec::new(), |v| v.iter().map(|(a, ..)| *a).collect())
     }
 
     // --- mutators ---------------------------------------------------------------------------
@@ -515,7 +532,26 @@ impl<R: RngCore> DhtCore<R> {
 
     /// Looks up the peers of `info_hash`, then announces us on `port` to the closest nodes.
     pub fn announce(&mut self, now: Instant, info_hash: NodeId, port: u16) -> LookupId {
-        let id = self.start(now, info_hash, Kind::Announce { port });
+        self.announce_as(now, info_hash, port, false)
+    }
+
+    /// [`DhtCore::announce`], saying whether we are a seed (BEP 33's `seed`).
+    pub fn announce_as(
+        &mut self,
+        now: Instant,
+        info_hash: NodeId,
+        port: u16,
+        seed: bool,
+    ) -> LookupId {
+        let id = self.start(now, info_hash, Kind::Announce { port, seed });
+        self.step(now, id);
+        id
+    }
+
+    /// Estimates the size of `info_hash`'s swarm (BEP 33): a `get_peers` lookup with `scrape`,
+    /// whose result's `scrape` is the union of the closest nodes' bloom filters.
+    pub fn scrape(&mut self, now: Instant, info_hash: NodeId) -> LookupId {
+        let id = self.start(now, info_hash, Kind::Scrape);
         self.step(now, id);
         id
     }
@@ -628,6 +664,7 @@ impl<R: RngCore> DhtCore<R> {
             started: now,
             first_value: None,
             sampled: None,
+            scraped: None,
             item: None,
             want: None,
             mutable: None,
@@ -728,7 +765,8 @@ impl<R: RngCore> DhtCore<R> {
                 cas: None,
             };
             match (l.kind, &l.item, &l.mutable) {
-                (Kind::Announce { port }, _, _) => Some(Method::AnnouncePeer {
+                (Kind::Announce { port, seed }, _, _) => Some(Method::AnnouncePeer {
+                    seed,
                     info_hash: l.target,
                     port,
                     implied_port: false,
@@ -767,6 +805,7 @@ impl<R: RngCore> DhtCore<R> {
             samples,
             num,
             interval,
+            scrape: l.scraped,
         })));
     }
 
@@ -880,6 +919,17 @@ impl<R: RngCore> DhtCore<R> {
                 l.candidates.insert(id.distance(&l.target), Candidate::new(node, State::Answered));
                 self.finish(now, lid);
                 return;
+            }
+            if let (Kind::Scrape, Some(sd), Some(pe)) = (l.kind, &r.seeds_filter, &r.peers_filter) {
+                let s = l.scraped.get_or_insert_with(|| ScrapeResult {
+                    seeds: ScrapeFilter::default(),
+                    downloaders: ScrapeFilter::default(),
+                    nodes: 0,
+                });
+                s.seeds.union(sd);
+                s.downloaders.union(pe);
+                s.nodes += 1;
+                l.first_value.get_or_insert(now);
             }
             if l.kind == Kind::SampleAround {
                 let (samples, num, _) = l.sampled.get_or_insert_with(Default::default);
@@ -1036,7 +1086,7 @@ impl<R: RngCore> DhtCore<R> {
             self.rotated = now;
             let ttl = self.config.peer_ttl;
             for peers in self.stored.values_mut() {
-                peers.retain(|(_, t)| now.saturating_duration_since(*t) < ttl);
+                peers.retain(|(_, t, _)| now.saturating_duration_since(*t) < ttl);
             }
             self.stored.retain(|_, v| !v.is_empty());
             self.items.retain(|_, (_, t)| now.saturating_duration_since(*t) < ITEM_TTL);
@@ -1113,15 +1163,27 @@ impl<R: RngCore> DhtCore<R> {
         match m {
             Method::Ping => {}
             Method::FindNode { target } => r.nodes = self.table.closest(&target, K),
-            Method::GetPeers { info_hash } => {
+            Method::GetPeers { info_hash, scrape } => {
                 r.token = Some(self.token(0, &from));
-                // Peers if we have them, and always the closest nodes (as libtorrent does), so
-                // the asker's lookup goes on converging at a node that stores peers.
-                r.values =
-                    self.stored_peers(&info_hash).into_iter().take(MAX_REPLY_PEERS).collect();
+                // Peers if we have them (or, for a scrape, their bloom filters, as libtorrent
+                // answers), and always the closest nodes (as libtorrent does), so the asker's
+                // lookup goes on converging at a node that stores peers.
+                if scrape {
+                    let (mut seeds, mut downloaders) =
+                        (ScrapeFilter::default(), ScrapeFilter::default());
+                    for (a, _, seed) in self.stored.get(&info_hash).into_iter().flatten() {
+                        let f = if *seed { &mut seeds } else { &mut downloaders };
+                        f.insert(std::net::IpAddr::V4(*a.ip()));
+                    }
+                    r.seeds_filter = Some(Box::new(seeds));
+                    r.peers_filter = Some(Box::new(downloaders));
+                } else {
+                    r.values =
+                        self.stored_peers(&info_hash).into_iter().take(MAX_REPLY_PEERS).collect();
+                }
                 r.nodes = self.table.closest(&info_hash, K);
             }
-            Method::AnnouncePeer { info_hash, port, implied_port, token } => {
+            Method::AnnouncePeer { info_hash, port, implied_port, token, seed } => {
                 if !self.token_ok(&token, &from) {
                     self.error(from, tid, 203, "bad token");
                     return;
@@ -1132,7 +1194,7 @@ impl<R: RngCore> DhtCore<R> {
                     self.error(from, tid, 203, "port 0");
                     return;
                 }
-                self.store(now, info_hash, SocketAddrV4::new(*from.ip(), port));
+                self.store(now, info_hash, SocketAddrV4::new(*from.ip(), port), seed);
             }
             Method::SampleInfohashes { target } => {
                 let mut all: Vec<NodeId> = self.stored.keys().copied().collect();
@@ -1259,24 +1321,24 @@ impl<R: RngCore> DhtCore<R> {
         self.items.insert(target, (value, now));
     }
 
-    fn store(&mut self, now: Instant, info_hash: NodeId, peer: SocketAddrV4) {
+    fn store(&mut self, now: Instant, info_hash: NodeId, peer: SocketAddrV4, seed: bool) {
         if !self.stored.contains_key(&info_hash) && self.stored.len() >= self.config.max_torrents {
             return;
         }
         let max = self.config.max_peers;
         let peers = self.stored.entry(info_hash).or_default();
-        if let Some(p) = peers.iter_mut().find(|(a, _)| *a == peer) {
-            p.1 = now;
+        if let Some(p) = peers.iter_mut().find(|(a, ..)| *a == peer) {
+            (p.1, p.2) = (now, seed);
             return;
         }
         if peers.len() >= max {
             // The oldest announcement makes room.
-            let oldest = peers.iter().enumerate().min_by_key(|(_, (_, t))| *t).map(|(i, _)| i);
+            let oldest = peers.iter().enumerate().min_by_key(|(_, (_, t, _))| *t).map(|(i, _)| i);
             if let Some(i) = oldest {
                 peers.swap_remove(i);
             }
         }
-        peers.push((peer, now));
+        peers.push((peer, now, seed));
     }
 
     fn error(&mut self, to: SocketAddrV4, tid: Vec<u8>, code: i64, message: &str) {
@@ -1338,7 +1400,10 @@ impl MutableItem {
 fn lookup_method(kind: Kind, target: NodeId) -> Method {
     match kind {
         Kind::FindNode | Kind::Refresh => Method::FindNode { target },
-        Kind::GetPeers | Kind::Announce { .. } => Method::GetPeers { info_hash: target },
+        Kind::GetPeers | Kind::Announce { .. } => {
+            Method::GetPeers { info_hash: target, scrape: false }
+        }
+        Kind::Scrape => Method::GetPeers { info_hash: target, scrape: true },
         Kind::Sample | Kind::SampleAround => Method::SampleInfohashes { target },
         Kind::GetItem | Kind::PutItem | Kind::GetMutable | Kind::PutMutable => {
             Method::Get { target, seq: None }
@@ -1535,7 +1600,7 @@ mod tests {
             now,
             Input::Datagram {
                 from: alice,
-                bytes: &query(NodeId([2; 20]), Method::GetPeers { info_hash: ih }),
+                bytes: &query(NodeId([2; 20]), Method::GetPeers { info_hash: ih, scrape: false }),
             },
         );
         let r = replies(&mut core);
@@ -1545,7 +1610,13 @@ mod tests {
         let announce = |token: Vec<u8>| {
             query(
                 NodeId([3; 20]),
-                Method::AnnouncePeer { info_hash: ih, port: 6881, implied_port: false, token },
+                Method::AnnouncePeer {
+                    info_hash: ih,
+                    port: 6881,
+                    implied_port: false,
+                    token,
+                    seed: false,
+                },
             )
         };
         // Alice's token from Mallory's address: refused.
@@ -1567,7 +1638,7 @@ mod tests {
             later,
             Input::Datagram {
                 from: alice,
-                bytes: &query(NodeId([2; 20]), Method::GetPeers { info_hash: ih }),
+                bytes: &query(NodeId([2; 20]), Method::GetPeers { info_hash: ih, scrape: false }),
             },
         );
         let Body::Response(resp) = &replies(&mut core)[0].1.body else { panic!() };
@@ -1578,6 +1649,7 @@ mod tests {
                 port: 1,
                 implied_port: true,
                 token: resp.token.clone().unwrap(),
+                seed: false,
             },
         );
         core.handle(later, Input::Datagram { from: alice, bytes: &implied });
@@ -1820,6 +1892,70 @@ mod tests {
     }
 
     #[test]
+    fn a_scrape_answers_with_bloom_filters_of_seeds_and_downloaders() {
+        let now = Instant::now();
+        let mut core =
+            Core::new(now, NodeId([1; 20]), Config::default(), ChaCha8Rng::seed_from_u64(4));
+        let ih = NodeId([9; 20]);
+        // 30 seeds and 12 downloaders, each from its own address, announce with their tokens.
+        for i in 0..42u32 {
+            let from = SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + i), 6881);
+            let ask = query(NodeId([2; 20]), Method::GetPeers { info_hash: ih, scrape: false });
+            core.handle(now, Input::Datagram { from, bytes: &ask });
+            let token = replies(&mut core)
+                .into_iter()
+                .find_map(|(to, m)| match m.body {
+                    Body::Response(r) if to == from => r.token,
+                    _ => None,
+                })
+                .unwrap();
+            let method = Method::AnnouncePeer {
+                info_hash: ih,
+                port: 6881,
+                implied_port: false,
+                token,
+                seed: i < 30,
+            };
+            core.handle(now, Input::Datagram { from, bytes: &query(NodeId([2; 20]), method) });
+            replies(&mut core);
+        }
+        let from = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 6881);
+        let ask = query(NodeId([3; 20]), Method::GetPeers { info_hash: ih, scrape: true });
+        core.handle(now, Input::Datagram { from, bytes: &ask });
+        let r = replies(&mut core)
+            .into_iter()
+            .find_map(|(_, m)| match m.body {
+                Body::Response(r) if r.seeds_filter.is_some() => Some(r),
+                _ => None,
+            })
+            .unwrap();
+        let (seeds, downloaders) =
+            (r.seeds_filter.unwrap().estimate(), r.peers_filter.unwrap().estimate());
+        assert!((seeds - 30.0).abs() < 2.0, "{seeds}");
+        assert!((downloaders - 12.0).abs() < 1.0, "{downloaders}");
+        assert!(r.values.is_empty(), "a scrape gets filters, not the peers");
+    }
+
+    #[test]
+    fn a_scrape_lookup_unites_the_filters_of_the_nodes_that_store_the_swarm() {
+        let mut net = Net::new(40, 3);
+        net.join_all();
+        let ih = NodeId([0x77; 20]);
+        let now = net.now;
+        net.nodes[5].announce_as(now, ih, 7000, true);
+        net.settle();
+        let now = net.now;
+        let s = net.nodes[20].scrape(now, ih);
+        net.settle();
+        let r = net.result(20, s);
+        let sc = r.scrape.as_ref().expect("filters from the nodes");
+        assert!(sc.nodes >= 7, "{sc:?}");
+        // Every node is on 127.0.0.1: one seed address, no downloader.
+        assert!((sc.seeds.estimate() - 1.0).abs() < 0.1, "{sc:?}");
+        assert_eq!(sc.downloaders.estimate(), 0.0);
+    }
+
+    #[test]
     fn a_read_only_node_looks_up_but_is_never_asked() {
         let mut net = Net::new(20, 10);
         // Node 19 is read-only (BEP 43): it says `ro` in its queries and answers none.
@@ -1924,7 +2060,7 @@ mod tests {
         }
         let ih = NodeId([9; 20]);
         for i in 0..50u32 {
-            core.store(now, ih, SocketAddrV4::new(Ipv4Addr::from(0x0c00_0000 + i), 7000));
+            core.store(now, ih, SocketAddrV4::new(Ipv4Addr::from(0x0c00_0000 + i), 7000), false);
         }
         let victim = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 7), 5000);
         // Asks as the victim; returns the query's size, the sizes of the replies to it, the
@@ -1948,7 +2084,8 @@ mod tests {
             }
             (q.len(), sizes, reply.unwrap(), ours)
         };
-        let (q, sizes, m, mut pings) = ask(&mut core, Method::GetPeers { info_hash: ih });
+        let (q, sizes, m, mut pings) =
+            ask(&mut core, Method::GetPeers { info_hash: ih, scrape: false });
         assert!(sizes.iter().all(|&n| n <= AMPLIFICATION * q), "{sizes:?} for a {q}-byte query");
         let Body::Response(r) = m.body else { panic!() };
         assert!(r.values.len() >= 25, "the peers it asked for survive: {}", r.values.len());
@@ -1966,7 +2103,7 @@ mod tests {
             read_only: false,
         };
         core.handle(now, Input::Datagram { from: victim, bytes: &pong.encode() });
-        let (q, sizes, m, _) = ask(&mut core, Method::GetPeers { info_hash: ih });
+        let (q, sizes, m, _) = ask(&mut core, Method::GetPeers { info_hash: ih, scrape: false });
         let Body::Response(r) = m.body else { panic!() };
         assert_eq!((r.values.len(), r.nodes.len()), (50, K), "verified: the whole reply");
         assert!(sizes[0] > AMPLIFICATION * q);

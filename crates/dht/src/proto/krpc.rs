@@ -26,6 +26,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use bendy::decoding::{Decoder, DictDecoder, Object};
 use bendy::encoding::{Encoder, SingleItemEncoder, SortedDictEncoder};
 
+use super::bloom::ScrapeFilter;
 use super::id::NodeId;
 
 /// The largest datagram we parse. Real messages stay under one Ethernet frame (libtorrent
@@ -94,14 +95,18 @@ pub enum Method {
     FindNode {
         target: NodeId,
     },
+    /// `scrape` (BEP 33): answer with the swarm's bloom filters instead of its peers.
     GetPeers {
         info_hash: NodeId,
+        scrape: bool,
     },
+    /// `seed` (BEP 33): the announcer has the whole torrent.
     AnnouncePeer {
         info_hash: NodeId,
         port: u16,
         implied_port: bool,
         token: Vec<u8>,
+        seed: bool,
     },
     /// BEP 44 `get`: `seq` asks for a mutable item only if newer.
     Get {
@@ -146,6 +151,9 @@ pub struct Response {
     pub samples: Vec<NodeId>,
     pub interval: Option<i64>,
     pub num: Option<i64>,
+    /// BEP 33: bloom filters of the swarm's seeds (`BFsd`) and downloaders (`BFpe`).
+    pub seeds_filter: Option<Box<ScrapeFilter>>,
+    pub peers_filter: Option<Box<ScrapeFilter>>,
 }
 
 /// A node in compact form: id and IPv4 address (26 bytes on the wire).
@@ -266,12 +274,15 @@ impl Message {
                 let method = match method.as_deref().ok_or(KrpcError::Field("q"))? {
                     b"ping" => Method::Ping,
                     b"find_node" => Method::FindNode { target: args.need_target()? },
-                    b"get_peers" => Method::GetPeers { info_hash: args.need_info_hash()? },
+                    b"get_peers" => {
+                        Method::GetPeers { info_hash: args.need_info_hash()?, scrape: args.scrape }
+                    }
                     b"announce_peer" => Method::AnnouncePeer {
                         info_hash: args.need_info_hash()?,
                         port: args.port.ok_or(KrpcError::Field("a.port"))?,
                         implied_port: args.implied_port,
                         token: args.token.ok_or(KrpcError::Field("a.token"))?,
+                        seed: args.seed,
                     },
                     b"get" => Method::Get { target: args.need_target()?, seq: args.seq },
                     b"put" => Method::Put(Put {
@@ -358,8 +369,8 @@ fn method_name(m: &Method) -> &'static str {
 }
 
 fn emit_args(mut a: SortedDictEncoder<'_>, id: &NodeId, m: &Method) -> EncResult {
-    // Keys in sorted order: cas, id, implied_port, info_hash, k, port, salt, seq, sig, target,
-    // token, v.
+    // Keys in sorted order: cas, id, implied_port, info_hash, k, port, salt, scrape, seed, seq,
+    // sig, target, token, v.
     if let Method::Put(p) = m {
         if let Some(cas) = p.cas {
             a.emit_pair(b"cas", cas)?;
@@ -371,15 +382,22 @@ fn emit_args(mut a: SortedDictEncoder<'_>, id: &NodeId, m: &Method) -> EncResult
         Method::FindNode { target } | Method::SampleInfohashes { target } => {
             a.emit_pair_with(b"target", |s| s.emit_bytes(&target.0))
         }
-        Method::GetPeers { info_hash } => {
-            a.emit_pair_with(b"info_hash", |s| s.emit_bytes(&info_hash.0))
+        Method::GetPeers { info_hash, scrape } => {
+            a.emit_pair_with(b"info_hash", |s| s.emit_bytes(&info_hash.0))?;
+            if *scrape {
+                a.emit_pair(b"scrape", 1)?;
+            }
+            Ok(())
         }
-        Method::AnnouncePeer { info_hash, port, implied_port, token } => {
+        Method::AnnouncePeer { info_hash, port, implied_port, token, seed } => {
             if *implied_port {
                 a.emit_pair(b"implied_port", 1)?;
             }
             a.emit_pair_with(b"info_hash", |s| s.emit_bytes(&info_hash.0))?;
             a.emit_pair(b"port", *port)?;
+            if *seed {
+                a.emit_pair(b"seed", 1)?;
+            }
             a.emit_pair_with(b"token", |s| s.emit_bytes(token))
         }
         Method::Get { target, seq } => {
@@ -408,7 +426,13 @@ fn emit_args(mut a: SortedDictEncoder<'_>, id: &NodeId, m: &Method) -> EncResult
 }
 
 fn emit_response(mut d: SortedDictEncoder<'_>, r: &Response) -> EncResult {
-    // Sorted: id, interval, k, nodes, num, samples, seq, sig, token, v, values.
+    // Sorted: BFpe, BFsd, id, interval, k, nodes, num, samples, seq, sig, token, v, values.
+    if let Some(f) = &r.peers_filter {
+        d.emit_pair_with(b"BFpe", |s| s.emit_bytes(&f.0))?;
+    }
+    if let Some(f) = &r.seeds_filter {
+        d.emit_pair_with(b"BFsd", |s| s.emit_bytes(&f.0))?;
+    }
     if let Some(id) = &r.id {
         d.emit_pair_with(b"id", |s| s.emit_bytes(&id.0))?;
     }
@@ -473,6 +497,8 @@ struct Args {
     seq: Option<i64>,
     salt: Option<Vec<u8>>,
     cas: Option<i64>,
+    scrape: bool,
+    seed: bool,
 }
 
 impl Args {
@@ -496,6 +522,8 @@ impl Args {
                 b"seq" => a.seq = Some(int(v, "a.seq")?),
                 b"salt" => a.salt = Some(bytes_max(v, "a.salt", MAX_SALT)?.to_vec()),
                 b"cas" => a.cas = Some(int(v, "a.cas")?),
+                b"scrape" => a.scrape = int(v, "a.scrape")? == 1,
+                b"seed" => a.seed = int(v, "a.seed")? == 1,
                 _ => skip(v)?,
             }
         }
@@ -552,6 +580,8 @@ fn decode_response(mut d: DictDecoder<'_, '_>) -> Result<Response, KrpcError> {
             }
             b"interval" => r.interval = Some(int(v, "r.interval")?),
             b"num" => r.num = Some(int(v, "r.num")?),
+            b"BFsd" => r.seeds_filter = Some(Box::new(ScrapeFilter(array(v, "r.BFsd")?))),
+            b"BFpe" => r.peers_filter = Some(Box::new(ScrapeFilter(array(v, "r.BFpe")?))),
             _ => skip(v)?,
         }
     }
@@ -721,7 +751,8 @@ mod tests {
                     info_hash: NodeId(*b"mnopqrstuvwxyz123456"),
                     port: 6881,
                     implied_port: true,
-                    token: b"aoeusnth".to_vec()
+                    token: b"aoeusnth".to_vec(),
+                    seed: false,
                 }
             }
         );
@@ -752,9 +783,17 @@ mod tests {
         };
         roundtrip(q(Method::Ping));
         roundtrip(q(Method::FindNode { target: id(2) }));
-        roundtrip(q(Method::GetPeers { info_hash: id(3) }));
+        roundtrip(q(Method::GetPeers { info_hash: id(3), scrape: false }));
+        roundtrip(q(Method::GetPeers { info_hash: id(3), scrape: true }));
         roundtrip(q(Method::Get { target: id(4), seq: Some(7) }));
         roundtrip(q(Method::SampleInfohashes { target: id(5) }));
+        roundtrip(q(Method::AnnouncePeer {
+            info_hash: id(3),
+            port: 1,
+            implied_port: false,
+            token: vec![5],
+            seed: true,
+        }));
         roundtrip(q(Method::Put(Put {
             token: b"tok".to_vec(),
             value: Value::Dict(vec![
@@ -781,6 +820,8 @@ mod tests {
                 samples: vec![id(9), id(10)],
                 interval: Some(21600),
                 num: Some(2),
+                seeds_filter: Some(Box::new(ScrapeFilter([0x0f; 256]))),
+                peers_filter: Some(Box::new(ScrapeFilter([0xf0; 256]))),
             }),
             version: None,
             ip: Some(addr),
