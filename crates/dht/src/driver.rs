@@ -83,6 +83,22 @@ fn load_state(path: &Path) -> io::Result<Option<(NodeId, Vec<SocketAddrV4>)>> {
     Ok(Some((id, nodes)))
 }
 
+/// Takes the exclusive lock of a state file (`PATH.lock`, created if missing), held while the
+/// node runs; `WouldBlock` when another node holds it.
+fn lock_state(path: &Path) -> io::Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&name)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("{} is in use by another DHT node", path.display()),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// Writes the state file through a temporary file and a rename, so a crash leaves the old one.
 fn save_state(path: &Path, core: &DhtCore<StdRng>) -> io::Result<()> {
     let mut bytes = core.id().0.to_vec();
@@ -113,6 +129,7 @@ enum Command {
     GetMutable([u8; 32], Vec<u8>, oneshot::Sender<LookupResult>),
     PutMutable(MutableItem, oneshot::Sender<LookupResult>),
     Nodes(oneshot::Sender<usize>),
+    Save(oneshot::Sender<io::Result<()>>),
 }
 
 /// A running DHT node. Dropping it stops the node.
@@ -135,6 +152,11 @@ impl Dht {
         let SocketAddr::V4(local_addr) = socket.local_addr()? else {
             return Err(io::Error::other("the DHT socket is not IPv4"));
         };
+        // One process per state file: a second finds the lock taken (`WouldBlock`).
+        let lock = match &options.state {
+            Some(path) => Some(lock_state(path)?),
+            None => None,
+        };
         let saved = match &options.state {
             Some(path) => load_state(path)?,
             None => None,
@@ -151,7 +173,10 @@ impl Dht {
         }
         let (commands, rx) = mpsc::channel(64);
         let state = options.state.map(|path| (path, options.save_every));
-        let task = tokio::spawn(run(socket, core, rx, state));
+        let task = tokio::spawn(async move {
+            run(socket, core, rx, state).await;
+            drop(lock);
+        });
         Ok(Dht { commands, local_addr, id, task })
     }
 
@@ -245,6 +270,12 @@ impl Dht {
     /// Puts a signed mutable item (BEP 44) at the nodes closest to its target.
     pub async fn put_mutable(&self, item: MutableItem) -> Result<LookupResult, Stopped> {
         self.ask(|tx| Command::PutMutable(item, tx)).await
+    }
+
+    /// Writes the state file now (a one-shot command's last act, so its next run is warm even
+    /// if it ran for less than `save_every`); without a state file, does nothing.
+    pub async fn save(&self) -> Result<io::Result<()>, Stopped> {
+        self.ask(Command::Save).await
     }
 
     /// Nodes in the routing table.
@@ -352,6 +383,16 @@ async fn run(
                     Some(Command::PutMutable(item, reply)) => {
                         waiting.push((core.put_mutable(now, item), reply));
                     }
+                    Some(Command::Save(reply)) => {
+                        let r = match &state {
+                            Some((path, _)) if !core.table().is_empty() => {
+                                saved_at = Instant::now();
+                                save_state(path, &core)
+                            }
+                            _ => Ok(()),
+                        };
+                        let _ = reply.send(r);
+                    }
                     Some(Command::Nodes(reply)) => {
                         let _ = reply.send(core.table().len());
                     }
@@ -390,6 +431,12 @@ mod tests {
         let first = Dht::spawn(saving.clone()).await.unwrap();
         first.bootstrap(vec![router.local_addr()]).await.unwrap();
         let id = first.id();
+        // One node per state file: a second is refused while the first runs.
+        let second = Dht::spawn(saving.clone()).await;
+        assert_eq!(second.err().map(|e| e.kind()), Some(io::ErrorKind::WouldBlock));
+        // An explicit save writes at once.
+        first.save().await.unwrap().unwrap();
+        assert!(std::fs::metadata(&state).unwrap().len() > 20);
         // Bounded wait for a save (every 50 ms here).
         for _ in 0..100 {
             if std::fs::metadata(&state).is_ok_and(|m| m.len() > 20 + 26 * 4) {
@@ -398,8 +445,17 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         drop(first);
-        // Restarted with no router given: the saved nodes answer.
-        let again = Dht::spawn(saving).await.unwrap();
+        // Restarted with no router given: the saved nodes answer. (The stopped node's task
+        // lets go of the lock when the runtime drops it: bounded retries.)
+        let mut again = Dht::spawn(saving.clone()).await;
+        for _ in 0..100 {
+            if again.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            again = Dht::spawn(saving.clone()).await;
+        }
+        let again = again.unwrap();
         assert_eq!(again.id(), id, "the saved id is kept");
         let mut known = 0;
         for _ in 0..100 {

@@ -232,6 +232,9 @@ pub async fn run(
         // exchange costs CPU that 51 sessions on 2 cores feel: seeds 1-6 at N = 50 gave a
         // median ratio of 1.043 against 1.031 in plain (2026-11-30).
         encryption: torrent::session::Encryption::Disable,
+        // Clients of a server must not find each other; and the lab's published P2P figures
+        // were measured with the tracker's peers alone.
+        pex: false,
         ..SessionConfig::default()
     };
     let seeder =
@@ -255,6 +258,7 @@ pub async fn run(
             use_trackers: p2p,
             peers: if p2p { vec![] } else { vec![seeder_addr] },
             encryption: torrent::session::Encryption::Disable,
+            pex: false,
             ..SessionConfig::default()
         };
         let dir: PathBuf = work.path().join(format!("leecher{i}"));

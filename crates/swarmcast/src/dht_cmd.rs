@@ -288,7 +288,7 @@ pub async fn run(cmd: DhtCommand) -> Result<()> {
             }
             print(&r, net.json)
         }
-        DhtCommand::Sample { node, bootstrap, listen, json } if node.len() == 40 => {
+        DhtCommand::Sample { node, bootstrap, listen, json } if parse_id(&node).is_ok() => {
             let target = parse_id(&node)?;
             if bootstrap.is_empty() {
                 bail!("sampling around an info-hash is a lookup: give --bootstrap HOST:PORT");
@@ -429,7 +429,11 @@ pub const REANNOUNCE: Duration = Duration::from_secs(15 * 60);
 
 /// Starts a DHT node for `get` or `seed` and joins through `bootstrap` (the public routers when
 /// empty). Never fails the transfer: a DHT that cannot start or join says so and is `None`.
-pub async fn node_for_torrent(bind: std::net::IpAddr, bootstrap: &[String]) -> Option<Dht> {
+pub async fn node_for_torrent(
+    bind: std::net::IpAddr,
+    bootstrap: &[String],
+    state: Option<std::path::PathBuf>,
+) -> Option<Dht> {
     let list: Vec<String> = if bootstrap.is_empty() {
         PUBLIC_ROUTERS.iter().map(|s| s.to_string()).collect()
     } else {
@@ -446,8 +450,22 @@ pub async fn node_for_torrent(bind: std::net::IpAddr, bootstrap: &[String]) -> O
         std::net::IpAddr::V4(v4) => v4,
         std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
     };
-    let options = DhtOptions::new(SocketAddrV4::new(ip, 0));
-    let node = match Dht::spawn(options).await {
+    let mut options = DhtOptions::new(SocketAddrV4::new(ip, 0));
+    if let Some(path) = state {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        options.state = Some(path);
+    }
+    let spawned = match Dht::spawn(options.clone()).await {
+        Err(e) if options.state.is_some() => {
+            // In use by another swarmcast, or not a state file: this run starts cold.
+            eprintln!("DHT: {e}; starting without saved nodes");
+            Dht::spawn(DhtOptions { state: None, ..options }).await
+        }
+        r => r,
+    };
+    let node = match spawned {
         Ok(n) => n,
         Err(e) => {
             eprintln!("DHT: cannot open a UDP socket ({e}); going on without it");
@@ -459,6 +477,26 @@ pub async fn node_for_torrent(bind: std::net::IpAddr, bootstrap: &[String]) -> O
         _ => {
             eprintln!("DHT: no node answered at {list:?}; going on without it");
             None
+        }
+    }
+}
+
+/// Where `get` and `seed` keep the DHT's state by default: `$XDG_STATE_HOME/swarmcast/dht-nodes`,
+/// else `~/.local/state/swarmcast/dht-nodes`; `None` without either variable.
+pub fn default_state_file() -> Option<std::path::PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state"),
+    };
+    Some(base.join("swarmcast").join("dht-nodes"))
+}
+
+/// Saves the DHT's state, if there is a node and it has a state file; a failure is reported,
+/// not fatal.
+pub async fn save_state(node: Option<&Dht>) {
+    if let Some(node) = node {
+        if let Ok(Err(e)) = node.save().await {
+            eprintln!("DHT: cannot save the DHT state: {e}");
         }
     }
 }

@@ -210,6 +210,11 @@ struct NetArgs {
     /// Never use the DHT.
     #[arg(long)]
     no_dht: bool,
+    /// Where the DHT's id and nodes are kept between runs, so the next start is warm (written
+    /// at most once a minute, and on exit; one process at a time, others start cold). Default:
+    /// $XDG_STATE_HOME/swarmcast/dht-nodes, else ~/.local/state/swarmcast/dht-nodes.
+    #[arg(long)]
+    dht_state: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -247,7 +252,10 @@ impl NetArgs {
         if !self.wants_dht(torrent_has_trackers, private) {
             return None;
         }
-        dht_cmd::node_for_torrent(self.bind, &self.dht_bootstrap).await.map(std::sync::Arc::new)
+        let state = self.dht_state.clone().or_else(dht_cmd::default_state_file);
+        dht_cmd::node_for_torrent(self.bind, &self.dht_bootstrap, state)
+            .await
+            .map(std::sync::Arc::new)
     }
 
     fn config(&self) -> SessionConfig {
@@ -407,10 +415,11 @@ async fn seed(torrent_path: &Path, data: &Path, net: &NetArgs) -> Result<()> {
     let session = Session::start(meta, dir, Role::Seed, config).await?;
     let port = session.local_addr().port();
     eprintln!("seeding {name} on port {port} (Ctrl-C to stop)");
-    let announcer = match net.dht(has_trackers, private).await {
+    let dht_node = net.dht(has_trackers, private).await;
+    let announcer = match &dht_node {
         Some(node) => {
             eprintln!("DHT: joined; announcing on port {port} every 15 minutes");
-            Some(dht_cmd::keep_announcing(node, ih, port))
+            Some(dht_cmd::keep_announcing(node.clone(), ih, port))
         }
         None => None,
     };
@@ -420,6 +429,7 @@ async fn seed(torrent_path: &Path, data: &Path, net: &NetArgs) -> Result<()> {
     if let Some(a) = announcer {
         a.abort();
     }
+    dht_cmd::save_state(dht_node.as_deref()).await;
     session.shutdown().await;
     Ok(())
 }
@@ -450,8 +460,18 @@ async fn get(
     // The lookup's later peers join the download as they come.
     let mut dht_batches = None;
     if let Some(node) = &dht_node {
-        let (batches, _) = node.get_peers_streaming(dht::NodeId(ih.0)).await?;
-        let (found, rest) = dht_cmd::first_peers(batches).await;
+        let (mut batches, _) = node.get_peers_streaming(dht::NodeId(ih.0)).await?;
+        // A magnet's metadata fetch takes one list of peers: the lookup's whole harvest. A
+        // torrent file's download starts with the first peers and takes the rest as they come.
+        let (found, rest) = if matches!(source, Source::Magnet(_)) {
+            let mut all = Vec::new();
+            while let Some(b) = batches.recv().await {
+                all.extend(b);
+            }
+            (all, None)
+        } else {
+            dht_cmd::first_peers(batches).await
+        };
         eprintln!("DHT: {} peers found so far", found.len());
         peers.extend(found.iter().map(|p| SocketAddr::V4(*p)));
         dht_batches = rest;
@@ -510,6 +530,7 @@ async fn get(
     };
     reporter.abort();
     if let Err(e) = result {
+        dht_cmd::save_state(dht_node.as_deref()).await;
         session.shutdown().await;
         return Err(e);
     }
@@ -524,7 +545,7 @@ async fn get(
         let port = session.local_addr().port();
         eprintln!("seeding on port {port} (Ctrl-C to stop)");
         let announcer =
-            dht_node.map(|node| dht_cmd::keep_announcing(node, dht::NodeId(ih.0), port));
+            dht_node.clone().map(|node| dht_cmd::keep_announcing(node, dht::NodeId(ih.0), port));
         let reporter = progress::spawn_reporter(session.stats().clone(), name);
         tokio::signal::ctrl_c().await.ok();
         reporter.abort();
@@ -532,6 +553,7 @@ async fn get(
             a.abort();
         }
     }
+    dht_cmd::save_state(dht_node.as_deref()).await;
     session.shutdown().await;
     Ok(())
 }

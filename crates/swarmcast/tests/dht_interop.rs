@@ -103,6 +103,8 @@ fn trackerless_swarms_with_libtorrent_both_ways() {
         .expect("create prints the magnet")
         .to_string();
 
+    // A libtorrent node, which will store the seed's announce beside our router.
+    let (mut lt_other, _) = lt_node(dir.path(), router_port);
     // A libtorrent seed announces in the DHT; swarmcast gets the magnet with nothing else.
     let lt_port = free_port();
     let mut seed = libtorrent_script("lt_dht.py");
@@ -113,8 +115,8 @@ fn trackerless_swarms_with_libtorrent_both_ways() {
         .arg(dir.path().join("data"));
     let mut lt_seed = Proc::spawn("libtorrent seed", seed, dir.path());
     lt_seed.wait_output("announced", LONG);
-    // BEP 33: our scrape reads the filters of our router and of libtorrent's node, and counts
-    // the libtorrent seed (127.0.0.1) as one seed.
+    // BEP 33: our scrape reads the filters of the nodes that store the swarm, our router and
+    // libtorrent's node, and counts the libtorrent seed (127.0.0.1) as one seed.
     let ih = magnet.split("btih:").nth(1).expect("a btih magnet")[..40].to_string();
     let mut scrape = swarmcast();
     scrape.args(["dht", "scrape", &ih, "--json", "--listen", "127.0.0.1:0"]);
@@ -126,11 +128,17 @@ fn trackerless_swarms_with_libtorrent_both_ways() {
     let out = dir.path().join("ours");
     let mut get = swarmcast();
     get.args(["get", &magnet, "--dht-bootstrap", &bootstrap, "--bind", "127.0.0.1", "-o"])
-        .arg(&out);
+        .arg(&out)
+        .env("XDG_STATE_HOME", dir.path().join("state"));
     let said = run_ok(get);
     assert!(said.contains("DHT: 1 peers found"), "{said}");
     assert_same_file(&content, &out.join("trackerless.bin"));
+    // The get lasted seconds, not the minute between saves: it saved its DHT state on exit (our
+    // id and at least one node), so the next run starts warm.
+    let saved = std::fs::read(dir.path().join("state/swarmcast/dht-nodes")).unwrap();
+    assert!(saved.len() >= 20 + 26 && (saved.len() - 20) % 26 == 0, "{} bytes", saved.len());
     lt_seed.kill();
+    lt_other.kill();
 
     // swarmcast seeds and announces; libtorrent downloads through the DHT alone.
     let mut ours = swarmcast();

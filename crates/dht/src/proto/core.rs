@@ -17,8 +17,8 @@
 //!   know closer nodes) but does not count among the [`K`] closest, nor receive our stores,
 //!   unless too few allowed ids answered. So ids placed next to a target by an attacker
 //!   without the addresses to match them cannot end a lookup or swallow a store.
-//! - **Our own id (BEP 42)**: answers tell us the address they saw us at (`ip`). Once
-//!   [`IP_VOTES`] distinct answering addresses agree on one (two thirds of the votes), that is
+//! - **Our own id (BEP 42)**: answers to our lookups tell us the address they saw us at
+//!   (`ip`). Once [`IP_VOTES`] answering /24 networks agree on one (two thirds of the votes), that is
 //!   our external address; if our id is not one it allows (and the address is not exempt), we
 //!   take a new id derived from it and rebuild the routing table around it, keeping its nodes.
 //! - **Upkeep**: tokens from a secret rotated every [`TOKEN_ROTATION`] (the previous one still
@@ -64,6 +64,9 @@ pub const MAX_IN_FLIGHT: usize = 256;
 pub const MAX_CANDIDATES: usize = 64;
 /// Peers a `get_peers` lookup gathers, at most.
 pub const MAX_LOOKUP_PEERS: usize = 500;
+/// A BEP 33 filter estimating more addresses than this is ignored (BEP 33: the filters saturate
+/// around 6,000).
+pub const MAX_SCRAPE_ESTIMATE: f64 = 6_000.0;
 /// Info-hashes a [`DhtCore::sample_around`] lookup gathers, at most.
 pub const MAX_LOOKUP_SAMPLES: usize = 1_000;
 /// Peers one `get_peers` reply carries, at most (so the reply fits a datagram).
@@ -281,7 +284,8 @@ struct Lookup {
     first_value: Option<Instant>,
     /// BEP 51 answer: samples, num, interval.
     sampled: Option<(Vec<NodeId>, Option<i64>, Option<i64>)>,
-    scraped: Option<ScrapeResult>,
+    /// BEP 33: each answering node's filters (seeds, downloaders), by distance to the target.
+    filters: BTreeMap<[u8; 20], (ScrapeFilter, ScrapeFilter)>,
     /// BEP 44: the item to put, or the item found.
     item: Option<Value>,
     /// BEP 44 mutable: the key and salt asked for (get), and the item to put or the newest
@@ -549,7 +553,9 @@ impl<R: RngCore> DhtCore<R> {
     }
 
     /// Estimates the size of `info_hash`'s swarm (BEP 33): a `get_peers` lookup with `scrape`,
-    /// whose result's `scrape` is the union of the closest nodes' bloom filters.
+    /// whose result's `scrape` is the union of the bloom filters of the closest nodes that
+    /// answered (those that store the swarm); filters estimating over
+    /// [`MAX_SCRAPE_ESTIMATE`] are ignored.
     pub fn scrape(&mut self, now: Instant, info_hash: NodeId) -> LookupId {
         let id = self.start(now, info_hash, Kind::Scrape);
         self.step(now, id);
@@ -664,7 +670,7 @@ impl<R: RngCore> DhtCore<R> {
             started: now,
             first_value: None,
             sampled: None,
-            scraped: None,
+            filters: BTreeMap::new(),
             item: None,
             want: None,
             mutable: None,
@@ -788,6 +794,21 @@ impl<R: RngCore> DhtCore<R> {
             return;
         }
         let (samples, num, interval) = l.sampled.unwrap_or_default();
+        let scrape = (l.kind == Kind::Scrape).then(|| {
+            let mut s = ScrapeResult {
+                seeds: ScrapeFilter::default(),
+                downloaders: ScrapeFilter::default(),
+                nodes: 0,
+            };
+            for c in &closest {
+                if let Some((sd, pe)) = l.filters.get(&c.node.id.distance(&l.target)) {
+                    s.seeds.union(sd);
+                    s.downloaders.union(pe);
+                    s.nodes += 1;
+                }
+            }
+            s
+        });
         let mutable = if l.kind == Kind::GetMutable { l.mutable } else { None };
         let value = if l.kind == Kind::GetItem { l.item } else { None };
         self.out.push_back(Output::Done(Box::new(LookupResult {
@@ -805,7 +826,7 @@ impl<R: RngCore> DhtCore<R> {
             samples,
             num,
             interval,
-            scrape: l.scraped,
+            scrape: scrape.filter(|s| s.nodes > 0),
         })));
     }
 
@@ -887,7 +908,7 @@ impl<R: RngCore> DhtCore<R> {
             return;
         };
         self.verify(from);
-        if let Some(ip) = seen_as {
+        if let (Some(ip), Purpose::Lookup(_)) = (seen_as, t.purpose) {
             self.vote(now, *from.ip(), *ip.ip());
         }
         self.sample_rtt(now.saturating_duration_since(t.sent));
@@ -921,15 +942,15 @@ impl<R: RngCore> DhtCore<R> {
                 return;
             }
             if let (Kind::Scrape, Some(sd), Some(pe)) = (l.kind, &r.seeds_filter, &r.peers_filter) {
-                let s = l.scraped.get_or_insert_with(|| ScrapeResult {
-                    seeds: ScrapeFilter::default(),
-                    downloaders: ScrapeFilter::default(),
-                    nodes: 0,
-                });
-                s.seeds.union(sd);
-                s.downloaders.union(pe);
-                s.nodes += 1;
-                l.first_value.get_or_insert(now);
+                // Kept per node; the result unites those of the closest (see `finish`). A
+                // filter claiming more than BEP 33's limit is a lie or saturated: dropped.
+                if sd.estimate() <= MAX_SCRAPE_ESTIMATE && pe.estimate() <= MAX_SCRAPE_ESTIMATE {
+                    l.filters.insert(id.distance(&l.target), (**sd, **pe));
+                    while l.filters.len() > MAX_CANDIDATES {
+                        l.filters.pop_last();
+                    }
+                    l.first_value.get_or_insert(now);
+                }
             }
             if l.kind == Kind::SampleAround {
                 let (samples, num, _) = l.sampled.get_or_insert_with(Default::default);
@@ -996,12 +1017,25 @@ impl<R: RngCore> DhtCore<R> {
 
     fn on_error(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8]) {
         if let Some(t) = self.take_transaction(from, tid) {
-            self.failed(now, t);
+            // An error is an answer: the node is alive, whatever it could not do for us.
+            self.failed_as(now, t, true);
         }
     }
 
     fn failed(&mut self, now: Instant, t: Transaction) {
-        if let Some(n) = t.node {
+        self.failed_as(now, t, false);
+    }
+
+    /// A query that brought nothing. `alive`: the node answered (with an error), so the table
+    /// does not count it against the node; nor does a timed-out try whose twin was answered.
+    fn failed_as(&mut self, now: Instant, t: Transaction, alive: bool) {
+        let answered = match (t.purpose, t.node) {
+            (Purpose::Lookup(lid), Some(n)) => self.lookups.get(&lid).is_some_and(|l| {
+                l.candidates.get(&n.distance(&l.target)).is_some_and(|c| c.state == State::Answered)
+            }),
+            _ => false,
+        };
+        if let (Some(n), false, false) = (t.node, alive, answered) {
             self.table.failed(now, &n);
         }
         let Purpose::Lookup(lid) = t.purpose else {
@@ -1117,7 +1151,9 @@ impl<R: RngCore> DhtCore<R> {
 
     /// Counts `voter`'s word that our address is `ip`; see "Our own id" in the module docs.
     fn vote(&mut self, now: Instant, voter: std::net::Ipv4Addr, ip: std::net::Ipv4Addr) {
-        if !self.ip_voters.insert(voter) {
+        // One vote per /24: an attacker needs addresses in many networks, not many addresses.
+        let [a, b, c, _] = voter.octets();
+        if !self.ip_voters.insert(std::net::Ipv4Addr::new(a, b, c, 0)) {
             return;
         }
         let n = self.ip_tally.entry(ip).or_insert(0);
@@ -1168,16 +1204,18 @@ impl<R: RngCore> DhtCore<R> {
                 // Peers if we have them (or, for a scrape, their bloom filters, as libtorrent
                 // answers), and always the closest nodes (as libtorrent does), so the asker's
                 // lookup goes on converging at a node that stores peers.
-                if scrape {
+                // BEP 33: filters only from a node that stores the swarm.
+                let stored = self.stored.get(&info_hash).filter(|v| !v.is_empty());
+                if let (true, Some(peers)) = (scrape, stored) {
                     let (mut seeds, mut downloaders) =
                         (ScrapeFilter::default(), ScrapeFilter::default());
-                    for (a, _, seed) in self.stored.get(&info_hash).into_iter().flatten() {
+                    for (a, _, seed) in peers {
                         let f = if *seed { &mut seeds } else { &mut downloaders };
                         f.insert(std::net::IpAddr::V4(*a.ip()));
                     }
                     r.seeds_filter = Some(Box::new(seeds));
                     r.peers_filter = Some(Box::new(downloaders));
-                } else {
+                } else if !scrape {
                     r.values =
                         self.stored_peers(&info_hash).into_iter().take(MAX_REPLY_PEERS).collect();
                 }
@@ -1250,7 +1288,11 @@ impl<R: RngCore> DhtCore<R> {
                 .encode()
         };
         let mut bytes = encode(&r);
-        let cap = AMPLIFICATION * len;
+        // What cannot be cut (a BEP 44 value, BEP 33's filters) is not counted against the
+        // cap, so it does not push the nodes out.
+        let filters = [&r.seeds_filter, &r.peers_filter].iter().filter(|f| f.is_some()).count();
+        let uncut = r.value.as_ref().map_or(0, |v| v.encode().len() + 4) + filters * 266;
+        let cap = AMPLIFICATION * len + uncut;
         if bytes.len() > cap && !self.verified.contains(&from) {
             self.trimmed += 1;
             while bytes.len() > cap {

@@ -130,8 +130,17 @@ impl Drop for Proc {
 }
 
 /// The swarmcast binary under test.
+/// The swarmcast binary, with its DHT state (`get`, `seed`) kept in a folder of its own under
+/// cargo's test scratch space: no test reads the user's state or another test's.
 pub fn swarmcast() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_swarmcast"))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let state =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("state-{}-{n}", std::process::id()));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_swarmcast"));
+    c.env("XDG_STATE_HOME", state);
+    c
 }
 
 /// A loopback port that was free a moment ago (for TCP and UDP). It lies below the kernel's

@@ -44,7 +44,8 @@
 //! - a peer whose block was proven wrong (it differs from the piece's verified bytes) is banned
 //!   by address; so is a peer that alone sent [`BAN_AFTER_FAILED_PIECES`] failed pieces;
 //! - every table fed by peers is bounded: connected peers by `max_peers`, addresses to dial by
-//!   [`MAX_CANDIDATES`] (peer exchange adds at most [`MAX_PEX_PEERS`] a minute from each peer),
+//!   [`MAX_CANDIDATES`] (peer exchange adds at most [`MAX_PEX_PEERS`] per message, one message
+//!   per peer counted every [`PEX_MIN_GAP`]),
 //!   requests we serve are checked against what we have and the piece size;
 //!   a peer that breaks the protocol is disconnected ([`Output::Disconnect`]), never a panic.
 
@@ -1220,7 +1221,9 @@ impl TorrentCore {
 
     /// A peer's `ut_pex` message: the peers it added become dial candidates. Addresses that
     /// cannot be a peer (unspecified, multicast, port 0), loopback addresses from a peer that is
-    /// not itself on loopback, and messages closer together than [`PEX_MIN_GAP`] are ignored.
+    /// not itself on loopback, private or link-local ones from a peer that is on neither (no
+    /// probing our LAN for a stranger), and messages closer together than [`PEX_MIN_GAP`] are
+    /// ignored.
     fn on_pex(&mut self, now: Instant, key: PeerKey, msg: PexMsg) {
         let Some(p) = self.peers.get_mut(&key) else {
             return;
@@ -1230,14 +1233,19 @@ impl TorrentCore {
             return;
         }
         p.pex_heard = Some(now);
-        let from_loopback = p.addr.ip().is_loopback();
+        let sender = p.addr.ip().to_canonical();
+        let local = |ip: std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
+            std::net::IpAddr::V6(v6) => v6.is_unique_local() || v6.is_unicast_link_local(),
+        };
         let usable = |a: &SocketAddr| {
-            let ip = a.ip();
+            let ip = a.ip().to_canonical();
             a.port() != 0
                 && !ip.is_unspecified()
                 && !ip.is_multicast()
                 && ip != std::net::Ipv4Addr::BROADCAST
-                && (from_loopback || !ip.is_loopback())
+                && (sender.is_loopback() || !ip.is_loopback())
+                && (sender.is_loopback() || local(sender) || !local(ip))
         };
         let list: Vec<SocketAddr> =
             msg.added.iter().map(|&(a, _)| a).filter(usable).take(MAX_PEX_PEERS).collect();
@@ -1887,5 +1895,52 @@ mod tests {
         core.handle(t0 + Duration::from_secs(11), Input::Message(peer, junk));
         assert!(std::iter::from_fn(|| core.poll())
             .any(|o| matches!(o, Output::Disconnect(k, _) if k == peer)));
+    }
+
+    /// Connects a peer at `addr` that speaks `ut_pex` to a fresh core, feeds it one PEX message
+    /// naming `list`, and returns the addresses the core then dials.
+    fn dials_after_pex(config: CoreConfig, addr: &str, list: &[&str]) -> Vec<SocketAddr> {
+        let mut net = Net::new(content(64 * 1024), 16 * 1024);
+        let l = net.add(false, config);
+        let core = &mut net.nodes[l].core;
+        let (t0, peer) = (net.now, PeerKey(7));
+        let connected = Input::Connected {
+            peer,
+            addr: addr.parse().unwrap(),
+            id: PeerId([9; 20]),
+            fast: true,
+            extensions: true,
+            outgoing: true,
+        };
+        core.handle(t0, connected);
+        let hs = ExtHandshake { ut_pex: Some(5), ..Default::default() };
+        core.handle(
+            t0,
+            Input::Message(peer, Message::Extended { id: 0, payload: hs.encode().into() }),
+        );
+        std::iter::from_fn(|| core.poll()).for_each(drop);
+        let added = list.iter().map(|a| (a.parse().unwrap(), 0)).collect();
+        let payload = PexMsg { added, dropped: vec![] }.encode().into();
+        core.handle(t0, Input::Message(peer, Message::Extended { id: OUR_UT_PEX, payload }));
+        std::iter::from_fn(|| core.poll())
+            .filter_map(|o| match o {
+                Output::Connect(a) => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stranger_cannot_make_us_probe_our_lan_and_a_private_torrent_ignores_pex() {
+        let list = ["192.168.1.1:80", "[::ffff:127.0.0.1]:22", "198.51.100.7:6881"];
+        // From a public address: neither the LAN nor loopback (even IPv4-mapped) is dialled.
+        let dials = dials_after_pex(Net::config(0), "203.0.113.5:6881", &list);
+        assert_eq!(dials, vec!["198.51.100.7:6881".parse().unwrap()]);
+        // From a LAN peer, a LAN address is fair.
+        let dials = dials_after_pex(Net::config(0), "192.168.1.9:6881", &list);
+        assert_eq!(dials.len(), 2, "{dials:?}");
+        // A private torrent reads no PEX message, even one sent under our id.
+        let private = CoreConfig { pex: false, ..Net::config(0) };
+        assert!(dials_after_pex(private, "203.0.113.5:6881", &list).is_empty());
     }
 }

@@ -83,6 +83,8 @@ pub struct SessionConfig {
     /// Protocol encryption (MSE/PE); used by [`Session::start`] only (a session added to
     /// keeps its own, [`SessionOptions::encryption`]).
     pub encryption: Encryption,
+    /// Peer exchange (BEP 11); never for a private torrent, whatever this says.
+    pub pex: bool,
 }
 
 impl Default for SessionConfig {
@@ -104,6 +106,7 @@ impl Default for SessionConfig {
             existing: Existing::Refuse,
             super_seed: false,
             encryption: Encryption::Prefer,
+            pex: true,
         }
     }
 }
@@ -555,7 +558,7 @@ impl Torrent {
             our_port,
             our_id,
             super_seed: config.super_seed,
-            pex: !meta.info.private,
+            pex: config.pex && !meta.info.private,
         };
         let core_rng = ChaCha8Rng::seed_from_u64(rng.random());
         let mut core = TorrentCore::new(geometry, have, core_config, core_rng, now);
