@@ -938,12 +938,12 @@ fn churn_scenario(
         }
         sim.run_until(next_minute.min(end));
         minute += 1;
-        if minute % 15 == 0 {
+        if minute.is_multiple_of(15) {
             for &(who, info_hash) in &torrents {
                 sim.lookup(who, Purpose::Setup, |c, now| c.announce(now, info_hash, 6881), None);
             }
         }
-        if minute % 30 == 0 {
+        if minute.is_multiple_of(30) {
             for (who, value) in &items {
                 sim.lookup(*who, Purpose::Setup, |c, now| c.put_item(now, value.clone()).1, None);
             }
@@ -960,7 +960,7 @@ fn churn_scenario(
             }
         }
         sim.setup_done.clear();
-        if minute % 10 == 0 {
+        if minute.is_multiple_of(10) {
             progress(&format!("churn: {minute} min, {replaced} nodes replaced"));
         }
     }

@@ -513,7 +513,7 @@ pub fn run(
             let l = format!("{:.0} s of virtual time", config.time_limit.as_secs_f64());
             return Err(limit("virtual-time", l, &sim));
         }
-        if sim.events % 65_536 == 0 {
+        if sim.events.is_multiple_of(65_536) {
             if wall.elapsed() > config.wall_limit {
                 let l = format!("{:.0} s of wall time", config.wall_limit.as_secs_f64());
                 return Err(limit("wall-time", l, &sim));

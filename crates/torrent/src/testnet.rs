@@ -228,7 +228,7 @@ impl Net {
 
     /// The key the other end of `key`'s connection knows it by (open or closed).
     pub fn other_end(key: PeerKey) -> PeerKey {
-        if key.0 % 2 == 0 {
+        if key.0.is_multiple_of(2) {
             PeerKey(key.0 + 1)
         } else {
             PeerKey(key.0 - 1)
@@ -237,7 +237,7 @@ impl Net {
 
     fn other(&self, key: PeerKey) -> Option<(End, PeerKey)> {
         let (a, b, open) = self.ends[(key.0 / 2) as usize];
-        open.then(|| (if key.0 % 2 == 0 { b } else { a }, Self::other_end(key)))
+        open.then(|| (if key.0.is_multiple_of(2) { b } else { a }, Self::other_end(key)))
     }
 
     /// Delivers a message over the connection `key` is one end of, if it is open.

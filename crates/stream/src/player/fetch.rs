@@ -358,7 +358,7 @@ impl Fetcher {
             to: self.plan.bases[self.base].clone(),
             error,
         });
-        if tries % n == 0 {
+        if tries.is_multiple_of(n) {
             tokio::time::sleep(ROUND_PAUSE).await;
         }
         Ok(())

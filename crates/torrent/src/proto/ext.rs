@@ -318,7 +318,7 @@ fn compact(out: &mut Vec<u8>, a: &SocketAddr) {
 }
 
 fn parse_compact(b: &[u8], size: usize, field: &'static str) -> Result<Vec<SocketAddr>, ExtError> {
-    if b.len() % size != 0 {
+    if !b.len().is_multiple_of(size) {
         return Err(ExtError::Field(field));
     }
     Ok(b.chunks_exact(size)

@@ -180,7 +180,7 @@ impl Layout {
 
     /// The block index of `b` if it is exactly one of this torrent's blocks.
     fn index_of(&self, b: BlockRef) -> Option<u32> {
-        if b.piece >= self.num_pieces || b.offset % BLOCK_SIZE != 0 {
+        if b.piece >= self.num_pieces || !b.offset.is_multiple_of(BLOCK_SIZE) {
             return None;
         }
         let i = b.offset / BLOCK_SIZE;

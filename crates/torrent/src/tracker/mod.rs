@@ -216,7 +216,7 @@ impl TrackerList {
 /// Peers with port 0 are skipped. `None` if the length is not a multiple of the entry size.
 pub(crate) fn parse_compact_peers(bytes: &[u8], ipv6: bool) -> Option<Vec<SocketAddr>> {
     let entry = if ipv6 { 18 } else { 6 };
-    if bytes.len() % entry != 0 {
+    if !bytes.len().is_multiple_of(entry) {
         return None;
     }
     let peers = bytes

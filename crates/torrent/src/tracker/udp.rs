@@ -189,7 +189,7 @@ pub fn parse_reply(buf: &[u8], ipv6_peers: bool) -> Result<UdpReply, UdpParseErr
             Ok(UdpReply::Announce { transaction_id, interval, leechers, seeders, peers })
         }
         ACTION_SCRAPE => {
-            if r.buf.len() % 12 != 0 {
+            if !r.buf.len().is_multiple_of(12) {
                 return Err(UdpParseError::BadPeerList(r.buf.len()));
             }
             let mut stats = Vec::with_capacity(r.buf.len() / 12);
