@@ -850,7 +850,7 @@ impl<R: RngCore> DhtCore<R> {
         self.in_flight.insert(tid, Transaction { to, node, sent: now, purpose, slow: false });
         let m = Message {
             tid: tid.to_be_bytes().to_vec(),
-            body: Body::Query { id: self.id, method },
+            body: Body::Query { id: self.id, method, want: Default::default() },
             version: None,
             ip: None,
             read_only: self.config.read_only,
@@ -862,7 +862,7 @@ impl<R: RngCore> DhtCore<R> {
     /// `len`: the datagram's size.
     fn on_message(&mut self, now: Instant, from: SocketAddrV4, m: Message, len: usize) {
         match m.body {
-            Body::Query { id, method } => {
+            Body::Query { id, method, .. } => {
                 if self.config.read_only {
                     return;
                 }
@@ -902,13 +902,13 @@ impl<R: RngCore> DhtCore<R> {
         from: SocketAddrV4,
         tid: &[u8],
         r: Response,
-        seen_as: Option<SocketAddrV4>,
+        seen_as: Option<std::net::SocketAddr>,
     ) {
         let Some(t) = self.take_transaction(from, tid) else {
             return;
         };
         self.verify(from);
-        if let (Some(ip), Purpose::Lookup(_)) = (seen_as, t.purpose) {
+        if let (Some(std::net::SocketAddr::V4(ip)), Purpose::Lookup(_)) = (seen_as, t.purpose) {
             self.vote(now, *from.ip(), *ip.ip());
         }
         self.sample_rtt(now.saturating_duration_since(t.sent));
@@ -1284,8 +1284,8 @@ impl<R: RngCore> DhtCore<R> {
         }
         let encode = |r: &Response| {
             let body = Body::Response(r.clone());
-            Message { tid: tid.clone(), body, version: None, ip: Some(from), read_only: false }
-                .encode()
+            let ip = Some(std::net::SocketAddr::V4(from));
+            Message { tid: tid.clone(), body, version: None, ip, read_only: false }.encode()
         };
         let mut bytes = encode(&r);
         // What cannot be cut (a BEP 44 value, BEP 33's filters) is not counted against the
@@ -1612,7 +1612,7 @@ mod tests {
     fn query(from_id: NodeId, method: Method) -> Vec<u8> {
         Message {
             tid: b"xy".to_vec(),
-            body: Body::Query { id: from_id, method },
+            body: Body::Query { id: from_id, method, want: Default::default() },
             version: None,
             ip: None,
             read_only: false,
@@ -1647,7 +1647,7 @@ mod tests {
         );
         let r = replies(&mut core);
         let Body::Response(resp) = &r[0].1.body else { panic!("{r:?}") };
-        assert_eq!(r[0].1.ip, Some(alice), "BEP 42: the reply says where it saw us");
+        assert_eq!(r[0].1.ip, Some(alice.into()), "BEP 42: the reply says where it saw us");
         let token = resp.token.clone().unwrap();
         let announce = |token: Vec<u8>| {
             query(
@@ -1902,7 +1902,7 @@ mod tests {
                     ..Response::default()
                 }),
                 version: None,
-                ip: Some(SocketAddrV4::new(says(i), 40000)),
+                ip: Some(SocketAddrV4::new(says(i), 40000).into()),
                 read_only: false,
             };
             core.handle(now, Input::Datagram { from: to, bytes: &reply.encode() });

@@ -4,7 +4,9 @@
 //! Besides BEP 5's `ping`, `find_node`, `get_peers` and `announce_peer`, the codec carries the
 //! fields of BEP 42 (`ip`: the address the responder saw us at), BEP 43 (`ro`: a read-only node
 //! that answers no queries), BEP 44 (`get` / `put` of immutable and mutable items: `v`, `k`,
-//! `sig`, `seq`, `salt`, `cas`) and BEP 51 (`sample_infohashes`: `samples`, `interval`, `num`).
+//! `sig`, `seq`, `salt`, `cas`), BEP 51 (`sample_infohashes`: `samples`, `interval`, `num`),
+//! BEP 33 (`scrape`, `seed`, `BFsd`, `BFpe`) and BEP 32 (IPv6: `nodes6`, 18-byte `values` and
+//! `ip`, `want`). The node itself runs IPv4 only so far; the codec reads and writes both.
 //!
 //! # Every datagram is hostile
 //! - At most [`MAX_PACKET`] bytes and [`MAX_DEPTH`] levels of nesting; anything larger is
@@ -12,7 +14,7 @@
 //! - Canonical bencode only (sorted keys, no leading zeros: `bendy` refuses the rest), with no
 //!   bytes after the dictionary: signed BEP 44 values are re-encoded byte for byte.
 //! - Every field has its size: ids and info-hashes 20 bytes, `nodes` a multiple of 26,
-//!   `values` entries 6 bytes, `samples` a multiple of 20, `k` 32, `sig` 64, `salt` at most
+//!   `nodes6` of 38, `values` entries and `ip` 6 or 18 bytes, `want` at most 4 short entries, `samples` a multiple of 20, `k` 32, `sig` 64, `salt` at most
 //!   [`MAX_SALT`], a BEP 44 `v` at most [`MAX_VALUE`] encoded, `t` at most [`MAX_TID`], tokens
 //!   at most [`MAX_TOKEN`]. A field of the wrong type or size is an error, not a default.
 //! - Unknown keys are skipped (other clients add their own; BEP 5 asks for that), unknown
@@ -21,7 +23,7 @@
 //! Decoding returns [`KrpcError`]; the driver drops the datagram and counts it. It never
 //! panics (fuzzed: `fuzz/fuzz_targets/krpc.rs`).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use bendy::decoding::{Decoder, DictDecoder, Object};
 use bendy::encoding::{Encoder, SingleItemEncoder, SortedDictEncoder};
@@ -45,6 +47,8 @@ pub const MAX_VALUE: usize = 1000;
 pub const MAX_SALT: usize = 64;
 /// Longest error message or client version kept.
 const MAX_TEXT: usize = 256;
+/// Entries of a `want` list (BEP 32 defines two).
+const MAX_WANT: usize = 4;
 
 /// Why a datagram was not a KRPC message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,7 +79,7 @@ pub struct Message {
     /// The sender's client and version (`v`), a claim (at most 256 bytes kept).
     pub version: Option<Vec<u8>>,
     /// BEP 42: the address the responder saw the requester at.
-    pub ip: Option<SocketAddrV4>,
+    pub ip: Option<SocketAddr>,
     /// BEP 43: the sender is read-only and answers no queries.
     pub read_only: bool,
 }
@@ -83,9 +87,24 @@ pub struct Message {
 /// What a message says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
-    Query { id: NodeId, method: Method },
+    /// `want` (BEP 32): which families of nodes the querier asks for.
+    Query {
+        id: NodeId,
+        method: Method,
+        want: Want,
+    },
     Response(Response),
-    Error { code: i64, message: String },
+    Error {
+        code: i64,
+        message: String,
+    },
+}
+
+/// BEP 32's `want`: `n4` and/or `n6`. Neither means "nodes of the family the query came over".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Want {
+    pub n4: bool,
+    pub n6: bool,
 }
 
 /// A query's method and arguments.
@@ -139,8 +158,12 @@ pub struct Response {
     pub id: Option<NodeId>,
     /// `nodes`: the closest nodes the responder knows.
     pub nodes: Vec<CompactNode>,
-    /// `values`: peers of a swarm (`get_peers`).
+    /// `values`: peers of a swarm (`get_peers`): the 6-byte entries here, the 18-byte (IPv6,
+    /// BEP 32) ones in `values6`; on the wire they share one list.
     pub values: Vec<SocketAddrV4>,
+    pub values6: Vec<SocketAddrV6>,
+    /// `nodes6` (BEP 32): IPv6 nodes, 38 bytes each.
+    pub nodes6: Vec<CompactNode6>,
     pub token: Option<Vec<u8>>,
     /// BEP 44 item.
     pub value: Option<Value>,
@@ -161,6 +184,13 @@ pub struct Response {
 pub struct CompactNode {
     pub id: NodeId,
     pub addr: SocketAddrV4,
+}
+
+/// An IPv6 node in compact form (BEP 32: 38 bytes on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CompactNode6 {
+    pub id: NodeId,
+    pub addr: SocketAddrV6,
 }
 
 /// A bencoded value (a BEP 44 item's `v`), kept as a tree in canonical order so that its
@@ -257,7 +287,14 @@ impl Message {
                         version = Some(b[..b.len().min(MAX_TEXT)].to_vec());
                     }
                 }
-                b"ip" => ip = Some(compact_addr(bytes_exact(v, "ip", 6)?)),
+                b"ip" => {
+                    let b = bytes(v, "ip")?;
+                    ip = Some(match b.len() {
+                        6 => SocketAddr::V4(compact_addr(b)),
+                        18 => SocketAddr::V6(compact_addr6(b)),
+                        _ => return Err(KrpcError::Field("ip")),
+                    });
+                }
                 b"ro" => read_only = int(v, "ro")? == 1,
                 _ => skip(v)?,
             }
@@ -299,7 +336,7 @@ impl Message {
                     }
                     _ => return Err(KrpcError::UnknownMethod { tid }),
                 };
-                Body::Query { id, method }
+                Body::Query { id, method, want: args.want }
             }
             Some(b"r") => Body::Response(response.ok_or(KrpcError::Field("r"))?),
             Some(b"e") => {
@@ -316,8 +353,8 @@ impl Message {
         let mut e = Encoder::new().with_max_depth(MAX_DEPTH);
         let r = e.emit_dict(|mut d| {
             match &self.body {
-                Body::Query { id, method } => {
-                    d.emit_pair_with(b"a", |s| s.emit_dict(|a| emit_args(a, id, method)))?;
+                Body::Query { id, method, want } => {
+                    d.emit_pair_with(b"a", |s| s.emit_dict(|a| emit_args(a, id, method, want)))?;
                 }
                 Body::Error { code, message } => {
                     d.emit_pair_with(b"e", |s| {
@@ -329,8 +366,14 @@ impl Message {
                 }
                 Body::Response(_) => {}
             }
-            if let Some(ip) = &self.ip {
-                d.emit_pair_with(b"ip", |s| s.emit_bytes(&compact_addr_bytes(ip)))?;
+            match &self.ip {
+                Some(SocketAddr::V4(ip)) => {
+                    d.emit_pair_with(b"ip", |s| s.emit_bytes(&compact_addr_bytes(ip)))?;
+                }
+                Some(SocketAddr::V6(ip)) => {
+                    d.emit_pair_with(b"ip", |s| s.emit_bytes(&compact_addr6_bytes(ip)))?;
+                }
+                None => {}
             }
             if let Body::Query { method, .. } = &self.body {
                 d.emit_pair_with(b"q", |s| s.emit_str(method_name(method)))?;
@@ -368,16 +411,16 @@ fn method_name(m: &Method) -> &'static str {
     }
 }
 
-fn emit_args(mut a: SortedDictEncoder<'_>, id: &NodeId, m: &Method) -> EncResult {
+fn emit_args(mut a: SortedDictEncoder<'_>, id: &NodeId, m: &Method, want: &Want) -> EncResult {
     // Keys in sorted order: cas, id, implied_port, info_hash, k, port, salt, scrape, seed, seq,
-    // sig, target, token, v.
+    // sig, target, token, v, want.
     if let Method::Put(p) = m {
         if let Some(cas) = p.cas {
             a.emit_pair(b"cas", cas)?;
         }
     }
     a.emit_pair_with(b"id", |s| s.emit_bytes(&id.0))?;
-    match m {
+    let emitted: EncResult = match m {
         Method::Ping => Ok(()),
         Method::FindNode { target } | Method::SampleInfohashes { target } => {
             a.emit_pair_with(b"target", |s| s.emit_bytes(&target.0))
@@ -422,11 +465,27 @@ fn emit_args(mut a: SortedDictEncoder<'_>, id: &NodeId, m: &Method) -> EncResult
             a.emit_pair_with(b"token", |s| s.emit_bytes(&p.token))?;
             a.emit_pair_with(b"v", |s| p.value.emit(s))
         }
+    };
+    emitted?;
+    if want.n4 || want.n6 {
+        a.emit_pair_with(b"want", |s| {
+            s.emit_list(|l| {
+                if want.n4 {
+                    l.emit_str("n4")?;
+                }
+                if want.n6 {
+                    l.emit_str("n6")?;
+                }
+                Ok(())
+            })
+        })?;
     }
+    Ok(())
 }
 
 fn emit_response(mut d: SortedDictEncoder<'_>, r: &Response) -> EncResult {
-    // Sorted: BFpe, BFsd, id, interval, k, nodes, num, samples, seq, sig, token, v, values.
+    // Sorted: BFpe, BFsd, id, interval, k, nodes, nodes6, num, samples, seq, sig, token, v,
+    // values.
     if let Some(f) = &r.peers_filter {
         d.emit_pair_with(b"BFpe", |s| s.emit_bytes(&f.0))?;
     }
@@ -450,6 +509,14 @@ fn emit_response(mut d: SortedDictEncoder<'_>, r: &Response) -> EncResult {
         }
         d.emit_pair_with(b"nodes", |s| s.emit_bytes(&buf))?;
     }
+    if !r.nodes6.is_empty() {
+        let mut buf = Vec::with_capacity(r.nodes6.len() * 38);
+        for n in &r.nodes6 {
+            buf.extend_from_slice(&n.id.0);
+            buf.extend_from_slice(&compact_addr6_bytes(&n.addr));
+        }
+        d.emit_pair_with(b"nodes6", |s| s.emit_bytes(&buf))?;
+    }
     if let Some(n) = r.num {
         d.emit_pair(b"num", n)?;
     }
@@ -469,11 +536,14 @@ fn emit_response(mut d: SortedDictEncoder<'_>, r: &Response) -> EncResult {
     if let Some(v) = &r.value {
         d.emit_pair_with(b"v", |s| v.emit(s))?;
     }
-    if !r.values.is_empty() {
+    if !r.values.is_empty() || !r.values6.is_empty() {
         d.emit_pair_with(b"values", |s| {
             s.emit_list(|l| {
                 for p in &r.values {
                     l.emit_bytes(&compact_addr_bytes(p))?;
+                }
+                for p in &r.values6 {
+                    l.emit_bytes(&compact_addr6_bytes(p))?;
                 }
                 Ok(())
             })
@@ -499,6 +569,7 @@ struct Args {
     cas: Option<i64>,
     scrape: bool,
     seed: bool,
+    want: Want,
 }
 
 impl Args {
@@ -524,6 +595,24 @@ impl Args {
                 b"cas" => a.cas = Some(int(v, "a.cas")?),
                 b"scrape" => a.scrape = int(v, "a.scrape")? == 1,
                 b"seed" => a.seed = int(v, "a.seed")? == 1,
+                b"want" => {
+                    let Object::List(mut l) = v else {
+                        return Err(KrpcError::Field("a.want"));
+                    };
+                    // Unknown families are ignored; at most a few entries.
+                    let mut n = 0;
+                    while let Some(w) = l.next_object().map_err(benc)? {
+                        n += 1;
+                        if n > MAX_WANT {
+                            return Err(KrpcError::Field("a.want"));
+                        }
+                        match bytes_max(w, "a.want", 8)? {
+                            b"n4" => a.want.n4 = true,
+                            b"n6" => a.want.n6 = true,
+                            _ => {}
+                        }
+                    }
+                }
                 _ => skip(v)?,
             }
         }
@@ -562,8 +651,26 @@ fn decode_response(mut d: DictDecoder<'_, '_>) -> Result<Response, KrpcError> {
                     return Err(KrpcError::Field("r.values"));
                 };
                 while let Some(p) = l.next_object().map_err(benc)? {
-                    r.values.push(compact_addr(bytes_exact(p, "r.values", 6)?));
+                    let b = bytes(p, "r.values")?;
+                    match b.len() {
+                        6 => r.values.push(compact_addr(b)),
+                        18 => r.values6.push(compact_addr6(b)),
+                        _ => return Err(KrpcError::Field("r.values")),
+                    }
                 }
+            }
+            b"nodes6" => {
+                let b = bytes(v, "r.nodes6")?;
+                if !b.len().is_multiple_of(38) {
+                    return Err(KrpcError::Field("r.nodes6"));
+                }
+                r.nodes6 = b
+                    .chunks_exact(38)
+                    .map(|c| CompactNode6 {
+                        id: NodeId(c[..20].try_into().expect("38-byte chunk")),
+                        addr: compact_addr6(&c[20..]),
+                    })
+                    .collect();
             }
             b"token" => r.token = Some(bytes_max(v, "r.token", MAX_TOKEN)?.to_vec()),
             b"v" => r.value = Some(value(v)?),
@@ -687,14 +794,6 @@ fn bytes_max<'s>(
     sized(o, field, 0..=max)
 }
 
-fn bytes_exact<'s>(
-    o: Object<'_, 's>,
-    field: &'static str,
-    len: usize,
-) -> Result<&'s [u8], KrpcError> {
-    sized(o, field, len..=len)
-}
-
 fn array<const N: usize>(o: Object<'_, '_>, field: &'static str) -> Result<[u8; N], KrpcError> {
     bytes(o, field)?.try_into().map_err(|_| KrpcError::Field(field))
 }
@@ -706,6 +805,18 @@ fn id(o: Object<'_, '_>, field: &'static str) -> Result<NodeId, KrpcError> {
 /// A 6-byte compact address (IPv4, port); the caller checked the length.
 fn compact_addr(b: &[u8]) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(b[0], b[1], b[2], b[3]), u16::from_be_bytes([b[4], b[5]]))
+}
+
+fn compact_addr6(b: &[u8]) -> SocketAddrV6 {
+    let ip: [u8; 16] = b[..16].try_into().expect("18-byte compact address");
+    SocketAddrV6::new(Ipv6Addr::from(ip), u16::from_be_bytes([b[16], b[17]]), 0, 0)
+}
+
+fn compact_addr6_bytes(a: &SocketAddrV6) -> [u8; 18] {
+    let mut out = [0u8; 18];
+    out[..16].copy_from_slice(&a.ip().octets());
+    out[16..].copy_from_slice(&a.port().to_be_bytes());
+    out
 }
 
 fn compact_addr_bytes(a: &SocketAddrV4) -> [u8; 6] {
@@ -737,7 +848,11 @@ mod tests {
         assert_eq!(m.tid, b"aa");
         assert_eq!(
             m.body,
-            Body::Query { id: NodeId(*b"abcdefghij0123456789"), method: Method::Ping }
+            Body::Query {
+                id: NodeId(*b"abcdefghij0123456789"),
+                method: Method::Ping,
+                want: Want::default()
+            }
         );
         assert_eq!(m.encode(), ping, "our encoding is the canonical one");
 
@@ -753,7 +868,8 @@ mod tests {
                     implied_port: true,
                     token: b"aoeusnth".to_vec(),
                     seed: false,
-                }
+                },
+                want: Want::default()
             }
         );
         assert_eq!(m.encode(), announce);
@@ -774,14 +890,26 @@ mod tests {
     #[test]
     fn every_message_kind_roundtrips() {
         let addr = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 6881);
+        let addr6 = SocketAddrV6::new(Ipv6Addr::LOCALHOST, 6882, 0, 0);
         let q = |method| Message {
             tid: vec![1, 2],
-            body: Body::Query { id: id(1), method },
+            body: Body::Query { id: id(1), method, want: Want::default() },
             version: Some(b"SC01".to_vec()),
             ip: None,
             read_only: false,
         };
         roundtrip(q(Method::Ping));
+        roundtrip(Message {
+            tid: vec![3],
+            body: Body::Query {
+                id: id(1),
+                method: Method::FindNode { target: id(2) },
+                want: Want { n4: true, n6: true },
+            },
+            version: None,
+            ip: None,
+            read_only: false,
+        });
         roundtrip(q(Method::FindNode { target: id(2) }));
         roundtrip(q(Method::GetPeers { info_hash: id(3), scrape: false }));
         roundtrip(q(Method::GetPeers { info_hash: id(3), scrape: true }));
@@ -812,6 +940,8 @@ mod tests {
                 id: Some(id(6)),
                 nodes: vec![CompactNode { id: id(7), addr }, CompactNode { id: id(8), addr }],
                 values: vec![addr],
+                values6: vec![addr6],
+                nodes6: vec![CompactNode6 { id: id(11), addr: addr6 }],
                 token: Some(vec![1, 2, 3, 4]),
                 value: Some(Value::Bytes(b"Hello World!".to_vec())),
                 key: None,
@@ -824,7 +954,7 @@ mod tests {
                 peers_filter: Some(Box::new(ScrapeFilter([0xf0; 256]))),
             }),
             version: None,
-            ip: Some(addr),
+            ip: Some(addr6.into()),
             read_only: true,
         });
     }
@@ -842,6 +972,11 @@ mod tests {
             (b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qei1e", "trailing bytes"),
             (b"d1:rd2:id20:abcdefghij01234567895:nodes3:abce1:t2:aa1:y1:re", "nodes not ×26"),
             (b"d1:rd6:valuesl5:abcdeee1:t2:aa1:y1:re", "a 5-byte peer"),
+            (b"d1:rd6:nodes65:abcdee1:t2:aa1:y1:re", "nodes6 not x38"),
+            (b"d1:rd6:valuesl10:abcdefghijee1:t2:aa1:y1:re", "a 10-byte peer"),
+            (b"d2:ip7:abcdefg1:rd2:id20:abcdefghij0123456789e1:t2:aa1:y1:re", "a 7-byte ip"),
+            (b"d1:ad2:id20:abcdefghij01234567894:wanti4ee1:q4:ping1:t2:aa1:y1:qe", "want not a list"),
+            (b"d1:ad2:id20:abcdefghij01234567894:wantl2:n42:n42:n42:n42:n4ee1:q4:ping1:t2:aa1:y1:qe", "want of 5"),
             (b"d1:rd2:idi3ee1:t2:aa1:y1:re", "an integer id"),
             (b"d1:ad2:id20:abcdefghij01234567894:porti70000e5:token1:x9:info_hash20:mnopqrstuvwxyz123456e1:q13:announce_peer1:t2:aa1:y1:qe", "unsorted args"),
             (b"d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz1234564:porti70000e5:token1:xe1:q13:announce_peer1:t2:aa1:y1:qe", "port over 65535"),
@@ -878,7 +1013,11 @@ mod tests {
         let got = Message::decode(m).unwrap();
         assert_eq!(
             got.body,
-            Body::Query { id: NodeId(*b"abcdefghij0123456789"), method: Method::Ping }
+            Body::Query {
+                id: NodeId(*b"abcdefghij0123456789"),
+                method: Method::Ping,
+                want: Want::default()
+            }
         );
     }
 }
