@@ -1,7 +1,7 @@
 //! Node ids and info-hashes share one 160-bit space, ordered by the XOR metric (Kademlia).
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rand::Rng;
 
@@ -29,9 +29,15 @@ impl NodeId {
     /// CRC-32C of the masked address and 3 random bits (`r`, kept in the last byte); the rest
     /// is random.
     pub fn for_ip(ip: Ipv4Addr, rng: &mut impl Rng) -> NodeId {
+        NodeId::for_addr(IpAddr::V4(ip), rng)
+    }
+
+    /// [`NodeId::for_ip`] for either family (IPv6: BEP 42's mask over the first 8 bytes, so
+    /// every address of a /64 allows the same ids).
+    pub fn for_addr(ip: IpAddr, rng: &mut impl Rng) -> NodeId {
         let mut id = NodeId::random(rng);
         let r = id.0[19] & 0x7;
-        let crc = bep42_crc(ip, r);
+        let crc = bep42_crc_addr(ip, r);
         id.0[0] = (crc >> 24) as u8;
         id.0[1] = (crc >> 16) as u8;
         id.0[2] = ((crc >> 8) as u8 & 0xf8) | (id.0[2] & 0x7);
@@ -41,10 +47,17 @@ impl NodeId {
     /// Whether this id is one BEP 42 allows for `ip` (always true for loopback, private and
     /// link-local addresses, which BEP 42 exempts).
     pub fn is_valid_for(&self, ip: Ipv4Addr) -> bool {
-        if is_exempt(ip) {
+        self.is_valid_for_addr(IpAddr::V4(ip))
+    }
+
+    /// [`NodeId::is_valid_for`] for either family (an IPv4-mapped IPv6 address counts as
+    /// IPv4).
+    pub fn is_valid_for_addr(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        if is_exempt_addr(ip) {
             return true;
         }
-        let crc = bep42_crc(ip, self.0[19] & 0x7);
+        let crc = bep42_crc_addr(ip, self.0[19] & 0x7);
         self.0[0] == (crc >> 24) as u8
             && self.0[1] == (crc >> 16) as u8
             && self.0[2] & 0xf8 == (crc >> 8) as u8 & 0xf8
@@ -78,6 +91,35 @@ impl NodeId {
 /// routing table from its one-entry-per-address rule.
 pub fn is_exempt(ip: Ipv4Addr) -> bool {
     ip.is_loopback() || ip.is_private() || ip.is_link_local()
+}
+
+/// [`is_exempt`] for either family: IPv6 loopback, unique-local (fc00::/7) and link-local
+/// (fe80::/10) addresses are exempt too.
+pub fn is_exempt_addr(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => is_exempt(v4),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local(),
+    }
+}
+
+/// BEP 42's checksum for either family.
+fn bep42_crc_addr(ip: IpAddr, r: u8) -> u32 {
+    match ip {
+        IpAddr::V4(v4) => bep42_crc(v4, r),
+        IpAddr::V6(v6) => bep42_crc6(v6, r),
+    }
+}
+
+/// BEP 42's IPv6 checksum: CRC-32C of the address's first 8 bytes masked with
+/// 0x0103070f1f3f7fff, `r` in the top 3 bits.
+fn bep42_crc6(ip: Ipv6Addr, r: u8) -> u32 {
+    const MASK: [u8; 8] = [0x01, 0x03, 0x07, 0x0f, 0x1f, 0x3f, 0x7f, 0xff];
+    let mut b = [0u8; 8];
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = ip.octets()[i] & MASK[i];
+    }
+    b[0] |= (r & 0x7) << 5;
+    CRC32C.checksum(&b)
 }
 
 /// BEP 42's checksum: CRC-32C of the address masked with 0x030f3fff, `r` in the top 3 bits.
@@ -131,6 +173,25 @@ mod tests {
         assert!(NodeId::for_ip(public, &mut rng).is_valid_for(public));
         assert!(!NodeId([0; 20]).is_valid_for(public));
         assert!(NodeId([0; 20]).is_valid_for(Ipv4Addr::new(192, 168, 1, 1)), "private: exempt");
+    }
+
+    #[test]
+    fn bep42_ids_for_ipv6_follow_the_64_prefix() {
+        let mut rng = rand::rng();
+        let a: Ipv6Addr = "2001:db8:1:2::5".parse().unwrap();
+        let id = NodeId::for_addr(IpAddr::V6(a), &mut rng);
+        assert!(id.is_valid_for_addr(IpAddr::V6(a)));
+        // The same /64: the same ids; another /64: not.
+        assert!(id.is_valid_for_addr("2001:db8:1:2::ffff".parse().unwrap()));
+        assert!(!id.is_valid_for_addr("2001:db8:1:3::5".parse().unwrap()));
+        // Exempt: loopback, unique-local, link-local; IPv4-mapped counts as IPv4.
+        for ip in ["::1", "fd00::1", "fe80::1"] {
+            assert!(NodeId([0; 20]).is_valid_for_addr(ip.parse().unwrap()), "{ip}");
+        }
+        let v4 = Ipv4Addr::new(80, 1, 2, 3);
+        let id4 = NodeId::for_ip(v4, &mut rng);
+        assert!(id4.is_valid_for_addr(IpAddr::V6(v4.to_ipv6_mapped())));
+        assert!(NodeId([0; 20]).is_valid_for_addr("::ffff:192.168.1.1".parse().unwrap()));
     }
 
     #[test]
