@@ -501,19 +501,23 @@ pub async fn save_state(node: Option<&Dht>) {
     }
 }
 
-/// Announces `info_hash` on `port` now and every [`REANNOUNCE`], until the task is aborted.
+/// Announces `info_hash` on `port` now and every [`REANNOUNCE`], as a seed or a downloader
+/// (BEP 33's `seed`), until the task is aborted. A downloader announces too, as libtorrent's do,
+/// so the swarm's other downloaders find it.
 pub fn keep_announcing(
     node: std::sync::Arc<Dht>,
     info_hash: NodeId,
     port: u16,
+    seed: bool,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            // Whoever keeps announcing here seeds (`seed`, `get --seed` once complete).
-            match node.announce(info_hash, port, true).await {
+            match node.announce(info_hash, port, seed).await {
                 Ok(r) if r.announced_to > 0 => {
                     tracing::info!("DHT: announced to {} nodes", r.announced_to);
                 }
+                // A downloader's announce is a courtesy; only a seed's failure is worth saying.
+                Ok(_) if !seed => {}
                 Ok(_) => eprintln!("DHT: no node took our announcement; trying again later"),
                 Err(_) => return,
             }

@@ -419,7 +419,7 @@ async fn seed(torrent_path: &Path, data: &Path, net: &NetArgs) -> Result<()> {
     let announcer = match &dht_node {
         Some(node) => {
             eprintln!("DHT: joined; announcing on port {port} every 15 minutes");
-            Some(dht_cmd::keep_announcing(node.clone(), ih, port))
+            Some(dht_cmd::keep_announcing(node.clone(), ih, port, true))
         }
         None => None,
     };
@@ -506,6 +506,10 @@ async fn get(
         eprintln!("resuming: {have} of {total} pieces already verified on disk");
     }
     let reporter = progress::spawn_reporter(session.stats().clone(), name.clone());
+    let downloading = dht_node.clone().map(|node| {
+        let port = session.local_addr().port();
+        dht_cmd::keep_announcing(node, dht::NodeId(ih.0), port, false)
+    });
     // With the DHT, ask it again for peers every few minutes while the download runs.
     let every = dht_cmd::RELOOKUP;
     let mut relook = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -529,6 +533,9 @@ async fn get(
         }
     };
     reporter.abort();
+    if let Some(a) = downloading {
+        a.abort();
+    }
     if let Err(e) = result {
         dht_cmd::save_state(dht_node.as_deref()).await;
         session.shutdown().await;
@@ -544,8 +551,9 @@ async fn get(
     if keep_seeding {
         let port = session.local_addr().port();
         eprintln!("seeding on port {port} (Ctrl-C to stop)");
-        let announcer =
-            dht_node.clone().map(|node| dht_cmd::keep_announcing(node, dht::NodeId(ih.0), port));
+        let announcer = dht_node
+            .clone()
+            .map(|node| dht_cmd::keep_announcing(node, dht::NodeId(ih.0), port, true));
         let reporter = progress::spawn_reporter(session.stats().clone(), name);
         tokio::signal::ctrl_c().await.ok();
         reporter.abort();

@@ -127,12 +127,22 @@ fn trackerless_swarms_with_libtorrent_both_ways() {
     assert!((seeds - 1.0).abs() < 0.1 && v["nodes"].as_u64() >= Some(2), "{said}");
     let out = dir.path().join("ours");
     let mut get = swarmcast();
-    get.args(["get", &magnet, "--dht-bootstrap", &bootstrap, "--bind", "127.0.0.1", "-o"])
+    // At 1 MiB/s the 3 MiB take a few seconds: time for the getter's own announce to land.
+    get.args(["get", &magnet, "--dht-bootstrap", &bootstrap, "--bind", "127.0.0.1"])
+        .args(["--download-limit", "1M", "-o"])
         .arg(&out)
         .env("XDG_STATE_HOME", dir.path().join("state"));
     let said = run_ok(get);
     assert!(said.contains("DHT: 1 peers found"), "{said}");
     assert_same_file(&content, &out.join("trackerless.bin"));
+    // While it downloaded, our getter announced itself as a downloader (BEP 33 counts it).
+    let mut scrape = swarmcast();
+    scrape.args(["dht", "scrape", &ih, "--json", "--listen", "127.0.0.1:0"]);
+    scrape.args(["--bootstrap", &bootstrap]);
+    let said = run_ok(scrape);
+    let v: serde_json::Value = serde_json::from_str(&said).expect("scrape --json");
+    let downloaders = v["downloaders"].as_f64().unwrap();
+    assert!((downloaders - 1.0).abs() < 0.1, "{said}");
     // The get lasted seconds, not the minute between saves: it saved its DHT state on exit (our
     // id and at least one node), so the next run starts warm.
     let saved = std::fs::read(dir.path().join("state/swarmcast/dht-nodes")).unwrap();
