@@ -107,8 +107,17 @@ fn save_state(path: &Path, core: &DhtCore<StdRng>) -> io::Result<()> {
         bytes.extend_from_slice(&n.addr.ip().octets());
         bytes.extend_from_slice(&n.addr.port().to_be_bytes());
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &bytes)?;
+    // A temporary name of our own beside it (the lock keeps other nodes off this path), on
+    // disk before the rename, so a crash or power loss leaves the old file or the new one.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)
 }
 

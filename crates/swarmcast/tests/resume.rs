@@ -33,9 +33,12 @@ impl Guard {
     fn spawn(what: &'static str, args: &[&str], log: PathBuf) -> Guard {
         let err = File::create(&log).unwrap();
         let out = err.try_clone().unwrap();
+        // The DHT state of `get`/`seed` goes beside the log, not in the user's home.
+        let state = log.with_extension("state");
         let child = Command::new(BIN)
             .args(args)
             .env("SWARMCAST_LOG", "info")
+            .env("XDG_STATE_HOME", state)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

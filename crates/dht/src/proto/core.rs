@@ -41,7 +41,8 @@
 //! fits (for `get_peers` and `sample_infohashes`, nodes first, so what it asked for survives).
 //! The exceptions cannot be cut: a BEP 44 value (a `get` reply with one is up to 1,000 bytes
 //! larger than the query, about 10×) and BEP 33's two 256-byte filters (about 6×), as in every
-//! Mainline implementation.
+//! Mainline implementation; such a reply to an unverified address carries nodes only if they
+//! fit within 4× the query, so the exception is the uncuttable part alone.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddrV4;
@@ -90,6 +91,9 @@ pub const MAX_SOURCES: usize = 10_000;
 /// A reply to an unverified address is at most this many times its query's size (QUIC's
 /// anti-amplification limit is 3; a `find_node` reply with 8 nodes is about 3× its query).
 pub const AMPLIFICATION: usize = 4;
+/// What a reply needs around a part that cannot be cut (a BEP 44 value, BEP 33's filters): id,
+/// token, transaction, `ip` and the keys.
+const UNCUT_OVERHEAD: usize = 120;
 /// Addresses remembered as verified (they answered us or showed our token), the oldest
 /// forgotten first.
 pub const MAX_VERIFIED: usize = 8_192;
@@ -294,7 +298,7 @@ struct Lookup {
     mutable: Option<MutableItem>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Purpose {
     /// A bootstrap or liveness ping, or a find_node to an address whose id we do not know.
     Ping,
@@ -907,6 +911,23 @@ impl<R: RngCore> DhtCore<R> {
         let Some(t) = self.take_transaction(from, tid) else {
             return;
         };
+        // The other try of a re-sent slow query is answered by this answer: forget it, so its
+        // timeout does not count against a node that answered.
+        if let Purpose::Lookup(lid) = t.purpose {
+            let twins: Vec<u16> = self
+                .in_flight
+                .iter()
+                .filter(|(_, x)| x.to == from && x.purpose == t.purpose)
+                .map(|(&k, _)| k)
+                .collect();
+            for k in twins {
+                if let Some(x) = self.in_flight.remove(&k) {
+                    if let (false, Some(l)) = (x.slow, self.lookups.get_mut(&lid)) {
+                        l.in_flight = l.in_flight.saturating_sub(1);
+                    }
+                }
+            }
+        }
         self.verify(from);
         if let (Some(std::net::SocketAddr::V4(ip)), Purpose::Lookup(_)) = (seen_as, t.purpose) {
             self.vote(now, *from.ip(), *ip.ip());
@@ -1017,8 +1038,10 @@ impl<R: RngCore> DhtCore<R> {
 
     fn on_error(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8]) {
         if let Some(t) = self.take_transaction(from, tid) {
-            // An error is an answer: the node is alive, whatever it could not do for us.
-            self.failed_as(now, t, true);
+            // An error is an answer: the node is alive, whatever it could not do for us (but a
+            // ping answered with an error does not prove a stale entry good).
+            let alive = t.purpose != Purpose::Ping;
+            self.failed_as(now, t, alive);
         }
     }
 
@@ -1292,7 +1315,7 @@ impl<R: RngCore> DhtCore<R> {
         // cap, so it does not push the nodes out.
         let filters = [&r.seeds_filter, &r.peers_filter].iter().filter(|f| f.is_some()).count();
         let uncut = r.value.as_ref().map_or(0, |v| v.encode().len() + 4) + filters * 266;
-        let cap = AMPLIFICATION * len + uncut;
+        let cap = (AMPLIFICATION * len).max(uncut + UNCUT_OVERHEAD);
         if bytes.len() > cap && !self.verified.contains(&from) {
             self.trimmed += 1;
             while bytes.len() > cap {
@@ -1879,12 +1902,20 @@ mod tests {
     /// A node with a random id bootstraps through `routers`, each answering that it saw the
     /// node at the address `says(i)` gives; returns the node.
     fn voted(routers: usize, says: impl Fn(usize) -> Ipv4Addr) -> Core {
+        voted_from(routers, |i| Ipv4Addr::new(198, 18, i as u8, 1), says)
+    }
+
+    /// [`voted`] with the routers' addresses given by `at`.
+    fn voted_from(
+        routers: usize,
+        at: impl Fn(usize) -> Ipv4Addr,
+        says: impl Fn(usize) -> Ipv4Addr,
+    ) -> Core {
         let now = Instant::now();
         let mut core =
             Core::new(now, NodeId([0x55; 20]), Config::default(), ChaCha8Rng::seed_from_u64(9));
-        let addrs: Vec<SocketAddrV4> = (0..routers)
-            .map(|i| SocketAddrV4::new(Ipv4Addr::new(198, 18, i as u8, 1), 6881))
-            .collect();
+        let addrs: Vec<SocketAddrV4> =
+            (0..routers).map(|i| SocketAddrV4::new(at(i), 6881)).collect();
         core.bootstrap(now, &addrs);
         let sent: Vec<(SocketAddrV4, Vec<u8>)> = std::iter::from_fn(|| core.poll())
             .filter_map(|o| match o {
@@ -1927,6 +1958,9 @@ mod tests {
         let liar = Ipv4Addr::new(1, 2, 3, 4);
         let core = voted(20, |i| if i % 2 == 0 { liar } else { ours });
         assert_eq!((core.external_ip(), core.id()), (None, NodeId([0x55; 20])));
+        // Twelve answers from one /24 are one vote.
+        let core = voted_from(12, |i| Ipv4Addr::new(198, 18, 7, 1 + i as u8), |_| ours);
+        assert_eq!((core.external_ip(), core.id()), (None, NodeId([0x55; 20])));
         // A private address is exempt: it is noted, and the id stays.
         let core = voted(12, |_| Ipv4Addr::new(192, 168, 1, 20));
         assert_eq!(core.external_ip(), Some(Ipv4Addr::new(192, 168, 1, 20)));
@@ -1962,6 +1996,14 @@ mod tests {
             replies(&mut core);
         }
         let from = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 6881);
+        // A swarm the node does not store: no filters (BEP 33), only nodes.
+        let other = NodeId([8; 20]);
+        let ask = query(NodeId([3; 20]), Method::GetPeers { info_hash: other, scrape: true });
+        core.handle(now, Input::Datagram { from, bytes: &ask });
+        assert!(replies(&mut core).iter().all(|(_, m)| match &m.body {
+            Body::Response(r) => r.seeds_filter.is_none() && r.peers_filter.is_none(),
+            _ => true,
+        }));
         let ask = query(NodeId([3; 20]), Method::GetPeers { info_hash: ih, scrape: true });
         core.handle(now, Input::Datagram { from, bytes: &ask });
         let r = replies(&mut core)

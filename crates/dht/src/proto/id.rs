@@ -35,6 +35,7 @@ impl NodeId {
     /// [`NodeId::for_ip`] for either family (IPv6: BEP 42's mask over the first 8 bytes, so
     /// every address of a /64 allows the same ids).
     pub fn for_addr(ip: IpAddr, rng: &mut impl Rng) -> NodeId {
+        let ip = ip.to_canonical();
         let mut id = NodeId::random(rng);
         let r = id.0[19] & 0x7;
         let crc = bep42_crc_addr(ip, r);
