@@ -2,11 +2,13 @@
 //! which lets a magnet link fetch the info dictionary from peers, and of peer exchange (BEP 11,
 //! `ut_pex`). A pure codec.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use bendy::decoding::{Decoder, Object};
 use bendy::encoding::Encoder;
 use bytes::Bytes;
+
+use crate::tracker::{parse_compact_peers, push_compact_peer};
 
 /// Metadata travels in 16 KiB pieces (BEP 9).
 pub const METADATA_PIECE: u32 = 16 * 1024;
@@ -239,7 +241,7 @@ impl PexMsg {
         let split = |v4: bool| -> (Vec<u8>, Vec<u8>) {
             let (mut addrs, mut flags) = (vec![], vec![]);
             for (a, f) in self.added.iter().filter(|(a, _)| a.is_ipv4() == v4) {
-                compact(&mut addrs, a);
+                push_compact_peer(&mut addrs, *a);
                 flags.push(*f);
             }
             (addrs, flags)
@@ -247,7 +249,7 @@ impl PexMsg {
         let dropped = |v4: bool| -> Vec<u8> {
             let mut out = vec![];
             for a in self.dropped.iter().filter(|a| a.is_ipv4() == v4) {
-                compact(&mut out, a);
+                push_compact_peer(&mut out, *a);
             }
             out
         };
@@ -271,8 +273,9 @@ impl PexMsg {
     }
 
     /// Parses a `ut_pex` payload. A list whose length is not a whole number of entries is an
-    /// error; past [`MAX_PEX_PEERS`] entries a list is cut short; flags that do not match their
-    /// list in length are taken as 0; unknown keys are ignored.
+    /// error; entries with port 0 are skipped; past [`MAX_PEX_PEERS`] entries a list is cut
+    /// short; flags that do not match their list in length are taken as 0; unknown keys are
+    /// ignored.
     pub fn decode(payload: &[u8]) -> Result<Self, ExtError> {
         let mut dec = Decoder::new(payload).with_max_depth(2);
         let Some(Object::Dict(mut d)) = dec.next_object().map_err(benc)? else {
@@ -286,15 +289,15 @@ impl PexMsg {
                 _ => Err(ExtError::Field(field)),
             };
             match k {
-                b"added" => a4 = parse_compact(&bytes(v, "added")?, 6, "added")?,
+                b"added" => a4 = parse_compact(&bytes(v, "added")?, false, "added")?,
                 b"added.f" => f4 = bytes(v, "added.f")?,
-                b"added6" => a6 = parse_compact(&bytes(v, "added6")?, 18, "added6")?,
+                b"added6" => a6 = parse_compact(&bytes(v, "added6")?, true, "added6")?,
                 b"added6.f" => f6 = bytes(v, "added6.f")?,
                 b"dropped" => {
-                    out.dropped.extend(parse_compact(&bytes(v, "dropped")?, 6, "dropped")?)
+                    out.dropped.extend(parse_compact(&bytes(v, "dropped")?, false, "dropped")?)
                 }
                 b"dropped6" => {
-                    out.dropped.extend(parse_compact(&bytes(v, "dropped6")?, 18, "dropped6")?)
+                    out.dropped.extend(parse_compact(&bytes(v, "dropped6")?, true, "dropped6")?)
                 }
                 _ => {}
             }
@@ -309,32 +312,12 @@ impl PexMsg {
     }
 }
 
-fn compact(out: &mut Vec<u8>, a: &SocketAddr) {
-    match a.ip() {
-        IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
-        IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
-    }
-    out.extend_from_slice(&a.port().to_be_bytes());
-}
-
-fn parse_compact(b: &[u8], size: usize, field: &'static str) -> Result<Vec<SocketAddr>, ExtError> {
-    if !b.len().is_multiple_of(size) {
-        return Err(ExtError::Field(field));
-    }
-    Ok(b.chunks_exact(size)
-        .take(MAX_PEX_PEERS)
-        .map(|c| {
-            let port = u16::from_be_bytes([c[size - 2], c[size - 1]]);
-            let ip = if size == 6 {
-                IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))
-            } else {
-                let mut o = [0u8; 16];
-                o.copy_from_slice(&c[..16]);
-                IpAddr::V6(Ipv6Addr::from(o))
-            };
-            SocketAddr::new(ip, port)
-        })
-        .collect())
+/// A compact peer list of `field` (the tracker's parser: 6-byte IPv4 or 18-byte IPv6 entries,
+/// port 0 skipped), at most [`MAX_PEX_PEERS`] kept.
+fn parse_compact(b: &[u8], ipv6: bool, field: &'static str) -> Result<Vec<SocketAddr>, ExtError> {
+    let mut peers = parse_compact_peers(b, ipv6).ok_or(ExtError::Field(field))?;
+    peers.truncate(MAX_PEX_PEERS);
+    Ok(peers)
 }
 
 #[cfg(test)]
