@@ -311,10 +311,14 @@ async fn run(
     let mut saved_at = Instant::now();
     loop {
         if let Some((path, every)) = &state {
-            if saved_at.elapsed() >= *every && !core.table().is_empty() {
+            // The save's turn comes every `every` even with nothing to save, so its deadline
+            // never stays in the past (that would wake this loop without pause).
+            if saved_at.elapsed() >= *every {
                 saved_at = Instant::now();
-                if let Err(e) = save_state(path, &core) {
-                    tracing::warn!("cannot save the DHT state to {}: {e}", path.display());
+                if !core.table().is_empty() {
+                    if let Err(e) = save_state(path, &core) {
+                        tracing::warn!("cannot save the DHT state to {}: {e}", path.display());
+                    }
                 }
             }
         }
