@@ -51,9 +51,10 @@ use std::time::{Duration, Instant};
 use rand::{Rng, RngCore};
 use sha1::{Digest, Sha1};
 
+use super::addr::NodeAddr;
 use super::bloom::ScrapeFilter;
 use super::id::NodeId;
-use super::krpc::{Body, CompactNode, Message, Method, Put, Response, Value};
+use super::krpc::{Body, CompactNode, Message, Method, Put, Response, Value, Want};
 use super::table::{Insert, RoutingTable, Seen, GOOD_FOR, K};
 
 /// How often the token secret changes (BEP 5: every 5 minutes; the previous secret still
@@ -89,7 +90,8 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 pub const MAX_SOURCES: usize = 10_000;
 
 /// A reply to an unverified address is at most this many times its query's size (QUIC's
-/// anti-amplification limit is 3; a `find_node` reply with 8 nodes is about 3× its query).
+/// anti-amplification limit is 3; a `find_node` reply with 8 nodes is about 3× its query),
+/// plus, over IPv6, the 12 extra bytes of 8 IPv6 nodes.
 pub const AMPLIFICATION: usize = 4;
 /// What a reply needs around a part that cannot be cut (a BEP 44 value, BEP 33's filters): id,
 /// token, transaction, `ip` and the keys.
@@ -102,6 +104,9 @@ pub const MAX_VERIFIED: usize = 8_192;
 /// believe it; votes are counted from at most [`MAX_IP_VOTERS`] addresses, then start over.
 pub const IP_VOTES: u32 = 10;
 pub const MAX_IP_VOTERS: usize = 64;
+
+/// The other family's nodes a core keeps for BEP 32's `want`, at most.
+pub const MAX_FOREIGN: usize = 2_048;
 
 /// The shortest wait before a lookup query counts as slow.
 pub const MIN_SLOW_AFTER: Duration = Duration::from_millis(100);
@@ -151,24 +156,24 @@ impl Default for Config {
 
 /// What the core is fed.
 #[derive(Clone, Copy, Debug)]
-pub enum Input<'a> {
+pub enum Input<'a, A = SocketAddrV4> {
     /// A datagram arrived.
-    Datagram { from: SocketAddrV4, bytes: &'a [u8] },
+    Datagram { from: A, bytes: &'a [u8] },
     /// A deadline from [`DhtCore::next_deadline`] passed.
     Tick,
 }
 
 /// What the core asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Output {
+pub enum Output<A = SocketAddrV4> {
     /// Send this datagram.
-    Send { to: SocketAddrV4, bytes: Vec<u8> },
+    Send { to: A, bytes: Vec<u8> },
     /// A lookup finished (boxed: it is large beside a datagram).
-    Done(Box<LookupResult>),
+    Done(Box<LookupResult<A>>),
     /// Peers a running `get_peers` or announce lookup just learned (only new ones, at most
     /// [`MAX_LOOKUP_PEERS`] in all), so a download can dial them before the lookup ends; its
     /// [`Output::Done`] repeats them all.
-    Peers { lookup: LookupId, peers: Vec<SocketAddrV4> },
+    Peers { lookup: LookupId, peers: Vec<A> },
 }
 
 /// Identifies a lookup started by [`DhtCore::find_node`], [`DhtCore::get_peers`] or
@@ -178,13 +183,13 @@ pub struct LookupId(pub u64);
 
 /// The end of a lookup.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LookupResult {
+pub struct LookupResult<A = SocketAddrV4> {
     pub id: LookupId,
     pub target: NodeId,
     /// The closest nodes that answered, closest first (at most [`K`]).
-    pub nodes: Vec<CompactNode>,
+    pub nodes: Vec<CompactNode<A>>,
     /// Peers of the swarm (`get_peers` and `announce`), as the nodes gave them.
-    pub peers: Vec<SocketAddrV4>,
+    pub peers: Vec<A>,
     /// Nodes an `announce_peer` went to (the closest that gave a token).
     pub announced_to: usize,
     /// Queries the lookup sent, stores included.
@@ -256,8 +261,8 @@ enum State {
 }
 
 #[derive(Clone, Debug)]
-struct Candidate {
-    node: CompactNode,
+struct Candidate<A> {
+    node: CompactNode<A>,
     state: State,
     token: Option<Vec<u8>>,
     /// BEP 42: its id is one its address allows (or the address is exempt).
@@ -266,20 +271,20 @@ struct Candidate {
     tries: u8,
 }
 
-impl Candidate {
-    fn new(node: CompactNode, state: State) -> Candidate {
-        let verified = node.id.is_valid_for(*node.addr.ip());
+impl<A: NodeAddr> Candidate<A> {
+    fn new(node: CompactNode<A>, state: State) -> Self {
+        let verified = node.addr.allows(&node.id);
         Candidate { node, state, token: None, verified, tries: 0 }
     }
 }
 
 #[derive(Clone, Debug)]
-struct Lookup {
+struct Lookup<A> {
     target: NodeId,
     kind: Kind,
     /// By XOR distance to the target.
-    candidates: BTreeMap<[u8; 20], Candidate>,
-    peers: Vec<SocketAddrV4>,
+    candidates: BTreeMap<[u8; 20], Candidate<A>>,
+    peers: Vec<A>,
     /// Queries awaiting an answer that are not slow.
     in_flight: usize,
     queries: u32,
@@ -308,8 +313,8 @@ enum Purpose {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Transaction {
-    to: SocketAddrV4,
+struct Transaction<A> {
+    to: A,
     node: Option<NodeId>,
     sent: Instant,
     purpose: Purpose,
@@ -318,26 +323,26 @@ struct Transaction {
 }
 
 /// One DHT node's protocol state. See the module docs.
-pub struct DhtCore<R: RngCore> {
+pub struct DhtCore<R: RngCore, A: NodeAddr = SocketAddrV4> {
     id: NodeId,
     config: Config,
     rng: R,
-    table: RoutingTable,
+    table: RoutingTable<A>,
     next_tid: u16,
-    in_flight: HashMap<u16, Transaction>,
-    lookups: BTreeMap<LookupId, Lookup>,
+    in_flight: HashMap<u16, Transaction<A>>,
+    lookups: BTreeMap<LookupId, Lookup<A>>,
     next_lookup: u64,
     secrets: [[u8; 16]; 2],
     rotated: Instant,
     next_refresh: Instant,
     /// Announced peers by info-hash: address, when, and whether a seed (BEP 33).
-    stored: HashMap<NodeId, Vec<(SocketAddrV4, Instant, bool)>>,
+    stored: HashMap<NodeId, Vec<(A, Instant, bool)>>,
     /// BEP 44 immutable items by target, with the time they were put.
     items: HashMap<NodeId, (Value, Instant)>,
     /// BEP 44 mutable items by target (counted with `items` against `max_items`).
     mutables: HashMap<NodeId, (MutableItem, Instant)>,
-    /// Per source address: the start of its window and datagrams in it (loopback exempt).
-    rates: HashMap<std::net::Ipv4Addr, (Instant, u32)>,
+    /// Per source host: the start of its window and datagrams in it (loopback exempt).
+    rates: HashMap<A::Host, (Instant, u32)>,
     /// RFC 6298's smoothed round-trip time and its variation, over every answer.
     srtt: Option<Duration>,
     rttvar: Duration,
@@ -345,18 +350,21 @@ pub struct DhtCore<R: RngCore> {
     rate_limited: u64,
     /// Addresses that proved they receive what we send them: see "No amplification" in the
     /// module docs. The queue holds them oldest first, for forgetting.
-    verified: std::collections::HashSet<SocketAddrV4>,
-    verified_order: VecDeque<SocketAddrV4>,
+    verified: std::collections::HashSet<A>,
+    verified_order: VecDeque<A>,
     /// Replies cut short to an unverified address.
     trimmed: u64,
     /// BEP 42 votes on our external address: who voted (once each), and the tally.
-    ip_voters: std::collections::HashSet<std::net::Ipv4Addr>,
-    ip_tally: HashMap<std::net::Ipv4Addr, u32>,
-    external: Option<std::net::Ipv4Addr>,
-    out: VecDeque<Output>,
+    ip_voters: std::collections::HashSet<A::Host>,
+    ip_tally: HashMap<A::Ip, u32>,
+    external: Option<A::Ip>,
+    /// The other family's nodes (BEP 32), for queries whose `want` asks for them: a copy of
+    /// the sibling core's table that the driver refreshes ([`DhtCore::set_foreign_nodes`]).
+    foreign: Vec<CompactNode<A::Other>>,
+    out: VecDeque<Output<A>>,
 }
 
-impl<R: RngCore> DhtCore<R> {
+impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
     /// A node with id `id` (BEP 42 derives it from the external address; the driver chooses).
     pub fn new(now: Instant, id: NodeId, config: Config, mut rng: R) -> Self {
         let mut secrets = [[0u8; 16]; 2];
@@ -387,6 +395,7 @@ impl<R: RngCore> DhtCore<R> {
             ip_voters: std::collections::HashSet::new(),
             ip_tally: HashMap::new(),
             external: None,
+            foreign: Vec::new(),
             out: VecDeque::new(),
         }
     }
@@ -404,7 +413,7 @@ impl<R: RngCore> DhtCore<R> {
     }
 
     /// The routing table.
-    pub fn table(&self) -> &RoutingTable {
+    pub fn table(&self) -> &RoutingTable<A> {
         &self.table
     }
 
@@ -419,8 +428,16 @@ impl<R: RngCore> DhtCore<R> {
     }
 
     /// Our external address, once the answers' votes agreed on one (BEP 42).
-    pub fn external_ip(&self) -> Option<std::net::Ipv4Addr> {
+    pub fn external_ip(&self) -> Option<A::Ip> {
         self.external
+    }
+
+    /// Gives the core the other family's nodes (BEP 32): the driver's copy of the sibling
+    /// core's table, from which replies to a `want` naming that family are drawn. At most
+    /// [`MAX_FOREIGN`] are kept.
+    pub fn set_foreign_nodes(&mut self, mut nodes: Vec<CompactNode<A::Other>>) {
+        nodes.truncate(MAX_FOREIGN);
+        self.foreign = nodes;
     }
 
     /// Queries awaiting an answer.
@@ -429,7 +446,7 @@ impl<R: RngCore> DhtCore<R> {
     }
 
     /// Peers stored for `info_hash` (announced to us).
-    pub fn stored_peers(&self, info_hash: &NodeId) -> Vec<SocketAddrV4> {
+    pub fn stored_peers(&self, info_hash: &NodeId) -> Vec<A> {
         self.stored.get(info_hash).map_or(Vec::new(), |v| v.iter().map(|(a, ..)| *a).collect())
     }
 
@@ -437,13 +454,13 @@ impl<R: RngCore> DhtCore<R> {
 
     /// Puts `node` in the table as if it had just answered a query of ours: for nodes the
     /// caller knows to be alive (the simulator builds its tables "as after a bootstrap" so).
-    pub fn add_responded(&mut self, now: Instant, node: CompactNode) -> Insert {
+    pub fn add_responded(&mut self, now: Instant, node: CompactNode<A>) -> Insert<A> {
         self.table.insert(now, node, Seen::Responded)
     }
 
     /// Joins the network through known addresses (routers, saved nodes): asks each for the
     /// nodes closest to our own id.
-    pub fn bootstrap(&mut self, now: Instant, routers: &[SocketAddrV4]) -> LookupId {
+    pub fn bootstrap(&mut self, now: Instant, routers: &[A]) -> LookupId {
         let id = self.start(now, self.id, Kind::FindNode);
         for &addr in routers {
             let target = self.id;
@@ -472,7 +489,7 @@ impl<R: RngCore> DhtCore<R> {
 
     /// Asks the node at `to` which info-hashes it stores (BEP 51); the answer comes as a
     /// [`LookupResult`] with `samples`, `num` and `interval` (empty if it does not answer).
-    pub fn sample(&mut self, now: Instant, to: SocketAddrV4, target: NodeId) -> LookupId {
+    pub fn sample(&mut self, now: Instant, to: A, target: NodeId) -> LookupId {
         let id = self.start(now, target, Kind::Sample);
         if self.query(now, to, None, Purpose::Lookup(id), Method::SampleInfohashes { target }) {
             if let Some(l) = self.lookups.get_mut(&id) {
@@ -569,11 +586,11 @@ impl<R: RngCore> DhtCore<R> {
     // --- handlers ---------------------------------------------------------------------------
 
     /// Feeds one input.
-    pub fn handle(&mut self, now: Instant, input: Input<'_>) {
+    pub fn handle(&mut self, now: Instant, input: Input<'_, A>) {
         match input {
             Input::Tick => self.tick(now),
             Input::Datagram { from, bytes } => {
-                if !self.admit(now, *from.ip()) {
+                if !self.admit(now, from) {
                     self.rate_limited += 1;
                     return;
                 }
@@ -595,7 +612,7 @@ impl<R: RngCore> DhtCore<R> {
     // --- polling ----------------------------------------------------------------------------
 
     /// The next thing to do, if any.
-    pub fn poll(&mut self) -> Option<Output> {
+    pub fn poll(&mut self) -> Option<Output<A>> {
         self.out.pop_front()
     }
 
@@ -642,10 +659,11 @@ impl<R: RngCore> DhtCore<R> {
     }
 
     /// Counts a datagram from `ip` against its window; false when over the limit.
-    fn admit(&mut self, now: Instant, ip: std::net::Ipv4Addr) -> bool {
-        if ip.is_loopback() {
+    fn admit(&mut self, now: Instant, from: A) -> bool {
+        if from.ip().is_loopback() {
             return true;
         }
+        let ip = from.host();
         if !self.rates.contains_key(&ip) && self.rates.len() >= MAX_SOURCES {
             self.rates.retain(|_, (start, _)| now.saturating_duration_since(*start) < RATE_WINDOW);
             if self.rates.len() >= MAX_SOURCES {
@@ -701,7 +719,7 @@ impl<R: RngCore> DhtCore<R> {
         // Kademlia's last phase: once the alpha closest have answered (the lookup stopped
         // getting closer), the rest of the K closest are asked at once, not alpha at a time.
         let alpha = self.config.alpha;
-        let live = |c: &&Candidate| !matches!(c.state, State::Failed | State::Slow);
+        let live = |c: &&Candidate<A>| !matches!(c.state, State::Failed | State::Slow);
         let closing =
             l.candidates.values().filter(live).take(alpha).all(|c| c.state == State::Answered);
         let width = if closing { alpha.max(K) } else { alpha };
@@ -756,8 +774,8 @@ impl<R: RngCore> DhtCore<R> {
         };
         // The K closest verified nodes that answered; unverified ones only to make up K.
         let answered = || l.candidates.values().filter(|c| c.state == State::Answered);
-        let counts = |c: &&Candidate| c.verified || !self.config.verified_closest;
-        let mut closest: Vec<&Candidate> = answered().filter(counts).take(K).collect();
+        let counts = |c: &&Candidate<A>| c.verified || !self.config.verified_closest;
+        let mut closest: Vec<&Candidate<A>> = answered().filter(counts).take(K).collect();
         if closest.len() < K {
             let more = K - closest.len();
             closest.extend(answered().filter(|c| !counts(c)).take(more));
@@ -838,7 +856,7 @@ impl<R: RngCore> DhtCore<R> {
     fn query(
         &mut self,
         now: Instant,
-        to: SocketAddrV4,
+        to: A,
         node: Option<NodeId>,
         purpose: Purpose,
         method: Method,
@@ -864,13 +882,13 @@ impl<R: RngCore> DhtCore<R> {
     }
 
     /// `len`: the datagram's size.
-    fn on_message(&mut self, now: Instant, from: SocketAddrV4, m: Message, len: usize) {
+    fn on_message(&mut self, now: Instant, from: A, m: Message, len: usize) {
         match m.body {
-            Body::Query { id, method, .. } => {
+            Body::Query { id, method, want } => {
                 if self.config.read_only {
                     return;
                 }
-                self.answer(now, from, m.tid, method, len);
+                self.answer(now, from, m.tid, method, want, len);
                 if !m.read_only {
                     // A node that queries us enters the table only once it answers us: ping it
                     // when it would get a place (once at a time per address, so its queries
@@ -889,7 +907,7 @@ impl<R: RngCore> DhtCore<R> {
         }
     }
 
-    fn take_transaction(&mut self, from: SocketAddrV4, tid: &[u8]) -> Option<Transaction> {
+    fn take_transaction(&mut self, from: A, tid: &[u8]) -> Option<Transaction<A>> {
         let tid = u16::from_be_bytes(tid.try_into().ok()?);
         let t = self.in_flight.get(&tid)?;
         // An answer from another address than we asked is not an answer.
@@ -903,7 +921,7 @@ impl<R: RngCore> DhtCore<R> {
     fn on_response(
         &mut self,
         now: Instant,
-        from: SocketAddrV4,
+        from: A,
         tid: &[u8],
         r: Response,
         seen_as: Option<std::net::SocketAddr>,
@@ -929,8 +947,9 @@ impl<R: RngCore> DhtCore<R> {
             }
         }
         self.verify(from);
-        if let (Some(std::net::SocketAddr::V4(ip)), Purpose::Lookup(_)) = (seen_as, t.purpose) {
-            self.vote(now, *from.ip(), *ip.ip());
+        let seen_as = seen_as.and_then(A::from_socket);
+        if let (Some(ip), Purpose::Lookup(_)) = (seen_as, t.purpose) {
+            self.vote(now, from, ip.host_ip());
         }
         self.sample_rtt(now.saturating_duration_since(t.sent));
         let Some(id) = r.id else {
@@ -1011,8 +1030,8 @@ impl<R: RngCore> DhtCore<R> {
             let c = l.candidates.entry(key).or_insert(Candidate::new(node, State::New));
             c.state = State::Answered;
             c.token = r.token.clone();
-            for n in &r.nodes {
-                if n.id == own || n.addr.port() == 0 {
+            for n in A::nodes(&r) {
+                if n.id == own || n.addr.port_of() == 0 {
                     continue;
                 }
                 let key = n.id.distance(&l.target);
@@ -1022,7 +1041,7 @@ impl<R: RngCore> DhtCore<R> {
                 l.candidates.pop_last();
             }
             let known = l.peers.len();
-            for p in &r.values {
+            for p in A::values(&r) {
                 if l.peers.len() < MAX_LOOKUP_PEERS && !l.peers.contains(p) {
                     l.peers.push(*p);
                     l.first_value.get_or_insert(now);
@@ -1036,7 +1055,7 @@ impl<R: RngCore> DhtCore<R> {
         self.step(now, lid);
     }
 
-    fn on_error(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8]) {
+    fn on_error(&mut self, now: Instant, from: A, tid: &[u8]) {
         if let Some(t) = self.take_transaction(from, tid) {
             // An error is an answer: the node is alive, whatever it could not do for us (but a
             // ping answered with an error does not prove a stale entry good).
@@ -1045,13 +1064,13 @@ impl<R: RngCore> DhtCore<R> {
         }
     }
 
-    fn failed(&mut self, now: Instant, t: Transaction) {
+    fn failed(&mut self, now: Instant, t: Transaction<A>) {
         self.failed_as(now, t, false);
     }
 
     /// A query that brought nothing. `alive`: the node answered (with an error), so the table
     /// does not count it against the node; nor does a timed-out try whose twin was answered.
-    fn failed_as(&mut self, now: Instant, t: Transaction, alive: bool) {
+    fn failed_as(&mut self, now: Instant, t: Transaction<A>, alive: bool) {
         let answered = match (t.purpose, t.node) {
             (Purpose::Lookup(lid), Some(n)) => self.lookups.get(&lid).is_some_and(|l| {
                 l.candidates.get(&n.distance(&l.target)).is_some_and(|c| c.state == State::Answered)
@@ -1161,22 +1180,25 @@ impl<R: RngCore> DhtCore<R> {
     }
 
     /// Whether `token` is one we gave `from` under the current or the previous secret.
-    fn token_ok(&self, token: &[u8], from: &SocketAddrV4) -> bool {
+    fn token_ok(&self, token: &[u8], from: &A) -> bool {
         token == self.token(0, from) || token == self.token(1, from)
     }
 
-    fn token(&self, secret: usize, addr: &SocketAddrV4) -> Vec<u8> {
+    fn token(&self, secret: usize, addr: &A) -> Vec<u8> {
         let mut h = Sha1::new();
         h.update(self.secrets[secret]);
-        h.update(addr.ip().octets());
+        match addr.ip() {
+            std::net::IpAddr::V4(ip) => h.update(ip.octets()),
+            std::net::IpAddr::V6(ip) => h.update(ip.octets()),
+        }
         h.finalize()[..8].to_vec()
     }
 
     /// Counts `voter`'s word that our address is `ip`; see "Our own id" in the module docs.
-    fn vote(&mut self, now: Instant, voter: std::net::Ipv4Addr, ip: std::net::Ipv4Addr) {
-        // One vote per /24: an attacker needs addresses in many networks, not many addresses.
-        let [a, b, c, _] = voter.octets();
-        if !self.ip_voters.insert(std::net::Ipv4Addr::new(a, b, c, 0)) {
+    fn vote(&mut self, now: Instant, voter: A, ip: A::Ip) {
+        // One vote per network (IPv4 /24, IPv6 /48): an attacker needs addresses in many
+        // networks, not many addresses.
+        if !self.ip_voters.insert(voter.network()) {
             return;
         }
         let n = self.ip_tally.entry(ip).or_insert(0);
@@ -1190,10 +1212,11 @@ impl<R: RngCore> DhtCore<R> {
             return;
         }
         self.external = Some(ip);
-        if super::id::is_exempt(ip) || self.id.is_valid_for(ip) {
+        let ip: std::net::IpAddr = ip.into();
+        if super::id::is_exempt_addr(ip) || self.id.is_valid_for_addr(ip) {
             return;
         }
-        let id = NodeId::for_ip(ip, &mut self.rng);
+        let id = NodeId::for_addr(ip, &mut self.rng);
         tracing::info!("external address {ip}: new BEP 42 node id {id}");
         let old = std::mem::replace(&mut self.table, RoutingTable::new(id));
         self.id = id;
@@ -1203,7 +1226,7 @@ impl<R: RngCore> DhtCore<R> {
     }
 
     /// Remembers that `addr` receives what we send it (see "No amplification").
-    fn verify(&mut self, addr: SocketAddrV4) {
+    fn verify(&mut self, addr: A) {
         if self.verified.insert(addr) {
             self.verified_order.push_back(addr);
             if self.verified_order.len() > MAX_VERIFIED {
@@ -1215,13 +1238,13 @@ impl<R: RngCore> DhtCore<R> {
     }
 
     /// Answers a query of `len` bytes.
-    fn answer(&mut self, now: Instant, from: SocketAddrV4, tid: Vec<u8>, m: Method, len: usize) {
+    fn answer(&mut self, now: Instant, from: A, tid: Vec<u8>, m: Method, want: Want, len: usize) {
         let mut r = Response { id: Some(self.id), ..Response::default() };
         // What the asker came for survives trimming longest (see "No amplification").
         let nodes_first = matches!(m, Method::GetPeers { .. } | Method::SampleInfohashes { .. });
         match m {
             Method::Ping => {}
-            Method::FindNode { target } => r.nodes = self.table.closest(&target, K),
+            Method::FindNode { target } => self.give_nodes(&mut r, &target, want),
             Method::GetPeers { info_hash, scrape } => {
                 r.token = Some(self.token(0, &from));
                 // Peers if we have them (or, for a scrape, their bloom filters, as libtorrent
@@ -1234,15 +1257,15 @@ impl<R: RngCore> DhtCore<R> {
                         (ScrapeFilter::default(), ScrapeFilter::default());
                     for (a, _, seed) in peers {
                         let f = if *seed { &mut seeds } else { &mut downloaders };
-                        f.insert(std::net::IpAddr::V4(*a.ip()));
+                        f.insert(a.ip());
                     }
                     r.seeds_filter = Some(Box::new(seeds));
                     r.peers_filter = Some(Box::new(downloaders));
                 } else if !scrape {
-                    r.values =
+                    *A::values_mut(&mut r) =
                         self.stored_peers(&info_hash).into_iter().take(MAX_REPLY_PEERS).collect();
                 }
-                r.nodes = self.table.closest(&info_hash, K);
+                self.give_nodes(&mut r, &info_hash, want);
             }
             Method::AnnouncePeer { info_hash, port, implied_port, token, seed } => {
                 if !self.token_ok(&token, &from) {
@@ -1250,12 +1273,12 @@ impl<R: RngCore> DhtCore<R> {
                     return;
                 }
                 self.verify(from);
-                let port = if implied_port { from.port() } else { port };
+                let port = if implied_port { from.port_of() } else { port };
                 if port == 0 {
                     self.error(from, tid, 203, "port 0");
                     return;
                 }
-                self.store(now, info_hash, SocketAddrV4::new(*from.ip(), port), seed);
+                self.store(now, info_hash, A::new(from.host_ip(), port), seed);
             }
             Method::SampleInfohashes { target } => {
                 let mut all: Vec<NodeId> = self.stored.keys().copied().collect();
@@ -1269,7 +1292,7 @@ impl<R: RngCore> DhtCore<R> {
                 r.samples = all;
                 r.num = Some(n as i64);
                 r.interval = Some(SAMPLE_INTERVAL_S);
-                r.nodes = self.table.closest(&target, K);
+                self.give_nodes(&mut r, &target, want);
             }
             Method::Get { target, seq } => {
                 r.token = Some(self.token(0, &from));
@@ -1281,7 +1304,7 @@ impl<R: RngCore> DhtCore<R> {
                         (r.key, r.sig, r.value) = (Some(m.key), Some(m.sig), Some(m.value.clone()));
                     }
                 }
-                r.nodes = self.table.closest(&target, K);
+                self.give_nodes(&mut r, &target, want);
             }
             Method::Put(p) => {
                 if !self.token_ok(&p.token, &from) {
@@ -1307,7 +1330,7 @@ impl<R: RngCore> DhtCore<R> {
         }
         let encode = |r: &Response| {
             let body = Body::Response(r.clone());
-            let ip = Some(std::net::SocketAddr::V4(from));
+            let ip = Some(from.into());
             Message { tid: tid.clone(), body, version: None, ip, read_only: false }.encode()
         };
         let mut bytes = encode(&r);
@@ -1315,22 +1338,32 @@ impl<R: RngCore> DhtCore<R> {
         // cap, so it does not push the nodes out.
         let filters = [&r.seeds_filter, &r.peers_filter].iter().filter(|f| f.is_some()).count();
         let uncut = r.value.as_ref().map_or(0, |v| v.encode().len() + 4) + filters * 266;
-        let cap = (AMPLIFICATION * len).max(uncut + UNCUT_OVERHEAD);
+        // IPv6 nodes are 12 bytes longer: the cap grows by that for K of them, so a reply
+        // carries as many nodes over either family.
+        let v6_extra = K * (A::COMPACT_NODE - SocketAddrV4::COMPACT_NODE);
+        let cap = (AMPLIFICATION * len + v6_extra).max(uncut + UNCUT_OVERHEAD);
         if bytes.len() > cap && !self.verified.contains(&from) {
             self.trimmed += 1;
             while bytes.len() > cap {
-                // Each entry's share of the excess, rounded up: nodes are 26 bytes, samples
-                // 20, peers 6 (plus a length prefix each).
+                // Each entry's share of the excess, rounded up: nodes are 26 bytes (38 for
+                // IPv6), samples 20, peers 6 or 18 (plus a length prefix each). The other
+                // family's nodes (BEP 32's `want`) go first.
                 let over = bytes.len() - cap;
                 let cut = |n: usize, size: usize| n.saturating_sub(over.div_ceil(size));
-                if nodes_first && !r.nodes.is_empty() {
-                    r.nodes.truncate(cut(r.nodes.len(), 26));
-                } else if !r.values.is_empty() {
-                    r.values.truncate(cut(r.values.len(), 8));
+                let (node, peer) = (A::COMPACT_NODE, A::COMPACT_ADDR + 2);
+                let nodes = A::nodes(&r).len();
+                if !A::Other::nodes(&r).is_empty() {
+                    let n = A::Other::nodes(&r).len();
+                    A::Other::nodes_mut(&mut r).truncate(cut(n, A::Other::COMPACT_NODE));
+                } else if nodes_first && nodes > 0 {
+                    A::nodes_mut(&mut r).truncate(cut(nodes, node));
+                } else if !A::values(&r).is_empty() {
+                    let n = A::values(&r).len();
+                    A::values_mut(&mut r).truncate(cut(n, peer));
                 } else if !r.samples.is_empty() {
                     r.samples.truncate(cut(r.samples.len(), 20));
-                } else if !r.nodes.is_empty() {
-                    r.nodes.truncate(cut(r.nodes.len(), 26));
+                } else if nodes > 0 {
+                    A::nodes_mut(&mut r).truncate(cut(nodes, node));
                 } else {
                     break;
                 }
@@ -1338,6 +1371,25 @@ impl<R: RngCore> DhtCore<R> {
             }
         }
         self.out.push_back(Output::Send { to: from, bytes });
+    }
+
+    /// Fills a reply's nodes closest to `target`: of the families `want` names (BEP 32), or of
+    /// ours when it names none.
+    fn give_nodes(&self, r: &mut Response, target: &NodeId, want: Want) {
+        let ours = A::IPV4;
+        let (mine, other) = match (want.n4, want.n6) {
+            (false, false) => (true, false),
+            (n4, n6) => (if ours { n4 } else { n6 }, if ours { n6 } else { n4 }),
+        };
+        if mine {
+            *A::nodes_mut(r) = self.table.closest(target, K);
+        }
+        if other && !self.foreign.is_empty() {
+            let mut all = self.foreign.clone();
+            all.sort_by_key(|n| n.id.distance(target));
+            all.truncate(K);
+            *A::Other::nodes_mut(r) = all;
+        }
     }
 
     /// Checks and stores a mutable put (BEP 44's errors: 206 bad signature, 301 CAS mismatch,
@@ -1386,7 +1438,7 @@ impl<R: RngCore> DhtCore<R> {
         self.items.insert(target, (value, now));
     }
 
-    fn store(&mut self, now: Instant, info_hash: NodeId, peer: SocketAddrV4, seed: bool) {
+    fn store(&mut self, now: Instant, info_hash: NodeId, peer: A, seed: bool) {
         if !self.stored.contains_key(&info_hash) && self.stored.len() >= self.config.max_torrents {
             return;
         }
@@ -1406,7 +1458,7 @@ impl<R: RngCore> DhtCore<R> {
         peers.push((peer, now, seed));
     }
 
-    fn error(&mut self, to: SocketAddrV4, tid: Vec<u8>, code: i64, message: &str) {
+    fn error(&mut self, to: A, tid: Vec<u8>, code: i64, message: &str) {
         let m = Message {
             tid,
             body: Body::Error { code, message: message.to_string() },
@@ -1491,27 +1543,34 @@ mod tests {
     type Core = DhtCore<ChaCha8Rng>;
 
     fn addr(i: usize) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10_000 + i as u16)
+        at(i)
     }
 
-    /// Cores on 127.0.0.1:10000+i, datagrams delivered in order, time virtual; an address with
-    /// no core (`dead`) swallows what is sent to it.
-    struct Net {
-        nodes: Vec<Core>,
+    /// Node `i`'s address in a test network: loopback of the family, port 10000+i.
+    fn at<A: NodeAddr>(i: usize) -> A {
+        let ip: std::net::IpAddr =
+            if A::IPV4 { Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() };
+        A::from_socket((ip, 10_000 + i as u16).into()).expect("the family's loopback")
+    }
+
+    /// Cores on 127.0.0.1:10000+i (or [::1]), datagrams delivered in order, time virtual; an
+    /// address with no core (`dead`) swallows what is sent to it.
+    struct Net<A: NodeAddr = SocketAddrV4> {
+        nodes: Vec<DhtCore<ChaCha8Rng, A>>,
         dead: Vec<bool>,
         now: Instant,
-        done: Vec<(usize, LookupResult)>,
+        done: Vec<(usize, LookupResult<A>)>,
         sent: usize,
     }
 
-    impl Net {
-        fn new(n: usize, seed: u64) -> Net {
+    impl<A: NodeAddr> Net<A> {
+        fn new(n: usize, seed: u64) -> Self {
             let now = Instant::now();
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let nodes = (0..n)
                 .map(|i| {
                     let id = NodeId::random(&mut rng);
-                    Core::new(
+                    DhtCore::new(
                         now,
                         id,
                         Config::default(),
@@ -1532,9 +1591,9 @@ mod tests {
                             Output::Send { to, bytes } => {
                                 self.sent += 1;
                                 moved = true;
-                                let j = (to.port() - 10_000) as usize;
+                                let j = (to.port_of() - 10_000) as usize;
                                 if j < self.nodes.len() && !self.dead[j] {
-                                    let input = Input::Datagram { from: addr(i), bytes: &bytes };
+                                    let input = Input::Datagram { from: at(i), bytes: &bytes };
                                     self.nodes[j].handle(self.now, input);
                                 }
                             }
@@ -1564,7 +1623,7 @@ mod tests {
             panic!("the network did not settle");
         }
 
-        fn result(&self, node: usize, id: LookupId) -> &LookupResult {
+        fn result(&self, node: usize, id: LookupId) -> &LookupResult<A> {
             &self.done.iter().find(|(n, r)| *n == node && r.id == id).expect("lookup finished").1
         }
 
@@ -1573,7 +1632,7 @@ mod tests {
             for i in 1..self.nodes.len() {
                 if !self.dead[i] {
                     let now = self.now;
-                    self.nodes[i].bootstrap(now, &[addr(0)]);
+                    self.nodes[i].bootstrap(now, &[at(0)]);
                     self.settle();
                 }
             }
@@ -1582,7 +1641,17 @@ mod tests {
 
     #[test]
     fn a_peer_announced_at_one_node_is_found_from_another() {
-        let mut net = Net::new(60, 1);
+        announced_peer_found::<SocketAddrV4>();
+    }
+
+    #[test]
+    fn a_peer_announced_over_ipv6_is_found_over_ipv6() {
+        announced_peer_found::<std::net::SocketAddrV6>();
+    }
+
+    /// The same lookups over IPv4 or IPv6 (BEP 32: `nodes6`, 18-byte `values`).
+    fn announced_peer_found<A: NodeAddr>() {
+        let mut net = Net::<A>::new(60, 1);
         net.join_all();
         assert!(net.nodes.iter().all(|n| n.table().len() >= 8), "every node knows some nodes");
         let info_hash = NodeId([0x5a; 20]);
@@ -1594,7 +1663,9 @@ mod tests {
         let g = net.nodes[42].get_peers(now, info_hash);
         net.settle();
         let found = net.result(42, g);
-        assert_eq!(found.peers, vec![SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7777)]);
+        let mut peer = at::<A>(0).into();
+        peer.set_port(7777);
+        assert_eq!(found.peers, vec![A::from_socket(peer).unwrap()]);
         // The lookup found the true closest nodes (of all 60, node 42 excluded).
         let mut all: Vec<NodeId> =
             (0..60).filter(|&i| i != 42).map(|i| net.nodes[i].id()).collect();
@@ -1611,7 +1682,7 @@ mod tests {
 
     #[test]
     fn dead_nodes_time_out_and_lookups_still_end() {
-        let mut net = Net::new(40, 2);
+        let mut net: Net = Net::new(40, 2);
         net.join_all();
         // A quarter of the nodes crash.
         for i in (1..40).step_by(4) {
@@ -1651,6 +1722,75 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn want_chooses_the_families_of_the_nodes_a_reply_carries() {
+        use std::net::SocketAddrV6;
+        let now = Instant::now();
+        let rng = || ChaCha8Rng::seed_from_u64(4);
+        let mut v4 = Core::new(now, NodeId([1; 20]), Config::default(), rng());
+        let mut v6: DhtCore<ChaCha8Rng, SocketAddrV6> =
+            DhtCore::new(now, NodeId([1; 20]), Config::default(), rng());
+        for i in 0..20u8 {
+            let id = NodeId([i + 10; 20]);
+            v4.add_responded(now, CompactNode { id, addr: at(100 + i as usize) });
+            v6.add_responded(now, CompactNode { id, addr: at(100 + i as usize) });
+        }
+        // The driver hands each core the other's nodes.
+        v4.set_foreign_nodes(v6.table().nodes());
+        v6.set_foreign_nodes(v4.table().nodes());
+        let ask = |want: Want| {
+            Message {
+                tid: b"xy".to_vec(),
+                body: Body::Query {
+                    id: NodeId([2; 20]),
+                    method: Method::FindNode { target: NodeId([12; 20]) },
+                    want,
+                },
+                version: None,
+                ip: None,
+                read_only: false,
+            }
+            .encode()
+        };
+        let answer4 = |core: &mut Core, want: Want| {
+            core.handle(now, Input::Datagram { from: at(1), bytes: &ask(want) });
+            let Body::Response(r) = replies(core).remove(0).1.body else { panic!() };
+            (r.nodes.len(), r.nodes6.len(), r.nodes6.first().map(|n| n.id))
+        };
+        // No `want`: the family the query came over.
+        assert_eq!(answer4(&mut v4, Want::default()), (K, 0, None));
+        // `n6` alone, and both; the closest of the other family first.
+        let n6 = Want { n4: false, n6: true };
+        assert_eq!(answer4(&mut v4, n6), (0, K, Some(NodeId([12; 20]))));
+        // Both, to an unverified asker: the reply stays within 4x the query, the other
+        // family's nodes cut first.
+        let (n4, n6, first) = answer4(&mut v4, Want { n4: true, n6: true });
+        assert_eq!((n4, first), (K, Some(NodeId([12; 20]))));
+        assert!((1..K).contains(&n6), "{n6} IPv6 nodes");
+        // An IPv6 core answers IPv6 nodes by default, IPv4 ones when asked.
+        let from: SocketAddrV6 = at(1);
+        let mut answer6 = |want: Want| {
+            v6.handle(now, Input::Datagram { from, bytes: &ask(want) });
+            let sent: Vec<_> = std::iter::from_fn(|| v6.poll()).collect();
+            sent.into_iter()
+                .find_map(|o| match o {
+                    Output::Send { to, bytes } if to == from => {
+                        let m = Message::decode(&bytes).unwrap();
+                        matches!(m.body, Body::Response(_)).then_some(m)
+                    }
+                    _ => None,
+                })
+                .expect("a reply")
+        };
+        let m = answer6(Want::default());
+        assert_eq!(m.ip, Some(from.into()), "BEP 42's ip, 18 bytes");
+        let Body::Response(r) = m.body else { panic!() };
+        assert_eq!((r.nodes.len(), r.nodes6.len()), (0, K));
+        assert!(r.nodes6.iter().all(|n| n.addr.ip().is_loopback()));
+        let Body::Response(r) = answer6(Want { n4: true, n6: false }).body else { panic!() };
+        assert_eq!((r.nodes.len(), r.nodes6.len()), (K, 0));
     }
 
     #[test]
@@ -1735,7 +1875,7 @@ mod tests {
 
     #[test]
     fn an_immutable_item_put_at_one_node_is_got_from_another_and_checked() {
-        let mut net = Net::new(30, 8);
+        let mut net: Net = Net::new(30, 8);
         net.join_all();
         let value = Value::Bytes(b"Hello World!".to_vec());
         let now = net.now;
@@ -1798,7 +1938,7 @@ mod tests {
 
     #[test]
     fn a_mutable_item_is_found_newest_first_and_stale_or_forged_puts_refused() {
-        let mut net = Net::new(30, 9);
+        let mut net: Net = Net::new(30, 9);
         net.join_all();
         let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
         let pk = key.verifying_key().to_bytes();
@@ -1838,7 +1978,7 @@ mod tests {
 
     #[test]
     fn sample_infohashes_lists_what_a_node_stores() {
-        let mut net = Net::new(20, 7);
+        let mut net: Net = Net::new(20, 7);
         net.join_all();
         let hashes: Vec<NodeId> = (0..30u8).map(|b| NodeId([b; 20])).collect();
         for (i, ih) in hashes.iter().enumerate() {
@@ -1870,7 +2010,7 @@ mod tests {
 
     #[test]
     fn sampling_around_a_target_gathers_the_samples_of_the_nodes_there() {
-        let mut net = Net::new(30, 8);
+        let mut net: Net = Net::new(30, 8);
         net.join_all();
         let hashes: Vec<NodeId> = (0..60u8).map(|b| NodeId([b; 20])).collect();
         for (i, ih) in hashes.iter().enumerate() {
@@ -2022,7 +2162,7 @@ mod tests {
 
     #[test]
     fn a_scrape_lookup_unites_the_filters_of_the_nodes_that_store_the_swarm() {
-        let mut net = Net::new(40, 3);
+        let mut net: Net = Net::new(40, 3);
         net.join_all();
         let ih = NodeId([0x77; 20]);
         let now = net.now;
@@ -2041,7 +2181,7 @@ mod tests {
 
     #[test]
     fn a_read_only_node_looks_up_but_is_never_asked() {
-        let mut net = Net::new(20, 10);
+        let mut net: Net = Net::new(20, 10);
         // Node 19 is read-only (BEP 43): it says `ro` in its queries and answers none.
         let id = net.nodes[19].id();
         let ro = Config { read_only: true, ..Config::default() };

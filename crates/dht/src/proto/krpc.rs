@@ -6,7 +6,7 @@
 //! that answers no queries), BEP 44 (`get` / `put` of immutable and mutable items: `v`, `k`,
 //! `sig`, `seq`, `salt`, `cas`), BEP 51 (`sample_infohashes`: `samples`, `interval`, `num`),
 //! BEP 33 (`scrape`, `seed`, `BFsd`, `BFpe`) and BEP 32 (IPv6: `nodes6`, 18-byte `values` and
-//! `ip`, `want`). The node itself runs IPv4 only so far; the codec reads and writes both.
+//! `ip`, `want`). Addresses of either family go through [`NodeAddr`].
 //!
 //! # Every datagram is hostile
 //! - At most [`MAX_PACKET`] bytes and [`MAX_DEPTH`] levels of nesting; anything larger is
@@ -23,11 +23,12 @@
 //! Decoding returns [`KrpcError`]; the driver drops the datagram and counts it. It never
 //! panics (fuzzed: `fuzz/fuzz_targets/krpc.rs`).
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use bendy::decoding::{Decoder, DictDecoder, Object};
 use bendy::encoding::{Encoder, SingleItemEncoder, SortedDictEncoder};
 
+use super::addr::NodeAddr;
 use super::bloom::ScrapeFilter;
 use super::id::NodeId;
 
@@ -179,19 +180,16 @@ pub struct Response {
     pub peers_filter: Option<Box<ScrapeFilter>>,
 }
 
-/// A node in compact form: id and IPv4 address (26 bytes on the wire).
+/// A node in compact form: id and address (BEP 5: IPv4, 26 bytes on the wire; BEP 32: IPv6,
+/// 38 bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CompactNode {
+pub struct CompactNode<A = SocketAddrV4> {
     pub id: NodeId,
-    pub addr: SocketAddrV4,
+    pub addr: A,
 }
 
-/// An IPv6 node in compact form (BEP 32: 38 bytes on the wire).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CompactNode6 {
-    pub id: NodeId,
-    pub addr: SocketAddrV6,
-}
+/// An IPv6 node in compact form (BEP 32).
+pub type CompactNode6 = CompactNode<SocketAddrV6>;
 
 /// A bencoded value (a BEP 44 item's `v`), kept as a tree in canonical order so that its
 /// encoding is the bytes that were signed.
@@ -290,8 +288,8 @@ impl Message {
                 b"ip" => {
                     let b = bytes(v, "ip")?;
                     ip = Some(match b.len() {
-                        6 => SocketAddr::V4(compact_addr(b)),
-                        18 => SocketAddr::V6(compact_addr6(b)),
+                        6 => SocketAddr::V4(SocketAddrV4::read_compact(b)),
+                        18 => SocketAddr::V6(SocketAddrV6::read_compact(b)),
                         _ => return Err(KrpcError::Field("ip")),
                     });
                 }
@@ -368,10 +366,10 @@ impl Message {
             }
             match &self.ip {
                 Some(SocketAddr::V4(ip)) => {
-                    d.emit_pair_with(b"ip", |s| s.emit_bytes(&compact_addr_bytes(ip)))?;
+                    d.emit_pair_with(b"ip", |s| s.emit_bytes(&compact(ip)))?;
                 }
                 Some(SocketAddr::V6(ip)) => {
-                    d.emit_pair_with(b"ip", |s| s.emit_bytes(&compact_addr6_bytes(ip)))?;
+                    d.emit_pair_with(b"ip", |s| s.emit_bytes(&compact(ip)))?;
                 }
                 None => {}
             }
@@ -502,20 +500,10 @@ fn emit_response(mut d: SortedDictEncoder<'_>, r: &Response) -> EncResult {
         d.emit_pair_with(b"k", |s| s.emit_bytes(k))?;
     }
     if !r.nodes.is_empty() {
-        let mut buf = Vec::with_capacity(r.nodes.len() * 26);
-        for n in &r.nodes {
-            buf.extend_from_slice(&n.id.0);
-            buf.extend_from_slice(&compact_addr_bytes(&n.addr));
-        }
-        d.emit_pair_with(b"nodes", |s| s.emit_bytes(&buf))?;
+        d.emit_pair_with(b"nodes", |s| s.emit_bytes(&compact_nodes(&r.nodes)))?;
     }
     if !r.nodes6.is_empty() {
-        let mut buf = Vec::with_capacity(r.nodes6.len() * 38);
-        for n in &r.nodes6 {
-            buf.extend_from_slice(&n.id.0);
-            buf.extend_from_slice(&compact_addr6_bytes(&n.addr));
-        }
-        d.emit_pair_with(b"nodes6", |s| s.emit_bytes(&buf))?;
+        d.emit_pair_with(b"nodes6", |s| s.emit_bytes(&compact_nodes(&r.nodes6)))?;
     }
     if let Some(n) = r.num {
         d.emit_pair(b"num", n)?;
@@ -540,10 +528,10 @@ fn emit_response(mut d: SortedDictEncoder<'_>, r: &Response) -> EncResult {
         d.emit_pair_with(b"values", |s| {
             s.emit_list(|l| {
                 for p in &r.values {
-                    l.emit_bytes(&compact_addr_bytes(p))?;
+                    l.emit_bytes(&compact(p))?;
                 }
                 for p in &r.values6 {
-                    l.emit_bytes(&compact_addr6_bytes(p))?;
+                    l.emit_bytes(&compact(p))?;
                 }
                 Ok(())
             })
@@ -633,19 +621,7 @@ fn decode_response(mut d: DictDecoder<'_, '_>) -> Result<Response, KrpcError> {
     while let Some((k, v)) = d.next_pair().map_err(benc)? {
         match k {
             b"id" => r.id = Some(id(v, "r.id")?),
-            b"nodes" => {
-                let b = bytes(v, "r.nodes")?;
-                if b.len() % 26 != 0 {
-                    return Err(KrpcError::Field("r.nodes"));
-                }
-                r.nodes = b
-                    .chunks_exact(26)
-                    .map(|c| CompactNode {
-                        id: NodeId(c[..20].try_into().expect("26-byte chunk")),
-                        addr: compact_addr(&c[20..]),
-                    })
-                    .collect();
-            }
+            b"nodes" => r.nodes = read_nodes(bytes(v, "r.nodes")?, "r.nodes")?,
             b"values" => {
                 let Object::List(mut l) = v else {
                     return Err(KrpcError::Field("r.values"));
@@ -653,25 +629,13 @@ fn decode_response(mut d: DictDecoder<'_, '_>) -> Result<Response, KrpcError> {
                 while let Some(p) = l.next_object().map_err(benc)? {
                     let b = bytes(p, "r.values")?;
                     match b.len() {
-                        6 => r.values.push(compact_addr(b)),
-                        18 => r.values6.push(compact_addr6(b)),
+                        6 => r.values.push(SocketAddrV4::read_compact(b)),
+                        18 => r.values6.push(SocketAddrV6::read_compact(b)),
                         _ => return Err(KrpcError::Field("r.values")),
                     }
                 }
             }
-            b"nodes6" => {
-                let b = bytes(v, "r.nodes6")?;
-                if !b.len().is_multiple_of(38) {
-                    return Err(KrpcError::Field("r.nodes6"));
-                }
-                r.nodes6 = b
-                    .chunks_exact(38)
-                    .map(|c| CompactNode6 {
-                        id: NodeId(c[..20].try_into().expect("38-byte chunk")),
-                        addr: compact_addr6(&c[20..]),
-                    })
-                    .collect();
-            }
+            b"nodes6" => r.nodes6 = read_nodes(bytes(v, "r.nodes6")?, "r.nodes6")?,
             b"token" => r.token = Some(bytes_max(v, "r.token", MAX_TOKEN)?.to_vec()),
             b"v" => r.value = Some(value(v)?),
             b"k" => r.key = Some(array(v, "r.k")?),
@@ -802,33 +766,40 @@ fn id(o: Object<'_, '_>, field: &'static str) -> Result<NodeId, KrpcError> {
     Ok(NodeId(array(o, field)?))
 }
 
-/// A 6-byte compact address (IPv4, port); the caller checked the length.
-fn compact_addr(b: &[u8]) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(b[0], b[1], b[2], b[3]), u16::from_be_bytes([b[4], b[5]]))
+/// Compact nodes of one family (`nodes`, `nodes6`): a whole number of entries or an error.
+fn read_nodes<A: NodeAddr>(
+    b: &[u8],
+    field: &'static str,
+) -> Result<Vec<CompactNode<A>>, KrpcError> {
+    if !b.len().is_multiple_of(A::COMPACT_NODE) {
+        return Err(KrpcError::Field(field));
+    }
+    let node = |c: &[u8]| CompactNode {
+        id: NodeId(c[..20].try_into().expect("a compact node starts with 20 bytes")),
+        addr: A::read_compact(&c[20..]),
+    };
+    Ok(b.chunks_exact(A::COMPACT_NODE).map(node).collect())
 }
 
-fn compact_addr6(b: &[u8]) -> SocketAddrV6 {
-    let ip: [u8; 16] = b[..16].try_into().expect("18-byte compact address");
-    SocketAddrV6::new(Ipv6Addr::from(ip), u16::from_be_bytes([b[16], b[17]]), 0, 0)
+fn compact_nodes<A: NodeAddr>(nodes: &[CompactNode<A>]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(nodes.len() * A::COMPACT_NODE);
+    for n in nodes {
+        buf.extend_from_slice(&n.id.0);
+        n.addr.write_compact(&mut buf);
+    }
+    buf
 }
 
-fn compact_addr6_bytes(a: &SocketAddrV6) -> [u8; 18] {
-    let mut out = [0u8; 18];
-    out[..16].copy_from_slice(&a.ip().octets());
-    out[16..].copy_from_slice(&a.port().to_be_bytes());
-    out
-}
-
-fn compact_addr_bytes(a: &SocketAddrV4) -> [u8; 6] {
-    let mut out = [0u8; 6];
-    out[..4].copy_from_slice(&a.ip().octets());
-    out[4..].copy_from_slice(&a.port().to_be_bytes());
-    out
+fn compact<A: NodeAddr>(a: &A) -> Vec<u8> {
+    let mut b = Vec::with_capacity(A::COMPACT_ADDR);
+    a.write_compact(&mut b);
+    b
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn id(b: u8) -> NodeId {
         NodeId([b; 20])
@@ -878,7 +849,7 @@ mod tests {
         let m = Message::decode(peers).unwrap();
         let Body::Response(r) = &m.body else { panic!("{m:?}") };
         assert_eq!(r.values.len(), 2);
-        assert_eq!(r.values[0], compact_addr(b"axje.u"));
+        assert_eq!(r.values[0], SocketAddrV4::read_compact(b"axje.u"));
         assert_eq!(m.encode(), peers);
 
         let err = b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee";

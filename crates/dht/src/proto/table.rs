@@ -15,19 +15,22 @@
 //! # What a node claims is not trusted
 //! - Only nodes that answered a query of ours enter the table ([`Seen::Responded`]); a node
 //!   that only queried us, or that another node named in `nodes`, is at most a replacement.
-//! - One entry per IPv4 address among public addresses (libtorrent's `restrict_routing_ips`),
-//!   so one host cannot fill a bucket with made-up ids. Loopback and private addresses are
-//!   exempt, as BEP 42 exempts them, so a test network on 127.0.0.1 works.
+//! - One entry per host among public addresses (libtorrent's `restrict_routing_ips`): per
+//!   IPv4 address, per IPv6 /64 (see [`NodeAddr::Host`]), so one host cannot fill a bucket
+//!   with made-up ids. Loopback, private and unique-local addresses are exempt, as BEP 42
+//!   exempts them, so a test network on 127.0.0.1 or ::1 works.
 //! - BEP 42: in a full bucket, a node whose id its address allows (`NodeId::is_valid_for`)
 //!   replaces the stalest node whose id its address does not allow.
 //! - Every structure is bounded: at most 160 buckets of at most 128 nodes (see
 //!   [`bucket_capacity`]) and [`K`] replacements each.
 //!
-//! A sans-IO part of the DHT core: no clock (every call takes `now`), no sockets.
+//! A sans-IO part of the DHT core: no clock (every call takes `now`), no sockets. One table
+//! serves one address family ([`NodeAddr`]): BEP 32 keeps IPv4 and IPv6 tables apart.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
+use super::addr::NodeAddr;
 use super::id::NodeId;
 use super::krpc::CompactNode;
 
@@ -55,14 +58,14 @@ pub enum Seen {
 
 /// What [`RoutingTable::insert`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Insert {
+pub enum Insert<A = SocketAddrV4> {
     /// A new entry.
     Added,
     /// The node was already in the table; its times were refreshed.
     Updated,
     /// The bucket is full of nodes that may be stale: ping this one; the newcomer waits as a
     /// replacement.
-    PingFirst(NodeId, SocketAddrV4),
+    PingFirst(NodeId, A),
     /// Kept as a replacement only (the bucket is full of good nodes, or the node never answered
     /// us).
     Replacement,
@@ -70,12 +73,12 @@ pub enum Insert {
     Refused,
 }
 
-/// One routing-table entry: 36 bytes, so that a million tables of a few hundred entries fit
-/// in the simulator's memory.
+/// One routing-table entry: 36 bytes for IPv4, so that a million tables of a few hundred
+/// entries fit in the simulator's memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub struct Entry<A = SocketAddrV4> {
     pub id: NodeId,
-    pub addr: SocketAddrV4,
+    pub addr: A,
     /// Its last answer to us and its last query to us, as [`RoutingTable`] stamps (seconds
     /// since the table's first insert, plus one; 0 for never).
     last_response: u32,
@@ -84,8 +87,8 @@ pub struct Entry {
     failures: u8,
 }
 
-impl Entry {
-    fn new(node: CompactNode) -> Entry {
+impl<A: NodeAddr> Entry<A> {
+    fn new(node: CompactNode<A>) -> Self {
         Entry { id: node.id, addr: node.addr, last_response: 0, last_query: 0, failures: 0 }
     }
 
@@ -117,26 +120,32 @@ impl Entry {
     }
 }
 
-#[derive(Clone, Debug, Default)]
-struct Bucket {
-    nodes: Vec<Entry>,
-    replacements: Vec<Entry>,
+#[derive(Clone, Debug)]
+struct Bucket<A> {
+    nodes: Vec<Entry<A>>,
+    replacements: Vec<Entry<A>>,
     last_changed: Option<Instant>,
+}
+
+impl<A> Default for Bucket<A> {
+    fn default() -> Self {
+        Bucket { nodes: Vec::new(), replacements: Vec::new(), last_changed: None }
+    }
 }
 
 /// The routing table of the node whose id is [`own`](RoutingTable::own).
 #[derive(Clone, Debug)]
-pub struct RoutingTable {
+pub struct RoutingTable<A = SocketAddrV4> {
     own: NodeId,
     /// The time of the first insert: entries' stamps count seconds from it.
     epoch: Option<Instant>,
     /// Bucket `i < len - 1` holds ids sharing exactly `i` leading bits with `own`; the last one
     /// holds every id sharing at least `len - 1` (it contains `own`, and only it splits).
-    buckets: Vec<Bucket>,
+    buckets: Vec<Bucket<A>>,
 }
 
-impl RoutingTable {
-    pub fn new(own: NodeId) -> RoutingTable {
+impl<A: NodeAddr> RoutingTable<A> {
+    pub fn new(own: NodeId) -> Self {
         RoutingTable { own, epoch: None, buckets: vec![Bucket::default()] }
     }
 
@@ -161,7 +170,7 @@ impl RoutingTable {
     }
 
     /// The entry for `id`, if it is in the table.
-    pub fn get(&self, id: &NodeId) -> Option<&Entry> {
+    pub fn get(&self, id: &NodeId) -> Option<&Entry<A>> {
         self.buckets[self.index(id)].nodes.iter().find(|e| e.id == *id)
     }
 
@@ -183,8 +192,8 @@ impl RoutingTable {
     }
 
     /// Records that `node` answered us or queried us (see [`Seen`]).
-    pub fn insert(&mut self, now: Instant, node: CompactNode, how: Seen) -> Insert {
-        if node.id == self.own || node.addr.port() == 0 || !usable(node.addr.ip()) {
+    pub fn insert(&mut self, now: Instant, node: CompactNode<A>, how: Seen) -> Insert<A> {
+        if node.id == self.own || node.addr.port_of() == 0 || !node.addr.usable() {
             return Insert::Refused;
         }
         let stamp = self.stamp(now);
@@ -197,7 +206,7 @@ impl RoutingTable {
             e.saw(stamp, how);
             return Insert::Updated;
         }
-        if is_public(node.addr.ip()) && self.has_ip(*node.addr.ip()) {
+        if !node.addr.exempt() && self.has_host(node.addr.host()) {
             return Insert::Refused;
         }
         let mut entry = Entry::new(node);
@@ -228,12 +237,12 @@ impl RoutingTable {
             }
             // BEP 42: a node whose id its address allows takes the place of the stalest one
             // whose id it does not.
-            if node.id.is_valid_for(*node.addr.ip()) {
+            if node.addr.allows(&node.id) {
                 let unverified = bucket
                     .nodes
                     .iter()
                     .enumerate()
-                    .filter(|(_, e)| !e.id.is_valid_for(*e.addr.ip()))
+                    .filter(|(_, e)| !e.addr.allows(&e.id))
                     .min_by_key(|(_, e)| e.last_heard())
                     .map(|(i, _)| i);
                 if let Some(i) = unverified {
@@ -272,14 +281,14 @@ impl RoutingTable {
     }
 
     /// Every node that is not bad (to save the table for a warm restart).
-    pub fn nodes(&self) -> Vec<CompactNode> {
+    pub fn nodes(&self) -> Vec<CompactNode<A>> {
         let all = self.buckets.iter().flat_map(|b| &b.nodes).filter(|e| !e.is_bad());
         all.map(|e| CompactNode { id: e.id, addr: e.addr }).collect()
     }
 
     /// Up to `count` non-bad nodes closest to `target`, closest first.
-    pub fn closest(&self, target: &NodeId, count: usize) -> Vec<CompactNode> {
-        let mut all: Vec<&Entry> =
+    pub fn closest(&self, target: &NodeId, count: usize) -> Vec<CompactNode<A>> {
+        let mut all: Vec<&Entry<A>> =
             self.buckets.iter().flat_map(|b| &b.nodes).filter(|e| !e.is_bad()).collect();
         all.sort_by_key(|e| e.id.distance(target));
         all.into_iter().take(count).map(|e| CompactNode { id: e.id, addr: e.addr }).collect()
@@ -334,11 +343,11 @@ impl RoutingTable {
         }
     }
 
-    fn has_ip(&self, ip: Ipv4Addr) -> bool {
-        self.buckets.iter().flat_map(|b| &b.nodes).any(|e| *e.addr.ip() == ip)
+    fn has_host(&self, host: A::Host) -> bool {
+        self.buckets.iter().flat_map(|b| &b.nodes).any(|e| e.addr.host() == host)
     }
 
-    fn add_replacement(&mut self, i: usize, entry: Entry) {
+    fn add_replacement(&mut self, i: usize, entry: Entry<A>) {
         let r = &mut self.buckets[i].replacements;
         r.retain(|e| e.id != entry.id);
         if r.len() == K {
@@ -352,9 +361,9 @@ impl RoutingTable {
         let depth = self.buckets.len() - 1;
         let last = self.buckets.last_mut().expect("at least one bucket");
         let own = self.own;
-        let deeper = |e: &Entry| own.common_prefix_len(&e.id) as usize > depth;
-        let (moved, kept): (Vec<Entry>, Vec<Entry>) = last.nodes.drain(..).partition(deeper);
-        let (moved_r, kept_r): (Vec<Entry>, Vec<Entry>) =
+        let deeper = |e: &Entry<A>| own.common_prefix_len(&e.id) as usize > depth;
+        let (moved, kept): (Vec<_>, Vec<_>) = last.nodes.drain(..).partition(deeper);
+        let (moved_r, kept_r): (Vec<_>, Vec<_>) =
             last.replacements.drain(..).partition(deeper);
         last.nodes = kept;
         last.replacements = kept_r;
@@ -363,20 +372,11 @@ impl RoutingTable {
     }
 }
 
-/// Not unspecified, broadcast or multicast.
-fn usable(ip: &Ipv4Addr) -> bool {
-    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast())
-}
-
-/// Not loopback, private or link-local (the addresses BEP 42 exempts).
-fn is_public(ip: &Ipv4Addr) -> bool {
-    !super::id::is_exempt(*ip)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+    use std::net::{Ipv4Addr, SocketAddrV6};
     use rand_chacha::ChaCha8Rng;
 
     fn node(id: NodeId, a: u8, port: u16) -> CompactNode {
@@ -389,7 +389,7 @@ mod tests {
 
     /// An id sharing exactly `bits` leading bits with `own`.
     fn at_prefix(own: NodeId, bits: usize, rng: &mut ChaCha8Rng) -> NodeId {
-        let t = RoutingTable { own, epoch: None, buckets: vec![Bucket::default(); bits + 2] };
+        let t: RoutingTable = RoutingTable { own, epoch: None, buckets: vec![Bucket::default(); bits + 2] };
         t.id_in_bucket(bits, NodeId::random(rng))
     }
 
@@ -596,5 +596,28 @@ mod tests {
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(t.index(id), i, "a refresh target outside its bucket");
         }
+    }
+
+    #[test]
+    fn an_ipv6_table_keeps_one_entry_per_public_64_and_ipv4_entries_stay_small() {
+        // The simulator's memory depends on it (a million tables).
+        assert_eq!(std::mem::size_of::<Entry>(), 36);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let own = NodeId::random(&mut rng);
+        let mut t: RoutingTable<SocketAddrV6> = RoutingTable::new(own);
+        let now = Instant::now();
+        let at = |s: &str| CompactNode { id: NodeId::random(&mut ChaCha8Rng::from_os_rng()), addr: s.parse::<SocketAddrV6>().unwrap() };
+        assert_eq!(t.insert(now, at("[2001:db8:1:2::1]:6881"), Seen::Responded), Insert::Added);
+        // Another address of the same /64, with another id: one host, refused.
+        assert_eq!(t.insert(now, at("[2001:db8:1:2::99]:6881"), Seen::Responded), Insert::Refused);
+        assert_eq!(t.insert(now, at("[2001:db8:1:3::1]:6881"), Seen::Responded), Insert::Added);
+        // Loopback and unique-local addresses are exempt (test networks), multicast unusable.
+        for i in 0..4 {
+            assert_eq!(t.insert(now, at(&format!("[::1]:{}", 7000 + i)), Seen::Responded), Insert::Added);
+            assert_eq!(t.insert(now, at(&format!("[fd00::{}]:1", i + 1)), Seen::Responded), Insert::Added);
+        }
+        assert_eq!(t.insert(now, at("[ff02::1]:6881"), Seen::Responded), Insert::Refused);
+        assert_eq!(t.len(), 10);
+        assert!(t.closest(&own, 100).iter().all(|n| n.addr.port() != 0));
     }
 }
