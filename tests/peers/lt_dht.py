@@ -35,8 +35,10 @@ python3-libtorrent 2.0). Modes:
 
 Settings are lt_peer.py's (loopback, no LSD/UPnP/NAT-PMP/uTP, several connections per IP) plus
 shared/REAL-PEERS.md's DHT recipe: the DHT on, no bootstrap routers of its own, no
-one-node-per-IP restriction (every node is 127.0.0.1), rate limits raised.
+one-node-per-IP restriction (every node is 127.0.0.1), rate limits raised. LT_IPV6=1: the
+session and the router are on [::1] (BEP 32, the DHT over IPv6).
 """
+import os
 import sys
 import tempfile
 import time
@@ -62,7 +64,7 @@ def session(port, router_port):
         "alert_mask": lt.alert.category_t.all_categories,
     })
     ses = lt.session(base)
-    ses.add_dht_node(("127.0.0.1", router_port))
+    ses.add_dht_node(("::1" if os.environ.get("LT_IPV6") == "1" else "127.0.0.1", router_port))
     deadline = time.time() + 20
     while ses.status().dht_nodes < 1:
         if time.time() > deadline:

@@ -14,7 +14,7 @@ default (try encrypted, accept both) unless LT_ENCRYPTION says:
   disable      plain BitTorrent only
 LT_RATE_LIMIT=BYTES caps uploads and downloads at BYTES a second (a peer that stays a leecher and
 hardly serves, to prove its neighbours found others through peer exchange). LT_STAY=1 keeps a
-`get` running after "done". `get` prints "peer HOST:PORT SOURCES" for each peer it ends connected
+`get` running after "done". LT_IPV6=1 puts the session on [::1] instead of 127.0.0.1. `get` prints "peer HOST:PORT SOURCES" for each peer it ends connected
 to, SOURCES from libtorrent's peer_info (pex, dht, tracker, ...), before "done".
 """
 import os
@@ -32,9 +32,10 @@ ENCRYPTION = {
 
 def settings(port):
     """The session settings above, for a session listening on 127.0.0.1:PORT."""
+    host = "[::1]" if os.environ.get("LT_IPV6") == "1" else "127.0.0.1"
     settings = {
-        "listen_interfaces": f"127.0.0.1:{port}",
-        "outgoing_interfaces": "127.0.0.1",
+        "listen_interfaces": f"{host}:{port}",
+        "outgoing_interfaces": host.strip("[]"),
         "enable_dht": False,
         "enable_lsd": False,
         "enable_upnp": False,

@@ -16,6 +16,7 @@
 
 pub mod driver;
 pub mod proto;
+pub mod state;
 
 pub use driver::{Dht, DhtOptions};
 pub use proto::core::DhtCore;

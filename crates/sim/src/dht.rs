@@ -510,7 +510,7 @@ impl Sim {
                 match out {
                     Output::Send { to, bytes } => sends.push((to, bytes)),
                     Output::Done(r) => done.push(r),
-                    Output::Peers { .. } => {}
+                    Output::Peers { .. } | Output::OtherFamily(_) => {}
                 }
             }
             core.next_deadline()

@@ -1,19 +1,22 @@
 //! `swarmcast dht`: a Mainline DHT node, and one-shot lookups (`get-peers`, `announce`,
 //! `find-node`) that print what the network answered, as text or `--json`.
 
-use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use dht::proto::core::{Config, LookupResult, MutableItem};
+use dht::driver::Found;
+use dht::proto::core::{Config, MutableItem};
 use dht::{Dht, DhtOptions, NodeId};
 
 #[derive(clap::Args, Clone)]
 pub struct DhtNet {
-    /// Where our node listens (IPv4; port 0 picks one).
-    #[arg(long, default_value = "0.0.0.0:0")]
-    listen: SocketAddrV4,
-    /// A node to join through, HOST:PORT (repeat for several).
+    /// Where our node listens, IPv4 or IPv6 (repeat for one of each; port 0 picks one).
+    /// Default: every address of both families (IPv6 if the host has it).
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// A node to join through, HOST:PORT (repeat for several; names resolve to both
+    /// families).
     #[arg(long = "bootstrap", required = true)]
     bootstrap: Vec<String>,
     /// Print the result as JSON.
@@ -25,9 +28,10 @@ pub struct DhtNet {
 pub enum DhtCommand {
     /// Run a DHT node that others can join through (until Ctrl-C).
     Node {
-        /// Where to listen (IPv4).
-        #[arg(long, default_value = "0.0.0.0:6881")]
-        listen: SocketAddrV4,
+        /// Where to listen, IPv4 or IPv6 (repeat for one of each). Default: 0.0.0.0:6881 and
+        /// [::]:6881 (IPv6 if the host has it).
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
         /// Nodes to join through, HOST:PORT (none: wait to be joined).
         #[arg(long = "bootstrap")]
         bootstrap: Vec<String>,
@@ -71,9 +75,9 @@ pub enum DhtCommand {
         /// A node to join through, HOST:PORT (repeatable; needed with an info-hash).
         #[arg(long = "bootstrap")]
         bootstrap: Vec<String>,
-        /// Where our node listens (IPv4; port 0 picks one).
-        #[arg(long, default_value = "0.0.0.0:0")]
-        listen: SocketAddrV4,
+        /// Where our node listens, IPv4 or IPv6 (repeatable; default: both families).
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -126,30 +130,53 @@ fn parse_id(s: &str) -> Result<NodeId> {
     }
 }
 
-/// The IPv4 addresses of HOST:PORT entries. Names that do not resolve are skipped (one dead
-/// public router must not stop the rest); none resolving at all is an error saying so.
-fn resolve(list: &[String]) -> Result<Vec<SocketAddrV4>> {
-    let out: Vec<SocketAddrV4> = list
-        .iter()
-        .filter_map(|s| s.to_socket_addrs().ok())
-        .flatten()
-        .filter_map(|a| match a {
-            SocketAddr::V4(v4) => Some(v4),
-            SocketAddr::V6(_) => None,
-        })
-        .collect();
+/// The addresses (both families) of HOST:PORT entries. Names that do not resolve are skipped
+/// (one dead public router must not stop the rest); none resolving at all is an error saying
+/// so.
+fn resolve(list: &[String]) -> Result<Vec<SocketAddr>> {
+    let mut out: Vec<SocketAddr> =
+        list.iter().filter_map(|s| s.to_socket_addrs().ok()).flatten().collect();
+    out.dedup();
     if out.is_empty() && !list.is_empty() {
-        bail!("none of {list:?} resolves to an IPv4 address: give HOST:PORT of a DHT node");
+        bail!("none of {list:?} resolves to an address: give HOST:PORT of a DHT node");
     }
     Ok(out)
 }
 
+/// The node's options for `--listen` (at most one address per family); none given: both
+/// families on every address, on `port`.
+fn listen_options(listen: &[SocketAddr], port: u16) -> Result<DhtOptions> {
+    let mut o = DhtOptions::dual(port);
+    if listen.is_empty() {
+        return Ok(o);
+    }
+    (o.listen, o.listen6, o.ipv6_optional) = (None, None, false);
+    for a in listen {
+        let taken = match a {
+            SocketAddr::V4(a) => o.listen.replace(*a).is_some(),
+            SocketAddr::V6(a) => o.listen6.replace(*a).is_some(),
+        };
+        if taken {
+            bail!("give --listen at most once per family (one IPv4, one IPv6 address)");
+        }
+    }
+    Ok(o)
+}
+
+/// `--listen` as a person reads it.
+fn shown(listen: &[SocketAddr]) -> String {
+    if listen.is_empty() {
+        return "every address".into();
+    }
+    listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and ")
+}
+
 async fn join(net: &DhtNet) -> Result<Dht> {
     let routers = resolve(&net.bootstrap)?;
-    let options = DhtOptions::new(net.listen);
+    let options = listen_options(&net.listen, 0)?;
     let node = Dht::spawn(options)
         .await
-        .with_context(|| format!("cannot listen on {} (is the port taken?)", net.listen))?;
+        .with_context(|| format!("cannot listen on {} (is the port taken?)", shown(&net.listen)))?;
     let joined = node.bootstrap(routers).await?;
     if joined.nodes.is_empty() {
         bail!(
@@ -160,7 +187,7 @@ async fn join(net: &DhtNet) -> Result<Dht> {
     Ok(node)
 }
 
-fn print(r: &LookupResult, json: bool) -> Result<()> {
+fn print(r: &Found, json: bool) -> Result<()> {
     if json {
         let v = serde_json::json!({
             "target": r.target.to_string(),
@@ -231,11 +258,12 @@ pub async fn run(cmd: DhtCommand) -> Result<()> {
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
             let state = data.map(|d| d.join("dht-nodes"));
-            let options = DhtOptions { config, state, ..DhtOptions::new(listen) };
-            let node = Dht::spawn(options)
-                .await
-                .with_context(|| format!("cannot listen on {listen} (is the port taken?)"))?;
-            eprintln!("DHT node {} on {} (Ctrl-C to stop)", node.id(), node.local_addr());
+            let options = DhtOptions { config, state, ..listen_options(&listen, 6881)? };
+            let node = Dht::spawn(options).await.with_context(|| {
+                format!("cannot listen on {} (is the port taken?)", shown(&listen))
+            })?;
+            let on = node.local_addrs().iter().map(ToString::to_string).collect::<Vec<_>>();
+            eprintln!("DHT node {} on {} (Ctrl-C to stop)", node.id(), on.join(" and "));
             if !routers.is_empty() {
                 let joined = node.bootstrap(routers).await?;
                 eprintln!("joined: {} nodes answered", joined.nodes.len());
@@ -243,7 +271,10 @@ pub async fn run(cmd: DhtCommand) -> Result<()> {
             let mut every = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = every.tick() => eprintln!("routing table: {} nodes", node.nodes().await?),
+                    _ = every.tick() => {
+                        let (v4, v6) = node.nodes_by_family().await?;
+                        eprintln!("routing tables: {v4} IPv4 nodes, {v6} IPv6 nodes");
+                    }
                     _ = tokio::signal::ctrl_c() => return Ok(()),
                 }
             }
@@ -301,10 +332,9 @@ pub async fn run(cmd: DhtCommand) -> Result<()> {
         }
         DhtCommand::Sample { node, listen, json, .. } => {
             let to = *resolve(std::slice::from_ref(&node))?.first().expect("resolve checks");
-            let options = DhtOptions::new(listen);
-            let ours = Dht::spawn(options)
-                .await
-                .with_context(|| format!("cannot listen on {listen} (is the port taken?)"))?;
+            let ours = Dht::spawn(listen_options(&listen, 0)?).await.with_context(|| {
+                format!("cannot listen on {} (is the port taken?)", shown(&listen))
+            })?;
             let r = ours.sample(to).await?;
             if r.num.is_none() {
                 bail!("{node} did not answer sample_infohashes (not running, or no BEP 51)");
@@ -396,8 +426,8 @@ const FIRST_PEERS_GRACE: Duration = Duration::from_millis(500);
 /// The peers a streaming `get_peers` lookup gives first: its first batch and whatever follows
 /// within [`FIRST_PEERS_GRACE`] (none if it ends with none), and the stream, unless it ended.
 pub async fn first_peers(
-    mut batches: tokio::sync::mpsc::Receiver<Vec<SocketAddrV4>>,
-) -> (Vec<SocketAddrV4>, Option<tokio::sync::mpsc::Receiver<Vec<SocketAddrV4>>>) {
+    mut batches: tokio::sync::mpsc::Receiver<Vec<SocketAddr>>,
+) -> (Vec<SocketAddr>, Option<tokio::sync::mpsc::Receiver<Vec<SocketAddr>>>) {
     let Some(mut found) = batches.recv().await else {
         return (vec![], None);
     };
@@ -416,8 +446,8 @@ pub async fn first_peers(
 
 /// The next batch of a lookup's peers; never resolves without a stream (`None` when it ends).
 pub async fn next_batch(
-    batches: &mut Option<tokio::sync::mpsc::Receiver<Vec<SocketAddrV4>>>,
-) -> Option<Vec<SocketAddrV4>> {
+    batches: &mut Option<tokio::sync::mpsc::Receiver<Vec<SocketAddr>>>,
+) -> Option<Vec<SocketAddr>> {
     match batches {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -446,11 +476,7 @@ pub async fn node_for_torrent(
             return None;
         }
     };
-    let ip = match bind {
-        std::net::IpAddr::V4(v4) => v4,
-        std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
-    };
-    let mut options = DhtOptions::new(SocketAddrV4::new(ip, 0));
+    let mut options = DhtOptions::for_bind(bind);
     if let Some(path) = state {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -501,18 +527,26 @@ pub async fn save_state(node: Option<&Dht>) {
     }
 }
 
-/// Announces `info_hash` on `port` now and every [`REANNOUNCE`], as a seed or a downloader
-/// (BEP 33's `seed`), until the task is aborted. A downloader announces too, as libtorrent's do,
-/// so the swarm's other downloaders find it.
+/// Announces `info_hash` on the port of `listen` (where the session accepts peers) now and
+/// every [`REANNOUNCE`], as a seed or a downloader (BEP 33's `seed`), until the task is
+/// aborted. A downloader announces too, as libtorrent's do, so the swarm's other downloaders
+/// find it. Only the families `listen` serves are announced in (`0.0.0.0`: IPv4; `[::]`,
+/// dual-stack: both), so no peer is sent to an address where nothing listens.
 pub fn keep_announcing(
     node: std::sync::Arc<Dht>,
     info_hash: NodeId,
-    port: u16,
+    listen: SocketAddr,
     seed: bool,
 ) -> tokio::task::JoinHandle<()> {
+    let (ipv4, ipv6) = match listen {
+        SocketAddr::V4(_) => (true, false),
+        SocketAddr::V6(a) if a.ip().is_unspecified() => (true, true),
+        SocketAddr::V6(_) => (false, true),
+    };
+    let port = listen.port();
     tokio::spawn(async move {
         loop {
-            match node.announce(info_hash, port, seed).await {
+            match node.announce_over(info_hash, port, seed, ipv4, ipv6).await {
                 Ok(r) if r.announced_to > 0 => {
                     tracing::info!("DHT: announced to {} nodes", r.announced_to);
                 }

@@ -419,7 +419,7 @@ async fn seed(torrent_path: &Path, data: &Path, net: &NetArgs) -> Result<()> {
     let announcer = match &dht_node {
         Some(node) => {
             eprintln!("DHT: joined; announcing on port {port} every 15 minutes");
-            Some(dht_cmd::keep_announcing(node.clone(), ih, port, true))
+            Some(dht_cmd::keep_announcing(node.clone(), ih, session.local_addr(), true))
         }
         None => None,
     };
@@ -473,7 +473,7 @@ async fn get(
             dht_cmd::first_peers(batches).await
         };
         eprintln!("DHT: {} peers found so far", found.len());
-        peers.extend(found.iter().map(|p| SocketAddr::V4(*p)));
+        peers.extend(found.iter().copied());
         dht_batches = rest;
     }
     let meta = match source {
@@ -506,10 +506,9 @@ async fn get(
         eprintln!("resuming: {have} of {total} pieces already verified on disk");
     }
     let reporter = progress::spawn_reporter(session.stats().clone(), name.clone());
-    let downloading = dht_node.clone().map(|node| {
-        let port = session.local_addr().port();
-        dht_cmd::keep_announcing(node, dht::NodeId(ih.0), port, false)
-    });
+    let downloading = dht_node
+        .clone()
+        .map(|node| dht_cmd::keep_announcing(node, dht::NodeId(ih.0), session.local_addr(), false));
     // With the DHT, ask it again for peers every few minutes while the download runs.
     let every = dht_cmd::RELOOKUP;
     let mut relook = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -519,13 +518,13 @@ async fn get(
             _ = tokio::signal::ctrl_c() => break Err(anyhow::anyhow!(
                 "interrupted: verified pieces are kept; run the same command again to resume")),
             batch = dht_cmd::next_batch(&mut dht_batches) => match batch {
-                Some(b) => session.add_peers(b.into_iter().map(SocketAddr::V4).collect()).await,
+                Some(b) => session.add_peers(b).await,
                 None => dht_batches = None,
             },
             _ = relook.tick(), if dht_node.is_some() => {
                 if let Some(node) = &dht_node {
                     if let Ok(found) = node.get_peers(dht::NodeId(ih.0)).await {
-                        let found = found.peers.iter().map(|p| SocketAddr::V4(*p)).collect();
+                        let found = found.peers.clone();
                         session.add_peers(found).await;
                     }
                 }
@@ -551,9 +550,9 @@ async fn get(
     if keep_seeding {
         let port = session.local_addr().port();
         eprintln!("seeding on port {port} (Ctrl-C to stop)");
-        let announcer = dht_node
-            .clone()
-            .map(|node| dht_cmd::keep_announcing(node, dht::NodeId(ih.0), port, true));
+        let announcer = dht_node.clone().map(|node| {
+            dht_cmd::keep_announcing(node, dht::NodeId(ih.0), session.local_addr(), true)
+        });
         let reporter = progress::spawn_reporter(session.stats().clone(), name);
         tokio::signal::ctrl_c().await.ok();
         reporter.abort();

@@ -45,7 +45,7 @@
 //! fit within 4× the query, so the exception is the uncuttable part alone.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngCore};
@@ -136,6 +136,10 @@ pub struct Config {
     /// BEP 42 in lookups (see the module docs). Off, every id counts alike: only for
     /// measuring what the rule is worth (`swarmcast sim dht --sybils`).
     pub verified_closest: bool,
+    /// BEP 32: lookup queries ask for nodes of both families (`want` = `n4`, `n6`), and the
+    /// other family's nodes in answers come out as [`Output::OtherFamily`]: set when a core
+    /// of the other family runs beside this one, so it can join through this one's answers.
+    pub want_both: bool,
 }
 
 impl Default for Config {
@@ -150,6 +154,7 @@ impl Default for Config {
             peer_ttl: Duration::from_secs(30 * 60),
             max_items: 1_000,
             verified_closest: true,
+            want_both: false,
         }
     }
 }
@@ -165,7 +170,7 @@ pub enum Input<'a, A = SocketAddrV4> {
 
 /// What the core asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Output<A = SocketAddrV4> {
+pub enum Output<A: NodeAddr = SocketAddrV4> {
     /// Send this datagram.
     Send { to: A, bytes: Vec<u8> },
     /// A lookup finished (boxed: it is large beside a datagram).
@@ -174,6 +179,9 @@ pub enum Output<A = SocketAddrV4> {
     /// [`MAX_LOOKUP_PEERS`] in all), so a download can dial them before the lookup ends; its
     /// [`Output::Done`] repeats them all.
     Peers { lookup: LookupId, peers: Vec<A> },
+    /// Nodes of the other family that an answer named (with [`Config::want_both`]): for the
+    /// core of that family, which may ping them ([`DhtCore::ping_if_wanted`]). At most [`K`].
+    OtherFamily(Vec<CompactNode<A::Other>>),
 }
 
 /// Identifies a lookup started by [`DhtCore::find_node`], [`DhtCore::get_peers`] or
@@ -212,6 +220,80 @@ pub struct LookupResult<A = SocketAddrV4> {
     pub interval: Option<i64>,
     /// BEP 33 (`scrape`): the union of the filters the nodes gave.
     pub scrape: Option<ScrapeResult>,
+}
+
+impl<A: NodeAddr> LookupResult<A> {
+    /// The result with addresses of either family, to [`merge`](LookupResult::merge) with
+    /// the same lookup run by the other family's core.
+    pub fn widen(self) -> LookupResult<SocketAddr> {
+        let nodes = self.nodes.iter().map(|n| CompactNode { id: n.id, addr: n.addr.into() });
+        LookupResult {
+            id: self.id,
+            target: self.target,
+            nodes: nodes.collect(),
+            peers: self.peers.into_iter().map(Into::into).collect(),
+            announced_to: self.announced_to,
+            queries: self.queries,
+            answers: self.answers,
+            elapsed: self.elapsed,
+            first_value: self.first_value,
+            value: self.value,
+            mutable: self.mutable,
+            samples: self.samples,
+            num: self.num,
+            interval: self.interval,
+            scrape: self.scrape,
+        }
+    }
+}
+
+impl LookupResult<SocketAddr> {
+    /// Adds what the same lookup found over the other family: nodes of both, closest first;
+    /// peers and samples without repeats; counts added; the newest mutable item; filters
+    /// united.
+    pub fn merge(&mut self, o: LookupResult<SocketAddr>) {
+        self.nodes.extend(o.nodes);
+        let target = self.target;
+        self.nodes.sort_by_key(|n| n.id.distance(&target));
+        for p in o.peers {
+            if !self.peers.contains(&p) {
+                self.peers.push(p);
+            }
+        }
+        self.announced_to += o.announced_to;
+        self.queries += o.queries;
+        self.answers += o.answers;
+        self.elapsed = self.elapsed.max(o.elapsed);
+        self.first_value = match (self.first_value, o.first_value) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if self.value.is_none() {
+            self.value = o.value;
+        }
+        if o.mutable.as_ref().is_some_and(|m| self.mutable.as_ref().is_none_or(|s| m.seq > s.seq)) {
+            self.mutable = o.mutable;
+        }
+        for s in o.samples {
+            if self.samples.len() < MAX_LOOKUP_SAMPLES && !self.samples.contains(&s) {
+                self.samples.push(s);
+            }
+        }
+        self.num = match (self.num, o.num) {
+            (Some(a), Some(b)) => Some(a.saturating_add(b)),
+            (a, b) => a.or(b),
+        };
+        self.interval = self.interval.max(o.interval);
+        self.scrape = match (self.scrape.take(), o.scrape) {
+            (Some(mut a), Some(b)) => {
+                a.seeds.union(&b.seeds);
+                a.downloaders.union(&b.downloaders);
+                a.nodes += b.nodes;
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 /// What a BEP 33 scrape lookup gathered: the union of the answering nodes' bloom filters of the
@@ -438,6 +520,16 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
     pub fn set_foreign_nodes(&mut self, mut nodes: Vec<CompactNode<A::Other>>) {
         nodes.truncate(MAX_FOREIGN);
         self.foreign = nodes;
+    }
+
+    /// Pings `node` (heard of from the other family's core, [`Output::OtherFamily`]) if the
+    /// table would give it a place and no query to it is waiting; it enters the table only if
+    /// it answers.
+    pub fn ping_if_wanted(&mut self, now: Instant, node: CompactNode<A>) {
+        let asking = self.in_flight.values().any(|t| t.to == node.addr);
+        if node.addr.port_of() != 0 && node.addr.usable() && self.table.wants(&node.id) && !asking {
+            self.query(now, node.addr, Some(node.id), Purpose::Ping, Method::Ping);
+        }
     }
 
     /// Queries awaiting an answer.
@@ -870,9 +962,13 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
         }
         self.next_tid = tid.wrapping_add(1);
         self.in_flight.insert(tid, Transaction { to, node, sent: now, purpose, slow: false });
+        let want = match purpose {
+            Purpose::Lookup(_) if self.config.want_both => Want { n4: true, n6: true },
+            _ => Want::default(),
+        };
         let m = Message {
             tid: tid.to_be_bytes().to_vec(),
-            body: Body::Query { id: self.id, method, want: Default::default() },
+            body: Body::Query { id: self.id, method, want },
             version: None,
             ip: None,
             read_only: self.config.read_only,
@@ -968,6 +1064,11 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
         let Purpose::Lookup(lid) = t.purpose else {
             return;
         };
+        let others = A::Other::nodes(&r);
+        if self.config.want_both && !others.is_empty() {
+            let nodes = others.iter().filter(|n| n.addr.port_of() != 0).take(K).copied().collect();
+            self.out.push_back(Output::OtherFamily(nodes));
+        }
         let own = self.id;
         if let Some(l) = self.lookups.get_mut(&lid) {
             if !t.slow {
@@ -1598,7 +1699,7 @@ mod tests {
                                 }
                             }
                             Output::Done(r) => self.done.push((i, *r)),
-                            Output::Peers { .. } => {}
+                            Output::Peers { .. } | Output::OtherFamily(_) => {}
                         }
                     }
                 }

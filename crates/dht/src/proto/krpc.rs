@@ -767,7 +767,7 @@ fn id(o: Object<'_, '_>, field: &'static str) -> Result<NodeId, KrpcError> {
 }
 
 /// Compact nodes of one family (`nodes`, `nodes6`): a whole number of entries or an error.
-fn read_nodes<A: NodeAddr>(
+pub(crate) fn read_nodes<A: NodeAddr>(
     b: &[u8],
     field: &'static str,
 ) -> Result<Vec<CompactNode<A>>, KrpcError> {
@@ -781,7 +781,7 @@ fn read_nodes<A: NodeAddr>(
     Ok(b.chunks_exact(A::COMPACT_NODE).map(node).collect())
 }
 
-fn compact_nodes<A: NodeAddr>(nodes: &[CompactNode<A>]) -> Vec<u8> {
+pub(crate) fn compact_nodes<A: NodeAddr>(nodes: &[CompactNode<A>]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(nodes.len() * A::COMPACT_NODE);
     for n in nodes {
         buf.extend_from_slice(&n.id.0);

@@ -363,8 +363,7 @@ impl<A: NodeAddr> RoutingTable<A> {
         let own = self.own;
         let deeper = |e: &Entry<A>| own.common_prefix_len(&e.id) as usize > depth;
         let (moved, kept): (Vec<_>, Vec<_>) = last.nodes.drain(..).partition(deeper);
-        let (moved_r, kept_r): (Vec<_>, Vec<_>) =
-            last.replacements.drain(..).partition(deeper);
+        let (moved_r, kept_r): (Vec<_>, Vec<_>) = last.replacements.drain(..).partition(deeper);
         last.nodes = kept;
         last.replacements = kept_r;
         let changed = last.last_changed;
@@ -376,8 +375,8 @@ impl<A: NodeAddr> RoutingTable<A> {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
-    use std::net::{Ipv4Addr, SocketAddrV6};
     use rand_chacha::ChaCha8Rng;
+    use std::net::{Ipv4Addr, SocketAddrV6};
 
     fn node(id: NodeId, a: u8, port: u16) -> CompactNode {
         CompactNode { id, addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, a), port) }
@@ -389,7 +388,8 @@ mod tests {
 
     /// An id sharing exactly `bits` leading bits with `own`.
     fn at_prefix(own: NodeId, bits: usize, rng: &mut ChaCha8Rng) -> NodeId {
-        let t: RoutingTable = RoutingTable { own, epoch: None, buckets: vec![Bucket::default(); bits + 2] };
+        let t: RoutingTable =
+            RoutingTable { own, epoch: None, buckets: vec![Bucket::default(); bits + 2] };
         t.id_in_bucket(bits, NodeId::random(rng))
     }
 
@@ -606,15 +606,24 @@ mod tests {
         let own = NodeId::random(&mut rng);
         let mut t: RoutingTable<SocketAddrV6> = RoutingTable::new(own);
         let now = Instant::now();
-        let at = |s: &str| CompactNode { id: NodeId::random(&mut ChaCha8Rng::from_os_rng()), addr: s.parse::<SocketAddrV6>().unwrap() };
+        let at = |s: &str| CompactNode {
+            id: NodeId::random(&mut ChaCha8Rng::from_os_rng()),
+            addr: s.parse::<SocketAddrV6>().unwrap(),
+        };
         assert_eq!(t.insert(now, at("[2001:db8:1:2::1]:6881"), Seen::Responded), Insert::Added);
         // Another address of the same /64, with another id: one host, refused.
         assert_eq!(t.insert(now, at("[2001:db8:1:2::99]:6881"), Seen::Responded), Insert::Refused);
         assert_eq!(t.insert(now, at("[2001:db8:1:3::1]:6881"), Seen::Responded), Insert::Added);
         // Loopback and unique-local addresses are exempt (test networks), multicast unusable.
         for i in 0..4 {
-            assert_eq!(t.insert(now, at(&format!("[::1]:{}", 7000 + i)), Seen::Responded), Insert::Added);
-            assert_eq!(t.insert(now, at(&format!("[fd00::{}]:1", i + 1)), Seen::Responded), Insert::Added);
+            assert_eq!(
+                t.insert(now, at(&format!("[::1]:{}", 7000 + i)), Seen::Responded),
+                Insert::Added
+            );
+            assert_eq!(
+                t.insert(now, at(&format!("[fd00::{}]:1", i + 1)), Seen::Responded),
+                Insert::Added
+            );
         }
         assert_eq!(t.insert(now, at("[ff02::1]:6881"), Seen::Responded), Insert::Refused);
         assert_eq!(t.len(), 10);
