@@ -476,30 +476,41 @@ async fn get(
         peers.extend(found.iter().copied());
         dht_batches = rest;
     }
-    let meta = match source {
-        Source::Magnet(magnet) => {
-            eprintln!("fetching the torrent's metadata from peers...");
-            torrent::session::magnet::fetch_metadata(
-                &magnet,
-                &peers,
-                net.port,
-                Duration::from_secs(30),
-                net.encryption.into(),
-            )
-            .await?
+    // The DHT's nodes are saved however the run ends, these early failures included.
+    let starting = async {
+        let meta = match source {
+            Source::Magnet(magnet) => {
+                eprintln!("fetching the torrent's metadata from peers...");
+                torrent::session::magnet::fetch_metadata(
+                    &magnet,
+                    &peers,
+                    net.port,
+                    Duration::from_secs(30),
+                    net.encryption.into(),
+                )
+                .await?
+            }
+            Source::Torrent(t) => *t,
+        };
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let name = meta.info.name.clone();
+        let mut config = net.config();
+        config.peers = peers;
+        config.seed_when_done = keep_seeding;
+        if check_existing {
+            config.existing = torrent::storage::Existing::Check;
         }
-        Source::Torrent(t) => *t,
+        let started = std::time::Instant::now();
+        let session = Session::start(meta, out.to_path_buf(), Role::Download, config).await?;
+        anyhow::Ok((name, started, session))
     };
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let name = meta.info.name.clone();
-    let mut config = net.config();
-    config.peers = peers;
-    config.seed_when_done = keep_seeding;
-    if check_existing {
-        config.existing = torrent::storage::Existing::Check;
-    }
-    let started = std::time::Instant::now();
-    let session = Session::start(meta, out.to_path_buf(), Role::Download, config).await?;
+    let (name, started, session) = match starting.await {
+        Ok(s) => s,
+        Err(e) => {
+            dht_cmd::save_state(dht_node.as_deref()).await;
+            return Err(e);
+        }
+    };
     let have = session.stats().pieces_have.load(std::sync::atomic::Ordering::Relaxed);
     let total = session.stats().pieces_total.load(std::sync::atomic::Ordering::Relaxed);
     if have > 0 {
