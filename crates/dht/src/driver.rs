@@ -8,7 +8,8 @@
 //! The cores help each other join: lookup queries ask for both families' nodes (BEP 32's
 //! `want`), and the nodes of the other family that answers name are pinged by that family's
 //! core; each core answers a `want` for the other family from a copy of the other's table,
-//! refreshed when the tables change (at most once per [`FOREIGN_EVERY`]).
+//! refreshed when a table's size changes (at most once per [`FOREIGN_EVERY`]) and at least
+//! every [`FOREIGN_MAX_AGE`].
 //!
 //! With [`DhtOptions::state`], the node keeps its ids and routing tables in a file
 //! ([`crate::state`]), written at most once per [`DhtOptions::save_every`] (a minute by
@@ -40,6 +41,9 @@ const RECV_BUF: usize = 4096;
 /// How often, at most, each core's copy of the other family's nodes is refreshed (for BEP
 /// 32's `want`): when a table's size changed, at most once per this.
 pub const FOREIGN_EVERY: Duration = Duration::from_millis(100);
+/// The oldest a copy of the other family's nodes gets (a full table changes its nodes, not
+/// its size).
+pub const FOREIGN_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// A lookup's result, with nodes and peers of both families.
 pub type Found = LookupResult<SocketAddr>;
@@ -200,9 +204,8 @@ impl<A: NodeAddr> Family<A> {
     fn new(socket: UdpSocket, id: NodeId, config: Config, saved: &[CompactNode<A>]) -> Self {
         let mut core = DhtCore::new(Instant::now(), id, config, StdRng::from_os_rng());
         if !saved.is_empty() {
-            // A warm start: the saved nodes are asked for the nodes near us.
-            let addrs: Vec<A> = saved.iter().map(|n| n.addr).collect();
-            core.bootstrap(Instant::now(), &addrs);
+            // A warm start: the saved nodes closest to us are asked for the nodes near us.
+            core.bootstrap_from(Instant::now(), saved);
         }
         Family { socket, core, buf: vec![0u8; RECV_BUF] }
     }
@@ -330,7 +333,7 @@ impl Dht {
     }
 
     /// [`Dht::announce`] over the families named (those whose addresses serve `port`); the
-    /// others only look the peers up.
+    /// others run no lookup (look peers up with [`Dht::get_peers`]).
     pub async fn announce_over(
         &self,
         info_hash: NodeId,
@@ -513,8 +516,7 @@ fn meet<A: NodeAddr>(
     let joining = pending.iter().any(|p| p.reply.is_none() && p.lookups[slot].is_some());
     if family.core.table().len() < crate::proto::table::K {
         if !joining {
-            let addrs: Vec<A> = heard.drain(..).map(|n| n.addr).collect();
-            let id = family.core.bootstrap(now, &addrs);
+            let id = family.core.bootstrap_from(now, heard);
             let mut lookups = [None, None];
             lookups[slot] = Some(id);
             let target = family.core.id();
@@ -603,8 +605,9 @@ async fn run(
             v4.as_ref().map_or(0, |f| f.core.table().len()),
             v6.as_ref().map_or(0, |f| f.core.table().len()),
         );
-        let stale = sizes != copied && v4.is_some() && v6.is_some();
-        if stale && foreign_at.elapsed() >= FOREIGN_EVERY {
+        let due = if sizes != copied { FOREIGN_EVERY } else { FOREIGN_MAX_AGE };
+        let both = v4.is_some() && v6.is_some();
+        if both && foreign_at.elapsed() >= due {
             foreign_at = Instant::now();
             copied = sizes;
             if let (Some(a), Some(b)) = (&mut v4, &mut v6) {
@@ -646,9 +649,9 @@ async fn run(
             v4.as_ref().map_or(0, |f| f.core.table().len()),
             v6.as_ref().map_or(0, |f| f.core.table().len()),
         );
-        let stale = sizes != copied && v4.is_some() && v6.is_some();
+        let due = if sizes != copied { FOREIGN_EVERY } else { FOREIGN_MAX_AGE };
         let mut upkeep = [
-            stale.then(|| foreign_at + FOREIGN_EVERY),
+            (v4.is_some() && v6.is_some()).then(|| foreign_at + due),
             state.as_ref().map(|(_, every)| saved_at + *every),
         ]
         .into_iter()

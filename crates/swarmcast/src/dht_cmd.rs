@@ -331,10 +331,19 @@ pub async fn run(cmd: DhtCommand) -> Result<()> {
             print(&r, json)
         }
         DhtCommand::Sample { node, listen, json, .. } => {
-            let to = *resolve(std::slice::from_ref(&node))?.first().expect("resolve checks");
+            let addrs = resolve(std::slice::from_ref(&node))?;
             let ours = Dht::spawn(listen_options(&listen, 0)?).await.with_context(|| {
                 format!("cannot listen on {} (is the port taken?)", shown(&listen))
             })?;
+            // An address of a family our node runs (a name may resolve to both).
+            let runs =
+                |a: &SocketAddr| ours.local_addrs().iter().any(|l| l.is_ipv4() == a.is_ipv4());
+            let Some(&to) = addrs.iter().find(|a| runs(a)) else {
+                bail!(
+                    "{node} has no address of the family our node listens on ({})",
+                    shown(&listen)
+                );
+            };
             let r = ours.sample(to).await?;
             if r.num.is_none() {
                 bail!("{node} did not answer sample_infohashes (not running, or no BEP 51)");
@@ -530,8 +539,9 @@ pub async fn save_state(node: Option<&Dht>) {
 /// Announces `info_hash` on the port of `listen` (where the session accepts peers) now and
 /// every [`REANNOUNCE`], as a seed or a downloader (BEP 33's `seed`), until the task is
 /// aborted. A downloader announces too, as libtorrent's do, so the swarm's other downloaders
-/// find it. Only the families `listen` serves are announced in (`0.0.0.0`: IPv4; `[::]`,
-/// dual-stack: both), so no peer is sent to an address where nothing listens.
+/// find it. Only the families `listen` serves are announced in (`0.0.0.0`: IPv4; `[::]`:
+/// both, as a Linux socket on `[::]` takes IPv4 too unless `net.ipv6.bindv6only` is set), so
+/// no peer is sent to an address where nothing listens.
 pub fn keep_announcing(
     node: std::sync::Arc<Dht>,
     info_hash: NodeId,

@@ -58,11 +58,18 @@ pub trait NodeAddr:
         self.host_ip().into()
     }
 
-    /// Not unspecified, broadcast or multicast: an address a node can be at.
+    /// An address a node can be at: not unspecified, broadcast or multicast; for IPv6 also
+    /// not IPv4-mapped (that is an IPv4 node, named twice) nor link-local (meaningless without
+    /// the interface, which a compact address does not carry).
     fn usable(&self) -> bool {
         match self.ip() {
             IpAddr::V4(a) => !(a.is_unspecified() || a.is_broadcast() || a.is_multicast()),
-            IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
+            IpAddr::V6(a) => {
+                !(a.is_unspecified()
+                    || a.is_multicast()
+                    || a.to_ipv4_mapped().is_some()
+                    || a.is_unicast_link_local())
+            }
         }
     }
 
@@ -210,6 +217,9 @@ mod tests {
         assert_eq!(SocketAddrV4::from_socket(mapped), Some("10.0.0.1:6881".parse().unwrap()));
         let ula: SocketAddrV6 = "[fd00::1]:1".parse().unwrap();
         assert!(ula.exempt() && !a6.exempt());
-        assert!(!"[ff02::1]:1".parse::<SocketAddrV6>().unwrap().usable());
+        for unusable in ["[ff02::1]:1", "[::ffff:1.2.3.4]:1", "[fe80::1]:1", "[::]:1"] {
+            assert!(!unusable.parse::<SocketAddrV6>().unwrap().usable(), "{unusable}");
+        }
+        assert!("[2001:db8::1]:1".parse::<SocketAddrV6>().unwrap().usable());
     }
 }

@@ -194,7 +194,8 @@ pub struct LookupId(pub u64);
 pub struct LookupResult<A = SocketAddrV4> {
     pub id: LookupId,
     pub target: NodeId,
-    /// The closest nodes that answered, closest first (at most [`K`]).
+    /// The closest nodes that answered, closest first (at most [`K`]; a result merged from
+    /// both families holds up to [`K`] of each, see [`LookupResult::merge`]).
     pub nodes: Vec<CompactNode<A>>,
     /// Peers of the swarm (`get_peers` and `announce`), as the nodes gave them.
     pub peers: Vec<A>,
@@ -248,9 +249,10 @@ impl<A: NodeAddr> LookupResult<A> {
 }
 
 impl LookupResult<SocketAddr> {
-    /// Adds what the same lookup found over the other family: nodes of both, closest first;
-    /// peers and samples without repeats; counts added; the newest mutable item; filters
-    /// united.
+    /// Adds what the same lookup found over the other family: nodes of both, closest first
+    /// to `self.target` (for a bootstrap, each family looks up its own id: the first result's
+    /// counts); peers and samples without repeats; counts added; the newest mutable item;
+    /// filters united.
     pub fn merge(&mut self, o: LookupResult<SocketAddr>) {
         self.nodes.extend(o.nodes);
         let target = self.target;
@@ -550,15 +552,39 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
         self.table.insert(now, node, Seen::Responded)
     }
 
-    /// Joins the network through known addresses (routers, saved nodes): asks each for the
-    /// nodes closest to our own id.
+    /// Joins the network through known addresses (routers): asks each for the nodes closest
+    /// to our own id. Addresses beyond what may be in flight ([`MAX_IN_FLIGHT`]) are not asked.
     pub fn bootstrap(&mut self, now: Instant, routers: &[A]) -> LookupId {
         let id = self.start(now, self.id, Kind::FindNode);
         for &addr in routers {
             let target = self.id;
-            self.query(now, addr, None, Purpose::Lookup(id), Method::FindNode { target });
-            if let Some(l) = self.lookups.get_mut(&id) {
-                l.in_flight += 1;
+            if !addr.usable() || addr.port_of() == 0 {
+                continue;
+            }
+            if self.query(now, addr, None, Purpose::Lookup(id), Method::FindNode { target }) {
+                if let Some(l) = self.lookups.get_mut(&id) {
+                    l.in_flight += 1;
+                }
+            }
+        }
+        self.step(now, id);
+        id
+    }
+
+    /// Joins through nodes whose ids we know (a warm start from saved nodes, or nodes another
+    /// family's answers named): a lookup of our own id that starts from them, the closest
+    /// [`MAX_CANDIDATES`] kept, asked α at a time like any lookup's candidates.
+    pub fn bootstrap_from(&mut self, now: Instant, nodes: &[CompactNode<A>]) -> LookupId {
+        let id = self.start(now, self.id, Kind::FindNode);
+        let own = self.id;
+        if let Some(l) = self.lookups.get_mut(&id) {
+            for n in
+                nodes.iter().filter(|n| n.id != own && n.addr.usable() && n.addr.port_of() != 0)
+            {
+                l.candidates.entry(n.id.distance(&own)).or_insert(Candidate::new(*n, State::New));
+            }
+            while l.candidates.len() > MAX_CANDIDATES {
+                l.candidates.pop_last();
             }
         }
         self.step(now, id);
@@ -1066,8 +1092,11 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
         };
         let others = A::Other::nodes(&r);
         if self.config.want_both && !others.is_empty() {
-            let nodes = others.iter().filter(|n| n.addr.port_of() != 0).take(K).copied().collect();
-            self.out.push_back(Output::OtherFamily(nodes));
+            let fit = |n: &&CompactNode<A::Other>| n.addr.port_of() != 0 && n.addr.usable();
+            let nodes: Vec<_> = others.iter().filter(fit).take(K).copied().collect();
+            if !nodes.is_empty() {
+                self.out.push_back(Output::OtherFamily(nodes));
+            }
         }
         let own = self.id;
         if let Some(l) = self.lookups.get_mut(&lid) {
@@ -1132,7 +1161,7 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
             c.state = State::Answered;
             c.token = r.token.clone();
             for n in A::nodes(&r) {
-                if n.id == own || n.addr.port_of() == 0 {
+                if n.id == own || n.addr.port_of() == 0 || !n.addr.usable() {
                     continue;
                 }
                 let key = n.id.distance(&l.target);
@@ -1142,7 +1171,7 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
                 l.candidates.pop_last();
             }
             let known = l.peers.len();
-            for p in A::values(&r) {
+            for p in A::values(&r).iter().filter(|p| p.usable() && p.port_of() != 0) {
                 if l.peers.len() < MAX_LOOKUP_PEERS && !l.peers.contains(p) {
                     l.peers.push(*p);
                     l.first_value.get_or_insert(now);
@@ -1487,8 +1516,11 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
         }
         if other && !self.foreign.is_empty() {
             let mut all = self.foreign.clone();
+            if all.len() > K {
+                all.select_nth_unstable_by_key(K, |n| n.id.distance(target));
+                all.truncate(K);
+            }
             all.sort_by_key(|n| n.id.distance(target));
-            all.truncate(K);
             *A::Other::nodes_mut(r) = all;
         }
     }
@@ -1823,6 +1855,31 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_join_through_more_addresses_than_may_be_in_flight_still_ends() {
+        let now = Instant::now();
+        let mut core =
+            Core::new(now, NodeId([1; 20]), Config::default(), ChaCha8Rng::seed_from_u64(5));
+        let silent = |i: u32| SocketAddrV4::new(Ipv4Addr::from(0x0b00_0000 + i), 6881);
+        let routers: Vec<SocketAddrV4> = (0..1_000).map(silent).collect();
+        let join = core.bootstrap(now, &routers);
+        let sent = std::iter::from_fn(|| core.poll()).count();
+        assert_eq!(sent, MAX_IN_FLIGHT, "the rest are not asked");
+        // Nobody answers: after the timeout the lookup ends (before, it waited forever).
+        let later = now + Config::default().query_timeout;
+        core.handle(later, Input::Tick);
+        let done = std::iter::from_fn(|| core.poll())
+            .any(|o| matches!(o, Output::Done(r) if r.id == join && r.nodes.is_empty()));
+        assert!(done, "the join ended");
+        // A warm start from 1,000 saved nodes asks the closest, α at a time.
+        let saved: Vec<CompactNode> = (0..1_000u32)
+            .map(|i| CompactNode { id: NodeId::random(&mut rand::rng()), addr: silent(i) })
+            .collect();
+        core.bootstrap_from(later, &saved);
+        let asked = std::iter::from_fn(|| core.poll()).count();
+        assert_eq!(asked, Config::default().alpha);
     }
 
     #[test]
