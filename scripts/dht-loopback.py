@@ -6,11 +6,12 @@ each timed from after its own join (the process's start-up is not counted). Ever
 ran left the network again, so later lookups meet departed nodes in the tables, as in a real
 DHT. Prints one table.
 
-  python3 scripts/dht-loopback.py [--ours 50] [--libtorrent 5] [--lookups 30] [--bin PATH]
+  python3 scripts/dht-loopback.py [--ours 50] [--libtorrent 5] [--lookups 30] [--bin PATH] [--ipv6]
 
 Needs python3-libtorrent (scripts/install-deps.sh) and a release build
-(`cargo build --release -p swarmcast`). Everything listens on 127.0.0.1; every process is
-started here, bounded in time, and killed by PID at the end.
+(`cargo build --release -p swarmcast`). Everything listens on 127.0.0.1 (with --ipv6: on ::1,
+BEP 32's DHT over IPv6, libtorrent too); every process is started here, bounded in time, and
+killed by PID at the end.
 """
 import argparse
 import json
@@ -26,15 +27,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LT_DHT = os.path.join(ROOT, "tests", "peers", "lt_dht.py")
 
 
+HOST = "127.0.0.1"
+
+
+def at(port):
+    """HOST:PORT, the IPv6 address in brackets."""
+    return f"[{HOST}]:{port}" if ":" in HOST else f"{HOST}:{port}"
+
+
 def free_port(taken):
     """A free UDP port in 20000-32000 (below the kernel's ephemeral range)."""
     while True:
         port = random.randint(20000, 32000)
         if port in taken:
             continue
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(socket.AF_INET6 if ":" in HOST else socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((HOST, port))
         except OSError:
             continue
         finally:
@@ -55,20 +64,24 @@ def main():
     ap.add_argument("--lookups", type=int, default=30, help="lookups by each implementation")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "swarmcast"))
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--ipv6", action="store_true", help="every node on ::1 (BEP 32)")
     args = ap.parse_args()
+    global HOST
+    HOST = "::1" if args.ipv6 else "127.0.0.1"
     random.seed(args.seed)
     if not os.access(args.bin, os.X_OK):
         sys.exit(f"{args.bin} is missing: run cargo build --release -p swarmcast")
     if subprocess.run(["/usr/bin/python3", "-c", "import libtorrent"]).returncode != 0:
         sys.exit("python3-libtorrent is missing: run scripts/install-deps.sh")
     env = dict(os.environ, SWARMCAST_LOG="warn")
+    lt_env = dict(os.environ, LT_IPV6="1" if args.ipv6 else "0")
     taken = set()
     procs = []
     try:
         ports = [free_port(taken) for _ in range(args.ours)]
-        router = f"127.0.0.1:{ports[0]}"
+        router = at(ports[0])
         for i, port in enumerate(ports):
-            cmd = [args.bin, "dht", "node", "--listen", f"127.0.0.1:{port}"]
+            cmd = [args.bin, "dht", "node", "--listen", at(port)]
             if i > 0:
                 cmd += ["--bootstrap", router]
             procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
@@ -77,16 +90,16 @@ def main():
                 time.sleep(0.5)
         for _ in range(args.libtorrent):
             cmd = ["/usr/bin/python3", LT_DHT, "node", str(ports[0]), str(free_port(taken))]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+            procs.append(subprocess.Popen(cmd, env=lt_env, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL))
         print(f"{args.ours} Swarmcast nodes and {args.libtorrent} libtorrent nodes on loopback; "
               "letting them meet for 10 s", file=sys.stderr)
         time.sleep(10)
         hashes = ["%040x" % random.getrandbits(160) for _ in range(10)]
         for i, ih in enumerate(hashes):
-            via = f"127.0.0.1:{random.choice(ports)}"
+            via = at(random.choice(ports))
             out = subprocess.run([args.bin, "dht", "announce", ih, "--port", str(7000 + i),
-                                  "--listen", "127.0.0.1:0", "--bootstrap", via],
+                                  "--listen", at(0), "--bootstrap", via],
                                  env=env, capture_output=True, text=True, timeout=60)
             if out.returncode != 0:
                 sys.exit(f"announce failed: {out.stderr}")
@@ -97,7 +110,7 @@ def main():
             via_port = random.choice(ports)
             print(f"lookup {j + 1}/{args.lookups}", file=sys.stderr)
             out = subprocess.run([args.bin, "dht", "get-peers", ih, "--json", "--listen",
-                                  "127.0.0.1:0", "--bootstrap", f"127.0.0.1:{via_port}"],
+                                  at(0), "--bootstrap", at(via_port)],
                                  env=env, capture_output=True, text=True, timeout=60)
             if out.returncode == 0:
                 r = json.loads(out.stdout)
@@ -108,7 +121,7 @@ def main():
                     ours["first"].append(r["first_value_ms"])
             out = subprocess.run(["/usr/bin/python3", LT_DHT, "time-get-peers", str(via_port),
                                   str(free_port(taken)), ih, "20"],
-                                 capture_output=True, text=True, timeout=60)
+                                 env=lt_env, capture_output=True, text=True, timeout=60)
             line = next((l for l in out.stdout.splitlines() if l.startswith("lookup ")), None)
             if out.returncode == 0 and line:
                 w = line.split()
@@ -116,7 +129,7 @@ def main():
                 theirs["queries"].append(int(w[3]))
                 theirs["found"] += 1
         n = args.lookups
-        print(f"\nDHT on loopback: {args.ours} Swarmcast + {args.libtorrent} libtorrent nodes, "
+        print(f"\nDHT on loopback ({HOST}): {args.ours} Swarmcast + {args.libtorrent} libtorrent nodes, "
               f"{n} get_peers lookups each of 10 announced info-hashes, a fresh node per lookup")
         print(f"{'':34}{'median':>10}{'p90':>10}")
         rows = [
