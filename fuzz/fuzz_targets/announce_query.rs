@@ -1,16 +1,24 @@
-//! Fuzzes the tracker server's HTTP query parser, `tracker::server::parse_announce_query`.
+//! Fuzzes the tracker server's HTTP query parsers, `tracker::server::parse_announce_query`
+//! and `parse_scrape_query` (BEP 48).
 //!
-//! Property checked on success: the client's `announce_url`, given the same request, produces a
+//! Scrape: at least one and at most `MAX_HTTP_SCRAPE` info-hashes, sorted without repeats.
+//! Announce, property checked on success: the client's `announce_url`, given the same request, produces a
 //! query that parses to the same announce (with `compact=1` and `numwant` as the client always
 //! sends them).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use torrent::tracker::http::announce_url;
-use torrent::tracker::server::{parse_announce_query, AnnounceQuery};
+use torrent::tracker::server::{
+    parse_announce_query, parse_scrape_query, AnnounceQuery, MAX_HTTP_SCRAPE,
+};
 use torrent::tracker::AnnounceRequest;
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(hashes) = parse_scrape_query(data) {
+        assert!(!hashes.is_empty() && hashes.len() <= MAX_HTTP_SCRAPE);
+        assert!(hashes.windows(2).all(|w| w[0].0 < w[1].0));
+    }
     let Ok(q) = parse_announce_query(data) else {
         return;
     };

@@ -75,6 +75,15 @@ enum Command {
         #[arg(long)]
         no_stream: bool,
     },
+    /// Ask a torrent's trackers how many seeders and leechers it has (BEP 48 over HTTP, BEP
+    /// 15's scrape over UDP).
+    Scrape {
+        /// A .torrent file or a magnet link.
+        source: String,
+        /// Another tracker to ask (repeatable).
+        #[arg(long = "tracker")]
+        trackers: Vec<String>,
+    },
     /// Make a .torrent for a file or a directory.
     Create {
         path: PathBuf,
@@ -278,7 +287,28 @@ impl NetArgs {
     }
 }
 
+/// A closed stdout (`swarmcast create … | head -1`) ends the command quietly, as it does
+/// `cat` or `ls`: `println!` panics on a broken pipe (Rust ignores SIGPIPE, so that writes to
+/// sockets and to child processes fail with an error instead of killing us); this hook turns
+/// that one panic into a quiet exit and leaves every other panic as it was.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.starts_with("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWARMCAST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -311,6 +341,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Scrape { source, trackers } => scrape(&source, trackers).await,
         Command::Create { path, output, trackers, piece_size, comment, private } => {
             create(&path, output, trackers, piece_size, comment, private)
         }
@@ -382,6 +413,43 @@ fn create(
 }
 
 /// Reads and parses a .torrent file, with errors that say what to do.
+/// `swarmcast scrape`: one line per tracker, the numbers or why there are none.
+async fn scrape(source: &str, mut trackers: Vec<String>) -> Result<()> {
+    let info_hash = if source.starts_with("magnet:") {
+        let m = Magnet::parse(source).context("invalid magnet link")?;
+        trackers.splice(0..0, m.trackers);
+        m.info_hash
+    } else {
+        let t = load_torrent(Path::new(source))?;
+        trackers.splice(0..0, t.trackers.into_iter().flatten());
+        t.info_hash
+    };
+    trackers.dedup();
+    if trackers.is_empty() {
+        bail!("the torrent names no tracker: give one with --tracker URL");
+    }
+    let mut answered = 0;
+    for url in &trackers {
+        match torrent::tracker::scrape(url, &[info_hash], Duration::from_secs(15)).await {
+            Ok(stats) => match stats.iter().find(|(h, _)| *h == info_hash) {
+                Some((_, s)) => {
+                    answered += 1;
+                    println!(
+                        "{url}: {} seeders, {} leechers, {} completed",
+                        s.seeders, s.leechers, s.completed
+                    );
+                }
+                None => println!("{url}: does not know this torrent"),
+            },
+            Err(e) => println!("{url}: no answer ({e})"),
+        }
+    }
+    if answered == 0 {
+        bail!("no tracker answered the scrape");
+    }
+    Ok(())
+}
+
 fn load_torrent(path: &Path) -> Result<Metainfo> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -484,7 +552,7 @@ async fn get(
                 torrent::session::magnet::fetch_metadata(
                     &magnet,
                     &peers,
-                    net.port,
+                    SocketAddr::new(net.bind, net.port),
                     Duration::from_secs(30),
                     net.encryption.into(),
                 )

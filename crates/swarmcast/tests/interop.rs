@@ -231,6 +231,76 @@ fn our_client_works_with_opentracker() {
     // No --peer: the seed's address comes from opentracker.
     get_ok(t.to_str().unwrap(), &out, d, &[], "swarmcast get via opentracker failed");
     assert_same_file(&file, &out.join("payload.bin"));
+    // Our scrape client against opentracker, over HTTP (BEP 48) and UDP (BEP 15): the seed.
+    let udp = format!("udp://127.0.0.1:{port}/announce");
+    let said = run_ok({
+        let mut c = swarmcast();
+        c.arg("scrape").arg(&t).args(["--tracker", &udp]);
+        c
+    });
+    assert!(said.contains(&format!("{announce}: 1 seeders, 0 leechers")), "{said}");
+    assert!(said.contains(&format!("{udp}: 1 seeders, 0 leechers")), "{said}");
+}
+
+/// libtorrent scrapes our tracker over HTTP and UDP, and so does `swarmcast scrape`: one seed.
+#[test]
+fn libtorrent_and_our_client_scrape_our_tracker() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("seed/payload.bin");
+    random_file(&file, MIB, 6);
+    let (_tracker, tport) = start_tracker(d);
+    let http = format!("http://127.0.0.1:{tport}/announce");
+    let udp = format!("udp://127.0.0.1:{tport}");
+    let t = create_torrent(&file, &d.join("p.torrent"), &["--tracker", &http]);
+    let (_seed, _) = start_seed(&t, &file, d, &[]);
+    for url in [&http, &udp] {
+        let mut last = String::new();
+        wait_for("libtorrent's scrape to count our seed", Duration::from_secs(60), || {
+            let mut c = libtorrent_script("lt_peer.py");
+            c.arg("scrape").arg(&t).arg(url).arg(free_port().to_string());
+            let out = c.output().expect("run lt_peer.py scrape");
+            last = String::from_utf8_lossy(&out.stdout).into_owned();
+            last.lines().any(|l| l == "scrape 1 0")
+        });
+    }
+    // The torrent's HTTP tracker and, given with --tracker, its UDP side.
+    let said = run_ok({
+        let mut c = swarmcast();
+        c.arg("scrape").arg(&t).args(["--tracker", &udp]);
+        c
+    });
+    for url in [&http, &udp] {
+        assert!(said.contains(&format!("{url}: 1 seeders, 0 leechers")), "{said}");
+    }
+}
+
+/// With `--bind`, our outgoing peer connections leave from that address (here 127.0.0.2),
+/// not from the system's default.
+#[test]
+fn outgoing_connections_leave_from_the_bind_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("seed/payload.bin");
+    random_file(&file, MIB, 7);
+    let t = create_torrent(&file, &d.join("p.torrent"), &[]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let peer = listener.local_addr().unwrap();
+    let mut c = swarmcast();
+    c.arg("get").arg(&t).args(["--bind", "127.0.0.2", "--no-dht", "--peer", &peer.to_string()]);
+    c.arg("-o").arg(d.join("got"));
+    let mut get = Proc::spawn("swarmcast get --bind 127.0.0.2", c, d);
+    let mut from = None;
+    wait_for("our get to dial the listener", Duration::from_secs(30), || {
+        match listener.accept() {
+            Ok((_, addr)) => from = Some(addr),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+        from.is_some()
+    });
+    assert_eq!(from.map(|a| a.ip()), Some("127.0.0.2".parse().unwrap()));
+    get.kill();
 }
 
 #[test]

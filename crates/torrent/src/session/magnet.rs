@@ -40,14 +40,14 @@ pub enum MetadataError {
 }
 
 /// Resolves `magnet` into a full [`Metainfo`] by asking peers: those in the link (`x.pe`),
-/// `extra_peers`, and those the link's trackers return. `our_port` is announced to trackers. A
-/// peer that answers nothing for `per_peer_timeout` while we wait on it, or still owes pieces
+/// `extra_peers`, and those the link's trackers return. `listen`'s port is announced to
+/// trackers, and dials leave from its address (if one is given). A peer that answers nothing for `per_peer_timeout` while we wait on it, or still owes pieces
 /// [`SERVE_BUDGET`](crate::proto::metadata::SERVE_BUDGET) timeouts after it was first asked, is
 /// given up on. Connections are encrypted as `encryption` says.
 pub async fn fetch_metadata(
     magnet: &Magnet,
     extra_peers: &[SocketAddr],
-    our_port: u16,
+    listen: SocketAddr,
     per_peer_timeout: Duration,
     encryption: Encryption,
 ) -> Result<Metainfo, MetadataError> {
@@ -65,7 +65,7 @@ pub async fn fetch_metadata(
         let req = AnnounceRequest {
             info_hash: magnet.info_hash,
             peer_id: our_id,
-            port: our_port,
+            port: listen.port(),
             uploaded: 0,
             downloaded: 0,
             left: 1,
@@ -82,7 +82,7 @@ pub async fn fetch_metadata(
     }
     let config = MetadataConfig { timeout: per_peer_timeout, ..MetadataConfig::default() };
     let core = MetadataCore::new(magnet.info_hash, candidates, config, Instant::now());
-    let raw = run(core, magnet.info_hash, our_id, encryption).await?;
+    let raw = run(core, magnet.info_hash, our_id, encryption, listen.ip()).await?;
     let info = Info::from_bytes(&raw).map_err(|e| MetadataError::BadInfo(e.to_string()))?;
     info!(bytes = raw.len(), "fetched torrent metadata");
     Ok(Metainfo {
@@ -123,12 +123,14 @@ impl Drop for Conn {
     }
 }
 
-/// Carries out what `core` decides until it is done or has failed.
+/// Carries out what `core` decides until it is done or has failed; dials leave from `local`
+/// (see [`peer::dial`]).
 async fn run(
     mut core: MetadataCore,
     info_hash: InfoHash,
     our_id: PeerId,
     encryption: Encryption,
+    local: std::net::IpAddr,
 ) -> Result<Bytes, MetadataError> {
     let (events_tx, mut events) = mpsc::channel(256);
     let mut conns: BTreeMap<PeerKey, Conn> = BTreeMap::new();
@@ -151,7 +153,14 @@ async fn run(
                 Output::Connect(addr) => {
                     let events = events_tx.clone();
                     dials.spawn(async move {
-                        let dial = peer::connect(addr, info_hash, our_id, DIAL_TIMEOUT, encryption);
+                        let dial = peer::connect(
+                            addr,
+                            Some(local),
+                            info_hash,
+                            our_id,
+                            DIAL_TIMEOUT,
+                            encryption,
+                        );
                         let ev = match dial.await {
                             Ok(c) => Event::Connected(c),
                             Err(e) => Event::ConnectFailed(addr, e.to_string()),

@@ -769,7 +769,9 @@ impl Torrent {
         let (ih, id, session) = (self.info_hash, self.our_id, self.session.clone());
         tokio::spawn(async move {
             let encryption = session.encryption;
-            let ev = match peer::connect(addr, ih, id, Duration::from_secs(10), encryption).await {
+            let local = Some(session.local_addr.ip());
+            let dialed = peer::connect(addr, local, ih, id, Duration::from_secs(10), encryption);
+            let ev = match dialed.await {
                 Ok(c) => {
                     session.handshake_worked.store(true, Ordering::Relaxed);
                     Event::Connected(c)

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::debug;
@@ -73,16 +73,28 @@ pub enum Encryption {
     Disable,
 }
 
-/// Dials `addr` and exchanges handshakes; the peer must answer for `info_hash`.
+/// Opens a TCP connection to `addr`, leaving from `local` when it is a specific address of
+/// the same family (the address the node listens on: `--bind`), else from the system's choice.
+pub async fn dial(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(ip) = local.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(addr).await
+}
+
+/// Dials `addr` (from `local`, see [`dial`]) and exchanges handshakes; the peer must answer
+/// for `info_hash`.
 pub async fn connect(
     addr: SocketAddr,
+    local: Option<IpAddr>,
     info_hash: InfoHash,
     our_id: PeerId,
     timeout: Duration,
     encryption: Encryption,
 ) -> io::Result<Connected> {
     let plain = || async {
-        let mut stream = TcpStream::connect(addr).await?;
+        let mut stream = dial(addr, local).await?;
         stream.set_nodelay(true)?;
         stream.write_all(&Handshake::new(info_hash, our_id).encode()).await?;
         let theirs = read_handshake(&mut stream).await?;
@@ -111,8 +123,7 @@ pub async fn connect(
             tokio::time::timeout(timeout, plain()).await.map_err(|_| timed_out())?
         }
         Encryption::Require => {
-            let attempt =
-                async { encrypted(TcpStream::connect(addr).await?, CryptoSet::RC4).await };
+            let attempt = async { encrypted(dial(addr, local).await?, CryptoSet::RC4).await };
             tokio::time::timeout(timeout, attempt).await.map_err(|_| timed_out())?
         }
         Encryption::Prefer => {
@@ -120,7 +131,7 @@ pub async fn connect(
             // it off, answers what we refuse, or stays silent for half the time allowed) is
             // tried again in plain with the other half, as libtorrent does.
             let started = tokio::time::Instant::now();
-            let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            let stream = tokio::time::timeout(timeout, dial(addr, local))
                 .await
                 .map_err(|_| timed_out())??;
             let first = tokio::time::timeout(timeout / 2, encrypted(stream, CryptoSet::BOTH)).await;

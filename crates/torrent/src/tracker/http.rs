@@ -138,6 +138,104 @@ pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerE
     Ok(AnnounceResponse { interval, peers, seeders, leechers })
 }
 
+/// The scrape URL of an announce URL (BEP 48): the last path segment's `announce` becomes
+/// `scrape` (`http://t/x/announce.php?k=1` → `http://t/x/scrape.php?k=1`); `None` when the
+/// last segment does not start with `announce` (the tracker has no scrape by convention).
+pub fn scrape_url(announce: &str) -> Option<String> {
+    let (path, query) = match announce.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (announce, None),
+    };
+    let path_start = path.find("://")? + 3;
+    let slash = path.rfind('/').filter(|&s| s >= path_start)?;
+    let rest = path[slash + 1..].strip_prefix("announce")?;
+    let mut url = format!("{}/scrape{rest}", &path[..slash]);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    Some(url)
+}
+
+/// One torrent's scrape numbers: seeders, times completed, leechers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScrapeStats {
+    pub seeders: u32,
+    pub completed: u32,
+    pub leechers: u32,
+}
+
+/// Parses a bencoded scrape reply (BEP 48): the numbers of each 20-byte info-hash in `files`
+/// (entries of another length, or missing numbers, are skipped; a `failure reason` is
+/// [`TrackerError::Failure`]).
+pub fn parse_scrape_response(body: &[u8]) -> Result<Vec<([u8; 20], ScrapeStats)>, TrackerError> {
+    let malformed = |e: bendy::decoding::Error| TrackerError::Malformed(e.to_string());
+    let mut decoder = Decoder::new(body).with_max_depth(4);
+    let mut dict = match decoder.next_object().map_err(malformed)? {
+        Some(Object::Dict(d)) => d,
+        _ => return Err(TrackerError::Malformed("not a dictionary".into())),
+    };
+    let mut out = Vec::new();
+    while let Some((key, value)) = dict.next_pair().map_err(malformed)? {
+        match (key, value) {
+            (b"failure reason", Object::Bytes(b)) => {
+                let reason = String::from_utf8_lossy(b).chars().take(MAX_REASON_CHARS).collect();
+                return Err(TrackerError::Failure(reason));
+            }
+            (b"files", Object::Dict(mut files)) => {
+                while let Some((hash, v)) = files.next_pair().map_err(malformed)? {
+                    let Object::Dict(mut numbers) = v else { continue };
+                    let mut s = ScrapeStats::default();
+                    let mut got = 0;
+                    while let Some((k, n)) = numbers.next_pair().map_err(malformed)? {
+                        let Object::Integer(n) = n else { continue };
+                        let Ok(n) = n.parse::<u32>() else { continue };
+                        match k {
+                            b"complete" => (s.seeders, got) = (n, got + 1),
+                            b"downloaded" => s.completed = n,
+                            b"incomplete" => (s.leechers, got) = (n, got + 1),
+                            _ => {}
+                        }
+                    }
+                    if let (Ok(hash), 2) = (<[u8; 20]>::try_from(hash), got) {
+                        out.push((hash, s));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Scrapes the HTTP(S) tracker whose announce URL is `announce` for `info_hashes`.
+pub(crate) async fn scrape(
+    announce: &str,
+    info_hashes: &[crate::InfoHash],
+) -> Result<Vec<([u8; 20], ScrapeStats)>, TrackerError> {
+    let Some(base) = scrape_url(announce) else {
+        return Err(TrackerError::Unsupported(format!(
+            "{announce} (no scrape: its path does not end in announce)"
+        )));
+    };
+    let mut url = base.clone();
+    for (i, h) in info_hashes.iter().enumerate() {
+        let sep = if i == 0 && !base.contains('?') { '?' } else { '&' };
+        url.push_str(&format!("{sep}info_hash={}", percent_encode(&h.0, QUERY_VALUE)));
+    }
+    let client = shared_client()?;
+    let response = client.get(&url).await.map_err(|e| client_error(&base, e))?;
+    let status = response.status();
+    let body =
+        response.bytes_capped(MAX_RESPONSE_BYTES).await.map_err(|e| client_error(&base, e))?;
+    match parse_scrape_response(&body) {
+        Ok(stats) if status.is_success() => Ok(stats),
+        Err(TrackerError::Failure(reason)) => Err(TrackerError::Failure(reason)),
+        _ if !status.is_success() => Err(TrackerError::HttpStatus(status.as_u16())),
+        other => other,
+    }
+}
+
 /// The process's one HTTP client for trackers (built on first use).
 pub fn shared_client() -> Result<&'static HttpClient, TrackerError> {
     static CLIENT: OnceLock<Result<HttpClient, String>> = OnceLock::new();
@@ -195,6 +293,40 @@ mod tests {
     use super::*;
     use crate::tracker::tests::request;
     use crate::tracker::Event;
+
+    #[test]
+    fn scrape_urls_follow_bep_48_and_replies_parse() {
+        for (announce, scrape) in [
+            ("http://t.example/announce", Some("http://t.example/scrape")),
+            (
+                "http://t.example:80/x/announce.php?k=1",
+                Some("http://t.example:80/x/scrape.php?k=1"),
+            ),
+            (
+                "https://t.example/a/announce?x=/announce",
+                Some("https://t.example/a/scrape?x=/announce"),
+            ),
+            ("http://t.example/a", None),
+            ("http://t.example/announce/x", None),
+            ("http://announce", None),
+        ] {
+            assert_eq!(scrape_url(announce).as_deref(), scrape, "{announce}");
+        }
+        let body = crate::tracker::server::encode_scrape_reply(&[(
+            crate::InfoHash([3; 20]),
+            crate::tracker::server::SwarmStats { complete: 5, downloaded: 9, incomplete: 2 },
+        )]);
+        let want = ScrapeStats { seeders: 5, completed: 9, leechers: 2 };
+        assert_eq!(parse_scrape_response(&body).unwrap(), vec![([3; 20], want)]);
+        // Entries of the wrong size or with missing numbers are skipped; garbage is an error.
+        let odd = b"d5:filesd20:aaaaaaaaaaaaaaaaaaaad8:completei1ee3:abcd8:completei1e10:incompletei1eeee";
+        assert_eq!(parse_scrape_response(odd).unwrap(), vec![]);
+        assert!(parse_scrape_response(b"garbage").is_err());
+        assert!(matches!(
+            parse_scrape_response(b"d14:failure reason4:nopee"),
+            Err(TrackerError::Failure(r)) if r == "nope"
+        ));
+    }
 
     #[test]
     fn url_encodes_binary_fields_and_appends_to_existing_query() {

@@ -144,6 +144,37 @@ pub async fn announce(
     }
 }
 
+/// Scrapes one tracker URL for `info_hashes` (BEP 48 over HTTP, BEP 15's scrape over UDP):
+/// each torrent's seeders, completions and leechers, as the tracker gave them (a torrent it
+/// does not know may be missing, or all zeros). Bounded by `timeout` like [`announce`].
+pub async fn scrape(
+    url: &str,
+    info_hashes: &[InfoHash],
+    timeout: Duration,
+) -> Result<Vec<(InfoHash, http::ScrapeStats)>, TrackerError> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    let fut = async {
+        match scheme.as_deref() {
+            Some("http" | "https") => Ok(http::scrape(url, info_hashes)
+                .await?
+                .into_iter()
+                .map(|(h, s)| (InfoHash(h), s))
+                .collect()),
+            Some("udp") => {
+                let stats = udp::scrape(url, info_hashes, udp::SPEC_FIRST_RETRY).await?;
+                let each = |(s, c, l)| http::ScrapeStats { seeders: s, completed: c, leechers: l };
+                Ok(info_hashes.iter().copied().zip(stats.into_iter().map(each)).collect())
+            }
+            Some(_) => Err(TrackerError::Unsupported(url.to_owned())),
+            None => Err(TrackerError::InvalidUrl { url: url.to_owned(), reason: "no scheme" }),
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(TrackerError::Timeout(timeout)),
+    }
+}
+
 /// The trackers of one torrent, in BEP 12 tiers.
 ///
 /// Each tier is shuffled once at construction. [`TrackerList::announce`] tries the tiers in
@@ -389,9 +420,20 @@ mod tests {
             })
             .await;
 
-            // Another path is a 404; a bad query is a bencoded failure with status 200.
-            let (head, _) = raw_get(addr, "/scrape").await;
+            // BEP 48's scrape: the leecher A, and a torrent nobody announced (all zeros).
+            let asked = [InfoHash([7; 20]), InfoHash([9; 20])];
+            let got = scrape(&url, &asked, PER_ANNOUNCE).await.unwrap();
+            let a_leecher = http::ScrapeStats { seeders: 0, completed: 0, leechers: 1 };
+            assert_eq!(got, vec![(asked[0], a_leecher), (asked[1], Default::default())]);
+            // A scrape of everything is refused, in bencode.
+            let (head, body) = raw_get(addr, "/scrape").await;
+            assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+            assert!(matches!(http::parse_scrape_response(&body), Err(TrackerError::Failure(_))));
+            // Another path is a 404 that says what this server is; a bad query is a bencoded
+            // failure with status 200.
+            let (head, body) = raw_get(addr, "/favicon.ico").await;
             assert!(head.starts_with("HTTP/1.0 404"), "{head}");
+            assert!(String::from_utf8_lossy(&body).contains("BitTorrent tracker"));
             let (head, body) = raw_get(addr, "/announce?port=1").await;
             assert!(head.starts_with("HTTP/1.0 200"), "{head}");
             match http::parse_announce_response(&body) {
@@ -446,6 +488,11 @@ mod tests {
                 }
             })
             .await;
+            // BEP 15's scrape: the leecher A, and a torrent nobody announced.
+            let asked = [InfoHash([7; 20]), InfoHash([9; 20])];
+            let got = scrape(&url, &asked, PER_ANNOUNCE).await.unwrap();
+            let a_leecher = http::ScrapeStats { seeders: 0, completed: 0, leechers: 1 };
+            assert_eq!(got, vec![(asked[0], a_leecher), (asked[1], Default::default())]);
             // A forged connection id is refused with an error reply.
             let sock = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
             let bytes =

@@ -129,6 +129,54 @@ pub enum QueryError {
     Invalid(&'static str),
 }
 
+/// Info-hashes one HTTP scrape may ask about (as many as a UDP scrape).
+pub const MAX_HTTP_SCRAPE: usize = super::udp::MAX_SCRAPE_HASHES;
+
+/// Parses the query of an HTTP scrape (BEP 48): one or more `info_hash` parameters, each 20
+/// bytes percent-decoded, returned sorted without repeats; at most [`MAX_HTTP_SCRAPE`]. A
+/// scrape of every torrent (no `info_hash`) is refused, as most public trackers do.
+pub fn parse_scrape_query(query: &[u8]) -> Result<Vec<InfoHash>, QueryError> {
+    let mut hashes = Vec::new();
+    for pair in query.split(|&b| b == b'&') {
+        let Some(value) = pair.strip_prefix(b"info_hash=") else { continue };
+        let bytes: Vec<u8> = percent_decode(value).collect();
+        let hash: [u8; 20] = bytes.try_into().map_err(|_| QueryError::Invalid("info_hash"))?;
+        if hashes.len() == MAX_HTTP_SCRAPE {
+            return Err(QueryError::Invalid("info_hash (too many)"));
+        }
+        hashes.push(InfoHash(hash));
+    }
+    if hashes.is_empty() {
+        return Err(QueryError::Missing("info_hash"));
+    }
+    hashes.sort_by_key(|h| h.0);
+    hashes.dedup();
+    Ok(hashes)
+}
+
+/// The bencoded reply to an HTTP scrape (BEP 48): `files`, by info-hash, `complete`,
+/// `downloaded` and `incomplete` (sorted by info-hash on the way out: canonical bencode).
+pub fn encode_scrape_reply(stats: &[(InfoHash, SwarmStats)]) -> Vec<u8> {
+    let mut e = Encoder::new();
+    let result = e.emit_dict(|mut d| {
+        d.emit_pair_with(b"files", |e| {
+            e.emit_unsorted_dict(|d| {
+                for (h, s) in stats {
+                    d.emit_pair_with(&h.0, |e| {
+                        e.emit_dict(|mut f| {
+                            f.emit_pair(b"complete", s.complete)?;
+                            f.emit_pair(b"downloaded", s.downloaded)?;
+                            f.emit_pair(b"incomplete", s.incomplete)
+                        })
+                    })?;
+                }
+                Ok(())
+            })
+        })
+    });
+    result.and_then(|()| e.get_output()).expect("sorted keys always encode")
+}
+
 /// Parses the raw query string of an HTTP announce (`info_hash=%12%34...&port=6881&...`).
 ///
 /// `info_hash` and `peer_id` are percent-decoded bytes and must be exactly 20 long; `port`
@@ -906,11 +954,32 @@ impl TrackerServer {
     }
 }
 
+/// What an unknown path gets: what this server is and where to ask.
+const NOT_FOUND: &[u8] =
+    b"404 not found: this is a BitTorrent tracker; announce at /announce, scrape at /scrape\n";
+
 fn handle_http<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/scrape" {
+        let query = req.uri().query().unwrap_or("");
+        let body = match parse_scrape_query(query.as_bytes()) {
+            Err(e) => encode_failure(&e.to_string()),
+            Ok(hashes) => {
+                let mut swarms = shared.swarms.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                let stats: Vec<_> = hashes.iter().map(|h| (*h, swarms.stats(now, h))).collect();
+                encode_scrape_reply(&stats)
+            }
+        };
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_default();
+    }
     if req.uri().path() != "/announce" {
         return Response::builder()
             .status(StatusCode::NOT_FOUND)
-            .body(Full::new(Bytes::from_static(b"not found")))
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from_static(NOT_FOUND)))
             .unwrap_or_default();
     }
     let query = req.uri().query().unwrap_or("");
@@ -1115,6 +1184,18 @@ fn handle_udp(shared: &Shared, datagram: &[u8], from: SocketAddr) -> Option<Vec<
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn scrape_queries_are_checked_and_bounded() {
+        let one = "%41".repeat(20);
+        let q = format!("info_hash={one}&x=1&info_hash={}&info_hash={one}", "B".repeat(20));
+        let got = parse_scrape_query(q.as_bytes()).unwrap();
+        assert_eq!(got, vec![InfoHash([b'A'; 20]), InfoHash([b'B'; 20])], "sorted, no repeats");
+        assert_eq!(parse_scrape_query(b"x=1"), Err(QueryError::Missing("info_hash")));
+        assert_eq!(parse_scrape_query(b"info_hash=short"), Err(QueryError::Invalid("info_hash")));
+        let many = vec![format!("info_hash={one}"); MAX_HTTP_SCRAPE + 1].join("&");
+        assert!(parse_scrape_query(many.as_bytes()).is_err());
+    }
 
     fn ann(id: u8, port: u16, left: Option<u64>, event: Event) -> PeerAnnounce {
         PeerAnnounce {

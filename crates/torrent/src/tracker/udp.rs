@@ -338,7 +338,7 @@ fn host_port(url: &str) -> Result<(String, u16), TrackerError> {
 /// Which step of the exchange we are in.
 enum Step {
     Connect,
-    Announce { connection_id: u64, since: Instant },
+    Ask { connection_id: u64, since: Instant },
 }
 
 /// Announces over UDP. No overall timeout here: [`super::announce`] adds the caller's; the
@@ -348,6 +348,67 @@ pub(crate) async fn announce(
     req: &AnnounceRequest,
     first_retry: Duration,
 ) -> Result<AnnounceResponse, TrackerError> {
+    let key: u32 = rand::random();
+    let ask = |connection_id, transaction_id| {
+        encode_announce_request(connection_id, transaction_id, key, req)
+    };
+    match exchange(url, first_retry, ask).await? {
+        UdpReply::Announce { interval, leechers, seeders, peers, .. } => Ok(AnnounceResponse {
+            interval: Duration::from_secs(interval.max(1).into()),
+            peers,
+            seeders: Some(seeders),
+            leechers: Some(leechers),
+        }),
+        _ => Err(TrackerError::Malformed("UDP tracker answered with the wrong action".into())),
+    }
+}
+
+/// Scrapes over UDP (BEP 15): `(seeders, completed, leechers)` per info-hash, in order; at
+/// most [`MAX_SCRAPE_HASHES`] are asked. Timeouts as in [`announce`].
+pub(crate) async fn scrape(
+    url: &str,
+    info_hashes: &[InfoHash],
+    first_retry: Duration,
+) -> Result<Vec<(u32, u32, u32)>, TrackerError> {
+    let hashes = &info_hashes[..info_hashes.len().min(MAX_SCRAPE_HASHES)];
+    let ask = |connection_id, transaction_id| {
+        encode_scrape_request(connection_id, transaction_id, hashes)
+    };
+    match exchange(url, first_retry, ask).await? {
+        UdpReply::Scrape { stats, .. } if stats.len() == hashes.len() => Ok(stats),
+        UdpReply::Scrape { stats, .. } => Err(TrackerError::Malformed(format!(
+            "UDP scrape answered {} torrents of {}",
+            stats.len(),
+            hashes.len()
+        ))),
+        _ => Err(TrackerError::Malformed("UDP tracker answered with the wrong action".into())),
+    }
+}
+
+/// A scrape request: connection id, action 2, transaction id, then the info-hashes.
+pub fn encode_scrape_request(
+    connection_id: u64,
+    transaction_id: u32,
+    info_hashes: &[InfoHash],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 20 * info_hashes.len());
+    out.extend_from_slice(&connection_id.to_be_bytes());
+    out.extend_from_slice(&ACTION_SCRAPE.to_be_bytes());
+    out.extend_from_slice(&transaction_id.to_be_bytes());
+    for h in info_hashes {
+        out.extend_from_slice(&h.0);
+    }
+    out
+}
+
+/// BEP 15's exchange: connect, then the request `ask` makes from the connection id and a
+/// transaction id, with retransmissions; the tracker's answer to it (an error reply is
+/// [`TrackerError::Failure`]).
+async fn exchange(
+    url: &str,
+    first_retry: Duration,
+    ask: impl Fn(u64, u32) -> Vec<u8>,
+) -> Result<UdpReply, TrackerError> {
     let (host, port) = host_port(url)?;
     let target = tokio::net::lookup_host((host.as_str(), port)).await?.next().ok_or_else(|| {
         TrackerError::InvalidUrl { url: url.to_owned(), reason: "host name resolves to no address" }
@@ -361,13 +422,12 @@ pub(crate) async fn announce(
     // Connecting filters out datagrams from anyone else and surfaces ICMP "port unreachable"
     // as ConnectionRefused, so a dead tracker on a reachable host fails fast.
     socket.connect(target).await?;
-    let key: u32 = rand::random();
 
     let mut step = Step::Connect;
     let mut tries = 0;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     while tries < MAX_TRIES {
-        if let Step::Announce { since, .. } = step {
+        if let Step::Ask { since, .. } = step {
             if since.elapsed() >= CONNECTION_ID_LIFETIME {
                 step = Step::Connect;
             }
@@ -375,9 +435,7 @@ pub(crate) async fn announce(
         let transaction_id: u32 = rand::random();
         let datagram = match step {
             Step::Connect => encode_connect_request(transaction_id).to_vec(),
-            Step::Announce { connection_id, .. } => {
-                encode_announce_request(connection_id, transaction_id, key, req)
-            }
+            Step::Ask { connection_id, .. } => ask(connection_id, transaction_id),
         };
         socket.send(&datagram).await?;
         let deadline = Instant::now() + first_retry.saturating_mul(1 << tries);
@@ -399,25 +457,15 @@ pub(crate) async fn announce(
         match (reply, &step) {
             (UdpReply::Error { message, .. }, _) => return Err(TrackerError::Failure(message)),
             (UdpReply::Connect { connection_id, .. }, Step::Connect) => {
-                step = Step::Announce { connection_id, since: Instant::now() };
+                step = Step::Ask { connection_id, since: Instant::now() };
                 tries = 0;
             }
-            (
-                UdpReply::Announce { interval, leechers, seeders, peers, .. },
-                Step::Announce { .. },
-            ) => {
-                return Ok(AnnounceResponse {
-                    interval: Duration::from_secs(interval.max(1).into()),
-                    peers,
-                    seeders: Some(seeders),
-                    leechers: Some(leechers),
-                });
-            }
-            _ => {
+            (UdpReply::Connect { .. }, Step::Ask { .. }) | (_, Step::Connect) => {
                 return Err(TrackerError::Malformed(
                     "UDP tracker answered with the wrong action".into(),
                 ))
             }
+            (reply, Step::Ask { .. }) => return Ok(reply),
         }
     }
     Err(TrackerError::Timeout(first_retry.saturating_mul((1 << MAX_TRIES) - 1)))
