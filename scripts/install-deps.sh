@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, with apt, the outside tools Swarmcast's tests and benchmarks run against, when they
 # are missing. Usage: scripts/install-deps.sh [EXTRA_DEBIAN_PACKAGE...]
-# Always checked: aria2, python3-libtorrent, transmission-cli, mktorrent, opentracker, iproute2,
+# Always checked: aria2, python3-libtorrent, transmission-cli, qbittorrent-nox, mktorrent,
+# opentracker, iproute2,
 # bsdutils (`script`, a pty for the chat terminal UI test), ffmpeg (DASH packaging, ffprobe),
 # chromium, nodejs and npm (the web player's browser test; its npm modules: `npm ci --prefix web`),
 # dnsutils (`dig`, the CDN router's DNS test).
@@ -10,6 +11,7 @@ need=()
 command -v aria2c >/dev/null || need+=(aria2)
 /usr/bin/python3 -c 'import libtorrent' 2>/dev/null || need+=(python3-libtorrent)
 command -v transmission-cli >/dev/null || need+=(transmission-cli)
+command -v qbittorrent-nox >/dev/null || need+=(qbittorrent-nox)
 command -v mktorrent >/dev/null || need+=(mktorrent)
 command -v opentracker >/dev/null || need+=(opentracker)
 command -v tc >/dev/null || need+=(iproute2)

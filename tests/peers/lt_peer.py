@@ -4,7 +4,8 @@ python3-libtorrent). Modes:
 
   lt_peer.py seed TORRENT DATA_DIR PORT        check DATA_DIR, print "ready", seed until killed
   lt_peer.py get TORRENT OUT_DIR PORT PEER_PORT [TIMEOUT]
-                                               download from 127.0.0.1:PEER_PORT, print "done"
+                                               download from 127.0.0.1:PEER_PORT (LT_IPV6=1:
+                                               [::1]:PEER_PORT), print "done"
   lt_peer.py scrape TORRENT TRACKER_URL PORT   scrape TRACKER_URL for TORRENT (the torrent is
                                                added paused), print "scrape SEEDERS LEECHERS"
                                                and exit 0; exit 1 on an error or after 30 s
@@ -98,7 +99,8 @@ def main():
         timeout = float(sys.argv[6]) if len(sys.argv) > 6 else 120
         ses = session(port)
         h = add(ses, torrent, out)
-        h.connect_peer(("127.0.0.1", peer))
+        host = "::1" if os.environ.get("LT_IPV6") == "1" else "127.0.0.1"
+        h.connect_peer((host, peer))
         deadline = time.time() + timeout
         last = 0
         while not h.status().is_seeding:
@@ -107,7 +109,7 @@ def main():
                 sys.exit(1)
             if time.time() - last > 5:
                 # Re-dial in case the first attempt raced the peer's start.
-                h.connect_peer(("127.0.0.1", peer))
+                h.connect_peer((host, peer))
                 last = time.time()
             time.sleep(0.1)
         for p in h.get_peer_info():

@@ -242,6 +242,54 @@ fn our_client_works_with_opentracker() {
     assert!(said.contains(&format!("{udp}: 1 seeders, 0 leechers")), "{said}");
 }
 
+/// IPv6 end to end on `::1` (BEP 7): our tracker on [::1] hands out `peers6`; a libtorrent
+/// seed on [::1] announces there and our getter, given no peer, finds it only through the
+/// tracker; then our seed on [::1] serves a libtorrent getter. Bytes equal both ways.
+#[test]
+fn ipv6_swarms_with_libtorrent_through_our_tracker() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("seed/payload.bin");
+    random_file(&file, 3 * MIB + 11, 8);
+    let tport = free_port();
+    let mut c = swarmcast();
+    c.args(["tracker", "--listen", &format!("[::1]:{tport}")]);
+    let mut tracker = Proc::spawn("tracker on ::1", c, d);
+    tracker.wait_output("tracker on", LONG);
+    let announce = format!("http://[::1]:{tport}/announce");
+    let t = create_torrent(&file, &d.join("p.torrent"), &["--tracker", &announce]);
+
+    let lt_port = free_port();
+    let mut c = libtorrent_python();
+    c.env("LT_IPV6", "1").arg("seed").arg(&t).arg(d.join("seed")).arg(lt_port.to_string());
+    let mut lt_seed = Proc::spawn("libtorrent seed on ::1", c, d);
+    lt_seed.wait_output("ready", LONG);
+    let out = d.join("got");
+    let mut c = swarmcast();
+    c.arg("get").arg(&t).arg("-o").arg(&out);
+    c.args(["--bind", "::1", "--port", &free_port().to_string(), "--no-dht"]);
+    let mut get = Proc::spawn("swarmcast get on ::1", c, d);
+    let st = get.wait(LONG);
+    assert!(st.success(), "swarmcast get over IPv6 failed\n{}", get.output());
+    assert_same_file(&file, &out.join("payload.bin"));
+    lt_seed.kill();
+
+    let port = free_port();
+    let mut c = swarmcast();
+    c.arg("seed").arg(&t).arg("--data").arg(&file);
+    c.args(["--bind", "::1", "--port", &port.to_string(), "--no-dht"]);
+    let mut seed = Proc::spawn("swarmcast seed on ::1", c, d);
+    seed.wait_output("seeding", LONG);
+    let theirs = d.join("theirs");
+    let mut c = libtorrent_python();
+    c.env("LT_IPV6", "1").arg("get").arg(&t).arg(&theirs);
+    c.arg(free_port().to_string()).arg(port.to_string()).arg("60");
+    let said = run_ok(c);
+    assert!(said.contains("done"), "{said}");
+    assert_same_file(&file, &theirs.join("payload.bin"));
+    seed.kill();
+}
+
 /// libtorrent scrapes our tracker over HTTP and UDP, and so does `swarmcast scrape`: one seed.
 #[test]
 fn libtorrent_and_our_client_scrape_our_tracker() {
@@ -388,6 +436,82 @@ fn encrypted_transfers_with_a_transmission_that_requires_encryption() {
     let want = std::fs::read(&file).unwrap();
     let got = got_dir.join("payload.bin");
     wait_for("Transmission to finish the encrypted download", LONG, || {
+        std::fs::read(&got).is_ok_and(|b| b == want)
+    });
+}
+
+/// A qBittorrent-nox whose profile lives in `d/qbt-PORT`: peers on 127.0.0.1:`port` (TCP only,
+/// no DHT/LSD/PEX/UPnP), protocol encryption required (`Session\Encryption=1`, qBittorrent's
+/// "Require encryption"), the legal notice accepted, its web UI on a free port; `torrent` added
+/// with `save` as its folder (a seed: `--skip-hash-check`, so it starts at once).
+fn qbittorrent_requiring_encryption(
+    d: &Path,
+    port: u16,
+    torrent: &Path,
+    save: &Path,
+    seed: bool,
+) -> Proc {
+    let profile = d.join(format!("qbt-{port}"));
+    let conf = profile.join("qBittorrent/config");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("qBittorrent.conf"),
+        format!(
+            "[LegalNotice]\nAccepted=true\n\n[BitTorrent]\nSession\\Port={port}\n\
+             Session\\Encryption=1\nSession\\BTProtocol=TCP\nSession\\DHTEnabled=false\n\
+             Session\\LSDEnabled=false\nSession\\PeXEnabled=false\n\
+             Session\\Interface=lo\nSession\\InterfaceName=lo\n\n[Preferences]\n\
+             WebUI\\Port={}\nConnection\\UPnP=false\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new("qbittorrent-nox");
+    c.arg(format!("--profile={}", profile.display()));
+    c.arg(format!("--save-path={}", save.display()));
+    if seed {
+        c.arg("--skip-hash-check");
+    }
+    c.arg(torrent);
+    Proc::spawn("qbittorrent-nox", c, d)
+}
+
+/// Protocol encryption against qBittorrent set to require it (the issue's first symptom: it
+/// refused our plain handshake): a qBittorrent seed, and a qBittorrent leecher our seed dials;
+/// we require encryption too, so neither transfer can be plain. Bytes equal both ways.
+#[test]
+fn encrypted_transfers_with_a_qbittorrent_that_requires_encryption() {
+    require("qbittorrent-nox");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let seed_dir = d.join("seed");
+    let file = seed_dir.join("payload.bin");
+    random_file(&file, 2 * MIB + 5, 14);
+    let t = create_torrent(&file, &d.join("p.torrent"), &[]);
+
+    let port = free_port();
+    let qbt = qbittorrent_requiring_encryption(d, port, &t, &seed_dir, true);
+    wait_listening(port, Duration::from_secs(30));
+    let out = d.join("got");
+    let peer = format!("127.0.0.1:{port}");
+    let extra = ["--peer", &peer, "--encryption", "require"];
+    let mut get =
+        swarmcast_get_env(t.to_str().unwrap(), &out, d, &extra, ("SWARMCAST_LOG", "torrent=debug"));
+    let st = get.wait_or(LONG, &[&qbt]);
+    assert!(st.success(), "encrypted download from qBittorrent\n{}", get.output());
+    assert_same_file(&file, &out.join("payload.bin"));
+    drop(qbt);
+
+    let port = free_port();
+    let got_dir = d.join("qbt-got");
+    std::fs::create_dir_all(&got_dir).unwrap();
+    let _qbt = qbittorrent_requiring_encryption(d, port, &t, &got_dir, false);
+    wait_listening(port, Duration::from_secs(30));
+    let peer = format!("127.0.0.1:{port}");
+    let (_seed, _) = start_seed(&t, &file, d, &["--peer", &peer, "--encryption", "require"]);
+    let want = std::fs::read(&file).unwrap();
+    let got = got_dir.join("payload.bin");
+    wait_for("qBittorrent to finish the encrypted download", LONG, || {
         std::fs::read(&got).is_ok_and(|b| b == want)
     });
 }
