@@ -2,10 +2,9 @@
 # Installs, with apt, the outside tools Swarmcast's tests and benchmarks run against, when they
 # are missing. Usage: scripts/install-deps.sh [EXTRA_DEBIAN_PACKAGE...]
 # Always checked: aria2, python3-libtorrent, transmission-cli, qbittorrent-nox, mktorrent,
-# opentracker, iproute2,
-# bsdutils (`script`, a pty for the chat terminal UI test), ffmpeg (DASH packaging, ffprobe),
-# chromium, nodejs and npm (the web player's browser test; its npm modules: `npm ci --prefix web`),
-# dnsutils (`dig`, the CDN router's DNS test).
+# opentracker, iproute2, bsdutils (`script`, a pty for the chat terminal UI test), ffmpeg (DASH
+# packaging, ffprobe), chromium, nodejs and npm (the web player's browser test; its npm modules:
+# `npm ci --prefix web`), dnsutils (`dig`, the CDN router's DNS test).
 set -euo pipefail
 need=()
 command -v aria2c >/dev/null || need+=(aria2)
