@@ -99,6 +99,7 @@ fuzz_target!(|data: &[u8]| {
         our_id: PeerId([b'u'; 20]),
         super_seed: data.first().is_some_and(|b| b & 0x80 != 0),
         pex: true,
+        our_ipv6: None,
     };
     let mut tc = TorrentCore::new(geometry, have, config, ChaCha8Rng::seed_from_u64(1), now);
     let peers = (1..=4).map(addr).collect();

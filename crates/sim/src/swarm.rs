@@ -695,6 +695,7 @@ impl Sim {
             super_seed: cfg.super_seed,
             // The published `sim swarm` figures were measured with peers from the tracker only.
             pex: false,
+            our_ipv6: None,
         };
         let geometry =
             Geometry { piece_length, total_length: cfg.file_size, metadata: Bytes::new() };

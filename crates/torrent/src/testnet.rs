@@ -117,6 +117,7 @@ impl Net {
             our_id: Self::id(i),
             super_seed: false,
             pex: true,
+            our_ipv6: None,
         }
     }
 

@@ -63,6 +63,10 @@ pub struct ExtHandshake {
     pub reqq: Option<u32>,
     /// The sender's listening port (`p`).
     pub port: Option<u16>,
+    /// Where the sender says it sees us (`yourip`, 4 or 16 bytes): a claim, for logs only.
+    pub yourip: Option<std::net::IpAddr>,
+    /// The sender's own IPv6 address (`ipv6`, 16 bytes), where it also listens on `p`.
+    pub ipv6: Option<std::net::Ipv6Addr>,
 }
 
 impl ExtHandshake {
@@ -70,6 +74,9 @@ impl ExtHandshake {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::new();
         let r = e.emit_dict(|mut d| {
+            if let Some(ip) = self.ipv6 {
+                d.emit_pair_with(b"ipv6", |v| v.emit_bytes(&ip.octets()))?;
+            }
             d.emit_pair_with(b"m", |v| {
                 v.emit_dict(|mut m| {
                     if let Some(id) = self.ut_metadata {
@@ -92,6 +99,15 @@ impl ExtHandshake {
             }
             if let Some(v) = &self.client {
                 d.emit_pair(b"v", v.as_str())?;
+            }
+            match self.yourip {
+                Some(std::net::IpAddr::V4(ip)) => {
+                    d.emit_pair_with(b"yourip", |v| v.emit_bytes(&ip.octets()))?
+                }
+                Some(std::net::IpAddr::V6(ip)) => {
+                    d.emit_pair_with(b"yourip", |v| v.emit_bytes(&ip.octets()))?
+                }
+                None => {}
             }
             Ok(())
         });
@@ -136,6 +152,21 @@ impl ExtHandshake {
                 b"v" => {
                     if let Object::Bytes(b) = v {
                         out.client = Some(String::from_utf8_lossy(b).chars().take(64).collect());
+                    }
+                }
+                // Addresses of another size are ignored, as libtorrent ignores them.
+                b"yourip" => {
+                    if let Object::Bytes(b) = v {
+                        out.yourip = match b.len() {
+                            4 => Some(<[u8; 4]>::try_from(b).expect("4 bytes").into()),
+                            16 => Some(<[u8; 16]>::try_from(b).expect("16 bytes").into()),
+                            _ => None,
+                        };
+                    }
+                }
+                b"ipv6" => {
+                    if let Object::Bytes(b) = v {
+                        out.ipv6 = <[u8; 16]>::try_from(b).ok().map(Into::into);
                     }
                 }
                 _ => {}
@@ -333,8 +364,15 @@ mod tests {
             client: Some("Swarmcast 0.1".into()),
             reqq: Some(250),
             port: Some(6881),
+            yourip: Some("203.0.113.5".parse().unwrap()),
+            ipv6: Some("2001:db8::7".parse().unwrap()),
         };
         assert_eq!(ExtHandshake::decode(&h.encode()).unwrap(), h);
+        let v6 = ExtHandshake { yourip: Some("2001:db8::9".parse().unwrap()), ..h };
+        assert_eq!(ExtHandshake::decode(&v6.encode()).unwrap(), v6);
+        // Addresses of the wrong size are left out, not errors.
+        let odd = ExtHandshake::decode(b"d4:ipv63:abc1:md1:pi1ee6:yourip5:abcdee").unwrap();
+        assert_eq!((odd.ipv6, odd.yourip), (None, None));
     }
 
     #[test]

@@ -142,6 +142,9 @@ pub struct CoreConfig {
     /// Peer exchange (BEP 11): tell peers whom we are connected to and dial whom they tell us
     /// of. Off for a private torrent (BEP 27), whose peers come from its tracker alone.
     pub pex: bool,
+    /// Our own IPv6 address, told to peers in the extension handshake (BEP 10's `ipv6`) so a
+    /// peer that reached us over IPv4 can reach us over IPv6 too; `None` when unknown.
+    pub our_ipv6: Option<std::net::Ipv6Addr>,
 }
 
 /// The torrent's shape: what the core needs of the metainfo.
@@ -747,6 +750,8 @@ impl TorrentCore {
                 client: Some("Swarmcast 0.1".into()),
                 reqq: Some(MAX_PIPELINE as u32),
                 port: Some(self.config.our_port),
+                yourip: None,
+                ipv6: self.config.our_ipv6,
             };
             self.send(now, key, Message::Extended { id: 0, payload: Bytes::from(hs.encode()) });
         }
@@ -1187,7 +1192,21 @@ impl TorrentCore {
                 if self.config.pex && hs.ut_pex.is_some() && p.pex_next.is_none() {
                     p.pex_next = Some(now);
                 }
+                // BEP 10's `ipv6`: the peer listens there too, on its port. A claim, checked
+                // as PEX addresses are (no loopback or LAN address from a stranger); a private
+                // torrent takes peers from its tracker alone.
+                let other = match (hs.ipv6, hs.port.filter(|&p| p != 0)) {
+                    (Some(ip), Some(port)) if self.config.pex => {
+                        let sender = p.addr.ip().to_canonical();
+                        let a = SocketAddr::new(ip.into(), port);
+                        (a.ip() != p.addr.ip() && peer_address_usable(sender, &a)).then_some(a)
+                    }
+                    _ => None,
+                };
                 p.ext = Some(hs);
+                if let Some(a) = other {
+                    self.add_candidates(now, vec![a]);
+                }
             }
             return Ok(());
         }
@@ -1234,19 +1253,7 @@ impl TorrentCore {
         }
         p.pex_heard = Some(now);
         let sender = p.addr.ip().to_canonical();
-        let local = |ip: std::net::IpAddr| match ip {
-            std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
-            std::net::IpAddr::V6(v6) => v6.is_unique_local() || v6.is_unicast_link_local(),
-        };
-        let usable = |a: &SocketAddr| {
-            let ip = a.ip().to_canonical();
-            a.port() != 0
-                && !ip.is_unspecified()
-                && !ip.is_multicast()
-                && ip != std::net::Ipv4Addr::BROADCAST
-                && (sender.is_loopback() || !ip.is_loopback())
-                && (sender.is_loopback() || local(sender) || !local(ip))
-        };
+        let usable = |a: &SocketAddr| peer_address_usable(sender, a);
         let list: Vec<SocketAddr> =
             msg.added.iter().map(|&(a, _)| a).filter(usable).take(MAX_PEX_PEERS).collect();
         debug!(peer = %p.addr, added = list.len(), dropped = msg.dropped.len(), "PEX");
@@ -1456,6 +1463,24 @@ impl TorrentCore {
             self.out.push_back(Output::Connect(addr));
         }
     }
+}
+
+/// Whether a peer at `sender` may make us dial `a` (PEX, BEP 10's `ipv6`): not unspecified,
+/// multicast, broadcast or port 0; no loopback address from a peer that is not itself on
+/// loopback, and no private or link-local one from a peer that is on neither (no probing our
+/// LAN for a stranger).
+fn peer_address_usable(sender: std::net::IpAddr, a: &SocketAddr) -> bool {
+    let local = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => v6.is_unique_local() || v6.is_unicast_link_local(),
+    };
+    let ip = a.ip().to_canonical();
+    a.port() != 0
+        && !ip.is_unspecified()
+        && !ip.is_multicast()
+        && ip != std::net::Ipv4Addr::BROADCAST
+        && (sender.is_loopback() || !ip.is_loopback())
+        && (sender.is_loopback() || local(sender) || !local(ip))
 }
 
 #[cfg(test)]
@@ -1928,6 +1953,71 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The addresses a fresh core dials after a peer at `addr` sends an extension handshake
+    /// whose `ipv6` is `ipv6` and `p` is 6881.
+    fn dials_after_ipv6(config: CoreConfig, addr: &str, ipv6: &str) -> Vec<SocketAddr> {
+        let mut net = Net::new(content(64 * 1024), 16 * 1024);
+        let l = net.add(false, config);
+        let core = &mut net.nodes[l].core;
+        let (t0, peer) = (net.now, PeerKey(7));
+        let connected = Input::Connected {
+            peer,
+            addr: addr.parse().unwrap(),
+            id: PeerId([9; 20]),
+            fast: true,
+            extensions: true,
+            outgoing: true,
+        };
+        core.handle(t0, connected);
+        std::iter::from_fn(|| core.poll()).for_each(drop);
+        let hs = ExtHandshake { ipv6: ipv6.parse().ok(), port: Some(6881), ..Default::default() };
+        core.handle(
+            t0,
+            Input::Message(peer, Message::Extended { id: 0, payload: hs.encode().into() }),
+        );
+        std::iter::from_fn(|| core.poll())
+            .filter_map(|o| match o {
+                Output::Connect(a) => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_peers_ipv6_address_from_its_handshake_is_dialled_within_the_pex_rules() {
+        // BEP 10's `ipv6`: the peer also listens there, on its `p`.
+        let dials = dials_after_ipv6(Net::config(0), "203.0.113.5:7000", "2001:db8::5");
+        assert_eq!(dials, vec!["[2001:db8::5]:6881".parse().unwrap()]);
+        // A stranger cannot point us at loopback or our LAN; a private torrent ignores it.
+        assert!(dials_after_ipv6(Net::config(0), "203.0.113.5:7000", "::1").is_empty());
+        assert!(dials_after_ipv6(Net::config(0), "203.0.113.5:7000", "fd00::1").is_empty());
+        let private = CoreConfig { pex: false, ..Net::config(0) };
+        assert!(dials_after_ipv6(private, "203.0.113.5:7000", "2001:db8::5").is_empty());
+        // We tell peers our own IPv6 address when we know it.
+        let mut net = Net::new(content(64 * 1024), 16 * 1024);
+        let ours: std::net::Ipv6Addr = "2001:db8::77".parse().unwrap();
+        let l = net.add(false, CoreConfig { our_ipv6: Some(ours), ..Net::config(0) });
+        let core = &mut net.nodes[l].core;
+        core.handle(
+            net.now,
+            Input::Connected {
+                peer: PeerKey(3),
+                addr: "203.0.113.5:7000".parse().unwrap(),
+                id: PeerId([9; 20]),
+                fast: true,
+                extensions: true,
+                outgoing: true,
+            },
+        );
+        let told = std::iter::from_fn(|| core.poll()).find_map(|o| match o {
+            Output::Send(_, Message::Extended { id: 0, payload }) => {
+                ExtHandshake::decode(&payload).ok()?.ipv6
+            }
+            _ => None,
+        });
+        assert_eq!(told, Some(ours));
     }
 
     #[test]

@@ -559,6 +559,11 @@ impl Torrent {
             our_id,
             super_seed: config.super_seed,
             pex: config.pex && !meta.info.private,
+            // A specific IPv6 listen address is ours to tell peers of (BEP 10's `ipv6`).
+            our_ipv6: match session.local_addr.ip() {
+                std::net::IpAddr::V6(ip) if !ip.is_unspecified() => Some(ip),
+                _ => None,
+            },
         };
         let core_rng = ChaCha8Rng::seed_from_u64(rng.random());
         let mut core = TorrentCore::new(geometry, have, core_config, core_rng, now);
