@@ -11,8 +11,8 @@
 # Targets (fuzz/fuzz_targets/): metainfo, magnet, wire, ext, tracker_http, tracker_udp,
 # announce_query, overlay_wire, mpd, stream_inputs, download_state, cores (the torrent
 # crate's TorrentCore and MetadataCore fed peer inputs), mse (the encryption handshake), krpc
-# (the DHT's datagrams), dht_state (the DHT's state file); each file's header says what it
-# feeds and which properties it asserts.
+# (the DHT's datagrams), dht_state (the DHT's state file), utp (uTP packets); each file's
+# header says what it feeds and which properties it asserts.
 #
 # Installs cargo-fuzz if it is missing. Our toolchain is stable, so cargo fuzz's nightly flags
 # (-Zsanitizer=address, ...) are allowed with RUSTC_BOOTSTRAP=1. SANITIZER=none turns ASan off
@@ -26,7 +26,7 @@
 # Logs: fuzz/target/logs/<target>.log. corpus, artifacts and target are git-ignored.
 set -euo pipefail
 
-ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query overlay_wire mpd stream_inputs download_state cores mse krpc dht_state)
+ALL_TARGETS=(metainfo magnet wire ext tracker_http tracker_udp announce_query overlay_wire mpd stream_inputs download_state cores mse krpc dht_state utp)
 
 if [[ "${1:-}" == "--list" ]]; then
     printf '%s\n' "${ALL_TARGETS[@]}"
@@ -135,6 +135,9 @@ write_seeds() {
     # dht_state: a state file of both families, and one written before IPv6 (id, 26-byte nodes).
     printf 'd2:id20:%s3:id620:%s5:nodes26:%saxje.u6:nodes638:%s%s\x1a\xe1e' "$hash20" "$hash20" "$hash20" "$hash20" "$(bytes 16 41)" >"$c/dht_state/seed-dual"
     printf '%s%saxje.u' "$hash20" "$hash20" >"$c/dht_state/seed-old"
+    # utp: libtorrent's SYN, and a STATE with a selective ACK.
+    printf '\x41\x00\xa2\xf9\xf4\xfc\x1c\xea\x01\x02\x03\x04\x05\x06\x07\x08\x8b\xd4\x01\x02' >"$c/utp/seed-syn"
+    printf '\x21\x01\xa2\xf9\xf4\xfc\x1c\xea\x01\x02\x03\x04\x05\x06\x07\x08\x8b\xd4\x01\x02\x02\x04\x05\x06\x07\x08\x00\x08\x01\x02\x03\x04\x05\x06\x07\x08payload' >"$c/utp/seed-sack"
     printf 'd1:ad3:casi1e2:id20:abcdefghij01234567891:k32:%s4:salt3:abc3:seqi2e3:sig64:%s5:token1:x1:vl1:ai1eee1:q3:put1:t2:aa1:y1:qe' "$(printf 'k%.0s' {1..32})" "$(printf 's%.0s' {1..64})" >"$c/krpc/seed-put"
     { printf '\x07\x13'; printf 'BitTorrent protocol'; bytes 48 00; } >"$c/mse/seed-plain"
 
