@@ -6,9 +6,14 @@
 //! - [`packet`]: the 20-byte header and its extension chain (selective ACKs), a strict,
 //!   size-capped codec for every datagram a remote host sends (fuzzed: `fuzz/fuzz_targets/utp.rs`).
 //!
-//! The connection core (states, selective ACKs, retransmission, LEDBAT windows, timers as
-//! outputs) and the driver that shares the DHT's UDP socket are the next steps (issue 13).
+//! - [`conn`]: one connection as a sans-IO core: the handshake, sequence numbers, selective
+//!   ACKs, fast retransmit and timeouts, and LEDBAT's congestion window, with timers as
+//!   [`conn::Connection::next_deadline`] and a byte-stream face (`write`, `read`, `close`).
+//!
+//! The driver that runs connections on the UDP socket the DHT uses (demultiplexed by packet
+//! shape, as libtorrent does) is the next step (issue 13).
 
+pub mod conn;
 pub mod packet;
 
 pub use packet::{Header, Kind, Packet, PacketError};
