@@ -18,7 +18,8 @@ default (try encrypted, accept both) unless LT_ENCRYPTION says:
   disable      plain BitTorrent only
 LT_RATE_LIMIT=BYTES caps uploads and downloads at BYTES a second (a peer that stays a leecher and
 hardly serves, to prove its neighbours found others through peer exchange). LT_STAY=1 keeps a
-`get` running after "done". LT_IPV6=1 puts the session on [::1] instead of 127.0.0.1. `get` prints "peer HOST:PORT SOURCES" for each peer it ends connected
+`get` running after "done". LT_IPV6=1 puts the session on [::1] instead of 127.0.0.1.
+LT_UTP_ONLY=1 speaks to peers over uTP only (no TCP). `get` prints "peer HOST:PORT SOURCES" for each peer it ends connected
 to, SOURCES from libtorrent's peer_info (pex, dht, tracker, ...), before "done".
 """
 import os
@@ -49,6 +50,10 @@ def settings(port):
         "enable_incoming_utp": False,
         "alert_mask": 0,
     }
+    if os.environ.get("LT_UTP_ONLY") == "1":
+        # Peers over uTP alone (BEP 29): no TCP either way.
+        settings.update({"enable_outgoing_utp": True, "enable_incoming_utp": True,
+                         "enable_outgoing_tcp": False, "enable_incoming_tcp": False})
     mode = os.environ.get("LT_ENCRYPTION")
     if mode:
         policy, level = ENCRYPTION[mode]

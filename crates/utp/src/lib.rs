@@ -10,10 +10,14 @@
 //!   ACKs, fast retransmit and timeouts, and LEDBAT's congestion window, with timers as
 //!   [`conn::Connection::next_deadline`] and a byte-stream face (`write`, `read`, `close`).
 //!
-//! The driver that runs connections on the UDP socket the DHT uses (demultiplexed by packet
-//! shape, as libtorrent does) is the next step (issue 13).
+//! - [`driver`]: a tokio UDP socket running connections, each a [`driver::UtpStream`]
+//!   (`AsyncRead` + `AsyncWrite`): [`driver::UtpSocket::connect`] and `accept`.
+//!
+//! Still to come (issue 13): sharing the socket with the DHT (demultiplexed by packet shape,
+//! as libtorrent does) and carrying the torrent session's peer connections.
 
 pub mod conn;
+pub mod driver;
 pub mod packet;
 
 pub use packet::{Header, Kind, Packet, PacketError};

@@ -1,0 +1,97 @@
+//! Our uTP (BEP 29, `crates/utp`) against libtorrent's: a libtorrent 2.0 seed that speaks to
+//! peers over uTP only (no TCP either way) serves a block to a BitTorrent exchange we run over
+//! our `UtpStream`: handshakes both ways, its bitfield, `interested`, `unchoke`, `request`, and
+//! the `piece`, whose bytes must equal the file's. Every wait is bounded.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: usize = 1 << 20;
+
+/// Reads one length-prefixed peer-wire message: (id, payload); keep-alives skipped.
+async fn message(s: &mut utp::driver::UtpStream) -> (u8, Vec<u8>) {
+    loop {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.expect("a message length");
+        let len = u32::from_be_bytes(len) as usize;
+        assert!(len <= 2 * MIB, "message of {len} bytes");
+        if len == 0 {
+            continue;
+        }
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.expect("a message body");
+        return (body[0], body[1..].to_vec());
+    }
+}
+
+#[test]
+fn a_block_from_a_libtorrent_seed_that_speaks_only_utp() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("seed/payload.bin");
+    random_file(&file, 3 * MIB + 7, 21);
+    let t = create_torrent(&file, &d.join("p.torrent"), &[]);
+    let meta = torrent::metainfo::Metainfo::from_bytes(&std::fs::read(&t).unwrap()).unwrap();
+    let info_hash = meta.info_hash.0.to_vec();
+    let port = free_port();
+    let mut c = libtorrent_script("lt_peer.py");
+    c.env("LT_UTP_ONLY", "1").arg("seed").arg(&t).arg(d.join("seed")).arg(port.to_string());
+    let mut seed = Proc::spawn("libtorrent uTP-only seed", c, d);
+    seed.wait_output("ready", Duration::from_secs(60));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let block = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let any = "127.0.0.1:0".parse().unwrap();
+            let sock = utp::driver::UtpSocket::bind(any, Default::default()).await.unwrap();
+            let to = format!("127.0.0.1:{port}").parse().unwrap();
+            let mut s = sock.connect(to).await.expect("libtorrent accepts our uTP connection");
+            let mut hs = vec![19u8];
+            hs.extend_from_slice(b"BitTorrent protocol");
+            hs.extend_from_slice(&[0u8; 8]);
+            hs.extend_from_slice(&info_hash);
+            hs.extend_from_slice(b"-SC0001-utpinterop01");
+            s.write_all(&hs).await.unwrap();
+            let mut theirs = [0u8; 68];
+            s.read_exact(&mut theirs).await.expect("libtorrent's handshake");
+            assert_eq!(&theirs[..20], &hs[..20]);
+            assert_eq!(&theirs[28..48], &info_hash[..], "the handshake names our torrent");
+            // Its bitfield says it has every piece.
+            let (id, bits) = message(&mut s).await;
+            assert_eq!(id, 5, "a bitfield");
+            assert!(bits.iter().take(bits.len() - 1).all(|&b| b == 0xff));
+            s.write_all(&[0, 0, 0, 1, 2]).await.unwrap(); // interested
+            loop {
+                let (id, _) = message(&mut s).await;
+                if id == 1 {
+                    break; // unchoke
+                }
+            }
+            // Piece 1, offset 16 KiB, 16 KiB.
+            let mut req = vec![0, 0, 0, 13, 6];
+            req.extend_from_slice(&1u32.to_be_bytes());
+            req.extend_from_slice(&16384u32.to_be_bytes());
+            req.extend_from_slice(&16384u32.to_be_bytes());
+            s.write_all(&req).await.unwrap();
+            loop {
+                let (id, body) = message(&mut s).await;
+                if id == 7 {
+                    assert_eq!(&body[..8], &req[5..13], "the piece answers our request");
+                    return body[8..].to_vec();
+                }
+            }
+        })
+        .await
+        .expect("the exchange finished within 60 s")
+    });
+    let bytes = block;
+    let content = std::fs::read(&file).unwrap();
+    let at = meta.info.piece_length as usize + 16384;
+    assert_eq!(bytes.len(), 16384);
+    assert!(bytes == content[at..at + 16384], "the block's bytes differ from the file's");
+    seed.kill();
+}

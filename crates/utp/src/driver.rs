@@ -1,0 +1,460 @@
+//! The tokio driver: one UDP socket, one task, any number of [`Connection`]s, each seen by its
+//! owner as a [`UtpStream`] (`AsyncRead` + `AsyncWrite`). The task feeds the cores every
+//! datagram and deadline, sends what they ask, and moves bytes between each core and its
+//! stream's buffers. All protocol logic is in the cores.
+//!
+//! A datagram is routed by (sender, connection id). A SYN from an address and id we do not know
+//! opens a connection that [`UtpSocket::accept`] hands out; at most [`MAX_CONNECTIONS`] live at
+//! once and [`MAX_PENDING_ACCEPT`] wait to be accepted (more SYNs are dropped: a SYN flood
+//! costs a bounded table). Datagrams that are not uTP or name no connection are dropped and
+//! counted.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::conn::{Closed, Config, Connection, Input, Output, State};
+use crate::packet::{Kind, Packet, MAX_PACKET};
+
+/// Connections alive at once, at most.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Accepted connections waiting for [`UtpSocket::accept`], at most.
+pub const MAX_PENDING_ACCEPT: usize = 64;
+/// Bytes buffered between a stream and its connection, each way.
+const PIPE_BYTES: usize = 1 << 20;
+
+/// Bytes between a [`UtpStream`] and its connection.
+#[derive(Default)]
+struct Pipe {
+    /// Received, for the application to read.
+    inbound: VecDeque<u8>,
+    /// Written by the application, for the connection to send.
+    outbound: VecDeque<u8>,
+    /// The peer finished and everything it sent is in `inbound`.
+    eof: bool,
+    /// The application shut its writing side.
+    shut: bool,
+    /// The connection is gone (reset, timed out, or the socket stopped).
+    failed: Option<io::ErrorKind>,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+}
+
+type SharedPipe = Arc<Mutex<Pipe>>;
+
+fn lock(p: &SharedPipe) -> std::sync::MutexGuard<'_, Pipe> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One uTP connection as a byte stream.
+pub struct UtpStream {
+    pipe: SharedPipe,
+    wake_task: Arc<Notify>,
+    peer: SocketAddr,
+}
+
+impl UtpStream {
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
+impl AsyncRead for UtpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut p = lock(&self.pipe);
+        if !p.inbound.is_empty() {
+            let n = buf.remaining().min(p.inbound.len());
+            let (a, b) = p.inbound.as_slices();
+            let first = n.min(a.len());
+            buf.put_slice(&a[..first]);
+            buf.put_slice(&b[..n - first]);
+            p.inbound.drain(..n);
+            drop(p);
+            self.wake_task.notify_one();
+            return Poll::Ready(Ok(()));
+        }
+        if p.eof {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(kind) = p.failed {
+            return Poll::Ready(Err(io::Error::new(kind, "uTP connection lost")));
+        }
+        p.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for UtpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut p = lock(&self.pipe);
+        if let Some(kind) = p.failed {
+            return Poll::Ready(Err(io::Error::new(kind, "uTP connection lost")));
+        }
+        if p.shut {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "shut down")));
+        }
+        let room = PIPE_BYTES.saturating_sub(p.outbound.len());
+        if room == 0 {
+            p.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = room.min(data.len());
+        p.outbound.extend(&data[..n]);
+        drop(p);
+        self.wake_task.notify_one();
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut p = lock(&self.pipe);
+        if p.outbound.is_empty() || p.failed.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        p.writer = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        lock(&self.pipe).shut = true;
+        self.wake_task.notify_one();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for UtpStream {
+    fn drop(&mut self) {
+        lock(&self.pipe).shut = true;
+        self.wake_task.notify_one();
+    }
+}
+
+enum Command {
+    Connect(SocketAddr, oneshot::Sender<io::Result<UtpStream>>),
+}
+
+/// A UDP socket speaking uTP. Dropping it stops its task (and every connection).
+pub struct UtpSocket {
+    commands: mpsc::Sender<Command>,
+    accepted: tokio::sync::Mutex<mpsc::Receiver<UtpStream>>,
+    local: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The socket's task stopped.
+fn stopped() -> io::Error {
+    io::Error::other("the uTP socket has stopped")
+}
+
+impl UtpSocket {
+    /// Binds `addr` and starts the task.
+    pub async fn bind(addr: SocketAddr, config: Config) -> io::Result<UtpSocket> {
+        let socket = UdpSocket::bind(addr).await?;
+        let local = socket.local_addr()?;
+        let (commands, rx) = mpsc::channel(64);
+        let (accept_tx, accepted) = mpsc::channel(MAX_PENDING_ACCEPT);
+        let task = tokio::spawn(run(socket, config, rx, accept_tx));
+        Ok(UtpSocket { commands, accepted: tokio::sync::Mutex::new(accepted), local, task })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Opens a connection to `peer`; fails if it does not answer (the core's timeouts).
+    pub async fn connect(&self, peer: SocketAddr) -> io::Result<UtpStream> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Connect(peer, tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// The next connection a peer opened.
+    pub async fn accept(&self) -> io::Result<UtpStream> {
+        self.accepted.lock().await.recv().await.ok_or_else(stopped)
+    }
+}
+
+impl Drop for UtpSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A connection and the stream it feeds.
+struct Entry {
+    conn: Connection,
+    pipe: SharedPipe,
+    /// A connect waiting for the handshake.
+    opening: Option<oneshot::Sender<io::Result<UtpStream>>>,
+    stream: Option<UtpStream>,
+}
+
+async fn run(
+    socket: UdpSocket,
+    config: Config,
+    mut commands: mpsc::Receiver<Command>,
+    accept: mpsc::Sender<UtpStream>,
+) {
+    let wake = Arc::new(Notify::new());
+    let mut conns: HashMap<(SocketAddr, u16), Entry> = HashMap::new();
+    let mut buf = vec![0u8; MAX_PACKET];
+    let mut dropped: u64 = 0;
+    loop {
+        let now = Instant::now();
+        // Move bytes between each connection and its stream; send what the cores ask.
+        let mut gone = Vec::new();
+        for (key, e) in conns.iter_mut() {
+            shuttle(now, e, &accept);
+            while let Some(out) = e.conn.poll() {
+                match out {
+                    Output::Transmit(bytes) => {
+                        let _ = socket.send_to(&bytes, key.0).await;
+                    }
+                    Output::Connected => {
+                        if let (Some(tx), Some(s)) = (e.opening.take(), e.stream.take()) {
+                            let _ = tx.send(Ok(s));
+                        }
+                    }
+                    Output::Closed(why) => {
+                        let kind = match why {
+                            Closed::Finished => None,
+                            Closed::Reset => Some(io::ErrorKind::ConnectionReset),
+                            Closed::TimedOut => Some(io::ErrorKind::TimedOut),
+                        };
+                        let mut p = lock(&e.pipe);
+                        match kind {
+                            Some(k) => p.failed = Some(k),
+                            // Both sides finished: reads end, writes fail.
+                            None => (p.eof, p.shut) = (true, true),
+                        }
+                        if let Some(w) = p.reader.take() {
+                            w.wake();
+                        }
+                        if let Some(w) = p.writer.take() {
+                            w.wake();
+                        }
+                        drop(p);
+                        if let Some(tx) = e.opening.take() {
+                            let _ = tx.send(Err(io::Error::new(
+                                kind.unwrap_or(io::ErrorKind::ConnectionRefused),
+                                "uTP connect failed",
+                            )));
+                        }
+                    }
+                    Output::Readable | Output::Writable => {}
+                }
+            }
+            shuttle(now, e, &accept);
+            if e.conn.state() == State::Closed {
+                gone.push(*key);
+            }
+        }
+        for k in gone {
+            conns.remove(&k);
+        }
+        let deadline = conns.values().filter_map(|e| e.conn.next_deadline()).min();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            got = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = got else { continue };
+                let now = Instant::now();
+                let Ok(p) = Packet::decode(&buf[..n]) else {
+                    dropped += 1;
+                    continue;
+                };
+                let h = &p.header;
+                if h.kind == Kind::Syn {
+                    let key = (from, h.connection_id.wrapping_add(1));
+                    if let Some(e) = conns.get_mut(&key) {
+                        e.conn.handle(now, Input::Packet(&p));
+                    } else if conns.len() < MAX_CONNECTIONS && accept.capacity() > 0 {
+                        let isn = rand_u16();
+                        let conn = Connection::accept(now, config.clone(), h, isn);
+                        let pipe = SharedPipe::default();
+                        let stream = UtpStream { pipe: pipe.clone(), wake_task: wake.clone(), peer: from };
+                        if accept.try_send(stream).is_ok() {
+                            conns.insert(key, Entry { conn, pipe, opening: None, stream: None });
+                        }
+                    } else {
+                        dropped += 1;
+                    }
+                    continue;
+                }
+                match conns.get_mut(&(from, h.connection_id)) {
+                    Some(e) => e.conn.handle(now, Input::Packet(&p)),
+                    None => dropped += 1,
+                }
+                if dropped > 0 && dropped.is_power_of_two() {
+                    tracing::debug!(dropped, "uTP datagrams that name no connection");
+                }
+            }
+            cmd = commands.recv() => {
+                let Some(Command::Connect(peer, reply)) = cmd else { return };
+                if conns.len() >= MAX_CONNECTIONS {
+                    let _ = reply.send(Err(io::Error::other("too many uTP connections")));
+                    continue;
+                }
+                // A receive id free for this peer.
+                let mut id = rand_u16();
+                while conns.contains_key(&(peer, id)) || conns.contains_key(&(peer, id.wrapping_add(1))) {
+                    id = id.wrapping_add(2);
+                }
+                let conn = Connection::connect(Instant::now(), config.clone(), id, rand_u16());
+                let pipe = SharedPipe::default();
+                let stream = UtpStream { pipe: pipe.clone(), wake_task: wake.clone(), peer };
+                conns.insert((peer, id), Entry { conn, pipe, opening: Some(reply), stream: Some(stream) });
+            }
+            _ = wake.notified() => {}
+            _ = sleep => {
+                let now = Instant::now();
+                for e in conns.values_mut() {
+                    e.conn.handle(now, Input::Tick);
+                }
+            }
+        }
+    }
+}
+
+/// Moves bytes: the stream's written bytes into the connection, the connection's received
+/// bytes into the stream's buffer (as far as it has room), and wakes whoever waits.
+fn shuttle(now: Instant, e: &mut Entry, _accept: &mpsc::Sender<UtpStream>) {
+    // A stream dropped by its owner reads nothing more: what arrives is discarded, so the
+    // peer's window stays open while our FIN goes out.
+    let orphaned = Arc::strong_count(&e.pipe) == 1;
+    let mut p = lock(&e.pipe);
+    if orphaned {
+        p.inbound.clear();
+    }
+    if !p.outbound.is_empty() && e.conn.state() == State::Connected {
+        let (a, _) = p.outbound.as_slices();
+        let n = e.conn.write(now, a);
+        p.outbound.drain(..n);
+        if n > 0 {
+            if let Some(w) = p.writer.take() {
+                w.wake();
+            }
+        }
+    }
+    if p.shut && p.outbound.is_empty() && e.conn.state() == State::Connected {
+        e.conn.close(now);
+    }
+    let room = PIPE_BYTES.saturating_sub(p.inbound.len());
+    if room > 0 {
+        let mut chunk = vec![0u8; room.min(256 * 1024)];
+        let n = e.conn.read(now, &mut chunk);
+        if n > 0 {
+            p.inbound.extend(&chunk[..n]);
+            if let Some(w) = p.reader.take() {
+                w.wake();
+            }
+        }
+    }
+    if e.conn.at_eof() && !p.eof {
+        p.eof = true;
+        if let Some(w) = p.reader.take() {
+            w.wake();
+        }
+    }
+}
+
+/// A random 16-bit number (connection ids and first sequence numbers).
+fn rand_u16() -> u16 {
+    rand::random()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn streams_carry_bytes_both_ways_over_loopback() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let server = UtpSocket::bind(any, Config::default()).await.unwrap();
+        let client = UtpSocket::bind(any, Config::default()).await.unwrap();
+        let data: Vec<u8> = (0..8_000_000u32).map(|i| (i * 7 + i / 1013) as u8).collect();
+        let to = server.local_addr();
+        let sent = data.clone();
+        // The server echoes everything back, then closes.
+        let echo = tokio::spawn(async move {
+            let mut s = server.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while got.len() < sent.len() {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "early end at {}", got.len());
+                got.extend_from_slice(&buf[..n]);
+                s.write_all(&buf[..n]).await.unwrap();
+            }
+            s.shutdown().await.unwrap();
+            s.flush().await.unwrap();
+            // Keep the socket until the client has everything.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+            (got == sent, server)
+        });
+        let s = client.connect(to).await.unwrap();
+        let (mut r, mut w) = tokio::io::split(s);
+        let writer = {
+            let data = data.clone();
+            tokio::spawn(async move {
+                w.write_all(&data).await.unwrap();
+                w.shutdown().await.unwrap();
+                w
+            })
+        };
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back.len(), data.len());
+        assert!(back == data, "the echo differs");
+        let _w = writer.await.unwrap();
+        let (server_ok, _server) = echo.await.unwrap();
+        assert!(server_ok, "the server read other bytes");
+    }
+
+    #[tokio::test]
+    async fn connecting_to_nobody_fails_and_garbage_is_dropped() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config = Config {
+            min_timeout: std::time::Duration::from_millis(50),
+            max_retransmits: 2,
+            ..Config::default()
+        };
+        let client = UtpSocket::bind(any, config).await.unwrap();
+        // A UDP socket that never answers.
+        let silent = std::net::UdpSocket::bind(any).unwrap();
+        let err = client.connect(silent.local_addr().unwrap()).await.err().expect("no answer");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // Garbage and packets for unknown connections are dropped; the socket still works.
+        silent.send_to(b"not utp at all", client.local_addr()).unwrap();
+        silent.send_to(&[0x21; 20], client.local_addr()).unwrap();
+        let server = UtpSocket::bind(any, Config::default()).await.unwrap();
+        let mut s = client.connect(server.local_addr()).await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut a = server.accept().await.unwrap();
+        let mut buf = [0u8; 4];
+        a.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+}
