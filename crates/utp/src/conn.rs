@@ -163,6 +163,10 @@ pub struct Connection {
     oldest: u16,
     /// Payload bytes in unacknowledged packets that are not marked lost.
     bytes_in_flight: usize,
+    /// Payload bytes in unacknowledged packets (the send buffer's share of them).
+    unacked_bytes: usize,
+    /// Some packet may be marked lost (so `flush` looks for packets to resend).
+    maybe_lost: bool,
     /// The peer's advertised window; `None` until a packet other than its SYN tells it.
     peer_wnd: Option<usize>,
     cwnd: f64,
@@ -251,6 +255,8 @@ impl Connection {
             inflight: VecDeque::new(),
             oldest: isn,
             bytes_in_flight: 0,
+            unacked_bytes: 0,
+            maybe_lost: false,
             peer_wnd: None,
             cwnd,
             slow_start: true,
@@ -309,7 +315,7 @@ impl Connection {
         if self.closing || self.state == State::Closed {
             return 0;
         }
-        let held = self.unsent.len() + self.inflight.iter().map(|s| s.payload.len()).sum::<usize>();
+        let held = self.unsent.len() + self.unacked_bytes;
         let n = data.len().min(self.config.send_buffer.saturating_sub(held));
         self.unsent.extend(&data[..n]);
         self.flush(now);
@@ -321,17 +327,32 @@ impl Connection {
     pub fn read(&mut self, now: Instant, buf: &mut [u8]) -> usize {
         self.now = self.now.max(now);
         let n = buf.len().min(self.readable.len());
-        for (i, b) in self.readable.drain(..n).enumerate() {
-            buf[i] = b;
-        }
-        // A window that was full opens again: tell the peer.
+        let (a, b) = self.readable.as_slices();
+        let first = n.min(a.len());
+        buf[..first].copy_from_slice(&a[..first]);
+        buf[first..n].copy_from_slice(&b[..n - first]);
+        self.readable.drain(..n);
+        self.opened(now, n);
+        n
+    }
+
+    /// Moves up to `max` in-order bytes to the end of `into` (no copy through a buffer).
+    pub fn read_into(&mut self, now: Instant, into: &mut VecDeque<u8>, max: usize) -> usize {
+        self.now = self.now.max(now);
+        let n = max.min(self.readable.len());
+        into.extend(self.readable.drain(..n));
+        self.opened(now, n);
+        n
+    }
+
+    /// `n` bytes were read: a window that was closed opens again, and the peer is told.
+    fn opened(&mut self, now: Instant, n: usize) {
         if n > 0 && self.state == State::Connected && self.advertised() >= self.config.mss {
             let was_closed = self.advertised().saturating_sub(n) < self.config.mss;
             if was_closed {
                 self.send_state(now);
             }
         }
-        n
     }
 
     /// Sends FIN once everything written has gone out.
@@ -428,6 +449,7 @@ impl Connection {
         // An ack rides on every packet.
         self.ack_due = false;
         self.bytes_in_flight += payload.len();
+        self.unacked_bytes += payload.len();
         self.inflight.push_back(Sent {
             kind,
             payload,
@@ -450,7 +472,8 @@ impl Connection {
             return;
         }
         let window = self.window();
-        for i in 0..self.inflight.len() {
+        let scan = if self.maybe_lost { self.inflight.len() } else { 0 };
+        for i in 0..scan {
             if !self.inflight[i].lost {
                 continue;
             }
@@ -470,6 +493,8 @@ impl Connection {
             self.transmit(now, h, &payload);
             self.ack_due = false;
         }
+        // Every lost packet went out again.
+        self.maybe_lost = false;
         while !self.unsent.is_empty() {
             let room = window.saturating_sub(self.bytes_in_flight);
             // Nagle-like: a partial packet waits while others are in flight.
@@ -555,8 +580,10 @@ impl Connection {
         let mut acked_bytes = 0;
         let mut rtt_sample = None;
         for s in self.inflight.drain(..covered.min(self.inflight.len())) {
+            self.unacked_bytes -= s.payload.len();
             if !s.acked && !s.lost {
                 acked_bytes += s.payload.len();
+                self.bytes_in_flight -= s.payload.len();
             }
             if s.transmissions == 1 && !s.acked {
                 rtt_sample = Some(now.saturating_duration_since(s.sent));
@@ -574,34 +601,36 @@ impl Connection {
                         s.acked = true;
                         if !s.lost {
                             acked_bytes += s.payload.len();
+                            self.bytes_in_flight -= s.payload.len();
                         }
                         if s.transmissions == 1 {
                             rtt_sample = Some(now.saturating_duration_since(s.sent));
                         }
+                        self.unacked_bytes -= s.payload.len();
                         s.payload = Vec::new();
                     }
                     newest_sacked = Some(i + 1);
                 }
             }
         }
-        self.bytes_in_flight =
-            self.inflight.iter().filter(|s| !s.acked && !s.lost).map(|s| s.payload.len()).sum();
         // Fast retransmit: packets before the newest one sacked were passed over once more.
         let mut loss = false;
         if let Some(newest) = newest_sacked {
+            let mut lost_bytes = 0;
             for s in self.inflight.iter_mut().take(newest) {
                 if !s.acked && !s.lost {
                     s.skipped += 1;
                     if s.skipped >= DUP_ACKS {
                         s.lost = true;
+                        lost_bytes += s.payload.len();
                         loss = true;
                     }
                 }
             }
+            self.bytes_in_flight -= lost_bytes;
         }
         if loss {
-            self.bytes_in_flight =
-                self.inflight.iter().filter(|s| !s.acked && !s.lost).map(|s| s.payload.len()).sum();
+            self.maybe_lost = true;
             self.cut(now, false);
         }
         if let Some(rtt) = rtt_sample {
@@ -678,6 +707,7 @@ impl Connection {
             s.lost = true;
         }
         self.bytes_in_flight = 0;
+        self.maybe_lost = true;
         self.rto = (self.rto * 2).min(Duration::from_secs(60));
         self.cut(now, true);
         if self.state == State::SynSent {

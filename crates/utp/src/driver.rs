@@ -279,31 +279,13 @@ async fn run(
             got = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = got else { continue };
                 let now = Instant::now();
-                let Ok(p) = Packet::decode(&buf[..n]) else {
-                    dropped += 1;
-                    continue;
-                };
-                let h = &p.header;
-                if h.kind == Kind::Syn {
-                    let key = (from, h.connection_id.wrapping_add(1));
-                    if let Some(e) = conns.get_mut(&key) {
-                        e.conn.handle(now, Input::Packet(&p));
-                    } else if conns.len() < MAX_CONNECTIONS && accept.capacity() > 0 {
-                        let isn = rand_u16();
-                        let conn = Connection::accept(now, config.clone(), h, isn);
-                        let pipe = SharedPipe::default();
-                        let stream = UtpStream { pipe: pipe.clone(), wake_task: wake.clone(), peer: from };
-                        if accept.try_send(stream).is_ok() {
-                            conns.insert(key, Entry { conn, pipe, opening: None, stream: None });
-                        }
-                    } else {
-                        dropped += 1;
-                    }
-                    continue;
-                }
-                match conns.get_mut(&(from, h.connection_id)) {
-                    Some(e) => e.conn.handle(now, Input::Packet(&p)),
-                    None => dropped += 1,
+                let mut ctx = Incoming { conns: &mut conns, config: &config, accept: &accept, wake: &wake };
+                dropped += u64::from(!ctx.datagram(now, from, &buf[..n]));
+                // Whatever else already waits is taken before answering, so one acknowledgement
+                // covers a burst (at most 64 datagrams a turn).
+                for _ in 0..64 {
+                    let Ok((n, from)) = socket.try_recv_from(&mut buf) else { break };
+                    dropped += u64::from(!ctx.datagram(now, from, &buf[..n]));
                 }
                 if dropped > 0 && dropped.is_power_of_two() {
                     tracing::debug!(dropped, "uTP datagrams that name no connection");
@@ -336,6 +318,48 @@ async fn run(
     }
 }
 
+/// What a received datagram may touch.
+struct Incoming<'a> {
+    conns: &'a mut HashMap<(SocketAddr, u16), Entry>,
+    config: &'a Config,
+    accept: &'a mpsc::Sender<UtpStream>,
+    wake: &'a Arc<Notify>,
+}
+
+impl Incoming<'_> {
+    /// Routes one datagram; false when it was dropped (not uTP, no such connection, or a SYN
+    /// past the tables' bounds).
+    fn datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> bool {
+        let Ok(p) = Packet::decode(bytes) else { return false };
+        let h = &p.header;
+        if h.kind == Kind::Syn {
+            let key = (from, h.connection_id.wrapping_add(1));
+            if let Some(e) = self.conns.get_mut(&key) {
+                e.conn.handle(now, Input::Packet(&p));
+                return true;
+            }
+            if self.conns.len() >= MAX_CONNECTIONS || self.accept.capacity() == 0 {
+                return false;
+            }
+            let conn = Connection::accept(now, self.config.clone(), h, rand_u16());
+            let pipe = SharedPipe::default();
+            let stream = UtpStream { pipe: pipe.clone(), wake_task: self.wake.clone(), peer: from };
+            if self.accept.try_send(stream).is_err() {
+                return false;
+            }
+            self.conns.insert(key, Entry { conn, pipe, opening: None, stream: None });
+            return true;
+        }
+        match self.conns.get_mut(&(from, h.connection_id)) {
+            Some(e) => {
+                e.conn.handle(now, Input::Packet(&p));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Moves bytes: the stream's written bytes into the connection, the connection's received
 /// bytes into the stream's buffer (as far as it has room), and wakes whoever waits.
 fn shuttle(now: Instant, e: &mut Entry, _accept: &mpsc::Sender<UtpStream>) {
@@ -360,14 +384,9 @@ fn shuttle(now: Instant, e: &mut Entry, _accept: &mpsc::Sender<UtpStream>) {
         e.conn.close(now);
     }
     let room = PIPE_BYTES.saturating_sub(p.inbound.len());
-    if room > 0 {
-        let mut chunk = vec![0u8; room.min(256 * 1024)];
-        let n = e.conn.read(now, &mut chunk);
-        if n > 0 {
-            p.inbound.extend(&chunk[..n]);
-            if let Some(w) = p.reader.take() {
-                w.wake();
-            }
+    if room > 0 && e.conn.read_into(now, &mut p.inbound, room) > 0 {
+        if let Some(w) = p.reader.take() {
+            w.wake();
         }
     }
     if e.conn.at_eof() && !p.eof {
