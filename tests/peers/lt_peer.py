@@ -105,6 +105,7 @@ def main():
         ses = session(port)
         h = add(ses, torrent, out)
         host = "::1" if os.environ.get("LT_IPV6") == "1" else "127.0.0.1"
+        started = time.time()
         h.connect_peer((host, peer))
         deadline = time.time() + timeout
         last = 0
@@ -120,6 +121,7 @@ def main():
         for p in h.get_peer_info():
             sources = [name for name, flag in SOURCES if p.source & flag]
             print(f"peer {p.ip[0]}:{p.ip[1]} {','.join(sources)}", flush=True)
+        print(f"seconds {time.time() - started:.3f}", flush=True)
         print("done", flush=True)
         while os.environ.get("LT_STAY") == "1":
             time.sleep(1)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# uTP throughput on loopback, ours beside libtorrent's in one run, one table.
+#
+# Usage: scripts/bench-utp.sh [MIB=256]
+#
+# - Swarmcast: one UtpStream to another (crates/utp/examples/loopback.rs), MIB of payload, at
+#   MSS 1,400 (an Ethernet path) and 8,000 (what loopback's MTU allows), from connect to the
+#   receiver's end of stream.
+# - libtorrent 2.0 → libtorrent 2.0 with peers over uTP only (LT_UTP_ONLY=1 in
+#   tests/peers/lt_peer.py): a seed of a MIB file and a getter told its address, from the
+#   getter's connect to its last piece (its session start-up not counted).
+#
+# Needs python3-libtorrent (scripts/install-deps.sh); builds the example in release. Every
+# process this script starts is stopped by PID on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MIB=${1:-256}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/swarmcast-target}"
+/usr/bin/python3 -c 'import libtorrent' 2>/dev/null || scripts/install-deps.sh
+cargo build --release -q -p utp --example loopback
+cargo build --release -q -p swarmcast
+source scripts/bench-lib.sh bench-utp
+
+echo "uTP on loopback, $MIB MiB, $(date -u +%F)" >&2
+rows=()
+for mss in 1400 8000; do
+  line=$("$CARGO_TARGET_DIR/release/examples/loopback" "$MIB" "$mss")
+  secs=$(sed -E 's/.* in ([0-9.]+) s.*/\1/' <<<"$line")
+  rows+=("| Swarmcast UtpStream → UtpStream, MSS $mss | $secs | $(python3 -c "print(f'{$MIB/$secs:.1f}')") |")
+done
+
+mkdir -p "$tmp/seed" "$tmp/got"
+head -c "$((MIB << 20))" /dev/urandom >"$tmp/seed/payload.bin"
+"$CARGO_TARGET_DIR/release/swarmcast" create "$tmp/seed/payload.bin" -o "$tmp/p.torrent" >/dev/null
+sp=$(free_port); gp=$(free_port)
+LT_UTP_ONLY=1 /usr/bin/python3 tests/peers/lt_peer.py seed "$tmp/p.torrent" "$tmp/seed" "$sp" >"$tmp/seed.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 600); do grep -q ready "$tmp/seed.log" && break; sleep 0.1; done
+grep -q ready "$tmp/seed.log" || { echo "the libtorrent seed did not start" >&2; exit 1; }
+out=$(LT_UTP_ONLY=1 timeout 600 /usr/bin/python3 tests/peers/lt_peer.py get "$tmp/p.torrent" "$tmp/got" "$gp" "$sp" 600)
+secs=$(sed -nE 's/^seconds ([0-9.]+)$/\1/p' <<<"$out")
+[ -n "$secs" ] || { echo "the libtorrent getter failed: $out" >&2; exit 1; }
+cmp -s "$tmp/seed/payload.bin" "$tmp/got/payload.bin" || { echo "libtorrent's copy differs" >&2; exit 1; }
+rows+=("| libtorrent → libtorrent, uTP only | $secs | $(python3 -c "print(f'{$MIB/$secs:.1f}')") |")
+
+echo "| what | seconds | MiB/s |"
+echo "|---|---|---|"
+printf '%s\n' "${rows[@]}"
