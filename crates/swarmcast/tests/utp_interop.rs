@@ -95,3 +95,51 @@ fn a_block_from_a_libtorrent_seed_that_speaks_only_utp() {
     assert!(bytes == content[at..at + 16384], "the block's bytes differ from the file's");
     seed.kill();
 }
+
+/// Whole downloads over uTP with libtorrent speaking only uTP, both ways: our `get` (TCP is
+/// refused, so it dials uTP) from a libtorrent seed, and a libtorrent getter from our `seed`
+/// (it dials our uTP port, the TCP port's number). Bytes equal both ways.
+#[test]
+fn downloads_over_utp_with_libtorrent_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("seed/payload.bin");
+    random_file(&file, 5 * MIB + 3, 22);
+    let t = create_torrent(&file, &d.join("p.torrent"), &[]);
+    let port = free_port();
+    let mut c = libtorrent_script("lt_peer.py");
+    c.env("LT_UTP_ONLY", "1").arg("seed").arg(&t).arg(d.join("seed")).arg(port.to_string());
+    let mut lt_seed = Proc::spawn("libtorrent uTP-only seed", c, d);
+    lt_seed.wait_output("ready", Duration::from_secs(60));
+    let out = d.join("got");
+    let mut c = swarmcast();
+    c.env("SWARMCAST_LOG", "torrent=debug");
+    c.arg("get").arg(&t).arg("-o").arg(&out);
+    c.args(["--bind", "127.0.0.1", "--port", &free_port().to_string(), "--no-dht"]);
+    c.args(["--peer", &format!("127.0.0.1:{port}")]);
+    let mut get = Proc::spawn("swarmcast get over uTP", c, d);
+    let st = get.wait_or(Duration::from_secs(120), &[&lt_seed]);
+    assert!(st.success(), "swarmcast get from a uTP-only libtorrent failed\n{}", get.output());
+    let content = std::fs::read(&file).unwrap();
+    assert!(std::fs::read(out.join("payload.bin")).unwrap() == content, "our copy differs");
+    assert!(get.output().contains("trying uTP"), "the download did not go over uTP");
+    lt_seed.kill();
+
+    let port = free_port();
+    let mut c = swarmcast();
+    c.arg("seed").arg(&t).arg("--data").arg(&file);
+    c.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--no-dht"]);
+    let mut seed = Proc::spawn("swarmcast seed", c, d);
+    seed.wait_output("seeding", Duration::from_secs(60));
+    let theirs = d.join("theirs");
+    let mut c = libtorrent_script("lt_peer.py");
+    c.env("LT_UTP_ONLY", "1").arg("get").arg(&t).arg(&theirs);
+    c.arg(free_port().to_string()).arg(port.to_string()).arg("120");
+    let said = run_ok(c);
+    assert!(said.contains("done"), "{said}");
+    assert!(
+        std::fs::read(theirs.join("payload.bin")).unwrap() == content,
+        "libtorrent's copy differs"
+    );
+    seed.kill();
+}

@@ -417,7 +417,7 @@ impl Connection {
     fn sack(&self) -> Option<Vec<u8>> {
         let last = self.reorder.iter().rposition(Option::is_some)?;
         let bytes = (last / 8 + 1).div_ceil(4) * 4;
-        let mut mask = vec![0u8; bytes.min(crate::packet::MAX_SACK_BYTES)];
+        let mut mask = vec![0u8; bytes.min(crate::packet::SEND_SACK_BYTES)];
         for (i, p) in self.reorder.iter().enumerate().take(mask.len() * 8) {
             if p.is_some() {
                 mask[i / 8] |= 1 << (i % 8);
@@ -428,6 +428,7 @@ impl Connection {
 
     fn transmit(&mut self, now: Instant, mut h: Header, payload: &[u8]) {
         h.timestamp_us = self.micros(now);
+        tracing::trace!(kind = ?h.kind, seq = h.seq_nr, ack = h.ack_nr, len = payload.len(), in_flight = self.bytes_in_flight, "uTP out");
         self.out.push_back(Output::Transmit(Packet { header: h, payload }.encode()));
     }
 
@@ -520,6 +521,10 @@ impl Connection {
 
     fn on_packet(&mut self, now: Instant, p: &Packet<'_>) {
         let h = &p.header;
+        tracing::trace!(kind = ?h.kind, seq = h.seq_nr, ack = h.ack_nr, wnd = h.wnd_size, sack = ?h.sack, len = p.payload.len(), "uTP in");
+        if self.expiries > 0 || matches!(h.kind, Kind::Fin | Kind::Reset) {
+            tracing::debug!(kind = ?h.kind, seq = h.seq_nr, ack = h.ack_nr, oldest = self.oldest, next = self.seq_nr, len = p.payload.len(), "uTP packet while recovering");
+        }
         if self.state == State::Closed {
             return;
         }
@@ -636,6 +641,17 @@ impl Connection {
         if let Some(rtt) = rtt_sample {
             self.sample_rtt(rtt);
         }
+        if self.expiries > 0 {
+            tracing::debug!(
+                ack_nr = h.ack_nr,
+                oldest = self.oldest,
+                covered,
+                acked_bytes,
+                sack = ?h.sack,
+                kind = ?h.kind,
+                "uTP ack while recovering"
+            );
+        }
         if covered > 0 || acked_bytes > 0 {
             self.expiries = 0;
             self.out.push_back(Output::Writable);
@@ -697,6 +713,15 @@ impl Connection {
             return;
         }
         self.expiries += 1;
+        tracing::debug!(
+            expiries = self.expiries,
+            in_flight = self.inflight.len(),
+            peer_wnd = ?self.peer_wnd,
+            cwnd = self.cwnd as usize,
+            rto = ?self.rto,
+            unsent = self.unsent.len(),
+            "uTP retransmission timeout"
+        );
         if self.expiries > self.config.max_retransmits {
             self.transmit(now, self.header(Kind::Reset, self.seq_nr), &[]);
             self.close_with(Closed::TimedOut);

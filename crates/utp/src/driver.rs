@@ -330,7 +330,13 @@ impl Incoming<'_> {
     /// Routes one datagram; false when it was dropped (not uTP, no such connection, or a SYN
     /// past the tables' bounds).
     fn datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> bool {
-        let Ok(p) = Packet::decode(bytes) else { return false };
+        let p = match Packet::decode(bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::trace!(%from, error = %e, head = ?&bytes[..bytes.len().min(40)], "not a uTP packet we accept");
+                return false;
+            }
+        };
         let h = &p.header;
         if h.kind == Kind::Syn {
             let key = (from, h.connection_id.wrapping_add(1));
@@ -355,7 +361,10 @@ impl Incoming<'_> {
                 e.conn.handle(now, Input::Packet(&p));
                 true
             }
-            None => false,
+            None => {
+                tracing::trace!(%from, id = h.connection_id, kind = ?h.kind, "uTP packet for no connection");
+                false
+            }
         }
     }
 }

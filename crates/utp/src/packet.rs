@@ -19,8 +19,10 @@
 //! # Every datagram is hostile
 //! - The version must be 1 and the type one of the five; anything else is an error.
 //! - The extension chain must fit the datagram; at most [`MAX_EXTENSIONS`] extensions are read.
-//!   A selective ACK must be 4 to [`MAX_SACK_BYTES`] bytes in multiples of 4 (libtorrent sends
-//!   at most 32); other extension types are skipped.
+//!   A selective ACK must be 1 to [`MAX_SACK_BYTES`] bytes. BEP 29 asks for a multiple of 4,
+//!   and we send that, but libtorrent 2.0 sends any length (9 and 10 bytes were seen): a
+//!   codec that refused them ignored its acknowledgements and stalled. Other extension types
+//!   are skipped.
 //! - A datagram is at most [`MAX_PACKET`] bytes; larger ones are refused before parsing.
 //!
 //! Decoding returns [`PacketError`]; the caller drops the datagram and counts it. It never
@@ -33,8 +35,11 @@ pub const MAX_PACKET: usize = 64 * 1024;
 pub const HEADER_LEN: usize = 20;
 /// Extensions read from one packet, at most.
 pub const MAX_EXTENSIONS: usize = 8;
-/// The longest selective-ACK bitmask accepted (256 packets past `ack_nr + 1`).
-pub const MAX_SACK_BYTES: usize = 32;
+/// The longest selective-ACK bitmask accepted (512 packets past `ack_nr + 1`); we send at
+/// most [`SEND_SACK_BYTES`].
+pub const MAX_SACK_BYTES: usize = 64;
+/// The longest selective ACK we send (256 packets, as libtorrent), a multiple of 4.
+pub const SEND_SACK_BYTES: usize = 32;
 
 /// BEP 29's version.
 const VERSION: u8 = 1;
@@ -118,7 +123,7 @@ pub enum PacketError {
     Truncated,
     #[error("more than {MAX_EXTENSIONS} extensions")]
     TooManyExtensions,
-    #[error("a selective ACK of {0} bytes (4 to {MAX_SACK_BYTES}, a multiple of 4)")]
+    #[error("a selective ACK of {0} bytes (1 to {MAX_SACK_BYTES})")]
     Sack(usize),
 }
 
@@ -177,7 +182,7 @@ impl<'a> Packet<'a> {
             let len = usize::from(len);
             let body = b.get(at + 2..at + 2 + len).ok_or(PacketError::Truncated)?;
             if next == EXT_SACK {
-                if !(4..=MAX_SACK_BYTES).contains(&len) || !len.is_multiple_of(4) {
+                if !(1..=MAX_SACK_BYTES).contains(&len) {
                     return Err(PacketError::Sack(len));
                 }
                 header.sack = Some(body.to_vec());
@@ -281,14 +286,19 @@ mod tests {
             v.extend_from_slice(&[9, 0]);
         }
         assert_eq!(Packet::decode(&v), Err(PacketError::TooManyExtensions));
-        // Selective ACKs of a bad size.
-        for len in [0u8, 3, 5, 36] {
+        // Selective ACKs of a bad size; any other length is read (libtorrent sends 9 or 10).
+        for len in [0u8, 65, 200] {
             let mut v = good[..20].to_vec();
             v[1] = 1;
             v.extend_from_slice(&[0, len]);
             v.extend(std::iter::repeat_n(0, usize::from(len)));
             assert_eq!(Packet::decode(&v), Err(PacketError::Sack(usize::from(len))));
         }
+        let mut v = good[..20].to_vec();
+        v[1] = 1;
+        v.extend_from_slice(&[0, 9, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x80]);
+        let p = Packet::decode(&v).unwrap();
+        assert!(p.header.sacked(0) && p.header.sacked(71) && !p.header.sacked(72));
         // An unknown extension is skipped.
         let mut v = good[..20].to_vec();
         v[1] = 2;

@@ -156,6 +156,7 @@ async fn run(
                         let dial = peer::connect(
                             addr,
                             Some(local),
+                            None,
                             info_hash,
                             our_id,
                             DIAL_TIMEOUT,

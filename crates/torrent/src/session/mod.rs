@@ -15,6 +15,7 @@
 pub mod disk;
 pub mod magnet;
 pub mod peer;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -183,6 +184,9 @@ struct Route {
 /// The part of a session its torrents and its acceptor share.
 struct Shared {
     local_addr: SocketAddr,
+    /// uTP (BEP 29) on the UDP port of the same number, when it could be bound: peers that
+    /// speak only uTP are dialled and accepted there.
+    utp: Option<Arc<utp::driver::UtpSocket>>,
     upload: Arc<RateLimiter>,
     download: Arc<RateLimiter>,
     /// Running torrents by info-hash (at most one each).
@@ -247,8 +251,17 @@ impl Session {
         let listener = TcpListener::bind(options.listen)
             .await
             .map_err(|source| SessionError::Listen { addr: options.listen, source })?;
+        let local_addr = listener.local_addr()?;
+        let utp = match utp::driver::UtpSocket::bind(local_addr, Default::default()).await {
+            Ok(u) => Some(Arc::new(u)),
+            Err(e) => {
+                tracing::warn!("no uTP on UDP {local_addr} ({e}): peers over TCP only");
+                None
+            }
+        };
         let shared = Arc::new(Shared {
-            local_addr: listener.local_addr()?,
+            local_addr,
+            utp,
             upload: RateLimiter::new(options.upload_limit),
             download: RateLimiter::new(options.download_limit),
             routes: std::sync::Mutex::new(BTreeMap::new()),
@@ -256,7 +269,10 @@ impl Session {
             encryption_hinted: AtomicBool::new(false),
             handshake_worked: AtomicBool::new(false),
         });
-        let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
+        let (tcp, utp) = (accept_loop(listener, shared.clone()), utp_accept_loop(shared.clone()));
+        let acceptor = tokio::spawn(async move {
+            tokio::join!(tcp, utp);
+        });
         Ok(Session { shared, acceptor })
     }
 
@@ -365,25 +381,48 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            debug!(%addr, "too many handshakes in progress: connection closed");
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let lookup =
-                |ih: &InfoHash| shared.routes().get(ih).map(|r| (r.our_id, r.events.clone()));
-            let torrents = || shared.routes().keys().copied().collect();
-            let timeout = Duration::from_secs(10);
-            match peer::accept(stream, addr, lookup, torrents, timeout, shared.encryption).await {
-                Ok((c, events)) => {
-                    let _ = events.send(Event::Connected(c)).await;
-                }
-                Err(e) => debug!(%addr, "incoming handshake failed: {e}"),
-            }
-        });
+        incoming(stream::PeerStream::Tcp(stream), addr, &shared, &handshakes);
     }
+}
+
+/// Accepts peers over uTP (never returns; pending forever without a uTP socket).
+async fn utp_accept_loop(shared: Arc<Shared>) {
+    let Some(utp) = shared.utp.clone() else {
+        return std::future::pending().await;
+    };
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let Ok(s) = utp.accept().await else { return };
+        let addr = s.peer_addr();
+        incoming(stream::PeerStream::Utp(s), addr, &shared, &handshakes);
+    }
+}
+
+/// Runs an incoming connection's handshake (at most [`MAX_PENDING_HANDSHAKES`] at once per
+/// transport) and hands it to its torrent.
+fn incoming(
+    stream: stream::PeerStream,
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+    handshakes: &Arc<tokio::sync::Semaphore>,
+) {
+    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+        debug!(%addr, "too many handshakes in progress: connection closed");
+        return;
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let lookup = |ih: &InfoHash| shared.routes().get(ih).map(|r| (r.our_id, r.events.clone()));
+        let torrents = || shared.routes().keys().copied().collect();
+        let timeout = Duration::from_secs(10);
+        match peer::accept(stream, addr, lookup, torrents, timeout, shared.encryption).await {
+            Ok((c, events)) => {
+                let _ = events.send(Event::Connected(c)).await;
+            }
+            Err(e) => debug!(%addr, "incoming handshake failed: {e}"),
+        }
+    });
 }
 
 impl TorrentHandle {
@@ -775,7 +814,9 @@ impl Torrent {
         tokio::spawn(async move {
             let encryption = session.encryption;
             let local = Some(session.local_addr.ip());
-            let dialed = peer::connect(addr, local, ih, id, Duration::from_secs(10), encryption);
+            let utp = session.utp.as_deref();
+            let timeout = Duration::from_secs(10);
+            let dialed = peer::connect(addr, local, utp, ih, id, timeout, encryption);
             let ev = match dialed.await {
                 Ok(c) => {
                     session.handshake_worked.store(true, Ordering::Relaxed);

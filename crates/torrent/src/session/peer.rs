@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
+use super::stream::{PeerReadHalf, PeerStream, PeerWriteHalf};
 use super::Event;
 use crate::metainfo::InfoHash;
 use crate::proto::mse::{self, Cipher, CryptoSet, Mse, Role};
@@ -26,9 +26,9 @@ use crate::ratelimit::RateLimiter;
 use crate::storage::Storage;
 use crate::PeerId;
 
-/// A TCP connection whose handshake has been exchanged.
+/// A connection (TCP or uTP) whose handshake has been exchanged.
 pub struct Connected {
-    pub stream: TcpStream,
+    pub stream: PeerStream,
     pub addr: SocketAddr,
     pub theirs: Handshake,
     pub outgoing: bool,
@@ -83,19 +83,64 @@ pub async fn dial(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<TcpStre
     socket.connect(addr).await
 }
 
-/// Dials `addr` (from `local`, see [`dial`]) and exchanges handshakes; the peer must answer
-/// for `info_hash`.
+/// Opens a connection to `addr` over uTP (`utp` given) or TCP (from `local`, see [`dial`]).
+async fn open(
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    utp: Option<&utp::driver::UtpSocket>,
+) -> io::Result<PeerStream> {
+    match utp {
+        Some(u) => Ok(PeerStream::Utp(u.connect(addr).await?)),
+        None => Ok(PeerStream::Tcp(dial(addr, local).await?)),
+    }
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
+}
+
+/// Connects to `addr` and exchanges handshakes; the peer must answer for `info_hash`. Over
+/// TCP first (from `local`, see [`dial`]); when that fails (refused, unanswered, or a peer that
+/// takes the TCP connection and drops it, as a libtorrent set to uTP only does) and `utp` is
+/// given, over uTP (BEP 29), each with half of `timeout`. TCP first, because the kernel's TCP
+/// carries our swarms several times faster than our uTP does so far (README, "uTP"); uTP
+/// reaches the peers that speak only it.
 pub async fn connect(
     addr: SocketAddr,
     local: Option<IpAddr>,
+    utp: Option<&utp::driver::UtpSocket>,
     info_hash: InfoHash,
     our_id: PeerId,
     timeout: Duration,
     encryption: Encryption,
 ) -> io::Result<Connected> {
+    let over = |utp, limit| connect_over(addr, local, utp, info_hash, our_id, limit, encryption);
+    let Some(u) = utp else {
+        return over(None, timeout).await;
+    };
+    match over(None, timeout / 2).await {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            debug!(%addr, "over TCP: {e}; trying uTP");
+            over(Some(u), timeout / 2).await
+        }
+    }
+}
+
+/// [`connect`] over one transport (uTP when `utp` is given), within `timeout`.
+async fn connect_over(
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    utp: Option<&utp::driver::UtpSocket>,
+    info_hash: InfoHash,
+    our_id: PeerId,
+    timeout: Duration,
+    encryption: Encryption,
+) -> io::Result<Connected> {
+    let started = tokio::time::Instant::now();
     let plain = || async {
-        let mut stream = dial(addr, local).await?;
-        stream.set_nodelay(true)?;
+        let mut stream = open(addr, local, utp).await?;
+        stream.set_nodelay()?;
         stream.write_all(&Handshake::new(info_hash, our_id).encode()).await?;
         let theirs = read_handshake(&mut stream).await?;
         if theirs.info_hash != info_hash {
@@ -103,8 +148,8 @@ pub async fn connect(
         }
         Ok(Connected { stream, addr, theirs, outgoing: true, crypto: None, pending: Vec::new() })
     };
-    let encrypted = |mut stream: TcpStream, provide| async move {
-        stream.set_nodelay(true)?;
+    let encrypted = |mut stream: PeerStream, provide| async move {
+        stream.set_nodelay()?;
         let role = Role::Initiator {
             info_hash,
             provide,
@@ -117,23 +162,22 @@ pub async fn connect(
         }
         Ok(Connected { stream, addr, theirs, outgoing: true, crypto, pending })
     };
-    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "handshake timed out");
+    let handshake = || timed_out("handshake");
     match encryption {
         Encryption::Disable => {
-            tokio::time::timeout(timeout, plain()).await.map_err(|_| timed_out())?
+            tokio::time::timeout(timeout, plain()).await.map_err(|_| handshake())?
         }
         Encryption::Require => {
-            let attempt = async { encrypted(dial(addr, local).await?, CryptoSet::RC4).await };
-            tokio::time::timeout(timeout, attempt).await.map_err(|_| timed_out())?
+            let attempt = async { encrypted(open(addr, local, utp).await?, CryptoSet::RC4).await };
+            tokio::time::timeout(timeout, attempt).await.map_err(|_| handshake())?
         }
         Encryption::Prefer => {
-            // A dial that fails is final. An encrypted handshake that fails (the peer breaks
-            // it off, answers what we refuse, or stays silent for half the time allowed) is
-            // tried again in plain with the other half, as libtorrent does.
-            let started = tokio::time::Instant::now();
-            let stream = tokio::time::timeout(timeout, dial(addr, local))
+            // A connect that fails is final. An encrypted handshake that fails (the peer
+            // breaks it off, answers what we refuse, or stays silent for half the time
+            // allowed) is tried again in plain with the rest, as libtorrent does.
+            let stream = tokio::time::timeout(timeout, open(addr, local, utp))
                 .await
-                .map_err(|_| timed_out())??;
+                .map_err(|_| timed_out("connect"))??;
             let first = tokio::time::timeout(timeout / 2, encrypted(stream, CryptoSet::BOTH)).await;
             let why = match first {
                 Ok(Ok(c)) => return Ok(c),
@@ -142,7 +186,7 @@ pub async fn connect(
             };
             debug!(%addr, "encrypted handshake failed ({why}); trying plain");
             let left = timeout.saturating_sub(started.elapsed());
-            tokio::time::timeout(left, plain()).await.map_err(|_| timed_out())?
+            tokio::time::timeout(left, plain()).await.map_err(|_| handshake())?
         }
     }
 }
@@ -152,7 +196,7 @@ pub async fn connect(
 /// `torrents` lists the info-hashes an encrypted handshake may name. An unknown info-hash
 /// closes the connection.
 pub async fn accept<T>(
-    mut stream: TcpStream,
+    mut stream: PeerStream,
     addr: SocketAddr,
     lookup: impl Fn(&InfoHash) -> Option<(PeerId, T)>,
     torrents: impl FnOnce() -> Vec<InfoHash>,
@@ -160,7 +204,7 @@ pub async fn accept<T>(
     encryption: Encryption,
 ) -> io::Result<(Connected, T)> {
     tokio::time::timeout(timeout, async {
-        stream.set_nodelay(true)?;
+        stream.set_nodelay()?;
         let mut first = [0u8; 20];
         stream.read_exact(&mut first).await?;
         let (theirs, crypto, pending) = if mse::is_plain_handshake(&first) {
@@ -201,7 +245,7 @@ pub async fn accept<T>(
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
 }
 
-async fn run_mse(stream: &mut TcpStream, role: Role) -> io::Result<MseDone> {
+async fn run_mse(stream: &mut PeerStream, role: Role) -> io::Result<MseDone> {
     run_mse_with(stream, role, &[]).await
 }
 
@@ -211,7 +255,7 @@ type MseDone = (InfoHash, Option<Box<StreamCrypto>>, Vec<u8>);
 
 /// Drives an MSE handshake core over `stream`, `first` being bytes already read, until it is
 /// done, fails, or passes its deadline.
-async fn run_mse_with(stream: &mut TcpStream, role: Role, first: &[u8]) -> io::Result<MseDone> {
+async fn run_mse_with(stream: &mut PeerStream, role: Role, first: &[u8]) -> io::Result<MseDone> {
     // The thread's RNG is not held across an await (it cannot move between threads).
     let mut core = Mse::new(std::time::Instant::now(), role, &mut rand::rng());
     if !first.is_empty() {
@@ -259,7 +303,7 @@ async fn run_mse_with(stream: &mut TcpStream, role: Role, first: &[u8]) -> io::R
 /// Reads the peer's BitTorrent handshake after MSE: from what already came, then from the
 /// stream (decrypted). Returns it, what followed it, and the streams.
 async fn finish_handshake(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     mut crypto: Option<Box<StreamCrypto>>,
     mut received: Vec<u8>,
 ) -> io::Result<(Handshake, Option<Box<StreamCrypto>>, Vec<u8>)> {
@@ -278,7 +322,7 @@ async fn finish_handshake(
     Ok((theirs, crypto, received))
 }
 
-async fn read_handshake(stream: &mut TcpStream) -> io::Result<Handshake> {
+async fn read_handshake(stream: &mut PeerStream) -> io::Result<Handshake> {
     let mut buf = [0u8; HANDSHAKE_LEN];
     stream.read_exact(&mut buf).await?;
     Handshake::decode(&buf).map_err(|e| invalid(&e.to_string()))
@@ -386,7 +430,7 @@ pub fn spawn(
 
 /// A connection's receiving side: the socket, and the RC4 stream if it is encrypted.
 pub struct ReadHalf {
-    pub rd: OwnedReadHalf,
+    pub rd: PeerReadHalf,
     pub decrypt: Option<Cipher>,
     /// Bytes received with the handshake, decrypted: read before the socket.
     pub pending: Vec<u8>,
@@ -412,7 +456,7 @@ impl ReadHalf {
 
 /// A connection's sending side: the socket, and the RC4 stream if it is encrypted.
 pub struct WriteHalf {
-    pub wr: OwnedWriteHalf,
+    pub wr: PeerWriteHalf,
     pub encrypt: Option<Cipher>,
 }
 
@@ -488,7 +532,7 @@ pub(super) fn next_message(buf: &mut BytesMut, max: u32) -> Result<Option<Messag
 }
 
 /// Writes `out`, giving up on a peer that does not read for [`WRITE_TIMEOUT`].
-pub(super) async fn write_timed(wr: &mut OwnedWriteHalf, out: &[u8]) -> Result<(), String> {
+pub(super) async fn write_timed(wr: &mut PeerWriteHalf, out: &[u8]) -> Result<(), String> {
     match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(out)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("write error: {e}")),
