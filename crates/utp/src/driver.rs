@@ -261,7 +261,9 @@ async fn run(
                 }
             }
             shuttle(now, e, &accept);
-            if e.conn.state() == State::Closed {
+            // A connect whose caller gave up (its timeout passed) is not kept retrying.
+            let abandoned = e.opening.as_ref().is_some_and(|tx| tx.is_closed());
+            if e.conn.state() == State::Closed || abandoned {
                 gone.push(*key);
             }
         }

@@ -120,9 +120,15 @@ pub async fn connect(
     };
     match over(None, timeout / 2).await {
         Ok(c) => Ok(c),
-        Err(e) => {
-            debug!(%addr, "over TCP: {e}; trying uTP");
-            over(Some(u), timeout / 2).await
+        Err(tcp) => {
+            debug!(%addr, "over TCP: {tcp}; trying uTP");
+            match over(Some(u), timeout / 2).await {
+                Ok(c) => Ok(c),
+                // No uTP there: what went wrong over TCP is the error worth reporting (a peer
+                // that closed on our handshake may want the other encryption, say).
+                Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut) => Err(tcp),
+                Err(e) => Err(e),
+            }
         }
     }
 }
