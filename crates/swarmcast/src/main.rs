@@ -412,7 +412,6 @@ fn create(
     Ok(())
 }
 
-/// Reads and parses a .torrent file, with errors that say what to do.
 /// `swarmcast scrape`: one line per tracker, the numbers or why there are none.
 async fn scrape(source: &str, mut trackers: Vec<String>) -> Result<()> {
     let info_hash = if source.starts_with("magnet:") {
@@ -424,7 +423,9 @@ async fn scrape(source: &str, mut trackers: Vec<String>) -> Result<()> {
         trackers.splice(0..0, t.trackers.into_iter().flatten());
         t.info_hash
     };
-    trackers.dedup();
+    // Each tracker once, in order (a --tracker may repeat one of the torrent's).
+    let mut seen = std::collections::HashSet::new();
+    trackers.retain(|t| seen.insert(t.clone()));
     if trackers.is_empty() {
         bail!("the torrent names no tracker: give one with --tracker URL");
     }
@@ -450,6 +451,7 @@ async fn scrape(source: &str, mut trackers: Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// Reads and parses a .torrent file, with errors that say what to do.
 fn load_torrent(path: &Path) -> Result<Metainfo> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;

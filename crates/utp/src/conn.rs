@@ -9,8 +9,8 @@
 //! - **Sequence numbers** count packets (not bytes), wrap at 2^16, and start at a random value;
 //!   `STATE` packets (acknowledgements) do not take one. `ack_nr` is the last packet received in
 //!   order; a selective ACK names the ones received past it.
-//! - **Loss.** A packet is resent when three packets sent after it were acknowledged (fast
-//!   retransmit) or when the oldest unacknowledged one waited longer than the retransmission
+//! - **Loss.** A packet is resent when three acknowledgements selectively acknowledged packets
+//!   sent after it (fast retransmit, once per packet until a timeout) or when the oldest unacknowledged one waited longer than the retransmission
 //!   timeout (smoothed RTT + 4 × its variation, at least [`Config::min_timeout`], doubled at
 //!   each expiry). After [`Config::max_retransmits`] expiries in a row the connection is reset.
 //!
@@ -29,8 +29,9 @@
 //! Packets for another connection id are the driver's business; here a packet is dropped if
 //! its `ack_nr` acknowledges what we never sent, or its `seq_nr` lies beyond the receive
 //! window. Out-of-order packets are kept only inside our advertised window, so memory is
-//! bounded by [`Config::recv_window`] (plus one packet); what we buffer to send is bounded by
-//! [`Config::send_buffer`].
+//! bounded by about twice [`Config::recv_window`] (in order and out of order); what we buffer to
+//! send is bounded by [`Config::send_buffer`]. A connection that hears nothing for
+//! [`IDLE_TIMEOUT`] is closed; an idle one sends a keep-alive every [`KEEPALIVE`].
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -43,6 +44,12 @@ const GAIN: f64 = 1.0;
 const DUP_ACKS: u32 = 3;
 /// Samples of the one-way delay kept per minute for the base delay (two minutes' minima).
 const BASE_HISTORY: usize = 2;
+/// A connection that hears nothing for this long is closed (libtorrent's peers send a
+/// keep-alive every 29 s).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// An idle connection sends an acknowledgement this often, so the peer's idle timer (and a
+/// NAT's mapping) stays fresh.
+pub const KEEPALIVE: Duration = Duration::from_secs(29);
 
 /// Tuning of a [`Connection`].
 #[derive(Clone, Debug)]
@@ -139,6 +146,8 @@ struct Sent {
     lost: bool,
     /// Acknowledged out of order (selective ACK): kept only as a placeholder.
     acked: bool,
+    /// Already resent by fast retransmit: not again until a timeout (once per recovery).
+    fast_resent: bool,
 }
 
 /// One uTP connection. See the module docs.
@@ -200,6 +209,11 @@ pub struct Connection {
     ack_due: bool,
     /// The latest time we were given (for an acknowledgement sent from `poll`).
     now: Instant,
+    /// When the peer last sent us a packet, and we it.
+    last_heard: Instant,
+    last_sent: Instant,
+    /// The peer sent something after its SYN (an accepted connection is half-open until then).
+    established: bool,
 
     out: VecDeque<Output>,
 }
@@ -276,6 +290,9 @@ impl Connection {
             peer_fin: None,
             ack_due: false,
             now,
+            last_heard: now,
+            last_sent: now,
+            established: false,
             out: VecDeque::new(),
         }
     }
@@ -383,7 +400,19 @@ impl Connection {
         if self.state == State::Closed {
             return None;
         }
-        // Packets marked lost wait for room in the window, not for a timer.
+        let idle = self.last_heard + IDLE_TIMEOUT;
+        let keepalive = (self.state == State::Connected).then(|| self.last_sent + KEEPALIVE);
+        [self.rto_deadline(), keepalive, Some(idle)].into_iter().flatten().min()
+    }
+
+    /// Whether the peer sent anything after its SYN (or answered ours).
+    pub fn established(&self) -> bool {
+        self.established
+    }
+
+    /// When the oldest packet in flight times out. Packets marked lost wait for room in the
+    /// window, not for a timer.
+    fn rto_deadline(&self) -> Option<Instant> {
         let oldest = self.inflight.iter().filter(|s| !s.acked && !s.lost).map(|s| s.sent).min()?;
         Some(oldest + self.rto)
     }
@@ -428,6 +457,7 @@ impl Connection {
 
     fn transmit(&mut self, now: Instant, mut h: Header, payload: &[u8]) {
         h.timestamp_us = self.micros(now);
+        self.last_sent = now;
         tracing::trace!(kind = ?h.kind, seq = h.seq_nr, ack = h.ack_nr, len = payload.len(), in_flight = self.bytes_in_flight, "uTP out");
         self.out.push_back(Output::Transmit(Packet { header: h, payload }.encode()));
     }
@@ -459,6 +489,7 @@ impl Connection {
             skipped: 0,
             lost: false,
             acked: false,
+            fast_resent: false,
         });
     }
 
@@ -541,6 +572,8 @@ impl Connection {
         }
         // The peer's delay measurement of our packets, and ours of its packet.
         self.reply_micro = self.micros(now).wrapping_sub(h.timestamp_us);
+        self.last_heard = now;
+        self.established = true;
         if self.state == State::SynSent {
             // The answer to our SYN must acknowledge it.
             if h.kind != Kind::State || h.ack_nr != self.oldest {
@@ -559,7 +592,12 @@ impl Connection {
         match h.kind {
             Kind::Data => self.on_data(h.seq_nr, p.payload),
             Kind::Fin => {
-                self.peer_fin.get_or_insert(h.seq_nr);
+                // A FIN counts only from inside our window (an old or far one pins nothing).
+                let ahead = h.seq_nr.wrapping_sub(self.ack_nr) as usize;
+                let slots = self.config.recv_window / self.config.mss.max(1) + 1;
+                if self.peer_fin.is_none() && (1..=slots).contains(&ahead) {
+                    self.peer_fin = Some(h.seq_nr);
+                }
                 self.on_data(h.seq_nr, &[]);
             }
             _ => {}
@@ -608,6 +646,8 @@ impl Connection {
                             acked_bytes += s.payload.len();
                             self.bytes_in_flight -= s.payload.len();
                         }
+                        // Arrived after all: not to be resent.
+                        s.lost = false;
                         if s.transmissions == 1 {
                             rtt_sample = Some(now.saturating_duration_since(s.sent));
                         }
@@ -623,9 +663,10 @@ impl Connection {
         if let Some(newest) = newest_sacked {
             let mut lost_bytes = 0;
             for s in self.inflight.iter_mut().take(newest) {
-                if !s.acked && !s.lost {
+                if !s.acked && !s.lost && !s.fast_resent {
                     s.skipped += 1;
                     if s.skipped >= DUP_ACKS {
+                        s.fast_resent = true;
                         s.lost = true;
                         lost_bytes += s.payload.len();
                         loss = true;
@@ -708,7 +749,19 @@ impl Connection {
     }
 
     fn tick(&mut self, now: Instant) {
-        let Some(deadline) = self.next_deadline() else { return };
+        if self.state == State::Closed {
+            return;
+        }
+        if now >= self.last_heard + IDLE_TIMEOUT {
+            tracing::debug!("uTP connection idle for {IDLE_TIMEOUT:?}: closed");
+            self.transmit(now, self.header(Kind::Reset, self.seq_nr), &[]);
+            self.close_with(Closed::TimedOut);
+            return;
+        }
+        if self.state == State::Connected && now >= self.last_sent + KEEPALIVE {
+            self.send_state(now);
+        }
+        let Some(deadline) = self.rto_deadline() else { return };
         if now < deadline {
             return;
         }
@@ -730,6 +783,7 @@ impl Connection {
         // Everything unacknowledged is resent, from one packet of window.
         for s in self.inflight.iter_mut().filter(|s| !s.acked) {
             s.lost = true;
+            s.fast_resent = false;
         }
         self.bytes_in_flight = 0;
         self.maybe_lost = true;
@@ -1168,6 +1222,46 @@ mod tests {
         a.handle(now, Input::Packet(&reset));
         assert_eq!(a.state(), State::Closed);
         assert!(std::iter::from_fn(|| a.poll()).any(|o| o == Output::Closed(Closed::Reset)));
+    }
+
+    #[test]
+    fn idle_connections_send_keepalives_and_a_silent_peer_is_dropped() {
+        let t0 = Instant::now();
+        let mut a = Connection::connect(t0, Config::default(), 1, 1);
+        let syn = match a.poll() {
+            Some(Output::Transmit(b)) => b,
+            other => panic!("{other:?}"),
+        };
+        // An accepted connection whose peer never says more is half-open, then dropped.
+        let syn = Packet::decode(&syn).unwrap();
+        let mut b = Connection::accept(t0, Config::default(), &syn.header, 9);
+        assert!(!b.established());
+        let state = std::iter::from_fn(|| b.poll())
+            .find_map(|o| match o {
+                Output::Transmit(p) => Some(p),
+                _ => None,
+            })
+            .unwrap();
+        a.handle(t0, Input::Packet(&Packet::decode(&state).unwrap()));
+        assert_eq!(a.state(), State::Connected);
+        std::iter::from_fn(|| a.poll()).for_each(drop);
+        // a, idle, keeps the connection alive every 29 s; b never answers, so after 120 s of
+        // silence a closes.
+        let mut keepalives = 0;
+        let mut now = t0;
+        while a.state() != State::Closed {
+            now = a.next_deadline().expect("an idle connection has a deadline");
+            assert!(now <= t0 + IDLE_TIMEOUT, "no deadline past the idle timeout");
+            a.handle(now, Input::Tick);
+            keepalives += std::iter::from_fn(|| a.poll())
+                .filter(|o| matches!(o, Output::Transmit(p) if Packet::decode(p).unwrap().header.kind == Kind::State))
+                .count();
+        }
+        assert!(keepalives >= 4, "{keepalives} keep-alives");
+        assert_eq!(now, t0 + IDLE_TIMEOUT);
+        // b, which heard nothing after the SYN, is dropped at the same age.
+        b.handle(t0 + IDLE_TIMEOUT, Input::Tick);
+        assert_eq!(b.state(), State::Closed);
     }
 
     #[test]

@@ -28,6 +28,9 @@ use crate::packet::{Kind, Packet, MAX_PACKET};
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Accepted connections waiting for [`UtpSocket::accept`], at most.
 pub const MAX_PENDING_ACCEPT: usize = 64;
+/// Accepted connections whose peer has said nothing since its SYN, at most (a spoofed SYN
+/// costs a slot until the idle timeout; these cannot take every slot).
+pub const MAX_HALF_OPEN: usize = 128;
 /// Bytes buffered between a stream and its connection, each way.
 const PIPE_BYTES: usize = 1 << 20;
 
@@ -196,13 +199,30 @@ impl Drop for UtpSocket {
     }
 }
 
-/// A connection and the stream it feeds.
+/// A connection and the stream it feeds. Dropped (the connection closed, or the socket
+/// stopped), it leaves its stream failed unless it finished, so no reader or writer waits on
+/// it forever.
 struct Entry {
     conn: Connection,
     pipe: SharedPipe,
     /// A connect waiting for the handshake.
     opening: Option<oneshot::Sender<io::Result<UtpStream>>>,
     stream: Option<UtpStream>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let mut p = lock(&self.pipe);
+        if !p.eof && p.failed.is_none() {
+            p.failed = Some(io::ErrorKind::BrokenPipe);
+        }
+        if let Some(w) = p.reader.take() {
+            w.wake();
+        }
+        if let Some(w) = p.writer.take() {
+            w.wake();
+        }
+    }
 }
 
 async fn run(
@@ -221,46 +241,58 @@ async fn run(
         let mut gone = Vec::new();
         for (key, e) in conns.iter_mut() {
             shuttle(now, e, &accept);
-            while let Some(out) = e.conn.poll() {
-                match out {
-                    Output::Transmit(bytes) => {
-                        let _ = socket.send_to(&bytes, key.0).await;
+            // Until the core has nothing more to say (moving bytes may make it send).
+            let mut rounds = 0;
+            loop {
+                let mut said = false;
+                while let Some(out) = e.conn.poll() {
+                    said = true;
+                    match out {
+                        Output::Transmit(bytes) => {
+                            let _ = socket.send_to(&bytes, key.0).await;
+                        }
+                        Output::Connected => {
+                            if let (Some(tx), Some(s)) = (e.opening.take(), e.stream.take()) {
+                                let _ = tx.send(Ok(s));
+                            }
+                        }
+                        Output::Closed(why) => {
+                            let kind = match why {
+                                Closed::Finished => None,
+                                Closed::Reset => Some(io::ErrorKind::ConnectionReset),
+                                Closed::TimedOut => Some(io::ErrorKind::TimedOut),
+                            };
+                            let mut p = lock(&e.pipe);
+                            // Whatever arrived is the stream's, however much is left unread.
+                            e.conn.read_into(now, &mut p.inbound, usize::MAX);
+                            match kind {
+                                Some(k) => p.failed = Some(k),
+                                // Both sides finished: reads end, writes fail.
+                                None => (p.eof, p.shut) = (true, true),
+                            }
+                            if let Some(w) = p.reader.take() {
+                                w.wake();
+                            }
+                            if let Some(w) = p.writer.take() {
+                                w.wake();
+                            }
+                            drop(p);
+                            if let Some(tx) = e.opening.take() {
+                                let _ = tx.send(Err(io::Error::new(
+                                    kind.unwrap_or(io::ErrorKind::ConnectionRefused),
+                                    "uTP connect failed",
+                                )));
+                            }
+                        }
+                        Output::Readable | Output::Writable => {}
                     }
-                    Output::Connected => {
-                        if let (Some(tx), Some(s)) = (e.opening.take(), e.stream.take()) {
-                            let _ = tx.send(Ok(s));
-                        }
-                    }
-                    Output::Closed(why) => {
-                        let kind = match why {
-                            Closed::Finished => None,
-                            Closed::Reset => Some(io::ErrorKind::ConnectionReset),
-                            Closed::TimedOut => Some(io::ErrorKind::TimedOut),
-                        };
-                        let mut p = lock(&e.pipe);
-                        match kind {
-                            Some(k) => p.failed = Some(k),
-                            // Both sides finished: reads end, writes fail.
-                            None => (p.eof, p.shut) = (true, true),
-                        }
-                        if let Some(w) = p.reader.take() {
-                            w.wake();
-                        }
-                        if let Some(w) = p.writer.take() {
-                            w.wake();
-                        }
-                        drop(p);
-                        if let Some(tx) = e.opening.take() {
-                            let _ = tx.send(Err(io::Error::new(
-                                kind.unwrap_or(io::ErrorKind::ConnectionRefused),
-                                "uTP connect failed",
-                            )));
-                        }
-                    }
-                    Output::Readable | Output::Writable => {}
+                }
+                shuttle(now, e, &accept);
+                rounds += 1;
+                if !said || rounds == 4 {
+                    break;
                 }
             }
-            shuttle(now, e, &accept);
             // A connect whose caller gave up (its timeout passed) is not kept retrying.
             let abandoned = e.opening.as_ref().is_some_and(|tx| tx.is_closed());
             if e.conn.state() == State::Closed || abandoned {
@@ -346,7 +378,11 @@ impl Incoming<'_> {
                 e.conn.handle(now, Input::Packet(&p));
                 return true;
             }
-            if self.conns.len() >= MAX_CONNECTIONS || self.accept.capacity() == 0 {
+            let half_open = self.conns.values().filter(|e| !e.conn.established()).count();
+            if self.conns.len() >= MAX_CONNECTIONS
+                || self.accept.capacity() == 0
+                || half_open >= MAX_HALF_OPEN
+            {
                 return false;
             }
             let conn = Connection::accept(now, self.config.clone(), h, rand_u16());
@@ -461,6 +497,37 @@ mod tests {
         let _w = writer.await.unwrap();
         let (server_ok, _server) = echo.await.unwrap();
         assert!(server_ok, "the server read other bytes");
+    }
+
+    #[tokio::test]
+    async fn a_reader_far_behind_gets_every_byte_after_both_ends_closed() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let server = UtpSocket::bind(any, Config::default()).await.unwrap();
+        let client = UtpSocket::bind(any, Config::default()).await.unwrap();
+        let data: Vec<u8> = (0..1_800_000u32).map(|i| (i % 251) as u8).collect();
+        let mut c = client.connect(server.local_addr()).await.unwrap();
+        let mut s = server.accept().await.unwrap();
+        // The client closes its side at once and reads nothing for a while; the server sends
+        // more than one buffer holds and closes.
+        c.shutdown().await.unwrap();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            s.write_all(&sent).await.unwrap();
+            s.shutdown().await.unwrap();
+            s
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == data);
+        drop(writer.await.unwrap());
+        // Dropping the socket fails its streams instead of leaving them waiting.
+        let mut d = client.connect(server.local_addr()).await.unwrap();
+        drop(client);
+        let mut buf = [0u8; 8];
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), d.read(&mut buf)).await;
+        assert!(matches!(r, Ok(Err(_))), "{r:?}");
     }
 
     #[tokio::test]

@@ -13,8 +13,9 @@
 //! - [`driver`]: a tokio UDP socket running connections, each a [`driver::UtpStream`]
 //!   (`AsyncRead` + `AsyncWrite`): [`driver::UtpSocket::connect`] and `accept`.
 //!
-//! Still to come (issue 13): sharing the socket with the DHT (demultiplexed by packet shape,
-//! as libtorrent does) and carrying the torrent session's peer connections.
+//! The torrent session carries peer connections over it (`torrent::session::stream`). Still
+//! to come (issue 13): sharing the socket with the DHT (demultiplexed by packet shape, as
+//! libtorrent does).
 
 pub mod conn;
 pub mod driver;

@@ -1195,8 +1195,10 @@ impl TorrentCore {
                 // BEP 10's `ipv6`: the peer listens there too, on its port. A claim, checked
                 // as PEX addresses are (no loopback or LAN address from a stranger); a private
                 // torrent takes peers from its tracker alone.
+                // Only the first handshake's: a repeated one cannot feed us dial targets.
+                let first = p.ext.is_none();
                 let other = match (hs.ipv6, hs.port.filter(|&p| p != 0)) {
-                    (Some(ip), Some(port)) if self.config.pex => {
+                    (Some(ip), Some(port)) if self.config.pex && first => {
                         let sender = p.addr.ip().to_canonical();
                         let a = SocketAddr::new(ip.into(), port);
                         (a.ip() != p.addr.ip() && peer_address_usable(sender, &a)).then_some(a)

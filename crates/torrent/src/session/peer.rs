@@ -115,6 +115,8 @@ pub async fn connect(
     encryption: Encryption,
 ) -> io::Result<Connected> {
     let over = |utp, limit| connect_over(addr, local, utp, info_hash, our_id, limit, encryption);
+    // uTP only where our UDP socket can reach (its address family).
+    let utp = utp.filter(|u| u.local_addr().is_ipv4() == addr.is_ipv4());
     let Some(u) = utp else {
         return over(None, timeout).await;
     };

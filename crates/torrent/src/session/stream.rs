@@ -31,7 +31,8 @@ pub enum PeerWriteHalf {
 }
 
 impl PeerStream {
-    /// TCP: send small writes at once (no Nagle); uTP has no such delay.
+    /// TCP: send small writes at once (no Nagle). uTP has its own rule (a partial packet
+    /// waits while others are in flight, `utp::conn`).
     pub fn set_nodelay(&self) -> io::Result<()> {
         match self {
             PeerStream::Tcp(s) => s.set_nodelay(true),
