@@ -630,8 +630,6 @@ async fn run(
             if let Some(f) = &mut v4 {
                 moved |= meet(f, 0, &mut to4, &mut pending);
             }
-            to4.clear();
-            to6.clear();
             // A request whose families all finished at once (or none could run it).
             pending.retain_mut(|p| !p.finish_if_done());
             if !moved {

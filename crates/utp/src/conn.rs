@@ -36,7 +36,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::packet::{Header, Kind, Packet, HEADER_LEN};
+use crate::packet::{Header, Kind, Packet};
 
 /// LEDBAT's gain: at most one MSS of growth per round trip when the queue is empty.
 const GAIN: f64 = 1.0;
@@ -564,8 +564,9 @@ impl Connection {
             return;
         }
         if h.kind == Kind::Syn {
-            // A resent SYN of the connection we accepted: acknowledge it again.
-            if self.peer_known && h.seq_nr == self.first_peer_seq() {
+            // A resent SYN of the connection we accepted (before any data, our `ack_nr` is the
+            // SYN's sequence number): acknowledge it again.
+            if self.peer_known && h.seq_nr == self.ack_nr {
                 self.send_state(now);
             }
             return;
@@ -604,11 +605,6 @@ impl Connection {
         }
         self.flush(now);
         self.check_done();
-    }
-
-    /// The sequence number the peer's SYN had (the acceptor's `ack_nr` before any data).
-    fn first_peer_seq(&self) -> u16 {
-        self.ack_nr
     }
 
     /// Takes the acknowledgements of `h`; false if it acknowledges what we never sent.
@@ -902,15 +898,16 @@ impl Connection {
     }
 }
 
-/// The bytes a packet of `payload` bytes takes on the wire, headers of uTP and UDP/IPv4
-/// included (for rate accounting).
-pub fn wire_size(payload: usize) -> usize {
-    payload + HEADER_LEN + 28
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packet::HEADER_LEN;
+
+    /// The bytes a packet of `payload` bytes takes on the wire, headers of uTP and UDP/IPv4
+    /// included.
+    fn wire_size(payload: usize) -> usize {
+        payload + HEADER_LEN + 28
+    }
 
     /// A one-way path: a bottleneck of `rate` bytes a second with a FIFO queue of at most
     /// `buffer` of delay, then `delay` of propagation; `loss` of the packets dropped (by a

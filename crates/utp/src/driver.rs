@@ -240,7 +240,7 @@ async fn run(
         // Move bytes between each connection and its stream; send what the cores ask.
         let mut gone = Vec::new();
         for (key, e) in conns.iter_mut() {
-            shuttle(now, e, &accept);
+            shuttle(now, e);
             // Until the core has nothing more to say (moving bytes may make it send).
             let mut rounds = 0;
             loop {
@@ -287,7 +287,7 @@ async fn run(
                         Output::Readable | Output::Writable => {}
                     }
                 }
-                shuttle(now, e, &accept);
+                shuttle(now, e);
                 rounds += 1;
                 if !said || rounds == 4 {
                     break;
@@ -409,7 +409,7 @@ impl Incoming<'_> {
 
 /// Moves bytes: the stream's written bytes into the connection, the connection's received
 /// bytes into the stream's buffer (as far as it has room), and wakes whoever waits.
-fn shuttle(now: Instant, e: &mut Entry, _accept: &mpsc::Sender<UtpStream>) {
+fn shuttle(now: Instant, e: &mut Entry) {
     // A stream dropped by its owner reads nothing more: what arrives is discarded, so the
     // peer's window stays open while our FIN goes out.
     let orphaned = Arc::strong_count(&e.pipe) == 1;

@@ -1924,9 +1924,9 @@ mod tests {
             .any(|o| matches!(o, Output::Disconnect(k, _) if k == peer)));
     }
 
-    /// Connects a peer at `addr` that speaks `ut_pex` to a fresh core, feeds it one PEX message
-    /// naming `list`, and returns the addresses the core then dials.
-    fn dials_after_pex(config: CoreConfig, addr: &str, list: &[&str]) -> Vec<SocketAddr> {
+    /// Connects a peer at `addr` to a fresh core, feeds it `messages` from that peer, and
+    /// returns the addresses the core dials after the last one.
+    fn dials_after(config: CoreConfig, addr: &str, messages: Vec<Message>) -> Vec<SocketAddr> {
         let mut net = Net::new(content(64 * 1024), 16 * 1024);
         let l = net.add(false, config);
         let core = &mut net.nodes[l].core;
@@ -1940,51 +1940,39 @@ mod tests {
             outgoing: true,
         };
         core.handle(t0, connected);
-        let hs = ExtHandshake { ut_pex: Some(5), ..Default::default() };
-        core.handle(
-            t0,
-            Input::Message(peer, Message::Extended { id: 0, payload: hs.encode().into() }),
-        );
-        std::iter::from_fn(|| core.poll()).for_each(drop);
-        let added = list.iter().map(|a| (a.parse().unwrap(), 0)).collect();
-        let payload = PexMsg { added, dropped: vec![] }.encode().into();
-        core.handle(t0, Input::Message(peer, Message::Extended { id: OUR_UT_PEX, payload }));
-        std::iter::from_fn(|| core.poll())
-            .filter_map(|o| match o {
-                Output::Connect(a) => Some(a),
-                _ => None,
-            })
-            .collect()
+        let mut dials = Vec::new();
+        for m in messages {
+            std::iter::from_fn(|| core.poll()).for_each(drop);
+            core.handle(t0, Input::Message(peer, m));
+            dials = std::iter::from_fn(|| core.poll())
+                .filter_map(|o| match o {
+                    Output::Connect(a) => Some(a),
+                    _ => None,
+                })
+                .collect();
+        }
+        dials
     }
 
-    /// The addresses a fresh core dials after a peer at `addr` sends an extension handshake
-    /// whose `ipv6` is `ipv6` and `p` is 6881.
+    /// An extension handshake as a message.
+    fn handshake(hs: ExtHandshake) -> Message {
+        Message::Extended { id: 0, payload: hs.encode().into() }
+    }
+
+    /// The addresses a core dials after a peer at `addr` that speaks `ut_pex` sends one PEX
+    /// message naming `list`.
+    fn dials_after_pex(config: CoreConfig, addr: &str, list: &[&str]) -> Vec<SocketAddr> {
+        let hs = handshake(ExtHandshake { ut_pex: Some(5), ..Default::default() });
+        let added = list.iter().map(|a| (a.parse().unwrap(), 0)).collect();
+        let payload = PexMsg { added, dropped: vec![] }.encode().into();
+        dials_after(config, addr, vec![hs, Message::Extended { id: OUR_UT_PEX, payload }])
+    }
+
+    /// The addresses a core dials after a peer at `addr` sends an extension handshake whose
+    /// `ipv6` is `ipv6` and `p` is 6881.
     fn dials_after_ipv6(config: CoreConfig, addr: &str, ipv6: &str) -> Vec<SocketAddr> {
-        let mut net = Net::new(content(64 * 1024), 16 * 1024);
-        let l = net.add(false, config);
-        let core = &mut net.nodes[l].core;
-        let (t0, peer) = (net.now, PeerKey(7));
-        let connected = Input::Connected {
-            peer,
-            addr: addr.parse().unwrap(),
-            id: PeerId([9; 20]),
-            fast: true,
-            extensions: true,
-            outgoing: true,
-        };
-        core.handle(t0, connected);
-        std::iter::from_fn(|| core.poll()).for_each(drop);
         let hs = ExtHandshake { ipv6: ipv6.parse().ok(), port: Some(6881), ..Default::default() };
-        core.handle(
-            t0,
-            Input::Message(peer, Message::Extended { id: 0, payload: hs.encode().into() }),
-        );
-        std::iter::from_fn(|| core.poll())
-            .filter_map(|o| match o {
-                Output::Connect(a) => Some(a),
-                _ => None,
-            })
-            .collect()
+        dials_after(config, addr, vec![handshake(hs)])
     }
 
     #[test]
