@@ -4,7 +4,9 @@
 # Always checked: aria2, python3-libtorrent, transmission-cli, qbittorrent-nox, mktorrent,
 # opentracker, iproute2, bsdutils (`script`, a pty for the chat terminal UI test), ffmpeg (DASH
 # packaging, ffprobe), chromium, nodejs and npm (the web player's browser test; its npm modules:
-# `npm ci --prefix web`), dnsutils (`dig`, the CDN router's DNS test).
+# `npm ci --prefix web`), dnsutils (`dig`, the CDN router's DNS test); and rqbit, which Debian
+# does not package, built from crates.io with `cargo install --locked` (about 4 minutes on 2
+# cores, once).
 set -euo pipefail
 need=()
 command -v aria2c >/dev/null || need+=(aria2)
@@ -30,4 +32,10 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && sudo=sudo
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! command -v rqbit >/dev/null; then
+  echo "installing: rqbit 9.1.0 (cargo install, a few minutes)"
+  build=$(mktemp -d)
+  cargo install -q --locked rqbit --version 9.1.0 --target-dir "$build"
+  rm -rf "$build"
 fi

@@ -15,10 +15,15 @@
 //! ([`crate::state`]), written at most once per [`DhtOptions::save_every`] (a minute by
 //! default: rqbit's users complained of constant writes), so a restart is warm: the saved
 //! nodes are asked first.
+//!
+//! With [`DhtOptions::shared`], the node of one family runs on a socket it shares with another
+//! protocol ([`SharedSocket`]: uTP on the port peers connect to, as libtorrent runs its DHT on
+//! its listen port), reading the datagrams the socket's owner passes on.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -65,6 +70,32 @@ pub struct DhtOptions {
     pub state: Option<PathBuf>,
     /// How often the state file is written, at most.
     pub save_every: Duration,
+    /// A socket shared with another protocol: the node of its family runs on it (in place of
+    /// `listen` or `listen6`).
+    pub shared: Option<SharedSocket>,
+}
+
+/// Datagrams a node receives from whoever owns its socket, with their senders.
+pub type Datagrams = mpsc::Receiver<(Vec<u8>, SocketAddr)>;
+
+/// A UDP socket the node shares with another protocol: it sends on `socket` and reads the
+/// datagrams the socket's owner passes on (the bencoded ones). One node takes it; a copy of
+/// an options value that holds one refers to the same socket.
+#[derive(Clone, Debug)]
+pub struct SharedSocket {
+    socket: Arc<UdpSocket>,
+    incoming: Arc<Mutex<Option<Datagrams>>>,
+}
+
+impl SharedSocket {
+    pub fn new(socket: Arc<UdpSocket>, incoming: Datagrams) -> SharedSocket {
+        SharedSocket { socket, incoming: Arc::new(Mutex::new(Some(incoming))) }
+    }
+
+    /// The datagrams, for the node that starts on this socket (`None` if one already did).
+    fn take(&self) -> Option<Datagrams> {
+        self.incoming.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 impl DhtOptions {
@@ -83,6 +114,7 @@ impl DhtOptions {
             config: Config::default(),
             state: None,
             save_every: Duration::from_secs(60),
+            shared: None,
         }
     }
 
@@ -175,13 +207,15 @@ pub struct Stopped;
 
 /// One family's node: its socket and its core.
 struct Family<A: NodeAddr> {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
+    /// On a shared socket, the datagrams its owner passes on (else the node reads the socket).
+    incoming: Option<Datagrams>,
     core: DhtCore<StdRng, A>,
     buf: Vec<u8>,
 }
 
 impl<A: NodeAddr> Family<A> {
-    async fn bind(listen: A) -> io::Result<(UdpSocket, A)> {
+    async fn bind(listen: A) -> io::Result<(Arc<UdpSocket>, A)> {
         let listen: SocketAddr = listen.into();
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(listen),
@@ -195,31 +229,45 @@ impl<A: NodeAddr> Family<A> {
         }
         socket.set_nonblocking(true)?;
         socket.bind(&listen.into())?;
-        let socket = UdpSocket::from_std(socket.into())?;
+        Family::on(Arc::new(UdpSocket::from_std(socket.into())?))
+    }
+
+    /// A socket bound by someone else, if it is of this family.
+    fn on(socket: Arc<UdpSocket>) -> io::Result<(Arc<UdpSocket>, A)> {
         let local = A::from_socket(socket.local_addr()?)
             .ok_or_else(|| io::Error::other(format!("the DHT socket is not {}", A::NAME)))?;
         Ok((socket, local))
     }
 
-    fn new(socket: UdpSocket, id: NodeId, config: Config, saved: &[CompactNode<A>]) -> Self {
+    fn new(
+        (socket, incoming): (Arc<UdpSocket>, Option<Datagrams>),
+        id: NodeId,
+        config: Config,
+        saved: &[CompactNode<A>],
+    ) -> Self {
         let mut core = DhtCore::new(Instant::now(), id, config, StdRng::from_os_rng());
         if !saved.is_empty() {
             // A warm start: the saved nodes closest to us are asked for the nodes near us.
             core.bootstrap_from(Instant::now(), saved);
         }
-        Family { socket, core, buf: vec![0u8; RECV_BUF] }
+        Family { socket, incoming, core, buf: vec![0u8; RECV_BUF] }
     }
 }
 
 impl Dht {
     /// Binds the sockets and starts the node's task.
     pub async fn spawn(options: DhtOptions) -> io::Result<Dht> {
-        let v4 = match options.listen {
-            Some(a) => Some(Family::bind(a).await?),
-            None => None,
+        let shared = options.shared.as_ref().map(|s| s.socket.clone());
+        let shared_v4 = shared.as_ref().map(|s| s.local_addr()).transpose()?.map(|a| a.is_ipv4());
+        let v4 = match (options.listen, shared_v4) {
+            (_, Some(true)) => shared.clone().map(Family::on).transpose()?,
+            (Some(a), _) => Some(Family::bind(a).await?),
+            (None, _) => None,
         };
-        let v6 = match options.listen6 {
-            Some(a) => match Family::bind(a).await {
+        let v6 = match (options.listen6, shared_v4) {
+            (_, Some(false)) => shared.map(Family::on).transpose()?,
+            (None, _) => None,
+            (Some(a), _) => match Family::bind(a).await {
                 Ok(f) => Some(f),
                 Err(e) if options.ipv6_optional && v4.is_some() => {
                     tracing::warn!("DHT: no IPv6 node ({e}); running over IPv4 only");
@@ -227,7 +275,6 @@ impl Dht {
                 }
                 Err(e) => return Err(e),
             },
-            None => None,
         };
         if v4.is_none() && v6.is_none() {
             return Err(io::Error::other("a DHT node needs an IPv4 or an IPv6 address"));
@@ -247,8 +294,20 @@ impl Dht {
         let both = v4.is_some() && v6.is_some();
         let config = Config { want_both: both, ..options.config };
         let (local_addr, local_addr6) = (v4.as_ref().map(|f| f.1), v6.as_ref().map(|f| f.1));
-        let v4 = v4.map(|(s, _)| Family::new(s, id, config.clone(), &saved.nodes));
-        let v6 = v6.map(|(s, _)| Family::new(s, id6, config, &saved.nodes6));
+        // Taken last, so a node that fails to start leaves the shared socket to the next try.
+        let mut incoming = match &options.shared {
+            Some(s) => Some(s.take().ok_or_else(|| {
+                io::Error::other("another DHT node already runs on the shared socket")
+            })?),
+            None => None,
+        };
+        let mut sharing = |socket: Arc<UdpSocket>| {
+            let on_shared =
+                options.shared.as_ref().is_some_and(|s| Arc::ptr_eq(&s.socket, &socket));
+            (socket, if on_shared { incoming.take() } else { None })
+        };
+        let v4 = v4.map(|(s, _)| Family::new(sharing(s), id, config.clone(), &saved.nodes));
+        let v6 = v6.map(|(s, _)| Family::new(sharing(s), id6, config, &saved.nodes6));
         let (commands, rx) = mpsc::channel(64);
         let state = options.state.map(|path| (path, options.save_every));
         let task = tokio::spawn(async move {
@@ -533,9 +592,19 @@ fn meet<A: NodeAddr>(
 
 /// Waits for a datagram on `family`'s socket; never resolves without one.
 async fn recv<A: NodeAddr>(family: &mut Option<Family<A>>) -> io::Result<(usize, SocketAddr)> {
-    match family {
-        Some(f) => f.socket.recv_from(&mut f.buf).await,
-        None => std::future::pending().await,
+    let Some(f) = family else { return std::future::pending().await };
+    let Some(incoming) = &mut f.incoming else { return f.socket.recv_from(&mut f.buf).await };
+    loop {
+        match incoming.recv().await {
+            // Larger than any message we accept: refused here as the codec would.
+            Some((bytes, from)) if bytes.len() <= f.buf.len() => {
+                f.buf[..bytes.len()].copy_from_slice(&bytes);
+                return Ok((bytes.len(), from));
+            }
+            Some(_) => {}
+            // The socket's owner stopped: nothing more arrives.
+            None => return std::future::pending().await,
+        }
     }
 }
 

@@ -18,7 +18,7 @@ pub mod driver;
 pub mod proto;
 pub mod state;
 
-pub use driver::{Dht, DhtOptions};
+pub use driver::{Dht, DhtOptions, SharedSocket};
 pub use proto::core::DhtCore;
 pub use proto::id::NodeId;
 pub use proto::krpc::{KrpcError, Message};

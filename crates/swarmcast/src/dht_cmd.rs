@@ -466,12 +466,14 @@ pub async fn next_batch(
 /// How often a seed announces itself again (libtorrent: every 15 minutes).
 pub const REANNOUNCE: Duration = Duration::from_secs(15 * 60);
 
-/// Starts a DHT node for `get` or `seed` and joins through `bootstrap` (the public routers when
-/// empty). Never fails the transfer: a DHT that cannot start or join says so and is `None`.
+/// Starts a DHT node for `get` or `seed` (the node of `shared`'s family on that socket: the
+/// session's port) and joins through `bootstrap` (the public routers when empty). Never fails
+/// the transfer: a DHT that cannot start or join says so and is `None`.
 pub async fn node_for_torrent(
     bind: std::net::IpAddr,
     bootstrap: &[String],
     state: Option<std::path::PathBuf>,
+    shared: Option<dht::SharedSocket>,
 ) -> Option<Dht> {
     let list: Vec<String> = if bootstrap.is_empty() {
         PUBLIC_ROUTERS.iter().map(|s| s.to_string()).collect()
@@ -485,7 +487,7 @@ pub async fn node_for_torrent(
             return None;
         }
     };
-    let mut options = DhtOptions::for_bind(bind);
+    let mut options = DhtOptions { shared, ..DhtOptions::for_bind(bind) };
     if let Some(path) = state {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);

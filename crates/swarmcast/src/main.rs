@@ -37,7 +37,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use torrent::magnet::Magnet;
 use torrent::metainfo::{CreateOptions, Metainfo};
-use torrent::session::{Role, Session, SessionConfig};
+use torrent::session::{Role, Session, SessionConfig, SessionOptions};
 use torrent::tracker::server::{TrackerConfig, TrackerServer};
 
 use crate::size_arg::parse_size;
@@ -211,6 +211,11 @@ struct NetArgs {
     /// `disable` speaks plain BitTorrent only.
     #[arg(long, value_enum, default_value_t = EncryptionArg::Prefer)]
     encryption: EncryptionArg,
+    /// Which transports peers use: `both` dials TCP first and uTP when TCP fails, and accepts
+    /// both (uTP shares the TCP port's number, UDP); `tcp` or `utp` alone refuse the other
+    /// (qBittorrent's "peer connection protocol").
+    #[arg(long, value_enum, default_value_t = TransportArg::Both)]
+    transport: TransportArg,
     /// A Mainline DHT node to join through, HOST:PORT (repeatable). The DHT is used when this
     /// is given, or when the torrent names no tracker and no --peer is given (then through the
     /// well-known public routers). Private torrents (BEP 27) never use it.
@@ -233,6 +238,23 @@ enum EncryptionArg {
     Disable,
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum TransportArg {
+    Both,
+    Tcp,
+    Utp,
+}
+
+impl From<TransportArg> for torrent::session::Transport {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Both => Self::Both,
+            TransportArg::Tcp => Self::Tcp,
+            TransportArg::Utp => Self::Utp,
+        }
+    }
+}
+
 impl From<EncryptionArg> for torrent::session::Encryption {
     fn from(e: EncryptionArg) -> Self {
         match e {
@@ -252,9 +274,11 @@ impl NetArgs {
                 || (!torrent_has_trackers && self.trackers.is_empty() && self.peers.is_empty()))
     }
 
-    /// A DHT node for this torrent, joined, if the DHT is wanted and reachable.
+    /// A DHT node for this torrent, joined, if the DHT is wanted and reachable. It runs on
+    /// the session's port (UDP, beside uTP), as libtorrent's does.
     async fn dht(
         &self,
+        session: &Session,
         torrent_has_trackers: bool,
         private: bool,
     ) -> Option<std::sync::Arc<dht::Dht>> {
@@ -262,9 +286,24 @@ impl NetArgs {
             return None;
         }
         let state = self.dht_state.clone().or_else(dht_cmd::default_state_file);
-        dht_cmd::node_for_torrent(self.bind, &self.dht_bootstrap, state)
+        let shared =
+            session.take_udp_others().map(|o| dht::SharedSocket::new(o.socket, o.incoming));
+        dht_cmd::node_for_torrent(self.bind, &self.dht_bootstrap, state, shared)
             .await
             .map(std::sync::Arc::new)
+    }
+
+    /// The session (one listening port, TCP and uTP) a command's torrent runs in; the
+    /// torrent's own limits are set when it is added.
+    async fn session(&self) -> Result<Session> {
+        let options = SessionOptions {
+            listen: SocketAddr::new(self.bind, self.port),
+            upload_limit: None,
+            download_limit: None,
+            encryption: self.encryption.into(),
+            transport: self.transport.into(),
+        };
+        Ok(Session::bind(options).await?)
     }
 
     fn config(&self) -> SessionConfig {
@@ -277,6 +316,7 @@ impl NetArgs {
             extra_trackers: self.trackers.clone(),
             num_want: self.num_want,
             encryption: self.encryption.into(),
+            transport: self.transport.into(),
             choker: torrent::proto::choker::ChokerConfig {
                 upload_slots: self.upload_slots,
                 seed_slots: self.seed_slots,
@@ -482,10 +522,11 @@ async fn seed(torrent_path: &Path, data: &Path, net: &NetArgs) -> Result<()> {
     config.seed_when_done = true;
     let (ih, has_trackers, private) =
         (dht::NodeId(meta.info_hash.0), !meta.trackers.is_empty(), meta.info.private);
-    let session = Session::start(meta, dir, Role::Seed, config).await?;
+    let listening = net.session().await?;
+    let session = listening.add(meta, dir, Role::Seed, config).await?;
     let port = session.local_addr().port();
     eprintln!("seeding {name} on port {port} (Ctrl-C to stop)");
-    let dht_node = net.dht(has_trackers, private).await;
+    let dht_node = net.dht(&listening, has_trackers, private).await;
     let announcer = match &dht_node {
         Some(node) => {
             eprintln!("DHT: joined; announcing on port {port} every 15 minutes");
@@ -525,7 +566,8 @@ async fn get(
         Source::Magnet(m) => (m.info_hash, !m.trackers.is_empty(), false),
         Source::Torrent(t) => (t.info_hash, !t.trackers.is_empty(), t.info.private),
     };
-    let dht_node = net.dht(has_trackers, private).await;
+    let listening = net.session().await?;
+    let dht_node = net.dht(&listening, has_trackers, private).await;
     let mut peers = net.peers.clone();
     // The lookup's later peers join the download as they come.
     let mut dht_batches = None;
@@ -554,7 +596,7 @@ async fn get(
                 torrent::session::magnet::fetch_metadata(
                     &magnet,
                     &peers,
-                    SocketAddr::new(net.bind, net.port),
+                    listening.local_addr(),
                     Duration::from_secs(30),
                     net.encryption.into(),
                 )
@@ -571,7 +613,7 @@ async fn get(
             config.existing = torrent::storage::Existing::Check;
         }
         let started = std::time::Instant::now();
-        let session = Session::start(meta, out.to_path_buf(), Role::Download, config).await?;
+        let session = listening.add(meta, out.to_path_buf(), Role::Download, config).await?;
         anyhow::Ok((name, started, session))
     };
     let (name, started, session) = match starting.await {

@@ -5,7 +5,8 @@
 //!   and over IPv6 (BEP 32: every node on [::1]);
 //! - trackerless swarms: a libtorrent seed announces in the DHT and `swarmcast get MAGNET`
 //!   (no tracker, no `--peer`) downloads from it, bytes equal; `swarmcast seed` announces and a
-//!   libtorrent session downloads the magnet through the DHT alone.
+//!   libtorrent session downloads the magnet through the DHT alone; the seed's DHT node
+//!   answers on its peer port.
 //!
 //! - BEP 51: `swarmcast dht sample` lists the info-hashes a libtorrent node stores;
 //! - BEP 44: an immutable item put by us is read by libtorrent, and the reverse; a mutable item
@@ -173,15 +174,26 @@ fn trackerless_swarms_with_libtorrent_both_ways() {
     lt_other.kill();
 
     // swarmcast seeds and announces; libtorrent downloads through the DHT alone.
+    let seed_port = free_port().to_string();
     let mut ours = swarmcast();
     ours.arg("seed").arg(&torrent).arg("--data").arg(dir.path().join("data")).args([
         "--bind",
         "127.0.0.1",
+        "--port",
+        &seed_port,
         "--dht-bootstrap",
         &bootstrap,
     ]);
     let mut our_seed = Proc::spawn("swarmcast seed", ours, dir.path());
     our_seed.wait_output("DHT: joined", LONG);
+    // Its DHT node answers on its peer port (UDP, beside uTP), as libtorrent's does: a lookup
+    // that knows only that port finds the seed.
+    let mut lookup = swarmcast();
+    lookup.args(["dht", "get-peers", &ih, "--listen", "127.0.0.1:0"]);
+    lookup.args(["--bootstrap", &format!("127.0.0.1:{seed_port}")]);
+    let found = run_ok(lookup);
+    let want = format!("peer 127.0.0.1:{seed_port}");
+    assert!(found.lines().any(|l| l == want), "{found}");
     let lt_out = dir.path().join("theirs");
     std::fs::create_dir_all(&lt_out).unwrap();
     let mut get = libtorrent_script("lt_dht.py");

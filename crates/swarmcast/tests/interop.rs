@@ -1,6 +1,7 @@
 //! Swarmcast against real outside BitTorrent peers and trackers, as processes on loopback:
-//! aria2c, python3-libtorrent, transmission-cli, mktorrent and opentracker. Each test starts its
-//! peers on free ports, bounds every wait, and kills only what it started.
+//! aria2c, python3-libtorrent, transmission-cli, qbittorrent-nox, rqbit, mktorrent and
+//! opentracker. Each test starts its peers on free ports, bounds every wait, and kills only what
+//! it started.
 
 mod harness;
 
@@ -366,31 +367,6 @@ fn our_udp_tracker_and_udp_client_find_peers() {
     assert_same_file(&file, &out.join("payload.bin"));
 }
 
-/// A transmission-cli config folder under `d`: loopback only, no DHT/LPD/PEX/uTP/port mapping,
-/// peers on `port`, no RPC, no speed limits.
-fn transmission_config(d: &Path, port: u16) -> std::path::PathBuf {
-    transmission_config_with(d, port, 1)
-}
-
-/// [`transmission_config`] with Transmission's `encryption` setting: 0 prefer plain, 1 prefer
-/// encrypted (its default), 2 require encrypted.
-fn transmission_config_with(d: &Path, port: u16, encryption: u8) -> std::path::PathBuf {
-    let conf = d.join(format!("transmission-{port}"));
-    std::fs::create_dir_all(&conf).unwrap();
-    std::fs::write(
-        conf.join("settings.json"),
-        format!(
-            r#"{{"dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
-  "utp-enabled": false, "port-forwarding-enabled": false, "bind-address-ipv4": "127.0.0.1",
-  "peer-port": {port}, "peer-port-random-on-start": false, "rpc-enabled": false,
-  "speed-limit-up-enabled": false, "speed-limit-down-enabled": false,
-  "encryption": {encryption}}}"#
-        ),
-    )
-    .unwrap();
-    conf
-}
-
 /// Protocol encryption against Transmission set to require it (`encryption: 2`, `-er`): a
 /// Transmission seed, and a Transmission leecher our seed dials (it will not dial loopback).
 #[test]
@@ -411,7 +387,7 @@ fn encrypted_transfers_with_a_transmission_that_requires_encryption() {
 
     // Transmission seeds; we download with encryption required.
     let port = free_port();
-    let mut tr = transmission(&transmission_config_with(d, port, 2), &seed_dir, port);
+    let mut tr = transmission(&transmission_config(d, port, 2, false), &seed_dir, port);
     tr.wait_output("Seeding", LONG);
     wait_listening(port, Duration::from_secs(30));
     let out = d.join("got");
@@ -429,7 +405,7 @@ fn encrypted_transfers_with_a_transmission_that_requires_encryption() {
     let port = free_port();
     let got_dir = d.join("tr");
     std::fs::create_dir_all(&got_dir).unwrap();
-    let _tr = transmission(&transmission_config_with(d, port, 2), &got_dir, port);
+    let _tr = transmission(&transmission_config(d, port, 2, false), &got_dir, port);
     wait_listening(port, Duration::from_secs(30));
     let peer = format!("127.0.0.1:{port}");
     let (_seed, _) = start_seed(&t, &file, d, &["--peer", &peer, "--encryption", "require"]);
@@ -438,42 +414,6 @@ fn encrypted_transfers_with_a_transmission_that_requires_encryption() {
     wait_for("Transmission to finish the encrypted download", LONG, || {
         std::fs::read(&got).is_ok_and(|b| b == want)
     });
-}
-
-/// A qBittorrent-nox whose profile lives in `d/qbt-PORT`: peers on 127.0.0.1:`port` (TCP only,
-/// no DHT/LSD/PEX/UPnP), protocol encryption required (`Session\Encryption=1`, qBittorrent's
-/// "Require encryption"), the legal notice accepted, its web UI on a free port; `torrent` added
-/// with `save` as its folder (a seed: `--skip-hash-check`, so it starts at once).
-fn qbittorrent_requiring_encryption(
-    d: &Path,
-    port: u16,
-    torrent: &Path,
-    save: &Path,
-    seed: bool,
-) -> Proc {
-    let profile = d.join(format!("qbt-{port}"));
-    let conf = profile.join("qBittorrent/config");
-    std::fs::create_dir_all(&conf).unwrap();
-    std::fs::write(
-        conf.join("qBittorrent.conf"),
-        format!(
-            "[LegalNotice]\nAccepted=true\n\n[BitTorrent]\nSession\\Port={port}\n\
-             Session\\Encryption=1\nSession\\BTProtocol=TCP\nSession\\DHTEnabled=false\n\
-             Session\\LSDEnabled=false\nSession\\PeXEnabled=false\n\
-             Session\\Interface=lo\nSession\\InterfaceName=lo\n\n[Preferences]\n\
-             WebUI\\Port={}\nConnection\\UPnP=false\n",
-            free_port()
-        ),
-    )
-    .unwrap();
-    let mut c = Command::new("qbittorrent-nox");
-    c.arg(format!("--profile={}", profile.display()));
-    c.arg(format!("--save-path={}", save.display()));
-    if seed {
-        c.arg("--skip-hash-check");
-    }
-    c.arg(torrent);
-    Proc::spawn("qbittorrent-nox", c, d)
 }
 
 /// Protocol encryption against qBittorrent set to require it (the issue's first symptom: it
@@ -490,7 +430,7 @@ fn encrypted_transfers_with_a_qbittorrent_that_requires_encryption() {
     let t = create_torrent(&file, &d.join("p.torrent"), &[]);
 
     let port = free_port();
-    let qbt = qbittorrent_requiring_encryption(d, port, &t, &seed_dir, true);
+    let qbt = qbittorrent(d, port, &t, &seed_dir, true, 1, "TCP");
     wait_listening(port, Duration::from_secs(30));
     let out = d.join("got");
     let peer = format!("127.0.0.1:{port}");
@@ -505,7 +445,7 @@ fn encrypted_transfers_with_a_qbittorrent_that_requires_encryption() {
     let port = free_port();
     let got_dir = d.join("qbt-got");
     std::fs::create_dir_all(&got_dir).unwrap();
-    let _qbt = qbittorrent_requiring_encryption(d, port, &t, &got_dir, false);
+    let _qbt = qbittorrent(d, port, &t, &got_dir, false, 1, "TCP");
     wait_listening(port, Duration::from_secs(30));
     let peer = format!("127.0.0.1:{port}");
     let (_seed, _) = start_seed(&t, &file, d, &["--peer", &peer, "--encryption", "require"]);
@@ -525,7 +465,7 @@ fn transmission_downloads_from_our_seed_that_dials_it() {
     random_file(&file, 3 * MIB + 11, 6);
     let t = create_torrent(&file, &d.join("p.torrent"), &[]);
     let tr_port = free_port();
-    let conf = transmission_config(d, tr_port);
+    let conf = transmission_config(d, tr_port, 1, false);
     let out = d.join("tr");
     std::fs::create_dir_all(&out).unwrap();
     let mut c = Command::new("transmission-cli");
@@ -555,7 +495,7 @@ fn swarmcast_downloads_16_mib_from_a_transmission_seed() {
     random_file(&file, 16 * MIB, 12);
     let t = create_torrent(&file, &d.join("p.torrent"), &[]);
     let tr_port = free_port();
-    let conf = transmission_config(d, tr_port);
+    let conf = transmission_config(d, tr_port, 1, false);
     let mut c = Command::new("transmission-cli");
     c.arg("-g").arg(&conf).arg("-w").arg(&seed_dir).args(["-p", &tr_port.to_string()]).arg(&t);
     let mut tr = Proc::spawn("transmission-cli", c, d);
@@ -753,4 +693,10 @@ fn our_leecher_tells_libtorrent_of_its_seed_through_pex() {
     let st = lt.wait(LONG);
     assert!(st.success(), "libtorrent did not complete through PEX\n{}", lt.output());
     assert_same_file(&file, &out.join("payload.bin"));
+}
+
+/// rqbit 9 over TCP, both ways: an rqbit seed and our getter, our seed and an rqbit getter.
+#[test]
+fn rqbit_and_our_client_swarm_both_ways() {
+    swarm_with_rqbit("tcp");
 }

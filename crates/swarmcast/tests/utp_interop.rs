@@ -1,10 +1,13 @@
 //! Our uTP (BEP 29, `crates/utp`) against libtorrent's: a libtorrent 2.0 seed that speaks to
 //! peers over uTP only (no TCP either way) serves a block to a BitTorrent exchange we run over
 //! our `UtpStream`: handshakes both ways, its bitfield, `interested`, `unchoke`, `request`, and
-//! the `piece`, whose bytes must equal the file's. Every wait is bounded.
+//! the `piece`, whose bytes must equal the file's; whole downloads both ways with libtorrent,
+//! qBittorrent, Transmission and rqbit over uTP alone. Every wait is bounded.
 
 mod harness;
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use harness::*;
@@ -142,4 +145,91 @@ fn downloads_over_utp_with_libtorrent_both_ways() {
         "libtorrent's copy differs"
     );
     seed.kill();
+}
+
+/// `swarmcast get` over uTP alone (`--transport utp`: TCP neither dialled nor accepted) from
+/// the peer at `port`; asserts the bytes.
+fn get_over_utp(t: &Path, file: &Path, port: u16, d: &Path, others: &[&Proc]) {
+    let out = d.join(format!("got-{port}"));
+    let mut c = swarmcast();
+    c.env("SWARMCAST_LOG", "torrent=debug");
+    c.arg("get").arg(t).arg("-o").arg(&out);
+    c.args(["--bind", "127.0.0.1", "--port", &free_port().to_string(), "--no-dht"]);
+    c.args(["--peer", &format!("127.0.0.1:{port}"), "--transport", "utp"]);
+    let mut get = Proc::spawn("swarmcast get --transport utp", c, d);
+    let st = get.wait_or(Duration::from_secs(120), others);
+    assert!(st.success(), "swarmcast get over uTP failed\n{}", get.output());
+    assert_same_file(file, &out.join(file.file_name().unwrap()));
+}
+
+/// `swarmcast seed --transport utp` dialling the leecher at `port` until `got` holds `file`.
+fn seed_over_utp_until(t: &Path, file: &Path, port: u16, got: &Path, d: &Path) {
+    let peer = format!("127.0.0.1:{port}");
+    let (_seed, _) = start_seed(t, file, d, &["--peer", &peer, "--transport", "utp"]);
+    let want = std::fs::read(file).unwrap();
+    wait_for("the leecher to finish its download over uTP", Duration::from_secs(120), || {
+        std::fs::read(got).is_ok_and(|b| b == want)
+    });
+}
+
+/// qBittorrent 4.5 set to uTP alone (`Session\BTProtocol=UTP`), both ways: our getter from a
+/// qBittorrent seed, and a qBittorrent leecher our seed dials; we speak uTP alone too.
+#[test]
+fn downloads_over_utp_with_qbittorrent_both_ways() {
+    require("qbittorrent-nox");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("seed/payload.bin");
+    random_file(&file, 4 * MIB + 9, 23);
+    let t = create_torrent(&file, &d.join("p.torrent"), &[]);
+    let port = free_port();
+    let qbt = qbittorrent(d, port, &t, &d.join("seed"), true, 0, "UTP");
+    wait_listening(port, Duration::from_secs(30));
+    get_over_utp(&t, &file, port, d, &[&qbt]);
+    drop(qbt);
+
+    let port = free_port();
+    let got_dir = d.join("qbt-got");
+    std::fs::create_dir_all(&got_dir).unwrap();
+    let _qbt = qbittorrent(d, port, &t, &got_dir, false, 0, "UTP");
+    wait_listening(port, Duration::from_secs(30));
+    seed_over_utp_until(&t, &file, port, &got_dir.join("payload.bin"), d);
+}
+
+/// Transmission 3.00 with uTP on (its TCP cannot be turned off; ours is), both ways: our getter
+/// from a Transmission seed, and a Transmission leecher our seed dials (Transmission will not
+/// dial loopback addresses).
+#[test]
+fn downloads_over_utp_with_transmission_both_ways() {
+    require("transmission-cli");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("seed/payload.bin");
+    random_file(&file, 4 * MIB + 11, 24);
+    let t = create_torrent(&file, &d.join("p.torrent"), &[]);
+    let transmission = |folder: &Path, port: u16| {
+        let mut c = Command::new("transmission-cli");
+        c.arg("-g").arg(transmission_config(d, port, 1, true)).arg("-w").arg(folder);
+        c.args(["-p", &port.to_string()]).arg(&t);
+        Proc::spawn("transmission-cli", c, d)
+    };
+    let port = free_port();
+    let mut tr = transmission(&d.join("seed"), port);
+    tr.wait_output("Seeding", Duration::from_secs(60));
+    get_over_utp(&t, &file, port, d, &[&tr]);
+    drop(tr);
+
+    let port = free_port();
+    let got_dir = d.join("tr-got");
+    std::fs::create_dir_all(&got_dir).unwrap();
+    let _tr = transmission(&got_dir, port);
+    wait_listening(port, Duration::from_secs(30));
+    seed_over_utp_until(&t, &file, port, &got_dir.join("payload.bin"), d);
+}
+
+/// rqbit 9 with uTP alone (`--disable-tcp-connect --disable-tcp-listen
+/// --experimental-enable-utp-listen`), both ways; ours with `--transport utp`.
+#[test]
+fn downloads_over_utp_with_rqbit_both_ways() {
+    swarm_with_rqbit("utp");
 }

@@ -44,6 +44,7 @@ fn options() -> SessionOptions {
         upload_limit: None,
         download_limit: None,
         encryption: Default::default(),
+        transport: Default::default(),
     }
 }
 

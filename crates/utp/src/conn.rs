@@ -13,6 +13,11 @@
 //!   sent after it (fast retransmit, once per packet until a timeout) or when the oldest unacknowledged one waited longer than the retransmission
 //!   timeout (smoothed RTT + 4 × its variation, at least [`Config::min_timeout`], doubled at
 //!   each expiry). After [`Config::max_retransmits`] expiries in a row the connection is reset.
+//! - **A closed window** (the peer's reader is slow: it advertises less than a packet) is not a
+//!   loss: the packet that found no room is resent as a probe at each timeout, without counting
+//!   toward the reset or shrinking the congestion window, for as long as the peer answers
+//!   (the idle timeout ends a peer that stopped); when the peer's window opens again, what it
+//!   dropped is resent at once.
 //!
 //! # LEDBAT (RFC 6817)
 //! Each packet carries the sender's clock; the receiver echoes "its clock minus that" in
@@ -493,6 +498,11 @@ impl Connection {
         });
     }
 
+    /// Whether the peer has no room for a packet (its reader is behind).
+    fn peer_closed(&self) -> bool {
+        self.state == State::Connected && self.peer_wnd.is_some_and(|w| w < self.config.mss)
+    }
+
     fn window(&self) -> usize {
         let peer = self.peer_wnd.unwrap_or(self.config.recv_window);
         (self.cwnd as usize).min(peer)
@@ -586,9 +596,23 @@ impl Connection {
             self.ack_nr = h.seq_nr.wrapping_sub(1);
             self.out.push_back(Output::Connected);
         }
+        let was_closed = self.peer_closed();
         self.peer_wnd = Some(h.wnd_size as usize);
         if !self.on_ack(now, h) {
             return;
+        }
+        if self.peer_closed() {
+            // Alive, only full: the probes go on.
+            self.expiries = 0;
+        } else if was_closed {
+            // Open again: what it had no room for is sent now, not at the next timeout.
+            for s in self.inflight.iter_mut().filter(|s| !s.acked) {
+                s.lost = true;
+            }
+            self.bytes_in_flight = 0;
+            self.maybe_lost = true;
+            self.expiries = 0;
+            self.rto = self.estimated_rto();
         }
         match h.kind {
             Kind::Data => self.on_data(h.seq_nr, p.payload),
@@ -761,8 +785,11 @@ impl Connection {
         if now < deadline {
             return;
         }
-        self.expiries += 1;
+        // A timeout while the peer's window is closed is a probe's turn, not a loss.
+        let probing = self.peer_closed();
+        self.expiries += u32::from(!probing);
         tracing::debug!(
+            probing,
             expiries = self.expiries,
             in_flight = self.inflight.len(),
             peer_wnd = ?self.peer_wnd,
@@ -784,7 +811,9 @@ impl Connection {
         self.bytes_in_flight = 0;
         self.maybe_lost = true;
         self.rto = (self.rto * 2).min(Duration::from_secs(60));
-        self.cut(now, true);
+        if !probing {
+            self.cut(now, true);
+        }
         if self.state == State::SynSent {
             // The SYN again.
             if let Some(s) = self.inflight.front_mut() {
@@ -827,8 +856,15 @@ impl Connection {
                 self.srtt = Some((srtt * 7 + rtt) / 8);
             }
         }
-        let srtt = self.srtt.unwrap_or(rtt);
-        self.rto = (srtt + 4 * self.rttvar).max(self.config.min_timeout);
+        self.rto = self.estimated_rto();
+    }
+
+    /// The retransmission timeout the RTT estimate gives (without backoff).
+    fn estimated_rto(&self) -> Duration {
+        match self.srtt {
+            Some(srtt) => (srtt + 4 * self.rttvar).max(self.config.min_timeout),
+            None => self.rto,
+        }
     }
 
     /// Takes one echo of our one-way delay: updates the base delay and the queueing delay.
@@ -973,6 +1009,17 @@ mod tests {
     /// Flows sharing the path `ab` (a to b) and `ba`, in virtual time, until every flow is
     /// closed at both ends; each flow's packets are told apart by the connection id.
     fn run(flows: Vec<(Config, Vec<u8>)>, ab: &mut Path, ba: &mut Path, t0: Instant) -> Vec<Flow> {
+        run_reading_after(flows, ab, ba, t0, Duration::ZERO)
+    }
+
+    /// [`run`], with every reader reading nothing before `t0 + pause`.
+    fn run_reading_after(
+        flows: Vec<(Config, Vec<u8>)>,
+        ab: &mut Path,
+        ba: &mut Path,
+        t0: Instant,
+        pause: Duration,
+    ) -> Vec<Flow> {
         let mut now = t0;
         let mut flows: Vec<Flow> = flows
             .into_iter()
@@ -996,7 +1043,7 @@ mod tests {
                         f.a.close(now);
                     }
                 }
-                if let Some(b) = f.b.as_mut() {
+                if let Some(b) = f.b.as_mut().filter(|_| now >= t0 + pause) {
                     loop {
                         let n = b.read(now, &mut buf);
                         if n == 0 {
@@ -1036,7 +1083,8 @@ mod tests {
             let deadlines = flows.iter().flat_map(|f| {
                 [f.a.next_deadline(), f.b.as_ref().and_then(Connection::next_deadline)]
             });
-            let next = [ab.queue.front().map(|q| q.0), ba.queue.front().map(|q| q.0)]
+            let reading = (now < t0 + pause).then_some(t0 + pause);
+            let next = [ab.queue.front().map(|q| q.0), ba.queue.front().map(|q| q.0), reading]
                 .into_iter()
                 .chain(deadlines)
                 .flatten()
@@ -1259,6 +1307,23 @@ mod tests {
         // b, which heard nothing after the SYN, is dropped at the same age.
         b.handle(t0 + IDLE_TIMEOUT, Input::Tick);
         assert_eq!(b.state(), State::Closed);
+    }
+
+    #[test]
+    fn a_reader_that_stops_for_minutes_gets_everything_when_it_reads_again() {
+        // The reader takes nothing for 5 minutes: longer than the retransmissions before a
+        // reset (about 30 s) and than the idle timeout. Its window closes; the sender probes
+        // and waits, and sends the rest as soon as the window opens.
+        let config = Config { recv_window: 64 * 1024, ..Config::default() };
+        let d = data(1 << 20);
+        let t0 = Instant::now();
+        let (mut ab, mut ba) = (lan(t0), lan(t0));
+        let pause = Duration::from_secs(300);
+        let mut flows = run_reading_after(vec![(config, d.clone())], &mut ab, &mut ba, t0, pause);
+        let f = flows.pop().unwrap();
+        assert!(f.got == d, "{} of {} bytes, or other bytes", f.got.len(), d.len());
+        let took = f.done.unwrap();
+        assert!(took > pause && took < pause + Duration::from_secs(5), "{took:?}");
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! once and [`MAX_PENDING_ACCEPT`] wait to be accepted (more SYNs are dropped: a SYN flood
 //! costs a bounded table). Datagrams that are not uTP or name no connection are dropped and
 //! counted.
+//!
+//! [`UtpSocket::bind_sharing`] shares the port with another protocol, as libtorrent serves uTP
+//! and the DHT on one port: datagrams that start with `d` (a bencoded dictionary: KRPC; never a
+//! uTP header, whose first byte is a type below 5 and version 1) go to [`Others`] instead, at
+//! most [`MAX_OTHERS_QUEUED`] waiting (more are dropped, as a full socket buffer drops them).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -31,6 +36,8 @@ pub const MAX_PENDING_ACCEPT: usize = 64;
 /// Accepted connections whose peer has said nothing since its SYN, at most (a spoofed SYN
 /// costs a slot until the idle timeout; these cannot take every slot).
 pub const MAX_HALF_OPEN: usize = 128;
+/// Datagrams for the port's other protocol waiting to be taken, at most.
+pub const MAX_OTHERS_QUEUED: usize = 256;
 /// Bytes buffered between a stream and its connection, each way.
 const PIPE_BYTES: usize = 1 << 20;
 
@@ -152,6 +159,18 @@ enum Command {
     Connect(SocketAddr, oneshot::Sender<io::Result<UtpStream>>),
 }
 
+/// The datagrams on a uTP socket's port that are not uTP, and the socket to answer them on
+/// (see the module docs). The receiver ends when the [`UtpSocket`] is dropped.
+pub struct Others {
+    pub socket: Arc<UdpSocket>,
+    pub incoming: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+}
+
+/// Whether a datagram on a shared port is the other protocol's: a bencoded dictionary.
+fn is_other(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&b'd')
+}
+
 /// A UDP socket speaking uTP. Dropping it stops its task (and every connection).
 pub struct UtpSocket {
     commands: mpsc::Sender<Command>,
@@ -168,11 +187,28 @@ fn stopped() -> io::Error {
 impl UtpSocket {
     /// Binds `addr` and starts the task.
     pub async fn bind(addr: SocketAddr, config: Config) -> io::Result<UtpSocket> {
-        let socket = UdpSocket::bind(addr).await?;
+        let socket = Arc::new(UdpSocket::bind(addr).await?);
+        UtpSocket::start(socket, config, None)
+    }
+
+    /// Binds `addr` for uTP and for another protocol (a DHT node), whose datagrams come out of
+    /// [`Others`].
+    pub async fn bind_sharing(addr: SocketAddr, config: Config) -> io::Result<(UtpSocket, Others)> {
+        let socket = Arc::new(UdpSocket::bind(addr).await?);
+        let (tx, incoming) = mpsc::channel(MAX_OTHERS_QUEUED);
+        let utp = UtpSocket::start(socket.clone(), config, Some(tx))?;
+        Ok((utp, Others { socket, incoming }))
+    }
+
+    fn start(
+        socket: Arc<UdpSocket>,
+        config: Config,
+        others: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
+    ) -> io::Result<UtpSocket> {
         let local = socket.local_addr()?;
         let (commands, rx) = mpsc::channel(64);
         let (accept_tx, accepted) = mpsc::channel(MAX_PENDING_ACCEPT);
-        let task = tokio::spawn(run(socket, config, rx, accept_tx));
+        let task = tokio::spawn(run(socket, config, rx, accept_tx, others));
         Ok(UtpSocket { commands, accepted: tokio::sync::Mutex::new(accepted), local, task })
     }
 
@@ -226,10 +262,11 @@ impl Drop for Entry {
 }
 
 async fn run(
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     config: Config,
     mut commands: mpsc::Receiver<Command>,
     accept: mpsc::Sender<UtpStream>,
+    others: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
 ) {
     let wake = Arc::new(Notify::new());
     let mut conns: HashMap<(SocketAddr, u16), Entry> = HashMap::new();
@@ -313,7 +350,13 @@ async fn run(
             got = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = got else { continue };
                 let now = Instant::now();
-                let mut ctx = Incoming { conns: &mut conns, config: &config, accept: &accept, wake: &wake };
+                let mut ctx = Incoming {
+                    conns: &mut conns,
+                    config: &config,
+                    accept: &accept,
+                    wake: &wake,
+                    others: others.as_ref(),
+                };
                 dropped += u64::from(!ctx.datagram(now, from, &buf[..n]));
                 // Whatever else already waits is taken before answering, so one acknowledgement
                 // covers a burst (at most 64 datagrams a turn).
@@ -358,12 +401,17 @@ struct Incoming<'a> {
     config: &'a Config,
     accept: &'a mpsc::Sender<UtpStream>,
     wake: &'a Arc<Notify>,
+    /// Where the port's other protocol takes its datagrams, if the port is shared.
+    others: Option<&'a mpsc::Sender<(Vec<u8>, SocketAddr)>>,
 }
 
 impl Incoming<'_> {
     /// Routes one datagram; false when it was dropped (not uTP, no such connection, or a SYN
     /// past the tables' bounds).
     fn datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> bool {
+        if let Some(others) = self.others.filter(|_| is_other(bytes)) {
+            return others.try_send((bytes.to_vec(), from)).is_ok();
+        }
         let p = match Packet::decode(bytes) {
             Ok(p) => p,
             Err(e) => {
@@ -553,5 +601,48 @@ mod tests {
         let mut buf = [0u8; 4];
         a.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
+    }
+
+    #[tokio::test]
+    async fn a_shared_port_passes_bencoded_datagrams_on_and_still_speaks_utp() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (server, mut others) = UtpSocket::bind_sharing(any, Config::default()).await.unwrap();
+        let dht_peer = tokio::net::UdpSocket::bind(any).await.unwrap();
+        // Datagrams from the other protocol come out as they were, with their sender.
+        let query = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
+        dht_peer.send_to(query, server.local_addr()).await.unwrap();
+        let (got, from) = others.incoming.recv().await.unwrap();
+        assert_eq!((got.as_slice(), from), (&query[..], dht_peer.local_addr().unwrap()));
+        // Answers leave from the same port.
+        others.socket.send_to(b"d1:y1:re", from).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, replier) = dht_peer.recv_from(&mut buf).await.unwrap();
+        assert_eq!((&buf[..n], replier), (&b"d1:y1:re"[..], server.local_addr()));
+        // uTP on the same port is untouched, and its packets are not passed on.
+        let client = UtpSocket::bind(any, Config::default()).await.unwrap();
+        let mut c = client.connect(server.local_addr()).await.unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut s = server.accept().await.unwrap();
+        let mut four = [0u8; 4];
+        s.read_exact(&mut four).await.unwrap();
+        assert_eq!(&four, b"ping");
+        assert!(others.incoming.try_recv().is_err(), "a uTP packet was passed on");
+        // More than the queue holds, unread: the excess is dropped, the socket keeps working.
+        for _ in 0..MAX_OTHERS_QUEUED + 50 {
+            dht_peer.send_to(query, server.local_addr()).await.unwrap();
+        }
+        s.write_all(b"pong").await.unwrap();
+        c.read_exact(&mut four).await.unwrap();
+        assert_eq!(&four, b"pong");
+        // The receiver ends with the socket, after what was queued.
+        drop(server);
+        let mut queued = 0;
+        let counting = async {
+            while others.incoming.recv().await.is_some() {
+                queued += 1;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), counting).await.unwrap();
+        assert!((1..=MAX_OTHERS_QUEUED).contains(&queued), "{queued} queued");
     }
 }

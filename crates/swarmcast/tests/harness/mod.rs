@@ -282,3 +282,129 @@ pub fn assert_same_file(a: &Path, b: &Path) {
     let y = std::fs::read(b).unwrap_or_else(|e| panic!("cannot read {}: {e}", b.display()));
     assert!(x.len() == y.len() && x == y, "{} and {} differ", a.display(), b.display());
 }
+
+/// A transmission-cli config folder under `d`: loopback only, no DHT/LPD/PEX/port mapping,
+/// peers on `port`, no RPC, no speed limits; Transmission's `encryption` setting (0 prefer
+/// plain, 1 prefer encrypted, its default, 2 require encrypted); uTP on or off. (TCP cannot be
+/// turned off in Transmission 3.00.)
+pub fn transmission_config(d: &Path, port: u16, encryption: u8, utp: bool) -> PathBuf {
+    let conf = d.join(format!("transmission-{port}"));
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("settings.json"),
+        format!(
+            r#"{{"dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
+  "utp-enabled": {utp}, "port-forwarding-enabled": false, "bind-address-ipv4": "127.0.0.1",
+  "peer-port": {port}, "peer-port-random-on-start": false, "rpc-enabled": false,
+  "speed-limit-up-enabled": false, "speed-limit-down-enabled": false,
+  "encryption": {encryption}}}"#
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// A qBittorrent-nox whose profile lives in `d/qbt-PORT`: peers on 127.0.0.1:`port` (no
+/// DHT/LSD/PEX/UPnP), `Session\Encryption` = `encryption` (0 prefer, 1 require, 2 disable),
+/// `Session\BTProtocol` = `protocol` (`TCP`, `UTP` or `Both`), the legal notice accepted, its
+/// web UI on a free port; `torrent` added with `save` as its folder (a seed:
+/// `--skip-hash-check`, so it starts at once).
+pub fn qbittorrent(
+    d: &Path,
+    port: u16,
+    torrent: &Path,
+    save: &Path,
+    seed: bool,
+    encryption: u8,
+    protocol: &str,
+) -> Proc {
+    let profile = d.join(format!("qbt-{port}"));
+    let conf = profile.join("qBittorrent/config");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("qBittorrent.conf"),
+        format!(
+            "[LegalNotice]\nAccepted=true\n\n[BitTorrent]\nSession\\Port={port}\n\
+             Session\\Encryption={encryption}\nSession\\BTProtocol={protocol}\n\
+             Session\\DHTEnabled=false\nSession\\LSDEnabled=false\nSession\\PeXEnabled=false\n\
+             Session\\Interface=lo\nSession\\InterfaceName=lo\n\n[Preferences]\n\
+             WebUI\\Port={}\nConnection\\UPnP=false\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new("qbittorrent-nox");
+    c.arg(format!("--profile={}", profile.display()));
+    c.arg(format!("--save-path={}", save.display()));
+    if seed {
+        c.arg("--skip-hash-check");
+    }
+    c.arg(torrent);
+    Proc::spawn("qbittorrent-nox", c, d)
+}
+
+/// An rqbit 9 (`rqbit download`: no DHT, LSD, UPnP or HTTP API) on 127.0.0.1:`port` for
+/// `torrent` in `folder`: a seed when `folder` holds the data (it checks it and stays; wait for
+/// "Initial check results"), else a getter of `peer` that exits when done (`-e`). `utp_only`:
+/// TCP neither dialled nor accepted, uTP accepted (`--experimental-enable-utp-listen`).
+pub fn rqbit(
+    d: &Path,
+    port: u16,
+    torrent: &Path,
+    folder: &Path,
+    utp_only: bool,
+    peer: Option<&str>,
+) -> Proc {
+    require("rqbit");
+    let mut c = Command::new("rqbit");
+    c.env("RQBIT_LOG_LEVEL_CONSOLE", "info").env("NO_COLOR", "1");
+    c.args(["--disable-dht", "--disable-dht-persistence", "--disable-upnp-port-forward"]);
+    c.args(["--disable-lsd", "--listen-ip", "127.0.0.1", "--listen-port", &port.to_string()]);
+    if utp_only {
+        c.args([
+            "--disable-tcp-connect",
+            "--disable-tcp-listen",
+            "--experimental-enable-utp-listen",
+        ]);
+    }
+    c.args(["download", "--disable-http-api", "-o"]).arg(folder);
+    // It refuses to open files that exist without this; it checks them, it does not clear them.
+    c.arg("--overwrite");
+    if let Some(p) = peer {
+        c.args(["-e", "--initial-peers", p]);
+    }
+    c.arg(torrent);
+    Proc::spawn("rqbit", c, d)
+}
+
+/// rqbit and us, both ways over `transport` (`tcp` or `utp`, ours and rqbit's set alike): an
+/// rqbit seed and our `get`, then our `seed` and an rqbit getter that dials it. Bytes equal.
+pub fn swarm_with_rqbit(transport: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("seed/payload.bin");
+    random_file(&file, (4 << 20) + 13, 25);
+    let t = create_torrent(&file, &d.join("p.torrent"), &[]);
+    let utp = transport == "utp";
+    let port = free_port();
+    let mut seed = rqbit(d, port, &t, &d.join("seed"), utp, None);
+    seed.wait_output("Initial check results", Duration::from_secs(60));
+    let out = d.join("got");
+    let mut c = swarmcast();
+    c.arg("get").arg(&t).arg("-o").arg(&out);
+    c.args(["--bind", "127.0.0.1", "--port", &free_port().to_string(), "--no-dht"]);
+    c.args(["--transport", transport, "--peer", &format!("127.0.0.1:{port}")]);
+    let mut get = Proc::spawn("swarmcast get", c, d);
+    let st = get.wait_or(Duration::from_secs(120), &[&seed]);
+    assert!(st.success(), "swarmcast get from rqbit over {transport}\n{}", get.output());
+    assert_same_file(&file, &out.join("payload.bin"));
+    drop(seed);
+
+    let (_ours, port) = start_seed(&t, &file, d, &["--transport", transport, "--no-dht"]);
+    let theirs = d.join("theirs");
+    let peer = format!("127.0.0.1:{port}");
+    let mut getter = rqbit(d, free_port(), &t, &theirs, utp, Some(&peer));
+    let st = getter.wait(Duration::from_secs(120));
+    assert!(st.success(), "rqbit's download from our seed over {transport}\n{}", getter.output());
+    assert_same_file(&file, &theirs.join("payload.bin"));
+}

@@ -156,7 +156,7 @@ async fn run(
                         let dial = peer::connect(
                             addr,
                             Some(local),
-                            None,
+                            peer::Via::Tcp,
                             info_hash,
                             our_id,
                             DIAL_TIMEOUT,

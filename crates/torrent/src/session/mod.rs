@@ -43,8 +43,8 @@ use crate::storage::{Existing, Mode, Storage, StorageError};
 use crate::tracker::{AnnounceRequest, Event as TrackerEvent, TrackerList};
 use crate::{Bitfield, PeerId};
 use disk::{DiskJob, DiskQueue};
-pub use peer::Encryption;
 use peer::{Connected, IoLimits, Outgoing, PeerIo};
+pub use peer::{Encryption, Transport};
 
 pub use crate::proto::torrent::{BAN_AFTER_FAILED_PIECES, MAX_CANDIDATES};
 /// Most incoming connections in their handshake at once; more are closed at once.
@@ -84,6 +84,8 @@ pub struct SessionConfig {
     /// Protocol encryption (MSE/PE); used by [`Session::start`] only (a session added to
     /// keeps its own, [`SessionOptions::encryption`]).
     pub encryption: Encryption,
+    /// The transports peers use; [`Session::start`] only, as `encryption`.
+    pub transport: Transport,
     /// Peer exchange (BEP 11); never for a private torrent, whatever this says.
     pub pex: bool,
 }
@@ -107,6 +109,7 @@ impl Default for SessionConfig {
             existing: Existing::Refuse,
             super_seed: false,
             encryption: Encryption::Prefer,
+            transport: Transport::Both,
             pex: true,
         }
     }
@@ -172,6 +175,8 @@ pub struct SessionOptions {
     pub download_limit: Option<u64>,
     /// Protocol encryption (MSE/PE) for every connection, incoming and outgoing.
     pub encryption: Encryption,
+    /// The transports peers are dialled and accepted over.
+    pub transport: Transport,
 }
 
 /// What the acceptor needs of each torrent: where its connections go, and the peer id it
@@ -192,6 +197,7 @@ struct Shared {
     /// Running torrents by info-hash (at most one each).
     routes: std::sync::Mutex<BTreeMap<InfoHash, Route>>,
     encryption: Encryption,
+    transport: Transport,
     /// Set once a peer broke off a handshake under a strict `encryption` and the person was
     /// told what that may mean (once per session, not once per dial).
     encryption_hinted: AtomicBool,
@@ -202,6 +208,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// How a dial may go ([`Session::bind`] refuses uTP alone without a uTP socket).
+    fn via(&self) -> peer::Via<'_> {
+        match (self.transport, self.utp.as_deref()) {
+            (Transport::Both, Some(u)) => peer::Via::Both(u),
+            (Transport::Utp, Some(u)) => peer::Via::Utp(u),
+            _ => peer::Via::Tcp,
+        }
+    }
+
     fn routes(&self) -> std::sync::MutexGuard<'_, BTreeMap<InfoHash, Route>> {
         // A panic while holding the lock cannot leave the map half-updated (single inserts and
         // removes), so a poisoned lock is still usable.
@@ -216,6 +231,8 @@ impl Shared {
 pub struct Session {
     shared: Arc<Shared>,
     acceptor: tokio::task::JoinHandle<()>,
+    /// The datagrams on the uTP port that are not uTP, until a DHT node takes them.
+    udp_others: std::sync::Mutex<Option<utp::driver::Others>>,
 }
 
 impl Drop for Session {
@@ -252,13 +269,17 @@ impl Session {
             .await
             .map_err(|source| SessionError::Listen { addr: options.listen, source })?;
         let local_addr = listener.local_addr()?;
-        let utp = match utp::driver::UtpSocket::bind(local_addr, Default::default()).await {
-            Ok(u) => Some(Arc::new(u)),
-            Err(e) => {
-                tracing::warn!("no uTP on UDP {local_addr} ({e}): peers over TCP only");
-                None
-            }
-        };
+        let (utp, udp_others) =
+            match utp::driver::UtpSocket::bind_sharing(local_addr, Default::default()).await {
+                Ok((u, others)) => (Some(Arc::new(u)), Some(others)),
+                Err(e) if options.transport == Transport::Utp => {
+                    return Err(SessionError::Listen { addr: local_addr, source: e })
+                }
+                Err(e) => {
+                    tracing::warn!("no uTP on UDP {local_addr} ({e}): peers over TCP only");
+                    (None, None)
+                }
+            };
         let shared = Arc::new(Shared {
             local_addr,
             utp,
@@ -266,6 +287,7 @@ impl Session {
             download: RateLimiter::new(options.download_limit),
             routes: std::sync::Mutex::new(BTreeMap::new()),
             encryption: options.encryption,
+            transport: options.transport,
             encryption_hinted: AtomicBool::new(false),
             handshake_worked: AtomicBool::new(false),
         });
@@ -273,7 +295,15 @@ impl Session {
         let acceptor = tokio::spawn(async move {
             tokio::join!(tcp, utp);
         });
-        Ok(Session { shared, acceptor })
+        let udp_others = std::sync::Mutex::new(udp_others);
+        Ok(Session { shared, acceptor, udp_others })
+    }
+
+    /// The UDP socket of the session's port and the datagrams on it that are not uTP, for a
+    /// DHT node to run on the port peers connect to (as libtorrent's does); `None` without uTP
+    /// or once taken.
+    pub fn take_udp_others(&self) -> Option<utp::driver::Others> {
+        self.udp_others.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// A session with one torrent: binds `config.listen`, with `config`'s limits as the
@@ -289,6 +319,7 @@ impl Session {
             upload_limit: None,
             download_limit: None,
             encryption: config.encryption,
+            transport: config.transport,
         })
         .await?;
         let mut handle = session.add(meta, dir, role, config).await?;
@@ -381,6 +412,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        if shared.transport == Transport::Utp {
+            debug!(%addr, "uTP only: TCP connection closed");
+            continue;
+        }
         incoming(stream::PeerStream::Tcp(stream), addr, &shared, &handshakes);
     }
 }
@@ -394,6 +429,10 @@ async fn utp_accept_loop(shared: Arc<Shared>) {
     loop {
         let Ok(s) = utp.accept().await else { return };
         let addr = s.peer_addr();
+        if shared.transport == Transport::Tcp {
+            debug!(%addr, "TCP only: uTP connection closed");
+            continue;
+        }
         incoming(stream::PeerStream::Utp(s), addr, &shared, &handshakes);
     }
 }
@@ -814,9 +853,8 @@ impl Torrent {
         tokio::spawn(async move {
             let encryption = session.encryption;
             let local = Some(session.local_addr.ip());
-            let utp = session.utp.as_deref();
             let timeout = Duration::from_secs(10);
-            let dialed = peer::connect(addr, local, utp, ih, id, timeout, encryption);
+            let dialed = peer::connect(addr, local, session.via(), ih, id, timeout, encryption);
             let ev = match dialed.await {
                 Ok(c) => {
                     session.handshake_worked.store(true, Ordering::Relaxed);

@@ -58,6 +58,26 @@ pub struct StreamCrypto {
     pub decrypt: Cipher,
 }
 
+/// Which transports peers are dialled and accepted over (qBittorrent's "peer connection
+/// protocol": TCP and µTP, TCP, µTP).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// Both accepted; dialled over TCP first, then uTP (see [`connect`]).
+    #[default]
+    Both,
+    Tcp,
+    Utp,
+}
+
+/// The transports one dial may use.
+#[derive(Clone, Copy)]
+pub enum Via<'a> {
+    Tcp,
+    /// TCP first, then uTP on this socket.
+    Both(&'a utp::driver::UtpSocket),
+    Utp(&'a utp::driver::UtpSocket),
+}
+
 /// How connections are encrypted (MSE/PE).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Encryption {
@@ -99,16 +119,16 @@ fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
 }
 
-/// Connects to `addr` and exchanges handshakes; the peer must answer for `info_hash`. Over
-/// TCP first (from `local`, see [`dial`]); when that fails (refused, unanswered, or a peer that
-/// takes the TCP connection and drops it, as a libtorrent set to uTP only does) and `utp` is
-/// given, over uTP (BEP 29), each with half of `timeout`. TCP first, because the kernel's TCP
+/// Connects to `addr` and exchanges handshakes; the peer must answer for `info_hash`. With
+/// [`Via::Both`], over TCP first (from `local`, see [`dial`]); when that fails (refused,
+/// unanswered, or a peer that takes the TCP connection and drops it, as a libtorrent set to
+/// uTP only does), over uTP (BEP 29), each with half of `timeout`. TCP first, because the kernel's TCP
 /// carries our swarms several times faster than our uTP does so far (README, "uTP"); uTP
 /// reaches the peers that speak only it.
 pub async fn connect(
     addr: SocketAddr,
     local: Option<IpAddr>,
-    utp: Option<&utp::driver::UtpSocket>,
+    via: Via<'_>,
     info_hash: InfoHash,
     our_id: PeerId,
     timeout: Duration,
@@ -116,9 +136,19 @@ pub async fn connect(
 ) -> io::Result<Connected> {
     let over = |utp, limit| connect_over(addr, local, utp, info_hash, our_id, limit, encryption);
     // uTP only where our UDP socket can reach (its address family).
-    let utp = utp.filter(|u| u.local_addr().is_ipv4() == addr.is_ipv4());
-    let Some(u) = utp else {
-        return over(None, timeout).await;
+    let reaches = |u: &utp::driver::UtpSocket| u.local_addr().is_ipv4() == addr.is_ipv4();
+    let u = match via {
+        Via::Tcp => return over(None, timeout).await,
+        Via::Both(u) if !reaches(u) => return over(None, timeout).await,
+        Via::Both(u) => u,
+        Via::Utp(u) if !reaches(u) => {
+            let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("uTP only, and our uTP socket is not {family}"),
+            ));
+        }
+        Via::Utp(u) => return over(Some(u), timeout).await,
     };
     match over(None, timeout / 2).await {
         Ok(c) => Ok(c),
