@@ -349,10 +349,9 @@ impl Connection {
     pub fn read(&mut self, now: Instant, buf: &mut [u8]) -> usize {
         self.now = self.now.max(now);
         let n = buf.len().min(self.readable.len());
-        let (a, b) = self.readable.as_slices();
-        let first = n.min(a.len());
-        buf[..first].copy_from_slice(&a[..first]);
-        buf[first..n].copy_from_slice(&b[..n - first]);
+        let (a, b) = front(&self.readable, n);
+        buf[..a.len()].copy_from_slice(a);
+        buf[a.len()..n].copy_from_slice(b);
         self.readable.drain(..n);
         self.opened(now, n);
         n
@@ -362,7 +361,10 @@ impl Connection {
     pub fn read_into(&mut self, now: Instant, into: &mut VecDeque<u8>, max: usize) -> usize {
         self.now = self.now.max(now);
         let n = max.min(self.readable.len());
-        into.extend(self.readable.drain(..n));
+        let (a, b) = front(&self.readable, n);
+        into.extend(a);
+        into.extend(b);
+        self.readable.drain(..n);
         self.opened(now, n);
         n
     }
@@ -551,7 +553,9 @@ impl Connection {
             if self.inflight.len() >= 1 << 14 {
                 break;
             }
-            let payload: Vec<u8> = self.unsent.drain(..n).collect();
+            let (a, b) = front(&self.unsent, n);
+            let payload = [a, b].concat();
+            self.unsent.drain(..n);
             self.send_packet(now, Kind::Data, payload);
         }
         if self.closing && self.unsent.is_empty() && self.fin_sent.is_none() {
@@ -932,6 +936,14 @@ impl Connection {
         self.state = State::Closed;
         self.out.push_back(Output::Closed(why));
     }
+}
+
+/// The first `n` bytes of `q` as two slices, to be copied as slices: moving bytes out of a
+/// `VecDeque` through its iterators goes byte by byte (it took 40% of a loopback transfer).
+fn front(q: &VecDeque<u8>, n: usize) -> (&[u8], &[u8]) {
+    let (a, b) = q.as_slices();
+    let first = n.min(a.len());
+    (&a[..first], &b[..n - first])
 }
 
 #[cfg(test)]

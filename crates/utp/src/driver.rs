@@ -38,6 +38,10 @@ pub const MAX_PENDING_ACCEPT: usize = 64;
 pub const MAX_HALF_OPEN: usize = 128;
 /// Datagrams for the port's other protocol waiting to be taken, at most.
 pub const MAX_OTHERS_QUEUED: usize = 256;
+/// The socket buffers asked for, each way (the kernel caps them at `net.core.rmem_max` and
+/// `wmem_max`): a window's burst fits, where the default 208 KiB drops the tail of one on
+/// loopback and the lost tail waits for a timeout.
+const SOCKET_BUFFER: usize = 4 << 20;
 /// Bytes buffered between a stream and its connection, each way.
 const PIPE_BYTES: usize = 1 << 20;
 
@@ -179,6 +183,18 @@ pub struct UtpSocket {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A UDP socket on `addr` with [`SOCKET_BUFFER`]s (as large as the kernel allows).
+fn bind_udp(addr: SocketAddr) -> io::Result<Arc<UdpSocket>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Smaller buffers only cost speed.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(Arc::new(UdpSocket::from_std(socket.into())?))
+}
+
 /// The socket's task stopped.
 fn stopped() -> io::Error {
     io::Error::other("the uTP socket has stopped")
@@ -187,14 +203,13 @@ fn stopped() -> io::Error {
 impl UtpSocket {
     /// Binds `addr` and starts the task.
     pub async fn bind(addr: SocketAddr, config: Config) -> io::Result<UtpSocket> {
-        let socket = Arc::new(UdpSocket::bind(addr).await?);
-        UtpSocket::start(socket, config, None)
+        UtpSocket::start(bind_udp(addr)?, config, None)
     }
 
     /// Binds `addr` for uTP and for another protocol (a DHT node), whose datagrams come out of
     /// [`Others`].
     pub async fn bind_sharing(addr: SocketAddr, config: Config) -> io::Result<(UtpSocket, Others)> {
-        let socket = Arc::new(UdpSocket::bind(addr).await?);
+        let socket = bind_udp(addr)?;
         let (tx, incoming) = mpsc::channel(MAX_OTHERS_QUEUED);
         let utp = UtpSocket::start(socket.clone(), config, Some(tx))?;
         Ok((utp, Others { socket, incoming }))
