@@ -9,10 +9,10 @@
 # - libtorrent 2.0 → libtorrent 2.0 with peers over uTP only (LT_UTP_ONLY=1 in
 #   tests/peers/lt_peer.py): a seed of a MIB file and a getter told its address, from the
 #   getter's connect to its last piece (its session start-up not counted).
-# - The same BitTorrent transfer with Swarmcast: `swarmcast seed` → `swarmcast get`, both with
-#   `--transport utp` (TCP neither dialled nor accepted), and a libtorrent uTP-only seed →
-#   `swarmcast get --transport utp`; seconds as `get` reports them (from its start to the last
-#   piece verified), bytes compared after each.
+# - The same BitTorrent transfer with Swarmcast: a libtorrent uTP-only seed → `swarmcast get
+#   --transport utp` (TCP neither dialled nor accepted), and `swarmcast seed` → `swarmcast get`
+#   with `--transport utp`, then over TCP for reference; seconds as `get` reports them (from its start to the last
+#   piece verified), bytes compared after each. Peak RSS of each getter (GNU time).
 #
 # Needs python3-libtorrent (scripts/install-deps.sh); builds the example in release. Every
 # process this script starts is stopped by PID on exit.
@@ -30,7 +30,7 @@ rows=()
 for mss in 1400 8000; do
   line=$("$CARGO_TARGET_DIR/release/examples/loopback" "$MIB" "$mss")
   secs=$(sed -E 's/.* in ([0-9.]+) s.*/\1/' <<<"$line")
-  rows+=("| Swarmcast UtpStream → UtpStream, MSS $mss | $secs | $(python3 -c "print(f'{$MIB/$secs:.1f}')") |")
+  rows+=("| Swarmcast UtpStream → UtpStream, MSS $mss | $secs | $(python3 -c "print(f'{$MIB/$secs:.1f}')") | — |")
 done
 
 mkdir -p "$tmp/seed" "$tmp/got"
@@ -41,32 +41,36 @@ LT_UTP_ONLY=1 /usr/bin/python3 tests/peers/lt_peer.py seed "$tmp/p.torrent" "$tm
 pids+=($!)
 for _ in $(seq 1 600); do grep -q ready "$tmp/seed.log" && break; sleep 0.1; done
 grep -q ready "$tmp/seed.log" || { echo "the libtorrent seed did not start" >&2; exit 1; }
-out=$(LT_UTP_ONLY=1 timeout 600 /usr/bin/python3 tests/peers/lt_peer.py get "$tmp/p.torrent" "$tmp/got" "$gp" "$sp" 600)
+out=$(LT_UTP_ONLY=1 timeout 600 /usr/bin/time -f "maxrss %M" -o "$tmp/lt.rss" /usr/bin/python3 tests/peers/lt_peer.py get "$tmp/p.torrent" "$tmp/got" "$gp" "$sp" 600)
+rss=$(( $(sed -nE 's/^maxrss ([0-9]+)$/\1/p' "$tmp/lt.rss") / 1024 ))
 secs=$(sed -nE 's/^seconds ([0-9.]+)$/\1/p' <<<"$out")
 [ -n "$secs" ] || { echo "the libtorrent getter failed: $out" >&2; exit 1; }
 cmp -s "$tmp/seed/payload.bin" "$tmp/got/payload.bin" || { echo "libtorrent's copy differs" >&2; exit 1; }
-rows+=("| libtorrent → libtorrent, uTP only | $secs | $(python3 -c "print(f'{$MIB/$secs:.1f}')") |")
+rows+=("| libtorrent → libtorrent, uTP only | $secs | $(python3 -c "print(f'{$MIB/$secs:.1f}')") | $rss MB |")
 
-# `swarmcast get --transport utp` from the peer at $1; prints its seconds.
+# `swarmcast get --transport $2` from the peer at $1; prints its seconds and peak RSS (MB).
 our_get() {
   rm -rf "$tmp/ours"
   local said
-  said=$(timeout 600 "$CARGO_TARGET_DIR/release/swarmcast" get "$tmp/p.torrent" -o "$tmp/ours" \
-    --bind 127.0.0.1 --port "$(free_port)" --no-dht --transport utp --peer "127.0.0.1:$1" 2>&1)
+  said=$(timeout 600 /usr/bin/time -f "maxrss %M" "$CARGO_TARGET_DIR/release/swarmcast" get "$tmp/p.torrent" -o "$tmp/ours" \
+    --bind 127.0.0.1 --port "$(free_port)" --no-dht --transport "$2" --peer "127.0.0.1:$1" 2>&1)
   cmp -s "$tmp/seed/payload.bin" "$tmp/ours/payload.bin" || { echo "our copy differs: $said" >&2; exit 1; }
-  sed -nE 's/.*complete, every piece verified \([0-9.]+ MiB in ([0-9.]+) s.*/\1/p' <<<"$said"
+  echo "$(sed -nE 's/.*complete, every piece verified \([0-9.]+ MiB in ([0-9.]+) s.*/\1/p' <<<"$said")" \
+    "$(( $(sed -nE 's/^maxrss ([0-9]+)$/\1/p' <<<"$said") / 1024 ))"
 }
-secs=$(our_get "$sp")
-rows+=("| libtorrent → Swarmcast \`get\`, uTP only | $secs | $(python3 -c "print(f'{$MIB/$secs:.1f}')") |")
+read -r secs rss < <(our_get "$sp" utp)
+rows+=("| libtorrent → Swarmcast \`get\`, uTP only | $secs | $(python3 -c "print(f'{$MIB/$secs:.1f}')") | $rss MB |")
 kill "${pids[@]}" 2>/dev/null || true
 op=$(free_port)
 "$CARGO_TARGET_DIR/release/swarmcast" seed "$tmp/p.torrent" --data "$tmp/seed/payload.bin" \
-  --bind 127.0.0.1 --port "$op" --no-dht --transport utp >"$tmp/ours-seed.log" 2>&1 &
+  --bind 127.0.0.1 --port "$op" --no-dht >"$tmp/ours-seed.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 600); do grep -q "seeding" "$tmp/ours-seed.log" && break; sleep 0.1; done
-secs=$(our_get "$op")
-rows+=("| Swarmcast \`seed\` → Swarmcast \`get\`, uTP only | $secs | $(python3 -c "print(f'{$MIB/$secs:.1f}')") |")
+for t in utp tcp; do
+  read -r secs rss < <(our_get "$op" "$t")
+  rows+=("| Swarmcast \`seed\` → Swarmcast \`get --transport $t\` | $secs | $(python3 -c "print(f'{$MIB/$secs:.1f}')") | $rss MB |")
+done
 
-echo "| what | seconds | MiB/s |"
-echo "|---|---|---|"
+echo "| what | seconds | MiB/s | getter's peak RSS |"
+echo "|---|---|---|---|"
 printf '%s\n' "${rows[@]}"

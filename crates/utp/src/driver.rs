@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -276,6 +276,95 @@ impl Drop for Entry {
     }
 }
 
+/// The largest send of many datagrams at once (UDP GSO): below what one IP packet may carry.
+const MAX_BATCH_BYTES: usize = 65_000;
+
+/// The socket, and the state of its batched sends and receives (UDP GSO and GRO, where the
+/// kernel has them: one system call for up to 64 datagrams of one size to one address, and
+/// for as many arriving at once from one).
+struct Io {
+    socket: Arc<UdpSocket>,
+    state: quinn_udp::UdpSocketState,
+}
+
+impl Io {
+    fn new(socket: Arc<UdpSocket>) -> io::Result<Io> {
+        let state = quinn_udp::UdpSocketState::new((&*socket).into())?;
+        Ok(Io { socket, state })
+    }
+
+    /// Sends `bytes` to `to`: one datagram, or datagrams of `segment` bytes each (the last may
+    /// be shorter). A datagram that cannot be sent is a lost packet (the cores resend).
+    async fn send(&self, to: SocketAddr, bytes: &[u8], segment: Option<usize>) {
+        let t = quinn_udp::Transmit {
+            destination: to,
+            ecn: None,
+            contents: bytes,
+            segment_size: segment,
+            src_ip: None,
+        };
+        let send = || self.state.send((&*self.socket).into(), &t);
+        let _ = self.socket.async_io(Interest::WRITABLE, send).await;
+    }
+
+    /// One receive into `buf`: the datagrams are `buf[..meta.len]` in pieces of `meta.stride`.
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<quinn_udp::RecvMeta> {
+        let mut meta = [quinn_udp::RecvMeta::default()];
+        let bufs = &mut [io::IoSliceMut::new(buf)];
+        self.socket.try_io(Interest::READABLE, || {
+            self.state.recv((&*self.socket).into(), bufs, &mut meta).map(|_| ())
+        })?;
+        Ok(meta[0])
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<quinn_udp::RecvMeta> {
+        loop {
+            self.socket.readable().await?;
+            match self.try_recv(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+}
+
+/// Datagrams to one address gathered for one send (see [`Io`]): of one size, the last may be
+/// shorter.
+#[derive(Default)]
+struct Batch {
+    to: Option<SocketAddr>,
+    bytes: Vec<u8>,
+    segment: usize,
+    count: usize,
+}
+
+impl Batch {
+    async fn push(&mut self, io: &Io, to: SocketAddr, datagram: &[u8]) {
+        let fits = self.to == Some(to)
+            && datagram.len() <= self.segment
+            && self.count < io.state.max_gso_segments()
+            && self.bytes.len() + datagram.len() <= MAX_BATCH_BYTES;
+        if !fits {
+            self.flush(io).await;
+            (self.to, self.segment) = (Some(to), datagram.len());
+        }
+        self.bytes.extend_from_slice(datagram);
+        self.count += 1;
+        // A shorter datagram ends a batch.
+        if datagram.len() < self.segment {
+            self.flush(io).await;
+        }
+    }
+
+    async fn flush(&mut self, io: &Io) {
+        if let Some(to) = self.to.filter(|_| self.count > 0) {
+            io.send(to, &self.bytes, (self.count > 1).then_some(self.segment)).await;
+        }
+        self.bytes.clear();
+        self.count = 0;
+    }
+}
+
 async fn run(
     socket: Arc<UdpSocket>,
     config: Config,
@@ -283,9 +372,17 @@ async fn run(
     accept: mpsc::Sender<UtpStream>,
     others: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
 ) {
+    let io = match Io::new(socket) {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::warn!("uTP socket unusable: {e}");
+            return;
+        }
+    };
     let wake = Arc::new(Notify::new());
     let mut conns: HashMap<(SocketAddr, u16), Entry> = HashMap::new();
     let mut buf = vec![0u8; MAX_PACKET];
+    let mut batch = Batch::default();
     let mut dropped: u64 = 0;
     loop {
         let now = Instant::now();
@@ -300,9 +397,7 @@ async fn run(
                 while let Some(out) = e.conn.poll() {
                     said = true;
                     match out {
-                        Output::Transmit(bytes) => {
-                            let _ = socket.send_to(&bytes, key.0).await;
-                        }
+                        Output::Transmit(bytes) => batch.push(&io, key.0, &bytes).await,
                         Output::Connected => {
                             if let (Some(tx), Some(s)) = (e.opening.take(), e.stream.take()) {
                                 let _ = tx.send(Ok(s));
@@ -351,6 +446,7 @@ async fn run(
                 gone.push(*key);
             }
         }
+        batch.flush(&io).await;
         for k in gone {
             conns.remove(&k);
         }
@@ -362,8 +458,8 @@ async fn run(
             }
         };
         tokio::select! {
-            got = socket.recv_from(&mut buf) => {
-                let Ok((n, from)) = got else { continue };
+            got = io.recv(&mut buf) => {
+                let Ok(meta) = got else { continue };
                 let now = Instant::now();
                 let mut ctx = Incoming {
                     conns: &mut conns,
@@ -372,12 +468,12 @@ async fn run(
                     wake: &wake,
                     others: others.as_ref(),
                 };
-                dropped += u64::from(!ctx.datagram(now, from, &buf[..n]));
+                dropped += ctx.datagrams(now, &meta, &buf);
                 // Whatever else already waits is taken before answering, so one acknowledgement
-                // covers a burst (at most 64 datagrams a turn).
+                // covers a burst (at most 64 receives a turn).
                 for _ in 0..64 {
-                    let Ok((n, from)) = socket.try_recv_from(&mut buf) else { break };
-                    dropped += u64::from(!ctx.datagram(now, from, &buf[..n]));
+                    let Ok(meta) = io.try_recv(&mut buf) else { break };
+                    dropped += ctx.datagrams(now, &meta, &buf);
                 }
                 if dropped > 0 && dropped.is_power_of_two() {
                     tracing::debug!(dropped, "uTP datagrams that name no connection");
@@ -421,6 +517,13 @@ struct Incoming<'a> {
 }
 
 impl Incoming<'_> {
+    /// Routes the datagrams of one receive; returns how many were dropped.
+    fn datagrams(&mut self, now: Instant, meta: &quinn_udp::RecvMeta, buf: &[u8]) -> u64 {
+        let stride = meta.stride.max(1);
+        let got = &buf[..meta.len.min(buf.len())];
+        got.chunks(stride).map(|d| u64::from(!self.datagram(now, meta.addr, d))).sum()
+    }
+
     /// Routes one datagram; false when it was dropped (not uTP, no such connection, or a SYN
     /// past the tables' bounds).
     fn datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> bool {
