@@ -35,6 +35,8 @@ pub struct ClientConfig {
     pub idle_per_host: usize,
     /// How long a kept connection may sit idle; keep it below the servers' idle timeout.
     pub idle_timeout: Duration,
+    /// The address requests leave from (`None`: the system's choice).
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl Default for ClientConfig {
@@ -48,6 +50,7 @@ impl Default for ClientConfig {
             user_agent: "Swarmcast/0.1".to_owned(),
             idle_per_host: 0,
             idle_timeout: Duration::from_secs(2),
+            local_address: None,
         }
     }
 }
@@ -129,6 +132,7 @@ impl HttpClient {
             .timeout(config.total_timeout)
             .pool_max_idle_per_host(config.idle_per_host)
             .pool_idle_timeout(config.idle_timeout)
+            .local_address(config.local_address)
             .user_agent(config.user_agent)
             .build()
             .map_err(|e| ClientError::Tls(e.to_string()))?;

@@ -599,6 +599,7 @@ async fn get(
                     listening.local_addr(),
                     Duration::from_secs(30),
                     net.encryption.into(),
+                    listening.dialer(),
                 )
                 .await?
             }

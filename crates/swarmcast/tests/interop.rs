@@ -324,31 +324,46 @@ fn libtorrent_and_our_client_scrape_our_tracker() {
     }
 }
 
-/// With `--bind`, our outgoing peer connections leave from that address (here 127.0.0.2),
-/// not from the system's default.
+/// With `--bind`, our outgoing peer connections and tracker announces (HTTP and UDP) leave
+/// from that address (here 127.0.0.2), not from the system's default.
 #[test]
 fn outgoing_connections_leave_from_the_bind_address() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let file = d.join("seed/payload.bin");
     random_file(&file, MIB, 7);
-    let t = create_torrent(&file, &d.join("p.torrent"), &[]);
+    // Trackers that only note who asks.
+    let http_tracker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    http_tracker.set_nonblocking(true).unwrap();
+    let udp_tracker = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp_tracker.set_nonblocking(true).unwrap();
+    let http_url = format!("http://{}/announce", http_tracker.local_addr().unwrap());
+    let udp_url = format!("udp://{}/announce", udp_tracker.local_addr().unwrap());
+    let t = create_torrent(&file, &d.join("p.torrent"), &["--tracker", &http_url]);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let peer = listener.local_addr().unwrap();
     let mut c = swarmcast();
     c.arg("get").arg(&t).args(["--bind", "127.0.0.2", "--no-dht", "--peer", &peer.to_string()]);
-    c.arg("-o").arg(d.join("got"));
+    c.args(["--tracker", &udp_url]).arg("-o").arg(d.join("got"));
     let mut get = Proc::spawn("swarmcast get --bind 127.0.0.2", c, d);
-    let mut from = None;
-    wait_for("our get to dial the listener", Duration::from_secs(30), || {
-        match listener.accept() {
-            Ok((_, addr)) => from = Some(addr),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+    let (mut from, mut http_from, mut udp_from) = (None, None, None);
+    wait_for("our get to dial the peer and announce to both trackers", LONG, || {
+        if let Ok((_, addr)) = listener.accept() {
+            from = Some(addr.ip());
         }
-        from.is_some()
+        if let Ok((_, addr)) = http_tracker.accept() {
+            http_from = Some(addr.ip());
+        }
+        let mut buf = [0u8; 128];
+        if let Ok((_, addr)) = udp_tracker.recv_from(&mut buf) {
+            udp_from = Some(addr.ip());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        from.is_some() && http_from.is_some() && udp_from.is_some()
     });
-    assert_eq!(from.map(|a| a.ip()), Some("127.0.0.2".parse().unwrap()));
+    let bound = Some("127.0.0.2".parse().unwrap());
+    assert_eq!((from, http_from, udp_from), (bound, bound, bound), "peer, HTTP and UDP tracker");
     get.kill();
 }
 

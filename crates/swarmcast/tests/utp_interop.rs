@@ -100,8 +100,9 @@ fn a_block_from_a_libtorrent_seed_that_speaks_only_utp() {
 }
 
 /// Whole downloads over uTP with libtorrent speaking only uTP, both ways: our `get` (TCP is
-/// refused, so it dials uTP) from a libtorrent seed, and a libtorrent getter from our `seed`
-/// (it dials our uTP port, the TCP port's number). Bytes equal both ways.
+/// refused, so it dials uTP) from a libtorrent seed, by torrent file and by magnet with
+/// `--transport utp` (metadata over uTP too), and a libtorrent getter from our `seed` (it
+/// dials our uTP port, the TCP port's number). Bytes equal both ways.
 #[test]
 fn downloads_over_utp_with_libtorrent_both_ways() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,6 +127,21 @@ fn downloads_over_utp_with_libtorrent_both_ways() {
     let content = std::fs::read(&file).unwrap();
     assert!(std::fs::read(out.join("payload.bin")).unwrap() == content, "our copy differs");
     assert!(get.output().contains("trying uTP"), "the download did not go over uTP");
+    // A magnet, with uTP alone: the metadata comes over uTP too.
+    let meta = torrent::metainfo::Metainfo::from_bytes(&std::fs::read(&t).unwrap()).unwrap();
+    let magnet = format!("magnet:?xt=urn:btih:{}", hex::encode(meta.info_hash.0));
+    let by_magnet = d.join("got-magnet");
+    let mut c = swarmcast();
+    c.arg("get").arg(&magnet).arg("-o").arg(&by_magnet);
+    c.args(["--bind", "127.0.0.1", "--port", &free_port().to_string(), "--no-dht"]);
+    c.args(["--peer", &format!("127.0.0.1:{port}"), "--transport", "utp"]);
+    let mut get = Proc::spawn("swarmcast get MAGNET --transport utp", c, d);
+    let st = get.wait_or(Duration::from_secs(120), &[&lt_seed]);
+    assert!(st.success(), "a magnet over uTP alone failed\n{}", get.output());
+    assert!(
+        std::fs::read(by_magnet.join("payload.bin")).unwrap() == content,
+        "magnet copy differs"
+    );
     lt_seed.kill();
 
     let port = free_port();
@@ -148,32 +164,36 @@ fn downloads_over_utp_with_libtorrent_both_ways() {
 }
 
 /// `swarmcast get` over uTP alone (`--transport utp`: TCP neither dialled nor accepted) from
-/// the peer at `port`; asserts the bytes.
-fn get_over_utp(t: &Path, file: &Path, port: u16, d: &Path, others: &[&Proc]) {
+/// the peer at `port`, with `extra` arguments; asserts the bytes.
+fn get_over_utp(t: &Path, file: &Path, port: u16, d: &Path, others: &[&Proc], extra: &[&str]) {
     let out = d.join(format!("got-{port}"));
     let mut c = swarmcast();
     c.env("SWARMCAST_LOG", "torrent=debug");
     c.arg("get").arg(t).arg("-o").arg(&out);
     c.args(["--bind", "127.0.0.1", "--port", &free_port().to_string(), "--no-dht"]);
-    c.args(["--peer", &format!("127.0.0.1:{port}"), "--transport", "utp"]);
+    c.args(["--peer", &format!("127.0.0.1:{port}"), "--transport", "utp"]).args(extra);
     let mut get = Proc::spawn("swarmcast get --transport utp", c, d);
     let st = get.wait_or(Duration::from_secs(120), others);
     assert!(st.success(), "swarmcast get over uTP failed\n{}", get.output());
     assert_same_file(file, &out.join(file.file_name().unwrap()));
 }
 
-/// `swarmcast seed --transport utp` dialling the leecher at `port` until `got` holds `file`.
-fn seed_over_utp_until(t: &Path, file: &Path, port: u16, got: &Path, d: &Path) {
+/// `swarmcast seed --transport utp` (and `extra`) dialling the leecher at `port` until `got`
+/// holds `file`.
+fn seed_over_utp_until(t: &Path, file: &Path, port: u16, got: &Path, d: &Path, extra: &[&str]) {
     let peer = format!("127.0.0.1:{port}");
-    let (_seed, _) = start_seed(t, file, d, &["--peer", &peer, "--transport", "utp"]);
+    let mut args = vec!["--peer", &peer, "--transport", "utp"];
+    args.extend_from_slice(extra);
+    let (_seed, _) = start_seed(t, file, d, &args);
     let want = std::fs::read(file).unwrap();
     wait_for("the leecher to finish its download over uTP", Duration::from_secs(120), || {
         std::fs::read(got).is_ok_and(|b| b == want)
     });
 }
 
-/// qBittorrent 4.5 set to uTP alone (`Session\BTProtocol=UTP`), both ways: our getter from a
-/// qBittorrent seed, and a qBittorrent leecher our seed dials; we speak uTP alone too.
+/// qBittorrent 4.5 set to uTP alone (`Session\BTProtocol=UTP`) and to require encryption, both
+/// ways: our getter from a qBittorrent seed, and a qBittorrent leecher our seed dials; we speak
+/// uTP alone and require encryption too (MSE over uTP).
 #[test]
 fn downloads_over_utp_with_qbittorrent_both_ways() {
     require("qbittorrent-nox");
@@ -183,22 +203,24 @@ fn downloads_over_utp_with_qbittorrent_both_ways() {
     random_file(&file, 4 * MIB + 9, 23);
     let t = create_torrent(&file, &d.join("p.torrent"), &[]);
     let port = free_port();
-    let qbt = qbittorrent(d, port, &t, &d.join("seed"), true, 0, "UTP");
+    let qbt = qbittorrent(d, port, &t, &d.join("seed"), true, 1, "UTP");
     wait_listening(port, Duration::from_secs(30));
-    get_over_utp(&t, &file, port, d, &[&qbt]);
+    let require = ["--encryption", "require"];
+    get_over_utp(&t, &file, port, d, &[&qbt], &require);
     drop(qbt);
 
     let port = free_port();
     let got_dir = d.join("qbt-got");
     std::fs::create_dir_all(&got_dir).unwrap();
-    let _qbt = qbittorrent(d, port, &t, &got_dir, false, 0, "UTP");
+    let _qbt = qbittorrent(d, port, &t, &got_dir, false, 1, "UTP");
     wait_listening(port, Duration::from_secs(30));
-    seed_over_utp_until(&t, &file, port, &got_dir.join("payload.bin"), d);
+    seed_over_utp_until(&t, &file, port, &got_dir.join("payload.bin"), d, &require);
 }
 
-/// Transmission 3.00 with uTP on (its TCP cannot be turned off; ours is), both ways: our getter
-/// from a Transmission seed, and a Transmission leecher our seed dials (Transmission will not
-/// dial loopback addresses).
+/// Transmission 3.00 with uTP on (its TCP cannot be turned off; ours is) and encryption
+/// required (`encryption: 2`, `-er`), both ways: our getter from a Transmission seed, and a
+/// Transmission leecher our seed dials (Transmission will not dial loopback addresses); we
+/// require encryption too.
 #[test]
 fn downloads_over_utp_with_transmission_both_ways() {
     require("transmission-cli");
@@ -209,14 +231,15 @@ fn downloads_over_utp_with_transmission_both_ways() {
     let t = create_torrent(&file, &d.join("p.torrent"), &[]);
     let transmission = |folder: &Path, port: u16| {
         let mut c = Command::new("transmission-cli");
-        c.arg("-g").arg(transmission_config(d, port, 1, true)).arg("-w").arg(folder);
+        c.arg("-er").arg("-g").arg(transmission_config(d, port, 2, true)).arg("-w").arg(folder);
         c.args(["-p", &port.to_string()]).arg(&t);
         Proc::spawn("transmission-cli", c, d)
     };
     let port = free_port();
     let mut tr = transmission(&d.join("seed"), port);
     tr.wait_output("Seeding", Duration::from_secs(60));
-    get_over_utp(&t, &file, port, d, &[&tr]);
+    let require = ["--encryption", "require"];
+    get_over_utp(&t, &file, port, d, &[&tr], &require);
     drop(tr);
 
     let port = free_port();
@@ -224,7 +247,7 @@ fn downloads_over_utp_with_transmission_both_ways() {
     std::fs::create_dir_all(&got_dir).unwrap();
     let _tr = transmission(&got_dir, port);
     wait_listening(port, Duration::from_secs(30));
-    seed_over_utp_until(&t, &file, port, &got_dir.join("payload.bin"), d);
+    seed_over_utp_until(&t, &file, port, &got_dir.join("payload.bin"), d, &require);
 }
 
 /// rqbit 9 with uTP alone (`--disable-tcp-connect --disable-tcp-listen

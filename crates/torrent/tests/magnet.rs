@@ -52,7 +52,14 @@ async fn a_magnet_link_resolves_from_a_seeding_session_past_a_dead_address() {
     let peers = [dead, seed.local_addr()];
     let got = timeout(
         LIMIT,
-        fetch_metadata(&magnet, &peers, any(), Duration::from_secs(10), Default::default()),
+        fetch_metadata(
+            &magnet,
+            &peers,
+            any(),
+            Duration::from_secs(10),
+            Default::default(),
+            Default::default(),
+        ),
     )
     .await
     .expect("metadata fetch timed out")
@@ -64,7 +71,14 @@ async fn a_magnet_link_resolves_from_a_seeding_session_past_a_dead_address() {
     // With the seed gone, every address fails and the error says so.
     let err = timeout(
         LIMIT,
-        fetch_metadata(&magnet, &peers, any(), Duration::from_secs(10), Default::default()),
+        fetch_metadata(
+            &magnet,
+            &peers,
+            any(),
+            Duration::from_secs(10),
+            Default::default(),
+            Default::default(),
+        ),
     )
     .await
     .expect("metadata fetch timed out")

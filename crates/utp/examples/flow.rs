@@ -26,7 +26,8 @@ async fn main() {
         "recv" => {
             let socket = UtpSocket::bind(addr, Default::default()).await.unwrap();
             println!("listening");
-            let mut s = socket.accept().await.unwrap();
+            let accepted = tokio::time::timeout_at(until.into(), socket.accept()).await;
+            let mut s = accepted.expect("no sender within SECS").unwrap();
             let mut buf = vec![0u8; 1 << 16];
             let mut got = 0usize;
             let mut tick = tokio::time::interval(Duration::from_millis(500));

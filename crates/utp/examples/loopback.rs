@@ -1,6 +1,6 @@
 //! Throughput of one uTP stream on loopback: `cargo run --release -p utp --example loopback
 //! [MiB] [MSS]` sends MiB (default 256) from one UtpSocket to another in packets of MSS payload
-//! bytes (default 1,400) and prints the rate.
+//! bytes (default `utp::conn::DEFAULT_MSS`, 1,176) and prints the rate.
 
 use std::time::Instant;
 
@@ -11,7 +11,8 @@ use utp::driver::UtpSocket;
 #[tokio::main]
 async fn main() {
     let mib: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(256);
-    let mss: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(1400);
+    let mss: usize =
+        std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(utp::conn::DEFAULT_MSS);
     let any = "127.0.0.1:0".parse().unwrap();
     let config = Config { mss, ..Config::default() };
     let server = UtpSocket::bind(any, config.clone()).await.unwrap();

@@ -48,6 +48,14 @@ use crate::packet::{Header, Kind, Packet};
 
 /// LEDBAT's gain: at most one MSS of growth per round trip when the queue is empty.
 const GAIN: f64 = 1.0;
+
+/// The payload of a full packet by default: what fits the smallest MTU IPv6 allows (1,280
+/// bytes: IPv6 40, UDP 8, our header 20, a selective ACK of up to 34, leaving 1,178; rounded
+/// down to a multiple of 8), so no path fragments or drops our packets. There is no path-MTU discovery (libtorrent has it);
+/// QUIC chose 1,200-byte datagrams for the same reason. Batched sends (UDP GSO) make the
+/// smaller packets cheap.
+pub const DEFAULT_MSS: usize =
+    (1280 - 40 - 8 - crate::packet::HEADER_LEN - 2 - crate::packet::SEND_SACK_BYTES) / 8 * 8;
 /// Acknowledgements past a packet that make it count as lost (TCP's three duplicate ACKs).
 const DUP_ACKS: u32 = 3;
 /// Samples of the one-way delay kept per minute for the base delay (two minutes' minima).
@@ -62,8 +70,8 @@ pub const KEEPALIVE: Duration = Duration::from_secs(29);
 /// Tuning of a [`Connection`].
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Payload bytes per DATA packet (what fits an Ethernet path after IP, UDP and uTP
-    /// headers: 1,400; loopback can take more).
+    /// Payload bytes per DATA packet ([`DEFAULT_MSS`]: what fits any IPv6 path; loopback can
+    /// take more).
     pub mss: usize,
     /// Bytes of received data we buffer (in order and out of order), and advertise as our
     /// window.
@@ -83,7 +91,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            mss: 1400,
+            mss: DEFAULT_MSS,
             recv_window: 1 << 20,
             send_buffer: 1 << 20,
             target_delay: Duration::from_millis(100),
@@ -186,6 +194,9 @@ pub struct Connection {
     maybe_lost: bool,
     /// The peer's advertised window; `None` until a packet other than its SYN tells it.
     peer_wnd: Option<usize>,
+    /// The peer's last acknowledgement held a selective ACK: packets past a gap fill its
+    /// window, so a small window then means loss, not a slow reader.
+    peer_sacking: bool,
     cwnd: f64,
     slow_start: bool,
     /// When the window last shrank for a loss (once per round trip).
@@ -280,6 +291,7 @@ impl Connection {
             unacked_bytes: 0,
             maybe_lost: false,
             peer_wnd: None,
+            peer_sacking: false,
             cwnd,
             slow_start: true,
             last_cut: None,
@@ -503,9 +515,12 @@ impl Connection {
         });
     }
 
-    /// Whether the peer has no room for a packet (its reader is behind).
+    /// Whether the peer has no room for a packet because its reader is behind (not because
+    /// packets past a loss fill it: then it sends selective ACKs).
     fn peer_closed(&self) -> bool {
-        self.state == State::Connected && self.peer_wnd.is_some_and(|w| w < self.config.mss)
+        self.state == State::Connected
+            && !self.peer_sacking
+            && self.peer_wnd.is_some_and(|w| w < self.config.mss)
     }
 
     fn window(&self) -> usize {
@@ -605,6 +620,7 @@ impl Connection {
         }
         let was_closed = self.peer_closed();
         self.peer_wnd = Some(h.wnd_size as usize);
+        self.peer_sacking = h.sack.is_some();
         if !self.on_ack(now, h) {
             return;
         }
@@ -1224,7 +1240,10 @@ mod tests {
         // on loss, as TCP Reno does; here the receiver's 1 MiB window caps it at about 840 ms
         // of queue) and a LEDBAT flow start together on one 10 Mbit/s bottleneck with a
         // 1-second buffer; the LEDBAT flow sees the queue the other builds and steps aside
-        // until it is done (measured: 11.8% of the bytes while both ran).
+        // until it is done (measured: 11.9% of the bytes while both ran). The loss-driven flow
+        // is our own core: a timeout in its loss recovery hands the link to LEDBAT for a second
+        // (seen at MSS 1,178: 25%); the kernel's TCP in scripts/bench-ledbat.sh is the real
+        // reference.
         let t0 = Instant::now();
         let mut ab = Path::new(t0, 1.25e6, Duration::from_millis(20), Duration::from_secs(1), 0);
         let mut ba = lan(t0);
@@ -1239,7 +1258,12 @@ mod tests {
         assert!(ledbat.done.unwrap() > tcp.done.unwrap(), "LEDBAT finished first");
         let ledbat_bytes = tcp.delivered_then[1] as f64;
         let share = ledbat_bytes / (ledbat_bytes + n as f64);
-        println!("LEDBAT's share beside the loss-driven flow: {:.1}%", share * 100.0);
+        println!(
+            "LEDBAT's share beside the loss-driven flow: {:.1}% (that flow done at {:?}, LEDBAT at {:?})",
+            share * 100.0,
+            tcp.done.unwrap(),
+            ledbat.done.unwrap()
+        );
         assert!(
             share <= 0.2,
             "LEDBAT took {:.0}% of the link while the other flow ran",

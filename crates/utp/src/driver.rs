@@ -38,6 +38,9 @@ pub const MAX_PENDING_ACCEPT: usize = 64;
 pub const MAX_HALF_OPEN: usize = 128;
 /// Datagrams for the port's other protocol waiting to be taken, at most.
 pub const MAX_OTHERS_QUEUED: usize = 256;
+/// The largest datagram passed on to the other protocol (a KRPC message is far smaller), so
+/// an unread queue holds at most 2 MiB.
+pub const MAX_OTHER_DATAGRAM: usize = 8192;
 /// The socket buffers asked for, each way (the kernel caps them at `net.core.rmem_max` and
 /// `wmem_max`): a window's burst fits, where the default 208 KiB drops the tail of one on
 /// loopback and the lost tail waits for a timeout.
@@ -221,9 +224,10 @@ impl UtpSocket {
         others: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
     ) -> io::Result<UtpSocket> {
         let local = socket.local_addr()?;
+        let io = Io::new(socket)?;
         let (commands, rx) = mpsc::channel(64);
         let (accept_tx, accepted) = mpsc::channel(MAX_PENDING_ACCEPT);
-        let task = tokio::spawn(run(socket, config, rx, accept_tx, others));
+        let task = tokio::spawn(run(io, config, rx, accept_tx, others));
         Ok(UtpSocket { commands, accepted: tokio::sync::Mutex::new(accepted), local, task })
     }
 
@@ -366,19 +370,12 @@ impl Batch {
 }
 
 async fn run(
-    socket: Arc<UdpSocket>,
+    io: Io,
     config: Config,
     mut commands: mpsc::Receiver<Command>,
     accept: mpsc::Sender<UtpStream>,
     others: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
 ) {
-    let io = match Io::new(socket) {
-        Ok(io) => io,
-        Err(e) => {
-            tracing::warn!("uTP socket unusable: {e}");
-            return;
-        }
-    };
     let wake = Arc::new(Notify::new());
     let mut conns: HashMap<(SocketAddr, u16), Entry> = HashMap::new();
     let mut buf = vec![0u8; MAX_PACKET];
@@ -528,7 +525,8 @@ impl Incoming<'_> {
     /// past the tables' bounds).
     fn datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> bool {
         if let Some(others) = self.others.filter(|_| is_other(bytes)) {
-            return others.try_send((bytes.to_vec(), from)).is_ok();
+            return bytes.len() <= MAX_OTHER_DATAGRAM
+                && others.try_send((bytes.to_vec(), from)).is_ok();
         }
         let p = match Packet::decode(bytes) {
             Ok(p) => p,
@@ -762,5 +760,50 @@ mod tests {
         };
         tokio::time::timeout(std::time::Duration::from_secs(10), counting).await.unwrap();
         assert!((1..=MAX_OTHERS_QUEUED).contains(&queued), "{queued} queued");
+    }
+
+    #[tokio::test]
+    async fn a_syn_flood_costs_a_bounded_table() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let server = UtpSocket::bind(any, Config::default()).await.unwrap();
+        let flooder = tokio::net::UdpSocket::bind(any).await.unwrap();
+        let syn = |id: u16| {
+            let header = crate::packet::Header {
+                kind: Kind::Syn,
+                connection_id: id,
+                timestamp_us: 0,
+                timestamp_diff_us: 0,
+                wnd_size: 65535,
+                seq_nr: 1,
+                ack_nr: 0,
+                sack: None,
+            };
+            Packet { header, payload: &[] }.encode()
+        };
+        // Counts the connections accept hands out until none comes for 300 ms.
+        let drain = || async {
+            let mut n = 0;
+            let wait = std::time::Duration::from_millis(300);
+            while let Ok(Ok(_)) = tokio::time::timeout(wait, server.accept()).await {
+                n += 1;
+            }
+            n
+        };
+        // 2,000 SYNs that never say more.
+        for id in 0..2000u16 {
+            flooder.send_to(&syn(id.wrapping_mul(2)), server.local_addr()).await.unwrap();
+        }
+        // (The application takes them as they come: the half-open ones are capped.)
+        let first = drain().await;
+        assert!((1..=MAX_HALF_OPEN).contains(&first), "{first} accepted");
+        // More: still capped, as none of those said more than its SYN.
+        for id in 2000..6000u16 {
+            flooder.send_to(&syn(id.wrapping_mul(2)), server.local_addr()).await.unwrap();
+            if id % 50 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let total = first + drain().await;
+        assert!(total <= MAX_HALF_OPEN, "{total} half-open connections were kept");
     }
 }

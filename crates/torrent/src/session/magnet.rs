@@ -43,13 +43,15 @@ pub enum MetadataError {
 /// `extra_peers`, and those the link's trackers return. `listen`'s port is announced to
 /// trackers, and dials leave from its address (if one is given). A peer that answers nothing for `per_peer_timeout` while we wait on it, or still owes pieces
 /// [`SERVE_BUDGET`](crate::proto::metadata::SERVE_BUDGET) timeouts after it was first asked, is
-/// given up on. Connections are encrypted as `encryption` says.
+/// given up on. Connections are encrypted as `encryption` says and go over the transports
+/// `dialer` allows (a session's [`crate::session::Session::dialer`]).
 pub async fn fetch_metadata(
     magnet: &Magnet,
     extra_peers: &[SocketAddr],
     listen: SocketAddr,
     per_peer_timeout: Duration,
     encryption: Encryption,
+    dialer: peer::Dialer,
 ) -> Result<Metainfo, MetadataError> {
     let mut rng = rand_chacha::ChaCha8Rng::from_os_rng();
     let our_id = PeerId::generate(&mut rng);
@@ -61,7 +63,7 @@ pub async fn fetch_metadata(
     }
     if !magnet.trackers.is_empty() {
         let tiers = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
-        let mut list = TrackerList::new(tiers, &mut rng);
+        let mut list = TrackerList::new(tiers, &mut rng).from_address(listen.ip());
         let req = AnnounceRequest {
             info_hash: magnet.info_hash,
             peer_id: our_id,
@@ -82,7 +84,7 @@ pub async fn fetch_metadata(
     }
     let config = MetadataConfig { timeout: per_peer_timeout, ..MetadataConfig::default() };
     let core = MetadataCore::new(magnet.info_hash, candidates, config, Instant::now());
-    let raw = run(core, magnet.info_hash, our_id, encryption, listen.ip()).await?;
+    let raw = run(core, magnet.info_hash, our_id, encryption, dialer, listen.ip()).await?;
     let info = Info::from_bytes(&raw).map_err(|e| MetadataError::BadInfo(e.to_string()))?;
     info!(bytes = raw.len(), "fetched torrent metadata");
     Ok(Metainfo {
@@ -130,6 +132,7 @@ async fn run(
     info_hash: InfoHash,
     our_id: PeerId,
     encryption: Encryption,
+    dialer: peer::Dialer,
     local: std::net::IpAddr,
 ) -> Result<Bytes, MetadataError> {
     let (events_tx, mut events) = mpsc::channel(256);
@@ -152,11 +155,12 @@ async fn run(
                 }
                 Output::Connect(addr) => {
                     let events = events_tx.clone();
+                    let dialer = dialer.clone();
                     dials.spawn(async move {
                         let dial = peer::connect(
                             addr,
                             Some(local),
-                            peer::Via::Tcp,
+                            dialer.via(),
                             info_hash,
                             our_id,
                             DIAL_TIMEOUT,

@@ -189,15 +189,14 @@ struct Route {
 /// The part of a session its torrents and its acceptor share.
 struct Shared {
     local_addr: SocketAddr,
-    /// uTP (BEP 29) on the UDP port of the same number, when it could be bound: peers that
-    /// speak only uTP are dialled and accepted there.
-    utp: Option<Arc<utp::driver::UtpSocket>>,
+    /// The transports peers use, and uTP (BEP 29) on the UDP port of the same number when it
+    /// could be bound: peers that speak only uTP are dialled and accepted there.
+    dialer: peer::Dialer,
     upload: Arc<RateLimiter>,
     download: Arc<RateLimiter>,
     /// Running torrents by info-hash (at most one each).
     routes: std::sync::Mutex<BTreeMap<InfoHash, Route>>,
     encryption: Encryption,
-    transport: Transport,
     /// Set once a peer broke off a handshake under a strict `encryption` and the person was
     /// told what that may mean (once per session, not once per dial).
     encryption_hinted: AtomicBool,
@@ -208,15 +207,6 @@ struct Shared {
 }
 
 impl Shared {
-    /// How a dial may go ([`Session::bind`] refuses uTP alone without a uTP socket).
-    fn via(&self) -> peer::Via<'_> {
-        match (self.transport, self.utp.as_deref()) {
-            (Transport::Both, Some(u)) => peer::Via::Both(u),
-            (Transport::Utp, Some(u)) => peer::Via::Utp(u),
-            _ => peer::Via::Tcp,
-        }
-    }
-
     fn routes(&self) -> std::sync::MutexGuard<'_, BTreeMap<InfoHash, Route>> {
         // A panic while holding the lock cannot leave the map half-updated (single inserts and
         // removes), so a poisoned lock is still usable.
@@ -282,12 +272,11 @@ impl Session {
             };
         let shared = Arc::new(Shared {
             local_addr,
-            utp,
+            dialer: peer::Dialer { transport: options.transport, utp },
             upload: RateLimiter::new(options.upload_limit),
             download: RateLimiter::new(options.download_limit),
             routes: std::sync::Mutex::new(BTreeMap::new()),
             encryption: options.encryption,
-            transport: options.transport,
             encryption_hinted: AtomicBool::new(false),
             handshake_worked: AtomicBool::new(false),
         });
@@ -297,6 +286,11 @@ impl Session {
         });
         let udp_others = std::sync::Mutex::new(udp_others);
         Ok(Session { shared, acceptor, udp_others })
+    }
+
+    /// How the session dials peers (for a magnet's metadata fetch before its torrent is added).
+    pub fn dialer(&self) -> peer::Dialer {
+        self.shared.dialer.clone()
     }
 
     /// The UDP socket of the session's port and the datagrams on it that are not uTP, for a
@@ -412,7 +406,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        if shared.transport == Transport::Utp {
+        if shared.dialer.transport == Transport::Utp {
             debug!(%addr, "uTP only: TCP connection closed");
             continue;
         }
@@ -422,14 +416,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Accepts peers over uTP (never returns; pending forever without a uTP socket).
 async fn utp_accept_loop(shared: Arc<Shared>) {
-    let Some(utp) = shared.utp.clone() else {
+    let Some(utp) = shared.dialer.utp.clone() else {
         return std::future::pending().await;
     };
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         let Ok(s) = utp.accept().await else { return };
         let addr = s.peer_addr();
-        if shared.transport == Transport::Tcp {
+        if shared.dialer.transport == Transport::Tcp {
             debug!(%addr, "TCP only: uTP connection closed");
             continue;
         }
@@ -608,7 +602,7 @@ impl Torrent {
         }
         let announces = (!tiers.is_empty()).then(|| {
             let (tx, rx) = mpsc::channel(4);
-            let list = TrackerList::new(tiers, &mut rng);
+            let list = TrackerList::new(tiers, &mut rng).from_address(session.local_addr.ip());
             let base = AnnounceRequest {
                 info_hash: meta.info_hash,
                 peer_id: our_id,
@@ -854,7 +848,8 @@ impl Torrent {
             let encryption = session.encryption;
             let local = Some(session.local_addr.ip());
             let timeout = Duration::from_secs(10);
-            let dialed = peer::connect(addr, local, session.via(), ih, id, timeout, encryption);
+            let via = session.dialer.via();
+            let dialed = peer::connect(addr, local, via, ih, id, timeout, encryption);
             let ev = match dialed.await {
                 Ok(c) => {
                     session.handshake_worked.store(true, Ordering::Relaxed);

@@ -69,6 +69,26 @@ pub enum Transport {
     Utp,
 }
 
+/// What dials may use, owned so that dialling tasks can keep it: the transports allowed and
+/// our uTP socket.
+#[derive(Clone, Default)]
+pub struct Dialer {
+    pub transport: Transport,
+    pub utp: Option<std::sync::Arc<utp::driver::UtpSocket>>,
+}
+
+impl Dialer {
+    /// How one dial goes (TCP when there is no uTP socket: a session that must speak uTP alone
+    /// refuses to start without one).
+    pub fn via(&self) -> Via<'_> {
+        match (self.transport, self.utp.as_deref()) {
+            (Transport::Both, Some(u)) => Via::Both(u),
+            (Transport::Utp, Some(u)) => Via::Utp(u),
+            _ => Via::Tcp,
+        }
+    }
+}
+
 /// The transports one dial may use.
 #[derive(Clone, Copy)]
 pub enum Via<'a> {

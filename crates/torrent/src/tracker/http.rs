@@ -10,8 +10,9 @@
 //! (no `i03e`): a tracker that sends unsorted keys gets a [`TrackerError::Malformed`]. The common
 //! trackers (opentracker, chihaya, ours) sort their keys.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use bendy::decoding::{Decoder, Object};
@@ -246,13 +247,34 @@ pub fn shared_client() -> Result<&'static HttpClient, TrackerError> {
         .map_err(|e| TrackerError::Http(e.clone()))
 }
 
-/// Announces over HTTP or HTTPS with [`shared_client`] (its own timeouts bound the exchange;
-/// [`super::announce`] adds the caller's).
+/// The client whose requests leave from `local` ([`shared_client`] for `None`), built on first
+/// use and kept (one per address a process binds to: a handful at most).
+fn client_from(local: Option<IpAddr>) -> Result<HttpClient, TrackerError> {
+    static CLIENTS: OnceLock<Mutex<HashMap<IpAddr, HttpClient>>> = OnceLock::new();
+    let Some(ip) = local else { return shared_client().cloned() };
+    let mut clients =
+        CLIENTS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = clients.get(&ip) {
+        return Ok(c.clone());
+    }
+    let config = ClientConfig {
+        max_response_bytes: MAX_RESPONSE_BYTES,
+        local_address: Some(ip),
+        ..ClientConfig::default()
+    };
+    let client = HttpClient::new(config).map_err(|e| TrackerError::Http(e.to_string()))?;
+    clients.insert(ip, client.clone());
+    Ok(client)
+}
+
+/// Announces over HTTP or HTTPS from `local` (see [`client_from`]; its own timeouts bound the
+/// exchange, [`super::announce_from`] adds the caller's).
 pub(crate) async fn announce(
     base: &str,
     req: &AnnounceRequest,
+    local: Option<IpAddr>,
 ) -> Result<AnnounceResponse, TrackerError> {
-    announce_with(shared_client()?, base, req).await
+    announce_with(&client_from(local)?, base, req).await
 }
 
 /// Announces to the HTTP(S) tracker at `base` with `client`.

@@ -16,7 +16,7 @@ pub mod http;
 pub mod server;
 pub mod udp;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::{InfoHash, PeerId};
@@ -129,11 +129,23 @@ pub async fn announce(
     req: &AnnounceRequest,
     timeout: Duration,
 ) -> Result<AnnounceResponse, TrackerError> {
+    announce_from(url, req, timeout, None).await
+}
+
+/// [`announce`] from the address `local`, if given: the address the node listens on, so the
+/// tracker hands out the one its peers can reach (a tracker of the other family is then out
+/// of reach: nothing leaves from another address).
+pub async fn announce_from(
+    url: &str,
+    req: &AnnounceRequest,
+    timeout: Duration,
+    local: Option<IpAddr>,
+) -> Result<AnnounceResponse, TrackerError> {
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     let fut = async {
         match scheme.as_deref() {
-            Some("http" | "https") => http::announce(url, req).await,
-            Some("udp") => udp::announce(url, req, udp::SPEC_FIRST_RETRY).await,
+            Some("http" | "https") => http::announce(url, req, local).await,
+            Some("udp") => udp::announce(url, req, udp::SPEC_FIRST_RETRY, local).await,
             Some(_) => Err(TrackerError::Unsupported(url.to_owned())),
             None => Err(TrackerError::InvalidUrl { url: url.to_owned(), reason: "no scheme" }),
         }
@@ -184,6 +196,8 @@ pub async fn scrape(
 pub struct TrackerList {
     /// Never holds an empty tier.
     tiers: Vec<Vec<String>>,
+    /// The address announces leave from (see [`announce_from`]).
+    local: Option<IpAddr>,
 }
 
 impl TrackerList {
@@ -198,7 +212,13 @@ impl TrackerList {
                 t
             })
             .collect();
-        TrackerList { tiers }
+        TrackerList { tiers, local: None }
+    }
+
+    /// Announces leave from `ip` (ignored when unspecified: the system chooses).
+    pub fn from_address(mut self, ip: IpAddr) -> Self {
+        self.local = Some(ip).filter(|ip| !ip.is_unspecified());
+        self
     }
 
     /// True if there is no tracker to announce to.
@@ -223,7 +243,7 @@ impl TrackerList {
         for tier in &mut self.tiers {
             for i in 0..tier.len() {
                 tried += 1;
-                match announce(&tier[i], req, timeout_per_tracker).await {
+                match announce_from(&tier[i], req, timeout_per_tracker, self.local).await {
                     Ok(resp) => {
                         let url = tier.remove(i);
                         tier.insert(0, url.clone());
@@ -484,7 +504,7 @@ mod tests {
                 let url = url.clone();
                 async move {
                     // A short first retry keeps a lost loopback datagram cheap.
-                    udp::announce(&url, &req, Duration::from_secs(1)).await
+                    udp::announce(&url, &req, Duration::from_secs(1), None).await
                 }
             })
             .await;
@@ -523,10 +543,14 @@ mod tests {
             let http = format!("http://{addr}/announce");
             let udp = format!("udp://{addr}");
             announce(&http, &request(1, 1001, 5, Event::Started), PER_ANNOUNCE).await.unwrap();
-            let r =
-                udp::announce(&udp, &request(2, 1002, 5, Event::Started), Duration::from_secs(1))
-                    .await
-                    .unwrap();
+            let r = udp::announce(
+                &udp,
+                &request(2, 1002, 5, Event::Started),
+                Duration::from_secs(1),
+                None,
+            )
+            .await
+            .unwrap();
             assert_eq!(r.peers, vec![local(1001)]);
             server.abort();
         })

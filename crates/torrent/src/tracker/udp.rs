@@ -347,12 +347,13 @@ pub(crate) async fn announce(
     url: &str,
     req: &AnnounceRequest,
     first_retry: Duration,
+    local: Option<IpAddr>,
 ) -> Result<AnnounceResponse, TrackerError> {
     let key: u32 = rand::random();
     let ask = |connection_id, transaction_id| {
         encode_announce_request(connection_id, transaction_id, key, req)
     };
-    match exchange(url, first_retry, ask).await? {
+    match exchange(url, first_retry, local, ask).await? {
         UdpReply::Announce { interval, leechers, seeders, peers, .. } => Ok(AnnounceResponse {
             interval: Duration::from_secs(interval.max(1).into()),
             peers,
@@ -374,7 +375,7 @@ pub(crate) async fn scrape(
     let ask = |connection_id, transaction_id| {
         encode_scrape_request(connection_id, transaction_id, hashes)
     };
-    match exchange(url, first_retry, ask).await? {
+    match exchange(url, first_retry, None, ask).await? {
         UdpReply::Scrape { stats, .. } if stats.len() == hashes.len() => Ok(stats),
         UdpReply::Scrape { stats, .. } => Err(TrackerError::Malformed(format!(
             "UDP scrape answered {} torrents of {}",
@@ -403,19 +404,26 @@ pub fn encode_scrape_request(
 
 /// BEP 15's exchange: connect, then the request `ask` makes from the connection id and a
 /// transaction id, with retransmissions; the tracker's answer to it (an error reply is
-/// [`TrackerError::Failure`]).
+/// [`TrackerError::Failure`]). From `local` when given (a tracker of the other family is then
+/// out of reach, as it is over HTTP: nothing leaves from another address).
 async fn exchange(
     url: &str,
     first_retry: Duration,
+    local: Option<IpAddr>,
     ask: impl Fn(u64, u32) -> Vec<u8>,
 ) -> Result<UdpReply, TrackerError> {
     let (host, port) = host_port(url)?;
     let target = tokio::net::lookup_host((host.as_str(), port)).await?.next().ok_or_else(|| {
         TrackerError::InvalidUrl { url: url.to_owned(), reason: "host name resolves to no address" }
     })?;
-    let local: SocketAddr = match target.ip() {
-        IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    let local: SocketAddr = match (target.ip(), local) {
+        (_, Some(ip)) if ip.is_ipv4() == target.is_ipv4() => (ip, 0).into(),
+        (_, Some(ip)) => {
+            let why = format!("the tracker is at {target}, and announces leave from {ip} only");
+            return Err(TrackerError::Io(std::io::Error::other(why)));
+        }
+        (IpAddr::V4(_), None) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        (IpAddr::V6(_), None) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let ipv6 = target.is_ipv6();
     let socket = UdpSocket::bind(local).await?;
