@@ -142,10 +142,10 @@ fn timed_out(what: &str) -> io::Error {
 /// Connects to `addr` and exchanges handshakes; the peer must answer for `info_hash`. With
 /// [`Via::Both`], over TCP first (from `local`, see [`dial`]); when that fails (refused,
 /// unanswered, or a peer that takes the TCP connection and drops it, as a libtorrent set to
-/// uTP only does), over uTP (BEP 29), each with half of `timeout`. TCP first, because the
-/// kernel's TCP still carries our swarms faster (README, "uTP") and a peer without TCP
-/// refuses at once, where a uTP SYN to a peer without uTP waits out a timeout; uTP reaches the
-/// peers that speak only it.
+/// uTP only does), over uTP (BEP 29), each with half of `timeout`. TCP first, because every
+/// client speaks it (aria2 has no uTP) and a peer without TCP refuses at once, where a uTP SYN
+/// to a peer without uTP waits out a timeout (both carry a swarm at about the same speed:
+/// README, "uTP"); uTP reaches the peers that speak only it.
 pub async fn connect(
     addr: SocketAddr,
     local: Option<IpAddr>,
