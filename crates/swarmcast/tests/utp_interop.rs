@@ -101,8 +101,8 @@ fn a_block_from_a_libtorrent_seed_that_speaks_only_utp() {
 
 /// Whole downloads over uTP with libtorrent speaking only uTP, both ways: our `get` (TCP is
 /// refused, so it dials uTP) from a libtorrent seed, by torrent file and by magnet with
-/// `--transport utp` (metadata over uTP too), and a libtorrent getter from our `seed` (it
-/// dials our uTP port, the TCP port's number). Bytes equal both ways.
+/// `--transport utp` (metadata over uTP too), and a libtorrent getter that requires encryption
+/// from our `seed` (it dials our uTP port, the TCP port's number). Bytes equal both ways.
 #[test]
 fn downloads_over_utp_with_libtorrent_both_ways() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,7 +152,8 @@ fn downloads_over_utp_with_libtorrent_both_ways() {
     seed.wait_output("seeding", Duration::from_secs(60));
     let theirs = d.join("theirs");
     let mut c = libtorrent_script("lt_peer.py");
-    c.env("LT_UTP_ONLY", "1").arg("get").arg(&t).arg(&theirs);
+    // It requires encryption (RC4): our MSE answers over uTP too.
+    c.env("LT_UTP_ONLY", "1").env("LT_ENCRYPTION", "require").arg("get").arg(&t).arg(&theirs);
     c.arg(free_port().to_string()).arg(port.to_string()).arg("120");
     let said = run_ok(c);
     assert!(said.contains("done"), "{said}");
