@@ -3,3 +3,4 @@
 pub mod hyparview;
 pub mod node;
 pub mod plumtree;
+pub mod search;
