@@ -21,4 +21,5 @@ pub mod lab;
 pub mod netns;
 pub mod overlay;
 pub mod plot;
+pub mod search;
 pub mod swarm;

@@ -276,7 +276,24 @@ pub struct Report {
 
 /// Runs the whole scenario; `progress` gets a line per phase, per tenth of the joins and per
 /// broadcast (the CLI prints them for big runs).
-pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Report {
+/// Each node's neighbours (its active view) on the overlay [`run`] builds before it measures
+/// anything: the nodes join and settle as there. Other cores run on it (the search simulation).
+pub fn settle(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Vec<Vec<Id>> {
+    let sim = build(scenario, progress);
+    sim.nodes.iter().map(|n| n.membership().active().iter().copied().collect()).collect()
+}
+
+/// The one-way latency of the link between `a` and `b` in `scenario` (fixed per pair).
+pub fn link_latency(scenario: &Scenario, a: Id, b: Id) -> Duration {
+    let (lo, hi) = (a.min(b), a.max(b));
+    let h = mix(scenario.seed ^ mix((u64::from(lo) << 32) | u64::from(hi)));
+    let min = scenario.latency_min.as_micros() as u64;
+    let span = (scenario.latency_max.as_micros() as u64).saturating_sub(min) + 1;
+    Duration::from_micros(min + h % span)
+}
+
+/// Joins every node and lets the overlay settle.
+fn build(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Sim {
     let s = scenario;
     let mut sim = Sim::new(s);
     for _ in 0..s.nodes {
@@ -309,6 +326,12 @@ pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Report {
             break;
         }
     }
+    sim
+}
+
+pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Report {
+    let s = scenario;
+    let mut sim = build(s, progress);
     let graph = sim.graph_stats();
     progress(&format!(
         "settled: {} component(s), {} isolated, hops to reach 99.9% max {} mean {:.2}",
@@ -614,11 +637,7 @@ impl Sim {
     }
 
     fn latency(&self, a: Id, b: Id) -> Duration {
-        let (lo, hi) = (a.min(b), a.max(b));
-        let h = mix(self.scenario.seed ^ mix((u64::from(lo) << 32) | u64::from(hi)));
-        let min = self.scenario.latency_min.as_micros() as u64;
-        let span = (self.scenario.latency_max.as_micros() as u64).saturating_sub(min) + 1;
-        Duration::from_micros(min + h % span)
+        link_latency(&self.scenario, a, b)
     }
 
     fn fail_later(&mut self, at: Id, peer: Id, after: Duration) {

@@ -1,5 +1,6 @@
-//! `swarmcast sim overlay|swarm|dht ...`: run the seeded simulators of `sim::overlay`,
-//! `sim::swarm` and `sim::dht` and print their measurements (and optionally write JSON).
+//! `swarmcast sim overlay|swarm|dht|search ...`: run the seeded simulators of `sim::overlay`,
+//! `sim::swarm`, `sim::dht` and `sim::search` and print their measurements (and optionally
+//! write JSON).
 
 use std::path::PathBuf;
 
@@ -22,6 +23,43 @@ pub enum SimCommand {
     Swarm(SwarmArgs),
     /// Simulate the Mainline DHT in virtual time: every node the DhtCore `swarmcast dht` runs.
     Dht(DhtArgs),
+    /// Simulate unstructured search (flooding, expanding rings, random walks) on the overlay
+    /// the membership core builds: every node the search core.
+    Search(SearchArgs),
+}
+
+/// Arguments of `swarmcast sim search`.
+#[derive(Args)]
+pub struct SearchArgs {
+    /// Nodes of the overlay (3 of them anchors).
+    #[arg(long, default_value_t = 1000)]
+    nodes: u32,
+    /// Which search: flood (TTL 7), ring, walk, or all three.
+    #[arg(long, value_enum, default_value_t = SearchMode::All)]
+    mode: SearchMode,
+    /// Share of the nodes that hold a popular item (rare items have one copy).
+    #[arg(long, default_value_t = 0.01)]
+    replication: f64,
+    /// Queries per mode and popularity.
+    #[arg(long, default_value_t = 100)]
+    queries: usize,
+    /// Random walkers per walk.
+    #[arg(long, default_value_t = 16)]
+    walkers: usize,
+    /// Seed of the run (same seed, same numbers).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the table as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SearchMode {
+    Flood,
+    Ring,
+    Walk,
+    All,
 }
 
 /// Arguments of `swarmcast sim dht`.
@@ -217,7 +255,65 @@ pub fn run(cmd: SimCommand) -> Result<()> {
         SimCommand::Overlay(a) => overlay(&a),
         SimCommand::Swarm(a) => swarm(&a),
         SimCommand::Dht(a) => dht(&a),
+        SimCommand::Search(a) => search(&a),
     }
+}
+
+fn search(a: &SearchArgs) -> Result<()> {
+    use overlay::proto::search::{Config, Mode};
+    use sim::search::{Net, Popularity};
+    if a.nodes < 10 {
+        bail!("--nodes must be at least 10");
+    }
+    if !(a.replication > 0.0 && a.replication <= 1.0) {
+        bail!("--replication is a share of the nodes in (0, 1], got {}", a.replication);
+    }
+    let scenario = Scenario::new(a.nodes, 3, a.seed);
+    let config = Config { walkers: a.walkers, ..Config::default() };
+    eprintln!("building the overlay of {} nodes (joins, then 90 s of settling)...", a.nodes);
+    let started = std::time::Instant::now();
+    let mut net = Net::new(&scenario, config, &mut |line| eprintln!("  {line}"));
+    let modes: Vec<Mode> = match a.mode {
+        SearchMode::Flood => vec![Mode::Flood(7)],
+        SearchMode::Ring => vec![Mode::Ring],
+        SearchMode::Walk => vec![Mode::Walk],
+        SearchMode::All => vec![Mode::Flood(7), Mode::Ring, Mode::Walk],
+    };
+    let mut cells = Vec::new();
+    for popularity in [Popularity::Replicated(a.replication), Popularity::Rare] {
+        for &mode in &modes {
+            eprintln!("  {} queries: {mode:?}, {popularity:?}", a.queries);
+            cells.push(net.measure(mode, popularity, a.queries));
+        }
+    }
+    println!(
+        "search simulation: {} nodes, seed {}, {} queries a cell, {} walkers ({:.1} s)",
+        a.nodes,
+        a.seed,
+        a.queries,
+        a.walkers,
+        started.elapsed().as_secs_f64()
+    );
+    println!("| mode | item on | success | messages / query | hops to 1st | ms to 1st (median / p90) | busiest node's messages |");
+    println!("|---|---|---|---|---|---|---|");
+    for c in &cells {
+        println!(
+            "| {} | {} | {:.1}% | {:.0} | {:.0} | {:.0} / {:.0} | {:.0} |",
+            c.mode,
+            c.popularity,
+            c.success * 100.0,
+            c.messages,
+            c.hops_first,
+            c.ms_first_median,
+            c.ms_first_p90,
+            c.busiest
+        );
+    }
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&cells)?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn dht(a: &DhtArgs) -> Result<()> {
