@@ -111,7 +111,10 @@ impl Net {
         let mut outcomes = Vec::new();
         for q in 0..queries {
             let copies = match popularity {
-                Popularity::Replicated(share) => ((n as f64 * share).round() as usize).max(1),
+                // Someone must be left to ask.
+                Popularity::Replicated(share) => {
+                    ((n as f64 * share).round() as usize).clamp(1, n - 1)
+                }
                 Popularity::Rare => 1,
             };
             let all: Vec<Id> = (0..n as Id).collect();
@@ -196,6 +199,11 @@ impl Net {
                 }
             }
             touched.push(e.to);
+        }
+        // A search cut off by the limit ends here, so nothing of it runs into the next query.
+        if !done {
+            self.nodes[origin as usize].cancel(id);
+            while self.nodes[origin as usize].poll().is_some() {}
         }
         // The next query starts after this one's events.
         self.clock = now + Duration::from_secs(1);

@@ -36,6 +36,11 @@ pub const MAX_WORDS: usize = 8;
 /// Bytes of one keyword, at most (longer words are cut at a character boundary).
 pub const MAX_WORD_BYTES: usize = 32;
 
+/// The longest a walk lives, however often its walkers check back.
+pub const MAX_WALK_TIME: Duration = Duration::from_secs(120);
+/// Hit messages relayed back for one query, at most.
+pub const MAX_RELAYED_HITS: u16 = 16;
+
 /// A query's id: random, so a node cannot guess another's.
 pub type QueryId = u64;
 
@@ -140,6 +145,8 @@ pub enum Output<PI> {
 /// A query seen: where it came from (hits go back there; us, for our own).
 struct Seen<PI> {
     from: PI,
+    /// Hit messages relayed back for it so far (at most [`MAX_RELAYED_HITS`]).
+    relayed: u16,
 }
 
 /// One of our searches.
@@ -152,6 +159,8 @@ struct Mine {
     ttl: u8,
     /// When the search takes its next step or ends.
     deadline: Instant,
+    /// When it started (a walk lives at most [`MAX_WALK_TIME`]).
+    started: Instant,
 }
 
 /// A walker held here while its origin is asked.
@@ -195,8 +204,11 @@ pub struct Search<PI, R> {
 /// removed, at most [`MAX_WORDS`] (the first ones).
 pub fn keywords(text: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for word in text.split(|c: char| !c.is_alphanumeric()) {
-        let mut w = word.to_lowercase();
+    // Lower case first: lower-casing can make characters that split a word (İ → i + a
+    // combining dot), so normalizing twice gives the same words.
+    let lower = text.to_lowercase();
+    for word in lower.split(|c: char| !c.is_alphanumeric()) {
+        let mut w = word.to_string();
         if w.chars().count() < 2 {
             continue;
         }
@@ -257,6 +269,11 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
                 Msg::Query { id, ttl, hops, words, origin, walk } => {
                     let cap = if walk { self.config.max_walk_hops } else { MAX_TTL };
                     let words = keywords(&words.join(" "));
+                    // Queries come from neighbours only, and must ask for something.
+                    if words.is_empty() || !self.neighbours.contains(&from) {
+                        self.dropped += 1;
+                        return;
+                    }
                     let q = Query { id, ttl: ttl.min(cap), hops, words, origin };
                     if walk {
                         self.on_walker(now, from, q);
@@ -266,13 +283,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
                 }
                 Msg::Hits { id, hops, records } => self.on_hits(now, id, hops, records),
                 Msg::Check { id } => {
-                    let (enough, wait) = (self.config.enough, self.config.check_wait);
-                    let search = self.ours.get(&id).and_then(|s| self.mine.get_mut(s));
-                    let go_on = search.is_some_and(|m| {
-                        // A walk lives while its walkers check back.
-                        m.deadline = m.deadline.max(now + wait * 2);
-                        m.found.len() < enough
-                    });
+                    let go_on = self.verdict(now, id);
                     self.send(from, Msg::Verdict { id, go_on });
                 }
                 Msg::Verdict { id, go_on } => self.on_verdict(id, &from, go_on),
@@ -295,6 +306,11 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
         self.shared.push((record, words));
     }
 
+    /// Ends search `id` now (its [`Output::Done`] comes), if it runs.
+    pub fn cancel(&mut self, id: QueryId) {
+        self.finish(id);
+    }
+
     /// Stops sharing the record of `info_hash`.
     pub fn unshare(&mut self, info_hash: &[u8; 20]) {
         self.shared.retain(|(r, _)| &r.info_hash != info_hash);
@@ -311,6 +327,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
             found: BTreeSet::new(),
             ttl: 1,
             deadline: now + self.config.ring_wait,
+            started: now,
         };
         let me = self.me.clone();
         self.remember(now, id, &me);
@@ -443,7 +460,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
                 None => break,
             }
         }
-        self.seen.insert(id, Seen { from: from.clone() });
+        self.seen.insert(id, Seen { from: from.clone(), relayed: 0 });
         self.seen_order.push_back((now, id));
         true
     }
@@ -465,15 +482,26 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
     }
 
     fn on_walker(&mut self, now: Instant, from: PI, q: Query<PI>) {
-        if !self.allowed(now, &from) {
+        // Hops and TTL move in step: a walker that claims more of both than a walk has is
+        // forged (it would skip its check-backs).
+        let steps = u16::from(q.hops) + u16::from(q.ttl);
+        if q.hops == 0
+            || steps > u16::from(self.config.max_walk_hops) + 1
+            || !self.allowed(now, &from)
+        {
             self.dropped += 1;
             return;
         }
-        // A walker may pass a node twice; its hits go straight to the origin.
+        // A walker may pass a node twice; its hits go straight to the origin (handled here when
+        // the walker came back to it).
         let found = self.matches(&q.words);
         for chunk in found.chunks(MAX_HITS_PER_MESSAGE) {
-            let msg = Msg::Hits { id: q.id, hops: q.hops, records: chunk.to_vec() };
-            self.send(q.origin.clone(), msg);
+            if q.origin == self.me {
+                self.on_hits(now, q.id, q.hops, chunk.to_vec());
+            } else {
+                let msg = Msg::Hits { id: q.id, hops: q.hops, records: chunk.to_vec() };
+                self.send(q.origin.clone(), msg);
+            }
         }
         if q.ttl <= 1 {
             return;
@@ -486,7 +514,15 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
             origin: q.origin.clone(),
             walk: true,
         };
-        if q.hops.is_multiple_of(self.config.check_every.max(1)) {
+        // The first holder asks the origin too, so a walker for a search nobody runs dies at
+        // once.
+        if q.hops == 1 || q.hops.is_multiple_of(self.config.check_every.max(1)) {
+            if q.origin == self.me {
+                if self.verdict(now, q.id) {
+                    self.step_walker(msg, &from);
+                }
+                return;
+            }
             // Hold it and ask the origin (a bounded number held per query).
             let list = self.held.entry(q.id).or_default();
             if list.len() < self.config.walkers {
@@ -498,6 +534,19 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
             return;
         }
         self.step_walker(msg, &from);
+    }
+
+    /// Whether the walk `id` goes on (we are its origin): it runs and has not enough. A check
+    /// keeps a walk alive, up to [`MAX_WALK_TIME`].
+    fn verdict(&mut self, now: Instant, id: QueryId) -> bool {
+        let (enough, wait) = (self.config.enough, self.config.check_wait);
+        let search = self.ours.get(&id).and_then(|s| self.mine.get_mut(s));
+        search.is_some_and(|m| {
+            if m.mode == Mode::Walk {
+                m.deadline = m.deadline.max(now + wait * 2).min(m.started + MAX_WALK_TIME);
+            }
+            m.found.len() < enough
+        })
     }
 
     /// Sends a walker on to a random neighbour (not back where it came from, if there is
@@ -556,8 +605,13 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
             return;
         }
         // A hit on its way back: along the reverse path (not for a search of ours that ended).
-        match self.seen.get(&id).map(|s| s.from.clone()) {
-            Some(to) if to != self.me => self.send(to, Msg::Hits { id, hops, records }),
+        let me = self.me.clone();
+        match self.seen.get_mut(&id) {
+            Some(s) if s.from != me && s.relayed < MAX_RELAYED_HITS => {
+                s.relayed += 1;
+                let to = s.from.clone();
+                self.send(to, Msg::Hits { id, hops, records });
+            }
             _ => self.dropped += 1,
         }
     }
@@ -820,6 +874,28 @@ mod tests {
     }
 
     #[test]
+    fn a_walker_for_a_search_nobody_runs_stops_at_its_first_check() {
+        let mut net = Net::line(10, Config::default());
+        net.nodes[5].share(Net::record("bait file", 5));
+        // Node 1 gets a walker whose origin (node 0) never started that search.
+        let walker = Msg::Query {
+            id: 77,
+            ttl: 200,
+            hops: 1,
+            words: vec!["bait".into()],
+            origin: 0,
+            walk: true,
+        };
+        let now = net.now;
+        net.nodes[1].handle(now, Input::Message { from: 0, msg: walker });
+        net.collect(1);
+        net.run(Duration::from_secs(10));
+        // It asked the origin, was told no, and went no further: node 5 never saw it.
+        assert_eq!(net.sent, 2, "a check and a verdict");
+        assert!(net.results.is_empty());
+    }
+
+    #[test]
     fn hostile_queries_are_capped() {
         // A TTL far above the cap is lowered to 7.
         let mut net = Net::line(12, Config::default());
@@ -844,8 +920,14 @@ mod tests {
         node.set_neighbours(vec![0, 2]);
         let now = Instant::now();
         for id in 0..1000 {
-            let msg =
-                Msg::Query { id, ttl: 3, hops: 1, words: vec!["x".into()], origin: 0, walk: false };
+            let msg = Msg::Query {
+                id,
+                ttl: 3,
+                hops: 1,
+                words: vec!["xy".into()],
+                origin: 0,
+                walk: false,
+            };
             node.handle(now, Input::Message { from: 0, msg });
         }
         assert_eq!(node.seen_len(), 5);
@@ -853,11 +935,44 @@ mod tests {
         // Over time the budget refills, and the table of queries seen stays bounded.
         for (k, id) in (1000..2000).enumerate() {
             let at = now + Duration::from_millis(200 * k as u64);
-            let msg =
-                Msg::Query { id, ttl: 3, hops: 1, words: vec!["x".into()], origin: 0, walk: false };
+            let msg = Msg::Query {
+                id,
+                ttl: 3,
+                hops: 1,
+                words: vec!["xy".into()],
+                origin: 0,
+                walk: false,
+            };
             node.handle(at, Input::Message { from: 0, msg });
         }
         assert!(node.seen_len() <= 50);
+        // Queries from a node that is not a neighbour, or that ask for nothing, are dropped.
+        let later = now + Duration::from_secs(3600);
+        let before = node.dropped();
+        for (from, words) in [(7u32, "xy"), (0, "x !")] {
+            let msg = Msg::Query {
+                id: 5000,
+                ttl: 3,
+                hops: 1,
+                words: vec![words.into()],
+                origin: from,
+                walk: false,
+            };
+            node.handle(later, Input::Message { from, msg });
+        }
+        assert_eq!(node.dropped(), before + 2);
+        // A forged walker that claims more hops and TTL than a walk has (to skip its
+        // check-backs) is dropped.
+        let forged = Msg::Query {
+            id: 6000,
+            ttl: 255,
+            hops: 253,
+            words: vec!["xy".into()],
+            origin: 9,
+            walk: true,
+        };
+        node.handle(later, Input::Message { from: 0, msg: forged });
+        assert_eq!(node.dropped(), before + 3);
         // Hits for a query nobody forwarded are dropped, not passed on.
         let before = node.dropped();
         let hits = Msg::Hits { id: 424242, hops: 1, records: vec![Net::record("x y", 1)] };
