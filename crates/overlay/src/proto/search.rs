@@ -776,12 +776,24 @@ mod tests {
             }
         }
 
+        /// Hands node `to` a query from `from` as if it had crossed the wire.
+        fn inject(&mut self, to: u32, from: u32, msg: Msg<u32>) {
+            let now = self.now;
+            self.nodes[to as usize].handle(now, Input::Message { from, msg });
+            self.collect(to);
+        }
+
         fn start(&mut self, i: u32, text: &str, mode: Mode) -> QueryId {
             let now = self.now;
             let id = self.nodes[i as usize].start(now, text, mode);
             self.collect(i);
             id
         }
+    }
+
+    /// A query from node 0 for `word`, at its first hop.
+    fn query(id: QueryId, ttl: u8, word: &str, walk: bool) -> Msg<u32> {
+        Msg::Query { id, ttl, hops: 1, words: vec![word.into()], origin: 0, walk }
     }
 
     #[test]
@@ -878,17 +890,7 @@ mod tests {
         let mut net = Net::line(10, Config::default());
         net.nodes[5].share(Net::record("bait file", 5));
         // Node 1 gets a walker whose origin (node 0) never started that search.
-        let walker = Msg::Query {
-            id: 77,
-            ttl: 200,
-            hops: 1,
-            words: vec!["bait".into()],
-            origin: 0,
-            walk: true,
-        };
-        let now = net.now;
-        net.nodes[1].handle(now, Input::Message { from: 0, msg: walker });
-        net.collect(1);
+        net.inject(1, 0, query(77, 200, "bait", true));
         net.run(Duration::from_secs(10));
         // It asked the origin, was told no, and went no further: node 5 never saw it.
         assert_eq!(net.sent, 2, "a check and a verdict");
@@ -900,17 +902,7 @@ mod tests {
         // A TTL far above the cap is lowered to 7.
         let mut net = Net::line(12, Config::default());
         net.nodes[9].share(Net::record("deep file", 9));
-        let q = Msg::Query {
-            id: 1,
-            ttl: 200,
-            hops: 1,
-            words: vec!["deep".into()],
-            origin: 0,
-            walk: false,
-        };
-        let now = net.now;
-        net.nodes[1].handle(now, Input::Message { from: 0, msg: q });
-        net.collect(1);
+        net.inject(1, 0, query(1, 200, "deep", false));
         net.run(Duration::from_secs(5));
         // Node 1 took it with TTL 7: nodes 1 to 7 saw it, node 8 did not.
         assert!(net.nodes[7].seen_len() == 1 && net.nodes[8].seen_len() == 0, "went past TTL 7");
