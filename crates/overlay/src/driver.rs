@@ -103,6 +103,8 @@ pub enum Event {
     NeighborUp(Peer),
     /// A neighbor left the active view.
     NeighborDown(Peer),
+    /// A result or the end of one of our searches (search enabled on the node).
+    Search(crate::proto::search::Output<Peer>),
 }
 
 enum NetEvent {
@@ -310,6 +312,7 @@ impl Driver {
             Output::Direct { from, payload } => {
                 self.pending.push_back(Event::Direct { from, payload });
             }
+            Output::Search(out) => self.pending.push_back(Event::Search(out)),
         }
     }
 

@@ -553,6 +553,8 @@ impl Service {
                 self.syncing.retain(|(p, _)| *p != peer);
                 self.emit(ChatEvent::Neighbor { up: false, peer: format!("{peer:?}") }).await;
             }
+            // The chat node does not turn search on (yet): none comes.
+            Event::Search(_) => {}
         }
     }
 

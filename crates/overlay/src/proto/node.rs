@@ -14,6 +14,9 @@
 //! us from then on) and otherwise dropped; other broadcast messages for it are dropped. A room's
 //! tree therefore runs over the links between nodes that follow it.
 //!
+//! Search ([`super::search`]) runs here too once [`Node::enable_search`] turned it on: it
+//! queries the active view, and its state is boxed so that nodes without it stay small.
+//!
 //! Contract as in the cores: `handle(now, input)`, then drain [`Node::poll`] until `None`, and
 //! call `handle(now, Input::Timeout)` once `now >= next_deadline()`.
 
@@ -24,7 +27,7 @@ use std::time::Instant;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{hyparview, plumtree};
+use super::{hyparview, plumtree, search};
 
 /// Most topics (broadcast trees) a node keeps.
 pub const MAX_TOPICS: usize = 64;
@@ -56,6 +59,8 @@ pub enum Wire<PI> {
     },
     /// An application frame for this neighbor only (not relayed).
     Direct(Vec<u8>),
+    /// Search (queries from neighbours; hits and check-backs from any node).
+    Search(search::Msg<PI>),
 }
 
 /// Configuration of a node.
@@ -142,6 +147,8 @@ pub enum Output<PI> {
         /// The frame.
         payload: Vec<u8>,
     },
+    /// A result or the end of one of our searches ([`Node::start_search`]).
+    Search(search::Output<PI>),
 }
 
 /// Local mistakes reported by [`Node::handle`]; peer input never errors.
@@ -159,6 +166,9 @@ pub enum Error {
     /// A direct frame was larger than [`MAX_DIRECT`].
     #[error("direct frame of {0} bytes exceeds {MAX_DIRECT} bytes")]
     DirectTooLarge(usize),
+    /// A search was asked of a node that has search turned off.
+    #[error("search is not enabled on this node")]
+    SearchOff,
 }
 
 /// One overlay node. See the module docs.
@@ -170,6 +180,8 @@ pub struct Node<PI, R> {
     /// a B-tree leaf has room for 11 trees, ~3.4 KB for the one topic most nodes follow,
     /// which was the largest share of a simulated node's memory.
     topics: Vec<(TopicId, plumtree::State<PI>)>,
+    /// Search, once enabled.
+    search: Option<Box<search::Search<PI, rand::rngs::StdRng>>>,
     outputs: VecDeque<Output<PI>>,
 }
 
@@ -177,7 +189,39 @@ impl<PI: Ord + Copy + Debug, R: Rng> Node<PI, R> {
     /// A node with id `me` that has joined nothing yet.
     pub fn new(me: PI, config: Config, rng: R) -> Self {
         let membership = hyparview::State::new(me, config.membership.clone(), rng);
-        Self { config, membership, topics: Vec::new(), outputs: VecDeque::new() }
+        Self { config, membership, topics: Vec::new(), search: None, outputs: VecDeque::new() }
+    }
+
+    /// Turns search on: the node answers queries for what it shares and can search.
+    pub fn enable_search(&mut self, config: search::Config, rng: rand::rngs::StdRng) {
+        let mut s = search::Search::new(self.me(), config, rng);
+        s.set_neighbours(self.membership.active().iter().copied().collect());
+        self.search = Some(Box::new(s));
+    }
+
+    /// Shares `record` (search must be on).
+    pub fn share(&mut self, record: search::Record) -> Result<(), Error> {
+        self.search.as_mut().ok_or(Error::SearchOff)?.share(record);
+        Ok(())
+    }
+
+    /// Stops sharing the record of `info_hash`.
+    pub fn unshare(&mut self, info_hash: &[u8; 20]) {
+        if let Some(s) = &mut self.search {
+            s.unshare(info_hash);
+        }
+    }
+
+    /// Starts a search for `text`; its results and end come as [`Output::Search`].
+    pub fn start_search(
+        &mut self,
+        now: Instant,
+        text: &str,
+        mode: search::Mode,
+    ) -> Result<search::QueryId, Error> {
+        let id = self.search.as_mut().ok_or(Error::SearchOff)?.start(now, text, mode);
+        self.pump(now);
+        Ok(id)
     }
 
     /// Where `topic` is (or would be inserted) in `topics`.
@@ -226,7 +270,8 @@ impl<PI: Ord + Copy + Debug, R: Rng> Node<PI, R> {
     /// The earliest time at which `handle(now, Input::Timeout)` has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let topics = self.topics.iter().filter_map(|(_, tree)| tree.next_deadline());
-        self.membership.next_deadline().into_iter().chain(topics).min()
+        let search = self.search.as_ref().and_then(|s| s.next_deadline());
+        self.membership.next_deadline().into_iter().chain(topics).chain(search).min()
     }
 
     /// The next output, if any; drain after every [`Node::handle`].
@@ -266,6 +311,12 @@ impl<PI: Ord + Copy + Debug, R: Rng> Node<PI, R> {
                         self.outputs.push_back(Output::Direct { from, payload });
                     }
                 }
+                // Dropped when search is off.
+                Wire::Search(msg) => {
+                    if let Some(s) = &mut self.search {
+                        s.handle(now, search::Input::Message { from, msg });
+                    }
+                }
             },
             Input::PeerFailed(peer) => {
                 self.membership.handle(now, hyparview::Input::PeerFailed(peer));
@@ -287,6 +338,11 @@ impl<PI: Ord + Copy + Debug, R: Rng> Node<PI, R> {
                         let _ = tree.handle(now, plumtree::Input::Timeout);
                     }
                 }
+                if let Some(s) = &mut self.search {
+                    if s.next_deadline().is_some_and(|d| d <= now) {
+                        s.handle(now, search::Input::Timeout);
+                    }
+                }
             }
         }
         self.pump(now);
@@ -295,7 +351,12 @@ impl<PI: Ord + Copy + Debug, R: Rng> Node<PI, R> {
 
     /// Moves the cores' outputs into ours, feeding membership changes to every tree.
     fn pump(&mut self, now: Instant) {
+        let mut view_changed = false;
         while let Some(out) = self.membership.poll() {
+            view_changed |= matches!(
+                out,
+                hyparview::Output::NeighborUp(_) | hyparview::Output::NeighborDown(_)
+            );
             match out {
                 hyparview::Output::Send { to, msg } => {
                     self.outputs.push_back(Output::Send { to, msg: Wire::Membership(msg) });
@@ -314,6 +375,17 @@ impl<PI: Ord + Copy + Debug, R: Rng> Node<PI, R> {
                     }
                     self.outputs.push_back(Output::NeighborDown(p));
                 }
+            }
+        }
+        if let Some(s) = &mut self.search {
+            if view_changed {
+                s.set_neighbours(self.membership.active().iter().copied().collect());
+            }
+            while let Some(out) = s.poll() {
+                self.outputs.push_back(match out {
+                    search::Output::Send { to, msg } => Output::Send { to, msg: Wire::Search(msg) },
+                    other => Output::Search(other),
+                });
             }
         }
         for (topic, tree) in &mut self.topics {
@@ -412,6 +484,52 @@ mod tests {
         };
         assert_eq!(directs(0), vec![Output::Direct { from: 1, payload: b"hi".to_vec() }]);
         assert!(directs(1).is_empty() && directs(2).is_empty());
+    }
+
+    #[test]
+    fn a_node_with_search_on_finds_what_another_shares() {
+        let mut net = net(12, 3);
+        let now = net.now;
+        for (i, node) in net.nodes.values_mut().enumerate() {
+            node.enable_search(
+                search::Config::default(),
+                rand::rngs::StdRng::seed_from_u64(i as u64),
+            );
+        }
+        for i in 1..12 {
+            net.input(i, Input::Join { anchors: vec![0] });
+            net.run_for(Duration::from_millis(50));
+        }
+        net.run_for(Duration::from_millis(1000));
+        let record = search::Record { name: "Sintel 4K.mkv".into(), size: 7, info_hash: [4; 20] };
+        net.nodes.get_mut(&9).unwrap().share(record.clone()).unwrap();
+        let id = net
+            .nodes
+            .get_mut(&2)
+            .unwrap()
+            .start_search(now, "sintel", search::Mode::Flood(7))
+            .unwrap();
+        // The test net drains a node's outputs after an input: an empty timeout carries the
+        // query out (a driver drains after every call).
+        net.input(2, Input::Timeout);
+        net.run_for(Duration::from_secs(5));
+        let got: Vec<_> = net
+            .kept(2)
+            .iter()
+            .filter_map(|o| match o {
+                Output::Search(search::Output::Result { id: q, record, .. }) if *q == id => {
+                    Some(record.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, vec![record]);
+        // A node with search off ignores search frames and refuses to search.
+        let mut off = Node::new(99u64, Config::default(), ChaCha8Rng::seed_from_u64(9));
+        assert_eq!(off.start_search(now, "x", search::Mode::Walk), Err(Error::SearchOff));
+        let q = search::Msg::Check { id: 1 };
+        off.handle(now, Input::Message { from: 1, msg: Wire::Search(q) }).unwrap();
+        assert!(off.poll().is_none());
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use rand::seq::IteratorRandom;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
 /// The largest TTL a flood may have (Gnutella's).
 pub const MAX_TTL: u8 = 7;
@@ -45,7 +46,7 @@ pub const MAX_RELAYED_HITS: u16 = 16;
 pub type QueryId = u64;
 
 /// Something a node shares.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub name: String,
     pub size: u64,
@@ -64,7 +65,7 @@ pub enum Mode {
 }
 
 /// What search nodes send each other.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg<PI> {
     /// A flooded query, or a walker (`walk`: it goes to one neighbour a hop).
     Query { id: QueryId, ttl: u8, hops: u8, words: Vec<String>, origin: PI, walk: bool },
@@ -143,6 +144,7 @@ pub enum Output<PI> {
 }
 
 /// A query seen: where it came from (hits go back there; us, for our own).
+#[derive(Debug)]
 struct Seen<PI> {
     from: PI,
     /// Hit messages relayed back for it so far (at most [`MAX_RELAYED_HITS`]).
@@ -150,6 +152,7 @@ struct Seen<PI> {
 }
 
 /// One of our searches.
+#[derive(Debug)]
 struct Mine {
     words: Vec<String>,
     mode: Mode,
@@ -164,6 +167,7 @@ struct Mine {
 }
 
 /// A walker held here while its origin is asked.
+#[derive(Debug)]
 struct Held<PI> {
     msg: Msg<PI>,
     from: PI,
@@ -171,6 +175,7 @@ struct Held<PI> {
 }
 
 /// Per-neighbour query budget (a token bucket).
+#[derive(Debug)]
 struct Budget {
     tokens: f64,
     at: Instant,
@@ -180,6 +185,7 @@ struct Budget {
 ///
 /// Getters; [`Search::handle`]; mutators ([`Search::start`], [`Search::share`],
 /// [`Search::set_neighbours`]); [`Search::poll`] and [`Search::next_deadline`].
+#[derive(Debug)]
 pub struct Search<PI, R> {
     me: PI,
     config: Config,
