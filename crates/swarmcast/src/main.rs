@@ -178,7 +178,8 @@ struct NetArgs {
     /// TCP port to listen on for peers (0: any free port).
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// Address to listen on.
+    /// Address to listen on (TCP, and UDP for uTP and the DHT); outgoing peer connections and
+    /// tracker announces leave from it too, unless it is 0.0.0.0 or ::.
     #[arg(long, default_value = "0.0.0.0")]
     bind: std::net::IpAddr,
     /// A peer to connect to (repeatable); needed for peers that do not dial out.
