@@ -50,38 +50,19 @@ async fn a_magnet_link_resolves_from_a_seeding_session_past_a_dead_address() {
     let magnet = Magnet::parse(&format!("magnet:?xt=urn:btih:{}", meta.info_hash)).unwrap();
     let (_dead, dead) = dead_address();
     let peers = [dead, seed.local_addr()];
-    let got = timeout(
-        LIMIT,
-        fetch_metadata(
-            &magnet,
-            &peers,
-            any(),
-            Duration::from_secs(10),
-            Default::default(),
-            Default::default(),
-        ),
-    )
-    .await
-    .expect("metadata fetch timed out")
-    .expect("metadata fetch failed");
+    let fetch = || {
+        let (encryption, dialer) = (Default::default(), Default::default());
+        timeout(
+            LIMIT,
+            fetch_metadata(&magnet, &peers, any(), Duration::from_secs(10), encryption, dialer),
+        )
+    };
+    let got = fetch().await.expect("metadata fetch timed out").expect("metadata fetch failed");
     assert_eq!(got.info_bytes, meta.info_bytes);
     assert_eq!(got.info.name, "movie.bin");
     seed.shutdown().await;
 
     // With the seed gone, every address fails and the error says so.
-    let err = timeout(
-        LIMIT,
-        fetch_metadata(
-            &magnet,
-            &peers,
-            any(),
-            Duration::from_secs(10),
-            Default::default(),
-            Default::default(),
-        ),
-    )
-    .await
-    .expect("metadata fetch timed out")
-    .expect_err("metadata from nowhere");
+    let err = fetch().await.expect("metadata fetch timed out").expect_err("metadata from nowhere");
     assert!(matches!(err, MetadataError::AllFailed { tried: 2, .. }), "{err}");
 }

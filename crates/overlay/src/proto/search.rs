@@ -287,7 +287,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
                         self.on_flood(now, from, q);
                     }
                 }
-                Msg::Hits { id, hops, records } => self.on_hits(now, id, hops, records),
+                Msg::Hits { id, hops, records } => self.on_hits(id, hops, records),
                 Msg::Check { id } => {
                     let go_on = self.verdict(now, id);
                     self.send(from, Msg::Verdict { id, go_on });
@@ -503,7 +503,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
         let found = self.matches(&q.words);
         for chunk in found.chunks(MAX_HITS_PER_MESSAGE) {
             if q.origin == self.me {
-                self.on_hits(now, q.id, q.hops, chunk.to_vec());
+                self.on_hits(q.id, q.hops, chunk.to_vec());
             } else {
                 let msg = Msg::Hits { id: q.id, hops: q.hops, records: chunk.to_vec() };
                 self.send(q.origin.clone(), msg);
@@ -586,7 +586,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
         }
     }
 
-    fn on_hits(&mut self, _now: Instant, id: QueryId, hops: u8, records: Vec<Record>) {
+    fn on_hits(&mut self, id: QueryId, hops: u8, records: Vec<Record>) {
         let records: Vec<Record> = records.into_iter().take(MAX_HITS_PER_MESSAGE).collect();
         if let Some(&search) = self.ours.get(&id) {
             let max = self.config.max_results;
@@ -918,44 +918,21 @@ mod tests {
         node.set_neighbours(vec![0, 2]);
         let now = Instant::now();
         for id in 0..1000 {
-            let msg = Msg::Query {
-                id,
-                ttl: 3,
-                hops: 1,
-                words: vec!["xy".into()],
-                origin: 0,
-                walk: false,
-            };
-            node.handle(now, Input::Message { from: 0, msg });
+            node.handle(now, Input::Message { from: 0, msg: query(id, 3, "xy", false) });
         }
         assert_eq!(node.seen_len(), 5);
         assert_eq!(node.dropped(), 995);
         // Over time the budget refills, and the table of queries seen stays bounded.
         for (k, id) in (1000..2000).enumerate() {
             let at = now + Duration::from_millis(200 * k as u64);
-            let msg = Msg::Query {
-                id,
-                ttl: 3,
-                hops: 1,
-                words: vec!["xy".into()],
-                origin: 0,
-                walk: false,
-            };
-            node.handle(at, Input::Message { from: 0, msg });
+            node.handle(at, Input::Message { from: 0, msg: query(id, 3, "xy", false) });
         }
         assert!(node.seen_len() <= 50);
         // Queries from a node that is not a neighbour, or that ask for nothing, are dropped.
         let later = now + Duration::from_secs(3600);
         let before = node.dropped();
         for (from, words) in [(7u32, "xy"), (0, "x !")] {
-            let msg = Msg::Query {
-                id: 5000,
-                ttl: 3,
-                hops: 1,
-                words: vec![words.into()],
-                origin: from,
-                walk: false,
-            };
+            let msg = query(5000, 3, words, false);
             node.handle(later, Input::Message { from, msg });
         }
         assert_eq!(node.dropped(), before + 2);
