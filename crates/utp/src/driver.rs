@@ -173,11 +173,6 @@ pub struct Others {
     pub incoming: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
 }
 
-/// Whether a datagram on a shared port is the other protocol's: a bencoded dictionary.
-fn is_other(bytes: &[u8]) -> bool {
-    bytes.first() == Some(&b'd')
-}
-
 /// A UDP socket speaking uTP. Dropping it stops its task (and every connection).
 pub struct UtpSocket {
     commands: mpsc::Sender<Command>,
@@ -524,7 +519,7 @@ impl Incoming<'_> {
     /// Routes one datagram; false when it was dropped (not uTP, no such connection, or a SYN
     /// past the tables' bounds).
     fn datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> bool {
-        if let Some(others) = self.others.filter(|_| is_other(bytes)) {
+        if let Some(others) = self.others.filter(|_| crate::packet::is_krpc(bytes)) {
             return bytes.len() <= MAX_OTHER_DATAGRAM
                 && others.try_send((bytes.to_vec(), from)).is_ok();
         }

@@ -134,12 +134,11 @@ impl Header {
     }
 }
 
-/// Whether a datagram looks like uTP rather than KRPC (a bencoded dictionary starts with `d`):
-/// how a socket shared with the DHT tells them apart, as libtorrent does.
-pub fn looks_like_utp(datagram: &[u8]) -> bool {
-    datagram.len() >= HEADER_LEN
-        && datagram[0] & 0x0f == VERSION
-        && Kind::from_code(datagram[0] >> 4).is_some()
+/// Whether a datagram is KRPC (the DHT's: a bencoded dictionary starts with `d`) rather than
+/// uTP, whose first byte has our version, 1, in its low half (`d` has 4): how a socket shared
+/// with the DHT tells them apart, as libtorrent does.
+pub fn is_krpc(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&b'd')
 }
 
 impl<'a> Packet<'a> {
@@ -238,7 +237,7 @@ mod tests {
         for kind in [Kind::Data, Kind::Fin, Kind::State, Kind::Reset, Kind::Syn] {
             let p = Packet { header: header(kind), payload: b"hello" };
             assert_eq!(Packet::decode(&p.encode()), Ok(p.clone()));
-            assert!(looks_like_utp(&p.encode()));
+            assert!(!is_krpc(&p.encode()));
         }
         let mut sacked = header(Kind::State);
         sacked.sack = Some(vec![0b0000_0101, 0, 0, 0x80]);
@@ -262,7 +261,7 @@ mod tests {
         assert!(p.payload.is_empty());
         assert_eq!(p.encode(), syn, "our encoding of it is its bytes");
         // A KRPC datagram is not uTP.
-        assert!(!looks_like_utp(b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe"));
+        assert!(is_krpc(b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe"));
     }
 
     #[test]
