@@ -39,6 +39,7 @@ use tokio::sync::mpsc;
 use crate::identity::NodeId;
 use crate::proto::node::{self, Input, Node, Output, TopicId, Wire};
 use crate::proto::plumtree::{self, MessageId, Round};
+use crate::proto::search::{self, QueryId, Record};
 use crate::transport::{Conn, ConnHandle, Endpoint, FrameReceiver, FrameSender};
 use crate::wire;
 
@@ -159,6 +160,12 @@ pub struct Driver {
     next_housekeeping: Instant,
     last_neighbor: Instant,
     validator: Option<Validator>,
+    refused_records: u64,
+}
+
+/// This machine's clock, Unix seconds (what record expiries are checked against).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl Driver {
@@ -188,6 +195,7 @@ impl Driver {
             next_housekeeping: now,
             last_neighbor: now,
             validator: None,
+            refused_records: 0,
         };
         driver.spawn_accept();
         driver.resolve_anchors();
@@ -231,6 +239,42 @@ impl Driver {
         payload: Vec<u8>,
     ) -> Result<(), node::Error> {
         self.try_input(Input::Broadcast { topic, id, payload })
+    }
+
+    /// Turns search on ([`crate::proto::search`]): the node answers queries for what it shares
+    /// and can search. Records in hits from peers are checked ([`Record::check`]: signature,
+    /// caps, expiry against this machine's clock) before the core sees them; those that fail
+    /// are dropped and counted.
+    pub fn enable_search(&mut self, config: search::Config) {
+        self.node.enable_search(config, rand::SeedableRng::from_os_rng());
+    }
+
+    /// Shares `record` (replacing an earlier one of the same info-hash).
+    pub fn share(&mut self, record: Record) -> Result<(), node::Error> {
+        self.node.share(record)
+    }
+
+    /// Stops sharing the record of `info_hash`.
+    pub fn unshare(&mut self, info_hash: &[u8; 20]) {
+        self.node.unshare(info_hash);
+    }
+
+    /// Starts a search for `text`; results and its end come as [`Event::Search`].
+    pub fn search(&mut self, text: &str, mode: search::Mode) -> Result<QueryId, node::Error> {
+        let id = self.node.start_search(Instant::now(), text, mode)?;
+        self.flush();
+        Ok(id)
+    }
+
+    /// Ends search `id` now.
+    pub fn cancel_search(&mut self, id: QueryId) {
+        self.node.cancel_search(Instant::now(), id);
+        self.flush();
+    }
+
+    /// Records in peers' hits refused by [`Record::check`] so far.
+    pub fn refused_records(&self) -> u64 {
+        self.refused_records
     }
 
     /// Sends an application frame to a neighbor.
@@ -289,10 +333,15 @@ impl Driver {
 
     fn try_input(&mut self, input: Input<Peer>) -> Result<(), node::Error> {
         let r = self.node.handle(Instant::now(), input);
+        self.flush();
+        r
+    }
+
+    /// Carries out what the core asks.
+    fn flush(&mut self) {
         while let Some(out) = self.node.poll() {
             self.on_output(out);
         }
-        r
     }
 
     fn on_output(&mut self, out: Output<Peer>) {
@@ -452,7 +501,22 @@ impl Driver {
                 }
                 Err(e) => tracing::info!("anchor {addr} unreachable: {e}"),
             },
-            NetEvent::Frame { peer, msg } => {
+            NetEvent::Frame { peer, mut msg } => {
+                if let Wire::Search(search::Msg::Hits { records, .. }) = &mut msg {
+                    let now = unix_now();
+                    let before = records.len();
+                    records.retain(|r| match r.check(now) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::debug!("record from {peer:?} dropped: {e}");
+                            false
+                        }
+                    });
+                    self.refused_records += (before - records.len()) as u64;
+                    if records.is_empty() {
+                        return;
+                    }
+                }
                 if let (
                     Some(valid),
                     Wire::Gossip { topic, msg: plumtree::Message::Gossip { id, payload, .. } },

@@ -41,6 +41,7 @@ async fn start(dir: &Path, nick: &str, anchors: Vec<SocketAddr>) -> Node {
         nick: nick.to_string(),
         rooms: vec!["general".into()],
         node: Default::default(),
+        share: Vec::new(),
     };
     let (cmd, cmd_rx) = mpsc::channel(16);
     let (ev_tx, mut events) = mpsc::channel(4096);

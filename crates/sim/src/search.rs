@@ -121,7 +121,9 @@ impl Net {
             let holders: Vec<Id> = all.choose_multiple(&mut self.rng, copies).copied().collect();
             let mut hash = [0u8; 20];
             hash[..8].copy_from_slice(&(q as u64).to_be_bytes());
-            let record = Record { name: format!("item{q} film"), size: 1, info_hash: hash };
+            // One publisher for all its copies: a search counts the item once, wherever found.
+            let publisher = overlay::identity::NodeId([0; 32]);
+            let record = Record::unsigned(format!("item{q} film"), 1, hash, publisher);
             for &h in &holders {
                 self.nodes[h as usize].share(record.clone());
             }

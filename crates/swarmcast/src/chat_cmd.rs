@@ -3,14 +3,15 @@
 //! `chat_line.rs`; this file has the arguments and the headless runners.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use overlay::chat::{self, ChatConfig, ChatEvent, Command};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::chat_line::parse_line;
+use crate::share::{self, Sharing};
 
 /// Arguments of `swarmcast chat`.
 #[derive(clap::Args)]
@@ -38,6 +39,10 @@ pub struct ChatArgs {
     /// printed one JSON object per line.
     #[arg(long)]
     pub script: bool,
+    /// Share every file in this directory: each is seeded over BitTorrent and published as a
+    /// signed search record (`swarmcast search` finds it by words of its name).
+    #[arg(long)]
+    pub share: Option<PathBuf>,
 }
 
 /// Arguments of `swarmcast anchor` and `swarmcast node`.
@@ -56,6 +61,10 @@ pub struct RelayArgs {
     /// Address other nodes should dial, if not the listening one.
     #[arg(long)]
     pub advertise: Option<SocketAddr>,
+    /// Share every file in this directory: each is seeded over BitTorrent and published as a
+    /// signed search record (`swarmcast search` finds it by words of its name).
+    #[arg(long)]
+    pub share: Option<PathBuf>,
 }
 
 fn default_data(name: &str) -> PathBuf {
@@ -67,7 +76,7 @@ fn default_data(name: &str) -> PathBuf {
     base.join("swarmcast").join(name)
 }
 
-async fn resolve(anchors: &[String]) -> Result<Vec<SocketAddr>> {
+pub async fn resolve(anchors: &[String]) -> Result<Vec<SocketAddr>> {
     let mut out = Vec::new();
     for a in anchors {
         let addr = tokio::net::lookup_host(a.as_str())
@@ -80,8 +89,23 @@ async fn resolve(anchors: &[String]) -> Result<Vec<SocketAddr>> {
     Ok(out)
 }
 
+/// Starts sharing `dir` (if given) on the address the node advertises.
+async fn start_sharing(
+    dir: Option<&Path>,
+    listen: SocketAddr,
+    advertise: Option<SocketAddr>,
+) -> Result<Option<Sharing>> {
+    let Some(dir) = dir else { return Ok(None) };
+    let ip = advertise.unwrap_or(listen).ip();
+    if ip.is_unspecified() {
+        bail!("--share needs an address peers can reach: give --advertise IP:PORT");
+    }
+    Ok(Some(share::share_dir(dir, ip).await?))
+}
+
 /// `swarmcast chat`.
 pub async fn chat(args: ChatArgs) -> Result<()> {
+    let sharing = start_sharing(args.share.as_deref(), args.listen, args.advertise).await?;
     let config = ChatConfig {
         data: args.data.clone().unwrap_or_else(|| default_data(&args.nick)),
         listen: args.listen,
@@ -90,6 +114,7 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
         nick: args.nick.clone(),
         rooms: vec![args.room.clone()],
         node: Default::default(),
+        share: sharing.as_ref().map(|s| s.files.clone()).unwrap_or_default(),
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
@@ -100,6 +125,9 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
         crate::tui::run(args.room, args.nick, cmd_tx, ev_rx).await?;
     }
     service.await.context("chat service panicked")??;
+    if let Some(s) = sharing {
+        s.shutdown().await;
+    }
     Ok(())
 }
 
@@ -154,6 +182,7 @@ async fn print_json(out: &mut tokio::io::Stdout, ev: &ChatEvent) -> Result<()> {
 /// `swarmcast anchor` and `swarmcast node`: a headless node that relays and keeps history,
 /// until Ctrl-C.
 pub async fn relay(args: RelayArgs, role: &str) -> Result<()> {
+    let sharing = start_sharing(args.share.as_deref(), args.listen, args.advertise).await?;
     let config = ChatConfig {
         data: args.data.unwrap_or_else(|| default_data(role)),
         listen: args.listen,
@@ -162,6 +191,7 @@ pub async fn relay(args: RelayArgs, role: &str) -> Result<()> {
         nick: role.to_string(),
         rooms: vec!["general".to_string()],
         node: Default::default(),
+        share: sharing.as_ref().map(|s| s.files.clone()).unwrap_or_default(),
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
@@ -191,5 +221,8 @@ pub async fn relay(args: RelayArgs, role: &str) -> Result<()> {
     drop(cmd_tx);
     service.await.context("node panicked")??;
     let _ = printer.await;
+    if let Some(s) = sharing {
+        s.shutdown().await;
+    }
     Ok(())
 }

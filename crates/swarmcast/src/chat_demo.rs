@@ -31,6 +31,7 @@ async fn start(
         nick,
         rooms: vec!["general".into()],
         node: Default::default(),
+        share: Vec::new(),
     };
     let (cmd, cmd_rx) = mpsc::channel(16);
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);

@@ -1,8 +1,9 @@
 //! The line a person types in the chat UI or a script feeds `swarmcast chat --script`, as a
 //! chat command: plain text is said in the current room, `/join`, `/msg`, `/peers`, `/nick`,
-//! `/history` and `/quit` are commands. Used by `chat_cmd.rs` (`--script`) and `tui.rs`.
+//! `/history`, `/search` and `/quit` are commands. Used by `chat_cmd.rs` (`--script`) and `tui.rs`.
 
 use overlay::chat::Command;
+use overlay::proto::search::Mode;
 
 /// One line typed by a person or a script, as a command; `Ok(None)` for `/quit`.
 pub fn parse_line(line: &str, room: &mut String) -> Result<Option<Command>, String> {
@@ -30,9 +31,12 @@ pub fn parse_line(line: &str, room: &mut String) -> Result<Option<Command>, Stri
             let n = if arg.is_empty() { 50 } else { arg.parse().map_err(|_| "usage: /history [N]")? };
             Ok(Some(Command::History { room: room.clone(), n }))
         }
+        "search" if !arg.is_empty() => {
+            Ok(Some(Command::Search { text: arg.to_string(), mode: Mode::Ring }))
+        }
         "quit" | "exit" => Ok(None),
         _ => Err(format!(
-            "unknown command /{cmd}; try /join ROOM, /msg NICK text, /peers, /nick NAME, /history, /quit"
+            "unknown command /{cmd}; try /join ROOM, /msg NICK text, /peers, /nick NAME, /history, /search WORDS, /quit"
         )),
     }
 }

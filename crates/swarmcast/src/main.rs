@@ -12,6 +12,8 @@
 //! - `sim_cmd.rs`: `sim overlay`, the seeded overlay simulation.
 //! - `stream_cmd.rs`, `stream_serve.rs`: `stream eval`, `stream package`, `stream origin` (issue 5).
 //! - `play_cmd.rs`: `play`, the headless DASH player (issue 5).
+//! - `search_cmd.rs`: `search`, distributed search over the overlay; `share.rs`: `--share DIR`
+//!   of the overlay nodes, which seeds what it publishes (issue 14).
 
 mod chat_cmd;
 mod chat_demo;
@@ -21,6 +23,8 @@ mod dht_cmd;
 mod lab_cmd;
 mod play_cmd;
 mod progress;
+mod search_cmd;
+mod share;
 mod sim_cmd;
 mod size_arg;
 mod stream_cmd;
@@ -142,6 +146,9 @@ enum Command {
     Anchor(chat_cmd::RelayArgs),
     /// Run a headless overlay node that relays messages and keeps history for catch-up.
     Node(chat_cmd::RelayArgs),
+    /// Find files that overlay nodes share (`--share DIR`), by words of their names: flooding,
+    /// expanding rings or random walks; prints each file's sources and magnet.
+    Search(search_cmd::SearchArgs),
     /// The Mainline DHT: run a node, find a torrent's peers, announce one.
     Dht {
         #[command(subcommand)]
@@ -218,8 +225,8 @@ struct NetArgs {
     #[arg(long, value_enum, default_value_t = TransportArg::Both)]
     transport: TransportArg,
     /// A Mainline DHT node to join through, HOST:PORT (repeatable). The DHT is used when this
-    /// is given, or when the torrent names no tracker and no --peer is given (then through the
-    /// well-known public routers). Private torrents (BEP 27) never use it.
+    /// is given, or when the torrent names no tracker (nor a magnet an x.pe peer) and no --peer
+    /// is given (then through the well-known public routers). Private torrents (BEP 27) never use it.
     #[arg(long = "dht-bootstrap")]
     dht_bootstrap: Vec<String>,
     /// Never use the DHT.
@@ -393,6 +400,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Lab { cmd } => lab_cmd::lab(cmd).await,
         Command::Sim { cmd } => sim_cmd::run(cmd),
         Command::Dht { cmd } => dht_cmd::run(cmd).await,
+        Command::Search(a) => search_cmd::run(a).await,
         Command::Stream { cmd } => stream_cmd::run(cmd).await,
         Command::Play(a) => play_cmd::run(a).await,
         Command::Seed { torrent, data, net } => seed(&torrent, &data, &net).await,
@@ -492,6 +500,19 @@ async fn scrape(source: &str, mut trackers: Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// A magnet's `x.pe` peers as addresses (host names resolved; those that do not resolve are
+/// skipped with a warning).
+pub async fn magnet_peers(m: &Magnet) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for p in &m.peers {
+        match tokio::net::lookup_host(p.as_str()).await.map(|mut a| a.next()) {
+            Ok(Some(a)) => out.push(a),
+            _ => tracing::warn!("skipping the magnet's peer {p:?}: it does not resolve"),
+        }
+    }
+    out
+}
+
 /// Reads and parses a .torrent file, with errors that say what to do.
 fn load_torrent(path: &Path) -> Result<Metainfo> {
     let meta =
@@ -562,14 +583,18 @@ async fn get(
     } else {
         Source::Torrent(Box::new(load_torrent(Path::new(source))?))
     };
-    // Trackerless: peers from the DHT join those given with --peer.
+    // Trackerless: peers from the DHT join those given with --peer and a magnet's x.pe (a
+    // magnet that names peers, as `swarmcast search` gives, needs no public DHT).
     let (ih, has_trackers, private) = match &source {
-        Source::Magnet(m) => (m.info_hash, !m.trackers.is_empty(), false),
+        Source::Magnet(m) => (m.info_hash, !m.trackers.is_empty() || !m.peers.is_empty(), false),
         Source::Torrent(t) => (t.info_hash, !t.trackers.is_empty(), t.info.private),
     };
     let listening = net.session().await?;
     let dht_node = net.dht(&listening, has_trackers, private).await;
     let mut peers = net.peers.clone();
+    if let Source::Magnet(m) = &source {
+        peers.extend(magnet_peers(m).await);
+    }
     // The lookup's later peers join the download as they come.
     let mut dht_batches = None;
     if let Some(node) = &dht_node {

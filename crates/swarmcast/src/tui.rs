@@ -55,7 +55,14 @@ struct Screen {
     joining: Option<String>,
     nick: String,
     neighbors: i64,
+    /// Files found by `/search`, numbered from 1 for `/get N`: (name, magnet).
+    found: Vec<(String, String)>,
+    /// Where downloads started with `/get` report (drained into the scrollback).
+    notes: mpsc::Sender<String>,
 }
+
+/// Most search results kept for `/get N`.
+const MAX_FOUND: usize = 1000;
 
 impl Screen {
     /// Adds a line to the scrollback. The service already makes peers' text inert; doing it
@@ -74,7 +81,9 @@ impl Screen {
                 self.nick = nick;
                 self.push(format!("* you are {} ({}) on {addr}", self.nick, &id[..8]));
                 self.push(
-                    "* /join ROOM  /msg NICK text  /peers  /nick NAME  /history  /quit".into(),
+                    "* /join ROOM  /msg NICK text  /peers  /nick NAME  /history  /search WORDS  \
+                     /get N  /quit"
+                        .into(),
                 );
             }
             ChatEvent::Message { room, nick, author, text, via, .. } => {
@@ -105,6 +114,23 @@ impl Screen {
                 }
                 self.push(format!("* {text}"));
             }
+            ChatEvent::Found { name, size, info_hash, peers, hops, .. } => {
+                let Ok(hash) = <[u8; 20]>::try_from(hex::decode(&info_hash).unwrap_or_default())
+                else {
+                    return;
+                };
+                let magnet = crate::share::magnet(&name, hash, &peers);
+                if let Some(i) = self.found.iter().position(|(_, m)| *m == magnet) {
+                    self.push(format!("* [{}] {name}: another source", i + 1));
+                } else if self.found.len() < MAX_FOUND {
+                    self.found.push((name.clone(), magnet));
+                    let n = self.found.len();
+                    self.push(format!("* [{n}] {name} ({size} bytes, {hops} hops): /get {n}"));
+                }
+            }
+            ChatEvent::SearchDone { results, .. } => {
+                self.push(format!("* search done: {results} results"));
+            }
             ChatEvent::Error { text } => {
                 if self.joining.as_ref().is_some_and(|r| text.contains(r.as_str())) {
                     self.joining = None;
@@ -123,6 +149,10 @@ impl Screen {
         let line = std::mem::take(&mut self.input);
         let mut room = self.room.clone();
         self.scroll = 0;
+        if let Some(n) = line.trim().strip_prefix("/get") {
+            self.get(n.trim());
+            return Ok(true);
+        }
         match parse_line(&line, &mut room) {
             Ok(Some(cmd)) => {
                 match &cmd {
@@ -138,6 +168,26 @@ impl Screen {
                 Ok(true)
             }
         }
+    }
+
+    /// `/get N`: downloads the N-th file found into the current directory, in the background.
+    fn get(&mut self, n: &str) {
+        let picked = n.parse::<usize>().ok().and_then(|n| self.found.get(n.wrapping_sub(1)));
+        let Some((name, magnet)) = picked.cloned() else {
+            let shown = self.found.len();
+            self.push(format!("! usage: /get N, with N from 1 to {shown} (/search WORDS first)"));
+            return;
+        };
+        self.push(format!("* fetching {name}..."));
+        let notes = self.notes.clone();
+        tokio::spawn(async move {
+            let note = |text: String| {
+                let _ = notes.try_send(text);
+            };
+            if let Err(e) = crate::share::download(&magnet, std::path::Path::new("."), note).await {
+                let _ = notes.try_send(format!("{name}: {e:#}"));
+            }
+        });
     }
 
     fn draw(&self) -> Result<()> {
@@ -195,6 +245,7 @@ pub async fn run(
             }
         }
     });
+    let (notes, mut notes_rx) = mpsc::channel(64);
     let mut screen = Screen {
         lines: Vec::new(),
         scroll: 0,
@@ -203,6 +254,8 @@ pub async fn run(
         joining: None,
         nick,
         neighbors: 0,
+        found: Vec::new(),
+        notes,
     };
     screen.draw()?;
     loop {
@@ -211,6 +264,7 @@ pub async fn run(
                 Some(ev) => screen.on_event(ev),
                 None => return Ok(()),
             },
+            Some(note) = notes_rx.recv() => screen.push(format!("* {note}")),
             key = key_rx.recv() => match key {
                 Some(Event::Key(KeyEvent { code, modifiers, kind: KeyEventKind::Press, .. })) => {
                     let ctrl = modifiers.contains(KeyModifiers::CONTROL);
@@ -258,6 +312,8 @@ mod tests {
             room: "general".into(),
             joining: None,
             nick: "ann".into(),
+            found: Vec::new(),
+            notes: mpsc::channel(1).0,
             neighbors: 0,
         }
     }

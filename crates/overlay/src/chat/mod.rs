@@ -38,6 +38,7 @@ use tokio::sync::mpsc;
 use crate::driver::{Driver, Event, Peer};
 use crate::identity::{Identity, NodeId};
 use crate::proto::node::{self, TopicId};
+use crate::proto::search::{self, Record};
 use crate::transport::Endpoint;
 use envelope::{Content, DirectPlain, Sync, Verified};
 use inert::inert;
@@ -60,7 +61,26 @@ pub struct ChatConfig {
     pub rooms: Vec<String>,
     /// Overlay tunables.
     pub node: node::Config,
+    /// What this node shares: published as signed search records ([`search::Record`]),
+    /// re-signed before they expire.
+    pub share: Vec<SharedFile>,
 }
+
+/// One thing a node shares, as the search records it publishes describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFile {
+    /// The torrent's name.
+    pub name: String,
+    /// Bytes of content.
+    pub size: u64,
+    /// Its info-hash.
+    pub info_hash: [u8; 20],
+    /// Where this node serves it over BitTorrent.
+    pub peers: Vec<SocketAddr>,
+}
+
+/// How long a published record is valid; it is re-signed when a third of it is left.
+pub const RECORD_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What a front end asks of the service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +111,13 @@ pub enum Command {
         room: String,
         /// How many.
         n: usize,
+    },
+    /// Search what nodes share, by words of its name.
+    Search {
+        /// The words.
+        text: String,
+        /// How.
+        mode: search::Mode,
     },
 }
 
@@ -173,6 +200,30 @@ pub enum ChatEvent {
         /// `short-id@addr`.
         peer: String,
     },
+    /// A result of one of our searches (one per file and publisher).
+    Found {
+        /// The search it answers.
+        search: u64,
+        /// The file's name (made [`inert`](inert::inert)).
+        name: String,
+        /// Its size, bytes (the publisher's claim).
+        size: u64,
+        /// Its info-hash (hex).
+        info_hash: String,
+        /// Where the publisher serves it.
+        peers: Vec<SocketAddr>,
+        /// The publisher's id (hex).
+        publisher: String,
+        /// Overlay hops away.
+        hops: u8,
+    },
+    /// One of our searches ended.
+    SearchDone {
+        /// Which.
+        search: u64,
+        /// Results it found.
+        results: usize,
+    },
     /// Something for the person to know.
     Info {
         /// The text.
@@ -226,6 +277,9 @@ struct Service {
     events: mpsc::Sender<ChatEvent>,
     /// Topics we asked a neighbor about and may accept replies for.
     syncing: BTreeSet<(Peer, TopicId)>,
+    /// What we share, and when its records were last signed (Unix seconds).
+    shared: Vec<SharedFile>,
+    signed_at: u64,
 }
 
 /// Runs a chat node until `commands` closes (the front end quit) or a fatal error.
@@ -262,6 +316,7 @@ pub async fn run(
     driver.set_validator(Box::new(|topic, id, raw| {
         envelope::open(*topic, raw).is_ok_and(|v| v.id == *id)
     }));
+    driver.enable_search(search::Config::default());
     let mut svc = Service {
         identity,
         nick: config.nick,
@@ -270,7 +325,10 @@ pub async fn run(
         rooms: Vec::new(),
         events,
         syncing: BTreeSet::new(),
+        shared: config.share,
+        signed_at: 0,
     };
+    svc.publish_records();
     // A fresh node follows nothing yet, so these fit unless the configuration lists too many.
     svc.driver
         .subscribe(envelope::directory_topic())
@@ -295,6 +353,7 @@ pub async fn run(
             ev = svc.driver.next_event() => svc.on_event(ev).await,
             _ = remember.tick() => {
                 svc.remember_peers();
+                svc.publish_records();
                 if let Err(e) = svc.store.expire_relayed(now_ms()) {
                     tracing::warn!("cannot expire relayed direct messages: {e}");
                 }
@@ -356,6 +415,29 @@ impl Service {
         self.driver.broadcast(v.content.topic(), v.id, v.raw.clone()).map_err(|e| e.to_string())
     }
 
+    /// Signs our records anew when a third of their life is left (or never were).
+    fn publish_records(&mut self) {
+        let now = now_ms() / 1000;
+        let life = RECORD_LIFETIME.as_secs();
+        if self.signed_at != 0 && now < self.signed_at + life * 2 / 3 {
+            return;
+        }
+        self.signed_at = now;
+        for f in &self.shared {
+            let record = Record::signed(
+                &self.identity,
+                f.name.clone(),
+                f.size,
+                f.info_hash,
+                f.peers.clone(),
+                now + life,
+            );
+            if let Err(e) = self.driver.share(record) {
+                tracing::warn!("cannot share {}: {e}", f.name);
+            }
+        }
+    }
+
     fn remember_peers(&self) {
         let now = now_ms();
         for p in
@@ -404,6 +486,20 @@ impl Service {
                 }
             }
             Command::History { room, n } => self.history(&room, n).await,
+            Command::Search { text, mode } => {
+                if search::keywords(&text).is_empty() {
+                    Err("search for at least one word of two letters or more".to_string())
+                } else {
+                    match self.driver.search(&text, mode) {
+                        Ok(id) => {
+                            let text = format!("search {id:016x}: {}", inert(&text));
+                            self.emit(ChatEvent::Info { text }).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(format!("cannot search: {e}")),
+                    }
+                }
+            }
         };
         if let Err(text) = result {
             self.emit(ChatEvent::Error { text }).await;
@@ -553,8 +649,23 @@ impl Service {
                 self.syncing.retain(|(p, _)| *p != peer);
                 self.emit(ChatEvent::Neighbor { up: false, peer: format!("{peer:?}") }).await;
             }
-            // The chat node does not turn search on (yet): none comes.
-            Event::Search(_) => {}
+            Event::Search(search::Output::Result { id, record, hops }) => {
+                self.emit(ChatEvent::Found {
+                    search: id,
+                    name: inert(&record.name),
+                    size: record.size,
+                    info_hash: hex::encode(record.info_hash),
+                    peers: record.peers,
+                    publisher: record.publisher.to_string(),
+                    hops,
+                })
+                .await;
+            }
+            Event::Search(search::Output::Done { id, results }) => {
+                self.emit(ChatEvent::SearchDone { search: id, results }).await;
+            }
+            // The driver turns searches' sends into frames.
+            Event::Search(search::Output::Send { .. }) => {}
         }
     }
 

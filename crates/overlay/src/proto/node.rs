@@ -224,6 +224,14 @@ impl<PI: Ord + Copy + Debug, R: Rng> Node<PI, R> {
         Ok(id)
     }
 
+    /// Ends our search `id` now (its end comes as [`Output::Search`]), if it runs.
+    pub fn cancel_search(&mut self, now: Instant, id: search::QueryId) {
+        if let Some(s) = &mut self.search {
+            s.cancel(id);
+            self.pump(now);
+        }
+    }
+
     /// Where `topic` is (or would be inserted) in `topics`.
     fn find(&self, topic: &TopicId) -> Result<usize, usize> {
         self.topics.binary_search_by(|(t, _)| t.cmp(topic))
@@ -501,7 +509,8 @@ mod tests {
             net.run_for(Duration::from_millis(50));
         }
         net.run_for(Duration::from_millis(1000));
-        let record = search::Record { name: "Sintel 4K.mkv".into(), size: 7, info_hash: [4; 20] };
+        let publisher = crate::identity::NodeId([9; 32]);
+        let record = search::Record::unsigned("Sintel 4K.mkv".into(), 7, [4; 20], publisher);
         net.nodes.get_mut(&9).unwrap().share(record.clone()).unwrap();
         let id = net
             .nodes

@@ -28,6 +28,8 @@ use rand::seq::IteratorRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{verify, Identity, NodeId};
+
 /// The largest TTL a flood may have (Gnutella's).
 pub const MAX_TTL: u8 = 7;
 /// Records in one hit message, at most.
@@ -45,12 +47,111 @@ pub const MAX_RELAYED_HITS: u16 = 16;
 /// A query's id: random, so a node cannot guess another's.
 pub type QueryId = u64;
 
-/// Something a node shares.
+/// Bytes of a record's name, at most.
+pub const MAX_NAME_BYTES: usize = 255;
+/// Peer addresses in a record, at most.
+pub const MAX_RECORD_PEERS: usize = 4;
+/// How far ahead a record's expiry may lie, at most (a publisher re-signs before it passes).
+pub const MAX_RECORD_LIFETIME: u64 = 2 * 3600;
+/// What a record's signature covers, first.
+const RECORD_CONTEXT: &[u8] = b"swarmcast search record v1\0";
+
+/// Something a node shares: a torrent's name, size and info-hash, where its publisher serves
+/// it, signed by the publisher's key, with an expiry. Everything in it is the publisher's
+/// claim: the info-hash is checked by the download itself, the rest by [`Record::check`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// The torrent's name (its keywords are what queries match).
     pub name: String,
+    /// Bytes of content.
     pub size: u64,
+    /// The torrent's info-hash (v1).
     pub info_hash: [u8; 20],
+    /// BitTorrent addresses the publisher serves it on (at most [`MAX_RECORD_PEERS`]).
+    pub peers: Vec<std::net::SocketAddr>,
+    /// The publisher's key.
+    pub publisher: NodeId,
+    /// Unix time, seconds, after which the record no longer counts.
+    pub expires: u64,
+    /// ed25519 signature by `publisher` over [`RECORD_CONTEXT`] and the fields above.
+    pub sig: Vec<u8>,
+}
+
+/// Why a record from a peer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Its name is empty or longer than [`MAX_NAME_BYTES`].
+    #[error("record name of {0} bytes (1-{MAX_NAME_BYTES} allowed)")]
+    Name(usize),
+    /// More than [`MAX_RECORD_PEERS`] addresses.
+    #[error("record with {0} peer addresses (at most {MAX_RECORD_PEERS})")]
+    Peers(usize),
+    /// Past its expiry.
+    #[error("record expired")]
+    Expired,
+    /// An expiry further ahead than [`MAX_RECORD_LIFETIME`].
+    #[error("record expiry too far ahead")]
+    TooLong,
+    /// The signature does not match the publisher.
+    #[error("bad record signature: forged or altered")]
+    BadSignature,
+}
+
+impl Record {
+    /// An unsigned record published by `publisher` (for simulations: [`Record::check`] refuses
+    /// it).
+    pub fn unsigned(name: String, size: u64, info_hash: [u8; 20], publisher: NodeId) -> Record {
+        Record { name, size, info_hash, peers: Vec::new(), publisher, expires: 0, sig: Vec::new() }
+    }
+
+    /// A record signed by `identity`, valid until `expires` (Unix seconds).
+    pub fn signed(
+        identity: &Identity,
+        name: String,
+        size: u64,
+        info_hash: [u8; 20],
+        peers: Vec<std::net::SocketAddr>,
+        expires: u64,
+    ) -> Record {
+        let mut r = Record::unsigned(name, size, info_hash, identity.id());
+        r.peers = peers;
+        r.expires = expires;
+        r.sig = identity.sign(&r.signed_bytes()).to_vec();
+        r
+    }
+
+    /// The bytes the signature covers: the context, then the fields but the signature, in
+    /// postcard (one encoding for given values, so a re-encoded record verifies the same).
+    fn signed_bytes(&self) -> Vec<u8> {
+        let fields =
+            (&self.name, self.size, &self.info_hash, &self.peers, &self.publisher, self.expires);
+        let mut bytes = RECORD_CONTEXT.to_vec();
+        bytes.extend(postcard::to_allocvec(&fields).expect("postcard encodes a tuple to a Vec"));
+        bytes
+    }
+
+    /// Whether the record counts at Unix time `now` (seconds): sizes within the caps, not
+    /// expired, not valid for longer than [`MAX_RECORD_LIFETIME`], signed by its publisher.
+    pub fn check(&self, now: u64) -> Result<(), RecordError> {
+        if self.name.is_empty() || self.name.len() > MAX_NAME_BYTES {
+            return Err(RecordError::Name(self.name.len()));
+        }
+        if self.peers.len() > MAX_RECORD_PEERS {
+            return Err(RecordError::Peers(self.peers.len()));
+        }
+        if self.expires <= now {
+            return Err(RecordError::Expired);
+        }
+        if self.expires > now.saturating_add(MAX_RECORD_LIFETIME) {
+            return Err(RecordError::TooLong);
+        }
+        let sig: [u8; 64] =
+            self.sig.as_slice().try_into().map_err(|_| RecordError::BadSignature)?;
+        if !verify(&self.publisher, &self.signed_bytes(), &sig) {
+            return Err(RecordError::BadSignature);
+        }
+        Ok(())
+    }
 }
 
 /// How a search goes.
@@ -137,7 +238,8 @@ pub enum Input<PI> {
 pub enum Output<PI> {
     /// Send `msg` to `to` (a neighbour, or for hits and checks the origin directly).
     Send { to: PI, msg: Msg<PI> },
-    /// A result for one of our searches (each info-hash once per search), found at `hops`.
+    /// A result for one of our searches (each info-hash and publisher once per search), found
+    /// at `hops`.
     Result { id: QueryId, record: Record, hops: u8 },
     /// One of our searches ended (enough results, or nothing more to wait for).
     Done { id: QueryId, results: usize },
@@ -156,8 +258,8 @@ struct Seen<PI> {
 struct Mine {
     words: Vec<String>,
     mode: Mode,
-    /// Info-hashes found.
-    found: BTreeSet<[u8; 20]>,
+    /// Info-hashes found, and who published them.
+    found: BTreeSet<([u8; 20], NodeId)>,
     /// The current ring's TTL (rings only).
     ttl: u8,
     /// When the search takes its next step or ends.
@@ -340,7 +442,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
         // What we share ourselves counts (hops 0).
         let local = self.matches(&words);
         for record in local {
-            if mine.found.insert(record.info_hash) {
+            if mine.found.insert((record.info_hash, record.publisher)) {
                 self.out.push_back(Output::Result { id, record, hops: 0 });
             }
         }
@@ -596,7 +698,8 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
                 // A record must carry what was asked for.
                 let kw = keywords(&r.name);
                 let asked = mine.words.iter().all(|w| kw.contains(w));
-                if mine.found.len() < max && asked && mine.found.insert(r.info_hash) {
+                if mine.found.len() < max && asked && mine.found.insert((r.info_hash, r.publisher))
+                {
                     new.push(r);
                 }
             }
@@ -738,7 +841,7 @@ mod tests {
         }
 
         fn record(name: &str, byte: u8) -> Record {
-            Record { name: name.into(), size: 1000, info_hash: [byte; 20] }
+            Record::unsigned(name.into(), 1000, [byte; 20], NodeId([byte; 32]))
         }
 
         fn collect(&mut self, i: u32) {
@@ -955,5 +1058,45 @@ mod tests {
         assert_eq!(node.dropped(), before + 1);
         assert!(std::iter::from_fn(|| node.poll())
             .all(|o| !matches!(o, Output::Send { msg: Msg::Hits { .. }, .. })));
+    }
+
+    #[test]
+    fn a_record_counts_only_signed_unaltered_in_time_and_within_caps() {
+        let id = Identity::from_seed([7; 32]);
+        let peers = vec!["127.0.0.1:6881".parse().unwrap()];
+        let now = 1_800_000_000;
+        let good = Record::signed(&id, "Big Buck Bunny.mp4".into(), 5, [1; 20], peers, now + 60);
+        assert_eq!(good.check(now), Ok(()));
+        // Through the wire and back it still verifies.
+        let bytes = postcard::to_allocvec(&good).unwrap();
+        let back: Record = crate::wire::from_canonical(&bytes).unwrap();
+        assert_eq!(back.check(now), Ok(()));
+        // Altered fields, another key, a cut signature.
+        let mut bigger = good.clone();
+        bigger.size = 6;
+        let mut renamed = good.clone();
+        renamed.name = "Big Buck Bunny 2.mp4".into();
+        let mut moved = good.clone();
+        moved.peers = vec!["10.0.0.1:6881".parse().unwrap()];
+        let mut later = good.clone();
+        later.expires += 1;
+        let mut stolen = good.clone();
+        stolen.publisher = Identity::from_seed([8; 32]).id();
+        let mut cut = good.clone();
+        cut.sig.pop();
+        for r in [bigger, renamed, moved, later, stolen, cut] {
+            assert_eq!(r.check(now), Err(RecordError::BadSignature), "{r:?}");
+        }
+        // Expired, too long-lived, oversized, unsigned.
+        assert_eq!(good.check(now + 60), Err(RecordError::Expired));
+        let far = Record::signed(&id, "x".into(), 1, [1; 20], vec![], now + 3 * 3600);
+        assert_eq!(far.check(now), Err(RecordError::TooLong));
+        let long = Record::signed(&id, "x".repeat(256), 1, [1; 20], vec![], now + 60);
+        assert_eq!(long.check(now), Err(RecordError::Name(256)));
+        let many = vec!["127.0.0.1:1".parse().unwrap(); 5];
+        let crowded = Record::signed(&id, "x".into(), 1, [1; 20], many, now + 60);
+        assert_eq!(crowded.check(now), Err(RecordError::Peers(5)));
+        let bare = Record::unsigned("x".into(), 1, [1; 20], id.id());
+        assert!(bare.check(0).is_err());
     }
 }

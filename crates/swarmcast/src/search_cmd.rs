@@ -1,0 +1,219 @@
+//! `swarmcast search WORDS`: joins the overlay through an anchor as a short-lived node (a fresh
+//! key, nothing shared), asks the overlay by flooding, expanding rings or random walks, and
+//! prints each result as it arrives, then every file found with its sources and magnet.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use overlay::chat::inert::inert;
+use overlay::driver::{Driver, Event};
+use overlay::identity::Identity;
+use overlay::proto::search::{self, Mode, Record, MAX_TTL};
+use overlay::transport::Endpoint;
+use serde::Serialize;
+
+/// How `swarmcast search` asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SearchMode {
+    /// One flood of TTL --ttl (Gnutella's brute force).
+    Flood,
+    /// Floods of TTL 1, 2, 4, 7 until --results results.
+    Ring,
+    /// Random walkers checking back with us (Lv et al.) until --results results.
+    Walk,
+    /// Expanding rings: cheap for popular files, a full flood for rare ones.
+    Auto,
+}
+
+/// Arguments of `swarmcast search`.
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    /// Words of the name (every one must match).
+    #[arg(required = true)]
+    pub words: Vec<String>,
+    /// Anchor node to join through, HOST:PORT (repeatable).
+    #[arg(long = "anchor", required = true)]
+    pub anchors: Vec<String>,
+    /// How to search.
+    #[arg(long, value_enum, default_value_t = SearchMode::Auto)]
+    pub mode: SearchMode,
+    /// TTL of a flood (at most 7).
+    #[arg(long, default_value_t = MAX_TTL)]
+    pub ttl: u8,
+    /// Results after which rings and walks stop.
+    #[arg(long, default_value_t = 10)]
+    pub results: usize,
+    /// Give up after this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// UDP address to listen on (walkers' results come straight here).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Address other nodes should dial, if not the listening one.
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+    /// One JSON object per line: each result as it comes, then a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One file found, with everyone who shares it.
+struct Found {
+    record: Record,
+    publishers: Vec<String>,
+    peers: Vec<SocketAddr>,
+    hops: u8,
+}
+
+impl Found {
+    fn magnet(&self) -> String {
+        crate::share::magnet(&self.record.name, self.record.info_hash, &self.peers)
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Line<'a> {
+    Result {
+        name: String,
+        size: u64,
+        info_hash: String,
+        sources: usize,
+        hops: u8,
+        publisher: &'a str,
+        magnet: String,
+    },
+    Done {
+        files: usize,
+        results: usize,
+        refused_records: u64,
+        millis: u128,
+    },
+}
+
+/// `swarmcast search`.
+pub async fn run(args: SearchArgs) -> Result<()> {
+    let text = args.words.join(" ");
+    if search::keywords(&text).is_empty() {
+        bail!("search for at least one word of two letters or more");
+    }
+    let mode = match args.mode {
+        SearchMode::Flood => Mode::Flood(args.ttl.clamp(1, MAX_TTL)),
+        SearchMode::Ring | SearchMode::Auto => Mode::Ring,
+        SearchMode::Walk => Mode::Walk,
+    };
+    let anchors = crate::chat_cmd::resolve(&args.anchors).await?;
+    let identity = Identity::generate(&mut rand::rng());
+    let endpoint = Endpoint::bind(&identity, args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let advertise = args.advertise.unwrap_or(endpoint.local_addr()?);
+    let mut driver = Driver::start(endpoint, advertise, Default::default(), anchors, Vec::new());
+    let config = search::Config { enough: args.results.max(1), ..Default::default() };
+    driver.enable_search(config);
+    let started = tokio::time::Instant::now();
+    let deadline = started + args.timeout;
+    // Join first: a search needs a neighbour to go to.
+    let joined = tokio::time::timeout_at(deadline, async {
+        while !matches!(driver.next_event().await, Event::NeighborUp(_)) {}
+    })
+    .await;
+    if joined.is_err() {
+        driver.shutdown().await;
+        bail!(
+            "could not join the overlay within {}: is a node listening at {}?",
+            humantime::format_duration(args.timeout),
+            args.anchors.join(", ")
+        );
+    }
+    let id = driver.search(&text, mode).map_err(|e| anyhow::anyhow!("cannot search: {e}"))?;
+    let mut found: BTreeMap<[u8; 20], Found> = BTreeMap::new();
+    let mut results = 0;
+    let mut timed_out = false;
+    loop {
+        let event = tokio::time::timeout_at(deadline, driver.next_event()).await;
+        let Ok(event) = event else {
+            timed_out = true;
+            break;
+        };
+        match event {
+            Event::Search(search::Output::Result { id: of, record, hops }) if of == id => {
+                results += 1;
+                let publisher = record.publisher.to_string();
+                let f = found.entry(record.info_hash).or_insert_with(|| Found {
+                    record: record.clone(),
+                    publishers: Vec::new(),
+                    peers: Vec::new(),
+                    hops,
+                });
+                f.publishers.push(publisher.clone());
+                f.hops = f.hops.min(hops);
+                for p in &record.peers {
+                    if !f.peers.contains(p) && f.peers.len() < 16 {
+                        f.peers.push(*p);
+                    }
+                }
+                print_result(f, &publisher, hops, args.json);
+            }
+            Event::Search(search::Output::Done { id: of, .. }) if of == id => break,
+            _ => {}
+        }
+    }
+    let refused = driver.refused_records();
+    driver.shutdown().await;
+    if timed_out && !args.json {
+        eprintln!(
+            "stopped after {} (--timeout); the results so far:",
+            humantime::format_duration(args.timeout)
+        );
+    }
+    if args.json {
+        let done = Line::Done {
+            files: found.len(),
+            results,
+            refused_records: refused,
+            millis: started.elapsed().as_millis(),
+        };
+        println!("{}", serde_json::to_string(&done)?);
+    } else {
+        println!(
+            "{} files from {results} results in {:.1} s",
+            found.len(),
+            started.elapsed().as_secs_f64()
+        );
+        for f in found.values() {
+            println!(
+                "{}  {} bytes  {} sources, nearest {} hops  {}",
+                inert(&f.record.name),
+                f.record.size,
+                f.publishers.len(),
+                f.hops,
+                f.magnet()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_result(f: &Found, publisher: &str, hops: u8, json: bool) {
+    if json {
+        let line = Line::Result {
+            name: inert(&f.record.name),
+            size: f.record.size,
+            info_hash: hex::encode(f.record.info_hash),
+            sources: f.publishers.len(),
+            hops,
+            publisher,
+            magnet: f.magnet(),
+        };
+        println!("{}", serde_json::to_string(&line).expect("a result encodes to JSON"));
+    } else {
+        eprintln!(
+            "found {} ({} bytes) at {hops} hops from {}",
+            inert(&f.record.name),
+            f.record.size,
+            &publisher[..16]
+        );
+    }
+}
