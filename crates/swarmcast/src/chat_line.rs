@@ -3,7 +3,7 @@
 //! `/history`, `/search` and `/quit` are commands. Used by `chat_cmd.rs` (`--script`) and `tui.rs`.
 
 use overlay::chat::Command;
-use overlay::proto::search::Mode;
+use overlay::proto::search::{Mode, MAX_TTL};
 
 /// One line typed by a person or a script, as a command; `Ok(None)` for `/quit`.
 pub fn parse_line(line: &str, room: &mut String) -> Result<Option<Command>, String> {
@@ -31,8 +31,18 @@ pub fn parse_line(line: &str, room: &mut String) -> Result<Option<Command>, Stri
             let n = if arg.is_empty() { 50 } else { arg.parse().map_err(|_| "usage: /history [N]")? };
             Ok(Some(Command::History { room: room.clone(), n }))
         }
-        "search" if !arg.is_empty() => {
-            Ok(Some(Command::Search { text: arg.to_string(), mode: Mode::Ring }))
+        "search" => {
+            // An optional first word picks the mode; expanding rings by default.
+            let (mode, words) = match arg.split_once(' ') {
+                Some(("--flood", w)) => (Mode::Flood(MAX_TTL), w),
+                Some(("--ring", w)) => (Mode::Ring, w),
+                Some(("--walk", w)) => (Mode::Walk, w),
+                _ => (Mode::Ring, arg),
+            };
+            if words.trim().is_empty() || words.starts_with("--") {
+                return Err("usage: /search [--flood|--ring|--walk] WORDS".into());
+            }
+            Ok(Some(Command::Search { text: words.trim().to_string(), mode }))
         }
         "quit" | "exit" => Ok(None),
         _ => Err(format!(

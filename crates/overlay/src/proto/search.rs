@@ -16,7 +16,8 @@
 //! # What the peer says is a claim
 //! A query's TTL above [`MAX_TTL`] is lowered to it; its words are normalized and capped
 //! ([`keywords`]); each neighbour may send [`Config::queries_per_second`] queries a second
-//! (more are dropped and counted); the table of queries seen, which routes hits back, holds at
+//! (a flooded message counts as one, a walker as 1/[`Config::walkers`]; more are dropped and
+//! counted); the table of queries seen, which routes hits back, holds at
 //! most [`Config::max_seen`] entries, each for [`Config::seen_for`]; a query collects at most
 //! [`Config::max_results`] results, and a hit message carries at most [`MAX_HITS_PER_MESSAGE`].
 //! Hits for a query we did not forward or ask are dropped.
@@ -198,7 +199,8 @@ pub struct Config {
     pub check_every: u8,
     /// How long a walker waits for the origin's verdict before it stops.
     pub check_wait: Duration,
-    /// Queries (floods and walkers) a neighbour may send a second, on average.
+    /// Queries a neighbour may send a second, on average (a flooded message is one, a walker
+    /// 1/[`Config::walkers`] of one).
     pub queries_per_second: f64,
     /// Queries remembered (to drop duplicates and route hits back), at most.
     pub max_seen: usize,
@@ -539,16 +541,18 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
         }
     }
 
-    /// Whether `from` may send another query now (its token bucket).
-    fn allowed(&mut self, now: Instant, from: &PI) -> bool {
+    /// Whether `from` may send another query now (its token bucket), one that costs `cost`
+    /// tokens: a flood's message costs 1, a walker 1/[`Config::walkers`] (a walk is one query
+    /// spread over its walkers).
+    fn allowed(&mut self, now: Instant, from: &PI, cost: f64) -> bool {
         let rate = self.config.queries_per_second;
         let burst = rate.max(1.0);
         let b = self.budgets.entry(from.clone()).or_insert(Budget { tokens: burst, at: now });
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         b.tokens = (b.tokens + elapsed * rate).min(burst);
         b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if b.tokens >= cost {
+            b.tokens -= cost;
             true
         } else {
             false
@@ -574,7 +578,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
     }
 
     fn on_flood(&mut self, now: Instant, from: PI, q: Query<PI>) {
-        if !self.allowed(now, &from) || !self.remember(now, q.id, &from) {
+        if !self.allowed(now, &from, 1.0) || !self.remember(now, q.id, &from) {
             self.dropped += 1;
             return;
         }
@@ -593,9 +597,10 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
         // Hops and TTL move in step: a walker that claims more of both than a walk has is
         // forged (it would skip its check-backs).
         let steps = u16::from(q.hops) + u16::from(q.ttl);
+        let cost = 1.0 / self.config.walkers.max(1) as f64;
         if q.hops == 0
             || steps > u16::from(self.config.max_walk_hops) + 1
-            || !self.allowed(now, &from)
+            || !self.allowed(now, &from, cost)
         {
             self.dropped += 1;
             return;
@@ -992,6 +997,33 @@ mod tests {
         println!("10 queries: walks {walk_sent} messages, TTL-7 floods {flood_sent}");
         assert_eq!((walk_found, flood_found), (10, 10));
         assert!(walk_sent * 10 < flood_sent, "walks {walk_sent} messages, floods {flood_sent}");
+    }
+
+    #[test]
+    fn ten_walks_at_once_all_find_their_single_copy() {
+        // 20 nodes of degree about 5, five of them sharing one file each; two nodes walk for
+        // all five files at once (160 walkers): a neighbour's query budget counts a walk once,
+        // not once per walker, so none is dropped for it.
+        let words = ["river", "boreal", "lighthouse", "caravan", "glacier"];
+        for seed in 0..5 {
+            let mut net = Net::random(20, 5, seed, Config::default());
+            for (f, word) in words.iter().enumerate() {
+                net.nodes[4 * f + 3].share(Net::record(word, f as u8 + 1));
+            }
+            let mut ids = Vec::new();
+            for origin in [0, 1] {
+                for word in words {
+                    ids.push((net.start(origin, word, Mode::Walk), word));
+                }
+            }
+            net.run(Duration::from_secs(60));
+            for (id, word) in ids {
+                let found = net.results.iter().any(|(q, r, _)| *q == id && r.name == word);
+                assert!(found, "seed {seed}: a walk for {word} found nothing");
+            }
+            let dropped: u64 = net.nodes.iter().map(|n| n.dropped()).sum();
+            println!("seed {seed}: {} messages, {dropped} dropped", net.sent);
+        }
     }
 
     #[test]

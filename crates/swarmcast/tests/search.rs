@@ -1,0 +1,163 @@
+//! Issue 14 end to end: an anchor and 20 chat nodes as real processes on loopback, 5 of them
+//! sharing a file each (`--share DIR`). Every node finds every shared file by one word of its
+//! name by flooding, by expanding rings and by random walks; `swarmcast search` finds one from
+//! outside the overlay and `swarmcast get` downloads it from the magnet, bytes equal; once its
+//! sharer stops, the file is found no more.
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use harness::{assert_same_file, free_port, random_file, swarmcast, wait_for, Proc};
+use serde_json::Value;
+
+const NODES: usize = 20;
+/// (file name, the word each node searches it by).
+const FILES: [(&str, &str); 5] = [
+    ("Alpine River 1080p.mkv", "river"),
+    ("Boreal Forest.ogg", "boreal"),
+    ("coastal-lighthouse_notes.txt", "lighthouse"),
+    ("Desert Caravan (2019).mp4", "caravan"),
+    ("EMBER glacier.iso", "glacier"),
+];
+
+fn events(p: &Proc) -> Vec<Value> {
+    p.stdout_text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// How many searches this node finished, and the names it found.
+fn searched(p: &Proc) -> (usize, Vec<Value>) {
+    let ev = events(p);
+    let done = ev.iter().filter(|v| v["type"] == "search_done").count();
+    let found = ev.into_iter().filter(|v| v["type"] == "found").collect();
+    (done, found)
+}
+
+fn start_node(i: usize, anchor: u16, dir: &Path, share: Option<&Path>) -> Proc {
+    let mut cmd = swarmcast();
+    cmd.args(["chat", "--script", "--nick", &format!("n{i}")])
+        .args(["--anchor", &format!("127.0.0.1:{anchor}")])
+        .arg("--data")
+        .arg(dir.join(format!("n{i}")));
+    if let Some(share) = share {
+        cmd.arg("--share").arg(share);
+    }
+    let mut p = Proc::spawn_piped(&format!("n{i}"), cmd, dir);
+    p.wait_output("\"type\":\"ready\"", Duration::from_secs(60));
+    p
+}
+
+/// Runs `swarmcast search WORD --mode MODE --json` against the anchor; its result lines.
+fn cli_search(anchor: u16, word: &str, mode: &str, dir: &Path) -> Vec<Value> {
+    let mut cmd = swarmcast();
+    cmd.args(["search", word, "--mode", mode, "--json", "--results", "1"])
+        .args(["--anchor", &format!("127.0.0.1:{anchor}")]);
+    let name = format!("search-{word}-{mode}");
+    let mut p = Proc::spawn(&name, cmd, dir);
+    let status = p.wait(Duration::from_secs(60));
+    assert!(status.success(), "{name} failed:\n{}", p.output());
+    let lines: Vec<Value> =
+        p.stdout_text().lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(lines.last().map(|v| v["type"].clone()), Some("done".into()), "{name}");
+    lines.into_iter().filter(|v| v["type"] == "result").collect()
+}
+
+#[test]
+fn twenty_nodes_find_every_shared_file_in_every_mode_and_download_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut anchor_cmd = swarmcast();
+    anchor_cmd
+        .args(["anchor", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data")
+        .arg(dir.path().join("anchor"));
+    let mut anchor = Proc::spawn("anchor", anchor_cmd, dir.path());
+    anchor.wait_output("listening on", Duration::from_secs(30));
+
+    // Nodes 3, 7, 11, 15 and 19 share one file each.
+    let sharer = |i: usize| (i % 4 == 3).then_some(i / 4);
+    let mut nodes = Vec::new();
+    for i in 0..NODES {
+        let share = sharer(i).map(|f| {
+            let d = dir.path().join(format!("share{i}"));
+            random_file(&d.join(FILES[f].0), 300_000 + f * 1000, f as u64 + 1);
+            d
+        });
+        nodes.push(start_node(i, port, dir.path(), share.as_deref()));
+    }
+    // Let the overlay settle (every node has neighbours).
+    wait_for("every node to have a neighbour", Duration::from_secs(60), || {
+        nodes.iter().all(|p| p.stdout_text().contains("\"type\":\"neighbor\""))
+    });
+
+    // Every node searches every file in every mode, two nodes at a time (so no neighbour's
+    // query budget is what a search runs into).
+    let started = Instant::now();
+    let mut asked = [0usize; NODES];
+    for mode in ["--flood", "--ring", "--walk"] {
+        let before: Vec<usize> = nodes.iter().map(|p| searched(p).1.len()).collect();
+        for pair in (0..NODES).collect::<Vec<_>>().chunks(2) {
+            for &i in pair {
+                for (_, word) in FILES {
+                    nodes[i].send_line(&format!("/search {mode} {word}"));
+                }
+                asked[i] += FILES.len();
+            }
+            for &i in pair {
+                let what = format!("n{i} to finish {} searches ({mode})", asked[i]);
+                wait_for(&what, Duration::from_secs(60), || searched(&nodes[i]).0 >= asked[i]);
+            }
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            // Every file, found by its word, in this mode: the results since the last mode's.
+            let (_, found) = searched(node);
+            let names: BTreeSet<&str> =
+                found[before[i]..].iter().filter_map(|v| v["name"].as_str()).collect();
+            for (name, _) in FILES {
+                assert!(names.contains(name), "n{i} did not find {name:?} ({mode}): {names:?}");
+            }
+        }
+    }
+    eprintln!(
+        "{} searches by {NODES} nodes in {:.1} s",
+        asked.iter().sum::<usize>(),
+        started.elapsed().as_secs_f64()
+    );
+    // Nothing else was found: one sharer per file, so one result per search; a sharer finds
+    // its own file at 0 hops, everyone else at 1 or more.
+    for (i, node) in nodes.iter().enumerate() {
+        let (done, found) = searched(node);
+        assert_eq!(done, 3 * FILES.len(), "n{i}");
+        assert_eq!(found.len(), 3 * FILES.len(), "n{i}: {found:?}");
+        for v in &found {
+            let own = sharer(i).is_some_and(|f| v["name"] == FILES[f].0);
+            assert_eq!(v["hops"] == 0, own, "n{i}: {v}");
+        }
+    }
+
+    // From outside: `swarmcast search` in each mode finds the caravan film; its magnet
+    // downloads it with no tracker and no DHT.
+    let mut magnet = None;
+    for mode in ["flood", "ring", "walk", "auto"] {
+        let results = cli_search(port, "caravan", mode, dir.path());
+        assert_eq!(results.len(), 1, "{mode}: {results:?}");
+        assert_eq!(results[0]["name"], FILES[3].0, "{mode}");
+        magnet = results[0]["magnet"].as_str().map(str::to_string);
+    }
+    let magnet = magnet.expect("a magnet");
+    let out = dir.path().join("downloaded");
+    let mut get_cmd = swarmcast();
+    get_cmd.args(["get", &magnet, "--no-dht", "-o"]).arg(&out);
+    let mut get = Proc::spawn("get", get_cmd, dir.path());
+    assert!(get.wait(Duration::from_secs(60)).success(), "get failed:\n{}", get.output());
+    assert_same_file(&dir.path().join("share15").join(FILES[3].0), &out.join(FILES[3].0));
+
+    // Its sharer stops: the file is found no more (the others still are).
+    nodes[15].kill();
+    let gone = cli_search(port, "caravan", "flood", dir.path());
+    assert!(gone.is_empty(), "found after its only sharer stopped: {gone:?}");
+    let still = cli_search(port, "glacier", "flood", dir.path());
+    assert_eq!(still.len(), 1, "{still:?}");
+}
