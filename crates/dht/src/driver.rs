@@ -186,6 +186,8 @@ enum Command {
     PutItem(Value, oneshot::Sender<Found>),
     GetMutable([u8; 32], Vec<u8>, oneshot::Sender<Found>),
     PutMutable(MutableItem, oneshot::Sender<Found>),
+    IndexGet(NodeId, oneshot::Sender<Found>),
+    IndexPut(NodeId, MutableItem, oneshot::Sender<Found>),
     Nodes(oneshot::Sender<(usize, usize)>),
     Save(oneshot::Sender<io::Result<()>>),
 }
@@ -440,6 +442,17 @@ impl Dht {
         self.ask(|tx| Command::PutMutable(item, tx)).await
     }
 
+    /// The keyword index entries under `target` (see [`crate::proto::core::index_target`])
+    /// whose signatures verify: the result's `items`.
+    pub async fn index_get(&self, target: NodeId) -> Result<Found, Stopped> {
+        self.ask(|tx| Command::IndexGet(target, tx)).await
+    }
+
+    /// Puts a signed entry under `target` in the keyword index at the nodes closest to it.
+    pub async fn index_put(&self, target: NodeId, item: MutableItem) -> Result<Found, Stopped> {
+        self.ask(|tx| Command::IndexPut(target, item, tx)).await
+    }
+
     /// Writes the state file now (a one-shot command's last act, so its next run is warm even
     /// if it ran for less than `save_every`); without a state file, does nothing.
     pub async fn save(&self) -> Result<io::Result<()>, Stopped> {
@@ -501,8 +514,10 @@ fn nothing(target: NodeId) -> Found {
         answers: 0,
         elapsed: Duration::ZERO,
         first_value: None,
+        first_hops: None,
         value: None,
         mutable: None,
+        items: Vec::new(),
         samples: Vec::new(),
         num: None,
         interval: None,
@@ -780,6 +795,10 @@ async fn run(
                     }
                     Command::PutMutable(item, reply) => {
                         start!(MutableItem::target(&item.key, &item.salt), reply, None, |c| |now| c.put_mutable(now, item.clone()));
+                    }
+                    Command::IndexGet(t, reply) => start!(t, reply, None, |c| |now| c.index_get(now, t)),
+                    Command::IndexPut(t, item, reply) => {
+                        start!(t, reply, None, |c| |now| c.index_put(now, t, item.clone()));
                     }
                     Command::Save(reply) => {
                         let s = state_of(&v4, &v6);

@@ -177,6 +177,8 @@ enum Purpose {
     FindNode,
     GetPeers,
     GetItem,
+    /// A keyword index `index_get`.
+    GetIndex,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -184,6 +186,7 @@ struct Record {
     purpose: Purpose,
     elapsed: Duration,
     first: Option<Duration>,
+    first_hops: Option<u8>,
     messages: u32,
     found_of_8: Option<usize>,
     success: bool,
@@ -248,6 +251,8 @@ struct Sim {
     records: Vec<Record>,
     datagrams: u64,
     lost: u64,
+    /// Datagrams each node received, while counted (the keyword index measurement).
+    received: Option<HashMap<u32, u32>>,
     /// Honest ids (and their nodes) sorted, for the true closest nodes (built before the
     /// measured lookups).
     sorted: Vec<(NodeId, u32)>,
@@ -274,6 +279,7 @@ impl Sim {
             pending: HashMap::new(),
             setup_done: HashMap::new(),
             records: Vec::new(),
+            received: None,
             datagrams: 0,
             lost: 0,
             sorted: Vec::new(),
@@ -545,12 +551,14 @@ impl Sim {
             Purpose::FindNode => !r.nodes.is_empty(),
             Purpose::GetPeers => !r.peers.is_empty(),
             Purpose::GetItem => r.value.is_some(),
+            Purpose::GetIndex => !r.items.is_empty(),
             Purpose::Setup => true,
         };
         self.records.push(Record {
             purpose,
             elapsed: r.elapsed,
             first: r.first_value,
+            first_hops: r.first_hops,
             messages: r.queries + r.answers,
             found_of_8,
             success,
@@ -590,6 +598,9 @@ impl Sim {
             Role::Departed => self.lost += 1,
             Role::Honest(core) => {
                 self.datagrams += 1;
+                if let Some(r) = &mut self.received {
+                    *r.entry(d.to).or_default() += 1;
+                }
                 core.handle(now, Input::Datagram { from, bytes: &d.bytes });
                 self.drain(d.to);
             }
@@ -608,7 +619,9 @@ impl Sim {
         let m = Message::decode(bytes).ok()?;
         let Body::Query { method, .. } = m.body else { return None };
         let target = match method {
-            Method::FindNode { target } | Method::Get { target, .. } => Some(target),
+            Method::FindNode { target }
+            | Method::Get { target, .. }
+            | Method::IndexGet { target } => Some(target),
             Method::GetPeers { info_hash, .. } => Some(info_hash),
             _ => None,
         };
@@ -823,6 +836,100 @@ pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Report {
     }
 }
 
+/// One cell of the keyword index measurement: lookups for words put by `copies` nodes each.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexCell {
+    pub copies: usize,
+    pub queries: usize,
+    /// Share of `index_get` lookups that found the word's entries.
+    pub success: f64,
+    /// Messages per lookup (queries sent plus answers received), mean.
+    pub messages: f64,
+    /// Hops to the first entry (1: a node of the asker's table), median.
+    pub hops_first: f64,
+    /// Milliseconds to the first entry, median and 90th percentile.
+    pub ms_first_median: f64,
+    pub ms_first_p90: f64,
+    /// Datagrams the busiest node received during one lookup, mean over lookups.
+    pub busiest: f64,
+}
+
+/// The keyword index (`swarmcast sim search --mode dht`) on `nodes` DHT nodes with tables as
+/// after a bootstrap: for each query, `copies` random nodes put a signed entry under a fresh
+/// word (each its own key), then a random other node looks the word up. Queries run one after
+/// another, a minute of virtual time each.
+pub fn index_search(
+    scenario: &Scenario,
+    copies: usize,
+    queries: usize,
+    progress: &mut dyn FnMut(&str),
+) -> IndexCell {
+    use dht::proto::core::{index_target, MutableItem};
+    use ed25519_dalek::Signer;
+    let mut sim = Sim::new(scenario);
+    for _ in 0..scenario.nodes {
+        sim.add_honest();
+    }
+    sim.fill_tables(progress);
+    let copies = copies.clamp(1, (scenario.nodes as usize).saturating_sub(1).max(1));
+    let mut busiest = Vec::new();
+    let from = sim.records.len();
+    for q in 0..queries {
+        let target = index_target(&format!("item{q}"));
+        let mut holders = HashSet::new();
+        while holders.len() < copies {
+            holders.insert(sim.random_honest());
+        }
+        for &h in &holders {
+            let key = ed25519_dalek::SigningKey::from_bytes(&sim.rng.random());
+            let value = Value::Bytes(format!("item{q} film, copy at node {h}").into_bytes());
+            let sig = key.sign(&MutableItem::signed_bytes(b"", 1, &value)).to_bytes();
+            let item = MutableItem {
+                key: key.verifying_key().to_bytes(),
+                salt: vec![],
+                seq: 1,
+                value,
+                sig,
+            };
+            sim.lookup(h, Purpose::Setup, |c, now| c.index_put(now, target, item), None);
+        }
+        sim.run_until(sim.now + 30_000_000_000);
+        let origin = loop {
+            let o = sim.random_honest();
+            if !holders.contains(&o) {
+                break o;
+            }
+        };
+        sim.received = Some(HashMap::new());
+        sim.lookup(origin, Purpose::GetIndex, |c, now| c.index_get(now, target), None);
+        sim.run_until(sim.now + 30_000_000_000);
+        let counts = sim.received.take().unwrap_or_default();
+        busiest.push(f64::from(counts.values().copied().max().unwrap_or(0)));
+        if (q + 1) % (queries / 10).max(1) == 0 {
+            progress(&format!("{}/{queries} keyword lookups ({copies} copies each)", q + 1));
+        }
+    }
+    let records = sim.records(Purpose::GetIndex, from);
+    let n = records.len().max(1) as f64;
+    let sorted = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let hops = sorted(records.iter().filter_map(|r| r.first_hops).map(f64::from).collect());
+    let firsts =
+        sorted(records.iter().filter_map(|r| r.first).map(|d| d.as_secs_f64() * 1e3).collect());
+    IndexCell {
+        copies,
+        queries: records.len(),
+        success: records.iter().filter(|r| r.success).count() as f64 / n,
+        messages: records.iter().map(|r| f64::from(r.messages)).sum::<f64>() / n,
+        hops_first: percentile(&hops, 0.5),
+        ms_first_median: percentile(&firsts, 0.5),
+        ms_first_p90: percentile(&firsts, 0.9),
+        busiest: busiest.iter().sum::<f64>() / busiest.len().max(1) as f64,
+    }
+}
+
 /// Sybils next to an item's target; the item put and got with and without the BEP 42 rule.
 fn sybil_scenario(sim: &mut Sim, progress: &mut dyn FnMut(&str)) -> SybilReport {
     let gets = (sim.scenario.lookups as usize).clamp(1, 200);
@@ -1027,6 +1134,17 @@ mod tests {
         assert!(c.replaced >= 100, "{c:?}");
         assert!(c.get_peers.success >= 0.99, "{:?}", c.get_peers);
         assert!(c.get_item.success >= 0.99, "{:?}", c.get_item);
+    }
+
+    #[test]
+    fn the_keyword_index_finds_every_single_copy_in_a_few_hops() {
+        let rare = index_search(&Scenario::new(2000, 3), 1, 30, &mut |_| {});
+        assert_eq!(rare.queries, 30);
+        assert_eq!(rare.success, 1.0, "{rare:?}");
+        // log2(2000) is 11: Kademlia's tables halve the distance at each hop, and more.
+        assert!(rare.hops_first <= 4.0, "{rare:?}");
+        let popular = index_search(&Scenario::new(2000, 3), 20, 10, &mut |_| {});
+        assert_eq!(popular.success, 1.0, "{popular:?}");
     }
 
     #[test]

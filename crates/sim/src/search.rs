@@ -35,6 +35,18 @@ pub enum Popularity {
     Rare,
 }
 
+impl Popularity {
+    /// Copies of an item on `n` nodes (at least one, and someone left to ask).
+    pub fn copies(self, n: usize) -> usize {
+        match self {
+            Popularity::Replicated(share) => {
+                ((n as f64 * share).round() as usize).clamp(1, n.saturating_sub(1).max(1))
+            }
+            Popularity::Rare => 1,
+        }
+    }
+}
+
 /// One measured cell: a mode on items of one popularity.
 #[derive(Debug, Clone, Serialize)]
 pub struct Cell {
@@ -110,13 +122,7 @@ impl Net {
         let n = self.nodes.len();
         let mut outcomes = Vec::new();
         for q in 0..queries {
-            let copies = match popularity {
-                // Someone must be left to ask.
-                Popularity::Replicated(share) => {
-                    ((n as f64 * share).round() as usize).clamp(1, n - 1)
-                }
-                Popularity::Rare => 1,
-            };
+            let copies = popularity.copies(n);
             let all: Vec<Id> = (0..n as Id).collect();
             let holders: Vec<Id> = all.choose_multiple(&mut self.rng, copies).copied().collect();
             let mut hash = [0u8; 20];
@@ -234,7 +240,8 @@ fn mode_name(mode: Mode) -> String {
     }
 }
 
-fn popularity_name(p: Popularity) -> String {
+/// How a popularity reads in the tables.
+pub fn popularity_name(p: Popularity) -> String {
     match p {
         Popularity::Replicated(share) => format!("{}% of nodes", share * 100.0),
         Popularity::Rare => "one copy".into(),

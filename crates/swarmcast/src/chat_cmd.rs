@@ -43,6 +43,11 @@ pub struct ChatArgs {
     /// signed search record (`swarmcast search` finds it by words of its name).
     #[arg(long)]
     pub share: Option<PathBuf>,
+    /// With --share: also publish the shared files in the DHT's keyword index and announce
+    /// them there, joining the DHT through this node, HOST:PORT (repeatable; the DHT runs on
+    /// the seeding port, UDP). `swarmcast search --mode dht` finds them.
+    #[arg(long = "dht-bootstrap")]
+    pub dht_bootstrap: Vec<String>,
 }
 
 /// Arguments of `swarmcast anchor` and `swarmcast node`.
@@ -65,6 +70,11 @@ pub struct RelayArgs {
     /// signed search record (`swarmcast search` finds it by words of its name).
     #[arg(long)]
     pub share: Option<PathBuf>,
+    /// With --share: also publish the shared files in the DHT's keyword index and announce
+    /// them there, joining the DHT through this node, HOST:PORT (repeatable; the DHT runs on
+    /// the seeding port, UDP). `swarmcast search --mode dht` finds them.
+    #[arg(long = "dht-bootstrap")]
+    pub dht_bootstrap: Vec<String>,
 }
 
 fn default_data(name: &str) -> PathBuf {
@@ -89,25 +99,42 @@ pub async fn resolve(anchors: &[String]) -> Result<Vec<SocketAddr>> {
     Ok(out)
 }
 
-/// Starts sharing `dir` (if given) on the address the node advertises.
+/// Starts sharing `dir` (if given) on the address the node advertises; with DHT nodes to join
+/// through, also publishes the files in the DHT's keyword index, signed by the node's key (in
+/// `data`, as the chat service loads it).
 async fn start_sharing(
     dir: Option<&Path>,
     listen: SocketAddr,
     advertise: Option<SocketAddr>,
+    data: &Path,
+    dht_bootstrap: &[String],
 ) -> Result<Option<Sharing>> {
     let Some(dir) = dir else { return Ok(None) };
     let ip = advertise.unwrap_or(listen).ip();
     if ip.is_unspecified() {
         bail!("--share needs an address peers can reach: give --advertise IP:PORT");
     }
-    Ok(Some(share::share_dir(dir, ip).await?))
+    let identity = if dht_bootstrap.is_empty() {
+        None
+    } else {
+        Some(overlay::identity::Identity::load_or_create(data)?)
+    };
+    Ok(Some(share::share_dir(dir, ip, identity.map(|i| (i, dht_bootstrap))).await?))
 }
 
 /// `swarmcast chat`.
 pub async fn chat(args: ChatArgs) -> Result<()> {
-    let sharing = start_sharing(args.share.as_deref(), args.listen, args.advertise).await?;
+    let data = args.data.clone().unwrap_or_else(|| default_data(&args.nick));
+    let sharing = start_sharing(
+        args.share.as_deref(),
+        args.listen,
+        args.advertise,
+        &data,
+        &args.dht_bootstrap,
+    )
+    .await?;
     let config = ChatConfig {
-        data: args.data.clone().unwrap_or_else(|| default_data(&args.nick)),
+        data,
         listen: args.listen,
         advertise: args.advertise,
         anchors: resolve(&args.anchors).await?,
@@ -182,9 +209,17 @@ async fn print_json(out: &mut tokio::io::Stdout, ev: &ChatEvent) -> Result<()> {
 /// `swarmcast anchor` and `swarmcast node`: a headless node that relays and keeps history,
 /// until Ctrl-C.
 pub async fn relay(args: RelayArgs, role: &str) -> Result<()> {
-    let sharing = start_sharing(args.share.as_deref(), args.listen, args.advertise).await?;
+    let data = args.data.clone().unwrap_or_else(|| default_data(role));
+    let sharing = start_sharing(
+        args.share.as_deref(),
+        args.listen,
+        args.advertise,
+        &data,
+        &args.dht_bootstrap,
+    )
+    .await?;
     let config = ChatConfig {
-        data: args.data.unwrap_or_else(|| default_data(role)),
+        data,
         listen: args.listen,
         advertise: args.advertise,
         anchors: resolve(&args.anchors).await?,

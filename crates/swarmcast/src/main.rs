@@ -20,6 +20,7 @@ mod chat_demo;
 mod chat_line;
 mod demo;
 mod dht_cmd;
+mod dht_index;
 mod lab_cmd;
 mod play_cmd;
 mod progress;

@@ -1,6 +1,7 @@
 //! `swarmcast search WORDS`: joins the overlay through an anchor as a short-lived node (a fresh
 //! key, nothing shared), asks the overlay by flooding, expanding rings or random walks, and
-//! prints each result as it arrives, then every file found with its sources and magnet.
+//! prints each result as it arrives, then every file found with its sources and magnet. With
+//! `--mode dht`, it joins the DHT instead and reads the keyword index ([`crate::dht_index`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +24,9 @@ pub enum SearchMode {
     Ring,
     /// Random walkers checking back with us (Lv et al.) until --results results.
     Walk,
+    /// The DHT's keyword index (through --dht-bootstrap): every word looked up, the records
+    /// that name them all kept.
+    Dht,
     /// Expanding rings: cheap for popular files, a full flood for rare ones.
     Auto,
 }
@@ -33,9 +37,13 @@ pub struct SearchArgs {
     /// Words of the name (every one must match).
     #[arg(required = true)]
     pub words: Vec<String>,
-    /// Anchor node to join through, HOST:PORT (repeatable).
-    #[arg(long = "anchor", required = true)]
+    /// Anchor node to join through, HOST:PORT (repeatable; every mode but dht).
+    #[arg(long = "anchor")]
     pub anchors: Vec<String>,
+    /// A DHT node to join through for --mode dht, HOST:PORT (repeatable): a swarmcast node's
+    /// (`swarmcast dht node`, or a sharing node's seeding port).
+    #[arg(long = "dht-bootstrap")]
+    pub dht_bootstrap: Vec<String>,
     /// How to search.
     #[arg(long, value_enum, default_value_t = SearchMode::Auto)]
     pub mode: SearchMode,
@@ -103,7 +111,11 @@ pub async fn run(args: SearchArgs) -> Result<()> {
         SearchMode::Flood => Mode::Flood(args.ttl.clamp(1, MAX_TTL)),
         SearchMode::Ring | SearchMode::Auto => Mode::Ring,
         SearchMode::Walk => Mode::Walk,
+        SearchMode::Dht => return run_dht(&args, &text).await,
     };
+    if args.anchors.is_empty() {
+        bail!("give an overlay node to join through: --anchor HOST:PORT (or use --mode dht)");
+    }
     let anchors = crate::chat_cmd::resolve(&args.anchors).await?;
     let identity = Identity::generate(&mut rand::rng());
     let endpoint = Endpoint::bind(&identity, args.listen)
@@ -168,7 +180,58 @@ pub async fn run(args: SearchArgs) -> Result<()> {
             humantime::format_duration(args.timeout)
         );
     }
-    if args.json {
+    print_summary(&found, results, refused, started, args.json)
+}
+
+/// `swarmcast search --mode dht`.
+async fn run_dht(args: &SearchArgs, text: &str) -> Result<()> {
+    if args.dht_bootstrap.is_empty() {
+        bail!("--mode dht needs a DHT node to join through: --dht-bootstrap HOST:PORT");
+    }
+    let started = tokio::time::Instant::now();
+    let words = search::keywords(text);
+    let node = crate::dht_cmd::node_for_torrent(args.listen.ip(), &args.dht_bootstrap, None, None)
+        .await
+        .with_context(|| {
+            format!("could not join the DHT through {}", args.dht_bootstrap.join(", "))
+        })?;
+    let node = std::sync::Arc::new(node);
+    let found = tokio::time::timeout(args.timeout, crate::dht_index::find(node.clone(), &words))
+        .await
+        .with_context(|| {
+            format!("no answer within {}", humantime::format_duration(args.timeout))
+        })??;
+    let (records, refused) = found;
+    let mut files: BTreeMap<[u8; 20], Found> = BTreeMap::new();
+    for (record, hops) in records {
+        let publisher = record.publisher.to_string();
+        let f = files.entry(record.info_hash).or_insert_with(|| Found {
+            record: record.clone(),
+            publishers: Vec::new(),
+            peers: Vec::new(),
+            hops,
+        });
+        f.publishers.push(publisher.clone());
+        f.hops = f.hops.min(hops);
+        for p in &record.peers {
+            if !f.peers.contains(p) && f.peers.len() < 16 {
+                f.peers.push(*p);
+            }
+        }
+        print_result(f, &publisher, hops, args.json);
+    }
+    let results = files.values().map(|f| f.publishers.len()).sum();
+    print_summary(&files, results, refused as u64, started, args.json)
+}
+
+fn print_summary(
+    found: &BTreeMap<[u8; 20], Found>,
+    results: usize,
+    refused: u64,
+    started: tokio::time::Instant,
+    json: bool,
+) -> Result<()> {
+    if json {
         let done = Line::Done {
             files: found.len(),
             results,

@@ -17,6 +17,8 @@ use torrent::session::{Encryption, Role, Session, SessionConfig, SessionOptions,
 pub struct Sharing {
     torrents: Vec<TorrentHandle>,
     _session: Session,
+    /// The DHT node on the seeding port and the task publishing the files there.
+    dht: Option<(std::sync::Arc<dht::Dht>, tokio::task::JoinHandle<()>)>,
     /// What the search records say.
     pub files: Vec<SharedFile>,
 }
@@ -24,6 +26,9 @@ pub struct Sharing {
 impl Sharing {
     /// Stops seeding.
     pub async fn shutdown(self) {
+        if let Some((_, task)) = &self.dht {
+            task.abort();
+        }
         for t in self.torrents {
             t.shutdown().await;
         }
@@ -48,8 +53,13 @@ fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Hashes and seeds every file in `dir` on `ip` (any free port), telling peers to find it at
-/// `ip` and that port.
-pub async fn share_dir(dir: &Path, ip: IpAddr) -> Result<Sharing> {
+/// `ip` and that port. Given an identity and DHT nodes, it also joins the DHT on that port
+/// (UDP) and publishes the files there ([`crate::dht_index::keep_publishing`]).
+pub async fn share_dir(
+    dir: &Path,
+    ip: IpAddr,
+    dht: Option<(overlay::identity::Identity, &[String])>,
+) -> Result<Sharing> {
     let files = files_in(dir)?;
     if files.is_empty() {
         bail!("--share {}: no files in it to share", dir.display());
@@ -90,7 +100,25 @@ pub async fn share_dir(dir: &Path, ip: IpAddr) -> Result<Sharing> {
         shared.push(file);
     }
     eprintln!("sharing {} files from {} on {at}", shared.len(), dir.display());
-    Ok(Sharing { torrents, _session: session, files: shared })
+    let dht = match dht {
+        Some((identity, bootstrap)) => {
+            let socket =
+                session.take_udp_others().map(|o| dht::SharedSocket::new(o.socket, o.incoming));
+            let node = crate::dht_cmd::node_for_torrent(ip, bootstrap, None, socket).await;
+            let Some(node) = node.map(std::sync::Arc::new) else {
+                bail!("--dht-bootstrap: could not join the DHT through {}", bootstrap.join(", "));
+            };
+            let task = crate::dht_index::keep_publishing(
+                node.clone(),
+                identity,
+                shared.clone(),
+                at.port(),
+            );
+            Some((node, task))
+        }
+        None => None,
+    };
+    Ok(Sharing { torrents, _session: session, files: shared, dht })
 }
 
 /// The magnet link of a search result: its info-hash, name, and the peers its publishers

@@ -34,7 +34,8 @@ pub struct SearchArgs {
     /// Nodes of the overlay (3 of them anchors).
     #[arg(long, default_value_t = 1000)]
     nodes: u32,
-    /// Which search: flood (TTL 7), ring, walk, or all three.
+    /// Which search: flood (TTL 7), ring, walk, dht (the keyword index on as many DHT nodes),
+    /// or all four.
     #[arg(long, value_enum, default_value_t = SearchMode::All)]
     mode: SearchMode,
     /// Share of the nodes that hold a popular item (rare items have one copy).
@@ -59,6 +60,7 @@ enum SearchMode {
     Flood,
     Ring,
     Walk,
+    Dht,
     All,
 }
 
@@ -268,22 +270,48 @@ fn search(a: &SearchArgs) -> Result<()> {
     if !(a.replication > 0.0 && a.replication <= 1.0) {
         bail!("--replication is a share of the nodes in (0, 1], got {}", a.replication);
     }
-    let scenario = Scenario::new(a.nodes, 3, a.seed);
-    let config = Config { walkers: a.walkers, ..Config::default() };
-    eprintln!("building the overlay of {} nodes (joins, then 90 s of settling)...", a.nodes);
     let started = std::time::Instant::now();
-    let mut net = Net::new(&scenario, config, &mut |line| eprintln!("  {line}"));
     let modes: Vec<Mode> = match a.mode {
         SearchMode::Flood => vec![Mode::Flood(7)],
         SearchMode::Ring => vec![Mode::Ring],
         SearchMode::Walk => vec![Mode::Walk],
+        SearchMode::Dht => vec![],
         SearchMode::All => vec![Mode::Flood(7), Mode::Ring, Mode::Walk],
     };
+    let with_dht = matches!(a.mode, SearchMode::Dht | SearchMode::All);
+    let mut net = (!modes.is_empty()).then(|| {
+        let scenario = Scenario::new(a.nodes, 3, a.seed);
+        let config = Config { walkers: a.walkers, ..Config::default() };
+        eprintln!("building the overlay of {} nodes (joins, then 90 s of settling)...", a.nodes);
+        Net::new(&scenario, config, &mut |line| eprintln!("  {line}"))
+    });
     let mut cells = Vec::new();
     for popularity in [Popularity::Replicated(a.replication), Popularity::Rare] {
         for &mode in &modes {
             eprintln!("  {} queries: {mode:?}, {popularity:?}", a.queries);
-            cells.push(net.measure(mode, popularity, a.queries));
+            if let Some(net) = &mut net {
+                cells.push(net.measure(mode, popularity, a.queries));
+            }
+        }
+        if with_dht {
+            eprintln!("  {} queries: DHT keyword index, {popularity:?}", a.queries);
+            // The DHT simulator's links, without loss and with the overlay simulation's
+            // latencies about (20–80 ms one way there; a 100 ms median round trip here).
+            let mut s = sim::dht::Scenario::new(a.nodes, a.seed);
+            (s.loss, s.rtt_median) = (0.0, std::time::Duration::from_millis(100));
+            let copies = popularity.copies(a.nodes as usize);
+            let c = sim::dht::index_search(&s, copies, a.queries, &mut |l| eprintln!("  {l}"));
+            cells.push(sim::search::Cell {
+                mode: "DHT keyword index".into(),
+                popularity: sim::search::popularity_name(popularity),
+                queries: c.queries,
+                success: c.success,
+                messages: c.messages,
+                hops_first: c.hops_first,
+                ms_first_median: c.ms_first_median,
+                ms_first_p90: c.ms_first_p90,
+                busiest: c.busiest,
+            });
         }
     }
     println!(

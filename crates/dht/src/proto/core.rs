@@ -21,6 +21,14 @@
 //!   (`ip`). Once [`IP_VOTES`] answering /24 networks agree on one (two thirds of the votes), that is
 //!   our external address; if our id is not one it allows (and the address is not exempt), we
 //!   take a new id derived from it and rebuild the routing table around it, keeping its nodes.
+//! - **Keyword index** (Swarmcast's, no BEP): `index_put` stores a signed entry (a BEP 44
+//!   mutable item, checked on arrival) under a keyword's target, many entries per target, one
+//!   per key and salt (the newest `seq`); `index_get` returns some of them (see
+//!   [`DhtCore::index_get`]). BEP 44 holds one value per target, and a keyword needs the
+//!   entries of many publishers under one target. Entries live [`ITEM_TTL`] unless put again;
+//!   at most [`MAX_INDEX_PER_TARGET`] per target, [`MAX_INDEX_PER_HOST`] of them from one
+//!   address (loopback exempt), [`Config::max_index`] in all. Mainline nodes that do not know
+//!   the methods answer error 204 and count as failed, so the index lives on Swarmcast nodes.
 //! - **Upkeep**: tokens from a secret rotated every [`TOKEN_ROTATION`] (the previous one still
 //!   accepted); stored peers expire after [`Config::peer_ttl`]; buckets untouched for 15
 //!   minutes are refreshed by a lookup of an id inside them.
@@ -54,7 +62,8 @@ use sha1::{Digest, Sha1};
 use super::addr::NodeAddr;
 use super::bloom::ScrapeFilter;
 use super::id::NodeId;
-use super::krpc::{Body, CompactNode, Message, Method, Put, Response, Value, Want};
+pub use super::krpc::MutableItem;
+use super::krpc::{Body, CompactNode, Message, Method, Put, Response, Value, Want, MAX_ITEMS};
 use super::table::{Insert, RoutingTable, Seen, GOOD_FOR, K};
 
 /// How often the token secret changes (BEP 5: every 5 minutes; the previous secret still
@@ -75,6 +84,16 @@ pub const MAX_LOOKUP_SAMPLES: usize = 1_000;
 const MAX_REPLY_PEERS: usize = 50;
 /// How long a BEP 44 item is kept unless put again (BEP 44: 2 hours).
 pub const ITEM_TTL: Duration = Duration::from_secs(2 * 3600);
+/// Keyword index entries stored under one target, at most.
+pub const MAX_INDEX_PER_TARGET: usize = 64;
+/// Keyword index entries under one target put from one address, at most (loopback exempt), so
+/// one host cannot fill a keyword.
+pub const MAX_INDEX_PER_HOST: usize = 4;
+/// Keyword index entries one lookup gathers, at most.
+pub const MAX_LOOKUP_ITEMS: usize = 256;
+/// Bytes of entries an `index_get` reply carries to a verified address, about (one entry to
+/// an unverified one, as a BEP 44 `get` carries one value).
+const INDEX_REPLY_BYTES: usize = 1_200;
 /// Info-hashes one `sample_infohashes` reply carries, at most (BEP 51; libtorrent: 20).
 pub const MAX_SAMPLES: usize = 20;
 /// The `interval` our BEP 51 replies give, in seconds (libtorrent's default: 6 hours).
@@ -133,6 +152,9 @@ pub struct Config {
     pub peer_ttl: Duration,
     /// BEP 44 items stored, at most (each at most 1,000 bytes).
     pub max_items: usize,
+    /// Keyword index entries stored, at most, over all targets (each at most 1,000 bytes of
+    /// value).
+    pub max_index: usize,
     /// BEP 42 in lookups (see the module docs). Off, every id counts alike: only for
     /// measuring what the rule is worth (`swarmcast sim dht --sybils`).
     pub verified_closest: bool,
@@ -153,6 +175,7 @@ impl Default for Config {
             max_peers: 100,
             peer_ttl: Duration::from_secs(30 * 60),
             max_items: 1_000,
+            max_index: 4_096,
             verified_closest: true,
             want_both: false,
         }
@@ -210,10 +233,16 @@ pub struct LookupResult<A = SocketAddrV4> {
     /// From the lookup's start to the first answer carrying what it looks for (peers, an item
     /// that checks out), if any came.
     pub first_value: Option<Duration>,
+    /// Hops to that first answer: 1 when the node that gave it was in our routing table, one
+    /// more for each referral that led to it (Kademlia's O(log N)).
+    pub first_hops: Option<u8>,
     /// BEP 44 `get`: the item found, checked against its target (immutable: its SHA-1).
     pub value: Option<Value>,
     /// BEP 44 mutable `get`: the newest item whose signature verifies.
     pub mutable: Option<MutableItem>,
+    /// Keyword index (`index_get`): the entries whose signatures verify, one per key and salt
+    /// (the newest), at most [`MAX_LOOKUP_ITEMS`].
+    pub items: Vec<MutableItem>,
     /// BEP 51 (`sample`): info-hashes the node stores (a sample), how many it stores in all
     /// (a claim), and how long it asks us to wait before asking again (seconds).
     pub samples: Vec<NodeId>,
@@ -238,8 +267,10 @@ impl<A: NodeAddr> LookupResult<A> {
             answers: self.answers,
             elapsed: self.elapsed,
             first_value: self.first_value,
+            first_hops: self.first_hops,
             value: self.value,
             mutable: self.mutable,
+            items: self.items,
             samples: self.samples,
             num: self.num,
             interval: self.interval,
@@ -266,15 +297,19 @@ impl LookupResult<SocketAddr> {
         self.queries += o.queries;
         self.answers += o.answers;
         self.elapsed = self.elapsed.max(o.elapsed);
-        self.first_value = match (self.first_value, o.first_value) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        (self.first_value, self.first_hops) = match (self.first_value, o.first_value) {
+            (Some(a), Some(b)) if b < a => (Some(b), o.first_hops),
+            (None, Some(b)) => (Some(b), o.first_hops),
+            _ => (self.first_value, self.first_hops),
         };
         if self.value.is_none() {
             self.value = o.value;
         }
         if o.mutable.as_ref().is_some_and(|m| self.mutable.as_ref().is_none_or(|s| m.seq > s.seq)) {
             self.mutable = o.mutable;
+        }
+        for it in o.items {
+            add_item(&mut self.items, it);
         }
         for s in o.samples {
             if self.samples.len() < MAX_LOOKUP_SAMPLES && !self.samples.contains(&s) {
@@ -332,6 +367,10 @@ enum Kind {
     GetMutable,
     /// BEP 44: collect tokens, then put the lookup's signed `mutable` item.
     PutMutable,
+    /// Keyword index: gather the entries under the target.
+    GetIndex,
+    /// Keyword index: collect tokens, then put the lookup's `mutable` item under the target.
+    PutIndex,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -353,12 +392,14 @@ struct Candidate<A> {
     verified: bool,
     /// Queries sent to it (a slow one is sent once more).
     tries: u8,
+    /// 1 for a node of our table, one more for each referral that led to it.
+    hop: u8,
 }
 
 impl<A: NodeAddr> Candidate<A> {
     fn new(node: CompactNode<A>, state: State) -> Self {
         let verified = node.addr.allows(&node.id);
-        Candidate { node, state, token: None, verified, tries: 0 }
+        Candidate { node, state, token: None, verified, tries: 0, hop: 1 }
     }
 }
 
@@ -375,6 +416,8 @@ struct Lookup<A> {
     answers: u32,
     started: Instant,
     first_value: Option<Instant>,
+    /// The hop of the node that gave the first value.
+    first_hops: Option<u8>,
     /// BEP 51 answer: samples, num, interval.
     sampled: Option<(Vec<NodeId>, Option<i64>, Option<i64>)>,
     /// BEP 33: each answering node's filters (seeds, downloaders), by distance to the target.
@@ -385,6 +428,17 @@ struct Lookup<A> {
     /// valid one found.
     want: Option<([u8; 32], Vec<u8>)>,
     mutable: Option<MutableItem>,
+    /// Keyword index entries found.
+    found: Vec<MutableItem>,
+}
+
+impl<A> Lookup<A> {
+    /// Notes the first answer that carried what the lookup looks for.
+    fn found_at(&mut self, now: Instant, hop: u8) {
+        if self.first_value.is_none() {
+            (self.first_value, self.first_hops) = (Some(now), Some(hop));
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -425,6 +479,10 @@ pub struct DhtCore<R: RngCore, A: NodeAddr = SocketAddrV4> {
     items: HashMap<NodeId, (Value, Instant)>,
     /// BEP 44 mutable items by target (counted with `items` against `max_items`).
     mutables: HashMap<NodeId, (MutableItem, Instant)>,
+    /// Keyword index entries by target: the entry, when it was put, and from which host.
+    index: HashMap<NodeId, Vec<(MutableItem, Instant, A::Host)>>,
+    /// Entries in `index`, over all targets.
+    index_len: usize,
     /// Per source host: the start of its window and datagrams in it (loopback exempt).
     rates: HashMap<A::Host, (Instant, u32)>,
     /// RFC 6298's smoothed round-trip time and its variation, over every answer.
@@ -469,6 +527,8 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
             stored: HashMap::new(),
             items: HashMap::new(),
             mutables: HashMap::new(),
+            index: HashMap::new(),
+            index_len: 0,
             rates: HashMap::new(),
             srtt: None,
             rttvar: Duration::ZERO,
@@ -673,6 +733,32 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
         id
     }
 
+    /// Gathers the keyword index entries under `target` (see [`index_target`]) from the nodes
+    /// closest to it; the result's `items` are those whose signatures verify, one per key and
+    /// salt (the newest). A node holding more entries than fit a reply gives a random choice
+    /// of them, so a lookup that asks [`K`] nodes sees more than one reply holds.
+    pub fn index_get(&mut self, now: Instant, target: NodeId) -> LookupId {
+        let id = self.start(now, target, Kind::GetIndex);
+        self.step(now, id);
+        id
+    }
+
+    /// Puts a signed entry under `target` at the nodes closest to it (the result's
+    /// `announced_to` counts them). Entries expire after [`ITEM_TTL`]: put again before.
+    pub fn index_put(&mut self, now: Instant, target: NodeId, item: MutableItem) -> LookupId {
+        let id = self.start(now, target, Kind::PutIndex);
+        if let Some(l) = self.lookups.get_mut(&id) {
+            l.mutable = Some(item);
+        }
+        self.step(now, id);
+        id
+    }
+
+    /// Keyword index entries stored here, over all targets.
+    pub fn index_len(&self) -> usize {
+        self.index_len
+    }
+
     /// Looks up the peers of `info_hash`, then announces us on `port` to the closest nodes.
     pub fn announce(&mut self, now: Instant, info_hash: NodeId, port: u16) -> LookupId {
         self.announce_as(now, info_hash, port, false)
@@ -809,11 +895,13 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
             answers: 0,
             started: now,
             first_value: None,
+            first_hops: None,
             sampled: None,
             filters: BTreeMap::new(),
             item: None,
             want: None,
             mutable: None,
+            found: Vec::new(),
         };
         if kind == Kind::Sample {
             // One query to one node, sent by `sample`.
@@ -920,6 +1008,11 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
                 }),
                 (Kind::PutItem, Some(v), _) => Some(Method::Put(put(v.clone(), None))),
                 (Kind::PutMutable, _, Some(m)) => Some(Method::Put(put(m.value.clone(), Some(m)))),
+                (Kind::PutIndex, _, Some(m)) => Some(Method::IndexPut {
+                    target: l.target,
+                    token: token.clone(),
+                    item: m.clone(),
+                }),
                 _ => None,
             }
         };
@@ -961,8 +1054,10 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
             answers: l.answers,
             elapsed: now.saturating_duration_since(l.started),
             first_value: l.first_value.map(|t| t.saturating_duration_since(l.started)),
+            first_hops: l.first_hops,
             value,
             mutable,
+            items: l.found,
             samples,
             num,
             interval,
@@ -1104,6 +1199,8 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
                 l.in_flight = l.in_flight.saturating_sub(1);
             }
             l.answers += 1;
+            // How many referrals away the answering node was.
+            let hop = l.candidates.get(&id.distance(&l.target)).map_or(1, |c| c.hop);
             if l.kind == Kind::Sample {
                 let samples = r.samples.iter().take(MAX_SAMPLES * 5).copied().collect();
                 l.sampled = Some((samples, r.num, r.interval));
@@ -1119,7 +1216,7 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
                     while l.filters.len() > MAX_CANDIDATES {
                         l.filters.pop_last();
                     }
-                    l.first_value.get_or_insert(now);
+                    l.found_at(now, hop);
                 }
             }
             if l.kind == Kind::SampleAround {
@@ -1133,7 +1230,7 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
                     *num = Some(num.unwrap_or(0).saturating_add(n));
                 }
                 if !r.samples.is_empty() {
-                    l.first_value.get_or_insert(now);
+                    l.found_at(now, hop);
                 }
             }
             if let (Kind::GetMutable, Some((want_key, salt))) = (l.kind, &l.want) {
@@ -1143,15 +1240,21 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
                     let newer = l.mutable.as_ref().is_none_or(|m| seq > m.seq);
                     if k == *want_key && newer && item.verifies() {
                         l.mutable = Some(item);
-                        l.first_value.get_or_insert(now);
+                        l.found_at(now, hop);
                     }
+                }
+            }
+            if l.kind == Kind::GetIndex {
+                for it in r.items.iter().filter(|it| it.verifies()) {
+                    add_item(&mut l.found, it.clone());
+                    l.found_at(now, hop);
                 }
             }
             if l.kind == Kind::GetItem {
                 // An immutable item counts only if it hashes to the target.
                 if let Some(v) = r.value.as_ref().filter(|v| item_target(v) == l.target) {
                     l.item = Some(v.clone());
-                    l.first_value.get_or_insert(now);
+                    l.found_at(now, hop);
                     self.finish(now, lid);
                     return;
                 }
@@ -1165,7 +1268,8 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
                     continue;
                 }
                 let key = n.id.distance(&l.target);
-                l.candidates.entry(key).or_insert(Candidate::new(*n, State::New));
+                let c = Candidate { hop: hop.saturating_add(1), ..Candidate::new(*n, State::New) };
+                l.candidates.entry(key).or_insert(c);
             }
             while l.candidates.len() > MAX_CANDIDATES {
                 l.candidates.pop_last();
@@ -1174,7 +1278,7 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
             for p in A::values(&r).iter().filter(|p| p.usable() && p.port_of() != 0) {
                 if l.peers.len() < MAX_LOOKUP_PEERS && !l.peers.contains(p) {
                     l.peers.push(*p);
-                    l.first_value.get_or_insert(now);
+                    l.found_at(now, hop);
                 }
             }
             if l.peers.len() > known {
@@ -1297,6 +1401,11 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
             self.stored.retain(|_, v| !v.is_empty());
             self.items.retain(|_, (_, t)| now.saturating_duration_since(*t) < ITEM_TTL);
             self.mutables.retain(|_, (_, t)| now.saturating_duration_since(*t) < ITEM_TTL);
+            for entries in self.index.values_mut() {
+                entries.retain(|(_, t, _)| now.saturating_duration_since(*t) < ITEM_TTL);
+            }
+            self.index.retain(|_, v| !v.is_empty());
+            self.index_len = self.index.values().map(Vec::len).sum();
         }
         if now >= self.next_refresh {
             self.next_refresh = now + GOOD_FOR;
@@ -1436,6 +1545,40 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
                 }
                 self.give_nodes(&mut r, &target, want);
             }
+            Method::IndexGet { target } => {
+                r.token = Some(self.token(0, &from));
+                let stored = self.index.get(&target).map_or(&[][..], Vec::as_slice);
+                let mut order: Vec<usize> = (0..stored.len()).collect();
+                let n = order.len();
+                for i in 0..n.min(MAX_ITEMS) {
+                    let j = self.rng.random_range(i..n);
+                    order.swap(i, j);
+                }
+                // One entry to an address that has not shown it receives what we send (as a
+                // BEP 44 `get` carries one value), as many as fit otherwise.
+                let max = if self.verified.contains(&from) { MAX_ITEMS } else { 1 };
+                let mut size = 0;
+                for &i in order.iter().take(max) {
+                    let it = &stored[i].0;
+                    if !r.items.is_empty() && size + it.wire_len() > INDEX_REPLY_BYTES {
+                        break;
+                    }
+                    size += it.wire_len();
+                    r.items.push(it.clone());
+                }
+                self.give_nodes(&mut r, &target, want);
+            }
+            Method::IndexPut { target, token, item } => {
+                if !self.token_ok(&token, &from) {
+                    self.error(from, tid, 203, "bad token");
+                    return;
+                }
+                self.verify(from);
+                if let Err((code, why)) = self.store_index(now, target, item, from) {
+                    self.error(from, tid, code, why);
+                    return;
+                }
+            }
             Method::Put(p) => {
                 if !self.token_ok(&p.token, &from) {
                     self.error(from, tid, 203, "bad token");
@@ -1467,7 +1610,9 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
         // What cannot be cut (a BEP 44 value, BEP 33's filters) is not counted against the
         // cap, so it does not push the nodes out.
         let filters = [&r.seeds_filter, &r.peers_filter].iter().filter(|f| f.is_some()).count();
-        let uncut = r.value.as_ref().map_or(0, |v| v.encode().len() + 4) + filters * 266;
+        let uncut = r.value.as_ref().map_or(0, |v| v.encode().len() + 4)
+            + filters * 266
+            + r.items.iter().map(MutableItem::wire_len).sum::<usize>();
         // IPv6 nodes are 12 bytes longer: the cap grows by that for K of them, so a reply
         // carries as many nodes over either family.
         let v6_extra = K * (A::COMPACT_NODE - SocketAddrV4::COMPACT_NODE);
@@ -1557,6 +1702,57 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
         Ok(())
     }
 
+    /// Checks and stores a keyword index entry put from `from` (BEP 44's errors: 206 bad
+    /// signature, 302 an older `seq`; 201 when the target's share for that host is used up).
+    fn store_index(
+        &mut self,
+        now: Instant,
+        target: NodeId,
+        item: MutableItem,
+        from: A,
+    ) -> Result<(), (i64, &'static str)> {
+        if !item.verifies() {
+            return Err((206, "invalid signature"));
+        }
+        let host = from.host();
+        let exempt = from.ip().is_loopback();
+        let entries = self.index.entry(target).or_default();
+        if let Some(e) = entries.iter_mut().find(|e| e.0.key == item.key && e.0.salt == item.salt) {
+            if item.seq < e.0.seq || (item.seq == e.0.seq && item.value != e.0.value) {
+                return Err((302, "sequence number less than current"));
+            }
+            *e = (item, now, host);
+            return Ok(());
+        }
+        if !exempt && entries.iter().filter(|e| e.2 == host).count() >= MAX_INDEX_PER_HOST {
+            return Err((201, "too many entries from one address"));
+        }
+        if entries.len() >= MAX_INDEX_PER_TARGET {
+            // The oldest entry of the keyword makes room.
+            let oldest = entries.iter().enumerate().min_by_key(|(_, e)| e.1).map(|(i, _)| i);
+            if let Some(i) = oldest {
+                entries.swap_remove(i);
+                self.index_len -= 1;
+            }
+        } else if self.index_len >= self.config.max_index {
+            // The oldest entry of all makes room.
+            let oldest = self
+                .index
+                .iter()
+                .flat_map(|(t, v)| v.iter().enumerate().map(move |(i, e)| (e.1, *t, i)))
+                .min();
+            if let Some((_, t, i)) = oldest {
+                if let Some(v) = self.index.get_mut(&t) {
+                    v.swap_remove(i);
+                    self.index_len -= 1;
+                }
+            }
+        }
+        self.index.entry(target).or_default().push((item, now, host));
+        self.index_len += 1;
+        Ok(())
+    }
+
     fn store_item(&mut self, now: Instant, value: Value) {
         let target = item_target(&value);
         if !self.items.contains_key(&target)
@@ -1603,49 +1799,6 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
     }
 }
 
-/// A BEP 44 mutable item: a value signed by an ed25519 key, under `target` = SHA-1(key ‖ salt),
-/// newer when its `seq` is higher.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MutableItem {
-    pub key: [u8; 32],
-    pub salt: Vec<u8>,
-    pub seq: i64,
-    pub value: Value,
-    pub sig: [u8; 64],
-}
-
-impl MutableItem {
-    /// Where the item lives: SHA-1 of the public key and the salt.
-    pub fn target(key: &[u8; 32], salt: &[u8]) -> NodeId {
-        let mut h = Sha1::new();
-        h.update(key);
-        h.update(salt);
-        NodeId(h.finalize().into())
-    }
-
-    /// The bytes the signature covers (BEP 44): `4:salt<len>:<salt>` when salted, then
-    /// `3:seqi<seq>e1:v<bencoded value>`.
-    pub fn signed_bytes(salt: &[u8], seq: i64, value: &Value) -> Vec<u8> {
-        let mut b = Vec::new();
-        if !salt.is_empty() {
-            b.extend_from_slice(format!("4:salt{}:", salt.len()).as_bytes());
-            b.extend_from_slice(salt);
-        }
-        b.extend_from_slice(format!("3:seqi{seq}e1:v").as_bytes());
-        b.extend_from_slice(&value.encode());
-        b
-    }
-
-    /// Whether the signature is the key's over this salt, seq and value.
-    pub fn verifies(&self) -> bool {
-        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&self.key) else {
-            return false;
-        };
-        let sig = ed25519_dalek::Signature::from_bytes(&self.sig);
-        key.verify_strict(&Self::signed_bytes(&self.salt, self.seq, &self.value), &sig).is_ok()
-    }
-}
-
 /// The query a lookup of `kind` sends.
 fn lookup_method(kind: Kind, target: NodeId) -> Method {
     match kind {
@@ -1658,7 +1811,29 @@ fn lookup_method(kind: Kind, target: NodeId) -> Method {
         Kind::GetItem | Kind::PutItem | Kind::GetMutable | Kind::PutMutable => {
             Method::Get { target, seq: None }
         }
+        Kind::GetIndex | Kind::PutIndex => Method::IndexGet { target },
     }
+}
+
+/// Adds a keyword index entry to a lookup's gathered `items`: one per key and salt, the newest
+/// `seq` kept, at most [`MAX_LOOKUP_ITEMS`].
+fn add_item(items: &mut Vec<MutableItem>, it: MutableItem) {
+    if let Some(x) = items.iter_mut().find(|x| x.key == it.key && x.salt == it.salt) {
+        if it.seq > x.seq {
+            *x = it;
+        }
+    } else if items.len() < MAX_LOOKUP_ITEMS {
+        items.push(it);
+    }
+}
+
+/// The keyword index target of a word: SHA-1 of `swarmcast-kw:` and the word (normalized by
+/// the caller: the search core's rules).
+pub fn index_target(word: &str) -> NodeId {
+    let mut h = Sha1::new();
+    h.update(b"swarmcast-kw:");
+    h.update(word.as_bytes());
+    NodeId(h.finalize().into())
 }
 
 /// The target of an immutable item: the SHA-1 of its bencoding (BEP 44).
@@ -2132,6 +2307,106 @@ mod tests {
             301
         );
         assert_eq!(n.store_mutable(now, signed(&key, b"salty", 3, "third"), Some(2)), Ok(()));
+    }
+
+    /// Publisher `n`'s entry under a keyword: its own key, salted with what it names.
+    fn entry(n: u8, seq: i64) -> MutableItem {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[n; 32]);
+        signed(&key, format!("file-{n}").as_bytes(), seq, &format!("record of file {n}"))
+    }
+
+    #[test]
+    fn a_keyword_gathers_the_entries_of_its_publishers_and_nothing_forged() {
+        let mut net: Net = Net::new(40, 11);
+        net.join_all();
+        let caravan = index_target("caravan");
+        // Six publishers (a reply holds them all), each from its own node.
+        for n in 1..=6u8 {
+            let now = net.now;
+            let put = net.nodes[usize::from(n)].index_put(now, caravan, entry(n, 1));
+            net.settle();
+            assert!(net.result(usize::from(n), put).announced_to >= 7);
+        }
+        // Publisher 3 puts again with a newer record: one entry, the newest.
+        let now = net.now;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let newer = signed(&key, b"file-3", 2, "record of file 3, renamed");
+        net.nodes[3].index_put(now, caravan, newer.clone());
+        net.settle();
+        // A holder given a forged entry behind the checks: no asker counts it.
+        let holder = (0..40).find(|&i| net.nodes[i].index.contains_key(&caravan)).unwrap();
+        let mut forged = entry(9, 1);
+        forged.value = Value::Bytes(b"forged".to_vec());
+        net.nodes[holder].index.get_mut(&caravan).unwrap().push((forged, now, 0));
+        let got = net.nodes[30].index_get(now, caravan);
+        net.settle();
+        let mut items = net.result(30, got).items.clone();
+        items.sort_by_key(|i| i.salt.clone());
+        let mut want: Vec<MutableItem> = (1..=6u8).map(|n| entry(n, 1)).collect();
+        want[2] = newer;
+        assert_eq!(items, want);
+        // Another word is another target: nothing there.
+        let now = net.now;
+        let got = net.nodes[30].index_get(now, index_target("glacier"));
+        net.settle();
+        assert!(net.result(30, got).items.is_empty());
+    }
+
+    #[test]
+    fn a_popular_keyword_shows_more_entries_than_one_reply_holds() {
+        let mut net: Net = Net::new(40, 12);
+        net.join_all();
+        let word = index_target("mp4");
+        for n in 1..=30u8 {
+            let now = net.now;
+            net.nodes[usize::from(n)].index_put(now, word, entry(n, 1));
+            net.settle();
+        }
+        let now = net.now;
+        let got = net.nodes[35].index_get(now, word);
+        net.settle();
+        let found = net.result(35, got).items.len();
+        assert!(found > MAX_ITEMS && found <= 30, "{found}");
+    }
+
+    #[test]
+    fn the_index_refuses_forged_stale_and_excess_entries_and_forgets_old_ones() {
+        let now = Instant::now();
+        let mut core =
+            Core::new(now, NodeId([1; 20]), Config::default(), ChaCha8Rng::seed_from_u64(1));
+        let word = index_target("caravan");
+        let host = |h: u8, port: u16| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, h), port);
+        let mut forged = entry(1, 1);
+        forged.seq = 5;
+        assert_eq!(core.store_index(now, word, forged, host(1, 1)).unwrap_err().0, 206);
+        assert_eq!(core.store_index(now, word, entry(1, 2), host(1, 1)), Ok(()));
+        assert_eq!(core.store_index(now, word, entry(1, 1), host(1, 1)).unwrap_err().0, 302);
+        // One host has room for MAX_INDEX_PER_HOST entries under one word, from any port.
+        for n in 2..=MAX_INDEX_PER_HOST as u8 {
+            assert_eq!(core.store_index(now, word, entry(n, 1), host(1, u16::from(n))), Ok(()));
+        }
+        let excess = core.store_index(now, word, entry(50, 1), host(1, 9));
+        assert_eq!(excess.unwrap_err().0, 201);
+        // A word holds at most MAX_INDEX_PER_TARGET entries: the oldest make room.
+        for n in 0..100u8 {
+            let later = now + Duration::from_secs(u64::from(n) + 1);
+            let other = SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, n), 1);
+            core.store_index(later, word, entry(100 + n, 1), other).unwrap();
+        }
+        assert_eq!(core.index[&word].len(), MAX_INDEX_PER_TARGET);
+        assert_eq!(core.index_len(), MAX_INDEX_PER_TARGET);
+        // All words together hold at most `max_index`.
+        core.config.max_index = 80;
+        for n in 0..40u8 {
+            let w = index_target(&format!("word{n}"));
+            core.store_index(now, w, entry(n, 1), host(n, 2)).unwrap();
+        }
+        assert_eq!(core.index_len(), 80);
+        assert_eq!(core.index.values().map(Vec::len).sum::<usize>(), 80);
+        // Entries not put again within ITEM_TTL are gone.
+        core.handle(now + ITEM_TTL + TOKEN_ROTATION + Duration::from_secs(200), Input::Tick);
+        assert_eq!(core.index_len(), 0);
+        assert!(core.index.is_empty());
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! that answers no queries), BEP 44 (`get` / `put` of immutable and mutable items: `v`, `k`,
 //! `sig`, `seq`, `salt`, `cas`), BEP 51 (`sample_infohashes`: `samples`, `interval`, `num`),
 //! BEP 33 (`scrape`, `seed`, `BFsd`, `BFpe`) and BEP 32 (IPv6: `nodes6`, 18-byte `values` and
-//! `ip`, `want`). Addresses of either family go through [`NodeAddr`].
+//! `ip`, `want`). Addresses of either family go through [`NodeAddr`]. It also carries
+//! Swarmcast's keyword index (no BEP): `index_get` and `index_put`, whose entries are BEP 44
+//! mutable items ([`MutableItem`]: `k`, `salt`, `seq`, `sig`, `v`), many under one `target`,
+//! returned as a list of such dictionaries in `items` (at most [`MAX_ITEMS`]).
 //!
 //! # Every datagram is hostile
 //! - At most [`MAX_PACKET`] bytes and [`MAX_DEPTH`] levels of nesting; anything larger is
@@ -50,6 +53,8 @@ pub const MAX_SALT: usize = 64;
 const MAX_TEXT: usize = 256;
 /// Entries of a `want` list (BEP 32 defines two).
 const MAX_WANT: usize = 4;
+/// Keyword index entries one `index_get` reply carries, at most (a reply fits a datagram).
+pub const MAX_ITEMS: usize = 8;
 
 /// Why a datagram was not a KRPC message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +143,66 @@ pub enum Method {
     SampleInfohashes {
         target: NodeId,
     },
+    /// Swarmcast's keyword index: the entries stored under `target`.
+    IndexGet {
+        target: NodeId,
+    },
+    /// Swarmcast's keyword index: store one signed entry under `target` (a BEP 44 mutable
+    /// item, which the storing node verifies; `target` is not its BEP 44 target).
+    IndexPut {
+        target: NodeId,
+        token: Vec<u8>,
+        item: MutableItem,
+    },
+}
+
+/// A BEP 44 mutable item: a value signed by an ed25519 key, under `target` = SHA-1(key ‖ salt),
+/// newer when its `seq` is higher. Also an entry of the keyword index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MutableItem {
+    pub key: [u8; 32],
+    pub salt: Vec<u8>,
+    pub seq: i64,
+    pub value: Value,
+    pub sig: [u8; 64],
+}
+
+impl MutableItem {
+    /// Where the item lives: SHA-1 of the public key and the salt.
+    pub fn target(key: &[u8; 32], salt: &[u8]) -> NodeId {
+        use sha1::{Digest, Sha1};
+        let mut h = Sha1::new();
+        h.update(key);
+        h.update(salt);
+        NodeId(h.finalize().into())
+    }
+
+    /// The bytes the signature covers (BEP 44): `4:salt<len>:<salt>` when salted, then
+    /// `3:seqi<seq>e1:v<bencoded value>`.
+    pub fn signed_bytes(salt: &[u8], seq: i64, value: &Value) -> Vec<u8> {
+        let mut b = Vec::new();
+        if !salt.is_empty() {
+            b.extend_from_slice(format!("4:salt{}:", salt.len()).as_bytes());
+            b.extend_from_slice(salt);
+        }
+        b.extend_from_slice(format!("3:seqi{seq}e1:v").as_bytes());
+        b.extend_from_slice(&value.encode());
+        b
+    }
+
+    /// Whether the signature is the key's over this salt, seq and value.
+    pub fn verifies(&self) -> bool {
+        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&self.key) else {
+            return false;
+        };
+        let sig = ed25519_dalek::Signature::from_bytes(&self.sig);
+        key.verify_strict(&Self::signed_bytes(&self.salt, self.seq, &self.value), &sig).is_ok()
+    }
+
+    /// Its size in a reply's `items` list, about.
+    pub fn wire_len(&self) -> usize {
+        self.value.encode().len() + self.salt.len() + 32 + 64 + 40
+    }
 }
 
 /// BEP 44 `put` arguments. Immutable when `key` is `None`.
@@ -178,6 +243,8 @@ pub struct Response {
     /// BEP 33: bloom filters of the swarm's seeds (`BFsd`) and downloaders (`BFpe`).
     pub seeds_filter: Option<Box<ScrapeFilter>>,
     pub peers_filter: Option<Box<ScrapeFilter>>,
+    /// Swarmcast's keyword index (`index_get`): entries, at most [`MAX_ITEMS`].
+    pub items: Vec<MutableItem>,
 }
 
 /// A node in compact form: id and address (BEP 5: IPv4, 26 bytes on the wire; BEP 32: IPv6,
@@ -332,6 +399,18 @@ impl Message {
                     b"sample_infohashes" => {
                         Method::SampleInfohashes { target: args.need_target()? }
                     }
+                    b"index_get" => Method::IndexGet { target: args.need_target()? },
+                    b"index_put" => Method::IndexPut {
+                        target: args.need_target()?,
+                        token: args.token.ok_or(KrpcError::Field("a.token"))?,
+                        item: MutableItem {
+                            key: args.key.ok_or(KrpcError::Field("a.k"))?,
+                            salt: args.salt.unwrap_or_default(),
+                            seq: args.seq.ok_or(KrpcError::Field("a.seq"))?,
+                            value: args.value.ok_or(KrpcError::Field("a.v"))?,
+                            sig: args.sig.ok_or(KrpcError::Field("a.sig"))?,
+                        },
+                    },
                     _ => return Err(KrpcError::UnknownMethod { tid }),
                 };
                 Body::Query { id, method, want: args.want }
@@ -406,6 +485,8 @@ fn method_name(m: &Method) -> &'static str {
         Method::Get { .. } => "get",
         Method::Put(_) => "put",
         Method::SampleInfohashes { .. } => "sample_infohashes",
+        Method::IndexGet { .. } => "index_get",
+        Method::IndexPut { .. } => "index_put",
     }
 }
 
@@ -420,8 +501,19 @@ fn emit_args(mut a: SortedDictEncoder<'_>, id: &NodeId, m: &Method, want: &Want)
     a.emit_pair_with(b"id", |s| s.emit_bytes(&id.0))?;
     let emitted: EncResult = match m {
         Method::Ping => Ok(()),
-        Method::FindNode { target } | Method::SampleInfohashes { target } => {
-            a.emit_pair_with(b"target", |s| s.emit_bytes(&target.0))
+        Method::FindNode { target }
+        | Method::SampleInfohashes { target }
+        | Method::IndexGet { target } => a.emit_pair_with(b"target", |s| s.emit_bytes(&target.0)),
+        Method::IndexPut { target, token, item } => {
+            a.emit_pair_with(b"k", |s| s.emit_bytes(&item.key))?;
+            if !item.salt.is_empty() {
+                a.emit_pair_with(b"salt", |s| s.emit_bytes(&item.salt))?;
+            }
+            a.emit_pair(b"seq", item.seq)?;
+            a.emit_pair_with(b"sig", |s| s.emit_bytes(&item.sig))?;
+            a.emit_pair_with(b"target", |s| s.emit_bytes(&target.0))?;
+            a.emit_pair_with(b"token", |s| s.emit_bytes(token))?;
+            a.emit_pair_with(b"v", |s| item.value.emit(s))
         }
         Method::GetPeers { info_hash, scrape } => {
             a.emit_pair_with(b"info_hash", |s| s.emit_bytes(&info_hash.0))?;
@@ -482,8 +574,8 @@ fn emit_args(mut a: SortedDictEncoder<'_>, id: &NodeId, m: &Method, want: &Want)
 }
 
 fn emit_response(mut d: SortedDictEncoder<'_>, r: &Response) -> EncResult {
-    // Sorted: BFpe, BFsd, id, interval, k, nodes, nodes6, num, samples, seq, sig, token, v,
-    // values.
+    // Sorted: BFpe, BFsd, id, interval, items, k, nodes, nodes6, num, samples, seq, sig, token,
+    // v, values.
     if let Some(f) = &r.peers_filter {
         d.emit_pair_with(b"BFpe", |s| s.emit_bytes(&f.0))?;
     }
@@ -495,6 +587,24 @@ fn emit_response(mut d: SortedDictEncoder<'_>, r: &Response) -> EncResult {
     }
     if let Some(i) = r.interval {
         d.emit_pair(b"interval", i)?;
+    }
+    if !r.items.is_empty() {
+        d.emit_pair_with(b"items", |s| {
+            s.emit_list(|l| {
+                for it in &r.items {
+                    l.emit_dict(|mut e| {
+                        e.emit_pair_with(b"k", |s| s.emit_bytes(&it.key))?;
+                        if !it.salt.is_empty() {
+                            e.emit_pair_with(b"salt", |s| s.emit_bytes(&it.salt))?;
+                        }
+                        e.emit_pair(b"seq", it.seq)?;
+                        e.emit_pair_with(b"sig", |s| s.emit_bytes(&it.sig))?;
+                        e.emit_pair_with(b"v", |s| it.value.emit(s))
+                    })?;
+                }
+                Ok(())
+            })
+        })?;
     }
     if let Some(k) = &r.key {
         d.emit_pair_with(b"k", |s| s.emit_bytes(k))?;
@@ -653,10 +763,43 @@ fn decode_response(mut d: DictDecoder<'_, '_>) -> Result<Response, KrpcError> {
             b"num" => r.num = Some(int(v, "r.num")?),
             b"BFsd" => r.seeds_filter = Some(Box::new(ScrapeFilter(array(v, "r.BFsd")?))),
             b"BFpe" => r.peers_filter = Some(Box::new(ScrapeFilter(array(v, "r.BFpe")?))),
+            b"items" => {
+                let Object::List(mut l) = v else {
+                    return Err(KrpcError::Field("r.items"));
+                };
+                while let Some(o) = l.next_object().map_err(benc)? {
+                    if r.items.len() == MAX_ITEMS {
+                        return Err(KrpcError::Field("r.items"));
+                    }
+                    r.items.push(decode_item(dict(o, "r.items")?)?);
+                }
+            }
             _ => skip(v)?,
         }
     }
     Ok(r)
+}
+
+/// One keyword index entry: `k`, `seq`, `sig` and `v` required, `salt` optional.
+fn decode_item(mut d: DictDecoder<'_, '_>) -> Result<MutableItem, KrpcError> {
+    let (mut key, mut salt, mut seq, mut sig, mut val) = (None, Vec::new(), None, None, None);
+    while let Some((k, v)) = d.next_pair().map_err(benc)? {
+        match k {
+            b"k" => key = Some(array(v, "r.items.k")?),
+            b"salt" => salt = bytes_max(v, "r.items.salt", MAX_SALT)?.to_vec(),
+            b"seq" => seq = Some(int(v, "r.items.seq")?),
+            b"sig" => sig = Some(array(v, "r.items.sig")?),
+            b"v" => val = Some(value(v)?),
+            _ => skip(v)?,
+        }
+    }
+    Ok(MutableItem {
+        key: key.ok_or(KrpcError::Field("r.items.k"))?,
+        salt,
+        seq: seq.ok_or(KrpcError::Field("r.items.seq"))?,
+        value: val.ok_or(KrpcError::Field("r.items.v"))?,
+        sig: sig.ok_or(KrpcError::Field("r.items.sig"))?,
+    })
 }
 
 fn decode_error(v: Object<'_, '_>) -> Result<(i64, String), KrpcError> {
@@ -923,11 +1066,58 @@ mod tests {
                 num: Some(2),
                 seeds_filter: Some(Box::new(ScrapeFilter([0x0f; 256]))),
                 peers_filter: Some(Box::new(ScrapeFilter([0xf0; 256]))),
+                items: vec![],
             }),
             version: None,
             ip: Some(addr6.into()),
             read_only: true,
         });
+    }
+
+    #[test]
+    fn keyword_index_messages_round_trip_and_reply_lists_are_capped() {
+        let item = |n: u8| MutableItem {
+            key: [n; 32],
+            salt: vec![n; 20],
+            seq: i64::from(n),
+            value: Value::Bytes(vec![b'r'; 100]),
+            sig: [n; 64],
+        };
+        let q = |method| Message {
+            tid: vec![1, 2],
+            body: Body::Query { id: id(1), method, want: Want::default() },
+            version: None,
+            ip: None,
+            read_only: false,
+        };
+        roundtrip(q(Method::IndexGet { target: id(3) }));
+        roundtrip(q(Method::IndexPut { target: id(3), token: b"tok".to_vec(), item: item(4) }));
+        let unsalted = MutableItem { salt: vec![], ..item(5) };
+        roundtrip(q(Method::IndexPut { target: id(3), token: b"t".to_vec(), item: unsalted }));
+        let reply = |items: Vec<MutableItem>| Message {
+            tid: vec![7],
+            body: Body::Response(Response { id: Some(id(6)), items, ..Response::default() }),
+            version: None,
+            ip: None,
+            read_only: false,
+        };
+        roundtrip(reply(
+            (0..MAX_ITEMS as u8).map(|n| MutableItem { value: Value::Int(1), ..item(n) }).collect(),
+        ));
+        // One entry too many, or one missing its signature, and the reply is refused.
+        let long = reply(
+            (0..=MAX_ITEMS as u8)
+                .map(|n| MutableItem { value: Value::Int(1), salt: vec![], ..item(n) })
+                .collect(),
+        );
+        assert_eq!(Message::decode(&long.encode()), Err(KrpcError::Field("r.items")));
+        let bytes = reply(vec![item(1)]).encode();
+        let cut = String::from_utf8_lossy(&bytes).replace("3:sig64:", "3:sin64:");
+        assert_eq!(Message::decode(cut.as_bytes()), Err(KrpcError::Field("r.items.sig")));
+        // An index put needs its key, signature and seq.
+        let put = q(Method::IndexPut { target: id(3), token: b"t".to_vec(), item: item(2) });
+        let no_key = String::from_utf8_lossy(&put.encode()).replacen("1:k32:", "1:j32:", 1);
+        assert_eq!(Message::decode(no_key.as_bytes()), Err(KrpcError::Field("a.k")));
     }
 
     #[test]

@@ -309,6 +309,13 @@ pub struct Search<PI, R> {
     out: VecDeque<Output<PI>>,
 }
 
+/// Whether every word of `words` (a query's, normalized by [`keywords`]) is a keyword of
+/// `name`: how a record matches a query, here and in the DHT's keyword index.
+pub fn matches_words(name: &str, words: &[String]) -> bool {
+    let kw = keywords(name);
+    !words.is_empty() && words.iter().all(|w| kw.contains(w))
+}
+
 /// A name's keywords, or a query's words: Unicode lower case, split at anything not
 /// alphanumeric, words of one character dropped, each cut to [`MAX_WORD_BYTES`], duplicates
 /// removed, at most [`MAX_WORDS`] (the first ones).

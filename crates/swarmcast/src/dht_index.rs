@@ -1,0 +1,133 @@
+//! Search records in the DHT's keyword index (issue 14's structured search): a node that
+//! shares files puts each file's signed search record under every keyword of its name, and
+//! `swarmcast search --mode dht` gets the entries of each query word and keeps the records
+//! that name every word.
+//!
+//! An entry is a BEP 44 mutable item signed by the publisher's node key: `k` the key, `salt`
+//! the info-hash (one entry per publisher and file), `seq` the Unix second it was signed (a
+//! newer one replaces it), `v` the record itself in its canonical postcard encoding (well
+//! under BEP 44's 1,000 bytes: a name is at most 255). The DHT nodes check the entry's
+//! signature; the searcher checks the record too (signature, expiry, size caps) and that the
+//! entry's key and salt are the record's publisher and info-hash, so no entry can speak for a
+//! record it does not carry.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use dht::proto::core::{index_target, MutableItem};
+use dht::proto::krpc::Value;
+use dht::Dht;
+use overlay::identity::Identity;
+use overlay::proto::search::{self, Record};
+
+/// How long a published record is valid; entries are put again when a third of it is left
+/// (the DHT drops an entry two hours after its last put).
+pub const LIFETIME: Duration = Duration::from_secs(3600);
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The keyword index entry of `record`, signed by `identity` (its publisher).
+pub fn entry(identity: &Identity, record: &Record) -> Result<MutableItem> {
+    let bytes = postcard::to_allocvec(record).context("encoding a search record")?;
+    let value = Value::Bytes(bytes);
+    let seq = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+    let salt = record.info_hash.to_vec();
+    let sig = identity.sign(&MutableItem::signed_bytes(&salt, seq, &value));
+    Ok(MutableItem { key: identity.id().0, salt, seq, value, sig })
+}
+
+/// The record an entry carries, if it checks out at Unix time `now`.
+pub fn record_of(item: &MutableItem, now: u64) -> Result<Record> {
+    let Value::Bytes(bytes) = &item.value else { bail!("an index entry that is not bytes") };
+    let record: Record = overlay::wire::from_canonical(bytes).context("not a search record")?;
+    record.check(now).context("a search record that does not check out")?;
+    if record.publisher.0 != item.key || record.info_hash[..] != item.salt[..] {
+        bail!("an index entry whose key or salt is not its record's publisher and info-hash");
+    }
+    Ok(record)
+}
+
+/// Puts the records of `files` (signed by `identity`) under each keyword of their names, and
+/// announces each torrent on `port`, now and whenever a third of [`LIFETIME`] is left, until
+/// the task is aborted.
+pub fn keep_publishing(
+    node: std::sync::Arc<Dht>,
+    identity: Identity,
+    files: Vec<overlay::chat::SharedFile>,
+    port: u16,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let expires = unix_now() + LIFETIME.as_secs();
+            for f in &files {
+                let (name, size, hash) = (f.name.clone(), f.size, f.info_hash);
+                let record = Record::signed(&identity, name, size, hash, f.peers.clone(), expires);
+                let item = match entry(&identity, &record) {
+                    Ok(item) => item,
+                    Err(e) => {
+                        eprintln!("DHT: cannot publish {}: {e:#}", f.name);
+                        continue;
+                    }
+                };
+                let mut stored = 0;
+                for word in search::keywords(&f.name) {
+                    match node.index_put(index_target(&word), item.clone()).await {
+                        Ok(r) => stored += r.announced_to,
+                        Err(_) => return,
+                    }
+                }
+                if node.announce(dht::NodeId(hash), port, true).await.is_err() {
+                    return;
+                }
+                tracing::info!("DHT: {} published ({stored} index entries stored)", f.name);
+                if stored == 0 {
+                    eprintln!(
+                        "DHT: no node took the index entries of {}; trying again later",
+                        f.name
+                    );
+                }
+            }
+            tokio::time::sleep(LIFETIME / 3).await;
+        }
+    })
+}
+
+/// The records under every word of `words` in the index that name them all, one per
+/// publisher and file, each with the hops of the lookup that found it first, and how many
+/// entries were refused (forged, expired, or not the record they claim).
+pub async fn find(
+    node: std::sync::Arc<Dht>,
+    words: &[String],
+) -> Result<(Vec<(Record, u8)>, usize)> {
+    let mut lookups = tokio::task::JoinSet::new();
+    for w in words {
+        let (node, target) = (node.clone(), index_target(w));
+        lookups.spawn(async move { node.index_get(target).await });
+    }
+    let now = unix_now();
+    let (mut found, mut refused): (Vec<(Record, u8)>, usize) = (Vec::new(), 0);
+    while let Some(r) = lookups.join_next().await {
+        let r = r.context("a lookup task failed")?;
+        let r = r.map_err(|_| anyhow::anyhow!("the DHT node stopped"))?;
+        for item in &r.items {
+            match record_of(item, now) {
+                Ok(rec) if search::matches_words(&rec.name, words) => {
+                    let same = |(x, _): &(Record, u8)| {
+                        x.publisher == rec.publisher && x.info_hash == rec.info_hash
+                    };
+                    if !found.iter().any(same) {
+                        found.push((rec, r.first_hops.unwrap_or(1)));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!("refused an index entry: {e:#}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    Ok((found, refused))
+}
