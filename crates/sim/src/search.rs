@@ -9,7 +9,10 @@
 //! mode and popularity: success (at least one result), messages per query, hops and time to
 //! the first result, and the load on the busiest node (messages it received for one query).
 //! Queries run one after another; each ends when its origin reports it done and nothing is in
-//! flight (or after [`QUERY_LIMIT`] of virtual time).
+//! flight (or after [`QUERY_LIMIT`] of virtual time). With churn ([`Net::churn`]), a share of
+//! the nodes, other than the item's holders and the asker, is offline while each query runs:
+//! what is sent to them is lost, and the overlay has no time to repair around them (the worst
+//! case: HyParView replaces a dead neighbour once its connection fails).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -82,6 +85,10 @@ pub struct Net {
     /// Virtual time used so far (queries run one after another).
     clock: Duration,
     rng: ChaCha8Rng,
+    /// Share of the nodes offline during each query.
+    pub churn: f64,
+    /// Nodes offline during the current query.
+    down: Vec<bool>,
 }
 
 /// An event: a message arriving or a node's timer.
@@ -98,7 +105,7 @@ impl Net {
     /// Builds the overlay of `scenario` and a search core on each node.
     pub fn new(scenario: &ov::Scenario, config: Config, progress: &mut dyn FnMut(&str)) -> Net {
         let views = ov::settle(scenario, progress);
-        let nodes = views
+        let nodes: Vec<Search<Id, ChaCha8Rng>> = views
             .into_iter()
             .enumerate()
             .map(|(i, view)| {
@@ -108,7 +115,10 @@ impl Net {
                 s
             })
             .collect();
+        let n = nodes.len();
         Net {
+            churn: 0.0,
+            down: vec![false; n],
             scenario: scenario.clone(),
             nodes,
             start: Instant::now(),
@@ -139,7 +149,17 @@ impl Net {
                     break o;
                 }
             };
+            let offline = ((n as f64 * self.churn) as usize).min(n - holders.len() - 1);
+            let mut down = 0;
+            while down < offline {
+                let d = self.rng.random_range(0..n as Id);
+                if d != origin && !holders.contains(&d) && !self.down[d as usize] {
+                    self.down[d as usize] = true;
+                    down += 1;
+                }
+            }
             outcomes.push(self.query(origin, &format!("item{q}"), mode));
+            self.down.fill(false);
             for &h in &holders {
                 self.nodes[h as usize].unshare(&hash);
             }
@@ -195,8 +215,11 @@ impl Net {
             match e.frame {
                 Some((from, slot)) => {
                     in_flight -= 1;
-                    received[e.to as usize] += 1;
                     let msg = frames[slot].take().expect("a frame is delivered once");
+                    if self.down[e.to as usize] {
+                        continue;
+                    }
+                    received[e.to as usize] += 1;
                     self.nodes[e.to as usize].handle(at, Input::Message { from, msg });
                 }
                 None => {

@@ -47,6 +47,10 @@ pub struct SearchArgs {
     /// Random walkers per walk.
     #[arg(long, default_value_t = 16)]
     walkers: usize,
+    /// Share of the nodes offline while each query runs (not the item's holders nor the
+    /// asker), with no time for the overlay or the DHT tables to repair around them.
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
     /// Seed of the run (same seed, same numbers).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -267,6 +271,9 @@ fn search(a: &SearchArgs) -> Result<()> {
     if a.nodes < 10 {
         bail!("--nodes must be at least 10");
     }
+    if !(0.0..0.9).contains(&a.churn) {
+        bail!("--churn is a share of the nodes in [0, 0.9), got {}", a.churn);
+    }
     if !(a.replication > 0.0 && a.replication <= 1.0) {
         bail!("--replication is a share of the nodes in (0, 1], got {}", a.replication);
     }
@@ -283,9 +290,12 @@ fn search(a: &SearchArgs) -> Result<()> {
         let scenario = Scenario::new(a.nodes, 3, a.seed);
         let config = Config { walkers: a.walkers, ..Config::default() };
         eprintln!("building the overlay of {} nodes (joins, then 90 s of settling)...", a.nodes);
-        Net::new(&scenario, config, &mut |line| eprintln!("  {line}"))
+        let mut net = Net::new(&scenario, config, &mut |line| eprintln!("  {line}"));
+        net.churn = a.churn;
+        net
     });
     let mut cells = Vec::new();
+    let mut puts = Vec::new();
     for popularity in [Popularity::Replicated(a.replication), Popularity::Rare] {
         for &mode in &modes {
             eprintln!("  {} queries: {mode:?}, {popularity:?}", a.queries);
@@ -300,7 +310,9 @@ fn search(a: &SearchArgs) -> Result<()> {
             let mut s = sim::dht::Scenario::new(a.nodes, a.seed);
             (s.loss, s.rtt_median) = (0.0, std::time::Duration::from_millis(100));
             let copies = popularity.copies(a.nodes as usize);
-            let c = sim::dht::index_search(&s, copies, a.queries, &mut |l| eprintln!("  {l}"));
+            let c =
+                sim::dht::index_search(&s, copies, a.queries, a.churn, &mut |l| eprintln!("  {l}"));
+            puts.push((sim::search::popularity_name(popularity), c.put_messages));
             cells.push(sim::search::Cell {
                 mode: "DHT keyword index".into(),
                 popularity: sim::search::popularity_name(popularity),
@@ -315,11 +327,12 @@ fn search(a: &SearchArgs) -> Result<()> {
         }
     }
     println!(
-        "search simulation: {} nodes, seed {}, {} queries a cell, {} walkers ({:.1} s)",
+        "search simulation: {} nodes, seed {}, {} queries a cell, {} walkers, {}% offline ({:.1} s)",
         a.nodes,
         a.seed,
         a.queries,
         a.walkers,
+        a.churn * 100.0,
         started.elapsed().as_secs_f64()
     );
     println!("| mode | item on | success | messages / query | hops to 1st | ms to 1st (median / p90) | busiest node's messages |");
@@ -336,6 +349,9 @@ fn search(a: &SearchArgs) -> Result<()> {
             c.ms_first_p90,
             c.busiest
         );
+    }
+    for (popularity, cost) in puts {
+        println!("DHT keyword index, items on {popularity}: {cost:.0} messages per publish (one keyword of one file)");
     }
     if let Some(path) = &a.json {
         let text = serde_json::to_string_pretty(&cells)?;

@@ -288,10 +288,21 @@ impl<A: NodeAddr> RoutingTable<A> {
 
     /// Up to `count` non-bad nodes closest to `target`, closest first.
     pub fn closest(&self, target: &NodeId, count: usize) -> Vec<CompactNode<A>> {
-        let mut all: Vec<&Entry<A>> =
-            self.buckets.iter().flat_map(|b| &b.nodes).filter(|e| !e.is_bad()).collect();
-        all.sort_by_key(|e| e.id.distance(target));
-        all.into_iter().take(count).map(|e| CompactNode { id: e.id, addr: e.addr }).collect()
+        // Each distance computed once; only the `count` closest sorted (ids are unique, so the
+        // order is the same as a full sort's).
+        let mut all: Vec<([u8; 20], &Entry<A>)> = self
+            .buckets
+            .iter()
+            .flat_map(|b| &b.nodes)
+            .filter(|e| !e.is_bad())
+            .map(|e| (e.id.distance(target), e))
+            .collect();
+        if all.len() > count {
+            all.select_nth_unstable_by(count, |a, b| a.0.cmp(&b.0));
+            all.truncate(count);
+        }
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.into_iter().map(|(_, e)| CompactNode { id: e.id, addr: e.addr }).collect()
     }
 
     /// Buckets not changed for `period` (BEP 5: 15 minutes), each as an id in its range to
