@@ -301,7 +301,7 @@ impl<A: NodeAddr> RoutingTable<A> {
             all.select_nth_unstable_by(count, |a, b| a.0.cmp(&b.0));
             all.truncate(count);
         }
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.sort_unstable_by_key(|a| a.0);
         all.into_iter().map(|(_, e)| CompactNode { id: e.id, addr: e.addr }).collect()
     }
 
