@@ -131,3 +131,63 @@ pub async fn find(
     }
     Ok((found, refused))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(identity: &Identity, name: &str, expires: u64) -> Record {
+        let peers = vec!["127.0.0.1:6881".parse().expect("an address")];
+        Record::signed(identity, name.into(), 1234, [7; 20], peers, expires)
+    }
+
+    #[test]
+    fn an_entry_gives_back_its_record_and_nothing_else_does() {
+        let mut rng = rand::rng();
+        let (alice, mallory) = (Identity::generate(&mut rng), Identity::generate(&mut rng));
+        let now = unix_now();
+        let rec = record(&alice, "Desert Caravan.mp4", now + 600);
+        let item = entry(&alice, &rec).expect("an entry");
+        assert!(item.verifies(), "the BEP 44 signature is the publisher's");
+        assert_eq!(record_of(&item, now).expect("checks out"), rec);
+        // Expired by the time it is read.
+        assert!(record_of(&item, now + 601).is_err());
+        // Another key's entry carrying Alice's record: the key is not the record's publisher.
+        let stolen = entry(&mallory, &rec).expect("an entry");
+        assert!(stolen.verifies());
+        assert!(record_of(&stolen, now).is_err());
+        // An entry whose salt names another file.
+        let mut other_salt = item.clone();
+        other_salt.salt = vec![8; 20];
+        assert!(record_of(&other_salt, now).is_err());
+        // A record altered after signing (its own signature no longer matches).
+        let mut forged = rec.clone();
+        forged.size = 1;
+        let forged_item = entry(&alice, &forged).expect("an entry");
+        assert!(record_of(&forged_item, now).is_err());
+        // Not a record at all, or not canonical (a byte added).
+        let mut junk = item.clone();
+        junk.value = Value::Bytes(b"not a record".to_vec());
+        assert!(record_of(&junk, now).is_err());
+        let mut longer = item.clone();
+        if let Value::Bytes(b) = &mut longer.value {
+            b.push(0);
+        }
+        assert!(record_of(&longer, now).is_err());
+        // A record that claims to live longer than records may.
+        let far = entry(&alice, &record(&alice, "x film", now + 3 * 3600)).expect("an entry");
+        assert!(record_of(&far, now).is_err());
+    }
+
+    #[test]
+    fn an_entry_of_the_longest_name_fits_a_bep44_value() {
+        let identity = Identity::generate(&mut rand::rng());
+        let name = "é".repeat(search::MAX_NAME_BYTES / 2);
+        let mut rec = record(&identity, &name, unix_now() + 600);
+        rec.peers = (0..search::MAX_RECORD_PEERS as u16)
+            .map(|i| std::net::SocketAddr::from(([0xfe80, 0, 0, 0, 0, 0, 0, i], 65535)))
+            .collect();
+        let item = entry(&identity, &rec).expect("an entry");
+        assert!(item.value.encode().len() <= dht::proto::krpc::MAX_VALUE);
+    }
+}
