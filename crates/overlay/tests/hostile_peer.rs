@@ -42,6 +42,7 @@ async fn start(dir: &Path, nick: &str, anchors: Vec<SocketAddr>) -> Node {
         rooms: vec!["general".into()],
         node: Default::default(),
         share: Vec::new(),
+        dht: None,
     };
     let (cmd, cmd_rx) = mpsc::channel(16);
     let (ev_tx, mut events) = mpsc::channel(4096);

@@ -43,11 +43,15 @@ pub struct ChatArgs {
     /// signed search record (`swarmcast search` finds it by words of its name).
     #[arg(long)]
     pub share: Option<PathBuf>,
-    /// With --share: also publish the shared files in the DHT's keyword index and announce
-    /// them there, joining the DHT through this node, HOST:PORT (repeatable; the DHT runs on
-    /// the seeding port, UDP). `swarmcast search --mode dht` finds them.
+    /// A DHT node to join through, HOST:PORT (repeatable). The node runs a DHT node beside
+    /// the overlay (UDP, a free port on the listening address) and also joins it through the
+    /// DHT nodes its overlay neighbours name, so a group needs no public router. Shared files
+    /// are published in the DHT's keyword index and announced there.
     #[arg(long = "dht-bootstrap")]
     pub dht_bootstrap: Vec<String>,
+    /// Run no DHT node (shared files are then found through the overlay only).
+    #[arg(long)]
+    pub no_dht: bool,
 }
 
 /// Arguments of `swarmcast anchor` and `swarmcast node`.
@@ -70,11 +74,15 @@ pub struct RelayArgs {
     /// signed search record (`swarmcast search` finds it by words of its name).
     #[arg(long)]
     pub share: Option<PathBuf>,
-    /// With --share: also publish the shared files in the DHT's keyword index and announce
-    /// them there, joining the DHT through this node, HOST:PORT (repeatable; the DHT runs on
-    /// the seeding port, UDP). `swarmcast search --mode dht` finds them.
+    /// A DHT node to join through, HOST:PORT (repeatable). The node runs a DHT node beside
+    /// the overlay (UDP, a free port on the listening address) and also joins it through the
+    /// DHT nodes its overlay neighbours name, so a group needs no public router. Shared files
+    /// are published in the DHT's keyword index and announced there.
     #[arg(long = "dht-bootstrap")]
     pub dht_bootstrap: Vec<String>,
+    /// Run no DHT node (shared files are then found through the overlay only).
+    #[arg(long)]
+    pub no_dht: bool,
 }
 
 fn default_data(name: &str) -> PathBuf {
@@ -99,40 +107,95 @@ pub async fn resolve(anchors: &[String]) -> Result<Vec<SocketAddr>> {
     Ok(out)
 }
 
-/// Starts sharing `dir` (if given) on the address the node advertises; with DHT nodes to join
-/// through, also publishes the files in the DHT's keyword index, signed by the node's key (in
-/// `data`, as the chat service loads it).
+/// Starts sharing `dir` (if given) on the address the node advertises; with a DHT node, also
+/// publishes the files in the DHT's keyword index, signed by the node's key (in `data`, as the
+/// chat service loads it).
 async fn start_sharing(
     dir: Option<&Path>,
     listen: SocketAddr,
     advertise: Option<SocketAddr>,
     data: &Path,
-    dht_bootstrap: &[String],
+    dht: Option<&NodeDht>,
 ) -> Result<Option<Sharing>> {
     let Some(dir) = dir else { return Ok(None) };
     let ip = advertise.unwrap_or(listen).ip();
     if ip.is_unspecified() {
         bail!("--share needs an address peers can reach: give --advertise IP:PORT");
     }
-    let identity = if dht_bootstrap.is_empty() {
-        None
-    } else {
-        Some(overlay::identity::Identity::load_or_create(data)?)
+    let publish = match dht {
+        Some(d) => Some((overlay::identity::Identity::load_or_create(data)?, d.node.clone())),
+        None => None,
     };
-    Ok(Some(share::share_dir(dir, ip, identity.map(|i| (i, dht_bootstrap))).await?))
+    Ok(Some(share::share_dir(dir, ip, publish).await?))
+}
+
+/// The DHT node an overlay node runs, and the task that joins it through the DHT nodes the
+/// overlay's neighbours name.
+pub struct NodeDht {
+    pub node: std::sync::Arc<dht::Dht>,
+    pub hook: overlay::chat::DhtHook,
+    joiner: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NodeDht {
+    fn drop(&mut self) {
+        self.joiner.abort();
+    }
+}
+
+/// Starts the node's DHT on its listening address (a free UDP port), joining through
+/// `bootstrap` now and through every DHT address a neighbour names; `None` with `--no-dht`.
+async fn start_dht(
+    listen: SocketAddr,
+    advertise: Option<SocketAddr>,
+    bootstrap: &[String],
+    no_dht: bool,
+) -> Result<Option<NodeDht>> {
+    if no_dht {
+        return Ok(None);
+    }
+    let routers =
+        if bootstrap.is_empty() { Vec::new() } else { crate::dht_cmd::resolve(bootstrap)? };
+    let node = dht::Dht::spawn(dht::DhtOptions::for_bind(listen.ip()))
+        .await
+        .with_context(|| format!("cannot open a UDP port for the DHT on {}", listen.ip()))?;
+    let node = std::sync::Arc::new(node);
+    // What neighbours are told: our DHT's port, on the address the overlay advertises.
+    let ip = advertise.unwrap_or(listen).ip();
+    let addrs: Vec<SocketAddr> = node
+        .local_addrs()
+        .into_iter()
+        .map(|a| if a.ip().is_unspecified() { SocketAddr::new(ip, a.port()) } else { a })
+        .filter(|a| !a.ip().is_unspecified())
+        .collect();
+    let (contacts, mut learned) = mpsc::channel::<SocketAddr>(64);
+    let joining = node.clone();
+    let joiner = tokio::spawn(async move {
+        if !routers.is_empty() && joining.bootstrap(routers).await.is_err() {
+            return;
+        }
+        let mut tried = std::collections::HashSet::new();
+        while let Some(addr) = learned.recv().await {
+            // Each address once (a bounded set: 4 per neighbour, neighbours are few).
+            if tried.len() < 1024
+                && tried.insert(addr)
+                && joining.bootstrap(vec![addr]).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    let hook = overlay::chat::DhtHook { addrs, contacts };
+    Ok(Some(NodeDht { node, hook, joiner }))
 }
 
 /// `swarmcast chat`.
 pub async fn chat(args: ChatArgs) -> Result<()> {
     let data = args.data.clone().unwrap_or_else(|| default_data(&args.nick));
-    let sharing = start_sharing(
-        args.share.as_deref(),
-        args.listen,
-        args.advertise,
-        &data,
-        &args.dht_bootstrap,
-    )
-    .await?;
+    let dht = start_dht(args.listen, args.advertise, &args.dht_bootstrap, args.no_dht).await?;
+    let sharing =
+        start_sharing(args.share.as_deref(), args.listen, args.advertise, &data, dht.as_ref())
+            .await?;
     let config = ChatConfig {
         data,
         listen: args.listen,
@@ -142,6 +205,7 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
         rooms: vec![args.room.clone()],
         node: Default::default(),
         share: sharing.as_ref().map(|s| s.files.clone()).unwrap_or_default(),
+        dht: dht.as_ref().map(|d| d.hook.clone()),
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
@@ -210,14 +274,10 @@ async fn print_json(out: &mut tokio::io::Stdout, ev: &ChatEvent) -> Result<()> {
 /// until Ctrl-C.
 pub async fn relay(args: RelayArgs, role: &str) -> Result<()> {
     let data = args.data.clone().unwrap_or_else(|| default_data(role));
-    let sharing = start_sharing(
-        args.share.as_deref(),
-        args.listen,
-        args.advertise,
-        &data,
-        &args.dht_bootstrap,
-    )
-    .await?;
+    let dht = start_dht(args.listen, args.advertise, &args.dht_bootstrap, args.no_dht).await?;
+    let sharing =
+        start_sharing(args.share.as_deref(), args.listen, args.advertise, &data, dht.as_ref())
+            .await?;
     let config = ChatConfig {
         data,
         listen: args.listen,
@@ -227,6 +287,7 @@ pub async fn relay(args: RelayArgs, role: &str) -> Result<()> {
         rooms: vec!["general".to_string()],
         node: Default::default(),
         share: sharing.as_ref().map(|s| s.files.clone()).unwrap_or_default(),
+        dht: dht.as_ref().map(|d| d.hook.clone()),
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);

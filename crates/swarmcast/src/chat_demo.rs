@@ -32,6 +32,7 @@ async fn start(
         rooms: vec!["general".into()],
         node: Default::default(),
         share: Vec::new(),
+        dht: None,
     };
     let (cmd, cmd_rx) = mpsc::channel(16);
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);

@@ -133,7 +133,7 @@ fn parse_id(s: &str) -> Result<NodeId> {
 /// The addresses (both families) of HOST:PORT entries. Names that do not resolve are skipped
 /// (one dead public router must not stop the rest); none resolving at all is an error saying
 /// so.
-fn resolve(list: &[String]) -> Result<Vec<SocketAddr>> {
+pub(crate) fn resolve(list: &[String]) -> Result<Vec<SocketAddr>> {
     let mut out: Vec<SocketAddr> =
         list.iter().filter_map(|s| s.to_socket_addrs().ok()).flatten().collect();
     out.dedup();

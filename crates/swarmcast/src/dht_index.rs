@@ -4,8 +4,8 @@
 //! that name every word.
 //!
 //! An entry is a BEP 44 mutable item signed by the publisher's node key: `k` the key, `salt`
-//! the info-hash (one entry per publisher and file), `seq` the Unix second it was signed (a
-//! newer one replaces it), `v` the record itself in its canonical postcard encoding (well
+//! the info-hash (one entry per publisher and file), `seq` the Unix second it was signed, or
+//! one more than the last if the clock stepped back (a newer one replaces it), `v` the record itself in its canonical postcard encoding (well
 //! under BEP 44's 1,000 bytes: a name is at most 255). The DHT nodes check the entry's
 //! signature; the searcher checks the record too (signature, expiry, size caps) and that the
 //! entry's key and salt are the record's publisher and info-hash, so no entry can speak for a
@@ -28,11 +28,11 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The keyword index entry of `record`, signed by `identity` (its publisher).
-pub fn entry(identity: &Identity, record: &Record) -> Result<MutableItem> {
+/// The keyword index entry of `record` with sequence number `seq` (newer replaces older),
+/// signed by `identity` (its publisher).
+pub fn entry(identity: &Identity, record: &Record, seq: i64) -> Result<MutableItem> {
     let bytes = postcard::to_allocvec(record).context("encoding a search record")?;
     let value = Value::Bytes(bytes);
-    let seq = i64::try_from(unix_now()).unwrap_or(i64::MAX);
     let salt = record.info_hash.to_vec();
     let sig = identity.sign(&MutableItem::signed_bytes(&salt, seq, &value));
     Ok(MutableItem { key: identity.id().0, salt, seq, value, sig })
@@ -49,9 +49,10 @@ pub fn record_of(item: &MutableItem, now: u64) -> Result<Record> {
     Ok(record)
 }
 
-/// Puts the records of `files` (signed by `identity`) under each keyword of their names, and
-/// announces each torrent on `port`, now and whenever a third of [`LIFETIME`] is left, until
-/// the task is aborted.
+/// Puts the records of `files` (signed by `identity`) under each keyword of their names (a
+/// file's keywords at once), and announces each torrent on `port`, now and whenever a third of
+/// [`LIFETIME`] is left, until the task is aborted. While no DHT node takes them (the node has
+/// not joined yet), it tries again after 2 s, doubling the wait.
 pub fn keep_publishing(
     node: std::sync::Arc<Dht>,
     identity: Identity,
@@ -59,37 +60,52 @@ pub fn keep_publishing(
     port: u16,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut retry = Duration::from_secs(2);
+        let mut last_seq = 0i64;
         loop {
-            let expires = unix_now() + LIFETIME.as_secs();
+            let mut missed = false;
             for f in &files {
+                let expires = unix_now() + LIFETIME.as_secs();
                 let (name, size, hash) = (f.name.clone(), f.size, f.info_hash);
                 let record = Record::signed(&identity, name, size, hash, f.peers.clone(), expires);
-                let item = match entry(&identity, &record) {
+                // A newer seq than any before, even if the clock stepped back.
+                let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+                last_seq = now.max(last_seq.saturating_add(1));
+                let item = match entry(&identity, &record, last_seq) {
                     Ok(item) => item,
                     Err(e) => {
                         eprintln!("DHT: cannot publish {}: {e:#}", f.name);
                         continue;
                     }
                 };
-                let mut stored = 0;
+                let mut puts = tokio::task::JoinSet::new();
                 for word in search::keywords(&f.name) {
-                    match node.index_put(index_target(&word), item.clone()).await {
-                        Ok(r) => stored += r.announced_to,
-                        Err(_) => return,
+                    let (node, item) = (node.clone(), item.clone());
+                    puts.spawn(async move { node.index_put(index_target(&word), item).await });
+                }
+                let mut stored = 0;
+                while let Some(r) = puts.join_next().await {
+                    match r {
+                        Ok(Ok(r)) => stored += r.announced_to,
+                        _ => return,
                     }
                 }
                 if node.announce(dht::NodeId(hash), port, true).await.is_err() {
                     return;
                 }
                 tracing::info!("DHT: {} published ({stored} index entries stored)", f.name);
-                if stored == 0 {
-                    eprintln!(
-                        "DHT: no node took the index entries of {}; trying again later",
-                        f.name
-                    );
-                }
+                missed |= stored == 0;
             }
-            tokio::time::sleep(LIFETIME / 3).await;
+            if missed && retry < LIFETIME / 3 {
+                tokio::time::sleep(retry).await;
+                retry *= 2;
+            } else {
+                if missed {
+                    eprintln!("DHT: no node took some index entries; trying again later");
+                }
+                retry = Duration::from_secs(2);
+                tokio::time::sleep(LIFETIME / 3).await;
+            }
         }
     })
 }
@@ -132,6 +148,65 @@ pub async fn find(
     Ok((found, refused))
 }
 
+/// DHT contacts learned through the overlay: joins through `anchors` as a short-lived node
+/// (a fresh key), asks each neighbour where its DHT node listens (`Sync::DhtAsk`), and returns
+/// the first addresses named (at most [`MAX_DHT_CONTACTS`] per neighbour, claims to try).
+pub async fn contacts_via_overlay(
+    anchors: &[String],
+    listen: std::net::SocketAddr,
+    timeout: Duration,
+) -> Result<Vec<std::net::SocketAddr>> {
+    use overlay::chat::envelope::{Sync, MAX_DHT_CONTACTS};
+    use overlay::driver::{Driver, Event};
+    let anchors = crate::chat_cmd::resolve(anchors).await?;
+    let identity = Identity::generate(&mut rand::rng());
+    let endpoint = overlay::transport::Endpoint::bind(&identity, listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let advertise = endpoint.local_addr()?;
+    let mut driver = Driver::start(endpoint, advertise, Default::default(), anchors, Vec::new());
+    let ask = postcard::to_allocvec(&Sync::DhtAsk).context("encoding a DHT question")?;
+    let mut asked = std::collections::BTreeSet::new();
+    let found = tokio::time::timeout(timeout, async {
+        loop {
+            match driver.next_event().await {
+                Event::NeighborUp(peer) => {
+                    if driver.direct(peer, ask.clone()).is_ok() {
+                        asked.insert(peer);
+                    }
+                }
+                Event::Direct { from, payload } => {
+                    // Neighbours also send catch-up requests and their own questions: only an
+                    // answer from one we asked counts, once.
+                    let Ok(Sync::DhtContacts { addrs }) = overlay::wire::from_canonical(&payload)
+                    else {
+                        continue;
+                    };
+                    if !asked.remove(&from) {
+                        continue;
+                    }
+                    let usable: Vec<_> = addrs
+                        .into_iter()
+                        .take(MAX_DHT_CONTACTS)
+                        .filter(|a| a.port() != 0 && !a.ip().is_unspecified())
+                        .collect();
+                    if !usable.is_empty() {
+                        return usable;
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    driver.shutdown().await;
+    found.map_err(|_| {
+        anyhow::anyhow!(
+            "no overlay node reached through the anchors named a DHT node within {}",
+            humantime::format_duration(timeout)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,13 +222,13 @@ mod tests {
         let (alice, mallory) = (Identity::generate(&mut rng), Identity::generate(&mut rng));
         let now = unix_now();
         let rec = record(&alice, "Desert Caravan.mp4", now + 600);
-        let item = entry(&alice, &rec).expect("an entry");
+        let item = entry(&alice, &rec, 1).expect("an entry");
         assert!(item.verifies(), "the BEP 44 signature is the publisher's");
         assert_eq!(record_of(&item, now).expect("checks out"), rec);
         // Expired by the time it is read.
         assert!(record_of(&item, now + 601).is_err());
         // Another key's entry carrying Alice's record: the key is not the record's publisher.
-        let stolen = entry(&mallory, &rec).expect("an entry");
+        let stolen = entry(&mallory, &rec, 1).expect("an entry");
         assert!(stolen.verifies());
         assert!(record_of(&stolen, now).is_err());
         // An entry whose salt names another file.
@@ -163,7 +238,7 @@ mod tests {
         // A record altered after signing (its own signature no longer matches).
         let mut forged = rec.clone();
         forged.size = 1;
-        let forged_item = entry(&alice, &forged).expect("an entry");
+        let forged_item = entry(&alice, &forged, 1).expect("an entry");
         assert!(record_of(&forged_item, now).is_err());
         // Not a record at all, or not canonical (a byte added).
         let mut junk = item.clone();
@@ -175,7 +250,7 @@ mod tests {
         }
         assert!(record_of(&longer, now).is_err());
         // A record that claims to live longer than records may.
-        let far = entry(&alice, &record(&alice, "x film", now + 3 * 3600)).expect("an entry");
+        let far = entry(&alice, &record(&alice, "x film", now + 3 * 3600), 1).expect("an entry");
         assert!(record_of(&far, now).is_err());
     }
 
@@ -187,7 +262,7 @@ mod tests {
         rec.peers = (0..search::MAX_RECORD_PEERS as u16)
             .map(|i| std::net::SocketAddr::from(([0xfe80, 0, 0, 0, 0, 0, 0, i], 65535)))
             .collect();
-        let item = entry(&identity, &rec).expect("an entry");
+        let item = entry(&identity, &rec, 1).expect("an entry");
         assert!(item.value.encode().len() <= dht::proto::krpc::MAX_VALUE);
     }
 }

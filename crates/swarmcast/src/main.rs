@@ -233,6 +233,11 @@ struct NetArgs {
     /// Never use the DHT.
     #[arg(long)]
     no_dht: bool,
+    /// An overlay node (`swarmcast anchor`, `node` or `chat`) to ask for DHT contacts,
+    /// HOST:PORT (repeatable): the DHT is then joined through the DHT nodes the overlay's nodes
+    /// name, as with --dht-bootstrap, so a private group needs no public router.
+    #[arg(long = "anchor")]
+    anchors: Vec<String>,
     /// Where the DHT's id and nodes are kept between runs, so the next start is warm (written
     /// at most once a minute, and on exit; one process at a time, others start cold). Default:
     /// $XDG_STATE_HOME/swarmcast/dht-nodes, else ~/.local/state/swarmcast/dht-nodes.
@@ -281,6 +286,19 @@ impl NetArgs {
             && !private
             && (!self.dht_bootstrap.is_empty()
                 || (!torrent_has_trackers && self.trackers.is_empty() && self.peers.is_empty()))
+    }
+
+    /// These arguments with the DHT nodes that the overlay's nodes (`--anchor`) name added to
+    /// `--dht-bootstrap`.
+    async fn with_overlay_contacts(&self) -> Result<NetArgs> {
+        let mut with = self.clone();
+        if !self.anchors.is_empty() && !self.no_dht {
+            let listen = SocketAddr::new(self.bind, 0);
+            let timeout = Duration::from_secs(30);
+            let contacts = dht_index::contacts_via_overlay(&self.anchors, listen, timeout).await?;
+            with.dht_bootstrap.extend(contacts.iter().map(ToString::to_string));
+        }
+        Ok(with)
     }
 
     /// A DHT node for this torrent, joined, if the DHT is wanted and reachable. It runs on
@@ -545,6 +563,7 @@ async fn seed(torrent_path: &Path, data: &Path, net: &NetArgs) -> Result<()> {
     config.seed_when_done = true;
     let (ih, has_trackers, private) =
         (dht::NodeId(meta.info_hash.0), !meta.trackers.is_empty(), meta.info.private);
+    let net = &net.with_overlay_contacts().await?;
     let listening = net.session().await?;
     let session = listening.add(meta, dir, Role::Seed, config).await?;
     let port = session.local_addr().port();
@@ -590,6 +609,7 @@ async fn get(
         Source::Magnet(m) => (m.info_hash, !m.trackers.is_empty() || !m.peers.is_empty(), false),
         Source::Torrent(t) => (t.info_hash, !t.trackers.is_empty(), t.info.private),
     };
+    let net = &net.with_overlay_contacts().await?;
     let listening = net.session().await?;
     let dht_node = net.dht(&listening, has_trackers, private).await;
     let mut peers = net.peers.clone();

@@ -24,7 +24,8 @@ pub enum SearchMode {
     Ring,
     /// Random walkers checking back with us (Lv et al.) until --results results.
     Walk,
-    /// The DHT's keyword index (through --dht-bootstrap): every word looked up, the records
+    /// The DHT's keyword index (joined through --dht-bootstrap, or through the DHT nodes the
+    /// overlay's nodes name when only --anchor is given): every word looked up, the records
     /// that name them all kept.
     Dht,
     /// Expanding rings: cheap for popular files, a full flood for rare ones.
@@ -37,7 +38,7 @@ pub struct SearchArgs {
     /// Words of the name (every one must match).
     #[arg(required = true)]
     pub words: Vec<String>,
-    /// Anchor node to join through, HOST:PORT (repeatable; every mode but dht).
+    /// Anchor node to join through, HOST:PORT (repeatable).
     #[arg(long = "anchor")]
     pub anchors: Vec<String>,
     /// A DHT node to join through for --mode dht, HOST:PORT (repeatable): a swarmcast node's
@@ -185,16 +186,22 @@ pub async fn run(args: SearchArgs) -> Result<()> {
 
 /// `swarmcast search --mode dht`.
 async fn run_dht(args: &SearchArgs, text: &str) -> Result<()> {
-    if args.dht_bootstrap.is_empty() {
-        bail!("--mode dht needs a DHT node to join through: --dht-bootstrap HOST:PORT");
-    }
     let started = tokio::time::Instant::now();
+    let mut bootstrap = args.dht_bootstrap.clone();
+    if bootstrap.is_empty() {
+        if args.anchors.is_empty() {
+            bail!("--mode dht needs a way in: --anchor HOST:PORT or --dht-bootstrap HOST:PORT");
+        }
+        // The overlay's nodes name their DHT nodes.
+        let contacts =
+            crate::dht_index::contacts_via_overlay(&args.anchors, args.listen, args.timeout)
+                .await?;
+        bootstrap = contacts.iter().map(ToString::to_string).collect();
+    }
     let words = search::keywords(text);
-    let node = crate::dht_cmd::node_for_torrent(args.listen.ip(), &args.dht_bootstrap, None, None)
+    let node = crate::dht_cmd::node_for_torrent(args.listen.ip(), &bootstrap, None, None)
         .await
-        .with_context(|| {
-            format!("could not join the DHT through {}", args.dht_bootstrap.join(", "))
-        })?;
+        .with_context(|| format!("could not join the DHT through {}", bootstrap.join(", ")))?;
     let node = std::sync::Arc::new(node);
     let found = tokio::time::timeout(args.timeout, crate::dht_index::find(node.clone(), &words))
         .await

@@ -17,8 +17,8 @@ use torrent::session::{Encryption, Role, Session, SessionConfig, SessionOptions,
 pub struct Sharing {
     torrents: Vec<TorrentHandle>,
     _session: Session,
-    /// The DHT node on the seeding port and the task publishing the files there.
-    dht: Option<(std::sync::Arc<dht::Dht>, tokio::task::JoinHandle<()>)>,
+    /// The task publishing the files in the DHT.
+    publisher: Option<tokio::task::JoinHandle<()>>,
     /// What the search records say.
     pub files: Vec<SharedFile>,
 }
@@ -26,7 +26,7 @@ pub struct Sharing {
 impl Sharing {
     /// Stops seeding.
     pub async fn shutdown(self) {
-        if let Some((_, task)) = &self.dht {
+        if let Some(task) = &self.publisher {
             task.abort();
         }
         for t in self.torrents {
@@ -53,12 +53,12 @@ fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Hashes and seeds every file in `dir` on `ip` (any free port), telling peers to find it at
-/// `ip` and that port. Given an identity and DHT nodes, it also joins the DHT on that port
-/// (UDP) and publishes the files there ([`crate::dht_index::keep_publishing`]).
+/// `ip` and that port. Given the node's identity and DHT node, it also publishes the files in
+/// the DHT ([`crate::dht_index::keep_publishing`]).
 pub async fn share_dir(
     dir: &Path,
     ip: IpAddr,
-    dht: Option<(overlay::identity::Identity, &[String])>,
+    dht: Option<(overlay::identity::Identity, std::sync::Arc<dht::Dht>)>,
 ) -> Result<Sharing> {
     let files = files_in(dir)?;
     if files.is_empty() {
@@ -100,25 +100,10 @@ pub async fn share_dir(
         shared.push(file);
     }
     eprintln!("sharing {} files from {} on {at}", shared.len(), dir.display());
-    let dht = match dht {
-        Some((identity, bootstrap)) => {
-            let socket =
-                session.take_udp_others().map(|o| dht::SharedSocket::new(o.socket, o.incoming));
-            let node = crate::dht_cmd::node_for_torrent(ip, bootstrap, None, socket).await;
-            let Some(node) = node.map(std::sync::Arc::new) else {
-                bail!("--dht-bootstrap: could not join the DHT through {}", bootstrap.join(", "));
-            };
-            let task = crate::dht_index::keep_publishing(
-                node.clone(),
-                identity,
-                shared.clone(),
-                at.port(),
-            );
-            Some((node, task))
-        }
-        None => None,
-    };
-    Ok(Sharing { torrents, _session: session, files: shared, dht })
+    let publisher = dht.map(|(identity, node)| {
+        crate::dht_index::keep_publishing(node, identity, shared.clone(), at.port())
+    });
+    Ok(Sharing { torrents, _session: session, files: shared, publisher })
 }
 
 /// The magnet link of a search result: its info-hash, name, and the peers its publishers

@@ -2,9 +2,10 @@
 //! sharing a file each (`--share DIR`). Every node finds every shared file by one word of its
 //! name by flooding, by expanding rings and by random walks; `swarmcast search` finds one from
 //! outside the overlay and `swarmcast get` downloads it from the magnet, bytes equal; once its
-//! sharer stops, the file is found no more. The sharers also publish in the DHT's keyword
-//! index (through a `swarmcast dht node`): `search --mode dht` finds every file by its word,
-//! intersects two words, and `get` fetches a result by its info-hash alone through the DHT.
+//! sharer stops, the file is found no more. Every node also runs a DHT node, joined through the
+//! DHT nodes its overlay neighbours name (no router), and the sharers publish in its keyword
+//! index: `search --mode dht --anchor` finds every file by its word, intersects two words, and
+//! `get --anchor` fetches a result by its info-hash alone through the DHT.
 
 mod harness;
 
@@ -37,27 +38,25 @@ fn searched(p: &Proc) -> (usize, Vec<Value>) {
     (done, found)
 }
 
-fn start_node(i: usize, anchor: u16, dht: u16, dir: &Path, share: Option<&Path>) -> Proc {
+fn start_node(i: usize, anchor: u16, dir: &Path, share: Option<&Path>) -> Proc {
     let mut cmd = swarmcast();
     cmd.args(["chat", "--script", "--nick", &format!("n{i}")])
         .args(["--anchor", &format!("127.0.0.1:{anchor}")])
         .arg("--data")
         .arg(dir.join(format!("n{i}")));
     if let Some(share) = share {
-        cmd.arg("--share").arg(share).args(["--dht-bootstrap", &format!("127.0.0.1:{dht}")]);
+        cmd.arg("--share").arg(share);
     }
     let mut p = Proc::spawn_piped(&format!("n{i}"), cmd, dir);
     p.wait_output("\"type\":\"ready\"", Duration::from_secs(60));
     p
 }
 
-/// Runs `swarmcast search WORDS --mode MODE --json` against the anchor (for `dht`, the DHT
-/// node); its result lines.
+/// Runs `swarmcast search WORDS --mode MODE --json` through the anchor; its result lines.
 fn cli_search(anchor: u16, words: &str, mode: &str, dir: &Path) -> Vec<Value> {
     let mut cmd = swarmcast();
     cmd.arg("search").args(words.split(' ')).args(["--mode", mode, "--json", "--results", "1"]);
-    let at = format!("127.0.0.1:{anchor}");
-    cmd.args([if mode == "dht" { "--dht-bootstrap" } else { "--anchor" }, &at]);
+    cmd.args(["--anchor", &format!("127.0.0.1:{anchor}")]);
     let name = format!("search-{}-{mode}", words.replace(' ', "+"));
     let mut p = Proc::spawn(&name, cmd, dir);
     let status = p.wait(Duration::from_secs(60));
@@ -79,11 +78,6 @@ fn twenty_nodes_find_every_shared_file_in_every_mode_and_download_one() {
         .arg(dir.path().join("anchor"));
     let mut anchor = Proc::spawn("anchor", anchor_cmd, dir.path());
     anchor.wait_output("listening on", Duration::from_secs(30));
-    let dht_port = free_port();
-    let mut router_cmd = swarmcast();
-    router_cmd.args(["dht", "node", "--listen", &format!("127.0.0.1:{dht_port}")]);
-    let mut router = Proc::spawn("dht node", router_cmd, dir.path());
-    router.wait_output("DHT node", Duration::from_secs(30));
 
     // Nodes 3, 7, 11, 15 and 19 share one file each.
     let sharer = |i: usize| (i % 4 == 3).then_some(i / 4);
@@ -94,7 +88,7 @@ fn twenty_nodes_find_every_shared_file_in_every_mode_and_download_one() {
             random_file(&d.join(FILES[f].0), 300_000 + f * 1000, f as u64 + 1);
             d
         });
-        nodes.push(start_node(i, port, dht_port, dir.path(), share.as_deref()));
+        nodes.push(start_node(i, port, dir.path(), share.as_deref()));
     }
     // Let the overlay settle (every node has neighbours).
     wait_for("every node to have a neighbour", Duration::from_secs(60), || {
@@ -169,25 +163,26 @@ fn twenty_nodes_find_every_shared_file_in_every_mode_and_download_one() {
         let what = format!("the DHT index to give {name:?} for {word:?}");
         let mut results = Vec::new();
         wait_for(&what, Duration::from_secs(60), || {
-            results = cli_search(dht_port, word, "dht", dir.path());
+            results = cli_search(port, word, "dht", dir.path());
             !results.is_empty()
         });
         assert_eq!(results.len(), 1, "{word}: {results:?}");
         assert_eq!(results[0]["name"], name, "{word}");
     }
-    let both = cli_search(dht_port, "desert caravan", "dht", dir.path());
+    let both = cli_search(port, "desert caravan", "dht", dir.path());
     assert_eq!(both.len(), 1, "{both:?}");
     assert_eq!(both[0]["name"], FILES[3].0);
-    let neither = cli_search(dht_port, "caravan glacier", "dht", dir.path());
+    let neither = cli_search(port, "caravan glacier", "dht", dir.path());
     assert!(neither.is_empty(), "{neither:?}");
-    // A result by its info-hash alone (no x.pe peers, no tracker): the DHT gives the sharer.
+    // A result by its info-hash alone (no x.pe peers, no tracker): the DHT, joined through
+    // the overlay, gives the sharer.
     let hash = both[0]["info_hash"].as_str().expect("an info-hash").to_string();
     let out = dir.path().join("via-dht");
     let mut get_cmd = swarmcast();
     get_cmd
         .args(["get", &format!("magnet:?xt=urn:btih:{hash}"), "-o"])
         .arg(&out)
-        .args(["--dht-bootstrap", &format!("127.0.0.1:{dht_port}")]);
+        .args(["--anchor", &format!("127.0.0.1:{port}")]);
     let mut get = Proc::spawn("get via DHT", get_cmd, dir.path());
     assert!(get.wait(Duration::from_secs(60)).success(), "get failed:\n{}", get.output());
     assert_same_file(&dir.path().join("share15").join(FILES[3].0), &out.join(FILES[3].0));

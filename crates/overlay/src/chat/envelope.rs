@@ -25,6 +25,7 @@ use ed25519_dalek::VerifyingKey;
 use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
 
 use crate::identity::{verify, Identity, NodeId};
 use crate::proto::node::TopicId;
@@ -308,7 +309,11 @@ pub const MAX_SYNC_IDS: usize = 1024;
 /// Most envelopes in one [`Sync::Reply`] (they also must fit one frame).
 pub const MAX_SYNC_MESSAGES: usize = 64;
 
-/// Anti-entropy frames between neighbors.
+/// Most DHT addresses in one [`Sync::DhtContacts`] (a longer list is ignored).
+pub const MAX_DHT_CONTACTS: usize = 4;
+
+/// Frames between neighbors: anti-entropy, and the DHT contacts that let a node that knows
+/// only an anchor join the DHT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Sync {
     /// "I have these ids of `topic` sent at or after `since_ms`; send me what else you have."
@@ -328,6 +333,14 @@ pub enum Sync {
         messages: Vec<Vec<u8>>,
         /// True when the responder had more than it sent; the requester asks again.
         more: bool,
+    },
+    /// "Where does your DHT node listen?"
+    DhtAsk,
+    /// The answer: the UDP addresses of the responder's DHT node (at most
+    /// [`MAX_DHT_CONTACTS`]; none if it runs none). A claim, used only to join the DHT.
+    DhtContacts {
+        /// The addresses.
+        addrs: Vec<SocketAddr>,
     },
 }
 

@@ -64,6 +64,19 @@ pub struct ChatConfig {
     /// What this node shares: published as signed search records ([`search::Record`]),
     /// re-signed before they expire.
     pub share: Vec<SharedFile>,
+    /// This node's DHT, if it runs one: where it listens (told to neighbours that ask), and
+    /// where to report the DHT addresses neighbours tell us (each new neighbour is asked once),
+    /// so the overlay's contacts double as DHT bootstrap contacts.
+    pub dht: Option<DhtHook>,
+}
+
+/// See [`ChatConfig::dht`].
+#[derive(Debug, Clone)]
+pub struct DhtHook {
+    /// The UDP addresses of our DHT node.
+    pub addrs: Vec<SocketAddr>,
+    /// Addresses neighbours gave (dropped when full).
+    pub contacts: mpsc::Sender<SocketAddr>,
 }
 
 /// One thing a node shares, as the search records it publishes describe it.
@@ -280,6 +293,9 @@ struct Service {
     /// What we share, and when its records were last signed (Unix seconds).
     shared: Vec<SharedFile>,
     signed_at: u64,
+    dht: Option<DhtHook>,
+    /// Neighbours asked for their DHT contacts, whose answer we take (one each).
+    dht_asked: BTreeSet<Peer>,
 }
 
 /// Runs a chat node until `commands` closes (the front end quit) or a fatal error.
@@ -325,6 +341,8 @@ pub async fn run(
         rooms: Vec::new(),
         events,
         syncing: BTreeSet::new(),
+        dht: config.dht.clone(),
+        dht_asked: BTreeSet::new(),
         shared: config.share,
         signed_at: 0,
     };
@@ -643,10 +661,17 @@ impl Service {
                 for topic in self.followed_topics() {
                     self.request_sync(peer, topic);
                 }
+                if self.dht.is_some() {
+                    let bytes = postcard::to_allocvec(&Sync::DhtAsk).expect("encodes");
+                    if self.driver.direct(peer, bytes).is_ok() {
+                        self.dht_asked.insert(peer);
+                    }
+                }
                 self.emit(ChatEvent::Neighbor { up: true, peer: format!("{peer:?}") }).await;
             }
             Event::NeighborDown(peer) => {
                 self.syncing.retain(|(p, _)| *p != peer);
+                self.dht_asked.remove(&peer);
                 self.emit(ChatEvent::Neighbor { up: false, peer: format!("{peer:?}") }).await;
             }
             Event::Search(search::Output::Result { id, record, hops }) => {
@@ -816,6 +841,21 @@ impl Service {
                 }
                 if more && new > 0 {
                     self.request_sync(from, topic);
+                }
+            }
+            Sync::DhtAsk => {
+                let addrs = self.dht.as_ref().map(|d| d.addrs.clone()).unwrap_or_default();
+                let reply = Sync::DhtContacts { addrs };
+                let bytes = postcard::to_allocvec(&reply).expect("postcard encodes a Sync");
+                let _ = self.driver.direct(from, bytes);
+            }
+            Sync::DhtContacts { addrs } => {
+                let Some(dht) = &self.dht else { return };
+                if !self.dht_asked.remove(&from) || addrs.len() > envelope::MAX_DHT_CONTACTS {
+                    return;
+                }
+                for a in addrs.into_iter().filter(|a| a.port() != 0 && !a.ip().is_unspecified()) {
+                    let _ = dht.contacts.try_send(a);
                 }
             }
         }
