@@ -169,10 +169,8 @@ pub async fn contacts_via_overlay(
     let found = tokio::time::timeout(timeout, async {
         loop {
             match driver.next_event().await {
-                Event::NeighborUp(peer) => {
-                    if driver.direct(peer, ask.clone()).is_ok() {
-                        asked.insert(peer);
-                    }
+                Event::NeighborUp(peer) if driver.direct(peer, ask.clone()).is_ok() => {
+                    asked.insert(peer);
                 }
                 Event::Direct { from, payload } => {
                     // Neighbours also send catch-up requests and their own questions: only an
