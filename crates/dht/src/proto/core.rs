@@ -27,7 +27,8 @@
 //!   [`DhtCore::index_get`]). BEP 44 holds one value per target, and a keyword needs the
 //!   entries of many publishers under one target. Entries live [`ITEM_TTL`] unless put again;
 //!   at most [`MAX_INDEX_PER_TARGET`] per target, [`MAX_INDEX_PER_HOST`] of them from one
-//!   address (loopback exempt), [`Config::max_index`] in all. Mainline nodes that do not know
+//!   network (an IPv4 /24, an IPv6 /48), [`MAX_INDEX_PER_NETWORK`] from one network over all
+//!   targets (loopback exempt from both), [`Config::max_index`] in all. Mainline nodes that do not know
 //!   the methods answer error 204 and count as failed, so the index lives on Swarmcast nodes.
 //! - **Upkeep**: tokens from a secret rotated every [`TOKEN_ROTATION`] (the previous one still
 //!   accepted); stored peers expire after [`Config::peer_ttl`]; buckets untouched for 15
@@ -48,9 +49,11 @@
 //! [`AMPLIFICATION`] times the size of its query: peers, samples and nodes are left out until it
 //! fits (for `get_peers` and `sample_infohashes`, nodes first, so what it asked for survives).
 //! The exceptions cannot be cut: a BEP 44 value (a `get` reply with one is up to 1,000 bytes
-//! larger than the query, about 10×) and BEP 33's two 256-byte filters (about 6×), as in every
-//! Mainline implementation; such a reply to an unverified address carries nodes only if they
-//! fit within 4× the query, so the exception is the uncuttable part alone.
+//! larger than the query, about 10×), BEP 33's two 256-byte filters (about 6×), as in every
+//! Mainline implementation, and one keyword index entry (up to about 1,200 bytes: a value,
+//! a salt, a key and a signature; about 15× an `index_get`); such a reply to an unverified
+//! address carries nodes only if they fit within 4× the query, so the exception is the
+//! uncuttable part alone.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -86,14 +89,18 @@ const MAX_REPLY_PEERS: usize = 50;
 pub const ITEM_TTL: Duration = Duration::from_secs(2 * 3600);
 /// Keyword index entries stored under one target, at most.
 pub const MAX_INDEX_PER_TARGET: usize = 64;
-/// Keyword index entries under one target put from one address, at most (loopback exempt), so
-/// one host cannot fill a keyword.
+/// Keyword index entries under one target put from one network (an IPv4 /24, an IPv6 /48), at
+/// most (loopback exempt), so one network cannot fill a keyword.
 pub const MAX_INDEX_PER_HOST: usize = 4;
+/// Keyword index entries put from one network over all targets, at most (loopback exempt), so
+/// one network cannot push everyone else's entries out of a full node.
+pub const MAX_INDEX_PER_NETWORK: usize = 64;
 /// Keyword index entries one lookup gathers, at most.
 pub const MAX_LOOKUP_ITEMS: usize = 256;
-/// Bytes of entries an `index_get` reply carries to a verified address, about (one entry to
-/// an unverified one, as a BEP 44 `get` carries one value).
-const INDEX_REPLY_BYTES: usize = 1_200;
+/// Bytes of entries an `index_get` reply carries to a verified address, at most (but always one
+/// entry; one entry only to an unverified address, as a BEP 44 `get` carries one value). With
+/// the rest of a reply, within an Ethernet frame.
+const INDEX_REPLY_BYTES: usize = 1_000;
 /// Info-hashes one `sample_infohashes` reply carries, at most (BEP 51; libtorrent: 20).
 pub const MAX_SAMPLES: usize = 20;
 /// The `interval` our BEP 51 replies give, in seconds (libtorrent's default: 6 hours).
@@ -1714,8 +1721,18 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
         if !item.verifies() {
             return Err((206, "invalid signature"));
         }
-        let host = from.host();
+        let host = from.network();
         let exempt = from.ip().is_loopback();
+        if !exempt {
+            let all = self.index.values().flatten().filter(|e| e.2 == host).count();
+            let replaces = self
+                .index
+                .get(&target)
+                .is_some_and(|v| v.iter().any(|e| e.0.key == item.key && e.0.salt == item.salt));
+            if all >= MAX_INDEX_PER_NETWORK && !replaces {
+                return Err((201, "too many entries from one network"));
+            }
+        }
         let entries = self.index.entry(target).or_default();
         if let Some(e) = entries.iter_mut().find(|e| e.0.key == item.key && e.0.salt == item.salt) {
             if item.seq < e.0.seq || (item.seq == e.0.seq && item.value != e.0.value) {
@@ -1725,7 +1742,7 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
             return Ok(());
         }
         if !exempt && entries.iter().filter(|e| e.2 == host).count() >= MAX_INDEX_PER_HOST {
-            return Err((201, "too many entries from one address"));
+            return Err((201, "too many entries from one network"));
         }
         if entries.len() >= MAX_INDEX_PER_TARGET {
             // The oldest entry of the keyword makes room.
@@ -1745,6 +1762,9 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
                 if let Some(v) = self.index.get_mut(&t) {
                     v.swap_remove(i);
                     self.index_len -= 1;
+                    if v.is_empty() && t != target {
+                        self.index.remove(&t);
+                    }
                 }
             }
         }
@@ -2381,16 +2401,18 @@ mod tests {
         assert_eq!(core.store_index(now, word, forged, host(1, 1)).unwrap_err().0, 206);
         assert_eq!(core.store_index(now, word, entry(1, 2), host(1, 1)), Ok(()));
         assert_eq!(core.store_index(now, word, entry(1, 1), host(1, 1)).unwrap_err().0, 302);
-        // One host has room for MAX_INDEX_PER_HOST entries under one word, from any port.
+        // One network has room for MAX_INDEX_PER_HOST entries under one word, from any port.
         for n in 2..=MAX_INDEX_PER_HOST as u8 {
             assert_eq!(core.store_index(now, word, entry(n, 1), host(1, u16::from(n))), Ok(()));
         }
         let excess = core.store_index(now, word, entry(50, 1), host(1, 9));
         assert_eq!(excess.unwrap_err().0, 201);
+        let neighbour = core.store_index(now, word, entry(50, 1), host(77, 9));
+        assert_eq!(neighbour.unwrap_err().0, 201, "another address of the same /24");
         // A word holds at most MAX_INDEX_PER_TARGET entries: the oldest make room.
         for n in 0..100u8 {
             let later = now + Duration::from_secs(u64::from(n) + 1);
-            let other = SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, n), 1);
+            let other = SocketAddrV4::new(Ipv4Addr::new(10, 1, n, 1), 1);
             core.store_index(later, word, entry(100 + n, 1), other).unwrap();
         }
         assert_eq!(core.index[&word].len(), MAX_INDEX_PER_TARGET);
@@ -2399,10 +2421,24 @@ mod tests {
         core.config.max_index = 80;
         for n in 0..40u8 {
             let w = index_target(&format!("word{n}"));
-            core.store_index(now, w, entry(n, 1), host(n, 2)).unwrap();
+            let other = SocketAddrV4::new(Ipv4Addr::new(10, 2, n, 1), 2);
+            core.store_index(now, w, entry(n, 1), other).unwrap();
         }
         assert_eq!(core.index_len(), 80);
         assert_eq!(core.index.values().map(Vec::len).sum::<usize>(), 80);
+        assert!(core.index.values().all(|v| !v.is_empty()), "no empty word is kept");
+        // One network has room for MAX_INDEX_PER_NETWORK entries over all words; an entry it
+        // already has may still be put again.
+        core.config.max_index = 4_096;
+        let net = |n: u8| SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, n), 3);
+        for n in 0..MAX_INDEX_PER_NETWORK as u8 {
+            let w = index_target(&format!("flood{n}"));
+            core.store_index(now, w, entry(200, 1), net(n)).unwrap();
+        }
+        let w = index_target("flood999");
+        assert_eq!(core.store_index(now, w, entry(200, 1), net(1)).unwrap_err().0, 201);
+        let again = core.store_index(now, index_target("flood3"), entry(200, 2), net(1));
+        assert_eq!(again, Ok(()));
         // Entries not put again within ITEM_TTL are gone.
         core.handle(now + ITEM_TTL + TOKEN_ROTATION + Duration::from_secs(200), Input::Tick);
         assert_eq!(core.index_len(), 0);

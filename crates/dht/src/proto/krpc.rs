@@ -199,9 +199,15 @@ impl MutableItem {
         key.verify_strict(&Self::signed_bytes(&self.salt, self.seq, &self.value), &sig).is_ok()
     }
 
-    /// Its size in a reply's `items` list, about.
+    /// Its size in a reply's `items` list: `d1:k32:…4:salt…3:seqi…e3:sig64:…1:v…e`.
     pub fn wire_len(&self) -> usize {
-        self.value.encode().len() + self.salt.len() + 32 + 64 + 40
+        let digits = |n: usize| n.to_string().len();
+        let salt = if self.salt.is_empty() {
+            0
+        } else {
+            6 + digits(self.salt.len()) + 1 + self.salt.len()
+        };
+        2 + 38 + salt + 5 + self.seq.to_string().len() + 2 + 72 + 3 + self.value.encode().len()
     }
 }
 
@@ -1072,6 +1078,52 @@ mod tests {
             ip: Some(addr6.into()),
             read_only: true,
         });
+    }
+
+    #[test]
+    fn an_entry_knows_its_size_and_the_largest_reply_fits_a_datagram() {
+        let biggest = MutableItem {
+            key: [1; 32],
+            salt: vec![2; MAX_SALT],
+            seq: i64::MIN,
+            value: Value::Bytes(vec![3; MAX_VALUE - 4]),
+            sig: [4; 64],
+        };
+        assert_eq!(biggest.value.encode().len(), MAX_VALUE);
+        for it in [biggest.clone(), MutableItem { salt: vec![], seq: 7, ..biggest.clone() }] {
+            let r = Response { items: vec![it.clone()], ..Response::default() };
+            let bare = Response::default();
+            let m = |r: Response| Message {
+                tid: vec![0; 4],
+                body: Body::Response(r),
+                version: None,
+                ip: None,
+                read_only: false,
+            };
+            assert_eq!(
+                m(r).encode().len() - m(bare).encode().len(),
+                "5:itemsle".len() + it.wire_len()
+            );
+        }
+        // One largest entry, both families' nodes, a token and our address: one datagram.
+        let addr = SocketAddrV4::new(Ipv4Addr::new(1, 2, 3, 4), 5);
+        let addr6 = SocketAddrV6::new(Ipv6Addr::LOCALHOST, 6, 0, 0);
+        let full = Message {
+            tid: vec![0; MAX_TID],
+            body: Body::Response(Response {
+                id: Some(id(1)),
+                nodes: vec![CompactNode { id: id(2), addr }; 8],
+                nodes6: vec![CompactNode6 { id: id(3), addr: addr6 }; 8],
+                token: Some(vec![9; MAX_TOKEN]),
+                items: vec![biggest],
+                ..Response::default()
+            }),
+            version: Some(vec![b'v'; 4]),
+            ip: Some(addr6.into()),
+            read_only: false,
+        };
+        assert!(full.encode().len() <= MAX_PACKET, "{}", full.encode().len());
+        roundtrip(full);
     }
 
     #[test]
