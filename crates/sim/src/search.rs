@@ -149,7 +149,8 @@ impl Net {
                     break o;
                 }
             };
-            let offline = ((n as f64 * self.churn) as usize).min(n - holders.len() - 1);
+            let offline =
+                ((n as f64 * self.churn) as usize).min(n.saturating_sub(holders.len() + 1));
             let mut down = 0;
             while down < offline {
                 let d = self.rng.random_range(0..n as Id);

@@ -143,9 +143,11 @@ pub enum Method {
     SampleInfohashes {
         target: NodeId,
     },
-    /// Swarmcast's keyword index: the entries stored under `target`.
+    /// Swarmcast's keyword index: the entries stored under `target`. `token`, one the node
+    /// gave us, proves we receive at our address (so the reply may be full).
     IndexGet {
         target: NodeId,
+        token: Option<Vec<u8>>,
     },
     /// Swarmcast's keyword index: store one signed entry under `target` (a BEP 44 mutable
     /// item, which the storing node verifies; `target` is not its BEP 44 target).
@@ -405,7 +407,9 @@ impl Message {
                     b"sample_infohashes" => {
                         Method::SampleInfohashes { target: args.need_target()? }
                     }
-                    b"index_get" => Method::IndexGet { target: args.need_target()? },
+                    b"index_get" => {
+                        Method::IndexGet { target: args.need_target()?, token: args.token }
+                    }
                     b"index_put" => Method::IndexPut {
                         target: args.need_target()?,
                         token: args.token.ok_or(KrpcError::Field("a.token"))?,
@@ -507,9 +511,16 @@ fn emit_args(mut a: SortedDictEncoder<'_>, id: &NodeId, m: &Method, want: &Want)
     a.emit_pair_with(b"id", |s| s.emit_bytes(&id.0))?;
     let emitted: EncResult = match m {
         Method::Ping => Ok(()),
-        Method::FindNode { target }
-        | Method::SampleInfohashes { target }
-        | Method::IndexGet { target } => a.emit_pair_with(b"target", |s| s.emit_bytes(&target.0)),
+        Method::FindNode { target } | Method::SampleInfohashes { target } => {
+            a.emit_pair_with(b"target", |s| s.emit_bytes(&target.0))
+        }
+        Method::IndexGet { target, token } => {
+            a.emit_pair_with(b"target", |s| s.emit_bytes(&target.0))?;
+            match token {
+                Some(t) => a.emit_pair_with(b"token", |s| s.emit_bytes(t)),
+                None => Ok(()),
+            }
+        }
         Method::IndexPut { target, token, item } => {
             a.emit_pair_with(b"k", |s| s.emit_bytes(&item.key))?;
             if !item.salt.is_empty() {
@@ -1142,7 +1153,8 @@ mod tests {
             ip: None,
             read_only: false,
         };
-        roundtrip(q(Method::IndexGet { target: id(3) }));
+        roundtrip(q(Method::IndexGet { target: id(3), token: None }));
+        roundtrip(q(Method::IndexGet { target: id(3), token: Some(b"tok".to_vec()) }));
         roundtrip(q(Method::IndexPut { target: id(3), token: b"tok".to_vec(), item: item(4) }));
         let unsalted = MutableItem { salt: vec![], ..item(5) };
         roundtrip(q(Method::IndexPut { target: id(3), token: b"t".to_vec(), item: unsalted }));
