@@ -841,22 +841,15 @@ pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> Report {
     }
 }
 
-/// One cell of the keyword index measurement: lookups for words put by `copies` nodes each.
+/// One cell of the keyword index measurement: lookups for words put by `copies` nodes each,
+/// measured as the search simulation's cells are (success: the lookup found the word's
+/// entries; messages: its queries sent plus answers received; hops: to the first entry, 1 for
+/// a node of the asker's table; busiest: datagrams the busiest node received during one
+/// lookup).
 #[derive(Debug, Clone, Serialize)]
 pub struct IndexCell {
     pub copies: usize,
-    pub queries: usize,
-    /// Share of `index_get` lookups that found the word's entries.
-    pub success: f64,
-    /// Messages per lookup (queries sent plus answers received), mean.
-    pub messages: f64,
-    /// Hops to the first entry (1: a node of the asker's table), median.
-    pub hops_first: f64,
-    /// Milliseconds to the first entry, median and 90th percentile.
-    pub ms_first_median: f64,
-    pub ms_first_p90: f64,
-    /// Datagrams the busiest node received during one lookup, mean over lookups.
-    pub busiest: f64,
+    pub cell: crate::search::Cell,
     /// What publishing cost: messages per `index_put` (its lookup, its stores and their
     /// answers), mean; a publisher pays it per keyword of each file, every 20 minutes.
     pub put_messages: f64,
@@ -956,8 +949,14 @@ pub fn index_search(
     let hops = sorted(records.iter().filter_map(|r| r.first_hops).map(f64::from).collect());
     let firsts =
         sorted(records.iter().filter_map(|r| r.first).map(|d| d.as_secs_f64() * 1e3).collect());
-    IndexCell {
-        copies,
+    let popularity = if copies == 1 {
+        crate::search::Popularity::Rare
+    } else {
+        crate::search::Popularity::Replicated(copies as f64 / f64::from(scenario.nodes))
+    };
+    let cell = crate::search::Cell {
+        mode: "DHT keyword index".into(),
+        popularity: crate::search::popularity_name(popularity),
         queries: records.len(),
         success: records.iter().filter(|r| r.success).count() as f64 / n,
         messages: records.iter().map(|r| f64::from(r.messages)).sum::<f64>() / n,
@@ -965,6 +964,10 @@ pub fn index_search(
         ms_first_median: percentile(&firsts, 0.5),
         ms_first_p90: percentile(&firsts, 0.9),
         busiest: busiest.iter().sum::<f64>() / busiest.len().max(1) as f64,
+    };
+    IndexCell {
+        copies,
+        cell,
         put_messages: put_costs.iter().sum::<f64>() / put_costs.len().max(1) as f64,
     }
 }
@@ -1178,20 +1181,20 @@ mod tests {
     #[test]
     fn the_keyword_index_finds_every_single_copy_in_a_few_hops() {
         let rare = index_search(&Scenario::new(2000, 3), 1, 30, 0.0, &mut |_| {});
-        assert_eq!(rare.queries, 30);
-        assert_eq!(rare.success, 1.0, "{rare:?}");
+        assert_eq!(rare.cell.queries, 30);
+        assert_eq!(rare.cell.success, 1.0, "{rare:?}");
         // log2(2000) is 11: Kademlia's tables halve the distance at each hop, and more.
-        assert!(rare.hops_first <= 4.0, "{rare:?}");
+        assert!(rare.cell.hops_first <= 4.0, "{rare:?}");
         let popular = index_search(&Scenario::new(2000, 3), 20, 10, 0.0, &mut |_| {});
-        assert_eq!(popular.success, 1.0, "{popular:?}");
+        assert_eq!(popular.cell.success, 1.0, "{popular:?}");
     }
 
     #[test]
     fn the_keyword_index_still_finds_single_copies_with_a_fifth_of_the_nodes_offline() {
         // An entry is stored on the 8 nodes closest to its word: all 8 offline is 0.2^8.
         let rare = index_search(&Scenario::new(2000, 4), 1, 30, 0.2, &mut |_| {});
-        assert_eq!(rare.queries, 30, "every lookup ended");
-        assert_eq!(rare.success, 1.0, "{rare:?}");
+        assert_eq!(rare.cell.queries, 30, "every lookup ended");
+        assert_eq!(rare.cell.success, 1.0, "{rare:?}");
     }
 
     #[test]

@@ -153,21 +153,7 @@ pub async fn run(args: SearchArgs) -> Result<()> {
         match event {
             Event::Search(search::Output::Result { id: of, record, hops }) if of == id => {
                 results += 1;
-                let publisher = record.publisher.to_string();
-                let f = found.entry(record.info_hash).or_insert_with(|| Found {
-                    record: record.clone(),
-                    publishers: Vec::new(),
-                    peers: Vec::new(),
-                    hops,
-                });
-                f.publishers.push(publisher.clone());
-                f.hops = f.hops.min(hops);
-                for p in &record.peers {
-                    if !f.peers.contains(p) && f.peers.len() < 16 {
-                        f.peers.push(*p);
-                    }
-                }
-                print_result(f, &publisher, hops, args.json);
+                add_result(&mut found, record, hops, args.json);
             }
             Event::Search(search::Output::Done { id: of, .. }) if of == id => break,
             _ => {}
@@ -211,24 +197,30 @@ async fn run_dht(args: &SearchArgs, text: &str) -> Result<()> {
     let (records, refused) = found;
     let mut files: BTreeMap<[u8; 20], Found> = BTreeMap::new();
     for (record, hops) in records {
-        let publisher = record.publisher.to_string();
-        let f = files.entry(record.info_hash).or_insert_with(|| Found {
-            record: record.clone(),
-            publishers: Vec::new(),
-            peers: Vec::new(),
-            hops,
-        });
-        f.publishers.push(publisher.clone());
-        f.hops = f.hops.min(hops);
-        for p in &record.peers {
-            if !f.peers.contains(p) && f.peers.len() < 16 {
-                f.peers.push(*p);
-            }
-        }
-        print_result(f, &publisher, hops, args.json);
+        add_result(&mut files, record, hops, args.json);
     }
     let results = files.values().map(|f| f.publishers.len()).sum();
     print_summary(&files, results, refused as u64, started, args.json)
+}
+
+/// Counts a result under its file (by info-hash: its publishers, its sources, the fewest hops)
+/// and prints it.
+fn add_result(found: &mut BTreeMap<[u8; 20], Found>, record: Record, hops: u8, json: bool) {
+    let publisher = record.publisher.to_string();
+    let f = found.entry(record.info_hash).or_insert_with(|| Found {
+        record: record.clone(),
+        publishers: Vec::new(),
+        peers: Vec::new(),
+        hops,
+    });
+    f.publishers.push(publisher.clone());
+    f.hops = f.hops.min(hops);
+    for p in &record.peers {
+        if !f.peers.contains(p) && f.peers.len() < 16 {
+            f.peers.push(*p);
+        }
+    }
+    print_result(f, &publisher, hops, json);
 }
 
 fn print_summary(

@@ -313,17 +313,7 @@ fn search(a: &SearchArgs) -> Result<()> {
             let c =
                 sim::dht::index_search(&s, copies, a.queries, a.churn, &mut |l| eprintln!("  {l}"));
             puts.push((sim::search::popularity_name(popularity), c.put_messages));
-            cells.push(sim::search::Cell {
-                mode: "DHT keyword index".into(),
-                popularity: sim::search::popularity_name(popularity),
-                queries: c.queries,
-                success: c.success,
-                messages: c.messages,
-                hops_first: c.hops_first,
-                ms_first_median: c.ms_first_median,
-                ms_first_p90: c.ms_first_p90,
-                busiest: c.busiest,
-            });
+            cells.push(c.cell);
         }
     }
     println!(
