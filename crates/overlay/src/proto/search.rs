@@ -16,7 +16,8 @@
 //! # What the peer says is a claim
 //! A query's TTL above [`MAX_TTL`] is lowered to it; its words are normalized and capped
 //! ([`keywords`]); each neighbour may send [`Config::queries_per_second`] queries a second
-//! (a flooded message counts as one, a walker as 1/[`Config::walkers`]; more are dropped and
+//! (a flooded message counts as one, a walk as one on its first walker from that neighbour,
+//! which may then pass on twice [`Config::walkers`] of that walk; more are dropped and
 //! counted); the table of queries seen, which routes hits back, holds at
 //! most [`Config::max_seen`] entries, each for [`Config::seen_for`]; a query collects at most
 //! [`Config::max_results`] results, and a hit message carries at most [`MAX_HITS_PER_MESSAGE`].
@@ -199,8 +200,8 @@ pub struct Config {
     pub check_every: u8,
     /// How long a walker waits for the origin's verdict before it stops.
     pub check_wait: Duration,
-    /// Queries a neighbour may send a second, on average (a flooded message is one, a walker
-    /// 1/[`Config::walkers`] of one).
+    /// Queries a neighbour may send a second, on average (a flooded message is one, a walk is
+    /// one, charged on its first walker from that neighbour).
     pub queries_per_second: f64,
     /// Queries remembered (to drop duplicates and route hits back), at most.
     pub max_seen: usize,
@@ -305,6 +306,10 @@ pub struct Search<PI, R> {
     ours: BTreeMap<QueryId, QueryId>,
     held: BTreeMap<QueryId, Vec<Held<PI>>>,
     budgets: BTreeMap<PI, Budget>,
+    /// Walkers taken per (neighbour, walk), and that table in order of arrival (at most
+    /// [`Config::max_seen`] entries): a walk costs its neighbour's budget once.
+    walkers_from: BTreeMap<(PI, QueryId), u16>,
+    walkers_order: VecDeque<(PI, QueryId)>,
     dropped: u64,
     out: VecDeque<Output<PI>>,
 }
@@ -360,6 +365,8 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
             ours: BTreeMap::new(),
             held: BTreeMap::new(),
             budgets: BTreeMap::new(),
+            walkers_from: BTreeMap::new(),
+            walkers_order: VecDeque::new(),
             dropped: 0,
             out: VecDeque::new(),
         }
@@ -549,8 +556,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
     }
 
     /// Whether `from` may send another query now (its token bucket), one that costs `cost`
-    /// tokens: a flood's message costs 1, a walker 1/[`Config::walkers`] (a walk is one query
-    /// spread over its walkers).
+    /// tokens (a flood's message and a walk's first walker cost 1).
     fn allowed(&mut self, now: Instant, from: &PI, cost: f64) -> bool {
         let rate = self.config.queries_per_second;
         let burst = rate.max(1.0);
@@ -604,14 +610,31 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
         // Hops and TTL move in step: a walker that claims more of both than a walk has is
         // forged (it would skip its check-backs).
         let steps = u16::from(q.hops) + u16::from(q.ttl);
-        let cost = 1.0 / self.config.walkers.max(1) as f64;
+        // A walk costs a neighbour's query budget once, on its first walker; it may pass the
+        // same link again, so twice its walkers are taken from one neighbour, no more.
+        let key = (from.clone(), q.id);
+        let taken = self.walkers_from.get(&key).copied();
+        let most = u16::try_from(self.config.walkers.saturating_mul(2)).unwrap_or(u16::MAX);
         if q.hops == 0
             || steps > u16::from(self.config.max_walk_hops) + 1
-            || !self.allowed(now, &from, cost)
+            || taken.is_some_and(|n| n >= most)
+            || (taken.is_none() && !self.allowed(now, &from, 1.0))
         {
             self.dropped += 1;
             return;
         }
+        if taken.is_none() {
+            while self.walkers_order.len() >= self.config.max_seen {
+                match self.walkers_order.pop_front() {
+                    Some(old) => {
+                        self.walkers_from.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+            self.walkers_order.push_back(key.clone());
+        }
+        *self.walkers_from.entry(key).or_insert(0) += 1;
         // A walker may pass a node twice; its hits go straight to the origin (handled here when
         // the walker came back to it).
         let found = self.matches(&q.words);
@@ -1078,6 +1101,22 @@ mod tests {
             node.handle(later, Input::Message { from, msg });
         }
         assert_eq!(node.dropped(), before + 2);
+        // Walks: one token each, charged on the first walker from a neighbour; that walk's
+        // later walkers pass, up to twice its walkers.
+        let config = Config { queries_per_second: 5.0, walkers: 4, ..Config::default() };
+        let mut walks = Search::new(1u32, config, ChaCha8Rng::seed_from_u64(2));
+        walks.set_neighbours(vec![0, 2]);
+        for id in 0..100 {
+            walks.handle(now, Input::Message { from: 0, msg: query(id, 5, "xy", true) });
+        }
+        assert_eq!(walks.dropped(), 95, "100 walks from one neighbour at once: its budget takes 5");
+        // (Two hops in, so none waits on a check-back.)
+        let words = vec!["xy".to_string()];
+        let walker = Msg::Query { id: 3, ttl: 5, hops: 2, words, origin: 0, walk: true };
+        for _ in 0..20 {
+            walks.handle(now, Input::Message { from: 0, msg: walker.clone() });
+        }
+        assert_eq!(walks.dropped(), 95 + 13, "walk 3 had taken one walker: 7 more pass of 20");
         // A forged walker that claims more hops and TTL than a walk has (to skip its
         // check-backs) is dropped.
         let forged = Msg::Query {
