@@ -160,14 +160,25 @@ async fn start_dht(
         .await
         .with_context(|| format!("cannot open a UDP port for the DHT on {}", listen.ip()))?;
     let node = std::sync::Arc::new(node);
-    // What neighbours are told: our DHT's port, on the address the overlay advertises.
+    // What neighbours are told: our DHT's port, on the address the overlay advertises (a
+    // socket on every address takes the advertised one of its family; neighbours keep only
+    // addresses on the IP our overlay connection comes from).
     let ip = advertise.unwrap_or(listen).ip();
     let addrs: Vec<SocketAddr> = node
         .local_addrs()
         .into_iter()
-        .map(|a| if a.ip().is_unspecified() { SocketAddr::new(ip, a.port()) } else { a })
+        .map(|a| match a.ip().is_unspecified() && a.is_ipv4() == ip.is_ipv4() {
+            true => SocketAddr::new(ip, a.port()),
+            false => a,
+        })
         .filter(|a| !a.ip().is_unspecified())
         .collect();
+    if addrs.is_empty() {
+        eprintln!(
+            "DHT: listening on every address, neighbours cannot be told where; give --advertise \
+             IP:PORT so they can join the DHT through this node"
+        );
+    }
     let (contacts, mut learned) = mpsc::channel::<SocketAddr>(64);
     let joining = node.clone();
     let joiner = tokio::spawn(async move {
@@ -176,11 +187,17 @@ async fn start_dht(
         }
         let mut tried = std::collections::HashSet::new();
         while let Some(addr) = learned.recv().await {
-            // Each address once (a bounded set: 4 per neighbour, neighbours are few).
-            if tried.len() < 1024
-                && tried.insert(addr)
-                && joining.bootstrap(vec![addr]).await.is_err()
-            {
+            // Joined already (a full first bucket's worth of nodes): nothing to do.
+            match joining.nodes().await {
+                Ok(n) if n >= 16 => continue,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            // Each address once while the table is small; the set is forgotten when it fills.
+            if tried.len() >= 1024 {
+                tried.clear();
+            }
+            if tried.insert(addr) && joining.bootstrap(vec![addr]).await.is_err() {
                 return;
             }
         }

@@ -150,7 +150,7 @@ pub async fn find(
 
 /// DHT contacts learned through the overlay: joins through `anchors` as a short-lived node
 /// (a fresh key), asks each neighbour where its DHT node listens (`Sync::DhtAsk`), and returns
-/// the first addresses named (at most [`MAX_DHT_CONTACTS`] per neighbour, claims to try).
+/// the first addresses named on the neighbour's own IP address (claims to try).
 pub async fn contacts_via_overlay(
     anchors: &[String],
     listen: std::net::SocketAddr,
@@ -182,10 +182,11 @@ pub async fn contacts_via_overlay(
                     if !asked.remove(&from) {
                         continue;
                     }
+                    // Only on the neighbour's own address: it cannot aim us at a third party.
                     let usable: Vec<_> = addrs
                         .into_iter()
                         .take(MAX_DHT_CONTACTS)
-                        .filter(|a| a.port() != 0 && !a.ip().is_unspecified())
+                        .filter(|a| a.port() != 0 && a.ip() == from.addr.ip())
                         .collect();
                     if !usable.is_empty() {
                         return usable;

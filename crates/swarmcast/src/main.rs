@@ -236,7 +236,7 @@ struct NetArgs {
     /// An overlay node (`swarmcast anchor`, `node` or `chat`) to ask for DHT contacts,
     /// HOST:PORT (repeatable): the DHT is then joined through the DHT nodes the overlay's nodes
     /// name, as with --dht-bootstrap, so a private group needs no public router.
-    #[arg(long = "anchor")]
+    #[arg(long = "anchor", conflicts_with = "no_dht")]
     anchors: Vec<String>,
     /// Where the DHT's id and nodes are kept between runs, so the next start is warm (written
     /// at most once a minute, and on exit; one process at a time, others start cold). Default:
@@ -295,8 +295,11 @@ impl NetArgs {
         if !self.anchors.is_empty() && !self.no_dht {
             let listen = SocketAddr::new(self.bind, 0);
             let timeout = Duration::from_secs(30);
-            let contacts = dht_index::contacts_via_overlay(&self.anchors, listen, timeout).await?;
-            with.dht_bootstrap.extend(contacts.iter().map(ToString::to_string));
+            // Trackers and --peer may still work: a failure here is said, not fatal.
+            match dht_index::contacts_via_overlay(&self.anchors, listen, timeout).await {
+                Ok(contacts) => with.dht_bootstrap.extend(contacts.iter().map(ToString::to_string)),
+                Err(e) => eprintln!("--anchor: {e:#}; going on without its DHT contacts"),
+            }
         }
         Ok(with)
     }

@@ -28,7 +28,7 @@
 //!   entries of many publishers under one target. Entries live [`ITEM_TTL`] unless put again;
 //!   at most [`MAX_INDEX_PER_TARGET`] per target, [`MAX_INDEX_PER_HOST`] of them from one
 //!   network (an IPv4 /24, an IPv6 /48), [`MAX_INDEX_PER_NETWORK`] from one network over all
-//!   targets (loopback exempt from both), [`Config::max_index`] in all. Mainline nodes that do not know
+//!   targets (private and loopback addresses exempt from both), [`Config::max_index`] in all. Mainline nodes that do not know
 //!   the methods answer error 204 and count as failed, so the index lives on Swarmcast nodes.
 //! - **Upkeep**: tokens from a secret rotated every [`TOKEN_ROTATION`] (the previous one still
 //!   accepted); stored peers expire after [`Config::peer_ttl`]; buckets untouched for 15
@@ -90,16 +90,17 @@ pub const ITEM_TTL: Duration = Duration::from_secs(2 * 3600);
 /// Keyword index entries stored under one target, at most.
 pub const MAX_INDEX_PER_TARGET: usize = 64;
 /// Keyword index entries under one target put from one network (an IPv4 /24, an IPv6 /48), at
-/// most (loopback exempt), so one network cannot fill a keyword.
+/// most (private and loopback addresses exempt), so one network cannot fill a keyword.
 pub const MAX_INDEX_PER_HOST: usize = 4;
-/// Keyword index entries put from one network over all targets, at most (loopback exempt), so
-/// one network cannot push everyone else's entries out of a full node.
+/// Keyword index entries put from one network over all targets, at most (private and loopback
+/// addresses exempt), so one network cannot push everyone else's entries out of a full node.
 pub const MAX_INDEX_PER_NETWORK: usize = 64;
 /// Keyword index entries one lookup gathers, at most.
 pub const MAX_LOOKUP_ITEMS: usize = 256;
 /// Bytes of entries an `index_get` reply carries to a verified address, at most (but always one
 /// entry; one entry only to an unverified address, as a BEP 44 `get` carries one value). With
-/// the rest of a reply, within an Ethernet frame.
+/// one family's nodes, a reply stays within an Ethernet frame; with both (BEP 32) or one
+/// largest entry, within [`super::krpc::MAX_PACKET`].
 const INDEX_REPLY_BYTES: usize = 1_000;
 /// Info-hashes one `sample_infohashes` reply carries, at most (BEP 51; libtorrent: 20).
 pub const MAX_SAMPLES: usize = 20;
@@ -1275,7 +1276,8 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
             c.token = r.token.clone();
             // A node that holds more entries than it gave a stranger is asked once more, with
             // its token: the proof that we receive at this address, for a full reply.
-            let more = r.num.is_some_and(|n| n > r.items.len() as i64);
+            // (One entry is what a stranger gets; a fuller reply was cut by size, not trust.)
+            let more = r.items.len() <= 1 && r.num.is_some_and(|n| n > r.items.len() as i64);
             if let (Kind::GetIndex, true, false, Some(t)) = (l.kind, more, c.reasked, &r.token) {
                 c.reasked = true;
                 c.state = State::Asked;
@@ -1337,7 +1339,9 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
     fn failed_as(&mut self, now: Instant, t: Transaction<A>, alive: bool) {
         let answered = match (t.purpose, t.node) {
             (Purpose::Lookup(lid), Some(n)) => self.lookups.get(&lid).is_some_and(|l| {
-                l.candidates.get(&n.distance(&l.target)).is_some_and(|c| c.state == State::Answered)
+                l.candidates
+                    .get(&n.distance(&l.target))
+                    .is_some_and(|c| c.state == State::Answered || c.reasked)
             }),
             _ => false,
         };
@@ -1354,7 +1358,10 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
             if let Some(n) = t.node {
                 // Not while a second try of a slow query is awaited, nor once it answered.
                 if let Some(c) = l.candidates.get_mut(&n.distance(&l.target)) {
-                    if (c.state == State::Asked && !t.slow) || c.state == State::Slow {
+                    if c.reasked {
+                        // Its first answer stands.
+                        c.state = State::Answered;
+                    } else if (c.state == State::Asked && !t.slow) || c.state == State::Slow {
                         c.state = State::Failed;
                     }
                 }
@@ -1399,7 +1406,10 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
                 let (target, kind) = (l.target, l.kind);
                 let c = node.and_then(|n| l.candidates.get_mut(&n.distance(&target)));
                 if let Some(c) = c.filter(|c| c.state == State::Asked) {
-                    if c.tries < 2 {
+                    if c.reasked {
+                        // A re-ask for more entries is not resent: the node answered already.
+                        c.state = State::Answered;
+                    } else if c.tries < 2 {
                         c.tries += 1;
                         again = Some((c.node, lookup_method(kind, target)));
                     } else {
@@ -1750,7 +1760,9 @@ impl<R: RngCore, A: NodeAddr> DhtCore<R, A> {
             return Err((206, "invalid signature"));
         }
         let host = from.network();
-        let exempt = from.ip().is_loopback();
+        // Private, link-local and loopback addresses (BEP 42's exemptions) are a LAN group's
+        // own: the caps count public networks.
+        let exempt = super::id::is_exempt_addr(from.ip());
         if !exempt {
             let all = self.index.values().flatten().filter(|e| e.2 == host).count();
             let replaces = self
@@ -2430,7 +2442,7 @@ mod tests {
         let mut core =
             Core::new(now, NodeId([1; 20]), Config::default(), ChaCha8Rng::seed_from_u64(1));
         let word = index_target("caravan");
-        let host = |h: u8, port: u16| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, h), port);
+        let host = |h: u8, port: u16| SocketAddrV4::new(Ipv4Addr::new(20, 0, 0, h), port);
         let mut forged = entry(1, 1);
         forged.seq = 5;
         assert_eq!(core.store_index(now, word, forged, host(1, 1)).unwrap_err().0, 206);
@@ -2444,10 +2456,18 @@ mod tests {
         assert_eq!(excess.unwrap_err().0, 201);
         let neighbour = core.store_index(now, word, entry(50, 1), host(77, 9));
         assert_eq!(neighbour.unwrap_err().0, 201, "another address of the same /24");
+        // A LAN group (private addresses) is not one network to the caps.
+        let lan = index_target("lan");
+        for n in 1..=10u8 {
+            let from = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, n), 9);
+            assert_eq!(core.store_index(now, lan, entry(n, 1), from), Ok(()));
+        }
+        core.index.remove(&lan);
+        core.index_len -= 10;
         // A word holds at most MAX_INDEX_PER_TARGET entries: the oldest make room.
         for n in 0..100u8 {
             let later = now + Duration::from_secs(u64::from(n) + 1);
-            let other = SocketAddrV4::new(Ipv4Addr::new(10, 1, n, 1), 1);
+            let other = SocketAddrV4::new(Ipv4Addr::new(20, 1, n, 1), 1);
             core.store_index(later, word, entry(100 + n, 1), other).unwrap();
         }
         assert_eq!(core.index[&word].len(), MAX_INDEX_PER_TARGET);
@@ -2456,7 +2476,7 @@ mod tests {
         core.config.max_index = 80;
         for n in 0..40u8 {
             let w = index_target(&format!("word{n}"));
-            let other = SocketAddrV4::new(Ipv4Addr::new(10, 2, n, 1), 2);
+            let other = SocketAddrV4::new(Ipv4Addr::new(20, 2, n, 1), 2);
             core.store_index(now, w, entry(n, 1), other).unwrap();
         }
         assert_eq!(core.index_len(), 80);
@@ -2465,7 +2485,7 @@ mod tests {
         // One network has room for MAX_INDEX_PER_NETWORK entries over all words; an entry it
         // already has may still be put again.
         core.config.max_index = 4_096;
-        let net = |n: u8| SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, n), 3);
+        let net = |n: u8| SocketAddrV4::new(Ipv4Addr::new(20, 9, 9, n), 3);
         for n in 0..MAX_INDEX_PER_NETWORK as u8 {
             let w = index_target(&format!("flood{n}"));
             core.store_index(now, w, entry(200, 1), net(n)).unwrap();

@@ -854,7 +854,9 @@ impl Service {
                 if !self.dht_asked.remove(&from) || addrs.len() > envelope::MAX_DHT_CONTACTS {
                     return;
                 }
-                for a in addrs.into_iter().filter(|a| a.port() != 0 && !a.ip().is_unspecified()) {
+                // Only the neighbour's own address (the one its QUIC connection comes from): a
+                // neighbour cannot aim our DHT at a third party.
+                for a in addrs.into_iter().filter(|a| a.port() != 0 && a.ip() == from.addr.ip()) {
                     let _ = dht.contacts.try_send(a);
                 }
             }
