@@ -21,7 +21,7 @@ async fn start(
     index: usize,
     nick: String,
     anchors: Vec<SocketAddr>,
-    all: mpsc::UnboundedSender<(usize, Instant, ChatEvent)>,
+    all: mpsc::Sender<(usize, Instant, ChatEvent)>,
 ) -> Result<(DemoNode, SocketAddr)> {
     let config = ChatConfig {
         data: dir.join(&nick),
@@ -50,7 +50,8 @@ async fn start(
     };
     tokio::spawn(async move {
         while let Some(ev) = ev_rx.recv().await {
-            if all.send((index, Instant::now(), ev)).is_err() {
+            // Bounded: a node whose events are not read waits (and its own queue fills).
+            if all.send((index, Instant::now(), ev)).await.is_err() {
                 return;
             }
         }
@@ -60,7 +61,7 @@ async fn start(
 
 /// Waits until every `(receiver, text)` pair in `want` was seen; returns the arrival times.
 async fn collect(
-    rx: &mut mpsc::UnboundedReceiver<(usize, Instant, ChatEvent)>,
+    rx: &mut mpsc::Receiver<(usize, Instant, ChatEvent)>,
     want: &BTreeMap<(usize, String), ()>,
     timeout: Duration,
 ) -> BTreeMap<(usize, String), Instant> {
@@ -105,7 +106,7 @@ pub async fn run(n: usize) -> Result<()> {
         bail!("the chat demo needs at least 3 nodes");
     }
     let work = tempfile::tempdir().context("cannot make a temporary directory")?;
-    let (all_tx, mut all_rx) = mpsc::unbounded_channel();
+    let (all_tx, mut all_rx) = mpsc::channel(4096);
     eprintln!("\nchat: starting an anchor and {n} nodes over QUIC on loopback...");
     let (_anchor, anchor_addr) =
         start(work.path(), usize::MAX, "anchor".into(), vec![], all_tx.clone()).await?;

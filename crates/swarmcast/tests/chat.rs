@@ -9,7 +9,7 @@ mod harness;
 use std::path::Path;
 use std::time::Duration;
 
-use harness::{free_port, require, swarmcast, wait_for, Proc};
+use harness::{require, start_anchor, swarmcast, wait_for, Proc};
 
 const NODES: usize = 20;
 const KILLED: usize = 5;
@@ -68,14 +68,7 @@ fn wait_all_received(nodes: &[(usize, &Proc)], texts: &[(usize, String)], timeou
 #[test]
 fn twenty_nodes_chat_survive_crashes_catch_up_and_keep_dms_private() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut anchor_cmd = swarmcast();
-    anchor_cmd
-        .args(["anchor", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(dir.path().join("anchor"));
-    let mut anchor = Proc::spawn("anchor", anchor_cmd, dir.path());
-    anchor.wait_output("listening on", Duration::from_secs(30));
+    let (mut anchor, port) = start_anchor(dir.path());
 
     let mut nodes: Vec<Proc> = (0..NODES).map(|i| start_node(i, port, dir.path())).collect();
     for p in &mut nodes {

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::{assert_same_file, free_port, random_file, swarmcast, wait_for, Proc};
+use harness::{assert_same_file, random_file, start_anchor, swarmcast, wait_for, Proc};
 use serde_json::Value;
 
 const NODES: usize = 20;
@@ -70,14 +70,7 @@ fn cli_search(anchor: u16, words: &str, mode: &str, dir: &Path) -> Vec<Value> {
 #[test]
 fn twenty_nodes_find_every_shared_file_in_every_mode_and_download_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut anchor_cmd = swarmcast();
-    anchor_cmd
-        .args(["anchor", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(dir.path().join("anchor"));
-    let mut anchor = Proc::spawn("anchor", anchor_cmd, dir.path());
-    anchor.wait_output("listening on", Duration::from_secs(30));
+    let (_anchor, port) = start_anchor(dir.path());
 
     // Nodes 3, 7, 11, 15 and 19 share one file each.
     let sharer = |i: usize| (i % 4 == 3).then_some(i / 4);

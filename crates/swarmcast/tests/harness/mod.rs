@@ -147,6 +147,19 @@ pub fn swarmcast() -> Command {
 /// ephemeral range (32768–60999 here), so no process's outgoing connection or `bind(0)` can take
 /// it between this check and the bind of the program the test starts; picks are spread by
 /// process id, a counter and the clock so that tests running side by side do not collide.
+/// Starts `swarmcast anchor` on a free loopback port with its data in `dir/anchor`; the
+/// process and the port.
+pub fn start_anchor(dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let mut cmd = swarmcast();
+    cmd.args(["anchor", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data")
+        .arg(dir.join("anchor"));
+    let mut anchor = Proc::spawn("anchor", cmd, dir);
+    anchor.wait_output("listening on", Duration::from_secs(30));
+    (anchor, port)
+}
+
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
