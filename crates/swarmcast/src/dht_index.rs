@@ -156,7 +156,7 @@ pub async fn contacts_via_overlay(
     listen: std::net::SocketAddr,
     timeout: Duration,
 ) -> Result<Vec<std::net::SocketAddr>> {
-    use overlay::chat::envelope::{Sync, MAX_DHT_CONTACTS};
+    use overlay::chat::envelope::{dht_contacts_from, Sync};
     use overlay::driver::{Driver, Event};
     let anchors = crate::chat_cmd::resolve(anchors).await?;
     let identity = Identity::generate(&mut rand::rng());
@@ -182,12 +182,7 @@ pub async fn contacts_via_overlay(
                     if !asked.remove(&from) {
                         continue;
                     }
-                    // Only on the neighbour's own address: it cannot aim us at a third party.
-                    let usable: Vec<_> = addrs
-                        .into_iter()
-                        .take(MAX_DHT_CONTACTS)
-                        .filter(|a| a.port() != 0 && a.ip() == from.addr.ip())
-                        .collect();
+                    let usable = dht_contacts_from(addrs, from.addr);
                     if !usable.is_empty() {
                         return usable;
                     }

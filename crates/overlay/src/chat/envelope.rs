@@ -312,6 +312,16 @@ pub const MAX_SYNC_MESSAGES: usize = 64;
 /// Most DHT addresses in one [`Sync::DhtContacts`] (a longer list is ignored).
 pub const MAX_DHT_CONTACTS: usize = 4;
 
+/// The DHT addresses of a [`Sync::DhtContacts`] from the neighbour at `from` worth trying: at
+/// most [`MAX_DHT_CONTACTS`], each on the IP its overlay connection comes from (a neighbour
+/// cannot aim our DHT at a third party), none with port 0.
+pub fn dht_contacts_from(addrs: Vec<SocketAddr>, from: SocketAddr) -> Vec<SocketAddr> {
+    if addrs.len() > MAX_DHT_CONTACTS {
+        return Vec::new();
+    }
+    addrs.into_iter().filter(|a| a.port() != 0 && a.ip() == from.ip()).collect()
+}
+
 /// Frames between neighbors: anti-entropy, and the DHT contacts that let a node that knows
 /// only an anchor join the DHT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,6 +375,16 @@ mod tests {
             nonce: 1,
             text: text.into(),
         }
+    }
+
+    #[test]
+    fn dht_contacts_only_on_the_neighbours_own_ip() {
+        let from: SocketAddr = "10.0.0.5:4500".parse().unwrap();
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let named = vec![a("10.0.0.5:6881"), a("10.0.0.9:6881"), a("10.0.0.5:0"), a("[::1]:7")];
+        assert_eq!(dht_contacts_from(named, from), vec![a("10.0.0.5:6881")]);
+        let too_many = vec![a("10.0.0.5:1"); MAX_DHT_CONTACTS + 1];
+        assert!(dht_contacts_from(too_many, from).is_empty());
     }
 
     #[test]

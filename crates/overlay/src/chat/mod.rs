@@ -851,12 +851,10 @@ impl Service {
             }
             Sync::DhtContacts { addrs } => {
                 let Some(dht) = &self.dht else { return };
-                if !self.dht_asked.remove(&from) || addrs.len() > envelope::MAX_DHT_CONTACTS {
+                if !self.dht_asked.remove(&from) {
                     return;
                 }
-                // Only the neighbour's own address (the one its QUIC connection comes from): a
-                // neighbour cannot aim our DHT at a third party.
-                for a in addrs.into_iter().filter(|a| a.port() != 0 && a.ip() == from.addr.ip()) {
+                for a in envelope::dht_contacts_from(addrs, from.addr) {
                     let _ = dht.contacts.try_send(a);
                 }
             }
