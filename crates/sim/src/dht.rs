@@ -28,14 +28,19 @@
 //!   the nodes per hour, each replaced at once by a newcomer that bootstraps through 3 random
 //!   live nodes; the nodes run their own upkeep (timeouts, bucket refresh, token rotation,
 //!   expiry). The announcers re-announce every 15 minutes and the putters re-put every 30
-//!   (BEP 44 items live 2 hours); the announcers and putters stay. Every minute, `get_peers`
-//!   and BEP 44 `get` lookups from random live nodes measure success.
+//!   (BEP 44 items live 2 hours); the announcers and putters stay. Each putter also publishes
+//!   a signed entry in the keyword index under a word of its own, again every 20 minutes, as
+//!   `swarmcast`'s sharers do. Every minute, `get_peers`, BEP 44 `get` and `index_get`
+//!   lookups from random live nodes measure success (an `index_get` succeeds when it brings
+//!   back the publisher's entry).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use dht::proto::core::{item_target, Config, DhtCore, Input, LookupId, LookupResult, Output};
+use dht::proto::core::{
+    index_target, item_target, Config, DhtCore, Input, LookupId, LookupResult, MutableItem, Output,
+};
 use dht::proto::id::{is_exempt, NodeId};
 use dht::proto::krpc::{Body, CompactNode, Message, Method, Response, Value};
 use dht::proto::table::{bucket_capacity, K};
@@ -151,6 +156,8 @@ pub struct ChurnReport {
     pub replaced: u64,
     pub get_peers: LookupStats,
     pub get_item: LookupStats,
+    /// Keyword index lookups, each for a word whose publisher is online.
+    pub get_index: LookupStats,
 }
 
 /// Everything a run measured.
@@ -872,7 +879,6 @@ pub fn index_search(
     churn: f64,
     progress: &mut dyn FnMut(&str),
 ) -> IndexCell {
-    use dht::proto::core::{index_target, MutableItem};
     use ed25519_dalek::Signer;
     let mut sim = Sim::new(scenario);
     for _ in 0..scenario.nodes {
@@ -1051,6 +1057,7 @@ fn churn_scenario(
     items: Vec<(u32, Value)>,
     progress: &mut dyn FnMut(&str),
 ) -> ChurnReport {
+    use ed25519_dalek::Signer;
     let s = sim.scenario.clone();
     let keep: HashSet<u32> =
         torrents.iter().map(|t| t.0).chain(items.iter().map(|i| i.0)).collect();
@@ -1059,6 +1066,24 @@ fn churn_scenario(
     let begin = sim.now;
     let from = sim.records.len();
     let per_minute = (s.lookups / 60).max(1);
+    // Each putter's keyword index entry: (publisher, word target, signed entry).
+    let words: Vec<(u32, NodeId, MutableItem)> = items
+        .iter()
+        .enumerate()
+        .map(|(k, (who, _))| {
+            let key = ed25519_dalek::SigningKey::from_bytes(&sim.rng.random());
+            let value = Value::Bytes(format!("word{k} film, shared by node {who}").into_bytes());
+            let sig = key.sign(&MutableItem::signed_bytes(b"", 1, &value)).to_bytes();
+            let item = MutableItem {
+                key: key.verifying_key().to_bytes(),
+                salt: vec![],
+                seq: 1,
+                value,
+                sig,
+            };
+            (*who, index_target(&format!("word{k}")), item)
+        })
+        .collect();
     let mut replaced = 0u64;
     let mut next_departure =
         sim.now + (-(sim.rng.random::<f64>().max(1e-12)).ln() / rate_per_ns) as u64;
@@ -1097,6 +1122,13 @@ fn churn_scenario(
                 sim.lookup(*who, Purpose::Setup, |c, now| c.put_item(now, value.clone()).1, None);
             }
         }
+        // Published at the start, then every 20 minutes.
+        if minute == 1 || minute.is_multiple_of(20) {
+            for (who, target, entry) in &words {
+                let (target, entry) = (*target, entry.clone());
+                sim.lookup(*who, Purpose::Setup, |c, now| c.index_put(now, target, entry), None);
+            }
+        }
         for _ in 0..per_minute {
             let who = sim.random_honest();
             if !torrents.is_empty() {
@@ -1106,6 +1138,10 @@ fn churn_scenario(
             if !items.is_empty() {
                 let target = item_target(&items[sim.rng.random_range(0..items.len())].1);
                 sim.lookup(who, Purpose::GetItem, |c, now| c.get_item(now, target), None);
+            }
+            if minute > 1 && !words.is_empty() {
+                let target = words[sim.rng.random_range(0..words.len())].1;
+                sim.lookup(who, Purpose::GetIndex, |c, now| c.index_get(now, target), None);
             }
         }
         sim.setup_done.clear();
@@ -1119,6 +1155,7 @@ fn churn_scenario(
         replaced,
         get_peers: stats(&sim.records(Purpose::GetPeers, from)),
         get_item: stats(&sim.records(Purpose::GetItem, from)),
+        get_index: stats(&sim.records(Purpose::GetIndex, from)),
     }
 }
 
@@ -1176,6 +1213,9 @@ mod tests {
         assert!(c.replaced >= 100, "{c:?}");
         assert!(c.get_peers.success >= 0.99, "{:?}", c.get_peers);
         assert!(c.get_item.success >= 0.99, "{:?}", c.get_item);
+        // Issue 14's goal: the keyword index finds >= 99% of the words whose publisher is on.
+        assert!(c.get_index.count >= 100, "{:?}", c.get_index);
+        assert!(c.get_index.success >= 0.99, "{:?}", c.get_index);
     }
 
     #[test]

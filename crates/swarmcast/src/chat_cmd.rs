@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use overlay::chat::{self, ChatConfig, ChatEvent, Command};
+use overlay::chat::{self, ChatConfig, ChatEvent};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::chat_line::parse_line;
+use crate::chat_line::{parse_line, Sink};
 use crate::share::{self, Sharing};
 
 /// Arguments of `swarmcast chat`.
@@ -227,10 +227,11 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
     let service = tokio::spawn(chat::run(config, cmd_rx, ev_tx));
+    let (sink, dht_rx) = Sink::new(cmd_tx, dht.as_ref().map(|d| d.node.clone()));
     if args.script {
-        script(args.room, cmd_tx, ev_rx).await?;
+        script(args.room, sink, dht_rx, ev_rx).await?;
     } else {
-        crate::tui::run(args.room, args.nick, cmd_tx, ev_rx).await?;
+        crate::tui::run(args.room, args.nick, sink, dht_rx, ev_rx).await?;
     }
     service.await.context("chat service panicked")??;
     if let Some(s) = sharing {
@@ -241,7 +242,8 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
 
 async fn script(
     mut room: String,
-    cmd_tx: mpsc::Sender<Command>,
+    sink: Sink,
+    mut dht_rx: mpsc::Receiver<ChatEvent>,
     mut ev_rx: mpsc::Receiver<ChatEvent>,
 ) -> Result<()> {
     let mut stdout = tokio::io::stdout();
@@ -252,11 +254,11 @@ async fn script(
             line = lines.next_line(), if stdin_open => match line? {
                 Some(line) if line.trim().is_empty() => {}
                 Some(line) => match parse_line(&line, &mut room) {
-                    Ok(Some(cmd)) => {
-                        if cmd_tx.send(cmd).await.is_err() {
-                            break;
-                        }
-                    }
+                    Ok(Some(line)) => match sink.run(line).await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(text) => print_json(&mut stdout, &ChatEvent::Error { text }).await?,
+                    },
                     Ok(None) => stdin_open = false,
                     Err(text) => print_json(&mut stdout, &ChatEvent::Error { text }).await?,
                 },
@@ -266,12 +268,13 @@ async fn script(
                 Some(ev) => print_json(&mut stdout, &ev).await?,
                 None => break,
             },
+            Some(ev) = dht_rx.recv() => print_json(&mut stdout, &ev).await?,
         }
         if !stdin_open {
             break;
         }
     }
-    drop(cmd_tx);
+    drop(sink);
     // Print what is still reported while the service shuts down.
     while let Some(ev) = ev_rx.recv().await {
         print_json(&mut stdout, &ev).await?;

@@ -13,12 +13,17 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
 use dht::proto::core::{index_target, MutableItem};
 use dht::proto::krpc::Value;
 use dht::Dht;
+use overlay::chat::inert::inert;
+use overlay::chat::ChatEvent;
 use overlay::identity::Identity;
 use overlay::proto::search::{self, Record};
+use tokio::sync::mpsc;
 
 /// How long a published record is valid; entries are put again when a third of it is left
 /// (the DHT drops an entry two hours after its last put).
@@ -54,7 +59,7 @@ pub fn record_of(item: &MutableItem, now: u64) -> Result<Record> {
 /// [`LIFETIME`] is left, until the task is aborted. While no DHT node takes them (the node has
 /// not joined yet), it tries again after 2 s, doubling the wait.
 pub fn keep_publishing(
-    node: std::sync::Arc<Dht>,
+    node: Arc<Dht>,
     identity: Identity,
     files: Vec<overlay::chat::SharedFile>,
     port: u16,
@@ -111,30 +116,33 @@ pub fn keep_publishing(
 }
 
 /// The records under every word of `words` in the index that name them all, one per
-/// publisher and file, each with the hops of the lookup that found it first, and how many
-/// entries were refused (forged, expired, or not the record they claim).
+/// publisher and file, each with the hops of the lookup that found it first: sent to `results`
+/// as each word's lookup ends. Returns how many entries were refused (forged, expired, or not
+/// the record they claim); stops early once `results` is closed.
 pub async fn find(
-    node: std::sync::Arc<Dht>,
+    node: Arc<Dht>,
     words: &[String],
-) -> Result<(Vec<(Record, u8)>, usize)> {
+    results: mpsc::Sender<(Record, u8)>,
+) -> Result<usize> {
     let mut lookups = tokio::task::JoinSet::new();
     for w in words {
         let (node, target) = (node.clone(), index_target(w));
         lookups.spawn(async move { node.index_get(target).await });
     }
     let now = unix_now();
-    let (mut found, mut refused): (Vec<(Record, u8)>, usize) = (Vec::new(), 0);
+    // At most MAX_INDEX_PER_TARGET entries a word, so this set is bounded.
+    let mut sent = std::collections::BTreeSet::new();
+    let mut refused = 0;
     while let Some(r) = lookups.join_next().await {
         let r = r.context("a lookup task failed")?;
         let r = r.map_err(|_| anyhow::anyhow!("the DHT node stopped"))?;
         for item in &r.items {
             match record_of(item, now) {
                 Ok(rec) if search::matches_words(&rec.name, words) => {
-                    let same = |(x, _): &(Record, u8)| {
-                        x.publisher == rec.publisher && x.info_hash == rec.info_hash
-                    };
-                    if !found.iter().any(same) {
-                        found.push((rec, r.first_hops.unwrap_or(1)));
+                    if sent.insert((rec.publisher, rec.info_hash))
+                        && results.send((rec, r.first_hops.unwrap_or(1))).await.is_err()
+                    {
+                        return Ok(refused);
                     }
                 }
                 Ok(_) => {}
@@ -145,7 +153,46 @@ pub async fn find(
             }
         }
     }
-    Ok((found, refused))
+    Ok(refused)
+}
+
+/// How long a chat front end's DHT search runs at most.
+pub const SEARCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A DHT keyword search for the chat front ends (`/search --dht WORDS`), reported as the
+/// overlay's searches are: an `Info` naming it, a `Found` for each record as each word's lookup
+/// ends, then `SearchDone`. Stops when `events` closes.
+pub fn spawn_search(node: Arc<Dht>, text: String, events: mpsc::Sender<ChatEvent>) {
+    tokio::spawn(async move {
+        let id: u64 = rand::random();
+        let words = search::keywords(&text);
+        let text = format!("search {id:016x} (DHT): {}", inert(&text));
+        if events.send(ChatEvent::Info { text }).await.is_err() {
+            return;
+        }
+        let (tx, mut rx) = mpsc::channel(64);
+        let lookup = tokio::spawn(async move {
+            tokio::time::timeout(SEARCH_TIMEOUT, find(node, &words, tx)).await
+        });
+        let mut results = 0;
+        while let Some((record, hops)) = rx.recv().await {
+            results += 1;
+            if events.send(ChatEvent::found(id, record, hops)).await.is_err() {
+                lookup.abort();
+                return;
+            }
+        }
+        let problem = match lookup.await {
+            Ok(Ok(Ok(_))) => None,
+            Ok(Ok(Err(e))) => Some(format!("DHT search {id:016x}: {e:#}")),
+            Ok(Err(_)) => Some(format!("DHT search {id:016x} stopped after {SEARCH_TIMEOUT:?}")),
+            Err(e) => Some(format!("DHT search {id:016x} failed: {e}")),
+        };
+        if let Some(text) = problem {
+            let _ = events.send(ChatEvent::Error { text }).await;
+        }
+        let _ = events.send(ChatEvent::SearchDone { search: id, results }).await;
+    });
 }
 
 /// DHT contacts learned through the overlay: joins through `anchors` as a short-lived node

@@ -5,15 +5,18 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use overlay::chat::envelope::{dht_contacts_from, Sync};
 use overlay::chat::inert::inert;
 use overlay::driver::{Driver, Event};
 use overlay::identity::Identity;
 use overlay::proto::search::{self, Mode, Record, MAX_TTL};
 use overlay::transport::Endpoint;
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 /// How `swarmcast search` asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -28,7 +31,9 @@ pub enum SearchMode {
     /// overlay's nodes name when only --anchor is given): every word looked up, the records
     /// that name them all kept.
     Dht,
-    /// Expanding rings: cheap for popular files, a full flood for rare ones.
+    /// Expanding rings (cheap for popular files, a full flood for rare ones) and, at the same
+    /// time, the DHT's keyword index (joined through --dht-bootstrap, or the DHT node the first
+    /// overlay neighbour names); each file and publisher once.
     Auto,
 }
 
@@ -117,6 +122,7 @@ pub async fn run(args: SearchArgs) -> Result<()> {
     if args.anchors.is_empty() {
         bail!("give an overlay node to join through: --anchor HOST:PORT (or use --mode dht)");
     }
+    let auto = args.mode == SearchMode::Auto;
     let anchors = crate::chat_cmd::resolve(&args.anchors).await?;
     let identity = Identity::generate(&mut rand::rng());
     let endpoint = Endpoint::bind(&identity, args.listen)
@@ -127,40 +133,102 @@ pub async fn run(args: SearchArgs) -> Result<()> {
     driver.enable_search(config);
     let started = tokio::time::Instant::now();
     let deadline = started + args.timeout;
+    // With --mode auto the DHT's index is read at the same time, joined through
+    // --dht-bootstrap or through the DHT node our first neighbour names.
+    let (dht_tx, mut dht_rx) = mpsc::channel::<(Record, u8)>(64);
+    let mut dht_tx = auto.then_some(dht_tx);
+    let mut dht_task = None;
+    if auto && !args.dht_bootstrap.is_empty() {
+        let tx = dht_tx.take().expect("not taken yet");
+        dht_task =
+            Some(tokio::spawn(dht_side(args.listen, args.dht_bootstrap.clone(), text.clone(), tx)));
+    }
     // Join first: a search needs a neighbour to go to.
     let joined = tokio::time::timeout_at(deadline, async {
-        while !matches!(driver.next_event().await, Event::NeighborUp(_)) {}
+        loop {
+            if let Event::NeighborUp(peer) = driver.next_event().await {
+                return peer;
+            }
+        }
     })
     .await;
-    if joined.is_err() {
+    let Ok(first) = joined else {
         driver.shutdown().await;
         bail!(
             "could not join the overlay within {}: is a node listening at {}?",
             humantime::format_duration(args.timeout),
             args.anchors.join(", ")
         );
-    }
+    };
+    let asked = match dht_tx.is_some() {
+        true => {
+            let ask = postcard::to_allocvec(&Sync::DhtAsk).context("encoding a DHT question")?;
+            driver.direct(first, ask).is_ok().then_some(first)
+        }
+        false => None,
+    };
     let id = driver.search(&text, mode).map_err(|e| anyhow::anyhow!("cannot search: {e}"))?;
     let mut found: BTreeMap<[u8; 20], Found> = BTreeMap::new();
     let mut results = 0;
     let mut timed_out = false;
-    loop {
-        let event = tokio::time::timeout_at(deadline, driver.next_event()).await;
+    let (mut overlay_done, mut dht_done) = (false, !auto);
+    while !(overlay_done && dht_done) {
+        // No way into the DHT: the neighbour was not asked, or named no DHT node by the time
+        // the overlay's search ended.
+        if dht_tx.is_some() && (asked.is_none() || overlay_done) {
+            dht_tx = None;
+            dht_done = true;
+        }
+        let event = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                ev = driver.next_event(), if !overlay_done => Some(ev),
+                r = dht_rx.recv(), if !dht_done => r.map(|(record, hops)| {
+                    Event::Search(search::Output::Result { id, record, hops })
+                }),
+            }
+        })
+        .await;
         let Ok(event) = event else {
             timed_out = true;
             break;
         };
+        let Some(event) = event else {
+            // The DHT side ended (its sender dropped).
+            dht_done = dht_tx.is_none();
+            continue;
+        };
         match event {
             Event::Search(search::Output::Result { id: of, record, hops }) if of == id => {
-                results += 1;
-                add_result(&mut found, record, hops, args.json);
+                results += usize::from(add_result(&mut found, record, hops, args.json));
             }
-            Event::Search(search::Output::Done { id: of, .. }) if of == id => break,
+            Event::Search(search::Output::Done { id: of, .. }) if of == id => overlay_done = true,
+            Event::Direct { from, payload } if Some(from) == asked && dht_tx.is_some() => {
+                let Ok(Sync::DhtContacts { addrs }) = overlay::wire::from_canonical(&payload)
+                else {
+                    continue;
+                };
+                let contacts: Vec<String> =
+                    dht_contacts_from(addrs, from.addr).iter().map(ToString::to_string).collect();
+                let tx = dht_tx.take().expect("checked");
+                match contacts.is_empty() {
+                    true => dht_done = true,
+                    false => {
+                        dht_task =
+                            Some(tokio::spawn(dht_side(args.listen, contacts, text.clone(), tx)));
+                    }
+                }
+            }
             _ => {}
         }
     }
-    let refused = driver.refused_records();
+    let mut refused = driver.refused_records();
     driver.shutdown().await;
+    if let Some(task) = dht_task {
+        task.abort();
+        if let Ok(Ok(n)) = task.await {
+            refused += n as u64;
+        }
+    }
     if timed_out && !args.json {
         eprintln!(
             "stopped after {} (--timeout); the results so far:",
@@ -168,6 +236,20 @@ pub async fn run(args: SearchArgs) -> Result<()> {
         );
     }
     print_summary(&found, results, refused, started, args.json)
+}
+
+/// The DHT half of `--mode auto`: joins the DHT through `bootstrap` and sends what the keyword
+/// index holds for `text` to `results`; returns how many entries were refused.
+async fn dht_side(
+    listen: SocketAddr,
+    bootstrap: Vec<String>,
+    text: String,
+    results: mpsc::Sender<(Record, u8)>,
+) -> Result<usize> {
+    let node = crate::dht_cmd::node_for_torrent(listen.ip(), &bootstrap, None, None)
+        .await
+        .with_context(|| format!("could not join the DHT through {}", bootstrap.join(", ")))?;
+    crate::dht_index::find(Arc::new(node), &search::keywords(&text), results).await
 }
 
 /// `swarmcast search --mode dht`.
@@ -184,29 +266,46 @@ async fn run_dht(args: &SearchArgs, text: &str) -> Result<()> {
                 .await?;
         bootstrap = contacts.iter().map(ToString::to_string).collect();
     }
-    let words = search::keywords(text);
     let node = crate::dht_cmd::node_for_torrent(args.listen.ip(), &bootstrap, None, None)
         .await
         .with_context(|| format!("could not join the DHT through {}", bootstrap.join(", ")))?;
-    let node = std::sync::Arc::new(node);
-    let found = tokio::time::timeout(args.timeout, crate::dht_index::find(node.clone(), &words))
-        .await
-        .with_context(|| {
-            format!("no answer within {}", humantime::format_duration(args.timeout))
-        })??;
-    let (records, refused) = found;
+    let words = search::keywords(text);
+    let (tx, mut rx) = mpsc::channel(64);
+    let lookup =
+        tokio::spawn(async move { crate::dht_index::find(Arc::new(node), &words, tx).await });
+    // Each result is printed as its word's lookup ends.
     let mut files: BTreeMap<[u8; 20], Found> = BTreeMap::new();
-    for (record, hops) in records {
-        add_result(&mut files, record, hops, args.json);
-    }
-    let results = files.values().map(|f| f.publishers.len()).sum();
+    let mut results = 0;
+    let all = tokio::time::timeout(args.timeout, async {
+        while let Some((record, hops)) = rx.recv().await {
+            results += usize::from(add_result(&mut files, record, hops, args.json));
+        }
+    })
+    .await;
+    let refused = match all {
+        Ok(()) => lookup.await.context("the lookup task failed")??,
+        Err(_) => {
+            lookup.abort();
+            if !args.json {
+                eprintln!(
+                    "stopped after {} (--timeout); the results so far:",
+                    humantime::format_duration(args.timeout)
+                );
+            }
+            0
+        }
+    };
     print_summary(&files, results, refused as u64, started, args.json)
 }
 
 /// Counts a result under its file (by info-hash: its publishers, its sources, the fewest hops)
-/// and prints it.
-fn add_result(found: &mut BTreeMap<[u8; 20], Found>, record: Record, hops: u8, json: bool) {
+/// and prints it; false (and nothing printed) if that publisher was counted for it already
+/// (found both in the overlay and in the DHT).
+fn add_result(found: &mut BTreeMap<[u8; 20], Found>, record: Record, hops: u8, json: bool) -> bool {
     let publisher = record.publisher.to_string();
+    if found.get(&record.info_hash).is_some_and(|f| f.publishers.contains(&publisher)) {
+        return false;
+    }
     let f = found.entry(record.info_hash).or_insert_with(|| Found {
         record: record.clone(),
         publishers: Vec::new(),
@@ -221,6 +320,7 @@ fn add_result(found: &mut BTreeMap<[u8; 20], Found>, record: Record, hops: u8, j
         }
     }
     print_result(f, &publisher, hops, json);
+    true
 }
 
 fn print_summary(

@@ -468,6 +468,7 @@ fn print_dht(r: &sim::dht::Report) {
         );
         row("get_peers under churn", &c.get_peers, true);
         row("BEP 44 get under churn", &c.get_item, true);
+        row("keyword index under churn", &c.get_index, true);
     }
 }
 

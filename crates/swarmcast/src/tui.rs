@@ -13,7 +13,7 @@ use overlay::chat::inert::inert;
 use overlay::chat::{ChatEvent, Command, Via};
 use tokio::sync::mpsc;
 
-use crate::chat_line::parse_line;
+use crate::chat_line::{parse_line, Line, Sink};
 
 /// Most lines kept in the scrollback.
 const SCROLLBACK: usize = 5000;
@@ -141,7 +141,7 @@ impl Screen {
     }
 
     /// Runs the input line; returns false when the UI should quit.
-    async fn enter(&mut self, cmd_tx: &mpsc::Sender<Command>) -> Result<bool> {
+    async fn enter(&mut self, sink: &Sink) -> Result<bool> {
         if self.input.trim().is_empty() {
             self.input.clear();
             return Ok(true);
@@ -154,13 +154,16 @@ impl Screen {
             return Ok(true);
         }
         match parse_line(&line, &mut room) {
-            Ok(Some(cmd)) => {
-                match &cmd {
-                    Command::Nick(n) => self.nick = n.clone(),
-                    Command::Join(r) => self.joining = Some(r.clone()),
+            Ok(Some(line)) => {
+                match &line {
+                    Line::Chat(Command::Nick(n)) => self.nick = n.clone(),
+                    Line::Chat(Command::Join(r)) => self.joining = Some(r.clone()),
                     _ => self.room = room,
                 }
-                Ok(cmd_tx.send(cmd).await.is_ok())
+                sink.run(line).await.or_else(|e| {
+                    self.push(format!("! {e}"));
+                    Ok(true)
+                })
             }
             Ok(None) => Ok(false),
             Err(e) => {
@@ -233,7 +236,8 @@ impl Screen {
 pub async fn run(
     room: String,
     nick: String,
-    cmd_tx: mpsc::Sender<Command>,
+    sink: Sink,
+    mut dht_rx: mpsc::Receiver<ChatEvent>,
     mut ev_rx: mpsc::Receiver<ChatEvent>,
 ) -> Result<()> {
     let _raw = Raw::enter()?;
@@ -265,6 +269,7 @@ pub async fn run(
                 None => return Ok(()),
             },
             Some(note) = notes_rx.recv() => screen.push(format!("* {note}")),
+            Some(ev) = dht_rx.recv() => screen.on_event(ev),
             key = key_rx.recv() => match key {
                 Some(Event::Key(KeyEvent { code, modifiers, kind: KeyEventKind::Press, .. })) => {
                     let ctrl = modifiers.contains(KeyModifiers::CONTROL);
@@ -273,7 +278,7 @@ pub async fn run(
                     if ctrl && code == KeyCode::Char('c') {
                         return Ok(());
                     }
-                    if enter && !screen.enter(&cmd_tx).await? {
+                    if enter && !screen.enter(&sink).await? {
                         return Ok(());
                     }
                     match code {
@@ -322,9 +327,10 @@ mod tests {
     #[tokio::test]
     async fn the_status_line_moves_to_a_room_only_once_it_is_joined() {
         let (tx, mut rx) = mpsc::channel(4);
+        let (sink, _) = Sink::new(tx, None);
         let mut s = screen();
         s.input = "/join full".into();
-        assert!(s.enter(&tx).await.expect("sent"));
+        assert!(s.enter(&sink).await.expect("sent"));
         assert_eq!(rx.recv().await, Some(Command::Join("full".into())));
         assert_eq!(s.room, "general");
         s.on_event(ChatEvent::Error {
@@ -336,9 +342,22 @@ mod tests {
             Some("! cannot join #full: this node already follows 63 rooms, the most it can")
         );
         s.input = "/join rust".into();
-        assert!(s.enter(&tx).await.expect("sent"));
+        assert!(s.enter(&sink).await.expect("sent"));
         s.on_event(ChatEvent::Info { text: "joined #rust".into() });
         assert_eq!(s.room, "rust");
+    }
+
+    /// `/search --dht` on a node without a DHT says so, and the UI goes on.
+    #[tokio::test]
+    async fn a_dht_search_without_a_dht_says_so() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let (sink, _) = Sink::new(tx, None);
+        let mut s = screen();
+        s.input = "/search --dht river".into();
+        assert!(s.enter(&sink).await.expect("the UI goes on"));
+        assert!(rx.try_recv().is_err(), "nothing for the chat service");
+        let last = s.lines.last().map(String::as_str).unwrap_or_default();
+        assert!(last.starts_with("! this node runs no DHT"), "{last:?}");
     }
 
     /// Issue 9 item 14: nothing printed to the scrollback drives the terminal.

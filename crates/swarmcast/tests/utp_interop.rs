@@ -146,6 +146,8 @@ fn downloads_over_utp_with_libtorrent_both_ways() {
 
     let port = free_port();
     let mut c = swarmcast();
+    // Its uTP recovery and its session's peer handling, printed if libtorrent's download fails.
+    c.env("SWARMCAST_LOG", "utp=debug,torrent::session=debug");
     c.arg("seed").arg(&t).arg("--data").arg(&file);
     c.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--no-dht"]);
     let mut seed = Proc::spawn("swarmcast seed", c, d);
@@ -155,8 +157,24 @@ fn downloads_over_utp_with_libtorrent_both_ways() {
     // It requires encryption (RC4): our MSE answers over uTP too.
     c.env("LT_UTP_ONLY", "1").env("LT_ENCRYPTION", "require").arg("get").arg(&t).arg(&theirs);
     c.arg(free_port().to_string()).arg(port.to_string()).arg("120");
-    let said = run_ok(c);
-    assert!(said.contains("done"), "{said}");
+    let out = c.output().expect("run libtorrent's leecher");
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let tail = |s: &str| {
+        s.lines()
+            .rev()
+            .take(200)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        out.status.success() && said.contains("done"),
+        "libtorrent's uTP download from our seed failed:\n{said}\n--- our seed, its last 200 lines ---\n{}",
+        tail(&seed.output())
+    );
     assert!(
         std::fs::read(theirs.join("payload.bin")).unwrap() == content,
         "libtorrent's copy differs"

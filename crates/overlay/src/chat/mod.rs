@@ -134,6 +134,22 @@ pub enum Command {
     },
 }
 
+impl ChatEvent {
+    /// The [`ChatEvent::Found`] of a record a search found `hops` away (over the overlay, or
+    /// in the DHT's index).
+    pub fn found(search: u64, record: search::Record, hops: u8) -> ChatEvent {
+        ChatEvent::Found {
+            search,
+            name: inert(&record.name),
+            size: record.size,
+            info_hash: hex::encode(record.info_hash),
+            peers: record.peers,
+            publisher: record.publisher.to_string(),
+            hops,
+        }
+    }
+}
+
 /// How a message reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -675,16 +691,7 @@ impl Service {
                 self.emit(ChatEvent::Neighbor { up: false, peer: format!("{peer:?}") }).await;
             }
             Event::Search(search::Output::Result { id, record, hops }) => {
-                self.emit(ChatEvent::Found {
-                    search: id,
-                    name: inert(&record.name),
-                    size: record.size,
-                    info_hash: hex::encode(record.info_hash),
-                    peers: record.peers,
-                    publisher: record.publisher.to_string(),
-                    hops,
-                })
-                .await;
+                self.emit(ChatEvent::found(id, record, hops)).await;
             }
             Event::Search(search::Output::Done { id, results }) => {
                 self.emit(ChatEvent::SearchDone { search: id, results }).await;

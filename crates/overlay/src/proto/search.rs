@@ -395,6 +395,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
                     let words = keywords(&words.join(" "));
                     // Queries come from neighbours only, and must ask for something.
                     if words.is_empty() || !self.neighbours.contains(&from) {
+                        tracing::debug!(id, walk, "query dropped: empty, or not from a neighbour");
                         self.dropped += 1;
                         return;
                     }
@@ -620,6 +621,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
             || taken.is_some_and(|n| n >= most)
             || (taken.is_none() && !self.allowed(now, &from, 1.0))
         {
+            tracing::debug!(id = q.id, hops = q.hops, ttl = q.ttl, ?taken, "walker dropped");
             self.dropped += 1;
             return;
         }
@@ -672,6 +674,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
                 list.push(Held { msg, from, until: now + self.config.check_wait });
                 self.send(q.origin, Msg::Check { id: q.id });
             } else {
+                tracing::debug!(id = q.id, "walker dropped: too many held for this walk");
                 self.dropped += 1;
             }
             return;
@@ -704,6 +707,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
 
     fn on_verdict(&mut self, id: QueryId, from: &PI, go_on: bool) {
         let Some(list) = self.held.get_mut(&id) else {
+            tracing::debug!(id, go_on, "verdict for no walker held here");
             self.dropped += 1;
             return;
         };
@@ -762,6 +766,7 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
 
     fn finish(&mut self, id: QueryId) {
         if let Some(m) = self.mine.remove(&id) {
+            tracing::debug!(id, mode = ?m.mode, found = m.found.len(), "search done");
             self.out.push_back(Output::Done { id, results: m.found.len() });
         }
         self.ours.retain(|_, search| *search != id);
@@ -777,8 +782,12 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
             self.seen.remove(&id);
         }
         // Walkers whose origin did not answer stop.
-        for list in self.held.values_mut() {
+        for (id, list) in &mut self.held {
+            let before = list.len();
             list.retain(|h| h.until > now);
+            if list.len() < before {
+                tracing::debug!(id, stopped = before - list.len(), "origin did not answer a check");
+            }
         }
         self.held.retain(|_, l| !l.is_empty());
         // Searches whose step is due.
