@@ -54,10 +54,13 @@ pub fn record_of(item: &MutableItem, now: u64) -> Result<Record> {
     Ok(record)
 }
 
+/// Files published at once (each under all its keywords at once).
+const PUBLISH_AT_ONCE: usize = 4;
+
 /// Puts the records of `files` (signed by `identity`) under each keyword of their names (a
-/// file's keywords at once), and announces each torrent on `port`, now and whenever a third of
-/// [`LIFETIME`] is left, until the task is aborted. While no DHT node takes them (the node has
-/// not joined yet), it tries again after 2 s, doubling the wait.
+/// file's keywords at once, [`PUBLISH_AT_ONCE`] files at once), and announces each torrent on
+/// `port`, now and whenever a third of [`LIFETIME`] is left, until the task is aborted. Files
+/// no DHT node took (the node has not joined yet) are tried again after 2 s, the wait doubling.
 pub fn keep_publishing(
     node: Arc<Dht>,
     identity: Identity,
@@ -65,54 +68,88 @@ pub fn keep_publishing(
     port: u16,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut retry = Duration::from_secs(2);
+        let files: Vec<Arc<overlay::chat::SharedFile>> = files.into_iter().map(Arc::new).collect();
         let mut last_seq = 0i64;
         loop {
-            let mut missed = false;
-            for f in &files {
-                let expires = unix_now() + LIFETIME.as_secs();
-                let (name, size, hash) = (f.name.clone(), f.size, f.info_hash);
-                let record = Record::signed(&identity, name, size, hash, f.peers.clone(), expires);
-                // A newer seq than any before, even if the clock stepped back.
-                let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-                last_seq = now.max(last_seq.saturating_add(1));
-                let item = match entry(&identity, &record, last_seq) {
-                    Ok(item) => item,
-                    Err(e) => {
-                        eprintln!("DHT: cannot publish {}: {e:#}", f.name);
-                        continue;
+            let mut todo: Vec<usize> = (0..files.len()).collect();
+            let mut retry = Duration::from_secs(2);
+            loop {
+                let mut missed = Vec::new();
+                let mut running = tokio::task::JoinSet::<Option<(usize, bool)>>::new();
+                for (n, &i) in todo.iter().enumerate() {
+                    if n >= PUBLISH_AT_ONCE {
+                        match running.join_next().await {
+                            Some(Ok(Some((i, done)))) => missed.extend((!done).then_some(i)),
+                            _ => return,
+                        }
                     }
-                };
-                let mut puts = tokio::task::JoinSet::new();
-                for word in search::keywords(&f.name) {
-                    let (node, item) = (node.clone(), item.clone());
-                    puts.spawn(async move { node.index_put(index_target(&word), item).await });
+                    // A newer seq than any before, even if the clock stepped back.
+                    let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+                    last_seq = now.max(last_seq.saturating_add(1));
+                    let (node, identity, f) = (node.clone(), identity.clone(), files[i].clone());
+                    let seq = last_seq;
+                    running.spawn(async move {
+                        publish(&node, &identity, &f, seq, port).await.map(|done| (i, done))
+                    });
                 }
-                let mut stored = 0;
-                while let Some(r) = puts.join_next().await {
+                while let Some(r) = running.join_next().await {
                     match r {
-                        Ok(Ok(r)) => stored += r.announced_to,
+                        Ok(Some((i, done))) => missed.extend((!done).then_some(i)),
                         _ => return,
                     }
                 }
-                if node.announce(dht::NodeId(hash), port, true).await.is_err() {
-                    return;
+                if missed.is_empty() {
+                    break;
                 }
-                tracing::info!("DHT: {} published ({stored} index entries stored)", f.name);
-                missed |= stored == 0;
-            }
-            if missed && retry < LIFETIME / 3 {
+                if retry >= LIFETIME / 3 {
+                    eprintln!(
+                        "DHT: no node took {} files' index entries; trying again later",
+                        missed.len()
+                    );
+                    break;
+                }
                 tokio::time::sleep(retry).await;
                 retry *= 2;
-            } else {
-                if missed {
-                    eprintln!("DHT: no node took some index entries; trying again later");
-                }
-                retry = Duration::from_secs(2);
-                tokio::time::sleep(LIFETIME / 3).await;
+                todo = missed;
             }
+            tokio::time::sleep(LIFETIME / 3).await;
         }
     })
+}
+
+/// Puts one file's record under each keyword of its name (at once) and announces its torrent:
+/// whether that is done (false: no node took an entry, to try again), `None` once the DHT node
+/// stopped.
+async fn publish(
+    node: &Arc<Dht>,
+    identity: &Identity,
+    f: &overlay::chat::SharedFile,
+    seq: i64,
+    port: u16,
+) -> Option<bool> {
+    let expires = unix_now() + LIFETIME.as_secs();
+    let (name, size, hash) = (f.name.clone(), f.size, f.info_hash);
+    let record = Record::signed(identity, name, size, hash, f.peers.clone(), expires);
+    let item = match entry(identity, &record, seq) {
+        Ok(item) => item,
+        Err(e) => {
+            // Not one to retry.
+            eprintln!("DHT: cannot publish {}: {e:#}", f.name);
+            return Some(true);
+        }
+    };
+    let mut puts = tokio::task::JoinSet::new();
+    for word in search::keywords(&f.name) {
+        let (node, item) = (node.clone(), item.clone());
+        puts.spawn(async move { node.index_put(index_target(&word), item).await });
+    }
+    let mut stored = 0;
+    while let Some(r) = puts.join_next().await {
+        stored += r.ok()?.ok()?.announced_to;
+    }
+    node.announce(dht::NodeId(hash), port, true).await.ok()?;
+    tracing::info!("DHT: {} published ({stored} index entries stored)", f.name);
+    Some(stored > 0)
 }
 
 /// The records under every word of `words` in the index that name them all, one per
