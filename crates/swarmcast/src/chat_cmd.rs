@@ -275,8 +275,12 @@ async fn script(
         }
     }
     drop(sink);
-    // Print what is still reported while the service shuts down.
+    // Print what is still reported while the service shuts down, and the DHT searches still
+    // running (each ends within `dht_index::SEARCH_TIMEOUT`).
     while let Some(ev) = ev_rx.recv().await {
+        print_json(&mut stdout, &ev).await?;
+    }
+    while let Some(ev) = dht_rx.recv().await {
         print_json(&mut stdout, &ev).await?;
     }
     Ok(())

@@ -59,8 +59,9 @@ const PUBLISH_AT_ONCE: usize = 4;
 
 /// Puts the records of `files` (signed by `identity`) under each keyword of their names (a
 /// file's keywords at once, [`PUBLISH_AT_ONCE`] files at once), and announces each torrent on
-/// `port`, now and whenever a third of [`LIFETIME`] is left, until the task is aborted. Files
-/// no DHT node took (the node has not joined yet) are tried again after 2 s, the wait doubling.
+/// `port`, in rounds a third of [`LIFETIME`] apart, until the task is aborted. Within a round,
+/// files no DHT node took (the node has not joined yet) are tried again after 2 s, the wait
+/// doubling, until the next round is due.
 pub fn keep_publishing(
     node: Arc<Dht>,
     identity: Identity,
@@ -69,8 +70,10 @@ pub fn keep_publishing(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let files: Vec<Arc<overlay::chat::SharedFile>> = files.into_iter().map(Arc::new).collect();
-        let mut last_seq = 0i64;
+        // Each file's last seq (its entries' salt is its info-hash, so seqs are per file).
+        let mut seqs = vec![0i64; files.len()];
         loop {
+            let next_round = tokio::time::Instant::now() + LIFETIME / 3;
             let mut todo: Vec<usize> = (0..files.len()).collect();
             let mut retry = Duration::from_secs(2);
             loop {
@@ -83,11 +86,11 @@ pub fn keep_publishing(
                             _ => return,
                         }
                     }
-                    // A newer seq than any before, even if the clock stepped back.
+                    // The signing second; one more than the last if the clock stepped back.
                     let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-                    last_seq = now.max(last_seq.saturating_add(1));
-                    let (node, identity, f) = (node.clone(), identity.clone(), files[i].clone());
-                    let seq = last_seq;
+                    seqs[i] = now.max(seqs[i].saturating_add(1));
+                    let (node, identity, f, seq) =
+                        (node.clone(), identity.clone(), files[i].clone(), seqs[i]);
                     running.spawn(async move {
                         publish(&node, &identity, &f, seq, port).await.map(|done| (i, done))
                     });
@@ -101,9 +104,9 @@ pub fn keep_publishing(
                 if missed.is_empty() {
                     break;
                 }
-                if retry >= LIFETIME / 3 {
+                if tokio::time::Instant::now() + retry >= next_round {
                     eprintln!(
-                        "DHT: no node took {} files' index entries; trying again later",
+                        "DHT: no node took the index entries of {} files; trying again later",
                         missed.len()
                     );
                     break;
@@ -112,7 +115,7 @@ pub fn keep_publishing(
                 retry *= 2;
                 todo = missed;
             }
-            tokio::time::sleep(LIFETIME / 3).await;
+            tokio::time::sleep_until(next_round).await;
         }
     })
 }
@@ -138,8 +141,14 @@ async fn publish(
             return Some(true);
         }
     };
+    let words = search::keywords(&f.name);
+    if words.is_empty() {
+        // Nothing to put it under (no word of its name has two letters): announced only.
+        node.announce(dht::NodeId(hash), port, true).await.ok()?;
+        return Some(true);
+    }
     let mut puts = tokio::task::JoinSet::new();
-    for word in search::keywords(&f.name) {
+    for word in words {
         let (node, item) = (node.clone(), item.clone());
         puts.spawn(async move { node.index_put(index_target(&word), item).await });
     }

@@ -46,8 +46,8 @@ pub struct SearchArgs {
     /// Anchor node to join through, HOST:PORT (repeatable).
     #[arg(long = "anchor")]
     pub anchors: Vec<String>,
-    /// A DHT node to join through for --mode dht, HOST:PORT (repeatable): a swarmcast node's
-    /// (`swarmcast dht node`, or a sharing node's seeding port).
+    /// A DHT node to join through for --mode dht and auto, HOST:PORT (repeatable): a swarmcast
+    /// node's (`swarmcast dht node`, or a sharing node's seeding port).
     #[arg(long = "dht-bootstrap")]
     pub dht_bootstrap: Vec<String>,
     /// How to search.
@@ -178,7 +178,12 @@ pub async fn run(args: SearchArgs) -> Result<()> {
         if dht_tx.is_some() && (asked.is_none() || overlay_done) {
             dht_tx = None;
             dht_done = true;
+            if overlay_done {
+                break;
+            }
         }
+        // While only the DHT's lookups run, the overlay node is not polled: it is a
+        // short-lived asker, with nothing to answer.
         let event = tokio::time::timeout_at(deadline, async {
             tokio::select! {
                 ev = driver.next_event(), if !overlay_done => Some(ev),
@@ -224,9 +229,14 @@ pub async fn run(args: SearchArgs) -> Result<()> {
     let mut refused = driver.refused_records();
     driver.shutdown().await;
     if let Some(task) = dht_task {
-        task.abort();
-        if let Ok(Ok(n)) = task.await {
-            refused += n as u64;
+        // Ended by now unless the search timed out.
+        if timed_out {
+            task.abort();
+        }
+        match task.await {
+            Ok(Ok(n)) => refused += n as u64,
+            Ok(Err(e)) => eprintln!("DHT: {e:#}; the results are the overlay's"),
+            Err(_) => {}
         }
     }
     if timed_out && !args.json {
@@ -303,8 +313,11 @@ async fn run_dht(args: &SearchArgs, text: &str) -> Result<()> {
 /// (found both in the overlay and in the DHT).
 fn add_result(found: &mut BTreeMap<[u8; 20], Found>, record: Record, hops: u8, json: bool) -> bool {
     let publisher = record.publisher.to_string();
-    if found.get(&record.info_hash).is_some_and(|f| f.publishers.contains(&publisher)) {
-        return false;
+    if let Some(f) = found.get_mut(&record.info_hash) {
+        if f.publishers.contains(&publisher) {
+            f.hops = f.hops.min(hops);
+            return false;
+        }
     }
     let f = found.entry(record.info_hash).or_insert_with(|| Found {
         record: record.clone(),
