@@ -879,7 +879,6 @@ pub fn index_search(
     churn: f64,
     progress: &mut dyn FnMut(&str),
 ) -> IndexCell {
-    use ed25519_dalek::Signer;
     let mut sim = Sim::new(scenario);
     for _ in 0..scenario.nodes {
         sim.add_honest();
@@ -897,16 +896,7 @@ pub fn index_search(
         }
         let mut puts = Vec::new();
         for &h in &holders {
-            let key = ed25519_dalek::SigningKey::from_bytes(&sim.rng.random());
-            let value = Value::Bytes(format!("item{q} film, copy at node {h}").into_bytes());
-            let sig = key.sign(&MutableItem::signed_bytes(b"", 1, &value)).to_bytes();
-            let item = MutableItem {
-                key: key.verifying_key().to_bytes(),
-                salt: vec![],
-                seq: 1,
-                value,
-                sig,
-            };
+            let item = index_entry(&mut sim.rng, format!("item{q} film, copy at node {h}"));
             let lid = sim.lookup(h, Purpose::Setup, |c, now| c.index_put(now, target, item), None);
             puts.extend(lid.map(|l| (h, l.0)));
         }
@@ -976,6 +966,15 @@ pub fn index_search(
         cell,
         put_messages: put_costs.iter().sum::<f64>() / put_costs.len().max(1) as f64,
     }
+}
+
+/// A keyword index entry of `text` under a fresh key (seq 1, no salt).
+fn index_entry(rng: &mut ChaCha8Rng, text: String) -> MutableItem {
+    use ed25519_dalek::Signer;
+    let key = ed25519_dalek::SigningKey::from_bytes(&rng.random());
+    let value = Value::Bytes(text.into_bytes());
+    let sig = key.sign(&MutableItem::signed_bytes(b"", 1, &value)).to_bytes();
+    MutableItem { key: key.verifying_key().to_bytes(), salt: vec![], seq: 1, value, sig }
 }
 
 /// Sybils next to an item's target; the item put and got with and without the BEP 42 rule.
@@ -1057,7 +1056,6 @@ fn churn_scenario(
     items: Vec<(u32, Value)>,
     progress: &mut dyn FnMut(&str),
 ) -> ChurnReport {
-    use ed25519_dalek::Signer;
     let s = sim.scenario.clone();
     let keep: HashSet<u32> =
         torrents.iter().map(|t| t.0).chain(items.iter().map(|i| i.0)).collect();
@@ -1071,16 +1069,7 @@ fn churn_scenario(
         .iter()
         .enumerate()
         .map(|(k, (who, _))| {
-            let key = ed25519_dalek::SigningKey::from_bytes(&sim.rng.random());
-            let value = Value::Bytes(format!("word{k} film, shared by node {who}").into_bytes());
-            let sig = key.sign(&MutableItem::signed_bytes(b"", 1, &value)).to_bytes();
-            let item = MutableItem {
-                key: key.verifying_key().to_bytes(),
-                salt: vec![],
-                seq: 1,
-                value,
-                sig,
-            };
+            let item = index_entry(&mut sim.rng, format!("word{k} film, shared by node {who}"));
             (*who, index_target(&format!("word{k}")), item)
         })
         .collect();

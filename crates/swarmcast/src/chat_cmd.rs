@@ -94,19 +94,6 @@ fn default_data(name: &str) -> PathBuf {
     base.join("swarmcast").join(name)
 }
 
-pub async fn resolve(anchors: &[String]) -> Result<Vec<SocketAddr>> {
-    let mut out = Vec::new();
-    for a in anchors {
-        let addr = tokio::net::lookup_host(a.as_str())
-            .await
-            .with_context(|| format!("cannot resolve anchor {a:?}; give it as HOST:PORT"))?
-            .next()
-            .with_context(|| format!("anchor {a:?} resolves to no address"))?;
-        out.push(addr);
-    }
-    Ok(out)
-}
-
 /// Starts sharing `dir` (if given) on the address the node advertises; with a DHT node, also
 /// publishes the files in the DHT's keyword index, signed by the node's key (in `data`, as the
 /// chat service loads it).
@@ -217,7 +204,7 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
         data,
         listen: args.listen,
         advertise: args.advertise,
-        anchors: resolve(&args.anchors).await?,
+        anchors: crate::anchors::resolve(&args.anchors).await?,
         nick: args.nick.clone(),
         rooms: vec![args.room.clone()],
         node: Default::default(),
@@ -306,7 +293,7 @@ pub async fn relay(args: RelayArgs, role: &str) -> Result<()> {
         data,
         listen: args.listen,
         advertise: args.advertise,
-        anchors: resolve(&args.anchors).await?,
+        anchors: crate::anchors::resolve(&args.anchors).await?,
         nick: role.to_string(),
         rooms: vec!["general".to_string()],
         node: Default::default(),

@@ -251,7 +251,7 @@ pub async fn contacts_via_overlay(
 ) -> Result<Vec<std::net::SocketAddr>> {
     use overlay::chat::envelope::{dht_contacts_from, Sync};
     use overlay::driver::{Driver, Event};
-    let anchors = crate::chat_cmd::resolve(anchors).await?;
+    let anchors = crate::anchors::resolve(anchors).await?;
     let identity = Identity::generate(&mut rand::rng());
     let endpoint = overlay::transport::Endpoint::bind(&identity, listen)
         .with_context(|| format!("cannot listen on {listen}"))?;

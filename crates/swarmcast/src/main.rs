@@ -13,8 +13,11 @@
 //! - `stream_cmd.rs`, `stream_serve.rs`: `stream eval`, `stream package`, `stream origin` (issue 5).
 //! - `play_cmd.rs`: `play`, the headless DASH player (issue 5).
 //! - `search_cmd.rs`: `search`, distributed search over the overlay; `share.rs`: `--share DIR`
-//!   of the overlay nodes, which seeds what it publishes (issue 14).
+//!   of the overlay nodes, which seeds what it publishes; `dht_index.rs`: the DHT keyword
+//!   index's entries, publishing and lookups (issue 14).
+//! - `anchors.rs`: `--anchor HOST:PORT` resolved.
 
+mod anchors;
 mod chat_cmd;
 mod chat_demo;
 mod chat_line;

@@ -123,7 +123,7 @@ pub async fn run(args: SearchArgs) -> Result<()> {
         bail!("give an overlay node to join through: --anchor HOST:PORT (or use --mode dht)");
     }
     let auto = args.mode == SearchMode::Auto;
-    let anchors = crate::chat_cmd::resolve(&args.anchors).await?;
+    let anchors = crate::anchors::resolve(&args.anchors).await?;
     let identity = Identity::generate(&mut rand::rng());
     let endpoint = Endpoint::bind(&identity, args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -236,6 +236,9 @@ pub async fn run(args: SearchArgs) -> Result<()> {
         match task.await {
             Ok(Ok(n)) => refused += n as u64,
             Ok(Err(e)) => eprintln!("DHT: {e:#}; the results are the overlay's"),
+            Err(e) if !timed_out => {
+                eprintln!("DHT: the lookup task failed ({e}); the results are the overlay's")
+            }
             Err(_) => {}
         }
     }

@@ -592,7 +592,13 @@ impl<PI: Clone + Ord + std::fmt::Debug, R: Rng> Search<PI, R> {
     }
 
     fn on_flood(&mut self, now: Instant, from: PI, q: Query<PI>) {
-        if !self.allowed(now, &from, 1.0) || !self.remember(now, q.id, &from) {
+        if !self.allowed(now, &from, 1.0) {
+            tracing::debug!(id = q.id, "flooded query dropped: over its neighbour's budget");
+            self.dropped += 1;
+            return;
+        }
+        if !self.remember(now, q.id, &from) {
+            // A duplicate: the flood reached us by another path.
             self.dropped += 1;
             return;
         }
