@@ -178,15 +178,13 @@ pub async fn run(args: SearchArgs) -> Result<()> {
         if dht_tx.is_some() && (asked.is_none() || overlay_done) {
             dht_tx = None;
             dht_done = true;
-            if overlay_done {
-                break;
-            }
+            continue;
         }
-        // While only the DHT's lookups run, the overlay node is not polled: it is a
-        // short-lived asker, with nothing to answer.
+        // The overlay node is polled to the end (while the DHT's lookups run, it keeps its
+        // connections), and what it reports after its search ended is ignored.
         let event = tokio::time::timeout_at(deadline, async {
             tokio::select! {
-                ev = driver.next_event(), if !overlay_done => Some(ev),
+                ev = driver.next_event() => Some(ev),
                 r = dht_rx.recv(), if !dht_done => r.map(|(record, hops)| {
                     Event::Search(search::Output::Result { id, record, hops })
                 }),
@@ -268,6 +266,10 @@ async fn dht_side(
 /// `swarmcast search --mode dht`.
 async fn run_dht(args: &SearchArgs, text: &str) -> Result<()> {
     let started = tokio::time::Instant::now();
+    // One --timeout for all of it: joining, then the lookups.
+    let deadline = started + args.timeout;
+    let out_of_time =
+        || anyhow::anyhow!("no answer within {}", humantime::format_duration(args.timeout));
     let mut bootstrap = args.dht_bootstrap.clone();
     if bootstrap.is_empty() {
         if args.anchors.is_empty() {
@@ -279,8 +281,10 @@ async fn run_dht(args: &SearchArgs, text: &str) -> Result<()> {
                 .await?;
         bootstrap = contacts.iter().map(ToString::to_string).collect();
     }
-    let node = crate::dht_cmd::node_for_torrent(args.listen.ip(), &bootstrap, None, None)
+    let joining = crate::dht_cmd::node_for_torrent(args.listen.ip(), &bootstrap, None, None);
+    let node = tokio::time::timeout_at(deadline, joining)
         .await
+        .map_err(|_| out_of_time())?
         .with_context(|| format!("could not join the DHT through {}", bootstrap.join(", ")))?;
     let words = search::keywords(text);
     let (tx, mut rx) = mpsc::channel(64);
@@ -289,7 +293,7 @@ async fn run_dht(args: &SearchArgs, text: &str) -> Result<()> {
     // Each result is printed as its word's lookup ends.
     let mut files: BTreeMap<[u8; 20], Found> = BTreeMap::new();
     let mut results = 0;
-    let all = tokio::time::timeout(args.timeout, async {
+    let all = tokio::time::timeout_at(deadline, async {
         while let Some((record, hops)) = rx.recv().await {
             results += usize::from(add_result(&mut files, record, hops, args.json));
         }
