@@ -19,10 +19,13 @@
 //! # Every datagram is hostile
 //! - The version must be 1 and the type one of the five; anything else is an error.
 //! - The extension chain must fit the datagram; at most [`MAX_EXTENSIONS`] extensions are read.
-//!   A selective ACK must be 1 to [`MAX_SACK_BYTES`] bytes. BEP 29 asks for a multiple of 4,
-//!   and we send that, but libtorrent 2.0 sends any length (9 and 10 bytes were seen): a
-//!   codec that refused them ignored its acknowledgements and stalled. Other extension types
-//!   are skipped.
+//!   A selective ACK must be 1 to [`MAX_SACK_BYTES`] bytes (any length its one length byte can
+//!   say). BEP 29 asks for a multiple of 4, and we send that, but libtorrent 2.0 sends any
+//!   length (9 and 10 bytes were seen), and sizes its bitmask to cover its whole reorder
+//!   buffer, up to what fits in a packet (88 bytes were seen after a burst of 700 packets lost
+//!   its first): a codec that refused either ignored every acknowledgement that carried one,
+//!   and the transfer stalled for good. Reading a long one costs nothing more: only the bits
+//!   of packets in flight are looked at. Other extension types are skipped.
 //! - A datagram is at most [`MAX_PACKET`] bytes; larger ones are refused before parsing.
 //!
 //! Decoding returns [`PacketError`]; the caller drops the datagram and counts it. It never
@@ -35,9 +38,9 @@ pub const MAX_PACKET: usize = 64 * 1024;
 pub const HEADER_LEN: usize = 20;
 /// Extensions read from one packet, at most.
 pub const MAX_EXTENSIONS: usize = 8;
-/// The longest selective-ACK bitmask accepted (512 packets past `ack_nr + 1`); we send at
-/// most [`SEND_SACK_BYTES`].
-pub const MAX_SACK_BYTES: usize = 64;
+/// The longest selective-ACK bitmask accepted: any its length byte can say (2,040 packets past
+/// `ack_nr + 1`); we send at most [`SEND_SACK_BYTES`].
+pub const MAX_SACK_BYTES: usize = 255;
 /// The longest selective ACK we send (256 packets, as libtorrent), a multiple of 4.
 pub const SEND_SACK_BYTES: usize = 32;
 
@@ -285,19 +288,27 @@ mod tests {
             v.extend_from_slice(&[9, 0]);
         }
         assert_eq!(Packet::decode(&v), Err(PacketError::TooManyExtensions));
-        // Selective ACKs of a bad size; any other length is read (libtorrent sends 9 or 10).
-        for len in [0u8, 65, 200] {
-            let mut v = good[..20].to_vec();
-            v[1] = 1;
-            v.extend_from_slice(&[0, len]);
-            v.extend(std::iter::repeat_n(0, usize::from(len)));
-            assert_eq!(Packet::decode(&v), Err(PacketError::Sack(usize::from(len))));
-        }
+        // An empty selective ACK is refused; any other length is read (libtorrent sends 9 or
+        // 10 bytes, and 88 after a burst of 700 packets lost its first).
+        let mut v = good[..20].to_vec();
+        v[1] = 1;
+        v.extend_from_slice(&[0, 0]);
+        assert_eq!(Packet::decode(&v), Err(PacketError::Sack(0)));
         let mut v = good[..20].to_vec();
         v[1] = 1;
         v.extend_from_slice(&[0, 9, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x80]);
         let p = Packet::decode(&v).unwrap();
         assert!(p.header.sacked(0) && p.header.sacked(71) && !p.header.sacked(72));
+        for len in [65u8, 88, 255] {
+            let mut v = good[..20].to_vec();
+            v[1] = 1;
+            v.extend_from_slice(&[0, len]);
+            v.extend(std::iter::repeat_n(0, usize::from(len) - 1));
+            v.push(0x80);
+            let p = Packet::decode(&v).unwrap_or_else(|e| panic!("a {len}-byte SACK: {e}"));
+            let last = usize::from(len) * 8 - 1;
+            assert!(p.header.sacked(last) && !p.header.sacked(last - 1) && !p.header.sacked(0));
+        }
         // An unknown extension is skipped.
         let mut v = good[..20].to_vec();
         v[1] = 2;
