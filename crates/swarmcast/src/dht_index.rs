@@ -11,9 +11,8 @@
 //! entry's key and salt are the record's publisher and info-hash, so no entry can speak for a
 //! record it does not carry.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use dht::proto::core::{index_target, MutableItem};
@@ -141,12 +140,10 @@ async fn publish(
             return Some(true);
         }
     };
+    // A name with no word of two letters has nothing to put it under: announced only, and
+    // done.
     let words = search::keywords(&f.name);
-    if words.is_empty() {
-        // Nothing to put it under (no word of its name has two letters): announced only.
-        node.announce(dht::NodeId(hash), port, true).await.ok()?;
-        return Some(true);
-    }
+    let nothing_to_put = words.is_empty();
     let mut puts = tokio::task::JoinSet::new();
     for word in words {
         let (node, item) = (node.clone(), item.clone());
@@ -158,7 +155,7 @@ async fn publish(
     }
     node.announce(dht::NodeId(hash), port, true).await.ok()?;
     tracing::info!("DHT: {} published ({stored} index entries stored)", f.name);
-    Some(stored > 0)
+    Some(nothing_to_put || stored > 0)
 }
 
 /// The records under every word of `words` in the index that name them all, one per
@@ -176,7 +173,8 @@ pub async fn find(
         lookups.spawn(async move { node.index_get(target).await });
     }
     let now = unix_now();
-    // At most MAX_INDEX_PER_TARGET entries a word, so this set is bounded.
+    // A lookup brings at most `dht::proto::core::MAX_LOOKUP_ITEMS` entries, so this set is
+    // bounded by that many per word.
     let mut sent = std::collections::BTreeSet::new();
     let mut refused = 0;
     while let Some(r) = lookups.join_next().await {

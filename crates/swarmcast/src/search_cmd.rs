@@ -240,11 +240,8 @@ pub async fn run(args: SearchArgs) -> Result<()> {
             Err(_) => {}
         }
     }
-    if timed_out && !args.json {
-        eprintln!(
-            "stopped after {} (--timeout); the results so far:",
-            humantime::format_duration(args.timeout)
-        );
+    if timed_out {
+        say_timed_out(&args);
     }
     print_summary(&found, results, refused, started, args.json)
 }
@@ -266,10 +263,6 @@ async fn dht_side(
 /// `swarmcast search --mode dht`.
 async fn run_dht(args: &SearchArgs, text: &str) -> Result<()> {
     let started = tokio::time::Instant::now();
-    // One --timeout for all of it: joining, then the lookups.
-    let deadline = started + args.timeout;
-    let out_of_time =
-        || anyhow::anyhow!("no answer within {}", humantime::format_duration(args.timeout));
     let mut bootstrap = args.dht_bootstrap.clone();
     if bootstrap.is_empty() {
         if args.anchors.is_empty() {
@@ -281,19 +274,13 @@ async fn run_dht(args: &SearchArgs, text: &str) -> Result<()> {
                 .await?;
         bootstrap = contacts.iter().map(ToString::to_string).collect();
     }
-    let joining = crate::dht_cmd::node_for_torrent(args.listen.ip(), &bootstrap, None, None);
-    let node = tokio::time::timeout_at(deadline, joining)
-        .await
-        .map_err(|_| out_of_time())?
-        .with_context(|| format!("could not join the DHT through {}", bootstrap.join(", ")))?;
-    let words = search::keywords(text);
     let (tx, mut rx) = mpsc::channel(64);
-    let lookup =
-        tokio::spawn(async move { crate::dht_index::find(Arc::new(node), &words, tx).await });
-    // Each result is printed as its word's lookup ends.
+    let lookup = tokio::spawn(dht_side(args.listen, bootstrap, text.to_string(), tx));
+    // Each result is printed as its word's lookup ends; one --timeout covers joining the DHT
+    // and the lookups.
     let mut files: BTreeMap<[u8; 20], Found> = BTreeMap::new();
     let mut results = 0;
-    let all = tokio::time::timeout_at(deadline, async {
+    let all = tokio::time::timeout_at(started + args.timeout, async {
         while let Some((record, hops)) = rx.recv().await {
             results += usize::from(add_result(&mut files, record, hops, args.json));
         }
@@ -303,16 +290,21 @@ async fn run_dht(args: &SearchArgs, text: &str) -> Result<()> {
         Ok(()) => lookup.await.context("the lookup task failed")??,
         Err(_) => {
             lookup.abort();
-            if !args.json {
-                eprintln!(
-                    "stopped after {} (--timeout); the results so far:",
-                    humantime::format_duration(args.timeout)
-                );
-            }
+            say_timed_out(args);
             0
         }
     };
     print_summary(&files, results, refused as u64, started, args.json)
+}
+
+/// Says that `--timeout` cut a search short (not in `--json`, whose summary line has its time).
+fn say_timed_out(args: &SearchArgs) {
+    if !args.json {
+        eprintln!(
+            "stopped after {} (--timeout); the results so far:",
+            humantime::format_duration(args.timeout)
+        );
+    }
 }
 
 /// Counts a result under its file (by info-hash: its publishers, its sources, the fewest hops)

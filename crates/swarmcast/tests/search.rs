@@ -54,6 +54,26 @@ fn search_log(nodes: &[Proc]) -> String {
     out
 }
 
+/// Every node searches every file by its word with `/search FLAG WORD`, two nodes at a time,
+/// each pair waited for (and a pair started at most every `pace`).
+fn search_in_pairs(nodes: &mut [Proc], flag: &str, pace: Duration) {
+    for pair in (0..nodes.len()).collect::<Vec<_>>().chunks(2) {
+        let pair_started = Instant::now();
+        let mut want = Vec::new();
+        for &i in pair {
+            want.push(searched(&nodes[i]).0 + FILES.len());
+            for (_, word) in FILES {
+                nodes[i].send_line(&format!("/search {flag} {word}"));
+            }
+        }
+        for (&i, &want) in pair.iter().zip(&want) {
+            let what = format!("n{i} to finish {want} searches ({flag})");
+            wait_for(&what, Duration::from_secs(60), || searched(&nodes[i]).0 >= want);
+        }
+        std::thread::sleep(pace.saturating_sub(pair_started.elapsed()));
+    }
+}
+
 fn start_node(i: usize, anchor: u16, dir: &Path, share: Option<&Path>) -> Proc {
     let mut cmd = swarmcast();
     cmd.args(["chat", "--script", "--nick", &format!("n{i}")])
@@ -112,23 +132,9 @@ fn twenty_nodes_find_every_shared_file_in_every_mode_and_download_one() {
     // (back to back, pairs ran 100 walks a second through the same links and walkers were
     // dropped for it). The budget, not the search, is what that would test.
     let started = Instant::now();
-    let mut asked = [0usize; NODES];
     for mode in ["--flood", "--ring", "--walk"] {
         let before: Vec<usize> = nodes.iter().map(|p| searched(p).1.len()).collect();
-        for pair in (0..NODES).collect::<Vec<_>>().chunks(2) {
-            let pair_started = Instant::now();
-            for &i in pair {
-                for (_, word) in FILES {
-                    nodes[i].send_line(&format!("/search {mode} {word}"));
-                }
-                asked[i] += FILES.len();
-            }
-            for &i in pair {
-                let what = format!("n{i} to finish {} searches ({mode})", asked[i]);
-                wait_for(&what, Duration::from_secs(60), || searched(&nodes[i]).0 >= asked[i]);
-            }
-            std::thread::sleep(Duration::from_secs(1).saturating_sub(pair_started.elapsed()));
-        }
+        search_in_pairs(&mut nodes, mode, Duration::from_secs(1));
         for (i, node) in nodes.iter().enumerate() {
             // Every file, found by its word, in this mode: the results since the last mode's.
             let (_, found) = searched(node);
@@ -145,7 +151,7 @@ fn twenty_nodes_find_every_shared_file_in_every_mode_and_download_one() {
     }
     eprintln!(
         "{} searches by {NODES} nodes in {:.1} s",
-        asked.iter().sum::<usize>(),
+        3 * FILES.len() * NODES,
         started.elapsed().as_secs_f64()
     );
     // Nothing else was found: one sharer per file, so one result per search; a sharer finds
@@ -198,25 +204,13 @@ fn twenty_nodes_find_every_shared_file_in_every_mode_and_download_one() {
     // its own DHT node), two nodes at a time.
     let before: Vec<(usize, usize)> =
         nodes.iter().map(searched).map(|(d, f)| (d, f.len())).collect();
-    for pair in (0..NODES).collect::<Vec<_>>().chunks(2) {
-        for &i in pair {
-            for (_, word) in FILES {
-                nodes[i].send_line(&format!("/search --dht {word}"));
-            }
-        }
-        for &i in pair {
-            let what = format!("n{i} to finish {} DHT searches", FILES.len());
-            let want = before[i].0 + FILES.len();
-            wait_for(&what, Duration::from_secs(60), || searched(&nodes[i]).0 >= want);
-        }
-    }
+    search_in_pairs(&mut nodes, "--dht", Duration::ZERO);
     for (i, node) in nodes.iter().enumerate() {
         let (done, found) = searched(node);
         assert_eq!(done, before[i].0 + FILES.len(), "n{i}");
-        let names: Vec<&str> =
+        let mut got: Vec<&str> =
             found[before[i].1..].iter().filter_map(|v| v["name"].as_str()).collect();
         let mut expected: Vec<&str> = FILES.iter().map(|(name, _)| *name).collect();
-        let mut got = names.clone();
         got.sort_unstable();
         expected.sort_unstable();
         assert_eq!(got, expected, "n{i}: each file once, by the DHT\n{}", node.output());

@@ -134,22 +134,6 @@ pub enum Command {
     },
 }
 
-impl ChatEvent {
-    /// The [`ChatEvent::Found`] of a record a search found `hops` away (over the overlay, or
-    /// in the DHT's index).
-    pub fn found(search: u64, record: search::Record, hops: u8) -> ChatEvent {
-        ChatEvent::Found {
-            search,
-            name: inert(&record.name),
-            size: record.size,
-            info_hash: hex::encode(record.info_hash),
-            peers: record.peers,
-            publisher: record.publisher.to_string(),
-            hops,
-        }
-    }
-}
-
 /// How a message reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -263,6 +247,22 @@ pub enum ChatEvent {
         /// What went wrong and what to do.
         text: String,
     },
+}
+
+impl ChatEvent {
+    /// The [`ChatEvent::Found`] of a record a search found `hops` away (over the overlay, or
+    /// in the DHT's index).
+    pub fn found(search: u64, record: search::Record, hops: u8) -> ChatEvent {
+        ChatEvent::Found {
+            search,
+            name: inert(&record.name),
+            size: record.size,
+            info_hash: hex::encode(record.info_hash),
+            peers: record.peers,
+            publisher: record.publisher.to_string(),
+            hops,
+        }
+    }
 }
 
 /// Errors that stop the service.
