@@ -323,11 +323,16 @@ mod tests {
         }
     }
 
+    /// A sink to a chat service (the receiver), on a node with no DHT.
+    fn sink_without_dht() -> (Sink, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(4);
+        (Sink::new(tx, None).0, rx)
+    }
+
     /// Issue 9 item 12: a refused `/join` used to look like a successful one.
     #[tokio::test]
     async fn the_status_line_moves_to_a_room_only_once_it_is_joined() {
-        let (tx, mut rx) = mpsc::channel(4);
-        let (sink, _) = Sink::new(tx, None);
+        let (sink, mut rx) = sink_without_dht();
         let mut s = screen();
         s.input = "/join full".into();
         assert!(s.enter(&sink).await.expect("sent"));
@@ -350,8 +355,7 @@ mod tests {
     /// `/search --dht` on a node without a DHT says so, and the UI goes on.
     #[tokio::test]
     async fn a_dht_search_without_a_dht_says_so() {
-        let (tx, mut rx) = mpsc::channel(4);
-        let (sink, _) = Sink::new(tx, None);
+        let (sink, mut rx) = sink_without_dht();
         let mut s = screen();
         s.input = "/search --dht river".into();
         assert!(s.enter(&sink).await.expect("the UI goes on"));
