@@ -171,6 +171,11 @@ fuzz_target!(|data: &[u8]| {
                     tc.handle(now, Input::ConnectFailed(addr(arg)));
                 }
             }
+            6 if to_metadata => {
+                // More addresses, known and new (the answer to WantPeers).
+                let addrs = (0..arg % 8).map(|i| addr(arg.wrapping_add(i))).collect();
+                mc.handle(now, metadata::Input::Peers(addrs));
+            }
             6 => {
                 // The owner's verdict on the oldest piece it was asked to verify.
                 if !verdicts.is_empty() {

@@ -27,6 +27,13 @@
 //!   data is never corrupt); the final sync is immediate.
 //! - **Free riders** never unchoke anyone and never serve a block; what they get is what the
 //!   others' chokers give them (optimistic unchokes, and the seeds' slots).
+//! - **Magnet links** (`magnet`): a leecher starts with the info-hash alone, as `swarmcast get
+//!   MAGNET` does: it announces once (the tracker hands it out to others from then on), gives
+//!   the answer to a [`MetadataCore`], the type `get` runs, and dials for the info dictionary
+//!   (BEP 9), which every running [`TorrentCore`] serves; a dial to a node still fetching is
+//!   refused, as a session with no torrent for that info-hash refuses it. Once the dictionary's
+//!   SHA-1 matches, the fetch's connections close and the leecher's `TorrentCore` starts and
+//!   announces, as `get` does. A fetch that fails ends that leecher (as `get` exits).
 //!
 //! Measurements follow the lab's ([`crate::lab`]): completion of each leecher since its arrival,
 //! the bound, utilization, and the start-up / middle / tail breakdown from a timeline of
@@ -41,8 +48,12 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use torrent::metainfo::auto_piece_size;
+use torrent::metainfo::{auto_piece_size, single_file_info, Info, InfoHash};
 use torrent::proto::choker::ChokerConfig;
+use torrent::proto::ext::MAX_METADATA;
+use torrent::proto::metadata::{
+    Input as FetchInput, MetadataConfig, MetadataCore, Output as FetchOutput,
+};
 use torrent::proto::picker::PickerConfig;
 use torrent::proto::torrent::{CoreConfig, Geometry, Input, Output, TorrentCore, TorrentEvent};
 use torrent::proto::wire::Message;
@@ -103,6 +114,8 @@ pub struct SwarmConfig {
     pub rarest_first: bool,
     /// The seeder super-seeds (BEP 16) until every piece went out once.
     pub super_seed: bool,
+    /// Leechers start from a magnet link: they fetch the info dictionary from peers first.
+    pub magnet: bool,
     pub latency_min: Duration,
     pub latency_max: Duration,
     /// Caps count bytes on the wire, TCP/IP headers included (as the `--netns` lab's kernel
@@ -137,6 +150,7 @@ impl SwarmConfig {
             arrivals: Arrivals::Flash,
             rarest_first: true,
             super_seed: false,
+            magnet: false,
             latency_min: Duration::from_millis(20),
             latency_max: Duration::from_millis(80),
             wire_overhead: true,
@@ -195,6 +209,11 @@ pub enum SwarmError {
         virtual_s: f64,
         events: u64,
     },
+    #[error(
+        "{failed} of {n} leechers could not fetch the torrent's metadata (the last: {last}); \
+         {complete} completed, {virtual_s:.1} s of virtual time"
+    )]
+    MetadataFailed { failed: usize, n: usize, complete: usize, last: String, virtual_s: f64 },
 }
 
 /// One class of leechers' completion times (seconds since arrival).
@@ -220,6 +239,9 @@ pub struct SwarmReport {
     /// Leechers that stayed after completing and those that left, completion since arrival.
     pub stayed: Option<ClassStats>,
     pub left: Option<ClassStats>,
+    /// Magnet leechers: seconds from arrival until the info dictionary was fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_fetch: Option<ClassStats>,
     /// Blocks that arrived for pieces already verified (endgame duplicates, late arrivals).
     pub wasted_blocks: u64,
     pub events: u64,
@@ -246,10 +268,20 @@ impl At {
 enum Ev {
     Arrive(u32),
     Timer(u32, u64),
-    Deliver { to: u32, key: PeerKey, msg: Message },
+    Deliver {
+        to: u32,
+        key: PeerKey,
+        msg: Message,
+    },
     TxDone(u32),
-    Connected { node: u32, key: PeerKey, peer: u32, outgoing: bool },
-    ConnectFailed(u32, SocketAddr),
+    Connected {
+        node: u32,
+        key: PeerKey,
+        peer: u32,
+        outgoing: bool,
+    },
+    /// A dial failed: the node, the address, whether its metadata fetch dialled it.
+    ConnectFailed(u32, SocketAddr, bool),
     Closed(u32, PeerKey),
     Announced(u32, Vec<SocketAddr>),
     Core(u32, Input),
@@ -294,6 +326,14 @@ struct Conn {
 
 struct Node {
     core: Option<TorrentCore>,
+    /// A magnet leecher's metadata fetch, until the dictionary arrives or the fetch fails.
+    fetch: Option<MetadataCore>,
+    /// Connections the fetch dialled (closed when it ends).
+    fetch_conns: Vec<PeerKey>,
+    /// A magnet leecher waits for its first tracker answer to start the fetch.
+    awaiting_peers: bool,
+    /// When the fetch ended with the dictionary.
+    fetched: Option<At>,
     upload: u64,
     free_rider: bool,
     leaves: bool,
@@ -367,6 +407,12 @@ struct Sim {
     tail_from: Option<f64>,
     complete: usize,
     first_arrival: Option<At>,
+    /// The info dictionary every `TorrentCore` serves, and its SHA-1.
+    info: Bytes,
+    info_hash: InfoHash,
+    /// Magnet leechers whose fetch failed, and the last reason.
+    fetch_failed: usize,
+    fetch_error: String,
 }
 
 /// Runs one simulation; `on_progress(virtual seconds, leechers complete, fraction delivered)`
@@ -381,6 +427,18 @@ pub fn run(
     let bound = config.problem().p2p();
     let wall = Instant::now();
     let piece_length = config.piece_length();
+    // The info dictionary: the piece hashes are never checked (verification answers the truth),
+    // so they are zeros; what matters is its size and that its SHA-1 is the info-hash.
+    let hashes = vec![0u8; config.file_size.div_ceil(piece_length as u64) as usize * 20];
+    let info = single_file_info("swarm.bin", config.file_size, piece_length, &hashes)
+        .map_err(|e| SwarmError::Parameters(e.to_string()))?;
+    if config.magnet && info.len() > MAX_METADATA as usize {
+        return Err(SwarmError::Parameters(format!(
+            "the info dictionary would be {} bytes, over the {MAX_METADATA} bytes metadata \
+             exchange allows: use a larger --piece-size",
+            info.len()
+        )));
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut sim = Sim {
         config: config.clone(),
@@ -402,6 +460,10 @@ pub fn run(
         tail_from: None,
         complete: 0,
         first_arrival: None,
+        info_hash: InfoHash::of(&info),
+        info: Bytes::from(info),
+        fetch_failed: 0,
+        fetch_error: String::new(),
     };
     // Who leaves: a random share of the leechers.
     let leaving = (config.leave_after_complete * n as f64).round() as usize;
@@ -412,6 +474,10 @@ pub fn run(
         let upload = if i == 0 { config.server_upload } else { config.peer_uploads[i - 1] };
         sim.nodes.push(Node {
             core: None,
+            fetch: None,
+            fetch_conns: Vec::new(),
+            awaiting_peers: false,
+            fetched: None,
             upload,
             free_rider: upload == 0,
             leaves: leavers.contains(&i),
@@ -448,25 +514,55 @@ pub fn run(
         match q.ev {
             Ev::Arrive(i) => {
                 sim.first_arrival.get_or_insert(sim.now);
-                sim.start_node(i, piece_length, false);
+                if config.magnet {
+                    // The one announce of `get MAGNET`; its answer starts the fetch.
+                    let node = &mut sim.nodes[i as usize];
+                    node.arrived = Some(sim.now);
+                    node.awaiting_peers = true;
+                    sim.announce(i, AnnounceEvent::None);
+                } else {
+                    sim.start_node(i, piece_length, false);
+                }
             }
             Ev::Timer(i, gen) => {
                 if sim.nodes[i as usize].timer.is_some_and(|(_, g)| g == gen) {
                     sim.nodes[i as usize].timer = None;
-                    sim.input(i, Input::Timeout);
+                    if sim.nodes[i as usize].fetch.is_some() {
+                        sim.fetch_input(i, FetchInput::Timeout);
+                    } else {
+                        sim.input(i, Input::Timeout);
+                    }
                 }
             }
             Ev::Deliver { to, key, msg } => {
-                if sim.conn_open(key) && sim.nodes[to as usize].core.is_some() {
+                if !sim.conn_open(key) {
+                    continue;
+                }
+                if sim.nodes[to as usize].core.is_some() {
                     if let Message::Piece { .. } = &msg {
                         sim.note_block(to, &msg);
                     }
                     sim.input(to, Input::Message(key, msg));
+                } else if sim.nodes[to as usize].fetch.is_some() {
+                    sim.fetch_input(to, FetchInput::Message(key, msg));
                 }
             }
             Ev::TxDone(i) => sim.tx_done(i),
             Ev::Connected { node, key, peer, outgoing } => {
-                if !sim.conn_open(key) || sim.nodes[node as usize].core.is_none() {
+                if !sim.conn_open(key) {
+                    continue;
+                }
+                if sim.nodes[node as usize].fetch.is_some() {
+                    let input = FetchInput::Connected {
+                        peer: key,
+                        addr: addr_of(peer),
+                        fast: true,
+                        extensions: true,
+                    };
+                    sim.fetch_input(node, input);
+                    continue;
+                }
+                if sim.nodes[node as usize].core.is_none() {
                     continue;
                 }
                 let id = peer_id(config.seed, peer);
@@ -480,15 +576,30 @@ pub fn run(
                 };
                 sim.input(node, input);
             }
-            Ev::ConnectFailed(i, addr) => sim.input(i, Input::ConnectFailed(addr)),
+            Ev::ConnectFailed(i, addr, by_fetch) => {
+                if by_fetch {
+                    let why = "connection refused".to_string();
+                    sim.fetch_input(i, FetchInput::ConnectFailed(addr, why));
+                } else {
+                    sim.input(i, Input::ConnectFailed(addr));
+                }
+            }
             Ev::Closed(i, key) => {
-                if sim.nodes[i as usize].core.is_some() {
+                if sim.nodes[i as usize].fetch.is_some() {
+                    sim.fetch_input(i, FetchInput::Closed(key, "closed by the peer".into()));
+                } else if sim.nodes[i as usize].core.is_some() {
                     sim.input(i, Input::Closed(key, "closed by the peer".into()));
                 }
             }
             Ev::Announced(i, peers) => {
                 if sim.nodes[i as usize].core.is_some() {
                     sim.input(i, Input::Announced { interval: TRACKER_INTERVAL, peers });
+                } else if std::mem::take(&mut sim.nodes[i as usize].awaiting_peers) {
+                    if sim.nodes[i as usize].fetch.is_some() {
+                        sim.fetch_input(i, FetchInput::Peers(peers));
+                    } else {
+                        sim.start_fetch(i, peers);
+                    }
                 }
             }
             Ev::Core(i, input) => {
@@ -497,7 +608,7 @@ pub fn run(
                 }
             }
         }
-        if sim.complete == n {
+        if sim.complete + sim.fetch_failed == n {
             break;
         }
         let limit = |what: &'static str, limit: String, sim: &Sim| SwarmError::Limit {
@@ -525,6 +636,15 @@ pub fn run(
                 }
             }
         }
+    }
+    if sim.fetch_failed > 0 {
+        return Err(SwarmError::MetadataFailed {
+            failed: sim.fetch_failed,
+            n,
+            complete: sim.complete,
+            last: sim.fetch_error,
+            virtual_s: sim.now.dur().as_secs_f64(),
+        });
     }
     if sim.complete < n {
         return Err(SwarmError::Parameters(format!(
@@ -698,13 +818,82 @@ impl Sim {
             our_ipv6: None,
         };
         let geometry =
-            Geometry { piece_length, total_length: cfg.file_size, metadata: Bytes::new() };
+            Geometry { piece_length, total_length: cfg.file_size, metadata: self.info.clone() };
         let rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed.wrapping_add(1) ^ mix(i as u64)));
         let core = TorrentCore::new(geometry, have, core_config, rng, self.instant());
         let node = &mut self.nodes[i as usize];
         node.core = Some(core);
-        node.arrived = Some(self.now);
+        node.arrived.get_or_insert(self.now);
         self.drain(i);
+    }
+
+    /// A magnet leecher's fetch starts with the tracker's answer.
+    fn start_fetch(&mut self, i: u32, peers: Vec<SocketAddr>) {
+        let core =
+            MetadataCore::new(self.info_hash, peers, MetadataConfig::default(), self.instant());
+        self.nodes[i as usize].fetch = Some(core);
+        self.drain_fetch(i);
+    }
+
+    fn fetch_input(&mut self, i: u32, input: FetchInput) {
+        let now = self.instant();
+        let Some(fetch) = self.nodes[i as usize].fetch.as_mut() else {
+            return;
+        };
+        fetch.handle(now, input);
+        self.drain_fetch(i);
+    }
+
+    fn drain_fetch(&mut self, i: u32) {
+        loop {
+            let Some(out) = self.nodes[i as usize].fetch.as_mut().and_then(|f| f.poll()) else {
+                break;
+            };
+            match out {
+                FetchOutput::Send(key, msg) => self.send(i, key, msg),
+                FetchOutput::Connect(addr) => self.dial(i, addr, true),
+                FetchOutput::Disconnect(key, _) => self.close(key),
+                FetchOutput::WantPeers => {
+                    // `get` announces again.
+                    self.nodes[i as usize].awaiting_peers = true;
+                    self.announce(i, AnnounceEvent::None);
+                }
+                FetchOutput::Done(raw) => {
+                    // What `get` does with the dictionary: parse it, then start the torrent.
+                    self.end_fetch(i);
+                    match Info::from_bytes(&raw) {
+                        Ok(info) => {
+                            self.nodes[i as usize].fetched = Some(self.now);
+                            self.start_node(i, info.piece_length, false);
+                        }
+                        Err(e) => self.fetch_failed(i, format!("a bad dictionary: {e}")),
+                    }
+                    return;
+                }
+                FetchOutput::Failed { last, .. } => {
+                    self.end_fetch(i);
+                    self.fetch_failed(i, last);
+                    return;
+                }
+            }
+        }
+        self.rearm(i);
+    }
+
+    /// Ends node `i`'s fetch: its connections close, its timer is off.
+    fn end_fetch(&mut self, i: u32) {
+        let node = &mut self.nodes[i as usize];
+        node.fetch = None;
+        node.timer = None;
+        for key in std::mem::take(&mut node.fetch_conns) {
+            self.close(key);
+        }
+    }
+
+    fn fetch_failed(&mut self, i: u32, why: String) {
+        self.fetch_failed += 1;
+        self.fetch_error = format!("leecher {i}: {why}");
+        self.remove_member(i);
     }
 
     /// Hands `input` to node `i`'s core and carries out what it asks for.
@@ -733,10 +922,12 @@ impl Sim {
     fn rearm(&mut self, i: u32) {
         let base = self.base;
         let node = &mut self.nodes[i as usize];
-        let Some(core) = node.core.as_ref() else {
-            return;
+        let deadline = match (&node.core, &node.fetch) {
+            (Some(core), _) => core.next_deadline(),
+            (None, Some(fetch)) => fetch.next_deadline(),
+            (None, None) => return,
         };
-        let Some(deadline) = core.next_deadline() else {
+        let Some(deadline) = deadline else {
             node.timer = None;
             return;
         };
@@ -799,7 +990,7 @@ impl Sim {
                 }
             }
             Output::Disconnect(key, _) => self.close(key),
-            Output::Connect(addr) => self.dial(i, addr),
+            Output::Connect(addr) => self.dial(i, addr, false),
             Output::Write { .. } => {}
             Output::Verify { piece, .. } => {
                 let ok = Input::Verified { piece, ok: true, blocks: None };
@@ -882,7 +1073,8 @@ impl Sim {
         }
     }
 
-    fn dial(&mut self, from: u32, addr: SocketAddr) {
+    /// Node `from` dials `addr`, for its metadata fetch (`by_fetch`) or its torrent.
+    fn dial(&mut self, from: u32, addr: SocketAddr, by_fetch: bool) {
         let rtt = |s: &Sim, to: u32| s.latency(from, to) * 2;
         let target = node_of(&addr).filter(|&t| {
             (t as usize) < self.nodes.len() && t != from && self.nodes[t as usize].core.is_some()
@@ -890,10 +1082,13 @@ impl Sim {
         let Some(to) = target else {
             // Nobody there: the dial fails after a round trip (a reset) or so.
             let at = self.now.plus(Duration::from_millis(100));
-            self.push(at, Ev::ConnectFailed(from, addr));
+            self.push(at, Ev::ConnectFailed(from, addr, by_fetch));
             return;
         };
         let id = self.conns.len() as u64;
+        if by_fetch {
+            self.nodes[from as usize].fetch_conns.push(PeerKey(id * 2));
+        }
         self.conns.push(Conn {
             ends: [from, to],
             open: true,
@@ -1027,6 +1222,11 @@ impl Sim {
         };
         let free_riders = pick(&|x| x.free_rider);
         let churn = cfg.leave_after_complete > 0.0;
+        let fetch_s = |x: &Node| Some(secs(x.arrived?, x.fetched?));
+        let metadata_fetch = cfg
+            .magnet
+            .then(|| class(self.nodes[1..].iter().filter_map(fetch_s).collect()))
+            .flatten();
         debug_assert_eq!(lab.n, n);
         SwarmReport {
             lab,
@@ -1035,6 +1235,7 @@ impl Sim {
             free_riders,
             stayed: if churn { pick(&|x| !x.leaves) } else { None },
             left: if churn { pick(&|x| x.leaves) } else { None },
+            metadata_fetch,
             wasted_blocks: self.wasted_blocks,
             events: self.events,
             wall_s,

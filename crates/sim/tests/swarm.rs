@@ -55,6 +55,24 @@ fn peers_that_leave_and_poisson_arrivals_still_complete() {
 }
 
 #[test]
+fn a_flash_crowd_of_magnet_links_fetches_the_dictionary_and_completes() {
+    // Three addresses per tracker answer: most leechers first hear only of leechers that are
+    // still fetching themselves (they refuse), and must ask the tracker again.
+    let mut c = small(4);
+    c.magnet = true;
+    c.neighbors = 3;
+    let r = run(&c, |_, _, _| {}).unwrap();
+    let fetch = r.metadata_fetch.expect("magnet leechers report their fetch");
+    assert_eq!(fetch.count, 20);
+    // Someone waited for a second tracker answer (the first comes after 1 s).
+    assert!(fetch.max_s > 1.0, "{fetch:?}");
+    assert!(r.lab.peers.iter().all(|p| p.completed_s > 0.0));
+    assert!(r.lab.measured_s >= r.lab.bound_s);
+    // Without --magnet the report has no fetch.
+    assert!(run(&small(4), |_, _, _| {}).unwrap().metadata_fetch.is_none());
+}
+
+#[test]
 fn impossible_parameters_and_limits_say_what_happened() {
     let mut c = small(1);
     c.server_upload = 0;

@@ -650,7 +650,7 @@ async fn get(
                     &magnet,
                     &peers,
                     listening.local_addr(),
-                    Duration::from_secs(30),
+                    torrent::proto::metadata::MetadataConfig::default(),
                     net.encryption.into(),
                     listening.dialer(),
                 )

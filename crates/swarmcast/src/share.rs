@@ -5,8 +5,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use std::time::Duration;
-
 use anyhow::{bail, Context, Result};
 use overlay::chat::SharedFile;
 use torrent::magnet::Magnet;
@@ -134,7 +132,7 @@ pub async fn download(magnet: &str, out: &Path, note: impl Fn(String)) -> Result
         &magnet,
         &[],
         session.local_addr(),
-        Duration::from_secs(30),
+        torrent::proto::metadata::MetadataConfig::default(),
         Encryption::Prefer,
         session.dialer(),
     )

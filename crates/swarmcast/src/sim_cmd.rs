@@ -157,6 +157,10 @@ pub struct SwarmArgs {
     /// The seeder super-seeds (BEP 16) until every piece went out once.
     #[arg(long)]
     super_seed: bool,
+    /// Leechers start from a magnet link: each fetches the info dictionary from peers (BEP 9)
+    /// with the metadata core `get MAGNET` runs, then downloads.
+    #[arg(long)]
+    magnet: bool,
     /// One-way latency range of a link, in ms (e.g. 20..80).
     #[arg(long, default_value = "20..80", value_parser = parse_latency)]
     latency: (u64, u64),
@@ -503,6 +507,7 @@ fn swarm(a: &SwarmArgs) -> Result<()> {
     config.arrivals = a.arrivals;
     config.rarest_first = !a.random_pieces;
     config.super_seed = a.super_seed;
+    config.magnet = a.magnet;
     config.latency_min = Duration::from_millis(a.latency.0);
     config.latency_max = Duration::from_millis(a.latency.1);
     config.wire_overhead = !a.payload_caps;
@@ -570,6 +575,12 @@ fn print_swarm(report: &SwarmReport) {
     class("free riders", &report.free_riders);
     class("stayed", &report.stayed);
     class("left", &report.left);
+    if let Some(c) = &report.metadata_fetch {
+        println!(
+            "  metadata fetch {:>5} peers: mean {:.2} s, median {:.2} s, last {:.2} s after arrival",
+            c.count, c.mean_s, c.median_s, c.max_s
+        );
+    }
     println!(
         "  ({} events, {} unneeded blocks, {:.1} s wall)",
         report.events, report.wasted_blocks, report.wall_s

@@ -885,33 +885,66 @@ fn encode_torrent(
         top.emit_pair(b"created by", "swarmcast 0.1")?;
         top.emit_pair(b"creation date", creation_date)?;
         top.emit_pair_with(b"info", |e| {
-            e.emit_unsorted_dict(|info| {
-                if multi_file {
-                    info.emit_pair_with(b"files", |e| {
-                        e.emit_list(|list| {
-                            for f in files {
-                                list.emit_and_sort_dict(|d| {
-                                    d.emit_pair(b"length", f.length)?;
-                                    d.emit_pair(b"path", &f.components)
-                                })?;
-                            }
-                            Ok(())
-                        })
-                    })?;
-                } else {
-                    info.emit_pair(b"length", files[0].length)?; // One file: built that way.
-                }
-                info.emit_pair(b"name", name)?;
-                info.emit_pair(b"piece length", piece_length)?;
-                info.emit_pair_with(b"pieces", |e| e.emit_bytes(pieces))?;
-                if opts.private {
-                    info.emit_pair(b"private", 1u8)?;
-                }
-                Ok(())
-            })
+            let layout =
+                if multi_file { Layout::Files(files) } else { Layout::One(files[0].length) };
+            emit_info(e, name, layout, piece_length, pieces, opts.private)
         })
     })?;
     enc.get_output()
+}
+
+/// The info dictionary of a single-file torrent of `length` bytes whose piece hashes are
+/// `pieces` (20 bytes per piece), exactly as [`create`] writes it. The swarm simulator serves
+/// it by metadata exchange, so a simulated magnet link fetches what a real one would.
+pub fn single_file_info(
+    name: &str,
+    length: u64,
+    piece_length: u32,
+    pieces: &[u8],
+) -> Result<Vec<u8>, CreateError> {
+    let mut enc = bendy::encoding::Encoder::new();
+    enc.emit_with(|e| emit_info(e, name, Layout::One(length), piece_length, pieces, false))
+        .and_then(|()| enc.get_output())
+        .map_err(|e| CreateError::Encode(e.to_string()))
+}
+
+/// What an info dictionary holds: one file's length, or the files of a directory.
+enum Layout<'a> {
+    One(u64),
+    Files(&'a [SourceFile]),
+}
+
+fn emit_info(
+    e: bendy::encoding::SingleItemEncoder,
+    name: &str,
+    layout: Layout,
+    piece_length: u32,
+    pieces: &[u8],
+    private: bool,
+) -> Result<(), bendy::encoding::Error> {
+    e.emit_unsorted_dict(|info| {
+        match layout {
+            Layout::Files(files) => info.emit_pair_with(b"files", |e| {
+                e.emit_list(|list| {
+                    for f in files {
+                        list.emit_and_sort_dict(|d| {
+                            d.emit_pair(b"length", f.length)?;
+                            d.emit_pair(b"path", &f.components)
+                        })?;
+                    }
+                    Ok(())
+                })
+            })?,
+            Layout::One(length) => info.emit_pair(b"length", length)?,
+        }
+        info.emit_pair(b"name", name)?;
+        info.emit_pair(b"piece length", piece_length)?;
+        info.emit_pair_with(b"pieces", |e| e.emit_bytes(pieces))?;
+        if private {
+            info.emit_pair(b"private", 1u8)?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -1466,6 +1499,19 @@ mod tests {
         assert_eq!(m.info.piece_length, 64 * 1024);
         assert!(m.trackers.is_empty());
         assert_eq!(m.comment, None);
+    }
+
+    #[test]
+    fn a_single_file_info_is_the_one_create_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("movie.mp4");
+        let data = content(5 * 16_384 + 7, 3);
+        fs::write(&file, &data).unwrap();
+        let opts = CreateOptions { piece_size: Some(16_384), ..CreateOptions::default() };
+        let m = Metainfo::from_bytes(&create(&file, &opts, &mut no_progress()).unwrap()).unwrap();
+        let pieces: Vec<u8> = m.info.pieces.concat();
+        let info = single_file_info("movie.mp4", data.len() as u64, 16_384, &pieces).unwrap();
+        assert_eq!(info, m.info_bytes);
     }
 
     #[test]

@@ -285,7 +285,10 @@ impl Net {
                 }
             }
             metadata::Output::Disconnect(key, _) => self.close(key),
-            metadata::Output::Done(_) | metadata::Output::Failed { .. } => {}
+            // The test net has no tracker to ask again.
+            metadata::Output::WantPeers
+            | metadata::Output::Done(_)
+            | metadata::Output::Failed { .. } => {}
         }
     }
 

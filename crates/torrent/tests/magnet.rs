@@ -10,18 +10,19 @@ use tokio::time::timeout;
 
 use torrent::magnet::Magnet;
 use torrent::metainfo::{create, CreateOptions, Metainfo};
+use torrent::proto::metadata::MetadataConfig;
 use torrent::session::magnet::{fetch_metadata, MetadataError};
 use torrent::session::{Role, Session, SessionConfig};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// An address that refuses connections: a socket bound to it but not listening, kept (with the
-/// port) for as long as the returned socket lives, so no other test can take the port meanwhile.
 /// Our listen address in these tests: any address, any port.
 fn any() -> SocketAddr {
     (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
 }
 
+/// An address that refuses connections: a socket bound to it but not listening, kept (with the
+/// port) for as long as the returned socket lives, so no other test can take the port meanwhile.
 fn dead_address() -> (tokio::net::TcpSocket, SocketAddr) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -50,12 +51,15 @@ async fn a_magnet_link_resolves_from_a_seeding_session_past_a_dead_address() {
     let magnet = Magnet::parse(&format!("magnet:?xt=urn:btih:{}", meta.info_hash)).unwrap();
     let (_dead, dead) = dead_address();
     let peers = [dead, seed.local_addr()];
+    // No patience: with every address tried, the fetch fails at once.
+    let config = MetadataConfig {
+        timeout: Duration::from_secs(10),
+        patience: Duration::ZERO,
+        ..MetadataConfig::default()
+    };
     let fetch = || {
         let (encryption, dialer) = (Default::default(), Default::default());
-        timeout(
-            LIMIT,
-            fetch_metadata(&magnet, &peers, any(), Duration::from_secs(10), encryption, dialer),
-        )
+        timeout(LIMIT, fetch_metadata(&magnet, &peers, any(), config.clone(), encryption, dialer))
     };
     let got = fetch().await.expect("metadata fetch timed out").expect("metadata fetch failed");
     assert_eq!(got.info_bytes, meta.info_bytes);
@@ -65,4 +69,34 @@ async fn a_magnet_link_resolves_from_a_seeding_session_past_a_dead_address() {
     // With the seed gone, every address fails and the error says so.
     let err = fetch().await.expect("metadata fetch timed out").expect_err("metadata from nowhere");
     assert!(matches!(err, MetadataError::AllFailed { tried: 2, .. }), "{err}");
+}
+
+/// The flash crowd of magnet links: the only address a fetch has refuses at first (a peer
+/// still fetching the dictionary itself, or not up yet) and seeds a moment later. The fetch
+/// asks for peers again, dials the address again, and gets the dictionary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_magnet_fetch_waits_for_a_peer_that_has_the_torrent_only_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip.bin");
+    let mut data = vec![0u8; 1 << 20];
+    ChaCha8Rng::seed_from_u64(6).fill_bytes(&mut data);
+    std::fs::write(&path, &data).unwrap();
+    let opts = CreateOptions { piece_size: Some(16 * 1024), ..CreateOptions::default() };
+    let meta = Metainfo::from_bytes(&create(&path, &opts, &mut |_, _| {}).unwrap()).unwrap();
+    // A free port: nobody listens there until the seed starts.
+    let later = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let magnet = Magnet::parse(&format!("magnet:?xt=urn:btih:{}", meta.info_hash)).unwrap();
+    let fetch = tokio::spawn(async move {
+        let (encryption, dialer) = (Default::default(), Default::default());
+        let config = MetadataConfig::default();
+        timeout(LIMIT, fetch_metadata(&magnet, &[later], any(), config, encryption, dialer)).await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!fetch.is_finished(), "the fetch gave up while its peer was not up yet");
+    let config = SessionConfig { listen: later, use_trackers: false, ..SessionConfig::default() };
+    let seed =
+        Session::start(meta.clone(), dir.path().to_path_buf(), Role::Seed, config).await.unwrap();
+    let got = fetch.await.unwrap().expect("metadata fetch timed out").expect("fetch failed");
+    assert_eq!(got.info_bytes, meta.info_bytes);
+    seed.shutdown().await;
 }

@@ -1,9 +1,9 @@
 //! Magnet links: fetch the info dictionary from peers with metadata exchange (BEP 9) before the
 //! torrent can start. Every decision (whom to dial and ask for which piece, whom to drop, when
 //! the dictionary is whole and its SHA-1 equals the magnet's info-hash) is made by the sans-IO
-//! [`MetadataCore`]; this module is its tokio driver: it announces to the link's trackers once
-//! for addresses, dials, runs one task per connection that turns bytes into messages and back,
-//! and sleeps until the core's deadline.
+//! [`MetadataCore`]; this module is its tokio driver: it announces to the link's trackers for
+//! addresses (again each time the core asks for more), dials, runs one task per connection
+//! that turns bytes into messages and back, and sleeps until the core's deadline.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,29 +41,26 @@ pub enum MetadataError {
 
 /// Resolves `magnet` into a full [`Metainfo`] by asking peers: those in the link (`x.pe`),
 /// `extra_peers`, and those the link's trackers return. `listen`'s port is announced to
-/// trackers, and dials leave from its address (if one is given). A peer that answers nothing for `per_peer_timeout` while we wait on it, or still owes pieces
-/// [`SERVE_BUDGET`](crate::proto::metadata::SERVE_BUDGET) timeouts after it was first asked, is
-/// given up on. Connections are encrypted as `encryption` says and go over the transports
-/// `dialer` allows (a session's [`crate::session::Session::dialer`]).
+/// trackers, and dials leave from its address (if one is given). `config` says how long a
+/// peer may stay silent and how long to keep asking for peers once every address was tried
+/// (see [`MetadataConfig`]; its default is what `swarmcast get` uses). Connections are
+/// encrypted as `encryption` says and go over the transports `dialer` allows (a session's
+/// [`crate::session::Session::dialer`]).
 pub async fn fetch_metadata(
     magnet: &Magnet,
     extra_peers: &[SocketAddr],
     listen: SocketAddr,
-    per_peer_timeout: Duration,
+    config: MetadataConfig,
     encryption: Encryption,
     dialer: peer::Dialer,
 ) -> Result<Metainfo, MetadataError> {
     let mut rng = rand_chacha::ChaCha8Rng::from_os_rng();
     let our_id = PeerId::generate(&mut rng);
-    let mut candidates: Vec<SocketAddr> = extra_peers.to_vec();
-    for p in &magnet.peers {
-        if let Ok(a) = p.parse() {
-            candidates.push(a);
-        }
-    }
-    if !magnet.trackers.is_empty() {
+    let mut given: Vec<SocketAddr> = extra_peers.to_vec();
+    given.extend(magnet.peers.iter().filter_map(|p| p.parse::<SocketAddr>().ok()));
+    let trackers = (!magnet.trackers.is_empty()).then(|| {
         let tiers = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
-        let mut list = TrackerList::new(tiers, &mut rng).from_address(listen.ip());
+        let list = TrackerList::new(tiers, &mut rng).from_address(listen.ip());
         let req = AnnounceRequest {
             info_hash: magnet.info_hash,
             peer_id: our_id,
@@ -74,17 +71,16 @@ pub async fn fetch_metadata(
             event: TrackerEvent::None,
             num_want: 50,
         };
-        match list.announce(&req, Duration::from_secs(10)).await {
-            Ok((_, resp)) => candidates.extend(resp.peers),
-            Err(e) => debug!("magnet tracker announce failed: {e}"),
-        }
-    }
+        (list, req)
+    });
+    let mut sources = Sources { given, trackers };
+    let candidates = sources.addresses().await;
     if candidates.is_empty() {
         return Err(MetadataError::NoPeers);
     }
-    let config = MetadataConfig { timeout: per_peer_timeout, ..MetadataConfig::default() };
     let core = MetadataCore::new(magnet.info_hash, candidates, config, Instant::now());
-    let raw = run(core, magnet.info_hash, our_id, encryption, dialer, listen.ip()).await?;
+    let raw =
+        run(core, &mut sources, magnet.info_hash, our_id, encryption, dialer, listen.ip()).await?;
     let info = Info::from_bytes(&raw).map_err(|e| MetadataError::BadInfo(e.to_string()))?;
     info!(bytes = raw.len(), "fetched torrent metadata");
     Ok(Metainfo {
@@ -96,6 +92,25 @@ pub async fn fetch_metadata(
         created_by: None,
         creation_date: None,
     })
+}
+
+/// Where a fetch gets addresses: those it was given, and its trackers, asked again each time.
+struct Sources {
+    given: Vec<SocketAddr>,
+    trackers: Option<(TrackerList, AnnounceRequest)>,
+}
+
+impl Sources {
+    async fn addresses(&mut self) -> Vec<SocketAddr> {
+        let mut all = self.given.clone();
+        if let Some((list, req)) = &mut self.trackers {
+            match list.announce(req, Duration::from_secs(10)).await {
+                Ok((_, resp)) => all.extend(resp.peers),
+                Err(e) => debug!("magnet tracker announce failed: {e}"),
+            }
+        }
+        all
+    }
 }
 
 /// What dials and connections tell the fetch loop.
@@ -129,6 +144,7 @@ impl Drop for Conn {
 /// (see [`peer::dial`]).
 async fn run(
     mut core: MetadataCore,
+    sources: &mut Sources,
     info_hash: InfoHash,
     our_id: PeerId,
     encryption: Encryption,
@@ -138,8 +154,7 @@ async fn run(
     let (events_tx, mut events) = mpsc::channel(256);
     let mut conns: BTreeMap<PeerKey, Conn> = BTreeMap::new();
     let mut next_key = 0;
-    // Dials, aborted when the fetch returns so none lingers past it (finished ones stay in the
-    // set until then: at most one per address, and the core dials at most `MAX_CANDIDATES`).
+    // Dials, aborted when the fetch returns so none lingers past it.
     let mut dials = tokio::task::JoinSet::new();
     let far = Duration::from_secs(3600);
     loop {
@@ -177,12 +192,21 @@ async fn run(
                     debug!(?key, "metadata peer disconnected: {why}");
                     conns.remove(&key);
                 }
+                Output::WantPeers => {
+                    // Nothing is open or being dialled when the core asks, so nothing waits
+                    // while the trackers answer (10 s at most each).
+                    info!("no peer had the torrent's metadata yet; asking for peers again");
+                    let more = sources.addresses().await;
+                    core.handle(Instant::now(), Input::Peers(more));
+                }
                 Output::Done(raw) => return Ok(raw),
                 Output::Failed { tried, last } => {
                     return Err(MetadataError::AllFailed { tried, last })
                 }
             }
         }
+        // Finished dials leave the set: a fetch that dials again stays bounded.
+        while dials.try_join_next().is_some() {}
         let deadline = core.next_deadline().unwrap_or_else(|| Instant::now() + far);
         let input = tokio::select! {
             // The loop holds a sender itself, so the channel never closes.

@@ -344,6 +344,9 @@ impl Session {
         if self.shared.routes().contains_key(&meta.info_hash) {
             return Err(SessionError::Duplicate);
         }
+        // A seed is complete from the start and keeps serving: it never ends by itself.
+        let config =
+            SessionConfig { seed_when_done: config.seed_when_done || role == Role::Seed, ..config };
         let mode = if role == Role::Seed { Mode::ReadOnly } else { Mode::ReadWrite };
         let info = meta.info.clone();
         let existing = config.existing;
