@@ -653,6 +653,12 @@ async fn get(
                     torrent::proto::metadata::MetadataConfig::default(),
                     net.encryption.into(),
                     listening.dialer(),
+                    &|tried| {
+                        eprintln!(
+                            "none of the {tried} peers tried has the metadata yet (they may \
+                             still be fetching it); asking again (up to 5 minutes, Ctrl-C to stop)"
+                        )
+                    },
                 )
                 .await?
             }

@@ -118,7 +118,7 @@ pub fn magnet(name: &str, info_hash: [u8; 20], peers: &[SocketAddr]) -> String {
 
 /// Downloads a magnet link's torrent into `out` (the chat UI's `/get N`), telling `note` how
 /// it goes.
-pub async fn download(magnet: &str, out: &Path, note: impl Fn(String)) -> Result<()> {
+pub async fn download(magnet: &str, out: &Path, note: impl Fn(String) + Send + Sync) -> Result<()> {
     let magnet = Magnet::parse(magnet).context("invalid magnet link")?;
     let options = SessionOptions {
         listen: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0),
@@ -135,6 +135,9 @@ pub async fn download(magnet: &str, out: &Path, note: impl Fn(String)) -> Result
         torrent::proto::metadata::MetadataConfig::default(),
         Encryption::Prefer,
         session.dialer(),
+        &|tried| {
+            note(format!("none of the {tried} peers tried has the metadata yet; asking again"))
+        },
     )
     .await
     .context("cannot fetch the torrent's metadata from its peers")?;

@@ -2,6 +2,8 @@
 //! seeding session (which serves `ut_metadata` from its `TorrentCore`). Every wait is bounded.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{RngCore, SeedableRng};
@@ -59,7 +61,9 @@ async fn a_magnet_link_resolves_from_a_seeding_session_past_a_dead_address() {
     };
     let fetch = || {
         let (encryption, dialer) = (Default::default(), Default::default());
-        timeout(LIMIT, fetch_metadata(&magnet, &peers, any(), config.clone(), encryption, dialer))
+        let fetching =
+            fetch_metadata(&magnet, &peers, any(), config.clone(), encryption, dialer, &|_| {});
+        timeout(LIMIT, fetching)
     };
     let got = fetch().await.expect("metadata fetch timed out").expect("metadata fetch failed");
     assert_eq!(got.info_bytes, meta.info_bytes);
@@ -86,10 +90,17 @@ async fn a_magnet_fetch_waits_for_a_peer_that_has_the_torrent_only_later() {
     // A free port: nobody listens there until the seed starts.
     let later = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let magnet = Magnet::parse(&format!("magnet:?xt=urn:btih:{}", meta.info_hash)).unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counted = asked.clone();
     let fetch = tokio::spawn(async move {
         let (encryption, dialer) = (Default::default(), Default::default());
         let config = MetadataConfig::default();
-        timeout(LIMIT, fetch_metadata(&magnet, &[later], any(), config, encryption, dialer)).await
+        let waiting = move |_tried: usize| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        };
+        let peers = [later];
+        let fetching = fetch_metadata(&magnet, &peers, any(), config, encryption, dialer, &waiting);
+        timeout(LIMIT, fetching).await
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!fetch.is_finished(), "the fetch gave up while its peer was not up yet");
@@ -98,5 +109,6 @@ async fn a_magnet_fetch_waits_for_a_peer_that_has_the_torrent_only_later() {
         Session::start(meta.clone(), dir.path().to_path_buf(), Role::Seed, config).await.unwrap();
     let got = fetch.await.unwrap().expect("metadata fetch timed out").expect("fetch failed");
     assert_eq!(got.info_bytes, meta.info_bytes);
+    assert!(asked.load(Ordering::Relaxed) >= 1, "the fetch never said it was waiting");
     seed.shutdown().await;
 }

@@ -45,7 +45,9 @@ pub enum MetadataError {
 /// peer may stay silent and how long to keep asking for peers once every address was tried
 /// (see [`MetadataConfig`]; its default is what `swarmcast get` uses). Connections are
 /// encrypted as `encryption` says and go over the transports `dialer` allows (a session's
-/// [`crate::session::Session::dialer`]).
+/// [`crate::session::Session::dialer`]). `waiting(tried)` is called each time every address
+/// was tried and none had the dictionary yet, before asking for peers again (for people: the
+/// wait may last `config.patience`).
 pub async fn fetch_metadata(
     magnet: &Magnet,
     extra_peers: &[SocketAddr],
@@ -53,6 +55,7 @@ pub async fn fetch_metadata(
     config: MetadataConfig,
     encryption: Encryption,
     dialer: peer::Dialer,
+    waiting: &(dyn Fn(usize) + Send + Sync),
 ) -> Result<Metainfo, MetadataError> {
     let mut rng = rand_chacha::ChaCha8Rng::from_os_rng();
     let our_id = PeerId::generate(&mut rng);
@@ -79,8 +82,8 @@ pub async fn fetch_metadata(
         return Err(MetadataError::NoPeers);
     }
     let core = MetadataCore::new(magnet.info_hash, candidates, config, Instant::now());
-    let raw =
-        run(core, &mut sources, magnet.info_hash, our_id, encryption, dialer, listen.ip()).await?;
+    let ids = (magnet.info_hash, our_id);
+    let raw = run(core, &mut sources, ids, encryption, dialer, listen.ip(), waiting).await?;
     let info = Info::from_bytes(&raw).map_err(|e| MetadataError::BadInfo(e.to_string()))?;
     info!(bytes = raw.len(), "fetched torrent metadata");
     Ok(Metainfo {
@@ -145,11 +148,11 @@ impl Drop for Conn {
 async fn run(
     mut core: MetadataCore,
     sources: &mut Sources,
-    info_hash: InfoHash,
-    our_id: PeerId,
+    (info_hash, our_id): (InfoHash, PeerId),
     encryption: Encryption,
     dialer: peer::Dialer,
     local: std::net::IpAddr,
+    waiting: &(dyn Fn(usize) + Send + Sync),
 ) -> Result<Bytes, MetadataError> {
     let (events_tx, mut events) = mpsc::channel(256);
     let mut conns: BTreeMap<PeerKey, Conn> = BTreeMap::new();
@@ -196,6 +199,7 @@ async fn run(
                     // Nothing is open or being dialled when the core asks, so nothing waits
                     // while the trackers answer (10 s at most each).
                     info!("no peer had the torrent's metadata yet; asking for peers again");
+                    waiting(core.tried());
                     let more = sources.addresses().await;
                     core.handle(Instant::now(), Input::Peers(more));
                 }
