@@ -28,10 +28,11 @@
 //! - **Free riders** never unchoke anyone and never serve a block; what they get is what the
 //!   others' chokers give them (optimistic unchokes, and the seeds' slots).
 //! - **Magnet links** (`magnet`): a leecher starts with the info-hash alone, as `swarmcast get
-//!   MAGNET` does: it announces once (the tracker hands it out to others from then on), gives
+//!   MAGNET` does: it announces (the tracker hands it out to others from then on), gives
 //!   the answer to a [`MetadataCore`], the type `get` runs, and dials for the info dictionary
 //!   (BEP 9), which every running [`TorrentCore`] serves; a dial to a node still fetching is
-//!   refused, as a session with no torrent for that info-hash refuses it. Once the dictionary's
+//!   refused, as a session with no torrent for that info-hash refuses it. When every address
+//!   refused, the core asks for peers again and the leecher announces again, as `get` does. Once the dictionary's
 //!   SHA-1 matches, the fetch's connections close and the leecher's `TorrentCore` starts and
 //!   announces, as `get` does. A fetch that fails ends that leecher (as `get` exits).
 //!
@@ -242,6 +243,10 @@ pub struct SwarmReport {
     /// Magnet leechers: seconds from arrival until the info dictionary was fetched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata_fetch: Option<ClassStats>,
+    /// Magnet leechers whose first addresses all refused (every one still fetching), so that
+    /// they asked the tracker again at least once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_asked_again: Option<usize>,
     /// Blocks that arrived for pieces already verified (endgame duplicates, late arrivals).
     pub wasted_blocks: u64,
     pub events: u64,
@@ -330,10 +335,13 @@ struct Node {
     fetch: Option<MetadataCore>,
     /// Connections the fetch dialled (closed when it ends).
     fetch_conns: Vec<PeerKey>,
-    /// A magnet leecher waits for its first tracker answer to start the fetch.
+    /// A magnet leecher waits for a tracker answer: the first starts its fetch, later ones
+    /// (asked for by the fetch) feed it.
     awaiting_peers: bool,
     /// When the fetch ended with the dictionary.
     fetched: Option<At>,
+    /// How many times the fetch asked the tracker again.
+    fetch_asks: u32,
     upload: u64,
     free_rider: bool,
     leaves: bool,
@@ -478,6 +486,7 @@ pub fn run(
             fetch_conns: Vec::new(),
             awaiting_peers: false,
             fetched: None,
+            fetch_asks: 0,
             upload,
             free_rider: upload == 0,
             leaves: leavers.contains(&i),
@@ -856,6 +865,7 @@ impl Sim {
                 FetchOutput::WantPeers => {
                     // `get` announces again.
                     self.nodes[i as usize].awaiting_peers = true;
+                    self.nodes[i as usize].fetch_asks += 1;
                     self.announce(i, AnnounceEvent::None);
                 }
                 FetchOutput::Done(raw) => {
@@ -885,6 +895,8 @@ impl Sim {
         let node = &mut self.nodes[i as usize];
         node.fetch = None;
         node.timer = None;
+        // A tracker answer still on its way finds nothing to start.
+        node.awaiting_peers = false;
         for key in std::mem::take(&mut node.fetch_conns) {
             self.close(key);
         }
@@ -1236,6 +1248,9 @@ impl Sim {
             stayed: if churn { pick(&|x| !x.leaves) } else { None },
             left: if churn { pick(&|x| x.leaves) } else { None },
             metadata_fetch,
+            metadata_asked_again: cfg
+                .magnet
+                .then(|| self.nodes[1..].iter().filter(|x| x.fetch_asks > 0).count()),
             wasted_blocks: self.wasted_blocks,
             events: self.events,
             wall_s,

@@ -66,6 +66,7 @@ fn a_flash_crowd_of_magnet_links_fetches_the_dictionary_and_completes() {
     assert_eq!(fetch.count, 20);
     // Someone waited for a second tracker answer (the first comes after 1 s).
     assert!(fetch.max_s > 1.0, "{fetch:?}");
+    assert!(r.metadata_asked_again.is_some_and(|n| n > 0));
     assert!(r.lab.peers.iter().all(|p| p.completed_s > 0.0));
     assert!(r.lab.measured_s >= r.lab.bound_s);
     // Without --magnet the report has no fetch.

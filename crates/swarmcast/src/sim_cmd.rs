@@ -577,8 +577,8 @@ fn print_swarm(report: &SwarmReport) {
     class("left", &report.left);
     if let Some(c) = &report.metadata_fetch {
         println!(
-            "  metadata fetch {:>5} peers: mean {:.2} s, median {:.2} s, last {:.2} s after arrival",
-            c.count, c.mean_s, c.median_s, c.max_s
+            "  metadata fetch {:>5} peers: mean {:.2} s, median {:.2} s, last {:.2} s after arrival; {} asked the tracker again",
+            c.count, c.mean_s, c.median_s, c.max_s, report.metadata_asked_again.unwrap_or(0)
         );
     }
     println!(

@@ -50,8 +50,9 @@
 //! - a claimed `metadata_size` of 0 or over [`MAX_METADATA`] disconnects the peer before anything
 //!   is allocated for it; so does a piece we did not ask that peer for, one whose `total_size`
 //!   or length is not what the size implies, a reject, or silence for
-//!   [`MetadataConfig::timeout`] while we wait for its handshake or a piece, or still owing
-//!   pieces [`SERVE_BUDGET`] timeouts after it was first asked for one;
+//!   [`MetadataConfig::timeout`] while we wait for its handshake or a piece, or reaching
+//!   [`SERVE_BUDGET`] timeouts after it was first asked for a piece (owing pieces or not: it
+//!   is asked for no more);
 //! - blame: when the assembled dictionary does not hash to the info-hash, a single peer that
 //!   sent every piece is disconnected; if several sent pieces, the liar cannot be told apart,
 //!   so from then on every piece comes from one peer at a time (the *single-source* mode), and
@@ -82,8 +83,8 @@ use crate::metainfo::InfoHash;
 /// Most metadata requests in flight to one peer. libtorrent rejects requests beyond a small
 /// queue of its own, and a reject drops the peer, so we stay well under it.
 pub const PIPELINE: usize = 2;
-/// A peer owing pieces this many [`MetadataConfig::timeout`]s after it was first asked for one
-/// is disconnected (2 minutes by default: a 4 MiB dictionary is 256 pieces).
+/// A peer is disconnected this many [`MetadataConfig::timeout`]s after it was first asked for
+/// a piece (2 minutes by default: a 4 MiB dictionary is 256 pieces).
 pub const SERVE_BUDGET: u32 = 4;
 
 /// How a metadata fetch behaves.
@@ -232,8 +233,9 @@ impl Peer {
 pub struct MetadataCore {
     info_hash: InfoHash,
     config: MetadataConfig,
-    /// Addresses not dialled yet, in the order given; `seen` holds every address ever given,
-    /// so none is dialled twice.
+    /// Addresses to dial, in the order given (each at most once in the queue); `seen` holds
+    /// every address ever given (at most [`MAX_CANDIDATES`]): a known one is queued again only
+    /// by [`Input::Peers`].
     untried: VecDeque<SocketAddr>,
     seen: BTreeSet<SocketAddr>,
     connecting: BTreeSet<SocketAddr>,
@@ -257,7 +259,9 @@ pub struct MetadataCore {
 
 impl MetadataCore {
     /// A fetch of the dictionary whose SHA-1 is `info_hash`, from `peers` (at most
-    /// [`MAX_CANDIDATES`] are kept), starting at `now`. With no address at all it fails at once.
+    /// [`MAX_CANDIDATES`] are kept), starting at `now`. With no address at all it is out of
+    /// addresses at once: it asks for peers ([`Output::WantPeers`]) or, with no patience,
+    /// fails.
     pub fn new(
         info_hash: InfoHash,
         peers: Vec<SocketAddr>,
@@ -316,7 +320,8 @@ impl MetadataCore {
         self.peers.keys().copied()
     }
 
-    /// Addresses dialled so far.
+    /// Distinct addresses dialled so far (one queued to be dialled again is not counted while
+    /// it waits).
     pub fn tried(&self) -> usize {
         self.seen.len() - self.untried.len()
     }
@@ -358,7 +363,9 @@ impl MetadataCore {
                 }
             }
             Input::Timeout => {
-                if self.want_at.is_some_and(|t| t <= now) {
+                let patience_over =
+                    self.stuck_since.is_some_and(|t| now >= t + self.config.patience);
+                if self.want_at.is_some_and(|t| t <= now) && !patience_over {
                     self.want_at = None;
                     self.want_wait = (self.want_wait * 2).min(WANT_PEERS_MAX);
                     self.out.push_back(Output::WantPeers);
@@ -373,10 +380,7 @@ impl MetadataCore {
                 for k in silent {
                     let why =
                         if self.peers.get(&k).and_then(|p| p.give_up).is_some_and(|t| t <= now) {
-                            format!(
-                                "took longer than {:?} to send the metadata",
-                                timeout * SERVE_BUDGET
-                            )
+                            self.over_budget()
                         } else {
                             format!("answered nothing for {timeout:?}")
                         };
@@ -461,10 +465,10 @@ impl MetadataCore {
                 let why = format!("peer claims metadata of {size} bytes (cap {MAX_METADATA})");
                 return Err(why.into());
             }
+            // Patience is not restored here: a peer that offers the dictionary and then
+            // rejects or stalls is dialled again, and must not keep the fetch alive forever.
             peer.their_id = Some(their_id);
             peer.size = Some(size);
-            self.stuck_since = None;
-            self.want_wait = WANT_PEERS_FIRST;
             return Ok(());
         }
         if id != OUR_UT_METADATA {
@@ -550,6 +554,10 @@ impl MetadataCore {
         }
     }
 
+    fn over_budget(&self) -> String {
+        format!("took longer than {:?} to send the metadata", self.config.timeout * SERVE_BUDGET)
+    }
+
     /// Disconnects a peer that broke a rule or answered nothing.
     fn drop_peer(&mut self, key: PeerKey, why: &str) {
         if self.peers.contains_key(&key) {
@@ -594,10 +602,22 @@ impl MetadataCore {
         }
     }
 
-    /// After every input: dial, ask, ask for more peers, or give up.
+    /// After every input: drop peers past their budget, dial, ask, ask for more peers, or give
+    /// up.
     fn progress(&mut self, now: Instant) {
         if self.finished {
             return;
+        }
+        // A peer past its budget is never asked again (asking would set a deadline already
+        // passed); it may be dialled again later.
+        let spent: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.give_up.is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in spent {
+            self.drop_peer(k, &self.over_budget());
         }
         self.connect_more();
         self.settle_size();
@@ -1076,5 +1096,43 @@ mod tests {
         assert_eq!(asked_at, secs(&[3, 7, 15, 31]));
         assert_eq!(failed_at, patience);
         assert_eq!(core.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_peer_that_offers_the_dictionary_then_rejects_cannot_keep_the_fetch_alive() {
+        // Dialled again after every reject (a reject is no lie), it offers the size each time;
+        // the fetch still fails once its patience, counted from the first time it ran out of
+        // addresses, is over.
+        let t0 = Instant::now();
+        let a = SocketAddr::from(([10, 0, 0, 1], 6881));
+        let patience = Duration::from_secs(20);
+        let config = MetadataConfig { patience, ..MetadataConfig::default() };
+        let mut core = MetadataCore::new(hash(&info()), vec![a], config, t0);
+        let (mut now, mut key, mut dials) = (t0, 0, 0);
+        let failed_at = 'fetch: loop {
+            assert!(dials < 1000, "still fetching after {:?}", now - t0);
+            let mut outs: Vec<Output> = std::iter::from_fn(|| core.poll()).collect();
+            while let Some(out) = outs.pop() {
+                match out {
+                    Output::Connect(addr) => {
+                        dials += 1;
+                        let size = Some(info().len() as u32);
+                        meet(&mut core, now, PeerKey(key), addr, size);
+                        let reject = Bytes::from(MetadataMsg::Reject { piece: 0 }.encode());
+                        let msg = Message::Extended { id: OUR_UT_METADATA, payload: reject };
+                        core.handle(now, Input::Message(PeerKey(key), msg));
+                        key += 1;
+                    }
+                    Output::WantPeers => core.handle(now, Input::Peers(vec![a])),
+                    Output::Failed { .. } => break 'fetch now,
+                    _ => {}
+                }
+                outs.extend(std::iter::from_fn(|| core.poll()));
+            }
+            now = core.next_deadline().expect("a deadline while the fetch runs");
+            core.handle(now, Input::Timeout);
+        };
+        assert!(dials >= 3, "dialled {dials} times");
+        assert!(failed_at - t0 <= patience, "failed {:?} after the start", failed_at - t0);
     }
 }

@@ -78,7 +78,8 @@ pub async fn fetch_metadata(
     });
     let mut sources = Sources { given, trackers };
     let candidates = sources.addresses().await;
-    if candidates.is_empty() {
+    // With trackers, an empty first answer is asked again within the patience.
+    if candidates.is_empty() && sources.trackers.is_none() {
         return Err(MetadataError::NoPeers);
     }
     let core = MetadataCore::new(magnet.info_hash, candidates, config, Instant::now());
@@ -204,6 +205,7 @@ async fn run(
                     core.handle(Instant::now(), Input::Peers(more));
                 }
                 Output::Done(raw) => return Ok(raw),
+                Output::Failed { tried: 0, .. } => return Err(MetadataError::NoPeers),
                 Output::Failed { tried, last } => {
                     return Err(MetadataError::AllFailed { tried, last })
                 }
