@@ -384,6 +384,7 @@ impl PlayerCore {
             bytes_total,
             elapsed_s: clock - f.attempt_s,
             buffer_s: self.buffer_s,
+            segments_total: Some(self.segment_s.len()),
         };
         let lower = self.abr.abandon(&self.ladder, &progress).filter(|&r| r < f.rep)?;
         self.abr

@@ -304,7 +304,7 @@ impl Abr for Hybrid {
         // The reserve as the planner sees it, but not cut at the end of the video: the rate
         // seen so far lags a drop in the middle of the download, and the full reserve keeps a
         // late download from eating the last segments' buffer on that stale rate.
-        let segments = ladder.segments().unwrap_or(usize::MAX);
+        let segments = p.segments_total.unwrap_or(usize::MAX);
         let reserve =
             self.reserve_s(ladder, self.estimate_bps().unwrap_or(rate), p.segment + 1, segments);
         let value = |r: usize, secs: f64| {
@@ -432,6 +432,7 @@ mod tests {
             bytes_total: 2_150_000,
             elapsed_s: 1.0,
             buffer_s: 3.0,
+            segments_total: l.segments(),
         };
         assert_eq!(h.abandon(&l, &p), Some(0));
         // 20 s of buffer: finishing leaves 7.8 s, 8.2 s under the 16 s reserve: 4.3 - 2 × 8.2

@@ -244,6 +244,8 @@ pub struct Progress {
     pub elapsed_s: f64,
     /// Seconds of media in the buffer now.
     pub buffer_s: f64,
+    /// Total number of segments, when known (as in [`PlayerState`]).
+    pub segments_total: Option<usize>,
 }
 
 /// An adaptive-bitrate rule. See the module header for the calling order.
@@ -491,6 +493,7 @@ mod tests {
             bytes_total: 2_150_000,
             elapsed_s: 1.0,
             buffer_s: 8.0,
+            segments_total: None,
         };
         assert_eq!(dashjs_abandon(&l, &p, 0.9), Some(1));
         // Within the grace time, or fast enough: keep going.
