@@ -1,6 +1,10 @@
 //! The piece picker: which blocks to request from which peer (sans-IO).
 //!
 //! Policy, in order of precedence for one `pick`:
+//! 0. **Urgent pieces**, in the order the owner gave them ([`PiecePicker::set_urgent`]): the
+//!    pieces a reader of a file still downloading waits for (libtorrent's `set_piece_deadline`
+//!    is the model), started or continued before anything else. With no urgent pieces this step
+//!    does nothing and draws nothing from the RNG.
 //! 1. **Partial pieces first.** Blocks nobody has requested yet in pieces that are already under
 //!    way, so that pieces complete (and can be verified and shared) instead of many being started.
 //! 2. **A new piece**: chosen uniformly at random while fewer than
@@ -30,6 +34,8 @@
 //! - Availability, as peer messages arrive: [`peer_bitfield`](PiecePicker::peer_bitfield)
 //!   (BITFIELD / HAVE_ALL), [`peer_have`](PiecePicker::peer_have) (HAVE),
 //!   [`peer_left`](PiecePicker::peer_left) (disconnect).
+//! - Priorities: [`set_urgent`](PiecePicker::set_urgent) (a mutator), read back with
+//!   [`urgent`](PiecePicker::urgent).
 //! - Requests: [`pick`](PiecePicker::pick) whenever a peer that unchoked us has room in its
 //!   request pipeline; [`release`](PiecePicker::release) on REJECT or timeout,
 //!   [`release_peer`](PiecePicker::release_peer) on CHOKE.
@@ -204,7 +210,12 @@ pub struct PiecePicker<R: rand::Rng> {
     /// Number of `Untouched` pieces: with `free_blocks`, decides endgame in O(1).
     untouched: u32,
     free_blocks: u64,
+    /// Pieces wanted first, most urgent first (at most [`MAX_URGENT`]).
+    urgent: Vec<u32>,
 }
+
+/// Most urgent pieces kept: the first ones of a longer list.
+pub const MAX_URGENT: usize = 1024;
 
 impl<R: rand::Rng> PiecePicker<R> {
     /// A picker for a torrent of `total_length` bytes in pieces of `piece_length`.
@@ -235,7 +246,29 @@ impl<R: rand::Rng> PiecePicker<R> {
             complete: BTreeMap::new(),
             peers: BTreeMap::new(),
             free_blocks: 0,
+            urgent: Vec::new(),
         }
+    }
+
+    /// Pieces to fetch before any other, most urgent first, replacing the previous list (an
+    /// empty list ends the urgency). Pieces out of range are ignored, so are repeats, and only
+    /// the first [`MAX_URGENT`] are kept; pieces already verified are skipped when picking.
+    pub fn set_urgent(&mut self, pieces: &[u32]) {
+        self.urgent.clear();
+        let n = self.layout.num_pieces;
+        for &p in pieces {
+            if self.urgent.len() == MAX_URGENT {
+                break;
+            }
+            if p < n && !self.urgent.contains(&p) {
+                self.urgent.push(p);
+            }
+        }
+    }
+
+    /// The urgent pieces not verified yet, most urgent first.
+    pub fn urgent(&self) -> impl Iterator<Item = u32> + '_ {
+        self.urgent.iter().copied().filter(|&p| !self.have.has(p))
     }
 
     /// Verified pieces.
@@ -328,6 +361,26 @@ impl<R: rand::Rng> PiecePicker<R> {
         }
         let mut picked: Vec<(u32, u32)> = Vec::new();
 
+        // 0. Urgent pieces, in their order: continued or started.
+        for k in 0..self.urgent.len() {
+            if picked.len() == max {
+                break;
+            }
+            let p = self.urgent[k];
+            if !peer_has.has(p) {
+                continue;
+            }
+            match self.state[p as usize] {
+                PieceState::Active => {
+                    if let Some(piece) = self.active.get_mut(&p) {
+                        self.free_blocks -= take_free(piece, p, peer, max, &mut picked);
+                    }
+                }
+                PieceState::Untouched => self.start_piece(p, peer, max, &mut picked),
+                PieceState::Have | PieceState::Complete => {}
+            }
+        }
+
         // 1. Finish what is under way.
         for (&p, piece) in self.active.iter_mut() {
             if picked.len() == max {
@@ -343,19 +396,7 @@ impl<R: rand::Rng> PiecePicker<R> {
             let Some(p) = self.choose_new(peer_has) else {
                 break;
             };
-            let blocks = self.layout.blocks_in(p);
-            let mut piece = ActivePiece {
-                blocks: vec![Block::default(); blocks as usize],
-                received: 0,
-                free: blocks,
-                first_free: 0,
-                contributors: BTreeSet::new(),
-            };
-            self.state[p as usize] = PieceState::Active;
-            self.untouched -= 1;
-            self.free_blocks +=
-                u64::from(blocks) - take_free(&mut piece, p, peer, max, &mut picked);
-            self.active.insert(p, piece);
+            self.start_piece(p, peer, max, &mut picked);
         }
 
         // 3. Endgame: duplicate blocks held elsewhere, least duplicated first.
@@ -500,6 +541,22 @@ impl<R: rand::Rng> PiecePicker<R> {
         self.state[piece as usize] = PieceState::Untouched;
         self.untouched += 1;
         contributors.into_iter().collect()
+    }
+
+    /// Makes untouched piece `p` active and takes its first free blocks for `peer`.
+    fn start_piece(&mut self, p: u32, peer: PeerKey, max: usize, picked: &mut Vec<(u32, u32)>) {
+        let blocks = self.layout.blocks_in(p);
+        let mut piece = ActivePiece {
+            blocks: vec![Block::default(); blocks as usize],
+            received: 0,
+            free: blocks,
+            first_free: 0,
+            contributors: BTreeSet::new(),
+        };
+        self.state[p as usize] = PieceState::Active;
+        self.untouched -= 1;
+        self.free_blocks += u64::from(blocks) - take_free(&mut piece, p, peer, max, picked);
+        self.active.insert(p, piece);
     }
 
     /// The record of `peer`, created empty on first mention.
@@ -928,6 +985,44 @@ mod tests {
             done += 1;
         }
         assert_eq!(pk.pick(PeerKey(1), &Bitfield::full(n), 1), vec![block(3, 0, 16384)]);
+    }
+
+    #[test]
+    fn urgent_pieces_come_first_in_their_order_even_before_partial_ones() {
+        // Pieces of four blocks.
+        let n = 8;
+        let mut pk = picker(PickerConfig::default(), 64 * KIB, u64::from(n) * 65536, 5);
+        let all = Bitfield::full(n);
+        pk.peer_bitfield(PeerKey(1), &all);
+        // A piece under way (one block of four taken).
+        let first = pk.pick(PeerKey(1), &all, 1)[0].piece;
+        let (a, b) = ((first + 3) % n, (first + 6) % n);
+        // Repeats and pieces out of range are dropped; a verified one is skipped.
+        pk.set_urgent(&[b, a, b, n, 99]);
+        assert_eq!(pk.urgent().collect::<Vec<_>>(), vec![b, a]);
+        let got = pk.pick(PeerKey(1), &all, 9);
+        let pieces: Vec<u32> = got.iter().map(|x| x.piece).collect();
+        assert_eq!(pieces, vec![b, b, b, b, a, a, a, a, first]);
+        // Once b is verified it is no longer urgent; a peer without a is asked for the rest.
+        for x in got.iter().filter(|x| x.piece == b) {
+            pk.block_received(PeerKey(1), *x);
+        }
+        pk.piece_verified(b);
+        assert_eq!(pk.urgent().collect::<Vec<_>>(), vec![a]);
+        // An empty list ends the urgency: the same seed picks as it would have.
+        pk.set_urgent(&[]);
+        assert_eq!(pk.urgent().count(), 0);
+    }
+
+    #[test]
+    fn a_long_urgent_list_is_capped() {
+        let n = 4096;
+        let mut pk = picker(PickerConfig::default(), 16 * KIB, u64::from(n) * 16384, 5);
+        let all: Vec<u32> = (0..n).rev().collect();
+        pk.set_urgent(&all);
+        let kept: Vec<u32> = pk.urgent().collect();
+        assert_eq!(kept.len(), MAX_URGENT);
+        assert_eq!(kept[0], n - 1);
     }
 
     #[test]

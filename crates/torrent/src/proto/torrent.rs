@@ -20,7 +20,9 @@
 //! - *handlers*: [`TorrentCore::handle`] with an [`Input`]: a connection finished its
 //!   handshake, a peer sent a message or went away, a block went out, a piece was hashed, the
 //!   disk synced, a tracker answered, or a deadline passed ([`Input::Timeout`]);
-//! - *mutators*: [`TorrentCore::stop`] (leave the swarm: announce `stopped`);
+//! - *mutators*: [`TorrentCore::stop`] (leave the swarm: announce `stopped`),
+//!   [`TorrentCore::set_urgent`] (pieces wanted first, for a reader of a file still
+//!   downloading);
 //! - *polling*: [`TorrentCore::poll`], drained until `None` after every call above, and
 //!   [`TorrentCore::next_deadline`], the instant at which to call `handle(now, Input::Timeout)`.
 //!
@@ -591,6 +593,16 @@ impl TorrentCore {
                 left: self.stats.bytes_total - self.stats.bytes_have,
             });
         }
+    }
+
+    /// Pieces to fetch before any other, most urgent first (see
+    /// [`PiecePicker::set_urgent`](super::picker::PiecePicker::set_urgent)); replaces the
+    /// previous list, and requests go out at once to peers with room in their pipeline. For a
+    /// reader of a file still downloading: the pieces under its read position and just after.
+    /// Requests already sent are not taken back: an urgent piece waits behind them.
+    pub fn set_urgent(&mut self, now: Instant, pieces: &[u32]) {
+        self.picker.set_urgent(pieces);
+        self.fill_all(now);
     }
 
     // ---- polling ----
@@ -1533,6 +1545,30 @@ mod tests {
         // Two seeds have nothing to trade: the connection is closed once both are complete.
         assert_eq!(net.nodes[l].core.peer_keys().count(), 0);
         assert!(net.nodes[l].outputs.contains(&Output::Event(TorrentEvent::Complete)));
+    }
+
+    #[test]
+    fn urgent_pieces_arrive_first_in_the_order_asked() {
+        // A reader of the last piece and then the middle one (a player seeking) gets them
+        // before the rest, in that order.
+        let mut net = Net::new(content(300_000), 32 * 1024);
+        let s = net.add(true, Net::config(0));
+        let l = net.add(false, Net::config(1));
+        let now = net.now;
+        net.nodes[l].core.set_urgent(now, &[9, 5]);
+        net.connect(l, s);
+        net.drive(Duration::from_secs(5));
+        assert_eq!(net.nodes[l].data, net.content());
+        let verified: Vec<u32> = net.nodes[l]
+            .outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Event(TorrentEvent::PieceVerified(p)) => Some(*p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(verified.len(), 10);
+        assert_eq!(verified[..2], [9, 5], "{verified:?}");
     }
 
     #[test]
