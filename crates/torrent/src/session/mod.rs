@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-use crate::metainfo::{InfoHash, Metainfo};
+use crate::metainfo::{Info, InfoHash, Metainfo};
 use crate::proto::choker::ChokerConfig;
 use crate::proto::picker::PickerConfig;
 use crate::proto::torrent::{CoreConfig, Geometry, Input, Output, TorrentCore};
@@ -234,6 +234,10 @@ impl Drop for Session {
 /// A running torrent of a [`Session`].
 pub struct TorrentHandle {
     stats: Arc<Stats>,
+    /// The verified pieces, updated as pieces verify.
+    have: watch::Receiver<Bitfield>,
+    storage: Arc<Storage>,
+    info: Arc<Info>,
     events: mpsc::Sender<Event>,
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -349,6 +353,7 @@ impl Session {
             SessionConfig { seed_when_done: config.seed_when_done || role == Role::Seed, ..config };
         let mode = if role == Role::Seed { Mode::ReadOnly } else { Mode::ReadWrite };
         let info = meta.info.clone();
+        let shared_info = Arc::new(meta.info.clone());
         let existing = config.existing;
         let storage = tokio::task::spawn_blocking(move || -> Result<_, SessionError> {
             let s = Storage::open_with(&info, &dir, mode, existing)?;
@@ -358,6 +363,7 @@ impl Session {
         .await
         .map_err(|e| io::Error::other(e.to_string()))??;
         let (storage, have) = storage;
+        let storage = Arc::new(storage);
         let local_addr = self.shared.local_addr;
         let stats = Arc::new(Stats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -369,7 +375,7 @@ impl Session {
         let our_id = PeerId::generate(&mut rng);
         let torrent = Torrent::new(
             meta,
-            Arc::new(storage),
+            storage.clone(),
             have,
             config,
             rng,
@@ -394,8 +400,20 @@ impl Session {
             routes.insert(torrent.info_hash, route);
         }
         let events = torrent.events_tx.clone();
+        let have_rx = torrent.have_tx.subscribe();
         let task = tokio::spawn(torrent.run(shutdown_rx, done_tx));
-        Ok(TorrentHandle { stats, events, local_addr, shutdown, done, task, _session: None })
+        Ok(TorrentHandle {
+            stats,
+            have: have_rx,
+            storage,
+            info: shared_info,
+            events,
+            local_addr,
+            shutdown,
+            done,
+            task,
+            _session: None,
+        })
     }
 }
 
@@ -472,6 +490,75 @@ impl TorrentHandle {
         self.local_addr
     }
 
+    /// The torrent's info dictionary (files, piece size).
+    pub fn info(&self) -> &Info {
+        &self.info
+    }
+
+    /// The verified pieces; `changed()` wakes as more verify.
+    pub fn have(&self) -> watch::Receiver<Bitfield> {
+        self.have.clone()
+    }
+
+    /// Pieces to fetch before any other, most urgent first (see
+    /// [`TorrentCore::set_urgent`]); an empty list ends the urgency.
+    pub async fn set_urgent(&self, pieces: Vec<u32>) {
+        let _ = self.events.send(Event::Urgent(pieces)).await;
+    }
+
+    /// `len` bytes of the torrent's content at `offset` (across files, in torrent order), once
+    /// every piece under them is verified: missing ones are made urgent, with the `ahead`
+    /// pieces after the range (a reader's next bytes), and waited for. Bytes are read from
+    /// disk only after their piece verified. Fails if the range is outside the torrent or the
+    /// torrent stops first.
+    pub async fn read_at(
+        &self,
+        offset: u64,
+        len: usize,
+        ahead: u32,
+    ) -> Result<Bytes, SessionError> {
+        let total = self.info.total_length;
+        let pl = self.info.piece_length as u64;
+        let end = offset.checked_add(len as u64).filter(|&e| e <= total && len > 0);
+        let Some(end) = end else {
+            let why = format!("bytes {offset}..+{len} are outside the torrent's {total} bytes");
+            return Err(SessionError::Io(io::Error::new(io::ErrorKind::InvalidInput, why)));
+        };
+        let (first, last) = ((offset / pl) as u32, ((end - 1) / pl) as u32);
+        let pieces = self.info.num_pieces();
+        let mut have = self.have.clone();
+        loop {
+            let missing: Vec<u32> = {
+                let h = have.borrow_and_update();
+                let after = last.saturating_add(1)..last.saturating_add(1).saturating_add(ahead);
+                let wanted = (first..=last).chain(after.filter(|&p| p < pieces));
+                wanted.filter(|&p| !h.has(p)).collect()
+            };
+            if missing.first().is_none_or(|&p| p > last) {
+                break;
+            }
+            self.set_urgent(missing).await;
+            if have.changed().await.is_err() {
+                return Err(SessionError::Stopped);
+            }
+        }
+        let storage = self.storage.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            let mut at = offset;
+            while at < end {
+                let piece = (at / pl) as u32;
+                let within = at - piece as u64 * pl;
+                let n = (pl - within).min(end - at) as usize;
+                let from = (at - offset) as usize;
+                storage.read(piece, within as u32, &mut buf[from..from + n])?;
+                at += n as u64;
+            }
+            Ok::<_, io::Error>(Bytes::from(buf))
+        });
+        Ok(read.await.map_err(|e| io::Error::other(e.to_string()))??)
+    }
+
     /// Adds addresses to dial (found by the DHT, say). They join the torrent's candidate list,
     /// which is bounded ([`crate::proto::torrent::MAX_CANDIDATES`]) like the trackers' answers.
     pub async fn add_peers(&self, peers: Vec<SocketAddr>) {
@@ -534,6 +621,8 @@ pub enum Event {
     Announced(Option<(Duration, Vec<SocketAddr>)>),
     /// Addresses to dial, from another source (the DHT).
     Peers(Vec<SocketAddr>),
+    /// Pieces a reader waits for (see [`TorrentCore::set_urgent`]).
+    Urgent(Vec<u32>),
     /// A local write, read or sync failed: the torrent stops (never the peer's fault).
     DiskFailed(String),
     /// Everything written is on stable storage.
@@ -572,6 +661,8 @@ struct Torrent {
     /// The announcer task's queue: the core has at most one announce in flight, plus `stopped`.
     announces: Option<mpsc::Sender<AnnounceJob>>,
     session: Arc<Shared>,
+    /// The verified pieces, for readers of the content ([`TorrentHandle::read_at`]).
+    have_tx: watch::Sender<Bitfield>,
 }
 
 impl Torrent {
@@ -643,7 +734,9 @@ impl Torrent {
         let core_rng = ChaCha8Rng::seed_from_u64(rng.random());
         let mut core = TorrentCore::new(geometry, have, core_config, core_rng, now);
         core.handle(now, Input::Peers(config.peers.clone()));
+        let (have_tx, _) = watch::channel(core.have().clone());
         let torrent = Torrent {
+            have_tx,
             core,
             info_hash: meta.info_hash,
             our_id,
@@ -735,6 +828,14 @@ impl Torrent {
         if self.core.is_complete() {
             self.stats.complete.store(true, Ordering::Release);
         }
+        let have = self.core.have();
+        self.have_tx.send_if_modified(|b| {
+            let changed = b.count() != have.count();
+            if changed {
+                b.clone_from(have);
+            }
+            changed
+        });
     }
 
     /// Tells the core how many block bytes each connection wrote since the last report.
@@ -783,6 +884,10 @@ impl Torrent {
             Event::Announced(Some((interval, peers))) => Input::Announced { interval, peers },
             Event::Announced(None) => Input::AnnounceFailed,
             Event::Peers(list) => Input::Peers(list),
+            Event::Urgent(pieces) => {
+                self.core.set_urgent(now, &pieces);
+                return;
+            }
             Event::DiskFailed(e) => {
                 warn!("disk error, stopping the torrent: {e}");
                 // The first failure is the one to report.
