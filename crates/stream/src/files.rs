@@ -1,6 +1,7 @@
 //! Files of a content directory, served safely: [`resolve_path`] maps a request path onto a
 //! regular file under the (canonical) root, and [`OriginBody`] streams a byte window of an open
-//! file (or a small buffer) as a response body. The origin ([`crate::origin`]) and the web
+//! file, a small buffer, or chunks a task sends (a torrent file read while it downloads) as a
+//! response body. The origin ([`crate::origin`]) and the web
 //! player's routes ([`crate::web`]) both serve through it; it uses neither.
 
 use std::io;
@@ -23,9 +24,19 @@ pub enum OriginBody {
     Bytes(Option<Bytes>),
     /// `remaining` bytes of `file` from its current position.
     File { file: tokio::fs::File, remaining: u64, buf: Vec<u8> },
+    /// `remaining` bytes that a task produces into a channel (a torrent's file read while it
+    /// downloads); the body ends with an error if the channel closes early.
+    Channel { rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>, remaining: u64 },
 }
 
 impl OriginBody {
+    /// A body of `len` bytes sent into the returned channel's sender, at most `depth` chunks
+    /// ahead of the client.
+    pub fn channel(len: u64, depth: usize) -> (tokio::sync::mpsc::Sender<io::Result<Bytes>>, Self) {
+        let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
+        (tx, OriginBody::Channel { rx, remaining: len })
+    }
+
     pub(crate) fn empty() -> OriginBody {
         OriginBody::Bytes(None)
     }
@@ -80,13 +91,40 @@ impl Body for OriginBody {
                     }
                 }
             }
+            OriginBody::Channel { rx, remaining } => {
+                if *remaining == 0 {
+                    return Poll::Ready(None);
+                }
+                match rx.poll_recv(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Some(Ok(b))) => {
+                        // Never more than announced: the length is in the headers already.
+                        let b = b.slice(..b.len().min(*remaining as usize));
+                        *remaining -= b.len() as u64;
+                        Poll::Ready(Some(Ok(Frame::data(b))))
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        *remaining = 0;
+                        Poll::Ready(Some(Err(e)))
+                    }
+                    Poll::Ready(None) => {
+                        *remaining = 0;
+                        Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the body's source stopped early",
+                        ))))
+                    }
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             OriginBody::Bytes(b) => b.is_none(),
-            OriginBody::File { remaining, .. } => *remaining == 0,
+            OriginBody::File { remaining, .. } | OriginBody::Channel { remaining, .. } => {
+                *remaining == 0
+            }
         }
     }
 
@@ -95,7 +133,9 @@ impl Body for OriginBody {
             OriginBody::Bytes(b) => {
                 hyper::body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
             }
-            OriginBody::File { remaining, .. } => hyper::body::SizeHint::with_exact(*remaining),
+            OriginBody::File { remaining, .. } | OriginBody::Channel { remaining, .. } => {
+                hyper::body::SizeHint::with_exact(*remaining)
+            }
         }
     }
 }

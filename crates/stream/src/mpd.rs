@@ -984,7 +984,8 @@ fn base_urls(node: Node<'_, '_>) -> Result<Vec<String>, MpdError> {
     Ok(out)
 }
 
-fn escape(s: &str) -> String {
+/// `s` with the five XML (and HTML) special characters escaped.
+pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

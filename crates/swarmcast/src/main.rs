@@ -35,6 +35,7 @@ mod stream_cmd;
 mod stream_demo;
 mod stream_serve;
 mod tui;
+mod watch_http;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -134,6 +135,12 @@ enum Command {
         /// refused, never overwritten).
         #[arg(long)]
         check_existing: bool,
+        /// Serve the torrent's files over HTTP while they download, on this address
+        /// (127.0.0.1:0, any free port, without a value): a player reading any part of a file
+        /// (Range requests) gets those pieces first. Keeps serving after completion, until
+        /// Ctrl-C.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+        stream: Option<SocketAddr>,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -429,8 +436,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Stream { cmd } => stream_cmd::run(cmd).await,
         Command::Play(a) => play_cmd::run(a).await,
         Command::Seed { torrent, data, net } => seed(&torrent, &data, &net).await,
-        Command::Get { source, output, seed, check_existing, net } => {
-            get(&source, &output, seed, check_existing, &net).await
+        Command::Get { source, output, seed, check_existing, stream, net } => {
+            get(&source, &output, seed, check_existing, stream, &net).await
         }
         Command::Tracker { listen, interval, max_peers_returned } => {
             let config = TrackerConfig {
@@ -598,6 +605,7 @@ async fn get(
     out: &Path,
     keep_seeding: bool,
     check_existing: bool,
+    stream: Option<SocketAddr>,
     net: &NetArgs,
 ) -> Result<()> {
     enum Source {
@@ -688,6 +696,14 @@ async fn get(
     if have > 0 {
         eprintln!("resuming: {have} of {total} pieces already verified on disk");
     }
+    let streaming = match stream {
+        Some(addr) => {
+            let (addr, server) = watch_http::serve(session.reader(), addr).await?;
+            eprintln!("streaming {name} on http://{addr}/ while it downloads");
+            Some(server)
+        }
+        None => None,
+    };
     let reporter = progress::spawn_reporter(session.stats().clone(), name.clone());
     let downloading = dht_node
         .clone()
@@ -719,6 +735,9 @@ async fn get(
         a.abort();
     }
     if let Err(e) = result {
+        if let Some(s) = &streaming {
+            s.abort();
+        }
         dht_cmd::save_state(dht_node.as_deref()).await;
         session.shutdown().await;
         return Err(e);
@@ -730,9 +749,13 @@ async fn get(
         bytes as f64 / 1048576.0,
         bytes as f64 / 1048576.0 / secs.max(1e-9)
     );
-    if keep_seeding {
+    if keep_seeding || streaming.is_some() {
         let port = session.local_addr().port();
-        eprintln!("seeding on port {port} (Ctrl-C to stop)");
+        match (keep_seeding, streaming.is_some()) {
+            (true, true) => eprintln!("seeding on port {port} and streaming (Ctrl-C to stop)"),
+            (true, false) => eprintln!("seeding on port {port} (Ctrl-C to stop)"),
+            _ => eprintln!("still streaming (Ctrl-C to stop)"),
+        }
         let announcer = dht_node.clone().map(|node| {
             dht_cmd::keep_announcing(node, dht::NodeId(ih.0), session.local_addr(), true)
         });

@@ -234,10 +234,7 @@ impl Drop for Session {
 /// A running torrent of a [`Session`].
 pub struct TorrentHandle {
     stats: Arc<Stats>,
-    /// The verified pieces, updated as pieces verify.
-    have: watch::Receiver<Bitfield>,
-    storage: Arc<Storage>,
-    info: Arc<Info>,
+    reader: TorrentReader,
     events: mpsc::Sender<Event>,
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -402,11 +399,11 @@ impl Session {
         let events = torrent.events_tx.clone();
         let have_rx = torrent.have_tx.subscribe();
         let task = tokio::spawn(torrent.run(shutdown_rx, done_tx));
+        let reader =
+            TorrentReader { have: have_rx, storage, info: shared_info, events: events.clone() };
         Ok(TorrentHandle {
             stats,
-            have: have_rx,
-            storage,
-            info: shared_info,
+            reader,
             events,
             local_addr,
             shutdown,
@@ -490,6 +487,88 @@ impl TorrentHandle {
         self.local_addr
     }
 
+    /// A reader of the torrent's content, for other tasks (an HTTP server, say).
+    pub fn reader(&self) -> TorrentReader {
+        self.reader.clone()
+    }
+
+    /// The torrent's info dictionary (files, piece size).
+    pub fn info(&self) -> &Info {
+        &self.reader.info
+    }
+
+    /// The verified pieces; `changed()` wakes as more verify.
+    pub fn have(&self) -> watch::Receiver<Bitfield> {
+        self.reader.have()
+    }
+
+    /// See [`TorrentReader::read_at`].
+    pub async fn read_at(
+        &self,
+        offset: u64,
+        len: usize,
+        ahead: u32,
+    ) -> Result<Bytes, SessionError> {
+        self.reader.read_at(offset, len, ahead).await
+    }
+
+    /// Adds addresses to dial (found by the DHT, say). They join the torrent's candidate list,
+    /// which is bounded ([`crate::proto::torrent::MAX_CANDIDATES`]) like the trackers' answers.
+    pub async fn add_peers(&self, peers: Vec<SocketAddr>) {
+        let _ = self.events.send(Event::Peers(peers)).await;
+    }
+
+    /// Waits until the download is complete and every piece verified on disk (immediately for a
+    /// seed), or the session ended with an error.
+    pub async fn wait_complete(&self) -> Result<(), SessionError> {
+        let mut done = self.done.clone();
+        loop {
+            if self.stats.complete.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if let Some(r) = done.borrow_and_update().clone() {
+                return r.map_err(|e| SessionError::Io(io::Error::other(e)));
+            }
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            tick.tick().await;
+            tokio::select! {
+                r = done.changed() => if r.is_err() { return Err(SessionError::Stopped) },
+                _ = tick.tick() => {}
+            }
+        }
+    }
+
+    /// Waits until the torrent ends by itself (a download without seeding, after completion).
+    pub async fn wait_finished(&self) -> Result<(), SessionError> {
+        let mut done = self.done.clone();
+        loop {
+            if let Some(r) = done.borrow_and_update().clone() {
+                return r.map_err(|e| SessionError::Io(io::Error::other(e)));
+            }
+            if done.changed().await.is_err() {
+                return Err(SessionError::Stopped);
+            }
+        }
+    }
+
+    /// Stops the torrent: announces `stopped` (best effort) and closes its connections.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// Reads a running torrent's content while it downloads; cheap to clone (see
+/// [`TorrentHandle::reader`]). It ends with the torrent: a read then fails.
+#[derive(Clone)]
+pub struct TorrentReader {
+    have: watch::Receiver<Bitfield>,
+    storage: Arc<Storage>,
+    info: Arc<Info>,
+    events: mpsc::Sender<Event>,
+}
+
+impl TorrentReader {
     /// The torrent's info dictionary (files, piece size).
     pub fn info(&self) -> &Info {
         &self.info
@@ -557,51 +636,6 @@ impl TorrentHandle {
             Ok::<_, io::Error>(Bytes::from(buf))
         });
         Ok(read.await.map_err(|e| io::Error::other(e.to_string()))??)
-    }
-
-    /// Adds addresses to dial (found by the DHT, say). They join the torrent's candidate list,
-    /// which is bounded ([`crate::proto::torrent::MAX_CANDIDATES`]) like the trackers' answers.
-    pub async fn add_peers(&self, peers: Vec<SocketAddr>) {
-        let _ = self.events.send(Event::Peers(peers)).await;
-    }
-
-    /// Waits until the download is complete and every piece verified on disk (immediately for a
-    /// seed), or the session ended with an error.
-    pub async fn wait_complete(&self) -> Result<(), SessionError> {
-        let mut done = self.done.clone();
-        loop {
-            if self.stats.complete.load(Ordering::Acquire) {
-                return Ok(());
-            }
-            if let Some(r) = done.borrow_and_update().clone() {
-                return r.map_err(|e| SessionError::Io(io::Error::other(e)));
-            }
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
-            tick.tick().await;
-            tokio::select! {
-                r = done.changed() => if r.is_err() { return Err(SessionError::Stopped) },
-                _ = tick.tick() => {}
-            }
-        }
-    }
-
-    /// Waits until the torrent ends by itself (a download without seeding, after completion).
-    pub async fn wait_finished(&self) -> Result<(), SessionError> {
-        let mut done = self.done.clone();
-        loop {
-            if let Some(r) = done.borrow_and_update().clone() {
-                return r.map_err(|e| SessionError::Io(io::Error::other(e)));
-            }
-            if done.changed().await.is_err() {
-                return Err(SessionError::Stopped);
-            }
-        }
-    }
-
-    /// Stops the torrent: announces `stopped` (best effort) and closes its connections.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
 }
 

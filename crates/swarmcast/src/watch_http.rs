@@ -1,0 +1,139 @@
+//! `get --stream`: a torrent's files over HTTP while it downloads (rqbit's and Transmission's
+//! "stream while downloading"). A request may ask for any bytes (one `Range`, as players seek):
+//! the pieces under them, and a few megabytes after, become urgent
+//! ([`torrent::session::TorrentReader::read_at`]), and each chunk is sent once its pieces
+//! verified. Served on the project's one HTTP layer; the Range parser, the MIME table and the
+//! body type are the origin's.
+//!
+//! Routes: `GET /` lists the files; `GET /files/N` (or `/files/N/anything`, so a player sees a
+//! file name) serves file N; `HEAD` answers the same headers.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use hyper::header::{
+    HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use stream::files::OriginBody;
+use stream::origin::{mime_type, parse_range, RangeRequest};
+use torrent::session::TorrentReader;
+
+/// Bytes per read from the torrent (and per body chunk).
+const CHUNK: u64 = 256 * 1024;
+/// Bytes after each chunk asked for ahead of the reader.
+const AHEAD_BYTES: u64 = 4 << 20;
+/// Chunks read ahead of what the client took.
+const DEPTH: usize = 4;
+
+/// Starts serving `reader`'s files on `listen`; returns the address it listens on. The server
+/// runs until the returned task is dropped or aborted.
+pub async fn serve(
+    reader: TorrentReader,
+    listen: SocketAddr,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<io::Result<()>>)> {
+    let server = http_layer::HttpServer::bind(listen, http_layer::ServerConfig::default())
+        .await
+        .with_context(|| format!("cannot listen on {listen} for --stream (is the port taken?)"))?;
+    let addr = server.local_addr()?;
+    let task = tokio::spawn(server.serve(move |req, _peer| answer(reader.clone(), req)));
+    Ok((addr, task))
+}
+
+async fn answer<B>(reader: TorrentReader, req: Request<B>) -> Response<OriginBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    }
+    let head = req.method() == Method::HEAD;
+    let path = req.uri().path();
+    if path == "/" {
+        return index(&reader);
+    }
+    let Some(rest) = path.strip_prefix("/files/") else {
+        return text(StatusCode::NOT_FOUND, "no such page: try /\n");
+    };
+    let number = rest.split('/').next().unwrap_or("");
+    let info = reader.info();
+    let Some(file) = number.parse::<usize>().ok().and_then(|i| info.files.get(i)) else {
+        return text(StatusCode::NOT_FOUND, "no such file: the list is at /\n");
+    };
+    let (offset, len) = (file.offset, file.length);
+    let name = file.path.last().cloned().unwrap_or_default();
+    let range = req.headers().get(RANGE).and_then(|v| v.to_str().ok());
+    let (status, start, end) = match range.map_or(RangeRequest::Full, |r| parse_range(r, len)) {
+        RangeRequest::Full => (StatusCode::OK, 0, len.saturating_sub(1)),
+        RangeRequest::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
+        RangeRequest::Unsatisfiable => {
+            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "");
+            header(&mut r, CONTENT_RANGE, &format!("bytes */{len}"));
+            return r;
+        }
+    };
+    let body_len = if len == 0 { 0 } else { end - start + 1 };
+    let body = if head || body_len == 0 {
+        OriginBody::from("")
+    } else {
+        let (tx, body) = OriginBody::channel(body_len, DEPTH);
+        let ahead = (AHEAD_BYTES / u64::from(info.piece_length)).max(1) as u32;
+        tokio::spawn(async move {
+            let mut at = offset + start;
+            let stop = offset + end + 1;
+            while at < stop {
+                let n = (stop - at).min(CHUNK);
+                let chunk = reader.read_at(at, n as usize, ahead).await.map_err(io::Error::other);
+                let failed = chunk.is_err();
+                // The client went away, or the torrent stopped: nothing more to send.
+                if tx.send(chunk).await.is_err() || failed {
+                    return;
+                }
+                at += n;
+            }
+        });
+        body
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    header(&mut r, CONTENT_TYPE, mime_type(Path::new(&name)));
+    header(&mut r, ACCEPT_RANGES, "bytes");
+    header(&mut r, CONTENT_LENGTH, &body_len.to_string());
+    if status == StatusCode::PARTIAL_CONTENT {
+        header(&mut r, CONTENT_RANGE, &format!("bytes {start}-{end}/{len}"));
+    }
+    r
+}
+
+/// The file list, with links.
+fn index(reader: &TorrentReader) -> Response<OriginBody> {
+    let info = reader.info();
+    let mut html = format!(
+        "<!doctype html><meta charset=utf-8><title>{0}</title><h1>{0}</h1><ul>",
+        stream::mpd::escape(&info.name)
+    );
+    for (i, f) in info.files.iter().enumerate() {
+        let name = stream::mpd::escape(&f.path.join("/"));
+        let last = f.path.last().map(|s| stream::mpd::escape(s)).unwrap_or_default();
+        html.push_str(&format!(
+            "<li><a href=\"/files/{i}/{last}\">{name}</a> ({} bytes)</li>",
+            f.length
+        ));
+    }
+    html.push_str("</ul>\n");
+    let mut r = Response::new(OriginBody::Bytes(Some(html.into())));
+    header(&mut r, CONTENT_TYPE, "text/html; charset=utf-8");
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<OriginBody> {
+    let mut r = Response::new(OriginBody::from(body));
+    *r.status_mut() = status;
+    header(&mut r, CONTENT_TYPE, "text/plain; charset=utf-8");
+    r
+}
+
+fn header<B>(r: &mut Response<B>, name: hyper::header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+}
