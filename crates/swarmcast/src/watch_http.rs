@@ -6,7 +6,8 @@
 //! body type are the origin's.
 //!
 //! Routes: `GET /` lists the files; `GET /files/N` (or `/files/N/anything`, so a player sees a
-//! file name) serves file N; `HEAD` answers the same headers.
+//! file name) serves file N; `HEAD` answers the same headers; `GET /watch/N` is a page that
+//! plays file N in the browser's own `<video>` element (which asks for ranges as it seeks).
 
 use std::io;
 use std::net::SocketAddr;
@@ -50,6 +51,9 @@ async fn answer<B>(reader: TorrentReader, req: Request<B>) -> Response<OriginBod
     let path = req.uri().path();
     if path == "/" {
         return index(&reader);
+    }
+    if let Some(n) = path.strip_prefix("/watch/") {
+        return watch_page(&reader, n);
     }
     let Some(rest) = path.strip_prefix("/files/") else {
         return text(StatusCode::NOT_FOUND, "no such page: try /\n");
@@ -104,6 +108,24 @@ async fn answer<B>(reader: TorrentReader, req: Request<B>) -> Response<OriginBod
     r
 }
 
+/// A page that plays file `n` in a `<video>` element.
+fn watch_page(reader: &TorrentReader, n: &str) -> Response<OriginBody> {
+    let info = reader.info();
+    let Some((i, file)) = n.parse::<usize>().ok().and_then(|i| Some((i, info.files.get(i)?)))
+    else {
+        return text(StatusCode::NOT_FOUND, "no such file: the list is at /\n");
+    };
+    let name = stream::mpd::escape(file.path.last().map_or("", |s| s.as_str()));
+    let html = format!(
+        "<!doctype html><meta charset=utf-8><title>{name}</title>\
+         <video id=video src=\"/files/{i}/{name}\" controls autoplay muted \
+         style=\"max-width:100%\"></video><p><a href=\"/\">all files</a>\n"
+    );
+    let mut r = Response::new(OriginBody::Bytes(Some(html.into())));
+    header(&mut r, CONTENT_TYPE, "text/html; charset=utf-8");
+    r
+}
+
 /// The file list, with links.
 fn index(reader: &TorrentReader) -> Response<OriginBody> {
     let info = reader.info();
@@ -115,7 +137,8 @@ fn index(reader: &TorrentReader) -> Response<OriginBody> {
         let name = stream::mpd::escape(&f.path.join("/"));
         let last = f.path.last().map(|s| stream::mpd::escape(s)).unwrap_or_default();
         html.push_str(&format!(
-            "<li><a href=\"/files/{i}/{last}\">{name}</a> ({} bytes)</li>",
+            "<li><a href=\"/files/{i}/{last}\">{name}</a> ({} bytes) \
+             <a href=\"/watch/{i}\">watch</a></li>",
             f.length
         ));
     }

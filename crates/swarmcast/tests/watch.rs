@@ -79,3 +79,58 @@ fn a_file_streams_over_http_with_ranges_while_it_downloads() {
     assert!(body == data, "the whole file differs");
     get.wait_output("still streaming", Duration::from_secs(60));
 }
+
+/// A real video (ffmpeg: 60 s, H.264, moov first) from a seed limited to 200 KiB/s, so the
+/// download takes 15 s or more: headless Chromium plays `/watch/0` from the start, then seeks
+/// to the middle and plays on (`web/watch.mjs`), both before the download completes.
+#[test]
+fn a_video_plays_in_chromium_while_it_downloads_and_a_seek_to_the_middle_plays() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).is_file(),
+        "{chromium} is missing: install the Debian package `chromium` (scripts/install-deps.sh)"
+    );
+    assert!(
+        root.join("web/node_modules/playwright-core/package.json").is_file(),
+        "web/node_modules/playwright-core is missing: run `npm ci --prefix web` (scripts/test.sh does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    let movie = d.join("data/movie.mp4");
+    let ffmpeg = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", "60"])
+        .args(["-c:v", "libx264", "-b:v", "400k", "-pix_fmt", "yuv420p", "-g", "50"])
+        .args(["-movflags", "+faststart"])
+        .arg(&movie)
+        .output()
+        .expect("cannot run ffmpeg: install the Debian package `ffmpeg`");
+    assert!(ffmpeg.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&ffmpeg.stderr));
+    let torrent = create_torrent(&movie, &d.join("m.torrent"), &["--piece-size", "64k"]);
+    let (_seed, seed_port) =
+        start_seed(&torrent, &movie, d, &["--upload-limit", "200k", "--no-dht"]);
+    let port = free_port();
+    let mut get = swarmcast();
+    get.arg("get")
+        .arg(&torrent)
+        .arg("-o")
+        .arg(d.join("out"))
+        .args(["--peer", &format!("127.0.0.1:{seed_port}"), "--no-dht"])
+        .args(["--stream", &format!("127.0.0.1:{port}")]);
+    let mut get = Proc::spawn("get", get, d);
+    get.wait_output("while it downloads", Duration::from_secs(60));
+
+    let out = std::process::Command::new("node")
+        .arg(root.join("web/watch.mjs"))
+        .arg(format!("http://127.0.0.1:{port}/watch/0"))
+        .arg("60")
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("cannot run node: install the Debian packages `nodejs` and `npm`");
+    let done = get.output().contains("complete, every piece verified");
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("watch.mjs: {report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the video did not play and seek: {report}\n{}", get.output());
+    assert!(!done, "the download completed before the seek played:\n{}", get.output());
+}
