@@ -80,13 +80,20 @@ async fn answer<B>(reader: TorrentReader, req: Request<B>) -> Response<OriginBod
         OriginBody::from("")
     } else {
         let (tx, body) = OriginBody::channel(body_len, DEPTH);
-        let ahead = (AHEAD_BYTES / u64::from(info.piece_length)).max(1) as u32;
+        let piece = u64::from(info.piece_length);
+        let ahead = (AHEAD_BYTES / piece).max(1) as u32;
         tokio::spawn(async move {
             let mut at = offset + start;
             let stop = offset + end + 1;
             while at < stop {
-                let n = (stop - at).min(CHUNK);
-                let chunk = reader.read_at(at, n as usize, ahead).await.map_err(io::Error::other);
+                // Never past the piece's end: each chunk goes out as soon as its piece verified.
+                let n = (stop - at).min(CHUNK).min(piece - at % piece);
+                // A client that went away (a seek) stops its reader at once, so the pieces it
+                // waited for stop being urgent over the new position's.
+                let chunk = tokio::select! {
+                    c = reader.read_at(at, n as usize, ahead) => c.map_err(io::Error::other),
+                    _ = tx.closed() => return,
+                };
                 let failed = chunk.is_err();
                 // The client went away, or the torrent stopped: nothing more to send.
                 if tx.send(chunk).await.is_err() || failed {
