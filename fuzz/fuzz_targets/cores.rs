@@ -184,6 +184,10 @@ fuzz_target!(|data: &[u8]| {
                     tc.handle(now, Input::Verified { piece, ok: arg & 1 != 0, blocks });
                 }
             }
+            7 if to_metadata => {
+                // The owner's urgent pieces (a reader of the content), some out of range.
+                tc.set_urgent(now, &[u32::from(arg) % 40, u32::from(arg >> 3), u32::from(arg)]);
+            }
             _ => {
                 tc.handle(now, Input::Uploaded(key, u64::from(arg) * 1024));
             }
