@@ -138,7 +138,8 @@ enum Command {
         /// Serve the torrent's files over HTTP while they download, on this address
         /// (127.0.0.1:0, any free port, without a value): a player reading any part of a file
         /// (Range requests) gets those pieces first. Keeps serving after completion, until
-        /// Ctrl-C.
+        /// Ctrl-C. A non-loopback address has no authentication: anyone who reaches it can
+        /// read the files.
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
         stream: Option<SocketAddr>,
         #[command(flatten)]
@@ -697,11 +698,17 @@ async fn get(
         eprintln!("resuming: {have} of {total} pieces already verified on disk");
     }
     let streaming = match stream {
-        Some(addr) => {
-            let (addr, server) = watch_http::serve(session.reader(), addr).await?;
-            eprintln!("streaming {name} on http://{addr}/ while it downloads");
-            Some(server)
-        }
+        Some(addr) => match watch_http::serve(session.reader(), addr).await {
+            Ok((addr, server)) => {
+                eprintln!("streaming {name} on http://{addr}/ while it downloads");
+                Some(server)
+            }
+            Err(e) => {
+                dht_cmd::save_state(dht_node.as_deref()).await;
+                session.shutdown().await;
+                return Err(e);
+            }
+        },
         None => None,
     };
     let reporter = progress::spawn_reporter(session.stats().clone(), name.clone());
@@ -756,12 +763,16 @@ async fn get(
             (true, false) => eprintln!("seeding on port {port} (Ctrl-C to stop)"),
             _ => eprintln!("still streaming (Ctrl-C to stop)"),
         }
-        let announcer = dht_node.clone().map(|node| {
+        // Only a seeding torrent still runs: a streaming one reads what is on disk.
+        let announcer = dht_node.clone().filter(|_| keep_seeding).map(|node| {
             dht_cmd::keep_announcing(node, dht::NodeId(ih.0), session.local_addr(), true)
         });
-        let reporter = progress::spawn_reporter(session.stats().clone(), name);
+        let reporter =
+            keep_seeding.then(|| progress::spawn_reporter(session.stats().clone(), name));
         tokio::signal::ctrl_c().await.ok();
-        reporter.abort();
+        if let Some(r) = reporter {
+            r.abort();
+        }
         if let Some(a) = announcer {
             a.abort();
         }

@@ -1003,15 +1003,36 @@ mod tests {
         let got = pk.pick(PeerKey(1), &all, 9);
         let pieces: Vec<u32> = got.iter().map(|x| x.piece).collect();
         assert_eq!(pieces, vec![b, b, b, b, a, a, a, a, first]);
-        // Once b is verified it is no longer urgent; a peer without a is asked for the rest.
+        // Once b is verified it is no longer urgent.
         for x in got.iter().filter(|x| x.piece == b) {
             pk.block_received(PeerKey(1), *x);
         }
         pk.piece_verified(b);
         assert_eq!(pk.urgent().collect::<Vec<_>>(), vec![a]);
-        // An empty list ends the urgency: the same seed picks as it would have.
+        // A peer without a gets no block of it.
+        let without_a = bits(n, (0..n).filter(|&p| p != a));
+        pk.peer_bitfield(PeerKey(2), &without_a);
+        assert!(pk.pick(PeerKey(2), &without_a, 4).iter().all(|x| x.piece != a));
         pk.set_urgent(&[]);
         assert_eq!(pk.urgent().count(), 0);
+    }
+
+    #[test]
+    fn with_no_urgent_pieces_the_picks_are_those_of_before() {
+        // The same seed, with and without an urgent list that was then cleared: every pick the
+        // same (step 0 draws nothing from the RNG).
+        let n = 64;
+        let run = |urgent: bool| {
+            let mut pk = picker(PickerConfig::default(), 16 * KIB, u64::from(n) * 16384, 9);
+            if urgent {
+                pk.set_urgent(&[5, 9]);
+                pk.set_urgent(&[]);
+            }
+            let all = Bitfield::full(n);
+            pk.peer_bitfield(PeerKey(1), &all);
+            (0..20).flat_map(|_| pk.pick(PeerKey(1), &all, 3)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(true), run(false));
     }
 
     #[test]

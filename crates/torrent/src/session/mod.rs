@@ -559,7 +559,8 @@ impl TorrentHandle {
 }
 
 /// Reads a running torrent's content while it downloads; cheap to clone (see
-/// [`TorrentHandle::reader`]). It ends with the torrent: a read then fails.
+/// [`TorrentHandle::reader`]). Once the torrent's task has ended, verified bytes can still be
+/// read; a read that waits for a missing piece then fails.
 #[derive(Clone)]
 pub struct TorrentReader {
     have: watch::Receiver<Bitfield>,
@@ -588,8 +589,10 @@ impl TorrentReader {
     /// `len` bytes of the torrent's content at `offset` (across files, in torrent order), once
     /// every piece under them is verified: missing ones are made urgent, with the `ahead`
     /// pieces after the range (a reader's next bytes), and waited for. Bytes are read from
-    /// disk only after their piece verified. Fails if the range is outside the torrent or the
-    /// torrent stops first.
+    /// disk only after their piece verified, and all `len` bytes are held in memory. Fails if
+    /// the range is outside the torrent or the torrent stops first. A piece no peer has is
+    /// waited for as long as it takes: drop the future to give up (the HTTP server does when
+    /// its client leaves).
     pub async fn read_at(
         &self,
         offset: u64,
@@ -613,10 +616,14 @@ impl TorrentReader {
                 let wanted = (first..=last).chain(after.filter(|&p| p < pieces));
                 wanted.filter(|&p| !h.has(p)).collect()
             };
-            if missing.first().is_none_or(|&p| p > last) {
+            let waiting = missing.first().is_some_and(|&p| p <= last);
+            if !missing.is_empty() {
+                // Also when only the read-ahead is missing: the reader's next bytes come first.
+                self.set_urgent(missing).await;
+            }
+            if !waiting {
                 break;
             }
-            self.set_urgent(missing).await;
             if have.changed().await.is_err() {
                 return Err(SessionError::Stopped);
             }
@@ -862,6 +869,8 @@ impl Torrent {
         if self.core.is_complete() {
             self.stats.complete.store(true, Ordering::Release);
         }
+        // Verified pieces are never un-verified (a piece verifies once; `on_verified` ignores a
+        // second verdict), so a change in the count is a change in the set.
         let have = self.core.have();
         self.have_tx.send_if_modified(|b| {
             let changed = b.count() != have.count();
