@@ -5,39 +5,15 @@
 // {"played_s": seconds from page load to 1 s played, "seek_s": seconds from the seek to 1 s
 // played after it, "duration": the video's length, "error": null or a message}.
 // Usage: node web/watch.mjs URL [TIMEOUT_SECONDS]   (exit 0 = both happened, 1 = not, 2 = setup)
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { launch } from './browser.mjs';
 
 const url = process.argv[2];
 const timeoutS = Number(process.argv[3] || 60);
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 if (!url) {
   console.error('usage: node web/watch.mjs URL [TIMEOUT_SECONDS]');
   process.exit(2);
 }
-let chromium;
-try {
-  ({ chromium } = await import('playwright-core'));
-} catch (e) {
-  console.error(`cannot load playwright-core (${e.message}): run \`npm ci --prefix web\``);
-  process.exit(2);
-}
-const userDataDir = mkdtempSync(join(tmpdir(), 'swarmcast-chromium-'));
-let context;
-try {
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--autoplay-policy=no-user-gesture-required'],
-  });
-} catch (e) {
-  console.error(`cannot start ${executablePath} (${e.message.split('\n')[0]}): install the Debian package \`chromium\``);
-  rmSync(userDataDir, { recursive: true, force: true });
-  process.exit(2);
-}
+const { context, close } = await launch();
 const result = { played_s: null, seek_s: null, duration: null, error: null };
 const deadline = Date.now() + timeoutS * 1000;
 // Polls `f` in the page every 100 ms until it is true or the deadline passes.
@@ -70,8 +46,7 @@ try {
 } catch (e) {
   result.error = e.message;
 } finally {
-  await context.close();
-  rmSync(userDataDir, { recursive: true, force: true });
+  await close();
 }
 console.log(JSON.stringify(result));
 process.exit(result.played_s !== null && result.seek_s !== null ? 0 : 1);

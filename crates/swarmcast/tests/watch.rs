@@ -38,16 +38,15 @@ fn http_to(
     (status, head, raw[split + 4..].to_vec())
 }
 
-#[test]
-fn a_file_streams_over_http_with_ranges_while_it_downloads() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("data")).unwrap();
-    let data = random_file(&d.join("data/movie.mp4"), 8 << 20, 11);
-    let torrent =
-        create_torrent(&d.join("data/movie.mp4"), &d.join("m.torrent"), &["--piece-size", "64k"]);
-    let (_seed, seed_port) =
-        start_seed(&torrent, &d.join("data/movie.mp4"), d, &["--upload-limit", "1M", "--no-dht"]);
+/// Makes a torrent of `file` (64 KiB pieces), seeds it at `limit` bytes per second, and starts
+/// `get --stream` from that seed; returns the seed, the getter and the stream server's port.
+fn stream_from_a_slow_seed(
+    d: &std::path::Path,
+    file: &std::path::Path,
+    limit: &str,
+) -> (Proc, Proc, u16) {
+    let torrent = create_torrent(file, &d.join("m.torrent"), &["--piece-size", "64k"]);
+    let (seed, seed_port) = start_seed(&torrent, file, d, &["--upload-limit", limit, "--no-dht"]);
     let port = free_port();
     let mut get = swarmcast();
     get.arg("get")
@@ -58,6 +57,16 @@ fn a_file_streams_over_http_with_ranges_while_it_downloads() {
         .args(["--stream", &format!("127.0.0.1:{port}")]);
     let mut get = Proc::spawn("get", get, d);
     get.wait_output("while it downloads", Duration::from_secs(60));
+    (seed, get, port)
+}
+
+#[test]
+fn a_file_streams_over_http_with_ranges_while_it_downloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    let data = random_file(&d.join("data/movie.mp4"), 8 << 20, 11);
+    let (_seed, mut get, port) = stream_from_a_slow_seed(d, &d.join("data/movie.mp4"), "1M");
 
     let (status, _, index) = http(port, "GET", "/", None);
     assert_eq!(status, 200);
@@ -123,19 +132,7 @@ fn a_video_plays_in_chromium_while_it_downloads_and_a_seek_to_the_middle_plays()
         .output()
         .expect("cannot run ffmpeg: install the Debian package `ffmpeg`");
     assert!(ffmpeg.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&ffmpeg.stderr));
-    let torrent = create_torrent(&movie, &d.join("m.torrent"), &["--piece-size", "64k"]);
-    let (_seed, seed_port) =
-        start_seed(&torrent, &movie, d, &["--upload-limit", "64k", "--no-dht"]);
-    let port = free_port();
-    let mut get = swarmcast();
-    get.arg("get")
-        .arg(&torrent)
-        .arg("-o")
-        .arg(d.join("out"))
-        .args(["--peer", &format!("127.0.0.1:{seed_port}"), "--no-dht"])
-        .args(["--stream", &format!("127.0.0.1:{port}")]);
-    let mut get = Proc::spawn("get", get, d);
-    get.wait_output("while it downloads", Duration::from_secs(60));
+    let (_seed, get, port) = stream_from_a_slow_seed(d, &movie, "64k");
 
     let mut node = std::process::Command::new("node");
     node.arg(root.join("web/watch.mjs"))

@@ -1,4 +1,4 @@
-//! Reading a torrent's content while it downloads ([`TorrentHandle::read_at`]), against a real
+//! Reading a torrent's content while it downloads ([`TorrentReader::read_at`]), against a real
 //! seeding [`Session`] over loopback: the bytes a reader asks for are made urgent, arrive
 //! before the rest, and equal the original. The seed's upload limit (1 MiB/s for 8 MiB) keeps
 //! the whole download at 8 s or more, so a read that returns while the download is incomplete
@@ -42,28 +42,29 @@ async fn a_reader_gets_the_bytes_it_asks_for_before_the_download_completes() {
         .await
         .unwrap();
 
+    let reader = get.reader();
     // The last 300 KB (a player reading a file's index at its end), crossing pieces and
     // ending at the file's last byte.
     let (offset, len) = (data.len() - 300_000, 300_000);
-    let tail = timeout(LIMIT, get.read_at(offset as u64, len, 4)).await.unwrap().unwrap();
+    let tail = timeout(LIMIT, reader.read_at(offset as u64, len, 4)).await.unwrap().unwrap();
     assert_eq!(&tail[..], &data[offset..]);
     // Without the urgency the 5 tail pieces come in random order among the 128: all of them
     // within the first 32 by chance once in a thousand runs.
-    let have = get.have().borrow().count();
+    let have = reader.have().borrow().count();
     eprintln!("{have} of 128 pieces verified when the tail was read");
     assert!(have <= 32, "{have} of 128 pieces came before the tail: it was not urgent");
 
     // Then the middle (a seek), unaligned.
     let mid = 3_000_001;
-    let part = timeout(LIMIT, get.read_at(mid as u64, 100_000, 4)).await.unwrap().unwrap();
+    let part = timeout(LIMIT, reader.read_at(mid as u64, 100_000, 4)).await.unwrap().unwrap();
     assert_eq!(&part[..], &data[mid..mid + 100_000]);
 
     // A range outside the torrent is an error, not a wait.
-    assert!(get.read_at(data.len() as u64 - 10, 11, 0).await.is_err());
-    assert!(get.read_at(0, 0, 0).await.is_err());
+    assert!(reader.read_at(data.len() as u64 - 10, 11, 0).await.is_err());
+    assert!(reader.read_at(0, 0, 0).await.is_err());
 
     timeout(LIMIT, get.wait_complete()).await.unwrap().unwrap();
-    let all = timeout(LIMIT, get.read_at(0, data.len(), 0)).await.unwrap().unwrap();
+    let all = timeout(LIMIT, reader.read_at(0, data.len(), 0)).await.unwrap().unwrap();
     assert_eq!(&all[..], &data[..]);
     get.shutdown().await;
     seed.shutdown().await;

@@ -497,21 +497,6 @@ impl TorrentHandle {
         &self.reader.info
     }
 
-    /// The verified pieces; `changed()` wakes as more verify.
-    pub fn have(&self) -> watch::Receiver<Bitfield> {
-        self.reader.have()
-    }
-
-    /// See [`TorrentReader::read_at`].
-    pub async fn read_at(
-        &self,
-        offset: u64,
-        len: usize,
-        ahead: u32,
-    ) -> Result<Bytes, SessionError> {
-        self.reader.read_at(offset, len, ahead).await
-    }
-
     /// Adds addresses to dial (found by the DHT, say). They join the torrent's candidate list,
     /// which is bounded ([`crate::proto::torrent::MAX_CANDIDATES`]) like the trackers' answers.
     pub async fn add_peers(&self, peers: Vec<SocketAddr>) {
@@ -702,7 +687,7 @@ struct Torrent {
     /// The announcer task's queue: the core has at most one announce in flight, plus `stopped`.
     announces: Option<mpsc::Sender<AnnounceJob>>,
     session: Arc<Shared>,
-    /// The verified pieces, for readers of the content ([`TorrentHandle::read_at`]).
+    /// The verified pieces, for readers of the content ([`TorrentReader::read_at`]).
     have_tx: watch::Sender<Bitfield>,
 }
 
