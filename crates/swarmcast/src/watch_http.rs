@@ -54,6 +54,14 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {listen} for --stream (is the port taken?)"))?;
     let addr = server.local_addr()?;
     let local_only = addr.ip().is_loopback();
+    // A player starts at the beginning: until one asks for something else, the first
+    // AHEAD_BYTES of the largest file come before the random first pieces.
+    let info = reader.info();
+    if let Some(f) = info.files.iter().filter(|f| f.length > 0).max_by_key(|f| f.length) {
+        let piece = u64::from(info.piece_length);
+        let (first, last) = (f.offset / piece, (f.offset + f.length.min(AHEAD_BYTES) - 1) / piece);
+        reader.set_urgent((first..=last).map(|p| p as u32).collect()).await;
+    }
     let task =
         tokio::spawn(server.serve(move |req, _peer| answer(reader.clone(), req, local_only)));
     Ok((addr, task))

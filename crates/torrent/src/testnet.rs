@@ -320,7 +320,14 @@ impl Net {
                     self.send_block(i, key, b.length, msg);
                 }
             }
-            Output::CancelServe(..) | Output::DropServes { .. } => {}
+            // A block held for the next batch is dropped when cancelled, as a real seed drops a
+            // queued one.
+            Output::CancelServe(key, b) => self.nodes[i].held.retain(|(k, _, m)| {
+                *k != key
+                    || !matches!(m, Message::Piece { piece, offset, .. }
+                        if *piece == b.piece && *offset == b.offset)
+            }),
+            Output::DropServes { .. } => {}
             Output::Disconnect(key, _) => self.close(key),
             Output::Connect(addr) => {
                 if let Some(b) = self.nodes.iter().position(|n| n.addr == addr) {

@@ -300,6 +300,17 @@ impl<R: rand::Rng> PiecePicker<R> {
         self.peers.get(&peer).map_or(0, |r| r.outstanding.len())
     }
 
+    /// The blocks requested from `peer` and not yet received.
+    pub fn outstanding_blocks(&self, peer: PeerKey) -> Vec<BlockRef> {
+        let Some(r) = self.peers.get(&peer) else { return Vec::new() };
+        r.outstanding.iter().map(|&(p, i)| self.layout.block_ref(p, i)).collect()
+    }
+
+    /// Whether some block of `piece` was ever requested (or it is verified).
+    pub fn started(&self, piece: u32) -> bool {
+        self.state.get(piece as usize).is_some_and(|s| *s != PieceState::Untouched)
+    }
+
     /// Number of pieces in the torrent.
     pub fn num_pieces(&self) -> u32 {
         self.layout.num_pieces

@@ -599,9 +599,26 @@ impl TorrentCore {
     /// [`PiecePicker::set_urgent`](super::picker::PiecePicker::set_urgent)); replaces the
     /// previous list, and requests go out at once to peers with room in their pipeline. For a
     /// reader of a file still downloading: the pieces under its read position and just after.
-    /// Requests already sent are not taken back: an urgent piece waits behind them.
+    /// When the most urgent piece is not under way yet (a reader that seeks), the requests
+    /// queued at peers for pieces that are not urgent are cancelled (CANCEL; a block that
+    /// arrives anyway is still used), so the urgent ones do not wait behind them.
     pub fn set_urgent(&mut self, now: Instant, pieces: &[u32]) {
         self.picker.set_urgent(pieces);
+        let first = self.picker.urgent().next();
+        if first.is_some_and(|p| !self.picker.started(p)) {
+            let urgent: std::collections::BTreeSet<u32> = self.picker.urgent().collect();
+            let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+            for key in keys {
+                for b in self.picker.outstanding_blocks(key) {
+                    if !urgent.contains(&b.piece) {
+                        self.picker.release(key, b);
+                        let cancel =
+                            Message::Cancel { piece: b.piece, offset: b.offset, length: b.length };
+                        self.out.push_back(Output::Send(key, cancel));
+                    }
+                }
+            }
+        }
         self.fill_all(now);
     }
 
@@ -1569,6 +1586,37 @@ mod tests {
             .collect();
         assert_eq!(verified.len(), 10);
         assert_eq!(verified[..2], [9, 5], "{verified:?}");
+    }
+
+    #[test]
+    fn a_seek_cancels_what_waits_for_other_pieces_and_the_new_piece_comes_first() {
+        // 40 one-block pieces from a seed answering every 500 ms: requests wait there.
+        let mut net = Net::new(content(40 * 16384), 16 * 1024);
+        let s = net.add(true, Net::config(0));
+        let l = net.add(false, Net::config(1));
+        net.nodes[s].batch_every = Some(Duration::from_millis(500));
+        net.connect(l, s);
+        net.drive(Duration::from_millis(200));
+        let requested: std::collections::BTreeSet<u32> = net.nodes[l]
+            .sent
+            .iter()
+            .filter_map(|(_, _, m)| match m {
+                Message::Request { piece, .. } => Some(*piece),
+                _ => None,
+            })
+            .collect();
+        assert!(!requested.is_empty());
+        let target = (0..40).rev().find(|p| !requested.contains(p)).unwrap();
+        let now = net.now;
+        net.nodes[l].core.set_urgent(now, &[target]);
+        net.drive(Duration::from_secs(10));
+        assert_eq!(net.nodes[l].data, net.content());
+        assert!(!sent_to(&net, l, |m| matches!(m, Message::Cancel { .. })).is_empty());
+        let first = net.nodes[l].outputs.iter().find_map(|o| match o {
+            Output::Event(TorrentEvent::PieceVerified(p)) => Some(*p),
+            _ => None,
+        });
+        assert_eq!(first, Some(target), "requested first: {requested:?}");
     }
 
     #[test]
