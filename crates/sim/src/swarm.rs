@@ -876,13 +876,13 @@ impl Sim {
                             self.nodes[i as usize].fetched = Some(self.now);
                             self.start_node(i, info.piece_length, false);
                         }
-                        Err(e) => self.fetch_failed(i, format!("a bad dictionary: {e}")),
+                        Err(e) => self.fail_fetch(i, format!("a bad dictionary: {e}")),
                     }
                     return;
                 }
                 FetchOutput::Failed { last, .. } => {
                     self.end_fetch(i);
-                    self.fetch_failed(i, last);
+                    self.fail_fetch(i, last);
                     return;
                 }
             }
@@ -902,7 +902,7 @@ impl Sim {
         }
     }
 
-    fn fetch_failed(&mut self, i: u32, why: String) {
+    fn fail_fetch(&mut self, i: u32, why: String) {
         self.fetch_failed += 1;
         self.fetch_error = format!("leecher {i}: {why}");
         self.remove_member(i);

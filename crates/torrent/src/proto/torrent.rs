@@ -606,7 +606,7 @@ impl TorrentCore {
         self.picker.set_urgent(pieces);
         let first = self.picker.urgent().next();
         if first.is_some_and(|p| !self.picker.started(p)) {
-            let urgent: std::collections::BTreeSet<u32> = self.picker.urgent().collect();
+            let urgent: BTreeSet<u32> = self.picker.urgent().collect();
             let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
             for key in keys {
                 for b in self.picker.outstanding_blocks(key) {
