@@ -8,6 +8,8 @@
 #   libtorrent -> swarmcast   (`swarmcast get --peer`)
 #   swarmcast  -> libtorrent  (the seed side against the same leecher)
 #   swarmcast  -> swarmcast   (`swarmcast seed` + `swarmcast get --peer`)
+#   the disk alone            (every run: the file read with the page cache dropped, and
+#                              written with an fsync: the floor of a cold seed and a leecher)
 #
 # Usage: scripts/bench-transfer.sh [SIZE_MIB=1024] [RUNS=1]
 #
@@ -208,6 +210,28 @@ PYEOF
   stop "$tracker"
 }
 
+# The machine's own floor, each run: reading the file with the page cache dropped (what a seed
+# must do), and writing it with an fsync at the end (what a leecher must do). The virtual disk
+# here varies between runs (cold reads of 1 GiB took 0.5-2.5 s in one afternoon), so each
+# run's transfers are printed beside it.
+disk_floor() {
+  local run=$1 t0 t1 secs
+  drop_cache
+  t0=$(date +%s.%N)
+  cat "$DATA" >/dev/null
+  t1=$(date +%s.%N)
+  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+  printf '  %-24s run %d: %6.2f s\n' disk-read "$run" "$secs"
+  echo "disk-read $secs 0 ok" >>"$WORK/results"
+  t0=$(date +%s.%N)
+  dd if="$DATA" of="$WORK/copy" bs=1M conv=fsync status=none
+  t1=$(date +%s.%N)
+  rm -f "$WORK/copy"
+  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+  printf '  %-24s run %d: %6.2f s\n' disk-write "$run" "$secs"
+  echo "disk-write $secs 0 ok" >>"$WORK/results"
+}
+
 # The two leechers that can be handed the seed's address, as commands (after CASE RUN).
 LT_GET=("$PY" "$LT_PEER" get "$WORK/plain.torrent" "$WORK/out" "$LEECH_PORT" "$SEED_PORT" "$LEECH_TIMEOUT")
 SC_ENC=()
@@ -257,6 +281,7 @@ done
 selected() { [[ $SELECTED == *" $1 "* ]]; }
 for ((run = 1; run <= RUNS; run++)); do
   echo "run $run of $RUNS"
+  disk_floor "$run"
   if selected lt-aria2; then run_lt_aria2 "$run"; fi
   if selected lt-lt; then with_lt_seed lt-lt "$run" "${LT_GET[@]}"; fi
   if selected lt-swarmcast; then with_lt_seed lt-swarmcast "$run" "${SC_GET[@]}"; fi
@@ -270,7 +295,9 @@ done
 CASES=("lt-aria2:libtorrent → aria2c (reference)"
   "lt-aria2-transfer:libtorrent → aria2c, transfer only (no start-up, no tracker)"
   "lt-lt:libtorrent → libtorrent" "lt-swarmcast:libtorrent → swarmcast"
-  "swarmcast-lt:swarmcast → libtorrent" "swarmcast-swarmcast:swarmcast → swarmcast")
+  "swarmcast-lt:swarmcast → libtorrent" "swarmcast-swarmcast:swarmcast → swarmcast"
+  "disk-read:the disk alone: read the file, page cache dropped (\`cat\`)"
+  "disk-write:the disk alone: write the file and fsync (\`dd conv=fsync\`)")
 # Per case: median seconds over the successful runs, highest peak RSS, failures.
 summary() {
   awk -v c="$1" -v size="$SIZE_MIB" '
@@ -290,7 +317,10 @@ failed=0
   for entry in "${CASES[@]}"; do
     key=${entry%%:*}
     label=${entry#*:}
-    selected "${key%-transfer}" || continue
+    case $key in
+      disk-*) ;;
+      *) selected "${key%-transfer}" || continue ;;
+    esac
     read -r secs rss fails all < <(summary "$key")
     if [ "$fails" -gt 0 ]; then failed=1; fi
     awk -v l="$label" -v s="$secs" -v r="$rss" -v ref="$REF_SECS" -v size="$SIZE_MIB" \
