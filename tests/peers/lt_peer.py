@@ -6,6 +6,9 @@ python3-libtorrent). Modes:
   lt_peer.py get TORRENT OUT_DIR PORT PEER_PORT [TIMEOUT]
                                                download from 127.0.0.1:PEER_PORT (LT_IPV6=1:
                                                [::1]:PEER_PORT), print "done"
+  lt_peer.py create PATH OUT PIECE_SIZE        write OUT, libtorrent's own torrent of PATH (v1 + v2
+                                               hybrid, as qBittorrent makes them: every file
+                                               padded to a piece boundary with BEP 47 pad files)
   lt_peer.py scrape TORRENT TRACKER_URL PORT   scrape TRACKER_URL for TORRENT (the torrent is
                                                added paused), print "scrape SEEDERS LEECHERS"
                                                and exit 0; exit 1 on an error or after 30 s
@@ -125,6 +128,14 @@ def main():
         print("done", flush=True)
         while os.environ.get("LT_STAY") == "1":
             time.sleep(1)
+    elif mode == "create":
+        path, out, piece = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        fs = lt.file_storage()
+        lt.add_files(fs, path)
+        t = lt.create_torrent(fs, piece)
+        lt.set_piece_hashes(t, os.path.dirname(os.path.abspath(path)))
+        with open(out, "wb") as f:
+            f.write(lt.bencode(t.generate()))
     elif mode == "scrape":
         torrent, url, port = sys.argv[2], sys.argv[3], int(sys.argv[4])
         s = settings(port)

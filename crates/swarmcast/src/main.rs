@@ -110,6 +110,10 @@ enum Command {
         /// Mark the torrent private (BEP 27).
         #[arg(long)]
         private: bool,
+        /// Start every file of a folder on a piece boundary, with pad files of zeros between
+        /// them (BEP 47), so each file can be fetched and verified on its own.
+        #[arg(long)]
+        align: bool,
     },
     /// Seed existing data.
     Seed {
@@ -423,8 +427,11 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Scrape { source, trackers } => scrape(&source, trackers).await,
-        Command::Create { path, output, trackers, piece_size, comment, private } => {
-            create(&path, output, trackers, piece_size, comment, private)
+        Command::Create { path, output, trackers, piece_size, comment, private, align } => {
+            let piece_size = piece_size
+                .map(|p| u32::try_from(p).context("piece size is too large"))
+                .transpose()?;
+            create(&path, output, CreateOptions { trackers, piece_size, comment, private, align })
         }
         Command::Bound(a) => lab_cmd::bound(&a),
         Command::Chat(a) => chat_cmd::chat(a).await,
@@ -462,17 +469,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn create(
-    path: &Path,
-    output: Option<PathBuf>,
-    trackers: Vec<String>,
-    piece_size: Option<u64>,
-    comment: Option<String>,
-    private: bool,
-) -> Result<()> {
-    let piece_size =
-        piece_size.map(|p| u32::try_from(p).context("piece size is too large")).transpose()?;
-    let opts = CreateOptions { trackers, piece_size, comment, private };
+fn create(path: &Path, output: Option<PathBuf>, opts: CreateOptions) -> Result<()> {
     let bar = progress::bytes_bar("hashing");
     let bytes = torrent::metainfo::create(path, &opts, &mut |done, total| {
         bar.set_length(total);

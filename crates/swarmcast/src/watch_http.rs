@@ -57,7 +57,7 @@ pub async fn serve(
     // A player starts at the beginning: until one asks for something else, the first
     // AHEAD_BYTES of the largest file come before the random first pieces.
     let info = reader.info();
-    if let Some(f) = info.files.iter().filter(|f| f.length > 0).max_by_key(|f| f.length) {
+    if let Some(f) = info.files.iter().filter(|f| f.length > 0 && !f.pad).max_by_key(|f| f.length) {
         let piece = u64::from(info.piece_length);
         let (first, last) = (f.offset / piece, (f.offset + f.length.min(AHEAD_BYTES) - 1) / piece);
         reader.set_urgent((first..=last).map(|p| p as u32).collect()).await;
@@ -104,7 +104,8 @@ async fn answer<B>(
     };
     let number = rest.split('/').next().unwrap_or("");
     let info = reader.info();
-    let Some(file) = number.parse::<usize>().ok().and_then(|i| info.files.get(i)) else {
+    let file = number.parse::<usize>().ok().and_then(|i| info.files.get(i));
+    let Some(file) = file.filter(|f| !f.pad) else {
         return text(StatusCode::NOT_FOUND, "no such file: the list is at /\n");
     };
     let (offset, len) = (file.offset, file.length);
@@ -167,8 +168,8 @@ async fn answer<B>(
 /// A page that plays file `n` in a `<video>` element.
 fn watch_page(reader: &TorrentReader, n: &str) -> Response<OriginBody> {
     let info = reader.info();
-    let Some((i, file)) = n.parse::<usize>().ok().and_then(|i| Some((i, info.files.get(i)?)))
-    else {
+    let file = n.parse::<usize>().ok().and_then(|i| Some((i, info.files.get(i)?)));
+    let Some((i, file)) = file.filter(|(_, f)| !f.pad) else {
         return text(StatusCode::NOT_FOUND, "no such file: the list is at /\n");
     };
     let name = file.path.last().map_or("", |s| s.as_str());
@@ -190,7 +191,7 @@ fn index(reader: &TorrentReader) -> Response<OriginBody> {
         "<!doctype html><meta charset=utf-8><title>{0}</title><h1>{0}</h1><ul>",
         stream::mpd::escape(&info.name)
     );
-    for (i, f) in info.files.iter().enumerate() {
+    for (i, f) in info.files.iter().enumerate().filter(|(_, f)| !f.pad) {
         let name = stream::mpd::escape(&f.path.join("/"));
         let last = f.path.last().map_or(String::new(), |s| link_segment(s));
         html.push_str(&format!(

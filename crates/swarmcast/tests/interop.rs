@@ -549,6 +549,70 @@ fn mktorrent_multi_file_torrent_downloads_from_libtorrent() {
     }
 }
 
+/// A torrent with BEP 47 pad files, made by libtorrent (which pads every file, the last one
+/// too): we download it from libtorrent, and no pad file appears on disk.
+#[test]
+fn libtorrent_padded_torrent_downloads_without_pad_files_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let content = d.join("seed/clip");
+    random_file(&content.join("init.mp4"), 1_000, 12);
+    random_file(&content.join("seg-1.m4s"), 100_000, 13);
+    random_file(&content.join("seg-2.m4s"), 70_001, 14);
+    let t = d.join("clip.torrent");
+    let mut c = libtorrent_python();
+    c.arg("create").arg(&content).arg(&t).arg("16384");
+    run_ok(c);
+    let info = info_of(&t);
+    assert!(info.files.iter().filter(|f| f.pad).count() >= 3, "libtorrent made no pad files");
+    let (_lt, port) = libtorrent_seed(&t, &d.join("seed"), d);
+    let out = d.join("got");
+    let peer = format!("127.0.0.1:{port}");
+    get_ok(t.to_str().unwrap(), &out, d, &["--peer", &peer], "swarmcast get failed");
+    for f in ["init.mp4", "seg-1.m4s", "seg-2.m4s"] {
+        assert_same_file(&content.join(f), &out.join("clip").join(f));
+    }
+    let mut on_disk: Vec<String> = std::fs::read_dir(out.join("clip"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    assert_eq!(on_disk, ["init.mp4", "seg-1.m4s", "seg-2.m4s"]);
+}
+
+/// `create --align` pads every file but the last to a piece boundary; libtorrent takes the pad
+/// files for what they are and downloads the files from our seed (which serves the pads' zeros).
+#[test]
+fn libtorrent_downloads_a_swarmcast_torrent_with_pad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let content = d.join("seed/clip");
+    random_file(&content.join("a.m4s"), 100_000, 15);
+    random_file(&content.join("b.m4s"), 50_000, 16);
+    random_file(&content.join("c.m4s"), 70_000, 17);
+    let args = ["--piece-size", "16k", "--align"];
+    let t = create_torrent(&content, &d.join("clip.torrent"), &args);
+    let info = info_of(&t);
+    let real: Vec<_> = info.files.iter().filter(|f| !f.pad).collect();
+    assert_eq!(info.files.len(), 5, "a pad after a.m4s and after b.m4s");
+    assert!(real.iter().all(|f| f.offset % 16384 == 0), "{:?}", info.files);
+    let (_seed, port) = start_seed(&t, &content, d, &[]);
+    let out = d.join("lt");
+    let mut c = libtorrent_python();
+    c.arg("get").arg(&t).arg(&out).arg(free_port().to_string()).arg(port.to_string());
+    let mut lt = Proc::spawn("libtorrent-get", c, d);
+    let st = lt.wait(LONG);
+    assert!(st.success(), "libtorrent could not download\n{}", lt.output());
+    for f in ["a.m4s", "b.m4s", "c.m4s"] {
+        assert_same_file(&content.join(f), &out.join("clip").join(f));
+    }
+}
+
+fn info_of(torrent: &Path) -> torrent::metainfo::Info {
+    let bytes = std::fs::read(torrent).unwrap();
+    torrent::metainfo::Metainfo::from_bytes(&bytes).unwrap().info
+}
+
 #[test]
 fn libtorrent_accepts_and_downloads_a_swarmcast_multi_file_torrent() {
     let dir = tempfile::tempdir().unwrap();

@@ -37,6 +37,10 @@ pub struct FileEntry {
     pub length: u64,
     /// Byte offset of the file's start in the torrent's concatenated byte stream.
     pub offset: u64,
+    /// A pad file (BEP 47, `attr` holds `p`): zeros that align the next file to a piece
+    /// boundary. It is never created on disk, its bytes read as zeros, and what a peer sends
+    /// for it is not written; it is left out of file listings.
+    pub pad: bool,
 }
 
 /// The parsed info dictionary.
@@ -288,7 +292,12 @@ impl Info {
                 if len < 0 {
                     return Err(MetainfoError::Invalid(format!("info.length is negative ({len})")));
                 }
-                let entry = FileEntry { path: vec![name.clone()], length: len as u64, offset: 0 };
+                let entry = FileEntry {
+                    path: vec![name.clone()],
+                    length: len as u64,
+                    offset: 0,
+                    pad: false,
+                };
                 (vec![entry], false)
             }
             (None, Some(raw_files)) => (build_files(&name, raw_files)?, true),
@@ -347,6 +356,7 @@ struct RawFile<'s> {
     length: i64,
     path: Option<Vec<&'s [u8]>>,
     path_utf8: Option<Vec<&'s [u8]>>,
+    attr: Option<&'s [u8]>,
 }
 
 fn check_size(data: &[u8]) -> Result<(), MetainfoError> {
@@ -481,16 +491,18 @@ fn parse_files<'s>(obj: Object<'_, 's>) -> Result<Vec<RawFile<'s>>, MetainfoErro
         let mut length = None;
         let mut path = None;
         let mut path_utf8 = None;
+        let mut attr = None;
         while let Some((k, v)) = dict.next_pair().map_err(bencode_err)? {
             match k {
                 b"length" => length = Some(int(v, &format!("{key}.length"))?),
                 b"path" => path = Some(parse_path(v, &format!("{key}.path"))?),
                 b"path.utf-8" => path_utf8 = Some(parse_path(v, &format!("{key}.path.utf-8"))?),
+                b"attr" => attr = Some(bytes(v, &format!("{key}.attr"))?),
                 _ => {}
             }
         }
         let length = length.ok_or(MetainfoError::MissingKey("info.files[].length"))?;
-        out.push(RawFile { index, length, path, path_utf8 });
+        out.push(RawFile { index, length, path, path_utf8, attr });
     }
     Ok(out)
 }
@@ -529,7 +541,8 @@ fn build_files(name: &str, raw: Vec<RawFile<'_>>) -> Result<Vec<FileEntry>, Meta
         let shown = std::iter::once(name).chain(path.iter().map(String::as_str));
         let shown: Vec<&str> = shown.collect();
         check_path(&shown.join("/"), &path)?;
-        files.push(FileEntry { path, length: f.length as u64, offset: 0 });
+        let pad = f.attr.is_some_and(|a| a.contains(&b'p'));
+        files.push(FileEntry { path, length: f.length as u64, offset: 0, pad });
     }
     check_distinct(name, &files)?;
     Ok(files)
@@ -539,7 +552,9 @@ fn build_files(name: &str, raw: Vec<RawFile<'_>>) -> Result<Vec<FileEntry>, Meta
 /// two entries would share one file on disk, and writing one could overwrite the other's
 /// verified pieces.
 fn check_distinct(name: &str, files: &[FileEntry]) -> Result<(), MetainfoError> {
-    let mut paths: Vec<&[String]> = files.iter().map(|f| f.path.as_slice()).collect();
+    // Pad files are never on disk; libtorrent names every pad of one size alike (`.pad/N`).
+    let mut paths: Vec<&[String]> =
+        files.iter().filter(|f| !f.pad).map(|f| f.path.as_slice()).collect();
     paths.sort_unstable();
     // Sorted by components, a path that is a prefix of another sits right before one that
     // starts with it, so neighbours are enough.
@@ -612,6 +627,11 @@ pub struct CreateOptions {
     pub comment: Option<String>,
     /// Sets `info.private = 1` (BEP 27).
     pub private: bool,
+    /// Multi-file: after every file that does not end on a piece boundary, a pad file of zeros
+    /// (BEP 47, `attr` `p`, named `.pad/LENGTH` as libtorrent names them), so each file starts a
+    /// piece and can be fetched and verified on its own (a streamed segment is then whole
+    /// pieces).
+    pub align: bool,
 }
 
 /// Why [`create`] could not make a torrent.
@@ -686,6 +706,28 @@ struct SourceFile {
     components: Vec<String>,
     disk_path: PathBuf,
     length: u64,
+    /// A pad file (BEP 47): `length` zeros, not on disk.
+    pad: bool,
+}
+
+/// `files` with a pad file after each one that does not end on a piece boundary (none after the
+/// last), and the new total length.
+fn with_pads(files: Vec<SourceFile>, piece_length: u32) -> (Vec<SourceFile>, u64) {
+    let pl = piece_length as u64;
+    let last = files.len().saturating_sub(1);
+    let mut out = Vec::with_capacity(files.len() * 2);
+    let mut total = 0u64;
+    for (i, f) in files.into_iter().enumerate() {
+        total = total.saturating_add(f.length);
+        out.push(f);
+        let gap = (pl - total % pl) % pl;
+        if i < last && gap > 0 {
+            let components = vec![".pad".to_string(), gap.to_string()];
+            out.push(SourceFile { components, disk_path: PathBuf::new(), length: gap, pad: true });
+            total += gap;
+        }
+    }
+    (out, total)
 }
 
 /// Makes a `.torrent` file from `path`: a regular file gives a single-file torrent, a directory
@@ -706,6 +748,7 @@ pub fn create(
             components: vec![name.clone()],
             disk_path: path.to_path_buf(),
             length: meta.len(),
+            pad: false,
         };
         (vec![file], false)
     } else if meta.is_dir() {
@@ -730,6 +773,8 @@ pub fn create(
         Some(s) => return Err(CreateError::InvalidPieceSize(s)),
         None => auto_piece_size(total),
     };
+    let (files, total) =
+        if opts.align && multi_file { with_pads(files, piece_length) } else { (files, total) };
     let pieces_size = total.div_ceil(piece_length as u64).saturating_mul(20);
     if pieces_size > MAX_TORRENT_SIZE as u64 {
         return Err(CreateError::TooLarge { size: pieces_size });
@@ -799,6 +844,7 @@ fn walk(
                 components: prefix.clone(),
                 disk_path: path,
                 length: meta.len(),
+                pad: false,
             });
         } else {
             return Err(CreateError::NotRegularFile { path });
@@ -822,8 +868,12 @@ fn hash_files(
     let mut done: u64 = 0;
     let mut buf = vec![0u8; 256 * 1024];
     for f in files {
-        let file = File::open(&f.disk_path).map_err(|source| io_err(&f.disk_path, source))?;
-        let mut reader = file.take(f.length);
+        let mut reader: Box<dyn Read> = if f.pad {
+            Box::new(io::repeat(0).take(f.length))
+        } else {
+            let file = File::open(&f.disk_path).map_err(|source| io_err(&f.disk_path, source))?;
+            Box::new(file.take(f.length))
+        };
         let mut read_total: u64 = 0;
         loop {
             let n = match reader.read(&mut buf) {
@@ -928,6 +978,9 @@ fn emit_info(
                 e.emit_list(|list| {
                     for f in files {
                         list.emit_and_sort_dict(|d| {
+                            if f.pad {
+                                d.emit_pair(b"attr", "p")?;
+                            }
                             d.emit_pair(b"length", f.length)?;
                             d.emit_pair(b"path", &f.components)
                         })?;
@@ -1056,7 +1109,12 @@ mod tests {
         assert!(!m.info.multi_file && !m.info.private);
         assert_eq!(
             m.info.files,
-            vec![FileEntry { path: vec!["movie.mkv".into()], length: 40_000, offset: 0 }]
+            vec![FileEntry {
+                path: vec!["movie.mkv".into()],
+                length: 40_000,
+                offset: 0,
+                pad: false
+            }]
         );
         assert_eq!(m.trackers, vec![vec!["http://t.example/announce".to_string()]]);
         assert_eq!(m.info_hash, InfoHash(sha1(&m.info_bytes)));
@@ -1107,9 +1165,9 @@ mod tests {
         assert!(info.multi_file);
         assert_eq!(info.total_length, 25);
         let want = vec![
-            FileEntry { path: vec!["a".into(), "b.txt".into()], length: 5, offset: 0 },
-            FileEntry { path: vec!["empty".into()], length: 0, offset: 5 },
-            FileEntry { path: vec!["ü.txt".into()], length: 20, offset: 5 },
+            FileEntry { path: vec!["a".into(), "b.txt".into()], length: 5, offset: 0, pad: false },
+            FileEntry { path: vec!["empty".into()], length: 0, offset: 5, pad: false },
+            FileEntry { path: vec!["ü.txt".into()], length: 20, offset: 5, pad: false },
         ];
         assert_eq!(info.files, want);
     }
@@ -1413,6 +1471,7 @@ mod tests {
             piece_size: Some(16_384),
             comment: Some("a comment".into()),
             private: true,
+            align: false,
         };
         let mut calls = Vec::new();
         let bytes = create(&file, &opts, &mut |done, total| calls.push((done, total))).unwrap();
@@ -1427,7 +1486,12 @@ mod tests {
         assert_eq!(m.info.piece_size(3), 1000);
         assert_eq!(
             m.info.files,
-            vec![FileEntry { path: vec!["video.bin".into()], length: total, offset: 0 }]
+            vec![FileEntry {
+                path: vec!["video.bin".into()],
+                length: total,
+                offset: 0,
+                pad: false
+            }]
         );
         let want: Vec<[u8; 20]> = data.chunks(16_384).map(sha1).collect();
         assert_eq!(m.info.pieces, want);
@@ -1473,7 +1537,7 @@ mod tests {
         let mut want_entries = Vec::new();
         for (p, d) in &files {
             let path = p.iter().map(|c| c.to_string()).collect();
-            want_entries.push(FileEntry { path, length: d.len() as u64, offset });
+            want_entries.push(FileEntry { path, length: d.len() as u64, offset, pad: false });
             offset += d.len() as u64;
             concat.extend_from_slice(d);
         }
@@ -1487,6 +1551,70 @@ mod tests {
             vec![vec!["http://a.example/".to_string()], vec!["udp://b.example:80".to_string()]]
         );
         assert_eq!(m.info_hash, InfoHash(sha1(&m.info_bytes)));
+    }
+
+    #[test]
+    fn align_pads_every_file_but_the_last_to_a_piece_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("movie");
+        fs::create_dir_all(&root).unwrap();
+        // Sizes: not aligned, exactly one piece, empty, not aligned (last).
+        let files: Vec<(&str, Vec<u8>)> = vec![
+            ("a", content(20_000, 1)),
+            ("b", content(16_384, 2)),
+            ("c", Vec::new()),
+            ("d", content(5_000, 3)),
+        ];
+        for (p, d) in &files {
+            fs::write(root.join(p), d).unwrap();
+        }
+        let opts = CreateOptions { piece_size: Some(16_384), align: true, ..Default::default() };
+        let m = Metainfo::from_bytes(&create(&root, &opts, &mut |_, _| {}).unwrap()).unwrap();
+        let shown: Vec<(String, u64, u64, bool)> =
+            m.info.files.iter().map(|f| (f.path.join("/"), f.length, f.offset, f.pad)).collect();
+        let want = [
+            ("a", 20_000, 0, false),
+            (".pad/12768", 12_768, 20_000, true),
+            ("b", 16_384, 32_768, false),
+            ("c", 0, 49_152, false),
+            ("d", 5_000, 49_152, false),
+        ];
+        let want: Vec<_> =
+            want.iter().map(|(p, l, o, pad)| (p.to_string(), *l, *o, *pad)).collect();
+        assert_eq!(shown, want);
+        // The pieces hash the files with zeros in the pads.
+        let mut concat = files[0].1.clone();
+        concat.resize(32_768, 0);
+        concat.extend_from_slice(&files[1].1);
+        concat.extend_from_slice(&files[3].1);
+        let hashes: Vec<[u8; 20]> = concat.chunks(16_384).map(sha1).collect();
+        assert_eq!(m.info.pieces, hashes);
+        // A single file has nothing to align.
+        let one = root.join("a");
+        let m = Metainfo::from_bytes(&create(&one, &opts, &mut |_, _| {}).unwrap()).unwrap();
+        assert_eq!(m.info.files.len(), 1);
+    }
+
+    #[test]
+    fn pad_files_of_one_size_may_share_a_name_and_other_files_may_not() {
+        let pad = |len: i64| {
+            B::D(vec![("attr", s("p")), ("length", B::I(len)), ("path", path(&[".pad", "8"]))])
+        };
+        let file = |name: &str| B::D(vec![("length", B::I(8)), ("path", path(&[name]))]);
+        let info = |files: Vec<B>| {
+            B::D(vec![
+                ("files", B::L(files)),
+                ("name", s("clip")),
+                ("piece length", B::I(16)),
+                ("pieces", B::S(vec![0; 40])),
+            ])
+            .encode()
+        };
+        let parsed = Info::from_bytes(&info(vec![file("a"), pad(8), file("b"), pad(8)])).unwrap();
+        let pads: Vec<bool> = parsed.files.iter().map(|f| f.pad).collect();
+        assert_eq!(pads, [false, true, false, true]);
+        let twice = Info::from_bytes(&info(vec![file("a"), file("b"), file("a"), file("c")]));
+        assert!(matches!(twice, Err(MetainfoError::UnsafePath { .. })), "{twice:?}");
     }
 
     #[test]

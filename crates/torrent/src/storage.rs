@@ -62,7 +62,8 @@ struct StoredFile {
     path: PathBuf,
     offset: u64,
     length: u64,
-    handle: File,
+    /// `None` for a pad file (BEP 47): never on disk, reads as zeros, writes are dropped.
+    handle: Option<File>,
     /// Created empty by this open: it holds no data, so re-checking it is pointless.
     fresh: bool,
 }
@@ -159,7 +160,11 @@ impl Storage {
             let io_err = |source| StorageError::Io { path: path.clone(), source };
             let mut fresh = false;
             let handle = match state.as_mut() {
-                None => File::open(&path).map_err(io_err)?,
+                _ if entry.pad => {
+                    fresh = true;
+                    None
+                }
+                None => Some(File::open(&path).map_err(io_err)?),
                 Some(state) => {
                     let rel = relative_components(info, &entry.path);
                     let (handle, created) = state.open_file(&rel, &path, existing)?;
@@ -171,7 +176,7 @@ impl Storage {
                     if len != entry.length {
                         handle.set_len(entry.length).map_err(io_err)?;
                     }
-                    handle
+                    Some(handle)
                 }
             };
             files.push(StoredFile {
@@ -234,16 +239,21 @@ impl Storage {
     /// Writes `data` at `offset` within `piece`.
     pub fn write(&self, piece: u32, offset: u32, data: &[u8]) -> io::Result<()> {
         let pos = piece as u64 * self.piece_length as u64 + offset as u64;
-        self.segments(pos, data.len(), |file, at, range| {
-            file.handle.write_all_at(&data[range], at).map_err(|e| annotate(&file.path, e))
+        self.segments(pos, data.len(), |file, at, range| match &file.handle {
+            Some(h) => h.write_all_at(&data[range], at).map_err(|e| annotate(&file.path, e)),
+            None => Ok(()),
         })
     }
 
     /// Reads `buf.len()` bytes at `offset` within `piece`.
     pub fn read(&self, piece: u32, offset: u32, buf: &mut [u8]) -> io::Result<()> {
         let pos = piece as u64 * self.piece_length as u64 + offset as u64;
-        self.segments(pos, buf.len(), |file, at, range| {
-            file.handle.read_exact_at(&mut buf[range], at).map_err(|e| annotate(&file.path, e))
+        self.segments(pos, buf.len(), |file, at, range| match &file.handle {
+            Some(h) => h.read_exact_at(&mut buf[range], at).map_err(|e| annotate(&file.path, e)),
+            None => {
+                buf[range].fill(0);
+                Ok(())
+            }
         })
     }
 
@@ -255,7 +265,9 @@ impl Storage {
         let pos = piece as u64 * self.piece_length as u64;
         let _ = self.segments(pos, self.piece_size(piece) as usize, |file, at, range| {
             let len = std::num::NonZeroU64::new(range.len() as u64);
-            let _ = rustix::fs::fadvise(&file.handle, at, len, rustix::fs::Advice::DontNeed);
+            if let Some(h) = &file.handle {
+                let _ = rustix::fs::fadvise(h, at, len, rustix::fs::Advice::DontNeed);
+            }
             Ok(())
         });
     }
@@ -323,7 +335,9 @@ impl Storage {
     /// Flushes written data to disk.
     pub fn sync(&self) -> io::Result<()> {
         for f in &self.files {
-            f.handle.sync_data().map_err(|e| annotate(&f.path, e))?;
+            if let Some(h) = &f.handle {
+                h.sync_data().map_err(|e| annotate(&f.path, e))?;
+            }
         }
         Ok(())
     }
@@ -576,6 +590,7 @@ pub(crate) mod tests {
                 path: name.split('/').map(String::from).collect(),
                 length: data.len() as u64,
                 offset: all.len() as u64,
+                pad: false,
             });
             all.extend_from_slice(data);
         }
@@ -590,6 +605,36 @@ pub(crate) mod tests {
             total_length: all.len() as u64,
         };
         (info, all)
+    }
+
+    #[test]
+    fn pad_files_are_never_on_disk_read_as_zeros_and_drop_what_is_written_to_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let a: Vec<u8> = (0..100u8).collect();
+        let pad = vec![0u8; 28];
+        let b: Vec<u8> = (0..=255u8).cycle().take(60).collect();
+        let (mut info, all) = info_for(&[("a", &a), (".pad/28", &pad), ("b", &b)], 64);
+        info.files[1].pad = true;
+        let storage = Storage::open(&info, dir.path(), Mode::ReadWrite).unwrap();
+        // Piece 1 (bytes 64..128): the end of `a`, the pad, and a peer's junk for the pad.
+        let mut sent = all[64..128].to_vec();
+        sent[40..64].fill(0xEE);
+        storage.write(1, 0, &sent).unwrap();
+        let mut back = vec![1u8; 64];
+        storage.read(1, 0, &mut back).unwrap();
+        assert_eq!(back, all[64..128], "the pad reads as zeros, not as what was written");
+        for piece in [0, 2] {
+            let size = storage.piece_size(piece) as usize;
+            let at = piece as usize * 64;
+            storage.write(piece, 0, &all[at..at + size]).unwrap();
+        }
+        storage.sync().unwrap();
+        drop(storage);
+        let storage = Storage::open(&info, dir.path(), Mode::ReadWrite).unwrap();
+        let have = storage.check_existing(|_, _| {}).unwrap();
+        assert!(have.is_full(), "every piece verifies with zeros in the pad");
+        assert!(!dir.path().join("multi/.pad").exists(), "no pad file or folder on disk");
+        assert_eq!(std::fs::read(dir.path().join("multi/b")).unwrap(), b);
     }
 
     #[test]
