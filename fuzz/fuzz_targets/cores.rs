@@ -188,6 +188,16 @@ fuzz_target!(|data: &[u8]| {
                 // The owner's urgent pieces (a reader of the content), some out of range.
                 tc.set_urgent(now, &[u32::from(arg) % 40, u32::from(arg >> 3), u32::from(arg)]);
             }
+            7 if arg & 1 == 0 => {
+                // Streaming: urgent pieces only, on or off.
+                tc.set_urgent_only(now, arg & 2 != 0);
+            }
+            7 => {
+                // A piece from elsewhere, of the right size or not, in range or not.
+                let piece = u32::from(arg >> 1) % 48;
+                let len = if arg & 2 != 0 { 32 * 1024 } else { usize::from(arg) };
+                tc.handle(now, Input::AddPiece { piece, data: vec![arg; len].into() });
+            }
             _ => {
                 tc.handle(now, Input::Uploaded(key, u64::from(arg) * 1024));
             }

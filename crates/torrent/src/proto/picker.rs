@@ -212,6 +212,9 @@ pub struct PiecePicker<R: rand::Rng> {
     free_blocks: u64,
     /// Pieces wanted first, most urgent first (at most [`MAX_URGENT`]).
     urgent: Vec<u32>,
+    /// Fetch the urgent pieces only (a viewer of a streamed movie wants the segments it plays,
+    /// not the whole torrent).
+    urgent_only: bool,
 }
 
 /// Most urgent pieces kept: the first ones of a longer list.
@@ -247,7 +250,36 @@ impl<R: rand::Rng> PiecePicker<R> {
             peers: BTreeMap::new(),
             free_blocks: 0,
             urgent: Vec::new(),
+            urgent_only: false,
         }
+    }
+
+    /// With `on`, [`PiecePicker::pick`] hands out blocks of urgent pieces only.
+    pub fn set_urgent_only(&mut self, on: bool) {
+        self.urgent_only = on;
+    }
+
+    /// True when only urgent pieces are fetched.
+    pub fn urgent_only(&self) -> bool {
+        self.urgent_only
+    }
+
+    /// The piece's bytes came from elsewhere (an HTTP server) and await their hash verdict:
+    /// its outstanding requests are forgotten and it is not picked again, unless the verdict
+    /// is bad ([`PiecePicker::piece_failed`] then makes it missing again). Out of range, or
+    /// already complete or verified: ignored (returns false).
+    pub fn piece_supplied(&mut self, piece: u32) -> bool {
+        if piece >= self.layout.num_pieces {
+            return false;
+        }
+        match self.state[piece as usize] {
+            PieceState::Have | PieceState::Complete => return false,
+            PieceState::Untouched => self.untouched -= 1,
+            PieceState::Active => self.drop_active(piece),
+        }
+        self.state[piece as usize] = PieceState::Complete;
+        self.complete.insert(piece, BTreeSet::new());
+        true
     }
 
     /// Pieces to fetch before any other, most urgent first, replacing the previous list (an
@@ -392,6 +424,10 @@ impl<R: rand::Rng> PiecePicker<R> {
             }
         }
 
+        if self.urgent_only {
+            return self.register(peer, picked);
+        }
+
         // 1. Finish what is under way.
         for (&p, piece) in self.active.iter_mut() {
             if picked.len() == max {
@@ -432,6 +468,11 @@ impl<R: rand::Rng> PiecePicker<R> {
             }
         }
 
+        self.register(peer, picked)
+    }
+
+    /// Records `picked` as outstanding at `peer` and returns the blocks.
+    fn register(&mut self, peer: PeerKey, picked: Vec<(u32, u32)>) -> Vec<BlockRef> {
         let layout = self.layout;
         let record = self.record(peer);
         picked

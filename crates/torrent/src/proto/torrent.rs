@@ -188,6 +188,10 @@ pub enum Input {
     Announced { interval: Duration, peers: Vec<SocketAddr> },
     /// An announce failed.
     AnnounceFailed,
+    /// A whole piece's bytes from elsewhere (a viewer's HTTP fallback to the CDN, libtorrent's
+    /// `add_piece`): written and hashed like a peer's; once verified it is had and announced. A
+    /// piece already had or complete, out of range, or of the wrong size is ignored.
+    AddPiece { piece: u32, data: Bytes },
     /// [`TorrentCore::next_deadline`] passed.
     Timeout,
 }
@@ -543,6 +547,7 @@ impl TorrentCore {
                 self.stats.uploaded += bytes;
             }
             Input::Verified { piece, ok, blocks } => self.on_verified(now, piece, ok, blocks),
+            Input::AddPiece { piece, data } => self.on_add_piece(now, piece, data),
             Input::Synced => self.on_synced(now),
             Input::Peers(list) => self.add_candidates(now, list),
             Input::Announced { interval, peers } => {
@@ -617,6 +622,12 @@ impl TorrentCore {
                         self.out.push_back(Output::Send(key, cancel));
                     }
                 }
+            }
+        }
+        if self.picker.urgent_only() {
+            let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+            for k in keys {
+                self.update_interest(now, k);
             }
         }
         self.fill_all(now);
@@ -1031,6 +1042,41 @@ impl TorrentCore {
         self.fill_requests(now, key);
     }
 
+    fn on_add_piece(&mut self, now: Instant, piece: u32, data: Bytes) {
+        if piece >= self.picker.num_pieces() || data.len() != self.picker.piece_size(piece) as usize
+        {
+            return;
+        }
+        // What peers still owe of this piece is not needed any more.
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            for b in self.picker.outstanding_blocks(key) {
+                if b.piece == piece {
+                    let cancel =
+                        Message::Cancel { piece: b.piece, offset: b.offset, length: b.length };
+                    self.out.push_back(Output::Send(key, cancel));
+                }
+            }
+        }
+        if !self.picker.piece_supplied(piece) {
+            return;
+        }
+        self.out.push_back(Output::Write { piece, offset: 0, data });
+        self.out.push_back(Output::Verify { piece, blocks: false });
+        self.fill_all(now);
+    }
+
+    /// With `on`, only the urgent pieces are fetched (see [`TorrentCore::set_urgent`]), and a
+    /// peer is interesting only while it has one of them: a viewer of a streamed movie fetches
+    /// the segments it plays and serves what it has.
+    pub fn set_urgent_only(&mut self, now: Instant, on: bool) {
+        self.picker.set_urgent_only(on);
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for k in keys {
+            self.update_interest(now, k);
+        }
+    }
+
     fn on_verified(&mut self, now: Instant, piece: u32, ok: bool, blocks: Option<Vec<[u8; 20]>>) {
         if piece >= self.picker.num_pieces() || self.picker.have().has(piece) {
             return;
@@ -1161,7 +1207,11 @@ impl TorrentCore {
         let Some(p) = self.peers.get_mut(&key) else {
             return;
         };
-        let want = self.picker.have().wants_any_of(&p.has);
+        let want = if self.picker.urgent_only() {
+            self.picker.urgent().any(|u| p.has.has(u))
+        } else {
+            self.picker.have().wants_any_of(&p.has)
+        };
         if want != p.am_interested {
             p.am_interested = want;
             let m = if want { Message::Interested } else { Message::NotInterested };
@@ -1617,6 +1667,83 @@ mod tests {
             _ => None,
         });
         assert_eq!(first, Some(target), "requested first: {requested:?}");
+    }
+
+    /// The pieces `node` verified, in order.
+    fn verified(net: &Net, node: usize) -> Vec<u32> {
+        let outputs = net.nodes[node].outputs.iter();
+        outputs
+            .filter_map(|o| match o {
+                Output::Event(TorrentEvent::PieceVerified(p)) => Some(*p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn urgent_only_fetches_the_urgent_pieces_and_nothing_else() {
+        let mut net = Net::new(content(20 * 16384), 16 * 1024);
+        let s = net.add(true, Net::config(0));
+        let l = net.add(false, Net::config(1));
+        let now = net.now;
+        net.nodes[l].core.set_urgent_only(now, true);
+        net.connect(l, s);
+        net.drive(Duration::from_secs(2));
+        assert_eq!(verified(&net, l), [], "nothing is urgent yet");
+        assert!(sent_to(&net, l, |m| matches!(m, Message::Interested)).is_empty());
+        let now = net.now;
+        net.nodes[l].core.set_urgent(now, &[7, 3]);
+        net.drive(Duration::from_secs(4));
+        assert_eq!(verified(&net, l), [7, 3]);
+        let asked: std::collections::BTreeSet<u32> = net.nodes[l]
+            .sent
+            .iter()
+            .filter_map(|(_, _, m)| match m {
+                Message::Request { piece, .. } => Some(*piece),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked, [3, 7].into());
+        // Done with them: no longer interested, until something else is urgent.
+        let last = net.nodes[l].sent.iter().rev().find_map(|(_, _, m)| match m {
+            Message::Interested | Message::NotInterested => Some(m.clone()),
+            _ => None,
+        });
+        assert_eq!(last, Some(Message::NotInterested));
+        let now = net.now;
+        net.nodes[l].core.set_urgent(now, &[12]);
+        net.drive(Duration::from_secs(6));
+        assert_eq!(verified(&net, l), [7, 3, 12]);
+        assert!(!net.nodes[l].core.is_complete());
+    }
+
+    #[test]
+    fn a_piece_added_from_elsewhere_is_verified_then_served_and_a_bad_one_is_not() {
+        let mut net = Net::new(content(20 * 16384), 16 * 1024);
+        let a = net.add(false, Net::config(0));
+        let b = net.add(false, Net::config(1));
+        let now = net.now;
+        for n in [a, b] {
+            net.nodes[n].core.set_urgent_only(now, true);
+        }
+        net.connect(b, a);
+        let good = Bytes::copy_from_slice(&net.content()[5 * 16384..6 * 16384]);
+        let bad = Bytes::from(vec![7u8; 16384]);
+        net.nodes[a].core.handle(now, Input::AddPiece { piece: 5, data: good });
+        net.nodes[a].core.handle(now, Input::AddPiece { piece: 6, data: bad });
+        // The wrong size for a piece: ignored.
+        net.nodes[a].core.handle(now, Input::AddPiece { piece: 8, data: Bytes::from(vec![0; 9]) });
+        net.drive(Duration::from_secs(1));
+        assert_eq!(verified(&net, a), [5]);
+        let failed =
+            net.nodes[a].outputs.iter().any(|o| *o == Output::Event(TorrentEvent::HashFailed(6)));
+        assert!(failed, "the bad piece failed its hash check");
+        assert_eq!(sent_to(&net, a, |m| matches!(m, Message::Have(5))).len(), 1);
+        let now = net.now;
+        net.nodes[b].core.set_urgent(now, &[5]);
+        net.drive(Duration::from_secs(3));
+        assert_eq!(verified(&net, b), [5], "b got the added piece from a");
+        assert_eq!(net.nodes[b].data[5 * 16384..6 * 16384], net.content()[5 * 16384..6 * 16384]);
     }
 
     #[test]

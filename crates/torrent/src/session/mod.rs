@@ -571,6 +571,18 @@ impl TorrentReader {
         let _ = self.events.send(Event::Urgent(pieces)).await;
     }
 
+    /// With `on`, only urgent pieces are fetched (see [`TorrentCore::set_urgent_only`]): a
+    /// viewer of a streamed movie fetches what it plays and serves what it has.
+    pub async fn fetch_urgent_only(&self, on: bool) {
+        let _ = self.events.send(Event::UrgentOnly(on)).await;
+    }
+
+    /// A whole piece's bytes from elsewhere (an HTTP server): written and hashed like a peer's,
+    /// then had and served (see [`Input::AddPiece`]); ignored if the piece is had already.
+    pub async fn add_piece(&self, piece: u32, data: Bytes) {
+        let _ = self.events.send(Event::AddPiece(piece, data)).await;
+    }
+
     /// `len` bytes of the torrent's content at `offset` (across files, in torrent order), once
     /// every piece under them is verified: missing ones are made urgent, with the `ahead`
     /// pieces after the range (a reader's next bytes), and waited for. Bytes are read from
@@ -649,6 +661,10 @@ pub enum Event {
     Peers(Vec<SocketAddr>),
     /// Pieces a reader waits for (see [`TorrentCore::set_urgent`]).
     Urgent(Vec<u32>),
+    /// Fetch only the urgent pieces, or everything again.
+    UrgentOnly(bool),
+    /// A whole piece from elsewhere (see [`TorrentReader::add_piece`]).
+    AddPiece(u32, Bytes),
     /// A local write, read or sync failed: the torrent stops (never the peer's fault).
     DiskFailed(String),
     /// Everything written is on stable storage.
@@ -916,6 +932,11 @@ impl Torrent {
                 self.core.set_urgent(now, &pieces);
                 return;
             }
+            Event::UrgentOnly(on) => {
+                self.core.set_urgent_only(now, on);
+                return;
+            }
+            Event::AddPiece(piece, data) => Input::AddPiece { piece, data },
             Event::DiskFailed(e) => {
                 warn!("disk error, stopping the torrent: {e}");
                 // The first failure is the one to report.
