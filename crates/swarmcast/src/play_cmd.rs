@@ -7,7 +7,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use stream::player::{parse_trace, play, PlayEvent, PlayOptions};
+use std::net::SocketAddr;
+
+use stream::player::{parse_trace, play, play_with, Peers, PlayEvent, PlayOptions};
+
+use crate::p2p_play::{P2pOptions, TorrentPeers};
 use stream::proto::abr::RuleKind;
 use stream::proto::player::{PlayReport, PlayerConfig};
 
@@ -31,6 +35,23 @@ pub struct PlayArgs {
     /// Write the report (qoe, stalls, stall_s, startup_s, switches, segments, ...) as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Watch with other viewers: join the movie's swarm (its `movie.torrent` beside the MPD),
+    /// ask peers for each segment first and the CDN when they are too slow, and serve what we
+    /// have (the report's peer_bytes and offload).
+    #[arg(long)]
+    p2p: bool,
+    /// Where other viewers reach us (with --p2p; port 0 picks one).
+    #[arg(long, default_value = "0.0.0.0:0", requires = "p2p")]
+    p2p_listen: SocketAddr,
+    /// A viewer to connect to (repeat; with --p2p; others come from the torrent's trackers).
+    #[arg(long = "p2p-peer", requires = "p2p")]
+    p2p_peers: Vec<SocketAddr>,
+    /// Keep serving other viewers this long after playback ends (e.g. 30s; with --p2p).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "p2p")]
+    p2p_stay: Option<std::time::Duration>,
+    /// Keep the segments in this folder (with --p2p; default: a temporary one).
+    #[arg(long, requires = "p2p")]
+    p2p_dir: Option<PathBuf>,
 }
 
 /// Runs `swarmcast play`.
@@ -51,7 +72,19 @@ pub async fn run(a: PlayArgs) -> Result<()> {
     };
     let tty = std::io::stderr().is_terminal();
     let mut status_shown = false;
-    let report = play(&opts, |event| show(event, tty, &mut status_shown)).await;
+    let mut peers = None;
+    if a.p2p {
+        let options =
+            P2pOptions { listen: a.p2p_listen, peers: a.p2p_peers.clone(), dir: a.p2p_dir.clone() };
+        let joined = TorrentPeers::join(&a.url, options).await?;
+        eprintln!("p2p: serving this movie to other viewers on {}", joined.local_addr());
+        peers = Some(joined);
+    }
+    let observe = |event: &PlayEvent| show(event, tty, &mut status_shown);
+    let report = match peers.as_mut() {
+        Some(p) => play_with(&opts, Some(p as &mut dyn Peers), observe).await,
+        None => play(&opts, observe).await,
+    };
     if status_shown {
         eprintln!();
     }
@@ -61,6 +94,16 @@ pub async fn run(a: PlayArgs) -> Result<()> {
         let json = serde_json::to_vec_pretty(&report).context("cannot encode the report")?;
         std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("report written to {}", path.display());
+    }
+    if let Some(peers) = peers {
+        if let Some(stay) = a.p2p_stay {
+            eprintln!("p2p: serving other viewers for {stay:?} more (Ctrl-C to stop)");
+            tokio::select! {
+                _ = tokio::time::sleep(stay) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        peers.shutdown().await;
     }
     Ok(())
 }

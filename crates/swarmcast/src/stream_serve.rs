@@ -89,6 +89,39 @@ pub struct PackageArgs {
     /// AAC bitrate (k/M suffixes).
     #[arg(long, default_value = "128k")]
     audio_bitrate: String,
+    /// Tracker for the movie's torrent (repeat for several): where viewers of `play --p2p`
+    /// find each other.
+    #[arg(long = "tracker")]
+    trackers: Vec<String>,
+}
+
+/// The movie's torrent, written into the package by `stream package`: every file of the
+/// package, each segment starting a piece (BEP 47 pad files), so a viewer fetches and verifies
+/// a segment alone (`play --p2p`).
+pub const MOVIE_TORRENT: &str = "movie.torrent";
+/// Its piece size: one block, so a segment wastes less than 16 KiB in padding.
+pub const MOVIE_PIECE_SIZE: u32 = 16 * 1024;
+
+/// Writes [`MOVIE_TORRENT`] into the package `dir` (replacing an older one, which is not
+/// part of the torrent). Returns the torrent's bytes.
+pub fn write_movie_torrent(dir: &std::path::Path, trackers: Vec<String>) -> Result<Vec<u8>> {
+    let path = dir.join(MOVIE_TORRENT);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot replace {}", path.display()))
+        }
+        _ => {}
+    }
+    let opts = torrent::metainfo::CreateOptions {
+        trackers,
+        piece_size: Some(MOVIE_PIECE_SIZE),
+        align: true,
+        ..Default::default()
+    };
+    let bytes = torrent::metainfo::create(dir, &opts, &mut |_, _| {})
+        .with_context(|| format!("cannot make the movie's torrent of {}", dir.display()))?;
+    std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(bytes)
 }
 
 /// `stream origin`.
@@ -158,6 +191,15 @@ async fn package_cmd(a: PackageArgs) -> Result<()> {
         );
     }
     println!("measurements written to {}", a.out.join(package::LADDER_JSON).display());
+    let out = a.out.clone();
+    let bytes = tokio::task::spawn_blocking(move || write_movie_torrent(&out, a.trackers))
+        .await
+        .context("the hashing task panicked")??;
+    let hash = torrent::metainfo::Metainfo::from_bytes(&bytes)?.info_hash;
+    println!(
+        "torrent for viewers (play --p2p) written to {} (info-hash {hash})",
+        a.out.join(MOVIE_TORRENT).display()
+    );
     Ok(())
 }
 

@@ -3,7 +3,11 @@
 //! when a trace is given, failing over between replicas.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use crate::mpd::{resolve_url, Mpd};
 use crate::proto::abr::{Ladder, RuleKind};
@@ -81,8 +85,43 @@ pub enum PlayEvent {
     },
 }
 
+/// A boxed future of [`Peers`].
+pub type PeersFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Other viewers of the same movie, tried before the CDN (`play --p2p`; KanKan and PPLive
+/// clients worked this way through a local node). Paths are relative to the MPD's directory
+/// (`chunk-1-00003.m4s`).
+pub trait Peers: Send {
+    /// The whole file at `path` if peers deliver it by `deadline` (its bytes already checked
+    /// against the movie's hashes); `None` to fetch it from the CDN. Called for every media and
+    /// init segment.
+    fn fetch(&mut self, path: &str, deadline: Instant) -> PeersFuture<'_, Option<Bytes>>;
+    /// The whole file at `path`, fetched from the CDN: for the peers.
+    fn offer(&mut self, path: &str, data: Bytes) -> PeersFuture<'_, ()>;
+}
+
+/// Longest a segment waits for peers before the CDN is asked, in wall seconds; the wait is also
+/// at most a third of what is buffered, and at least [`MIN_PEER_WAIT_S`].
+const MAX_PEER_WAIT_S: f64 = 2.0;
+/// Shortest wait for peers (also at startup, with nothing buffered): what a viewer may lose to
+/// an absent segment before the CDN is asked.
+const MIN_PEER_WAIT_S: f64 = 0.1;
+
 /// Plays the presentation at `opts.url` to the end; `observe` sees every [`PlayEvent`].
-pub async fn play<F>(opts: &PlayOptions, mut observe: F) -> Result<PlayReport, PlayError>
+pub async fn play<F>(opts: &PlayOptions, observe: F) -> Result<PlayReport, PlayError>
+where
+    F: FnMut(&PlayEvent) + Send,
+{
+    play_with(opts, None, observe).await
+}
+
+/// [`play`], asking `peers` for every segment before the CDN, and offering them what came
+/// from the CDN.
+pub async fn play_with<F>(
+    opts: &PlayOptions,
+    peers: Option<&mut dyn Peers>,
+    mut observe: F,
+) -> Result<PlayReport, PlayError>
 where
     F: FnMut(&PlayEvent) + Send,
 {
@@ -115,6 +154,8 @@ where
         base: 0,
         inits: BTreeSet::new(),
         bytes_total: 0,
+        peers,
+        peer_bytes: 0,
     };
     let total = fetcher.core.segments_total();
     loop {
@@ -149,6 +190,12 @@ where
     report.ladder_ids = fetcher.plan.ids.clone();
     report.audio = fetcher.plan.audio.as_ref().map(|a| a.id.clone());
     report.bytes_total = fetcher.bytes_total;
+    report.peer_bytes = fetcher.peer_bytes;
+    report.offload = if report.bytes_total > 0 {
+        report.peer_bytes as f64 / report.bytes_total as f64
+    } else {
+        0.0
+    };
     Ok(report)
 }
 
@@ -254,7 +301,7 @@ enum Download {
     Abandoned { lower: usize },
 }
 
-struct Fetcher {
+struct Fetcher<'p> {
     core: PlayerCore,
     client: HttpClient,
     pacer: Option<TracePacer>,
@@ -264,9 +311,12 @@ struct Fetcher {
     /// Init segments already fetched, by URL relative to the base.
     inits: BTreeSet<String>,
     bytes_total: u64,
+    peers: Option<&'p mut dyn Peers>,
+    /// Of `bytes_total`, what the peers served.
+    peer_bytes: u64,
 }
 
-impl Fetcher {
+impl Fetcher<'_> {
     /// Fetches the video of `segment` (starting at `rep`; abandonment may lower it), moving
     /// through the replicas on failures. Returns its bytes and the base URL used.
     async fn fetch_video<F: FnMut(&PlayEvent)>(
@@ -284,8 +334,8 @@ impl Fetcher {
             };
             let result = match result {
                 Ok(()) => {
-                    let url = resolve_url(&base, &self.plan.video_urls[rep][segment]);
-                    self.download(&url, true).await
+                    let path = self.plan.video_urls[rep][segment].clone();
+                    self.download(&base, &path, true).await
                 }
                 Err(f) => Err(f),
             };
@@ -321,7 +371,7 @@ impl Fetcher {
                 None => Ok(()),
             };
             let result = match result {
-                Ok(()) => self.download(&resolve_url(&base, &media), false).await,
+                Ok(()) => self.download(&base, &media, false).await,
                 Err(f) => Err(f),
             };
             match result {
@@ -369,7 +419,7 @@ impl Fetcher {
         if self.inits.contains(init) {
             return Ok(());
         }
-        match self.download(&resolve_url(base, init), false).await? {
+        match self.download(base, init, false).await? {
             Download::Done(_) => {
                 self.inits.insert(init.to_string());
                 Ok(())
@@ -379,12 +429,31 @@ impl Fetcher {
         }
     }
 
-    /// One GET, its body read through the pacer; `media` downloads are the segment in flight
-    /// (the core hears of the request and may abandon it).
-    async fn download(&mut self, url: &str, media: bool) -> Result<Download, Failure> {
+    /// The file at `path` (relative to the replica `base`): from the peers if they have it in
+    /// time, else one GET, its body read through the pacer; `media` downloads are the segment
+    /// in flight (the core hears of the request and may abandon it).
+    async fn download(&mut self, base: &str, path: &str, media: bool) -> Result<Download, Failure> {
+        let url = &resolve_url(base, path);
         if media {
             self.core.handle_request_sent(Instant::now());
         }
+        if let Some(peers) = self.peers.as_deref_mut() {
+            let buffered_wall_s = self.core.buffer_s() / self.core.config().speed.max(1e-9);
+            let wait = (buffered_wall_s / 3.0).clamp(MIN_PEER_WAIT_S, MAX_PEER_WAIT_S);
+            let deadline = Instant::now() + Duration::from_secs_f64(wait);
+            if let Some(data) = peers.fetch(path, deadline).await {
+                let n = data.len() as u64;
+                self.bytes_total += n;
+                self.peer_bytes += n;
+                if media {
+                    // The ABR sees the arrival as it was: the wait for the peers included.
+                    let _ = self.core.handle_progress(Instant::now(), n, n);
+                }
+                return Ok(Download::Done(n));
+            }
+        }
+        // Kept whole only to offer it to the peers.
+        let mut body = self.peers.is_some().then(Vec::new);
         // A replica that stops answering (frozen, not refusing) must not cost more than about
         // half of what is buffered before the next replica is tried: wait at most half the
         // buffer's wall-clock time, between MIN_PATIENCE and IDLE_TIMEOUT.
@@ -429,6 +498,9 @@ impl Fetcher {
             let n = data.len() as u64;
             received += n;
             self.bytes_total += n;
+            if let Some(body) = &mut body {
+                body.extend_from_slice(&data);
+            }
             if received > MAX_SEGMENT_BYTES {
                 return Err(Failure::Fatal(PlayError::SegmentTooLarge {
                     url: url.to_string(),
@@ -454,6 +526,9 @@ impl Fetcher {
         }
         if let Some(len) = declared.filter(|&l| l != received) {
             return Err(Failure::Retry(format!("{url}: {received} of {len} bytes")));
+        }
+        if let (Some(peers), Some(body)) = (self.peers.as_deref_mut(), body) {
+            peers.offer(path, body.into()).await;
         }
         Ok(Download::Done(received))
     }

@@ -137,6 +137,12 @@ pub struct PlayReport {
     pub failovers: u32,
     /// Bytes received in total (media, init segments, abandoned tries; not the MPD).
     pub bytes_total: u64,
+    /// Of `bytes_total`, the bytes other viewers served (`play --p2p`); the rest came from the
+    /// CDN.
+    pub peer_bytes: u64,
+    /// `peer_bytes / bytes_total`: the share of the CDN's load the peers took (0 with no
+    /// bytes).
+    pub offload: f64,
     /// Player seconds from the first request until the last segment was in.
     pub duration_s: f64,
     /// Every segment, in order.
@@ -470,6 +476,8 @@ impl PlayerCore {
             abandons: self.abandons,
             failovers: self.failovers,
             bytes_total: 0,
+            peer_bytes: 0,
+            offload: 0.0,
             duration_s: self.clock_s,
             segments: self.records.clone(),
         }

@@ -1066,6 +1066,11 @@ impl TorrentCore {
         self.fill_all(now);
     }
 
+    /// True when `piece` is had here or announced by a connected peer.
+    pub fn available(&self, piece: u32) -> bool {
+        self.picker.have().has(piece) || self.picker.availability(piece) > 0
+    }
+
     /// With `on`, only the urgent pieces are fetched (see [`TorrentCore::set_urgent`]), and a
     /// peer is interesting only while it has one of them: a viewer of a streamed movie fetches
     /// the segments it plays and serves what it has.

@@ -571,6 +571,16 @@ impl TorrentReader {
         let _ = self.events.send(Event::Urgent(pieces)).await;
     }
 
+    /// True when every piece of `pieces` is had here or announced by a connected peer: worth
+    /// waiting for. False also when the torrent has stopped.
+    pub async fn available(&self, pieces: Vec<u32>) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.events.send(Event::Available(pieces, tx)).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
     /// With `on`, only urgent pieces are fetched (see [`TorrentCore::set_urgent_only`]): a
     /// viewer of a streamed movie fetches what it plays and serves what it has.
     pub async fn fetch_urgent_only(&self, on: bool) {
@@ -663,6 +673,8 @@ pub enum Event {
     Urgent(Vec<u32>),
     /// Fetch only the urgent pieces, or everything again.
     UrgentOnly(bool),
+    /// Is every one of these pieces had here or by a connected peer?
+    Available(Vec<u32>, tokio::sync::oneshot::Sender<bool>),
     /// A whole piece from elsewhere (see [`TorrentReader::add_piece`]).
     AddPiece(u32, Bytes),
     /// A local write, read or sync failed: the torrent stops (never the peer's fault).
@@ -934,6 +946,10 @@ impl Torrent {
             }
             Event::UrgentOnly(on) => {
                 self.core.set_urgent_only(now, on);
+                return;
+            }
+            Event::Available(pieces, answer) => {
+                let _ = answer.send(pieces.iter().all(|&p| self.core.available(p)));
                 return;
             }
             Event::AddPiece(piece, data) => Input::AddPiece { piece, data },
