@@ -58,7 +58,7 @@ impl TorrentPeers {
             response.status().as_u16()
         );
         let bytes = response.bytes_capped(MAX_TORRENT_BYTES).await?;
-        let meta = Metainfo::from_bytes(&bytes).with_context(|| format!("{url}"))?;
+        let meta = Metainfo::from_bytes(&bytes).with_context(|| url.clone())?;
         let files = files_by_path(&meta.info);
         let (dir, tmp) = match opts.dir {
             Some(d) => (d, None),
@@ -148,7 +148,7 @@ impl Peers for TorrentPeers {
             let f = &info.files[index];
             let pl = u64::from(info.piece_length);
             // Only a file that starts a piece (an aligned torrent) fills whole pieces alone.
-            if data.len() as u64 != f.length || f.offset % pl != 0 {
+            if data.len() as u64 != f.length || !f.offset.is_multiple_of(pl) {
                 return;
             }
             let have = self.reader.have().borrow().clone();
