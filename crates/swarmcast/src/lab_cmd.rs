@@ -120,6 +120,9 @@ pub enum LabCommand {
     Swarm(LabArgs),
     /// One server uploads a full copy to each of N clients (no peer uploads), same caps.
     ClientServer(LabArgs),
+    /// N viewers of one movie, CDN-only against helping each other (play --p2p): offload,
+    /// CDN bytes per viewer, stalls, startup, continuity.
+    Stream(crate::lab_stream::LabStreamArgs),
     /// Runs both architectures for a list of N and writes one JSON and one plot.
     Compare {
         #[command(flatten)]
@@ -320,6 +323,7 @@ pub async fn lab(cmd: LabCommand) -> Result<()> {
     match cmd {
         LabCommand::Swarm(a) => single(&a, Architecture::P2p).await,
         LabCommand::ClientServer(a) => single(&a, Architecture::ClientServer).await,
+        LabCommand::Stream(a) => crate::lab_stream::run(a).await,
         LabCommand::Compare { lab, ns, plot } => {
             let mut runs = Vec::new();
             for &n in &ns {

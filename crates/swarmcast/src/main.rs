@@ -25,6 +25,7 @@ mod demo;
 mod dht_cmd;
 mod dht_index;
 mod lab_cmd;
+mod lab_stream;
 mod p2p_play;
 mod play_cmd;
 mod progress;

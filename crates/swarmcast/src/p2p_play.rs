@@ -38,6 +38,9 @@ pub struct P2pOptions {
     pub peers: Vec<SocketAddr>,
     /// Where the segments are stored (`None`: a temporary folder, removed at the end).
     pub dir: Option<PathBuf>,
+    /// Bytes per second to other viewers / from them (`None`: unlimited).
+    pub upload_limit: Option<u64>,
+    pub download_limit: Option<u64>,
 }
 
 impl TorrentPeers {
@@ -70,6 +73,8 @@ impl TorrentPeers {
         let config = SessionConfig {
             listen: opts.listen,
             peers: opts.peers,
+            upload_limit: opts.upload_limit,
+            download_limit: opts.download_limit,
             seed_when_done: true,
             ..SessionConfig::default()
         };

@@ -74,8 +74,13 @@ pub async fn run(a: PlayArgs) -> Result<()> {
     let mut status_shown = false;
     let mut peers = None;
     if a.p2p {
-        let options =
-            P2pOptions { listen: a.p2p_listen, peers: a.p2p_peers.clone(), dir: a.p2p_dir.clone() };
+        let options = P2pOptions {
+            listen: a.p2p_listen,
+            peers: a.p2p_peers.clone(),
+            dir: a.p2p_dir.clone(),
+            upload_limit: None,
+            download_limit: None,
+        };
         let joined = TorrentPeers::join(&a.url, options).await?;
         eprintln!("p2p: serving this movie to other viewers on {}", joined.local_addr());
         peers = Some(joined);
