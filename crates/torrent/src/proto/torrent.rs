@@ -1652,14 +1652,7 @@ mod tests {
         net.nodes[s].batch_every = Some(Duration::from_millis(500));
         net.connect(l, s);
         net.drive(Duration::from_millis(200));
-        let requested: std::collections::BTreeSet<u32> = net.nodes[l]
-            .sent
-            .iter()
-            .filter_map(|(_, _, m)| match m {
-                Message::Request { piece, .. } => Some(*piece),
-                _ => None,
-            })
-            .collect();
+        let requested = requested(&net, l);
         assert!(!requested.is_empty());
         let target = (0..40).rev().find(|p| !requested.contains(p)).unwrap();
         let now = net.now;
@@ -1672,6 +1665,16 @@ mod tests {
             _ => None,
         });
         assert_eq!(first, Some(target), "requested first: {requested:?}");
+    }
+
+    /// The pieces `node` sent requests for.
+    fn requested(net: &Net, node: usize) -> std::collections::BTreeSet<u32> {
+        let sent = net.nodes[node].sent.iter();
+        sent.filter_map(|(_, _, m)| match m {
+            Message::Request { piece, .. } => Some(*piece),
+            _ => None,
+        })
+        .collect()
     }
 
     /// The pieces `node` verified, in order.
@@ -1700,15 +1703,7 @@ mod tests {
         net.nodes[l].core.set_urgent(now, &[7, 3]);
         net.drive(Duration::from_secs(4));
         assert_eq!(verified(&net, l), [7, 3]);
-        let asked: std::collections::BTreeSet<u32> = net.nodes[l]
-            .sent
-            .iter()
-            .filter_map(|(_, _, m)| match m {
-                Message::Request { piece, .. } => Some(*piece),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(asked, [3, 7].into());
+        assert_eq!(requested(&net, l), [3, 7].into());
         // Done with them: no longer interested, until something else is urgent.
         let last = net.nodes[l].sent.iter().rev().find_map(|(_, _, m)| match m {
             Message::Interested | Message::NotInterested => Some(m.clone()),
