@@ -8,11 +8,12 @@
 //! opens its own connection ([`ClientConfig::idle_per_host`] is 0): a kept-alive connection can
 //! be closed by its server just as a request is written on it, and the request then fails.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use hyper::header::HeaderMap;
+use hyper::header::{HeaderMap, CONTENT_RANGE, RANGE};
 use hyper::StatusCode;
 use rustls::pki_types::CertificateDer;
 
@@ -150,14 +151,46 @@ impl HttpClient {
         url: &str,
         total_timeout: Option<Duration>,
     ) -> Result<Fetched, ClientError> {
+        self.send(url, None, total_timeout).await
+    }
+
+    /// `GET url` for the bytes `range` of the resource (`Range: bytes=A-B`). The server may
+    /// answer 206 with those bytes (check [`Fetched::content_range`]) or 200 with all of them.
+    /// An empty range is refused.
+    pub async fn get_range(&self, url: &str, range: Range<u64>) -> Result<Fetched, ClientError> {
+        if range.is_empty() {
+            let reason = format!("empty byte range {range:?}");
+            return Err(ClientError::InvalidUrl { url: url.to_owned(), reason });
+        }
+        self.send(url, Some(range), None).await
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        range: Option<Range<u64>>,
+        total_timeout: Option<Duration>,
+    ) -> Result<Fetched, ClientError> {
         let parsed = parse_url(url)?;
         let mut request = self.inner.get(parsed);
+        if let Some(r) = range {
+            request = request.header(RANGE, format!("bytes={}-{}", r.start, r.end - 1));
+        }
         if let Some(timeout) = total_timeout {
             request = request.timeout(timeout);
         }
         let response = request.send().await.map_err(ClientError::from_reqwest)?;
         Ok(Fetched { response, limit: self.max_response_bytes })
     }
+}
+
+/// `bytes A-B/LEN` (or `bytes A-B/*`) as `A..B+1`.
+fn parse_content_range(value: &str) -> Option<Range<u64>> {
+    let (span, _total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (a, b) = span.split_once('-')?;
+    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    let end = b.checked_add(1)?;
+    (a <= b).then_some(a..end)
 }
 
 /// Parses an `http://` or `https://` URL.
@@ -190,6 +223,13 @@ impl Fetched {
     /// The response headers.
     pub fn headers(&self) -> &HeaderMap {
         self.response.headers()
+    }
+
+    /// The byte range a 206 answer carries (`Content-Range: bytes A-B/LEN`), as `A..B+1`;
+    /// `None` when the header is absent or malformed.
+    pub fn content_range(&self) -> Option<Range<u64>> {
+        let value = self.headers().get(CONTENT_RANGE)?.to_str().ok()?;
+        parse_content_range(value)
     }
 
     /// The announced body length, if any.
@@ -228,6 +268,16 @@ impl Fetched {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("bytes 0-0/10"), Some(0..1));
+        assert_eq!(parse_content_range("bytes 16384-32767/*"), Some(16384..32768));
+        for bad in ["bytes 5-4/10", "bytes -4/10", "items 0-1/2", "bytes 0-1", "bytes a-1/2"] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
+        assert_eq!(parse_content_range(&format!("bytes 0-{}/*", u64::MAX)), None);
+    }
 
     #[test]
     fn only_http_and_https_urls_with_a_host() {

@@ -37,7 +37,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -52,8 +52,10 @@ use tokio::sync::{watch, Semaphore};
 use crate::origin::{
     self, method_response, mime_type, parse_range, status, RangeRequest, HEALTH_PATH,
 };
+use crate::player::{PeerPart, Peers};
 use crate::proto::cache::{CacheStats, Lru};
 use crate::request_path::RequestPath;
+use crate::web;
 
 /// Largest object fetched from the origin by default (larger: 502).
 pub const DEFAULT_MAX_OBJECT: u64 = 64 * 1024 * 1024;
@@ -141,6 +143,30 @@ pub struct Health {
     pub entries: usize,
     /// The cache's capacity in bytes.
     pub capacity: u64,
+    /// Object bytes other viewers served (a viewer's local node, [`PeerSource`]).
+    #[serde(default)]
+    pub peer_bytes: u64,
+    /// Object bytes fetched from the origin.
+    #[serde(default)]
+    pub origin_bytes: u64,
+}
+
+/// Other viewers of one movie in front of the origin: a viewer's local node (`swarmcast play
+/// URL --p2p --serve ADDR`, issue 15), which a browser's dash.js plays from as from an edge.
+/// A path under `prefix` is asked of the peers first (by the rest of the path, as the
+/// manifest names it); what they have not delivered after `wait` comes from the origin with
+/// one Range request, and what came from the origin is offered to the peers.
+pub struct PeerSource {
+    /// The other viewers.
+    pub peers: Arc<dyn Peers>,
+    /// The movie's folder as a request path, with its trailing slash (`/movie/`).
+    pub prefix: String,
+    /// How long a file waits for the peers before the origin is asked for the rest.
+    pub wait: Duration,
+    /// The web player's assets (dash.js), for `GET /player`.
+    pub assets: PathBuf,
+    /// The manifest's file name in `prefix` (`manifest.mpd`), which `/player` plays.
+    pub manifest: String,
 }
 
 /// A fetched object, or why there is none.
@@ -173,6 +199,9 @@ struct EdgeState {
     origin_fetches: AtomicU64,
     abandoned_fetches: AtomicU64,
     active: AtomicU64,
+    peers: Option<PeerSource>,
+    peer_bytes: AtomicU64,
+    origin_bytes: AtomicU64,
 }
 
 /// Locks a mutex, going on with the data if another thread panicked while holding it (the
@@ -190,6 +219,15 @@ pub struct EdgeServer {
 impl EdgeServer {
     /// Binds `addr` (port 0: any free port) to serve `config.origin` through a cache.
     pub async fn bind(addr: SocketAddr, config: EdgeConfig) -> Result<EdgeServer, EdgeError> {
+        EdgeServer::bind_with_peers(addr, config, None).await
+    }
+
+    /// [`EdgeServer::bind`] with other viewers in front of the origin ([`PeerSource`]).
+    pub async fn bind_with_peers(
+        addr: SocketAddr,
+        config: EdgeConfig,
+        peers: Option<PeerSource>,
+    ) -> Result<EdgeServer, EdgeError> {
         let origin = parse_origin(&config.origin)?;
         let client = HttpClient::new(ClientConfig {
             total_timeout: FETCH_TIMEOUT,
@@ -213,6 +251,9 @@ impl EdgeServer {
             origin_fetches: AtomicU64::new(0),
             abandoned_fetches: AtomicU64::new(0),
             active: AtomicU64::new(0),
+            peers,
+            peer_bytes: AtomicU64::new(0),
+            origin_bytes: AtomicU64::new(0),
         });
         Ok(EdgeServer { http, state })
     }
@@ -279,6 +320,10 @@ async fn respond(
     };
     if path.as_str() == HEALTH_PATH {
         return with_cors(health_response(state));
+    }
+    let player = web::is_player_path(path.as_str()) || path.as_str() == "/player";
+    if let Some(source) = state.peers.as_ref().filter(|_| player) {
+        return player_response(source, &path, method == Method::HEAD).await;
     }
     state.active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(&state.active);
@@ -378,18 +423,124 @@ async fn fetch_task(state: Arc<EdgeState>, path: RequestPath, tx: watch::Sender<
 }
 
 /// Fetches the whole object at `path` from the origin (dropping this future closes its
-/// connection: a half-read response is never returned to the pool).
+/// connection: a half-read response is never returned to the pool); with a [`PeerSource`],
+/// from the peers first.
 async fn fetch(state: &EdgeState, path: &RequestPath) -> Fetched {
     let url = format!("{}{}", state.origin.base, path.to_uri_path());
+    let Some(source) = &state.peers else {
+        return fetch_whole(state, &url).await;
+    };
+    let Some(rel) = path.as_str().strip_prefix(source.prefix.as_str()) else {
+        return fetch_whole(state, &url).await;
+    };
+    let deadline = std::time::Instant::now() + source.wait;
+    let part = source.peers.fetch(rel, deadline).await.filter(PeerPart::is_valid);
+    let fetched = match part {
+        Some(p) if p.missing.is_empty() => {
+            state.peer_bytes.fetch_add(p.data.len() as u64, Ordering::Relaxed);
+            return Fetched::Object(p.data.into());
+        }
+        Some(p) => fetch_rest(state, &url, p).await,
+        None => fetch_whole(state, &url).await,
+    };
+    match fetched {
+        Fetched::Object(body) if rel.ends_with(".mpd") => {
+            // The manifest's BaseURLs would send the browser around this node.
+            let text = String::from_utf8_lossy(&body);
+            match crate::mpd::set_base_urls(&text, &[]) {
+                Ok(mpd) => Fetched::Object(mpd.into()),
+                Err(e) => Fetched::Failed(format!("the manifest: {e}")),
+            }
+        }
+        Fetched::Object(body) => {
+            source.peers.offer(rel, body.clone()).await;
+            Fetched::Object(body)
+        }
+        other => other,
+    }
+}
+
+/// The bytes peers did not deliver (`part.missing`), from the origin by Range, put in place.
+async fn fetch_rest(state: &EdgeState, url: &str, part: PeerPart) -> Fetched {
+    let missing = part.missing.clone();
     let result = async {
-        let response = state.client.get(&url).await.map_err(|e| e.to_string())?;
+        let response =
+            state.client.get_range(url, missing.clone()).await.map_err(|e| e.to_string())?;
+        match response.status() {
+            StatusCode::PARTIAL_CONTENT if response.content_range() == Some(missing.clone()) => {}
+            // A server that ignores Range sends it all: the peers' part is not needed.
+            StatusCode::OK => return Ok(None),
+            StatusCode::NOT_FOUND => return Ok(Some(Fetched::NotFound)),
+            s => return Err(format!("origin answered {s} to bytes {missing:?}")),
+        }
+        let len = (missing.end - missing.start) as usize;
+        let body =
+            response.bytes_capped(len).await.map_err(|e| format!("reading the body: {e}"))?;
+        if body.len() != len {
+            return Err(format!("{} bytes of {missing:?}", body.len()));
+        }
+        let from_peers = part.from_peers();
+        let mut data = part.data;
+        data[missing.start as usize..missing.end as usize].copy_from_slice(&body);
+        state.peer_bytes.fetch_add(from_peers, Ordering::Relaxed);
+        state.origin_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        Ok(Some(Fetched::Object(data.into())))
+    }
+    .await;
+    match result {
+        Ok(Some(f)) => f,
+        Ok(None) => fetch_whole(state, url).await,
+        Err(e) => Fetched::Failed(e),
+    }
+}
+
+/// `GET /player` (the web player on this node's manifest) and its dash.js.
+async fn player_response(
+    source: &PeerSource,
+    path: &RequestPath,
+    head: bool,
+) -> Response<Full<Bytes>> {
+    let (content_type, body) = if path.as_str() == "/_player/dash.all.min.js" {
+        let read = match web::check_assets(&source.assets) {
+            Ok(js) => tokio::fs::read(&js).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(js) => ("text/javascript; charset=utf-8", Bytes::from(js)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the web player's assets");
+                return status(StatusCode::SERVICE_UNAVAILABLE, "dash.js is missing\n");
+            }
+        }
+    } else if path.as_str() == "/player/" || path.as_str() == "/player" {
+        let manifest = format!("{}{}", source.prefix, source.manifest);
+        ("text/html; charset=utf-8", Bytes::from(web::player_page(&manifest)))
+    } else {
+        return status(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let len = body.len();
+    let mut r = Response::new(Full::new(if head { Bytes::new() } else { body }));
+    let headers = r.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Fetches the whole object at `url` from the origin.
+async fn fetch_whole(state: &EdgeState, url: &str) -> Fetched {
+    let result = async {
+        let response = state.client.get(url).await.map_err(|e| e.to_string())?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Ok(Fetched::NotFound),
             s => return Err(format!("origin answered {s}")),
         }
         match response.bytes().await {
-            Ok(body) => Ok(Fetched::Object(body)),
+            Ok(body) => {
+                state.origin_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                Ok(Fetched::Object(body))
+            }
             Err(http_layer::ClientError::TooLarge { .. }) => {
                 Err(format!("object over the {} byte cap", state.config.max_object))
             }
@@ -463,6 +614,8 @@ fn health(state: &EdgeState) -> Health {
         bytes: stats.bytes,
         entries: stats.entries,
         capacity: state.config.cache_size,
+        peer_bytes: state.peer_bytes.load(Ordering::Relaxed),
+        origin_bytes: state.origin_bytes.load(Ordering::Relaxed),
     }
 }
 

@@ -8,13 +8,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use stream::mpd::set_base_urls;
 use stream::origin::{respond, ContentDir, OriginServer};
-use stream::player::{parse_trace, play, PlayEvent, PlayOptions};
+use stream::player::{
+    parse_trace, play, play_with, PeerPart, Peers, PeersFuture, PlayEvent, PlayOptions,
+};
 use stream::proto::abr::RuleKind;
 use stream::proto::player::{qoe, PlayReport, PlayerConfig};
 use tokio::net::TcpListener;
@@ -323,4 +326,87 @@ async fn a_download_that_cannot_finish_is_abandoned_for_a_lower_rate() {
     // From segment index 3 (number 4) on, 600k never completes: every segment is at 200k.
     assert!(report.segments[3..].iter().all(|s| s.rep == 0));
     assert!(report.segments[3].abandoned);
+}
+
+/// Peers that deliver the first half of every file (read from the movie's folder) and leave
+/// the rest to the CDN; they keep what the player offers them.
+struct HalfPeers {
+    dir: PathBuf,
+    offered: std::sync::Mutex<Vec<(String, bytes::Bytes)>>,
+}
+
+impl Peers for HalfPeers {
+    fn fetch(&self, path: &str, _deadline: Instant) -> PeersFuture<'_, Option<PeerPart>> {
+        let file = std::fs::read(self.dir.join(path)).unwrap();
+        Box::pin(async move {
+            let half = file.len() / 2;
+            let mut data = file;
+            data[half..].fill(0);
+            let len = data.len() as u64;
+            Some(PeerPart { data, missing: half as u64..len })
+        })
+    }
+
+    fn offer(&self, path: &str, data: bytes::Bytes) -> PeersFuture<'_, ()> {
+        self.offered.lock().unwrap().push((path.to_string(), data));
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn what_peers_miss_of_a_segment_comes_from_the_cdn_by_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = fake_dash(dir.path(), 12, &[]);
+    // Every byte different from its neighbours, so a misplaced range shows.
+    let movie = dir.path().join("movie");
+    for entry in std::fs::read_dir(&movie).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "m4s" || e == "mp4") {
+            let len = std::fs::metadata(&path).unwrap().len() as usize;
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ (len % 256) as u8).collect();
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    let addr = origin(dir.path()).await;
+    let url = format!("http://{addr}/movie/manifest.mpd");
+    let peers = HalfPeers { dir: movie.clone(), offered: Default::default() };
+    let report = play_with(&options(url, 20.0), Some(&peers), |_| {}).await.unwrap();
+    let offered = peers.offered.lock().unwrap();
+
+    check_consistent(&report, n);
+    // Every file the player took: half from the peers, the rest from the origin by Range,
+    // put together byte for byte and offered to the peers whole.
+    let files: u64 = offered.iter().map(|(_, d)| d.len() as u64).sum();
+    assert_eq!(report.bytes_total, files);
+    let halves: u64 = offered.iter().map(|(_, d)| d.len() as u64 / 2).sum();
+    assert_eq!(report.peer_bytes, halves);
+    for (path, data) in offered.iter() {
+        assert_eq!(&std::fs::read(movie.join(path)).unwrap()[..], &data[..], "{path}");
+    }
+    let per_segment: u64 = report.segments.iter().map(|s| s.peer_bytes).sum();
+    assert_eq!(per_segment, halves, "each segment's peer bytes add up to the total");
+}
+
+/// Peers that claim a part that does not fit the file.
+struct LyingPeers;
+
+impl Peers for LyingPeers {
+    fn fetch(&self, _path: &str, _deadline: Instant) -> PeersFuture<'_, Option<PeerPart>> {
+        Box::pin(async { Some(PeerPart { data: vec![7; 10], missing: 5..20 }) })
+    }
+
+    fn offer(&self, _path: &str, _data: bytes::Bytes) -> PeersFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn a_part_that_does_not_fit_the_file_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = fake_dash(dir.path(), 8, &[]);
+    let addr = origin(dir.path()).await;
+    let url = format!("http://{addr}/movie/manifest.mpd");
+    let report = play_with(&options(url, 20.0), Some(&LyingPeers), |_| {}).await.unwrap();
+    check_consistent(&report, n);
+    assert_eq!(report.peer_bytes, 0);
 }

@@ -20,7 +20,7 @@ use stream::proto::abr::RuleKind;
 use stream::proto::player::{PlayReport, PlayerConfig};
 use stream::proto::trace::Trace;
 
-use crate::p2p_play::{P2pOptions, TorrentPeers};
+use crate::p2p_play::{JoiningPeers, P2pOptions, TorrentPeers};
 
 /// Most viewers in one run.
 const MAX_VIEWERS: usize = 64;
@@ -73,6 +73,8 @@ struct Run {
     stall_s: f64,
     startup_mean_s: f64,
     startup_max_s: f64,
+    /// Mean video bitrate played, over every viewer's segments (kb/s).
+    bitrate_kbps: f64,
     /// Share of segments in before their deadline (CoolStreaming's continuity index), worst
     /// viewer.
     continuity_min: f64,
@@ -155,11 +157,11 @@ pub async fn run(a: LabStreamArgs) -> Result<()> {
         }
     }
     origin_task.abort();
-    println!("| viewers | mode | offload | CDN kB per viewer | stalls | stall s | startup mean / max (s) | continuity (worst) |");
-    println!("|---:|---|---:|---:|---:|---:|---|---:|");
+    println!("| viewers | mode | offload | CDN kB per viewer | stalls | stall s | startup mean / max (s) | continuity (worst) | video kb/s |");
+    println!("|---:|---|---:|---:|---:|---:|---|---:|---:|");
     for r in &runs {
         println!(
-            "| {} | {} | {:.1}% | {:.0} | {} | {:.2} | {:.3} / {:.3} | {:.3} |",
+            "| {} | {} | {:.1}% | {:.0} | {} | {:.2} | {:.3} / {:.3} | {:.3} | {:.0} |",
             r.viewers,
             if r.p2p { "P2P" } else { "CDN only" },
             r.offload * 100.0,
@@ -168,7 +170,8 @@ pub async fn run(a: LabStreamArgs) -> Result<()> {
             r.stall_s,
             r.startup_mean_s,
             r.startup_max_s,
-            r.continuity_min
+            r.continuity_min,
+            r.bitrate_kbps
         );
     }
     if let Some(path) = &a.json {
@@ -208,28 +211,30 @@ async fn one_run(a: &LabStreamArgs, url: &str, top: u64, n: usize, p2p: bool) ->
         };
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(start).await;
-            let mut peers = None;
-            let report = async {
-                if p2p {
-                    let others = joined.lock().map(|j| j.clone()).unwrap_or_default();
-                    let options = P2pOptions { peers: others, ..p2p_opts };
-                    let t = TorrentPeers::join(&opts.url, options).await?;
+            // The viewer joins the swarm while it starts playing (as `play --p2p` does).
+            let peers = p2p.then(|| {
+                let others = joined.lock().map(|j| j.clone()).unwrap_or_default();
+                let options = P2pOptions { peers: others, ..p2p_opts };
+                let joined = joined.clone();
+                JoiningPeers::start(&opts.url, options, move |t| {
                     if let Ok(mut j) = joined.lock() {
                         j.push(t.local_addr());
                     }
-                    peers = Some(t);
-                }
-                Ok::<_, anyhow::Error>(match peers.as_mut() {
-                    Some(p) => play_with(&opts, Some(p as &mut dyn Peers), |_| {}).await?,
-                    None => play_with(&opts, None, |_| {}).await?,
                 })
-            }
-            .await;
+            });
+            let report = match &peers {
+                Some(p) => play_with(&opts, Some(p as &dyn Peers), |_| {}).await,
+                None => play_with(&opts, None, |_| {}).await,
+            };
             finished.send_modify(|c| *c += 1);
             // Serve the others until every viewer of the run is done.
+            let mut report = report.map_err(anyhow::Error::from);
             if let Some(p) = peers {
                 let _ = finished.subscribe().wait_for(|c| *c >= n).await;
-                p.shutdown().await;
+                match p.finish().await {
+                    Ok(t) => TorrentPeers::shutdown_shared(t).await,
+                    Err(e) => report = Err(e.context("joining the swarm")),
+                }
             }
             report
         }));
@@ -271,6 +276,11 @@ fn summarize(n: usize, p2p: bool, reports: Vec<PlayReport>) -> Run {
         stall_s: reports.iter().map(|r| r.stall_s).sum(),
         startup_mean_s: startups.iter().sum::<f64>() / startups.len().max(1) as f64,
         startup_max_s: startups.iter().copied().fold(0.0, f64::max),
+        bitrate_kbps: {
+            let played = reports.iter().flat_map(|r| r.segments.iter());
+            let (sum, count) = played.fold((0u64, 0u64), |(s, c), g| (s + g.bitrate_bps, c + 1));
+            sum as f64 / count.max(1) as f64 / 1000.0
+        },
         continuity_min: reports.iter().map(continuity).fold(1.0, f64::min),
         reports,
     }

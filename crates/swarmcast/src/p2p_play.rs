@@ -9,16 +9,19 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use stream::player::{Peers, PeersFuture};
+use stream::player::{PeerPart, Peers, PeersFuture};
 use torrent::metainfo::{Info, Metainfo};
 use torrent::session::{Role, Session, SessionConfig, TorrentHandle, TorrentReader};
 
 /// The movie's torrent beside the MPD.
 pub const MOVIE_TORRENT: &str = crate::stream_serve::MOVIE_TORRENT;
+/// Longest `join` waits for a first given viewer to answer.
+const PEER_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// Most bytes of a movie's torrent we download.
 const MAX_TORRENT_BYTES: usize = 8 << 20;
 
@@ -28,6 +31,8 @@ pub struct TorrentPeers {
     reader: TorrentReader,
     /// File index by path relative to the package (the MPD's directory).
     files: HashMap<String, usize>,
+    /// Pieces of the files the player will ask for next ([`Peers::prefetch`]), soonest first.
+    prefetch: std::sync::Mutex<Vec<u32>>,
     /// Keeps a temporary download folder alive.
     _dir: Option<tempfile::TempDir>,
 }
@@ -78,12 +83,23 @@ impl TorrentPeers {
             seed_when_done: true,
             ..SessionConfig::default()
         };
+        let wait_for_peers = !config.peers.is_empty();
         let handle = Session::start(meta, dir, Role::Download, config)
             .await
             .context("cannot start the movie's torrent")?;
         let reader = handle.reader();
         reader.fetch_urgent_only(true).await;
-        Ok(TorrentPeers { handle, reader, files, _dir: tmp })
+        if wait_for_peers {
+            // The first segments are asked for at once: give the given viewers a moment to
+            // answer, or those would all come from the CDN.
+            let stats = handle.stats().clone();
+            let connected = || stats.peers.load(std::sync::atomic::Ordering::Relaxed) > 0;
+            let until = Instant::now() + PEER_WAIT;
+            while !connected() && Instant::now() < until {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        Ok(TorrentPeers { handle, reader, files, prefetch: Default::default(), _dir: tmp })
     }
 
     /// The port other viewers reach us on.
@@ -94,6 +110,54 @@ impl TorrentPeers {
     /// Stops the torrent.
     pub async fn shutdown(self) {
         self.handle.shutdown().await;
+    }
+
+    /// Stops the torrent if this is its last holder (else it stops when the last one drops).
+    pub async fn shutdown_shared(peers: Arc<TorrentPeers>) {
+        if let Ok(p) = Arc::try_unwrap(peers) {
+            p.shutdown().await;
+        }
+    }
+
+    /// Stops fetching from peers while the player fetches from the CDN, so the viewer's
+    /// downloads never exceed one link's worth (the peers' limit or the CDN's, not both).
+    async fn pause(&self) {
+        if let Ok(mut p) = self.prefetch.lock() {
+            p.clear();
+        }
+        self.reader.set_urgent(Vec::new()).await;
+    }
+
+    /// What the verified pieces `had` hold of file `index`, the bytes from its first missing
+    /// piece to its last left for the CDN; `None` when no piece is had.
+    async fn part(&self, index: usize, had: &torrent::Bitfield) -> Option<PeerPart> {
+        let info = self.reader.info();
+        let f = &info.files[index];
+        let pl = u64::from(info.piece_length);
+        let pieces = self.pieces(index);
+        let first = pieces.clone().find(|&p| !had.has(p))?;
+        let last = pieces.clone().rev().find(|&p| !had.has(p))?;
+        if pieces.clone().all(|p| !had.has(p)) {
+            return None;
+        }
+        // Piece bounds within the file.
+        let span = |p: u32| {
+            let start = (u64::from(p) * pl).max(f.offset) - f.offset;
+            let end = (u64::from(p) * pl + u64::from(info.piece_size(p))).min(f.offset + f.length);
+            start..end - f.offset
+        };
+        let missing = span(first).start..span(last).end;
+        let mut data = vec![0u8; f.length as usize];
+        for p in pieces.filter(|&p| had.has(p)) {
+            let s = span(p);
+            if missing.contains(&s.start) {
+                continue;
+            }
+            let bytes = self.reader.read_at(f.offset + s.start, (s.end - s.start) as usize, 0);
+            let bytes = bytes.await.ok()?;
+            data[s.start as usize..s.end as usize].copy_from_slice(&bytes);
+        }
+        Some(PeerPart { data, missing })
     }
 
     /// The pieces of file `index` (none for an empty file).
@@ -108,6 +172,95 @@ impl TorrentPeers {
     }
 }
 
+/// A [`TorrentPeers`] still joining the swarm: playback starts at once, as without peers, and
+/// what is asked for before the swarm is joined comes from the CDN without waiting, so
+/// joining never delays the start.
+pub struct JoiningPeers {
+    ready: tokio::sync::watch::Receiver<Option<Arc<TorrentPeers>>>,
+    task: tokio::task::JoinHandle<Result<Arc<TorrentPeers>>>,
+    /// Files the player fetched from the CDN before the swarm was joined, handed to it once
+    /// joined (at most [`MAX_PENDING_BYTES`]).
+    pending: Arc<std::sync::Mutex<Pending>>,
+}
+
+/// Files offered before the join, and their bytes.
+#[derive(Default)]
+struct Pending {
+    files: Vec<(String, Bytes)>,
+    bytes: usize,
+}
+
+/// Most bytes of files kept for the swarm while it is being joined.
+const MAX_PENDING_BYTES: usize = 32 << 20;
+
+impl JoiningPeers {
+    /// Starts joining the swarm of the movie at `mpd_url`; `joined` runs once it has.
+    pub fn start(
+        mpd_url: &str,
+        opts: P2pOptions,
+        joined: impl FnOnce(&TorrentPeers) + Send + 'static,
+    ) -> JoiningPeers {
+        let (tx, ready) = tokio::sync::watch::channel(None);
+        let url = mpd_url.to_string();
+        let pending: Arc<std::sync::Mutex<Pending>> = Arc::default();
+        let early = pending.clone();
+        let task = tokio::spawn(async move {
+            let peers = Arc::new(TorrentPeers::join(&url, opts).await?);
+            joined(&peers);
+            tx.send_replace(Some(peers.clone()));
+            // An offer either saw the swarm joined or is in `pending` now (both under its lock).
+            let files = early.lock().map(|mut p| std::mem::take(&mut p.files)).unwrap_or_default();
+            for (path, data) in files {
+                peers.offer(&path, data).await;
+            }
+            Ok(peers)
+        });
+        JoiningPeers { ready, task, pending }
+    }
+
+    /// The joined swarm, once the join has ended (its error if it failed).
+    pub async fn finish(self) -> Result<Arc<TorrentPeers>> {
+        self.task.await.context("joining the swarm panicked")?
+    }
+}
+
+impl Peers for JoiningPeers {
+    fn fetch(&self, path: &str, deadline: Instant) -> PeersFuture<'_, Option<PeerPart>> {
+        let peers = self.ready.borrow().clone();
+        let path = path.to_string();
+        Box::pin(async move { peers?.fetch(&path, deadline).await })
+    }
+
+    fn offer(&self, path: &str, data: Bytes) -> PeersFuture<'_, ()> {
+        let peers = match self.pending.lock() {
+            Ok(mut pending) => {
+                let peers = self.ready.borrow().clone();
+                if peers.is_none() && pending.bytes + data.len() <= MAX_PENDING_BYTES {
+                    pending.bytes += data.len();
+                    pending.files.push((path.to_string(), data.clone()));
+                }
+                peers
+            }
+            Err(_) => None,
+        };
+        let path = path.to_string();
+        Box::pin(async move {
+            if let Some(p) = peers {
+                p.offer(&path, data).await;
+            }
+        })
+    }
+
+    fn prefetch(&self, paths: Vec<String>) -> PeersFuture<'_, ()> {
+        let peers = self.ready.borrow().clone();
+        Box::pin(async move {
+            if let Some(p) = peers {
+                p.prefetch(paths).await;
+            }
+        })
+    }
+}
+
 /// Every real file of `info` by its path below the torrent's folder.
 fn files_by_path(info: &Info) -> HashMap<String, usize> {
     let files = info.files.iter().enumerate().filter(|(_, f)| !f.pad && f.length > 0);
@@ -115,7 +268,7 @@ fn files_by_path(info: &Info) -> HashMap<String, usize> {
 }
 
 impl Peers for TorrentPeers {
-    fn fetch(&mut self, path: &str, deadline: Instant) -> PeersFuture<'_, Option<Bytes>> {
+    fn fetch(&self, path: &str, deadline: Instant) -> PeersFuture<'_, Option<PeerPart>> {
         let index = self.files.get(path).copied();
         let path = path.to_string();
         Box::pin(async move {
@@ -127,25 +280,48 @@ impl Peers for TorrentPeers {
                 // Nobody has it: the CDN at once, no wait (the first viewer pays nothing).
                 if !self.reader.available(pieces.clone().collect()).await {
                     tracing::debug!(path, "no peer has it: from the CDN");
+                    self.pause().await;
                     return None;
                 }
-                self.reader.set_urgent(pieces.clone().collect()).await;
+                // This file first, then the ones the player will ask for next.
+                let mut urgent: Vec<u32> = pieces.clone().collect();
+                let ahead = self.prefetch.lock().map(|p| p.clone()).unwrap_or_default();
+                urgent.extend(ahead.into_iter().filter(|p| !pieces.contains(p)));
+                self.reader.set_urgent(urgent).await;
                 while missing(&have.borrow_and_update()) > 0 {
                     match tokio::time::timeout_at(deadline.into(), have.changed()).await {
                         Ok(Ok(())) => {}
                         _ => {
-                            tracing::debug!(path, "peers too slow: from the CDN");
-                            return None;
+                            tracing::debug!(path, "peers too slow: the rest from the CDN");
+                            self.pause().await;
+                            let had = have.borrow().clone();
+                            return self.part(index, &had).await;
                         }
                     }
                 }
             }
             let f = &self.reader.info().files[index];
-            self.reader.read_at(f.offset, f.length as usize, 0).await.ok()
+            let data = self.reader.read_at(f.offset, f.length as usize, 0).await.ok()?;
+            Some(PeerPart::whole(data.to_vec()))
         })
     }
 
-    fn offer(&mut self, path: &str, data: Bytes) -> PeersFuture<'_, ()> {
+    fn prefetch(&self, paths: Vec<String>) -> PeersFuture<'_, ()> {
+        Box::pin(async move {
+            let have = self.reader.have().borrow().clone();
+            let files = paths.iter().filter_map(|p| self.files.get(p));
+            let pieces: Vec<u32> =
+                files.flat_map(|&i| self.pieces(i)).filter(|&p| !have.has(p)).collect();
+            if let Ok(mut p) = self.prefetch.lock() {
+                p.clone_from(&pieces);
+            }
+            if !pieces.is_empty() {
+                self.reader.set_urgent(pieces).await;
+            }
+        })
+    }
+
+    fn offer(&self, path: &str, data: Bytes) -> PeersFuture<'_, ()> {
         let index = self.files.get(path).copied();
         Box::pin(async move {
             let Some(index) = index else { return };
@@ -176,5 +352,100 @@ impl Peers for TorrentPeers {
                 self.reader.add_piece(p, piece).await;
             }
         })
+    }
+}
+
+/// How the browser's local node is set up (`play URL --p2p --serve ADDR`).
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// How long a segment waits for peers before the CDN is asked for the rest.
+    pub wait: std::time::Duration,
+    /// dash.js's directory.
+    pub assets: PathBuf,
+}
+
+/// Serves the movie at `mpd_url` to a browser on `opts.listen`, as an edge whose origin is the
+/// other viewers first and the CDN second (`stream::edge::PeerSource`); a browser opening
+/// `/player` plays it with dash.js. Runs until Ctrl-C.
+pub async fn serve_browser(mpd_url: &str, peers: TorrentPeers, opts: ServeOptions) -> Result<()> {
+    let config = http_layer::ClientConfig {
+        max_response_bytes: stream::mpd::MAX_MPD_BYTES,
+        user_agent: "Swarmcast/0.1 (swarmcast play --p2p --serve)".to_owned(),
+        ..http_layer::ClientConfig::default()
+    };
+    let client = http_layer::HttpClient::new(config)?;
+    let response = client.get(mpd_url).await.with_context(|| format!("cannot fetch {mpd_url}"))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "{mpd_url}: HTTP {} (is it the manifest's URL?)",
+        response.status().as_u16()
+    );
+    let body = response.bytes().await.with_context(|| format!("reading {mpd_url}"))?;
+    let mpd = stream::mpd::Mpd::parse_bytes(&body).with_context(|| mpd_url.to_string())?;
+    // Where the segments are: the first BaseURL, else the manifest's folder.
+    let base = match mpd.base_urls.first() {
+        Some(b) => stream::mpd::resolve_url(mpd_url, b),
+        None => stream::mpd::resolve_url(mpd_url, "./"),
+    };
+    let (origin, prefix, manifest) = split_base(&base, mpd_url)?;
+    let assets = stream::web::check_assets(&opts.assets)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .map(|_| opts.assets.clone())?;
+    let source = stream::edge::PeerSource {
+        peers: std::sync::Arc::new(peers),
+        prefix,
+        wait: opts.wait,
+        assets,
+        manifest,
+    };
+    let config = stream::edge::EdgeConfig::new(origin, LOCAL_CACHE_BYTES, "local node");
+    let server = stream::edge::EdgeServer::bind_with_peers(opts.listen, config, Some(source))
+        .await
+        .context("cannot start the local node")?;
+    let addr = server.local_addr();
+    println!(
+        "open http://{addr}/player in a browser (Ctrl-C to stop); counters: http://{addr}/health"
+    );
+    tokio::select! {
+        r = server.run() => r.context("the local node stopped")?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+/// Bytes of segments the local node keeps for the browser's repeated requests.
+const LOCAL_CACHE_BYTES: u64 = 64 << 20;
+
+/// `http://HOST:PORT/dir/` → (`http://HOST:PORT`, `/dir/` decoded, the manifest's file name).
+fn split_base(base: &str, mpd_url: &str) -> Result<(String, String, String)> {
+    let url = http_layer::parse_url(base).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let origin = url.origin().ascii_serialization();
+    let path = percent_encoding::percent_decode_str(url.path()).decode_utf8_lossy().into_owned();
+    let prefix = match path.rfind('/') {
+        Some(i) => path[..=i].to_string(),
+        None => "/".to_string(),
+    };
+    let mpd = http_layer::parse_url(mpd_url).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let name = mpd.path().rsplit('/').next().unwrap_or_default();
+    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned();
+    anyhow::ensure!(!name.is_empty(), "{mpd_url} does not name a manifest file");
+    Ok((origin, prefix, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_splits_into_origin_prefix_and_manifest() {
+        let (o, p, m) =
+            split_base("http://127.0.0.1:8080/movie/", "http://r:1/movie/manifest.mpd").unwrap();
+        assert_eq!(
+            (o.as_str(), p.as_str(), m.as_str()),
+            ("http://127.0.0.1:8080", "/movie/", "manifest.mpd")
+        );
+        let (o, p, _) = split_base("http://e/a%20b/x.m4s", "http://e/a%20b/m.mpd").unwrap();
+        assert_eq!((o.as_str(), p.as_str()), ("http://e", "/a b/"));
+        assert!(split_base("http://e/", "http://e/").is_err());
     }
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use stream::player::{parse_trace, play, play_with, Peers, PlayEvent, PlayOptions};
 
-use crate::p2p_play::{P2pOptions, TorrentPeers};
+use crate::p2p_play::{JoiningPeers, P2pOptions, ServeOptions, TorrentPeers};
 use stream::proto::abr::RuleKind;
 use stream::proto::player::{PlayReport, PlayerConfig};
 
@@ -49,9 +49,28 @@ pub struct PlayArgs {
     /// Keep serving other viewers this long after playback ends (e.g. 30s; with --p2p).
     #[arg(long, value_parser = humantime::parse_duration, requires = "p2p")]
     p2p_stay: Option<std::time::Duration>,
+    /// Upload cap to other viewers, bytes per second (k/M/G suffixes; with --p2p).
+    #[arg(long, value_parser = crate::size_arg::parse_size, requires = "p2p")]
+    p2p_upload_limit: Option<u64>,
+    /// Download cap from other viewers, bytes per second (k/M/G suffixes; with --p2p; the
+    /// CDN's bytes follow --trace).
+    #[arg(long, value_parser = crate::size_arg::parse_size, requires = "p2p")]
+    p2p_download_limit: Option<u64>,
     /// Keep the segments in this folder (with --p2p; default: a temporary one).
     #[arg(long, requires = "p2p")]
     p2p_dir: Option<PathBuf>,
+    /// Instead of playing here, serve the movie to a browser on this address (with --p2p):
+    /// open http://ADDR/player; dash.js plays from this node, which asks the peers first and
+    /// the CDN for what they do not deliver in time (its /health counts the bytes of each).
+    #[arg(long, requires = "p2p")]
+    serve: Option<SocketAddr>,
+    /// With --serve: how long a segment waits for peers before the CDN is asked for the rest.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s", requires = "serve")]
+    p2p_wait: std::time::Duration,
+    /// With --serve: the folder holding dash.all.min.js (default: the repository's
+    /// web/node_modules, as `stream origin`).
+    #[arg(long, requires = "serve")]
+    player_assets: Option<PathBuf>,
 }
 
 /// Runs `swarmcast play`.
@@ -78,16 +97,24 @@ pub async fn run(a: PlayArgs) -> Result<()> {
             listen: a.p2p_listen,
             peers: a.p2p_peers.clone(),
             dir: a.p2p_dir.clone(),
-            upload_limit: None,
-            download_limit: None,
+            upload_limit: a.p2p_upload_limit,
+            download_limit: a.p2p_download_limit,
         };
-        let joined = TorrentPeers::join(&a.url, options).await?;
-        eprintln!("p2p: serving this movie to other viewers on {}", joined.local_addr());
-        peers = Some(joined);
+        if let Some(listen) = a.serve {
+            let joined = TorrentPeers::join(&a.url, options).await?;
+            eprintln!("p2p: serving this movie to other viewers on {}", joined.local_addr());
+            let assets = stream::web::default_assets_dir(a.player_assets.as_deref());
+            let serve = ServeOptions { listen, wait: a.p2p_wait, assets };
+            return crate::p2p_play::serve_browser(&a.url, joined, serve).await;
+        }
+        // Playback starts at once; the swarm is joined meanwhile.
+        peers = Some(JoiningPeers::start(&a.url, options, |t| {
+            eprintln!("p2p: serving this movie to other viewers on {}", t.local_addr());
+        }));
     }
     let observe = |event: &PlayEvent| show(event, tty, &mut status_shown);
-    let report = match peers.as_mut() {
-        Some(p) => play_with(&opts, Some(p as &mut dyn Peers), observe).await,
+    let report = match &peers {
+        Some(p) => play_with(&opts, Some(p as &dyn Peers), observe).await,
         None => play(&opts, observe).await,
     };
     if status_shown {
@@ -101,6 +128,7 @@ pub async fn run(a: PlayArgs) -> Result<()> {
         eprintln!("report written to {}", path.display());
     }
     if let Some(peers) = peers {
+        let peers = peers.finish().await.context("p2p: cannot join the movie's swarm")?;
         if let Some(stay) = a.p2p_stay {
             eprintln!("p2p: serving other viewers for {stay:?} more (Ctrl-C to stop)");
             tokio::select! {
@@ -108,7 +136,7 @@ pub async fn run(a: PlayArgs) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         }
-        peers.shutdown().await;
+        TorrentPeers::shutdown_shared(peers).await;
     }
     Ok(())
 }

@@ -51,8 +51,14 @@ fn a_second_viewer_gets_the_movie_from_the_first_not_from_the_cdn() {
     let a_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mut a = viewer("a", a_addr, &["--p2p-stay", "120s"]);
     a.wait_output("report written", Duration::from_secs(120));
+    // The second viewer's CDN is a 400 kb/s link, as a real one would be slower than loopback:
+    // it starts from the CDN while it joins the swarm (its first segment), then takes the
+    // rest from the first viewer.
+    let trace = dir.join("400k.trace");
+    std::fs::write(&trace, "1 400000\n").unwrap();
     let b_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut b = viewer("b", b_addr, &["--p2p-peer", &a_addr.to_string()]);
+    let trace = trace.to_string_lossy().into_owned();
+    let mut b = viewer("b", b_addr, &["--p2p-peer", &a_addr.to_string(), "--trace", &trace]);
     let st = b.wait_or(Duration::from_secs(120), &[&a]);
     assert!(st.success(), "the second viewer failed\n{}", b.output());
     a.kill();
@@ -61,19 +67,208 @@ fn a_second_viewer_gets_the_movie_from_the_first_not_from_the_cdn() {
     assert_eq!(ra["peer_bytes"], 0, "nobody had the movie before the first viewer");
     assert_eq!(rb["segments"].as_array().map(Vec::len), Some(6), "{rb}");
     let offload = rb["offload"].as_f64().unwrap();
-    assert!(offload >= 0.9, "the second viewer took {offload} of its bytes from the first\n{rb}");
+    assert!(offload >= 0.6, "the second viewer took {offload} of its bytes from the first\n{rb}");
     assert_eq!(rb["stalls"], 0, "{rb}");
     // What the second viewer played is the movie's bytes, segment for segment.
-    let mut checked = 0;
-    for entry in std::fs::read_dir(dir.join("movie")).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        // Segments past the sixth (the audio runs a little longer) are not played.
-        let number = name.strip_suffix(".m4s").and_then(|n| n.rsplit('-').next());
-        let played = number.and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n <= 6);
-        if played || name.starts_with("init-") {
-            assert_same_file(&dir.join("movie").join(&name), &dir.join("b/movie").join(&name));
-            checked += 1;
+    let checked = assert_played_the_movie(dir, "b");
+    assert!(checked >= 14, "video and audio: 6 segments and an init each; checked {checked}");
+}
+
+/// Packages a 12 s clip (2 s segments, one 300 kb/s rung) with ffmpeg into `dir/movie`, and
+/// starts its origin and one edge in front of it; returns the MPD's URL at the edge.
+fn movie_behind_an_edge(dir: &Path) -> (Proc, Proc, String) {
+    let mut c = swarmcast();
+    c.args(["stream", "package", "--test-source", "12s", "--segment", "2s"])
+        .args(["--ladder", "240p:300k", "--out"])
+        .arg(dir.join("movie"));
+    harness::run_ok(c);
+    let origin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut c = swarmcast();
+    c.args(["stream", "origin", "--dir"]).arg(dir).args(["--listen", &origin.to_string()]);
+    let origin_proc = Proc::spawn("origin", c, dir);
+    wait_for("the origin", Duration::from_secs(30), || answers(origin));
+    let edge: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut c = swarmcast();
+    c.args(["stream", "edge", "--origin", &format!("http://{origin}")]).args([
+        "--listen",
+        &edge.to_string(),
+        "--cache-size",
+        "64M",
+        "--name",
+        "e1",
+    ]);
+    let edge_proc = Proc::spawn("edge", c, dir);
+    wait_for("the edge", Duration::from_secs(30), || answers(edge));
+    (origin_proc, edge_proc, format!("http://{edge}/movie/manifest.mpd"))
+}
+
+/// Every segment a viewer played (video and audio, and their init segments) is stored in its
+/// folder (which it serves from) as the movie's bytes, byte for byte.
+fn assert_played_the_movie(dir: &Path, viewer: &str) -> usize {
+    let r = report(&dir.join(format!("{viewer}.json")));
+    let audio = r["audio"].as_str().map(str::to_string);
+    let mut names = std::collections::BTreeSet::new();
+    for s in r["segments"].as_array().unwrap() {
+        let number = s["index"].as_u64().unwrap() + 1;
+        let reps = [s["rep_id"].as_str().map(str::to_string), audio.clone()];
+        for id in reps.into_iter().flatten() {
+            names.insert(format!("chunk-{id}-{number:05}.m4s"));
+            names.insert(format!("init-{id}.mp4"));
         }
     }
-    assert!(checked >= 14, "video and audio: 6 segments and an init each; checked {checked}");
+    for name in &names {
+        assert_same_file(&dir.join("movie").join(name), &dir.join(viewer).join("movie").join(name));
+    }
+    names.len()
+}
+
+#[test]
+fn four_viewers_of_one_edge_serve_each_other_and_a_viewer_whose_peers_vanish_finishes() {
+    require("ffmpeg");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_origin, _edge, url) = movie_behind_an_edge(dir);
+    // A 1 Mb/s link to the CDN: each viewer's first segment comes from it while it joins.
+    let trace = dir.join("1m.trace");
+    std::fs::write(&trace, "1 1000000\n").unwrap();
+    let viewer = |name: &str, peers: &[SocketAddr]| {
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut c = swarmcast();
+        c.args(["play", &url, "--speed", "4", "--p2p", "--p2p-listen", &listen.to_string()])
+            .arg("--p2p-dir")
+            .arg(dir.join(name))
+            .arg("--json")
+            .arg(dir.join(format!("{name}.json")))
+            .args(["--p2p-stay", "300s", "--trace"])
+            .arg(&trace);
+        for p in peers {
+            c.args(["--p2p-peer", &p.to_string()]);
+        }
+        (Proc::spawn(name, c, dir), listen)
+    };
+    // Four viewers, each joining the ones before while those still play or serve.
+    let mut viewers: Vec<(Proc, SocketAddr)> = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let peers: Vec<SocketAddr> = viewers.iter().map(|(_, addr)| *addr).collect();
+        let (mut p, addr) = viewer(name, &peers);
+        p.wait_output("report written", Duration::from_secs(120));
+        viewers.push((p, addr));
+    }
+    for name in ["a", "b", "c", "d"] {
+        let r = report(&dir.join(format!("{name}.json")));
+        assert_eq!(r["segments"].as_array().map(Vec::len), Some(6), "{name}: {r}");
+        assert_eq!(r["stalls"], 0, "{name}: {r}");
+        let offload = r["offload"].as_f64().unwrap();
+        if name == "a" {
+            assert_eq!(offload, 0.0, "nobody had the movie before the first viewer: {r}");
+        } else {
+            assert!(offload > 0.0, "{name} took nothing from the viewers before it: {r}");
+        }
+        // What each stored (and served) is the movie.
+        assert!(assert_played_the_movie(dir, name) >= 8, "{name}: video, audio and inits");
+    }
+
+    // A fifth viewer joins all four; they vanish after its second segment: it finishes from
+    // the edge alone.
+    let peers: Vec<SocketAddr> = viewers.iter().map(|(_, addr)| *addr).collect();
+    let (mut e, _) = {
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut c = swarmcast();
+        // 40 kB/s from peers: about a segment a second, so the peers vanish mid-movie.
+        c.args(["play", &url, "--speed", "1", "--p2p", "--p2p-listen", &listen.to_string()])
+            .args(["--p2p-download-limit", "40k", "--trace"])
+            .arg(&trace)
+            .arg("--p2p-dir")
+            .arg(dir.join("e"))
+            .arg("--json")
+            .arg(dir.join("e.json"));
+        for p in &peers {
+            c.args(["--p2p-peer", &p.to_string()]);
+        }
+        (Proc::spawn("e", c, dir), listen)
+    };
+    e.wait_output("segment 2/6", Duration::from_secs(60));
+    for (p, _) in &mut viewers {
+        p.kill();
+    }
+    let st = e.wait(Duration::from_secs(120));
+    assert!(st.success(), "the viewer whose peers vanished failed\n{}", e.output());
+    let r = report(&dir.join("e.json"));
+    assert_eq!(r["segments"].as_array().map(Vec::len), Some(6), "{r}");
+    let peer = r["peer_bytes"].as_u64().unwrap();
+    assert!(peer > 0, "it had peers for its first segments: {r}");
+    assert!(peer < r["bytes_total"].as_u64().unwrap(), "the rest came from the edge: {r}");
+    assert!(assert_played_the_movie(dir, "e") >= 4);
+}
+
+/// The page's JSON status line from `web/e2e.mjs`, or a panic saying what went wrong.
+fn play_in_chromium(url: &str, dir: &Path) -> serde_json::Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).is_file(),
+        "{chromium} is missing: install the Debian package `chromium` (scripts/install-deps.sh)"
+    );
+    assert!(
+        root.join("web/node_modules/playwright-core/package.json").is_file(),
+        "web/node_modules/playwright-core is missing: run `npm ci --prefix web` (scripts/test.sh does)"
+    );
+    let mut node = std::process::Command::new("node");
+    node.arg(root.join("web/e2e.mjs")).arg(url).arg("90").env("CHROMIUM", &chromium);
+    let mut node = Proc::spawn("e2e-mjs", node, dir);
+    // e2e.mjs bounds its own wait to 90 s; the browser's start is bounded here.
+    let status = node.wait(Duration::from_secs(180));
+    let out = node.stdout_text();
+    eprintln!("e2e.mjs exit {status}: {out}{}", node.output());
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| {
+        panic!("e2e.mjs printed no status JSON ({e}): {out}\n{}", node.output())
+    })
+}
+
+fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+}
+
+#[test]
+fn chromium_plays_through_the_local_node_which_takes_segments_from_a_peer() {
+    require("ffmpeg");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_origin, _edge, url) = movie_behind_an_edge(dir);
+    // A first viewer, headless, has the movie and stays to serve it.
+    let a_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut c = swarmcast();
+    c.args(["play", &url, "--speed", "4", "--p2p", "--p2p-listen", &a_addr.to_string()])
+        .args(["--p2p-stay", "300s", "--json"])
+        .arg(dir.join("a.json"));
+    let mut a = Proc::spawn("a", c, dir);
+    a.wait_output("report written", Duration::from_secs(120));
+
+    // The second viewer's browser plays through its local node.
+    let local: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut c = swarmcast();
+    c.args(["play", &url, "--p2p", "--p2p-peer", &a_addr.to_string(), "--serve"])
+        .arg(local.to_string());
+    let mut node = Proc::spawn("local-node", c, dir);
+    node.wait_output("/player in a browser", Duration::from_secs(60));
+    let status = play_in_chromium(&format!("http://{local}/player"), dir);
+    assert_eq!(status["errors"], serde_json::json!([]), "{status}");
+    assert_eq!(status["ended"], true, "{status}");
+    let current = status["currentTime"].as_f64().expect("currentTime");
+    assert!(current >= 11.5, "stopped at {current} s of 12: {status}");
+    let video = status["segments"].as_array().expect("segments").iter();
+    assert!(video.filter(|s| s["mediaType"] == "video").count() >= 6, "{status}");
+
+    let health = get_json(local, "/health");
+    let peer = health["peer_bytes"].as_u64().unwrap();
+    assert!(peer > 0, "the local node took nothing from the first viewer: {health}");
+    eprintln!("local node: {health}");
+    node.kill();
+    a.kill();
 }

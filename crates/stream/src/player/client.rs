@@ -102,6 +102,24 @@ impl HttpClient {
 
     /// Sends a GET and returns the response head (the body is read by the caller).
     pub(super) async fn get(&mut self, url: &str) -> Result<Fetched, Failure> {
+        self.send(url, None).await
+    }
+
+    /// [`HttpClient::get`] for the bytes `range` (a 206, or a 200 from a server that ignores
+    /// Range).
+    pub(super) async fn get_range(
+        &mut self,
+        url: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Fetched, Failure> {
+        self.send(url, Some(range)).await
+    }
+
+    async fn send(
+        &mut self,
+        url: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Fetched, Failure> {
         if http_layer::parse_url(url).is_err() {
             return Err(Failure::Fatal(PlayError::InvalidUrl {
                 url: url.to_string(),
@@ -112,7 +130,13 @@ impl HttpClient {
         // A kept connection may have been closed by the server just as the request went out:
         // one more try (on a fresh connection, since the failed one left the pool).
         for last in [false, true] {
-            match tokio::time::timeout(patience, self.http.get(url)).await {
+            let request = async {
+                match &range {
+                    Some(r) => self.http.get_range(url, r.clone()).await,
+                    None => self.http.get(url).await,
+                }
+            };
+            match tokio::time::timeout(patience, request).await {
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(e @ (ClientError::Http(_) | ClientError::Connect(_)))) if !last => {
                     tracing::debug!(url, error = %e, "request failed, trying once more");

@@ -91,14 +91,53 @@ pub type PeersFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Other viewers of the same movie, tried before the CDN (`play --p2p`; KanKan and PPLive
 /// clients worked this way through a local node). Paths are relative to the MPD's directory
 /// (`chunk-1-00003.m4s`).
-pub trait Peers: Send {
-    /// The whole file at `path` if peers deliver it by `deadline` (its bytes already checked
-    /// against the movie's hashes); `None` to fetch it from the CDN. Called for every media and
-    /// init segment.
-    fn fetch(&mut self, path: &str, deadline: Instant) -> PeersFuture<'_, Option<Bytes>>;
+pub trait Peers: Send + Sync {
+    /// What peers delivered of the file at `path` by `deadline` (bytes already checked against
+    /// the movie's hashes): all of it, or part, the rest then fetched from the CDN with one
+    /// Range request; `None` to fetch it all from the CDN. Called for every media and init
+    /// segment.
+    fn fetch(&self, path: &str, deadline: Instant) -> PeersFuture<'_, Option<PeerPart>>;
     /// The whole file at `path`, fetched from the CDN: for the peers.
-    fn offer(&mut self, path: &str, data: Bytes) -> PeersFuture<'_, ()>;
+    fn offer(&self, path: &str, data: Bytes) -> PeersFuture<'_, ()>;
+    /// The files the player will most likely ask for next, soonest first (the next segments
+    /// at the representation it plays): worth fetching from peers while it waits for its
+    /// buffer to drain. Called again as the window moves; the default does nothing.
+    fn prefetch(&self, paths: Vec<String>) -> PeersFuture<'_, ()> {
+        let _ = paths;
+        Box::pin(async {})
+    }
 }
+
+/// What peers delivered of a file (see [`Peers::fetch`]).
+#[derive(Debug)]
+pub struct PeerPart {
+    /// The whole file's length; the bytes in `missing` are zeros, to be filled in.
+    pub data: Vec<u8>,
+    /// The bytes still to fetch (empty: all came from peers).
+    pub missing: std::ops::Range<u64>,
+}
+
+impl PeerPart {
+    /// A file peers delivered whole.
+    pub fn whole(data: Vec<u8>) -> PeerPart {
+        PeerPart { data, missing: 0..0 }
+    }
+
+    /// Bytes that came from peers.
+    pub fn from_peers(&self) -> u64 {
+        self.data.len() as u64 - (self.missing.end - self.missing.start)
+    }
+
+    /// Whether `missing` lies in the file, so the part is usable (a part that is not is
+    /// ignored).
+    pub fn is_valid(&self) -> bool {
+        self.missing.start <= self.missing.end && self.missing.end <= self.data.len() as u64
+    }
+}
+
+/// Segments ahead of the last one fetched that peers are asked for while the player waits
+/// (see [`Peers::prefetch`]).
+const PREFETCH_SEGMENTS: usize = 3;
 
 /// Longest a segment waits for peers before the CDN is asked, in wall seconds; the wait is also
 /// at most a third of what is buffered, and at least [`MIN_PEER_WAIT_S`].
@@ -119,7 +158,7 @@ where
 /// from the CDN.
 pub async fn play_with<F>(
     opts: &PlayOptions,
-    peers: Option<&mut dyn Peers>,
+    peers: Option<&dyn Peers>,
     mut observe: F,
 ) -> Result<PlayReport, PlayError>
 where
@@ -158,12 +197,33 @@ where
         peer_bytes: 0,
     };
     let total = fetcher.core.segments_total();
+    // What the peers served for each segment (its init segments included).
+    let mut peer_by_segment = std::collections::HashMap::new();
+    // The last segment fetched and its representation; the segment after which peers were
+    // last asked to prefetch.
+    let mut last: Option<(usize, usize)> = None;
+    let mut prefetched_after = None;
     loop {
         match fetcher.core.poll_next(Instant::now()) {
             Next::Done => break,
-            Next::WaitUntil(at) => tokio::time::sleep_until(at.into()).await,
+            Next::WaitUntil(at) => {
+                if let (Some(peers), Some((segment, rep))) = (fetcher.peers, last) {
+                    if prefetched_after != Some(segment) {
+                        prefetched_after = Some(segment);
+                        peers.prefetch(fetcher.plan.after(segment, rep, PREFETCH_SEGMENTS)).await;
+                    }
+                }
+                tokio::time::sleep_until(at.into()).await
+            }
             Next::Fetch { segment, rep } => {
+                if let Some(peers) = fetcher.peers.filter(|_| prefetched_after != Some(segment)) {
+                    // Peers fetch the next segments behind this one, keeping their pipe full.
+                    prefetched_after = Some(segment);
+                    peers.prefetch(fetcher.plan.after(segment, rep, PREFETCH_SEGMENTS)).await;
+                }
+                let peer_before = fetcher.peer_bytes;
                 let (bytes, base) = fetcher.fetch_video(segment, rep, &mut observe).await?;
+                last = Some((segment, fetcher.core.in_flight_rep().unwrap_or(rep)));
                 fetcher.core.handle_video_done(Instant::now(), bytes);
                 let audio_bytes = fetcher.fetch_audio(segment, &mut observe).await?;
                 let rep_id = fetcher
@@ -177,6 +237,8 @@ where
                 {
                     let mut segment = record.clone();
                     segment.rep_id = rep_id;
+                    segment.peer_bytes = fetcher.peer_bytes - peer_before;
+                    peer_by_segment.insert(segment.index, segment.peer_bytes);
                     observe(&PlayEvent::Segment { segment, total, stalls });
                 }
             }
@@ -185,6 +247,7 @@ where
     let mut report = fetcher.core.report();
     for s in &mut report.segments {
         s.rep_id = fetcher.plan.ids[s.rep].clone();
+        s.peer_bytes = peer_by_segment.get(&s.index).copied().unwrap_or(0);
     }
     report.url = mpd_url;
     report.ladder_ids = fetcher.plan.ids.clone();
@@ -197,6 +260,22 @@ where
         0.0
     };
     Ok(report)
+}
+
+impl Plan {
+    /// The media files of the `n` segments after `segment` at representation `rep` (video, then
+    /// audio, segment by segment).
+    fn after(&self, segment: usize, rep: usize, n: usize) -> Vec<String> {
+        let mut paths = Vec::new();
+        for s in segment + 1..=segment + n {
+            let Some(video) = self.video_urls.get(rep).and_then(|v| v.get(s)) else { break };
+            paths.push(video.clone());
+            if let Some(audio) = self.audio.as_ref().and_then(|a| a.media.get(s)) {
+                paths.push(audio.clone());
+            }
+        }
+        paths
+    }
 }
 
 /// A track's URLs relative to the MPD-level base.
@@ -311,7 +390,7 @@ struct Fetcher<'p> {
     /// Init segments already fetched, by URL relative to the base.
     inits: BTreeSet<String>,
     bytes_total: u64,
-    peers: Option<&'p mut dyn Peers>,
+    peers: Option<&'p dyn Peers>,
     /// Of `bytes_total`, what the peers served.
     peer_bytes: u64,
 }
@@ -437,22 +516,27 @@ impl Fetcher<'_> {
         if media {
             self.core.handle_request_sent(Instant::now());
         }
-        if let Some(peers) = self.peers.as_deref_mut() {
+        // What peers delivered: all of the file, or part of it and the rest from the CDN.
+        let mut part = None;
+        if let Some(peers) = self.peers {
             let buffered_wall_s = self.core.buffer_s() / self.core.config().speed.max(1e-9);
             let wait = (buffered_wall_s / 3.0).clamp(MIN_PEER_WAIT_S, MAX_PEER_WAIT_S);
             let deadline = Instant::now() + Duration::from_secs_f64(wait);
-            if let Some(data) = peers.fetch(path, deadline).await {
-                let n = data.len() as u64;
+            if let Some(p) = peers.fetch(path, deadline).await.filter(PeerPart::is_valid) {
+                let (n, len) = (p.from_peers(), p.data.len() as u64);
                 self.bytes_total += n;
                 self.peer_bytes += n;
                 if media {
                     // The ABR sees the arrival as it was: the wait for the peers included.
-                    let _ = self.core.handle_progress(Instant::now(), n, n);
+                    let _ = self.core.handle_progress(Instant::now(), n, len);
                 }
-                return Ok(Download::Done(n));
+                if p.missing.is_empty() {
+                    return Ok(Download::Done(n));
+                }
+                part = Some(p);
             }
         }
-        // Kept whole only to offer it to the peers.
+        // The whole file, kept only to offer it to the peers.
         let mut body = self.peers.is_some().then(Vec::new);
         // A replica that stops answering (frozen, not refusing) must not cost more than about
         // half of what is buffered before the next replica is tried: wait at most half the
@@ -464,8 +548,33 @@ impl Fetcher<'_> {
         self.client.patience = Some(patience);
         // Dropping `response` before its end closes its connection: every early return below
         // (an error, a refused size, an abandonment) cancels the transfer that way.
-        let mut response = self.client.get(url).await?;
+        let mut response = match &part {
+            Some(p) => self.client.get_range(url, p.missing.clone()).await?,
+            None => self.client.get(url).await?,
+        };
         let status = response.status();
+        // Where the CDN's bytes go in the file, and how many came from peers before them.
+        let mut range = None;
+        let mut from_peers = 0;
+        if let Some(p) = part.take() {
+            if status == hyper::StatusCode::PARTIAL_CONTENT {
+                if response.content_range() != Some(p.missing.clone()) {
+                    return Err(Failure::Retry(format!(
+                        "{url}: asked for bytes {:?}, got Content-Range {:?}",
+                        p.missing,
+                        response.headers().get(hyper::header::CONTENT_RANGE)
+                    )));
+                }
+                range = Some(p.missing.clone());
+                from_peers = p.from_peers();
+                body = Some(p.data);
+            }
+            // A server that ignores Range sends it all (200): the peers' part is not needed.
+        }
+        let status = match range {
+            Some(_) => hyper::StatusCode::OK,
+            None => status,
+        };
         if status.is_server_error() {
             return Err(Failure::Retry(format!("HTTP {}", status.as_u16())));
         }
@@ -482,11 +591,17 @@ impl Fetcher<'_> {
                 bytes: len,
             }));
         }
-        let bytes_total = match (declared, self.core.in_flight_ladder_bytes()) {
-            (Some(len), _) => len,
-            (None, Some(ladder_bytes)) => ladder_bytes,
-            (None, None) => 0,
+        let bytes_total = match (&range, declared, self.core.in_flight_ladder_bytes()) {
+            (Some(_), _, _) => body.as_ref().map_or(0, |b| b.len() as u64),
+            (None, Some(len), _) => len,
+            (None, None, Some(ladder_bytes)) => ladder_bytes,
+            (None, None, None) => 0,
         };
+        if let Some(r) = &range {
+            if declared.is_some_and(|len| len != r.end - r.start) {
+                return Err(Failure::Retry(format!("{url}: Content-Length does not match {r:?}")));
+            }
+        }
         let mut received = 0u64;
         loop {
             let data = match tokio::time::timeout(patience, response.chunk()).await {
@@ -498,8 +613,16 @@ impl Fetcher<'_> {
             let n = data.len() as u64;
             received += n;
             self.bytes_total += n;
-            if let Some(body) = &mut body {
-                body.extend_from_slice(&data);
+            match (&range, &mut body) {
+                (Some(r), Some(body)) => {
+                    let start = r.start + received - n;
+                    if received > r.end - r.start {
+                        return Err(Failure::Retry(format!("{url}: more bytes than {r:?}")));
+                    }
+                    body[start as usize..(start + n) as usize].copy_from_slice(&data);
+                }
+                (None, Some(body)) => body.extend_from_slice(&data),
+                (_, None) => {}
             }
             if received > MAX_SEGMENT_BYTES {
                 return Err(Failure::Fatal(PlayError::SegmentTooLarge {
@@ -516,7 +639,7 @@ impl Fetcher<'_> {
             }
             if media {
                 if let Some(lower) =
-                    self.core.handle_progress(Instant::now(), received, bytes_total)
+                    self.core.handle_progress(Instant::now(), from_peers + received, bytes_total)
                 {
                     // HTTP/1.1 cannot cancel a response but by closing its connection, which
                     // dropping `response` here does.
@@ -527,9 +650,12 @@ impl Fetcher<'_> {
         if let Some(len) = declared.filter(|&l| l != received) {
             return Err(Failure::Retry(format!("{url}: {received} of {len} bytes")));
         }
-        if let (Some(peers), Some(body)) = (self.peers.as_deref_mut(), body) {
+        if let Some(r) = range.as_ref().filter(|r| r.end - r.start != received) {
+            return Err(Failure::Retry(format!("{url}: {received} bytes of {r:?}")));
+        }
+        if let (Some(peers), Some(body)) = (self.peers, body) {
             peers.offer(path, body.into()).await;
         }
-        Ok(Download::Done(received))
+        Ok(Download::Done(from_peers + received))
     }
 }

@@ -98,6 +98,9 @@ pub struct PlayedSegment {
     pub buffer_s: f64,
     /// The replica (base URL) it came from.
     pub base_url: String,
+    /// Of its bytes (video, audio and any init segment fetched with it), what other viewers
+    /// served (`play --p2p`; filled in by the fetcher).
+    pub peer_bytes: u64,
     /// Whether a download at a higher representation was abandoned first.
     pub abandoned: bool,
     /// Replica changes while fetching it.
@@ -447,6 +450,7 @@ impl PlayerCore {
             download_s: self.clock_s - f.first_request_s,
             buffer_s: self.buffer_s,
             base_url: base_url.to_string(),
+            peer_bytes: 0,
             abandoned: f.abandoned,
             failovers: f.failovers,
         });

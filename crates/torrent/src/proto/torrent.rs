@@ -1074,8 +1074,15 @@ impl TorrentCore {
     /// With `on`, only the urgent pieces are fetched (see [`TorrentCore::set_urgent`]), and a
     /// peer is interesting only while it has one of them: a viewer of a streamed movie fetches
     /// the segments it plays and serves what it has.
+    ///
+    /// Such a viewer uploads as a seed does (the choker's seeding mode: up to `seed_slots`
+    /// peers at once, ranked by how fast they take our data, no tit for tat), since a peer is
+    /// interested in it only while it needs one of our pieces soon: those are the peers to
+    /// serve, whether or not they have anything for us.
     pub fn set_urgent_only(&mut self, now: Instant, on: bool) {
         self.picker.set_urgent_only(on);
+        self.choker.set_seeding(on || self.picker.have().is_full());
+        self.apply_choker();
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for k in keys {
             self.update_interest(now, k);
