@@ -1,13 +1,14 @@
 //! Fuzzes the streaming servers' and player's small parsers of outside bytes: the HTTP `Range`
 //! header (`stream::origin::parse_range`, used by the origin and the edge), the request-path
 //! rule (`stream::request_path::RequestPath::parse`, applied by the origin, the edge and the
-//! router) and bandwidth trace files (`stream::player::parse_trace`, read by `swarmcast play
-//! --trace`).
+//! router), bandwidth trace files (`stream::player::parse_trace`, read by `swarmcast play
+//! --trace`) and a server's `Content-Range` (`http_layer::parse_content_range`, checked by the
+//! player and the local node when the CDN fills in what peers missed).
 //!
 //! Properties checked: a partial range always lies inside the file (`start <= end < len`); an
 //! accepted path has only plain segments (none empty, `.`, `..`) and is canonical (its encoded
 //! form, as the edge forwards it, parses back to it); a parsed trace is non-empty with finite,
-//! positive durations.
+//! positive durations; a content range is non-empty.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -27,6 +28,9 @@ fuzz_target!(|data: &[u8]| {
             .segments()
             .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\\')));
         assert_eq!(RequestPath::parse(&path.to_uri_path()).as_ref(), Ok(&path), "{text:?}");
+    }
+    if let Some(r) = http_layer::parse_content_range(text) {
+        assert!(r.start < r.end, "{text:?} gave {r:?}");
     }
     if let Ok(trace) = parse_trace(text) {
         assert!(!trace.points().is_empty());

@@ -184,8 +184,9 @@ impl HttpClient {
     }
 }
 
-/// `bytes A-B/LEN` (or `bytes A-B/*`) as `A..B+1`.
-fn parse_content_range(value: &str) -> Option<Range<u64>> {
+/// A `Content-Range` value, `bytes A-B/LEN` (or `bytes A-B/*`), as `A..B+1`; `None` when
+/// malformed or `B < A`.
+pub fn parse_content_range(value: &str) -> Option<Range<u64>> {
     let (span, _total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
     let (a, b) = span.split_once('-')?;
     let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);

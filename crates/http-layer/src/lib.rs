@@ -21,5 +21,5 @@
 mod client;
 mod server;
 
-pub use client::{parse_url, ClientConfig, ClientError, Fetched, HttpClient};
+pub use client::{parse_content_range, parse_url, ClientConfig, ClientError, Fetched, HttpClient};
 pub use server::{BodyTimedOut, HttpServer, OpenConnections, RequestBody, ServerConfig};

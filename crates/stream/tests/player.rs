@@ -107,6 +107,7 @@ fn options(url: String, speed: f64) -> PlayOptions {
         rule: RuleKind::DEFAULT,
         config: PlayerConfig { speed, ..PlayerConfig::default() },
         trace: None,
+        peer_wait_s: stream::player::DEFAULT_PEER_WAIT_S,
     }
 }
 

@@ -55,6 +55,10 @@ pub struct LabStreamArgs {
     /// ... and uploads to other viewers at most this many times it.
     #[arg(long, default_value_t = 1.0)]
     upload_factor: f64,
+    /// Longest a segment waits for peers before the CDN is asked for the rest (player time; see
+    /// `play --p2p-wait`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "8s")]
+    peer_wait: Duration,
     /// Write every run's summary and every viewer's report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -193,6 +197,7 @@ async fn one_run(a: &LabStreamArgs, url: &str, top: u64, n: usize, p2p: bool) ->
         rule: RuleKind::DEFAULT,
         config: PlayerConfig { speed, ..PlayerConfig::default() },
         trace: Some(trace),
+        peer_wait_s: a.peer_wait.as_secs_f64(),
     };
     let joined: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
     // Viewers done playing: a P2P viewer serves the others until all are.

@@ -288,6 +288,7 @@ impl Peers for TorrentPeers {
                 let ahead = self.prefetch.lock().map(|p| p.clone()).unwrap_or_default();
                 urgent.extend(ahead.into_iter().filter(|p| !pieces.contains(p)));
                 self.reader.set_urgent(urgent).await;
+                let asked = Instant::now();
                 while missing(&have.borrow_and_update()) > 0 {
                     match tokio::time::timeout_at(deadline.into(), have.changed()).await {
                         Ok(Ok(())) => {}
@@ -299,6 +300,8 @@ impl Peers for TorrentPeers {
                         }
                     }
                 }
+                let ms = asked.elapsed().as_millis();
+                tracing::debug!(path, pieces = pieces.len(), ms, "from peers");
             }
             let f = &self.reader.info().files[index];
             let data = self.reader.read_at(f.offset, f.length as usize, 0).await.ok()?;
@@ -351,9 +354,18 @@ impl Peers for TorrentPeers {
                 };
                 self.reader.add_piece(p, piece).await;
             }
+            // Done once they are stored and verified (or found wrong), so a viewer that stops
+            // right after playing leaves its folder whole.
+            let mut have = self.reader.have();
+            let pieces = self.pieces(index);
+            let stored = have.wait_for(|h| pieces.clone().all(|p| h.has(p)));
+            let _ = tokio::time::timeout(OFFER_WAIT, stored).await;
         })
     }
 }
+
+/// Longest [`TorrentPeers::offer`] waits for the pieces it added to be stored and verified.
+const OFFER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How the browser's local node is set up (`play URL --p2p --serve ADDR`).
 pub struct ServeOptions {

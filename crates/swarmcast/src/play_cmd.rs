@@ -64,9 +64,10 @@ pub struct PlayArgs {
     /// the CDN for what they do not deliver in time (its /health counts the bytes of each).
     #[arg(long, requires = "p2p")]
     serve: Option<SocketAddr>,
-    /// With --serve: how long a segment waits for peers before the CDN is asked for the rest.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s", requires = "serve")]
-    p2p_wait: std::time::Duration,
+    /// How long a segment waits for peers before the CDN is asked for the rest (with --p2p;
+    /// player time, and at most a third of the buffer; default 8s, with --serve 1s).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "p2p")]
+    p2p_wait: Option<std::time::Duration>,
     /// With --serve: the folder holding dash.all.min.js (default: the repository's
     /// web/node_modules, as `stream origin`).
     #[arg(long, requires = "serve")]
@@ -88,6 +89,7 @@ pub async fn run(a: PlayArgs) -> Result<()> {
         rule: a.abr,
         config: PlayerConfig { speed: a.speed, ..PlayerConfig::default() },
         trace,
+        peer_wait_s: a.p2p_wait.map_or(stream::player::DEFAULT_PEER_WAIT_S, |w| w.as_secs_f64()),
     };
     let tty = std::io::stderr().is_terminal();
     let mut status_shown = false;
@@ -104,7 +106,8 @@ pub async fn run(a: PlayArgs) -> Result<()> {
             let joined = TorrentPeers::join(&a.url, options).await?;
             eprintln!("p2p: serving this movie to other viewers on {}", joined.local_addr());
             let assets = stream::web::default_assets_dir(a.player_assets.as_deref());
-            let serve = ServeOptions { listen, wait: a.p2p_wait, assets };
+            let wait = a.p2p_wait.unwrap_or(std::time::Duration::from_secs(1));
+            let serve = ServeOptions { listen, wait, assets };
             return crate::p2p_play::serve_browser(&a.url, joined, serve).await;
         }
         // Playback starts at once; the swarm is joined meanwhile.

@@ -38,7 +38,15 @@ pub struct PlayOptions {
     pub config: PlayerConfig,
     /// Throttle reads to this trace.
     pub trace: Option<Trace>,
+    /// Longest a file waits for peers before the CDN is asked for the rest, player seconds
+    /// (also at most a third of what is buffered; [`DEFAULT_PEER_WAIT_S`] by default). Longer
+    /// waits take more from peers, shorter ones keep the ABR's view of the links closer to the
+    /// CDN's (`swarmcast lab stream --peer-wait` measures the trade).
+    pub peer_wait_s: f64,
 }
+
+/// The default [`PlayOptions::peer_wait_s`]: four 2 s segments.
+pub const DEFAULT_PEER_WAIT_S: f64 = 8.0;
 
 /// What the fetcher tells its observer as playback goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,9 +147,6 @@ impl PeerPart {
 /// (see [`Peers::prefetch`]).
 const PREFETCH_SEGMENTS: usize = 3;
 
-/// Longest a segment waits for peers before the CDN is asked, in wall seconds; the wait is also
-/// at most a third of what is buffered, and at least [`MIN_PEER_WAIT_S`].
-const MAX_PEER_WAIT_S: f64 = 2.0;
 /// Shortest wait for peers (also at startup, with nothing buffered): what a viewer may lose to
 /// an absent segment before the CDN is asked.
 const MIN_PEER_WAIT_S: f64 = 0.1;
@@ -195,6 +200,11 @@ where
         bytes_total: 0,
         peers,
         peer_bytes: 0,
+        peer_wait_s: if opts.peer_wait_s.is_finite() {
+            opts.peer_wait_s
+        } else {
+            DEFAULT_PEER_WAIT_S
+        },
     };
     let total = fetcher.core.segments_total();
     // What the peers served for each segment (its init segments included).
@@ -393,6 +403,8 @@ struct Fetcher<'p> {
     peers: Option<&'p dyn Peers>,
     /// Of `bytes_total`, what the peers served.
     peer_bytes: u64,
+    /// [`PlayOptions::peer_wait_s`].
+    peer_wait_s: f64,
 }
 
 impl Fetcher<'_> {
@@ -520,7 +532,8 @@ impl Fetcher<'_> {
         let mut part = None;
         if let Some(peers) = self.peers {
             let buffered_wall_s = self.core.buffer_s() / self.core.config().speed.max(1e-9);
-            let wait = (buffered_wall_s / 3.0).clamp(MIN_PEER_WAIT_S, MAX_PEER_WAIT_S);
+            let max_wall_s = (self.peer_wait_s / self.core.config().speed.max(1e-9)).max(0.0);
+            let wait = (buffered_wall_s / 3.0).min(max_wall_s).max(MIN_PEER_WAIT_S);
             let deadline = Instant::now() + Duration::from_secs_f64(wait);
             if let Some(p) = peers.fetch(path, deadline).await.filter(PeerPart::is_valid) {
                 let (n, len) = (p.from_peers(), p.data.len() as u64);

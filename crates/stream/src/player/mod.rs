@@ -58,7 +58,9 @@ use serde::Deserialize;
 use crate::proto::trace::{Family, Trace, TraceError, TracePoint, MAX_TRACE_POINTS};
 
 pub use error::{PlayError, MAX_SEGMENT_BYTES, MAX_SPEED};
-pub use fetch::{play, play_with, PeerPart, Peers, PeersFuture, PlayEvent, PlayOptions};
+pub use fetch::{
+    play, play_with, PeerPart, Peers, PeersFuture, PlayEvent, PlayOptions, DEFAULT_PEER_WAIT_S,
+};
 
 /// Largest trace file accepted, bytes.
 pub const MAX_TRACE_BYTES: usize = 16 << 20;
