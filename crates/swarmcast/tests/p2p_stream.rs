@@ -14,6 +14,29 @@ fn answers(addr: SocketAddr) -> bool {
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
 }
 
+/// Starts `swarmcast play URL --p2p` as viewer `name`: segments in `dir/NAME`, report in
+/// `dir/NAME.json`, connecting to `peers`; `extra` arguments last. Returns it and its address.
+fn viewer(
+    url: &str,
+    dir: &Path,
+    name: &str,
+    peers: &[SocketAddr],
+    extra: &[&str],
+) -> (Proc, SocketAddr) {
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut c = swarmcast();
+    c.args(["play", url, "--p2p", "--p2p-listen", &listen.to_string()])
+        .arg("--p2p-dir")
+        .arg(dir.join(name))
+        .arg("--json")
+        .arg(dir.join(format!("{name}.json")))
+        .args(extra);
+    for p in peers {
+        c.args(["--p2p-peer", &p.to_string()]);
+    }
+    (Proc::spawn(name, c, dir), listen)
+}
+
 fn report(path: &Path) -> serde_json::Value {
     let json = std::fs::read_to_string(path).expect("player json");
     serde_json::from_str(&json).expect("player json parses")
@@ -38,27 +61,15 @@ fn a_second_viewer_gets_the_movie_from_the_first_not_from_the_cdn() {
     wait_for("the origin", Duration::from_secs(30), || answers(origin));
     let url = format!("http://{origin}/movie/manifest.mpd");
 
-    let viewer = |name: &str, listen: SocketAddr, extra: &[&str]| {
-        let mut c = swarmcast();
-        c.args(["play", &url, "--speed", "4", "--p2p", "--p2p-listen", &listen.to_string()])
-            .arg("--p2p-dir")
-            .arg(dir.join(name))
-            .arg("--json")
-            .arg(dir.join(format!("{name}.json")))
-            .args(extra);
-        Proc::spawn(name, c, dir)
-    };
-    let a_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut a = viewer("a", a_addr, &["--p2p-stay", "120s"]);
+    let (mut a, a_addr) = viewer(&url, dir, "a", &[], &["--speed", "4", "--p2p-stay", "120s"]);
     a.wait_output("report written", Duration::from_secs(120));
     // The second viewer's CDN is a 400 kb/s link, as a real one would be slower than loopback:
     // it starts from the CDN while it joins the swarm (its first segment), then takes the
     // rest from the first viewer.
     let trace = dir.join("400k.trace");
     std::fs::write(&trace, "1 400000\n").unwrap();
-    let b_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let trace = trace.to_string_lossy().into_owned();
-    let mut b = viewer("b", b_addr, &["--p2p-peer", &a_addr.to_string(), "--trace", &trace]);
+    let (mut b, _) = viewer(&url, dir, "b", &[a_addr], &["--speed", "4", "--trace", &trace]);
     let st = b.wait_or(Duration::from_secs(120), &[&a]);
     assert!(st.success(), "the second viewer failed\n{}", b.output());
     a.kill();
@@ -131,26 +142,13 @@ fn four_viewers_of_one_edge_serve_each_other_and_a_viewer_whose_peers_vanish_fin
     // A 1 Mb/s link to the CDN: each viewer's first segment comes from it while it joins.
     let trace = dir.join("1m.trace");
     std::fs::write(&trace, "1 1000000\n").unwrap();
-    let viewer = |name: &str, peers: &[SocketAddr]| {
-        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut c = swarmcast();
-        c.args(["play", &url, "--speed", "4", "--p2p", "--p2p-listen", &listen.to_string()])
-            .arg("--p2p-dir")
-            .arg(dir.join(name))
-            .arg("--json")
-            .arg(dir.join(format!("{name}.json")))
-            .args(["--p2p-stay", "300s", "--trace"])
-            .arg(&trace);
-        for p in peers {
-            c.args(["--p2p-peer", &p.to_string()]);
-        }
-        (Proc::spawn(name, c, dir), listen)
-    };
+    let trace = trace.to_string_lossy().into_owned();
     // Four viewers, each joining the ones before while those still play or serve.
     let mut viewers: Vec<(Proc, SocketAddr)> = Vec::new();
     for name in ["a", "b", "c", "d"] {
         let peers: Vec<SocketAddr> = viewers.iter().map(|(_, addr)| *addr).collect();
-        let (mut p, addr) = viewer(name, &peers);
+        let extra = ["--speed", "4", "--p2p-stay", "300s", "--trace", &trace];
+        let (mut p, addr) = viewer(&url, dir, name, &peers, &extra);
         p.wait_output("report written", Duration::from_secs(120));
         viewers.push((p, addr));
     }
@@ -171,22 +169,9 @@ fn four_viewers_of_one_edge_serve_each_other_and_a_viewer_whose_peers_vanish_fin
     // A fifth viewer joins all four; they vanish after its second segment: it finishes from
     // the edge alone.
     let peers: Vec<SocketAddr> = viewers.iter().map(|(_, addr)| *addr).collect();
-    let (mut e, _) = {
-        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut c = swarmcast();
-        // 40 kB/s from peers: about a segment a second, so the peers vanish mid-movie.
-        c.args(["play", &url, "--speed", "1", "--p2p", "--p2p-listen", &listen.to_string()])
-            .args(["--p2p-download-limit", "40k", "--trace"])
-            .arg(&trace)
-            .arg("--p2p-dir")
-            .arg(dir.join("e"))
-            .arg("--json")
-            .arg(dir.join("e.json"));
-        for p in &peers {
-            c.args(["--p2p-peer", &p.to_string()]);
-        }
-        (Proc::spawn("e", c, dir), listen)
-    };
+    // 40 kB/s from peers: about a segment a second, so the peers vanish mid-movie.
+    let extra = ["--speed", "1", "--p2p-download-limit", "40k", "--trace", &trace];
+    let (mut e, _) = viewer(&url, dir, "e", &peers, &extra);
     e.wait_output("segment 2/6", Duration::from_secs(60));
     for (p, _) in &mut viewers {
         p.kill();
@@ -242,12 +227,7 @@ fn chromium_plays_through_the_local_node_which_takes_segments_from_a_peer() {
     let dir = tmp.path();
     let (_origin, _edge, url) = movie_behind_an_edge(dir);
     // A first viewer, headless, has the movie and stays to serve it.
-    let a_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut c = swarmcast();
-    c.args(["play", &url, "--speed", "4", "--p2p", "--p2p-listen", &a_addr.to_string()])
-        .args(["--p2p-stay", "300s", "--json"])
-        .arg(dir.join("a.json"));
-    let mut a = Proc::spawn("a", c, dir);
+    let (mut a, a_addr) = viewer(&url, dir, "a", &[], &["--speed", "4", "--p2p-stay", "300s"]);
     a.wait_output("report written", Duration::from_secs(120));
 
     // The second viewer's browser plays through its local node.
