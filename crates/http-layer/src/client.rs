@@ -184,14 +184,18 @@ impl HttpClient {
     }
 }
 
-/// A `Content-Range` value, `bytes A-B/LEN` (or `bytes A-B/*`), as `A..B+1`; `None` when
-/// malformed or `B < A`.
-pub fn parse_content_range(value: &str) -> Option<Range<u64>> {
-    let (span, _total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+/// A `Content-Range` value, `bytes A-B/LEN` (or `bytes A-B/*`), as `A..B+1` and the complete
+/// length if given; `None` when malformed, `B < A`, or the range ends past `LEN`.
+pub fn parse_content_range(value: &str) -> Option<(Range<u64>, Option<u64>)> {
+    let (span, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
     let (a, b) = span.split_once('-')?;
     let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
     let end = b.checked_add(1)?;
-    (a <= b).then_some(a..end)
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse::<u64>().ok()?),
+    };
+    (a <= b && total.is_none_or(|t| end <= t)).then_some((a..end, total))
 }
 
 /// Parses an `http://` or `https://` URL.
@@ -226,11 +230,17 @@ impl Fetched {
         self.response.headers()
     }
 
-    /// The byte range a 206 answer carries (`Content-Range: bytes A-B/LEN`), as `A..B+1`;
-    /// `None` when the header is absent or malformed.
-    pub fn content_range(&self) -> Option<Range<u64>> {
+    /// The byte range a 206 answer carries (`Content-Range: bytes A-B/LEN`), as `A..B+1`, and
+    /// the complete length if given; `None` when the header is absent or malformed.
+    pub fn content_range(&self) -> Option<(Range<u64>, Option<u64>)> {
         let value = self.headers().get(CONTENT_RANGE)?.to_str().ok()?;
         parse_content_range(value)
+    }
+
+    /// Whether this answer carries exactly `range` of a resource of `len` bytes (a complete
+    /// length of `*` is taken on trust).
+    pub fn carries_range(&self, range: &Range<u64>, len: u64) -> bool {
+        self.content_range().is_some_and(|(r, total)| r == *range && total.is_none_or(|t| t == len))
     }
 
     /// The announced body length, if any.
@@ -272,9 +282,10 @@ mod tests {
 
     #[test]
     fn content_ranges() {
-        assert_eq!(parse_content_range("bytes 0-0/10"), Some(0..1));
-        assert_eq!(parse_content_range("bytes 16384-32767/*"), Some(16384..32768));
-        for bad in ["bytes 5-4/10", "bytes -4/10", "items 0-1/2", "bytes 0-1", "bytes a-1/2"] {
+        assert_eq!(parse_content_range("bytes 0-0/10"), Some((0..1, Some(10))));
+        assert_eq!(parse_content_range("bytes 16384-32767/*"), Some((16384..32768, None)));
+        let bad = ["bytes 5-4/10", "bytes -4/10", "items 0-1/2", "bytes 0-1", "bytes a-1/2"];
+        for bad in bad.into_iter().chain(["bytes 0-10/10", "bytes 0-1/x"]) {
             assert_eq!(parse_content_range(bad), None, "{bad}");
         }
         assert_eq!(parse_content_range(&format!("bytes 0-{}/*", u64::MAX)), None);

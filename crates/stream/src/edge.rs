@@ -155,7 +155,8 @@ pub struct Health {
 /// URL --p2p --serve ADDR`, issue 15), which a browser's dash.js plays from as from an edge.
 /// A path under `prefix` is asked of the peers first (by the rest of the path, as the
 /// manifest names it); what they have not delivered after `wait` comes from the origin with
-/// one Range request, and what came from the origin is offered to the peers.
+/// one Range request, and what came from the origin is offered to the peers. Manifests always
+/// come from the origin, their BaseURLs removed so the browser stays on this node.
 pub struct PeerSource {
     /// The other viewers.
     pub peers: Arc<dyn Peers>,
@@ -430,8 +431,19 @@ async fn fetch(state: &EdgeState, path: &RequestPath) -> Fetched {
     let Some(source) = &state.peers else {
         return fetch_whole(state, &url).await;
     };
-    let Some(rel) = path.as_str().strip_prefix(source.prefix.as_str()) else {
-        return fetch_whole(state, &url).await;
+    let rel = path.as_str().strip_prefix(source.prefix.as_str());
+    let Some(rel) = rel.filter(|r| !r.ends_with(".mpd")) else {
+        return match fetch_whole(state, &url).await {
+            // The manifest's BaseURLs would send the browser around this node.
+            Fetched::Object(body) if path.as_str().ends_with(".mpd") => {
+                let text = String::from_utf8_lossy(&body);
+                match crate::mpd::set_base_urls(&text, &[]) {
+                    Ok(mpd) => Fetched::Object(mpd.into()),
+                    Err(e) => Fetched::Failed(format!("the manifest: {e}")),
+                }
+            }
+            other => other,
+        };
     };
     let deadline = std::time::Instant::now() + source.wait;
     let part = source.peers.fetch(rel, deadline).await.filter(PeerPart::is_valid);
@@ -444,14 +456,6 @@ async fn fetch(state: &EdgeState, path: &RequestPath) -> Fetched {
         None => fetch_whole(state, &url).await,
     };
     match fetched {
-        Fetched::Object(body) if rel.ends_with(".mpd") => {
-            // The manifest's BaseURLs would send the browser around this node.
-            let text = String::from_utf8_lossy(&body);
-            match crate::mpd::set_base_urls(&text, &[]) {
-                Ok(mpd) => Fetched::Object(mpd.into()),
-                Err(e) => Fetched::Failed(format!("the manifest: {e}")),
-            }
-        }
         Fetched::Object(body) => {
             source.peers.offer(rel, body.clone()).await;
             Fetched::Object(body)
@@ -467,7 +471,8 @@ async fn fetch_rest(state: &EdgeState, url: &str, part: PeerPart) -> Fetched {
         let response =
             state.client.get_range(url, missing.clone()).await.map_err(|e| e.to_string())?;
         match response.status() {
-            StatusCode::PARTIAL_CONTENT if response.content_range() == Some(missing.clone()) => {}
+            StatusCode::PARTIAL_CONTENT
+                if response.carries_range(&missing, part.data.len() as u64) => {}
             // A server that ignores Range sends it all: the peers' part is not needed.
             StatusCode::OK => return Ok(None),
             StatusCode::NOT_FOUND => return Ok(Some(Fetched::NotFound)),

@@ -358,13 +358,16 @@ impl Peers for HalfPeers {
 async fn what_peers_miss_of_a_segment_comes_from_the_cdn_by_range() {
     let dir = tempfile::tempdir().unwrap();
     let n = fake_dash(dir.path(), 12, &[]);
-    // Every byte different from its neighbours, so a misplaced range shows.
+    // No period in the bytes (a hash of the offset), so a misplaced range shows.
     let movie = dir.path().join("movie");
     for entry in std::fs::read_dir(&movie).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "m4s" || e == "mp4") {
             let len = std::fs::metadata(&path).unwrap().len() as usize;
-            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ (len % 256) as u8).collect();
+            let mix = |i: usize| {
+                ((i as u64 ^ len as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8
+            };
+            let bytes: Vec<u8> = (0..len).map(mix).collect();
             std::fs::write(&path, bytes).unwrap();
         }
     }

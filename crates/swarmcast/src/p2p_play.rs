@@ -33,6 +33,9 @@ pub struct TorrentPeers {
     files: HashMap<String, usize>,
     /// Pieces of the files the player will ask for next ([`Peers::prefetch`]), soonest first.
     prefetch: std::sync::Mutex<Vec<u32>>,
+    /// The pieces each fetch in progress waits for, by request id, oldest first.
+    waiting: std::sync::Mutex<Vec<(u64, Vec<u32>)>>,
+    next_id: std::sync::atomic::AtomicU64,
     /// Keeps a temporary download folder alive.
     _dir: Option<tempfile::TempDir>,
 }
@@ -99,7 +102,15 @@ impl TorrentPeers {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
-        Ok(TorrentPeers { handle, reader, files, prefetch: Default::default(), _dir: tmp })
+        Ok(TorrentPeers {
+            handle,
+            reader,
+            files,
+            prefetch: Default::default(),
+            waiting: Default::default(),
+            next_id: Default::default(),
+            _dir: tmp,
+        })
     }
 
     /// The port other viewers reach us on.
@@ -120,22 +131,43 @@ impl TorrentPeers {
     }
 
     /// Stops fetching from peers while the player fetches from the CDN, so the viewer's
-    /// downloads never exceed one link's worth (the peers' limit or the CDN's, not both).
+    /// downloads never exceed one link's worth (the peers' limit or the CDN's, not both); other
+    /// requests still waiting for peers (a browser's) keep their pieces.
     async fn pause(&self) {
         if let Ok(mut p) = self.prefetch.lock() {
             p.clear();
         }
-        self.reader.set_urgent(Vec::new()).await;
+        self.reader.set_urgent(self.urgent_list()).await;
+    }
+
+    /// The pieces waited for, oldest request first, then the prefetch window.
+    fn urgent_list(&self) -> Vec<u32> {
+        let mut list: Vec<u32> = Vec::new();
+        if let Ok(w) = self.waiting.lock() {
+            for (_, pieces) in w.iter() {
+                list.extend(pieces.iter().filter(|p| !list.contains(p)).collect::<Vec<_>>());
+            }
+        }
+        if let Ok(ahead) = self.prefetch.lock() {
+            let ahead: Vec<u32> = ahead.iter().copied().filter(|p| !list.contains(p)).collect();
+            list.extend(ahead);
+        }
+        list
     }
 
     /// What the verified pieces `had` hold of file `index`, the bytes from its first missing
-    /// piece to its last left for the CDN; `None` when no piece is had.
+    /// piece to its last left for the CDN (the whole file when none is missing); `None` when no
+    /// piece is had.
     async fn part(&self, index: usize, had: &torrent::Bitfield) -> Option<PeerPart> {
         let info = self.reader.info();
         let f = &info.files[index];
         let pl = u64::from(info.piece_length);
         let pieces = self.pieces(index);
-        let first = pieces.clone().find(|&p| !had.has(p))?;
+        let Some(first) = pieces.clone().find(|&p| !had.has(p)) else {
+            // Everything verified just as the wait ended.
+            let data = self.reader.read_at(f.offset, f.length as usize, 0).await.ok()?;
+            return Some(PeerPart::whole(data.to_vec()));
+        };
         let last = pieces.clone().rev().find(|&p| !had.has(p))?;
         if pieces.clone().all(|p| !had.has(p)) {
             return None;
@@ -261,10 +293,31 @@ impl Peers for JoiningPeers {
     }
 }
 
-/// Every real file of `info` by its path below the torrent's folder.
+/// Every real file of `info` by its path below the torrent's folder: the segments, not the
+/// manifest (always from the CDN) nor a file over the player's segment limit.
 fn files_by_path(info: &Info) -> HashMap<String, usize> {
-    let files = info.files.iter().enumerate().filter(|(_, f)| !f.pad && f.length > 0);
+    let files = info.files.iter().enumerate().filter(|(_, f)| {
+        let name = f.path.last().map(String::as_str).unwrap_or_default();
+        !f.pad && f.length > 0 && f.length <= MAX_SEGMENT_BYTES && !name.ends_with(".mpd")
+    });
     files.map(|(i, f)| (f.path.join("/"), i)).collect()
+}
+
+/// Largest file asked of peers (the player's own segment limit).
+const MAX_SEGMENT_BYTES: u64 = 256 << 20;
+
+/// Takes a fetch's pieces out of [`TorrentPeers::waiting`] however the fetch ends.
+struct Waiting<'a> {
+    peers: &'a TorrentPeers,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.peers.waiting.lock() {
+            w.retain(|(id, _)| *id != self.id);
+        }
+    }
 }
 
 impl Peers for TorrentPeers {
@@ -283,17 +336,21 @@ impl Peers for TorrentPeers {
                     self.pause().await;
                     return None;
                 }
-                // This file first, then the ones the player will ask for next.
-                let mut urgent: Vec<u32> = pieces.clone().collect();
-                let ahead = self.prefetch.lock().map(|p| p.clone()).unwrap_or_default();
-                urgent.extend(ahead.into_iter().filter(|p| !pieces.contains(p)));
-                self.reader.set_urgent(urgent).await;
+                // This file (after those other requests wait for: a browser asks for audio
+                // and video at once), then the ones the player will ask for next.
+                let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(mut w) = self.waiting.lock() {
+                    w.push((id, pieces.clone().collect()));
+                }
+                let waiting = Waiting { peers: self, id };
+                self.reader.set_urgent(self.urgent_list()).await;
                 let asked = Instant::now();
                 while missing(&have.borrow_and_update()) > 0 {
                     match tokio::time::timeout_at(deadline.into(), have.changed()).await {
                         Ok(Ok(())) => {}
                         _ => {
                             tracing::debug!(path, "peers too slow: the rest from the CDN");
+                            drop(waiting);
                             self.pause().await;
                             let had = have.borrow().clone();
                             return self.part(index, &had).await;
@@ -316,10 +373,11 @@ impl Peers for TorrentPeers {
             let pieces: Vec<u32> =
                 files.flat_map(|&i| self.pieces(i)).filter(|&p| !have.has(p)).collect();
             if let Ok(mut p) = self.prefetch.lock() {
-                p.clone_from(&pieces);
+                *p = pieces;
             }
-            if !pieces.is_empty() {
-                self.reader.set_urgent(pieces).await;
+            let urgent = self.urgent_list();
+            if !urgent.is_empty() {
+                self.reader.set_urgent(urgent).await;
             }
         })
     }
@@ -354,8 +412,9 @@ impl Peers for TorrentPeers {
                 };
                 self.reader.add_piece(p, piece).await;
             }
-            // Done once they are stored and verified (or found wrong), so a viewer that stops
-            // right after playing leaves its folder whole.
+            // Done once they are stored and verified, so a viewer that stops right after
+            // playing leaves its folder whole; a piece that fails its check (the CDN's bytes
+            // did not match the torrent) is waited for until OFFER_WAIT.
             let mut have = self.reader.have();
             let pieces = self.pieces(index);
             let stored = have.wait_for(|h| pieces.clone().all(|p| h.has(p)));
@@ -365,7 +424,7 @@ impl Peers for TorrentPeers {
 }
 
 /// Longest [`TorrentPeers::offer`] waits for the pieces it added to be stored and verified.
-const OFFER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const OFFER_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How the browser's local node is set up (`play URL --p2p --serve ADDR`).
 pub struct ServeOptions {

@@ -217,11 +217,9 @@ where
         match fetcher.core.poll_next(Instant::now()) {
             Next::Done => break,
             Next::WaitUntil(at) => {
+                // Idle: peers fetch what comes next (again, since a CDN fetch paused them).
                 if let (Some(peers), Some((segment, rep))) = (fetcher.peers, last) {
-                    if prefetched_after != Some(segment) {
-                        prefetched_after = Some(segment);
-                        peers.prefetch(fetcher.plan.after(segment, rep, PREFETCH_SEGMENTS)).await;
-                    }
+                    peers.prefetch(fetcher.plan.after(segment, rep, PREFETCH_SEGMENTS)).await;
                 }
                 tokio::time::sleep_until(at.into()).await
             }
@@ -537,15 +535,16 @@ impl Fetcher<'_> {
             let deadline = Instant::now() + Duration::from_secs_f64(wait);
             if let Some(p) = peers.fetch(path, deadline).await.filter(PeerPart::is_valid) {
                 let (n, len) = (p.from_peers(), p.data.len() as u64);
-                self.bytes_total += n;
-                self.peer_bytes += n;
                 if media {
                     // The ABR sees the arrival as it was: the wait for the peers included.
                     let _ = self.core.handle_progress(Instant::now(), n, len);
                 }
                 if p.missing.is_empty() {
+                    self.bytes_total += n;
+                    self.peer_bytes += n;
                     return Ok(Download::Done(n));
                 }
+                // Counted once the CDN's answer for the rest is accepted.
                 part = Some(p);
             }
         }
@@ -571,7 +570,7 @@ impl Fetcher<'_> {
         let mut from_peers = 0;
         if let Some(p) = part.take() {
             if status == hyper::StatusCode::PARTIAL_CONTENT {
-                if response.content_range() != Some(p.missing.clone()) {
+                if !response.carries_range(&p.missing, p.data.len() as u64) {
                     return Err(Failure::Retry(format!(
                         "{url}: asked for bytes {:?}, got Content-Range {:?}",
                         p.missing,
@@ -580,6 +579,8 @@ impl Fetcher<'_> {
                 }
                 range = Some(p.missing.clone());
                 from_peers = p.from_peers();
+                self.bytes_total += from_peers;
+                self.peer_bytes += from_peers;
                 body = Some(p.data);
             }
             // A server that ignores Range sends it all (200): the peers' part is not needed.
