@@ -414,3 +414,49 @@ async fn a_part_that_does_not_fit_the_file_is_ignored() {
     check_consistent(&report, n);
     assert_eq!(report.peer_bytes, 0);
 }
+
+/// An origin that ignores Range headers (answers 200 with the whole file), as some servers do.
+async fn origin_without_ranges(root: &Path) -> SocketAddr {
+    let root = Arc::new(ContentDir::new(std::fs::canonicalize(root).unwrap()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let root = root.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let root = root.clone();
+                    async move {
+                        let no_range = hyper::HeaderMap::new();
+                        let r = respond(&root, req.method(), req.uri().path(), &no_range).await;
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_cdn_that_ignores_range_sends_it_all_and_the_peers_part_is_not_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = fake_dash(dir.path(), 12, &[]);
+    let movie = dir.path().join("movie");
+    let addr = origin_without_ranges(dir.path()).await;
+    let url = format!("http://{addr}/movie/manifest.mpd");
+    let peers = HalfPeers { dir: movie.clone(), offered: Default::default() };
+    let report = play_with(&options(url, 20.0), Some(&peers), |_| {}).await.unwrap();
+
+    check_consistent(&report, n);
+    assert_eq!(report.peer_bytes, 0, "the peers' halves were replaced by the CDN's whole files");
+    let offered = peers.offered.lock().unwrap();
+    let files: u64 = offered.iter().map(|(_, d)| d.len() as u64).sum();
+    assert_eq!(report.bytes_total, files, "every byte counted once");
+    for (path, data) in offered.iter() {
+        assert_eq!(&std::fs::read(movie.join(path)).unwrap()[..], &data[..], "{path}");
+    }
+}
