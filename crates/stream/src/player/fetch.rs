@@ -533,12 +533,15 @@ impl Fetcher<'_> {
             let max_wall_s = (self.peer_wait_s / self.core.config().speed.max(1e-9)).max(0.0);
             let wait = (buffered_wall_s / 3.0).min(max_wall_s).max(MIN_PEER_WAIT_S);
             let deadline = Instant::now() + Duration::from_secs_f64(wait);
-            if let Some(p) = peers.fetch(path, deadline).await.filter(PeerPart::is_valid) {
-                let (n, len) = (p.from_peers(), p.data.len() as u64);
-                if media {
-                    // The ABR sees the arrival as it was: the wait for the peers included.
-                    let _ = self.core.handle_progress(Instant::now(), n, len);
-                }
+            let got = peers.fetch(path, deadline).await.filter(PeerPart::is_valid);
+            if media {
+                // Neither the peers' bytes nor the wait for them is a sample of the link the
+                // rung is chosen by (the CDN's, whose clock starts now).
+                self.core
+                    .handle_peer_part(Instant::now(), got.as_ref().map_or(0, PeerPart::from_peers));
+            }
+            if let Some(p) = got {
+                let n = p.from_peers();
                 if p.missing.is_empty() {
                     self.bytes_total += n;
                     self.peer_bytes += n;
@@ -652,9 +655,9 @@ impl Fetcher<'_> {
                 }
             }
             if media {
-                if let Some(lower) =
-                    self.core.handle_progress(Instant::now(), from_peers + received, bytes_total)
-                {
+                // The CDN's bytes of what it was asked for (the rest, after a peer part).
+                let asked = range.as_ref().map_or(bytes_total, |r| r.end - r.start);
+                if let Some(lower) = self.core.handle_progress(Instant::now(), received, asked) {
                     // HTTP/1.1 cannot cancel a response but by closing its connection, which
                     // dropping `response` here does.
                     return Ok(Download::Abandoned { lower });

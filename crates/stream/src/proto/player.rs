@@ -163,6 +163,8 @@ struct InFlight {
     attempt_s: f64,
     /// Player time of the next abandonment check.
     next_check_s: f64,
+    /// Of the current request's video, the bytes peers delivered (not a sample of the link).
+    peer_bytes: u64,
     abandoned: bool,
     failovers: u32,
 }
@@ -202,7 +204,16 @@ pub struct PlayerCore {
     records: Vec<PlayedSegment>,
     abandons: u32,
     failovers: u32,
+    /// CDN transfers too small to be a throughput sample on their own (what was left of a
+    /// segment after the peers' part), summed until they are: bytes and seconds.
+    pending_sample: (u64, f64),
 }
+
+/// A throughput sample is at least this share of a segment at the lowest rung: a shorter
+/// transfer (the few kilobytes peers left of a segment) measures the request's latency, not
+/// the link, and is summed with the next ones instead (as ExoPlayer's bandwidth meter waits
+/// for enough bytes).
+const MIN_SAMPLE_SHARE: f64 = 0.5;
 
 impl PlayerCore {
     /// A player of `segment_s.len()` segments (their media durations, seconds) over `ladder`,
@@ -233,6 +244,7 @@ impl PlayerCore {
             records: Vec::new(),
             abandons: 0,
             failovers: 0,
+            pending_sample: (0, 0.0),
         }
     }
 
@@ -354,6 +366,7 @@ impl PlayerCore {
             first_request_s: self.clock_s,
             attempt_s: self.clock_s,
             next_check_s: self.clock_s + self.cfg.check_interval_s,
+            peer_bytes: 0,
             abandoned: false,
             failovers: 0,
         });
@@ -367,6 +380,22 @@ impl PlayerCore {
         if let Some(f) = &mut self.in_flight {
             f.attempt_s = clock;
             f.next_check_s = clock + interval;
+            f.peer_bytes = 0;
+        }
+    }
+
+    /// Peers delivered `bytes` of the video in flight at `now`; the link the rule measures
+    /// (the CDN) carries the rest from now on. Peers' bytes are no throughput sample: the rung
+    /// is chosen by what the CDN alone can carry, so peers that vanish never cost a stall
+    /// (and a segment peers prefetched, which arrives at once, does not fake a fast link).
+    /// Progress reported after this counts the CDN's bytes only.
+    pub fn handle_peer_part(&mut self, now: Instant, bytes: u64) {
+        self.handle_time(now);
+        let (clock, interval) = (self.clock_s, self.cfg.check_interval_s);
+        if let Some(f) = &mut self.in_flight {
+            f.attempt_s = clock;
+            f.next_check_s = clock + interval;
+            f.peer_bytes += bytes;
         }
     }
 
@@ -414,12 +443,23 @@ impl PlayerCore {
         }
     }
 
-    /// The video of the segment in flight is in (`bytes` of it): a throughput sample.
+    /// The video of the segment in flight is in (`bytes` of it): what the CDN carried of it
+    /// (all but [`handle_peer_part`](Self::handle_peer_part)'s bytes) is a throughput sample.
     pub fn handle_video_done(&mut self, now: Instant, bytes: u64) {
         self.handle_time(now);
         if let Some(f) = &self.in_flight {
-            let duration_s = self.clock_s - f.attempt_s;
-            self.abr.record(ThroughputSample { bytes, duration_s });
+            let bytes = bytes.saturating_sub(f.peer_bytes);
+            if bytes > 0 {
+                let (b, s) = self.pending_sample;
+                let (bytes, duration_s) = (b + bytes, s + self.clock_s - f.attempt_s);
+                let lowest = self.ladder.bitrate_bps(0) as f64 * self.ladder.segment_duration_s();
+                if bytes as f64 >= lowest / 8.0 * MIN_SAMPLE_SHARE {
+                    self.abr.record(ThroughputSample { bytes, duration_s });
+                    self.pending_sample = (0, 0.0);
+                } else {
+                    self.pending_sample = (bytes, duration_s);
+                }
+            }
         }
     }
 
@@ -536,6 +576,38 @@ mod tests {
             (r.qoe - qoe(&[r.segments[0].bitrate_bps, r.segments[1].bitrate_bps], r.stall_s)).abs()
                 < 1e-9
         );
+    }
+
+    #[test]
+    fn peers_bytes_and_the_wait_for_them_are_no_throughput_sample() {
+        let t0 = Instant::now();
+        let mut c = core(60.0, 1.0, 5, t0);
+        // Segment 0 from the CDN at 400 kb/s: the lower rung (600 kb/s does not fit).
+        assert!(matches!(c.poll_next(t0), Next::Fetch { segment: 0, rep: 0 }));
+        c.handle_request_sent(t0);
+        c.handle_video_done(at(t0, 2.0), 100_000);
+        c.handle_segment_done(at(t0, 2.0), 100_000, 0, "b");
+        // Segment 1: peers deliver all 300 kB within 10 ms (240 Mb/s, were it a sample).
+        assert!(matches!(c.poll_next(at(t0, 2.0)), Next::Fetch { segment: 1, rep: 0 }));
+        c.handle_request_sent(at(t0, 2.0));
+        c.handle_peer_part(at(t0, 2.01), 300_000);
+        c.handle_video_done(at(t0, 2.01), 300_000);
+        c.handle_segment_done(at(t0, 2.01), 300_000, 0, "b");
+        assert!(matches!(c.poll_next(at(t0, 2.01)), Next::Fetch { segment: 2, rep: 0 }));
+        // Segment 2: a 1 s wait for peers that bring 95 kB; the CDN's 5 kB take 1 ms. Too
+        // small to be a sample alone (a latency, not a rate): still the lower rung.
+        c.handle_request_sent(at(t0, 2.01));
+        c.handle_peer_part(at(t0, 3.01), 95_000);
+        c.handle_video_done(at(t0, 3.011), 100_000);
+        c.handle_segment_done(at(t0, 3.011), 100_000, 0, "b");
+        assert!(matches!(c.poll_next(at(t0, 3.011)), Next::Fetch { segment: 3, rep: 0 }));
+        // Segment 3: peers bring nothing in a 4 s wait, the CDN then carries 300 kB in 0.5 s:
+        // with the 5 kB before, 4.9 Mb/s (were the wait counted, 0.54 Mb/s): the upper rung.
+        c.handle_request_sent(at(t0, 3.011));
+        c.handle_peer_part(at(t0, 7.011), 0);
+        c.handle_video_done(at(t0, 7.511), 300_000);
+        c.handle_segment_done(at(t0, 7.511), 300_000, 0, "b");
+        assert!(matches!(c.poll_next(at(t0, 7.511)), Next::Fetch { segment: 4, rep: 1 }));
     }
 
     #[test]
