@@ -108,6 +108,7 @@ fn options(url: String, speed: f64) -> PlayOptions {
         config: PlayerConfig { speed, ..PlayerConfig::default() },
         trace: None,
         peer_wait_s: stream::player::DEFAULT_PEER_WAIT_S,
+        stop_after_s: None,
     }
 }
 
@@ -160,6 +161,26 @@ async fn plays_to_the_end_fetching_every_segment_once() {
     }
     assert_eq!(json["segments"].as_array().unwrap().len(), n);
     assert_eq!(json["segments"][0]["index"], 0);
+}
+
+#[tokio::test]
+async fn a_viewer_that_leaves_early_reports_what_it_played() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = fake_dash(dir.path(), 40, &[]);
+    let addr = origin(dir.path()).await;
+    let mut opts = options(format!("http://{addr}/movie/manifest.mpd"), 20.0);
+    // 400 kb/s: a lowest-rate segment and its audio (132 kB) take 2.6 s of player time, so
+    // in 9 s at most four of the ten arrive.
+    opts.trace = Some(parse_trace("3600 400000\n").unwrap());
+    opts.stop_after_s = Some(9.0);
+    let report = play(&opts, |_| {}).await.unwrap();
+
+    assert_eq!(n, 10);
+    let got = report.segments.len();
+    assert!((1..=4).contains(&got), "{got} segments in 9 s at 400 kb/s");
+    check_consistent(&report, got);
+    let media: u64 = report.segments.iter().map(|s| s.bytes + s.audio_bytes).sum();
+    assert!(report.bytes_total >= media, "what was fetched is counted");
 }
 
 #[tokio::test]

@@ -59,6 +59,21 @@ pub struct LabStreamArgs {
     /// `play --p2p-wait`).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "8s")]
     peer_wait: Duration,
+    /// Churn: every PERIOD of player time a quarter of the viewers watching leave (closing the
+    /// player and leaving the swarm) and as many new ones join from the start of the movie.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "PERIOD")]
+    churn: Option<Duration>,
+    /// This many viewers (from the second to join) upload at only `--slow-upload` × the top
+    /// bitrate.
+    #[arg(long, default_value_t = 0)]
+    slow_peers: usize,
+    /// What a slow peer uploads, as a share of the top bitrate.
+    #[arg(long, default_value_t = 0.1)]
+    slow_upload: f64,
+    /// The CDN link of every viewer follows this trace (lines `SECONDS BPS`, player time, as in
+    /// `play --trace`) instead of a constant `--download-factor` × the top bitrate.
+    #[arg(long)]
+    trace: Option<PathBuf>,
     /// Write every run's summary and every viewer's report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -68,6 +83,9 @@ pub struct LabStreamArgs {
 #[derive(Serialize)]
 struct Run {
     viewers: usize,
+    /// Viewers that joined through churn (beyond the first `viewers`), and that left early.
+    churn_joined: usize,
+    churn_left: usize,
     p2p: bool,
     /// Peer bytes / all bytes, over every viewer.
     offload: f64,
@@ -92,6 +110,25 @@ pub async fn run(a: LabStreamArgs) -> Result<()> {
         "--viewers: each count from 1 to {MAX_VIEWERS}"
     );
     anyhow::ensure!(a.speed.is_finite() && a.speed > 0.0, "--speed must be positive");
+    anyhow::ensure!(
+        a.slow_upload.is_finite() && a.slow_upload > 0.0,
+        "--slow-upload must be positive"
+    );
+    anyhow::ensure!(
+        a.churn.is_none_or(|p| p >= Duration::from_secs(1)),
+        "--churn: a period of at least 1 s"
+    );
+    let trace = match &a.trace {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the trace {}", path.display()))?;
+            Some(
+                stream::player::parse_trace(&text)
+                    .with_context(|| format!("trace {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     let tmp = tempfile::Builder::new().prefix("swarmcast-lab-stream-").tempdir()?;
     let movie = match &a.movie {
         Some(m) => m.clone(),
@@ -147,10 +184,12 @@ pub async fn run(a: LabStreamArgs) -> Result<()> {
 
     let mut runs = Vec::new();
     for &n in &a.viewers {
+        let schedule = schedule(&a, n, measured.duration_s);
         for p2p in [false, true] {
-            let run = one_run(&a, &url, top, n, p2p).await?;
+            let run = one_run(&a, &url, top, trace.clone(), &schedule, n, p2p).await?;
             eprintln!(
-                "N = {n:>2} {:<8} offload {:>5.1}%  CDN {:>8.0} kB/viewer  stalls {}  startup mean {:.2} s",
+                "N = {n:>2}{} {:<8} offload {:>5.1}%  CDN {:>8.0} kB/viewer  stalls {}  startup mean {:.2} s",
+                churn_label(&run),
                 if p2p { "P2P" } else { "CDN only" },
                 run.offload * 100.0,
                 run.cdn_bytes_per_viewer / 1000.0,
@@ -165,8 +204,9 @@ pub async fn run(a: LabStreamArgs) -> Result<()> {
     println!("|---:|---|---:|---:|---:|---:|---|---:|---:|");
     for r in &runs {
         println!(
-            "| {} | {} | {:.1}% | {:.0} | {} | {:.2} | {:.3} / {:.3} | {:.3} | {:.0} |",
+            "| {}{} | {} | {:.1}% | {:.0} | {} | {:.2} | {:.3} / {:.3} | {:.3} | {:.0} |",
             r.viewers,
+            churn_label(r),
             if r.p2p { "P2P" } else { "CDN only" },
             r.offload * 100.0,
             r.cdn_bytes_per_viewer / 1000.0,
@@ -186,32 +226,103 @@ pub async fn run(a: LabStreamArgs) -> Result<()> {
     Ok(())
 }
 
-/// N viewers joining evenly over `--arrivals`; with `p2p`, each joins the swarm of those before.
-async fn one_run(a: &LabStreamArgs, url: &str, top: u64, n: usize, p2p: bool) -> Result<Run> {
+/// " (+J joined, L left)" after the viewer count of a run with churn.
+fn churn_label(r: &Run) -> String {
+    if r.churn_joined + r.churn_left == 0 {
+        return String::new();
+    }
+    format!(" (+{} joined, {} left)", r.churn_joined, r.churn_left)
+}
+
+/// One viewer of a run: when it joins, how long it watches, how fast it uploads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Slot {
+    /// Player time from the run's start.
+    start_s: f64,
+    /// Leaves after this much player time (`None`: watches to the end).
+    stop_after_s: Option<f64>,
+    slow: bool,
+}
+
+/// The viewers of a run with `n` viewers: they join evenly over `--arrivals`; the `--slow-peers`
+/// are the second, third, ...; with `--churn P`, at P, 2P, ... (before the movie's `duration_s`
+/// has passed) a quarter of those watching leave (a different quarter each time, in join
+/// order) and as many join. The same schedule serves the CDN-only and the P2P run.
+fn schedule(a: &LabStreamArgs, n: usize, duration_s: f64) -> Vec<Slot> {
+    let arrivals_s = a.arrivals.as_secs_f64();
+    let mut slots: Vec<Slot> = (0..n)
+        .map(|i| Slot {
+            start_s: arrivals_s * i as f64 / n as f64,
+            stop_after_s: None,
+            slow: i >= 1 && i <= a.slow_peers,
+        })
+        .collect();
+    let Some(period) = a.churn.map(|p| p.as_secs_f64()) else { return slots };
+    let quarter = (n / 4).max(1);
+    let mut epoch = 1;
+    while period * (epoch as f64) < duration_s {
+        let t = period * epoch as f64;
+        let watching: Vec<usize> = (0..slots.len())
+            .filter(|&i| {
+                let s = &slots[i];
+                s.start_s <= t && s.stop_after_s.is_none() && s.start_s + duration_s > t
+            })
+            .collect();
+        let leave = quarter.min(watching.len());
+        for k in 0..leave {
+            // Spread over those watching, shifted each epoch.
+            let i = watching[(k * watching.len() / leave.max(1) + epoch) % watching.len()];
+            slots[i].stop_after_s = Some(t - slots[i].start_s);
+        }
+        for _ in 0..leave {
+            slots.push(Slot { start_s: t, stop_after_s: None, slow: false });
+        }
+        epoch += 1;
+    }
+    slots
+}
+
+/// The viewers of `schedule`; with `p2p`, each joins the swarm of those before.
+async fn one_run(
+    a: &LabStreamArgs,
+    url: &str,
+    top: u64,
+    trace: Option<Trace>,
+    schedule: &[Slot],
+    n: usize,
+    p2p: bool,
+) -> Result<Run> {
     let speed = a.speed;
     // Link limits in wall time: player time runs `speed`× faster.
     let down_bps = top as f64 * a.download_factor;
-    let trace = Trace::constant(down_bps).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let trace = match trace {
+        Some(t) => t,
+        None => Trace::constant(down_bps).map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
     let opts = PlayOptions {
         url: url.to_string(),
         rule: RuleKind::DEFAULT,
         config: PlayerConfig { speed, ..PlayerConfig::default() },
         trace: Some(trace),
         peer_wait_s: a.peer_wait.as_secs_f64(),
+        stop_after_s: None,
     };
     let joined: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
-    // Viewers done playing: a P2P viewer serves the others until all are.
+    // Viewers done playing or gone: a P2P viewer that watched to the end serves the others
+    // until all are.
     let finished = Arc::new(tokio::sync::watch::Sender::new(0usize));
+    let all = schedule.len();
     let mut tasks = Vec::new();
-    for i in 0..n {
-        let start = a.arrivals.mul_f64(i as f64 / n as f64).div_f64(speed);
-        let (opts, joined, finished) = (opts.clone(), joined.clone(), finished.clone());
+    for slot in schedule.iter().copied() {
+        let start = Duration::from_secs_f64(slot.start_s / speed);
+        let (mut opts, joined, finished) = (opts.clone(), joined.clone(), finished.clone());
+        opts.stop_after_s = slot.stop_after_s;
         let limit = |factor: f64| Some((top as f64 * factor * speed / 8.0) as u64);
         let p2p_opts = P2pOptions {
             listen: ([127, 0, 0, 1], 0).into(),
             peers: Vec::new(),
             dir: None,
-            upload_limit: limit(a.upload_factor),
+            upload_limit: limit(if slot.slow { a.slow_upload } else { a.upload_factor }),
             download_limit: limit(a.download_factor),
         };
         tasks.push(tokio::spawn(async move {
@@ -232,10 +343,12 @@ async fn one_run(a: &LabStreamArgs, url: &str, top: u64, n: usize, p2p: bool) ->
                 None => play_with(&opts, None, |_| {}).await,
             };
             finished.send_modify(|c| *c += 1);
-            // Serve the others until every viewer of the run is done.
+            // Serve the others until every viewer of the run is done (one that left, at once).
             let mut report = report.map_err(anyhow::Error::from);
             if let Some(p) = peers {
-                let _ = finished.subscribe().wait_for(|c| *c >= n).await;
+                if slot.stop_after_s.is_none() {
+                    let _ = finished.subscribe().wait_for(|c| *c >= all).await;
+                }
                 match p.finish().await {
                     Ok(t) => TorrentPeers::shutdown_shared(t).await,
                     Err(e) => report = Err(e.context("joining the swarm")),
@@ -260,10 +373,12 @@ async fn one_run(a: &LabStreamArgs, url: &str, top: u64, n: usize, p2p: bool) ->
     if let Some(e) = first_error {
         return Err(e.context(format!("a viewer failed (N = {n}, p2p {p2p})")));
     }
-    Ok(summarize(n, p2p, reports))
+    let left = schedule.iter().filter(|s| s.stop_after_s.is_some()).count();
+    Ok(summarize(n, (schedule.len() - n, left), p2p, reports))
 }
 
-fn summarize(n: usize, p2p: bool, reports: Vec<PlayReport>) -> Run {
+/// The run's figures; `churn` is (viewers that joined beyond the first `n`, viewers that left).
+fn summarize(n: usize, churn: (usize, usize), p2p: bool, reports: Vec<PlayReport>) -> Run {
     let total: u64 = reports.iter().map(|r| r.bytes_total).sum();
     let peer: u64 = reports.iter().map(|r| r.peer_bytes).sum();
     let startups: Vec<f64> = reports.iter().map(|r| r.startup_s).collect();
@@ -274,8 +389,11 @@ fn summarize(n: usize, p2p: bool, reports: Vec<PlayReport>) -> Run {
     };
     Run {
         viewers: n,
+        churn_joined: churn.0,
+        churn_left: churn.1,
         p2p,
         offload: if total > 0 { peer as f64 / total as f64 } else { 0.0 },
+        // Per viewer present at a time (with churn, N is always watching).
         cdn_bytes_per_viewer: (total - peer) as f64 / n as f64,
         stalls: reports.iter().map(|r| r.stalls).sum(),
         stall_s: reports.iter().map(|r| r.stall_s).sum(),
@@ -288,5 +406,63 @@ fn summarize(n: usize, p2p: bool, reports: Vec<PlayReport>) -> Run {
         },
         continuity_min: reports.iter().map(continuity).fold(1.0, f64::min),
         reports,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        lab: LabStreamArgs,
+    }
+
+    fn args(extra: &[&str]) -> LabStreamArgs {
+        Cli::parse_from(std::iter::once("lab").chain(extra.iter().copied())).lab
+    }
+
+    /// Viewers watching at player time `t` (joined, not left, not past the end).
+    fn watching(slots: &[Slot], t: f64, duration_s: f64) -> usize {
+        let end = |s: &Slot| s.start_s + s.stop_after_s.unwrap_or(duration_s);
+        slots.iter().filter(|s| s.start_s <= t && t < end(s)).count()
+    }
+
+    #[test]
+    fn churn_replaces_a_quarter_of_the_viewers_every_period() {
+        let slots = schedule(&args(&["--churn", "30s", "--slow-peers", "1"]), 16, 120.0);
+        // Epochs at 30, 60 and 90 s: four leave and four join each time.
+        assert_eq!(slots.len(), 16 + 12);
+        assert_eq!(slots.iter().filter(|s| s.stop_after_s.is_some()).count(), 12);
+        for t in [30.0, 60.0, 90.0] {
+            let joined = slots[16..].iter().filter(|s| s.start_s == t).count();
+            let left = slots
+                .iter()
+                .filter(|s| s.stop_after_s.is_some_and(|d| (s.start_s + d - t).abs() < 1e-9))
+                .count();
+            assert_eq!((joined, left), (4, 4), "at {t} s");
+            // As many watch just after t as before (and the first viewers' arrival at t).
+            let arriving = slots[..16].iter().filter(|s| s.start_s == t).count();
+            assert_eq!(
+                watching(&slots, t + 1e-6, 120.0),
+                watching(&slots, t - 1e-6, 120.0) + arriving,
+                "at {t} s"
+            );
+        }
+        // Nobody leaves twice, nobody leaves before joining.
+        assert!(slots.iter().all(|s| s.stop_after_s.is_none_or(|d| d > 0.0)));
+        // The slow peer is the second to join, and only it.
+        let slow: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].slow).collect();
+        assert_eq!(slow, vec![1]);
+    }
+
+    #[test]
+    fn without_churn_every_viewer_watches_to_the_end() {
+        let slots = schedule(&args(&[]), 8, 120.0);
+        assert_eq!(slots.len(), 8);
+        assert!(slots.iter().all(|s| s.stop_after_s.is_none() && !s.slow));
+        assert_eq!(slots[4].start_s, 30.0);
     }
 }

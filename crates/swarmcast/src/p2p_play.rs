@@ -329,6 +329,7 @@ impl Peers for TorrentPeers {
             let pieces = self.pieces(index);
             let mut have = self.reader.have();
             let missing = |h: &torrent::Bitfield| pieces.clone().filter(|&p| !h.has(p)).count();
+            let asked = Instant::now();
             if missing(&have.borrow_and_update()) > 0 {
                 // Nobody has it: the CDN at once, no wait (the first viewer pays nothing).
                 if !self.reader.available(pieces.clone().collect()).await {
@@ -344,7 +345,6 @@ impl Peers for TorrentPeers {
                 }
                 let waiting = Waiting { peers: self, id };
                 self.reader.set_urgent(self.urgent_list()).await;
-                let asked = Instant::now();
                 while missing(&have.borrow_and_update()) > 0 {
                     match tokio::time::timeout_at(deadline.into(), have.changed()).await {
                         Ok(Ok(())) => {}
@@ -357,9 +357,10 @@ impl Peers for TorrentPeers {
                         }
                     }
                 }
-                let ms = asked.elapsed().as_millis();
-                tracing::debug!(path, pieces = pieces.len(), ms, "from peers");
             }
+            // Waited for, or prefetched before it was asked for (0 ms).
+            let ms = asked.elapsed().as_millis();
+            tracing::debug!(path, pieces = pieces.len(), ms, "from peers");
             let f = &self.reader.info().files[index];
             let data = self.reader.read_at(f.offset, f.length as usize, 0).await.ok()?;
             Some(PeerPart::whole(data.to_vec()))

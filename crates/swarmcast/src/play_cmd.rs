@@ -90,6 +90,7 @@ pub async fn run(a: PlayArgs) -> Result<()> {
         config: PlayerConfig { speed: a.speed, ..PlayerConfig::default() },
         trace,
         peer_wait_s: a.p2p_wait.map_or(stream::player::DEFAULT_PEER_WAIT_S, |w| w.as_secs_f64()),
+        stop_after_s: None,
     };
     let tty = std::io::stderr().is_terminal();
     let mut status_shown = false;
@@ -178,8 +179,18 @@ fn show(event: &PlayEvent, tty: bool, status_shown: &mut bool) {
         PlayEvent::Segment { segment: s, total, stalls } => {
             let rate_kbps =
                 if s.download_s > 0.0 { s.bytes as f64 * 8.0 / s.download_s / 1000.0 } else { 0.0 };
+            // A segment peers had fetched before it was asked for arrives at once: no rate.
+            let media = s.bytes + s.audio_bytes;
+            let source = match s.peer_bytes {
+                0 => format!("measured {rate_kbps:.0} kbps"),
+                p if p >= media => "from peers".to_string(),
+                p => format!(
+                    "measured {rate_kbps:.0} kbps, {:.0}% from peers",
+                    p as f64 * 100.0 / media.max(1) as f64
+                ),
+            };
             let text = format!(
-                "segment {}/{total}  rep {} ({} kbps)  measured {rate_kbps:.0} kbps  buffer {:.1} s  stalls {stalls}",
+                "segment {}/{total}  rep {} ({} kbps)  {source}  buffer {:.1} s  stalls {stalls}",
                 s.index + 1,
                 s.rep_id,
                 s.bitrate_bps / 1000,

@@ -91,6 +91,7 @@ pub async fn run() -> Result<()> {
             config: PlayerConfig { speed: 2.0, ..PlayerConfig::default() },
             trace: Some(Trace::constant(1_000_000.0)?),
             peer_wait_s: stream::player::DEFAULT_PEER_WAIT_S,
+            stop_after_s: None,
         };
         let tx = tx.clone();
         players.push(tokio::spawn(async move {

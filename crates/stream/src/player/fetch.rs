@@ -43,6 +43,9 @@ pub struct PlayOptions {
     /// waits take more from peers, shorter ones keep the ABR's view of the links closer to the
     /// CDN's (`swarmcast lab stream --peer-wait` measures the trade).
     pub peer_wait_s: f64,
+    /// Leave after this much player time (the viewer closes the page; `None`: to the end).
+    /// The report covers what was played and fetched until then; a fetch in flight is dropped.
+    pub stop_after_s: Option<f64>,
 }
 
 /// The default [`PlayOptions::peer_wait_s`]: four 2 s segments.
@@ -147,8 +150,9 @@ impl PeerPart {
 /// (see [`Peers::prefetch`]).
 const PREFETCH_SEGMENTS: usize = 3;
 
-/// Shortest wait for peers (also at startup, with nothing buffered): what a viewer may lose to
-/// an absent segment before the CDN is asked.
+/// Shortest wait for peers with something buffered: what a viewer may lose to an absent
+/// segment before the CDN is asked. With nothing buffered (startup, a stall) peers are not
+/// waited for: what they already delivered is taken, the rest comes from the CDN at once.
 const MIN_PEER_WAIT_S: f64 = 0.1;
 
 /// Plays the presentation at `opts.url` to the end; `observe` sees every [`PlayEvent`].
@@ -213,44 +217,59 @@ where
     // last asked to prefetch.
     let mut last: Option<(usize, usize)> = None;
     let mut prefetched_after = None;
-    loop {
-        match fetcher.core.poll_next(Instant::now()) {
-            Next::Done => break,
-            Next::WaitUntil(at) => {
-                // Idle: peers fetch what comes next (again, since a CDN fetch paused them).
-                if let (Some(peers), Some((segment, rep))) = (fetcher.peers, last) {
-                    peers.prefetch(fetcher.plan.after(segment, rep, PREFETCH_SEGMENTS)).await;
+    let stop = opts
+        .stop_after_s
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| fetcher.core.instant_at(s));
+    let playing = async {
+        loop {
+            match fetcher.core.poll_next(Instant::now()) {
+                Next::Done => break,
+                Next::WaitUntil(at) => {
+                    // Idle: peers fetch what comes next (again, since a CDN fetch paused them).
+                    if let (Some(peers), Some((segment, rep))) = (fetcher.peers, last) {
+                        peers.prefetch(fetcher.plan.after(segment, rep, PREFETCH_SEGMENTS)).await;
+                    }
+                    tokio::time::sleep_until(at.into()).await
                 }
-                tokio::time::sleep_until(at.into()).await
-            }
-            Next::Fetch { segment, rep } => {
-                if let Some(peers) = fetcher.peers.filter(|_| prefetched_after != Some(segment)) {
-                    // Peers fetch the next segments behind this one, keeping their pipe full.
-                    prefetched_after = Some(segment);
-                    peers.prefetch(fetcher.plan.after(segment, rep, PREFETCH_SEGMENTS)).await;
-                }
-                let peer_before = fetcher.peer_bytes;
-                let (bytes, base) = fetcher.fetch_video(segment, rep, &mut observe).await?;
-                last = Some((segment, fetcher.core.in_flight_rep().unwrap_or(rep)));
-                fetcher.core.handle_video_done(Instant::now(), bytes);
-                let audio_bytes = fetcher.fetch_audio(segment, &mut observe).await?;
-                let rep_id = fetcher
-                    .core
-                    .in_flight_rep()
-                    .map(|r| fetcher.plan.ids[r].clone())
-                    .unwrap_or_default();
-                let stalls = fetcher.core.stalls();
-                if let Some(record) =
-                    fetcher.core.handle_segment_done(Instant::now(), bytes, audio_bytes, &base)
-                {
-                    let mut segment = record.clone();
-                    segment.rep_id = rep_id;
-                    segment.peer_bytes = fetcher.peer_bytes - peer_before;
-                    peer_by_segment.insert(segment.index, segment.peer_bytes);
-                    observe(&PlayEvent::Segment { segment, total, stalls });
+                Next::Fetch { segment, rep } => {
+                    if let Some(peers) = fetcher.peers.filter(|_| prefetched_after != Some(segment))
+                    {
+                        // Peers fetch the next segments behind this one, keeping their pipe full.
+                        prefetched_after = Some(segment);
+                        peers.prefetch(fetcher.plan.after(segment, rep, PREFETCH_SEGMENTS)).await;
+                    }
+                    let peer_before = fetcher.peer_bytes;
+                    let (bytes, base) = fetcher.fetch_video(segment, rep, &mut observe).await?;
+                    last = Some((segment, fetcher.core.in_flight_rep().unwrap_or(rep)));
+                    fetcher.core.handle_video_done(Instant::now(), bytes);
+                    let audio_bytes = fetcher.fetch_audio(segment, &mut observe).await?;
+                    let rep_id = fetcher
+                        .core
+                        .in_flight_rep()
+                        .map(|r| fetcher.plan.ids[r].clone())
+                        .unwrap_or_default();
+                    let stalls = fetcher.core.stalls();
+                    if let Some(record) =
+                        fetcher.core.handle_segment_done(Instant::now(), bytes, audio_bytes, &base)
+                    {
+                        let mut segment = record.clone();
+                        segment.rep_id = rep_id;
+                        segment.peer_bytes = fetcher.peer_bytes - peer_before;
+                        peer_by_segment.insert(segment.index, segment.peer_bytes);
+                        observe(&PlayEvent::Segment { segment, total, stalls });
+                    }
                 }
             }
         }
+        Ok::<_, PlayError>(())
+    };
+    match stop {
+        Some(at) => tokio::select! {
+            r = playing => r?,
+            () = tokio::time::sleep_until(at.into()) => fetcher.core.handle_time(at),
+        },
+        None => playing.await?,
     }
     let mut report = fetcher.core.report();
     for s in &mut report.segments {
@@ -531,7 +550,11 @@ impl Fetcher<'_> {
         if let Some(peers) = self.peers {
             let buffered_wall_s = self.core.buffer_s() / self.core.config().speed.max(1e-9);
             let max_wall_s = (self.peer_wait_s / self.core.config().speed.max(1e-9)).max(0.0);
-            let wait = (buffered_wall_s / 3.0).min(max_wall_s).max(MIN_PEER_WAIT_S);
+            let wait = if self.core.buffer_s() > 0.0 {
+                (buffered_wall_s / 3.0).min(max_wall_s).max(MIN_PEER_WAIT_S)
+            } else {
+                0.0
+            };
             let deadline = Instant::now() + Duration::from_secs_f64(wait);
             let got = peers.fetch(path, deadline).await.filter(PeerPart::is_valid);
             if media {
