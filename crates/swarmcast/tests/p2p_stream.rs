@@ -1,6 +1,7 @@
 //! Issue 15's viewers helping each other, with real processes: `stream package` (ffmpeg) writes
 //! the movie and its torrent, `stream origin` serves them, and two `play --p2p` viewers watch:
-//! the first from the CDN (nobody else has the movie), the second from the first.
+//! the first from the CDN (nobody else has the movie), the second from the first, found through
+//! the tracker the movie's torrent names.
 
 mod harness;
 
@@ -45,13 +46,20 @@ fn report(path: &Path) -> serde_json::Value {
 }
 
 #[test]
-fn a_second_viewer_gets_the_movie_from_the_first_not_from_the_cdn() {
+fn a_second_viewer_finds_the_first_through_the_movies_tracker_and_gets_the_movie_from_it() {
     require("ffmpeg");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    // The movie's torrent names a tracker: viewers find each other there, with no address given.
+    let tracker: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut c = swarmcast();
+    c.args(["tracker", "--listen", &tracker.to_string()]);
+    let _tracker = Proc::spawn("tracker", c, dir);
+    wait_for("the tracker", Duration::from_secs(30), || answers(tracker));
     let mut c = swarmcast();
     c.args(["stream", "package", "--test-source", "12s", "--segment", "2s"])
-        .args(["--ladder", "240p:300k", "--out"])
+        .args(["--ladder", "240p:300k", "--tracker", &format!("http://{tracker}/announce")])
+        .arg("--out")
         .arg(dir.join("movie"));
     harness::run_ok(c);
     assert!(dir.join("movie/movie.torrent").is_file(), "package writes the movie's torrent");
@@ -63,7 +71,7 @@ fn a_second_viewer_gets_the_movie_from_the_first_not_from_the_cdn() {
     wait_for("the origin", Duration::from_secs(30), || answers(origin));
     let url = format!("http://{origin}/movie/manifest.mpd");
 
-    let (mut a, a_addr) = viewer(&url, dir, "a", &[], &["--speed", "4", "--p2p-stay", "120s"]);
+    let (mut a, _) = viewer(&url, dir, "a", &[], &["--speed", "4", "--p2p-stay", "120s"]);
     a.wait_output("report written", Duration::from_secs(120));
     // The second viewer's CDN is a 400 kb/s link, as a real one would be slower than loopback:
     // it starts from the CDN while it joins the swarm (its first segment), then takes the
@@ -71,7 +79,7 @@ fn a_second_viewer_gets_the_movie_from_the_first_not_from_the_cdn() {
     let trace = dir.join("400k.trace");
     std::fs::write(&trace, "1 400000\n").unwrap();
     let trace = trace.to_string_lossy().into_owned();
-    let (mut b, _) = viewer(&url, dir, "b", &[a_addr], &["--speed", "4", "--trace", &trace]);
+    let (mut b, _) = viewer(&url, dir, "b", &[], &["--speed", "4", "--trace", &trace]);
     let st = b.wait_or(Duration::from_secs(120), &[&a]);
     assert!(st.success(), "the second viewer failed\n{}", b.output());
     a.kill();
