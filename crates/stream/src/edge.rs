@@ -473,9 +473,10 @@ async fn fetch_rest(state: &EdgeState, url: &str, part: PeerPart) -> Fetched {
         match response.status() {
             StatusCode::PARTIAL_CONTENT
                 if response.carries_range(&missing, part.data.len() as u64) => {}
-            // A server that ignores Range sends it all: the peers' part is not needed.
-            StatusCode::OK => return Ok(None),
-            StatusCode::NOT_FOUND => return Ok(Some(Fetched::NotFound)),
+            // A server that ignores Range sends it all: the peers' part is not needed, and
+            // the body is the object (not fetched a second time).
+            StatusCode::OK => return whole_body(state, response).await,
+            StatusCode::NOT_FOUND => return Ok(Fetched::NotFound),
             s => return Err(format!("origin answered {s} to bytes {missing:?}")),
         }
         let len = (missing.end - missing.start) as usize;
@@ -489,14 +490,10 @@ async fn fetch_rest(state: &EdgeState, url: &str, part: PeerPart) -> Fetched {
         data[missing.start as usize..missing.end as usize].copy_from_slice(&body);
         state.peer_bytes.fetch_add(from_peers, Ordering::Relaxed);
         state.origin_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        Ok(Some(Fetched::Object(data.into())))
+        Ok(Fetched::Object(data.into()))
     }
     .await;
-    match result {
-        Ok(Some(f)) => f,
-        Ok(None) => fetch_whole(state, url).await,
-        Err(e) => Fetched::Failed(e),
-    }
+    result.unwrap_or_else(Fetched::Failed)
 }
 
 /// `GET /player` (the web player on this node's manifest) and its dash.js.
@@ -537,23 +534,28 @@ async fn fetch_whole(state: &EdgeState, url: &str) -> Fetched {
     let result = async {
         let response = state.client.get(url).await.map_err(|e| e.to_string())?;
         match response.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok(Fetched::NotFound),
-            s => return Err(format!("origin answered {s}")),
-        }
-        match response.bytes().await {
-            Ok(body) => {
-                state.origin_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-                Ok(Fetched::Object(body))
-            }
-            Err(http_layer::ClientError::TooLarge { .. }) => {
-                Err(format!("object over the {} byte cap", state.config.max_object))
-            }
-            Err(e) => Err(format!("reading the body: {e}")),
+            StatusCode::OK => whole_body(state, response).await,
+            StatusCode::NOT_FOUND => Ok(Fetched::NotFound),
+            s => Err(format!("origin answered {s}")),
         }
     }
     .await;
     result.unwrap_or_else(Fetched::Failed)
+}
+
+/// The body of the origin's 200 answer: the whole object (within the object cap), counted
+/// as the origin's bytes.
+async fn whole_body(state: &EdgeState, response: http_layer::Fetched) -> Result<Fetched, String> {
+    match response.bytes().await {
+        Ok(body) => {
+            state.origin_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+            Ok(Fetched::Object(body))
+        }
+        Err(http_layer::ClientError::TooLarge { .. }) => {
+            Err(format!("object over the {} byte cap", state.config.max_object))
+        }
+        Err(e) => Err(format!("reading the body: {e}")),
+    }
 }
 
 fn serve_bytes(

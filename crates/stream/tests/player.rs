@@ -436,17 +436,21 @@ async fn a_part_that_does_not_fit_the_file_is_ignored() {
     assert_eq!(report.peer_bytes, 0);
 }
 
-/// An origin that ignores Range headers (answers 200 with the whole file), as some servers do.
-async fn origin_without_ranges(root: &Path) -> SocketAddr {
+/// An origin that ignores Range headers (answers 200 with the whole file), as some servers do;
+/// and the count of requests it answered.
+async fn origin_without_ranges(root: &Path) -> (SocketAddr, Arc<AtomicUsize>) {
     let root = Arc::new(ContentDir::new(std::fs::canonicalize(root).unwrap()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let root = root.clone();
+            let (root, count) = (root.clone(), count.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let root = root.clone();
+                    count.fetch_add(1, Ordering::SeqCst);
                     async move {
                         let no_range = hyper::HeaderMap::new();
                         let r = respond(&root, req.method(), req.uri().path(), &no_range).await;
@@ -459,7 +463,56 @@ async fn origin_without_ranges(root: &Path) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, requests)
+}
+
+/// A local node (`play --p2p --serve`: an edge whose origin is the peers first) serving one
+/// segment of which the peers have half, in front of an origin that honours Range or not.
+async fn through_a_local_node(origin: SocketAddr, movie: &Path, file: &str) -> (Vec<u8>, u64, u64) {
+    use stream::edge::{EdgeConfig, EdgeServer, PeerSource};
+    let peers = HalfPeers { dir: movie.to_path_buf(), offered: Default::default() };
+    let source = PeerSource {
+        peers: Arc::new(peers),
+        prefix: "/movie/".into(),
+        wait: std::time::Duration::from_millis(100),
+        assets: movie.join("no-assets"),
+        manifest: "manifest.mpd".into(),
+    };
+    let config = EdgeConfig::new(format!("http://{origin}"), 64 << 20, "local");
+    let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let edge = EdgeServer::bind_with_peers(any, config, Some(source)).await.unwrap();
+    let at = edge.local_addr();
+    tokio::spawn(edge.run());
+    let client = http_layer::HttpClient::new(http_layer::ClientConfig::default()).unwrap();
+    let got = client.get(&format!("http://{at}/movie/{file}")).await.unwrap();
+    assert_eq!(got.status(), 200);
+    let body = got.bytes().await.unwrap().to_vec();
+    let health = client.get(&format!("http://{at}/health")).await.unwrap();
+    let health: serde_json::Value = serde_json::from_slice(&health.bytes().await.unwrap()).unwrap();
+    (body, health["peer_bytes"].as_u64().unwrap(), health["origin_bytes"].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn a_local_node_fills_in_by_range_and_takes_a_200_whole_without_fetching_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    fake_dash(dir.path(), 8, &[]);
+    let movie = dir.path().join("movie");
+    let file = "chunk-1-00001.m4s";
+    let expect = std::fs::read(movie.join(file)).unwrap();
+    let len = expect.len() as u64;
+
+    // Range honoured: half from the peers, the other half from the origin.
+    let addr = origin(dir.path()).await;
+    let (body, peer, origin_bytes) = through_a_local_node(addr, &movie, file).await;
+    assert_eq!(body, expect);
+    assert_eq!((peer, origin_bytes), (len / 2, len - len / 2));
+
+    // Range ignored: the origin's 200 is the file, taken as it is, with one request.
+    let (addr, requests) = origin_without_ranges(dir.path()).await;
+    let (body, peer, origin_bytes) = through_a_local_node(addr, &movie, file).await;
+    assert_eq!(body, expect);
+    assert_eq!((peer, origin_bytes), (0, len));
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "the origin was asked once");
 }
 
 #[tokio::test]
@@ -467,7 +520,7 @@ async fn a_cdn_that_ignores_range_sends_it_all_and_the_peers_part_is_not_counted
     let dir = tempfile::tempdir().unwrap();
     let n = fake_dash(dir.path(), 12, &[]);
     let movie = dir.path().join("movie");
-    let addr = origin_without_ranges(dir.path()).await;
+    let (addr, _) = origin_without_ranges(dir.path()).await;
     let url = format!("http://{addr}/movie/manifest.mpd");
     let peers = HalfPeers { dir: movie.clone(), offered: Default::default() };
     let report = play_with(&options(url, 20.0), Some(&peers), |_| {}).await.unwrap();
