@@ -502,21 +502,24 @@ async fn player_response(
     path: &RequestPath,
     head: bool,
 ) -> Response<Full<Bytes>> {
-    let (content_type, body) = if path.as_str() == "/_player/dash.all.min.js" {
-        let read = match web::check_assets(&source.assets) {
-            Ok(js) => tokio::fs::read(&js).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        match read {
-            Ok(js) => ("text/javascript; charset=utf-8", Bytes::from(js)),
-            Err(e) => {
-                tracing::warn!(error = %e, "the web player's assets");
-                return status(StatusCode::SERVICE_UNAVAILABLE, "dash.js is missing\n");
-            }
+    let missing = || {
+        if let Err(e) = web::check_assets(&source.assets) {
+            tracing::warn!("{e}");
+        }
+        status(StatusCode::SERVICE_UNAVAILABLE, "dash.js is missing\n")
+    };
+    let (content_type, body) = if path.as_str() == format!("/_player/{}", web::DASH_JS) {
+        match web::read_dash_js(&source.assets).await {
+            None => return missing(),
+            Some(Ok(js)) => (web::JS_TYPE, js),
+            Some(Err(message)) => return status(StatusCode::INTERNAL_SERVER_ERROR, message),
         }
     } else if path.as_str() == "/player/" || path.as_str() == "/player" {
+        if web::check_assets(&source.assets).is_err() {
+            return missing();
+        }
         let manifest = format!("{}{}", source.prefix, source.manifest);
-        ("text/html; charset=utf-8", Bytes::from(web::player_page(&manifest)))
+        (web::HTML_TYPE, Bytes::from(web::player_page(&manifest)))
     } else {
         return status(StatusCode::NOT_FOUND, "not found\n");
     };

@@ -62,6 +62,16 @@ pub fn check_assets(assets: &Path) -> Result<PathBuf, String> {
     }
 }
 
+/// dash.js from `assets`; `None` when it is missing ([`check_assets`] says why), and an
+/// `Err` with a message for a person when it cannot be read.
+pub async fn read_dash_js(assets: &Path) -> Option<Result<Bytes, &'static str>> {
+    let js = check_assets(assets).ok()?;
+    Some(tokio::fs::read(&js).await.map(Bytes::from).map_err(|e| {
+        tracing::warn!(path = %js.display(), error = %e, "cannot read dash.js");
+        "read error\n"
+    }))
+}
+
 /// The player page for the manifest at `manifest_url` (a same-origin absolute path).
 pub fn player_page(manifest_url: &str) -> String {
     // A JSON string is a JS string literal; escaping `<` keeps `</script>` out of the page.
@@ -90,15 +100,10 @@ pub async fn respond(
         if file != DASH_JS {
             return text(StatusCode::NOT_FOUND, "not found\n".into());
         }
-        let Ok(js) = check_assets(assets) else {
-            return missing_assets(assets, head);
-        };
-        return match tokio::fs::read(&js).await {
-            Ok(bytes) => ok("text/javascript; charset=utf-8", bytes.into(), head),
-            Err(e) => {
-                tracing::warn!(path = %js.display(), error = %e, "cannot read dash.js");
-                text(StatusCode::INTERNAL_SERVER_ERROR, "read error\n".into())
-            }
+        return match read_dash_js(assets).await {
+            None => missing_assets(assets, head),
+            Some(Ok(js)) => ok(JS_TYPE, js, head),
+            Some(Err(message)) => text(StatusCode::INTERNAL_SERVER_ERROR, message.into()),
         };
     }
     let movie = path.strip_prefix("/player/").unwrap_or("");
@@ -108,8 +113,12 @@ pub async fn respond(
     if check_assets(assets).is_err() {
         return missing_assets(assets, head);
     }
-    ok("text/html; charset=utf-8", player_page(&manifest_url).into(), head)
+    ok(HTML_TYPE, player_page(&manifest_url).into(), head)
 }
+
+/// The content types of dash.js and of the player page.
+pub const JS_TYPE: &str = "text/javascript; charset=utf-8";
+pub const HTML_TYPE: &str = "text/html; charset=utf-8";
 
 /// `/MOVIE/manifest.mpd` with MOVIE (decoded segments) re-encoded, if that file exists
 /// safely under `root`.
@@ -130,7 +139,7 @@ fn missing_assets(assets: &Path, head: bool) -> Response<OriginBody> {
          <h1>The web player cannot start</h1><p>{}</p>\n",
         message.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
     );
-    let mut r = ok("text/html; charset=utf-8", html.into(), head);
+    let mut r = ok(HTML_TYPE, html.into(), head);
     *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     r
 }
