@@ -440,20 +440,9 @@ pub struct ServeOptions {
 /// other viewers first and the CDN second (`stream::edge::PeerSource`); a browser opening
 /// `/player` plays it with dash.js. Runs until Ctrl-C.
 pub async fn serve_browser(mpd_url: &str, peers: TorrentPeers, opts: ServeOptions) -> Result<()> {
-    let config = http_layer::ClientConfig {
-        max_response_bytes: stream::mpd::MAX_MPD_BYTES,
-        user_agent: "Swarmcast/0.1 (swarmcast play --p2p --serve)".to_owned(),
-        ..http_layer::ClientConfig::default()
-    };
-    let client = http_layer::HttpClient::new(config)?;
-    let response = client.get(mpd_url).await.with_context(|| format!("cannot fetch {mpd_url}"))?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "{mpd_url}: HTTP {} (is it the manifest's URL?)",
-        response.status().as_u16()
-    );
-    let body = response.bytes().await.with_context(|| format!("reading {mpd_url}"))?;
-    let mpd = stream::mpd::Mpd::parse_bytes(&body).with_context(|| mpd_url.to_string())?;
+    // As the player reads it (redirects followed): the node stands in front of where it ends.
+    let (mpd_url, mpd) = stream::player::fetch_manifest(mpd_url).await?;
+    let mpd_url = mpd_url.as_str();
     // Where the segments are: the first BaseURL, else the manifest's folder.
     let base = match mpd.base_urls.first() {
         Some(b) => stream::mpd::resolve_url(mpd_url, b),

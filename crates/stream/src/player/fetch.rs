@@ -155,6 +155,14 @@ const PREFETCH_SEGMENTS: usize = 3;
 /// waited for: what they already delivered is taken, the rest comes from the CDN at once.
 const MIN_PEER_WAIT_S: f64 = 0.1;
 
+/// The manifest at `url` as the player reads it (redirects followed, size capped, parsed):
+/// the URL it came from at last, and the MPD.
+pub async fn fetch_manifest(url: &str) -> Result<(String, crate::mpd::Mpd), PlayError> {
+    let mut client =
+        HttpClient::new().map_err(|reason| PlayError::Http { url: url.to_string(), reason })?;
+    client.fetch_mpd(url).await
+}
+
 /// Plays the presentation at `opts.url` to the end; `observe` sees every [`PlayEvent`].
 pub async fn play<F>(opts: &PlayOptions, observe: F) -> Result<PlayReport, PlayError>
 where

@@ -59,7 +59,8 @@ use crate::proto::trace::{Family, Trace, TraceError, TracePoint, MAX_TRACE_POINT
 
 pub use error::{PlayError, MAX_SEGMENT_BYTES, MAX_SPEED};
 pub use fetch::{
-    play, play_with, PeerPart, Peers, PeersFuture, PlayEvent, PlayOptions, DEFAULT_PEER_WAIT_S,
+    fetch_manifest, play, play_with, PeerPart, Peers, PeersFuture, PlayEvent, PlayOptions,
+    DEFAULT_PEER_WAIT_S,
 };
 
 /// Largest trace file accepted, bytes.
