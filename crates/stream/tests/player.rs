@@ -168,7 +168,7 @@ async fn a_viewer_that_leaves_early_reports_what_it_played() {
     let dir = tempfile::tempdir().unwrap();
     let n = fake_dash(dir.path(), 40, &[]);
     let addr = origin(dir.path()).await;
-    let mut opts = options(format!("http://{addr}/movie/manifest.mpd"), 20.0);
+    let mut opts = options(format!("http://{addr}/movie/manifest.mpd"), 4.0);
     // 400 kb/s: a lowest-rate segment and its audio (132 kB) take 2.6 s of player time, so
     // in 9 s at most four of the ten arrive.
     opts.trace = Some(parse_trace("3600 400000\n").unwrap());

@@ -63,8 +63,8 @@ pub struct LabStreamArgs {
     /// player and leaving the swarm) and as many new ones join from the start of the movie.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "PERIOD")]
     churn: Option<Duration>,
-    /// This many viewers (from the second to join) upload at only `--slow-upload` × the top
-    /// bitrate.
+    /// This many viewers (from the second to join, at most all but the first) upload at only
+    /// `--slow-upload` × the top bitrate.
     #[arg(long, default_value_t = 0)]
     slow_peers: usize,
     /// What a slow peer uploads, as a share of the top bitrate.
@@ -265,7 +265,8 @@ fn schedule(a: &LabStreamArgs, n: usize, duration_s: f64) -> Vec<Slot> {
         let watching: Vec<usize> = (0..slots.len())
             .filter(|&i| {
                 let s = &slots[i];
-                s.start_s <= t && s.stop_after_s.is_none() && s.start_s + duration_s > t
+                // One arriving at t has not watched yet: it does not leave at once.
+                s.start_s < t && s.stop_after_s.is_none() && s.start_s + duration_s > t
             })
             .collect();
         let leave = quarter.min(watching.len());
@@ -317,7 +318,8 @@ async fn one_run(
         let start = Duration::from_secs_f64(slot.start_s / speed);
         let (mut opts, joined, finished) = (opts.clone(), joined.clone(), finished.clone());
         opts.stop_after_s = slot.stop_after_s;
-        let limit = |factor: f64| Some((top as f64 * factor * speed / 8.0) as u64);
+        // At least 1 B/s: 0 would mean no limit.
+        let limit = |factor: f64| Some(((top as f64 * factor * speed / 8.0) as u64).max(1));
         let p2p_opts = P2pOptions {
             listen: ([127, 0, 0, 1], 0).into(),
             peers: Vec::new(),
@@ -381,7 +383,9 @@ async fn one_run(
 fn summarize(n: usize, churn: (usize, usize), p2p: bool, reports: Vec<PlayReport>) -> Run {
     let total: u64 = reports.iter().map(|r| r.bytes_total).sum();
     let peer: u64 = reports.iter().map(|r| r.peer_bytes).sum();
-    let startups: Vec<f64> = reports.iter().map(|r| r.startup_s).collect();
+    // A viewer that left before its first segment never started.
+    let started = reports.iter().filter(|r| !r.segments.is_empty());
+    let startups: Vec<f64> = started.map(|r| r.startup_s).collect();
     let continuity = |r: &PlayReport| {
         // Each stall ends with the arrival of the segment it waited for: one late segment.
         let segments = r.segments.len().max(1) as f64;
@@ -393,7 +397,8 @@ fn summarize(n: usize, churn: (usize, usize), p2p: bool, reports: Vec<PlayReport
         churn_left: churn.1,
         p2p,
         offload: if total > 0 { peer as f64 / total as f64 } else { 0.0 },
-        // Per viewer present at a time (with churn, N is always watching).
+        // Divided by N: with churn the joiners' bytes are in (they watch longer than the run's
+        // first N did), so it is the CDN's load for a run of N, not per person.
         cdn_bytes_per_viewer: (total - peer) as f64 / n as f64,
         stalls: reports.iter().map(|r| r.stalls).sum(),
         stall_s: reports.iter().map(|r| r.stall_s).sum(),
@@ -456,6 +461,14 @@ mod tests {
         // The slow peer is the second to join, and only it.
         let slow: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].slow).collect();
         assert_eq!(slow, vec![1]);
+    }
+
+    #[test]
+    fn a_viewer_arriving_at_a_churn_time_watches_before_it_may_leave() {
+        // Arrivals at 0, 15, 30 and 45 s; churn at 15, 30, 45, ... s.
+        let slots = schedule(&args(&["--churn", "15s"]), 4, 120.0);
+        assert!(slots.iter().all(|s| s.stop_after_s.is_none_or(|d| d > 0.0)), "{slots:?}");
+        assert!(slots.iter().any(|s| s.stop_after_s.is_some()));
     }
 
     #[test]

@@ -43,8 +43,10 @@ pub struct PlayOptions {
     /// waits take more from peers, shorter ones keep the ABR's view of the links closer to the
     /// CDN's (`swarmcast lab stream --peer-wait` measures the trade).
     pub peer_wait_s: f64,
-    /// Leave after this much player time (the viewer closes the page; `None`: to the end).
-    /// The report covers what was played and fetched until then; a fetch in flight is dropped.
+    /// Leave after this much player time (the viewer closes the page; `None`, a negative or a
+    /// non-finite value: to the end). The report's segments are those in by then; a fetch in
+    /// flight is dropped, its bytes counted in `bytes_total` and `peer_bytes` (so those can
+    /// exceed the segments' sums), and `duration_s` runs to the stop.
     pub stop_after_s: Option<f64>,
 }
 
@@ -618,6 +620,9 @@ impl Fetcher<'_> {
                 body = Some(p.data);
             }
             // A server that ignores Range sends it all (200): the peers' part is not needed.
+            if status != hyper::StatusCode::PARTIAL_CONTENT && media {
+                self.core.discard_peer_part();
+            }
         }
         let status = match range {
             Some(_) => hyper::StatusCode::OK,

@@ -146,7 +146,8 @@ pub struct PlayReport {
     /// `peer_bytes / bytes_total`: the share of the CDN's load the peers took (0 with no
     /// bytes).
     pub offload: f64,
-    /// Player seconds from the first request until the last segment was in.
+    /// Player seconds from the first request until the last segment was in (or the player
+    /// stopped early: `PlayOptions::stop_after_s`).
     pub duration_s: f64,
     /// Every segment, in order.
     pub segments: Vec<PlayedSegment>,
@@ -204,15 +205,12 @@ pub struct PlayerCore {
     records: Vec<PlayedSegment>,
     abandons: u32,
     failovers: u32,
-    /// CDN transfers too small to be a throughput sample on their own (what was left of a
-    /// segment after the peers' part), summed until they are: bytes and seconds.
-    pending_sample: (u64, f64),
 }
 
-/// A throughput sample is at least this share of a segment at the lowest rung: a shorter
-/// transfer (the few kilobytes peers left of a segment) measures the request's latency, not
-/// the link, and is summed with the next ones instead (as ExoPlayer's bandwidth meter waits
-/// for enough bytes).
+/// What the CDN carried of a segment after the peers' part is a throughput sample only when
+/// it is at least this share of a segment at the lowest rung: a shorter transfer (the few
+/// kilobytes peers left) measures the request's latency, not the link (ExoPlayer's bandwidth
+/// meter likewise waits for enough bytes).
 const MIN_SAMPLE_SHARE: f64 = 0.5;
 
 impl PlayerCore {
@@ -244,7 +242,6 @@ impl PlayerCore {
             records: Vec::new(),
             abandons: 0,
             failovers: 0,
-            pending_sample: (0, 0.0),
         }
     }
 
@@ -386,7 +383,7 @@ impl PlayerCore {
 
     /// Peers delivered `bytes` of the video in flight at `now`; the link the rule measures
     /// (the CDN) carries the rest from now on. Peers' bytes are no throughput sample: the rung
-    /// is chosen by what the CDN alone can carry, so peers that vanish never cost a stall
+    /// is chosen by what the CDN alone can carry, so it never counts on peers that may vanish
     /// (and a segment peers prefetched, which arrives at once, does not fake a fast link).
     /// Progress reported after this counts the CDN's bytes only.
     pub fn handle_peer_part(&mut self, now: Instant, bytes: u64) {
@@ -396,6 +393,14 @@ impl PlayerCore {
             f.attempt_s = clock;
             f.next_check_s = clock + interval;
             f.peer_bytes += bytes;
+        }
+    }
+
+    /// The CDN answered the request for the rest with the whole file (it ignored Range): the
+    /// peers' part is not used, and all of the file is the CDN's sample.
+    pub fn discard_peer_part(&mut self) {
+        if let Some(f) = &mut self.in_flight {
+            f.peer_bytes = 0;
         }
     }
 
@@ -444,21 +449,18 @@ impl PlayerCore {
     }
 
     /// The video of the segment in flight is in (`bytes` of it): what the CDN carried of it
-    /// (all but [`handle_peer_part`](Self::handle_peer_part)'s bytes) is a throughput sample.
+    /// (all but [`handle_peer_part`](Self::handle_peer_part)'s bytes) is a throughput sample,
+    /// unless it was a rest after a peer part too small to measure the link
+    /// ([`MIN_SAMPLE_SHARE`]).
     pub fn handle_video_done(&mut self, now: Instant, bytes: u64) {
         self.handle_time(now);
         if let Some(f) = &self.in_flight {
-            let bytes = bytes.saturating_sub(f.peer_bytes);
-            if bytes > 0 {
-                let (b, s) = self.pending_sample;
-                let (bytes, duration_s) = (b + bytes, s + self.clock_s - f.attempt_s);
-                let lowest = self.ladder.bitrate_bps(0) as f64 * self.ladder.segment_duration_s();
-                if bytes as f64 >= lowest / 8.0 * MIN_SAMPLE_SHARE {
-                    self.abr.record(ThroughputSample { bytes, duration_s });
-                    self.pending_sample = (0, 0.0);
-                } else {
-                    self.pending_sample = (bytes, duration_s);
-                }
+            let cdn = bytes.saturating_sub(f.peer_bytes);
+            let lowest = self.ladder.bitrate_bps(0) as f64 * self.ladder.segment_duration_s();
+            let too_small = f.peer_bytes > 0 && (cdn as f64) < lowest / 8.0 * MIN_SAMPLE_SHARE;
+            if cdn > 0 && !too_small {
+                let duration_s = self.clock_s - f.attempt_s;
+                self.abr.record(ThroughputSample { bytes: cdn, duration_s });
             }
         }
     }
@@ -602,12 +604,30 @@ mod tests {
         c.handle_segment_done(at(t0, 3.011), 100_000, 0, "b");
         assert!(matches!(c.poll_next(at(t0, 3.011)), Next::Fetch { segment: 3, rep: 0 }));
         // Segment 3: peers bring nothing in a 4 s wait, the CDN then carries 300 kB in 0.5 s:
-        // with the 5 kB before, 4.9 Mb/s (were the wait counted, 0.54 Mb/s): the upper rung.
+        // 4.8 Mb/s (were the wait counted, 0.53 Mb/s): the upper rung.
         c.handle_request_sent(at(t0, 3.011));
         c.handle_peer_part(at(t0, 7.011), 0);
         c.handle_video_done(at(t0, 7.511), 300_000);
         c.handle_segment_done(at(t0, 7.511), 300_000, 0, "b");
         assert!(matches!(c.poll_next(at(t0, 7.511)), Next::Fetch { segment: 4, rep: 1 }));
+    }
+
+    #[test]
+    fn a_whole_file_after_a_discarded_peer_part_is_a_full_sample() {
+        let t0 = Instant::now();
+        let mut c = core(60.0, 1.0, 3, t0);
+        assert!(matches!(c.poll_next(t0), Next::Fetch { segment: 0, rep: 0 }));
+        c.handle_request_sent(t0);
+        c.handle_video_done(at(t0, 2.0), 100_000);
+        c.handle_segment_done(at(t0, 2.0), 100_000, 0, "b");
+        // Peers had 290 kB; the CDN ignored Range and sent all 300 kB in 0.49 s: 4.9 Mb/s.
+        assert!(matches!(c.poll_next(at(t0, 2.0)), Next::Fetch { segment: 1, rep: 0 }));
+        c.handle_request_sent(at(t0, 2.0));
+        c.handle_peer_part(at(t0, 2.01), 290_000);
+        c.discard_peer_part();
+        c.handle_video_done(at(t0, 2.5), 300_000);
+        c.handle_segment_done(at(t0, 2.5), 300_000, 0, "b");
+        assert!(matches!(c.poll_next(at(t0, 2.5)), Next::Fetch { segment: 2, rep: 1 }));
     }
 
     #[test]
