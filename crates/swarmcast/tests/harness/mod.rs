@@ -160,9 +160,14 @@ pub fn start_anchor(dir: &Path) -> (Proc, u16) {
     (anchor, port)
 }
 
+/// A loopback port free for TCP and UDP now, and never handed out before in this process:
+/// tests run in parallel threads, and a port checked free for one is not bound until its
+/// process starts, so another test must not be given it meanwhile.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     const LOW: u32 = 20_000;
     const SPAN: u32 = 12_000;
     let nanos = std::time::SystemTime::now()
@@ -172,9 +177,14 @@ pub fn free_port() -> u16 {
     for _ in 0..200 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (LOW + start.wrapping_add(n.wrapping_mul(2_654_435_761)) % SPAN) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
         let tcp = TcpListener::bind(("127.0.0.1", port));
         let udp = UdpSocket::bind(("127.0.0.1", port));
         if tcp.is_ok() && udp.is_ok() {
+            given.insert(port);
             return port;
         }
     }
