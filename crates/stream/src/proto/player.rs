@@ -580,35 +580,47 @@ mod tests {
         );
     }
 
+    /// One segment of `bytes`: requested at `sent_s`; `peers` (when, bytes) delivered first,
+    /// that part then discarded when `discard` (the CDN sent the whole file); all in at
+    /// `done_s` (seconds from `t0`).
+    fn fetch_segment(
+        c: &mut PlayerCore,
+        t0: Instant,
+        sent_s: f64,
+        peers: Option<(f64, u64)>,
+        discard: bool,
+        done_s: f64,
+        bytes: u64,
+    ) {
+        c.handle_request_sent(at(t0, sent_s));
+        if let Some((when_s, n)) = peers {
+            c.handle_peer_part(at(t0, when_s), n);
+        }
+        if discard {
+            c.discard_peer_part();
+        }
+        c.handle_video_done(at(t0, done_s), bytes);
+        c.handle_segment_done(at(t0, done_s), bytes, 0, "b");
+    }
+
     #[test]
     fn peers_bytes_and_the_wait_for_them_are_no_throughput_sample() {
         let t0 = Instant::now();
         let mut c = core(60.0, 1.0, 5, t0);
         // Segment 0 from the CDN at 400 kb/s: the lower rung (600 kb/s does not fit).
         assert!(matches!(c.poll_next(t0), Next::Fetch { segment: 0, rep: 0 }));
-        c.handle_request_sent(t0);
-        c.handle_video_done(at(t0, 2.0), 100_000);
-        c.handle_segment_done(at(t0, 2.0), 100_000, 0, "b");
+        fetch_segment(&mut c, t0, 0.0, None, false, 2.0, 100_000);
         // Segment 1: peers deliver all 300 kB within 10 ms (240 Mb/s, were it a sample).
         assert!(matches!(c.poll_next(at(t0, 2.0)), Next::Fetch { segment: 1, rep: 0 }));
-        c.handle_request_sent(at(t0, 2.0));
-        c.handle_peer_part(at(t0, 2.01), 300_000);
-        c.handle_video_done(at(t0, 2.01), 300_000);
-        c.handle_segment_done(at(t0, 2.01), 300_000, 0, "b");
-        assert!(matches!(c.poll_next(at(t0, 2.01)), Next::Fetch { segment: 2, rep: 0 }));
+        fetch_segment(&mut c, t0, 2.0, Some((2.01, 300_000)), false, 2.01, 300_000);
         // Segment 2: a 1 s wait for peers that bring 95 kB; the CDN's 5 kB take 1 ms. Too
-        // small to be a sample alone (a latency, not a rate): still the lower rung.
-        c.handle_request_sent(at(t0, 2.01));
-        c.handle_peer_part(at(t0, 3.01), 95_000);
-        c.handle_video_done(at(t0, 3.011), 100_000);
-        c.handle_segment_done(at(t0, 3.011), 100_000, 0, "b");
-        assert!(matches!(c.poll_next(at(t0, 3.011)), Next::Fetch { segment: 3, rep: 0 }));
+        // small to be a sample (a latency, not a rate): still the lower rung.
+        assert!(matches!(c.poll_next(at(t0, 2.01)), Next::Fetch { segment: 2, rep: 0 }));
+        fetch_segment(&mut c, t0, 2.01, Some((3.01, 95_000)), false, 3.011, 100_000);
         // Segment 3: peers bring nothing in a 4 s wait, the CDN then carries 300 kB in 0.5 s:
         // 4.8 Mb/s (were the wait counted, 0.53 Mb/s): the upper rung.
-        c.handle_request_sent(at(t0, 3.011));
-        c.handle_peer_part(at(t0, 7.011), 0);
-        c.handle_video_done(at(t0, 7.511), 300_000);
-        c.handle_segment_done(at(t0, 7.511), 300_000, 0, "b");
+        assert!(matches!(c.poll_next(at(t0, 3.011)), Next::Fetch { segment: 3, rep: 0 }));
+        fetch_segment(&mut c, t0, 3.011, Some((7.011, 0)), false, 7.511, 300_000);
         assert!(matches!(c.poll_next(at(t0, 7.511)), Next::Fetch { segment: 4, rep: 1 }));
     }
 
@@ -617,16 +629,10 @@ mod tests {
         let t0 = Instant::now();
         let mut c = core(60.0, 1.0, 3, t0);
         assert!(matches!(c.poll_next(t0), Next::Fetch { segment: 0, rep: 0 }));
-        c.handle_request_sent(t0);
-        c.handle_video_done(at(t0, 2.0), 100_000);
-        c.handle_segment_done(at(t0, 2.0), 100_000, 0, "b");
+        fetch_segment(&mut c, t0, 0.0, None, false, 2.0, 100_000);
         // Peers had 290 kB; the CDN ignored Range and sent all 300 kB in 0.49 s: 4.9 Mb/s.
         assert!(matches!(c.poll_next(at(t0, 2.0)), Next::Fetch { segment: 1, rep: 0 }));
-        c.handle_request_sent(at(t0, 2.0));
-        c.handle_peer_part(at(t0, 2.01), 290_000);
-        c.discard_peer_part();
-        c.handle_video_done(at(t0, 2.5), 300_000);
-        c.handle_segment_done(at(t0, 2.5), 300_000, 0, "b");
+        fetch_segment(&mut c, t0, 2.0, Some((2.01, 290_000)), true, 2.5, 300_000);
         assert!(matches!(c.poll_next(at(t0, 2.5)), Next::Fetch { segment: 2, rep: 1 }));
     }
 
