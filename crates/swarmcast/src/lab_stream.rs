@@ -118,17 +118,7 @@ pub async fn run(a: LabStreamArgs) -> Result<()> {
         a.churn.is_none_or(|p| p >= Duration::from_secs(1)),
         "--churn: a period of at least 1 s"
     );
-    let trace = match &a.trace {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the trace {}", path.display()))?;
-            Some(
-                stream::player::parse_trace(&text)
-                    .with_context(|| format!("trace {}", path.display()))?,
-            )
-        }
-        None => None,
-    };
+    let trace = a.trace.as_deref().map(crate::play_cmd::load_trace).transpose()?;
     let tmp = tempfile::Builder::new().prefix("swarmcast-lab-stream-").tempdir()?;
     let movie = match &a.movie {
         Some(m) => m.clone(),

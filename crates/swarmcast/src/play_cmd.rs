@@ -74,16 +74,16 @@ pub struct PlayArgs {
     player_assets: Option<PathBuf>,
 }
 
+/// The bandwidth trace in the file at `path` (`--trace` of `play` and `lab stream`).
+pub fn load_trace(path: &std::path::Path) -> Result<stream::proto::trace::Trace> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the trace {}", path.display()))?;
+    parse_trace(&text).with_context(|| format!("trace {}", path.display()))
+}
+
 /// Runs `swarmcast play`.
 pub async fn run(a: PlayArgs) -> Result<()> {
-    let trace = match &a.trace {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the trace {}", path.display()))?;
-            Some(parse_trace(&text).with_context(|| format!("trace {}", path.display()))?)
-        }
-        None => None,
-    };
+    let trace = a.trace.as_deref().map(load_trace).transpose()?;
     let opts = PlayOptions {
         url: a.url.clone(),
         rule: a.abr,
