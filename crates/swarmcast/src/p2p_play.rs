@@ -215,11 +215,12 @@ pub struct JoiningPeers {
     pending: Arc<std::sync::Mutex<Pending>>,
 }
 
-/// Files offered before the join, and their bytes.
+/// Files offered before the join, and their bytes; the timeline told before it.
 #[derive(Default)]
 struct Pending {
     files: Vec<(String, Bytes)>,
     bytes: usize,
+    timeline: Option<Vec<(String, u32)>>,
 }
 
 /// Most bytes of files kept for the swarm while it is being joined.
@@ -241,7 +242,13 @@ impl JoiningPeers {
             joined(&peers);
             tx.send_replace(Some(peers.clone()));
             // An offer either saw the swarm joined or is in `pending` now (both under its lock).
-            let files = early.lock().map(|mut p| std::mem::take(&mut p.files)).unwrap_or_default();
+            let (files, timeline) = early
+                .lock()
+                .map(|mut p| (std::mem::take(&mut p.files), p.timeline.take()))
+                .unwrap_or_default();
+            if let Some(t) = timeline {
+                peers.timeline(t).await;
+            }
             for (path, data) in files {
                 peers.offer(&path, data).await;
             }
@@ -283,11 +290,33 @@ impl Peers for JoiningPeers {
         })
     }
 
-    fn prefetch(&self, paths: Vec<String>) -> PeersFuture<'_, ()> {
+    fn prefetch(&self, files: Vec<Vec<String>>) -> PeersFuture<'_, ()> {
         let peers = self.ready.borrow().clone();
         Box::pin(async move {
             if let Some(p) = peers {
-                p.prefetch(paths).await;
+                p.prefetch(files).await;
+            }
+        })
+    }
+
+    fn missing(&self, path: &str) -> Option<u64> {
+        self.ready.borrow().as_ref().and_then(|p| p.missing(path))
+    }
+
+    fn timeline(&self, files: Vec<(String, u32)>) -> PeersFuture<'_, ()> {
+        let peers = match self.pending.lock() {
+            Ok(mut pending) => {
+                let peers = self.ready.borrow().clone();
+                if peers.is_none() {
+                    pending.timeline = Some(files.clone());
+                }
+                peers
+            }
+            Err(_) => None,
+        };
+        Box::pin(async move {
+            if let Some(p) = peers {
+                p.timeline(files).await;
             }
         })
     }
@@ -367,12 +396,25 @@ impl Peers for TorrentPeers {
         })
     }
 
-    fn prefetch(&self, paths: Vec<String>) -> PeersFuture<'_, ()> {
+    fn prefetch(&self, files: Vec<Vec<String>>) -> PeersFuture<'_, ()> {
         Box::pin(async move {
             let have = self.reader.have().borrow().clone();
-            let files = paths.iter().filter_map(|p| self.files.get(p));
-            let pieces: Vec<u32> =
-                files.flat_map(|&i| self.pieces(i)).filter(|&p| !have.has(p)).collect();
+            // Of each file's alternatives, the first that is here or that a peer serving us
+            // has, else the last (what the player plays).
+            let mut pieces: Vec<u32> = Vec::new();
+            for choices in &files {
+                let known: Vec<usize> =
+                    choices.iter().filter_map(|p| self.files.get(p).copied()).collect();
+                let mut chosen = known.last().copied();
+                for &i in &known[..known.len().saturating_sub(1)] {
+                    if self.reader.served(self.pieces(i).collect()).await {
+                        chosen = Some(i);
+                        break;
+                    }
+                }
+                pieces.extend(chosen.into_iter().flat_map(|i| self.pieces(i)));
+            }
+            pieces.retain(|&p| !have.has(p));
             if let Ok(mut p) = self.prefetch.lock() {
                 *p = pieces;
             }
@@ -381,6 +423,40 @@ impl Peers for TorrentPeers {
                 self.reader.set_urgent(urgent).await;
             }
         })
+    }
+
+    fn timeline(&self, files: Vec<(String, u32)>) -> PeersFuture<'_, ()> {
+        Box::pin(async move {
+            let info = self.reader.info();
+            // A piece's place: the latest segment among the files in it (0: none, as init
+            // segments, which come first).
+            let mut timeline = vec![0u32; info.num_pieces() as usize];
+            for (path, segment) in files {
+                let Some(&index) = self.files.get(&path) else { continue };
+                for p in self.pieces(index) {
+                    if let Some(t) = timeline.get_mut(p as usize) {
+                        *t = (*t).max(segment);
+                    }
+                }
+            }
+            self.reader.set_timeline(timeline).await;
+        })
+    }
+
+    fn missing(&self, path: &str) -> Option<u64> {
+        let &index = self.files.get(path)?;
+        let info = self.reader.info();
+        let f = &info.files[index];
+        let pl = u64::from(info.piece_length);
+        let have = self.reader.have();
+        let have = have.borrow();
+        // Each missing piece's overlap with the file.
+        let missing = self.pieces(index).filter(|&p| !have.has(p)).map(|p| {
+            let start = u64::from(p) * pl;
+            let end = start + u64::from(info.piece_size(p));
+            end.min(f.offset + f.length) - start.max(f.offset)
+        });
+        Some(missing.sum())
     }
 
     fn offer(&self, path: &str, data: Bytes) -> PeersFuture<'_, ()> {

@@ -112,12 +112,29 @@ pub trait Peers: Send + Sync {
     fn fetch(&self, path: &str, deadline: Instant) -> PeersFuture<'_, Option<PeerPart>>;
     /// The whole file at `path`, fetched from the CDN: for the peers.
     fn offer(&self, path: &str, data: Bytes) -> PeersFuture<'_, ()>;
-    /// The files the player will most likely ask for next, soonest first (the next segments
-    /// at the representation it plays): worth fetching from peers while it waits for its
-    /// buffer to drain. Called again as the window moves; the default does nothing.
-    fn prefetch(&self, paths: Vec<String>) -> PeersFuture<'_, ()> {
-        let _ = paths;
+    /// The files the player will most likely ask for next, soonest first: worth fetching from
+    /// peers while it waits for its buffer to drain. Each entry is one file given as
+    /// alternatives, best first (a video segment at the representations above the one the
+    /// player plays, then that one): fetch the first one a peer has, else the last. Called
+    /// again as the window moves; the default does nothing.
+    fn prefetch(&self, files: Vec<Vec<String>>) -> PeersFuture<'_, ()> {
+        let _ = files;
         Box::pin(async {})
+    }
+    /// Every media file of the movie and the segment it holds, told once at the start: the
+    /// peers' place along the movie follows from the files they have. The default does
+    /// nothing.
+    fn timeline(&self, files: Vec<(String, u32)>) -> PeersFuture<'_, ()> {
+        let _ = files;
+        Box::pin(async {})
+    }
+    /// Bytes of the file at `path` not here yet (0: prefetched whole from peers); `None` when
+    /// unknown. The player takes a higher representation over the one its rule chose when no
+    /// more of it is missing ([`PlayerCore::take_ready`]): it then costs the CDN no more.
+    /// The default: unknown.
+    fn missing(&self, path: &str) -> Option<u64> {
+        let _ = path;
+        None
     }
 }
 
@@ -221,6 +238,9 @@ where
         },
     };
     let total = fetcher.core.segments_total();
+    if let Some(peers) = peers {
+        peers.timeline(fetcher.plan.timeline()).await;
+    }
     // What the peers served for each segment (its init segments included).
     let mut peer_by_segment = std::collections::HashMap::new();
     // The last segment fetched and its representation; the segment after which peers were
@@ -242,9 +262,22 @@ where
                     }
                     tokio::time::sleep_until(at.into()).await
                 }
-                Next::Fetch { segment, rep } => {
+                Next::Fetch { segment, mut rep } => {
                     if let Some(peers) = fetcher.peers.filter(|_| prefetched_after != Some(segment))
                     {
+                        // A higher representation of it of which peers delivered as much.
+                        let missing = |r: usize| {
+                            fetcher.plan.video_urls[r].get(segment).and_then(|p| peers.missing(p))
+                        };
+                        if let Some(chosen) = missing(rep) {
+                            let top = fetcher.plan.video_urls.len().saturating_sub(1);
+                            let higher = (rep + 1..=top).rev();
+                            if let Some(ready) =
+                                higher.into_iter().find(|&r| missing(r).is_some_and(|m| m <= chosen))
+                            {
+                                rep = fetcher.core.take_ready(ready).unwrap_or(rep);
+                            }
+                        }
                         // Peers fetch the next segments behind this one, keeping their pipe full.
                         prefetched_after = Some(segment);
                         peers.prefetch(fetcher.plan.after(segment, rep, PREFETCH_SEGMENTS)).await;
@@ -300,18 +333,33 @@ where
 }
 
 impl Plan {
-    /// The media files of the `n` segments after `segment` at representation `rep` (video, then
-    /// audio, segment by segment).
-    fn after(&self, segment: usize, rep: usize, n: usize) -> Vec<String> {
-        let mut paths = Vec::new();
+    /// Every media file and its segment (see [`Peers::timeline`]).
+    fn timeline(&self) -> Vec<(String, u32)> {
+        let audio = self.audio.iter().map(|a| &a.media);
+        let tracks = self.video_urls.iter().chain(audio);
+        let numbered = tracks.flat_map(|t| t.iter().enumerate());
+        numbered.map(|(s, path)| (path.clone(), u32::try_from(s).unwrap_or(u32::MAX))).collect()
+    }
+
+    /// The media files of the `n` segments after `segment`, as [`Peers::prefetch`] takes them:
+    /// the video at every representation from the top down to `rep` (alternatives, best
+    /// first), then the audio, segment by segment.
+    fn after(&self, segment: usize, rep: usize, n: usize) -> Vec<Vec<String>> {
+        let mut files = Vec::new();
         for s in segment + 1..=segment + n {
-            let Some(video) = self.video_urls.get(rep).and_then(|v| v.get(s)) else { break };
-            paths.push(video.clone());
+            let video: Vec<String> = (rep..self.video_urls.len())
+                .rev()
+                .filter_map(|r| self.video_urls[r].get(s).cloned())
+                .collect();
+            if video.is_empty() {
+                break;
+            }
+            files.push(video);
             if let Some(audio) = self.audio.as_ref().and_then(|a| a.media.get(s)) {
-                paths.push(audio.clone());
+                files.push(vec![audio.clone()]);
             }
         }
-        paths
+        files
     }
 }
 

@@ -168,6 +168,8 @@ struct InFlight {
     peer_bytes: u64,
     abandoned: bool,
     failovers: u32,
+    /// A request for it went out ([`PlayerCore::handle_request_sent`]).
+    sent: bool,
 }
 
 /// The player without I/O: buffer accounting, stall detection, when to request and at which
@@ -175,6 +177,8 @@ struct InFlight {
 ///
 /// Calling order, per segment:
 /// 1. [`poll_next`](Self::poll_next): `Fetch`, `WaitUntil` (sleep, then poll again) or `Done`;
+///    a higher representation of that segment that peers delivered may replace the rule's
+///    choice before the request: [`take_ready`](Self::take_ready);
 /// 2. [`handle_request_sent`](Self::handle_request_sent) when the media request goes out
 ///    (again after a failover or an abandonment);
 /// 3. while the body arrives, [`handle_progress`](Self::handle_progress); on `Some(lower)`
@@ -366,8 +370,23 @@ impl PlayerCore {
             peer_bytes: 0,
             abandoned: false,
             failovers: 0,
+            sent: false,
         });
         Next::Fetch { segment: self.next, rep }
+    }
+
+    /// The video of the segment in flight at `rep` needs no more bytes from the CDN than the
+    /// rule's choice (peers delivered it, or as much of it, ahead of the player): taken
+    /// instead when higher. Viewers then play what the ones ahead of them played, which is
+    /// what they can serve each other. Ignored for a lower `rep`, one off the ladder, or once
+    /// the request went out. Returns the representation in flight.
+    pub fn take_ready(&mut self, rep: usize) -> Option<usize> {
+        let top = self.ladder.top();
+        let f = self.in_flight.as_mut()?;
+        if rep > f.rep && rep <= top && !f.sent {
+            f.rep = rep;
+        }
+        Some(f.rep)
     }
 
     /// The media request for the segment in flight went out at `now`.
@@ -378,6 +397,7 @@ impl PlayerCore {
             f.attempt_s = clock;
             f.next_check_s = clock + interval;
             f.peer_bytes = 0;
+            f.sent = true;
         }
     }
 
@@ -634,6 +654,32 @@ mod tests {
         assert!(matches!(c.poll_next(at(t0, 2.0)), Next::Fetch { segment: 1, rep: 0 }));
         fetch_segment(&mut c, t0, 2.0, Some((2.01, 290_000)), true, 2.5, 300_000);
         assert!(matches!(c.poll_next(at(t0, 2.5)), Next::Fetch { segment: 2, rep: 1 }));
+    }
+
+    #[test]
+    fn a_higher_rung_already_here_replaces_the_rules_choice_before_the_request_only() {
+        let t0 = Instant::now();
+        let mut c = core(60.0, 1.0, 3, t0);
+        assert!(matches!(c.poll_next(t0), Next::Fetch { segment: 0, rep: 0 }));
+        // Off the ladder, or no higher: the rule's choice stays.
+        assert_eq!(c.take_ready(7), Some(0));
+        assert_eq!(c.take_ready(0), Some(0));
+        assert_eq!(c.take_ready(1), Some(1));
+        assert!(matches!(c.poll_next(t0), Next::Fetch { segment: 0, rep: 1 }));
+        // Peers delivered it whole: no throughput sample, and the record says the upper rung.
+        c.handle_request_sent(t0);
+        c.handle_peer_part(t0, 300_000);
+        c.handle_video_done(t0, 300_000);
+        let record = c.handle_segment_done(t0, 300_000, 0, "b").unwrap();
+        assert_eq!((record.rep, record.bitrate_bps), (1, 600_000));
+        // Once the request went out, the segment in flight keeps its rung.
+        let Next::Fetch { rep, .. } = c.poll_next(t0) else { panic!("a fetch") };
+        c.handle_request_sent(t0);
+        assert_eq!(c.take_ready(rep + 1), Some(rep));
+        c.handle_segment_done(t0, 1, 0, "b");
+        assert!(matches!(c.poll_next(t0), Next::Fetch { segment: 2, .. }));
+        c.handle_segment_done(t0, 1, 0, "b");
+        assert_eq!(c.take_ready(1), None);
     }
 
     #[test]

@@ -143,6 +143,8 @@ struct PeerState {
     downloaded: u64,
     /// Payload sent to the peer since the last regular rechoke.
     uploaded: u64,
+    /// How far along the movie the peer is ([`Choker::record_position`]).
+    position: u32,
 }
 
 /// The tit-for-tat choker. See the [module documentation](self) for the algorithm and the
@@ -152,6 +154,8 @@ pub struct Choker<R: rand::Rng> {
     rng: R,
     /// Whether we are seeding; switches the rate we rank by (upload instead of download).
     seeding: bool,
+    /// Streaming: rank by the pieces a peer has, most first ([`Choker::set_nearest_first`]).
+    nearest_first: bool,
     /// Connected peers, in key order so every iteration (and so every RNG draw) is reproducible.
     peers: BTreeMap<PeerKey, PeerState>,
     /// Peers holding a regular slot.
@@ -178,6 +182,7 @@ impl<R: rand::Rng> Choker<R> {
             config,
             rng,
             seeding: false,
+            nearest_first: false,
             peers: BTreeMap::new(),
             regular: BTreeSet::new(),
             optimistic: None,
@@ -219,6 +224,7 @@ impl<R: rand::Rng> Choker<R> {
             interested: false,
             downloaded: 0,
             uploaded: 0,
+            position: 0,
         });
     }
 
@@ -250,6 +256,12 @@ impl<R: rand::Rng> Choker<R> {
         };
         let became_interested = interested && !state.interested;
         state.interested = interested;
+        if self.nearest_first {
+            // A rank needs no measuring window: the slots follow it at once, so a viewer that
+            // was idle a moment (nothing it needs) is served again as soon as it asks.
+            self.rank_slots();
+            return;
+        }
         if became_interested && self.regular.len() < self.slots() && !self.is_unchoked(peer) {
             self.regular.insert(peer);
         }
@@ -262,6 +274,14 @@ impl<R: rand::Rng> Choker<R> {
     pub fn record_downloaded(&mut self, peer: PeerKey, bytes: u64) {
         if let Some(state) = self.peers.get_mut(&peer) {
             state.downloaded = state.downloaded.saturating_add(bytes);
+        }
+    }
+
+    /// `peer` is `position` far along the movie (what ranks it in
+    /// [`Choker::set_nearest_first`] mode).
+    pub fn record_position(&mut self, peer: PeerKey, position: u32) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.position = position;
         }
     }
 
@@ -297,11 +317,24 @@ impl<R: rand::Rng> Choker<R> {
 
     /// Regular slots now: `upload_slots`, or while seeding `max(upload_slots, seed_slots)`.
     fn slots(&self) -> usize {
+        if self.nearest_first {
+            return std::env::var("SC_SLOTS").ok().and_then(|s| s.parse().ok()).unwrap_or(self.config.upload_slots);
+        }
         if self.seeding {
             self.config.upload_slots.max(self.config.seed_slots)
         } else {
             self.config.upload_slots
         }
+    }
+
+    /// Streaming a movie whose viewers are spread along it: the `upload_slots` interested
+    /// peers furthest along the movie get the regular slots, whatever the rates. Among the
+    /// peers that need our pieces (the viewers behind us), those are the nearest behind, which
+    /// have no other source for what only we and the viewers ahead have; the ones further
+    /// behind can get most of it from those. Takes effect at the next regular
+    /// rechoke (and for slots filled at once).
+    pub fn set_nearest_first(&mut self, on: bool) {
+        self.nearest_first = on;
     }
 
     /// Switch between downloading (rank by download rate from the peer) and seeding (rank by
@@ -336,9 +369,11 @@ impl<R: rand::Rng> Choker<R> {
         set
     }
 
-    /// The byte count of the current window that ranks a peer.
+    /// The byte count of the current window that ranks a peer (its pieces when nearest first).
     fn score(&self, state: &PeerState) -> u64 {
-        if self.seeding {
+        if self.nearest_first {
+            u64::from(state.position)
+        } else if self.seeding {
             state.uploaded
         } else {
             state.downloaded
@@ -355,6 +390,18 @@ impl<R: rand::Rng> Choker<R> {
         // Stable sort: equal scores keep the shuffled order, which is the random tie-break.
         scored.sort_by_key(|&(_, score)| std::cmp::Reverse(score));
         scored.into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// Nearest first: the regular slots go to the interested peers furthest along, at once.
+    fn rank_slots(&mut self) {
+        let mut candidates: Vec<(PeerKey, u32)> =
+            self.peers.iter().filter(|(_, s)| s.interested).map(|(&k, s)| (k, s.position)).collect();
+        // Furthest first; among equals the ones holding a slot keep it, then key order.
+        candidates.sort_by_key(|&(k, pos)| (std::cmp::Reverse(pos), !self.regular.contains(&k), k));
+        self.regular = candidates.into_iter().take(self.slots()).map(|(k, _)| k).collect();
+        if self.optimistic.is_some_and(|o| self.regular.contains(&o)) {
+            self.optimistic = None;
+        }
     }
 
     /// Recompute the regular slots from the window's rates and start a new window. The window's

@@ -286,6 +286,8 @@ struct PeerState {
     am_interested: bool,
     peer_choking: bool,
     peer_interested: bool,
+    /// How far along the movie the peer is (see [`TorrentCore::set_timeline`]).
+    position: u32,
     /// Target number of outstanding requests: `queue_secs` of the peer's rate.
     pipeline: usize,
     /// Seconds of the peer's rate kept in flight; see [`REQUEST_QUEUE_SECS`].
@@ -366,6 +368,9 @@ pub struct TorrentCore {
     config: CoreConfig,
     picker: PiecePicker<ChaCha8Rng>,
     choker: Choker<ChaCha8Rng>,
+    /// Streaming: each piece's place in playback order ([`TorrentCore::set_timeline`]); empty
+    /// when unknown.
+    timeline: Vec<u32>,
     peers: BTreeMap<PeerKey, PeerState>,
     /// Addresses we may dial, with the time of the last attempt and failures so far.
     candidates: BTreeMap<SocketAddr, (Option<Instant>, u32)>,
@@ -427,6 +432,7 @@ impl TorrentCore {
             geometry,
             config,
             picker,
+            timeline: Vec::new(),
             choker,
             peers: BTreeMap::new(),
             candidates: BTreeMap::new(),
@@ -746,6 +752,7 @@ impl TorrentCore {
             am_choking: true,
             am_interested: false,
             peer_choking: true,
+            position: 0,
             peer_interested: false,
             pipeline: 16,
             queue_secs: REQUEST_QUEUE_SECS,
@@ -942,6 +949,10 @@ impl TorrentCore {
                     return Err(format!("HAVE for piece {piece} of {n}"));
                 }
                 if p.has.set(piece) {
+                    if let Some(&t) = self.timeline.get(piece as usize) {
+                        p.position = p.position.max(t);
+                        self.choker.record_position(key, p.position);
+                    }
                     self.picker.peer_have(key, piece);
                     self.update_interest(now, key);
                     self.offer_pieces(now, key);
@@ -962,6 +973,7 @@ impl TorrentCore {
                         }
                     }
                 }
+                self.note_position(key);
                 self.update_interest(now, key);
             }
             Message::HaveAll | Message::HaveNone => {
@@ -971,6 +983,7 @@ impl TorrentCore {
                 if matches!(msg, Message::HaveAll) {
                     p.has = Bitfield::full(n);
                     let has = p.has.clone();
+                    self.note_position(key);
                     self.picker.peer_bitfield(key, &has);
                     self.update_interest(now, key);
                 }
@@ -1066,9 +1079,40 @@ impl TorrentCore {
         self.fill_all(now);
     }
 
+    /// Streaming: `timeline[piece]` is the piece's place in playback order (the segment it
+    /// holds), so a peer's position is the latest place among its pieces: how far along the
+    /// movie it is. Ranks the peers to serve ([`Choker::set_nearest_first`]) and to ask
+    /// ([`TorrentCore::chain_mask`]). A list of the wrong length is ignored.
+    pub fn set_timeline(&mut self, timeline: Vec<u32>) {
+        if timeline.len() != self.picker.num_pieces() as usize {
+            return;
+        }
+        self.timeline = timeline;
+        self.choker.set_nearest_first(self.picker.urgent_only());
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.note_position(key);
+        }
+    }
+
+    /// Recomputes peer `key`'s position from all it has.
+    fn note_position(&mut self, key: PeerKey) {
+        let Some(p) = self.peers.get_mut(&key) else { return };
+        let latest = p.has.iter_set().filter_map(|i| self.timeline.get(i as usize)).max();
+        p.position = latest.copied().unwrap_or(0);
+        self.choker.record_position(key, p.position);
+    }
+
     /// True when `piece` is had here or announced by a connected peer.
     pub fn available(&self, piece: u32) -> bool {
         self.picker.have().has(piece) || self.picker.availability(piece) > 0
+    }
+
+    /// True when `piece` is had here or announced by a peer that serves us (unchokes us and is
+    /// not snubbed): what can be asked for now.
+    pub fn served(&self, piece: u32) -> bool {
+        self.picker.have().has(piece)
+            || self.peers.values().any(|p| !p.peer_choking && !p.snubbed && p.has.has(piece))
     }
 
     /// With `on`, only the urgent pieces are fetched (see [`TorrentCore::set_urgent`]), and a
@@ -1082,6 +1126,7 @@ impl TorrentCore {
     pub fn set_urgent_only(&mut self, now: Instant, on: bool) {
         self.picker.set_urgent_only(on);
         self.choker.set_seeding(on || self.picker.have().is_full());
+        self.choker.set_nearest_first(on && !self.timeline.is_empty());
         self.apply_choker();
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for k in keys {
@@ -1234,6 +1279,36 @@ impl TorrentCore {
         }
     }
 
+    /// Streaming (urgent pieces only, a timeline known): what we ask of peer `key`, which
+    /// `has` these pieces, leaves out the urgent pieces that a peer less far along the movie
+    /// also has and serves us (it unchokes us and is not snubbed). Viewers of a movie are
+    /// spread along it: asking the nearest viewer ahead keeps the ones far ahead free for the
+    /// viewers that only they can serve (the first viewer is the only source of the second),
+    /// a chain in which each viewer's upload feeds the next. `None`: nothing left out.
+    fn chain_mask(&self, key: PeerKey, has: &Bitfield) -> Option<Bitfield> {
+        if !self.picker.urgent_only() || self.timeline.is_empty() {
+            return None;
+        }
+        let position = self.peers.get(&key)?.position;
+        let nearer: Vec<&Bitfield> = self
+            .peers
+            .iter()
+            .filter(|(k, q)| **k != key && !q.peer_choking && !q.snubbed && q.position < position)
+            .map(|(_, q)| &q.has)
+            .collect();
+        if nearer.is_empty() {
+            return None;
+        }
+        let mut mask = has.clone();
+        let urgent: Vec<u32> = self.picker.urgent().collect();
+        for p in urgent {
+            if has.has(p) && nearer.iter().any(|q| q.has(p)) {
+                mask.clear(p);
+            }
+        }
+        Some(mask)
+    }
+
     /// Tops up the peer's request pipeline.
     fn fill_requests(&mut self, now: Instant, key: PeerKey) {
         let Some(p) = self.peers.get(&key) else {
@@ -1247,7 +1322,10 @@ impl TorrentCore {
         if out >= depth {
             return;
         }
-        let blocks = self.picker.pick(key, &p.has, depth - out);
+        let blocks = match self.chain_mask(key, &p.has) {
+            Some(mask) => self.picker.pick(key, &mask, depth - out),
+            None => self.picker.pick(key, &p.has, depth - out),
+        };
         if blocks.is_empty() {
             return;
         }

@@ -581,6 +581,22 @@ impl TorrentReader {
         rx.await.unwrap_or(false)
     }
 
+    /// Each piece's place in playback order, for a streamed movie (see
+    /// [`TorrentCore::set_timeline`]).
+    pub async fn set_timeline(&self, timeline: Vec<u32>) {
+        let _ = self.events.send(Event::Timeline(timeline)).await;
+    }
+
+    /// True when every piece of `pieces` is had here or announced by a peer that serves us
+    /// now (see [`TorrentCore::served`]). False also when the torrent has stopped.
+    pub async fn served(&self, pieces: Vec<u32>) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.events.send(Event::Served(pieces, tx)).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
     /// With `on`, only urgent pieces are fetched (see [`TorrentCore::set_urgent_only`]): a
     /// viewer of a streamed movie fetches what it plays and serves what it has.
     pub async fn fetch_urgent_only(&self, on: bool) {
@@ -675,6 +691,9 @@ pub enum Event {
     UrgentOnly(bool),
     /// Is every one of these pieces had here or by a connected peer?
     Available(Vec<u32>, tokio::sync::oneshot::Sender<bool>),
+    Served(Vec<u32>, tokio::sync::oneshot::Sender<bool>),
+    /// Each piece's place in playback order (see [`TorrentCore::set_timeline`]).
+    Timeline(Vec<u32>),
     /// A whole piece from elsewhere (see [`TorrentReader::add_piece`]).
     AddPiece(u32, Bytes),
     /// A local write, read or sync failed: the torrent stops (never the peer's fault).
@@ -944,12 +963,20 @@ impl Torrent {
                 self.core.set_urgent(now, &pieces);
                 return;
             }
+            Event::Timeline(t) => {
+                self.core.set_timeline(t);
+                return;
+            }
             Event::UrgentOnly(on) => {
                 self.core.set_urgent_only(now, on);
                 return;
             }
             Event::Available(pieces, answer) => {
                 let _ = answer.send(pieces.iter().all(|&p| self.core.available(p)));
+                return;
+            }
+            Event::Served(pieces, answer) => {
+                let _ = answer.send(pieces.iter().all(|&p| self.core.served(p)));
                 return;
             }
             Event::AddPiece(piece, data) => Input::AddPiece { piece, data },
