@@ -272,8 +272,9 @@ where
                         if let Some(chosen) = missing(rep) {
                             let top = fetcher.plan.video_urls.len().saturating_sub(1);
                             let higher = (rep + 1..=top).rev();
-                            if let Some(ready) =
-                                higher.into_iter().find(|&r| missing(r).is_some_and(|m| m <= chosen))
+                            if let Some(ready) = higher
+                                .into_iter()
+                                .find(|&r| missing(r).is_some_and(|m| m <= chosen))
                             {
                                 rep = fetcher.core.take_ready(ready).unwrap_or(rep);
                             }

@@ -109,6 +109,8 @@ pub struct ChokerConfig {
     pub new_peer_weight: u32,
     /// While seeding, at least this many regular slots (`max(upload_slots, seed_slots)`).
     pub seed_slots: usize,
+    /// Regular slots in [`Choker::set_nearest_first`] mode (streaming).
+    pub stream_slots: usize,
 }
 
 impl Default for ChokerConfig {
@@ -119,6 +121,7 @@ impl Default for ChokerConfig {
             optimistic_interval: Duration::from_secs(30),
             new_peer_weight: 3,
             seed_slots: 10,
+            stream_slots: 2,
         }
     }
 }
@@ -318,7 +321,7 @@ impl<R: rand::Rng> Choker<R> {
     /// Regular slots now: `upload_slots`, or while seeding `max(upload_slots, seed_slots)`.
     fn slots(&self) -> usize {
         if self.nearest_first {
-            return std::env::var("SC_SLOTS").ok().and_then(|s| s.parse().ok()).unwrap_or(self.config.upload_slots);
+            return self.config.stream_slots;
         }
         if self.seeding {
             self.config.upload_slots.max(self.config.seed_slots)
@@ -394,8 +397,12 @@ impl<R: rand::Rng> Choker<R> {
 
     /// Nearest first: the regular slots go to the interested peers furthest along, at once.
     fn rank_slots(&mut self) {
-        let mut candidates: Vec<(PeerKey, u32)> =
-            self.peers.iter().filter(|(_, s)| s.interested).map(|(&k, s)| (k, s.position)).collect();
+        let mut candidates: Vec<(PeerKey, u32)> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.interested)
+            .map(|(&k, s)| (k, s.position))
+            .collect();
         // Furthest first; among equals the ones holding a slot keep it, then key order.
         candidates.sort_by_key(|&(k, pos)| (std::cmp::Reverse(pos), !self.regular.contains(&k), k));
         self.regular = candidates.into_iter().take(self.slots()).map(|(k, _)| k).collect();
@@ -894,6 +901,7 @@ mod tests {
             optimistic_interval: Duration::from_secs(15),
             new_peer_weight: 3,
             seed_slots: 10,
+            stream_slots: 2,
         };
         let mut h = Harness::new(config, 12);
         for n in 1..=5 {

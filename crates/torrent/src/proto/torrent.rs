@@ -1119,10 +1119,11 @@ impl TorrentCore {
     /// peer is interesting only while it has one of them: a viewer of a streamed movie fetches
     /// the segments it plays and serves what it has.
     ///
-    /// Such a viewer uploads as a seed does (the choker's seeding mode: up to `seed_slots`
-    /// peers at once, ranked by how fast they take our data, no tit for tat), since a peer is
-    /// interested in it only while it needs one of our pieces soon: those are the peers to
-    /// serve, whether or not they have anything for us.
+    /// Such a viewer uploads with no tit for tat, since a peer is interested in it only while
+    /// it needs one of our pieces soon: those are the peers to serve, whether or not they have
+    /// anything for us. With a timeline ([`TorrentCore::set_timeline`]) it serves the
+    /// `stream_slots` viewers nearest behind it ([`Choker::set_nearest_first`]); without one,
+    /// as a seed does (up to `seed_slots` peers, ranked by how fast they take our data).
     pub fn set_urgent_only(&mut self, now: Instant, on: bool) {
         self.picker.set_urgent_only(on);
         self.choker.set_seeding(on || self.picker.have().is_full());
