@@ -894,6 +894,38 @@ mod tests {
     }
 
     #[test]
+    fn nearest_first_serves_the_peers_furthest_along_and_follows_interest_at_once() {
+        let mut h = Harness::new(ChokerConfig::default(), 5);
+        h.choker.set_seeding(true);
+        h.choker.set_nearest_first(true);
+        // Four viewers behind us, at segments 10, 40, 30 and 20.
+        for (peer, position) in [(1, 10), (2, 40), (3, 30), (4, 20)] {
+            h.choker.peer_connected(h.at(0), p(peer));
+            h.choker.record_position(p(peer), position);
+        }
+        for peer in 1..=4 {
+            h.choker.set_interested(h.at(0), p(peer), true);
+        }
+        // Two slots (stream_slots), to the two furthest along; no window to wait for.
+        let unchoked: Vec<PeerKey> =
+            h.choker.unchoked().into_iter().filter(|k| Some(*k) != h.choker.optimistic()).collect();
+        assert_eq!(unchoked, keys(&[2, 3]));
+        // Peer 2 needs nothing for a moment: its slot goes to peer 4 at once...
+        h.choker.set_interested(h.at(1), p(2), false);
+        assert!(h.choker.is_unchoked(p(4)) && !h.choker.is_unchoked(p(2)));
+        // ... and comes back to it as soon as it asks again.
+        h.choker.set_interested(h.at(2), p(2), true);
+        assert!(h.choker.is_unchoked(p(2)) && h.choker.is_unchoked(p(3)));
+        assert!(!h.choker.is_unchoked(p(4)) || h.choker.optimistic() == Some(p(4)));
+        // Rates do not matter: the rechoke keeps the furthest along.
+        h.choker.record_uploaded(p(1), 1 << 30);
+        h.drive_to(10);
+        assert!(h.choker.is_unchoked(p(2)) && h.choker.is_unchoked(p(3)));
+        let regular = h.choker.unchoked().into_iter().filter(|k| Some(*k) != h.choker.optimistic());
+        assert_eq!(regular.count(), 2);
+    }
+
+    #[test]
     fn configured_slots_and_intervals_are_respected() {
         let config = ChokerConfig {
             upload_slots: 2,

@@ -1804,6 +1804,66 @@ mod tests {
     }
 
     #[test]
+    fn a_streaming_viewer_asks_the_nearest_viewer_ahead_and_the_far_one_only_for_the_rest() {
+        // 20 pieces, one per segment. Peer `far` is at segment 15, `near` at segment 5.
+        let geometry =
+            Geometry { piece_length: 16384, total_length: 20 * 16384, metadata: Bytes::new() };
+        let now = Instant::now();
+        let rng = ChaCha8Rng::seed_from_u64(1);
+        let mut core = TorrentCore::new(geometry, Bitfield::new(20), Net::config(0), rng, now);
+        core.set_urgent_only(now, true);
+        core.set_timeline((0..20).collect());
+        let (far, near) = (PeerKey(1), PeerKey(2));
+        for (key, last) in [(far, 15u32), (near, 5)] {
+            let addr = SocketAddr::from(([10, 0, 0, key.0 as u8], 6881));
+            let id = PeerId([key.0 as u8; 20]);
+            let connected = Input::Connected {
+                peer: key,
+                addr,
+                id,
+                fast: true,
+                extensions: true,
+                outgoing: true,
+            };
+            core.handle(now, connected);
+            let mut has = Bitfield::new(20);
+            for p in 0..=last {
+                has.set(p);
+            }
+            core.handle(
+                now,
+                Input::Message(key, Message::Bitfield(has.as_bytes().to_vec().into())),
+            );
+        }
+        // Both serve us.
+        core.handle(now, Input::Message(far, Message::Unchoke));
+        core.handle(now, Input::Message(near, Message::Unchoke));
+        core.set_urgent(now, &(0..10).collect::<Vec<u32>>());
+        let mut asked: BTreeMap<PeerKey, BTreeSet<u32>> = BTreeMap::new();
+        while let Some(o) = core.poll() {
+            if let Output::Send(k, Message::Request { piece, .. }) = o {
+                asked.entry(k).or_default().insert(piece);
+            }
+        }
+        // What both have, from the near one; the rest (only the far one has it) from the far.
+        assert_eq!(asked[&near], (0..=5).collect(), "{asked:?}");
+        assert_eq!(asked[&far], (6..10).collect(), "{asked:?}");
+        // Pieces only the far one has: from it.
+        core.set_urgent(now, &[12, 13]);
+        let asked_now: Vec<(PeerKey, u32)> = std::iter::from_fn(|| core.poll())
+            .filter_map(|o| match o {
+                Output::Send(k, Message::Request { piece, .. }) => Some((k, piece)),
+                _ => None,
+            })
+            .collect();
+        assert!(asked_now.iter().all(|&(k, _)| k == far), "{asked_now:?}");
+        // `served`: had by a peer that unchokes us.
+        assert!(core.served(15) && !core.served(16));
+        core.handle(now, Input::Message(far, Message::Choke));
+        assert!(!core.served(15) && core.served(5));
+    }
+
+    #[test]
     fn a_piece_added_from_elsewhere_is_verified_then_served_and_a_bad_one_is_not() {
         let mut net = Net::new(content(20 * 16384), 16 * 1024);
         let a = net.add(false, Net::config(0));
