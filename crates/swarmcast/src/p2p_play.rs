@@ -303,6 +303,17 @@ impl Peers for JoiningPeers {
         self.ready.borrow().as_ref().and_then(|p| p.missing(path))
     }
 
+    fn serves(&self, path: &str) -> PeersFuture<'_, bool> {
+        let peers = self.ready.borrow().clone();
+        let path = path.to_string();
+        Box::pin(async move {
+            match peers {
+                Some(p) => p.serves(&path).await,
+                None => false,
+            }
+        })
+    }
+
     fn timeline(&self, files: Vec<(String, u32)>) -> PeersFuture<'_, ()> {
         let peers = match self.pending.lock() {
             Ok(mut pending) => {
@@ -440,6 +451,16 @@ impl Peers for TorrentPeers {
                 }
             }
             self.reader.set_timeline(timeline).await;
+        })
+    }
+
+    fn serves(&self, path: &str) -> PeersFuture<'_, bool> {
+        let index = self.files.get(path).copied();
+        Box::pin(async move {
+            match index {
+                Some(i) => self.reader.served(self.pieces(i).collect()).await,
+                None => false,
+            }
         })
     }
 

@@ -136,6 +136,12 @@ pub trait Peers: Send + Sync {
         let _ = path;
         None
     }
+    /// True when a peer serving us now has all of the file at `path` (or it is here): worth
+    /// asking for with a buffer to wait from. The default: never.
+    fn serves(&self, path: &str) -> PeersFuture<'_, bool> {
+        let _ = path;
+        Box::pin(async { false })
+    }
 }
 
 /// What peers delivered of a file (see [`Peers::fetch`]).
@@ -168,6 +174,11 @@ impl PeerPart {
 /// Segments ahead of the last one fetched that peers are asked for while the player waits
 /// (see [`Peers::prefetch`]).
 const PREFETCH_SEGMENTS: usize = 3;
+
+/// Buffer, player seconds, from which the player takes a higher representation that a peer
+/// serving it has whole ([`Fetcher::peer_rung`]): the wait for peers (a third of the buffer) and
+/// the CDN's rest of a top-rung segment at the rate the rule chose its rung by still fit.
+const PEER_RUNG_BUFFER_S: f64 = 8.0;
 
 /// Shortest wait for peers with something buffered: what a viewer may lose to an absent
 /// segment before the CDN is asked. With nothing buffered (startup, a stall) peers are not
@@ -265,19 +276,15 @@ where
                 Next::Fetch { segment, mut rep } => {
                     if let Some(peers) = fetcher.peers.filter(|_| prefetched_after != Some(segment))
                     {
-                        // A higher representation of it of which peers delivered as much.
-                        let missing = |r: usize| {
-                            fetcher.plan.video_urls[r].get(segment).and_then(|p| peers.missing(p))
-                        };
-                        if let Some(chosen) = missing(rep) {
-                            let top = fetcher.plan.video_urls.len().saturating_sub(1);
-                            let higher = (rep + 1..=top).rev();
-                            if let Some(ready) = higher
-                                .into_iter()
-                                .find(|&r| missing(r).is_some_and(|m| m <= chosen))
-                            {
-                                rep = fetcher.core.take_ready(ready).unwrap_or(rep);
-                            }
+                        let rungs: Vec<Option<String>> = fetcher
+                            .plan
+                            .video_urls
+                            .iter()
+                            .map(|v| v.get(segment).cloned())
+                            .collect();
+                        let buffered = fetcher.core.buffer_s() >= PEER_RUNG_BUFFER_S;
+                        if let Some(r) = peer_rung(peers, &rungs, rep, buffered).await {
+                            rep = fetcher.core.take_ready(r).unwrap_or(rep);
                         }
                         // Peers fetch the next segments behind this one, keeping their pipe full.
                         prefetched_after = Some(segment);
@@ -481,6 +488,26 @@ struct Fetcher<'p> {
     peer_bytes: u64,
     /// [`PlayOptions::peer_wait_s`].
     peer_wait_s: f64,
+}
+
+/// A representation of a segment (its file at each rung: `rungs`) above the rule's `rep` that
+/// peers make no dearer for the CDN: the highest of which no more is missing than of `rep`,
+/// or, when `buffered` ([`PEER_RUNG_BUFFER_S`]), that a peer serving us has whole (the wait
+/// for it and the CDN's rest, should it come slowly, fit in the buffer).
+async fn peer_rung(
+    peers: &dyn Peers,
+    rungs: &[Option<String>],
+    rep: usize,
+    buffered: bool,
+) -> Option<usize> {
+    let chosen = peers.missing(rungs.get(rep)?.as_deref()?)?;
+    for r in (rep + 1..rungs.len()).rev() {
+        let Some(p) = rungs[r].as_deref() else { continue };
+        if peers.missing(p).is_some_and(|m| m <= chosen) || (buffered && peers.serves(p).await) {
+            return Some(r);
+        }
+    }
+    None
 }
 
 impl Fetcher<'_> {
