@@ -338,6 +338,9 @@ impl<R: rand::Rng> Choker<R> {
     /// rechoke (and for slots filled at once).
     pub fn set_nearest_first(&mut self, on: bool) {
         self.nearest_first = on;
+        if on {
+            self.optimistic = None;
+        }
     }
 
     /// Switch between downloading (rank by download rate from the peer) and seeding (rank by
@@ -447,6 +450,9 @@ impl<R: rand::Rng> Choker<R> {
 
     /// Draw a choked, interested peer other than `exclude`, new peers weighted up.
     fn draw_optimistic(&mut self, now: Instant, exclude: Option<PeerKey>) -> Option<PeerKey> {
+        if self.nearest_first {
+            return None;
+        }
         let new_weight = u64::from(self.config.new_peer_weight);
         let new_age = self.config.optimistic_interval;
         let weighted: Vec<(PeerKey, u64)> = self
