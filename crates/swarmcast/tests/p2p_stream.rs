@@ -56,20 +56,10 @@ fn a_second_viewer_finds_the_first_through_the_movies_tracker_and_gets_the_movie
     c.args(["tracker", "--listen", &tracker.to_string()]);
     let _tracker = Proc::spawn("tracker", c, dir);
     wait_for("the tracker", Duration::from_secs(30), || answers(tracker));
-    let mut c = swarmcast();
-    c.args(["stream", "package", "--test-source", "12s", "--segment", "2s"])
-        .args(["--ladder", "240p:300k", "--tracker", &format!("http://{tracker}/announce")])
-        .arg("--out")
-        .arg(dir.join("movie"));
-    harness::run_ok(c);
-    assert!(dir.join("movie/movie.torrent").is_file(), "package writes the movie's torrent");
-
-    let origin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut c = swarmcast();
-    c.args(["stream", "origin", "--dir"]).arg(dir).args(["--listen", &origin.to_string()]);
-    let _origin = Proc::spawn("origin", c, dir);
-    wait_for("the origin", Duration::from_secs(30), || answers(origin));
+    let announce = format!("http://{tracker}/announce");
+    let (_origin, origin) = movie_at_an_origin(dir, 12, "240p:300k", &["--tracker", &announce]);
     let url = format!("http://{origin}/movie/manifest.mpd");
+    assert!(dir.join("movie/movie.torrent").is_file(), "package writes the movie's torrent");
 
     let (mut a, _) = viewer(&url, dir, "a", &[], &["--speed", "4", "--p2p-stay", "120s"]);
     a.wait_output("report written", Duration::from_secs(120));
@@ -96,20 +86,67 @@ fn a_second_viewer_finds_the_first_through_the_movies_tracker_and_gets_the_movie
     assert!(checked >= 14, "video and audio: 6 segments and an init each; checked {checked}");
 }
 
-/// Packages a clip of `secs` seconds (2 s segments, one 300 kb/s rung) with ffmpeg into
-/// `dir/movie`, and starts its origin and one edge in front of it; returns the MPD's URL at
-/// the edge.
-fn movie_behind_an_edge(dir: &Path, secs: u32) -> (Proc, Proc, String) {
+#[test]
+fn a_viewer_on_a_slow_link_plays_the_top_rung_the_viewer_ahead_played_from_it() {
+    require("ffmpeg");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_origin, origin) = movie_at_an_origin(dir, 24, "240p:300k,480p:1200k", &[]);
+    let url = format!("http://{origin}/movie/manifest.mpd");
+
+    // The first viewer's link (loopback) carries the top rung.
+    let (mut a, a_addr) = viewer(&url, dir, "a", &[], &["--speed", "4", "--p2p-stay", "120s"]);
+    a.wait_output("report written", Duration::from_secs(120));
+    // The second one's CDN link is 600 kb/s: its rule alone would play the 300k rung (1200k
+    // and the audio do not fit). The first viewer has the top rung: it plays that, from it.
+    let trace = dir.join("600k.trace");
+    std::fs::write(&trace, "1 600000\n").unwrap();
+    let trace = trace.to_string_lossy().into_owned();
+    let (mut b, _) = viewer(&url, dir, "b", &[a_addr], &["--speed", "4", "--trace", &trace]);
+    let st = b.wait_or(Duration::from_secs(120), &[&a]);
+    assert!(st.success(), "the second viewer failed\n{}", b.output());
+    a.kill();
+
+    let (ra, rb) = (report(&dir.join("a.json")), report(&dir.join("b.json")));
+    let top = |r: &serde_json::Value| -> Vec<serde_json::Value> {
+        let segments = r["segments"].as_array().unwrap().iter();
+        segments.filter(|s| s["rep"] == 1).cloned().collect()
+    };
+    assert!(top(&ra).len() >= 6, "the first viewer played the top rung\n{ra}");
+    let top_b = top(&rb);
+    assert!(top_b.len() >= 4, "the second viewer played the top rung from the first\n{rb}");
+    for s in &top_b {
+        let whole = s["bytes"].as_u64().unwrap() + s["audio_bytes"].as_u64().unwrap();
+        assert_eq!(s["peer_bytes"].as_u64(), Some(whole), "a top-rung segment from the CDN: {s}");
+    }
+    assert_eq!(rb["stalls"], 0, "{rb}");
+    assert_played_the_movie(dir, "b");
+}
+
+/// Packages a clip of `secs` seconds (2 s segments, `ladder`; `extra` arguments to
+/// `stream package`) with ffmpeg into `dir/movie` and starts an origin serving `dir`; returns it
+/// and its address (the MPD is `/movie/manifest.mpd` there).
+fn movie_at_an_origin(dir: &Path, secs: u32, ladder: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     let mut c = swarmcast();
     c.args(["stream", "package", "--test-source", &format!("{secs}s"), "--segment", "2s"])
-        .args(["--ladder", "240p:300k", "--out"])
+        .args(["--ladder", ladder])
+        .args(extra)
+        .arg("--out")
         .arg(dir.join("movie"));
     harness::run_ok(c);
     let origin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mut c = swarmcast();
     c.args(["stream", "origin", "--dir"]).arg(dir).args(["--listen", &origin.to_string()]);
-    let origin_proc = Proc::spawn("origin", c, dir);
+    let proc = Proc::spawn("origin", c, dir);
     wait_for("the origin", Duration::from_secs(30), || answers(origin));
+    (proc, origin)
+}
+
+/// Packages a clip of `secs` seconds (2 s segments, one 300 kb/s rung) with ffmpeg into
+/// `dir/movie`, and starts its origin and one edge in front of it; returns the MPD's URL at
+/// the edge.
+fn movie_behind_an_edge(dir: &Path, secs: u32) -> (Proc, Proc, String) {
+    let (origin_proc, origin) = movie_at_an_origin(dir, secs, "240p:300k", &[]);
     let edge: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mut c = swarmcast();
     c.args(["stream", "edge", "--origin", &format!("http://{origin}")]).args([
