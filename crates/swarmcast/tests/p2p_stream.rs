@@ -113,12 +113,13 @@ fn a_viewer_on_a_slow_link_plays_the_top_rung_the_viewer_ahead_played_from_it() 
         segments.filter(|s| s["rep"] == 1).cloned().collect()
     };
     assert!(top(&ra).len() >= 6, "the first viewer played the top rung\n{ra}");
-    let top_b = top(&rb);
-    assert!(top_b.len() >= 4, "the second viewer played the top rung from the first\n{rb}");
-    for s in &top_b {
+    // Top-rung segments all of whose bytes (video and audio) came from the first viewer.
+    let from_peers = top(&rb).iter().filter(|s| {
         let whole = s["bytes"].as_u64().unwrap() + s["audio_bytes"].as_u64().unwrap();
-        assert_eq!(s["peer_bytes"].as_u64(), Some(whole), "a top-rung segment from the CDN: {s}");
-    }
+        s["peer_bytes"].as_u64() == Some(whole)
+    });
+    let n = from_peers.count();
+    assert!(n >= 4, "the second viewer played {n} top-rung segments from the first\n{rb}");
     assert_eq!(rb["stalls"], 0, "{rb}");
     assert_played_the_movie(dir, "b");
 }

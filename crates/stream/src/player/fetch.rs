@@ -136,7 +136,8 @@ pub trait Peers: Send + Sync {
         let _ = path;
         None
     }
-    /// True when a peer serving us now has all of the file at `path` (or it is here): worth
+    /// True when the peers serving us now have every piece of the file at `path` between them
+    /// (or it is here): worth
     /// asking for with a buffer to wait from. The default: never.
     fn serves(&self, path: &str) -> PeersFuture<'_, bool> {
         let _ = path;
@@ -182,7 +183,7 @@ const PEER_RUNG_BUFFER_S: f64 = 8.0;
 
 /// Shortest wait for peers with something buffered: what a viewer may lose to an absent
 /// segment before the CDN is asked. With nothing buffered (startup, a stall) peers are not
-/// waited for: what they already delivered is taken, the rest comes from the CDN at once.
+/// asked: a file already here whole is taken, anything else comes from the CDN at once.
 const MIN_PEER_WAIT_S: f64 = 0.1;
 
 /// The manifest at `url` as the player reads it (redirects followed, size capped, parsed):
@@ -286,9 +287,14 @@ where
                         if let Some(r) = peer_rung(peers, &rungs, rep, buffered).await {
                             rep = fetcher.core.take_ready(r).unwrap_or(rep);
                         }
-                        // Peers fetch the next segments behind this one, keeping their pipe full.
-                        prefetched_after = Some(segment);
-                        peers.prefetch(fetcher.plan.after(segment, rep, PREFETCH_SEGMENTS)).await;
+                        // Peers fetch the next segments behind this one, keeping their pipe full
+                        // (with nothing buffered, after this one: startup does not wait on it).
+                        if fetcher.core.buffer_s() > 0.0 {
+                            prefetched_after = Some(segment);
+                            peers
+                                .prefetch(fetcher.plan.after(segment, rep, PREFETCH_SEGMENTS))
+                                .await;
+                        }
                     }
                     let peer_before = fetcher.peer_bytes;
                     let (bytes, base) = fetcher.fetch_video(segment, rep, &mut observe).await?;
@@ -633,7 +639,10 @@ impl Fetcher<'_> {
         }
         // What peers delivered: all of the file, or part of it and the rest from the CDN.
         let mut part = None;
-        if let Some(peers) = self.peers {
+        // With nothing buffered (startup, a stall), only a file already here whole is taken
+        // from the peers: asking them costs round trips the first frame should not wait for.
+        let empty = self.core.buffer_s() <= 0.0;
+        if let Some(peers) = self.peers.filter(|p| !empty || p.missing(path) == Some(0)) {
             let buffered_wall_s = self.core.buffer_s() / self.core.config().speed.max(1e-9);
             let max_wall_s = (self.peer_wait_s / self.core.config().speed.max(1e-9)).max(0.0);
             let wait = if self.core.buffer_s() > 0.0 {

@@ -170,6 +170,9 @@ struct InFlight {
     failovers: u32,
     /// A request for it went out ([`PlayerCore::handle_request_sent`]).
     sent: bool,
+    /// The rule's choice (`rep` unless [`PlayerCore::take_ready`] raised it): what the rule
+    /// plans its next choice from.
+    chosen: usize,
 }
 
 /// The player without I/O: buffer accounting, stall detection, when to request and at which
@@ -371,6 +374,7 @@ impl PlayerCore {
             abandoned: false,
             failovers: 0,
             sent: false,
+            chosen: rep,
         });
         Next::Fetch { segment: self.next, rep }
     }
@@ -453,6 +457,7 @@ impl PlayerCore {
         self.abr
             .record(ThroughputSample { bytes: bytes_received, duration_s: clock - f.attempt_s });
         f.rep = lower;
+        f.chosen = lower;
         f.abandoned = true;
         f.attempt_s = clock;
         self.abandons += 1;
@@ -516,7 +521,9 @@ impl PlayerCore {
             abandoned: f.abandoned,
             failovers: f.failovers,
         });
-        self.last_rep = Some(f.rep);
+        // The rule plans from its own last choice, not from a rung peers supplied (else a rung
+        // its link cannot carry would look like where it stands).
+        self.last_rep = Some(f.chosen);
         self.next = f.segment + 1;
         self.records.last()
     }

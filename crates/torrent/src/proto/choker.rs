@@ -165,7 +165,7 @@ pub struct Choker<R: rand::Rng> {
     rng: R,
     /// Whether we are seeding; switches the rate we rank by (upload instead of download).
     seeding: bool,
-    /// Streaming: rank by the pieces a peer has, most first ([`Choker::set_nearest_first`]).
+    /// Streaming: rank by how far along the movie a peer is ([`Choker::set_nearest_first`]).
     nearest_first: bool,
     /// Connected peers, in key order so every iteration (and so every RNG draw) is reproducible.
     peers: BTreeMap<PeerKey, PeerState>,
@@ -338,7 +338,7 @@ impl<R: rand::Rng> Choker<R> {
         }
     }
 
-    /// Streaming a movie whose viewers are spread along it: the `upload_slots` interested
+    /// Streaming a movie whose viewers are spread along it: the `stream_slots` interested
     /// peers furthest along the movie get the regular slots, whatever the rates. Among the
     /// peers that need our pieces (the viewers behind us), those are the nearest behind, which
     /// have no other source for what only we and the viewers ahead have; the ones further
@@ -348,6 +348,7 @@ impl<R: rand::Rng> Choker<R> {
         self.nearest_first = on;
         if on {
             self.optimistic = None;
+            self.rank_slots();
         }
     }
 
@@ -383,7 +384,7 @@ impl<R: rand::Rng> Choker<R> {
         set
     }
 
-    /// The byte count of the current window that ranks a peer (its pieces when nearest first).
+    /// The byte count of the current window that ranks a peer (its position when nearest first).
     fn score(&self, state: &PeerState) -> u64 {
         if self.nearest_first {
             u64::from(state.position)
@@ -406,6 +407,15 @@ impl<R: rand::Rng> Choker<R> {
         scored.into_iter().map(|(k, _)| k).collect()
     }
 
+    /// In [`Choker::set_nearest_first`] mode, gives the regular slots by the positions
+    /// recorded so far, now (a position recorded is otherwise taken into account at the next
+    /// interest change or rechoke). Does nothing in the other modes.
+    pub fn rerank(&mut self) {
+        if self.nearest_first {
+            self.rank_slots();
+        }
+    }
+
     /// Nearest first: the regular slots go to the interested peers furthest along, at once.
     fn rank_slots(&mut self) {
         let mut candidates: Vec<(PeerKey, u32)> = self
@@ -425,6 +435,10 @@ impl<R: rand::Rng> Choker<R> {
     /// Recompute the regular slots from the window's rates and start a new window. The window's
     /// length is the same for every peer, so its byte counts rank peers exactly as rates would.
     fn regular_rechoke(&mut self) {
+        if self.nearest_first {
+            self.rank_slots();
+            return;
+        }
         let candidates: Vec<PeerKey> =
             self.peers.iter().filter(|(_, s)| s.interested).map(|(&k, _)| k).collect();
         let ranked = self.rank(candidates);

@@ -149,6 +149,23 @@ pub struct CoreConfig {
     pub our_ipv6: Option<std::net::Ipv6Addr>,
 }
 
+/// What ranks a peer at `position` on the timeline among those we serve, nearest behind us
+/// first ([`Choker::set_nearest_first`]), when we are at `ours`: its position, or the lowest
+/// rank for a peer that says it is ahead of us. A viewer ahead needs little of ours, and a
+/// peer claiming every piece (a HAVE_ALL) while asking to be served is lying about one of
+/// the two: it must not take a slot from the viewers behind.
+fn served_rank(position: u32, ours: u32) -> u32 {
+    if position > ours {
+        0
+    } else {
+        position.saturating_add(1)
+    }
+}
+
+/// How long a nearer viewer may go without sending a block we wait for before the viewers
+/// further ahead are asked for what it has too ([`TorrentCore::chain_mask`]).
+const CHAIN_PATIENCE: Duration = Duration::from_secs(2);
+
 /// The torrent's shape: what the core needs of the metainfo.
 #[derive(Clone, Debug)]
 pub struct Geometry {
@@ -371,6 +388,8 @@ pub struct TorrentCore {
     /// Streaming: each piece's place in playback order ([`TorrentCore::set_timeline`]); empty
     /// when unknown.
     timeline: Vec<u32>,
+    /// The latest place on the timeline among our pieces.
+    our_position: u32,
     peers: BTreeMap<PeerKey, PeerState>,
     /// Addresses we may dial, with the time of the last attempt and failures so far.
     candidates: BTreeMap<SocketAddr, (Option<Instant>, u32)>,
@@ -433,6 +452,7 @@ impl TorrentCore {
             config,
             picker,
             timeline: Vec::new(),
+            our_position: 0,
             choker,
             peers: BTreeMap::new(),
             candidates: BTreeMap::new(),
@@ -927,6 +947,10 @@ impl TorrentCore {
             Message::Choke => {
                 p.peer_choking = true;
                 self.picker.release_peer(key);
+                if self.picker.urgent_only() {
+                    // Its requests go to the other peers now, not at the next tick.
+                    self.fill_all(now);
+                }
             }
             Message::Unchoke => {
                 p.peer_choking = false;
@@ -951,7 +975,8 @@ impl TorrentCore {
                 if p.has.set(piece) {
                     if let Some(&t) = self.timeline.get(piece as usize) {
                         p.position = p.position.max(t);
-                        self.choker.record_position(key, p.position);
+                        let rank = served_rank(p.position, self.our_position);
+                        self.choker.record_position(key, rank);
                     }
                     self.picker.peer_have(key, piece);
                     self.update_interest(now, key);
@@ -1088,11 +1113,16 @@ impl TorrentCore {
             return;
         }
         self.timeline = timeline;
+        let ours =
+            self.picker.have().iter_set().filter_map(|i| self.timeline.get(i as usize)).max();
+        self.our_position = ours.copied().unwrap_or(0);
         self.choker.set_nearest_first(self.picker.urgent_only());
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for key in keys {
             self.note_position(key);
         }
+        self.choker.rerank();
+        self.apply_choker();
     }
 
     /// Recomputes peer `key`'s position from all it has.
@@ -1100,7 +1130,7 @@ impl TorrentCore {
         let Some(p) = self.peers.get_mut(&key) else { return };
         let latest = p.has.iter_set().filter_map(|i| self.timeline.get(i as usize)).max();
         p.position = latest.copied().unwrap_or(0);
-        self.choker.record_position(key, p.position);
+        self.choker.record_position(key, served_rank(p.position, self.our_position));
     }
 
     /// True when `piece` is had here or announced by a connected peer.
@@ -1192,6 +1222,18 @@ impl TorrentCore {
             }
         }
         self.picker.piece_verified(piece);
+        if self.timeline.get(piece as usize).is_some_and(|&t| t > self.our_position) {
+            // Peers we passed now rank last among those we serve.
+            self.our_position = self.timeline[piece as usize];
+            let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+            for key in keys {
+                if let Some(p) = self.peers.get(&key) {
+                    self.choker.record_position(key, served_rank(p.position, self.our_position));
+                }
+            }
+            self.choker.rerank();
+            self.apply_choker();
+        }
         self.stats.pieces_have += 1;
         self.stats.bytes_have += self.picker.piece_size(piece) as u64;
         self.out.push_back(Output::Event(TorrentEvent::PieceVerified(piece)));
@@ -1286,15 +1328,27 @@ impl TorrentCore {
     /// spread along it: asking the nearest viewer ahead keeps the ones far ahead free for the
     /// viewers that only they can serve (the first viewer is the only source of the second),
     /// a chain in which each viewer's upload feeds the next. `None`: nothing left out.
-    fn chain_mask(&self, key: PeerKey, has: &Bitfield) -> Option<Bitfield> {
+    fn chain_mask(&self, now: Instant, key: PeerKey, has: &Bitfield) -> Option<Bitfield> {
         if !self.picker.urgent_only() || self.timeline.is_empty() {
             return None;
         }
         let position = self.peers.get(&key)?.position;
+        // A nearer peer counts while it answers: idle, or a block from it lately (one that
+        // claims pieces and then sends nothing must not keep us from the others).
+        let answering = |k: &PeerKey, q: &PeerState| {
+            self.picker.outstanding(*k) == 0
+                || now.saturating_duration_since(q.last_block) < CHAIN_PATIENCE
+        };
         let nearer: Vec<&Bitfield> = self
             .peers
             .iter()
-            .filter(|(k, q)| **k != key && !q.peer_choking && !q.snubbed && q.position < position)
+            .filter(|(k, q)| {
+                **k != key
+                    && !q.peer_choking
+                    && !q.snubbed
+                    && q.position < position
+                    && answering(k, q)
+            })
             .map(|(_, q)| &q.has)
             .collect();
         if nearer.is_empty() {
@@ -1323,7 +1377,7 @@ impl TorrentCore {
         if out >= depth {
             return;
         }
-        let blocks = match self.chain_mask(key, &p.has) {
+        let blocks = match self.chain_mask(now, key, &p.has) {
             Some(mask) => self.picker.pick(key, &mask, depth - out),
             None => self.picker.pick(key, &p.has, depth - out),
         };
@@ -1856,11 +1910,65 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert!(asked_now.iter().all(|&(k, _)| k == far), "{asked_now:?}");
+        assert_eq!(asked_now, [(far, 12), (far, 13)]);
         // `served`: had by a peer that unchokes us.
         assert!(core.served(15) && !core.served(16));
         core.handle(now, Input::Message(far, Message::Choke));
         assert!(!core.served(15) && core.served(5));
+    }
+
+    #[test]
+    fn a_streaming_viewer_serves_the_two_nearest_behind_it_not_one_that_claims_it_all() {
+        let geometry =
+            Geometry { piece_length: 16384, total_length: 20 * 16384, metadata: Bytes::new() };
+        let now = Instant::now();
+        let rng = ChaCha8Rng::seed_from_u64(2);
+        let mut have = Bitfield::new(20);
+        for p in 0..=10 {
+            have.set(p);
+        }
+        let mut core = TorrentCore::new(geometry, have, Net::config(0), rng, now);
+        core.set_urgent_only(now, true);
+        core.set_timeline((0..20).collect());
+        let (liar, far, near, nearest) = (PeerKey(1), PeerKey(2), PeerKey(3), PeerKey(4));
+        for (key, last) in [(liar, None), (far, Some(2)), (near, Some(6)), (nearest, Some(8))] {
+            let addr = SocketAddr::from(([10, 0, 0, key.0 as u8], 6881));
+            let id = PeerId([key.0 as u8; 20]);
+            let connected = Input::Connected {
+                peer: key,
+                addr,
+                id,
+                fast: true,
+                extensions: true,
+                outgoing: false,
+            };
+            core.handle(now, connected);
+            let said = match last {
+                None => Message::HaveAll,
+                Some(last) => {
+                    let mut has = Bitfield::new(20);
+                    for p in 0..=last {
+                        has.set(p);
+                    }
+                    Message::Bitfield(has.as_bytes().to_vec().into())
+                }
+            };
+            core.handle(now, Input::Message(key, said));
+        }
+        for key in [liar, far, near, nearest] {
+            core.handle(now, Input::Message(key, Message::Interested));
+        }
+        // Where the chokes and unchokes sent leave each peer.
+        let mut unchoked = BTreeSet::new();
+        while let Some(o) = core.poll() {
+            match o {
+                Output::Send(k, Message::Unchoke) => unchoked.insert(k),
+                Output::Send(k, Message::Choke) => unchoked.remove(&k),
+                _ => false,
+            };
+        }
+        let expected: BTreeSet<PeerKey> = [near, nearest].into();
+        assert_eq!(unchoked, expected, "the two nearest behind, not the one claiming it all");
     }
 
     #[test]

@@ -691,6 +691,7 @@ pub enum Event {
     UrgentOnly(bool),
     /// Is every one of these pieces had here or by a connected peer?
     Available(Vec<u32>, tokio::sync::oneshot::Sender<bool>),
+    /// Is every one of these pieces had here or by a peer that serves us?
     Served(Vec<u32>, tokio::sync::oneshot::Sender<bool>),
     /// Each piece's place in playback order (see [`TorrentCore::set_timeline`]).
     Timeline(Vec<u32>),
