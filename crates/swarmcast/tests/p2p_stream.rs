@@ -114,7 +114,7 @@ fn a_viewer_on_a_slow_link_plays_the_top_rung_the_viewer_ahead_played_from_it() 
     };
     assert!(top(&ra).len() >= 6, "the first viewer played the top rung\n{ra}");
     // Top-rung segments all of whose bytes (video and audio) came from the first viewer.
-    let from_peers = top(&rb).iter().filter(|s| {
+    let from_peers = top(&rb).into_iter().filter(|s| {
         let whole = s["bytes"].as_u64().unwrap() + s["audio_bytes"].as_u64().unwrap();
         s["peer_bytes"].as_u64() == Some(whole)
     });
