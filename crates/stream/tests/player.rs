@@ -351,14 +351,16 @@ async fn a_download_that_cannot_finish_is_abandoned_for_a_lower_rate() {
 }
 
 /// Peers that deliver the first half of every file (read from the movie's folder) and leave
-/// the rest to the CDN; they keep what the player offers them.
+/// the rest to the CDN; they keep what the player offers them and note what it asked for.
 struct HalfPeers {
     dir: PathBuf,
     offered: std::sync::Mutex<Vec<(String, bytes::Bytes)>>,
+    asked: std::sync::Mutex<Vec<String>>,
 }
 
 impl Peers for HalfPeers {
     fn fetch(&self, path: &str, _deadline: Instant) -> PeersFuture<'_, Option<PeerPart>> {
+        self.asked.lock().unwrap().push(path.to_string());
         let file = std::fs::read(self.dir.join(path)).unwrap();
         Box::pin(async move {
             let half = file.len() / 2;
@@ -394,16 +396,24 @@ async fn what_peers_miss_of_a_segment_comes_from_the_cdn_by_range() {
     }
     let addr = origin(dir.path()).await;
     let url = format!("http://{addr}/movie/manifest.mpd");
-    let peers = HalfPeers { dir: movie.clone(), offered: Default::default() };
+    let peers =
+        HalfPeers { dir: movie.clone(), offered: Default::default(), asked: Default::default() };
     let report = play_with(&options(url, 20.0), Some(&peers), |_| {}).await.unwrap();
     let offered = peers.offered.lock().unwrap();
+    let asked = peers.asked.lock().unwrap();
 
     check_consistent(&report, n);
-    // Every file the player took: half from the peers, the rest from the origin by Range,
-    // put together byte for byte and offered to the peers whole.
+    // With nothing buffered the peers are not asked (the first segment comes from the CDN at
+    // once); after that, every file is.
+    let first = &offered.iter().find(|(p, _)| p.ends_with(".m4s")).unwrap().0;
+    assert!(!asked.contains(first), "{first} was asked of the peers at startup");
+    assert!(asked.len() + 4 >= offered.len(), "asked {asked:?}");
+    // Every file the player took: half from the peers when they were asked, the rest from the
+    // origin by Range, put together byte for byte and offered to the peers whole.
     let files: u64 = offered.iter().map(|(_, d)| d.len() as u64).sum();
     assert_eq!(report.bytes_total, files);
-    let halves: u64 = offered.iter().map(|(_, d)| d.len() as u64 / 2).sum();
+    let halves: u64 =
+        offered.iter().filter(|(p, _)| asked.contains(p)).map(|(_, d)| d.len() as u64 / 2).sum();
     assert_eq!(report.peer_bytes, halves);
     for (path, data) in offered.iter() {
         assert_eq!(&std::fs::read(movie.join(path)).unwrap()[..], &data[..], "{path}");
@@ -470,7 +480,11 @@ async fn origin_without_ranges(root: &Path) -> (SocketAddr, Arc<AtomicUsize>) {
 /// segment of which the peers have half, in front of an origin that honours Range or not.
 async fn through_a_local_node(origin: SocketAddr, movie: &Path, file: &str) -> (Vec<u8>, u64, u64) {
     use stream::edge::{EdgeConfig, EdgeServer, PeerSource};
-    let peers = HalfPeers { dir: movie.to_path_buf(), offered: Default::default() };
+    let peers = HalfPeers {
+        dir: movie.to_path_buf(),
+        offered: Default::default(),
+        asked: Default::default(),
+    };
     let source = PeerSource {
         peers: Arc::new(peers),
         prefix: "/movie/".into(),
@@ -522,7 +536,8 @@ async fn a_cdn_that_ignores_range_sends_it_all_and_the_peers_part_is_not_counted
     let movie = dir.path().join("movie");
     let (addr, _) = origin_without_ranges(dir.path()).await;
     let url = format!("http://{addr}/movie/manifest.mpd");
-    let peers = HalfPeers { dir: movie.clone(), offered: Default::default() };
+    let peers =
+        HalfPeers { dir: movie.clone(), offered: Default::default(), asked: Default::default() };
     let report = play_with(&options(url, 20.0), Some(&peers), |_| {}).await.unwrap();
 
     check_consistent(&report, n);

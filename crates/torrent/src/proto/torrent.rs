@@ -1857,38 +1857,52 @@ mod tests {
         assert!(!net.nodes[l].core.is_complete());
     }
 
+    /// A streaming viewer's core: 20 pieces of 16 KiB, one per segment, urgent pieces only,
+    /// pieces 0..=`upto` had.
+    fn streaming_core(now: Instant, upto: Option<u32>) -> TorrentCore {
+        let geometry =
+            Geometry { piece_length: 16384, total_length: 20 * 16384, metadata: Bytes::new() };
+        let mut have = Bitfield::new(20);
+        if let Some(upto) = upto {
+            for p in 0..=upto {
+                have.set(p);
+            }
+        }
+        let rng = ChaCha8Rng::seed_from_u64(1);
+        let mut core = TorrentCore::new(geometry, have, Net::config(0), rng, now);
+        core.set_urgent_only(now, true);
+        core.set_timeline((0..20).collect());
+        core
+    }
+
+    /// Peer `key` connects and says it has pieces 0..=`last` (`None`: all, HAVE_ALL).
+    fn connect_viewer(core: &mut TorrentCore, now: Instant, key: PeerKey, last: Option<u32>) {
+        let addr = SocketAddr::from(([10, 0, 0, key.0 as u8], 6881));
+        let id = PeerId([key.0 as u8; 20]);
+        let connected =
+            Input::Connected { peer: key, addr, id, fast: true, extensions: true, outgoing: true };
+        core.handle(now, connected);
+        let said = match last {
+            None => Message::HaveAll,
+            Some(last) => {
+                let mut has = Bitfield::new(20);
+                for p in 0..=last {
+                    has.set(p);
+                }
+                Message::Bitfield(has.as_bytes().to_vec().into())
+            }
+        };
+        core.handle(now, Input::Message(key, said));
+    }
+
     #[test]
     fn a_streaming_viewer_asks_the_nearest_viewer_ahead_and_the_far_one_only_for_the_rest() {
         // 20 pieces, one per segment. Peer `far` is at segment 15, `near` at segment 5.
-        let geometry =
-            Geometry { piece_length: 16384, total_length: 20 * 16384, metadata: Bytes::new() };
         let now = Instant::now();
-        let rng = ChaCha8Rng::seed_from_u64(1);
-        let mut core = TorrentCore::new(geometry, Bitfield::new(20), Net::config(0), rng, now);
-        core.set_urgent_only(now, true);
-        core.set_timeline((0..20).collect());
+        let mut core = streaming_core(now, None);
         let (far, near) = (PeerKey(1), PeerKey(2));
-        for (key, last) in [(far, 15u32), (near, 5)] {
-            let addr = SocketAddr::from(([10, 0, 0, key.0 as u8], 6881));
-            let id = PeerId([key.0 as u8; 20]);
-            let connected = Input::Connected {
-                peer: key,
-                addr,
-                id,
-                fast: true,
-                extensions: true,
-                outgoing: true,
-            };
-            core.handle(now, connected);
-            let mut has = Bitfield::new(20);
-            for p in 0..=last {
-                has.set(p);
-            }
-            core.handle(
-                now,
-                Input::Message(key, Message::Bitfield(has.as_bytes().to_vec().into())),
-            );
-        }
+        connect_viewer(&mut core, now, far, Some(15));
+        connect_viewer(&mut core, now, near, Some(5));
         // Both serve us.
         core.handle(now, Input::Message(far, Message::Unchoke));
         core.handle(now, Input::Message(near, Message::Unchoke));
@@ -1919,41 +1933,11 @@ mod tests {
 
     #[test]
     fn a_streaming_viewer_serves_the_two_nearest_behind_it_not_one_that_claims_it_all() {
-        let geometry =
-            Geometry { piece_length: 16384, total_length: 20 * 16384, metadata: Bytes::new() };
         let now = Instant::now();
-        let rng = ChaCha8Rng::seed_from_u64(2);
-        let mut have = Bitfield::new(20);
-        for p in 0..=10 {
-            have.set(p);
-        }
-        let mut core = TorrentCore::new(geometry, have, Net::config(0), rng, now);
-        core.set_urgent_only(now, true);
-        core.set_timeline((0..20).collect());
+        let mut core = streaming_core(now, Some(10));
         let (liar, far, near, nearest) = (PeerKey(1), PeerKey(2), PeerKey(3), PeerKey(4));
         for (key, last) in [(liar, None), (far, Some(2)), (near, Some(6)), (nearest, Some(8))] {
-            let addr = SocketAddr::from(([10, 0, 0, key.0 as u8], 6881));
-            let id = PeerId([key.0 as u8; 20]);
-            let connected = Input::Connected {
-                peer: key,
-                addr,
-                id,
-                fast: true,
-                extensions: true,
-                outgoing: false,
-            };
-            core.handle(now, connected);
-            let said = match last {
-                None => Message::HaveAll,
-                Some(last) => {
-                    let mut has = Bitfield::new(20);
-                    for p in 0..=last {
-                        has.set(p);
-                    }
-                    Message::Bitfield(has.as_bytes().to_vec().into())
-                }
-            };
-            core.handle(now, Input::Message(key, said));
+            connect_viewer(&mut core, now, key, last);
         }
         for key in [liar, far, near, nearest] {
             core.handle(now, Input::Message(key, Message::Interested));
