@@ -574,8 +574,14 @@ impl TorrentReader {
     /// True when every piece of `pieces` is had here or announced by a connected peer: worth
     /// waiting for. False also when the torrent has stopped.
     pub async fn available(&self, pieces: Vec<u32>) -> bool {
+        self.ask(|tx| Event::Available(pieces, tx)).await
+    }
+
+    /// Sends the question `event` makes with its answer channel; false when the torrent has
+    /// stopped.
+    async fn ask(&self, event: impl FnOnce(tokio::sync::oneshot::Sender<bool>) -> Event) -> bool {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.events.send(Event::Available(pieces, tx)).await.is_err() {
+        if self.events.send(event(tx)).await.is_err() {
             return false;
         }
         rx.await.unwrap_or(false)
@@ -590,11 +596,7 @@ impl TorrentReader {
     /// True when every piece of `pieces` is had here or announced by a peer that serves us
     /// now (see [`TorrentCore::served`]). False also when the torrent has stopped.
     pub async fn served(&self, pieces: Vec<u32>) -> bool {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.events.send(Event::Served(pieces, tx)).await.is_err() {
-            return false;
-        }
-        rx.await.unwrap_or(false)
+        self.ask(|tx| Event::Served(pieces, tx)).await
     }
 
     /// With `on`, only urgent pieces are fetched (see [`TorrentCore::set_urgent_only`]): a
