@@ -87,7 +87,6 @@ fn a_second_viewer_finds_the_first_through_the_movies_tracker_and_gets_the_movie
 }
 
 #[test]
-#[ignore = "fails since b1ada37's review fixes (0 top-rung segments from the first viewer; passed at 138375d): issue 15's note"]
 fn a_viewer_on_a_slow_link_plays_the_top_rung_the_viewer_ahead_played_from_it() {
     require("ffmpeg");
     let tmp = tempfile::tempdir().unwrap();

@@ -1138,11 +1138,13 @@ impl TorrentCore {
         self.picker.have().has(piece) || self.picker.availability(piece) > 0
     }
 
-    /// True when `piece` is had here or announced by a peer that serves us (unchokes us and is
-    /// not snubbed): what can be asked for now.
+    /// True when `piece` is had here or announced by a peer that serves us: one not snubbed
+    /// that unchokes us, or that we have not asked yet (a peer unchokes those who are
+    /// interested in it, so one we want nothing from chokes us without refusing us; one that
+    /// chokes us while we are interested does refuse): what is worth asking for.
     pub fn served(&self, piece: u32) -> bool {
-        self.picker.have().has(piece)
-            || self.peers.values().any(|p| !p.peer_choking && !p.snubbed && p.has.has(piece))
+        let serves = |p: &PeerState| !p.snubbed && !(p.peer_choking && p.am_interested);
+        self.picker.have().has(piece) || self.peers.values().any(|p| serves(p) && p.has.has(piece))
     }
 
     /// With `on`, only the urgent pieces are fetched (see [`TorrentCore::set_urgent`]), and a
@@ -1927,8 +1929,15 @@ mod tests {
         assert_eq!(asked_now, [(far, 12), (far, 13)]);
         // `served`: had by a peer that unchokes us.
         assert!(core.served(15) && !core.served(16));
+        // Not by one that chokes us while we ask it for pieces.
         core.handle(now, Input::Message(far, Message::Choke));
         assert!(!core.served(15) && core.served(5));
+        // One we ask nothing of (no one has what we want now) chokes us without refusing: it
+        // serves whoever asks.
+        core.set_urgent(now, &[19]);
+        let other = PeerKey(3);
+        connect_viewer(&mut core, now, other, Some(18));
+        assert!(core.served(18) && !core.served(19));
     }
 
     #[test]
