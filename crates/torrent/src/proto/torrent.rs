@@ -1143,7 +1143,7 @@ impl TorrentCore {
     /// interested in it, so one we want nothing from chokes us without refusing us; one that
     /// chokes us while we are interested does refuse): what is worth asking for.
     pub fn served(&self, piece: u32) -> bool {
-        let serves = |p: &PeerState| !p.snubbed && !(p.peer_choking && p.am_interested);
+        let serves = |p: &PeerState| !p.snubbed && (!p.peer_choking || !p.am_interested);
         self.picker.have().has(piece) || self.peers.values().any(|p| serves(p) && p.has.has(piece))
     }
 
