@@ -100,6 +100,8 @@ struct Run {
     /// Share of segments in before their deadline (CoolStreaming's continuity index), worst
     /// viewer.
     continuity_min: f64,
+    /// How late the process's timers ran (see [`Lag`]).
+    lag: Lag,
     reports: Vec<PlayReport>,
 }
 
@@ -178,13 +180,15 @@ pub async fn run(a: LabStreamArgs) -> Result<()> {
         for p2p in [false, true] {
             let run = one_run(&a, &url, top, trace.clone(), &schedule, n, p2p).await?;
             eprintln!(
-                "N = {n:>2}{} {:<8} offload {:>5.1}%  CDN {:>8.0} kB/viewer  stalls {}  startup mean {:.2} s",
+                "N = {n:>2}{} {:<8} offload {:>5.1}%  CDN {:>8.0} kB/viewer  stalls {}  startup mean {:.2} s  timers late p99 {:.1} ms, max {:.0} ms",
                 churn_label(&run),
                 if p2p { "P2P" } else { "CDN only" },
                 run.offload * 100.0,
                 run.cdn_bytes_per_viewer / 1000.0,
                 run.stalls,
-                run.startup_mean_s
+                run.startup_mean_s,
+                run.lag.p99_ms,
+                run.lag.max_ms
             );
             runs.push(run);
         }
@@ -299,6 +303,7 @@ async fn one_run(
         stop_after_s: None,
     };
     let joined: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+    let lag = LagProbe::start(speed);
     // Viewers done playing or gone: a P2P viewer that watched to the end serves the others
     // until all are.
     let finished = Arc::new(tokio::sync::watch::Sender::new(0usize));
@@ -362,11 +367,72 @@ async fn one_run(
             }
         }
     }
+    let lag = lag.stop().await;
     if let Some(e) = first_error {
         return Err(e.context(format!("a viewer failed (N = {n}, p2p {p2p})")));
     }
     let left = schedule.iter().filter(|s| s.stop_after_s.is_some()).count();
-    Ok(summarize(n, (schedule.len() - n, left), p2p, reports))
+    let mut run = summarize(n, (schedule.len() - n, left), p2p, reports);
+    run.lag = lag;
+    Ok(run)
+}
+
+/// How late the process's timers fire while a run plays: every viewer, its swarm and the
+/// origin share this runtime (2 threads on a 2-core machine), so work that holds a thread
+/// delays every viewer's download at once; a lab artifact a viewer in a process of its own
+/// would not see.
+#[derive(Clone, Debug, Default, Serialize)]
+struct Lag {
+    /// Largest lateness of a [`LAG_TICK`] timer (wall ms).
+    max_ms: f64,
+    /// Its 99th percentile (wall ms).
+    p99_ms: f64,
+    /// Player times (s from the run's start) of the ticks later than [`LAG_REPORTED`], with
+    /// their lateness (ms); at most [`MAX_LAG_EVENTS`].
+    late: Vec<(f64, f64)>,
+}
+
+const LAG_TICK: Duration = Duration::from_millis(5);
+const LAG_REPORTED: Duration = Duration::from_millis(40);
+const MAX_LAG_EVENTS: usize = 200;
+
+/// A task sampling [`Lag`] until stopped.
+struct LagProbe {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Lag>,
+}
+
+impl LagProbe {
+    fn start(speed: f64) -> LagProbe {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let mut lateness: Vec<f64> = Vec::new();
+            let mut late = Vec::new();
+            loop {
+                let before = std::time::Instant::now();
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tokio::time::sleep(LAG_TICK) => {}
+                }
+                let over = before.elapsed().saturating_sub(LAG_TICK);
+                let ms = over.as_secs_f64() * 1000.0;
+                lateness.push(ms);
+                if over >= LAG_REPORTED && late.len() < MAX_LAG_EVENTS {
+                    late.push(((before - start).as_secs_f64() * speed, ms));
+                }
+            }
+            lateness.sort_by(f64::total_cmp);
+            let p99 = lateness.get(lateness.len() * 99 / 100).copied().unwrap_or(0.0);
+            Lag { max_ms: lateness.last().copied().unwrap_or(0.0), p99_ms: p99, late }
+        });
+        LagProbe { stop, task }
+    }
+
+    async fn stop(self) -> Lag {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
 }
 
 /// The run's figures; `churn` is (viewers that joined beyond the first `n`, viewers that left).
@@ -400,6 +466,7 @@ fn summarize(n: usize, churn: (usize, usize), p2p: bool, reports: Vec<PlayReport
             sum as f64 / count.max(1) as f64 / 1000.0
         },
         continuity_min: reports.iter().map(continuity).fold(1.0, f64::min),
+        lag: Lag::default(),
         reports,
     }
 }

@@ -118,9 +118,15 @@ impl TorrentPeers {
         self.handle.local_addr()
     }
 
-    /// Stops the torrent.
+    /// Stops the torrent, then removes a temporary download folder on the blocking pool
+    /// (deleting its files on the runtime's thread would hold up every task sharing it).
     pub async fn shutdown(self) {
-        self.handle.shutdown().await;
+        let TorrentPeers { handle, reader, _dir, .. } = self;
+        handle.shutdown().await;
+        drop(reader);
+        if let Some(dir) = _dir {
+            let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
+        }
     }
 
     /// Stops the torrent if this is its last holder (else it stops when the last one drops).

@@ -16,6 +16,7 @@
 //! [`Storage::check_existing`] re-hashes what is on disk, so after a crash at most the unverified
 //! pieces are lost.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -151,11 +152,53 @@ impl Storage {
         existing: Existing,
     ) -> Result<Self, StorageError> {
         let paths = file_paths(info, dir)?;
-        let mut files = Vec::with_capacity(paths.len());
         let mut state = match mode {
             Mode::ReadOnly => None,
             Mode::ReadWrite => Some(DownloadState::load(info, dir)?),
         };
+        // Every file about to be created is recorded first, in one write of the state file
+        // (one per file cost a write and an fsync each: 0.15–0.3 s for a movie's 180 files).
+        let recorded_now = match state.as_mut() {
+            Some(state) => {
+                let real = info.files.iter().filter(|e| !e.pad);
+                let keys = real.map(|e| DownloadState::key(&relative_components(info, &e.path)));
+                state.record(keys.collect()).map_err(|source| StorageError::Io {
+                    path: state.dir.join(&state.file_name),
+                    source,
+                })?
+            }
+            None => HashSet::new(),
+        };
+        let mut done = HashSet::new();
+        let opened =
+            Self::open_files(info, paths, state.as_mut(), &recorded_now, existing, &mut done);
+        if opened.is_err() {
+            // Not ours after all: the records of files this start did not open are taken back,
+            // so a later run does not adopt a file someone else puts there.
+            if let Some(state) = state.as_mut() {
+                state.forget(&recorded_now.difference(&done).cloned().collect());
+            }
+        }
+        Ok(Storage {
+            files: opened?,
+            piece_length: info.piece_length,
+            total_length: info.total_length,
+            hashes: info.pieces.clone(),
+        })
+    }
+
+    /// Opens (creating when missing) each file of `info` at `paths`; `recorded_now` are the
+    /// files recorded as ours by this start, not before it. Adds the key of each file opened to
+    /// `done`.
+    fn open_files(
+        info: &Info,
+        paths: Vec<PathBuf>,
+        mut state: Option<&mut DownloadState>,
+        recorded_now: &HashSet<String>,
+        existing: Existing,
+        done: &mut HashSet<String>,
+    ) -> Result<Vec<StoredFile>, StorageError> {
+        let mut files = Vec::with_capacity(paths.len());
         for (entry, path) in info.files.iter().zip(paths) {
             let io_err = |source| StorageError::Io { path: path.clone(), source };
             let mut fresh = false;
@@ -167,7 +210,10 @@ impl Storage {
                 None => Some(File::open(&path).map_err(io_err)?),
                 Some(state) => {
                     let rel = relative_components(info, &entry.path);
-                    let (handle, created) = state.open_file(&rel, &path, existing)?;
+                    let key = DownloadState::key(&rel);
+                    let ours = !recorded_now.contains(&key);
+                    let (handle, created) = state.open_below(&rel, &path, existing, ours)?;
+                    done.insert(key);
                     // Size the file now (sparse: no blocks are allocated) so reads of missing
                     // data return zeros instead of short reads, and a file of ours longer than
                     // the torrent says is trimmed back.
@@ -187,12 +233,7 @@ impl Storage {
                 fresh,
             });
         }
-        Ok(Storage {
-            files,
-            piece_length: info.piece_length,
-            total_length: info.total_length,
-            hashes: info.pieces.clone(),
-        })
+        Ok(files)
     }
 
     /// Number of pieces.
@@ -455,32 +496,30 @@ impl DownloadState {
         parts.join("/")
     }
 
-    /// Opens one file of the torrent below the target directory without following symbolic
-    /// links, creating it (and its folders) when missing. Returns the file and whether it was
-    /// created now.
-    fn open_file(
-        &mut self,
-        components: &[&str],
-        shown: &Path,
-        existing: Existing,
-    ) -> Result<(File, bool), StorageError> {
-        let key = Self::key(components);
-        let is_ours = self.ours.contains(&key);
-        if is_ours {
-            return self.open_below(components, shown, existing, true);
+    /// Records each of `keys` not recorded yet as ours, in one write of the state file, before
+    /// any is created: a crash in between leaves records of files that do not exist, which the
+    /// next start simply creates. Returns the keys recorded now.
+    fn record(&mut self, keys: Vec<String>) -> io::Result<HashSet<String>> {
+        let known: HashSet<String> = self.ours.iter().cloned().collect();
+        let mut now = HashSet::new();
+        for key in keys {
+            if !known.contains(&key) && now.insert(key.clone()) {
+                self.ours.push(key);
+            }
         }
-        // Record the file before creating it: a crash in between leaves a record of a file that
-        // does not exist, which the next start simply creates.
-        self.ours.push(key.clone());
-        self.save()
-            .map_err(|source| StorageError::Io { path: self.dir.join(&self.file_name), source })?;
-        let opened = self.open_below(components, shown, existing, false);
-        if opened.is_err() {
-            // Not ours after all: take the record back so a later run does not adopt it.
-            self.ours.retain(|k| *k != key);
+        if !now.is_empty() {
+            self.save()?;
+        }
+        Ok(now)
+    }
+
+    /// Takes back the records of `keys`.
+    fn forget(&mut self, keys: &HashSet<String>) {
+        let before = self.ours.len();
+        self.ours.retain(|k| !keys.contains(k));
+        if self.ours.len() != before {
             let _ = self.save();
         }
-        opened
     }
 
     fn open_below(
@@ -705,6 +744,34 @@ pub(crate) mod tests {
         // From now on it is ours: a plain restart (resume) opens it and finds the piece.
         let s = Storage::open(&info, dir.path(), Mode::ReadWrite).unwrap();
         assert!(s.check_existing(|_, _| {}).unwrap().is_full());
+    }
+
+    #[test]
+    fn a_start_that_fails_claims_only_the_files_it_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let (info, _) = info_for(&[("a", &[1; 20]), ("b", &[2; 20]), ("c", &[3; 20])], 16);
+        let at = |name: &str| dir.path().join(&info.name).join(name);
+        std::fs::create_dir_all(at("b").parent().unwrap()).unwrap();
+        std::fs::write(at("b"), b"someone else's").unwrap();
+        // `b` is not ours: the start fails there, after creating `a`.
+        assert!(matches!(
+            Storage::open(&info, dir.path(), Mode::ReadWrite),
+            Err(StorageError::Exists { .. })
+        ));
+        assert!(at("a").exists() && !at("c").exists());
+        // Someone puts `c` there; `b` goes away. `c` was never ours: still refused.
+        std::fs::write(at("c"), b"also someone else's").unwrap();
+        std::fs::remove_file(at("b")).unwrap();
+        match Storage::open(&info, dir.path(), Mode::ReadWrite) {
+            Err(StorageError::Exists { path }) => assert_eq!(path, at("c")),
+            Err(e) => panic!("expected Exists for c, got {e}"),
+            Ok(_) => panic!("a file we did not create was opened for writing"),
+        }
+        assert_eq!(std::fs::read(at("c")).unwrap(), b"also someone else's");
+        // `a`, created by the first start, is ours.
+        std::fs::remove_file(at("c")).unwrap();
+        let s = Storage::open(&info, dir.path(), Mode::ReadWrite).unwrap();
+        assert!(s.files.iter().all(|f| f.handle.is_some()));
     }
 
     #[test]
