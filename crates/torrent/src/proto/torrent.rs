@@ -1661,7 +1661,10 @@ impl TorrentCore {
         if self.stopped || self.is_finished() {
             return;
         }
-        let connected: BTreeSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
+        // A peer that dialled us is known by the port it listens on (its extension handshake's)
+        // too: dialling that would only make a duplicate connection, dropped after a handshake.
+        let connected: BTreeSet<SocketAddr> =
+            self.peers.values().flat_map(|p| [Some(p.addr), p.listen_addr()]).flatten().collect();
         let mut budget =
             self.config.max_peers.saturating_sub(self.peers.len() + self.connecting.len());
         let ours = self.config.our_port;
@@ -2380,6 +2383,42 @@ mod tests {
         core.handle(t0 + Duration::from_secs(11), Input::Message(peer, junk));
         assert!(std::iter::from_fn(|| core.poll())
             .any(|o| matches!(o, Output::Disconnect(k, _) if k == peer)));
+    }
+
+    #[test]
+    fn a_peer_that_dialled_us_is_not_dialled_back_at_the_port_it_listens_on() {
+        let mut net = Net::new(content(64 * 1024), 16 * 1024);
+        let l = net.add(false, Net::config(0));
+        let core = &mut net.nodes[l].core;
+        let (t0, peer) = (net.now, PeerKey(7));
+        // It dialled us from an ephemeral port and listens on 6881.
+        let from: SocketAddr = "10.9.9.9:51234".parse().unwrap();
+        core.handle(
+            t0,
+            Input::Connected {
+                peer,
+                addr: from,
+                id: PeerId([9; 20]),
+                fast: true,
+                extensions: true,
+                outgoing: false,
+            },
+        );
+        let hs = ExtHandshake { port: Some(6881), ..Default::default() };
+        core.handle(t0, Input::Message(peer, handshake(hs)));
+        std::iter::from_fn(|| core.poll()).for_each(drop);
+        // Its listening address comes back (from PEX, a tracker, the DHT) with another one.
+        core.handle(
+            t0,
+            Input::Peers(vec!["10.9.9.9:6881".parse().unwrap(), "10.1.1.1:6881".parse().unwrap()]),
+        );
+        let dials: Vec<SocketAddr> = std::iter::from_fn(|| core.poll())
+            .filter_map(|o| match o {
+                Output::Connect(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dials, vec!["10.1.1.1:6881".parse::<SocketAddr>().unwrap()]);
     }
 
     /// Connects a peer at `addr` to a fresh core, feeds it `messages` from that peer, and
