@@ -83,11 +83,9 @@ pub struct Storage {
     piece_length: u32,
     total_length: u64,
     hashes: Vec<[u8; 20]>,
-    /// The target directory, where missing files are created (a download only).
-    dir: Option<(OwnedFd, PathBuf)>,
-    existing: Existing,
-    /// Held while a file is created.
-    creating: Mutex<()>,
+    /// A download's record of its files, and where missing files are created; locked while
+    /// one is.
+    state: Option<Mutex<DownloadState>>,
 }
 
 /// How storage is opened.
@@ -185,25 +183,30 @@ impl Storage {
         let mut done = HashSet::new();
         let opened =
             Self::open_files(info, paths, state.as_mut(), &recorded_now, existing, &mut done);
-        if opened.is_err() {
-            // Not ours after all: the records of files this start did not open are taken back,
-            // so a later run does not adopt a file someone else puts there.
-            if let Some(state) = state.as_mut() {
-                state.forget(&recorded_now.difference(&done).cloned().collect());
-            }
+        if let Some(state) = state.as_mut() {
+            // The records of files that are not there are taken back (a start that failed, a
+            // file not written yet, a crash between a record and its file), so no later run
+            // adopts a file someone else puts there; a file is recorded again just before it
+            // is created (`Storage::writable`).
+            let missing: HashSet<String> = match &opened {
+                Err(_) => recorded_now.difference(&done).cloned().collect(),
+                Ok(files) => files
+                    .iter()
+                    .filter(|f| !f.pad && f.handle.get().is_none())
+                    .map(|f| {
+                        let c: Vec<&str> = f.components.iter().map(String::as_str).collect();
+                        DownloadState::key(&c)
+                    })
+                    .collect(),
+            };
+            state.forget(&missing);
         }
-        let dir = match state {
-            Some(s) => Some((s.dir_fd, s.dir)),
-            None => None,
-        };
         Ok(Storage {
             files: opened?,
             piece_length: info.piece_length,
             total_length: info.total_length,
             hashes: info.pieces.clone(),
-            dir,
-            existing,
-            creating: Mutex::new(()),
+            state: state.map(Mutex::new),
         })
     }
 
@@ -325,20 +328,30 @@ impl Storage {
         if let Some(h) = file.handle.get() {
             return Ok(Some(h));
         }
-        let Some((dir_fd, dir)) = self.dir.as_ref().filter(|_| !file.pad) else {
+        let Some(state) = self.state.as_ref().filter(|_| !file.pad) else {
             return Ok(None);
         };
-        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h) = file.handle.get() {
             return Ok(Some(h));
         }
         let components: Vec<&str> = file.components.iter().map(String::as_str).collect();
-        // Missing at the start: one there now is someone else's (refused unless adopting).
-        let opened = open_below((dir_fd, dir), &components, &file.path, self.existing, false, true)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        let (handle, _) = opened.ok_or_else(|| {
-            io::Error::other(format!("{}: could not be created", file.path.display()))
-        })?;
+        let key = DownloadState::key(&components);
+        // Recorded before it is created: a crash in between leaves a record of a missing file,
+        // which the next start takes back.
+        state.record(vec![key.clone()]).map_err(|e| annotate(&file.path, e))?;
+        // Missing at the start: one there now is someone else's, refused even when the start
+        // adopted existing files (it was not there to be checked).
+        let at = (&state.dir_fd, state.dir.as_path());
+        let opened = open_below(at, &components, &file.path, Existing::Refuse, false, true);
+        let (handle, _) = match opened {
+            Ok(Some(h)) => h,
+            failed => {
+                state.forget(&HashSet::from([key]));
+                let why = failed.err().map_or_else(|| "not created".to_string(), |e| e.to_string());
+                return Err(io::Error::other(why));
+            }
+        };
         handle.set_len(file.length).map_err(|e| annotate(&file.path, e))?;
         Ok(Some(file.handle.get_or_init(|| handle)))
     }
@@ -408,11 +421,15 @@ impl Storage {
         for piece in 0..n {
             let pos = piece as u64 * self.piece_length as u64;
             let mut all_fresh = true;
+            // A piece over a file not created yet is not had, even if its bytes there are
+            // zeros (they read as such): it is fetched and written, which creates the file.
+            let mut any_missing = false;
             let _ = self.segments(pos, self.piece_size(piece) as usize, |f, _, _| {
                 all_fresh &= f.fresh;
+                any_missing |= !f.pad && f.handle.get().is_none();
                 Ok(())
             });
-            if all_fresh {
+            if all_fresh || any_missing {
                 progress(piece + 1, n);
                 continue;
             }
@@ -858,9 +875,24 @@ pub(crate) mod tests {
         let err = s.write(1, 4, &[2; 12]).unwrap_err();
         assert!(err.to_string().contains("did not create"), "{err}");
         assert_eq!(std::fs::read(at("b")).unwrap(), b"a late someone");
-        // What this download created is its own on the next start.
+        // A start that succeeded did not claim the files it had not written: on the next,
+        // `b` (someone else's) is refused, not opened.
         drop(s);
+        match Storage::open(&info, dir.path(), Mode::ReadWrite) {
+            Err(StorageError::Exists { path }) => assert_eq!(path, at("b")),
+            Err(e) => panic!("expected Exists for b, got {e}"),
+            Ok(_) => panic!("a file we did not create was opened for writing"),
+        }
+        assert_eq!(std::fs::read(at("b")).unwrap(), b"a late someone");
+        // Nor would an adopting start take over one that appears after it.
         std::fs::remove_file(at("b")).unwrap();
+        let s = Storage::open_with(&info, dir.path(), Mode::ReadWrite, Existing::Check).unwrap();
+        std::fs::write(at("c"), b"later still").unwrap();
+        assert!(s.write(2, 0, &[3; 16]).is_err());
+        assert_eq!(std::fs::read(at("c")).unwrap(), b"later still");
+        drop(s);
+        std::fs::remove_file(at("c")).unwrap();
+        // What this download created is its own on the next start.
         let s = Storage::open(&info, dir.path(), Mode::ReadWrite).unwrap();
         let mut buf = [0u8; 16];
         s.read(0, 0, &mut buf).unwrap();

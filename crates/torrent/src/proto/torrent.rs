@@ -303,6 +303,9 @@ struct PeerState {
     am_interested: bool,
     peer_choking: bool,
     peer_interested: bool,
+    /// It chose not to serve us: it choked us while we were interested, or kept us choked
+    /// until we no longer were. Until it unchokes us (see [`TorrentCore::served`]).
+    refused: bool,
     /// How far along the movie the peer is (see [`TorrentCore::set_timeline`]).
     position: u32,
     /// Target number of outstanding requests: `queue_secs` of the peer's rate.
@@ -774,6 +777,7 @@ impl TorrentCore {
             peer_choking: true,
             position: 0,
             peer_interested: false,
+            refused: false,
             pipeline: 16,
             queue_secs: REQUEST_QUEUE_SECS,
             max_wait: 0.0,
@@ -946,6 +950,7 @@ impl TorrentCore {
             Message::KeepAlive => {}
             Message::Choke => {
                 p.peer_choking = true;
+                p.refused |= p.am_interested;
                 self.picker.release_peer(key);
                 if self.picker.urgent_only() {
                     // Its requests go to the other peers now, not at the next tick.
@@ -954,6 +959,7 @@ impl TorrentCore {
             }
             Message::Unchoke => {
                 p.peer_choking = false;
+                p.refused = false;
                 // Waiting while choked is not the peer answering slowly.
                 p.last_block = now;
                 self.fill_requests(now, key);
@@ -1141,9 +1147,11 @@ impl TorrentCore {
     /// True when `piece` is had here or announced by a peer that serves us: one not snubbed
     /// that unchokes us, or that we have not asked yet (a peer unchokes those who are
     /// interested in it, so one we want nothing from chokes us without refusing us; one that
-    /// chokes us while we are interested does refuse): what is worth asking for.
+    /// chokes us while we are interested, or kept us choked until we gave up, does refuse,
+    /// until it unchokes us): what is worth asking for.
     pub fn served(&self, piece: u32) -> bool {
-        let serves = |p: &PeerState| !p.snubbed && (!p.peer_choking || !p.am_interested);
+        let serves =
+            |p: &PeerState| !p.snubbed && (!p.peer_choking || (!p.am_interested && !p.refused));
         self.picker.have().has(piece) || self.peers.values().any(|p| serves(p) && p.has.has(piece))
     }
 
@@ -1315,6 +1323,8 @@ impl TorrentCore {
             self.picker.have().wants_any_of(&p.has)
         };
         if want != p.am_interested {
+            // Interested in it all along, never unchoked: it did not serve us.
+            p.refused |= !want && p.peer_choking;
             p.am_interested = want;
             let m = if want { Message::Interested } else { Message::NotInterested };
             self.send(now, key, m);
@@ -1938,6 +1948,11 @@ mod tests {
         // One we ask nothing of (no one has what we want now) chokes us without refusing: it
         // serves whoever asks.
         core.set_urgent(now, &[19]);
+        // (`far`, which choked us while we asked, still refuses us though we ask nothing now.)
+        assert!(!core.served(15));
+        // Until it unchokes us.
+        core.handle(now, Input::Message(far, Message::Unchoke));
+        assert!(core.served(15));
         let other = PeerKey(3);
         connect_viewer(&mut core, now, other, Some(18));
         assert!(core.served(18) && !core.served(19));
