@@ -854,12 +854,16 @@ pub(crate) mod tests {
         // Someone puts `c` there; `b` goes away. `c` was never ours: still refused.
         std::fs::write(at("c"), b"also someone else's").unwrap();
         std::fs::remove_file(at("b")).unwrap();
-        match Storage::open(&info, dir.path(), Mode::ReadWrite) {
-            Err(StorageError::Exists { path }) => assert_eq!(path, at("c")),
-            Err(e) => panic!("expected Exists for c, got {e}"),
-            Ok(_) => panic!("a file we did not create was opened for writing"),
-        }
-        assert_eq!(std::fs::read(at("c")).unwrap(), b"also someone else's");
+        // A plain start refuses `name`, someone else's file, and leaves it as it was.
+        let refused = |name: &str, content: &[u8]| {
+            match Storage::open(&info, dir.path(), Mode::ReadWrite) {
+                Err(StorageError::Exists { path }) => assert_eq!(path, at(name)),
+                Err(e) => panic!("expected Exists for {name}, got {e}"),
+                Ok(_) => panic!("a file we did not create was opened for writing"),
+            }
+            assert_eq!(std::fs::read(at(name)).unwrap(), content);
+        };
+        refused("c", b"also someone else's");
         std::fs::remove_file(at("c")).unwrap();
         let s = Storage::open(&info, dir.path(), Mode::ReadWrite).unwrap();
         // Files appear as they are written, and only then; reads before that are zeros.
@@ -878,12 +882,7 @@ pub(crate) mod tests {
         // A start that succeeded did not claim the files it had not written: on the next,
         // `b` (someone else's) is refused, not opened.
         drop(s);
-        match Storage::open(&info, dir.path(), Mode::ReadWrite) {
-            Err(StorageError::Exists { path }) => assert_eq!(path, at("b")),
-            Err(e) => panic!("expected Exists for b, got {e}"),
-            Ok(_) => panic!("a file we did not create was opened for writing"),
-        }
-        assert_eq!(std::fs::read(at("b")).unwrap(), b"a late someone");
+        refused("b", b"a late someone");
         // Nor would an adopting start take over one that appears after it.
         std::fs::remove_file(at("b")).unwrap();
         let s = Storage::open_with(&info, dir.path(), Mode::ReadWrite, Existing::Check).unwrap();
