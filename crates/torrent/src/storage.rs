@@ -167,8 +167,8 @@ impl Storage {
             Mode::ReadOnly => None,
             Mode::ReadWrite => Some(DownloadState::load(info, dir)?),
         };
-        // Every file about to be created is recorded first, in one write of the state file
-        // (one per file cost a write and an fsync each: 0.15–0.3 s for a movie's 180 files).
+        // Every file this start may open or create (an adopted one, an empty one) is recorded
+        // first, in one write of the state file; the ones left missing are taken back below.
         let recorded_now = match state.as_mut() {
             Some(state) => {
                 let real = info.files.iter().filter(|e| !e.pad);
