@@ -186,6 +186,24 @@ impl HttpClient {
         self.send(url, Some(range), None).await
     }
 
+    /// Sends `method url` with `headers` and `body` (a client of an API: `POST` with a token,
+    /// say) and returns once the status and headers are in.
+    pub async fn request(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        headers: &[(hyper::header::HeaderName, String)],
+        body: Bytes,
+    ) -> Result<Fetched, ClientError> {
+        let parsed = parse_url(url)?;
+        let mut request = self.inner.request(method, parsed).body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.map_err(ClientError::from_reqwest)?;
+        Ok(Fetched { response, limit: self.max_response_bytes })
+    }
+
     async fn send(
         &self,
         url: &str,

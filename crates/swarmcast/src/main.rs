@@ -26,6 +26,7 @@ mod dht_cmd;
 mod dht_index;
 mod lab_cmd;
 mod lab_stream;
+mod node;
 mod p2p_play;
 mod play_cmd;
 mod progress;
@@ -185,6 +186,11 @@ enum Command {
         #[command(subcommand)]
         cmd: stream_cmd::StreamCommand,
     },
+    /// Run the long-lived node: every torrent in one session, kept in SQLite, driven by its
+    /// HTTP API (and `add`, `ls`, `info`, `pause`, `resume`, `rm`).
+    Up(node::UpArgs),
+    #[command(flatten)]
+    Client(node::client::ClientCommand),
     /// Run a BitTorrent tracker (HTTP /announce and UDP on the same port).
     Tracker {
         #[arg(long, default_value = "127.0.0.1:6969")]
@@ -449,6 +455,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Get { source, output, seed, check_existing, stream, net } => {
             get(&source, &output, seed, check_existing, stream, &net).await
         }
+        Command::Up(a) => node::up(a).await,
+        Command::Client(c) => node::client::run(c).await,
         Command::Tracker { listen, interval, max_peers_returned } => {
             let config = TrackerConfig {
                 interval: Duration::from_secs(interval),

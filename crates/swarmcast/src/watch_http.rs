@@ -68,7 +68,7 @@ pub async fn serve(
 }
 
 /// Whether a `Host` header names the loopback (with or without a port).
-fn names_loopback(host: &str) -> bool {
+pub fn names_loopback(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => host.rsplit_once(':').map_or(host, |(h, _)| h),

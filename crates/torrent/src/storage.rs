@@ -485,6 +485,70 @@ pub fn state_text(torrent_id: &str, files: &[String]) -> String {
     text
 }
 
+/// Deletes the files of the torrent `info` below `dir` that its downloads created (those its
+/// state file records; a file found there and left alone is never touched), then the folders of
+/// the torrent left empty and the state file. Returns the files deleted. Folders are walked
+/// without following links, so a link planted in the torrent's folder cannot point the deletes
+/// elsewhere. Nothing is deleted for a state file of another torrent.
+pub fn remove_created(info: &Info, dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
+    if !dir.join(format!(".{}.swarmcast", info.name)).exists() {
+        return Ok(vec![]);
+    }
+    let state = DownloadState::load(info, dir)?;
+    let ours: HashSet<&str> = state.ours.iter().map(String::as_str).collect();
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: rustix::io::Errno| StorageError::Io { path, source: e.into() }
+    };
+    let mut removed = Vec::new();
+    let mut folders: Vec<Vec<&str>> = Vec::new();
+    for (entry, path) in info.files.iter().zip(file_paths(info, dir)?) {
+        let rel = relative_components(info, &entry.path);
+        if entry.pad || !ours.contains(DownloadState::key(&rel).as_str()) {
+            continue;
+        }
+        let Some((last, parents)) = rel.split_last() else { continue };
+        let Some(parent) = open_dirs(&state.dir_fd, parents).map_err(io_err(&path))? else {
+            continue;
+        };
+        match rustix::fs::unlinkat(&parent, *last, rustix::fs::AtFlags::empty()) {
+            Ok(()) => removed.push(path),
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        for n in 1..=parents.len() {
+            folders.push(parents[..n].to_vec());
+        }
+    }
+    // Deepest first; a folder with anything else in it stays.
+    folders.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    folders.dedup();
+    for f in folders {
+        let Some((last, parents)) = f.split_last() else { continue };
+        if let Ok(Some(parent)) = open_dirs(&state.dir_fd, parents) {
+            let _ = rustix::fs::unlinkat(&parent, *last, rustix::fs::AtFlags::REMOVEDIR);
+        }
+    }
+    let _ =
+        rustix::fs::unlinkat(&state.dir_fd, state.file_name.as_str(), rustix::fs::AtFlags::empty());
+    Ok(removed)
+}
+
+/// The folder `components` below `at`, each opened without following a link; `None` if one
+/// is missing.
+fn open_dirs(at: &OwnedFd, components: &[&str]) -> Result<Option<OwnedFd>, rustix::io::Errno> {
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut fd = rustix::fs::openat(at, ".", flags, Perm::empty())?;
+    for c in components {
+        fd = match rustix::fs::openat(&fd, *c, flags, Perm::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(Some(fd))
+}
+
 /// A file's components below the target directory (the torrent's folder first when it has one).
 fn relative_components<'a>(info: &'a Info, path: &'a [String]) -> Vec<&'a str> {
     let folder = info.multi_file.then_some(info.name.as_str());
@@ -836,6 +900,51 @@ pub(crate) mod tests {
         // From now on it is ours: a plain restart (resume) opens it and finds the piece.
         let s = Storage::open(&info, dir.path(), Mode::ReadWrite).unwrap();
         assert!(s.check_existing(|_, _| {}).unwrap().is_full());
+    }
+
+    #[test]
+    fn removing_with_data_deletes_only_what_the_download_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let a: Vec<u8> = (0..100u8).collect();
+        let c: Vec<u8> = (0..=255u8).cycle().take(300).collect();
+        let (info, all) = info_for(&[("a.bin", &a), ("sub/c.bin", &c), ("sub/d.bin", &a)], 64);
+        // Someone else's file in the torrent's folder, and one in a folder of the torrent.
+        std::fs::create_dir_all(dir.path().join("multi/sub")).unwrap();
+        std::fs::write(dir.path().join("multi/notes.txt"), b"mine").unwrap();
+        std::fs::write(dir.path().join("multi/sub/d.bin"), b"also mine").unwrap();
+        let s = Storage::open_with(&info, dir.path(), Mode::ReadWrite, Existing::Refuse);
+        assert!(s.is_err(), "d.bin is not ours");
+        std::fs::rename(dir.path().join("multi/sub/d.bin"), dir.path().join("multi/d.bak"))
+            .unwrap();
+        let s = Storage::open(&info, dir.path(), Mode::ReadWrite).unwrap();
+        // Only the first two files are written; d.bin is never created.
+        s.write(0, 0, &all[..64]).unwrap();
+        s.write(1, 0, &all[64..128]).unwrap();
+        drop(s);
+        // Someone puts d.bin back after the download started: not ours either.
+        std::fs::rename(dir.path().join("multi/d.bak"), dir.path().join("multi/sub/d.bin"))
+            .unwrap();
+        let mut removed = remove_created(&info, dir.path()).unwrap();
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![dir.path().join("multi/a.bin"), dir.path().join("multi/sub/c.bin")]
+        );
+        assert_eq!(std::fs::read(dir.path().join("multi/notes.txt")).unwrap(), b"mine");
+        assert_eq!(std::fs::read(dir.path().join("multi/sub/d.bin")).unwrap(), b"also mine");
+        assert!(!dir.path().join("multi/.multi.swarmcast").exists());
+        assert!(!dir.path().join(".multi.swarmcast").exists(), "the state file is gone");
+        // Without a state file nothing is ours: nothing is deleted.
+        assert!(remove_created(&info, dir.path()).unwrap().is_empty());
+        assert!(dir.path().join("multi/notes.txt").exists());
+        // A folder of the torrent left empty goes; one with someone's file stays.
+        let (info2, all2) = info_for(&[("x/y.bin", &a)], 64);
+        let other = tempfile::tempdir().unwrap();
+        let s = Storage::open(&info2, other.path(), Mode::ReadWrite).unwrap();
+        s.write(0, 0, &all2[..64]).unwrap();
+        drop(s);
+        assert_eq!(remove_created(&info2, other.path()).unwrap().len(), 1);
+        assert!(!other.path().join("multi").exists(), "empty folders removed");
     }
 
     #[test]
