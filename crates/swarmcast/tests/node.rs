@@ -7,7 +7,7 @@ mod harness;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harness::*;
@@ -67,19 +67,26 @@ fn request(addr: &str, method: &str, path: &str, headers: &[&str], body: &str) -
     r
 }
 
-#[test]
-fn a_node_downloads_a_magnet_resumes_after_kill_9_and_pauses_resumes_and_removes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let content = dir.join("seed/movie.bin");
-    random_file(&content, SIZE, 16);
-    let torrent = dir.join("movie.torrent");
+/// A file of SIZE random bytes under `dir/seed`, its torrent (64 KiB pieces) and info-hash.
+fn seed_content(dir: &Path, name: &str, seed: u64) -> (PathBuf, PathBuf, String) {
+    let content = dir.join("seed").join(name);
+    random_file(&content, SIZE, seed);
+    let torrent = dir.join(format!("{name}.torrent"));
     let made = run_ok({
         let mut c = swarmcast();
         c.arg("create").arg(&content).arg("-o").arg(&torrent).args(["--piece-size", "64k"]);
         c
     });
     let ih = made.split("info-hash ").nth(1).unwrap().split_whitespace().next().unwrap();
+    (content, torrent, ih.to_string())
+}
+
+#[test]
+fn a_node_downloads_a_magnet_resumes_after_kill_9_and_pauses_resumes_and_removes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (content, torrent, ih) = seed_content(dir, "movie.bin", 16);
+    let ih = ih.as_str();
     // A seed at 1 MiB/s: the download takes about 6 s, long enough to kill the node mid-way.
     let (_seed, port) = start_seed(&torrent, &content, dir, &["--no-dht", "--upload-limit", "1M"]);
     let data = dir.join("node");
@@ -139,12 +146,14 @@ fn a_node_downloads_a_magnet_resumes_after_kill_9_and_pauses_resumes_and_removes
     wait_for("seeding the file already there", Duration::from_secs(60), || {
         torrents(&data)[0]["state"] == "seeding"
     });
+    assert_eq!(torrents(&data)[0]["downloaded"], 0, "the file on disk was fetched again");
     // Someone's file beside it is never deleted.
     let mine = data.join("downloads/notes.txt");
     std::fs::write(&mine, b"mine").unwrap();
     let out = cli(&data, &["rm", short, "--delete-data"]);
     assert!(out.contains("1 of its files"), "{out}");
     assert!(!downloaded.exists(), "the downloaded file was deleted");
+    assert!(!data.join("downloads/.movie.bin.swarmcast").exists(), "its state file too");
     assert_eq!(std::fs::read(&mine).unwrap(), b"mine");
 
     // With the node stopped, a client says how to start one.
@@ -199,6 +208,7 @@ fn the_api_refuses_strangers_other_origins_and_bad_input_and_keeps_working() {
         ("GET", "/api/v1/torrents/..%2F..%2Fetc", String::new(), 404),
         ("POST", "/api/v1/torrents/abcd/pause", String::new(), 404),
         ("DELETE", "/api/v1/node", String::new(), 405),
+        ("DELETE", "/api/v1/torrents/abcd?delete_data=1", String::new(), 400),
         ("GET", "/api/v1/nothing", String::new(), 404),
     ];
     for (method, path, body, want) in &cases {
@@ -225,9 +235,92 @@ fn the_api_refuses_strangers_other_origins_and_bad_input_and_keeps_working() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1, "{body}");
     assert_eq!(v[0]["state"], "fetching metadata");
+    // The event stream from the start has the add; resuming after its id does not repeat it.
+    let events = |after: &str| {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        let r = request(&addr, "GET", &format!("/api/v1/events?after={after}"), &[&auth], "");
+        s.write_all(r.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&text).to_string()
+    };
+    let all = events("0");
+    assert!(all.contains("text/event-stream"), "{all}");
+    let add_event = all
+        .split("\n\n")
+        .find(|e| e.contains("\"type\":\"torrent\"") && e.contains("0123456789abcdef"))
+        .unwrap_or_else(|| panic!("no event for the add: {all}"));
+    let id = add_event.split("id: ").nth(1).unwrap().lines().next().unwrap();
+    let later = events(id);
+    assert!(!later.contains(&format!("id: {id}\n")), "{later}");
+    // Metrics need the token too; the UI's page does not (it holds no data).
+    let metrics = request(&addr, "GET", "/metrics", &[], "");
+    assert_eq!(http(&addr, &metrics).0, 401);
+    let metrics = request(&addr, "GET", "/metrics", &[&auth], "");
+    let (status, body) = http(&addr, &metrics);
+    assert_eq!(status, 200);
+    assert!(body.contains("swarmcast_torrents{state=\"fetching metadata\"} 1"), "{body}");
+    let page = request(&addr, "GET", "/", &[], "");
+    let (status, body) = http(&addr, &page);
+    assert_eq!(status, 200);
+    assert!(body.contains("<script type=\"module\" src=\"/app.js\">"), "{body}");
     // Removing it stops the fetch; the node still answers.
     let rm = request(&addr, "DELETE", "/api/v1/torrents/0123", &[&auth], "");
     assert_eq!(http(&addr, &rm).0, 200);
     let (_, body) = http(&addr, &list);
     assert_eq!(body, "[]");
+}
+
+/// The web UI in headless Chromium (`web/node-ui.mjs`): a magnet of a local seed pasted into
+/// the add form reaches 100% and "seeding" on the page through the event stream, and the file
+/// on disk equals the seed's. The screenshot is kept in cargo's scratch space (`ui/`).
+#[test]
+fn the_web_ui_adds_a_magnet_and_shows_it_complete_from_the_event_stream() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).is_file(),
+        "{chromium} is missing: install the Debian package `chromium` (scripts/test.sh does)"
+    );
+    assert!(
+        root.join("web/node_modules/playwright-core/package.json").is_file(),
+        "web/node_modules/playwright-core is missing: run `npm ci --prefix web` (scripts/test.sh does)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (content, torrent, ih) = seed_content(dir, "clip.bin", 17);
+    // 2 MiB/s: the page has a few seconds of progress to show.
+    let (_seed, port) = start_seed(&torrent, &content, dir, &["--no-dht", "--upload-limit", "2M"]);
+    let data = dir.join("node");
+    let (node, _, _) = start_node(&data, dir, "node");
+    let url = node
+        .stdout_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("open ").map(str::to_string))
+        .expect("the node prints the UI's address");
+    assert!(url.contains("#token="), "{url}");
+    let magnet = format!("magnet:?xt=urn:btih:{ih}&dn=clip.bin&x.pe=127.0.0.1:{port}");
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui");
+    std::fs::create_dir_all(&shots).unwrap();
+    let shot = shots.join("torrents.png");
+    let _ = std::fs::remove_file(&shot);
+    let mut js = std::process::Command::new("node");
+    js.arg(root.join("web/node-ui.mjs")).arg(&url).arg(&magnet).arg(&shot).arg("90");
+    js.env("CHROMIUM", &chromium);
+    let mut js = Proc::spawn("node-ui-mjs", js, dir);
+    let status = js.wait(Duration::from_secs(180));
+    let report = js.stdout_text();
+    eprintln!("node-ui.mjs: {report}{}", js.output());
+    assert!(status.success(), "the UI did not show the download complete: {report}");
+    let r: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(r["name"], "clip.bin");
+    assert_same_file(&content, &data.join("downloads/clip.bin"));
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "no screenshot");
 }

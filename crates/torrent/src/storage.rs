@@ -489,12 +489,17 @@ pub fn state_text(torrent_id: &str, files: &[String]) -> String {
 /// state file records; a file found there and left alone is never touched), then the folders of
 /// the torrent left empty and the state file. Returns the files deleted. Folders are walked
 /// without following links, so a link planted in the torrent's folder cannot point the deletes
-/// elsewhere. Nothing is deleted for a state file of another torrent.
+/// elsewhere: such a file, or one that cannot be deleted, is left (with a warning) and the rest
+/// go on. Nothing is deleted for a state file of another torrent.
 pub fn remove_created(info: &Info, dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
     if !dir.join(format!(".{}.swarmcast", info.name)).exists() {
         return Ok(vec![]);
     }
-    let state = DownloadState::load(info, dir)?;
+    let state = match DownloadState::load(info, dir) {
+        Ok(s) => s,
+        Err(StorageError::ForeignState { .. }) => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
     let ours: HashSet<&str> = state.ours.iter().map(String::as_str).collect();
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -508,13 +513,18 @@ pub fn remove_created(info: &Info, dir: &Path) -> Result<Vec<PathBuf>, StorageEr
             continue;
         }
         let Some((last, parents)) = rel.split_last() else { continue };
-        let Some(parent) = open_dirs(&state.dir_fd, parents).map_err(io_err(&path))? else {
-            continue;
+        let parent = match open_dirs(&state.dir_fd, parents) {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("{}: not deleted: {}", path.display(), io_err(&path)(e));
+                continue;
+            }
         };
         match rustix::fs::unlinkat(&parent, *last, rustix::fs::AtFlags::empty()) {
             Ok(()) => removed.push(path),
             Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(io_err(&path)(e)),
+            Err(e) => tracing::warn!("{}: not deleted: {}", path.display(), io_err(&path)(e)),
         }
         for n in 1..=parents.len() {
             folders.push(parents[..n].to_vec());
@@ -932,7 +942,6 @@ pub(crate) mod tests {
         );
         assert_eq!(std::fs::read(dir.path().join("multi/notes.txt")).unwrap(), b"mine");
         assert_eq!(std::fs::read(dir.path().join("multi/sub/d.bin")).unwrap(), b"also mine");
-        assert!(!dir.path().join("multi/.multi.swarmcast").exists());
         assert!(!dir.path().join(".multi.swarmcast").exists(), "the state file is gone");
         // Without a state file nothing is ours: nothing is deleted.
         assert!(remove_created(&info, dir.path()).unwrap().is_empty());

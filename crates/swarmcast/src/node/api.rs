@@ -19,14 +19,23 @@
 //!   the info-hash in hex, or a prefix of at least 4 digits naming one torrent.
 //! - `POST /api/v1/torrents/ID/pause`, `…/resume`.
 //! - `DELETE /api/v1/torrents/ID` (`?delete_data=true`: also the files its download created).
+//! - `GET /api/v1/events`: Server-Sent Events (`events.rs`); `Last-Event-ID` (or `?after=N`)
+//!   resumes after an event.
+//! - `GET /metrics`: Prometheus text (token needed, as for every call).
+//! - `GET /`, `/app.js`, `/style.css`: the web UI (no token: it holds no data; it reads the token
+//!   from the address `up` prints, `…/#token=…`, and keeps it in the browser's local storage).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST, ORIGIN,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use torrent::magnet::Magnet;
@@ -39,7 +48,17 @@ const MAX_CONNECTIONS: usize = 64;
 /// Largest body of an add (a base64 `.torrent` of the largest size we parse, and the rest).
 const MAX_ADD_BODY: usize = MAX_TORRENT_SIZE / 3 * 4 + 64 * 1024;
 
-type Reply = Response<Full<Bytes>>;
+type Reply = Response<BoxBody<Bytes, std::convert::Infallible>>;
+
+/// The web UI: plain HTML, CSS and an ES module, no framework and no build step (see
+/// `ui/app.js`), compiled into the binary.
+const UI: [(&str, &str, &str); 3] = [
+    ("/", "text/html; charset=utf-8", include_str!("ui/index.html")),
+    ("/app.js", "text/javascript; charset=utf-8", include_str!("ui/app.js")),
+    ("/style.css", "text/css; charset=utf-8", include_str!("ui/style.css")),
+];
+/// The UI's pages load nothing from elsewhere and run no inline script.
+const UI_CSP: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'";
 
 /// Starts the API on `listen`; returns the address and the server's task.
 pub async fn serve(
@@ -77,8 +96,20 @@ where
         }
     }
     let path = req.uri().path().to_string();
-    let Some(route) = path.strip_prefix("/api/v1/") else {
-        return error(StatusCode::NOT_FOUND, "no such page: the API is under /api/v1/");
+    if let Some((_, mime, text)) = UI.iter().find(|(p, _, _)| *p == path) {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "the UI's files are read with GET");
+        }
+        let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed());
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(mime));
+        r.headers_mut().insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(UI_CSP));
+        r.headers_mut().insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        return r;
+    }
+    let route = match path.strip_prefix("/api/v1/") {
+        Some(route) => route,
+        None if path == "/metrics" => "metrics",
+        None => return error(StatusCode::NOT_FOUND, "no such page: the API is under /api/v1/"),
     };
     let given = req
         .headers()
@@ -98,6 +129,35 @@ where
     let parts: Vec<&str> = route.split('/').collect();
     let result = match (&method, parts.as_slice()) {
         (&Method::GET, ["node"]) => Ok(json(StatusCode::OK, &node.about())),
+        (&Method::GET, ["metrics"]) => {
+            let mut r = Response::new(Full::new(Bytes::from(node.metrics())).boxed());
+            let mime = "text/plain; version=0.0.4; charset=utf-8";
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(mime));
+            Ok(r)
+        }
+        (&Method::GET, ["events"]) => {
+            let last = req.headers().get("last-event-id").and_then(|v| v.to_str().ok());
+            let after = query.split('&').find_map(|p| p.strip_prefix("after="));
+            let after = match last.or(after).map(str::parse::<u64>) {
+                Some(Ok(n)) => Some(n),
+                Some(Err(_)) => {
+                    return error(StatusCode::BAD_REQUEST, "an event id is a whole number")
+                }
+                None => None,
+            };
+            match node.events.subscribe(after) {
+                Some(body) => {
+                    let mut r = Response::new(body.boxed());
+                    let mime = HeaderValue::from_static("text/event-stream");
+                    r.headers_mut().insert(CONTENT_TYPE, mime);
+                    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    Ok(r)
+                }
+                None => {
+                    return error(StatusCode::SERVICE_UNAVAILABLE, "too many event streams open")
+                }
+            }
+        }
         (&Method::GET, ["torrents"]) => Ok(json(StatusCode::OK, &node.list())),
         (&Method::POST, ["torrents"]) => add(&node, req.into_body()).await,
         (&Method::GET, ["torrents", id]) => node.detail(id).map(|d| json(StatusCode::OK, &d)),
@@ -108,15 +168,36 @@ where
             node.resume(id).await.map(|t| json(StatusCode::OK, &t))
         }
         (&Method::DELETE, ["torrents", id]) => {
-            let delete_data = query.split('&').any(|p| p == "delete_data=true");
+            let delete_data = match query.split('&').find_map(|p| p.strip_prefix("delete_data=")) {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => return error(StatusCode::BAD_REQUEST, "delete_data is true or false"),
+            };
             node.remove(id, delete_data).await.map(|removed| {
                 let removed: Vec<String> =
                     removed.iter().map(|p| p.display().to_string()).collect();
                 json(StatusCode::OK, &serde_json::json!({ "removed_files": removed }))
             })
         }
-        (_, ["node"] | ["torrents"] | ["torrents", _] | ["torrents", _, "pause" | "resume"]) => {
-            return error(StatusCode::METHOD_NOT_ALLOWED, &format!("{method} is not allowed here"))
+        (
+            _,
+            ["node"]
+            | ["events"]
+            | ["metrics"]
+            | ["torrents"]
+            | ["torrents", _]
+            | ["torrents", _, "pause" | "resume"],
+        ) => {
+            let allow = match parts.as_slice() {
+                ["torrents"] => "GET, POST",
+                ["torrents", _] => "GET, DELETE",
+                ["torrents", _, _] => "POST",
+                _ => "GET",
+            };
+            let mut r =
+                error(StatusCode::METHOD_NOT_ALLOWED, &format!("{method} is not allowed here"));
+            r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+            return r;
         }
         _ => return error(StatusCode::NOT_FOUND, &format!("no such API call: /api/v1/{route}")),
     };
@@ -212,7 +293,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Reply {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

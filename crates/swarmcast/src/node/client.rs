@@ -115,10 +115,18 @@ impl NodeClient {
         let dir = dir.data.clone().unwrap_or_else(super::default_data_dir);
         let path = dir.join("api");
         let start = format!("start one with `swarmcast up --data {}`", dir.display());
-        // The token is the user's: an api file others can read is not trusted to hold it.
         let bytes = match std::fs::File::open(&path) {
             Ok(f) => {
                 use std::io::Read;
+                use std::os::unix::fs::MetadataExt;
+                let meta = f.metadata()?;
+                if meta.mode() & 0o077 != 0 || meta.uid() != rustix::process::getuid().as_raw() {
+                    bail!(
+                        "{} is readable by others or not yours: it holds the node's token, so it \
+                         is not trusted (the node writes it with mode 0600)",
+                        path.display()
+                    );
+                }
                 let mut b = Vec::new();
                 f.take(MAX_API_FILE).read_to_end(&mut b)?;
                 b
@@ -130,7 +138,8 @@ impl NodeClient {
         };
         let api: ApiFile = serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not a node's api file", path.display()))?;
-        if !api.url.starts_with("http://127.") && !api.url.starts_with("http://[::1]") {
+        let addr = api.url.strip_prefix("http://").and_then(|a| a.parse::<SocketAddr>().ok());
+        if !addr.is_some_and(|a| a.ip().is_loopback()) {
             bail!("{} names {}, not a loopback address", path.display(), api.url);
         }
         let http = http_layer::HttpClient::new(http_layer::ClientConfig {
@@ -173,6 +182,15 @@ impl NodeClient {
         }
         Ok(value)
     }
+}
+
+/// A torrent id as typed: hex digits only (an info-hash or a prefix of one), so it cannot
+/// change the API call it goes into.
+fn check_id(id: &str) -> Result<&str> {
+    if id.is_empty() || id.len() > 40 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{id:?} is not a torrent id: give its info-hash, or the first digits of it (`swarmcast ls`)");
+    }
+    Ok(id)
 }
 
 /// Runs a client command.
@@ -232,24 +250,25 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
             }
         }
         ClientCommand::Info { id, node } => {
-            let t =
-                NodeClient::find(&node)?.call(Method::GET, &format!("torrents/{id}"), None).await?;
+            let t = NodeClient::find(&node)?
+                .call(Method::GET, &format!("torrents/{}", check_id(&id)?), None)
+                .await?;
             println!("{}", serde_json::to_string_pretty(&t)?);
         }
         ClientCommand::Pause { id, node } => {
             let t = NodeClient::find(&node)?
-                .call(Method::POST, &format!("torrents/{id}/pause"), None)
+                .call(Method::POST, &format!("torrents/{}/pause", check_id(&id)?), None)
                 .await?;
             println!("{}: {}", t["name"].as_str().unwrap_or(""), t["state"].as_str().unwrap_or(""));
         }
         ClientCommand::Resume { id, node } => {
             let t = NodeClient::find(&node)?
-                .call(Method::POST, &format!("torrents/{id}/resume"), None)
+                .call(Method::POST, &format!("torrents/{}/resume", check_id(&id)?), None)
                 .await?;
             println!("{}: {}", t["name"].as_str().unwrap_or(""), t["state"].as_str().unwrap_or(""));
         }
         ClientCommand::Rm { id, delete_data, node } => {
-            let path = format!("torrents/{id}?delete_data={delete_data}");
+            let path = format!("torrents/{}?delete_data={delete_data}", check_id(&id)?);
             let r = NodeClient::find(&node)?.call(Method::DELETE, &path, None).await?;
             let removed = r["removed_files"].as_array().map_or(0, Vec::len);
             if delete_data {

@@ -14,6 +14,7 @@
 
 mod api;
 pub mod client;
+mod events;
 mod store;
 
 use std::collections::BTreeMap;
@@ -108,6 +109,9 @@ pub struct Node {
     downloads: PathBuf,
     data: PathBuf,
     started: Instant,
+    events: Arc<events::Events>,
+    /// Node-wide, so a task of a removed torrent never matches one added again.
+    generations: std::sync::atomic::AtomicU64,
 }
 
 /// Why a call on a torrent failed, mapped to an HTTP status by the API.
@@ -274,18 +278,25 @@ impl Node {
             torrents.insert(ih, entry);
         }
         if !paused {
-            self.start(ih);
+            self.start(ih, false)?;
         }
         self.view(ih).ok_or_else(|| NodeError::NotFound(ih.to_string()))
     }
 
-    /// Starts (or restarts) a stored torrent: fetches a magnet's metadata first, then opens and
-    /// re-checks its files and runs it on the session.
-    fn start(self: &Arc<Self>, ih: InfoHash) {
+    /// Starts a stored torrent that is paused or failed (anything else is left as it is):
+    /// fetches a magnet's metadata first, then opens and re-checks its files and runs it on the
+    /// session. With `persist`, the database records it as not paused, in the same step.
+    fn start(self: &Arc<Self>, ih: InfoHash, persist: bool) -> Result<(), NodeError> {
         let mut torrents = self.torrents();
-        let Some(entry) = torrents.get_mut(&ih) else { return };
-        entry.generation += 1;
-        let generation = entry.generation;
+        let entry = torrents.get_mut(&ih).ok_or_else(|| NodeError::NotFound(ih.to_string()))?;
+        if !matches!(entry.phase, Phase::Paused | Phase::Failed(_)) {
+            return Ok(());
+        }
+        if persist {
+            self.store().set_paused(ih, false)?;
+        }
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        entry.generation = generation;
         let node = self.clone();
         let meta = entry.meta.clone();
         let magnet = entry.row.magnet.clone();
@@ -302,6 +313,7 @@ impl Node {
             node.run_torrent(ih, meta, save_dir, generation).await;
         });
         entry.phase = if fetching { Phase::Fetching(task) } else { Phase::Checking(task) };
+        Ok(())
     }
 
     /// Fetches a magnet's info dictionary from its peers and trackers, and stores it.
@@ -317,7 +329,12 @@ impl Node {
             &magnet,
             &[],
             self.session.local_addr(),
-            torrent::proto::metadata::MetadataConfig::default(),
+            // A long-lived node waits for a magnet's peers as long as it runs (a one-shot `get`
+            // gives up after 5 minutes).
+            torrent::proto::metadata::MetadataConfig {
+                patience: Duration::from_secs(30 * 86_400),
+                ..Default::default()
+            },
             self.encryption,
             self.session.dialer(),
             &|tried| tracing::info!(%ih, tried, "no peer has the metadata yet; asking again"),
@@ -360,11 +377,19 @@ impl Node {
             Ok(h) => h,
             Err(e) => return self.fail(ih, generation, e.to_string()),
         };
+        let ended = handle.ended();
         let stale = {
             let mut torrents = self.torrents();
             match torrents.get_mut(&ih).filter(|e| e.generation == generation) {
                 Some(e) => {
                     e.phase = Phase::Running(Box::new(handle));
+                    // A torrent that stops by itself (a disk error) shows as failed.
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        if let Some(why) = ended.await {
+                            node.fail(ih, generation, why);
+                        }
+                    });
                     None
                 }
                 // Paused or removed while it was being checked.
@@ -384,17 +409,27 @@ impl Node {
         }
     }
 
-    /// Stops a torrent's work (a running torrent shuts down, a fetch or check is cancelled).
-    async fn stop(&self, ih: InfoHash, then: Phase) -> Result<(), NodeError> {
+    /// Stops a torrent's work and waits until it stopped: a running torrent shuts down, a
+    /// metadata fetch is cancelled, a check (files being opened and re-hashed on the blocking
+    /// pool) is let finish and then shut down. With `persist`, the database records it as
+    /// paused, in the same step.
+    async fn stop(&self, ih: InfoHash, persist: bool) -> Result<(), NodeError> {
         let old = {
             let mut torrents = self.torrents();
             let e = torrents.get_mut(&ih).ok_or_else(|| NodeError::NotFound(ih.to_string()))?;
-            e.generation += 1;
-            std::mem::replace(&mut e.phase, then)
+            if persist {
+                self.store().set_paused(ih, true)?;
+            }
+            e.generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+            std::mem::replace(&mut e.phase, Phase::Paused)
         };
         match old {
             Phase::Running(h) => h.shutdown().await,
-            Phase::Fetching(t) | Phase::Checking(t) => t.abort(),
+            Phase::Fetching(t) => t.abort(),
+            // Its generation is stale now: it shuts down what it started.
+            Phase::Checking(t) => {
+                let _ = t.await;
+            }
             Phase::Paused | Phase::Failed(_) => {}
         }
         Ok(())
@@ -402,22 +437,13 @@ impl Node {
 
     pub async fn pause(self: &Arc<Self>, id: &str) -> Result<TorrentView, NodeError> {
         let ih = self.resolve(id)?;
-        self.store().set_paused(ih, true)?;
-        self.stop(ih, Phase::Paused).await?;
+        self.stop(ih, true).await?;
         self.view(ih).ok_or_else(|| NodeError::NotFound(id.into()))
     }
 
     pub async fn resume(self: &Arc<Self>, id: &str) -> Result<TorrentView, NodeError> {
         let ih = self.resolve(id)?;
-        let idle = {
-            let torrents = self.torrents();
-            let e = torrents.get(&ih).ok_or_else(|| NodeError::NotFound(id.into()))?;
-            matches!(e.phase, Phase::Paused | Phase::Failed(_))
-        };
-        self.store().set_paused(ih, false)?;
-        if idle {
-            self.start(ih);
-        }
+        self.start(ih, true)?;
         self.view(ih).ok_or_else(|| NodeError::NotFound(id.into()))
     }
 
@@ -425,7 +451,7 @@ impl Node {
     /// (those recorded in the torrent's state file), never a file it found there.
     pub async fn remove(&self, id: &str, delete_data: bool) -> Result<Vec<PathBuf>, NodeError> {
         let ih = self.resolve(id)?;
-        self.stop(ih, Phase::Paused).await?;
+        self.stop(ih, false).await?;
         let entry = self.torrents().remove(&ih);
         self.store().remove(ih)?;
         let Some(entry) = entry else { return Ok(vec![]) };
@@ -518,8 +544,8 @@ impl Node {
         })
     }
 
-    /// Samples every running torrent's rates (once a second).
-    fn sample_rates(&self) {
+    /// Samples every running torrent's rates over the last `secs` seconds.
+    fn sample_rates(&self, secs: f64) {
         let mut torrents = self.torrents();
         for e in torrents.values_mut() {
             let counts = match &e.phase {
@@ -529,10 +555,57 @@ impl Node {
                 ),
                 _ => (0, 0),
             };
-            e.rate_down = counts.0.saturating_sub(e.last_counts.0);
-            e.rate_up = counts.1.saturating_sub(e.last_counts.1);
+            let per_sec = |now: u64, then: u64| (now.saturating_sub(then) as f64 / secs) as u64;
+            e.rate_down = per_sec(counts.0, e.last_counts.0);
+            e.rate_up = per_sec(counts.1, e.last_counts.1);
             e.last_counts = counts;
         }
+    }
+
+    /// The node's numbers in Prometheus' text format.
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let list = self.list();
+        let mut out = String::new();
+        let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in &list {
+            *by_state.entry(t.state).or_default() += 1;
+        }
+        let _ = writeln!(out, "# HELP swarmcast_torrents Torrents of the node by state.");
+        let _ = writeln!(out, "# TYPE swarmcast_torrents gauge");
+        for (state, n) in by_state {
+            let _ = writeln!(out, "swarmcast_torrents{{state=\"{state}\"}} {n}");
+        }
+        type Series = (&'static str, &'static str, &'static str, fn(&TorrentView) -> f64);
+        let series: [Series; 5] = [
+            (
+                "downloaded_bytes_total",
+                "counter",
+                "Payload bytes received since the torrent started.",
+                |t| t.downloaded as f64,
+            ),
+            (
+                "uploaded_bytes_total",
+                "counter",
+                "Payload bytes sent since the torrent started.",
+                |t| t.uploaded as f64,
+            ),
+            ("verified_bytes", "gauge", "Verified bytes on disk.", |t| t.have_bytes as f64),
+            ("size_bytes", "gauge", "The torrent's size.", |t| t.size as f64),
+            ("peers", "gauge", "Connected peers.", |t| t.peers as f64),
+        ];
+        for (name, kind, help, value) in series {
+            let _ = writeln!(out, "# HELP swarmcast_torrent_{name} {help}");
+            let _ = writeln!(out, "# TYPE swarmcast_torrent_{name} {kind}");
+            for t in &list {
+                // The id is hex: safe as a label value; the name is a peer's claim, left out.
+                let _ = writeln!(out, "swarmcast_torrent_{name}{{id=\"{}\"}} {}", t.id, value(t));
+            }
+        }
+        let _ = writeln!(out, "# HELP swarmcast_uptime_seconds Seconds since the node started.");
+        let _ = writeln!(out, "# TYPE swarmcast_uptime_seconds gauge");
+        let _ = writeln!(out, "swarmcast_uptime_seconds {}", self.started.elapsed().as_secs());
+        out
     }
 
     /// Shuts every torrent down (announcing `stopped`).
@@ -653,6 +726,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
         downloads,
         data: data.clone(),
         started: Instant::now(),
+        events: Arc::default(),
+        generations: Default::default(),
     });
     let count = rows.len();
     for row in rows {
@@ -673,26 +748,38 @@ pub async fn up(args: UpArgs) -> Result<()> {
         };
         node.torrents().insert(ih, entry);
         if start {
-            node.start(ih);
+            node.start(ih, false)?;
         }
     }
     let token = new_token();
     let (addr, server) = api::serve(node.clone(), args.listen, token.clone()).await?;
     let api_file = client::write_api_file(&data, addr, &token)?;
+    println!("open http://{addr}/#token={token}");
     eprintln!(
-        "swarmcast node up: API on http://{addr}/api/v1 (token in {}), peers on port {}, {count} \
-         torrents, data in {} (Ctrl-C to stop)",
+        "swarmcast node up: web UI and API on http://{addr}/ (token in {}), peers on port {}, \
+         {count} torrents, data in {} (Ctrl-C to stop)",
         api_file.display(),
         node.session.local_addr().port(),
         data.display()
     );
+    // Every tick, what changed goes out as events; once a second the rates are sampled.
     let sampler = {
         let node = node.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(events::TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sent = BTreeMap::new();
+            let mut last_rates = Instant::now();
             loop {
                 tick.tick().await;
-                node.sample_rates();
+                if last_rates.elapsed() >= Duration::from_secs(1) {
+                    let secs = last_rates.elapsed().as_secs_f64();
+                    last_rates = Instant::now();
+                    node.sample_rates(secs);
+                }
+                for e in events::diff(&mut sent, &node.list()) {
+                    node.events.push(e);
+                }
             }
         })
     };

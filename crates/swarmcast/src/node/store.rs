@@ -101,8 +101,13 @@ impl Store {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (ih, name, magnet, info, trackers, save_dir, paused, added_at) = row?;
-            let Some(info_hash) = InfoHash::from_hex(&ih) else {
+            let Ok((ih, name, magnet, info, trackers, save_dir, paused, added_at)) = row else {
+                tracing::warn!("node.sqlite: skipping a torrent that does not read back");
+                continue;
+            };
+            // Stored lowercase, as written: any other spelling is not ours.
+            let info_hash = InfoHash::from_hex(&ih).filter(|h| h.to_string() == ih);
+            let Some(info_hash) = info_hash else {
                 tracing::warn!("node.sqlite: skipping a torrent with the info-hash {ih:?}");
                 continue;
             };
@@ -110,6 +115,12 @@ impl Store {
                 tracing::warn!("node.sqlite: skipping {ih}: its trackers do not parse");
                 continue;
             };
+            if !Path::new(&save_dir).is_absolute() {
+                tracing::warn!(
+                    "node.sqlite: skipping {ih}: its folder {save_dir:?} is not absolute"
+                );
+                continue;
+            }
             out.push(Row {
                 info_hash,
                 name,

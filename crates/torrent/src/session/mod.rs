@@ -523,6 +523,23 @@ impl TorrentHandle {
         }
     }
 
+    /// Completes when the torrent's task ends, however it ends: `Some(reason)` for an error (a
+    /// disk failure, say), `None` otherwise. It does not borrow the handle, so whoever keeps the
+    /// handle can watch it from another task.
+    pub fn ended(&self) -> impl std::future::Future<Output = Option<String>> + Send + 'static {
+        let mut done = self.done.clone();
+        async move {
+            loop {
+                if let Some(r) = done.borrow_and_update().clone() {
+                    return r.err();
+                }
+                if done.changed().await.is_err() {
+                    return Some("the torrent's task ended".into());
+                }
+            }
+        }
+    }
+
     /// Waits until the torrent ends by itself (a download without seeding, after completion).
     pub async fn wait_finished(&self) -> Result<(), SessionError> {
         let mut done = self.done.clone();
